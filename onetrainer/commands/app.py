@@ -1,0 +1,89 @@
+"""The `onetrainer` Typer application: global options, error handling and command registration.
+
+Commands are thin: each one parses its arguments and calls one library function. Errors raised by
+the library are rendered here, once, as a short panel with the exit code of their class
+(0 ok, 1 runtime failure, 2 usage or config error, 130 interrupted); `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from onetrainer import __version__
+from onetrainer.commands import presets, train
+from onetrainer.util.errors import OneTrainerError
+
+_state = {"debug": False}
+
+
+class _ErrorHandlingGroup(TyperGroup):
+    """Turns library exceptions into rendered messages and exit codes for every subcommand."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from onetrainer.ui.console import stderr
+        from onetrainer.ui.errors import render_error, render_unexpected
+
+        try:
+            return super().invoke(ctx)
+        except OneTrainerError as error:
+            if _state["debug"]:
+                stderr.print_exception()
+            render_error(error)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]Interrupted.[/]")
+            raise typer.Exit(130) from None
+        except Exception as error:
+            if _is_cli_exception(error):
+                raise
+            if _state["debug"]:
+                stderr.print_exception()
+            else:
+                render_unexpected(error)
+            raise typer.Exit(1) from None
+
+
+def _is_cli_exception(error: Exception) -> bool:
+    """Typer's own exits and usage errors (it vendors click) keep their normal handling."""
+    return isinstance(error, (typer.Exit, typer.Abort)) or type(error).__module__.startswith("typer")
+
+
+app = typer.Typer(
+    name="onetrainer",
+    cls=_ErrorHandlingGroup,
+    help="Train diffusion models (LoRA, full fine-tune, embeddings) from the command line.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"onetrainer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+app.command(name="presets")(presets.presets)
+app.command(name="train")(train.train)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app(prog_name="onetrainer", standalone_mode=True))

@@ -1,0 +1,65 @@
+"""Finding and reading the shipped training presets.
+
+Presets live in `presets/` at the repository root; the wheel carries the same files inside the
+package as `onetrainer/presets/`, so both an editable and a regular install find them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from onetrainer.util.errors import ConfigError, ConfigProblem
+from onetrainer.util.suggest import did_you_mean
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]
+
+
+def presets_dir() -> Path:
+    for candidate in (_PACKAGE_DIR / "presets", _PACKAGE_DIR.parent / "presets"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the presets folder is missing from this installation")
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in presets_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        names = preset_names()
+        suggestion = did_you_mean(name, names)
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "preset", f"unknown preset; {suggestion}valid: {', '.join(names)}", name, has_value=True
+                )
+            ],
+            hint="`onetrainer presets` lists the presets with a description each.",
+        )
+    return path
+
+
+def preset_text(name: str) -> str:
+    return preset_path(name).read_text(encoding="utf-8")
+
+
+def preset_description(name: str) -> str:
+    """The preset's first comment line, which by convention describes it in one line."""
+    for line in preset_text(name).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            return stripped.lstrip("#").strip()
+        if stripped:
+            break
+    return ""
+
+
+def load_preset(name: str) -> dict:
+    data = yaml.safe_load(preset_text(name)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem("preset", "the preset file is not a mapping", name, has_value=True)])
+    return data
