@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from onetrainer.util.config.adapters import EmbeddingConfig, LoraConfig
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.data import DataConfig
-from onetrainer.util.config.model import EmbeddingConfig, LoraConfig, ModelConfig
+from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.config.output import LoggingConfig, SamplingConfig, SavingConfig
 from onetrainer.util.config.training import TrainingConfig
 from onetrainer.util.config.types import OutputPath

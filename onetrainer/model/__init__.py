@@ -1,0 +1,1 @@
+"""In-memory models of each family: components, adapters, device and dtype placement."""

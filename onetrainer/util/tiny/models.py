@@ -1,0 +1,244 @@
+"""Tiny random-weight diffusers pipelines with the real module structure of each family.
+
+Loaders, savers, key-map tables and the training loop must be tested against the real layouts
+(block types, attention projections, dual text encoders, key names) without real weights, which
+cannot be downloaded here. These builders keep every structural choice of the family and shrink only
+the widths, so a whole pipeline builds in well under a second and trains on a CPU.
+
+Weights are random but reproducible: each component is initialised under its own seed, derived from
+the run seed and the component name, inside a forked RNG, so the caller's global RNG stream is left
+alone and changing one component's shape never changes another component's weights.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from onetrainer.util.atomic import atomic_directory
+from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+MODEL_KINDS = ("sd15", "sd2", "sd2-v", "sdxl")
+"""Kinds `save_tiny_model` accepts; "sd2" is epsilon-prediction, "sd2-v" v-prediction."""
+
+_T = TypeVar("_T")
+
+# SD 1.x/2.x/XL all train with the same "scaled_linear" beta schedule.
+_BETAS: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def _component_seed(seed: int, component: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(component.encode())) % (2**63)
+
+
+def _seeded(seed: int, component: str, factory: Callable[[], _T]) -> _T:
+    """Run `factory` (which initialises weights from torch's global RNG) under a component seed."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_component_seed(seed, component))
+        return factory()
+
+
+def _text_config(tokenizer: CLIPTokenizer, *, hidden_size: int, hidden_act: str) -> CLIPTextConfig:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        projection_dim=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act=hidden_act,
+    )
+
+
+def _tiny_vae(seed: int, scaling_factor: float) -> Any:
+    """Four encoder levels, as in SD, so the /8 downscale holds: 64 px images give 8x8 latents."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(
+        seed,
+        "vae",
+        lambda: AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            sample_size=64,
+            scaling_factor=scaling_factor,
+        ),
+    )
+
+
+def _ddpm(prediction_type: str) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        **_BETAS,
+        num_train_timesteps=1000,
+        prediction_type=prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def _sd_pipeline(seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, prediction_type: str) -> Any:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = build_tiny_clip_tokenizer()
+    text_config = _text_config(tokenizer, hidden_size=32, hidden_act=hidden_act)
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(seed, scaling_factor=0.18215),
+        text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(text_config)),
+        tokenizer=tokenizer,
+        unet=_seeded(
+            seed,
+            "unet",
+            lambda: UNet2DConditionModel(
+                sample_size=8,
+                in_channels=4,
+                out_channels=4,
+                block_out_channels=(32, 64),
+                layers_per_block=1,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=text_config.hidden_size,
+                norm_num_groups=32,
+                **unet_kwargs,
+            ),
+        ),
+        scheduler=_ddpm(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """SD 1.5 layout: quick_gelu CLIP text encoder, per-head-dim attention with conv projections."""
+    return _sd_pipeline(
+        seed,
+        unet_kwargs={"attention_head_dim": 8},
+        hidden_act="quick_gelu",
+        prediction_type="epsilon",
+    )
+
+
+def build_tiny_sd2_pipeline(seed: int = 0, v_prediction: bool = True) -> StableDiffusionPipeline:
+    """SD 2.x layout: gelu (OpenCLIP) text encoder, per-block head counts, linear attention projections.
+
+    The v-prediction variant mirrors the 768-v checkpoints, whose attention also needs fp32 upcasting.
+    """
+    return _sd_pipeline(
+        seed,
+        unet_kwargs={
+            "attention_head_dim": (2, 4),
+            "use_linear_projection": True,
+            "upcast_attention": v_prediction,
+        },
+        hidden_act="gelu",
+        prediction_type="v_prediction" if v_prediction else "epsilon",
+    )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL layout: two text encoders of different widths feeding one concatenated context.
+
+    The encoders differ in width (32 and 64, like CLIP-L's 768 and bigG's 1280 differ) so code that
+    swaps them, or concatenates in the wrong order, fails on shapes instead of passing silently.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tiny_clip_tokenizer()
+    config_1 = _text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
+    config_2 = _text_config(tokenizer, hidden_size=64, hidden_act="gelu")
+    time_embed_dim = 8
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(seed, scaling_factor=0.13025),
+        text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(config_1)),
+        text_encoder_2=_seeded(seed, "text_encoder_2", lambda: CLIPTextModelWithProjection(config_2)),
+        tokenizer=tokenizer,
+        tokenizer_2=build_tiny_clip_tokenizer(),
+        unet=_seeded(
+            seed,
+            "unet",
+            lambda: UNet2DConditionModel(
+                sample_size=8,
+                in_channels=4,
+                out_channels=4,
+                block_out_channels=(32, 64),
+                layers_per_block=1,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(2, 4),
+                use_linear_projection=True,
+                transformer_layers_per_block=(1, 2),
+                addition_embed_type="text_time",
+                addition_time_embed_dim=time_embed_dim,
+                # Six micro-conditioning numbers (original size, crop, target size) plus the pooled text.
+                projection_class_embeddings_input_dim=6 * time_embed_dim + config_2.projection_dim,
+                cross_attention_dim=config_1.hidden_size + config_2.hidden_size,
+                norm_num_groups=32,
+            ),
+        ),
+        scheduler=EulerDiscreteScheduler(
+            **_BETAS,
+            num_train_timesteps=1000,
+            prediction_type="epsilon",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_pipeline(kind: str, seed: int = 0) -> DiffusionPipeline:
+    """Dispatch on one of `MODEL_KINDS`."""
+    builders: dict[str, Callable[[], DiffusionPipeline]] = {
+        "sd15": lambda: build_tiny_sd15_pipeline(seed),
+        "sd2": lambda: build_tiny_sd2_pipeline(seed, v_prediction=False),
+        "sd2-v": lambda: build_tiny_sd2_pipeline(seed, v_prediction=True),
+        "sdxl": lambda: build_tiny_sdxl_pipeline(seed),
+    }
+    if kind not in builders:
+        raise ValueError(f"unknown tiny model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    return builders[kind]()
+
+
+def save_tiny_model(
+    kind: str,
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a tiny pipeline as a diffusers folder (safetensors); the folder appears only when complete."""
+    pipe = build_tiny_pipeline(kind, seed)
+    target = Path(path)
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return target

@@ -1,0 +1,106 @@
+"""A real CLIP BPE tokenizer with a 1514-token vocabulary, built without the hub.
+
+Tests need a tokenizer that behaves like CLIP's (same normalisation, byte-level BPE, `</w>` word ends,
+bos/eos framing, 77-token context) but cannot download one, and a 49408-token vocabulary would make
+every tiny text encoder's embedding table dominate its size. OpenAI's merge list is ordered by
+frequency, so its first 1000 merges give a small vocabulary in which common words ("a", "photo",
+"of") are still single tokens, and whose ids equal the real CLIP ids for every token it has (only the
+two special tokens move). The merges ship as a 7 KB package asset; everything else is derived.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onetrainer.util.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+MERGES_ASSET = "tiny-clip-merges.txt"
+NUM_TINY_MERGES = 1000
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MODEL_MAX_LENGTH = 77
+_MERGES_HEADER = "#version: 0.2"
+
+
+def byte_alphabet() -> list[str]:
+    """The 256 printable characters byte-level BPE uses in place of raw bytes, in CLIP's vocab order.
+
+    Byte-level BPE needs every byte to be a visible, non-whitespace character so merges can be written
+    as text. Bytes that are already such characters stand for themselves; the rest are shifted past
+    U+00FF. The order (self-standing bytes first) fixes the first 256 vocabulary ids.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    remapped = [byte for byte in range(256) if byte not in set(printable)]
+    return [chr(byte) for byte in printable] + [chr(256 + index) for index in range(len(remapped))]
+
+
+def load_tiny_merges() -> list[tuple[str, str]]:
+    """Read the committed merge list (a package asset, so it works from an installed wheel)."""
+    text = resources.files(__package__).joinpath("assets", MERGES_ASSET).read_text(encoding="utf-8")
+    return _parse_merges(text.splitlines())
+
+
+def _parse_merges(lines: list[str]) -> list[tuple[str, str]]:
+    merges: list[tuple[str, str]] = []
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        left, right = line.split()
+        merges.append((left, right))
+    return merges
+
+
+def build_clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Lay the vocabulary out as CLIP does: bytes, bytes ending a word, merge results, then specials."""
+    alphabet = byte_alphabet()
+    tokens = alphabet + [char + "</w>" for char in alphabet] + [left + right for left, right in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tiny_clip_tokenizer() -> CLIPTokenizer:
+    """A fresh CLIP tokenizer (1514 tokens, bos=1512, eos=pad=1513) from the committed merges."""
+    from transformers import CLIPTokenizer
+
+    merges = load_tiny_merges()
+    return CLIPTokenizer(
+        vocab=build_clip_vocab(merges),
+        merges=merges,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        model_max_length=MODEL_MAX_LENGTH,
+    )
+
+
+def write_tiny_merges_asset(
+    bpe_gz: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    num_merges: int = NUM_TINY_MERGES,
+) -> Path:
+    """Regenerate the merges asset from OpenAI's `bpe_simple_vocab_16e6.txt.gz`.
+
+    The source file ships in the open_clip_torch wheel (`pip download --no-deps open_clip_torch`,
+    then unzip `open_clip/bpe_simple_vocab_16e6.txt.gz`). Only the first `num_merges` merges are kept.
+    """
+    with gzip.open(bpe_gz, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    merges = _parse_merges(lines[1 : 1 + num_merges])
+    if len(merges) != num_merges:
+        raise ValueError(f"{bpe_gz} holds {len(merges)} merges, fewer than the {num_merges} requested")
+    target = Path(out) if out is not None else Path(__file__).parent / "assets" / MERGES_ASSET
+    body = "".join(f"{left} {right}\n" for left, right in merges)
+    atomic_write_text(target, f"{_MERGES_HEADER}\n{body}")
+    return target
