@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     import torch
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+"""Read once at import: `os.umask` can only be read by setting it, which is not thread-safe later."""
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -36,6 +48,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: A
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
@@ -63,6 +76,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -86,6 +100,7 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     if target.exists() and not overwrite:
         raise FileExistsError(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(_DIR_MODE)
     try:
         yield tmp
         old: Path | None = None

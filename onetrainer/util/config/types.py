@@ -51,12 +51,15 @@ ExistingDir = Annotated[Path, BeforeValidator(_existing_dir), _path_serializer]
 OutputPath = Annotated[Path, BeforeValidator(_plain_path), _path_serializer]
 """A path the run will create (workspace, output file); `~` is expanded, existence is not required."""
 
+TINY_PREFIX = "tiny:"
+"""`tiny:sd15` (etc.) names the built-in tiny random-weight model of a family: for the demo and tests."""
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def _model_source(value: object, info: ValidationInfo) -> str:
-    """A local diffusers folder or weights file, or a Hugging Face hub id (`org/name`).
+    """A local diffusers folder or weights file, a Hugging Face hub id (`org/name`), or `tiny:<family>`.
 
     A local path wins when it exists. Something that can only be a file (it has a weights suffix or
     starts with `/`, `./`, `~`) must exist; anything shaped like `org/name` is accepted as a hub id,
@@ -65,6 +68,8 @@ def _model_source(value: object, info: ValidationInfo) -> str:
     if not isinstance(value, (str, Path)) or str(value).strip() == "":
         raise ValueError("expected a diffusers folder, a .safetensors/.ckpt file, or a hub id like org/name")
     text = str(value).strip()
+    if text.startswith(TINY_PREFIX):
+        return text
     path = Path(text).expanduser()
     if path.exists() or not _checks_paths(info):
         return str(path) if text.startswith("~") else text

@@ -137,7 +137,8 @@ def make_image_dataset(
 
     Images cycle through `IMAGE_SIZES` and `IMAGE_FORMATS`. Captions go to `img-000.txt`; every other
     image (even indices) gets an L-mode `img-000-masklabel.png` of the same size. With `odd_images`,
-    the files of `ODD_IMAGE_FILES` are added too (with captions, when `with_captions`).
+    the files of `ODD_IMAGE_FILES` are added too (with captions, when `with_captions`), and with
+    `with_masks` the EXIF-rotated JPEG gets a mask in its displayed orientation.
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)

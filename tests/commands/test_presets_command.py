@@ -1,0 +1,31 @@
+import yaml
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.util.config.presets import preset_names
+
+runner = CliRunner()
+
+
+def test_lists_every_preset_with_its_description():
+    result = runner.invoke(app, ["presets"], terminal_width=200)
+    assert result.exit_code == 0
+    for name in preset_names():
+        assert name in result.output
+    assert "SDXL 1.0 LoRA at 1024 px" in result.output
+
+
+def test_prints_one_preset_as_yaml():
+    result = runner.invoke(app, ["presets", "sdxl-lora"])
+    assert result.exit_code == 0
+    data = yaml.safe_load(result.output)
+    assert data["model"]["type"] == "sdxl"
+    assert data["method"] == "lora"
+
+
+def test_unknown_preset_exits_2_with_the_valid_names():
+    result = runner.invoke(app, ["presets", "sdxl-lroa"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "did you mean 'sdxl-lora'" in result.output
+    assert "sd15-full" in result.output
+    assert "Traceback" not in result.output

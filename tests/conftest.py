@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny saved models and image folders, built once per session, fully offline.
+
+The offline switches are set at import time, before any test imports huggingface_hub: one uncached
+hub lookup without them retries DNS for minutes instead of failing in a second.
+
+Session-scoped folders are shared by every test that asks for them: a test that modifies one must
+copy it first (`shutil.copytree`). The tokenizer is rebuilt per test because embedding tests add
+tokens to it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from onetrainer.util.tiny.dataset import make_image_dataset, make_shapes_dataset
+from onetrainer.util.tiny.models import save_tiny_model
+from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests on machines without CUDA; torch is imported only if such a test was collected."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+def _tiny_model(factory: pytest.TempPathFactory, kind: str) -> Path:
+    return save_tiny_model(kind, factory.mktemp("tiny-models") / kind)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SD 1.5 pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SD 2.x v-prediction pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sd2-v")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_eps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SD 2.x epsilon-prediction pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SDXL pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sdxl")
+
+
+@pytest.fixture
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A fresh 1514-token CLIP tokenizer."""
+    return build_tiny_clip_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def image_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 regular images of mixed size and format, with captions and (for even indices) masks."""
+    return make_image_dataset(tmp_path_factory.mktemp("image-dataset"))
+
+
+@pytest.fixture(scope="session")
+def odd_image_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The regular images plus every file of `ODD_IMAGE_FILES`."""
+    return make_image_dataset(tmp_path_factory.mktemp("odd-image-dataset"), odd_images=True)
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 captioned 64 px images of coloured shapes."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes-dataset"))
