@@ -111,8 +111,8 @@ def _reshape(tensor: torch.Tensor, op: str, reverse: bool) -> torch.Tensor:
 class StreamConverter:
     """Converts tensors one at a time through a table.
 
-    Keys no row covers are collected in `unmapped` (unless `ignore` says to drop them) rather than
-    raised at once, so a caller can report all of them together.
+    Keys `ignore` names are dropped (and listed in `ignored`); keys no row covers are collected in
+    `unmapped` rather than raised at once, so `finish` can report all of them together.
     """
 
     def __init__(self, table: KeyTable, *, reverse: bool = False, ignore: Ignore | None = None) -> None:
@@ -125,9 +125,12 @@ class StreamConverter:
 
     def feed(self, key: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield the converted (key, tensor) pairs this input completes (none while a fuse waits)."""
+        if self.ignore.matches(key):
+            self.ignored.append(key)
+            return
         hit = self.table.lookup(key, reverse=self.reverse)
         if hit is None:
-            (self.ignored if self.ignore.matches(key) else self.unmapped).append(key)
+            self.unmapped.append(key)
             return
         if len(hit.keys) > 1:
             for name, piece in zip(hit.keys, tensor.chunk(len(hit.keys), dim=0), strict=True):
@@ -144,6 +147,14 @@ class StreamConverter:
             del self._pending[hit.keys[0]]
             joined = torch.cat([parts[i] for i in range(hit.parts)], dim=0)
             yield hit.keys[0], _reshape(joined, hit.op, self.reverse)
+
+    def convert(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Feed a whole state dict and finish."""
+        out: dict[str, torch.Tensor] = {}
+        for key, tensor in state_dict.items():
+            out.update(self.feed(key, tensor))
+        self.finish()
+        return out
 
     def finish(self) -> None:
         """Raise if a fused tensor is missing parts or a key had no row."""
@@ -177,9 +188,4 @@ def convert(
     ignore: Ignore | None = None,
 ) -> dict[str, torch.Tensor]:
     """Convert a whole state dict; raises `KeyMapError` listing every key that could not be placed."""
-    stream = StreamConverter(table, reverse=reverse, ignore=ignore)
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in state_dict.items():
-        out.update(stream.feed(key, tensor))
-    stream.finish()
-    return out
+    return StreamConverter(table, reverse=reverse, ignore=ignore).convert(state_dict)

@@ -110,9 +110,7 @@ class SdLayout:
         downsamplers = sorted(_indices(keys, p + r"input_blocks\.(\d+)\.0\.op\."))
         per_block = downsamplers[0] if downsamplers else inputs  # L + 1
         blocks = inputs // per_block if per_block else 0
-        up_attention = {
-            i for i in range(blocks) if _indices(keys, p + rf"output_blocks\.({i * per_block})\.1\.")
-        }
+        up_attention = {i for i in range(blocks) if _indices(keys, p + rf"output_blocks\.({i * per_block})\.1\.")}
         return cls(
             unet_blocks=blocks,
             unet_layers=per_block - 1,
@@ -155,8 +153,9 @@ def unet_rows(layout: SdLayout, src: str = "unet.", dst: str = UNET_PREFIX) -> I
             index = i * per_block + j
             yield from _nested(f"{src}up_blocks.{i}.resnets.{j}.", f"{dst}output_blocks.{index}.0.", UNET_RESNET)
             yield Row(f"{src}up_blocks.{i}.attentions.{j}.", f"{dst}output_blocks.{index}.1.")
-        last = f"{dst}output_blocks.{i * per_block + per_block - 1}.{2 if i in layout.unet_up_attention else 1}."
-        yield Row(f"{src}up_blocks.{i}.upsamplers.0.conv.", last + "conv.")
+        slot = 2 if i in layout.unet_up_attention else 1  # the upsampler follows the attention, if any
+        last = i * per_block + per_block - 1
+        yield Row(f"{src}up_blocks.{i}.upsamplers.0.conv.", f"{dst}output_blocks.{last}.{slot}.conv.")
     for k in range(2):
         yield from _nested(f"{src}mid_block.resnets.{k}.", f"{dst}middle_block.{2 * k}.", UNET_RESNET)
     yield Row(f"{src}mid_block.attentions.0.", f"{dst}middle_block.1.")
@@ -200,7 +199,11 @@ def openclip_rows(
     src: str = "text_encoder.",
     dst: str = OPENCLIP_PREFIX,
 ) -> Iterator[Row]:
-    """transformers CLIP text model <-> OpenCLIP text tower (SD2's `cond_stage_model.model.*`)."""
+    """transformers CLIP text model <-> OpenCLIP text tower (SD2's `cond_stage_model.model.*`).
+
+    `with_projection` adds the projection of CLIPTextModelWithProjection (SDXL's second encoder,
+    under `conditioner.embedders.1.model.`), which OpenCLIP stores transposed and without `.weight`.
+    """
     s = src + ("text_model." if hf_text_model else "")
     yield from _nested(s, dst, OPENCLIP_TOP_LEVEL)
     if with_projection:

@@ -1,0 +1,168 @@
+"""Safetensors header metadata: ModelSpec and kohya `ss_*` keys, and a header-only reader.
+
+UIs show and sort models by these keys: A1111/Forge and ComfyUI read `modelspec.*` (Stability AI's
+ModelSpec 1.0), LoRA browsers and the additional-networks extension read the `ss_*` keys sd-scripts
+writes (A1111 picks SDXL LoRAs by `ss_base_model_version` starting with `sdxl_`). Header values must
+be strings, so numbers are written with `str` and structures as JSON, as sd-scripts does.
+
+`read_safetensors_header` reads only the JSON header, so inspecting a multi-GB checkpoint is instant
+and loads no tensor.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import struct
+from typing import Any
+
+from onetrainer.util.errors import UserError
+
+SAI_MODEL_SPEC_VERSION = "1.0.0"
+IMPL_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
+IMPL_DIFFUSERS = "diffusers"
+
+# (family, v-prediction) -> ModelSpec architecture, sd-scripts' spelling. SD2's 768 models are the
+# v-prediction ones, its 512 models epsilon.
+ARCHITECTURES = {
+    ("sd15", False): "stable-diffusion-v1",
+    ("sd15", True): "stable-diffusion-v1",
+    ("sd2", False): "stable-diffusion-v2-512",
+    ("sd2", True): "stable-diffusion-v2-768-v",
+    ("sdxl", False): "stable-diffusion-xl-v1-base",
+    ("sdxl", True): "stable-diffusion-xl-v1-base",
+}
+ADAPTERS = {"lora": "lora", "embedding": "textual-inversion"}
+DEFAULT_RESOLUTION = {("sd15", False): 512, ("sd15", True): 512, ("sd2", False): 512, ("sd2", True): 768}
+SS_BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+# The `ss_*` keys tools read most (names without the prefix); `ss_metadata` refuses others, so a
+# typo fails loudly instead of writing a key nothing reads.
+SS_KEYS = frozenset(
+    {
+        "network_module", "network_dim", "network_alpha", "network_args", "output_name",
+        "training_started_at", "training_finished_at", "steps", "epoch", "num_epochs", "max_train_steps",
+        "resolution", "num_train_images", "num_reg_images", "batch_size_per_device", "total_batch_size",
+        "gradient_accumulation_steps", "tag_frequency", "dataset_dirs", "datasets", "bucket_info",
+        "enable_bucket", "learning_rate", "unet_lr", "text_encoder_lr", "optimizer", "lr_scheduler",
+        "lr_warmup_steps", "mixed_precision", "full_fp16", "seed", "noise_offset", "min_snr_gamma",
+        "clip_skip", "max_token_length", "caption_dropout_rate", "shuffle_caption", "keep_tokens",
+        "sd_model_name", "sd_model_hash", "new_sd_model_hash", "vae_name", "session_id",
+        "training_comment", "network_dropout", "gradient_checkpointing",
+    }
+)  # fmt: skip
+
+
+class HeaderError(UserError):
+    """A file is not a readable safetensors file."""
+
+    title = "Not a safetensors file"
+
+
+def _check_family(family: str) -> None:
+    if family not in SS_BASE_MODEL_VERSION:
+        raise UserError(f"no metadata conventions for family {family!r}")
+
+
+def modelspec_architecture(family: str, *, v_prediction: bool = False, adapter: str | None = None) -> str:
+    """`stable-diffusion-v2-768-v`, or with an adapter `stable-diffusion-v1/lora`, `.../textual-inversion`."""
+    _check_family(family)
+    arch = ARCHITECTURES[(family, v_prediction)]
+    return f"{arch}/{ADAPTERS[adapter]}" if adapter else arch
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def modelspec_metadata(
+    *,
+    family: str,
+    title: str,
+    v_prediction: bool = False,
+    adapter: str | None = None,
+    resolution: int | tuple[int, int] | None = None,
+    date: _dt.datetime | None = None,
+    trigger_phrase: str | None = None,
+    implementation: str | None = None,
+    **optional: str | None,
+) -> dict[str, str]:
+    """The `modelspec.*` keys: the four required ones plus resolution, date and prediction type.
+
+    `adapter` is None for a full model, "lora" or "embedding". Implementation follows sd-scripts:
+    SD1/2 LoRAs use diffusers module names, so "diffusers"; checkpoints, embeddings and SDXL LoRAs
+    follow Stability AI's code. `optional` takes further ModelSpec fields (description, author,
+    license, tags, usage_hint, merged_from, ...); None values are left out.
+    """
+    if adapter is not None and adapter not in ADAPTERS:
+        raise UserError(f"unknown adapter kind {adapter!r}", hint=f"expected one of {tuple(ADAPTERS)}")
+    if implementation is None:
+        lora_with_diffusers_names = adapter == "lora" and family in ("sd15", "sd2")
+        implementation = IMPL_DIFFUSERS if lora_with_diffusers_names else IMPL_STABILITY_AI
+    size = resolution or DEFAULT_RESOLUTION.get((family, v_prediction), 1024)
+    width, height = (size, size) if isinstance(size, int) else size
+    stamp = (date or _dt.datetime.now().astimezone()).isoformat(timespec="seconds")
+    fields: dict[str, Any] = {
+        "sai_model_spec": SAI_MODEL_SPEC_VERSION,
+        "architecture": modelspec_architecture(family, v_prediction=v_prediction, adapter=adapter),
+        "implementation": implementation,
+        "title": title,
+        "resolution": f"{width}x{height}",
+        "date": stamp,
+        "prediction_type": "v" if v_prediction else "epsilon",
+        "trigger_phrase": trigger_phrase,
+        **optional,
+    }
+    return {f"modelspec.{key}": _text(value) for key, value in fields.items() if value is not None}
+
+
+def ss_metadata(*, family: str, v_prediction: bool = False, **fields: Any) -> dict[str, str]:
+    """Common kohya `ss_*` keys; pass names without the prefix (`network_dim=16`, `resolution=(512, 512)`).
+
+    The base model version (`sd_v1`, `sd_v2_v`, `sdxl_base_v1-0`, ...) and `ss_v2` come from the family.
+    Dicts and lists become JSON, other values `str()`, as sd-scripts writes them (a resolution tuple
+    reads "(512, 512)"); None values are left out.
+    """
+    _check_family(family)
+    unknown = sorted(set(fields) - SS_KEYS)
+    if unknown:
+        raise UserError(f"unknown ss_* metadata key(s): {', '.join(unknown)}")
+    version = SS_BASE_MODEL_VERSION[family] + ("_v" if v_prediction and family != "sdxl" else "")
+    out = {"ss_base_model_version": version, "ss_v2": str(family == "sd2")}
+    out.update({f"ss_{key}": _text(value) for key, value in fields.items() if value is not None})
+    return out
+
+
+MAX_HEADER_BYTES = 100_000_000
+"""The limit the safetensors library itself enforces."""
+
+
+def read_safetensors_header(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """Return (`__metadata__`, `{key: (dtype, shape)}`) from the header alone; no tensor is read."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise HeaderError(f"{path}: file is too short ({size} bytes)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise HeaderError(f"{path}: header length {length} does not fit a {size}-byte file")
+            header = json.loads(handle.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HeaderError(f"{path}: header is not valid JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise HeaderError(f"{path}: header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    try:
+        tensors = {key: (info["dtype"], tuple(int(n) for n in info["shape"])) for key, info in header.items()}
+    except (KeyError, TypeError, ValueError) as error:
+        raise HeaderError(f"{path}: malformed tensor entry ({error})") from error
+    return {str(k): str(v) for k, v in metadata.items()}, tensors
