@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from onetrainer import __version__
-from onetrainer.commands import presets, train
+from onetrainer.commands import caption, convert, inspect, mask, presets, sample, train
 from onetrainer.util.errors import OneTrainerError
 
 _state = {"debug": False}
@@ -82,6 +82,11 @@ def _global_options(
 
 app.command(name="presets")(presets.presets)
 app.command(name="train")(train.train)
+app.command(name="sample")(sample.sample)
+app.command(name="caption")(caption.caption)
+app.command(name="mask")(mask.mask)
+app.command(name="inspect")(inspect.inspect)
+app.command(name="convert")(convert.convert)
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
-"""`onetrainer train CONFIG [KEY=VALUE ...]`: validate a run config and train."""
+"""`onetrainer train CONFIG [KEY=VALUE ...]`: validate a run config and train (or check, report, cache)."""
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,19 +17,73 @@ def train(
         list[str] | None,
         typer.Argument(help="KEY=VALUE overrides with dotted paths, e.g. training.learning_rate=1e-4."),
     ] = None,
-    check: Annotated[
-        bool, typer.Option("--check", help="Validate and print the resolved config, then exit.")
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume", metavar="last|PATH", help="Continue from the newest backup (last) or a backup/workspace folder."
+        ),
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Validate and print the resolved config, then exit.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Report what the data would train on (concepts, buckets, steps), then exit."),
+    ] = False,
+    cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the data cache, then exit.")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per line on stdout instead of the progress display.")
     ] = False,
 ) -> None:
     """Train a model from a config file (defaults < preset < file < overrides)."""
     from onetrainer.util.config.loader import dump_config, load_config
     from onetrainer.util.errors import UserError
 
+    if sum((check, dry_run, cache_only)) > 1:
+        raise UserError("--check, --dry-run and --cache-only each end the command early: choose one")
+    if resume is not None and (check or dry_run or cache_only):
+        raise UserError("--resume starts training; it does not combine with --check, --dry-run or --cache-only")
     resolved = load_config(config, overrides or [])
     if check:
         typer.echo(dump_config(resolved), nl=False)
         return
-    raise UserError(
-        "training is not available in this build yet; only `--check` works",
-        hint="Use `onetrainer train CONFIG --check` to validate a config.",
-    )
+    if dry_run:
+        _dry_run(resolved, json_lines=json_lines)
+        return
+
+    from onetrainer.trainer.components import build_parts
+    from onetrainer.ui.progress import open_display
+
+    with open_display(json_lines=json_lines) as display:
+        if cache_only:
+            from onetrainer.trainer.prepare import fill_cache_only
+
+            fill_cache_only(resolved, build=build_parts, progress=display)
+            return
+        from onetrainer.trainer.loop import train as run_training
+
+        result = run_training(
+            resolved,
+            build=build_parts,
+            resume=resume,
+            progress=display,
+            resume_command=_resume_command(config, overrides or []),
+        )
+    if not json_lines and result.output is not None:
+        from onetrainer.ui.console import stderr
+
+        stderr.print(f"[green]Done.[/] Trained {result.step} steps; output: [bold]{result.output}[/]")
+
+
+def _dry_run(config: object, *, json_lines: bool) -> None:
+    from onetrainer.trainer.components import data_report
+    from onetrainer.ui.console import stdout
+
+    report = data_report(config, progress=lambda event: None)
+    if json_lines:
+        sys.stdout.write(json.dumps({"event": "report", **report.to_dict()}) + "\n")
+    else:
+        stdout.print(report)
+
+
+def _resume_command(config: Path, overrides: list[str]) -> str:
+    words = ["onetrainer", "train", str(config), *overrides, "--resume", "last"]
+    return shlex.join(words)

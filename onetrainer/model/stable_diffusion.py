@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.enums import ModelType
 
@@ -12,13 +13,16 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+WeightsStream = Callable[[bool, tuple[str, ...]], Iterator[tuple[str, "torch.Tensor"]]]
+"""`stream(meta, components)` yields `(component.key, tensor)` in diffusers naming for the listed components."""
+
 
 @dataclass
 class StableDiffusionModel:
     """Everything a SD 1.x/2.x run needs, loaded once and shared by setup, sampler and saver.
 
     LoRA layers are injected into `unet` / `text_encoder` in place (through peft), and trained
-    embeddings are rows appended to the text encoder's token embedding, so samplers and savers see
+    embeddings are looked up in front of the text encoder's token table, so samplers and savers see
     the adapted model without extra plumbing; `adapters` records what was added, for the savers.
     """
 
@@ -31,7 +35,42 @@ class StableDiffusionModel:
     prediction_type: str
     source: str
     adapters: dict[str, object] = field(default_factory=dict)
+    scheduler_class: str = "DDPMScheduler"
+    """The scheduler class the source model shipped with, so a saved diffusers folder samples the same way."""
 
     @property
     def device(self) -> torch.device:
         return self.unet.device
+
+    def component_configs(self) -> dict[str, dict[str, Any]]:
+        """Each component's config as a diffusers folder holds it (scheduler with its class name)."""
+        return {
+            "unet": dict(self.unet.config),
+            "vae": dict(self.vae.config),
+            "text_encoder": self.text_encoder.config.to_dict(),
+            "scheduler": {**self.noise_scheduler.config, "_class_name": self.scheduler_class},
+        }
+
+    def weights_stream(self) -> WeightsStream:
+        """The base weights as `(component.key, tensor)` pairs, references not copies.
+
+        `stream(meta, components)` can be replayed; with `meta` it yields data-less stand-ins, which
+        is how writers plan a file header before writing. Injected LoRA layers are not base weights:
+        a model carrying them has no plain stream, so this refuses (save the LoRA, or merge it first).
+        """
+        from onetrainer.util.errors import UserError
+
+        components = ("unet", "vae", "text_encoder")
+        state_dicts = {name: getattr(self, name).state_dict() for name in components}
+        if any(".base_layer." in key for sd in state_dicts.values() for key in sd):
+            raise UserError(
+                "the model has LoRA layers injected, so its weights are not a plain base model",
+                hint="Save the LoRA itself (kohya or peft format), or merge it into the weights first.",
+            )
+
+        def stream(meta: bool, wanted: tuple[str, ...] = components) -> Iterator[tuple[str, torch.Tensor]]:
+            for name in wanted:
+                for key, tensor in state_dicts[name].items():
+                    yield f"{name}.{key}", tensor.to("meta") if meta else tensor
+
+        return stream

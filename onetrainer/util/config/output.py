@@ -18,13 +18,14 @@ class SamplePrompt(Section):
     cfg: float = Field(7.0, ge=0, description="Classifier-free guidance scale.")
     width: int | None = Field(None, ge=8, description="Image width (default: the training resolution).")
     height: int | None = Field(None, ge=8, description="Image height (default: the training resolution).")
+    scheduler: str = Field("ddim", description="Sampling scheduler: ddim, euler, euler-a, dpm++2m, unipc, ...")
 
 
 class SamplingConfig(Section):
-    every: CadenceField = Field(
-        Cadence(0, CadenceUnit.NEVER), description="Preview cadence, e.g. '250 steps'."
-    )
+    every: CadenceField = Field(Cadence(0, CadenceUnit.NEVER), description="Preview cadence, e.g. '250 steps'.")
     prompts: list[SamplePrompt] = Field(default_factory=list, description="Preview prompts.")
+    before_training: bool = Field(False, description="Also draw the previews once before the first step.")
+    to_tensorboard: bool = Field(True, description="Add the previews to the TensorBoard log too.")
 
 
 class SaveFormat(str, Enum):
@@ -49,7 +50,18 @@ class SavingConfig(Section):
         description="Output format; auto = kohya for LoRA, a1111 for embeddings, by file suffix for full models.",
     )
     dtype: SaveDtype = Field(SaveDtype.FP16, description="Data type of the saved weights.")
+    overwrite: bool = Field(False, description="Replace an existing output; otherwise a run refuses to start.")
+    every: CadenceField = Field(
+        Cadence(0, CadenceUnit.NEVER), description="Intermediate saves into the workspace, e.g. '1 epoch'."
+    )
+    backup_every: CadenceField = Field(
+        Cadence(30, CadenceUnit.MINUTE), description="Backups (everything needed to resume), e.g. '500 steps'."
+    )
+    backup_keep_last: int = Field(3, ge=1, description="Rolling backups: how many of the newest to keep.")
 
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard logs to the workspace.")
+    validate_every: CadenceField = Field(
+        Cadence(0, CadenceUnit.NEVER), description="Validation loss on the validation concepts, e.g. '1 epoch'."
+    )

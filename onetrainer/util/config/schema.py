@@ -7,8 +7,10 @@ from pydantic import Field
 from onetrainer.util.config.adapters import EmbeddingConfig, LoraConfig
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.data import DataConfig
+from onetrainer.util.config.loss import LossConfig, NoiseConfig
 from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.config.output import LoggingConfig, SamplingConfig, SavingConfig
+from onetrainer.util.config.parts import PartsConfig
 from onetrainer.util.config.training import TrainingConfig
 from onetrainer.util.config.types import OutputPath
 from onetrainer.util.enums import TrainingMethod
@@ -25,6 +27,9 @@ class TrainConfig(Section):
         default_factory=EmbeddingConfig, description="Embedding settings (method: embedding)."
     )
     data: DataConfig = Field(default_factory=DataConfig, description="Training images.")
+    parts: PartsConfig = Field(default_factory=PartsConfig, description="Which model parts train, and until when.")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Noise and timestep sampling.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Loss function, weighting and masks.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Preview samples.")
     saving: SavingConfig = Field(default_factory=SavingConfig, description="The trained output.")

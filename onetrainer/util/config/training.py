@@ -1,10 +1,10 @@
-"""Config section for optimisation: seed, batch, length of the run, optimizer and precision."""
+"""Config section for optimisation: seed, batch, length of the run, optimizer, schedule, precision, EMA."""
 
 from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from onetrainer.util.config.base import Section
 
@@ -34,18 +34,67 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
+class EmaDevice(str, Enum):
+    TRAIN = "train"
+    CPU = "cpu"
+
+
+OptimizerArg = bool | int | float | str | list[float] | None
+
+
+class EmaConfig(Section):
+    enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
+    decay: float = Field(0.999, gt=0, lt=1, description="Share of the old average kept at each update.")
+    update_every: int = Field(1, ge=1, description="Update the average every N optimizer steps.")
+    device: EmaDevice = Field(
+        EmaDevice.TRAIN, description="Where the average lives: train (fast) or cpu (saves GPU memory)."
+    )
+    for_samples: bool = Field(True, description="Draw preview samples with the averaged weights.")
+    for_saves: bool = Field(True, description="Write the averaged weights to saved models.")
+
+
 class TrainingConfig(Section):
     seed: int = Field(42, ge=0, description="Seed for every random choice (data order, augmentation, noise).")
     batch_size: int = Field(1, ge=1, le=4096, description="Images per optimizer step (before accumulation).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
     epochs: int = Field(10, ge=1, description="Passes over the data.")
-    max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
-    )
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(1e-4, gt=0, le=10, description="Base learning rate.")
+    learning_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-part learning rates by parameter group name, e.g. {text_encoder: 5e-5}.",
+    )
     optimizer: Optimizer = Field(Optimizer.ADAMW, description="Optimizer.")
+    weight_decay: float = Field(1e-2, ge=0, description="Weight decay (decoupled for the AdamW family).")
+    betas: list[float] | None = Field(
+        None, min_length=2, max_length=3, description="Optimizer betas (null: the optimizer's own default)."
+    )
+    eps: float | None = Field(None, gt=0, description="Optimizer epsilon (null: the optimizer's own default).")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    optimizer_args: dict[str, OptimizerArg] = Field(
+        default_factory=dict, description="Further keyword arguments for the optimizer, e.g. {d_coef: 0.5}."
+    )
     lr_scheduler: LrScheduler = Field(LrScheduler.CONSTANT, description="Learning-rate schedule.")
     warmup: float = Field(0, ge=0, description="Warm-up: steps if >= 1, else a fraction of all steps.")
+    lr_cycles: int = Field(1, ge=1, description="Number of cosine cycles (cosine_with_restarts).")
+    lr_power: float = Field(1.0, gt=0, description="Exponent of the polynomial schedule (1 = linear).")
+    lr_min_factor: float = Field(
+        0.0, ge=0, le=1, description="Floor of the decaying schedules, as a fraction of the learning rate."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (null: off).")
     precision: Precision = Field(Precision.FP32, description="Autocast precision for the forward pass.")
+    weight_dtypes: dict[str, Precision] = Field(
+        default_factory=dict,
+        description="Per-part weight dtypes of frozen parts, e.g. {vae: fp16, text_encoder: fp16}.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the denoiser.")
+    device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda or cuda:N.")
+    ema: EmaConfig = Field(default_factory=EmaConfig, description="Exponential moving average of the weights.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        text = value.strip().lower()
+        if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
+            return text
+        raise ValueError("expected auto, cpu, cuda, cuda:N or mps")

@@ -1,0 +1,146 @@
+"""`python -m benchmarks.gpu OUT_DIR [--dry-run] [--budget SECONDS]` (or `benchmarks/gpu/run.sh OUT_DIR`).
+
+Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, gradient
+checkpointing on and off, in bf16: steps per second and peak VRAM (`torch.cuda.max_memory_allocated`),
+ours against a bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
+every case, so a run cut short still leaves what it measured. Cases run in order of interest until
+`--budget` seconds have passed; the rest are listed as skipped.
+
+`--dry-run` runs each family, method and checkpointing setting once on the CPU, with the tiny kit's
+UNets at 64 px and one step each: it proves the script works, and measures nothing worth keeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gpu.steps import SIDES, Case, Unavailable
+
+CASES = [
+    Case(family, resolution, method, checkpointing)
+    for family, resolution in (("SD1.5", 512), ("SDXL", 1024), ("SD1.5", 1024), ("SDXL", 512))
+    for method in ("lora", "full")
+    for checkpointing in (False, True)
+]
+"""Each family at its native size first, so a run cut short by the budget has the cases users train."""
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="folder for gpu.json and gpu.md")
+    parser.add_argument("--dry-run", action="store_true", help="tiny UNets on the CPU, one step: proves the script")
+    parser.add_argument("--budget", type=float, default=420.0, help="start no case after this many seconds")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels)")
+    return parser.parse_args(argv)
+
+
+def measure(side: str, case: Case, family: Any, device: Any, *, steps: int, warmup: int) -> dict[str, Any]:
+    """steps/s and peak memory of one side on one case; a failure is recorded, not raised."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    _release(cuda)
+    try:
+        step, trainable = SIDES[side](family, case, device)
+        losses = [step() for _ in range(warmup)]
+        _synchronize(cuda)
+        start = time.perf_counter()
+        losses += [step() for _ in range(steps)]
+        _synchronize(cuda)
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    except Unavailable as reason:
+        return {"unavailable": str(reason)}
+    except torch.cuda.OutOfMemoryError:
+        return {"error": "out of memory"}
+    except Exception:  # noqa: BLE001 - one failing case must not lose the others' numbers
+        return {"error": traceback.format_exc(limit=8)}
+    finally:
+        step = None  # drop the model before releasing the memory it held
+        _release(cuda)
+    result: dict[str, Any] = {"steps_per_second": steps / seconds, "trainable_parameters": trainable}
+    result["last_loss"] = losses[-1]
+    if peak is not None:
+        result["peak_vram_gib"] = peak
+    return result
+
+
+def _release(cuda: bool) -> None:
+    import torch
+
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _synchronize(cuda: bool) -> None:
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = _arguments(argv)
+    import torch
+    from diffusers.utils import logging
+
+    from benchmarks.gpu import architectures
+    from benchmarks.gpu.report import rows_of, write_report
+
+    logging.set_verbosity_error()  # casting a UNet to bf16 warns each time, as diffusers' own LoRA example does
+    if args.dry_run:
+        device, steps, warmup = "cpu", 1, 0
+        families = {name: architectures.tiny(name) for name in ("SD1.5", "SDXL")}
+        cases = [Case(c.family, 64, c.method, c.checkpointing, c.batch) for c in CASES if c.resolution == 512]
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA device: run with --dry-run to check the script on a CPU", file=sys.stderr)
+            return 2
+        device, steps, warmup = "cuda", args.steps, args.warmup
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        families = {"SD1.5": architectures.sd15(), "SDXL": architectures.sdxl()}
+        cases = CASES
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    for case in cases:
+        entry: dict[str, Any] = {"case": case.label(), **vars(case)}
+        if time.perf_counter() - started > args.budget:
+            entry["skipped"] = f"time budget of {args.budget:.0f} s spent"
+        else:
+            for side in SIDES:
+                entry[side] = measure(side, case, families[case.family], device, steps=steps, warmup=warmup)
+        results.append(entry)
+        print(_summary(entry), file=sys.stderr, flush=True)
+        write_report(args.out, results, rows_of(results), dry_run=args.dry_run, steps=steps, warmup=warmup)
+    failed = [entry for entry in results if any("error" in entry.get(side, {}) for side in SIDES)]
+    return 1 if failed else 0
+
+
+def _summary(entry: dict[str, Any]) -> str:
+    if "skipped" in entry:
+        return f"{entry['case']}: skipped ({entry['skipped']})"
+    parts = []
+    for side in SIDES:
+        result = entry[side]
+        if "steps_per_second" in result:
+            vram = f", {result['peak_vram_gib']:.1f} GiB" if "peak_vram_gib" in result else ""
+            parts.append(f"{side} {result['steps_per_second']:.2f} steps/s{vram}")
+        else:
+            parts.append(f"{side}: {result.get('unavailable') or result.get('error', '').strip().splitlines()[-1]}")
+    return f"{entry['case']}: " + "; ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

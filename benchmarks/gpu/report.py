@@ -1,0 +1,87 @@
+"""The GPU results as rows (for the shared JSON format) and as the markdown table for the README."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Row, format_ratio, machine, machine_line, write_results
+
+SIDES = ("ours", "diffusers")
+
+
+def rows_of(results: Sequence[dict[str, Any]]) -> list[Row]:
+    """A speed row and (on CUDA) a memory row for each case both sides measured."""
+    rows = []
+    for entry in results:
+        ours, bare = entry.get("ours", {}), entry.get("diffusers", {})
+        if "steps_per_second" not in ours or "steps_per_second" not in bare:
+            continue
+        details = {"trainable_parameters": ours["trainable_parameters"], "last_loss": ours["last_loss"]}
+        rows.append(
+            Row(
+                "gpu training step",
+                entry["case"],
+                ours["steps_per_second"],
+                bare["steps_per_second"],
+                "steps/s",
+                reference_label="diffusers loop",
+                details=details,
+            )
+        )
+        if "peak_vram_gib" in ours and "peak_vram_gib" in bare:
+            rows.append(
+                Row(
+                    "gpu peak VRAM",
+                    entry["case"],
+                    ours["peak_vram_gib"],
+                    bare["peak_vram_gib"],
+                    "GiB",
+                    reference_label="diffusers loop",
+                    details=details,
+                )
+            )
+    return rows
+
+
+def _cell(result: dict[str, Any], key: str, unit: str) -> str:
+    if key in result:
+        return f"{result[key]:.2f} {unit}"
+    if "unavailable" in result:
+        return "n/a"
+    return "failed" if "error" in result else "—"
+
+
+def _ratio(ours: dict[str, Any], bare: dict[str, Any], key: str) -> str:
+    return format_ratio(ours[key] / bare[key]) if key in ours and key in bare else "—"
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    header = (
+        "| case | ours steps/s | diffusers steps/s | speed ours / diffusers "
+        "| ours peak VRAM | diffusers peak VRAM | VRAM ours / diffusers |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    notes = set()
+    for entry in results:
+        if "skipped" in entry:
+            lines.append(f"| {entry['case']} | skipped | | | | | |")
+            continue
+        ours, bare = entry["ours"], entry["diffusers"]
+        notes.update(result["unavailable"] for result in (ours, bare) if "unavailable" in result)
+        lines.append(
+            f"| {entry['case']} | {_cell(ours, 'steps_per_second', '')} | {_cell(bare, 'steps_per_second', '')} "
+            f"| {_ratio(ours, bare, 'steps_per_second')} | {_cell(ours, 'peak_vram_gib', 'GiB')} "
+            f"| {_cell(bare, 'peak_vram_gib', 'GiB')} | {_ratio(ours, bare, 'peak_vram_gib')} |"
+        )
+    lines += [f"\nn/a: {note}." for note in sorted(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, results: Sequence[dict[str, Any]], rows: Sequence[Row], **settings: Any) -> None:
+    from onetrainer.util.atomic import atomic_write_text
+
+    info = machine()
+    write_results(out / "gpu.json", rows, info, **settings, cases=list(results))
+    atomic_write_text(out / "gpu.md", f"{machine_line(info)}\n\n{markdown(results)}")

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU benchmark as one command on a CUDA machine with no network:
+#   benchmarks/gpu/run.sh OUT_DIR [--budget SECONDS] [--steps N] [--dry-run]
+# Installs the wheels in .whl/ whose distribution this Python lacks (see benchmarks/README.md for
+# preparing them) into a scratch folder, then runs `python -m benchmarks.gpu` from the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PYTHON=${PYTHON:-python3}
+SITE=${BENCHMARK_SITE:-/tmp/onetrainer-benchmark-site}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ -d .whl ]; then
+    mapfile -t missing < <("$PYTHON" -m benchmarks.gpu.wheels .whl)
+    if [ "${#missing[@]}" -gt 0 ] && [ -n "${missing[0]}" ]; then
+        echo "installing from .whl: ${missing[*]##*/}" >&2
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${missing[@]}"
+    fi
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
+
+exec "$PYTHON" -m benchmarks.gpu "$@"

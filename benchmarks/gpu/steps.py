@@ -1,0 +1,189 @@
+"""One training step two ways: ours (the onetrainer setup, as the trainer loop drives it) and a bare diffusers loop.
+
+Both train the same UNet architecture from the same random weights on the same kind of batch
+(latents and text hidden states, as a warm cache provides them), with AdamW at the same learning
+rate, gradient clipping at 1.0, bf16 autocast, and for LoRA rank 16 on the attention projections
+with the frozen base in bf16 and the adapter in fp32 (as diffusers' LoRA example trains). The bare
+loop is what diffusers' text-to-image examples do per step, with accelerate's autocast spelled out.
+Each step ends by reading the loss on the host, as both loops do to log it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.gpu.architectures import Family, build_unet
+
+LORA_RANK = 16
+LEARNING_RATE = 1e-4
+TOKENS = 77
+ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class Unavailable(Exception):
+    """This side cannot run this case in this version; the reason is recorded instead of a number."""
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    resolution: int
+    method: str
+    """"lora" or "full"."""
+    checkpointing: bool
+    batch: int = 1
+
+    def label(self) -> str:
+        method = "LoRA" if self.method == "lora" else "full"
+        checkpointing = "GC on" if self.checkpointing else "GC off"
+        return f"{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
+
+
+Step = Callable[[], float]
+
+
+def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    generator = torch.Generator(device).manual_seed(seed)
+    side = case.resolution // 8
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device)
+
+    batch = {"latents": draw(case.batch, 4, side, side), "text_hidden": draw(case.batch, TOKENS, family.context_dim)}
+    if family.is_sdxl:
+        batch["pooled"] = draw(case.batch, family.pooled_dim)
+        size = float(case.resolution)
+        batch["time_ids"] = torch.tensor([[size, size, 0.0, 0.0, size, size]] * case.batch, device=device)
+    return batch
+
+
+def _trainable(parameters: Any) -> list[Any]:
+    return [parameter for parameter in parameters if parameter.requires_grad]
+
+
+def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
+    """diffusers' example loop; returns the step and the number of trained parameters."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    unet = build_unet(family, device)
+    unet.requires_grad_(False)
+    if case.method == "lora":
+        from peft import LoraConfig
+
+        unet.to(dtype=torch.bfloat16)
+        unet.add_adapter(
+            LoraConfig(
+                r=LORA_RANK,
+                lora_alpha=LORA_RANK,
+                init_lora_weights="gaussian",
+                target_modules=ATTENTION_PROJECTIONS,
+            )
+        )
+        for parameter in _trainable(unet.parameters()):
+            parameter.data = parameter.data.float()
+    else:
+        unet.requires_grad_(True)
+    if case.checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    trained = _trainable(unet.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    batch = make_batch(family, case, device)
+    extra = (
+        {"added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": batch["time_ids"]}} if family.is_sdxl else {}
+    )
+    device_type = torch.device(device).type
+
+    def step() -> float:
+        latents = batch["latents"]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            prediction = unet(noisy, timesteps, encoder_hidden_states=batch["text_hidden"], **extra).sample
+        loss = F.mse_loss(prediction.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step, sum(parameter.numel() for parameter in trained)
+
+
+def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
+    """The setup's prepare / predict / loss with the trainer's precision, optimizer and clipping."""
+    import torch
+
+    from onetrainer.model_setup.stable_diffusion import StableDiffusionSetup
+    from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
+    from onetrainer.trainer.precision import MixedPrecision
+    from onetrainer.util.config.schema import TrainConfig
+
+    if family.is_sdxl:
+        raise Unavailable("onetrainer has no SDXL training setup yet")
+    config = TrainConfig.model_validate(
+        {
+            "method": case.method,
+            "lora": {"rank": LORA_RANK, "alpha": LORA_RANK, "targets": "attn"},
+            "training": {
+                "precision": "bf16",
+                "gradient_checkpointing": case.checkpointing,
+                "learning_rate": LEARNING_RATE,
+                "max_grad_norm": 1.0,
+                "device": str(device),
+            },
+        }
+    )
+    setup = StableDiffusionSetup(_sd_model(family, device), config)
+    target = torch.device(device)
+    setup.prepare(target, torch.bfloat16)
+    groups = resolve_parameter_groups(setup.parameter_groups(), config.training)
+    optimizer = build_optimizer(groups, config.training, target)
+    precision = MixedPrecision(config.training.precision, target)
+    trained = [parameter for group in groups for parameter in group["params"]]
+    generator = torch.Generator(target).manual_seed(config.training.seed)
+    batch = make_batch(family, case, device)
+    setup.train()
+
+    def step() -> float:
+        with precision.autocast():
+            prediction = setup.predict(batch, generator)
+            loss = setup.loss(prediction, batch)
+        precision.backward(loss)
+        precision.unscale(optimizer)
+        torch.nn.utils.clip_grad_norm_(trained, config.training.max_grad_norm)
+        precision.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step, sum(parameter.numel() for parameter in trained)
+
+
+def _sd_model(family: Family, device: Any) -> Any:
+    """The real-size UNet beside the tiny kit's VAE and text encoder, which a cached batch never runs."""
+    from onetrainer.model.stable_diffusion import StableDiffusionModel
+    from onetrainer.util.enums import ModelType
+    from onetrainer.util.tiny.models import build_tiny_sd15_pipeline
+
+    tiny = build_tiny_sd15_pipeline(seed=0)
+    return StableDiffusionModel(
+        model_type=ModelType.SD15,
+        unet=build_unet(family, device),
+        vae=tiny.vae,
+        text_encoder=tiny.text_encoder,
+        tokenizer=tiny.tokenizer,
+        noise_scheduler=tiny.scheduler,
+        prediction_type="epsilon",
+        source="benchmark",
+    )
+
+
+SIDES: dict[str, Callable[[Family, Case, Any], tuple[Step, int]]] = {"ours": ours_step, "diffusers": bare_step}

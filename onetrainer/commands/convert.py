@@ -1,0 +1,96 @@
+"""`onetrainer convert INPUT OUTPUT --to FORMAT`: rewrite a model, LoRA or embedding in another format."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def convert(
+    input: Annotated[
+        str, typer.Argument(help="A model, LoRA or embedding: a file, a diffusers folder, a hub id or tiny:<family>.")
+    ],
+    output: Annotated[Path, typer.Argument(help="The file (.safetensors) or folder (diffusers) to write.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="diffusers or single-file (models), kohya or peft (LoRAs), a1111 or diffusers (embeddings); "
+            "auto: kohya, a1111, or single-file/diffusers by the output's suffix.",
+        ),
+    ] = "auto",
+    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (default: keep each tensor's dtype).")] = None,
+    model_type: Annotated[
+        str | None, typer.Option("--model-type", help="sd15 or sd2 (default: detect from the input).")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="Architecture of a single-file input (diffusers folder or hub id); default: shipped configs."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer for a single-file input written as a diffusers folder.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")] = False,
+) -> None:
+    """Convert between formats, streaming tensor by tensor (a checkpoint is never held twice in memory)."""
+    from onetrainer.model_loader.conversion_source import open_conversion_source
+    from onetrainer.model_saver.convert import write_conversion
+    from onetrainer.model_saver.formats import parse_format
+    from onetrainer.ui.console import stderr, stdout
+
+    fmt = parse_format(to)
+    with open_conversion_source(
+        input, model_type=_model_type(model_type), config=config, tokenizer=tokenizer
+    ) as source:
+        stderr.print(f"input: {source.detection.description}")
+        with _progress() as update:
+            used, path = write_conversion(source, output, to=fmt, dtype=dtype, overwrite=overwrite, progress=update)
+    stdout.print(f"wrote {path} ({used.value})")
+
+
+def _model_type(name: str | None):
+    from onetrainer.util.enums import ModelType
+    from onetrainer.util.errors import UserError
+    from onetrainer.util.suggest import did_you_mean
+
+    if name is None:
+        return None
+    try:
+        return ModelType(name)
+    except ValueError:
+        names = [t.value for t in ModelType]
+        raise UserError(f"unknown model type {name!r}; {did_you_mean(name, names)}valid: {', '.join(names)}") from None
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient bar per output file, on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from onetrainer.ui.console import stderr
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tensors"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+    tasks: dict[str, int] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done, total=total)
+
+    with progress:
+        yield update

@@ -1,0 +1,41 @@
+"""`onetrainer inspect PATH [--json]`: say what a file or folder is and what is in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onetrainer.util.enums import ModelType
+
+
+def inspect(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A model (diffusers folder, .safetensors, .ckpt), LoRA, embedding, backup, workspace, "
+            "run config (.yaml) or image folder."
+        ),
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+    resolution: Annotated[
+        int, typer.Option(min=64, max=8192, help="Image folders: the training resolution to bucket for.")
+    ] = 512,
+    model_type: Annotated[
+        ModelType, typer.Option(help="Image folders: the model family (sets the bucket size multiple).")
+    ] = ModelType.SD15,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Image folders: include sub-folders.")] = False,
+) -> None:
+    """Describe PATH from headers and metadata, without loading weights."""
+    import json
+
+    from onetrainer.inspection.dispatch import inspect_path
+    from onetrainer.ui.console import stdout
+    from onetrainer.ui.inspection import inspection_view
+
+    result = inspect_path(path, resolution=resolution, model_type=model_type.value, recursive=recursive)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+        return
+    stdout.print(inspection_view(result))

@@ -1,0 +1,356 @@
+"""The data loader the trainer uses: scan, plan, cache, then batches with prefetch and resume.
+
+`build_data_loader` scans the concepts (raising the exit-2 errors: missing folders, nothing to
+train, skipped files under `strict`), plans the epochs and builds the graphs. `fill_cache()` runs
+the caching pass; `batches(epoch)` yields this rank's batches, prepared by the worker pool ahead of
+the training step; `state_dict()` is (epoch, batches handed out), enough to resume mid-epoch with
+exactly the batches an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.data_loader.batches import BatchBuilder
+from onetrainer.data_loader.cache import CacheStore
+from onetrainer.data_loader.caching import CacheFiller, CacheIndex, CacheStats
+from onetrainer.data_loader.encoders import ImageEncoder, TextEncoder
+from onetrainer.data_loader.events import LoaderEvent, ProgressCallback, ignore_events
+from onetrainer.data_loader.memo import FileMemo
+from onetrainer.data_loader.pipeline import SamplePipeline
+from onetrainer.data_loader.plan import DataPlan, Draw
+from onetrainer.data_loader.pool import WorkerPool
+from onetrainer.data_loader.report import DatasetReport, build_report
+from onetrainer.data_loader.scan import ConceptScan, Skipped, scan_concepts
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    from onetrainer.util.config.schema import TrainConfig
+
+MEMO_FILE = "files.json"
+CACHED_WINDOW = 16
+"""Batches kept in flight when they are read from the cache: each costs a few MB at most, and a wider
+window means fewer, larger refills, each of which briefly competes with the training thread for the
+GIL (measured: the mean wait per step halves from a window of 4 to one of 8)."""
+
+
+def default_cache_dir(config: TrainConfig) -> Path:
+    return config.data.cache_dir if config.data.cache_dir is not None else config.workspace / "cache"
+
+
+def _plan(config: TrainConfig, scans: list[ConceptScan], *, quantisation: int, world_size: int) -> DataPlan:
+    samples = [sample for scan in scans if scan.config.enabled for sample in scan.samples]
+    return DataPlan(
+        samples,
+        [scan.config for scan in scans],
+        [scan.label for scan in scans],
+        resolution=config.data.resolution,
+        seed=config.training.seed,
+        batch_size=config.training.batch_size,
+        world_size=world_size,
+        quantisation=quantisation,
+        bucketing=config.data.bucketing,
+    )
+
+
+def _raise_if_strict(config: TrainConfig, skipped: list[Skipped]) -> None:
+    if config.data.strict and skipped:
+        listing = "\n".join(f"  - {item.path}: {item.reason}" for item in skipped)
+        raise UserError(
+            f"{len(skipped)} image(s) cannot be used (data.strict is on):\n{listing}",
+            hint="Fix or remove these files, or set data.strict=false to skip them with a warning.",
+        )
+
+
+def dataset_report(
+    config: TrainConfig,
+    *,
+    quantisation: int = 8,
+    world_size: int = 1,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    progress: ProgressCallback = ignore_events,
+) -> DatasetReport:
+    """Scan and plan without writing anything (the file memo is read, not updated) and report."""
+    directory = cache_dir if cache_dir is not None else default_cache_dir(config)
+    memo = FileMemo(directory / MEMO_FILE, readonly=True)
+    scans = scan_concepts(config.data, memo=memo, workers=_workers(config, workers), progress=progress)
+    return build_report(scans, _plan(config, scans, quantisation=quantisation, world_size=world_size))
+
+
+def _workers(config: TrainConfig, workers: int | None) -> int:
+    return config.data.workers if workers is None else workers
+
+
+class DataLoader:
+    """Batches for one rank. Create with `build_data_loader`; close (or use as a context manager)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        cache_dir: Path,
+        image_encoder: ImageEncoder | None,
+        text_encoder: TextEncoder | None,
+        rank: int,
+        world_size: int,
+        workers: int,
+        quantisation: int,
+        progress: ProgressCallback,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside the world size {world_size}")
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.quantisation = quantisation
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.progress = progress
+        self.cache_dir = cache_dir
+        self.store = CacheStore(cache_dir)
+        if config.data.clear_cache and rank == 0:
+            self.store.clear()
+        self.memo = FileMemo(cache_dir / MEMO_FILE)
+        self.pool = WorkerPool(workers)
+        self.depth = max(config.data.prefetch, 2 * workers)
+        self.scans = scan_concepts(config.data, memo=self.memo, workers=workers, progress=progress)
+        self.memo.save()
+        _raise_if_strict(config, [item for scan in self.scans for item in scan.skipped])
+        self.caching = config.data.cache
+        self._index: CacheIndex | None = None
+        self._epoch = 0
+        self._position = 0
+        self._resume: tuple[int, int] | None = None
+        self._loaded: set[str] = set()
+        self._batch_builder: BatchBuilder | None = None
+        self._live: tuple[tuple[int, int], Iterator[tuple[int, int, dict[str, Any]]]] | None = None
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._close_stream()
+        self._batch_builder = None
+        self.plan = _plan(self.config, self.scans, quantisation=self.quantisation, world_size=self.world_size)
+        self.pipeline = SamplePipeline(
+            self.plan,
+            image_cached=self.caching and self.image_encoder is not None,
+            text_cached=self.caching and self.text_encoder is not None,
+        )
+        self.report = build_report(self.scans, self.plan)
+        self.report.require_trainable()
+
+    def describe(self) -> str:
+        """The resolved per-sample graphs, one node per line."""
+        return self.pipeline.describe()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Exact steps of epoch 0, and of every epoch unless `epochs_vary` (then see `steps_in_epoch`)."""
+        return self.plan.steps_in_epoch(0)
+
+    @property
+    def epochs_vary(self) -> bool:
+        """Fractional repeats, `samples` or multi-resolution variants can change bucket counts per epoch."""
+        return not self.plan.epochs_are_alike
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.plan.steps_in_epoch(epoch)
+
+    def total_steps(self, epochs: int) -> int:
+        return self.plan.total_steps(epochs)
+
+    def fill_cache(self) -> CacheStats:
+        """Encode every missing entry (batched per bucket, encoders loaded only on a miss), prune stale ones.
+
+        Images found undecodable here are dropped from the plan with a warning (an error under
+        `strict`), so the epoch length can change: read `steps_per_epoch` after this call.
+        """
+        stats = CacheStats()
+        self._close_stream()
+        if not self.caching or (self.image_encoder is None and self.text_encoder is None):
+            return stats
+        filler = CacheFiller(
+            plan=self.plan,
+            pipeline=self.pipeline,
+            store=self.store,
+            memo=self.memo,
+            pool=self.pool,
+            depth=self.depth,
+            encode_batch_size=self.config.data.encode_batch_size,
+            progress=self.progress,
+        )
+        try:
+            hashes = filler.hashes()
+            index = CacheIndex()
+            if self.image_encoder is not None:
+                index = filler.images(self.image_encoder, hashes, stats)
+            failed = {str(item.path) for item in stats.failed}
+            if self.text_encoder is not None:
+                failed_ids = {s.id for s in self.plan.samples if str(s.path) in failed}
+                filler.texts(self.text_encoder, stats, skip=failed_ids.__contains__)
+            if self.rank == 0:
+                stats.pruned = self.store.prune(hashes)
+                self.progress(LoaderEvent("progress", "prune", stats.pruned, stats.pruned))
+        finally:
+            self.store.save_manifest()
+            self.memo.save()
+        self._index = index
+        self._batch_builder = None
+        if stats.failed:
+            self._drop(stats.failed)
+        return stats
+
+    def _drop(self, failed: list[Skipped]) -> None:
+        _raise_if_strict(self.config, failed)
+        by_path = {item.path: item for item in failed}
+        for item in failed:
+            self.progress(LoaderEvent("warning", "cache-images", message=f"skipped {item.path}: {item.reason}"))
+        for scan in self.scans:
+            scan.skipped += [by_path[sample.path] for sample in scan.samples if sample.path in by_path]
+            scan.samples = [sample for sample in scan.samples if sample.path not in by_path]
+        self._rebuild()
+
+    def _builder(self) -> BatchBuilder:
+        if self.caching and (self.image_encoder or self.text_encoder) and self._index is None:
+            self.fill_cache()
+        if self._batch_builder is None:
+            self._batch_builder = BatchBuilder(
+                self.pipeline,
+                store=self.store,
+                index=self._index,
+                text_identity=self.text_encoder.identity() if self.text_encoder is not None else None,
+            )
+        return self._batch_builder
+
+    def _encode_inline(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Without a cache, the encoders run here, in the training thread, once per batch."""
+        import torch
+
+        with torch.no_grad():
+            if self.image_encoder is not None and not self.pipeline.image_cached:
+                if "image" not in self._loaded:
+                    self.image_encoder.load()
+                    self._loaded.add("image")
+                batch.update(self.image_encoder.encode(batch.pop("pixels")))
+            if self.text_encoder is not None and not self.pipeline.text_cached:
+                if "text" not in self._loaded:
+                    self.text_encoder.load()
+                    self._loaded.add("text")
+                batch.update(self.text_encoder.encode(batch["captions"]))
+        return batch
+
+    def _planned(self, epoch: int, start: int) -> Iterator[tuple[int, int, tuple[Draw, ...]]]:
+        """This rank's shards from (epoch, start) on, running on into the following epochs."""
+        while True:
+            planned = self.plan.epoch(epoch)
+            for position in range(start, len(planned)):
+                yield epoch, position, self.plan.shard(planned[position], self.rank)
+            epoch, start = epoch + 1, 0
+
+    def _stream(self, epoch: int, start: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """Prepared batches from (epoch, start), reused across `batches` calls.
+
+        The stream does not stop at the end of an epoch: while the trainer finishes the last steps
+        of one epoch the workers already prepare the first batches of the next, so the first step
+        of an epoch does not wait for data. Asking for any other position starts a new stream.
+        """
+        if self._live is not None and self._live[0] == (epoch, start):
+            return self._live[1]
+        self._close_stream()
+        builder = self._builder()
+
+        def build(item: tuple[int, int, tuple[Draw, ...]]) -> tuple[int, int, dict[str, Any]]:
+            return item[0], item[1], builder.build(item[2])
+
+        window = max(self.depth, CACHED_WINDOW) if self.pipeline.image_cached else self.depth
+        stream = self.pool.map_ordered(build, self._planned(epoch, start), window)
+        self._live = ((epoch, start), stream)
+        return stream
+
+    def _close_stream(self) -> None:
+        if self._live is not None:
+            self._live[1].close()
+            self._live = None
+
+    def batches(self, epoch: int, start: int | None = None) -> Iterator[dict[str, Any]]:
+        """This rank's batches of `epoch` from step `start` (default: 0, or the loaded resume position)."""
+        if start is None:
+            start = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume = None
+        steps = len(self.plan.epoch(epoch))
+        if not 0 <= start <= steps:
+            raise UserError(f"resume position {start} is outside epoch {epoch}, which has {steps} steps")
+        self._epoch, self._position = epoch, start
+        if start == steps:
+            return
+        stream = self._stream(epoch, start)
+        for _, position, batch in stream:
+            self._position = position + 1
+            self._live = ((epoch, self._position) if self._position < steps else (epoch + 1, 0), stream)
+            yield self._encode_inline(batch)
+            if self._position == steps:
+                return
+
+    def validation_batches(self) -> Iterator[dict[str, Any]]:
+        """Every validation-concept sample once, this rank's share, with fixed (variation 0) augmentation."""
+        builder = self._builder()
+        shards = [batch.draws for batch in self.plan.validation_batches(self.rank)]
+        for batch in self.pool.map_ordered(builder.build, shards, self.depth):
+            yield self._encode_inline(batch)
+
+    def state_dict(self) -> dict[str, int]:
+        """(epoch, batches of it handed out so far): where `batches` should continue after a resume."""
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or position < 0:
+            raise UserError(f"invalid data-loader state: epoch {epoch}, position {position}")
+        self._epoch, self._position = epoch, position
+        self._resume = (epoch, position)
+
+    def close(self) -> None:
+        self._close_stream()
+        self.pool.close()
+        if "image" in self._loaded and self.image_encoder is not None:
+            self.image_encoder.unload()
+        if "text" in self._loaded and self.text_encoder is not None:
+            self.text_encoder.unload()
+        self._loaded.clear()
+
+    def __enter__(self) -> DataLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_data_loader(
+    config: TrainConfig,
+    *,
+    image_encoder: ImageEncoder | None = None,
+    text_encoder: TextEncoder | None = None,
+    cache_dir: Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int | None = None,
+    quantisation: int = 8,
+    progress: ProgressCallback = ignore_events,
+) -> DataLoader:
+    """The loader for one rank. `quantisation`: 8 for SD 1.x/2.x, 64 for SDXL.
+
+    `cache_dir` defaults to `data.cache_dir`, else `<workspace>/cache`; `workers` to `data.workers`.
+    """
+    return DataLoader(
+        config,
+        cache_dir=cache_dir if cache_dir is not None else default_cache_dir(config),
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        rank=rank,
+        world_size=world_size,
+        workers=_workers(config, workers),
+        quantisation=quantisation,
+        progress=progress,
+    )

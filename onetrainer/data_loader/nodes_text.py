@@ -1,0 +1,142 @@
+"""Caption nodes: pick the caption source and line, then tag dropout, shuffle, dropout, capitalisation.
+
+Each augmentation is its own node with its own random stream (keyed by the text variation), so a
+caption's augmentations are reproducible and independent of one another. When no augmentation is
+switched on, a caption passes through untouched, whitespace and all.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from onetrainer.data_loader.files import read_text_lines
+from onetrainer.data_loader.graph import Node, NodeView
+from onetrainer.util.config.data import CaptionSource, MissingCaption
+
+TEXT_SOURCES = ("image_path", "caption_path")
+
+
+@lru_cache(maxsize=64)
+def _concept_lines(path: Path, mtime_ns: int) -> tuple[str, ...]:
+    return tuple(read_text_lines(path)[0])
+
+
+def _caption_lines(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    image_path: Path = values["image_path"]
+    source = view.setting("caption.source")
+    if source is CaptionSource.FILENAME:
+        return {"caption.lines": [image_path.stem]}
+    if source is CaptionSource.FIXED:
+        return {"caption.lines": [view.setting("caption.text")]}
+    if source is CaptionSource.CONCEPT_FILE:
+        path: Path = view.setting("caption.concept_file")
+        return {"caption.lines": list(_concept_lines(path, path.stat().st_mtime_ns)) or [""]}
+    lines = read_text_lines(values["caption_path"])[0] if values["caption_path"] is not None else []
+    if not lines:
+        missing = view.setting("caption.if_missing")
+        lines = [image_path.stem] if missing is MissingCaption.FILENAME else [""]
+    return {"caption.lines": lines}
+
+
+def _choose(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    lines = values["caption.lines"]
+    return {"caption.chosen": lines[0] if len(lines) == 1 else view.rng().choice(lines)}
+
+
+def _split(view: NodeView, caption: str) -> tuple[list[str], str]:
+    delimiter = view.setting("caption.tag_delimiter")
+    joiner = f"{delimiter.strip()} " if delimiter.strip() else delimiter
+    return [tag.strip() for tag in caption.split(delimiter) if tag.strip()], joiner
+
+
+def _matches(tag: str, patterns: list[str], regex: bool) -> bool:
+    if regex:
+        return any(re.fullmatch(pattern, tag) for pattern in patterns)
+    return tag in patterns
+
+
+def _tag_dropout(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    caption = values["caption.chosen"]
+    probability = float(view.setting("caption.tag_dropout"))
+    if probability == 0:
+        return {"caption.tags_dropped": caption}
+    tags, joiner = _split(view, caption)
+    keep_count = int(view.setting("caption.keep_tags"))
+    keep_list = view.setting("caption.tag_dropout_keep")
+    only_list = view.setting("caption.tag_dropout_only")
+    regex = bool(view.setting("caption.tag_dropout_regex"))
+    rng = view.rng()
+    kept = tags[:keep_count]
+    for tag in tags[keep_count:]:
+        droppable = not _matches(tag, keep_list, regex) and (not only_list or _matches(tag, only_list, regex))
+        if not (droppable and rng.random() < probability):
+            kept.append(tag)
+    return {"caption.tags_dropped": joiner.join(kept)}
+
+
+def _shuffle_tags(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    caption = values["caption.tags_dropped"]
+    if not view.setting("caption.shuffle_tags"):
+        return {"caption.shuffled": caption}
+    tags, joiner = _split(view, caption)
+    keep_count = int(view.setting("caption.keep_tags"))
+    tail = tags[keep_count:]
+    view.rng().shuffle(tail)
+    return {"caption.shuffled": joiner.join(tags[:keep_count] + tail)}
+
+
+def _caption_dropout(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    dropped = view.rng().random() < float(view.setting("caption.caption_dropout"))
+    return {"caption.kept": "" if dropped else values["caption.shuffled"]}
+
+
+_STYLES = (str.lower, str.upper, str.title, lambda text: text[:1].upper() + text[1:].lower())
+
+
+def _capitalize(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    caption = values["caption.kept"]
+    rng = view.rng()
+    if rng.random() < float(view.setting("caption.random_capitalization")):
+        caption = rng.choice(_STYLES)(caption)
+    return {"caption": caption}
+
+
+def text_nodes() -> list[Node]:
+    tag_settings = ("caption.tag_delimiter", "caption.keep_tags")
+    return [
+        Node(
+            "caption_lines",
+            ("image_path", "caption_path"),
+            ("caption.lines",),
+            _caption_lines,
+            ("caption.source", "caption.if_missing", "caption.concept_file", "caption.text"),
+        ),
+        Node("choose_caption", ("caption.lines",), ("caption.chosen",), _choose),
+        Node(
+            "tag_dropout",
+            ("caption.chosen",),
+            ("caption.tags_dropped",),
+            _tag_dropout,
+            (
+                *tag_settings,
+                "caption.tag_dropout",
+                "caption.tag_dropout_keep",
+                "caption.tag_dropout_only",
+                "caption.tag_dropout_regex",
+            ),
+        ),
+        Node(
+            "shuffle_tags",
+            ("caption.tags_dropped",),
+            ("caption.shuffled",),
+            _shuffle_tags,
+            (*tag_settings, "caption.shuffle_tags"),
+        ),
+        Node(
+            "caption_dropout", ("caption.shuffled",), ("caption.kept",), _caption_dropout, ("caption.caption_dropout",)
+        ),
+        Node("capitalize", ("caption.kept",), ("caption",), _capitalize, ("caption.random_capitalization",)),
+    ]

@@ -1,0 +1,105 @@
+"""The per-sample graphs and how a planned use of a sample is keyed and run through them.
+
+Two graphs: the image graph (decode, crop, augment) keyed by the image variation, and the text graph
+(caption source and augmentation) keyed by the text variation. Which variation a use gets depends on
+caching: a cached part has `image_variations` / `text_variations` fixed variants, used in turn across
+passes (slot = pass % variations); an uncached part is augmented afresh for every pass and every
+padding copy, so repeats of an image in one epoch always differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from onetrainer.data_loader.graph import Graph, Node, SampleContext
+from onetrainer.data_loader.nodes_image import IMAGE_SOURCES, image_nodes
+from onetrainer.data_loader.nodes_text import TEXT_SOURCES, text_nodes
+from onetrainer.data_loader.plan import DataPlan, Draw
+from onetrainer.util.config.data import ConceptConfig
+
+GEOMETRY_OUTPUTS = ("original_size", "crop_top_left")
+
+
+def image_graph(extra: Sequence[Node] = ()) -> Graph:
+    """The standard image graph; a family may append nodes that consume its outputs."""
+    return Graph("image", [*image_nodes(), *extra], IMAGE_SOURCES, ConceptConfig)
+
+
+def text_graph(extra: Sequence[Node] = ()) -> Graph:
+    return Graph("text", [*text_nodes(), *extra], TEXT_SOURCES, ConceptConfig)
+
+
+class SamplePipeline:
+    """Runs a draw through the graphs with the right keys; shared read-only by all worker threads."""
+
+    def __init__(
+        self,
+        plan: DataPlan,
+        *,
+        image_cached: bool,
+        text_cached: bool,
+        images: Graph | None = None,
+        texts: Graph | None = None,
+    ) -> None:
+        self.plan = plan
+        self.image_cached = image_cached
+        self.text_cached = text_cached
+        self.images = images or image_graph()
+        self.texts = texts or text_graph()
+        self._memo: dict[tuple[object, ...], Any] = {}
+
+    def image_variation(self, draw: Draw) -> tuple[int, int]:
+        """(variation, copy) keying the image nodes."""
+        return (draw.slot, 0) if self.image_cached else (draw.pass_index, draw.copy)
+
+    def text_variation(self, draw: Draw) -> tuple[int, int]:
+        if self.text_cached:
+            concept = self.plan.concepts[self.plan.samples[draw.sample].concept]
+            return draw.pass_index % concept.text_variations, 0
+        return draw.pass_index, draw.copy
+
+    def _context(self, draw: Draw, kind: str, variation: tuple[int, int]) -> SampleContext:
+        sample = self.plan.samples[draw.sample]
+        concept = self.plan.concepts[sample.concept]
+        return SampleContext(sample, concept, (self.plan.seed, concept.seed, kind, *variation, sample.id))
+
+    def image(self, draw: Draw, wanted: Iterable[str] = ("pixels", "mask", *GEOMETRY_OUTPUTS)) -> dict[str, Any]:
+        sample = self.plan.samples[draw.sample]
+        sources = {
+            "image_path": sample.path,
+            "mask_path": sample.mask_path,
+            "source_size": (sample.height, sample.width),
+            "target_size": draw.bucket,
+        }
+        context = self._context(draw, "image", self.image_variation(draw))
+        return self.images.run(context, sources, wanted)
+
+    def geometry(self, draw: Draw) -> dict[str, Any]:
+        """Original size and crop offset, from the header size alone (no decoding).
+
+        With a cache the result repeats every time the slot is used, so it is remembered (the
+        materialise layer then only reads entries); without one every use has its own key.
+        """
+        key = ("geometry", draw.sample, draw.bucket, *self.image_variation(draw))
+        result = self._memo.get(key) if self.image_cached else None
+        if result is None:
+            result = self.image(draw, GEOMETRY_OUTPUTS)
+            if self.image_cached:
+                self._memo[key] = result
+        return dict(result)
+
+    def caption(self, draw: Draw) -> str:
+        key = ("caption", draw.sample, *self.text_variation(draw))
+        caption = self._memo.get(key) if self.text_cached else None
+        if caption is None:
+            sample = self.plan.samples[draw.sample]
+            sources = {"image_path": sample.path, "caption_path": sample.caption_path}
+            context = self._context(draw, "text", self.text_variation(draw))
+            caption = str(self.texts.run(context, sources, ("caption",))["caption"])
+            if self.text_cached:
+                self._memo[key] = caption
+        return caption
+
+    def describe(self) -> str:
+        return f"{self.images.describe()}\n{self.texts.describe()}"

@@ -1,0 +1,106 @@
+"""`caption_folder`: write `name.txt` beside every image in a folder.
+
+Modes decide per image: `replace` overwrites, `fill` captions only images without a (non-empty)
+caption, `add` appends the new caption as another line (caption files hold one caption per line; the
+data loader picks one at random per use). The prefix and suffix are joined to the model's text as
+typed, so `--prefix "photo of sks, "` controls its own separator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onetrainer.dataset_tools.captioners.wd14 import TaggerSettings
+from onetrainer.dataset_tools.files import caption_path, find_images
+from onetrainer.dataset_tools.modes import CaptionMode
+from onetrainer.dataset_tools.progress import ProgressCallback, ToolSummary, no_progress
+from onetrainer.dataset_tools.runner import run_batches
+from onetrainer.util.atomic import atomic_write_text
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    directory: Path
+    model: str = "blip"
+    mode: CaptionMode = CaptionMode.FILL
+    prefix: str = ""
+    suffix: str = ""
+    recursive: bool = False
+    batch_size: int = 4
+    device: str | None = None
+    dtype: str | None = None
+    prompt: str | None = None
+    """Text the model starts from: BLIP continues it, Florence-2 reads it as its task token."""
+    max_new_tokens: int = 75
+    tagger: TaggerSettings = field(default_factory=TaggerSettings)
+
+
+def read_caption(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    return path.read_text(encoding="utf-8", errors="replace").strip()
+
+
+def merged_caption(existing: str, new: str, mode: CaptionMode) -> str:
+    """The file's new content (without the trailing newline)."""
+    if mode is CaptionMode.ADD and existing:
+        return f"{existing}\n{new}"
+    return new
+
+
+def needs_caption(image: Path, mode: CaptionMode) -> bool:
+    return mode is not CaptionMode.FILL or not read_caption(caption_path(image))
+
+
+def _validate(request: CaptionRequest) -> None:
+    if request.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if request.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    for name, value in (
+        ("--general-threshold", request.tagger.general_threshold),
+        ("--character-threshold", request.tagger.character_threshold),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"{name} must be between 0 and 1, got {value}")
+
+
+def caption_folder(request: CaptionRequest, on_progress: ProgressCallback = no_progress) -> ToolSummary:
+    """Caption every image under `request.directory` that the mode selects; returns what happened.
+
+    The model loads only when some image needs a caption, so a `fill` run over a finished folder is
+    instant.
+    """
+    from onetrainer.dataset_tools.captioners import open_captioner
+    from onetrainer.dataset_tools.sources import resolve_device
+
+    _validate(request)
+    images = find_images(request.directory, recursive=request.recursive)
+    summary = ToolSummary(found=len(images))
+    todo = [image for image in images if needs_caption(image, request.mode)]
+    selected = set(todo)
+    summary.kept = [image for image in images if image not in selected]
+    if not todo:
+        return summary
+    captioner = open_captioner(request, resolve_device(request.device))
+
+    def write(image_path: Path, _: Image.Image, text: str) -> Path:
+        target = caption_path(image_path)
+        new = f"{request.prefix}{text}{request.suffix}".strip()
+        atomic_write_text(target, merged_caption(read_caption(target), new, request.mode) + "\n")
+        return target
+
+    return run_batches(
+        todo,
+        batch_size=request.batch_size,
+        process=captioner.caption,
+        write=write,
+        summary=summary,
+        on_progress=on_progress,
+    )

@@ -1,0 +1,68 @@
+"""What a folder tool reports while it runs and when it is done.
+
+Library code never prints: the runner calls a callback after every batch with a `ToolProgress`, and
+returns a `ToolSummary` that the command renders. Both are plain data so tests can assert on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ToolProgress:
+    done: int
+    """Images handled so far (written or failed)."""
+    total: int
+    """Images this run has to handle (those the mode skips are not counted)."""
+    current: Path | None = None
+
+
+ProgressCallback = Callable[[ToolProgress], None]
+
+
+def no_progress(_: ToolProgress) -> None:
+    """The default callback for library callers that do not show progress."""
+
+
+@dataclass
+class ToolSummary:
+    found: int = 0
+    """Images found in the folder."""
+    written: list[Path] = field(default_factory=list)
+    """Sidecar files written."""
+    kept: list[Path] = field(default_factory=list)
+    """Images whose existing sidecar the mode kept (fill)."""
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    """Images that could not be read, with the reason."""
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        handled = len(self.written) + len(self.failed)
+        return handled / self.seconds if self.seconds > 0 else 0.0
+
+    def count_rows(self, *, written: str, kept: str) -> list[tuple[str, str]]:
+        """(label, value) rows for a summary table; `written`/`kept` name what this tool does."""
+        rows = [
+            ("images found", str(self.found)),
+            (written, str(len(self.written))),
+            (kept, str(len(self.kept))),
+            ("unreadable, skipped", str(len(self.failed))),
+        ]
+        if self.written or self.failed:
+            rows.append(("speed", f"{self.images_per_second:.2f} images/s ({self.seconds:.1f} s)"))
+        return rows
+
+    def failure_rows(self, root: Path) -> list[tuple[str, str]]:
+        """(path relative to `root`, reason) for every image that could not be handled."""
+        return [(_relative(path, root), reason) for path, reason in self.failed]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,66 @@
+"""The loop both tools share: decode a batch, run the model once on it, write one file per image.
+
+Images are decoded batch by batch, so a folder of thousands never sits in memory at once, and an
+unreadable file costs only its own slot: it is recorded with its reason and the rest of its batch
+still runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from onetrainer.dataset_tools.files import UnreadableImage, load_rgb
+from onetrainer.dataset_tools.progress import ProgressCallback, ToolProgress, ToolSummary
+from onetrainer.util.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+R = TypeVar("R")
+
+
+def run_batches(
+    images: Sequence[Path],
+    *,
+    batch_size: int,
+    process: Callable[[list[Image.Image]], list[R]],
+    write: Callable[[Path, Image.Image, R], Path],
+    summary: ToolSummary,
+    on_progress: ProgressCallback,
+) -> ToolSummary:
+    """Run `process` over `images` in batches and `write` each result; fills and returns `summary`.
+
+    `write(image_path, image, result)` returns the path it wrote, or raises `UnreadableImage` when an
+    input it needs (an existing mask) cannot be read. `summary.seconds` covers this loop
+    only (not model loading), so images/s measures the work itself.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    start = time.perf_counter()
+    done = 0
+    total = len(images)
+    on_progress(ToolProgress(0, total))
+    for offset in range(0, total, batch_size):
+        paths = images[offset : offset + batch_size]
+        decoded: list[tuple[Path, Image.Image]] = []
+        for path in paths:
+            try:
+                decoded.append((path, load_rgb(path)))
+            except UnreadableImage as error:
+                summary.failed.append((path, error.reason))
+        if decoded:
+            results = process([image for _, image in decoded])
+            if len(results) != len(decoded):
+                raise RuntimeFailure(f"the model returned {len(results)} results for {len(decoded)} images")
+            for (path, image), result in zip(decoded, results, strict=True):
+                try:
+                    summary.written.append(write(path, image, result))
+                except UnreadableImage as error:
+                    summary.failed.append((path, f"{error.path.name}: {error.reason}"))
+        done += len(paths)
+        on_progress(ToolProgress(done, total, paths[-1]))
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,163 @@
+"""LoRA-family adapters (LoRA, DoRA, LoHa, LoKr) injected into a model's components through peft.
+
+The adapter layers live inside the UNet / text encoder (peft replaces the targeted Linear/Conv2d
+layers in place), so a forward pass, a preview sample and a saver all see the adapted model. The
+`LoraAdapter` record is what savers and the training setup need to find them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.model.adapters.targets import target_modules
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.stable_diffusion import StableDiffusionModel
+
+LORA_KINDS = ("lora", "dora", "loha", "lokr")
+
+
+@dataclass
+class LoraAdapter:
+    """One named peft adapter spread over several components of a model."""
+
+    kind: str
+    rank: int
+    alpha: float
+    components: tuple[str, ...]
+    adapter_name: str = "default"
+
+    def state_dicts(self, model: StableDiffusionModel) -> dict[str, dict[str, torch.Tensor]]:
+        """Per component, the peft adapter state dict (keys as `get_peft_model_state_dict` names them)."""
+        from peft import get_peft_model_state_dict
+
+        return {
+            component: get_peft_model_state_dict(getattr(model, component), adapter_name=self.adapter_name)
+            for component in self.components
+        }
+
+    def parameters(self, model: StableDiffusionModel, component: str) -> list[torch.nn.Parameter]:
+        """The adapter's trainable tensors on one component (peft names them `<layer>.<param>.<adapter>...`)."""
+        if component not in self.components:
+            return []
+        marker = f".{self.adapter_name}"
+        return [
+            param
+            for name, param in getattr(model, component).named_parameters()
+            if f"{marker}." in name or name.endswith(marker)
+        ]
+
+
+def peft_config(kind: str, rank: int, alpha: float, dropout: float, targets: list[str]) -> Any:
+    """The peft config of one adapter kind; dropout is input dropout for LoRA/DoRA, rank dropout for LyCORIS."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    if kind in ("lora", "dora"):
+        return LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=targets,
+            use_dora=kind == "dora",
+            init_lora_weights=True,
+        )
+    if kind == "loha":
+        return LoHaConfig(r=rank, alpha=alpha, rank_dropout=dropout, target_modules=targets, init_weights=True)
+    if kind == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, rank_dropout=dropout, target_modules=targets, init_weights=True)
+    raise UserError(f"unknown LoRA type {kind!r}", hint=f"Use one of: {', '.join(LORA_KINDS)}.")
+
+
+def inject_lora(
+    model: StableDiffusionModel,
+    *,
+    kind: str,
+    rank: int,
+    alpha: float,
+    components: tuple[str, ...],
+    preset: str = "attn-mlp",
+    regex: str | None = None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    adapter_name: str = "default",
+) -> LoraAdapter:
+    """Add a fresh adapter to each of `components` (zero update at first, as every LoRA starts).
+
+    The initial random factors come from `seed` in a forked RNG, so the same config gives the same
+    starting adapter no matter what ran before. Inject before moving the model to an accelerator.
+    """
+    import torch
+    from peft import inject_adapter_in_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for component in components:
+            module = getattr(model, component)
+            targets = target_modules(module, component, preset, regex)
+            if not targets:
+                raise UserError(f"the {component} has no layers for LoRA preset {preset!r}")
+            inject_adapter_in_model(peft_config(kind, rank, alpha, dropout, targets), module, adapter_name)
+    return LoraAdapter(kind=kind, rank=rank, alpha=alpha, components=components, adapter_name=adapter_name)
+
+
+def load_lora_state(
+    model: StableDiffusionModel,
+    adapter: LoraAdapter,
+    tensors: Mapping[str, torch.Tensor],
+    alphas: Mapping[str, float],
+    *,
+    source: str,
+) -> None:
+    """Copy a LoRA file's weights (component-prefixed peft keys) into an injected adapter.
+
+    Every layer of the file must exist in the adapter with the same shapes, so a file of another
+    rank, kind or layer set is refused instead of half-loaded; adapter layers the file lacks keep
+    their fresh (zero-update) start. Each layer's scale becomes the file's alpha / rank.
+    """
+    from peft import set_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from onetrainer.util.keymaps.lora import module_rank, split_peft_key
+
+    expected = {
+        f"{component}.{key}": tensor
+        for component, sd in adapter.state_dicts(model).items()
+        for key, tensor in sd.items()
+    }
+    missing = sorted(key for key in tensors if key not in expected)
+    if missing:
+        raise UserError(
+            f"the LoRA file has {len(missing)} tensors this {adapter.kind} adapter does not, e.g. {missing[0]}",
+            where=source,
+            hint="Match lora.type, lora.targets / lora.regex and lora.train_text_encoder to the file.",
+        )
+    for key, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"{key} has shape {tuple(tensor.shape)} in the file but {tuple(expected[key].shape)} here",
+                where=source,
+                hint=f"The file was trained with another rank; lora.rank is {adapter.rank}.",
+            )
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        module, param = split_peft_key(key)
+        modules.setdefault(module, {})[param] = tensor
+    for component in adapter.components:
+        prefix = f"{component}."
+        own = {key.removeprefix(prefix): tensor for key, tensor in tensors.items() if key.startswith(prefix)}
+        if not own:
+            continue
+        root = getattr(model, component)
+        set_peft_model_state_dict(root, own, adapter_name=adapter.adapter_name)
+        for name, layer in root.named_modules():
+            params = modules.get(prefix + name)
+            if params is None or not isinstance(layer, BaseTunerLayer):
+                continue
+            rank = module_rank(params)
+            alpha = alphas.get(prefix + name)
+            layer.scaling[adapter.adapter_name] = 1.0 if rank is None or alpha is None else alpha / rank

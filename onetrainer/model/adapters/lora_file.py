@@ -1,0 +1,161 @@
+"""Read a LoRA file of any common layout into one neutral form, and check it fits a model.
+
+The neutral form is the one `onetrainer.util.keymaps.lora` converts between: peft parameter names
+with the diffusers component in front (`unet.<module>.lora_A.weight`) and a kohya-semantics alpha per
+module. Users pick LoRAs from model sites, so a file made for another architecture is expected input:
+it is refused with a message saying which architecture it is for, never half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onetrainer.model.adapters.files import read_tensor_file
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.stable_diffusion import StableDiffusionModel
+
+CROSS_ATTENTION_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+TEXT_ENCODER_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x"}
+FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "FLUX"}
+
+
+@dataclass
+class LoraFile:
+    path: Path
+    format: str
+    tensors: dict[str, torch.Tensor]
+    alphas: dict[str, float]
+
+    @property
+    def components(self) -> set[str]:
+        return {key.partition(".")[0] for key in self.tensors}
+
+    @property
+    def kind(self) -> str:
+        names = " ".join(self.tensors)
+        if ".hada_" in names:
+            return "loha"
+        if ".lokr_" in names:
+            return "lokr"
+        return "dora" if "lora_magnitude_vector" in names else "lora"
+
+
+def read_lora_file(path: str | Path, family: str) -> LoraFile:
+    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of `family` (sd15, sd2, ...)."""
+    from onetrainer.util.detect import LORA, detect_path
+    from onetrainer.util.keymaps.engine import KeyMapError
+    from onetrainer.util.keymaps.lora import detect_lora_format, kohya_to_peft
+
+    file = Path(path).expanduser()
+    detection = detect_path(file)
+    if detection.kind != LORA:
+        raise UserError(f"{file.name} is not a LoRA: it is a {detection.description}", where=str(file))
+    if detection.family is not None and detection.family != family:
+        found = FAMILY_NAMES.get(detection.family, detection.family)
+        raise UserError(
+            f"this LoRA is for {found} ({detection.reason}), not for this {FAMILY_NAMES.get(family, family)} model",
+            where=str(file),
+            hint="Use it with a model of the architecture it was trained on.",
+        )
+    tensors, metadata = read_tensor_file(file)
+    layout = detect_lora_format(tensors)
+    try:
+        if layout in ("kohya", "lycoris-loha", "lycoris-lokr"):
+            peft, alphas = kohya_to_peft(tensors, family)
+        elif layout == "diffusers":
+            peft, alphas = _diffusers(tensors, metadata)
+        elif layout == "peft":
+            peft, alphas = _diffusers({f"unet.{key}": value for key, value in tensors.items()}, metadata)
+        else:
+            raise UserError(f"LoRA layout {layout!r} is not supported for {family}", where=str(file))
+    except KeyMapError as error:
+        raise UserError(f"cannot read this LoRA: {error.message}", where=str(file), hint=error.hint) from None
+    return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas)
+
+
+def _diffusers(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """diffusers files keep alpha in a JSON LoraConfig per component; without one, alpha = rank."""
+    from onetrainer.util.keymaps.lora import module_rank, split_peft_key
+    from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY
+
+    if any(".lora.down." in key or ".lora.up." in key for key in tensors):
+        raise UserError(
+            "this LoRA uses diffusers' old attention-processor layout (`.lora.down`), which is not supported",
+            hint="Convert it with a current diffusers (load_lora_weights, then save_lora_weights).",
+        )
+    packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        module, param = split_peft_key(key)
+        modules.setdefault(module, {})[param] = tensor
+    alphas: dict[str, float] = {}
+    for module, params in modules.items():
+        component, _, path = module.partition(".")
+        pattern = packed.get(f"{component}.alpha_pattern", {})
+        alpha = pattern.get(path, packed.get(f"{component}.lora_alpha"))
+        alphas[module] = float(alpha) if alpha is not None else float(module_rank(params) or 1)
+    return dict(tensors), alphas
+
+
+def check_lora_fits(model: StableDiffusionModel, lora: LoraFile) -> None:
+    """Every adapted layer must exist in `model` with the shape the file's factors imply."""
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    modules: dict[str, torch.nn.Module] = {}
+    for component in lora.components:
+        root = getattr(model, component, None)
+        if root is None:
+            raise UserError(
+                f"this LoRA adapts a {component}, which {model.model_type.value} models do not have",
+                where=str(lora.path),
+                hint=_made_for(lora),
+            )
+        modules.update({f"{component}.{name}": child for name, child in root.named_modules()})
+    for key, tensor in lora.tensors.items():
+        module, param = split_peft_key(key)
+        target = modules.get(module)
+        weight = getattr(target, "weight", None)
+        if weight is None:
+            raise UserError(
+                f"this LoRA adapts {module}, which this {model.model_type.value} model does not have",
+                where=str(lora.path),
+                hint=_made_for(lora),
+            )
+        if param == "lora_A.weight" and tensor.shape[1:] != weight.shape[1:]:
+            _mismatch(model, lora, module, tensor, weight)
+        if param == "lora_B.weight" and tensor.shape[0] != weight.shape[0]:
+            _mismatch(model, lora, module, tensor, weight)
+
+
+def _mismatch(
+    model: StableDiffusionModel, lora: LoraFile, module: str, tensor: torch.Tensor, weight: torch.Tensor
+) -> None:
+    raise UserError(
+        f"this LoRA does not fit this {model.model_type.value} model: {module} is {tuple(weight.shape)} "
+        f"here but the LoRA's factor is {tuple(tensor.shape)}",
+        where=str(lora.path),
+        hint=_made_for(lora),
+    )
+
+
+def _made_for(lora: LoraFile) -> str:
+    """Name the architecture the file's widths point to, where they are telling."""
+    for key, tensor in lora.tensors.items():
+        if key.startswith("unet.") and key.endswith("attn2.to_k.lora_A.weight"):
+            guess = CROSS_ATTENTION_WIDTHS.get(int(tensor.shape[1]))
+            if guess:
+                return f"It was made for {guess} (cross-attention width {tensor.shape[1]})."
+        if key.startswith("text_encoder.") and key.endswith("q_proj.lora_A.weight"):
+            guess = TEXT_ENCODER_WIDTHS.get(int(tensor.shape[1]))
+            if guess:
+                return f"It was made for {guess} (text-encoder width {tensor.shape[1]})."
+    return "It was made for a model of another architecture; use it with the model it was trained on."

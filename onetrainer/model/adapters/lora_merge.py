@@ -1,0 +1,85 @@
+"""Apply LoRA files to a model for inference by adding their weight deltas, each at its own strength.
+
+For sampling with finished LoRAs, merging is simpler and faster than keeping adapter layers: any
+number of files stack by addition, every LyCORIS factorisation works (not only the ones peft can
+rebuild), and the model runs at its normal speed. Training never merges; it keeps peft layers.
+
+Deltas follow the kohya / LyCORIS conventions that A1111 and ComfyUI apply:
+LoRA `up @ down`, LoHa `(w1a @ w1b) * (w2a @ w2b)`, LoKr `kron(w1, w2)`, each times alpha / rank
+(LoKr of two full factors unscaled), and DoRA re-normalised per output row to its magnitude, with
+the strength interpolating between the original and the DoRA weight.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from onetrainer.model.adapters.lora_file import LoraFile, check_lora_fits
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.stable_diffusion import StableDiffusionModel
+
+
+def module_delta(params: dict[str, torch.Tensor], shape: torch.Size, alpha: float | None) -> torch.Tensor:
+    """The float32 weight delta of one adapted layer (before the strength multiplier)."""
+    import torch
+
+    from onetrainer.util.keymaps.lora import module_rank
+
+    p = {name: tensor.float() for name, tensor in params.items()}
+    if "hada_t1" in p or "lokr_t2" in p:
+        raise UserError("Tucker-decomposed LoHa/LoKr layers (hada_t1 / lokr_t2) are not supported")
+    if "lora_A.weight" in p:
+        delta = p["lora_B.weight"].flatten(1) @ p["lora_A.weight"].flatten(1)
+    elif "hada_w1_a" in p:
+        delta = (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"])
+    elif "lokr_w1" in p or "lokr_w1_a" in p:
+        w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+        w2 = p["lokr_w2"] if "lokr_w2" in p else p["lokr_w2_a"] @ p["lokr_w2_b"]
+        if w2.ndim == 4:
+            w1 = w1[:, :, None, None]
+        delta = torch.kron(w1, w2)
+    else:
+        raise UserError(f"unknown adapter tensors: {', '.join(sorted(p))}")
+    if delta.numel() != shape.numel():
+        raise UserError(f"the adapter's delta has {delta.numel()} values but the layer has {shape.numel()}")
+    rank = module_rank(params)
+    scale = 1.0 if rank is None or alpha is None else alpha / rank
+    return delta.reshape(shape) * scale
+
+
+def _dora(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """peft's DoRA weight: (W + dW) rescaled so each output row's norm equals the learned magnitude."""
+    combined = weight + delta
+    norm = combined.flatten(1).norm(dim=1).reshape(-1, *([1] * (weight.ndim - 1)))
+    return combined * (magnitude.float().reshape(norm.shape) / norm)
+
+
+def merge_lora(model: StableDiffusionModel, lora: LoraFile, strength: float = 1.0) -> int:
+    """Add `strength` times the file's deltas to the model's weights in place; returns the layer count."""
+    import torch
+
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    check_lora_fits(model, lora)
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in lora.tensors.items():
+        module, param = split_peft_key(key)
+        grouped.setdefault(module, {})[param] = tensor
+    with torch.no_grad():
+        for module, params in grouped.items():
+            component, _, path = module.partition(".")
+            layer = getattr(model, component).get_submodule(path)
+            weight = layer.weight
+            original = weight.float()
+            magnitude = params.pop("lora_magnitude_vector", None)
+            delta = module_delta(params, weight.shape, lora.alphas.get(module)).to(original.device)
+            if magnitude is None:
+                merged = original + strength * delta
+            else:
+                merged = original + strength * (_dora(original, delta, magnitude.to(original.device)) - original)
+            weight.copy_(merged.to(weight.dtype))
+    return len(grouped)

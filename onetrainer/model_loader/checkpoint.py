@@ -1,0 +1,108 @@
+"""Random access to the tensors of one weights file, whatever its container.
+
+Loaders and `convert` read a checkpoint key by key: a safetensors file is memory-mapped and each
+tensor is read only when asked for, so converting a multi-GB file never holds it twice. Pickled
+files (.ckpt/.pt/.bin) go through `torch.load(weights_only=True)` only (see `util.detect`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.util.detect import load_pickle_weights, sniff_container
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+class WeightsFile:
+    """An open weights file: `keys()`, `shape(key)`, `dtype(key)`, `tensor(key)` and its string metadata."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.container = sniff_container(self.path)
+        self._handle: Any = None
+        self._tensors: dict[str, torch.Tensor] = {}
+        if self.container == "safetensors":
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            except (SafetensorError, OSError, ValueError) as error:
+                raise UserError(
+                    f"cannot read {self.path.name}: not a valid safetensors file ({error})",
+                    where=str(self.path),
+                    hint="The file may be truncated or corrupt; download or export it again.",
+                ) from None
+            self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
+            self._keys = list(self._handle.keys())
+        else:
+            self._tensors, self.metadata = load_pickle_weights(self.path)
+            self._keys = list(self._tensors)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._tensors or (self._handle is not None and key in self._keys)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._handle is not None:
+            return tuple(self._handle.get_slice(key).get_shape())
+        return tuple(self._tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        import torch
+
+        if self._handle is not None:
+            return getattr(torch, _SAFETENSORS_DTYPES[self._handle.get_slice(key).get_dtype()])
+        return self._tensors[key].dtype
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: self.shape(key) for key in self._keys}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if self._handle is not None:
+            return self._handle.get_tensor(key)
+        return self._tensors[key]
+
+    def meta_tensor(self, key: str) -> torch.Tensor:
+        """A data-less stand-in with the tensor's shape and dtype, for planning a conversion."""
+        import torch
+
+        return torch.empty(self.shape(key), dtype=self.dtype(key), device="meta")
+
+    def close(self) -> None:
+        self._handle = None
+        self._tensors = {}
+
+    def __enter__(self) -> WeightsFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

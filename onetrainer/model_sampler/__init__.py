@@ -1,0 +1,1 @@
+"""Image generation from an in-memory model: training previews and `onetrainer sample`."""

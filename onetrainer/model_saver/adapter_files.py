@@ -1,0 +1,98 @@
+"""Write LoRA-family adapters and textual-inversion embeddings in the layouts other tools load.
+
+LoRAs arrive in the neutral form of `util.keymaps.lora`: component-prefixed peft tensors plus a
+kohya-semantics alpha per module.
+- `kohya`: `lora_unet_*` / `lora_te_*` with `.lora_down` / `.lora_up` / `.alpha` (LyCORIS names for
+  LoHa / LoKr, `.dora_scale` for DoRA), what A1111/Forge and ComfyUI load.
+- `peft`: the diffusers layout (`unet.<module>.lora_A.weight`) that `load_lora_weights` reads, with
+  each component's LoraConfig in the `lora_adapter_metadata` header so alphas survive. diffusers has
+  no loader for SD LoHa/LoKr, so those save only as kohya.
+Embeddings: `a1111` (`emb_params`, trigger word = file name) or `diffusers` (`{placeholder: vectors}`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onetrainer.model_saver.safetensors_stream import state_dict_stream, write_safetensors_stream
+from onetrainer.util.config.output import SaveFormat
+from onetrainer.util.errors import UserError
+from onetrainer.util.keymaps.embeddings import embedding_to_a1111, embedding_to_diffusers
+from onetrainer.util.keymaps.engine import KeyMapError
+from onetrainer.util.keymaps.lora import peft_to_kohya
+from onetrainer.util.keymaps.lora_peft import diffusers_lora_metadata, peft_adapter_state
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.stable_diffusion import StableDiffusionModel
+
+KOHYA_NAMING = "sd15"
+"""SD 1.x and 2.x LoRAs share one kohya naming; this family selects it when the family is undetermined."""
+
+
+def lora_from_model(model: StableDiffusionModel) -> tuple[dict[str, torch.Tensor], dict[str, float], str]:
+    """The model's LoRA adapter as (component-prefixed peft tensors, alphas, kind)."""
+    adapter = model.adapters.get("lora")
+    if adapter is None:
+        raise UserError("the model has no LoRA adapter to save")
+    tensors: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
+    for component in adapter.state_dicts(model):
+        component_tensors, component_alphas = peft_adapter_state(
+            getattr(model, component), component, adapter.adapter_name
+        )
+        tensors.update(component_tensors)
+        alphas.update(component_alphas)
+    return tensors, alphas, adapter.kind
+
+
+def write_lora(
+    output: Path,
+    tensors: Mapping[str, torch.Tensor],
+    alphas: Mapping[str, float],
+    *,
+    fmt: SaveFormat,
+    family: str | None,
+    kind: str,
+    metadata: Mapping[str, str],
+    dtype: torch.dtype | None = None,
+) -> Path:
+    try:
+        if fmt is SaveFormat.KOHYA:
+            out = peft_to_kohya(tensors, alphas, family if family in ("sd15", "sd2", "sdxl") else KOHYA_NAMING)
+            header = dict(metadata)
+        elif kind in ("loha", "lokr"):
+            raise UserError(
+                f"a {kind.upper()} cannot be saved in the peft layout: diffusers has no loader for it",
+                hint="Save it as kohya (the LyCORIS layout A1111/Forge and ComfyUI load).",
+            )
+        else:
+            out = dict(tensors)
+            header = {**metadata, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
+    except KeyMapError as error:
+        raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None
+    write_safetensors_stream(output, state_dict_stream(out, dtype), header)
+    return output
+
+
+def write_embedding(
+    output: Path,
+    vectors: torch.Tensor,
+    placeholder: str,
+    *,
+    fmt: SaveFormat,
+    family: str | None,
+    metadata: Mapping[str, str],
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """One embedding's [n_vectors, width] vectors, detached, as an a1111 or diffusers file."""
+    vectors = vectors.detach().cpu()
+    if fmt is SaveFormat.A1111:
+        data = embedding_to_a1111({"text_encoder": vectors}, family if family in ("sd15", "sd2") else KOHYA_NAMING)
+    else:
+        data = embedding_to_diffusers(vectors, placeholder)
+    write_safetensors_stream(output, state_dict_stream(data, dtype), metadata)
+    return output

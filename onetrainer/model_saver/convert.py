@@ -1,0 +1,133 @@
+"""Write an opened model, LoRA or embedding in another format: the saving half of `onetrainer convert`.
+
+The input side (`model_loader.conversion_source`) exposes what it read through the attributes of
+`Convertible`; this module picks the writer for the requested format. Full models stream tensor by
+tensor from input to output, so a checkpoint is never held twice in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from onetrainer.model_saver.adapter_files import write_embedding, write_lora
+from onetrainer.model_saver.formats import check_output, resolve_format, save_dtype, write_errors
+from onetrainer.model_saver.full_model import Progress, write_diffusers_folder, write_single_file
+from onetrainer.model_saver.metadata import build_metadata
+from onetrainer.util.config.output import SaveDtype, SaveFormat
+from onetrainer.util.detect import EMBEDDING, LORA
+from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Convertible(Protocol):
+    kind: str
+    family: str | None
+    prediction_type: str | None
+    metadata: dict[str, str]
+    stream: Callable[[bool, tuple[str, ...]], Iterator[tuple[str, torch.Tensor]]] | None
+    pipeline_parts: Callable[[], tuple[dict[str, dict[str, Any]], Any]] | None
+    lora_tensors: dict[str, torch.Tensor]
+    lora_alphas: dict[str, float]
+    lora_kind: str | None
+    embedding: torch.Tensor | None
+    placeholder: str | None
+
+
+def write_conversion(
+    source: Convertible,
+    output: str | Path,
+    *,
+    to: SaveFormat | str = SaveFormat.AUTO,
+    dtype: SaveDtype | str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> tuple[SaveFormat, Path]:
+    """Check the request, then write; returns the format used and the output path.
+
+    `dtype=None` keeps each tensor's dtype. The input's own header metadata is carried over, with our
+    ModelSpec / `ss_*` keys written over it.
+    """
+    output = Path(output).expanduser()
+    fmt = resolve_format(to, source.kind, output)
+    check_output(output, fmt, source.kind, overwrite=overwrite)
+    cast = save_dtype(dtype)
+    inherited = {k: v for k, v in source.metadata.items() if k != DIFFUSERS_METADATA_KEY}
+    with write_errors(output):
+        if source.kind == LORA:
+            metadata = build_metadata(
+                family=source.family,
+                title=output.stem,
+                prediction_type=source.prediction_type,
+                adapter="lora",
+                lora_kind=source.lora_kind,
+                inherited=inherited,
+            )
+            write_lora(
+                output,
+                source.lora_tensors,
+                source.lora_alphas,
+                fmt=fmt,
+                family=source.family,
+                kind=source.lora_kind or "lora",
+                metadata=metadata,
+                dtype=cast,
+            )
+        elif source.kind == EMBEDDING:
+            metadata = build_metadata(
+                family=source.family,
+                title=output.stem,
+                prediction_type=source.prediction_type,
+                adapter="embedding",
+                trigger_phrase=source.placeholder,
+                inherited=inherited,
+            )
+            placeholder = source.placeholder or output.stem
+            write_embedding(
+                output, source.embedding, placeholder, fmt=fmt, family=source.family, metadata=metadata, dtype=cast
+            )
+        else:
+            _write_model(source, output, fmt, cast, inherited, overwrite, progress)
+    return fmt, output
+
+
+def _write_model(
+    source: Convertible,
+    output: Path,
+    fmt: SaveFormat,
+    cast: torch.dtype | None,
+    inherited: dict[str, str],
+    overwrite: bool,
+    progress: Progress | None,
+) -> None:
+    if fmt is SaveFormat.SINGLE_FILE:
+        metadata = build_metadata(
+            family=source.family, title=output.stem, prediction_type=source.prediction_type, inherited=inherited
+        )
+        write_single_file(
+            output,
+            source.stream,
+            family=source.family,
+            prediction_type=source.prediction_type,
+            metadata=metadata,
+            dtype=cast,
+            progress=progress,
+        )
+        return
+    configs, tokenizer = source.pipeline_parts()
+    prediction = source.prediction_type or configs["scheduler"].get("prediction_type", "epsilon")
+    metadata = build_metadata(family=source.family, title=output.stem, prediction_type=prediction, inherited=inherited)
+    write_diffusers_folder(
+        output,
+        source.stream,
+        configs=configs,
+        tokenizer=tokenizer,
+        prediction_type=prediction,
+        metadata=metadata,
+        dtype=cast,
+        overwrite=overwrite,
+        progress=progress,
+    )

@@ -1,0 +1,104 @@
+"""Write a safetensors file one tensor at a time, so a converted checkpoint never exists twice in memory.
+
+The safetensors library serialises a complete dict, which forces a conversion to build the whole
+output first. The format is simple (an 8-byte header length, a JSON header of dtype/shape/offsets, then
+the raw little-endian bytes), so we write it ourselves: a first pass over the tensor stream with
+data-less meta tensors fixes every key, shape and dtype (hence the header), and a second pass writes
+the data, one tensor at a time, into an atomic temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from onetrainer.util.atomic import atomic_file
+
+if TYPE_CHECKING:
+    import torch
+
+TensorStream = Callable[[bool], Iterator[tuple[str, "torch.Tensor"]]]
+"""`stream(meta)` yields (key, tensor) pairs; with `meta=True` the tensors are meta-device stand-ins."""
+
+_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _NAMES[str(dtype).removeprefix("torch.")]
+
+
+def _header(plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None) -> bytes:
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key, dtype, shape in plan:
+        count = 1
+        for size in shape:
+            count *= size
+        nbytes = count * dtype.itemsize
+        header[key] = {"dtype": _dtype_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the library aligns the data section to 8 bytes the same way
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors_stream(
+    path: str | os.PathLike[str],
+    stream: TensorStream,
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write `stream` to `path` atomically; returns the number of tensors. `progress(done, total)` per tensor."""
+    import torch
+
+    plan = [(key, tensor.dtype, tuple(tensor.shape)) for key, tensor in stream(True)]
+    keys = [key for key, _, _ in plan]
+    if len(set(keys)) != len(keys):
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"duplicate tensor names in the output: {', '.join(duplicates[:5])}")
+    with atomic_file(path, "wb") as handle:
+        handle.write(_header(plan, metadata))
+        tensors = stream(False)
+        for done, (planned, dtype, shape) in enumerate(plan, 1):
+            key, tensor = next(tensors, (None, None))
+            if key != planned or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+                raise RuntimeError(f"the tensor stream changed between passes at {planned} (got {key})")
+            data = tensor.detach().to("cpu").contiguous().reshape(-1)
+            if data.numel():
+                handle.write(data.view(torch.uint8).numpy().data)
+            del tensor, data  # hold nothing while the stream produces the next tensor
+            if progress is not None:
+                progress(done, len(plan))
+        if next(tensors, None) is not None:
+            raise RuntimeError("the tensor stream yielded more tensors than planned")
+    return len(plan)
+
+
+def state_dict_stream(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> TensorStream:
+    """A replayable stream over an in-memory state dict, cast to `dtype` tensor by tensor as it is written."""
+
+    def stream(meta: bool) -> Iterator[tuple[str, torch.Tensor]]:
+        for key, tensor in state_dict.items():
+            if meta:
+                tensor = tensor.to("meta")
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            yield key, tensor
+
+    return stream

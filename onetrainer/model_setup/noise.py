@@ -1,0 +1,156 @@
+"""Forward diffusion for discrete-time UNet families (SD 1.x, 2.x, XL): timesteps, noise, targets.
+
+Each piece is a plain function of tensors so the math can be checked against its formula; `Noiser`
+composes them in a fixed order of random draws (noise, offset noise, timesteps, perturbation), all
+from the caller's generator, so a seed fixes a training step exactly.
+
+With abar_t the cumulative product of (1 - beta) at timestep t:
+  x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps
+  epsilon target: eps;  v target: sqrt(abar_t) * eps - sqrt(1 - abar_t) * x0;  SNR_t = abar_t / (1 - abar_t)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from onetrainer.util.config.loss import NoiseConfig, TimestepConfig, TimestepDistribution
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, Algorithm 1: shift and scale sqrt(abar) so the last step is pure noise.
+
+    The first step keeps its value; the schedule in between is stretched linearly in sqrt(abar).
+    """
+    root = alphas_cumprod.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    return (root**2).to(alphas_cumprod.dtype)
+
+
+def timestep_range(config: TimestepConfig, num_timesteps: int) -> tuple[int, int]:
+    """[low, high) of trainable timesteps from the min/max noising strengths."""
+    low = min(round(config.min_strength * num_timesteps), num_timesteps - 1)
+    high = max(round(config.max_strength * num_timesteps), low + 1)
+    return low, high
+
+
+def sample_timesteps(
+    config: TimestepConfig, batch_size: int, num_timesteps: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Integer timesteps [B] on the generator's device.
+
+    uniform: u ~ U[0, 1); logit-normal: u = sigmoid(mean + std * z), z ~ N(0, 1); then
+    t = low + floor(u * (high - low)). sigmoid: each allowed t is drawn with probability proportional
+    to sigmoid(steepness * (x_t - center)), x_t its position in (0, 1) within the range.
+    """
+    import torch
+
+    low, high = timestep_range(config, num_timesteps)
+    count = high - low
+    device = generator.device
+    if config.distribution is TimestepDistribution.SIGMOID:
+        position = (torch.arange(count, device=device, dtype=torch.float64) + 0.5) / count
+        weights = torch.sigmoid(config.steepness * (position - config.center))
+        return low + torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    if config.distribution is TimestepDistribution.LOGIT_NORMAL:
+        normal = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64)
+        unit = torch.sigmoid(config.mean + config.std * normal)
+    else:
+        unit = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    return low + torch.floor(unit * count).long().clamp(max=count - 1)
+
+
+def add_noise(
+    x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
+    signal, sigma = _coefficients(alphas_cumprod, timesteps, x0.ndim)
+    return signal * x0 + sigma * noise
+
+
+def prediction_target(
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        signal, sigma = _coefficients(alphas_cumprod, timesteps, x0.ndim)
+        return signal * noise - sigma * x0
+    raise UserError(f"unknown prediction type {prediction_type!r}", hint=f"Use one of {', '.join(PREDICTION_TYPES)}.")
+
+
+def snr(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    alpha = alphas_cumprod.to(timesteps.device)[timesteps]
+    return alpha / (1 - alpha)
+
+
+def _coefficients(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, ndim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    alpha = alphas_cumprod.to(timesteps.device)[timesteps].reshape(-1, *([1] * (ndim - 1)))
+    return alpha.sqrt(), (1 - alpha).sqrt()
+
+
+@dataclass
+class Noised:
+    noisy: torch.Tensor
+    """The model input x_t (float32)."""
+    target: torch.Tensor
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    """The noise in the target (with offset, without input perturbation)."""
+
+
+class Noiser:
+    """Turns clean latents into a training example, per the `noise` config section."""
+
+    def __init__(self, config: NoiseConfig, alphas_cumprod: torch.Tensor, prediction_type: str) -> None:
+        import torch
+
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"unknown prediction type {prediction_type!r}")
+        schedule = alphas_cumprod.detach().double().cpu()
+        if config.zero_terminal_snr:
+            schedule = rescale_zero_terminal_snr(schedule)
+        self.config = config
+        self.prediction_type = prediction_type
+        self.alphas_cumprod = schedule.to(torch.float32)
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    def __call__(self, latents: torch.Tensor, generator: torch.Generator) -> Noised:
+        import torch
+
+        x0 = latents.float()
+        batch, channels = x0.shape[:2]
+        device = generator.device
+
+        def normal(*shape: int) -> torch.Tensor:
+            return torch.randn(shape, generator=generator, device=device).to(x0.device)
+
+        noise = normal(*x0.shape)
+        if self.config.offset > 0:
+            noise = noise + self.config.offset * normal(batch, channels, *([1] * (x0.ndim - 2)))
+        timesteps = sample_timesteps(self.config.timesteps, batch, self.num_timesteps, generator).to(x0.device)
+        model_noise = noise
+        if self.config.input_perturbation > 0:
+            model_noise = noise + self.config.input_perturbation * normal(*x0.shape)
+        schedule = self.alphas_cumprod.to(x0.device)
+        return Noised(
+            noisy=add_noise(x0, model_noise, timesteps, schedule),
+            target=prediction_target(x0, noise, timesteps, schedule, self.prediction_type),
+            timesteps=timesteps,
+            noise=noise,
+        )

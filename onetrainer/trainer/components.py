@@ -1,0 +1,114 @@
+"""Assemble a run's parts from the registry: loader -> model -> setup -> data loader, sampler, saver.
+
+This is the only place that knows how the registered modules are called; the loop sees the
+`TrainingParts` they become. Data-loader events are translated into the trainer's progress events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.trainer.parts import TrainingParts
+from onetrainer.trainer.precision import torch_dtype
+from onetrainer.trainer.session import ProgressCallback
+from onetrainer.trainer.workspace import Workspace
+from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.registry import ModuleKind, lookup
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_QUANTISATION = 8
+"""Bucket side multiple when a setup does not name its own (SD 1.x/2.x: the VAE's factor of 8)."""
+
+
+def loader_events(progress: ProgressCallback) -> Any:
+    """Adapt the data loader's `LoaderEvent`s to the trainer's event dicts."""
+
+    def forward(event: Any) -> None:
+        if event.kind == "warning":
+            progress({"event": "warning", "stage": event.stage, "message": f"warning: {event.message}"})
+        else:
+            progress({"event": "cache", "stage": event.stage, "done": event.done, "total": event.total})
+
+    return forward
+
+
+def quantisation(config: TrainConfig) -> int:
+    """The family's bucket side multiple, from its setup class (no model is loaded for this)."""
+    setup_class = lookup(ModuleKind.SETUP, config.model.type)
+    return int(getattr(setup_class, "quantisation", DEFAULT_QUANTISATION))
+
+
+def data_report(config: TrainConfig, *, progress: ProgressCallback) -> Any:
+    """The data loader's dataset report for `--dry-run`: reads the folders, writes nothing."""
+    from onetrainer.data_loader import dataset_report
+
+    return dataset_report(config, quantisation=quantisation(config), progress=loader_events(progress))
+
+
+def check_sampling(config: TrainConfig) -> None:
+    """Fail before loading anything if a preview prompt names an unknown scheduler."""
+    from onetrainer.model_sampler.schedulers import check_scheduler
+
+    for prompt in config.sampling.prompts:
+        check_scheduler(prompt.scheduler)
+
+
+def build_parts(
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    workspace: Workspace,
+    rank: int,
+    world_size: int,
+    progress: ProgressCallback,
+) -> TrainingParts:
+    from onetrainer.data_loader import build_data_loader
+
+    check_sampling(config)
+    model_type = config.model.type
+    model = lookup(ModuleKind.LOADER, model_type)().load(config.model, device="cpu")
+    setup = lookup(ModuleKind.SETUP, model_type)(model, config)
+    setup.prepare(device, torch_dtype(config.model.dtype))
+    data = build_data_loader(
+        config,
+        image_encoder=setup.image_encoder(),
+        text_encoder=setup.text_encoder(),
+        rank=rank,
+        world_size=world_size,
+        quantisation=quantisation(config),
+        progress=loader_events(progress),
+    )
+    sampler = lookup(ModuleKind.SAMPLER, model_type)(model, clip_skip=config.model.clip_skip) if rank == 0 else None
+    saver = lookup(ModuleKind.SAVER, model_type)()
+
+    def save_model(path: Path) -> Path:
+        written = saver.save(
+            model,
+            path,
+            method=config.method,
+            format=config.saving.format,
+            dtype=config.saving.dtype,
+            config=config,
+            overwrite=True,
+        )
+        return written[0]
+
+    return TrainingParts(
+        model=model,
+        setup=setup,
+        data=data,
+        batches_in_epoch=data.steps_in_epoch,
+        save_model=save_model,
+        sampler=sampler,
+        validation_batches=data.validation_batches if _has_validation(config) else None,
+        close=data.close,
+    )
+
+
+def _has_validation(config: TrainConfig) -> bool:
+    from onetrainer.util.config.data import ConceptType
+
+    return any(concept.enabled and concept.type is ConceptType.VALIDATION for concept in config.data.concepts)

@@ -1,0 +1,188 @@
+"""Build the optimizer a run asks for, from the setup's parameter groups and the `training` section.
+
+Optimizers that live in optional packages are imported only when chosen, and a missing package is a
+user error that names the install command. Extra keyword arguments (`training.optimizer_args`) are
+checked against the optimizer's signature, so a misspelled knob fails up front instead of being
+ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.util.config.training import Optimizer, TrainingConfig
+from onetrainer.util.errors import UserError
+from onetrainer.util.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+INSTALL_HINT = 'Install the optional optimizers with `pip install "onetrainer[optim]"`.'
+
+
+@dataclass(frozen=True)
+class _OptionalClass:
+    module: str
+    attribute: str
+    package: str
+
+
+_OPTIONAL: dict[Optimizer, _OptionalClass] = {
+    Optimizer.ADAMW_8BIT: _OptionalClass("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    Optimizer.PRODIGY: _OptionalClass("prodigyopt", "Prodigy", "prodigyopt"),
+    Optimizer.SCHEDULE_FREE_ADAMW: _OptionalClass("schedulefree", "AdamWScheduleFree", "schedulefree"),
+    Optimizer.LION: _OptionalClass("lion_pytorch", "Lion", "lion-pytorch"),
+    Optimizer.CAME: _OptionalClass("came_pytorch", "CAME", "came-pytorch"),
+}
+
+_BETAS_LENGTH = {Optimizer.CAME: 3}
+
+
+def _import_optional(optimizer: Optimizer) -> type:
+    import importlib
+
+    spec = _OPTIONAL[optimizer]
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError:
+        raise UserError(
+            f"the {optimizer.value} optimizer needs the `{spec.package}` package, which is not installed",
+            where="training.optimizer",
+            hint=INSTALL_HINT,
+        ) from None
+    return getattr(module, spec.attribute)
+
+
+def _optimizer_class(optimizer: Optimizer) -> type:
+    import torch
+
+    if optimizer is Optimizer.ADAMW:
+        return torch.optim.AdamW
+    if optimizer is Optimizer.SGD:
+        return torch.optim.SGD
+    if optimizer is Optimizer.ADAFACTOR:
+        from transformers.optimization import Adafactor
+
+        return Adafactor
+    return _import_optional(optimizer)
+
+
+def resolve_parameter_groups(groups: list[dict[str, Any]], config: TrainingConfig) -> list[dict[str, Any]]:
+    """Apply per-part learning rates and drop groups with nothing to train.
+
+    A name in `training.learning_rates` that matches no group is an error listing the real names:
+    otherwise a typo would silently train that part at the base rate.
+    """
+    names = [str(group.get("name", f"group{index}")) for index, group in enumerate(groups)]
+    unknown = [name for name in config.learning_rates if name not in names]
+    if unknown:
+        raise UserError(
+            f"training.learning_rates names no parameter group: {', '.join(unknown)}",
+            where="training.learning_rates",
+            hint=f"{did_you_mean(unknown[0], names)}This run's parameter groups are: {', '.join(names)}.",
+        )
+    resolved = []
+    for name, group in zip(names, groups, strict=True):
+        params = [param for param in group["params"] if param.requires_grad]
+        if not params:
+            continue
+        lr = config.learning_rates.get(name, group.get("lr") or config.learning_rate)
+        resolved.append({**group, "params": params, "lr": float(lr), "name": name})
+    if not resolved:
+        raise UserError(
+            "nothing to train: the model setup returned no trainable parameters",
+            hint="Check `method` and the adapter settings (lora / embedding).",
+        )
+    return resolved
+
+
+def _keyword_arguments(config: TrainingConfig, warmup_steps: int) -> dict[str, Any]:
+    """The constructor arguments our config expresses for `config.optimizer`, before `optimizer_args`."""
+    optimizer = config.optimizer
+    kwargs: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
+    if config.betas is not None:
+        expected = _BETAS_LENGTH.get(optimizer, 2)
+        if optimizer in (Optimizer.SGD, Optimizer.ADAFACTOR):
+            raise UserError(
+                f"the {optimizer.value} optimizer takes no betas", where="training.betas", hint="Set it to null."
+            )
+        if len(config.betas) != expected:
+            raise UserError(
+                f"the {optimizer.value} optimizer takes {expected} betas, got {len(config.betas)}",
+                where="training.betas",
+            )
+        kwargs["betas"] = tuple(config.betas)
+    if config.eps is not None:
+        if optimizer in (Optimizer.ADAFACTOR, Optimizer.CAME, Optimizer.SGD, Optimizer.LION):
+            raise UserError(
+                f"the {optimizer.value} optimizer has no single epsilon",
+                where="training.eps",
+                hint="Set it to null; optimizers with a pair of epsilons take it in optimizer_args.eps.",
+            )
+        kwargs["eps"] = config.eps
+    if optimizer is Optimizer.SGD:
+        kwargs["momentum"] = config.momentum
+    if optimizer is Optimizer.ADAFACTOR:
+        kwargs.update(scale_parameter=False, relative_step=False, warmup_init=False)
+    if optimizer is Optimizer.SCHEDULE_FREE_ADAMW:
+        kwargs["warmup_steps"] = warmup_steps
+    return kwargs
+
+
+def _accepted_names(cls: type) -> list[str]:
+    parameters = inspect.signature(cls.__init__).parameters
+    return [name for name in parameters if name not in ("self", "params")]
+
+
+def _check_arguments(cls: type, config: TrainingConfig, kwargs: dict[str, Any]) -> None:
+    accepted = _accepted_names(cls)
+    for name in list(kwargs):
+        if name not in accepted and name in ("weight_decay", "eps", "momentum"):
+            raise UserError(f"the {config.optimizer.value} optimizer has no `{name}` setting", where=f"training.{name}")
+    for name in config.optimizer_args:
+        if name not in accepted:
+            raise UserError(
+                f"the {config.optimizer.value} optimizer has no argument `{name}`",
+                where=f"training.optimizer_args.{name}",
+                hint=f"{did_you_mean(name, accepted)}Its arguments are: {', '.join(accepted)}.",
+            )
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], config: TrainingConfig, device: torch.device, *, warmup_steps: int = 0
+) -> torch.optim.Optimizer:
+    """The optimizer over `groups` (already resolved), configured from `config`.
+
+    `warmup_steps` goes to schedule-free AdamW, which warms up internally instead of through a
+    learning-rate scheduler.
+    """
+    if config.optimizer is Optimizer.ADAMW_8BIT and device.type != "cuda":
+        raise UserError(
+            "AdamW 8-bit (bitsandbytes) needs a CUDA GPU; this run trains on the CPU",
+            where="training.optimizer",
+            hint="Use `training.optimizer=adamw` on the CPU.",
+        )
+    cls = _optimizer_class(config.optimizer)
+    kwargs = _keyword_arguments(config, warmup_steps)
+    _check_arguments(cls, config, kwargs)
+    kwargs.update(
+        {name: tuple(value) if isinstance(value, list) else value for name, value in config.optimizer_args.items()}
+    )
+    if config.optimizer is Optimizer.ADAMW and "fused" not in kwargs and "foreach" not in kwargs:
+        kwargs["fused"] = device.type == "cuda" or None
+    try:
+        return cls(groups, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"the {config.optimizer.value} optimizer rejected its settings: {error}", where="training"
+        ) from None
+
+
+def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, train: bool) -> None:
+    """Schedule-free optimizers keep two weight sequences and must be told which one the model shows."""
+    method: Callable[[], None] | None = getattr(optimizer, "train" if train else "eval", None)
+    if callable(method):
+        method()

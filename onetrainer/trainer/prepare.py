@@ -1,0 +1,39 @@
+"""`--cache-only`: load the model, set it up and fill the data cache, without training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onetrainer.trainer.device import distributed_rank, resolve_device
+from onetrainer.trainer.loop import BuildParts
+from onetrainer.trainer.session import ProgressCallback
+from onetrainer.trainer.workspace import Workspace
+from onetrainer.util.config.schema import TrainConfig
+
+
+def fill_cache_only(config: TrainConfig, *, build: BuildParts, progress: ProgressCallback) -> Any:
+    """Encode every image and caption the run will need; returns the data loader's cache statistics."""
+    rank, world_size = distributed_rank()
+    workspace = Workspace(config.workspace)
+    device = resolve_device(config.training.device)
+    progress({"event": "status", "message": f"loading {config.model.type.value} model {config.model.base}"})
+    parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
+    try:
+        stats = parts.data.fill_cache()
+    finally:
+        if parts.close is not None:
+            parts.close()
+    counts = {
+        "images_found": stats.images_found,
+        "images_encoded": stats.images_encoded,
+        "texts_found": stats.texts_found,
+        "texts_encoded": stats.texts_encoded,
+        "pruned": stats.pruned,
+        "failed": len(stats.failed),
+    }
+    message = (
+        f"cache ready: encoded {stats.images_encoded} image and {stats.texts_encoded} caption entries "
+        f"({stats.images_found + stats.texts_found} were cached already), removed {stats.pruned} stale ones"
+    )
+    progress({"event": "done", **counts, "message": message})
+    return stats

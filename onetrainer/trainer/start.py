@@ -1,0 +1,158 @@
+"""Starting a run: checks before anything loads, then the optimizer and friends, restored from a backup.
+
+Everything here happens once, before the first step; `loop.py` then only trains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.trainer.backup import Backup, find_backup, list_backups, read_backup
+from onetrainer.trainer.cadence import CadenceClock
+from onetrainer.trainer.ema import ModelEma
+from onetrainer.trainer.metrics import MetricsLog, SmoothedValue
+from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
+from onetrainer.trainer.parts import TrainingParts
+from onetrainer.trainer.precision import MixedPrecision
+from onetrainer.trainer.resume import check_resume_compatible
+from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
+from onetrainer.trainer.session import ProgressCallback, Session
+from onetrainer.trainer.state import Counters, RunState
+from onetrainer.trainer.tensorboard import TensorBoardLog
+from onetrainer.trainer.workspace import Workspace
+from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.config.training import EmaDevice
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def open_backup(config: TrainConfig, workspace: Workspace, resume: str | Path | None) -> Backup | None:
+    """The backup to continue (checked against `config`), or None for a fresh run.
+
+    A fresh run refuses a workspace that already holds backups (it would roll them away) and an
+    existing output (it would be replaced hours later), unless `saving.overwrite` says so.
+    """
+    if resume is not None:
+        path = find_backup(workspace.backups, resume)
+        backup = read_backup(path)
+        check_resume_compatible(config, backup.config_yaml, where=str(path))
+        return backup
+    if list_backups(workspace.backups):
+        raise UserError(
+            f"the workspace already holds the backups of a run: {workspace.backups}",
+            hint="Continue it with `--resume last`, or give this run its own `workspace=...` folder.",
+        )
+    if config.saving.output.exists() and not config.saving.overwrite:
+        raise UserError(
+            f"the output already exists: {config.saving.output}",
+            hint="Choose another `saving.output`, or set `saving.overwrite=true` to replace it.",
+        )
+    return None
+
+
+def optimizer_steps(batches: int, accumulation: int) -> int:
+    """A last, shorter accumulation group still makes a step: no batch of an epoch is dropped."""
+    return math.ceil(batches / accumulation)
+
+
+def run_length(batches_in_epoch: Callable[[int], int], config: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps in the run, epochs it spans); `max_steps` wins over `epochs`."""
+    training = config.training
+    accumulation = training.gradient_accumulation_steps
+    if batches_in_epoch(0) == 0:
+        raise UserError(
+            "there is nothing to train on: the data plan has no batches",
+            hint="Check data.concepts: their folders, `enabled`, and that not all are validation concepts.",
+        )
+    if training.max_steps is None:
+        total = sum(optimizer_steps(batches_in_epoch(epoch), accumulation) for epoch in range(training.epochs))
+        return total, training.epochs
+    steps, epochs = 0, 0
+    while steps < training.max_steps:
+        steps += optimizer_steps(batches_in_epoch(epochs), accumulation)
+        epochs += 1
+    return training.max_steps, epochs
+
+
+def start_session(
+    config: TrainConfig,
+    parts: TrainingParts,
+    *,
+    backup: Backup | None,
+    config_yaml: str,
+    workspace: Workspace,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    progress: ProgressCallback,
+) -> tuple[Session, list[Any]]:
+    """Build optimizer, schedule, precision, EMA, noise generator and cadences; restore `backup`.
+
+    Returns the session and the trained parameters (for gradient clipping).
+    """
+    import torch
+
+    training = config.training
+    total_steps, epochs = run_length(parts.batches_in_epoch, config)
+    groups = resolve_parameter_groups(parts.setup.parameter_groups(), training)
+    warmup_steps = resolve_warmup_steps(training.warmup, total_steps)
+    optimizer = build_optimizer(groups, training, device, warmup_steps=warmup_steps)
+    scheduler = build_lr_scheduler(optimizer, training, total_steps)
+    trained = [param for group in groups for param in group["params"]]
+    ema = None
+    if training.ema.enabled:
+        ema_device = torch.device("cpu") if training.ema.device is EmaDevice.CPU else device
+        ema = ModelEma(trained, decay=training.ema.decay, update_every=training.ema.update_every, device=ema_device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(training.seed)
+    first_epoch_steps = optimizer_steps(parts.batches_in_epoch(0), training.gradient_accumulation_steps)
+    clocks = {
+        "validate": CadenceClock(config.logging.validate_every, first_epoch_steps),
+        "sample": CadenceClock(config.sampling.every, first_epoch_steps),
+        "save": CadenceClock(config.saving.every, first_epoch_steps),
+        "backup": CadenceClock(config.saving.backup_every, first_epoch_steps),
+    }
+    run = RunState(
+        counters=Counters(),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        precision=MixedPrecision(training.precision, device),
+        generator=generator,
+        ema=ema,
+        smoothed_loss=SmoothedValue(),
+        clocks=clocks,
+    )
+    if backup is not None:
+        parts.setup.load_trainable_state_dict(backup.weights)
+        run.load_state_dict(backup.state)
+        progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
+    is_main = rank == 0
+    metrics = MetricsLog(workspace.metrics)
+    if is_main:
+        metrics.truncate_after(run.counters.step)
+    session = Session(
+        config=config,
+        config_yaml=config_yaml,
+        parts=parts,
+        run=run,
+        workspace=workspace,
+        device=device,
+        total_steps=total_steps,
+        epochs=epochs,
+        is_main=is_main,
+        world_size=world_size,
+        tensorboard=TensorBoardLog(
+            workspace.tensorboard,
+            enabled=is_main and config.logging.tensorboard,
+            purge_step=run.counters.step + 1 if backup is not None else None,
+        ),
+        metrics=metrics,
+        progress=progress,
+        last_backup_step=backup.step if backup is not None else None,
+    )
+    return session, trained

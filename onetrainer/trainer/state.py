@@ -1,0 +1,80 @@
+"""Everything about a run, besides the trained weights, that a backup must carry to continue exactly.
+
+The loop's counters (optimizer steps done, current epoch, data batches consumed in it) plus the
+state of each stateful helper: optimizer, LR scheduler, grad scaler, EMA, the noise generator, every
+global RNG, cadence timers and the smoothed loss. The data loader needs nothing more: its plan is a
+pure function of (seed, epoch), so the counters locate the next batch exactly. `rng` can be passed
+in so an emergency backup uses the snapshot taken when the failed step began.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.util.seeding import capture_rng_state, restore_rng_state
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.trainer.cadence import CadenceClock
+    from onetrainer.trainer.ema import ModelEma
+    from onetrainer.trainer.metrics import SmoothedValue
+    from onetrainer.trainer.precision import MixedPrecision
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class Counters:
+    step: int = 0
+    """Optimizer steps completed."""
+    epoch: int = 0
+    """The epoch in progress (0-based)."""
+    position: int = 0
+    """Data batches of `epoch` already trained on."""
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    return {"global": capture_rng_state(), "noise": generator.get_state()}
+
+
+@dataclass
+class RunState:
+    counters: Counters
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: MixedPrecision
+    generator: torch.Generator
+    ema: ModelEma | None
+    smoothed_loss: SmoothedValue
+    clocks: dict[str, CadenceClock]
+
+    def state_dict(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "counters": asdict(self.counters),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng if rng is not None else capture_rng(self.generator),
+            "smoothed_loss": self.smoothed_loss.state_dict(),
+            "clocks": {name: clock.state_dict() for name, clock in self.clocks.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown backup state format {state.get('format')!r}")
+        self.counters = Counters(**state["counters"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.smoothed_loss.load_state_dict(state["smoothed_loss"])
+        for name, clock_state in state["clocks"].items():
+            if name in self.clocks:
+                self.clocks[name].load_state_dict(clock_state)
+        restore_rng_state(state["rng"]["global"])
+        self.generator.set_state(state["rng"]["noise"])

@@ -1,0 +1,43 @@
+"""Validation loss: the mean loss over the validation concepts, with the same noise every time.
+
+Each validation pass seeds its own noise generator from the run seed, so two passes differ only
+because the weights changed, and the curve in TensorBoard is comparable from point to point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.trainer.precision import MixedPrecision
+
+VALIDATION_SEED_OFFSET = 7919
+"""Keeps the validation noise stream apart from the training one, which starts at the run seed."""
+
+
+def validation_loss(
+    setup: Any,
+    batches: Iterable[dict[str, Any]],
+    precision: MixedPrecision,
+    *,
+    seed: int,
+    device: torch.device,
+) -> float | None:
+    """Mean loss over `batches`, or None when there are none (no validation concepts)."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed + VALIDATION_SEED_OFFSET)
+    total = 0.0
+    count = 0
+    with torch.no_grad():
+        for batch in batches:
+            with precision.autocast():
+                output = setup.predict(batch, generator)
+                loss = setup.loss(output, batch)
+            total += float(loss)
+            count += 1
+    return total / count if count else None

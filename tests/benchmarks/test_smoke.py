@@ -1,0 +1,123 @@
+"""The benchmarks still run at their smallest sizes, and each compares like with like.
+
+Nothing here checks a time: the benchmarks measure, they do not judge. What is checked is that each
+one produces its rows, that a ratio is the ratio of its two numbers, and the facts that make a
+comparison fair (the same image from both samplers, a lossless round trip, the same trained
+parameters on both sides of the GPU step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import BENCHMARKS
+from benchmarks.common import Row, markdown_table, paired_times, read_rows, write_results
+from benchmarks.gpu.wheels import missing
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_module(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+        check=False,
+    )
+
+
+def test_ratio_is_ours_over_reference() -> None:
+    row = Row("b", "c", ours=3.0, reference=2.0, unit="s")
+    assert row.ratio == 1.5
+    assert row.to_json()["ratio"] == 1.5
+
+
+def test_paired_times_alternate_the_two_sides_after_warm_up() -> None:
+    calls: list[str] = []
+    ours, reference = paired_times(lambda: calls.append("o"), lambda: calls.append("r"), repeats=3, warmup=2)
+    assert calls == ["o", "r"] * 5
+    assert ours.repeats == reference.repeats == 3
+    assert ours.low <= ours.median <= ours.high
+
+
+def test_results_file_round_trips_rows(tmp_path: Path) -> None:
+    rows = [
+        Row("a", "one", 1.0, 4.0, "s", details={"x": 1}),
+        Row("b", "two", 2.0, 1.0, "MiB", ours_label="peak", reference_label="unet"),
+    ]
+    path = tmp_path / "results.json"
+    write_results(path, rows, {"cpu": "test"}, quick=True)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert document["machine"] == {"cpu": "test"}
+    assert [row["ratio"] for row in document["rows"]] == [0.25, 2.0]
+    assert read_rows(path) == rows
+    table = markdown_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert table[2].endswith("| 0.25× |")
+
+
+def test_only_missing_wheels_are_installed(tmp_path: Path) -> None:
+    (tmp_path / "pytest-0.0.1-py3-none-any.whl").write_bytes(b"")
+    absent = tmp_path / "surely_not_installed_pkg-1.0-py3-none-any.whl"
+    absent.write_bytes(b"")
+    assert missing(tmp_path) == [absent]
+
+
+def _check_rows(rows: list[dict], name: str) -> None:
+    assert rows, f"{name} produced no rows"
+    for row in rows:
+        assert row["ours"] > 0, row
+        assert row["reference"] > 0, row
+        assert row["ratio"] == pytest.approx(row["ours"] / row["reference"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_runs_at_smallest_size(name: str, tmp_path: Path) -> None:
+    out, table = tmp_path / "results.json", tmp_path / "table.md"
+    done = _run_module("benchmarks", "--quick", "--only", name, "--out", str(out), "--markdown", str(table))
+    assert done.returncode == 0, done.stderr[-4000:]
+    document = json.loads(out.read_text(encoding="utf-8"))
+    if name in document["missing"]:
+        pytest.skip(f"benchmarks/{name}.py is not in this checkout yet")
+    rows = document["rows"]
+    _check_rows(rows, name)
+    assert len(table.read_text(encoding="utf-8").splitlines()) == 4 + len(rows)
+    if name == "startup":
+        app = next(row for row in rows if row["case"] == "import onetrainer.commands.app")
+        assert app["details"]["heavy_modules_loaded"] == []
+    if name == "sampling":
+        assert all(row["details"]["max_pixel_difference"] == 0 for row in rows)
+    if name == "convert":
+        assert rows[0]["details"]["round_trip_identical"] is True
+        assert sum("peak RSS" in row["case"] for row in rows) == 3
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path) -> None:
+    done = _run_module("benchmarks.gpu", str(tmp_path), "--dry-run")
+    assert done.returncode == 0, done.stderr[-4000:]
+    document = json.loads((tmp_path / "gpu.json").read_text(encoding="utf-8"))
+    cases = document["cases"]
+    assert {(c["family"], c["method"], c["checkpointing"]) for c in cases} == {
+        (family, method, checkpointing)
+        for family in ("SD1.5", "SDXL")
+        for method in ("lora", "full")
+        for checkpointing in (False, True)
+    }
+    for case in cases:
+        bare, ours = case["diffusers"], case["ours"]
+        assert bare["steps_per_second"] > 0
+        if case["family"] == "SD1.5" or "unavailable" not in ours:
+            assert ours["trainable_parameters"] == bare["trainable_parameters"], case["case"]
+    _check_rows(document["rows"], "gpu")
+    assert len((tmp_path / "gpu.md").read_text(encoding="utf-8").splitlines()) >= 2 + 2 + len(cases)

@@ -1,0 +1,101 @@
+"""`onetrainer caption` through the CLI: files, options, summary and exit codes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.dataset_tools.tiny import save_tiny_blip
+from onetrainer.util.tiny.dataset import UNREADABLE_ODD_FILES, make_image_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_blip(tmp_path_factory.mktemp("captioners") / "blip")
+
+
+def test_caption_writes_files_and_prints_a_summary(blip_dir: Path, tmp_path: Path) -> None:
+    folder = make_image_dataset(tmp_path / "images", count=2, with_captions=False, odd_images=True)
+
+    result = runner.invoke(
+        app,
+        ["caption", str(folder), "--model", str(blip_dir), "--batch-size", "3", "--max-new-tokens", "6",
+         "--prefix", "sks, ", "--device", "cpu", "--dtype", "float32"],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    captions = sorted(folder.glob("*.txt"))
+    assert len(captions) == 2 + 10 - len(UNREADABLE_ODD_FILES)
+    assert all(path.read_text().startswith("sks, ") for path in captions)
+    assert re.search(r"captions written\s+10\b", result.stdout)
+    for name in UNREADABLE_ODD_FILES:
+        assert name in result.stdout
+
+
+def test_caption_fill_is_the_default_and_keeps_existing_captions(blip_dir: Path, tmp_path: Path) -> None:
+    folder = make_image_dataset(tmp_path / "images", count=2, with_captions=True, with_masks=False)
+    before = {path.name: path.read_text() for path in folder.glob("*.txt")}
+
+    result = runner.invoke(app, ["caption", str(folder), "--model", str(blip_dir)])
+
+    assert result.exit_code == 0, result.output
+    assert {path.name: path.read_text() for path in folder.glob("*.txt")} == before
+
+
+def test_caption_recursive(blip_dir: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "top.png")
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (16, 16), (4, 5, 6)).save(tmp_path / "sub" / "deep.png")
+    arguments = ["caption", str(tmp_path), "--model", str(blip_dir), "--max-new-tokens", "4"]
+
+    assert runner.invoke(app, arguments).exit_code == 0
+    assert not (tmp_path / "sub" / "deep.txt").exists()
+    assert runner.invoke(app, [*arguments, "--recursive"]).exit_code == 0
+    assert (tmp_path / "sub" / "deep.txt").read_text().strip()
+
+
+def test_caption_tagger_options(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from onetrainer.dataset_tools.tiny import save_tiny_tagger
+
+    tagger = save_tiny_tagger(tmp_path / "tagger")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (255, 255, 0)).save(folder / "a.png")
+
+    result = runner.invoke(
+        app,
+        ["caption", str(folder), "--model", str(tagger), "--exclude", "red_hair,other", "--general-threshold", "0.4"],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert (folder / "a.txt").read_text() == "hatsune miku, ^_^\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["caption", "{missing}"], "folder not found"),
+        (["caption", "{folder}", "--model", "{missing}"], "model not found"),
+        (["caption", "{folder}", "--device", "tpu9"], "unknown device"),
+        (["caption", "{folder}", "--dtype", "float8", "--model", "{blip}"], "unknown dtype"),
+        (["caption", "{folder}", "--mode", "merge"], "merge"),
+        (["caption", "{folder}", "--batch-size", "0"], "batch-size"),
+    ],
+)
+def test_caption_user_errors_exit_2(blip_dir: Path, tmp_path: Path, arguments: list[str], message: str) -> None:
+    folder = make_image_dataset(tmp_path / "images", count=1, with_captions=False, with_masks=False)
+    values = {"missing": str(tmp_path / "missing"), "folder": str(folder), "blip": str(blip_dir)}
+
+    result = runner.invoke(app, [argument.format(**values) for argument in arguments])
+
+    assert result.exit_code == 2
+    assert message in result.output

@@ -1,0 +1,108 @@
+"""`onetrainer inspect` through the CLI: text and `--json` output for each kind, and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.trainer.backup import write_backup
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("inspect-cli")
+    module = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    save_file(
+        {
+            f"{module}.lora_down.weight": torch.zeros(4, 768),
+            f"{module}.lora_up.weight": torch.zeros(320, 4),
+            f"{module}.alpha": torch.tensor(4.0),
+        },
+        root / "lora.safetensors",
+        metadata={"ss_network_dim": "4"},
+    )
+    save_file({"emb_params": torch.zeros(2, 1024)}, root / "embedding.safetensors")
+    (root / "run.yaml").write_text(f"model:\n  base: tiny:sd15\nmethod: full\ndata:\n  concepts:\n    - path: {root}\n")
+    (root / "bad.yaml").write_text("model:\n  base: tiny:sd15\n  kind: sd15\n")
+    backup = write_backup(
+        root / "ws" / "backups",
+        step=3,
+        epoch=0,
+        weights={"w": torch.zeros(2, 2)},
+        state={},
+        config_yaml="method: lora\n",
+    )
+    (root / "ws" / "config.yaml").write_text("method: lora\n")
+    (root / "corrupt.safetensors").write_bytes(b"\xff" * 64)
+    (root / "empty-folder").mkdir()
+    return {"root": root, "backup": backup}
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "fmt", "model_type"),
+    [
+        ("lora.safetensors", "lora", "kohya", "sd15"),
+        ("embedding.safetensors", "embedding", "a1111", "sd2"),
+        ("run.yaml", "config", "yaml", "sd15"),
+        ("bad.yaml", "config", "yaml", None),
+    ],
+)
+def test_json_has_kind_format_and_model_type(
+    files: dict[str, Path], name: str, kind: str, fmt: str, model_type: str | None
+) -> None:
+    result = runner.invoke(app, ["inspect", str(files["root"] / name), "--json"])
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["kind"], data["format"], data["model_type"]) == (kind, fmt, model_type)
+
+
+def test_text_views_render_for_every_kind(files: dict[str, Path], tiny_sd15_dir: Path, image_dataset_dir: Path) -> None:
+    cases = {
+        str(files["root"] / "lora.safetensors"): "kohya layout, rank 4",
+        str(files["root"] / "embedding.safetensors"): "fits SD 2.x",
+        str(files["root"] / "run.yaml"): "changed from defaults",
+        str(files["root"] / "bad.yaml"): "INVALID",
+        str(files["backup"]): "training backup at step 3",
+        str(files["root"] / "ws"): "latest backup at step 3",
+        str(tiny_sd15_dir): "diffusers folder",
+        image_dataset_dir.as_posix(): "image folder: 8 images",
+    }
+    for path, expected in cases.items():
+        result = runner.invoke(app, ["inspect", path])
+        assert result.exit_code == 0, (path, result.output)
+        assert expected in result.stdout, (path, result.stdout)
+
+
+def test_image_folder_json_includes_the_dataset_report(image_dataset_dir: Path) -> None:
+    result = runner.invoke(app, ["inspect", str(image_dataset_dir), "--json", "--resolution", "64"])
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["kind"], data["resolution"]) == ("images", 64)
+    assert data["concepts"][0]["found"] == 8
+    assert data["buckets"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["{root}/corrupt.safetensors"], "Recognised"),
+        (["{root}/empty-folder"], "does not recognise"),
+        (["{root}/missing"], "no such file"),
+        (["{root}", "--model-type", "sd9"], "sd9"),
+    ],
+)
+def test_unknown_or_broken_paths_exit_2(files: dict[str, Path], arguments: list[str], message: str) -> None:
+    result = runner.invoke(app, ["inspect", *(argument.format(root=files["root"]) for argument in arguments)])
+
+    assert result.exit_code == 2
+    assert message in result.output

@@ -1,0 +1,155 @@
+"""`onetrainer sample` through the CLI: PNGs with their parameters, LoRAs, embeddings, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.model.adapters import inject_lora
+from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.util.atomic import save_safetensors
+from onetrainer.util.enums import TrainingMethod
+
+runner = CliRunner()
+FAST = ("--steps", "2", "--scheduler", "ddim")
+
+
+def sample(*args: object) -> object:
+    return runner.invoke(app, ["sample", *map(str, args)])
+
+
+def said(result: object) -> str:
+    """The output with the error panel's borders and line wrapping removed."""
+    return " ".join(result.output.replace("│", " ").split())
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = load_stable_diffusion("tiny:sd15")
+    adapter = inject_lora(model, kind="lora", rank=2, alpha=2.0, components=("unet",), preset="attn")
+    with torch.no_grad():
+        for param in adapter.parameters(model, "unet"):
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    model.adapters["lora"] = adapter
+    path = tmp_path_factory.mktemp("sample") / "style.safetensors"
+    StableDiffusionSaver().save(model, path, method=TrainingMethod.LORA, format="kohya", dtype="fp32")
+    return path
+
+
+def test_writes_numbered_pngs_with_their_parameters(tmp_path: Path) -> None:
+    result = sample(
+        "tiny:sd15", "--prompt", "a red circle", "-n", "blurry", *FAST, "--seed", "3", "--count", "2", "-o", tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    first, second = tmp_path / "00000-3.png", tmp_path / "00001-4.png"
+    assert str(first) in result.output
+    assert second.is_file()
+    text = Image.open(first).text
+    assert text["parameters"].startswith(
+        "a red circle\nNegative prompt: blurry\nSteps: 2, Sampler: DDIM, CFG scale: 7,"
+    )
+    data = json.loads(Image.open(second).text["onetrainer"])
+    assert (data["seed"], data["steps"], data["cfg"], data["scheduler"], data["model"]) == (
+        4,
+        2,
+        7.0,
+        "ddim",
+        "tiny:sd15",
+    )
+
+
+def test_lora_with_strength_and_embedding_are_applied_and_recorded(lora_file: Path, tmp_path: Path) -> None:
+    embedding = tmp_path / "tok.safetensors"
+    save_safetensors({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(2))}, embedding)
+    plain = sample("tiny:sd15", "-p", "a tok cat", *FAST, "--seed", "1", "-o", tmp_path / "plain.png")
+    styled = sample(
+        "tiny:sd15", "-p", "a tok cat", *FAST, "--seed", "1", "-o", tmp_path / "styled.png",
+        "--lora", f"{lora_file}:0.5", "--embedding", embedding,
+    )  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    assert styled.exit_code == 0, styled.output
+    data = json.loads(Image.open(tmp_path / "styled.png").text["onetrainer"])
+    assert data["loras"] == [[str(lora_file), 0.5]]
+    assert data["embeddings"] == ["tok"]
+    difference = np.abs(
+        np.asarray(Image.open(tmp_path / "plain.png"), int) - np.asarray(Image.open(tmp_path / "styled.png"), int)
+    )
+    assert difference.mean() > 1
+
+
+def test_output_file_is_not_overwritten_without_the_flag(tmp_path: Path) -> None:
+    target = tmp_path / "a.png"
+    target.write_bytes(b"keep")
+    result = sample("tiny:sd15", "-p", "x", *FAST, "-o", target)
+    assert result.exit_code == 2
+    assert "output exists" in said(result)
+    assert target.read_bytes() == b"keep"
+    assert sample("tiny:sd15", "-p", "x", *FAST, "-o", target, "--overwrite").exit_code == 0
+    assert Image.open(target).size == (64, 64)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with open(root / "unsafe.ckpt", "wb") as handle:
+        pickle.dump({"state_dict": _Evil()}, handle)
+    save_safetensors(
+        {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 768)},
+        root / "xl-lora.safetensors",
+    )
+    save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, root / "xl-emb.safetensors")
+    return {path.stem: path for path in root.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--scheduler", "eulr"], "unknown scheduler 'eulr'; did you mean 'euler'"),
+        (["--scheduler", "heun"], "ddim, euler, euler-a, dpm++2m, dpm++2m-karras, unipc, ddpm"),
+        (["--lora", "{tmp}/missing.safetensors"], "no such file"),
+        (["--lora", "{xl-lora}:strong"], "strength 'strong' is not a number"),
+        (["--lora", "{xl-lora}"], "this LoRA is for SDXL"),
+        (["--embedding", "{xl-emb}"], "embedding is for sdxl"),
+        (["-o", "{tmp}/out.jpg"], "written as PNG"),
+        (["--model-type", "sdx"], "did you mean 'sdxl'"),
+        (["--device", "cuda:99"], "not available"),
+        (["--device", "tpu"], "unknown device"),
+        (["--width", "60"], "multiple of 8"),
+    ],
+)
+def test_bad_input_exits_2(args: list[str], expected: str, bad_files: dict[str, Path], tmp_path: Path) -> None:
+    names = {"tmp": tmp_path, **bad_files}
+    filled = [arg.format(**names) for arg in args]
+    result = sample("tiny:sd15", "-p", "x", *FAST, "-o", tmp_path, *filled)
+    assert result.exit_code == 2, result.output
+    assert expected in said(result)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("{tmp}/nothing-here.safetensors", "no such file"),
+        ("{corrupt}", "corrupt"),
+        ("{unsafe}", "refused"),
+        ("{xl-lora}", "not a base model"),
+    ],
+)
+def test_bad_model_exits_2(model: str, expected: str, bad_files: dict[str, Path], tmp_path: Path) -> None:
+    result = sample(model.format(tmp=tmp_path, **bad_files), "-p", "x", *FAST, "-o", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert expected in said(result).lower()

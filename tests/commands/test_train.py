@@ -1,0 +1,272 @@
+"""`onetrainer train` end to end on the tiny SD 1.5 model: every method, the modes, resume, signals, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.trainer.backup import list_backups
+from onetrainer.trainer.metrics import read_metrics
+from onetrainer.util.config.presets import presets_dir
+
+runner = CliRunner()
+DEMO = presets_dir() / "demo.yaml"
+FAST_PREVIEW = "sampling.prompts=[{prompt: a red circle, steps: 2}]"
+
+
+def _args(root: Path, dataset: Path, *overrides: str, output: str = "lora.safetensors") -> list[str]:
+    return [
+        "train",
+        str(DEMO),
+        f"data.concepts.0.path={dataset}",
+        f"workspace={root / 'workspace'}",
+        f"saving.output={root / 'out' / output}",
+        "sampling.before_training=false",
+        "sampling.every=never",
+        FAST_PREVIEW,
+        *overrides,
+    ]
+
+
+def _invoke(args: list[str]) -> object:
+    return runner.invoke(app, args, terminal_width=200)
+
+
+def _json_events(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> tuple[Path, object]:
+    """A 4-step LoRA run with previews, backups and TensorBoard, reported as JSON lines."""
+    root = tmp_path_factory.mktemp("lora-run")
+    args = _args(
+        root,
+        shapes_dataset_dir,
+        "training.max_steps=4",
+        "sampling.every=2 steps",
+        "saving.backup_every=2 steps",
+        "saving.backup_keep_last=1",
+        "--json",
+    )
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    return root, result
+
+
+def test_lora_run_writes_a_kohya_lora_previews_metrics_and_tensorboard(lora_run: tuple[Path, object]) -> None:
+    root, _ = lora_run
+    lora = load_file(root / "out" / "lora.safetensors")
+    assert lora
+    assert all(key.startswith("lora_unet_") for key in lora)
+    with safe_open(root / "out" / "lora.safetensors", "pt") as handle:
+        assert handle.metadata()["modelspec.architecture"].startswith("stable-diffusion-v1")
+    workspace = root / "workspace"
+    assert sorted(path.name for path in (workspace / "samples").iterdir()) == [
+        "step-00000002-0.png",
+        "step-00000004-0.png",
+    ]
+    assert [path.name for path in list_backups(workspace / "backups")] == ["step-00000004"]
+    assert [record["step"] for record in read_metrics(workspace / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert any(path.name.startswith("events.out.tfevents") for path in (workspace / "tensorboard").iterdir())
+    assert (workspace / "config.yaml").is_file()
+
+
+def test_json_mode_prints_only_json_events(lora_run: tuple[Path, object]) -> None:
+    _, result = lora_run
+    events = _json_events(result.stdout)
+    kinds = [event["event"] for event in events]
+    assert kinds.count("step") == 4
+    assert kinds[-1] == "done"
+    assert {"sample", "backup", "save", "start"} <= set(kinds)
+    step = next(event for event in events if event["event"] == "step")
+    assert {"loss", "smoothed_loss", "lr", "steps_per_s", "images_per_s", "eta_s", "total_steps"} <= step.keys()
+    assert all(line.startswith("{") for line in result.stdout.splitlines() if line.strip())
+
+
+def test_resume_with_a_changed_learning_rate_exits_2_listing_the_key(
+    lora_run: tuple[Path, object], shapes_dataset_dir: Path
+) -> None:
+    root, _ = lora_run
+    args = _args(root, shapes_dataset_dir, "training.max_steps=4", "training.learning_rate=0.1")
+    result = _invoke([*args, "--resume", "last"])
+    assert result.exit_code == 2, result.output
+    assert "training.learning_rate" in result.output
+
+
+def test_fresh_run_in_a_workspace_with_backups_is_refused(lora_run: tuple[Path, object], tmp_path: Path) -> None:
+    root, _ = lora_run
+    args = _args(tmp_path, tmp_path, "training.max_steps=4", f"workspace={root / 'workspace'}")
+    result = _invoke(args)
+    assert result.exit_code == 2, result.output
+    assert "--resume last" in result.output
+
+
+@pytest.mark.parametrize(
+    ("method", "output", "check"),
+    [
+        ("full", "model.safetensors", "model.diffusion_model.input_blocks.0.0.weight"),
+        ("embedding", "shape.safetensors", "emb_params"),
+    ],
+)
+def test_full_and_embedding_methods_train_and_save(
+    tmp_path: Path, shapes_dataset_dir: Path, method: str, output: str, check: str
+) -> None:
+    args = _args(
+        tmp_path,
+        shapes_dataset_dir,
+        f"method={method}",
+        "training.max_steps=2",
+        "embedding.placeholder=<shape>",
+        "embedding.init_text=shape",
+        output=output,
+    )
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    tensors = load_file(tmp_path / "out" / output)
+    assert check in tensors
+
+
+def test_dry_run_reports_the_data_and_writes_nothing(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    result = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["event"] == "report"
+    assert report["samples_per_epoch"] == 16
+    assert report["steps_per_epoch"] == 4
+    assert not (tmp_path / "workspace").exists()
+    text = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run"])
+    assert text.exit_code == 0, text.output
+    assert "steps per epoch" in text.output
+
+
+def test_cache_only_fills_the_cache_and_trains_nothing(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    result = _invoke([*_args(tmp_path, shapes_dataset_dir), "--cache-only", "--json"])
+    assert result.exit_code == 0, result.output
+    done = _json_events(result.stdout)[-1]
+    assert done["event"] == "done"
+    assert done["images_encoded"] == 16
+    assert done["images_found"] == 0
+    assert any((tmp_path / "workspace" / "cache").rglob("*.safetensors"))
+    assert not (tmp_path / "workspace" / "metrics.jsonl").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_loss_stops_with_exit_1_and_hints(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    args = _args(
+        tmp_path,
+        shapes_dataset_dir,
+        "method=full",
+        "training.max_steps=8",
+        "training.optimizer=sgd",
+        "training.learning_rate=10",
+        "training.max_grad_norm=null",
+        "training.lr_scheduler=constant",
+        "training.warmup=0",
+        output="model.safetensors",
+    )
+    result = _invoke(args)
+    assert result.exit_code == 1, result.output
+    assert "the loss became" in result.output
+    assert "lower training.learning_rate" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_conflicting_flags_and_bad_preview_scheduler_exit_2(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    both = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--cache-only"])
+    assert both.exit_code == 2
+    bad = _invoke(_args(tmp_path, shapes_dataset_dir, "sampling.prompts=[{prompt: x, scheduler: eulr}]"))
+    assert bad.exit_code == 2, bad.output
+    assert "euler" in bad.output
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "lora.safetensors").write_bytes(b"precious")
+    result = _invoke(_args(tmp_path, shapes_dataset_dir, "saving.overwrite=false"))
+    assert result.exit_code == 2, result.output
+    assert "saving.overwrite" in result.output
+
+
+# ------------------------------------------------------------------ real signals, in a real process
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "onetrainer", *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _signal_after_step(process: subprocess.Popen[str], step: int, *, second_after_s: float | None = None) -> list[dict]:
+    """Read JSON events; after `step` is reported send SIGINT, and a second one `second_after_s` later."""
+    events = []
+    sent = False
+    assert process.stdout is not None
+    for line in process.stdout:
+        event = json.loads(line)
+        events.append(event)
+        if not sent and event["event"] == "step" and event["step"] >= step:
+            process.send_signal(signal.SIGINT)
+            if second_after_s is not None:
+                time.sleep(second_after_s)
+                process.send_signal(signal.SIGINT)
+            sent = True
+    process.wait(timeout=300)
+    return events
+
+
+@pytest.mark.slow
+def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    overrides = ("training.max_steps=12", "training.lr_scheduler=cosine", "training.warmup=3")
+    straight = tmp_path / "straight"
+    assert _invoke(_args(straight, shapes_dataset_dir, *overrides)).exit_code == 0
+
+    split = tmp_path / "split"
+    process = _start(_args(split, shapes_dataset_dir, *overrides))
+    events = _signal_after_step(process, 2)
+    stderr = process.stderr.read() if process.stderr else ""
+    assert process.returncode == 130, stderr
+    stopped = next(event for event in events if event["event"] == "stopped")
+    assert 2 <= stopped["step"] < 12
+    assert "--resume last" in stderr
+    assert [path.name for path in list_backups(split / "workspace" / "backups")] == [f"step-{stopped['step']:08d}"]
+    assert not (split / "out").exists()
+
+    resumed = _invoke([*_args(split, shapes_dataset_dir, *overrides), "--resume", "last"])
+    assert resumed.exit_code == 0, resumed.output
+    expected = load_file(straight / "out" / "lora.safetensors")
+    actual = load_file(split / "out" / "lora.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+@pytest.mark.slow
+def test_second_sigint_aborts_at_once_without_partial_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    # Steps at 192 px with 16 images take long enough for the second signal to land mid-step or mid-backup.
+    slow_steps = ("data.resolution=192", "training.batch_size=16", "saving.backup_every=1 steps")
+    process = _start(_args(tmp_path, shapes_dataset_dir, "training.max_steps=200", *slow_steps))
+    events = _signal_after_step(process, 2, second_after_s=0.05)
+    assert process.returncode == 130
+    assert "stopped" not in [event["event"] for event in events]
+    leftovers = [path for path in tmp_path.rglob("*") if path.name.startswith(".") or path.suffix == ".tmp"]
+    assert leftovers == []
+    for backup in (tmp_path / "workspace" / "backups").iterdir():
+        assert (backup / "meta.json").is_file()
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,169 @@
+"""The content-keyed cache: encode only what is missing, notice changes, resume a killed pass."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from onetrainer.data_loader import build_data_loader
+from onetrainer.data_loader.tiny import TinyImageEncoder, TinyTextEncoder
+from onetrainer.util.errors import UserError
+
+
+class ShapeRecorder(TinyImageEncoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.shapes.append(tuple(images.shape))
+        return super().encode(images)
+
+
+class Killed(TinyImageEncoder):
+    """Dies (like Ctrl-C) on its third call."""
+
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return super().encode(images)
+
+
+def _fill(config, image=None, text=None, **kwargs):
+    image = image if image is not None else TinyImageEncoder()
+    text = text if text is not None else TinyTextEncoder()
+    with build_data_loader(config, image_encoder=image, text_encoder=text, **kwargs) as loader:
+        return loader.fill_cache(), image, text
+
+
+def test_second_pass_encodes_nothing_and_loads_no_encoder(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy, "image_variations": 2}])
+    first, _, _ = _fill(config)
+    assert (first.images_encoded, first.texts_encoded) == (16, 8)
+    second, image, text = _fill(config)
+    assert (second.images_found, second.images_encoded, second.texts_encoded) == (16, 0, 0)
+    assert image.loads == text.loads == 0
+
+
+def test_encoders_run_batched_per_bucket(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy, "repeats": 1}], data={"encode_batch_size": 4})
+    recorder = ShapeRecorder()
+    with build_data_loader(config, image_encoder=recorder) as loader:
+        stats = loader.fill_cache()
+        counts = loader.plan.bucket_counts(0)
+    assert stats.image_calls == len(recorder.shapes) == sum(-(-n // 4) for n in counts.values())
+    assert sum(shape[0] for shape in recorder.shapes) == 8
+    assert recorder.weight is None, "unloaded after the pass"
+
+
+def test_changed_file_is_reencoded_alone_and_its_old_entry_pruned(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy}])
+    _fill(config)
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(image_copy / "img-000.png")
+    stats, _, _ = _fill(config)
+    assert (stats.images_encoded, stats.images_found, stats.pruned) == (1, 7, 1)
+
+
+def test_added_file_is_encoded_alone(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy}])
+    _fill(config)
+    shutil.copy(image_copy / "img-003.png", image_copy / "new.png")
+    stats, _, _ = _fill(config)
+    assert (stats.images_encoded, stats.images_found, stats.pruned) == (1, 8, 0)
+
+
+def test_removed_file_is_pruned(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy}])
+    _fill(config)
+    (image_copy / "img-005.webp").unlink()
+    (image_copy / "img-005.txt").unlink()
+    stats, _, _ = _fill(config)
+    assert (stats.images_encoded, stats.images_found, stats.pruned) == (0, 7, 2)
+
+
+def test_killed_caching_pass_resumes_where_it_stopped(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy, "image_variations": 3}], data={"encode_batch_size": 2})
+    killed = Killed()
+    with pytest.raises(KeyboardInterrupt):
+        _fill(config, image=killed)
+    assert killed.encoded == 4, "two calls were written before the kill"
+    assert killed.weight is None, "the encoder was released"
+    stats, image, _ = _fill(config)
+    assert (stats.images_found, stats.images_encoded) == (4, 20)
+    assert image.encoded == 20
+
+
+def test_clear_cache_reencodes_everything(make_config, image_copy: Path) -> None:
+    _fill(make_config(concepts=[{"path": image_copy}]))
+    stats, _, _ = _fill(make_config(concepts=[{"path": image_copy}], data={"clear_cache": True}))
+    assert (stats.images_found, stats.images_encoded) == (0, 8)
+
+
+def test_other_encoder_identity_misses_but_keeps_old_entries(make_config, image_copy: Path) -> None:
+    config = make_config(concepts=[{"path": image_copy}])
+    _fill(config)
+    stats, _, _ = _fill(config, image=TinyImageEncoder(seed=1))
+    assert (stats.images_encoded, stats.pruned) == (8, 0)
+    again, _, _ = _fill(config)
+    assert again.images_encoded == 0
+
+
+def test_identical_captions_share_one_text_entry(make_config, shapes_dataset_dir: Path) -> None:
+    stats, _, _ = _fill(make_config(concepts=[{"path": shapes_dataset_dir}]))
+    assert stats.texts_encoded == 12
+
+
+def test_cached_batches_equal_encoding_on_the_fly(make_config, image_dataset_dir: Path) -> None:
+    concepts = [{"path": image_dataset_dir, "image": {"flip": 0.5, "rotation": 5, "brightness": 0.2}}]
+    options = {"training": {"batch_size": 1}}
+    with build_data_loader(
+        make_config(concepts=concepts, **options), image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder()
+    ) as cached:
+        cached.fill_cache()
+        from_cache = list(cached.batches(0))
+    with build_data_loader(
+        make_config(concepts=concepts, data={"cache": False}, **options),
+        image_encoder=TinyImageEncoder(),
+        text_encoder=TinyTextEncoder(),
+    ) as inline:
+        on_the_fly = list(inline.batches(0))
+    assert len(from_cache) == len(on_the_fly) == 8
+    for a, b in zip(from_cache, on_the_fly, strict=True):
+        assert a["sample_ids"] == b["sample_ids"]
+        assert a["captions"] == b["captions"]
+        for key in ("latents", "text_hidden", "mask", "crop_top_left", "original_size"):
+            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_batches_fill_the_cache_when_the_trainer_did_not(make_config, image_copy: Path) -> None:
+    image = TinyImageEncoder()
+    with build_data_loader(make_config(concepts=[{"path": image_copy}]), image_encoder=image) as loader:
+        batch = next(loader.batches(0))
+    assert batch["latents"].shape[1] == 4
+    assert "pixels" not in batch
+    assert image.encoded == 8
+
+
+def test_undecodable_image_found_while_caching_is_dropped(make_config, image_copy: Path) -> None:
+    data = image_copy.joinpath("img-001.jpg").read_bytes()
+    image_copy.joinpath("img-001.jpg").write_bytes(data[: len(data) // 2])
+    config = make_config(concepts=[{"path": image_copy}], data={"verify_images": False})
+    events = []
+    with build_data_loader(config, image_encoder=TinyImageEncoder(), progress=events.append) as loader:
+        before = loader.report.samples_per_epoch
+        stats = loader.fill_cache()
+        trained = {s for batch in loader.batches(0) for s in batch["sample_ids"]}
+        assert [item.path.name for item in stats.failed] == ["img-001.jpg"]
+        assert loader.report.samples_per_epoch == before - 1
+    assert f"{image_copy.name}/img-001.jpg" not in trained
+    assert any(event.kind == "warning" and "img-001.jpg" in event.message for event in events)
+    strict = make_config(concepts=[{"path": image_copy}], data={"verify_images": False, "strict": True})
+    with (
+        pytest.raises(UserError, match=r"img-001\.jpg"),
+        build_data_loader(strict, image_encoder=TinyImageEncoder()) as loader,
+    ):
+        loader.fill_cache()

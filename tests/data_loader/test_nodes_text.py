@@ -1,0 +1,96 @@
+"""Caption nodes: sources, line choice and every text augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onetrainer.data_loader.graph import SampleContext
+from onetrainer.data_loader.pipeline import text_graph
+from onetrainer.data_loader.scan import Sample
+from onetrainer.util.config.data import ConceptConfig
+
+GRAPH = text_graph()
+TAGS = "photo of sks, dog, grass, sunny, red collar, outdoors"
+
+
+def _caption(tmp_path: Path, content: str | None = TAGS, *, variation: int = 0, **caption: Any) -> str:
+    """The final caption of `my_dog.png` whose sidecar holds `content` (None: no sidecar)."""
+    image = tmp_path / "my_dog.png"
+    caption_path = None
+    if content is not None:
+        caption_path = tmp_path / "my_dog.txt"
+        caption_path.write_text(content)
+    sample = Sample("c/my_dog.png", 0, image, 8, 8, None, caption_path)
+    context = SampleContext(sample, ConceptConfig(path=tmp_path, caption=caption), (1, 0, "text", variation, 0, "id"))
+    return GRAPH.run(context, {"image_path": image, "caption_path": caption_path}, ["caption"])["caption"]
+
+
+def test_plain_caption_passes_through_untouched(tmp_path: Path) -> None:
+    assert _caption(tmp_path, "  A  cat,sitting ") == "A  cat,sitting"
+
+
+def test_one_line_is_chosen_per_variation(tmp_path: Path) -> None:
+    chosen = {_caption(tmp_path, "one\ntwo\nthree\n", variation=v) for v in range(30)}
+    assert chosen == {"one", "two", "three"}
+
+
+def test_missing_caption_is_empty_or_filename(tmp_path: Path) -> None:
+    assert _caption(tmp_path, None) == ""
+    assert _caption(tmp_path, None, if_missing="filename") == "my_dog"
+
+
+def test_filename_fixed_and_concept_file_sources(tmp_path: Path) -> None:
+    lines = tmp_path / "captions.txt"
+    lines.write_text("alpha\nbeta\n")
+    assert _caption(tmp_path, source="filename") == "my_dog"
+    assert _caption(tmp_path, source="fixed", text="a photo") == "a photo"
+    picked = {_caption(tmp_path, source="concept_file", concept_file=lines, variation=v) for v in range(20)}
+    assert picked == {"alpha", "beta"}
+
+
+def test_shuffle_keeps_the_first_tags(tmp_path: Path) -> None:
+    results = {_caption(tmp_path, variation=v, shuffle_tags=True, keep_tags=1) for v in range(10)}
+    assert len(results) > 3
+    for result in results:
+        tags = result.split(", ")
+        assert tags[0] == "photo of sks"
+        assert sorted(tags) == sorted(TAGS.split(", "))
+
+
+def test_tag_dropout_respects_keep_count_and_keep_list(tmp_path: Path) -> None:
+    for v in range(10):
+        tags = _caption(tmp_path, variation=v, tag_dropout=1.0, keep_tags=1, tag_dropout_keep=["sunny"]).split(", ")
+        assert tags == ["photo of sks", "sunny"]
+
+
+def test_tag_dropout_only_list_with_regex(tmp_path: Path) -> None:
+    result = _caption(tmp_path, tag_dropout=1.0, tag_dropout_only=[r"red .*", "gr.ss"], tag_dropout_regex=True)
+    assert result == "photo of sks, dog, sunny, outdoors"
+
+
+def test_tag_dropout_probability_is_partial(tmp_path: Path) -> None:
+    counts = [len(_caption(tmp_path, variation=v, tag_dropout=0.5).split(", ")) for v in range(40)]
+    assert min(counts) < 6
+    assert max(counts) > 1
+    assert 2 < sum(counts) / len(counts) < 5
+
+
+def test_caption_dropout(tmp_path: Path) -> None:
+    assert _caption(tmp_path, caption_dropout=1.0) == ""
+    dropped = sum(_caption(tmp_path, variation=v, caption_dropout=0.3) == "" for v in range(100))
+    assert 15 <= dropped <= 45
+
+
+def test_capitalisation_styles(tmp_path: Path) -> None:
+    styles = {_caption(tmp_path, "a Big cat", variation=v, random_capitalization=1.0) for v in range(40)}
+    assert styles == {"a big cat", "A BIG CAT", "A Big Cat", "A big cat"}
+
+
+@pytest.mark.parametrize("delimiter", [";", " "])
+def test_other_delimiters(tmp_path: Path, delimiter: str) -> None:
+    text = delimiter.join(["a", "b", "c", "d"])
+    result = _caption(tmp_path, text, tag_delimiter=delimiter, shuffle_tags=True, variation=2)
+    assert sorted(result.replace(";", " ").split()) == ["a", "b", "c", "d"]

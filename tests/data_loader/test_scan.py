@@ -1,0 +1,105 @@
+"""Scanning concept folders: what is used, what is skipped and why, and what is remembered."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from onetrainer.data_loader.events import LoaderEvent
+from onetrainer.data_loader.memo import FileMemo
+from onetrainer.data_loader.scan import scan_concepts
+from onetrainer.util.config.data import DataConfig
+from onetrainer.util.errors import ConfigError
+from onetrainer.util.tiny.dataset import ODD_IMAGE_FILES
+
+
+def _scan(data: DataConfig, memo: FileMemo | None = None, events: list[LoaderEvent] | None = None):
+    sink = events.append if events is not None else (lambda event: None)
+    return scan_concepts(data, memo=memo or FileMemo(None), progress=sink)
+
+
+def test_odd_dataset_is_used_or_reported_with_reasons(odd_image_dataset_dir: Path) -> None:
+    events: list[LoaderEvent] = []
+    (scan,) = _scan(DataConfig(concepts=[{"path": odd_image_dataset_dir}]), events=events)
+    reasons = {item.path.name: item.reason for item in scan.skipped}
+    assert set(reasons) == {ODD_IMAGE_FILES[k] for k in ("empty", "truncated", "strip")}
+    assert reasons[ODD_IMAGE_FILES["empty"]].startswith("empty file")
+    assert reasons[ODD_IMAGE_FILES["truncated"]].startswith("truncated or corrupt")
+    assert reasons[ODD_IMAGE_FILES["strip"]].startswith("too small: 1x4000")
+    assert scan.found == 18
+    assert len(scan.samples) == 15
+    warnings = [event.message for event in events if event.kind == "warning"]
+    assert len(warnings) == 3
+    assert all(message.startswith("skipped ") for message in warnings)
+    assert any("animated" in note for note in scan.notes)
+
+
+def test_exif_rotated_sample_has_display_size(odd_image_dataset_dir: Path) -> None:
+    (scan,) = _scan(DataConfig(concepts=[{"path": odd_image_dataset_dir}]))
+    sample = next(s for s in scan.samples if s.path.name == ODD_IMAGE_FILES["exif_rotated"])
+    assert (sample.width, sample.height) == (64, 96)
+    assert sample.mask_path is not None
+
+
+def test_captions_and_masks_are_counted(image_dataset_dir: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    (folder / "img-001.txt").unlink()
+    (folder / "img-002.txt").write_text("\n\n")
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder}]))
+    assert scan.captions_missing == 2
+    assert scan.masks_found == 4
+    assert len(scan.samples) == 8
+
+
+def test_if_missing_skip_skips_uncaptioned_images(image_dataset_dir: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    (folder / "img-003.txt").unlink()
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder, "caption": {"if_missing": "skip"}}]))
+    assert [(item.path.name, item.reason.split(" (")[0]) for item in scan.skipped] == [("img-003.png", "no caption")]
+
+
+def test_bad_caption_bytes_are_noted(image_dataset_dir: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    (folder / "img-000.txt").write_bytes(b"caf\xe9\n")
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder}]))
+    assert any("not valid UTF-8" in note and "img-000.txt" in note for note in scan.notes)
+
+
+def test_sample_ids_are_label_and_relative_path(image_dataset_dir: Path) -> None:
+    data = DataConfig(concepts=[{"path": image_dataset_dir, "name": "cats"}, {"path": image_dataset_dir}])
+    first, second = _scan(data)
+    assert first.samples[0].id == "cats/img-000.png"
+    assert second.samples[0].id == f"{image_dataset_dir.name}/img-000.png"
+
+
+def test_disabled_concepts_are_not_scanned(image_dataset_dir: Path) -> None:
+    (scan,) = _scan(DataConfig(concepts=[{"path": image_dataset_dir, "enabled": False}]))
+    assert scan.found == 0
+    assert scan.samples == []
+
+
+def test_folder_removed_after_validation_is_a_config_error(tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    data = DataConfig(concepts=[{"path": folder}])
+    folder.rmdir()
+    with pytest.raises(ConfigError) as info:
+        _scan(data)
+    assert info.value.problems[0].path == "data.concepts.0.path"
+
+
+def test_memo_skips_verification_of_unchanged_files(image_dataset_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    memo_path = tmp_path / "files.json"
+    data = DataConfig(concepts=[{"path": image_dataset_dir}])
+    memo = FileMemo(memo_path)
+    _scan(data, memo)
+    memo.save()
+    calls: list[Path] = []
+    import onetrainer.data_loader.scan as scan_module
+
+    monkeypatch.setattr(scan_module, "verify_image", calls.append)
+    (scan,) = _scan(data, FileMemo(memo_path))
+    assert calls == []
+    assert len(scan.samples) == 8

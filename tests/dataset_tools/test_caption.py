@@ -1,0 +1,129 @@
+"""`caption_folder` end to end on a tiny random-weight BLIP: files, modes, prefix/suffix, batching."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from onetrainer.dataset_tools.caption import CaptionMode, CaptionRequest, caption_folder, merged_caption
+from onetrainer.dataset_tools.progress import ToolProgress
+from onetrainer.dataset_tools.tiny import save_tiny_blip
+from onetrainer.util.errors import UserError
+from onetrainer.util.tiny.dataset import UNREADABLE_ODD_FILES, make_image_dataset
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_blip(tmp_path_factory.mktemp("captioners") / "blip")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_image_dataset(tmp_path / "images", count=5, with_captions=False, with_masks=True)
+
+
+def _captions(folder: Path) -> dict[str, str]:
+    return {path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.txt"))}
+
+
+def test_merged_caption_modes() -> None:
+    assert merged_caption("old", "new", CaptionMode.REPLACE) == "new"
+    assert merged_caption("old", "new", CaptionMode.ADD) == "old\nnew"
+    assert merged_caption("", "new", CaptionMode.ADD) == "new"
+    assert merged_caption("", "new", CaptionMode.FILL) == "new"
+
+
+def test_writes_one_caption_per_image_and_no_sidecar_captions(blip_dir: Path, folder: Path) -> None:
+    summary = caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, batch_size=2))
+
+    captions = _captions(folder)
+    assert sorted(captions) == [f"img-{index:03d}.txt" for index in range(5)]
+    assert all(text.endswith("\n") and text.strip() and "\n" not in text.strip() for text in captions.values())
+    assert summary.found == 5
+    assert sorted(path.name for path in summary.written) == sorted(captions)
+    assert summary.failed == []
+
+
+def test_prefix_and_suffix_are_joined_as_typed(blip_dir: Path, folder: Path) -> None:
+    caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8))
+    plain = _captions(folder)
+
+    caption_folder(
+        CaptionRequest(
+            folder, model=str(blip_dir), max_new_tokens=8, mode=CaptionMode.REPLACE, prefix="sks cat, ", suffix=", best"
+        )
+    )
+
+    for name, text in _captions(folder).items():
+        assert text == f"sks cat, {plain[name].strip()}, best\n"
+
+
+def test_batching_does_not_change_captions(blip_dir: Path, folder: Path, tmp_path: Path) -> None:
+    other = shutil.copytree(folder, tmp_path / "copy")
+    reports: list[ToolProgress] = []
+
+    caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, batch_size=1))
+    caption_folder(CaptionRequest(other, model=str(blip_dir), max_new_tokens=8, batch_size=3), reports.append)
+
+    assert _captions(folder) == _captions(other)
+    assert [(report.done, report.total) for report in reports] == [(0, 5), (3, 5), (5, 5)]
+
+
+def test_fill_keeps_existing_captions_and_add_appends_a_line(blip_dir: Path, folder: Path) -> None:
+    (folder / "img-001.txt").write_text("my own caption\n")
+    (folder / "img-002.txt").write_text("  \n")  # empty counts as missing
+
+    filled = caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, mode=CaptionMode.FILL))
+
+    assert [path.name for path in filled.kept] == ["img-001.jpg"]
+    assert (folder / "img-001.txt").read_text() == "my own caption\n"
+    generated = (folder / "img-002.txt").read_text().strip()
+    assert generated
+
+    caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, mode=CaptionMode.ADD, prefix="v2 "))
+
+    assert (folder / "img-001.txt").read_text().splitlines()[0] == "my own caption"
+    assert (folder / "img-002.txt").read_text().splitlines() == [generated, f"v2 {generated}"]
+
+
+def test_unreadable_images_are_reported_and_skipped(blip_dir: Path, tmp_path: Path) -> None:
+    folder = make_image_dataset(tmp_path / "odd", count=2, with_captions=False, with_masks=False, odd_images=True)
+
+    summary = caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, batch_size=4))
+
+    assert sorted(path.name for path, _ in summary.failed) == sorted(UNREADABLE_ODD_FILES)
+    reasons = {path.name: reason for path, reason in summary.failed}
+    assert "empty file" in reasons["odd-empty.png"]
+    assert "truncated" in reasons["odd-truncated.png"]
+    for name in UNREADABLE_ODD_FILES:
+        assert not (folder / Path(name).with_suffix(".txt")).exists()
+    assert len(summary.written) == summary.found - len(UNREADABLE_ODD_FILES)
+
+
+def test_fill_on_a_finished_folder_loads_no_model(tmp_path: Path) -> None:
+    folder = make_image_dataset(tmp_path / "done", count=3, with_captions=True, with_masks=False)
+
+    summary = caption_folder(CaptionRequest(folder, model="org/model-that-does-not-exist"))
+
+    assert summary.written == []
+    assert len(summary.kept) == 3
+
+
+def test_unavailable_hub_model_is_a_user_error(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="not available") as caught:
+        caption_folder(CaptionRequest(folder, model="blip"))
+    assert "Salesforce/blip-image-captioning-large" in caught.value.message
+    assert "HF_HUB_OFFLINE" in (caught.value.hint or "")
+
+
+def test_missing_local_model_path_is_a_user_error(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="model not found"):
+        caption_folder(CaptionRequest(folder, model=str(tmp_path / "no-such-model")))
+
+
+def test_a_folder_that_is_not_an_image_to_text_model_is_a_user_error(folder: Path, tiny_sd15_dir: Path) -> None:
+    with pytest.raises(UserError):
+        caption_folder(CaptionRequest(folder, model=str(tiny_sd15_dir / "text_encoder")))

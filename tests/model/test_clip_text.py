@@ -1,0 +1,31 @@
+"""Prompt encoding shared by training and sampling: padding and clip skip."""
+
+from __future__ import annotations
+
+import torch
+
+from onetrainer.model.clip_text import encode_tokens, tokenize
+from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+
+
+def test_tokens_are_padded_to_the_context_length() -> None:
+    model = load_stable_diffusion("tiny:sd15")
+    ids = tokenize(model.tokenizer, ["a cat", "a " * 100])
+    assert ids.shape == (2, 77)
+    length = len(model.tokenizer("a cat").input_ids)
+    assert ids[0, 0].item() == model.tokenizer.bos_token_id
+    assert ids[0, length - 1 :].tolist() == [model.tokenizer.eos_token_id] * (77 - length + 1)
+    assert ids[1, -1].item() == model.tokenizer.eos_token_id  # truncated, still ends the sequence
+
+
+def test_clip_skip_takes_an_earlier_layer_through_the_final_norm() -> None:
+    model = load_stable_diffusion("tiny:sd15")
+    ids = tokenize(model.tokenizer, ["a red circle"])
+    with torch.no_grad():
+        outputs = model.text_encoder(ids, output_hidden_states=True)
+        last = encode_tokens(model.text_encoder, ids, clip_skip=1)
+        penultimate = encode_tokens(model.text_encoder, ids, clip_skip=2)
+        norm = getattr(model.text_encoder, "text_model", model.text_encoder).final_layer_norm
+        assert torch.equal(last, outputs.last_hidden_state)
+        assert torch.allclose(penultimate, norm(outputs.hidden_states[-2]), atol=1e-6)
+        assert not torch.allclose(penultimate, last)

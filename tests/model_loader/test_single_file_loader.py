@@ -1,0 +1,113 @@
+"""Loading original single-file checkpoints: architecture, tokenizer, pickles, and every bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from onetrainer.model_loader.checkpoint import WeightsFile
+from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.util.enums import ModelType
+from onetrainer.util.errors import UserError
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize(("fixture", "tiny"), [("sd15_single_file", "tiny:sd15"), ("sd2_single_file", "tiny:sd2-v")])
+def test_single_file_with_its_config_folder_equals_the_original(
+    request: pytest.FixtureRequest, fixture: str, tiny: str, tiny_sd15_dir: Path, tiny_sd2_dir: Path
+) -> None:
+    path = request.getfixturevalue(fixture)
+    config = tiny_sd15_dir if "sd15" in fixture else tiny_sd2_dir
+    loaded, original = load_stable_diffusion(path, config=config), load_stable_diffusion(tiny)
+    for component in ("unet", "vae", "text_encoder"):
+        assert _same_weights(getattr(loaded, component), getattr(original, component)), component
+    assert loaded.model_type is original.model_type
+    assert loaded.prediction_type == original.prediction_type
+    assert len(loaded.tokenizer) == 1514
+
+
+def test_tiny_name_serves_as_architecture_and_tokenizer(sd2_single_file: Path) -> None:
+    model = load_stable_diffusion(sd2_single_file, config="tiny:sd2-v", dtype="fp16")
+    assert model.unet.dtype == torch.float16
+    assert (model.model_type, model.prediction_type) == (ModelType.SD2, "v_prediction")
+
+
+def test_shipped_config_of_another_size_is_refused_with_a_hint(sd15_single_file: Path, tiny_sd15_dir: Path) -> None:
+    with pytest.raises(UserError, match="does not match the shipped sd15 config") as info:
+        load_stable_diffusion(sd15_single_file, tokenizer=tiny_sd15_dir)
+    assert "--config" in (info.value.hint or "")
+
+
+def test_explicit_tokenizer_folder_is_used(sd15_single_file: Path, tiny_sd15_dir: Path, tmp_path: Path) -> None:
+    config_only = tmp_path / "architecture"
+    for part in ("unet", "vae", "text_encoder", "scheduler"):
+        (config_only / part).mkdir(parents=True)
+        for file in (tiny_sd15_dir / part).glob("*.json"):
+            (config_only / part / file.name).write_text(file.read_text())
+    with pytest.raises(UserError, match="no tokenizer is reachable") as info:
+        load_stable_diffusion(sd15_single_file, config=config_only)
+    assert "HF_HUB_OFFLINE" in (info.value.hint or "")
+    model = load_stable_diffusion(sd15_single_file, config=config_only, tokenizer=tiny_sd15_dir / "tokenizer")
+    assert model.tokenizer("a photo").input_ids == load_stable_diffusion("tiny:sd15").tokenizer("a photo").input_ids
+
+
+def test_prediction_type_override_beats_file_metadata(sd2_single_file: Path) -> None:
+    model = load_stable_diffusion(sd2_single_file, config="tiny:sd2-v", prediction_type="epsilon")
+    assert model.prediction_type == model.noise_scheduler.config.prediction_type == "epsilon"
+
+
+def test_weights_only_ckpt_loads_like_the_safetensors(sd15_single_file: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    with WeightsFile(sd15_single_file) as weights:
+        torch.save({"state_dict": {k: weights.tensor(k) for k in weights}, "global_step": 1}, ckpt)
+    a = load_stable_diffusion(ckpt, config="tiny:sd15")
+    b = load_stable_diffusion(sd15_single_file, config="tiny:sd15")
+    assert _same_weights(a.unet, b.unet)
+    assert _same_weights(a.text_encoder, b.text_encoder)
+
+
+def test_ckpt_needing_full_unpickling_is_refused(tmp_path: Path) -> None:
+    ckpt = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": argparse.Namespace(lr=1.0)}, ckpt)
+    with pytest.raises(UserError, match="needs full unpickling"):
+        load_stable_diffusion(ckpt, config="tiny:sd15")
+
+
+def test_corrupt_safetensors_is_a_user_error(tmp_path: Path) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(UserError):
+        load_stable_diffusion(path)
+
+
+def test_checkpoint_of_another_family_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "xl.safetensors"
+    save_file(
+        {
+            "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 4),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3),
+        },
+        str(path),
+    )
+    with pytest.raises(UserError, match="is a SDXL model"):
+        load_stable_diffusion(path)
+
+
+def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "unet-and-te.safetensors"
+    with WeightsFile(sd15_single_file) as weights:
+        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    with pytest.raises(UserError, match="has no vae weights") as info:
+        load_stable_diffusion(path, config="tiny:sd15")
+    assert "--vae" in (info.value.hint or "")

@@ -1,0 +1,137 @@
+"""Loading SD 1.x / 2.x base models from tiny:<family>, diffusers folders and the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from onetrainer.model_loader.stable_diffusion import StableDiffusionLoader, load_stable_diffusion
+from onetrainer.util.config.model import ModelConfig
+from onetrainer.util.enums import ModelType
+from onetrainer.util.errors import UserError
+from onetrainer.util.registry import ModuleKind, lookup
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_loader_is_registered_for_sd15_and_sd2() -> None:
+    assert lookup(ModuleKind.LOADER, ModelType.SD15) is StableDiffusionLoader
+    assert lookup(ModuleKind.LOADER, ModelType.SD2) is StableDiffusionLoader
+
+
+@pytest.mark.parametrize(
+    ("base", "model_type", "prediction"),
+    [
+        ("tiny:sd15", ModelType.SD15, "epsilon"),
+        ("tiny:sd2", ModelType.SD2, "epsilon"),
+        ("tiny:sd2-v", ModelType.SD2, "v_prediction"),
+    ],
+)
+def test_tiny_models_load_with_their_family_and_prediction(base: str, model_type: ModelType, prediction: str) -> None:
+    model = load_stable_diffusion(base)
+    assert (model.model_type, model.prediction_type) == (model_type, prediction)
+    assert model.noise_scheduler.config.prediction_type == prediction
+    assert len(model.tokenizer) == 1514
+
+
+def test_tiny_model_is_deterministic() -> None:
+    assert _same_weights(load_stable_diffusion("tiny:sd15").unet, load_stable_diffusion("tiny:sd15").unet)
+
+
+def test_diffusers_folder_loads_its_weights_and_scheduler(tiny_sd2_dir: Path) -> None:
+    model = load_stable_diffusion(tiny_sd2_dir)
+    assert (model.model_type, model.prediction_type, model.source) == (ModelType.SD2, "v_prediction", str(tiny_sd2_dir))
+    assert _same_weights(model.unet, load_stable_diffusion("tiny:sd2-v").unet)
+    assert model.scheduler_class == "DDPMScheduler"
+
+
+def test_registered_loader_reads_the_model_config(tiny_sd15_dir: Path) -> None:
+    config = ModelConfig(base=str(tiny_sd15_dir), type=ModelType.SD15, dtype="bf16", prediction_type="v_prediction")
+    model = StableDiffusionLoader().load(config)
+    assert model.unet.dtype == model.text_encoder.dtype == model.vae.dtype == torch.bfloat16
+    assert model.prediction_type == model.noise_scheduler.config.prediction_type == "v_prediction"
+
+
+def test_asking_for_the_wrong_family_says_what_the_model_is(tiny_sd2_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"model type sd15 was asked for, but .* is a SD 2\.x model") as info:
+        load_stable_diffusion(tiny_sd2_dir, model_type=ModelType.SD15)
+    assert "sd2" in (info.value.hint or "")
+
+
+def test_sdxl_is_refused_by_the_sd_loader(tiny_sdxl_dir: Path) -> None:
+    with pytest.raises(UserError, match="is a SDXL model"):
+        load_stable_diffusion(tiny_sdxl_dir)
+
+
+def test_a_lora_is_not_a_base_model(tmp_path: Path) -> None:
+    lora = tmp_path / "style.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, str(lora))
+    with pytest.raises(UserError, match="is a LoRA, not a base model"):
+        load_stable_diffusion(lora)
+
+
+def test_vae_override_from_a_folder_replaces_only_the_vae(tiny_sd15_dir: Path, tiny_sd2_eps_dir: Path) -> None:
+    model = load_stable_diffusion(tiny_sd15_dir, vae=tiny_sd2_eps_dir)
+    donor = load_stable_diffusion(tiny_sd2_eps_dir)
+    assert _same_weights(model.vae, donor.vae)
+    assert _same_weights(model.unet, load_stable_diffusion("tiny:sd15").unet)
+
+
+def test_vae_override_from_an_original_layout_file(tmp_path: Path, tiny_sd15_dir: Path, sd2_single_file: Path) -> None:
+    from onetrainer.model_loader.checkpoint import WeightsFile
+
+    vae_file = tmp_path / "vae-ft.safetensors"
+    prefix = "first_stage_model."
+    with WeightsFile(sd2_single_file) as weights:
+        ldm = {k.removeprefix(prefix): weights.tensor(k) for k in weights if k.startswith(prefix)}
+    save_file(ldm, str(vae_file))
+    model = load_stable_diffusion(tiny_sd15_dir, vae=vae_file)
+    assert _same_weights(model.vae, load_stable_diffusion("tiny:sd2-v").vae)
+
+
+def test_uncached_hub_model_offline_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="not in the local Hugging Face cache") as info:
+        load_stable_diffusion("onetrainer-test/no-such-model")
+    assert "HF_HUB_OFFLINE" in (info.value.hint or "")
+
+
+def test_unknown_tiny_model_and_missing_paths_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown tiny model"):
+        load_stable_diffusion("tiny:sd3")
+    with pytest.raises(UserError, match="no such file"):
+        load_stable_diffusion(tmp_path / "missing.safetensors")
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, tiny_sd15_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local Hugging Face cache holding `onetrainer-test/tiny-sd15`, as a download would leave it."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--onetrainer-test--tiny-sd15"
+    shutil.copytree(tiny_sd15_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return repo / "snapshots" / ("0" * 40)
+
+
+def test_cached_hub_model_loads_offline_through_from_pretrained(hub_cache: Path) -> None:
+    model = load_stable_diffusion("onetrainer-test/tiny-sd15")
+    assert (model.model_type, model.source, len(model.tokenizer)) == (ModelType.SD15, "onetrainer-test/tiny-sd15", 1514)
+    assert _same_weights(model.unet, load_stable_diffusion("tiny:sd15").unet)
+
+
+def test_hub_model_whose_tokenizer_is_not_cached_is_not_loaded_with_an_empty_one(hub_cache: Path) -> None:
+    import shutil
+
+    shutil.rmtree(hub_cache / "tokenizer")
+    with pytest.raises(UserError, match=r"tokenizer of onetrainer-test/tiny-sd15 came back empty \(2 tokens\)"):
+        load_stable_diffusion("onetrainer-test/tiny-sd15")

@@ -1,0 +1,55 @@
+"""Tiny models carrying trained-looking adapters, and fixed inputs to compare models' outputs on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from onetrainer.model.stable_diffusion import StableDiffusionModel
+from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+
+ADAPTER_PARAMS = ("lora_A", "lora_B", "hada_", "lokr_")
+PROMPT = "a photo of a cat"
+
+
+def randomize_adapter(model: StableDiffusionModel, seed: int = 0) -> None:
+    """A fresh adapter changes nothing (its up factor is zero); give every factor small random values."""
+    generator = torch.Generator().manual_seed(seed)
+    for component in ("unet", "text_encoder"):
+        for name, parameter in getattr(model, component).named_parameters():
+            if any(marker in name for marker in ADAPTER_PARAMS):
+                parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
+
+
+@pytest.fixture
+def lora_model(tiny_sd15_dir: Path) -> Callable[..., StableDiffusionModel]:
+    """`lora_model(kind, alpha=8.0)`: tiny SD 1.5 with a rank-4 adapter on the UNet and text encoder."""
+    from onetrainer.model.adapters.lora import inject_lora
+
+    def build(kind: str = "lora", alpha: float = 8.0) -> StableDiffusionModel:
+        model = load_stable_diffusion(tiny_sd15_dir)
+        adapter = inject_lora(model, kind=kind, rank=4, alpha=alpha, components=("unet", "text_encoder"))
+        model.adapters["lora"] = adapter
+        randomize_adapter(model)
+        return model
+
+    return build
+
+
+def _prediction(unet: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer, prompt: str = PROMPT) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    ids = tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        context = text_encoder(ids)[0]
+        return unet(latents, 500, context).sample
+
+
+@pytest.fixture
+def prediction() -> Callable[..., torch.Tensor]:
+    """`prediction(unet, text_encoder, tokenizer, prompt)`: the denoiser's output for fixed latents and
+    timestep. Equal predictions mean the two models (UNet and text encoder) compute the same thing."""
+    return _prediction

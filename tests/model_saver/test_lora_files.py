@@ -1,0 +1,117 @@
+"""LoRA files: kohya and peft round trips, and diffusers' `load_lora_weights` reading what we write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model_saver.adapter_files import lora_from_model
+from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.util.enums import TrainingMethod
+from onetrainer.util.errors import UserError
+
+
+def _save(model, path: Path, fmt: str, dtype: str | None = None) -> Path:
+    return StableDiffusionSaver().save(model, path, method=TrainingMethod.LORA, format=fmt, dtype=dtype)[0]
+
+
+def _header(path: Path) -> tuple[list[str], dict[str, str]]:
+    with safe_open(str(path), "pt") as handle:
+        return list(handle.keys()), dict(handle.metadata() or {})
+
+
+@pytest.mark.parametrize(
+    ("kind", "fmt"),
+    [("lora", "kohya"), ("lora", "peft"), ("dora", "kohya"), ("dora", "peft"), ("loha", "kohya"), ("lokr", "kohya")],
+)
+def test_round_trip_gives_identical_tensors_and_alphas(
+    lora_model: Callable, tmp_path: Path, kind: str, fmt: str
+) -> None:
+    model = lora_model(kind)
+    tensors, alphas, saved_kind = lora_from_model(model)
+    path = _save(model, tmp_path / f"{kind}.safetensors", fmt)
+    loaded = read_lora_file(path, "sd15")
+    assert saved_kind == loaded.kind == kind
+    assert loaded.tensors.keys() == tensors.keys()
+    assert all(torch.equal(loaded.tensors[k], tensors[k]) for k in tensors)
+    assert loaded.alphas == pytest.approx(alphas)
+
+
+def test_kohya_layout_and_metadata(lora_model: Callable, tmp_path: Path) -> None:
+    keys, metadata = _header(_save(lora_model("lora"), tmp_path / "style.safetensors", "auto"))
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= set(keys)
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha" in keys
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert metadata["modelspec.title"] == "style"
+    assert (metadata["ss_network_module"], metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
+        "networks.lora",
+        "4",
+        "8.0",
+    )
+    assert metadata["ss_base_model_version"] == "sd_v1"
+
+
+def test_lycoris_kinds_name_their_algorithm(lora_model: Callable, tmp_path: Path) -> None:
+    keys, metadata = _header(_save(lora_model("loha"), tmp_path / "loha.safetensors", "kohya"))
+    assert any(key.endswith(".hada_w1_a") for key in keys)
+    assert (metadata["ss_network_module"], metadata["ss_network_args"]) == ("lycoris.kohya", '{"algo": "loha"}')
+
+
+def test_loha_cannot_be_saved_for_diffusers(lora_model: Callable, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="LOHA cannot be saved in the peft layout"):
+        _save(lora_model("loha"), tmp_path / "loha.safetensors", "peft")
+
+
+def test_output_dtype_applies_to_every_tensor(lora_model: Callable, tmp_path: Path) -> None:
+    path = _save(lora_model("lora"), tmp_path / "half.safetensors", "kohya", dtype="bf16")
+    with safe_open(str(path), "pt") as handle:
+        assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
+
+
+@pytest.mark.parametrize(("kind", "fmt"), [("lora", "kohya"), ("lora", "peft"), ("dora", "peft")])
+def test_diffusers_load_lora_weights_reproduces_our_model(
+    lora_model: Callable, prediction: Callable, tiny_sd15_dir: Path, tmp_path: Path, kind: str, fmt: str
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    model = lora_model(kind)
+    path = _save(model, tmp_path / "lora.safetensors", fmt)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
+    reference = prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    pipe.load_lora_weights(str(path))
+    ours = prediction(model.unet, model.text_encoder, model.tokenizer)
+    assert not torch.allclose(ours, reference, atol=1e-3)  # the adapter changes the output ...
+    torch.testing.assert_close(prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer), ours, rtol=0, atol=1e-6)
+
+
+def test_diffusers_pipeline_draws_the_image_our_sampler_draws(
+    lora_model: Callable, tiny_sd15_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    from onetrainer.model_sampler.schedulers import build_scheduler
+    from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
+
+    model = lora_model("lora")
+    ours = StableDiffusionSampler(model).sample("a photo of a cat", steps=4, cfg=5.0, seed=7, scheduler="ddim")[0]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
+    pipe.load_lora_weights(str(_save(model, tmp_path / "lora.safetensors", "kohya")))
+    pipe.scheduler = build_scheduler("ddim", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        "a photo of a cat",
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(7),
+        height=64,
+        width=64,
+    ).images[0]
+    difference = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16))
+    assert difference.max() <= 1

@@ -1,0 +1,139 @@
+"""Forward-diffusion math against its reference formulas (and diffusers' own schedulers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onetrainer.model_setup.noise import (
+    Noiser,
+    add_noise,
+    prediction_target,
+    rescale_zero_terminal_snr,
+    sample_timesteps,
+    snr,
+    timestep_range,
+)
+from onetrainer.util.config.loss import NoiseConfig, TimestepConfig
+
+
+def _schedule() -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+
+
+def test_zero_terminal_snr_matches_diffusers_rescale() -> None:
+    from diffusers import DDPMScheduler
+
+    expected = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", rescale_betas_zero_snr=True
+    ).alphas_cumprod
+    ours = rescale_zero_terminal_snr(_schedule())
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert ours[-1].item() == 0.0
+    assert ours[0].item() == pytest.approx(_schedule()[0].item(), abs=1e-7)
+
+
+def test_zero_terminal_snr_is_idempotent() -> None:
+    once = rescale_zero_terminal_snr(_schedule())
+    assert torch.allclose(rescale_zero_terminal_snr(once), once, atol=1e-7)
+
+
+def test_epsilon_and_v_targets_equal_the_formulas() -> None:
+    alphas = _schedule()
+    x0, noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 499, 999])
+    a = alphas[t].reshape(-1, 1, 1, 1)
+    assert torch.allclose(add_noise(x0, noise, t, alphas), a.sqrt() * x0 + (1 - a).sqrt() * noise, atol=1e-6)
+    assert torch.equal(prediction_target(x0, noise, t, alphas, "epsilon"), noise)
+    v = prediction_target(x0, noise, t, alphas, "v_prediction")
+    assert torch.allclose(v, a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-6)
+
+
+def test_targets_agree_with_diffusers_scheduler() -> None:
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    x0, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    alphas = scheduler.alphas_cumprod
+    assert torch.allclose(add_noise(x0, noise, t, alphas), scheduler.add_noise(x0, noise, t), atol=1e-6)
+    assert torch.allclose(
+        prediction_target(x0, noise, t, alphas, "v_prediction"), scheduler.get_velocity(x0, noise, t), atol=1e-6
+    )
+
+
+def test_snr_is_alpha_over_one_minus_alpha() -> None:
+    alphas = _schedule()
+    t = torch.tensor([5, 500])
+    assert torch.allclose(snr(t, alphas), alphas[t] / (1 - alphas[t]))
+
+
+def test_uniform_timesteps_equal_reference_draw() -> None:
+    config = TimestepConfig()
+    drawn = sample_timesteps(config, 64, 1000, torch.Generator().manual_seed(7))
+    unit = torch.rand(64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(drawn, torch.floor(unit * 1000).long())
+
+
+def test_strength_range_limits_timesteps() -> None:
+    config = TimestepConfig(min_strength=0.2, max_strength=0.5)
+    assert timestep_range(config, 1000) == (200, 500)
+    drawn = sample_timesteps(config, 2000, 1000, torch.Generator().manual_seed(0))
+    assert drawn.min().item() >= 200
+    assert drawn.max().item() <= 499
+    unit = torch.rand(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(drawn, 200 + torch.floor(unit * 300).long())
+
+
+def test_logit_normal_timesteps_equal_reference_draw() -> None:
+    config = TimestepConfig(distribution="logit-normal", mean=0.5, std=0.8)
+    drawn = sample_timesteps(config, 4000, 1000, torch.Generator().manual_seed(3))
+    normal = torch.randn(4000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(drawn, torch.floor(torch.sigmoid(0.5 + 0.8 * normal) * 1000).long())
+    assert drawn.float().median().item() > 550  # a positive mean favours noisier timesteps
+
+
+def test_sigmoid_timesteps_equal_reference_draw() -> None:
+    config = TimestepConfig(distribution="sigmoid", center=0.5, steepness=8.0, min_strength=0.1)
+    drawn = sample_timesteps(config, 4000, 1000, torch.Generator().manual_seed(4))
+    position = (torch.arange(900, dtype=torch.float64) + 0.5) / 900
+    weights = 1 / (1 + torch.exp(-8.0 * (position - 0.5)))
+    expected = 100 + torch.multinomial(weights, 4000, replacement=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(drawn, expected)
+    assert drawn.float().mean().item() > 600
+
+
+def test_noiser_draws_noise_offset_timesteps_perturbation_in_that_order() -> None:
+    alphas = _schedule()
+    config = NoiseConfig(offset=0.1, input_perturbation=0.05)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    noised = Noiser(config, alphas, "v_prediction")(latents, torch.Generator().manual_seed(11))
+
+    gen = torch.Generator().manual_seed(11)
+    noise = torch.randn(2, 4, 8, 8, generator=gen)
+    noise = noise + 0.1 * torch.randn(2, 4, 1, 1, generator=gen)
+    t = torch.floor(torch.rand(2, generator=gen, dtype=torch.float64) * 1000).long()
+    perturbed = noise + 0.05 * torch.randn(2, 4, 8, 8, generator=gen)
+    a = alphas[t].reshape(-1, 1, 1, 1)
+    assert torch.equal(noised.timesteps, t)
+    assert torch.allclose(noised.noise, noise, atol=1e-6)
+    assert torch.allclose(noised.noisy, a.sqrt() * latents + (1 - a).sqrt() * perturbed, atol=1e-6)
+    assert torch.allclose(noised.target, a.sqrt() * noise - (1 - a).sqrt() * latents, atol=1e-6)
+
+
+def test_noiser_is_deterministic_per_seed() -> None:
+    noiser = Noiser(NoiseConfig(), _schedule(), "epsilon")
+    latents = torch.randn(2, 4, 8, 8)
+    first = noiser(latents, torch.Generator().manual_seed(5))
+    second = noiser(latents, torch.Generator().manual_seed(5))
+    third = noiser(latents, torch.Generator().manual_seed(6))
+    assert torch.equal(first.noisy, second.noisy)
+    assert torch.equal(first.timesteps, second.timesteps)
+    assert not torch.equal(first.noisy, third.noisy)
+
+
+def test_noiser_with_zero_terminal_snr_uses_rescaled_schedule() -> None:
+    noiser = Noiser(NoiseConfig(zero_terminal_snr=True), _schedule(), "v_prediction")
+    assert noiser.alphas_cumprod[-1].item() == 0.0
+    assert noiser.alphas_cumprod.dtype == torch.float32

@@ -1,0 +1,139 @@
+"""Every optimizer builds from the config and steps; mistakes in its settings fail with a clear error."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from onetrainer.trainer.optimizers import INSTALL_HINT, build_optimizer, resolve_parameter_groups, set_optimizer_mode
+from onetrainer.util.config.training import Optimizer, TrainingConfig
+from onetrainer.util.errors import UserError
+
+CPU = torch.device("cpu")
+
+_PACKAGES = {
+    Optimizer.PRODIGY: "prodigyopt",
+    Optimizer.SCHEDULE_FREE_ADAMW: "schedulefree",
+    Optimizer.LION: "lion_pytorch",
+    Optimizer.CAME: "came_pytorch",
+}
+
+
+def _groups() -> list[dict]:
+    torch.manual_seed(0)
+    unet = torch.nn.Linear(4, 4)
+    text = torch.nn.Linear(4, 4)
+    return [
+        {"params": list(unet.parameters()), "name": "unet"},
+        {"params": list(text.parameters()), "name": "text_encoder"},
+    ]
+
+
+def _step(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    params = [param for group in groups for param in group["params"]]
+    loss = sum((param**2).sum() for param in params)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("kind", [kind for kind in Optimizer if kind is not Optimizer.ADAMW_8BIT])
+def test_every_cpu_optimizer_builds_and_changes_the_weights(kind: Optimizer) -> None:
+    if kind in _PACKAGES:
+        pytest.importorskip(_PACKAGES[kind])
+    lr = 1.0 if kind is Optimizer.PRODIGY else 1e-2
+    config = TrainingConfig(optimizer=kind, learning_rate=lr)
+    groups = resolve_parameter_groups(_groups(), config)
+    before = [param.detach().clone() for group in groups for param in group["params"]]
+    optimizer = build_optimizer(groups, config, CPU, warmup_steps=0)
+    set_optimizer_mode(optimizer, train=True)
+    for _ in range(3):
+        _step(optimizer, groups)
+    after = [param.detach() for group in groups for param in group["params"]]
+    assert any(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
+
+
+def test_per_part_learning_rates_apply_by_group_name() -> None:
+    config = TrainingConfig(learning_rate=1e-4, learning_rates={"text_encoder": 5e-5})
+    groups = resolve_parameter_groups(_groups(), config)
+    optimizer = build_optimizer(groups, config, CPU)
+    assert {group["name"]: group["lr"] for group in optimizer.param_groups} == {"unet": 1e-4, "text_encoder": 5e-5}
+
+
+def test_unknown_part_in_learning_rates_lists_the_groups() -> None:
+    config = TrainingConfig(learning_rates={"text_encoderr": 1e-5})
+    with pytest.raises(UserError) as error:
+        resolve_parameter_groups(_groups(), config)
+    assert "text_encoderr" in error.value.message
+    assert "text_encoder" in error.value.hint
+    assert "unet" in error.value.hint
+
+
+def test_groups_without_trainable_parameters_are_dropped_and_none_at_all_is_an_error() -> None:
+    groups = _groups()
+    for param in groups[1]["params"]:
+        param.requires_grad_(False)
+    assert [group["name"] for group in resolve_parameter_groups(groups, TrainingConfig())] == ["unet"]
+    for param in groups[0]["params"]:
+        param.requires_grad_(False)
+    with pytest.raises(UserError, match="nothing to train"):
+        resolve_parameter_groups(groups, TrainingConfig())
+
+
+def test_misspelled_optimizer_argument_is_refused_with_a_suggestion() -> None:
+    config = TrainingConfig(optimizer=Optimizer.ADAMW, optimizer_args={"amsgrd": True})
+    groups = resolve_parameter_groups(_groups(), config)
+    with pytest.raises(UserError) as error:
+        build_optimizer(groups, config, CPU)
+    assert error.value.where == "training.optimizer_args.amsgrd"
+    assert "amsgrad" in error.value.hint
+
+
+def test_optimizer_args_reach_the_optimizer() -> None:
+    config = TrainingConfig(optimizer=Optimizer.SGD, optimizer_args={"nesterov": True}, momentum=0.9)
+    optimizer = build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU)
+    assert optimizer.param_groups[0]["nesterov"] is True
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_betas_of_the_wrong_length_are_refused() -> None:
+    config = TrainingConfig(optimizer=Optimizer.ADAMW, betas=[0.9, 0.99, 0.999])
+    with pytest.raises(UserError, match="takes 2 betas"):
+        build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU)
+
+
+def test_missing_optional_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "lion_pytorch", None)
+    config = TrainingConfig(optimizer=Optimizer.LION)
+    with pytest.raises(UserError) as error:
+        build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU)
+    assert "lion-pytorch" in error.value.message
+    assert error.value.hint == INSTALL_HINT
+    assert "onetrainer[optim]" in error.value.hint
+
+
+def test_adamw_8bit_needs_cuda() -> None:
+    config = TrainingConfig(optimizer=Optimizer.ADAMW_8BIT)
+    with pytest.raises(UserError, match="CUDA"):
+        build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU)
+
+
+def test_schedule_free_takes_the_warmup_and_switches_modes() -> None:
+    pytest.importorskip("schedulefree")
+    config = TrainingConfig(optimizer=Optimizer.SCHEDULE_FREE_ADAMW, learning_rate=1e-2)
+    groups = resolve_parameter_groups(_groups(), config)
+    optimizer = build_optimizer(groups, config, CPU, warmup_steps=7)
+    assert optimizer.param_groups[0]["warmup_steps"] == 7
+    set_optimizer_mode(optimizer, train=True)
+    assert optimizer.param_groups[0]["train_mode"] is True
+    set_optimizer_mode(optimizer, train=False)
+    assert optimizer.param_groups[0]["train_mode"] is False
+
+
+def test_adafactor_uses_the_configured_learning_rate() -> None:
+    config = TrainingConfig(optimizer=Optimizer.ADAFACTOR, learning_rate=3e-3)
+    optimizer = build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU)
+    assert optimizer.param_groups[0]["lr"] == 3e-3
+    assert optimizer.param_groups[0]["relative_step"] is False

@@ -1,0 +1,86 @@
+"""Progress displays: stats formatting, throttled plain lines, strict JSON lines, and the rich bars."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from onetrainer.ui.progress import JsonDisplay, PlainDisplay, RichDisplay, format_duration, format_stats, open_display
+
+STEP = {
+    "event": "step",
+    "step": 3,
+    "total_steps": 10,
+    "epoch": 0,
+    "epochs": 2,
+    "loss": 0.12345,
+    "smoothed_loss": 0.2,
+    "lr": {"unet": 1e-4},
+    "steps_per_s": 2.5,
+    "images_per_s": 10.0,
+    "eta_s": 125.0,
+    "memory_allocated_gb": None,
+}
+
+
+def test_format_stats_shows_every_number() -> None:
+    text = format_stats(STEP)
+    assert "loss 0.1235 (avg 0.2000)" in text
+    assert "lr 1.00e-04" in text
+    assert "2.50 steps/s" in text
+    assert "10.0 img/s" in text
+    assert "ETA 0:02:05" in text
+    assert "GPU" not in text
+    assert "GPU 1.5/2.0 GiB" in format_stats({**STEP, "memory_allocated_gb": 1.5, "memory_peak_gb": 2.0})
+
+
+def test_format_duration_handles_unknown() -> None:
+    assert format_duration(None) == "-:--:--"
+    assert format_duration(3725) == "1:02:05"
+
+
+def test_plain_display_throttles_step_lines_but_prints_the_last_and_all_messages() -> None:
+    lines: list[str] = []
+    now = [0.0]
+    display = PlainDisplay(lines.append, interval_s=10, clock=lambda: now[0])
+    for step in range(1, 11):
+        display({**STEP, "step": step})
+        now[0] += 1.0
+    display({"event": "backup", "message": "backup written"})
+    assert [line.split()[3] for line in lines[:-1]] == ["1/10", "10/10"]
+    assert lines[0].startswith("epoch 1/2 step 1/10 loss")
+    assert lines[-1] == "backup written"
+
+
+def test_json_display_writes_strict_json_lines() -> None:
+    stream = io.StringIO()
+    display = JsonDisplay(stream)
+    display({**STEP, "loss": float("nan")})
+    display({"event": "done", "message": "finished"})
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert records[0]["loss"] is None
+    assert records[0]["lr"] == {"unet": 1e-4}
+    assert records[1]["event"] == "done"
+    assert "NaN" not in stream.getvalue()
+
+
+def test_rich_display_renders_the_caching_and_training_bars() -> None:
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    with RichDisplay(console) as display:
+        display({"event": "cache", "done": 4, "total": 4})
+        display({"event": "start", "step": 0, "total_steps": 10, "epochs": 2, "epoch": 0})
+        display(STEP)
+        display({"event": "sample", "message": "preview written"})
+    output = console.file.getvalue()
+    assert "caching" in output
+    assert "epoch 1/2" in output
+    assert "3/10" in output
+    assert "preview written" in output
+
+
+def test_open_display_picks_by_mode() -> None:
+    assert isinstance(open_display(json_lines=True), JsonDisplay)
+    assert isinstance(open_display(json_lines=False, interactive=False), PlainDisplay)
+    assert isinstance(open_display(json_lines=False, interactive=True), RichDisplay)

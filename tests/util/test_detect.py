@@ -1,0 +1,150 @@
+"""Detection of models, LoRAs and embeddings, and safe reading of pickled checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from onetrainer.util.detect import EMBEDDING, LORA, MODEL, detect_path, detect_weights, load_pickle_weights
+from onetrainer.util.enums import ModelType
+from onetrainer.util.errors import UserError
+
+
+def test_diffusers_folders_are_detected_by_family(tiny_sd15_dir: Path, tiny_sd2_dir: Path, tiny_sdxl_dir: Path) -> None:
+    sd15, sd2, sdxl = detect_path(tiny_sd15_dir), detect_path(tiny_sd2_dir), detect_path(tiny_sdxl_dir)
+    assert (sd15.kind, sd15.layout, sd15.model_type, sd15.prediction_type) == (
+        MODEL,
+        "diffusers",
+        ModelType.SD15,
+        "epsilon",
+    )
+    assert (sd2.model_type, sd2.prediction_type) == (ModelType.SD2, "v_prediction")
+    assert sdxl.family == "sdxl"
+
+
+def test_single_file_family_comes_from_text_encoder_keys() -> None:
+    sd1 = {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}
+    sd2 = {"cond_stage_model.model.token_embedding.weight": (49408, 1024), "v_pred": (0,)}
+    assert detect_weights(sd1, {}).family == "sd15"
+    detected = detect_weights(sd2, {})
+    assert (detected.kind, detected.layout, detected.family, detected.prediction_type) == (
+        MODEL,
+        "single-file",
+        "sd2",
+        "v_prediction",
+    )
+
+
+def test_metadata_wins_over_shapes() -> None:
+    shapes = {"emb_params": (2, 32)}
+    assert detect_weights(shapes, {}).family is None
+    detected = detect_weights(shapes, {"modelspec.architecture": "stable-diffusion-v2-768-v/textual-inversion"})
+    assert (detected.kind, detected.family, detected.prediction_type) == (EMBEDDING, "sd2", "v_prediction")
+    kohya = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": (4, 32)}
+    assert detect_weights(kohya, {"ss_base_model_version": "sd_v1"}).family == "sd15"
+
+
+@pytest.mark.parametrize(
+    ("shapes", "layout", "family"),
+    [
+        ({"emb_params": (2, 768)}, "a1111", "sd15"),
+        ({"emb_params": (1, 1024)}, "a1111", "sd2"),
+        ({"<cat>": (3, 768)}, "diffusers", "sd15"),
+        ({"string_to_param.*": (2, 1024)}, "a1111", "sd2"),
+        ({"clip_l": (2, 768), "clip_g": (2, 1280)}, "a1111", "sdxl"),
+    ],
+)
+def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str) -> None:
+    detected = detect_weights(shapes, {})
+    assert (detected.kind, detected.layout, detected.family) == (EMBEDDING, layout, family)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "layout", "family", "adapter"),
+    [
+        (
+            {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768)},
+            "kohya",
+            "sd15",
+            "lora",
+        ),
+        (
+            {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, 1024)},
+            "peft",
+            "sd2",
+            "lora",
+        ),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", "sdxl", "lora"),
+        ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", "sdxl", "lora"),
+        ({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_b": (4, 32)}, "kohya", "sd2", "loha"),
+        ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lokr_w1": (2, 2)}, "kohya", None, "lokr"),
+        ({"lora_unet_x.lora_down.weight": (4, 8), "lora_unet_x.dora_scale": (8, 1)}, "kohya", None, "dora"),
+        ({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}, "peft", "flux", "lora"),
+    ],
+)
+def test_loras_by_layout_family_and_kind(shapes: dict, layout: str, family: str | None, adapter: str) -> None:
+    detected = detect_weights(shapes, {})
+    assert (detected.kind, detected.layout, detected.family, detected.adapter) == (LORA, layout, family, adapter)
+
+
+def test_conv_proj_in_says_sd1_on_tiny_widths() -> None:
+    shapes = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": (4, 32, 1, 1)}
+    assert detect_weights(shapes, {}).family == "sd15"
+
+
+def test_unknown_tensors_are_refused_naming_some_keys() -> None:
+    with pytest.raises(UserError, match=r"not a model, LoRA or embedding.*foo\.weight"):
+        detect_weights({"foo.weight": (3, 3, 3), "bar.weight": (3, 3, 3)}, {}, name="x.safetensors")
+
+
+def test_files_are_sniffed_not_trusted_by_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "lora.bin"
+    save_file({"lora_unet_x_to_q.lora_down.weight": torch.zeros(4, 8)}, str(path))
+    assert detect_path(path).kind == LORA
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello, this is no model")
+    with pytest.raises(UserError, match="neither a safetensors file nor a PyTorch checkpoint"):
+        detect_path(text)
+    with pytest.raises(UserError, match="no such file"):
+        detect_path(tmp_path / "missing.safetensors")
+
+
+def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no model_index\.json"):
+        detect_path(tmp_path)
+
+
+def test_pickles_load_weights_only_and_unwrap_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "model.ckpt"
+    weights = {"model.diffusion_model.out.2.bias": torch.arange(4.0)}
+    torch.save({"state_dict": weights, "global_step": 875000}, path)
+    tensors, metadata = load_pickle_weights(path)
+    assert torch.equal(tensors["model.diffusion_model.out.2.bias"], torch.arange(4.0))
+    assert metadata == {"global_step": "875000"}
+
+
+def test_a1111_pt_embedding_is_flattened(tmp_path: Path) -> None:
+    path = tmp_path / "style.pt"
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.ones(2, 768)}, "name": "style"}, path)
+    detected = detect_path(path)
+    assert (detected.kind, detected.layout, detected.family) == (EMBEDDING, "a1111", "sd15")
+
+
+def test_unsafe_pickle_is_refused_with_an_explanation(tmp_path: Path) -> None:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(UserError, match="arbitrary code") as info:
+        detect_path(path)
+    assert "safetensors" in (info.value.hint or "")
+
+
+def test_truncated_pickle_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.ckpt"
+    torch.save({"w": torch.ones(100)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(UserError, match=r"broken\.ckpt"):
+        detect_path(path)
