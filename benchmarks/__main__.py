@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -104,15 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     rows = []
     failures: dict[str, str] = {}
-    missing: list[str] = []
     durations: dict[str, float] = {}
     for name in args.only or BENCHMARKS:
         console.print(f"[bold]{name}[/] …")
         start = time.perf_counter()
-        if importlib.util.find_spec(f"benchmarks.{name}") is None:
-            missing.append(name)
-            console.print(f"[yellow]{name}: benchmarks/{name}.py is not in this checkout[/]")
-            continue
         try:
             rows += _runner(name)(args.quick)
         except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' results
@@ -120,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[red]{name} failed[/]\n{failures[name]}")
         durations[name] = round(time.perf_counter() - start, 1)
     info = machine()
-    write_results(args.out, rows, info, quick=args.quick, seconds=durations, failures=failures, missing=missing)
+    write_results(args.out, rows, info, quick=args.quick, seconds=durations, failures=failures)
     if args.markdown is not None:
         from onetrainer.util.atomic import atomic_write_text
 

@@ -252,10 +252,3 @@ def write_results(path: Path, rows: Sequence[Row], info: Mapping[str, Any], **ex
 
     document = {"machine": dict(info), **extra, "rows": [row.to_json() for row in rows]}
     atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
-
-
-def read_rows(path: Path) -> list[Row]:
-    """Rows back from a results file (for re-rendering a table without re-measuring)."""
-    document = json.loads(path.read_text(encoding="utf-8"))
-    names = set(Row.__dataclass_fields__)
-    return [Row(**{k: v for k, v in row.items() if k in names}) for row in document["rows"]]

@@ -3,9 +3,9 @@
 A single file of SD 1.5's exact architecture (shipped configs, ~1.07 B parameters, fp16, ~2.1 GB) is
 built on the fly with random weights, converted to a diffusers folder and back to a single file by
 the real CLI in a fresh process each, and compared with the least any tool must do: read every
-tensor of the same file with safetensors and write it again. Each process's peak RSS is read from
-the kernel (`wait4`), and set against the largest single component (the UNet), which is what a
-streaming converter should stay near; the plain copy holds the whole file.
+tensor of the same file with safetensors and write it again. Each process's own peak RSS (`VmHWM`)
+is set against the largest single component (the UNet), which a converter that streams tensor by
+tensor could stay near; the plain copy holds the whole file.
 
 `quick` does the same on the tiny SD 1.5 model, in seconds.
 """
@@ -13,6 +13,7 @@ streaming converter should stay near; the plain copy holds the whole file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -116,9 +117,7 @@ def random_stream(layout: dict[str, list[tuple[str, tuple[int, ...]]]], seed: in
     pool = torch.empty(POOL_SIZE, dtype=torch.float16).uniform_(-0.05, 0.05, generator=generator)
 
     def tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        count = 1
-        for size in shape:
-            count *= size
+        count = math.prod(shape)
         start = zlib.crc32(key.encode()) % POOL_SIZE
         source = pool if start + count <= POOL_SIZE else pool.repeat(-(-(start + count) // POOL_SIZE))
         return source[start : start + count].reshape(shape).clone()
@@ -140,14 +139,7 @@ def build_checkpoint(path: Path, variant: str) -> dict[str, int]:
     write_single_file(
         path, random_stream(layout), family="sd15", prediction_type="epsilon", metadata={"benchmark": "convert"}
     )
-    return {name: 2 * sum(_count(shape) for _, shape in keys) for name, keys in layout.items()}
-
-
-def _count(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    return {name: 2 * sum(math.prod(shape) for _, shape in keys) for name, keys in layout.items()}
 
 
 def run_process(kind: str, target: str, arguments: list[str], scratch: Path) -> Process:
@@ -208,12 +200,10 @@ def run(quick: bool) -> list[Row]:
             ),
             "plain_copy": ("code", _PLAIN_COPY, [str(source), str(root / "copy.safetensors")]),
         }
-        warmup = 0 if quick else 1  # a full-size first round only fills the page cache
         runs: dict[str, list[Process]] = {name: [] for name in steps}
-        for _ in range(warmup + repeats):
+        for _ in range(repeats):  # no warm-up round: building the input left it in the page cache
             for name, (kind, target, arguments) in steps.items():
                 runs[name].append(run_process(kind, target, arguments, root))
-        runs = {name: processes[warmup:] for name, processes in runs.items()}
         round_trip = identical_files(source, root / "back.safetensors")
         file_size = source.stat().st_size
     return _rows(runs, sizes, file_size, round_trip, variant)

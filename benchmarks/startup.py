@@ -60,7 +60,7 @@ def import_time(module: str, *, repeats: int, warmup: int) -> tuple[Timing, list
 
 
 def run(quick: bool) -> list[Row]:
-    repeats, warmup = (1, 0) if quick else (5, 1)
+    repeats, warmup = (1, 0) if quick else (3, 1)
     python = sys.executable
     help_command = [python, "-m", "onetrainer", "--help"]
     help_time, bare = paired_times(

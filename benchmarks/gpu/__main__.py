@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.set_verbosity_error()  # casting a UNet to bf16 warns each time, as diffusers' own LoRA example does
     if args.dry_run:
+        torch.set_num_threads(1)  # two threads on a busy two-core machine spin and run ten times slower
         device, steps, warmup = "cpu", 1, 0
         families = {name: architectures.tiny(name) for name in ("SD1.5", "SDXL")}
         cases = [Case(c.family, 64, c.method, c.checkpointing, c.batch) for c in CASES if c.resolution == 512]

@@ -7,6 +7,7 @@ the library are rendered here, once, as a short panel with the exit code of thei
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Any
 
@@ -78,6 +79,26 @@ def _global_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+    if not debug:
+        _quiet_libraries()
+
+
+_LIBRARY_QUIET = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def _quiet_libraries() -> None:
+    """Keep the ML libraries' own banners and loading bars out of our output.
+
+    They are read when those libraries are first imported, which happens after this (imports are
+    lazy), so environment variables are enough; a user's explicit setting wins.
+    """
+    for name, value in _LIBRARY_QUIET.items():
+        os.environ.setdefault(name, value)
 
 
 app.command(name="presets")(presets.presets)

@@ -6,9 +6,12 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from onetrainer.util.config.schema import TrainConfig
 
 
 def train(
@@ -73,7 +76,7 @@ def train(
         stderr.print(f"[green]Done.[/] Trained {result.step} steps; output: [bold]{result.output}[/]")
 
 
-def _dry_run(config: object, *, json_lines: bool) -> None:
+def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:
     from onetrainer.trainer.components import data_report
     from onetrainer.ui.console import stdout
 

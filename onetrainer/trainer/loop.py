@@ -25,7 +25,7 @@ from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
 from onetrainer.trainer.start import open_backup, start_session
-from onetrainer.trainer.state import capture_rng
+from onetrainer.trainer.state import step_rng_snapshot
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.atomic import atomic_write_text
 from onetrainer.util.config.loader import dump_config
@@ -94,7 +94,7 @@ def train(
             world_size=world_size,
             progress=progress,
         )
-        cleanup.callback(session.tensorboard.close)
+        cleanup.callback(session.tensorboard.close, raise_errors=False)
         set_optimizer_mode(session.run.optimizer, train=True)
         parts.setup.train()
         if backup is None and config.sampling.before_training:
@@ -120,13 +120,13 @@ def _steps(session: Session, trained: list[Any], stop: StopSignals, resume_comma
     accumulation = config.training.gradient_accumulation_steps
     loss_value: float | None = None
     phase = "between steps"
-    step_start_rng = capture_rng(run.generator)
+    step_start = step_rng_snapshot(run.generator)
     try:
         while counters.step < session.total_steps:
             batches_in_epoch = session.parts.batches_in_epoch(counters.epoch)
             data = session.parts.data.batches(counters.epoch, start=counters.position)
             for chunk in _chunks(data, accumulation):
-                phase, step_start_rng = "forward", capture_rng(run.generator)
+                phase, step_start = "forward", step_rng_snapshot(run.generator)
                 setup.on_step(counters.step, counters.epoch)
 
                 # Forward and backward over the accumulated batches.
@@ -170,7 +170,7 @@ def _steps(session: Session, trained: list[Any], stop: StopSignals, resume_comma
     except (Interrupted, TrainingDiverged):
         raise
     except Exception:
-        _emergency_backup(session, phase, step_start_rng)
+        _emergency_backup(session, phase, step_start)
         raise
     return loss_value
 
@@ -197,7 +197,7 @@ def _finish(session: Session) -> Path | None:
     if session.run.clocks["backup"].enabled and session.last_backup_step != step:
         session.backup()
     output = session.save(session.config.saving.output)
-    session.tensorboard.flush()
+    session.tensorboard.close()
     session.progress({"event": "done", "step": step, "output": str(output), "message": f"finished at step {step}"})
     return output
 
@@ -232,7 +232,7 @@ def _diverged(session: Session, loss: float) -> TrainingDiverged:
     )
 
 
-def _emergency_backup(session: Session, phase: str, step_start_rng: dict[str, Any]) -> None:
+def _emergency_backup(session: Session, phase: str, step_start: dict[str, Any]) -> None:
     """After an unexpected error, back up the last complete step if the state is consistent.
 
     Before the optimizer step the weights still hold the previous step, and the RNG snapshot taken
@@ -243,7 +243,7 @@ def _emergency_backup(session: Session, phase: str, step_start_rng: dict[str, An
     if phase == "update" or session.last_backup_step == session.run.counters.step:
         return
     try:
-        path = session.backup(rng=step_start_rng if phase == "forward" else None)
+        path = session.backup(step_snapshot=step_start if phase == "forward" else None)
     except Exception as error:  # noqa: BLE001 - reported; the original error is re-raised by the caller
         session.progress({"event": "warning", "message": f"the emergency backup failed too: {error}"})
         return

@@ -74,7 +74,7 @@ class Session:
             set_optimizer_mode(self.run.optimizer, train=True)
             self.throughput.restart()
 
-    def backup(self, *, rng: dict[str, Any] | None = None) -> Path | None:
+    def backup(self, *, step_snapshot: dict[str, Any] | None = None) -> Path | None:
         step = self.run.counters.step
         if not self.is_main:
             return None
@@ -83,7 +83,7 @@ class Session:
             step=step,
             epoch=self.run.counters.epoch,
             weights=self.parts.setup.trainable_state_dict(),
-            state=self.run.state_dict(rng),
+            state=self.run.state_dict(step_snapshot),
             config_yaml=self.config_yaml,
         )
         prune_backups(self.workspace.backups, self.config.saving.backup_keep_last)

@@ -3,8 +3,8 @@
 The loop's counters (optimizer steps done, current epoch, data batches consumed in it) plus the
 state of each stateful helper: optimizer, LR scheduler, grad scaler, EMA, the noise generator, every
 global RNG, cadence timers and the smoothed loss. The data loader needs nothing more: its plan is a
-pure function of (seed, epoch), so the counters locate the next batch exactly. `rng` can be passed
-in so an emergency backup uses the snapshot taken when the failed step began.
+pure function of (seed, epoch), so the counters locate the next batch exactly. An emergency backup
+passes the RNG snapshot taken when the failed step began.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.util.seeding import capture_rng_state, restore_rng_state
+from onetrainer.util.seeding import capture_rng_state, capture_torch_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
     import torch
@@ -35,8 +35,17 @@ class Counters:
     """Data batches of `epoch` already trained on."""
 
 
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    return {"global": capture_rng_state(), "noise": generator.get_state()}
+def step_rng_snapshot(generator: torch.Generator) -> dict[str, Any]:
+    """The generators a training step draws from (torch's and the noise generator), taken as it begins."""
+    return {"torch": capture_torch_rng_state(), "noise": generator.get_state()}
+
+
+def capture_rng(generator: torch.Generator, step_snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every generator's state now, or as it was when the step of `step_snapshot` began."""
+    global_state = capture_rng_state()
+    if step_snapshot is None:
+        return {"global": global_state, "noise": generator.get_state()}
+    return {"global": {**global_state, **step_snapshot["torch"]}, "noise": step_snapshot["noise"]}
 
 
 @dataclass
@@ -50,7 +59,7 @@ class RunState:
     smoothed_loss: SmoothedValue
     clocks: dict[str, CadenceClock]
 
-    def state_dict(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+    def state_dict(self, step_snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "counters": asdict(self.counters),
@@ -58,7 +67,7 @@ class RunState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng if rng is not None else capture_rng(self.generator),
+            "rng": capture_rng(self.generator, step_snapshot),
             "smoothed_loss": self.smoothed_loss.state_dict(),
             "clocks": {name: clock.state_dict() for name, clock in self.clocks.items()},
         }

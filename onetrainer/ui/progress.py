@@ -3,7 +3,7 @@
 The trainer reports progress as plain dicts with an `event` key (it cannot import `ui/`), so the
 same stream feeds all three displays:
 
-- `cache` {done, total}: the caching pass;
+- `cache` {stage, done, total}: preparing the data (scan, hash, cache-images, cache-text, prune);
 - `start` {step, total_steps, epochs, steps_per_epoch}: the loop begins (step > 0 after a resume);
 - `step` {step, total_steps, epoch, epochs, loss, smoothed_loss, lr, steps_per_s, images_per_s,
   eta_s, memory_allocated_gb, memory_peak_gb}: after each optimizer step;
@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -64,6 +64,11 @@ def _epoch_text(event: Event) -> str:
     return f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
 
 
+def _stage_text(event: Event) -> str:
+    stage = event.get("stage")
+    return f"caching: {stage}" if stage else "caching"
+
+
 def _json_safe(value: Any) -> Any:
     """Strict JSON has no NaN or infinity: they become null so any parser reads the line."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -75,8 +80,25 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-class _Display:
-    def __enter__(self) -> _Display:
+class Display(Protocol):
+    """A progress display: called with each event, used as a context manager around the run."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def __enter__(self) -> Display: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
+class _Stateless:
+    """The context-manager half of a display that has nothing to start or stop."""
+
+    def __enter__(self) -> _Stateless:
         return self
 
     def __exit__(
@@ -87,11 +109,8 @@ class _Display:
     ) -> None:
         return None
 
-    def __call__(self, event: Event) -> None:
-        raise NotImplementedError
 
-
-class JsonDisplay(_Display):
+class JsonDisplay(_Stateless):
     """Exactly one JSON object per line, and nothing else, on `stream`."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
@@ -103,7 +122,7 @@ class JsonDisplay(_Display):
         stream.flush()
 
 
-class PlainDisplay(_Display):
+class PlainDisplay(_Stateless):
     """Unstyled lines for logs: every message, and a step line at most every `interval_s` seconds."""
 
     def __init__(
@@ -140,14 +159,14 @@ class PlainDisplay(_Display):
             final = event.get("done") == event.get("total")
             if self._due(self._last_cache_line, final):
                 self._last_cache_line = self._clock()
-                self._emit(f"caching {event.get('done')}/{event.get('total')}")
+                self._emit(f"{_stage_text(event)} {event.get('done')}/{event.get('total')}")
         elif kind == "start":
             self._emit(f"training: step {event.get('step')} of {event.get('total_steps')}")
         elif event.get("message"):
             self._emit(str(event["message"]))
 
 
-class RichDisplay(_Display):
+class RichDisplay:
     """A caching bar and a training bar on `console`, with messages printed above them."""
 
     def __init__(self, console: Console | None = None) -> None:
@@ -182,8 +201,13 @@ class RichDisplay(_Display):
         if kind == "cache":
             total = int(event.get("total") or 0)
             if self._cache_task is None:
-                self._cache_task = self.progress.add_task("caching", total=total, stats="")
-            self.progress.update(self._cache_task, completed=int(event.get("done") or 0), total=total)
+                self._cache_task = self.progress.add_task(_stage_text(event), total=total, stats="")
+            self.progress.update(
+                self._cache_task,
+                description=_stage_text(event),
+                completed=int(event.get("done") or 0),
+                total=total,
+            )
         elif kind == "start":
             self._train_task = self.progress.add_task(
                 _epoch_text(event),
@@ -202,7 +226,7 @@ class RichDisplay(_Display):
             self.progress.console.print(str(event["message"]), markup=False, highlight=False)
 
 
-def open_display(*, json_lines: bool, interactive: bool | None = None) -> _Display:
+def open_display(*, json_lines: bool, interactive: bool | None = None) -> Display:
     """The display for this terminal: JSON lines if asked, rich bars on a terminal, else plain lines."""
     if json_lines:
         return JsonDisplay()

@@ -115,18 +115,21 @@ def test_fresh_run_in_a_workspace_with_backups_is_refused(lora_run: tuple[Path, 
 
 
 @pytest.mark.parametrize(
-    ("method", "output", "check"),
+    ("family", "method", "output", "check"),
     [
-        ("full", "model.safetensors", "model.diffusion_model.input_blocks.0.0.weight"),
-        ("embedding", "shape.safetensors", "emb_params"),
+        ("sd15", "full", "model.safetensors", "model.diffusion_model.input_blocks.0.0.weight"),
+        ("sd15", "embedding", "shape.safetensors", "emb_params"),
+        ("sd2-v", "lora", "lora.safetensors", "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"),
     ],
 )
-def test_full_and_embedding_methods_train_and_save(
-    tmp_path: Path, shapes_dataset_dir: Path, method: str, output: str, check: str
+def test_other_methods_and_families_train_and_save(
+    tmp_path: Path, shapes_dataset_dir: Path, family: str, method: str, output: str, check: str
 ) -> None:
     args = _args(
         tmp_path,
         shapes_dataset_dir,
+        f"model.type={family.removesuffix('-v')}",
+        f"model.base=tiny:{family}",
         f"method={method}",
         "training.max_steps=2",
         "embedding.placeholder=<shape>",
@@ -214,8 +217,10 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def _signal_after_step(process: subprocess.Popen[str], step: int, *, second_after_s: float | None = None) -> list[dict]:
-    """Read JSON events; after `step` is reported send SIGINT, and a second one `second_after_s` later."""
+def _signal_after_step(
+    process: subprocess.Popen[str], step: int, *, delays_s: tuple[float, ...] = (0.0,)
+) -> list[dict]:
+    """Read JSON events; once `step` is reported, send one SIGINT after each delay; return every event."""
     events = []
     sent = False
     assert process.stdout is not None
@@ -223,9 +228,8 @@ def _signal_after_step(process: subprocess.Popen[str], step: int, *, second_afte
         event = json.loads(line)
         events.append(event)
         if not sent and event["event"] == "step" and event["step"] >= step:
-            process.send_signal(signal.SIGINT)
-            if second_after_s is not None:
-                time.sleep(second_after_s)
+            for delay in delays_s:
+                time.sleep(delay)
                 process.send_signal(signal.SIGINT)
             sent = True
     process.wait(timeout=300)
@@ -259,14 +263,37 @@ def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shape
 
 @pytest.mark.slow
 def test_second_sigint_aborts_at_once_without_partial_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    # Steps at 192 px with 16 images take long enough for the second signal to land mid-step or mid-backup.
-    slow_steps = ("data.resolution=192", "training.batch_size=16", "saving.backup_every=1 steps")
+    # At 256 px with 16 images a step takes seconds: both signals land in the step after step 2.
+    slow_steps = ("data.resolution=256", "training.batch_size=16", "saving.backup_every=1 steps")
     process = _start(_args(tmp_path, shapes_dataset_dir, "training.max_steps=200", *slow_steps))
-    events = _signal_after_step(process, 2, second_after_s=0.05)
+    events = _signal_after_step(process, 2, delays_s=(0.2, 0.1))
     assert process.returncode == 130
     assert "stopped" not in [event["event"] for event in events]
+    assert max(event["step"] for event in events if event["event"] == "step") == 2
     leftovers = [path for path in tmp_path.rglob("*") if path.name.startswith(".") or path.suffix == ".tmp"]
     assert leftovers == []
-    for backup in (tmp_path / "workspace" / "backups").iterdir():
-        assert (backup / "meta.json").is_file()
+    assert [path.name for path in list_backups(tmp_path / "workspace" / "backups")] == [
+        "step-00000001",
+        "step-00000002",
+    ]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_demo_preset_learns_and_its_lora_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(presets_dir().parent)
+    lora = tmp_path / "demo-lora.safetensors"
+    args = ["train", "presets/demo.yaml", "training.epochs=10", "sampling.every=5 epochs"]
+    result = _invoke([*args, f"workspace={tmp_path / 'workspace'}", f"saving.output={lora}"])
+    assert result.exit_code == 0, result.output
+    losses = [record["loss"] for record in read_metrics(tmp_path / "workspace" / "metrics.jsonl")]
+    assert len(losses) == 40
+    assert sum(losses[-8:]) < 0.9 * sum(losses[:8])
+    assert len(list((tmp_path / "workspace" / "samples").glob("*.png"))) == 6
+    assert any((tmp_path / "workspace" / "tensorboard").iterdir())
+    image = tmp_path / "red-circle.png"
+    sampled = _invoke(
+        ["sample", "tiny:sd15", "--lora", str(lora), "--prompt", "a red circle", "--steps", "4", "-o", str(image)]
+    )
+    assert sampled.exit_code == 0, sampled.output
+    assert image.is_file()

@@ -18,12 +18,18 @@ from PIL import Image
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.util.atomic import save_safetensors
 
+Hook = Callable[[str, int], None]
+"""Called with ("predict" or "state_dict", optimizer steps done) to inject events mid-step."""
+
 
 class ToySetup:
-    def __init__(self, *, nan_at_step: int | None = None, fail_at_step: int | None = None) -> None:
+    def __init__(
+        self, *, nan_at_step: int | None = None, fail_at_step: int | None = None, hook: Hook | None = None
+    ) -> None:
         self.model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 4))
         self.nan_at_step = nan_at_step
         self.fail_at_step = fail_at_step
+        self.hook = hook
         self.step = 0
         self.steps_seen: list[int] = []
 
@@ -40,6 +46,8 @@ class ToySetup:
             raise RuntimeError("toy failure")
 
     def predict(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.hook is not None:
+            self.hook("predict", self.step)
         noise = torch.randn(batch["x"].shape, generator=generator, device=batch["x"].device)
         return {"prediction": self.model(batch["x"] + 0.1 * noise), "target": batch["y"]}
 
@@ -50,6 +58,8 @@ class ToySetup:
         return loss
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.hook is not None:
+            self.hook("state_dict", self.step)
         return {key: value.detach().clone() for key, value in self.model.state_dict().items()}
 
     def load_trainable_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
@@ -92,14 +102,19 @@ class ToySampler:
 
 
 def make_toy_build(
-    *, nan_at_step: int | None = None, fail_at_step: int | None = None, batches: int = 5, validation: bool = False
+    *,
+    nan_at_step: int | None = None,
+    fail_at_step: int | None = None,
+    batches: int = 5,
+    validation: bool = False,
+    hook: Hook | None = None,
 ) -> Callable[..., TrainingParts]:
     """A `build` function for `trainer.loop.train`; keeps the last parts it built in `.last`."""
 
     def build(
         config: Any, *, device: torch.device, workspace: Any, rank: int, world_size: int, progress: Any
     ) -> TrainingParts:
-        setup = ToySetup(nan_at_step=nan_at_step, fail_at_step=fail_at_step)
+        setup = ToySetup(nan_at_step=nan_at_step, fail_at_step=fail_at_step, hook=hook)
         data = ToyData(config.training.seed, batches=batches, batch_size=config.training.batch_size)
 
         def save_model(path: Path) -> Path:
@@ -126,5 +141,5 @@ def make_toy_build(
 
 @pytest.fixture
 def toy_build() -> Callable[..., Callable[..., TrainingParts]]:
-    """`toy_build(nan_at_step=..., fail_at_step=..., batches=..., validation=...)` makes a `build` function."""
+    """`toy_build(nan_at_step=, fail_at_step=, batches=, validation=, hook=)` makes a `build` function."""
     return make_toy_build

@@ -215,3 +215,39 @@ def test_resume_with_a_changed_learning_rate_is_refused(tmp_path: Path, toy_buil
         train(_config(tmp_path), build=toy_build(), progress=_interrupt_at(2))
     with pytest.raises(UserError, match=r"training\.learning_rate"):
         train(_config(tmp_path, "training.learning_rate=0.02"), build=toy_build(), resume="last")
+
+
+def _double_sigint_at(where: str, steps_done: int) -> Callable[[str, int], None]:
+    def hook(point: str, step: int) -> None:
+        if point == where and step == steps_done:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return hook
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.name.startswith(".") or path.suffix == ".tmp"]
+
+
+def test_second_sigint_mid_step_aborts_without_a_backup(tmp_path: Path, toy_build: ToyBuild) -> None:
+    events: list[dict] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path), build=toy_build(hook=_double_sigint_at("predict", 2)), progress=events.append)
+    assert [event["step"] for event in events if event["event"] == "step"] == [1, 2]
+    assert "stopped" not in [event["event"] for event in events]
+    assert not (tmp_path / "workspace" / "backups").exists()
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_second_sigint_mid_backup_leaves_only_complete_backups(tmp_path: Path, toy_build: ToyBuild) -> None:
+    config = _config(tmp_path, "saving.backup_every=1 steps")
+    with pytest.raises(KeyboardInterrupt):
+        # The setup counts steps as they begin: at 3, the backup written after step 4 is interrupted.
+        train(config, build=toy_build(hook=_double_sigint_at("state_dict", 3)))
+    backups = tmp_path / "workspace" / "backups"
+    complete = ["step-00000001", "step-00000002", "step-00000003"]
+    assert [path.name for path in list_backups(backups)] == complete
+    assert sorted(path.name for path in backups.iterdir()) == complete
+    assert _leftovers(tmp_path) == []

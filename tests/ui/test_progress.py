@@ -69,12 +69,12 @@ def test_json_display_writes_strict_json_lines() -> None:
 def test_rich_display_renders_the_caching_and_training_bars() -> None:
     console = Console(file=io.StringIO(), width=200, force_terminal=False)
     with RichDisplay(console) as display:
-        display({"event": "cache", "done": 4, "total": 4})
+        display({"event": "cache", "stage": "cache-images", "done": 4, "total": 4})
         display({"event": "start", "step": 0, "total_steps": 10, "epochs": 2, "epoch": 0})
         display(STEP)
         display({"event": "sample", "message": "preview written"})
     output = console.file.getvalue()
-    assert "caching" in output
+    assert "caching: cache-images" in output
     assert "epoch 1/2" in output
     assert "3/10" in output
     assert "preview written" in output

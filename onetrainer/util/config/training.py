@@ -41,6 +41,9 @@ class EmaDevice(str, Enum):
 
 OptimizerArg = bool | int | float | str | list[float] | None
 
+MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+"""Component names `weight_dtypes` may set, across the UNet families."""
+
 
 class EmaConfig(Section):
     enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
@@ -90,6 +93,14 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the denoiser.")
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda or cuda:N.")
     ema: EmaConfig = Field(default_factory=EmaConfig, description="Exponential moving average of the weights.")
+
+    @field_validator("weight_dtypes")
+    @classmethod
+    def _known_parts(cls, value: dict[str, Precision]) -> dict[str, Precision]:
+        unknown = [name for name in value if name not in MODEL_PARTS]
+        if unknown:
+            raise ValueError(f"unknown model part {unknown[0]!r}; the parts are: {', '.join(MODEL_PARTS)}")
+        return value
 
     @field_validator("device")
     @classmethod
