@@ -8,9 +8,7 @@ import typer
 
 
 def presets(
-    name: Annotated[
-        str | None, typer.Argument(help="Preset to print as YAML (omit to list them all).")
-    ] = None,
+    name: Annotated[str | None, typer.Argument(help="Preset to print as YAML (omit to list them all).")] = None,
 ) -> None:
     """List the shipped training presets, or print one (`onetrainer presets sd15-lora > my.yaml`)."""
     from onetrainer.ui.console import stdout

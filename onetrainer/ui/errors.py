@@ -22,16 +22,12 @@ def render_error(error: OneTrainerError) -> None:
         body.append("\nwhere: ", style="bold").append(error.where)
     if error.hint:
         body.append("\nhow to fix: ", style="bold").append(error.hint)
-    stderr.print(
-        Panel(body, title=f"[bold red]{error.title}[/]", title_align="left", border_style="red", expand=False)
-    )
+    stderr.print(Panel(body, title=f"[bold red]{error.title}[/]", title_align="left", border_style="red", expand=False))
 
 
 def render_unexpected(error: BaseException) -> None:
     body = Text(f"{type(error).__name__}: {error}")
     body.append("\nRun again with --debug for the full traceback.", style="dim")
     stderr.print(
-        Panel(
-            body, title="[bold red]Unexpected error[/]", title_align="left", border_style="red", expand=False
-        )
+        Panel(body, title="[bold red]Unexpected error[/]", title_align="left", border_style="red", expand=False)
     )

@@ -33,11 +33,7 @@ def preset_path(name: str) -> Path:
         names = preset_names()
         suggestion = did_you_mean(name, names)
         raise ConfigError(
-            [
-                ConfigProblem(
-                    "preset", f"unknown preset; {suggestion}valid: {', '.join(names)}", name, has_value=True
-                )
-            ],
+            [ConfigProblem("preset", f"unknown preset; {suggestion}valid: {', '.join(names)}", name, has_value=True)],
             hint="`onetrainer presets` lists the presets with a description each.",
         )
     return path
