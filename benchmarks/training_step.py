@@ -7,14 +7,15 @@ loader's own cost is left to the data benchmark. The bare loop is what diffusers
 example does per step: noise, add_noise, UNet, MSE, backward, clip, AdamW step, read the loss.
 
 Both train the same UNet (same random weights) with the same trained parameters, batch, optimizer,
-learning rate and fp32 precision; the two loops alternate in rounds so a slow patch of the machine
-hits both, and per-step times are medians after warm-up steps.
+learning rate and fp32 precision. A third side steps our own setup by hand (predict, loss, backward,
+clip, AdamW), so a second row shows what the loop itself adds, apart from the model family's code.
+The sides alternate in rounds so a slow patch of the machine hits all, and per-step times are
+medians after warm-up steps.
 """
 
 from __future__ import annotations
 
 import itertools
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -88,14 +89,24 @@ class _RepeatedBatch:
             yield dict(self.batch)
 
 
-def ours(case: Case, steps: int, workspace: Path) -> tuple[list[float], int]:
-    """Per-step seconds of our loop (step event to step event) and the number of trained parameters."""
+@dataclass
+class _Ours:
+    config: Any
+    model: Any
+    setup: Any
+    batch: dict[str, Any]
+
+    @property
+    def trained(self) -> int:
+        return sum(param.numel() for group in self.setup.parameter_groups() for param in group["params"])
+
+
+def _ours(case: Case, steps: int, workspace: Path) -> _Ours:
+    """Our config, model and prepared setup for `case`, writing into `workspace`."""
     import torch
 
     from onetrainer.model.stable_diffusion import StableDiffusionModel
     from onetrainer.model_setup.stable_diffusion import StableDiffusionSetup
-    from onetrainer.trainer.loop import train
-    from onetrainer.trainer.parts import TrainingParts
     from onetrainer.util.config.loader import load_config
     from onetrainer.util.enums import ModelType
 
@@ -130,13 +141,21 @@ def ours(case: Case, steps: int, workspace: Path) -> tuple[list[float], int]:
     )
     setup = StableDiffusionSetup(model, config)
     setup.prepare(torch.device("cpu"), torch.float32)
-    data = _RepeatedBatch(_batch(case, pipe.text_encoder.config.hidden_size), steps)
-    trained = sum(param.numel() for group in setup.parameter_groups() for param in group["params"])
+    return _Ours(config, model, setup, _batch(case, pipe.text_encoder.config.hidden_size))
+
+
+def loop(case: Case, steps: int, workspace: Path) -> tuple[list[float], int]:
+    """Per-step seconds of our loop (step event to step event) and the number of trained parameters."""
+    from onetrainer.trainer.loop import train
+    from onetrainer.trainer.parts import TrainingParts
+
+    ours = _ours(case, steps, workspace)
+    data = _RepeatedBatch(ours.batch, steps)
 
     def build(*_: Any, **__: Any) -> TrainingParts:
         return TrainingParts(
-            model=model,
-            setup=setup,
+            model=ours.model,
+            setup=ours.setup,
             data=data,
             batches_in_epoch=lambda epoch: steps,
             save_model=lambda path: path,
@@ -148,8 +167,34 @@ def ours(case: Case, steps: int, workspace: Path) -> tuple[list[float], int]:
         if event["event"] in ("start", "step"):
             stamps.append(time.perf_counter())
 
-    train(config, build=build, progress=progress)
-    return [later - earlier for earlier, later in itertools.pairwise(stamps)], trained
+    train(ours.config, build=build, progress=progress)
+    return [later - earlier for earlier, later in itertools.pairwise(stamps)], ours.trained
+
+
+def setup_by_hand(case: Case, steps: int, workspace: Path) -> tuple[list[float], int]:
+    """The same setup and optimizer stepped without the loop: what the loop itself adds is the difference."""
+    import torch
+
+    from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
+
+    ours = _ours(case, steps, workspace)
+    groups = resolve_parameter_groups(ours.setup.parameter_groups(), ours.config.training)
+    optimizer = build_optimizer(groups, ours.config.training, torch.device("cpu"))
+    trained = [param for group in groups for param in group["params"]]
+    generator = torch.Generator().manual_seed(0)
+    ours.setup.train()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        prediction = ours.setup.predict(ours.batch, generator)
+        loss = ours.setup.loss(prediction, ours.batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())
+        times.append(time.perf_counter() - start)
+    return times, ours.trained
 
 
 def bare(case: Case, steps: int) -> tuple[list[float], int]:
@@ -193,35 +238,44 @@ def bare(case: Case, steps: int) -> tuple[list[float], int]:
     return times, sum(param.numel() for param in trained)
 
 
-def measure(case: Case, *, steps: int, warmup: int, rounds: int) -> Row:
-    ours_times: list[float] = []
-    bare_times: list[float] = []
+def measure(case: Case, *, steps: int, warmup: int, rounds: int) -> list[Row]:
+    """Two rows: our loop against diffusers' loop, and against our own setup stepped by hand."""
+    times: dict[str, list[float]] = {"loop": [], "by hand": [], "diffusers": []}
     counts: dict[str, int] = {}
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as scratch:
-            times, counts["ours"] = ours(case, steps + warmup, Path(scratch))
-        ours_times += times[warmup:]
-        times, counts["diffusers"] = bare(case, steps + warmup)
-        bare_times += times[warmup:]
-    return timed_row(
-        "training step",
-        case.name,
-        Timing.of(ours_times),
-        Timing.of(bare_times),
-        ours_label="our loop",
-        reference_label="diffusers loop",
-        details={
-            "trained_parameters": counts,
-            "steps_per_round": steps,
-            "rounds": rounds,
-            "ours_stdev_s": statistics.pstdev(ours_times),
-        },
-    )
+            for name, side in (("loop", loop), ("by hand", setup_by_hand)):
+                round_times, counts[name] = side(case, steps + warmup, Path(scratch) / name.replace(" ", "-"))
+                times[name] += round_times[warmup:]
+        round_times, counts["diffusers"] = bare(case, steps + warmup)
+        times["diffusers"] += round_times[warmup:]
+    details = {"trained_parameters": counts, "steps_per_round": steps, "rounds": rounds}
+    ours = Timing.of(times["loop"])
+    return [
+        timed_row(
+            "training step",
+            case.name,
+            ours,
+            Timing.of(times["diffusers"]),
+            ours_label="our loop",
+            reference_label="diffusers loop",
+            details=details,
+        ),
+        timed_row(
+            "training step",
+            f"{case.name}: what the loop adds",
+            ours,
+            Timing.of(times["by hand"]),
+            ours_label="our loop",
+            reference_label="same setup, no loop",
+            details=details,
+        ),
+    ]
 
 
 def run(quick: bool) -> list[Row]:
     steps, warmup, rounds = (3, 1, 1) if quick else (20, 3, 3)
-    return [measure(case, steps=steps, warmup=warmup, rounds=rounds) for case in cases(quick)]
+    return [row for case in cases(quick) for row in measure(case, steps=steps, warmup=warmup, rounds=rounds)]
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -40,57 +38,17 @@ def convert(
 ) -> None:
     """Convert between formats, streaming tensor by tensor (a checkpoint is never held twice in memory)."""
     from onetrainer.model_loader.conversion_source import open_conversion_source
+    from onetrainer.model_loader.family import parse_model_type
     from onetrainer.model_saver.convert import write_conversion
     from onetrainer.model_saver.formats import parse_format
     from onetrainer.ui.console import stderr, stdout
+    from onetrainer.ui.file_progress import per_file_progress
 
     fmt = parse_format(to)
     with open_conversion_source(
-        input, model_type=_model_type(model_type), config=config, tokenizer=tokenizer
+        input, model_type=parse_model_type(model_type), config=config, tokenizer=tokenizer
     ) as source:
         stderr.print(f"input: {source.detection.description}")
-        with _progress() as update:
+        with per_file_progress("tensors") as update:
             used, path = write_conversion(source, output, to=fmt, dtype=dtype, overwrite=overwrite, progress=update)
     stdout.print(f"wrote {path} ({used.value})")
-
-
-def _model_type(name: str | None):
-    from onetrainer.util.enums import ModelType
-    from onetrainer.util.errors import UserError
-    from onetrainer.util.suggest import did_you_mean
-
-    if name is None:
-        return None
-    try:
-        return ModelType(name)
-    except ValueError:
-        names = [t.value for t in ModelType]
-        raise UserError(f"unknown model type {name!r}; {did_you_mean(name, names)}valid: {', '.join(names)}") from None
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A transient bar per output file, on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from onetrainer.ui.console import stderr
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tensors"),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-        disable=not stderr.is_terminal,
-    )
-    tasks: dict[str, int] = {}
-
-    def update(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = progress.add_task(name, total=total)
-        progress.update(tasks[name], completed=done, total=total)
-
-    with progress:
-        yield update

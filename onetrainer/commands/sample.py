@@ -65,6 +65,7 @@ def sample(
 ) -> None:
     """Generate images; each PNG records its prompt, seed, steps, CFG, scheduler, model and LoRAs."""
     from onetrainer.model.adapters import add_embedding, merge_lora, read_embedding_file, read_lora_file
+    from onetrainer.model_loader.family import source_model_type
     from onetrainer.model_sampler.png import GenerationInfo, output_paths, save_png
     from onetrainer.model_sampler.schedulers import check_scheduler
     from onetrainer.ui.console import stderr, stdout
@@ -81,7 +82,7 @@ def sample(
     paths = output_paths(output, seeds, overwrite=overwrite)
     torch_device, weights = _device_and_dtype(device, dtype)
 
-    family = _model_type(model, model_type)
+    family = source_model_type(model, model_type)
     loaded: StableDiffusionModel = lookup(ModuleKind.LOADER, family)().load(
         _model_config(model, family, weights, clip_skip), device=torch_device
     )
@@ -162,52 +163,6 @@ def _device_and_dtype(device: str, dtype: Dtype) -> tuple[str, str]:
         raise _user_error(f"unknown device {device!r}", "Use auto, cpu, cuda or cuda:N.")
     weights = dtype.value if dtype is not Dtype.AUTO else ("fp16" if name.startswith("cuda") else "fp32")
     return name, weights
-
-
-def _model_type(source: str, explicit: str | None) -> ModelType:
-    """The family from --model-type, else from the files (or the hub's model configs)."""
-    from onetrainer.util.config.types import TINY_PREFIX
-    from onetrainer.util.detect import MODEL, detect_path, family_from_unet_config
-    from onetrainer.util.enums import ModelType
-    from onetrainer.util.suggest import did_you_mean
-
-    names = [member.value for member in ModelType]
-    if explicit is not None:
-        if explicit not in names:
-            raise _user_error(
-                f"unknown model type {explicit!r}; {did_you_mean(explicit, names)}", f"Use one of: {', '.join(names)}."
-            )
-        return ModelType(explicit)
-    if source.startswith(TINY_PREFIX):
-        family = source.removeprefix(TINY_PREFIX).removesuffix("-v")
-        reason = "the tiny model's name"
-    elif Path(source).expanduser().exists():
-        detection = detect_path(source)
-        if detection.kind != MODEL:
-            raise _user_error(f"{source} is a {detection.description}, not a base model")
-        family, reason = detection.family, detection.reason
-    else:
-        family, reason = family_from_unet_config(_hub_unet_config(source))
-    if family not in names:
-        raise _user_error(
-            f"cannot tell which model family {source} is ({reason})", f"Say it with --model-type ({', '.join(names)})."
-        )
-    return ModelType(family)
-
-
-def _hub_unet_config(repo: str) -> dict:
-    import json
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return json.loads(Path(hf_hub_download(repo, "unet/config.json")).read_text(encoding="utf-8"))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        raise _user_error(
-            f"no such file or folder, and the hub model {repo!r} is not reachable ({type(error).__name__})",
-            "Check the path; for a hub id, download it once while online or pass --model-type.",
-        ) from None
 
 
 def _model_config(source: str, family: ModelType, weights: str, clip_skip: int) -> object:

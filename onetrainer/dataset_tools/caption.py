@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.dataset_tools.captioners.wd14 import TaggerSettings
-from onetrainer.dataset_tools.files import caption_path, find_images
+from onetrainer.dataset_tools.files import caption_path
 from onetrainer.dataset_tools.modes import CaptionMode
 from onetrainer.dataset_tools.progress import ProgressCallback, ToolSummary, no_progress
-from onetrainer.dataset_tools.runner import run_batches
+from onetrainer.dataset_tools.runner import run_batches, select_images
 from onetrainer.util.atomic import atomic_write_text
 from onetrainer.util.errors import UserError
 
@@ -81,11 +81,9 @@ def caption_folder(request: CaptionRequest, on_progress: ProgressCallback = no_p
     from onetrainer.dataset_tools.sources import resolve_device
 
     _validate(request)
-    images = find_images(request.directory, recursive=request.recursive)
-    summary = ToolSummary(found=len(images))
-    todo = [image for image in images if needs_caption(image, request.mode)]
-    selected = set(todo)
-    summary.kept = [image for image in images if image not in selected]
+    todo, summary = select_images(
+        request.directory, recursive=request.recursive, wanted=lambda image: needs_caption(image, request.mode)
+    )
     if not todo:
         return summary
     captioner = open_captioner(request, resolve_device(request.device))

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.data_loader.files import decode_mask
-from onetrainer.dataset_tools.files import find_images, mask_path
+from onetrainer.dataset_tools.files import mask_path
 from onetrainer.dataset_tools.modes import MaskMode
 from onetrainer.dataset_tools.progress import ProgressCallback, ToolSummary, no_progress
-from onetrainer.dataset_tools.runner import run_batches
+from onetrainer.dataset_tools.runner import run_batches, select_images
 from onetrainer.util.atomic import atomic_file
 from onetrainer.util.errors import UserError
 
@@ -120,11 +120,11 @@ def mask_folder(request: MaskRequest, on_progress: ProgressCallback = no_progres
     from onetrainer.dataset_tools.maskers import open_masker
 
     _validate(request)
-    images = find_images(request.directory, recursive=request.recursive)
-    summary = ToolSummary(found=len(images))
-    todo = [image for image in images if request.mode is not MaskMode.FILL or not mask_path(image).is_file()]
-    selected = set(todo)
-    summary.kept = [image for image in images if image not in selected]
+    todo, summary = select_images(
+        request.directory,
+        recursive=request.recursive,
+        wanted=lambda image: request.mode is not MaskMode.FILL or not mask_path(image).is_file(),
+    )
     if not todo:
         return summary
     masker = open_masker(request)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from onetrainer.dataset_tools.files import UnreadableImage, load_rgb
+from onetrainer.dataset_tools.files import UnreadableImage, find_images, load_rgb
 from onetrainer.dataset_tools.progress import ProgressCallback, ToolProgress, ToolSummary
 from onetrainer.util.errors import RuntimeFailure
 
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from PIL import Image
 
 R = TypeVar("R")
+
+
+def select_images(
+    directory: Path, *, recursive: bool, wanted: Callable[[Path], bool]
+) -> tuple[list[Path], ToolSummary]:
+    """(the images under `directory` that `wanted` selects, a summary counting them all and the rest as kept)."""
+    images = find_images(directory, recursive=recursive)
+    todo = [image for image in images if wanted(image)]
+    selected = set(todo)
+    summary = ToolSummary(found=len(images), kept=[image for image in images if image not in selected])
+    return todo, summary
 
 
 def run_batches(

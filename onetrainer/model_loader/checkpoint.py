@@ -15,24 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.detect import load_pickle_weights, sniff_container
 from onetrainer.util.errors import UserError
+from onetrainer.util.safetensors_meta import DTYPE_NAMES
 
 if TYPE_CHECKING:
     import torch
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-}
 
 
 class WeightsFile:
@@ -78,7 +64,7 @@ class WeightsFile:
         import torch
 
         if self._handle is not None:
-            return getattr(torch, _SAFETENSORS_DTYPES[self._handle.get_slice(key).get_dtype()])
+            return getattr(torch, DTYPE_NAMES[self._handle.get_slice(key).get_dtype()])
         return self._tensors[key].dtype
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

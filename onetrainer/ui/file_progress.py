@@ -1,4 +1,4 @@
-"""Progress and summary for the folder tools (`caption`, `mask`): a bar with images/s, then a table.
+"""Progress and summary for the file tools (`caption`, `mask`, `sample`, `convert`): bars, then a table.
 
 The library reports through a callback; the command adapts it to `file_progress`'s `update(done,
 total)`, so this module knows nothing above `ui/`. Output goes to stderr, keeping stdout for scripts.
@@ -52,6 +52,30 @@ def file_progress(description: str, *, unit: str = "img") -> Iterator[Callable[[
 
     def update(done: int, total: int) -> None:
         progress.update(task, total=total, completed=done)
+
+    with progress:
+        yield update
+
+
+@contextlib.contextmanager
+def per_file_progress(unit: str) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield `update(name, done, total)`: a transient bar per output file (shown on a terminal only)."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+    tasks: dict[str, int] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done, total=total)
 
     with progress:
         yield update

@@ -35,6 +35,21 @@ ARCHITECTURES = {
 }
 ADAPTERS = {"lora": "lora", "embedding": "textual-inversion"}
 DEFAULT_RESOLUTION = {("sd15", False): 512, ("sd15", True): 512, ("sd2", False): 512, ("sd2", True): 768}
+DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+"""Safetensors header dtype codes -> the torch names users know."""
 SS_BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 # The `ss_*` keys tools read most (names without the prefix); `ss_metadata` refuses others, so a

@@ -106,3 +106,23 @@ def test_unknown_or_broken_paths_exit_2(files: dict[str, Path], arguments: list[
 
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_json_for_models_backups_and_workspaces(files: dict[str, Path], tiny_sd15_dir: Path) -> None:
+    def inspect_json(path: Path) -> dict:
+        result = runner.invoke(app, ["inspect", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    model = inspect_json(tiny_sd15_dir)
+    assert (model["kind"], model["format"], model["model_type"]) == ("model", "diffusers", "sd15")
+    backup = inspect_json(files["backup"])
+    assert (backup["kind"], backup["format"], backup["step"], backup["epoch"]) == (
+        "backup",
+        "onetrainer-backup-v1",
+        3,
+        0,
+    )
+    workspace = inspect_json(files["root"] / "ws")
+    assert (workspace["kind"], workspace["format"]) == ("workspace", "onetrainer-workspace")
+    assert "step 3" in workspace["summary"]

@@ -153,3 +153,31 @@ def test_bad_model_exits_2(model: str, expected: str, bad_files: dict[str, Path]
     result = sample(model.format(tmp=tmp_path, **bad_files), "-p", "x", *FAST, "-o", tmp_path)
     assert result.exit_code == 2, result.output
     assert expected in said(result).lower()
+
+
+def test_size_cfg_and_dtype_options(tmp_path: Path) -> None:
+    target = tmp_path / "wide.png"
+    result = sample(
+        "tiny:sd15",
+        "-p",
+        "x",
+        *FAST,
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--cfg",
+        "1.5",
+        "--dtype",
+        "bf16",
+        "-o",
+        target,
+    )
+    assert result.exit_code == 0, result.output
+    image = Image.open(target)
+    assert image.size == (96, 64)
+    data = json.loads(image.text["onetrainer"])
+    assert (data["cfg"], data["width"], data["height"]) == (1.5, 96, 64)
+    bad = sample("tiny:sd15", "-p", "x", *FAST, "--dtype", "fp8", "-o", tmp_path)
+    assert bad.exit_code == 2
+    assert "fp8" in said(bad)

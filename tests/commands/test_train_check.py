@@ -61,3 +61,42 @@ def test_missing_concept_folder_names_the_key(tmp_path):
     assert result.exit_code == 2
     assert "data.concepts.0.path" in result.output
     assert "does not exist" in result.output
+
+
+def _all_excluded(tmp_path, *flags):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "empty.png").write_bytes(b"")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = [
+        "train",
+        presets_dir() / "demo.yaml",
+        f"data.concepts.0.path={images}",
+        f"workspace={tmp_path / 'workspace'}",
+        f"saving.output={tmp_path / 'out' / 'lora.safetensors'}",
+        *flags,
+    ]
+    return runner.invoke(app, list(map(str, args)), terminal_width=200)
+
+
+def _assert_nothing_trains(result, tmp_path):
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "nothing would train" in said
+    assert "1 image(s) skipped: empty file" in said
+    assert "1 image(s) skipped: unreadable" in said
+    assert "empty.png" in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_where_every_file_is_excluded_exits_2_with_counted_reasons(tmp_path):
+    _assert_nothing_trains(_all_excluded(tmp_path), tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP (issue 3, Deliver 9): `train --dry-run` prints the report but exits 0 when nothing would "
+    "train; commands/train.py::_dry_run never calls report.require_trainable()",
+)
+def test_dry_run_where_every_file_is_excluded_exits_2_with_counted_reasons(tmp_path):
+    _assert_nothing_trains(_all_excluded(tmp_path, "--dry-run"), tmp_path)

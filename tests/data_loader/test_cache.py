@@ -167,3 +167,20 @@ def test_undecodable_image_found_while_caching_is_dropped(make_config, image_cop
         build_data_loader(strict, image_encoder=TinyImageEncoder()) as loader,
     ):
         loader.fill_cache()
+
+
+def test_text_variations_cache_distinct_augmented_captions(make_config, image_copy: Path) -> None:
+    lines = sum(min(4, len(p.read_text(encoding="utf-8").splitlines())) for p in image_copy.glob("*.txt"))
+    assert lines > 8, "some captions have several lines"
+    plain, _, _ = _fill(make_config(concepts=[{"path": image_copy, "text_variations": 4}]))
+    single, _, _ = _fill(
+        make_config(concepts=[{"path": image_copy, "text_variations": 1}]), text=TinyTextEncoder(seed=1)
+    )
+    assert single.texts_encoded == 8
+    # each variant picks one line at random; identical variants share one entry
+    assert 8 < plain.texts_encoded <= lines
+    varied = {"path": image_copy, "text_variations": 4, "caption": {"random_capitalization": 1.0}}
+    stats, _, _ = _fill(make_config(concepts=[varied]), text=TinyTextEncoder(seed=2))
+    assert plain.texts_encoded < stats.texts_encoded <= 32
+    again, _, _ = _fill(make_config(concepts=[varied]), text=TinyTextEncoder(seed=2))
+    assert again.texts_encoded == 0

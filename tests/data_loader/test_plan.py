@@ -126,3 +126,26 @@ def test_steps_follow_bucket_counts(tmp_path) -> None:
     counts = plan.bucket_counts(0)
     assert plan.steps_in_epoch(0) == sum(-(-count // 2) for count in counts.values())
     assert plan.epochs_are_alike
+
+
+def test_per_concept_resolution_overrides_the_data_resolution(tmp_path) -> None:
+    plan = _plan(tmp_path, [{}, {"resolution": 128}], [7, 7], resolution=64)
+    small = {plan.bucket_of(i, 0) for i in range(7)}
+    large = {plan.bucket_of(i, 0) for i in range(7, 14)}
+    assert all(w * h <= 64 * 64 * 1.2 for w, h in small)
+    assert all(w * h >= 128 * 128 * 0.8 for w, h in large)
+    assert (64, 64) in small
+    assert (128, 128) in large
+
+
+def test_concept_seed_changes_only_its_own_concept_choices(tmp_path) -> None:
+    def halves(seed_a: int, seed_b: int) -> tuple[set[int], set[int]]:
+        plan = _plan(tmp_path, [{"repeats": 0.5, "seed": seed_a}, {"repeats": 0.5, "seed": seed_b}], [40, 40])
+        used = {d.sample for d in plan.epoch_draws(0)}
+        return {i for i in used if i < 40}, {i for i in used if i >= 40}
+
+    base_a, base_b = halves(0, 0)
+    assert halves(0, 0) == (base_a, base_b)
+    other_a, other_b = halves(5, 0)
+    assert other_a != base_a
+    assert other_b == base_b

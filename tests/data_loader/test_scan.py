@@ -103,3 +103,31 @@ def test_memo_skips_verification_of_unchanged_files(image_dataset_dir: Path, tmp
     (scan,) = _scan(data, FileMemo(memo_path))
     assert calls == []
     assert len(scan.samples) == 8
+
+
+def test_include_subdirectories_scans_nested_folders(tmp_path: Path, image_dataset_dir: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(image_dataset_dir, root / "nested")
+    shutil.copy(next(image_dataset_dir.glob("*.png")), root / "top.png")
+    (flat,) = _scan(DataConfig(concepts=[{"path": root}]))
+    (deep,) = _scan(DataConfig(concepts=[{"path": root, "include_subdirectories": True}]))
+    (alone,) = _scan(DataConfig(concepts=[{"path": image_dataset_dir}]))
+    assert flat.found == 1
+    assert deep.found == 1 + alone.found == 9
+    assert any(sample.id.endswith("nested/img-000.png") for sample in deep.samples)
+
+
+def test_sizes_come_from_headers_without_decoding_pixels(
+    image_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image, ImageFile
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    (scan,) = _scan(DataConfig(concepts=[{"path": image_dataset_dir}], verify_images=False))
+    assert scan.skipped == []
+    assert len(scan.samples) == scan.found == 8
+    assert all(sample.width > 0 and sample.height > 0 for sample in scan.samples)

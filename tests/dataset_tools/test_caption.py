@@ -127,3 +127,31 @@ def test_missing_local_model_path_is_a_user_error(folder: Path, tmp_path: Path) 
 def test_a_folder_that_is_not_an_image_to_text_model_is_a_user_error(folder: Path, tiny_sd15_dir: Path) -> None:
     with pytest.raises(UserError):
         caption_folder(CaptionRequest(folder, model=str(tiny_sd15_dir / "text_encoder")))
+
+
+@pytest.mark.parametrize(
+    ("name", "repo"), [("blip2", "Salesforce/blip2-opt-2.7b"), ("florence2", "florence-community/Florence-2-large")]
+)
+def test_model_short_names_resolve_to_their_hub_ids(
+    name: str, repo: str, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="not available") as caught:
+        caption_folder(CaptionRequest(folder, model=name))
+    assert repo in caught.value.message
+
+
+def test_florence2_is_prompted_with_its_task_token_and_others_are_not() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from onetrainer.dataset_tools.captioners.image_to_text import ImageToTextCaptioner
+
+    def captioner(model_type: str, prompt: str | None) -> ImageToTextCaptioner:
+        model = SimpleNamespace(config=SimpleNamespace(model_type=model_type))
+        return ImageToTextCaptioner(None, model, device="cpu", dtype=torch.float32, prompt=prompt, max_new_tokens=8)
+
+    assert captioner("florence2", None).prompt == "<DETAILED_CAPTION>"
+    assert captioner("florence2", "<CAPTION>").prompt == "<CAPTION>"
+    assert captioner("blip", None).prompt is None

@@ -135,3 +135,11 @@ def test_hub_model_whose_tokenizer_is_not_cached_is_not_loaded_with_an_empty_one
     shutil.rmtree(hub_cache / "tokenizer")
     with pytest.raises(UserError, match=r"tokenizer of onetrainer-test/tiny-sd15 came back empty \(2 tokens\)"):
         load_stable_diffusion("onetrainer-test/tiny-sd15")
+
+
+@pytest.mark.parametrize("base", ["tiny:sd15", "tiny:sd2"])
+def test_loaded_models_use_sdpa_attention(base: str) -> None:
+    model = load_stable_diffusion(base)
+    assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    assert {type(p).__name__ for p in model.vae.attn_processors.values()} == {"AttnProcessor2_0"}
+    assert model.text_encoder.config._attn_implementation == "sdpa"

@@ -87,6 +87,25 @@ def _tiny_vae(seed: int, scaling_factor: float) -> Any:
     )
 
 
+def _tiny_unet(seed: int, **layout: Any) -> Any:
+    """A seeded UNet of the tiny size every family shares (8x8 latents, widths 32/64); `layout` adds the family's."""
+    from diffusers import UNet2DConditionModel
+
+    return _seeded(
+        seed,
+        "unet",
+        lambda: UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=32,
+            **layout,
+        ),
+    )
+
+
 def _ddpm(prediction_type: str) -> Any:
     from diffusers import DDPMScheduler
 
@@ -100,7 +119,7 @@ def _ddpm(prediction_type: str) -> Any:
 
 
 def _sd_pipeline(seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, prediction_type: str) -> Any:
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     tokenizer = build_tiny_clip_tokenizer()
@@ -109,21 +128,12 @@ def _sd_pipeline(seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, pre
         vae=_tiny_vae(seed, scaling_factor=0.18215),
         text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(text_config)),
         tokenizer=tokenizer,
-        unet=_seeded(
+        unet=_tiny_unet(
             seed,
-            "unet",
-            lambda: UNet2DConditionModel(
-                sample_size=8,
-                in_channels=4,
-                out_channels=4,
-                block_out_channels=(32, 64),
-                layers_per_block=1,
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=text_config.hidden_size,
-                norm_num_groups=32,
-                **unet_kwargs,
-            ),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=text_config.hidden_size,
+            **unet_kwargs,
         ),
         scheduler=_ddpm(prediction_type),
         safety_checker=None,
@@ -167,7 +177,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     The encoders differ in width (32 and 64, like CLIP-L's 768 and bigG's 1280 differ) so code that
     swaps them, or concatenates in the wrong order, fails on shapes instead of passing silently.
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tiny_clip_tokenizer()
@@ -180,27 +190,18 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         text_encoder_2=_seeded(seed, "text_encoder_2", lambda: CLIPTextModelWithProjection(config_2)),
         tokenizer=tokenizer,
         tokenizer_2=build_tiny_clip_tokenizer(),
-        unet=_seeded(
+        unet=_tiny_unet(
             seed,
-            "unet",
-            lambda: UNet2DConditionModel(
-                sample_size=8,
-                in_channels=4,
-                out_channels=4,
-                block_out_channels=(32, 64),
-                layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=(2, 4),
-                use_linear_projection=True,
-                transformer_layers_per_block=(1, 2),
-                addition_embed_type="text_time",
-                addition_time_embed_dim=time_embed_dim,
-                # Six micro-conditioning numbers (original size, crop, target size) plus the pooled text.
-                projection_class_embeddings_input_dim=6 * time_embed_dim + config_2.projection_dim,
-                cross_attention_dim=config_1.hidden_size + config_2.hidden_size,
-                norm_num_groups=32,
-            ),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            transformer_layers_per_block=(1, 2),
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed_dim,
+            # Six micro-conditioning numbers (original size, crop, target size) plus the pooled text.
+            projection_class_embeddings_input_dim=6 * time_embed_dim + config_2.projection_dim,
+            cross_attention_dim=config_1.hidden_size + config_2.hidden_size,
         ),
         scheduler=EulerDiscreteScheduler(
             **_BETAS,

@@ -1,0 +1,32 @@
+"""`convert`'s source: a single file is streamed one tensor at a time, never read whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onetrainer.model_loader.checkpoint import WeightsFile
+from onetrainer.model_loader.conversion_source import open_conversion_source
+
+
+def test_single_file_stream_reads_tensors_lazily(sd15_single_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    original = WeightsFile.tensor
+
+    def counting(self: WeightsFile, key: str):
+        reads.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(WeightsFile, "tensor", counting)
+    with open_conversion_source(sd15_single_file, config="tiny:sd15", tokenizer="tiny:sd15") as source:
+        assert source.stream is not None
+        stream = source.stream(False, ("unet", "vae", "text_encoder"))
+        name, tensor = next(stream)
+        assert "." in name
+        assert tensor.numel() > 0
+        read_for_first = len(reads)
+        assert 1 <= read_for_first <= 4, "the first tensor must not need the whole file"
+        rest = sum(1 for _ in stream)
+    assert rest > 50
+    assert len(reads) == len(set(reads)), "every source tensor is read exactly once"
