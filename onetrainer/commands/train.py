@@ -85,6 +85,7 @@ def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:
         sys.stdout.write(json.dumps({"event": "report", **report.to_dict()}) + "\n")
     else:
         stdout.print(report)
+    report.require_trainable()
 
 
 def _resume_command(config: Path, overrides: list[str]) -> str:

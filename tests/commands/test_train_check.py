@@ -93,10 +93,5 @@ def test_training_where_every_file_is_excluded_exits_2_with_counted_reasons(tmp_
     _assert_nothing_trains(_all_excluded(tmp_path), tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (issue 3, Deliver 9): `train --dry-run` prints the report but exits 0 when nothing would "
-    "train; commands/train.py::_dry_run never calls report.require_trainable()",
-)
 def test_dry_run_where_every_file_is_excluded_exits_2_with_counted_reasons(tmp_path):
     _assert_nothing_trains(_all_excluded(tmp_path, "--dry-run"), tmp_path)
