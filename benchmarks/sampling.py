@@ -71,18 +71,8 @@ def _pipeline(model: str) -> Any:
 
 def _our_model(pipe: Any) -> Any:
     from onetrainer.model.stable_diffusion import StableDiffusionModel
-    from onetrainer.util.enums import ModelType
 
-    return StableDiffusionModel(
-        model_type=ModelType.SD15,
-        unet=pipe.unet,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        noise_scheduler=pipe.scheduler,
-        prediction_type=pipe.scheduler.config.prediction_type,
-        source="benchmark",
-    )
+    return StableDiffusionModel.from_pipeline(pipe, source="benchmark")
 
 
 def _largest_pixel_difference(ours: Any, reference: Any) -> int:

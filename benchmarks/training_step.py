@@ -108,7 +108,6 @@ def _ours(case: Case, steps: int, workspace: Path) -> _Ours:
     from onetrainer.model.stable_diffusion import StableDiffusionModel
     from onetrainer.model_setup.stable_diffusion import StableDiffusionSetup
     from onetrainer.util.config.loader import load_config
-    from onetrainer.util.enums import ModelType
 
     config = load_config(
         None,
@@ -129,16 +128,7 @@ def _ours(case: Case, steps: int, workspace: Path) -> _Ours:
         ],
     )
     pipe = _components(case)
-    model = StableDiffusionModel(
-        model_type=ModelType.SD15,
-        unet=pipe.unet,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        noise_scheduler=pipe.scheduler,
-        prediction_type="epsilon",
-        source="benchmark",
-    )
+    model = StableDiffusionModel.from_pipeline(pipe, source="benchmark", prediction_type="epsilon")
     setup = StableDiffusionSetup(model, config)
     setup.prepare(torch.device("cpu"), torch.float32)
     return _Ours(config, model, setup, _batch(case, pipe.text_encoder.config.hidden_size))

@@ -170,19 +170,11 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
 def _sd_model(family: Family, device: Any) -> Any:
     """The real-size UNet beside the tiny kit's VAE and text encoder, which a cached batch never runs."""
     from onetrainer.model.stable_diffusion import StableDiffusionModel
-    from onetrainer.util.enums import ModelType
     from onetrainer.util.tiny.models import build_tiny_sd15_pipeline
 
     tiny = build_tiny_sd15_pipeline(seed=0)
-    return StableDiffusionModel(
-        model_type=ModelType.SD15,
-        unet=build_unet(family, device),
-        vae=tiny.vae,
-        text_encoder=tiny.text_encoder,
-        tokenizer=tiny.tokenizer,
-        noise_scheduler=tiny.scheduler,
-        prediction_type="epsilon",
-        source="benchmark",
+    return StableDiffusionModel.from_pipeline(
+        tiny, source="benchmark", unet=build_unet(family, device), prediction_type="epsilon"
     )
 
 

@@ -38,6 +38,26 @@ class StableDiffusionModel:
     scheduler_class: str = "DDPMScheduler"
     """The scheduler class the source model shipped with, so a saved diffusers folder samples the same way."""
 
+    @classmethod
+    def from_pipeline(
+        cls, pipe: Any, *, source: str, model_type: ModelType = ModelType.SD15, **replace: Any
+    ) -> StableDiffusionModel:
+        """Wrap a diffusers pipeline's components; `replace` swaps one (e.g. a bigger `unet`).
+
+        Benchmarks and tools that build models in memory go through here, so they get the same
+        object the loader returns without knowing its fields.
+        """
+        components: dict[str, Any] = {
+            "unet": pipe.unet,
+            "vae": pipe.vae,
+            "text_encoder": pipe.text_encoder,
+            "tokenizer": pipe.tokenizer,
+            "noise_scheduler": pipe.scheduler,
+            "prediction_type": pipe.scheduler.config.prediction_type,
+        }
+        components.update(replace)
+        return cls(model_type=model_type, source=source, **components)
+
     @property
     def device(self) -> torch.device:
         return self.unet.device
