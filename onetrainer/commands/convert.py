@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from onetrainer.util.enums import PredictionType
+
 
 def convert(
     input: Annotated[
@@ -34,6 +36,13 @@ def convert(
     tokenizer: Annotated[
         str | None, typer.Option(help="Tokenizer for a single-file input written as a diffusers folder.")
     ] = None,
+    prediction_type: Annotated[
+        PredictionType,
+        typer.Option(
+            help="epsilon or v_prediction: what the model predicts, for SD 2.x files that do not say "
+            "(auto: the file's marker or scheduler config; an unmarked SD 2.x file gets the 768-v architecture)."
+        ),
+    ] = PredictionType.AUTO,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")] = False,
 ) -> None:
     """Convert between formats, streaming tensor by tensor (a checkpoint is never held twice in memory)."""
@@ -46,7 +55,11 @@ def convert(
 
     fmt = parse_format(to)
     with open_conversion_source(
-        input, model_type=parse_model_type(model_type), config=config, tokenizer=tokenizer
+        input,
+        model_type=parse_model_type(model_type),
+        config=config,
+        tokenizer=tokenizer,
+        prediction_type=prediction_type,
     ) as source:
         stderr.print(f"input: {source.detection.description}")
         with per_file_progress("tensors") as update:

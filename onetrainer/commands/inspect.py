@@ -27,7 +27,7 @@ def inspect(
     ] = ModelType.SD15,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Image folders: include sub-folders.")] = False,
 ) -> None:
-    """Describe PATH from headers and metadata, without loading weights."""
+    """Describe PATH from headers and metadata, without loading weights (exit code 2: an invalid run config)."""
     import json
 
     from onetrainer.inspection.dispatch import inspect_path
@@ -37,5 +37,7 @@ def inspect(
     result = inspect_path(path, resolution=resolution, model_type=model_type.value, recursive=recursive)
     if json_output:
         typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
-        return
-    stdout.print(inspection_view(result))
+    else:
+        stdout.print(inspection_view(result))
+    if result.invalid:
+        raise typer.Exit(2)

@@ -141,6 +141,17 @@ class DataLoader:
         self.report = build_report(self.scans, self.plan)
         self.report.require_trainable()
 
+    def use_encoders(self, image_encoder: ImageEncoder | None, text_encoder: TextEncoder | None) -> None:
+        """Attach the model's encoders to a loader built without them.
+
+        The trainer builds the loader first, so a dataset with nothing to train fails in seconds
+        instead of after the model has loaded; the plan is rebuilt, the folders are not scanned again.
+        """
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self._index = None
+        self._rebuild()
+
     def describe(self) -> str:
         """The resolved per-sample graphs, one node per line."""
         return self.pipeline.describe()

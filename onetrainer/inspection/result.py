@@ -27,6 +27,11 @@ class Inspection:
     view: Any = None
     """A rich renderable shown instead of the generic details view (the dataset report has its own)."""
 
+    @property
+    def invalid(self) -> bool:
+        """A run config that fails validation: reported in full, and an exit code 2 for scripts."""
+        return self.details.get("valid") is False
+
     def to_dict(self) -> dict[str, Any]:
         head = {
             "kind": self.kind,

@@ -9,6 +9,7 @@ and are read whole into the neutral forms of `util.keymaps`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.single_file import build_components, single_file_state_dicts, stream_single_file
 from onetrainer.model_loader.stable_diffusion import check_family, load_stable_diffusion
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL, Detection, detect_path, read_header
-from onetrainer.util.enums import ModelType
+from onetrainer.util.enums import ModelType, PredictionType
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -70,15 +71,22 @@ def open_conversion_source(
     model_type: ModelType | None = None,
     config: str | None = None,
     tokenizer: str | None = None,
+    prediction_type: PredictionType = PredictionType.AUTO,
 ) -> Iterator[ConversionSource]:
-    """Open `source` (file, diffusers folder, hub id or tiny:<family>); files stay open inside the block."""
+    """Open `source` (file, diffusers folder, hub id or tiny:<family>); files stay open inside the block.
+
+    A `prediction_type` other than auto replaces what the input says: SD 2.x single files often carry
+    no marker, and only the user knows whether theirs is the 512 epsilon or the 768 v model.
+    """
     source = str(source)
     kind = source_kind(source)
     if kind == TINY:
-        yield _in_memory(load_stable_diffusion(source, model_type=model_type), source)
+        yield _in_memory(load_stable_diffusion(source, model_type=model_type, prediction_type=prediction_type), source)
         return
     path = _hub_snapshot(source) if kind == HUB else Path(source).expanduser()
     detection = detect_path(path)
+    if prediction_type is not PredictionType.AUTO:
+        detection = dataclasses.replace(detection, prediction_type=prediction_type.value)
     if detection.kind == LORA:
         yield _lora(detection, model_type)
     elif detection.kind == EMBEDDING:

@@ -17,10 +17,10 @@ from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.hub import HUB, TINY, TINY_KINDS, hub_errors, source_kind
 from onetrainer.model_loader.single_file import build_components, single_file_state_dicts
 from onetrainer.model_loader.vae import load_vae
-from onetrainer.util.config.model import ModelConfig, PredictionType
+from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.detect import LORA, MODEL, Detection, detect_path
-from onetrainer.util.enums import ModelType
+from onetrainer.util.enums import ModelType, PredictionType
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, register
 

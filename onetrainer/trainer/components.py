@@ -1,4 +1,4 @@
-"""Assemble a run's parts from the registry: loader -> model -> setup -> data loader, sampler, saver.
+"""Assemble a run's parts from the registry: data loader -> model -> setup -> encoders, sampler, saver.
 
 This is the only place that knows how the registered modules are called; the loop sees the
 `TrainingParts` they become. Data-loader events are translated into the trainer's progress events.
@@ -68,19 +68,23 @@ def build_parts(
     from onetrainer.data_loader import build_data_loader
 
     check_sampling(config)
-    model_type = config.model.type
-    model = lookup(ModuleKind.LOADER, model_type)().load(config.model, device="cpu")
-    setup = lookup(ModuleKind.SETUP, model_type)(model, config)
-    setup.prepare(device, torch_dtype(config.model.dtype))
     data = build_data_loader(
         config,
-        image_encoder=setup.image_encoder(),
-        text_encoder=setup.text_encoder(),
         rank=rank,
         world_size=world_size,
         quantisation=quantisation(config),
         progress=loader_events(progress),
     )
+    model_type = config.model.type
+    progress({"event": "status", "message": f"loading {model_type.value} model {config.model.base}"})
+    try:
+        model = lookup(ModuleKind.LOADER, model_type)().load(config.model, device="cpu")
+        setup = lookup(ModuleKind.SETUP, model_type)(model, config)
+        setup.prepare(device, torch_dtype(config.model.dtype))
+        data.use_encoders(setup.image_encoder(), setup.text_encoder())
+    except BaseException:
+        data.close()
+        raise
     sampler = lookup(ModuleKind.SAMPLER, model_type)(model, clip_skip=config.model.clip_skip) if rank == 0 else None
     saver = lookup(ModuleKind.SAVER, model_type)()
 

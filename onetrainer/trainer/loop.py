@@ -74,8 +74,7 @@ def train(
     seed_everything(config.training.seed)
 
     with contextlib.ExitStack() as cleanup:
-        # 1. Load the model and set it up for the method; fill the cache.
-        progress({"event": "status", "message": f"loading {config.model.type.value} model {config.model.base}"})
+        # 1. Plan the data, load the model and set it up for the method; fill the cache.
         parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
         if parts.close is not None:
             cleanup.callback(parts.close)

@@ -16,7 +16,6 @@ def fill_cache_only(config: TrainConfig, *, build: BuildParts, progress: Progres
     rank, world_size = distributed_rank()
     workspace = Workspace(config.workspace)
     device = resolve_device(config.training.device)
-    progress({"event": "status", "message": f"loading {config.model.type.value} model {config.model.base}"})
     parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
     try:
         stats = parts.data.fill_cache()

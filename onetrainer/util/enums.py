@@ -16,6 +16,14 @@ class ModelType(str, Enum):
     SDXL = "sdxl"
 
 
+class PredictionType(str, Enum):
+    """What the denoiser predicts. `auto` reads it from the model (scheduler config or file metadata)."""
+
+    AUTO = "auto"
+    EPSILON = "epsilon"
+    V_PREDICTION = "v_prediction"
+
+
 class TrainingMethod(str, Enum):
     LORA = "lora"
     FULL = "full"

@@ -218,3 +218,26 @@ def test_a_failing_disk_exits_1(kohya_lora: Path, tmp_path: Path) -> None:
     result = convert(kohya_lora, blocker / "out.safetensors")
     assert result.exit_code == 1
     assert "could not write" in said(result)
+
+
+@pytest.mark.parametrize(("prediction", "architecture"), [("v_prediction", "768-v"), ("epsilon", "512")])
+def test_prediction_type_option_says_what_an_unmarked_file_predicts(
+    tmp_path: Path, prediction: str, architecture: str
+) -> None:
+    tagged = tmp_path / "tagged.safetensors"
+    assert convert("tiny:sd2-v", tagged).exit_code == 0
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: t for k, t in _tensors(tagged).items() if k != "v_pred"}, str(bare))
+    output = tmp_path / "out.safetensors"
+    result = convert(bare, output, "--prediction-type", prediction)
+    assert result.exit_code == 0, result.output
+    with safe_open(str(output), "pt") as handle:
+        assert ("v_pred" in handle.keys()) is (prediction == "v_prediction")  # noqa: SIM118
+        assert handle.metadata()["modelspec.architecture"] == f"stable-diffusion-v2-{architecture}"
+    assert detect_path(output).prediction_type == prediction
+
+
+def test_prediction_type_option_rejects_other_values(sd15_file: Path, tmp_path: Path) -> None:
+    result = convert(sd15_file, tmp_path / "o.safetensors", "--prediction-type", "flow")
+    assert result.exit_code == 2
+    assert "v_prediction" in said(result)

@@ -203,6 +203,16 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path: Path, shapes_data
     assert "saving.overwrite" in result.output
 
 
+def test_a_dataset_with_nothing_to_train_fails_before_the_model_loads(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    result = _invoke(_args(tmp_path, empty, "model.base=onetrainer-test/never-loaded"))
+    assert result.exit_code == 2, result.output
+    assert "nothing would train" in result.output
+    assert "never-loaded" not in result.output
+
+
 # ------------------------------------------------------------------ real signals, in a real process
 
 

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 from pydantic import Field
 
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.training import Precision
 from onetrainer.util.config.types import ModelSource
-from onetrainer.util.enums import ModelType
-
-
-class PredictionType(str, Enum):
-    """What the denoiser predicts. `auto` reads it from the model (scheduler config or file metadata)."""
-
-    AUTO = "auto"
-    EPSILON = "epsilon"
-    V_PREDICTION = "v_prediction"
+from onetrainer.util.enums import ModelType, PredictionType
 
 
 class ModelConfig(Section):
