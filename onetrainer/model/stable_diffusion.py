@@ -62,6 +62,15 @@ class StableDiffusionModel:
     def device(self) -> torch.device:
         return self.unet.device
 
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        """The dtype UNet inputs take: its first weight's (the frozen base's, under LoRA).
+
+        diffusers' own `unet.dtype` walks every submodule looking for casting hooks, which costs
+        milliseconds per call: too much for a per-step cast in training and sampling.
+        """
+        return next(self.unet.parameters()).dtype
+
     def component_configs(self) -> dict[str, dict[str, Any]]:
         """Each component's config as a diffusers folder holds it (scheduler with its class name)."""
         return {

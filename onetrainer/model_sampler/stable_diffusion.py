@@ -104,7 +104,7 @@ class StableDiffusionSampler:
         hidden = torch.cat(
             [encode_tokens(model.text_encoder, ids[i : i + 1], self.clip_skip) for i in range(len(texts))]
         )
-        return hidden.to(model.unet.dtype)
+        return hidden.to(model.unet_dtype)
 
     def _denoise(
         self,
@@ -120,7 +120,7 @@ class StableDiffusionSampler:
         import torch
 
         unet = self.model.unet
-        device = unet.device
+        device, dtype = unet.device, self.model.unet_dtype
         scheduler = build_scheduler(scheduler_name, self.model.noise_scheduler.config)
         scheduler.set_timesteps(steps, device=device)
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -132,7 +132,7 @@ class StableDiffusionSampler:
         for timestep in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if cfg > 1 else latents
             model_input = scheduler.scale_model_input(model_input, timestep)
-            noise = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context).sample.float()
+            noise = unet(model_input.to(dtype), timestep, encoder_hidden_states=context).sample.float()
             if cfg > 1:
                 uncond, text = noise.chunk(2)
                 noise = uncond + cfg * (text - uncond)

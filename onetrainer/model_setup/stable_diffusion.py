@@ -222,9 +222,9 @@ class StableDiffusionSetup:
             ids = tokenize(self.model.tokenizer, list(batch["captions"]), self.embeddings)
             text = encode_tokens(self.model.text_encoder, ids, self.config.model.clip_skip)
         noised = self.noiser(latents, generator)
-        unet = self.model.unet
-        prediction = unet(
-            noised.noisy.to(unet.dtype), noised.timesteps, encoder_hidden_states=text.to(self.device, unet.dtype)
+        dtype = self.model.unet_dtype
+        prediction = self.model.unet(
+            noised.noisy.to(dtype), noised.timesteps, encoder_hidden_states=text.to(self.device, dtype)
         ).sample
         return {"prediction": prediction, "target": noised.target, "timesteps": noised.timesteps}
 
