@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command on a CUDA machine with no network:
-#   benchmarks/gpu/run.sh OUT_DIR [--budget SECONDS] [--steps N] [--dry-run]
+#   benchmarks/gpu/run.sh OUT_DIR [--budget SECONDS] [--steps N] [--dry-run | --cpu-real-size]
 # Installs the wheels in .whl/ whose distribution this Python lacks (see benchmarks/README.md for
 # preparing them) into a scratch folder, then runs `python -m benchmarks.gpu` from the checkout.
 set -euo pipefail

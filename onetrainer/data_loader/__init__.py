@@ -2,9 +2,9 @@
 
 Two layers. The *plan* (`scan`, `buckets`, `plan`) lists files, reads sizes from headers, assigns
 buckets, applies repeats and builds the exact batches of every epoch from (seed, epoch) alone. The
-*materialise* layer (`graph`, `nodes_image`, `nodes_text`, `pipeline`, `batches`, `pool`) turns a
-planned batch into tensors in a thread pool, reading encoder outputs from a content-keyed disk
-cache (`cache`, `caching`) when it can.
+*materialise* layer (`graph`, `nodes_image`, `nodes_mask`, `nodes_text`, `pipeline`, `batches`,
+`pool`) turns a planned batch into tensors in a thread pool, reading encoder outputs from a
+content-keyed disk cache (`cache`, `caching`) when it can.
 
 API for the trainer and commands:
 
@@ -24,7 +24,10 @@ API for the trainer and commands:
 * `DataLoader.report` / `dataset_report(config, *, quantisation=8, world_size=1, cache_dir=None)
   -> DatasetReport` (writes nothing): `to_dict()`, `to_text()`, rich-renderable,
   `require_trainable()` raises the exit-2 `UserError` listing why nothing would train.
-* `DataLoader.describe()`: the validated per-sample graphs, printed one node per line.
+* `DataLoader.describe()`: the validated per-sample graphs, printed one node per line. With masked
+  training (`loss.masked.enabled`) and a concept enabling `image.mask_shrink` or
+  `image.mask_rotate_crop`, the image graph gains the `mask_shrink` and `mask_rotate_crop` nodes
+  before `resize_crop`; otherwise it is unchanged (and so are cache keys).
 * Encoders implement `encoders.ImageEncoder` / `encoders.TextEncoder`; `tiny` has reference ones.
 * Progress and warnings arrive as `events.LoaderEvent` through the `progress` callback.
 

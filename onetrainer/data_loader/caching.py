@@ -129,7 +129,7 @@ class CacheFiller:
             bucket=draw.bucket,
             variation=draw.slot,
             seeds=(self.plan.seed, concept.seed),
-            settings=concept.image.model_dump(mode="json"),
+            settings=self.pipeline.image_settings(concept),
         )
 
     def _materialise(self, chunk: list[tuple[Draw, str]]) -> list[tuple[Draw, str, dict[str, Any] | Skipped]]:

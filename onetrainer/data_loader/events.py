@@ -15,7 +15,7 @@ from typing import Literal
 class LoaderEvent:
     kind: Literal["progress", "warning"]
     stage: str
-    """scan, hash, cache-images, cache-text, or prune."""
+    """scan, hash, cache-images, cache-text, prune, or config (a setting that will have no effect)."""
     done: int = 0
     total: int = 0
     message: str = ""

@@ -19,7 +19,7 @@ from onetrainer.data_loader.caching import CacheFiller, CacheIndex, CacheStats
 from onetrainer.data_loader.encoders import ImageEncoder, TextEncoder
 from onetrainer.data_loader.events import LoaderEvent, ProgressCallback, ignore_events
 from onetrainer.data_loader.memo import FileMemo
-from onetrainer.data_loader.pipeline import SamplePipeline
+from onetrainer.data_loader.pipeline import MASK_AUGMENTATIONS, SamplePipeline, uses_mask_augmentation
 from onetrainer.data_loader.plan import DataPlan, Draw
 from onetrainer.data_loader.pool import WorkerPool
 from onetrainer.data_loader.report import DatasetReport, build_report
@@ -80,6 +80,16 @@ def dataset_report(
     return build_report(scans, _plan(config, scans, quantisation=quantisation, world_size=world_size))
 
 
+def _warn_unused_mask_augmentation(scans: list[ConceptScan], progress: ProgressCallback) -> None:
+    """Mask augmentations only act with masked training; say so rather than ignore them silently."""
+    for scan in scans:
+        names = [name for name in MASK_AUGMENTATIONS if getattr(scan.config.image, name).enabled]
+        if scan.config.enabled and names:
+            settings = " and ".join(f"image.{name}" for name in names)
+            message = f"concept '{scan.label}': {settings} only act with masked training (loss.masked.enabled: true)"
+            progress(LoaderEvent("warning", "config", message=message))
+
+
 def _workers(config: TrainConfig, workers: int | None) -> int:
     return config.data.workers if workers is None else workers
 
@@ -119,6 +129,10 @@ class DataLoader:
         self.scans = scan_concepts(config.data, memo=self.memo, workers=workers, progress=progress)
         self.memo.save()
         _raise_if_strict(config, [item for scan in self.scans for item in scan.skipped])
+        masked = config.loss.masked.enabled
+        self.mask_augmentation = uses_mask_augmentation(config.data.concepts, masked_training=masked)
+        if not masked:
+            _warn_unused_mask_augmentation(self.scans, progress)
         self.caching = config.data.cache
         self._index: CacheIndex | None = None
         self._epoch = 0
@@ -137,6 +151,7 @@ class DataLoader:
             self.plan,
             image_cached=self.caching and self.image_encoder is not None,
             text_cached=self.caching and self.text_encoder is not None,
+            mask_augmentation=self.mask_augmentation,
         )
         self.report = build_report(self.scans, self.plan)
         self.report.require_trainable()

@@ -4,7 +4,8 @@ The crop is planned from the header size alone (`geometry`), so SDXL's micro-con
 a cached sample's crop are known without decoding. Decoding then resizes only the crop box (Pillow's
 `resize(box=...)`), with Lanczos, which is antialiased when shrinking. Every geometric step is
 applied identically to the image and its mask; colour steps touch only the image. Each step is its
-own node with its own random stream, so turning one augmentation on changes no other.
+own node with its own random stream, so turning one augmentation on changes no other. With masked
+training, the mask augmentations (`nodes_mask`) sit between the mask source and the bucket's crop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.data_loader.files import decode_image, decode_mask
 from onetrainer.data_loader.graph import Node, NodeView
+from onetrainer.data_loader.nodes_mask import mask_nodes
 from onetrainer.util.config.data import AlphaMode
 
 if TYPE_CHECKING:
@@ -68,14 +70,23 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _resize_crop(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+def _resize_crop_node(image_name: str, mask_name: str, box_name: str) -> Node:
+    """Scale the crop box to the bucket; reads the decoded image, or the mask augmentations' output."""
+
+    def run(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+        return _resize_crop(values[image_name], values[mask_name], values[box_name], values["target_size"])
+
+    return Node("resize_crop", (image_name, mask_name, box_name, "target_size"), ("image.cropped", "mask.cropped"), run)
+
+
+def _resize_crop(
+    source: Image.Image, mask: Image.Image | None, box: tuple[float, ...], target_size: tuple[int, int]
+) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    target_h, target_w = values["target_size"]
-    box = values["resize_box"]
-    image = values["image.decoded"].resize((target_w, target_h), Image.Resampling.LANCZOS, box=box)
-    mask = values["mask.decoded"]
+    target_h, target_w = target_size
+    image = source.resize((target_w, target_h), Image.Resampling.LANCZOS, box=box)
     if mask is None:
         mask_tensor = torch.ones(1, target_h, target_w)
     else:
@@ -167,7 +178,14 @@ def _finish(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
     return {"pixels": pixels, "mask": mask}
 
 
-def image_nodes() -> list[Node]:
+def image_nodes(*, mask_augmentation: bool = False) -> list[Node]:
+    """The standard image nodes; with `mask_augmentation`, the mask nodes sit before `resize_crop`."""
+    if mask_augmentation:
+        masks = mask_nodes()
+        resize_crop = _resize_crop_node("image.mask_cropped", "mask.mask_cropped", "resize_box.mask_cropped")
+    else:
+        masks = []
+        resize_crop = _resize_crop_node("image.decoded", "mask.decoded", "resize_box")
     return [
         Node(
             "geometry",
@@ -178,12 +196,8 @@ def image_nodes() -> list[Node]:
         ),
         Node("decode", ("image_path",), ("image.decoded", "alpha"), _decode, ("image.alpha_background",)),
         Node("mask_source", ("mask_path", "alpha", "image.decoded"), ("mask.decoded",), _mask_source, ("image.alpha",)),
-        Node(
-            "resize_crop",
-            ("image.decoded", "mask.decoded", "resize_box", "target_size"),
-            ("image.cropped", "mask.cropped"),
-            _resize_crop,
-        ),
+        *masks,
+        resize_crop,
         Node("flip", ("image.cropped", "mask.cropped"), ("image.flipped", "mask.flipped"), _flip, ("image.flip",)),
         Node(
             "rotate", ("image.flipped", "mask.flipped"), ("image.rotated", "mask.rotated"), _rotate, ("image.rotation",)

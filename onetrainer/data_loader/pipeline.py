@@ -21,9 +21,24 @@ from onetrainer.util.config.data import ConceptConfig
 GEOMETRY_OUTPUTS = ("original_size", "crop_top_left")
 
 
-def image_graph(extra: Sequence[Node] = ()) -> Graph:
-    """The standard image graph; a family may append nodes that consume its outputs."""
-    return Graph("image", [*image_nodes(), *extra], IMAGE_SOURCES, ConceptConfig)
+MASK_AUGMENTATIONS = ("mask_shrink", "mask_rotate_crop")
+"""The `image.*` sections of the mask augmentations, which act only with masked training."""
+
+
+def uses_mask_augmentation(concepts: Iterable[ConceptConfig], *, masked_training: bool) -> bool:
+    """Whether the image graph needs the mask nodes: masked training is on and a used concept asks."""
+    return masked_training and any(
+        getattr(concept.image, name).enabled for concept in concepts if concept.enabled for name in MASK_AUGMENTATIONS
+    )
+
+
+def image_graph(extra: Sequence[Node] = (), *, mask_augmentation: bool = False) -> Graph:
+    """The standard image graph; a family may append nodes that consume its outputs.
+
+    With `mask_augmentation` (masked training, and a concept enabling one) the graph gains the
+    `mask_shrink` and `mask_rotate_crop` nodes before the bucket's crop; without, it is unchanged.
+    """
+    return Graph("image", [*image_nodes(mask_augmentation=mask_augmentation), *extra], IMAGE_SOURCES, ConceptConfig)
 
 
 def text_graph(extra: Sequence[Node] = ()) -> Graph:
@@ -41,11 +56,13 @@ class SamplePipeline:
         text_cached: bool,
         images: Graph | None = None,
         texts: Graph | None = None,
+        mask_augmentation: bool = False,
     ) -> None:
         self.plan = plan
         self.image_cached = image_cached
         self.text_cached = text_cached
-        self.images = images or image_graph()
+        self.mask_augmentation = mask_augmentation
+        self.images = images or image_graph(mask_augmentation=mask_augmentation)
         self.texts = texts or text_graph()
         self._memo: dict[tuple[object, ...], Any] = {}
 
@@ -58,6 +75,17 @@ class SamplePipeline:
             concept = self.plan.concepts[self.plan.samples[draw.sample].concept]
             return draw.pass_index % concept.text_variations, 0
         return draw.pass_index, draw.copy
+
+    def image_settings(self, concept: ConceptConfig) -> dict[str, Any]:
+        """The concept's image settings that shape a cached image entry (part of its key).
+
+        A mask augmentation that does not run (off, or no masked training) is left out, so adding
+        these settings, or turning them off again, keeps every existing cache entry valid.
+        """
+        inactive = {
+            name for name in MASK_AUGMENTATIONS if not (self.mask_augmentation and getattr(concept.image, name).enabled)
+        }
+        return concept.image.model_dump(mode="json", exclude=inactive)
 
     def _context(self, draw: Draw, kind: str, variation: tuple[int, int]) -> SampleContext:
         sample = self.plan.samples[draw.sample]

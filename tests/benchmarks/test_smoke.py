@@ -100,6 +100,16 @@ def test_benchmark_runs_at_smallest_size(name: str, tmp_path: Path) -> None:
         assert sum("peak RSS" in row["case"] for row in rows) == 3
 
 
+def test_gpu_script_takes_one_cpu_mode_and_needs_cuda_without_one(tmp_path: Path) -> None:
+    from benchmarks.gpu.__main__ import main
+
+    with pytest.raises(SystemExit) as both:
+        main([str(tmp_path), "--dry-run", "--cpu-real-size"])
+    assert both.value.code == 2
+    assert main([str(tmp_path)]) == 2  # this machine has no CUDA device
+    assert not (tmp_path / "gpu.json").exists()
+
+
 @pytest.mark.slow
 def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path) -> None:
     done = _run_module("benchmarks.gpu", str(tmp_path), "--dry-run")

@@ -23,7 +23,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> ConfigFactory:
-    """`make_config(concepts=[{...}], data={...}, training={...})` -> a validated TrainConfig.
+    """`make_config(concepts=[{...}], data={...}, training={...}, loss={...})` -> a validated TrainConfig.
 
     The workspace (and so the default cache folder) lives in the test's tmp_path.
     """
@@ -33,12 +33,14 @@ def make_config(tmp_path: Path) -> ConfigFactory:
         concepts: list[dict[str, Any]],
         data: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
     ) -> TrainConfig:
         raw = {
             "model": {"base": "org/model"},
             "workspace": str(tmp_path / "workspace"),
             "data": _merge({"resolution": 64, "workers": 0, "concepts": concepts}, data or {}),
             "training": _merge({"batch_size": 2, "seed": 7}, training or {}),
+            **({"loss": loss} if loss is not None else {}),
         }
         return TrainConfig.model_validate(raw)
 

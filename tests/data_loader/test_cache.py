@@ -184,3 +184,55 @@ def test_text_variations_cache_distinct_augmented_captions(make_config, image_co
     assert plain.texts_encoded < stats.texts_encoded <= 32
     again, _, _ = _fill(make_config(concepts=[varied]), text=TinyTextEncoder(seed=2))
     assert again.texts_encoded == 0
+
+
+LEGACY_IMAGE_SETTINGS = {
+    "crop_jitter": 1.0,
+    "flip": 0.0,
+    "rotation": 0.0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "saturation": 0.0,
+    "hue": 0.0,
+    "alpha": "flatten",
+    "alpha_background": [255, 255, 255],
+    "min_side": 16,
+}
+"""The image settings in every cache key before mask augmentations existed."""
+
+
+def test_inactive_mask_augmentations_keep_the_old_cache_keys(make_config, image_copy: Path) -> None:
+    plain = make_config(concepts=[{"path": image_copy}])
+    with build_data_loader(plain) as loader:
+        assert loader.pipeline.image_settings(plain.data.concepts[0]) == LEGACY_IMAGE_SETTINGS
+    assert _fill(plain)[0].images_encoded == 8
+    unmasked = make_config(concepts=[{"path": image_copy, "image": {"mask_shrink": {"enabled": True}}}])
+    masked_off = make_config(concepts=[{"path": image_copy}], loss={"masked": {"enabled": True}})
+    for config in (unmasked, masked_off):
+        stats = _fill(config)[0]
+        assert (stats.images_found, stats.images_encoded) == (8, 0)
+
+
+def test_active_mask_augmentation_gets_its_own_entries(make_config, image_copy: Path) -> None:
+    _fill(make_config(concepts=[{"path": image_copy}]))
+    concepts = [{"path": image_copy, "image": {"mask_shrink": {"enabled": True}}}]
+    stats = _fill(make_config(concepts=concepts, loss={"masked": {"enabled": True}}))[0]
+    assert stats.images_encoded == 8
+
+
+def test_cached_mask_augmentation_equals_the_inline_one(make_config, image_dataset_dir: Path) -> None:
+    image = {"mask_shrink": {"enabled": True}, "mask_rotate_crop": {"enabled": True}}
+    options = {
+        "concepts": [{"path": image_dataset_dir, "image": image}],
+        "loss": {"masked": {"enabled": True}},
+        "training": {"batch_size": 1},
+    }
+    with build_data_loader(make_config(**options), image_encoder=TinyImageEncoder()) as cached:
+        from_cache = list(cached.batches(0))
+    with build_data_loader(make_config(**options, data={"cache": False}), image_encoder=TinyImageEncoder()) as inline:
+        on_the_fly = list(inline.batches(0))
+    assert len(from_cache) == len(on_the_fly) == 8
+    for a, b in zip(from_cache, on_the_fly, strict=True):
+        assert a["sample_ids"] == b["sample_ids"]
+        for key in ("latents", "mask"):
+            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from onetrainer.util.config.data import (
@@ -90,3 +91,48 @@ def test_missing_concept_folder_is_a_config_error(tmp_path: Path) -> None:
         load_config(config, [])
     assert info.value.exit_code == 2
     assert "data.concepts.0.path" in {problem.path for problem in info.value.problems}
+
+
+def _image_problems(tmp_path: Path, image: dict[str, object]) -> dict[str, str]:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"model": {"base": "org/model"}, "data": {"concepts": [{"path": str(tmp_path), "image": image}]}}
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config, [])
+    return {problem.path: problem.message for problem in info.value.problems}
+
+
+def test_mask_augmentations_are_off_by_default(tmp_path: Path) -> None:
+    image = ConceptConfig(path=tmp_path).image
+    assert (image.mask_shrink.enabled, image.mask_rotate_crop.enabled) == (False, False)
+    assert (image.mask_shrink.min_radius, image.mask_shrink.max_radius) == (0.2, 1.0)
+    crop = image.mask_rotate_crop
+    assert (crop.min_padding, crop.max_padding, crop.min_size, crop.rotation) == (0.1, 0.3, 0.5, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("image", "path", "words"),
+    [
+        ({"mask_shrink": {"min_radius": 0.8, "max_radius": 0.5}}, "mask_shrink", "min_radius (0.8)"),
+        ({"mask_rotate_crop": {"min_padding": 0.5}}, "mask_rotate_crop", "min_padding (0.5)"),
+        ({"mask_shrink": {"probability": 1.5}}, "mask_shrink.probability", "less than or equal to 1"),
+        ({"mask_shrink": {"min_radius": 0}}, "mask_shrink.min_radius", "greater than 0"),
+        ({"mask_rotate_crop": {"min_size": 0}}, "mask_rotate_crop.min_size", "greater than 0"),
+        ({"mask_rotate_crop": {"rotation": 200}}, "mask_rotate_crop.rotation", "less than or equal to 180"),
+        ({"mask_rotate_crop": {"enabled": "sometimes"}}, "mask_rotate_crop.enabled", "boolean"),
+    ],
+)
+def test_bad_mask_augmentation_settings_name_the_key(tmp_path: Path, image, path: str, words: str) -> None:
+    problems = _image_problems(tmp_path, image)
+    assert words in problems[f"data.concepts.0.image.{path}"]
+
+
+def test_misspelled_mask_augmentation_key_suggests_the_real_one(tmp_path: Path) -> None:
+    problems = _image_problems(tmp_path, {"mask_shrink": {"enable": True}})
+    assert (
+        "did you mean 'data.concepts.0.image.mask_shrink.enabled'"
+        in problems["data.concepts.0.image.mask_shrink.enable"]
+    )

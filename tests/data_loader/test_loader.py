@@ -192,3 +192,53 @@ def test_consecutive_epochs_from_one_loader_equal_fresh_loaders(make_config, ima
     for epoch in range(3):
         with build_data_loader(config) as fresh:
             _assert_same(streamed[epoch], _epoch(fresh, epoch))
+
+
+MASK_AUGMENTED = {
+    **AUGMENTED,
+    "mask_shrink": {"enabled": True},
+    "mask_rotate_crop": {"enabled": True, "rotation": 15},
+}
+MASKED_LOSS = {"masked": {"enabled": True}}
+
+
+def _masks_by_sample(batches: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {i: mask for b in batches for i, mask in zip(b["sample_ids"], b["mask"], strict=True)}
+
+
+def test_mask_augmented_batches_depend_on_the_seed_not_the_workers(make_config, image_dataset_dir: Path) -> None:
+    config = make_config(concepts=[{"path": image_dataset_dir, "image": MASK_AUGMENTED}], loss=MASKED_LOSS)
+    runs = []
+    for workers in (0, 2):
+        with build_data_loader(config, workers=workers) as loader:
+            runs.append([_epoch(loader, 0), _epoch(loader, 1)])
+    _assert_same(runs[0][0], runs[1][0])
+    _assert_same(runs[0][1], runs[1][1])
+    first, second = _masks_by_sample(runs[0][0]), _masks_by_sample(runs[0][1])
+    masked = [i for i in first if int(i.split("img-")[1][:3]) % 2 == 0]
+    assert masked
+    assert all(not torch.equal(first[i], second[i]) for i in masked), "each epoch shrinks and crops anew"
+
+
+def test_describe_lists_the_mask_nodes_only_when_they_act(make_config, image_dataset_dir: Path) -> None:
+    def described(image: dict[str, Any], loss: dict[str, Any] | None) -> tuple[str, list[str]]:
+        warnings: list[str] = []
+
+        def collect(event) -> None:
+            if event.kind == "warning":
+                warnings.append(event.message)
+
+        config = make_config(concepts=[{"path": image_dataset_dir, "image": image}], loss=loss)
+        with build_data_loader(config, progress=collect) as loader:
+            return loader.describe(), warnings
+
+    text, warnings = described(MASK_AUGMENTED, MASKED_LOSS)
+    assert "mask_shrink" in text
+    assert "mask_rotate_crop" in text
+    assert not warnings
+    text, _ = described(AUGMENTED, MASKED_LOSS)
+    assert "mask_shrink" not in text
+    text, warnings = described(MASK_AUGMENTED, None)
+    assert "mask_shrink" not in text
+    assert len(warnings) == 1
+    assert "image.mask_shrink and image.mask_rotate_crop only act with masked training" in warnings[0]

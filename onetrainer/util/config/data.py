@@ -91,6 +91,52 @@ class CaptionConfig(Section):
         return self
 
 
+class MaskShrinkConfig(Section):
+    """Random circular mask shrink: keep a random disc of the mask, so the loss does not trace its outline."""
+
+    enabled: bool = Field(
+        False, description="With masked training, keep only a random disc of each mask (the rest becomes 0)."
+    )
+    probability: float = Field(1.0, ge=0, le=1, description="Chance of shrinking a mask each time it is used.")
+    min_radius: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Smallest disc radius, as a fraction of the distance from its centre to the farthest mask pixel.",
+    )
+    max_radius: float = Field(1.0, gt=0, le=1, description="Largest disc radius, same unit (1 keeps the whole mask).")
+
+    @model_validator(mode="after")
+    def _check_radii(self) -> MaskShrinkConfig:
+        if self.min_radius > self.max_radius:
+            raise ValueError(f"min_radius ({self.min_radius}) must not be above max_radius ({self.max_radius})")
+        return self
+
+
+class MaskRotateCropConfig(Section):
+    """Mask-centred random rotate-crop: zoom in on the masked subject before the bucket's scale and crop."""
+
+    enabled: bool = Field(
+        False,
+        description="With masked training, crop around the mask (random padding and rotation) before bucketing.",
+    )
+    probability: float = Field(1.0, ge=0, le=1, description="Chance of cropping each time an image is used.")
+    min_padding: float = Field(
+        0.1, ge=0, le=2, description="Smallest margin around the mask's bounding box, as a fraction of its size."
+    )
+    max_padding: float = Field(0.3, ge=0, le=2, description="Largest margin around the mask's bounding box.")
+    min_size: float = Field(
+        0.5, gt=0, le=1, description="Smallest crop, as a fraction of the image's sides (keeps context and detail)."
+    )
+    rotation: float = Field(20.0, ge=0, le=180, description="Largest random rotation of the crop, in degrees.")
+
+    @model_validator(mode="after")
+    def _check_padding(self) -> MaskRotateCropConfig:
+        if self.min_padding > self.max_padding:
+            raise ValueError(f"min_padding ({self.min_padding}) must not be above max_padding ({self.max_padding})")
+        return self
+
+
 class ImageConfig(Section):
     crop_jitter: float = Field(
         1.0, ge=0, le=1, description="How far the crop may move off centre (0 = always centred, 1 = anywhere)."
@@ -112,6 +158,12 @@ class ImageConfig(Section):
         description="RGB colour (0-255) that transparent pixels are flattened onto.",
     )
     min_side: int = Field(16, ge=1, description="Images whose shorter side is below this are skipped as too small.")
+    mask_shrink: MaskShrinkConfig = Field(
+        default_factory=MaskShrinkConfig, description="Random circular mask shrink (masked training only)."
+    )
+    mask_rotate_crop: MaskRotateCropConfig = Field(
+        default_factory=MaskRotateCropConfig, description="Mask-centred random rotate-crop (masked training only)."
+    )
 
     @field_validator("alpha_background")
     @classmethod
