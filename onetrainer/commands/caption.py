@@ -34,7 +34,11 @@ def caption(
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU).")
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option(help="Text the model starts from (BLIP continues it; Florence-2 task token).")
+        str | None,
+        typer.Option(
+            help="Text the model starts from, not written into the caption (BLIP/BLIP-2 continue it; "
+            "Florence-2: a task token, default <DETAILED_CAPTION>)."
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest caption, in tokens.")] = 75,
     general_threshold: Annotated[

@@ -36,7 +36,8 @@ class CaptionRequest:
     device: str | None = None
     dtype: str | None = None
     prompt: str | None = None
-    """Text the model starts from: BLIP continues it, Florence-2 reads it as its task token."""
+    """Text the model starts from: BLIP and BLIP-2 continue it, Florence-2 reads it as its task token
+    (default `<DETAILED_CAPTION>`). It is not written into the caption; `prefix` is."""
     max_new_tokens: int = 75
     tagger: TaggerSettings = field(default_factory=TaggerSettings)
 

@@ -99,3 +99,36 @@ def test_caption_user_errors_exit_2(blip_dir: Path, tmp_path: Path, arguments: l
 
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize("builder", ["save_tiny_blip2", "save_tiny_florence2"])
+def test_caption_with_blip2_and_florence2_folders(builder: str, tmp_path: Path) -> None:
+    from onetrainer.dataset_tools import tiny
+
+    model = getattr(tiny, builder)(tmp_path / "model")
+    folder = make_image_dataset(tmp_path / "images", count=3, with_captions=False, with_masks=False)
+    arguments = ["caption", str(folder), "--model", str(model), "--max-new-tokens", "6", "--device", "cpu"]
+
+    first = runner.invoke(app, [*arguments, "--prefix", "sks, "])
+    written = {path.name: path.read_text() for path in folder.glob("*.txt")}
+    again = runner.invoke(app, [*arguments, "--mode", "replace", "--batch-size", "1"])
+
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+    assert re.search(r"captions written\s+3\b", first.stdout)
+    assert sorted(written) == ["img-000.txt", "img-001.txt", "img-002.txt"]
+    assert all(text.startswith("sks, ") and len(text.strip()) > len("sks,") for text in written.values())
+    assert {path.name: f"sks, {path.read_text()}" for path in folder.glob("*.txt")} == written
+
+
+def test_caption_florence2_rejects_a_task_token_with_extra_text(tmp_path: Path) -> None:
+    from onetrainer.dataset_tools.tiny import save_tiny_florence2
+
+    model = save_tiny_florence2(tmp_path / "florence2")
+    folder = make_image_dataset(tmp_path / "images", count=1, with_captions=False, with_masks=False)
+
+    result = runner.invoke(app, ["caption", str(folder), "--model", str(model), "--prompt", "<OD> cats"])
+
+    assert result.exit_code == 2
+    assert "does not accept the prompt" in result.output
+    assert not list(folder.glob("*.txt"))

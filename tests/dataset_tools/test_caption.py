@@ -155,3 +155,42 @@ def test_florence2_is_prompted_with_its_task_token_and_others_are_not() -> None:
     assert captioner("florence2", None).prompt == "<DETAILED_CAPTION>"
     assert captioner("florence2", "<CAPTION>").prompt == "<CAPTION>"
     assert captioner("blip", None).prompt is None
+
+
+@pytest.mark.parametrize(
+    ("encoder_decoder", "text_encoder_decoder", "expected"),
+    [(False, False, "a cat"), (True, True, "a photo of a cat"), (False, True, "a photo of a cat")],
+    ids=["decoder-only (BLIP, BLIP-2 OPT)", "encoder-decoder (Florence-2)", "BLIP-2 Flan-T5"],
+)
+def test_only_models_that_return_the_prompt_have_it_cut(
+    encoder_decoder: bool, text_encoder_decoder: bool, expected: str
+) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from onetrainer.dataset_tools.captioners.image_to_text import ImageToTextCaptioner
+
+    class LowercasingTokenizer:
+        def __call__(self, text: str, *, add_special_tokens: bool) -> dict[str, list[str]]:
+            return {"input_ids": text.lower().split()}
+
+        def decode(self, ids: list[str], *, skip_special_tokens: bool) -> str:
+            return " ".join(ids)
+
+    config = SimpleNamespace(
+        model_type="any",
+        is_encoder_decoder=encoder_decoder,
+        text_config=SimpleNamespace(is_encoder_decoder=text_encoder_decoder),
+    )
+    captioner = ImageToTextCaptioner(
+        SimpleNamespace(tokenizer=LowercasingTokenizer()),
+        SimpleNamespace(config=config),
+        device="cpu",
+        dtype=torch.float32,
+        prompt="A Photo  of",
+        max_new_tokens=8,
+    )
+
+    assert captioner.without_prompt("a photo of a cat") == expected
+    assert captioner.without_prompt("a dog") == "a dog"
