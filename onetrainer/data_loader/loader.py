@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.data_loader.batches import BatchBuilder
 from onetrainer.data_loader.cache import CacheStore
-from onetrainer.data_loader.caching import CacheFiller, CacheIndex, CacheStats
+from onetrainer.data_loader.caching import CacheFiller, CacheIndex, CacheStats, text_slots
 from onetrainer.data_loader.encoders import ImageEncoder, TextEncoder
 from onetrainer.data_loader.events import LoaderEvent, ProgressCallback, ignore_events
 from onetrainer.data_loader.memo import FileMemo
@@ -166,6 +166,15 @@ class DataLoader:
         self.text_encoder = text_encoder
         self._index = None
         self._rebuild()
+
+    def captions(self) -> dict[str, Path]:
+        """Each distinct caption the text encoder will see (as cached: one per text variation), with
+        the image it belongs to; for checks that need the family's tokenizer, such as caption length.
+        """
+        found: dict[str, Path] = {}
+        for draw in text_slots(self.plan):
+            found.setdefault(self.pipeline.caption(draw), self.plan.samples[draw.sample].path)
+        return found
 
     def describe(self) -> str:
         """The resolved per-sample graphs, one node per line."""

@@ -33,6 +33,21 @@ def tokenize(
     ).input_ids
 
 
+def caption_token_counts(
+    tokenizer: CLIPTokenizer, texts: list[str], embeddings: list[EmbeddingAdapter] | None = None
+) -> tuple[list[int], int]:
+    """(tokens each text holds, how many the text encoder reads): beyond that, `tokenize` cuts.
+
+    Both counts leave out the start and end tokens, so the limit is 75 for CLIP's 77-token context,
+    the number kohya and A1111 users know.
+    """
+    from onetrainer.model.adapters.embedding import expand_placeholders
+
+    expanded = [expand_placeholders(text, embeddings or []) for text in texts]
+    ids = tokenizer(expanded, add_special_tokens=False, truncation=False, verbose=False).input_ids if expanded else []
+    return [len(row) for row in ids], tokenizer.model_max_length - 2
+
+
 def encode_tokens(text_encoder: torch.nn.Module, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
     """[B, 77, width] hidden states of the layer `clip_skip` from the end, after the final layer norm."""
     input_ids = input_ids.to(text_encoder.device)

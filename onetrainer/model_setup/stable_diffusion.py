@@ -190,6 +190,12 @@ class StableDiffusionSetup:
             return None
         return self._clip_encoder()
 
+    def caption_token_counts(self, captions: list[str]) -> tuple[list[int], int]:
+        """(tokens in each caption, the most the text encoder reads): the trainer warns about cut captions."""
+        from onetrainer.model.clip_text import caption_token_counts
+
+        return caption_token_counts(self.model.tokenizer, captions, self.embeddings)
+
     def _clip_encoder(self) -> ClipTextEncoder:
         vae = self._require_prepared()
         return ClipTextEncoder(

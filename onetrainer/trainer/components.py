@@ -56,6 +56,21 @@ def check_sampling(config: TrainConfig) -> None:
         check_scheduler(prompt.scheduler)
 
 
+def warn_cut_captions(data: Any, setup: Any, progress: ProgressCallback) -> None:
+    """Say when captions are longer than the text encoder reads: the end of each is silently lost."""
+    captions = data.captions()
+    counts, limit = setup.caption_token_counts(list(captions))
+    cut = [(count, path) for count, path in zip(counts, captions.values(), strict=True) if count > limit]
+    if not cut:
+        return
+    longest, where = max(cut, key=lambda item: item[0])
+    message = (
+        f"warning: {len(cut)} of {len(captions)} distinct captions are longer than the {limit} tokens the text encoder "
+        f"reads and are cut there (longest: {longest} tokens, {where.name}); put what matters first"
+    )
+    progress({"event": "warning", "stage": "captions", "message": message})
+
+
 def build_parts(
     config: TrainConfig,
     *,
@@ -85,6 +100,7 @@ def build_parts(
     except BaseException:
         data.close()
         raise
+    warn_cut_captions(data, setup, progress)
     sampler = lookup(ModuleKind.SAMPLER, model_type)(model, clip_skip=config.model.clip_skip) if rank == 0 else None
     saver = lookup(ModuleKind.SAVER, model_type)()
 

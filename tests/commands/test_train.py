@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +167,23 @@ def test_cache_only_fills_the_cache_and_trains_nothing(tmp_path: Path, shapes_da
     assert any((tmp_path / "workspace" / "cache").rglob("*.safetensors"))
     assert not (tmp_path / "workspace" / "metrics.jsonl").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_captions_longer_than_the_text_encoder_reads_are_warned_about(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    dataset = tmp_path / "data"
+    shutil.copytree(shapes_dataset_dir, dataset)
+    image = sorted(path for path in dataset.iterdir() if path.suffix == ".png")[0]
+    image.with_suffix(".txt").write_text("a red circle " * 30)
+    result = _invoke([*_args(tmp_path, dataset), "--cache-only", "--json"])
+    assert result.exit_code == 0, result.output
+    warnings = [event for event in _json_events(result.stdout) if event["event"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert re.search(r"1 of \d+ distinct captions are longer than the 75 tokens", warnings[0]["message"])
+    assert "longest: 180 tokens" in warnings[0]["message"]
+    assert image.name in warnings[0]["message"]
+    image.with_suffix(".txt").write_text("a red circle")
+    quiet = _invoke([*_args(tmp_path, dataset, "workspace=" + str(tmp_path / "ws2")), "--cache-only", "--json"])
+    assert not [event for event in _json_events(quiet.stdout) if event["event"] == "warning"]
 
 
 def test_nan_loss_stops_with_exit_1_and_hints(tmp_path: Path, shapes_dataset_dir: Path) -> None:

@@ -1,10 +1,10 @@
-"""Prompt encoding shared by training and sampling: padding and clip skip."""
+"""Prompt encoding shared by training and sampling: padding, clip skip, and how long a caption is."""
 
 from __future__ import annotations
 
 import torch
 
-from onetrainer.model.clip_text import encode_tokens, tokenize
+from onetrainer.model.clip_text import caption_token_counts, encode_tokens, tokenize
 from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
 
 
@@ -29,3 +29,11 @@ def test_clip_skip_takes_an_earlier_layer_through_the_final_norm() -> None:
         assert torch.equal(last, outputs.last_hidden_state)
         assert torch.allclose(penultimate, norm(outputs.hidden_states[-2]), atol=1e-6)
         assert not torch.allclose(penultimate, last)
+
+
+def test_caption_token_counts_leave_out_start_and_end_and_show_what_is_cut() -> None:
+    model = load_stable_diffusion("tiny:sd15")
+    counts, limit = caption_token_counts(model.tokenizer, ["a cat", "a " * 80, ""])
+    assert limit == 75
+    assert counts == [len(model.tokenizer("a cat").input_ids) - 2, 80, 0]
+    assert caption_token_counts(model.tokenizer, []) == ([], 75)
