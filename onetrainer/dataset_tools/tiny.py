@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from onetrainer.util.atomic import atomic_directory, atomic_file, atomic_write_text
 
@@ -72,6 +72,15 @@ def _seeded(seed: int, factory: Callable[[], T]) -> T:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()
+
+
+def _save_pretrained(path: str | os.PathLike[str], overwrite: bool, *parts: Any) -> Path:
+    """Write a model and its processor into one folder that appears whole or not at all."""
+    target = Path(path)
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
+    return target
 
 
 def _small(**extra: object) -> dict[str, object]:
@@ -182,11 +191,7 @@ def save_tiny_blip2(path: str | os.PathLike[str], *, seed: int = 0, overwrite: b
         initializer_range=CAPTIONER_INIT_STD,
     )
     model = _seeded(seed, lambda: Blip2ForConditionalGeneration(config))
-    target = Path(path)
-    with atomic_directory(target, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return target
+    return _save_pretrained(path, overwrite, model, processor)
 
 
 def save_tiny_florence2(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False) -> Path:
@@ -254,11 +259,7 @@ def save_tiny_florence2(path: str | os.PathLike[str], *, seed: int = 0, overwrit
         initializer_range=CAPTIONER_INIT_STD,
     )
     model = _seeded(seed, lambda: Florence2ForConditionalGeneration(config))
-    target = Path(path)
-    with atomic_directory(target, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return target
+    return _save_pretrained(path, overwrite, model, processor)
 
 
 def save_tiny_clipseg(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False) -> Path:
@@ -291,11 +292,7 @@ def save_tiny_clipseg(path: str | os.PathLike[str], *, seed: int = 0, overwrite:
         decoder_intermediate_size=37,
     )
     model = _seeded(seed, lambda: CLIPSegForImageSegmentation(config))
-    target = Path(path)
-    with atomic_directory(target, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return target
+    return _save_pretrained(path, overwrite, model, processor)
 
 
 def save_tiny_tagger(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
