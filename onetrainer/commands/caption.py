@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from onetrainer.commands.dataset_options import BatchSize, Device, Dtype, Recursive
 from onetrainer.dataset_tools.modes import CaptionMode
 
 
@@ -27,12 +28,10 @@ def caption(
     ] = CaptionMode.FILL,
     prefix: Annotated[str, typer.Option(help="Text put before each caption, as typed.")] = "",
     suffix: Annotated[str, typer.Option(help="Text put after each caption, as typed.")] = "",
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include subfolders.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 4,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if available).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU).")
-    ] = None,
+    recursive: Recursive = False,
+    batch_size: BatchSize = 4,
+    device: Device = None,
+    dtype: Dtype = None,
     prompt: Annotated[
         str | None,
         typer.Option(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from onetrainer.commands.dataset_options import BatchSize, Device, Dtype, Recursive
 from onetrainer.dataset_tools.modes import MaskMode
 
 
@@ -30,12 +31,10 @@ def mask(
         typer.Option(help="replace, fill (only images without a mask), add, subtract or blend with the old mask."),
     ] = MaskMode.FILL,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the new mask in add/subtract/blend.")] = 1.0,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include subfolders.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 4,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if available).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU).")
-    ] = None,
+    recursive: Recursive = False,
+    batch_size: BatchSize = 4,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Mask what the prompts describe in every image in DIR."""
     from onetrainer.dataset_tools.mask import MaskRequest, mask_folder
