@@ -97,10 +97,11 @@ def build_parts(
         setup = lookup(ModuleKind.SETUP, model_type)(model, config)
         setup.prepare(device, torch_dtype(config.model.dtype))
         data.use_encoders(setup.image_encoder(), setup.text_encoder())
+        if rank == 0:
+            warn_cut_captions(data, setup, progress)
     except BaseException:
         data.close()
         raise
-    warn_cut_captions(data, setup, progress)
     sampler = lookup(ModuleKind.SAMPLER, model_type)(model, clip_skip=config.model.clip_skip) if rank == 0 else None
     saver = lookup(ModuleKind.SAVER, model_type)()
 
