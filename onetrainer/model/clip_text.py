@@ -1,9 +1,10 @@
 """Prompt to CLIP hidden states, the one way training and sampling both do it.
 
-Training and previews must condition the UNet identically (same tokenization, same embedding
-expansion, same clip skip), or a preview would not show what was trained; so both call this.
-Clip skip counts as A1111 and kohya do: 1 is the last layer, 2 the penultimate, and the skipped
-output still passes the final layer norm, as the original SD code does.
+Training and previews must condition the denoiser identically (same tokenization, same embedding
+expansion, same layer), or a preview would not show what was trained; so both call this. Layers count
+from the end: 1 is the last layer, 2 the penultimate (A1111's "clip skip"). Families differ in which
+layer they read by default and whether it passes the final layer norm (the original SD code normalises
+a skipped layer; SDXL reads the penultimate layer as it is), so both are arguments.
 """
 
 from __future__ import annotations
@@ -48,10 +49,27 @@ def caption_token_counts(
     return [len(row) for row in ids], tokenizer.model_max_length - 2
 
 
-def encode_tokens(text_encoder: torch.nn.Module, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
-    """[B, 77, width] hidden states of the layer `clip_skip` from the end, after the final layer norm."""
-    input_ids = input_ids.to(text_encoder.device)
-    if clip_skip <= 1:
-        return text_encoder(input_ids).last_hidden_state
-    hidden = text_encoder(input_ids, output_hidden_states=True).hidden_states[-clip_skip]
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+def encode_tokens(
+    text_encoder: torch.nn.Module, input_ids: torch.Tensor, layer: int = 1, *, final_norm: bool = True
+) -> torch.Tensor:
+    """[B, 77, width] hidden states of the `layer`-th layer from the end (after the final layer norm if
+    `final_norm`; the last layer always has it)."""
+    return clip_outputs(text_encoder, input_ids, layer, final_norm=final_norm)[0]
+
+
+def clip_outputs(
+    text_encoder: torch.nn.Module, input_ids: torch.Tensor, layer: int = 1, *, final_norm: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states of `layer` from the end, the model's pooled output: `text_embeds` of a model with a
+    projection, else `pooler_output`)."""
+    device = next(text_encoder.parameters()).device
+    outputs = text_encoder(input_ids.to(device), output_hidden_states=layer > 1)
+    pooled = getattr(outputs, "text_embeds", None)
+    if pooled is None:
+        pooled = outputs.pooler_output
+    if layer <= 1:
+        return outputs.last_hidden_state, pooled
+    hidden = outputs.hidden_states[-layer]
+    if final_norm:
+        hidden = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+    return hidden, pooled

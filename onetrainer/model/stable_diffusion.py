@@ -1,105 +1,119 @@
-"""The in-memory Stable Diffusion 1.x / 2.x model: its components and what is trained on them."""
+"""The Stable Diffusion 1.x and 2.x families: their specs, the one place their facts are written.
+
+Both are a UNet2DConditionModel conditioned on one CLIP text encoder's last hidden states (CLIP ViT-L
+for 1.x, OpenCLIP ViT-H for 2.x), a 4-channel VAE with an 8x downscale, and a DDPM schedule with
+epsilon (1.x, 2.x-512) or v prediction (2.x-768). Their kohya LoRA names are the diffusers module
+paths (how sd-scripts trains 1.x/2.x), and their A1111 embeddings hold one `emb_params` tensor.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
-from onetrainer.util.enums import ModelType
+from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
+from onetrainer.util.keymaps.stable_diffusion_lora import SD_LORA_NAMING
+from onetrainer.util.family import (
+    Component,
+    Evidence,
+    FamilySpec,
+    Objective,
+    Role,
+    Shapes,
+    TinyModel,
+    Variant,
+    register_family,
+)
 
-if TYPE_CHECKING:
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-WeightsStream = Callable[[bool, tuple[str, ...]], Iterator[tuple[str, "torch.Tensor"]]]
-"""`stream(meta, components)` yields `(component.key, tensor)` in diffusers naming for the listed components."""
+METHODS = frozenset({"lora", "full", "embedding"})
 
 
-@dataclass
-class StableDiffusionModel:
-    """Everything a SD 1.x/2.x run needs, loaded once and shared by setup, sampler and saver.
+def _components(text_encoder_title: str) -> tuple[Component, ...]:
+    return (
+        Component("unet", Role.DENOISER, "UNet", trains_by_default=True, kohya_prefix="lora_unet_", lora_presets=UNET_PRESETS),
+        Component(
+            "text_encoder",
+            Role.TEXT_ENCODER,
+            text_encoder_title,
+            tokenizer="tokenizer",
+            kohya_prefix="lora_te_",
+            embedding_key="emb_params",
+            lora_presets=CLIP_PRESETS,
+        ),
+        Component("vae", Role.VAE, "VAE"),
+    )
 
-    LoRA layers are injected into `unet` / `text_encoder` in place (through peft), and trained
-    embeddings are looked up in front of the text encoder's token table, so samplers and savers see
-    the adapted model without extra plumbing; `adapters` records what was added, for the savers.
-    """
 
-    model_type: ModelType
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    noise_scheduler: DDPMScheduler
-    prediction_type: str
-    source: str
-    adapters: dict[str, object] = field(default_factory=dict)
-    scheduler_class: str = "DDPMScheduler"
-    """The scheduler class the source model shipped with, so a saved diffusers folder samples the same way."""
+def recognise(shapes: Shapes, metadata: Mapping[str, str]) -> Evidence | None:
+    """An original SD 1.x / 2.x checkpoint, from its keys: CLIP (1.x) or OpenCLIP (2.x) text encoder,
+    else the cross-attention width, else (tiny models) the attention projections' kind."""
+    from onetrainer.util.keymaps.stable_diffusion_single_file import detect_single_file_family
 
-    @classmethod
-    def from_pipeline(
-        cls, pipe: Any, *, source: str, model_type: ModelType = ModelType.SD15, **replace: Any
-    ) -> StableDiffusionModel:
-        """Wrap a diffusers pipeline's components; `replace` swaps one (e.g. a bigger `unet`).
+    info = detect_single_file_family(shapes)
+    if info.family not in ("sd15", "sd2"):
+        return None
+    prediction = "v_prediction" if info.prediction_type == "v" else None
+    return Evidence(info.family, info.reason, prediction)
 
-        Benchmarks and tools that build models in memory go through here, so they get the same
-        object the loader returns without knowing its fields.
-        """
-        components: dict[str, Any] = {
-            "unet": pipe.unet,
-            "vae": pipe.vae,
-            "text_encoder": pipe.text_encoder,
-            "tokenizer": pipe.tokenizer,
-            "noise_scheduler": pipe.scheduler,
-            "prediction_type": pipe.scheduler.config.prediction_type,
-        }
-        components.update(replace)
-        return cls(model_type=model_type, source=source, **components)
 
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
+def _tiny(kind: str, description: str) -> TinyModel:
+    def build(seed: int) -> object:
+        from onetrainer.util.tiny.models import build_tiny_pipeline
 
-    @property
-    def unet_dtype(self) -> torch.dtype:
-        """The dtype UNet inputs take: its first weight's (the frozen base's, under LoRA).
+        return build_tiny_pipeline(kind, seed)
 
-        diffusers' own `unet.dtype` walks every submodule looking for casting hooks, which costs
-        milliseconds per call: too much for a per-step cast in training and sampling.
-        """
-        return next(self.unet.parameters()).dtype
+    return TinyModel(build, description)
 
-    def component_configs(self) -> dict[str, dict[str, Any]]:
-        """Each component's config as a diffusers folder holds it (scheduler with its class name)."""
-        return {
-            "unet": dict(self.unet.config),
-            "vae": dict(self.vae.config),
-            "text_encoder": self.text_encoder.config.to_dict(),
-            "scheduler": {**self.noise_scheduler.config, "_class_name": self.scheduler_class},
-        }
 
-    def weights_stream(self) -> WeightsStream:
-        """The base weights as `(component.key, tensor)` pairs, references not copies.
+SD15 = register_family(
+    FamilySpec(
+        name="sd15",
+        title="SD 1.x",
+        components=_components("CLIP ViT-L text encoder"),
+        objective=Objective.DDPM,
+        latent_channels=4,
+        bucket_step=8,
+        patch_size=1,
+        default_resolution=512,
+        methods=METHODS,
+        modelspec_architecture="stable-diffusion-v1",
+        kohya_base_model_version="sd_v1",
+        pipeline_classes=("StableDiffusionPipeline",),
+        recognise=recognise,
+        lora_naming=SD_LORA_NAMING,
+        tiny={"sd15": _tiny("sd15", "tiny random-weight SD 1.5")},
+        hub_ids=(
+            "openai/clip-vit-large-patch14",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "runwayml/stable-diffusion-v1-5",
+        ),
+    )
+)
 
-        `stream(meta, components)` can be replayed; with `meta` it yields data-less stand-ins, which
-        is how writers plan a file header before writing. Injected LoRA layers are not base weights:
-        a model carrying them has no plain stream, so this refuses (save the LoRA, or merge it first).
-        """
-        from onetrainer.util.errors import UserError
-
-        components = ("unet", "vae", "text_encoder")
-        state_dicts = {name: getattr(self, name).state_dict() for name in components}
-        if any(".base_layer." in key for sd in state_dicts.values() for key in sd):
-            raise UserError(
-                "the model has LoRA layers injected, so its weights are not a plain base model",
-                hint="Save the LoRA itself (kohya or peft format), or merge it into the weights first.",
-            )
-
-        def stream(meta: bool, wanted: tuple[str, ...] = components) -> Iterator[tuple[str, torch.Tensor]]:
-            for name in wanted:
-                for key, tensor in state_dicts[name].items():
-                    yield f"{name}.{key}", tensor.to("meta") if meta else tensor
-
-        return stream
+SD2 = register_family(
+    FamilySpec(
+        name="sd2",
+        title="SD 2.x",
+        components=_components("OpenCLIP ViT-H text encoder"),
+        objective=Objective.DDPM,
+        latent_channels=4,
+        bucket_step=8,
+        patch_size=1,
+        default_resolution=512,
+        methods=METHODS,
+        modelspec_architecture="stable-diffusion-v2-512",
+        kohya_base_model_version="sd_v2",
+        pipeline_classes=("StableDiffusionPipeline",),
+        recognise=recognise,
+        lora_naming=SD_LORA_NAMING,
+        tiny={
+            "sd2": _tiny("sd2", "tiny random-weight SD 2.x, epsilon prediction"),
+            "sd2-v": _tiny("sd2-v", "tiny random-weight SD 2.x, v-prediction"),
+        },
+        hub_ids=(
+            "stabilityai/stable-diffusion-2-1",
+            "stabilityai/stable-diffusion-2-1-base",
+            "stabilityai/stable-diffusion-2",
+        ),
+        variants={"v_prediction": Variant(modelspec_architecture="stable-diffusion-v2-768-v", default_resolution=768)},
+    )
+)

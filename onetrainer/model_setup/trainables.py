@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 @dataclass
 class Trainables:
     groups: dict[str, dict[str, torch.nn.Parameter]] = field(default_factory=dict)
-    """Part name ("unet", "text_encoder", "embeddings") -> parameter name -> parameter."""
+    """Part name (a component's name, or "embeddings") -> parameter name -> parameter."""
 
     def add(self, part: str, named: dict[str, torch.nn.Parameter]) -> None:
         if named:
@@ -28,10 +28,9 @@ class Trainables:
     def parameters(self, part: str) -> list[torch.nn.Parameter]:
         return list(self.groups.get(part, {}).values())
 
-    def parameter_groups(self, learning_rate: float) -> list[dict]:
-        return [
-            {"name": part, "params": list(named.values()), "lr": learning_rate} for part, named in self.groups.items()
-        ]
+    def parameter_lists(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Part name -> its parameters, in the order they were added (the optimizer groups' order)."""
+        return {part: list(named.values()) for part, named in self.groups.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

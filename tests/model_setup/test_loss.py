@@ -1,4 +1,4 @@
-"""Loss types, SNR weightings, masks and per-sample weights against their reference formulas."""
+"""Loss types, masks, objective weights and per-sample weights against their reference formulas."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from onetrainer.model_setup.loss import SNR_FLOOR, diffusion_loss, elementwise_loss, mask_weights, timestep_weights
-from onetrainer.util.config.loss import LossConfig, LossType, LossWeighting
+from onetrainer.model_setup.loss import diffusion_loss, elementwise_loss, mask_weights
+from onetrainer.util.config.loss import LossConfig, LossType
 
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,41 +41,15 @@ def test_log_cosh_is_finite_for_large_differences() -> None:
     assert torch.allclose(loss, torch.tensor([200 - math.log(2), 200 - math.log(2)]), atol=1e-4)
 
 
-def test_min_snr_gamma_weights_for_epsilon_and_v() -> None:
-    snr = torch.tensor([0.1, 1.0, 5.0, 20.0])
-    eps = timestep_weights(snr, LossWeighting.MIN_SNR_GAMMA, 5.0, "epsilon")
-    v = timestep_weights(snr, LossWeighting.MIN_SNR_GAMMA, 5.0, "v_prediction")
-    assert torch.allclose(eps, torch.minimum(snr, torch.tensor(5.0)) / snr, atol=1e-6)
-    assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1), atol=1e-6)
-    assert torch.allclose(eps, torch.tensor([1.0, 1.0, 1.0, 0.25]))
-
-
-def test_debiased_weight_is_inverse_sqrt_snr() -> None:
-    snr = torch.tensor([0.01, 1.0, 100.0])
-    weights = timestep_weights(snr, LossWeighting.DEBIASED, 5.0, "epsilon")
-    assert torch.allclose(weights, 1 / snr.sqrt(), atol=1e-6)
-
-
-def test_zero_snr_is_floored_instead_of_dividing_by_zero() -> None:
-    weights = timestep_weights(torch.tensor([0.0]), LossWeighting.DEBIASED, 5.0, "epsilon")
-    assert weights.item() == pytest.approx(1 / math.sqrt(SNR_FLOOR))
-    assert timestep_weights(torch.tensor([0.0]), LossWeighting.MIN_SNR_GAMMA, 5.0, "epsilon").item() == 1.0
-
-
-@pytest.mark.parametrize("weighting", list(LossWeighting))
 @pytest.mark.parametrize("kind", list(LossType))
-def test_total_loss_reduces_per_sample_then_weights(kind: LossType, weighting: LossWeighting) -> None:
+def test_total_loss_reduces_per_sample_then_weights(kind: LossType) -> None:
     prediction, target = _pair()
-    snr = torch.tensor([0.2, 3.0, 40.0])
+    objective_weights = torch.tensor([0.2, 3.0, 40.0])
     loss_weight = torch.tensor([1.0, 0.5, 2.0])
-    config = LossConfig(type=kind, weighting=weighting, gamma=5.0, huber_delta=0.7)
-    total = diffusion_loss(prediction, target, snr, config, "v_prediction", loss_weight=loss_weight)
+    config = LossConfig(type=kind, huber_delta=0.7)
+    total = diffusion_loss(prediction, target, objective_weights, config, loss_weight=loss_weight)
     per_sample = elementwise_loss(prediction, target, kind, 0.7).mean(dim=(1, 2, 3))
-    if weighting is LossWeighting.MIN_SNR_GAMMA:
-        per_sample = per_sample * torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)
-    elif weighting is LossWeighting.DEBIASED:
-        per_sample = per_sample / snr.sqrt()
-    assert total.item() == pytest.approx((per_sample * loss_weight).mean().item(), abs=1e-6)
+    assert total.item() == pytest.approx((per_sample * objective_weights * loss_weight).mean().item(), rel=1e-6)
 
 
 def test_mask_is_area_averaged_to_latent_size_and_blended_with_unmasked_weight() -> None:
@@ -96,16 +70,16 @@ def test_masked_loss_with_and_without_area_normalisation() -> None:
     mask[1] = 1.0
     weights = torch.tensor([[[1.0, 0.2], [0.2, 0.2]]]).expand(1, 2, 2)
     plain = LossConfig(masked={"enabled": True, "unmasked_weight": 0.2})
-    loss = diffusion_loss(prediction, target, torch.ones(2), plain, "epsilon", mask=mask)
+    loss = diffusion_loss(prediction, target, torch.ones(2), plain, mask=mask)
     first, second = (1.0 * weights).mean().item(), 4.0
     assert loss.item() == pytest.approx((first + second) / 2, abs=1e-6)
     normalised = LossConfig(masked={"enabled": True, "unmasked_weight": 0.2, "normalize_area": True})
-    loss = diffusion_loss(prediction, target, torch.ones(2), normalised, "epsilon", mask=mask)
+    loss = diffusion_loss(prediction, target, torch.ones(2), normalised, mask=mask)
     assert loss.item() == pytest.approx((1.0 + 4.0) / 2, abs=1e-6)
 
 
 def test_mask_is_ignored_unless_masked_training_is_on() -> None:
     prediction, target = _pair()
     mask = torch.zeros(3, 1, 64, 64)
-    with_mask = diffusion_loss(prediction, target, torch.ones(3), LossConfig(), "epsilon", mask=mask)
+    with_mask = diffusion_loss(prediction, target, torch.ones(3), LossConfig(), mask=mask)
     assert with_mask.item() == pytest.approx(((prediction - target) ** 2).mean().item(), abs=1e-6)

@@ -1,43 +1,56 @@
 """Textual-inversion embeddings: new tokens whose input vectors are their own small tensors.
 
-A placeholder of n vectors becomes n tokens (`<p>`, `<p>_1`, ... as diffusers names them) added to
-the tokenizer. Their vectors are not rows of the text encoder's embedding table: the table keeps its
-shape and state-dict keys (so a full-model save or a single-file export is unchanged), and a thin
-lookup in front of it substitutes each embedding's tensor wherever its tokens appear. Only those
-few numbers train, and they reach the optimizer as one tensor per embedding.
+A placeholder of n vectors becomes n tokens (`<p>`, `<p>_1`, ... as diffusers names them) added to the
+tokenizer of every text encoder that takes embeddings (one for SD 1.x, CLIP-L and CLIP-G for SDXL,
+...), each with its own [n, width] vectors, as A1111's `clip_l` / `clip_g` files hold them. The
+vectors are not rows of the encoders' token tables: the tables keep their shape and state-dict keys
+(so a full-model save or a single-file export is unchanged), and a thin lookup in front of each table
+substitutes an embedding's vectors wherever its tokens appear. Only those few numbers train.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPTokenizer
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.family import FamilySpec
 
 
 @dataclass
 class EmbeddingAdapter:
-    """One placeholder's tokens and vectors; `parameter` is what trains."""
+    """One placeholder's tokens and vectors, per text encoder; `parameters` is what trains."""
 
     placeholder: str
-    token_ids: list[int]
-    parameter: torch.nn.Parameter
+    token_ids: dict[str, list[int]]
+    """Text encoder -> the ids of the placeholder's tokens in that encoder's tokenizer."""
+    parameters: dict[str, torch.nn.Parameter]
+    """Text encoder -> its [n_vectors, width] vectors."""
+    trainable: bool = True
+
+    @property
+    def count(self) -> int:
+        return int(next(iter(self.parameters.values())).shape[0])
 
     @property
     def tokens(self) -> list[str]:
-        return token_names(self.placeholder, len(self.token_ids))
+        return token_names(self.placeholder, self.count)
 
-    def vectors(self, model: StableDiffusionModel | None = None) -> torch.Tensor:
-        """The [n_vectors, width] vectors, detached, in float32 on the CPU."""
-        return self.parameter.detach().float().cpu().clone()
+    def vectors(self) -> dict[str, torch.Tensor]:
+        """Text encoder -> its [n_vectors, width] vectors, detached, in float32 on the CPU."""
+        return {encoder: param.detach().float().cpu().clone() for encoder, param in self.parameters.items()}
+
+    def named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Stable names for the optimizer and backups: `<placeholder>/<text encoder>`."""
+        return {f"{self.placeholder}/{encoder}": param for encoder, param in self.parameters.items()}
 
 
 def token_names(placeholder: str, count: int) -> list[str]:
@@ -50,7 +63,7 @@ def expand_placeholders(text: str, embeddings: list[EmbeddingAdapter]) -> str:
     One pass over the text, longest placeholder first, so `<a>` never rewrites part of `<a>b`.
     """
     expansions = {e.placeholder: " ".join(e.tokens) for e in embeddings}
-    if not any(len(e.token_ids) > 1 for e in embeddings):
+    if not any(e.count > 1 for e in embeddings):
         return text
     pattern = "|".join(re.escape(name) for name in sorted(expansions, key=len, reverse=True))
     return re.sub(pattern, lambda match: expansions[match.group(0)], text)
@@ -63,15 +76,15 @@ def _extended_lookup_class() -> type:
         """The token table plus embedding vectors for ids the table does not hold.
 
         `weight` is the original table's own Parameter, registered under the same name, so the text
-        encoder's state dict is exactly what it was. The embeddings are deliberately not submodules:
-        they are saved and trained on their own, not as part of the text encoder.
+        encoder's state dict is exactly what it was. The embedding vectors are deliberately not
+        submodules: they are saved and trained on their own, not as part of the text encoder.
         """
 
         def __init__(self, table: torch.nn.Embedding) -> None:
             super().__init__()
             self.weight = table.weight
             self.padding_idx = table.padding_idx
-            self.embeddings: list[EmbeddingAdapter] = []
+            self.entries: list[tuple[list[int], torch.nn.Parameter]] = []
 
         @property
         def num_embeddings(self) -> int:
@@ -82,12 +95,12 @@ def _extended_lookup_class() -> type:
             return int(self.weight.shape[1])
 
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            if not self.embeddings:
+            if not self.entries:
                 return torch.nn.functional.embedding(input_ids, self.weight, self.padding_idx)
             ids = torch.tensor(
-                [i for e in self.embeddings for i in e.token_ids], device=input_ids.device, dtype=input_ids.dtype
+                [i for token_ids, _ in self.entries for i in token_ids], device=input_ids.device, dtype=input_ids.dtype
             )
-            vectors = torch.cat([e.parameter for e in self.embeddings]).to(self.weight)
+            vectors = torch.cat([param for _, param in self.entries]).to(self.weight)
             hits = input_ids.unsqueeze(-1) == ids
             found = hits.any(-1)
             base = torch.nn.functional.embedding(torch.where(found, 0, input_ids), self.weight, self.padding_idx)
@@ -96,7 +109,7 @@ def _extended_lookup_class() -> type:
     return ExtendedTokenEmbedding
 
 
-def _lookup(text_encoder: torch.nn.Module) -> torch.nn.Module:
+def _lookup(text_encoder: torch.nn.Module) -> Any:
     """The text encoder's token lookup, replaced once by the extended one."""
     current = text_encoder.get_input_embeddings()
     if type(current).__name__ == "ExtendedTokenEmbedding":
@@ -106,7 +119,12 @@ def _lookup(text_encoder: torch.nn.Module) -> torch.nn.Module:
     return extended
 
 
-def _init_vectors(text_encoder: torch.nn.Module, tokenizer: CLIPTokenizer, init_text: str, count: int) -> torch.Tensor:
+def embedding_encoders(model: DiffusionModel) -> list[str]:
+    """The text encoders of `model` that take embeddings (those with an A1111 key in the family spec)."""
+    return [name for name in model.text_encoder_names() if model.spec.component(name).embedding_key is not None]
+
+
+def _init_vectors(text_encoder: torch.nn.Module, tokenizer: Any, init_text: str, count: int) -> torch.Tensor:
     """The init text's token vectors, repeated or cut to `count` (A1111's rule)."""
     ids = tokenizer(init_text, add_special_tokens=False).input_ids
     if not ids:
@@ -117,47 +135,73 @@ def _init_vectors(text_encoder: torch.nn.Module, tokenizer: CLIPTokenizer, init_
 
 
 def add_embedding(
-    model: StableDiffusionModel,
+    model: DiffusionModel,
     placeholder: str,
     *,
     count: int = 1,
     init_text: str = "*",
-    vectors: torch.Tensor | None = None,
+    vectors: Mapping[str, torch.Tensor] | None = None,
     trainable: bool = True,
 ) -> EmbeddingAdapter:
-    """Give `placeholder` its tokens and vectors (from `vectors`, else from `init_text`), in float32."""
+    """Give `placeholder` its tokens and vectors on every embedding-capable text encoder.
+
+    The vectors come from `vectors` (text encoder -> [n, width], e.g. read from a file), else from the
+    token vectors of `init_text`; they are kept in float32.
+    """
     import torch
     from tokenizers import AddedToken
 
-    tokenizer, text_encoder = model.tokenizer, model.text_encoder
-    width = text_encoder.get_input_embeddings().weight.shape[1]
+    encoders = embedding_encoders(model)
+    if not encoders:
+        raise UserError(f"{model.spec.title} models have no text encoder that takes embeddings")
     if vectors is not None:
-        if vectors.ndim != 2 or vectors.shape[1] != width:
-            raise UserError(
-                f"the embedding for {placeholder!r} has vectors of shape {tuple(vectors.shape)}, but this "
-                f"text encoder needs [n, {width}]",
-                hint="Embeddings are tied to the text-encoder width: 768 for SD 1.x, 1024 for SD 2.x.",
-            )
-        count = int(vectors.shape[0])
+        _check_vectors(model, placeholder, encoders, vectors)
+        count = int(next(iter(vectors.values())).shape[0])
     tokens = token_names(placeholder, count)
-    taken = [token for token in tokens if token in tokenizer.get_added_vocab()]
-    if taken:
-        raise UserError(f"the tokenizer already has a token {taken[0]!r}: two embeddings share a placeholder")
-    initial = vectors.detach().float().clone() if vectors is not None else None
-    if initial is None:
-        initial = _init_vectors(text_encoder, tokenizer, init_text, count)
-    # Not normalised: CLIP lowercases text before matching normalised tokens, so `<MyToken>` would never match.
-    tokenizer.add_tokens([AddedToken(token, normalized=False) for token in tokens])
-    token_ids = tokenizer.convert_tokens_to_ids(tokens)
-    device = text_encoder.get_input_embeddings().weight.device
-    parameter = torch.nn.Parameter(initial.to(device), requires_grad=trainable)
-    embedding = EmbeddingAdapter(placeholder=placeholder, token_ids=list(token_ids), parameter=parameter)
-    _lookup(text_encoder).embeddings.append(embedding)
-    return embedding
+    token_ids: dict[str, list[int]] = {}
+    parameters: dict[str, torch.nn.Parameter] = {}
+    for encoder in encoders:
+        tokenizer, text_encoder = model.tokenizer_for(encoder), model.components[encoder]
+        taken = [token for token in tokens if token in tokenizer.get_added_vocab()]
+        if taken:
+            raise UserError(f"the tokenizer already has a token {taken[0]!r}: two embeddings share a placeholder")
+        if vectors is not None:
+            initial = vectors[encoder].detach().float().clone()
+        else:
+            initial = _init_vectors(text_encoder, tokenizer, init_text, count)
+        # Not normalised: CLIP lowercases text before matching normalised tokens, so `<MyToken>` would never match.
+        tokenizer.add_tokens([AddedToken(token, normalized=False) for token in tokens])
+        token_ids[encoder] = list(tokenizer.convert_tokens_to_ids(tokens))
+        device = text_encoder.get_input_embeddings().weight.device
+        parameters[encoder] = torch.nn.Parameter(initial.to(device), requires_grad=trainable)
+        _lookup(text_encoder).entries.append((token_ids[encoder], parameters[encoder]))
+    return EmbeddingAdapter(placeholder=placeholder, token_ids=token_ids, parameters=parameters, trainable=trainable)
 
 
-def read_embedding_file(path: str | Path, family: str) -> torch.Tensor:
-    """The [n, width] vectors of an A1111 (`emb_params`, legacy `.pt`) or diffusers embedding file."""
+def _check_vectors(
+    model: DiffusionModel, placeholder: str, encoders: list[str], vectors: Mapping[str, torch.Tensor]
+) -> None:
+    counts = {int(tensor.shape[0]) for tensor in vectors.values()}
+    missing = [encoder for encoder in encoders if encoder not in vectors]
+    if missing or len(counts) != 1:
+        raise UserError(
+            f"the embedding for {placeholder!r} has vectors for {', '.join(sorted(vectors))} but this "
+            f"{model.spec.title} model needs the same number of vectors for each of {', '.join(encoders)}",
+        )
+    for encoder in encoders:
+        width = model.components[encoder].get_input_embeddings().weight.shape[1]
+        tensor = vectors[encoder]
+        if tensor.ndim != 2 or tensor.shape[1] != width:
+            raise UserError(
+                f"the embedding for {placeholder!r} has {encoder} vectors of shape {tuple(tensor.shape)}, but "
+                f"this model's {encoder} needs [n, {width}]",
+                hint="Embeddings are tied to the text-encoder widths of the model family they were trained for.",
+            )
+
+
+def read_embedding_file(path: str | Path, spec: FamilySpec) -> dict[str, torch.Tensor]:
+    """Text encoder -> [n, width] vectors of an A1111 (`emb_params`, `clip_l`/`clip_g`, legacy `.pt`) or
+    diffusers embedding file, for a model of family `spec`."""
     from onetrainer.model.adapters.files import read_tensor_file
     from onetrainer.util.detect import EMBEDDING, detect_path
     from onetrainer.util.keymaps.embeddings import a1111_to_embedding
@@ -166,13 +210,13 @@ def read_embedding_file(path: str | Path, family: str) -> torch.Tensor:
     detection = detect_path(path)
     if detection.kind != EMBEDDING:
         raise UserError(f"{Path(path).name} is not an embedding: it is a {detection.description}", where=str(path))
-    if detection.family is not None and detection.family != family:
+    if detection.family is not None and detection.family != spec.name:
         raise UserError(
-            f"this embedding is for {detection.family} ({detection.reason}), not for this {family} model",
+            f"this embedding is for {detection.family} ({detection.reason}), not for this {spec.title} model",
             where=str(path),
         )
     data, _ = read_tensor_file(path)
     try:
-        return a1111_to_embedding(data, family)["text_encoder"].float()
+        return {encoder: tensor.float() for encoder, tensor in a1111_to_embedding(data, spec).items()}
     except KeyMapError as error:
         raise UserError(f"not an embedding file: {error.message}", where=str(path), hint=error.hint) from None

@@ -1,14 +1,14 @@
 """LoRA-family adapters (LoRA, DoRA, LoHa, LoKr) injected into a model's components through peft.
 
-The adapter layers live inside the UNet / text encoder (peft replaces the targeted Linear/Conv2d
-layers in place), so a forward pass, a preview sample and a saver all see the adapted model. The
-`LoraAdapter` record is what savers and the training setup need to find them again.
+The adapter layers live inside the denoiser / text encoders (peft wraps the targeted layers in place),
+so a forward pass, a preview sample and a saver all see the adapted model. The `LoraAdapter` record is
+what savers and the training setup need to find them again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.targets import target_modules
@@ -17,9 +17,18 @@ from onetrainer.util.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
+    from onetrainer.model.diffusion import DiffusionModel
 
 LORA_KINDS = ("lora", "dora", "loha", "lokr")
+
+
+@dataclass(frozen=True)
+class LoraTargets:
+    """Which layers of one component get adapters: a preset of the component's table, or a regex."""
+
+    preset: str = "attn-mlp"
+    regex: str | None = None
+    presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -32,23 +41,23 @@ class LoraAdapter:
     components: tuple[str, ...]
     adapter_name: str = "default"
 
-    def state_dicts(self, model: StableDiffusionModel) -> dict[str, dict[str, torch.Tensor]]:
+    def state_dicts(self, model: DiffusionModel) -> dict[str, dict[str, torch.Tensor]]:
         """Per component, the peft adapter state dict (keys as `get_peft_model_state_dict` names them)."""
         from peft import get_peft_model_state_dict
 
         return {
-            component: get_peft_model_state_dict(getattr(model, component), adapter_name=self.adapter_name)
+            component: get_peft_model_state_dict(model.components[component], adapter_name=self.adapter_name)
             for component in self.components
         }
 
-    def parameters(self, model: StableDiffusionModel, component: str) -> list[torch.nn.Parameter]:
+    def parameters(self, model: DiffusionModel, component: str) -> list[torch.nn.Parameter]:
         """The adapter's trainable tensors on one component (peft names them `<layer>.<param>.<adapter>...`)."""
         if component not in self.components:
             return []
         marker = f".{self.adapter_name}"
         return [
             param
-            for name, param in getattr(model, component).named_parameters()
+            for name, param in model.components[component].named_parameters()
             if f"{marker}." in name or name.endswith(marker)
         ]
 
@@ -74,19 +83,17 @@ def peft_config(kind: str, rank: int, alpha: float, dropout: float, targets: lis
 
 
 def inject_lora(
-    model: StableDiffusionModel,
+    model: DiffusionModel,
     *,
     kind: str,
     rank: int,
     alpha: float,
-    components: tuple[str, ...],
-    preset: str = "attn-mlp",
-    regex: str | None = None,
+    targets: Mapping[str, LoraTargets],
     dropout: float = 0.0,
     seed: int = 0,
     adapter_name: str = "default",
 ) -> LoraAdapter:
-    """Add a fresh adapter to each of `components` (zero update at first, as every LoRA starts).
+    """Add a fresh adapter to each component of `targets` (zero update at first, as every LoRA starts).
 
     The initial random factors come from `seed` in a forked RNG, so the same config gives the same
     starting adapter no matter what ran before. Inject before moving the model to an accelerator.
@@ -96,17 +103,17 @@ def inject_lora(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for component in components:
-            module = getattr(model, component)
-            targets = target_modules(module, component, preset, regex)
-            if not targets:
-                raise UserError(f"the {component} has no layers for LoRA preset {preset!r}")
-            inject_adapter_in_model(peft_config(kind, rank, alpha, dropout, targets), module, adapter_name)
-    return LoraAdapter(kind=kind, rank=rank, alpha=alpha, components=components, adapter_name=adapter_name)
+        for component, chosen in targets.items():
+            module = model.components[component]
+            names = target_modules(module, component, chosen.presets, chosen.preset, chosen.regex)
+            if not names:
+                raise UserError(f"the {component} has no layers for LoRA preset {chosen.preset!r}")
+            inject_adapter_in_model(peft_config(kind, rank, alpha, dropout, names), module, adapter_name)
+    return LoraAdapter(kind=kind, rank=rank, alpha=alpha, components=tuple(targets), adapter_name=adapter_name)
 
 
 def load_lora_state(
-    model: StableDiffusionModel,
+    model: DiffusionModel,
     adapter: LoraAdapter,
     tensors: Mapping[str, torch.Tensor],
     alphas: Mapping[str, float],
@@ -134,7 +141,7 @@ def load_lora_state(
         raise UserError(
             f"the LoRA file has {len(missing)} tensors this {adapter.kind} adapter does not, e.g. {missing[0]}",
             where=source,
-            hint="Match lora.type, lora.targets / lora.regex and lora.train_text_encoder to the file.",
+            hint="Match lora.type, lora.targets / lora.regex and the parts that train (parts.<name>.train) to the file.",
         )
     for key, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
@@ -152,7 +159,7 @@ def load_lora_state(
         own = {key.removeprefix(prefix): tensor for key, tensor in tensors.items() if key.startswith(prefix)}
         if not own:
             continue
-        root = getattr(model, component)
+        root = model.components[component]
         set_peft_model_state_dict(root, own, adapter_name=adapter.adapter_name)
         for name, layer in root.named_modules():
             params = modules.get(prefix + name)

@@ -1,14 +1,17 @@
-"""Which layers of a denoiser or text encoder receive adapters.
+"""Which layers of a component receive adapters: presets of name patterns, or the user's regex.
 
-The presets name layers by their diffusers / transformers module paths, which are the same in every
-UNet family (SD 1.x, 2.x, XL) and every CLIP text encoder, so one table serves them all. The chosen
-layers are returned as full module paths: peft then adapts exactly those, and a regex that matches
-nothing is caught here instead of producing an adapter with no layers.
+Layers are chosen by their module paths only, never by their Python type, so whatever layer class
+peft can adapt (plain, or a quantised bitsandbytes / torchao layer) carries an adapter. The presets
+are tables of patterns per kind of network (`UNET_PRESETS`, `CLIP_PRESETS`, ...); a family names the
+table of each of its components in its spec. The chosen layers are returned as full module paths:
+peft then adapts exactly those, and a regex that matches nothing is caught here instead of
+producing an adapter with no layers.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from onetrainer.util.errors import UserError
@@ -16,7 +19,9 @@ from onetrainer.util.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-UNET_PATTERNS: dict[str, tuple[str, ...]] = {
+PRESET_ORDER = ("attn", "attn-mlp", "full")
+
+UNET_PRESETS: dict[str, tuple[str, ...]] = {
     "attn": (r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$",),
     "attn-mlp": (r"\.ff\.net\.(0\.proj|2)$", r"\.attentions\.\d+\.proj_(in|out)$"),
     "full": (
@@ -24,44 +29,52 @@ UNET_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\.(downsamplers|upsamplers)\.0\.conv$",
     ),
 }
-"""Each preset adds its patterns to those of the presets before it (the kohya / LoCon layer sets)."""
+"""diffusers' UNet2DConditionModel: the kohya / LoCon layer sets."""
 
-TEXT_ENCODER_PATTERNS: dict[str, tuple[str, ...]] = {
+CLIP_PRESETS: dict[str, tuple[str, ...]] = {
     "attn": (r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)$",),
     "attn-mlp": (r"\.mlp\.(fc1|fc2)$",),
     "full": (),
 }
-
-PRESET_ORDER = ("attn", "attn-mlp", "full")
-
-
-def _adaptable(module: torch.nn.Module) -> bool:
-    import torch
-
-    return type(module) in (torch.nn.Linear, torch.nn.Conv2d)
+"""transformers' CLIP text models."""
 
 
-def target_modules(module: torch.nn.Module, component: str, preset: str, regex: str | None = None) -> list[str]:
-    """Module paths (relative to `module`) of the Linear/Conv2d layers the preset or regex selects.
+def _weighted_leaves(module: torch.nn.Module) -> list[str]:
+    """Paths of the leaf layers that hold a weight: what an adapter can wrap, whatever their class."""
+    return [
+        name
+        for name, child in module.named_modules()
+        if name and not any(True for _ in child.children()) and getattr(child, "weight", None) is not None
+    ]
 
-    `component` is "unet" or a text encoder ("text_encoder", "text_encoder_2"); a regex replaces the
-    preset and is matched with `re.search` against the module path.
+
+def target_modules(
+    module: torch.nn.Module,
+    component: str,
+    presets: Mapping[str, tuple[str, ...]],
+    preset: str,
+    regex: str | None = None,
+) -> list[str]:
+    """Module paths (relative to `module`) the preset or regex selects.
+
+    A regex replaces the preset and is matched with `re.search` against the module path.
     """
     if preset not in PRESET_ORDER:
         raise UserError(f"unknown LoRA target preset {preset!r}", hint=f"Use one of: {', '.join(PRESET_ORDER)}.")
-    names = [name for name, child in module.named_modules() if name and _adaptable(child)]
+    names = _weighted_leaves(module)
     if regex is not None:
         compiled = re.compile(regex)
         chosen = [name for name in names if compiled.search(name)]
         if not chosen:
             raise UserError(
-                f"lora.regex {regex!r} matches no Linear or Conv2d layer of the {component}",
+                f"the LoRA regex {regex!r} matches no layer of the {component}",
                 where="lora.regex",
                 hint=f"Layer paths look like: {', '.join(names[:3])}.",
             )
         return chosen
-    table = UNET_PATTERNS if component == "unet" else TEXT_ENCODER_PATTERNS
     patterns = [
-        re.compile(pattern) for level in PRESET_ORDER[: PRESET_ORDER.index(preset) + 1] for pattern in table[level]
+        re.compile(pattern)
+        for level in PRESET_ORDER[: PRESET_ORDER.index(preset) + 1]
+        for pattern in presets.get(level, ())
     ]
     return [name for name in names if any(pattern.search("." + name) for pattern in patterns)]

@@ -15,15 +15,23 @@ from onetrainer.util.config.base import Section
 
 
 class TimestepDistribution(str, Enum):
+    """How noise levels are drawn; which ones apply depends on the model's objective."""
+
     UNIFORM = "uniform"
     LOGIT_NORMAL = "logit-normal"
     SIGMOID = "sigmoid"
+    """DDPM only."""
+    MODE = "mode"
+    """Flow matching only (SD 3 paper)."""
+    COSMAP = "cosmap"
+    """Flow matching only (SD 3 paper)."""
 
 
 class TimestepConfig(Section):
     distribution: TimestepDistribution = Field(
         TimestepDistribution.UNIFORM,
-        description="How training timesteps are drawn: uniform, logit-normal (SD3), or sigmoid-weighted.",
+        description="How training timesteps are drawn: uniform, logit-normal; DDPM models also sigmoid-weighted, "
+        "flow-matching models also mode and cosmap.",
     )
     mean: float = Field(0.0, description="logit-normal: mean of the normal before the sigmoid (>0 favours noise).")
     std: float = Field(1.0, gt=0, description="logit-normal: standard deviation of the normal before the sigmoid.")
@@ -31,6 +39,7 @@ class TimestepConfig(Section):
     steepness: float = Field(
         10.0, description="sigmoid: slope of the weight curve; positive favours noisier, negative cleaner."
     )
+    mode_scale: float = Field(1.29, description="mode (flow matching): how strongly the mode is favoured.")
     min_strength: float = Field(0.0, ge=0, lt=1, description="Lowest noise level trained, as a fraction of all.")
     max_strength: float = Field(1.0, gt=0, le=1, description="Highest noise level trained, as a fraction of all.")
 
@@ -52,6 +61,17 @@ class NoiseConfig(Section):
         False, description="Rescale the noise schedule so the last timestep is pure noise (use with v-prediction)."
     )
     timesteps: TimestepConfig = Field(default_factory=TimestepConfig, description="Timestep sampling.")
+    shift: float | None = Field(
+        None,
+        gt=0,
+        description="Flow matching: shift noise levels towards noise by this factor (SD 3 trains with 3); "
+        "null: the model's own scheduler value.",
+    )
+    dynamic_shift: bool | None = Field(
+        None,
+        description="Flow matching: shift by the image's token count instead of a fixed factor (FLUX.1-dev); "
+        "null: as the model's scheduler says.",
+    )
 
 
 class LossType(str, Enum):
@@ -64,7 +84,13 @@ class LossType(str, Enum):
 class LossWeighting(str, Enum):
     NONE = "none"
     MIN_SNR_GAMMA = "min-snr-gamma"
+    """DDPM only."""
     DEBIASED = "debiased"
+    """DDPM only."""
+    SIGMA_SQRT = "sigma-sqrt"
+    """Flow matching only (SD 3 paper)."""
+    COSMAP = "cosmap"
+    """Flow matching only (SD 3 paper)."""
 
 
 class MaskedLossConfig(Section):
@@ -82,7 +108,8 @@ class LossConfig(Section):
     huber_delta: float = Field(1.0, gt=0, description="huber: where the loss turns from quadratic to linear.")
     weighting: LossWeighting = Field(
         LossWeighting.NONE,
-        description="Per-timestep weight: none, min-snr-gamma (Hang et al.) or debiased (1/sqrt(SNR)).",
+        description="Per-timestep weight: none; DDPM models min-snr-gamma (Hang et al.) or debiased (1/sqrt(SNR)); "
+        "flow-matching models sigma-sqrt or cosmap (SD 3 paper).",
     )
     gamma: float = Field(5.0, gt=0, description="min-snr-gamma: the SNR cap.")
     masked: MaskedLossConfig = Field(default_factory=MaskedLossConfig, description="Masked training.")

@@ -1,26 +1,58 @@
-"""Config section for the trainable parts of a model: which train, and for how long.
+"""Config section for the parts of a model: which train, how fast, in which dtype, for how long.
 
-Every family has a denoiser and text encoders. Per-part learning rates live in
-`training.learning_rates`, keyed by the same part names (`unet`, `text_encoder`, `embeddings`).
+`parts` is keyed by the family's own component names (`unet`, `text_encoder`, `text_encoder_2`,
+`transformer`, `vae`, ...), so one schema serves every family. Which keys a part accepts depends on
+its role: every part has a `weight_dtype`; parts that can train (denoiser, text encoders) also `train`,
+`learning_rate`, `stop_after` and LoRA targets; text encoders also `layer_skip`. `util.config.family`
+fills in the family's parts and defaults once `model.type` is known and refuses names and keys the
+family does not have.
 """
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from onetrainer.util.config.adapters import LoraTargets, check_regex
 from onetrainer.util.config.base import Section
+from onetrainer.util.config.training import Precision
 from onetrainer.util.config.types import Cadence, CadenceField, CadenceUnit
 
+TRAINABLE_KEYS = ("train", "learning_rate", "stop_after", "lora_targets", "lora_regex")
+"""Keys only parts that can train accept (not the VAE)."""
+TEXT_ENCODER_KEYS = ("layer_skip",)
+"""Keys only text encoders accept."""
 
-class UnetPartConfig(Section):
-    train: bool = Field(True, description="Train the UNet's weights (method: full).")
 
-
-class TextEncoderPartConfig(Section):
-    train: bool = Field(False, description="Train the text encoder's weights (method: full).")
+class PartConfig(Section):
+    train: bool | None = Field(
+        None,
+        description="Train this part: its LoRA (method: lora) or its weights (method: full); "
+        "default: the family's (the denoiser trains, text encoders do not).",
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, le=10, description="This part's learning rate (default: training.learning_rate)."
+    )
+    weight_dtype: Precision | None = Field(
+        None,
+        description="Storage dtype of this part's frozen weights: fp32, fp16 or bf16 (default: model.dtype); "
+        "fully trained parts always keep fp32.",
+    )
     stop_after: CadenceField = Field(
         Cadence(0, CadenceUnit.NEVER),
-        description="Freeze the text encoder (its weights or its LoRA) after this, e.g. '500 steps' or '3 epochs'.",
+        description="Freeze this part (its weights or its LoRA) after this, e.g. '500 steps' or '3 epochs'.",
+    )
+    layer_skip: int = Field(
+        0,
+        ge=0,
+        le=11,
+        description="Text encoders: hidden layers skipped beyond the family's default (A1111's clip skip N "
+        "is layer_skip N-1 on SD 1.x).",
+    )
+    lora_targets: LoraTargets | None = Field(
+        None, description="LoRA layers of this part: attn, attn-mlp or full (default: lora.targets)."
+    )
+    lora_regex: str | None = Field(
+        None, description="LoRA layers of this part by module-path regex (default: lora.regex)."
     )
 
     @field_validator("stop_after")
@@ -30,7 +62,7 @@ class TextEncoderPartConfig(Section):
             raise ValueError("expected '<N> steps', '<N> epochs' or 'never'; minutes would make runs irreproducible")
         return value
 
-
-class PartsConfig(Section):
-    unet: UnetPartConfig = Field(default_factory=UnetPartConfig, description="The denoiser (UNet).")
-    text_encoder: TextEncoderPartConfig = Field(default_factory=TextEncoderPartConfig, description="The text encoder.")
+    @field_validator("lora_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return check_regex(value)

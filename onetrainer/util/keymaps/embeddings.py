@@ -2,9 +2,10 @@
 
 The neutral form is one [n_vectors, width] tensor per text encoder, keyed by the diffusers component
 (`text_encoder`, `text_encoder_2`). The file layouts:
-- A1111 safetensors: SD1/SD2 one tensor `emb_params` ([n, 768] / [n, 1024]); SDXL `clip_l` and
-  `clip_g` (sd-scripts' SDXL convention, which A1111 and ComfyUI split per encoder). The trigger word
-  is the file name.
+- A1111 safetensors: one tensor per text encoder under the key the family spec gives it
+  (`Component.embedding_key`): a single-encoder family's `emb_params`, or one key per encoder such as
+  `clip_l` and `clip_g` (sd-scripts' convention, which A1111 and ComfyUI split per encoder). The
+  trigger word is the file name.
 - A1111 legacy `.pt`, once loaded with `weights_only=True`: `string_to_param = {"*": tensor}`.
 - diffusers (`learned_embeds.safetensors`): `{placeholder_token: tensor}`; `load_textual_inversion`
   also reads the A1111 layouts when given `token=`.
@@ -20,36 +21,33 @@ from onetrainer.util.keymaps.engine import KeyMapError
 if TYPE_CHECKING:
     import torch
 
-# A1111 key <-> diffusers text-encoder component, per family.
-A1111_KEYS = {
-    "sd15": (("emb_params", "text_encoder"),),
-    "sd2": (("emb_params", "text_encoder"),),
-    "sdxl": (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2")),
-}
+    from onetrainer.util.family import FamilySpec
 
 
-def _keys(family: str) -> tuple[tuple[str, str], ...]:
-    if family not in A1111_KEYS:
-        raise KeyMapError(f"no embedding layout for family {family!r}", hint=f"expected one of {tuple(A1111_KEYS)}")
-    return A1111_KEYS[family]
+def a1111_keys(spec: FamilySpec) -> tuple[tuple[str, str], ...]:
+    """(A1111 key, text-encoder component) of each text encoder of the family that takes embeddings."""
+    layout = tuple((c.embedding_key, c.name) for c in spec.text_encoders if c.embedding_key is not None)
+    if not layout:
+        raise KeyMapError(f"{spec.title} models take no embeddings")
+    return layout
 
 
-def embedding_to_a1111(vectors: Mapping[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    """`{"text_encoder": [n, w]}` -> `{"emb_params": [n, w]}` (SDXL: `clip_l` + `clip_g`)."""
-    layout = _keys(family)
+def embedding_to_a1111(vectors: Mapping[str, torch.Tensor], spec: FamilySpec) -> dict[str, torch.Tensor]:
+    """`{"text_encoder": [n, w]}` -> `{"emb_params": [n, w]}` (or one key per encoder, e.g. `clip_l` + `clip_g`)."""
+    layout = a1111_keys(spec)
     missing = [component for _, component in layout if component not in vectors]
     if missing:
-        raise KeyMapError(f"{family} embedding needs vectors for {', '.join(missing)}")
+        raise KeyMapError(f"{spec.title} embedding needs vectors for {', '.join(missing)}")
     return {key: vectors[component] for key, component in layout}
 
 
-def a1111_to_embedding(sd: Mapping[str, Any], family: str) -> dict[str, torch.Tensor]:
+def a1111_to_embedding(sd: Mapping[str, Any], spec: FamilySpec) -> dict[str, torch.Tensor]:
     """Read any common embedding layout into `{component: [n, w]}`.
 
     Accepts the A1111 safetensors keys, a legacy `.pt` dict (`string_to_param`), a diffusers
     `{token: tensor}` file, or any other file holding exactly one tensor (what most loaders accept).
     """
-    layout = _keys(family)
+    layout = a1111_keys(spec)
     if all(key in sd for key, _ in layout):
         return {component: _matrix(sd[key]) for key, component in layout}
     if "string_to_param" in sd:
@@ -58,7 +56,7 @@ def a1111_to_embedding(sd: Mapping[str, Any], family: str) -> dict[str, torch.Te
     if len(layout) == 1 and len(tensors) == 1:
         return {layout[0][1]: _matrix(tensors[0])}
     raise KeyMapError(
-        f"not a {family} embedding: keys {sorted(sd)[:8]}",
+        f"not a {spec.title} embedding: keys {sorted(sd)[:8]}",
         hint=f"expected {' + '.join(key for key, _ in layout)}",
     )
 

@@ -1,20 +1,25 @@
-"""Forward-diffusion math against its reference formulas (and diffusers' own schedulers)."""
+"""The DDPM objective against its reference formulas (and diffusers' own schedulers)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from onetrainer.model_setup.noise import (
-    Noiser,
+from onetrainer.model_setup.ddpm import (
+    SNR_FLOOR,
+    DdpmObjective,
     add_noise,
     prediction_target,
     rescale_zero_terminal_snr,
     sample_timesteps,
     snr,
     timestep_range,
+    timestep_weights,
 )
-from onetrainer.util.config.loss import NoiseConfig, TimestepConfig
+from onetrainer.util.config.loss import LossConfig, LossWeighting, NoiseConfig, TimestepConfig
+from onetrainer.util.errors import UserError
 
 
 def _schedule() -> torch.Tensor:
@@ -104,11 +109,11 @@ def test_sigmoid_timesteps_equal_reference_draw() -> None:
     assert drawn.float().mean().item() > 600
 
 
-def test_noiser_draws_noise_offset_timesteps_perturbation_in_that_order() -> None:
+def test_objective_draws_noise_offset_timesteps_perturbation_in_that_order() -> None:
     alphas = _schedule()
     config = NoiseConfig(offset=0.1, input_perturbation=0.05)
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(9))
-    noised = Noiser(config, alphas, "v_prediction")(latents, torch.Generator().manual_seed(11))
+    noised = DdpmObjective(config, LossConfig(), alphas, "v_prediction")(latents, torch.Generator().manual_seed(11))
 
     gen = torch.Generator().manual_seed(11)
     noise = torch.randn(2, 4, 8, 8, generator=gen)
@@ -122,8 +127,8 @@ def test_noiser_draws_noise_offset_timesteps_perturbation_in_that_order() -> Non
     assert torch.allclose(noised.target, a.sqrt() * noise - (1 - a).sqrt() * latents, atol=1e-6)
 
 
-def test_noiser_is_deterministic_per_seed() -> None:
-    noiser = Noiser(NoiseConfig(), _schedule(), "epsilon")
+def test_objective_is_deterministic_per_seed() -> None:
+    noiser = DdpmObjective(NoiseConfig(), LossConfig(), _schedule(), "epsilon")
     latents = torch.randn(2, 4, 8, 8)
     first = noiser(latents, torch.Generator().manual_seed(5))
     second = noiser(latents, torch.Generator().manual_seed(5))
@@ -133,7 +138,54 @@ def test_noiser_is_deterministic_per_seed() -> None:
     assert not torch.equal(first.noisy, third.noisy)
 
 
-def test_noiser_with_zero_terminal_snr_uses_rescaled_schedule() -> None:
-    noiser = Noiser(NoiseConfig(zero_terminal_snr=True), _schedule(), "v_prediction")
+def test_objective_with_zero_terminal_snr_uses_rescaled_schedule() -> None:
+    noiser = DdpmObjective(NoiseConfig(zero_terminal_snr=True), LossConfig(), _schedule(), "v_prediction")
     assert noiser.alphas_cumprod[-1].item() == 0.0
     assert noiser.alphas_cumprod.dtype == torch.float32
+
+
+def test_sample_prediction_targets_the_clean_latents() -> None:
+    x0, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
+    assert torch.equal(prediction_target(x0, noise, t, _schedule(), "sample"), x0)
+
+
+def test_flow_matching_distributions_are_refused() -> None:
+    with pytest.raises(UserError, match="mode"):
+        sample_timesteps(TimestepConfig(distribution="mode"), 4, 1000, torch.Generator())
+
+
+def test_min_snr_gamma_weights_per_prediction_type() -> None:
+    snr_values = torch.tensor([0.1, 1.0, 5.0, 20.0])
+    capped = torch.minimum(snr_values, torch.tensor(5.0))
+    eps = timestep_weights(snr_values, LossWeighting.MIN_SNR_GAMMA, 5.0, "epsilon")
+    v = timestep_weights(snr_values, LossWeighting.MIN_SNR_GAMMA, 5.0, "v_prediction")
+    sample = timestep_weights(snr_values, LossWeighting.MIN_SNR_GAMMA, 5.0, "sample")
+    assert torch.allclose(eps, capped / snr_values, atol=1e-6)
+    assert torch.allclose(v, capped / (snr_values + 1), atol=1e-6)
+    assert torch.allclose(sample, capped, atol=1e-6)
+    assert torch.allclose(eps, torch.tensor([1.0, 1.0, 1.0, 0.25]))
+
+
+def test_debiased_weight_is_inverse_sqrt_snr() -> None:
+    snr_values = torch.tensor([0.01, 1.0, 100.0])
+    weights = timestep_weights(snr_values, LossWeighting.DEBIASED, 5.0, "epsilon")
+    assert torch.allclose(weights, 1 / snr_values.sqrt(), atol=1e-6)
+
+
+def test_zero_snr_is_floored_instead_of_dividing_by_zero() -> None:
+    weights = timestep_weights(torch.tensor([0.0]), LossWeighting.DEBIASED, 5.0, "epsilon")
+    assert weights.item() == pytest.approx(1 / math.sqrt(SNR_FLOOR))
+    assert timestep_weights(torch.tensor([0.0]), LossWeighting.MIN_SNR_GAMMA, 5.0, "epsilon").item() == 1.0
+
+
+def test_flow_matching_weightings_are_refused() -> None:
+    with pytest.raises(UserError, match="sigma-sqrt"):
+        timestep_weights(torch.ones(2), LossWeighting.SIGMA_SQRT, 5.0, "epsilon")
+
+
+def test_objective_weights_are_the_snr_weights_of_its_timesteps() -> None:
+    loss = LossConfig(weighting="min-snr-gamma", gamma=5.0)
+    objective = DdpmObjective(NoiseConfig(), loss, _schedule(), "v_prediction")
+    noised = objective(torch.randn(4, 4, 8, 8), torch.Generator().manual_seed(2))
+    expected = timestep_weights(snr(noised.timesteps, _schedule()), LossWeighting.MIN_SNR_GAMMA, 5.0, "v_prediction")
+    assert torch.allclose(noised.weights, expected)

@@ -1,26 +1,34 @@
-"""Forward diffusion for discrete-time UNet families (SD 1.x, 2.x, XL): timesteps, noise, targets.
+"""The discrete-time DDPM objective: timesteps, noise, targets and SNR loss weights.
 
-Each piece is a plain function of tensors so the math can be checked against its formula; `Noiser`
-composes them in a fixed order of random draws (noise, offset noise, timesteps, perturbation), all
-from the caller's generator, so a seed fixes a training step exactly.
+Each piece is a plain function of tensors so the math can be checked against its formula;
+`DdpmObjective` composes them in a fixed order of random draws (noise, offset noise, timesteps,
+perturbation), all from the caller's generator, so a seed fixes a training step exactly.
 
 With abar_t the cumulative product of (1 - beta) at timestep t:
   x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps
-  epsilon target: eps;  v target: sqrt(abar_t) * eps - sqrt(1 - abar_t) * x0;  SNR_t = abar_t / (1 - abar_t)
+  epsilon target: eps;  v target: sqrt(abar_t) * eps - sqrt(1 - abar_t) * x0;  sample target: x0
+  SNR_t = abar_t / (1 - abar_t)
+SNR weights: min-snr-gamma min(SNR, g) / SNR for epsilon, min(SNR, g) / (SNR + 1) for v-prediction and
+min(SNR, g) for sample prediction; debiased 1 / sqrt(SNR).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from onetrainer.util.config.loss import NoiseConfig, TimestepConfig, TimestepDistribution
+from onetrainer.model_setup.objective import Noised
+from onetrainer.util.config.loss import LossConfig, LossWeighting, NoiseConfig, TimestepConfig, TimestepDistribution
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+DISTRIBUTIONS = (TimestepDistribution.UNIFORM, TimestepDistribution.LOGIT_NORMAL, TimestepDistribution.SIGMOID)
+WEIGHTINGS = (LossWeighting.NONE, LossWeighting.MIN_SNR_GAMMA, LossWeighting.DEBIASED)
+SNR_FLOOR = 1e-3
+"""SNR is clamped to at least this before weighting: a zero-terminal-SNR schedule reaches 0 at its last
+step, where 1/SNR is infinite. Ordinary schedules never go below about 0.005."""
 
 
 def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -62,8 +70,14 @@ def sample_timesteps(
     if config.distribution is TimestepDistribution.LOGIT_NORMAL:
         normal = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64)
         unit = torch.sigmoid(config.mean + config.std * normal)
-    else:
+    elif config.distribution is TimestepDistribution.UNIFORM:
         unit = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    else:
+        raise UserError(
+            f"noise.timesteps.distribution {config.distribution.value!r} is not a distribution of this model's "
+            "objective (DDPM)",
+            hint=f"Use one of: {', '.join(d.value for d in DISTRIBUTIONS)}.",
+        )
     return low + torch.floor(unit * count).long().clamp(max=count - 1)
 
 
@@ -86,6 +100,8 @@ def prediction_target(
     if prediction_type == "v_prediction":
         signal, sigma = _coefficients(alphas_cumprod, timesteps, x0.ndim)
         return signal * noise - sigma * x0
+    if prediction_type == "sample":
+        return x0
     raise UserError(f"unknown prediction type {prediction_type!r}", hint=f"Use one of {', '.join(PREDICTION_TYPES)}.")
 
 
@@ -101,28 +117,40 @@ def _coefficients(
     return alpha.sqrt(), (1 - alpha).sqrt()
 
 
-@dataclass
-class Noised:
-    noisy: torch.Tensor
-    """The model input x_t (float32)."""
-    target: torch.Tensor
-    timesteps: torch.Tensor
-    noise: torch.Tensor
-    """The noise in the target (with offset, without input perturbation)."""
+def timestep_weights(snr: torch.Tensor, weighting: LossWeighting, gamma: float, prediction_type: str) -> torch.Tensor:
+    import torch
+
+    if weighting is LossWeighting.NONE:
+        return torch.ones_like(snr)
+    snr = snr.clamp(min=SNR_FLOOR)
+    if weighting is LossWeighting.MIN_SNR_GAMMA:
+        capped = snr.clamp(max=gamma)
+        if prediction_type == "v_prediction":
+            return capped / (snr + 1)
+        return capped if prediction_type == "sample" else capped / snr
+    if weighting is LossWeighting.DEBIASED:
+        return 1 / snr.sqrt()
+    raise UserError(
+        f"loss.weighting {weighting.value!r} is not a weighting of this model's objective (DDPM)",
+        hint=f"Use one of: {', '.join(w.value for w in WEIGHTINGS)}.",
+    )
 
 
-class Noiser:
-    """Turns clean latents into a training example, per the `noise` config section."""
+class DdpmObjective:
+    """Turns clean latents into a DDPM training example and weighs it, per the `noise` and `loss` sections."""
 
-    def __init__(self, config: NoiseConfig, alphas_cumprod: torch.Tensor, prediction_type: str) -> None:
+    def __init__(
+        self, noise: NoiseConfig, loss: LossConfig, alphas_cumprod: torch.Tensor, prediction_type: str
+    ) -> None:
         import torch
 
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unknown prediction type {prediction_type!r}")
         schedule = alphas_cumprod.detach().double().cpu()
-        if config.zero_terminal_snr:
+        if noise.zero_terminal_snr:
             schedule = rescale_zero_terminal_snr(schedule)
-        self.config = config
+        self.config = noise
+        self.loss_config = loss
         self.prediction_type = prediction_type
         self.alphas_cumprod = schedule.to(torch.float32)
 
@@ -130,7 +158,8 @@ class Noiser:
     def num_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
-    def __call__(self, latents: torch.Tensor, generator: torch.Generator) -> Noised:
+    def __call__(self, latents: torch.Tensor, generator: torch.Generator, *, image_seq_len: int = 0) -> Noised:
+        """A training example; `image_seq_len` is unused (no DDPM schedule depends on the resolution)."""
         import torch
 
         x0 = latents.float()
@@ -148,9 +177,22 @@ class Noiser:
         if self.config.input_perturbation > 0:
             model_noise = noise + self.config.input_perturbation * normal(*x0.shape)
         schedule = self.alphas_cumprod.to(x0.device)
+        loss = self.loss_config
         return Noised(
             noisy=add_noise(x0, model_noise, timesteps, schedule),
             target=prediction_target(x0, noise, timesteps, schedule, self.prediction_type),
             timesteps=timesteps,
             noise=noise,
+            weights=timestep_weights(snr(timesteps, schedule), loss.weighting, loss.gamma, self.prediction_type),
         )
+
+
+def zero_terminal_snr_scheduler(scheduler: Any) -> Any:
+    """The model's own DDPM schedule rescaled to zero terminal SNR, with trailing timestep spacing.
+
+    The model's scheduler is replaced (not just the training copy), so previews and saved scheduler
+    configs sample the way the model is now trained.
+    """
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")

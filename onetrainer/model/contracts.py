@@ -1,0 +1,151 @@
+"""What the trainer and the commands ask of a family: the typed contracts of its registered modules.
+
+A family registers a loader, a setup, a sampler and a saver (see `util.registry`); the trainer and
+the commands see them only through these protocols, and mypy checks both sides in CI. Most families
+implement little of this themselves: the shared `DiffusionSetup` is a `TrainingSetup` once it is given
+the family's `FamilyHooks`, and the shared loader, saver and sampler pieces do the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from onetrainer.data_loader.encoders import ImageEncoder
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.config.model import ModelConfig
+    from onetrainer.util.config.output import SaveDtype, SaveFormat
+    from onetrainer.util.config.schema import TrainConfig
+    from onetrainer.util.enums import TrainingMethod
+
+Batch = dict[str, Any]
+Progress = Callable[[int, int], None]
+"""progress(done_steps, total_steps) over all images of one `sample` call."""
+
+
+class ModelLoader(Protocol):
+    def load(self, model_config: ModelConfig, *, device: str = "cpu") -> DiffusionModel:
+        """The base model `model_config` names (folder, hub id, single file or tiny model), on `device`."""
+        ...
+
+
+class Conditioner(Protocol):
+    """Captions to the tensors a family's denoiser is conditioned on; also the data loader's text encoder.
+
+    The data loader caches what `encode` returns under `identity()`; the setup calls `encode_for_training`
+    when the text encoders (or embeddings) train, so gradients flow; both return the same keys.
+    """
+
+    output_keys: tuple[str, ...]
+
+    def identity(self) -> str: ...
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+    def encode(self, captions: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def encode_for_training(self, captions: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def caption_token_counts(self, captions: list[str]) -> tuple[list[int], int]:
+        """(tokens in each caption, the most the text encoders read): the trainer warns about cut captions."""
+        ...
+
+
+class FamilyHooks(Protocol):
+    """The few things a family does differently from the shared diffusion setup (kohya's get_text_cond /
+    call_unet split): how captions condition the denoiser, and how the denoiser is called."""
+
+    def conditioner(self, model: DiffusionModel, *, layer_skip: Mapping[str, int], device: torch.device) -> Conditioner:
+        """The family's conditioner; `layer_skip` counts extra text-encoder layers skipped per encoder."""
+        ...
+
+    def denoise(
+        self,
+        model: DiffusionModel,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: Mapping[str, torch.Tensor],
+        batch: Batch,
+    ) -> torch.Tensor:
+        """The denoiser's prediction for `noisy` latents [B, C, h, w], in the same layout."""
+        ...
+
+
+class TrainingSetup(Protocol):
+    """Everything training needs from a family without training: trainables, encoders, predict and loss."""
+
+    def prepare(self, device: torch.device | str, dtype: torch.dtype) -> None: ...
+
+    def parameter_groups(self) -> list[dict[str, Any]]: ...
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def image_encoder(self) -> ImageEncoder: ...
+
+    def text_encoder(self) -> Conditioner | None:
+        """The conditioner for caching, or None while what it computes still trains."""
+        ...
+
+    def caption_token_counts(self, captions: list[str]) -> tuple[list[int], int]: ...
+
+    def predict(self, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor: ...
+
+    def on_step(self, step: int, epoch: int) -> None: ...
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...
+
+
+SetupFactory = Callable[["DiffusionModel", "TrainConfig"], TrainingSetup]
+"""What a family registers as its setup."""
+
+
+class Sampler(Protocol):
+    def default_size(self) -> int: ...
+
+    def sample(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        steps: int = 20,
+        cfg: float = 7.0,
+        seed: int = 42,
+        width: int | None = None,
+        height: int | None = None,
+        scheduler: str | None = None,
+        count: int = 1,
+        progress: Progress | None = None,
+    ) -> list[Image.Image]: ...
+
+
+SamplerFactory = Callable[..., Sampler]
+"""`factory(model, layer_skip={...})`: what a family registers as its sampler."""
+
+
+class Saver(Protocol):
+    def save(
+        self,
+        model: DiffusionModel,
+        output: str | Path,
+        *,
+        method: TrainingMethod,
+        format: SaveFormat | str = ...,
+        dtype: SaveDtype | str | None = ...,
+        config: TrainConfig | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write what `method` trained to `output` in `format`; returns every path written."""
+        ...

@@ -1,0 +1,140 @@
+"""The in-memory model of every family: its components by name, its tokenizers, its noise schedule.
+
+Components are named as the family's diffusers pipeline names them (`unet`, `text_encoder_2`,
+`transformer`, `vae`) and their roles come from the family spec, so shared code (adapters, placement,
+savers) works by role and name, and a family's own code can still write `model.unet`. LoRA layers are
+injected into the components in place (through peft) and trained embeddings are looked up in front
+of the text encoders' token tables, so samplers and savers see the adapted model without plumbing;
+`adapters` records what was added, for the savers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.util.errors import UserError
+from onetrainer.util.family import FamilySpec, Role
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.adapters.embedding import EmbeddingAdapter
+    from onetrainer.model.adapters.lora import LoraAdapter
+
+WeightsStream = Callable[[bool, tuple[str, ...]], Iterator[tuple[str, "torch.Tensor"]]]
+"""`stream(meta, components)` yields `(component.key, tensor)` in diffusers naming for the listed components."""
+
+
+@dataclass
+class Adapters:
+    """What training or the user added on top of the base weights."""
+
+    lora: LoraAdapter | None = None
+    embeddings: list[EmbeddingAdapter] = field(default_factory=list)
+
+
+@dataclass
+class DiffusionModel:
+    spec: FamilySpec
+    components: dict[str, Any]
+    """Modules by component name: the denoiser, the text encoders and the VAE."""
+    tokenizers: dict[str, Any]
+    """Tokenizers by name (`tokenizer`, `tokenizer_2`), each feeding the text encoder that names it."""
+    noise_scheduler: Any
+    """The training schedule (a diffusers scheduler): DDPM's betas, or flow matching's shift."""
+    source: str
+    prediction_type: str | None = None
+    """DDPM families: epsilon, v_prediction or sample. Flow-matching families: None."""
+    scheduler_class: str = ""
+    """The scheduler class the source model shipped with, so a saved diffusers folder samples the same way."""
+    pipeline_config: dict[str, Any] = field(default_factory=dict)
+    """Pipeline-level settings of `model_index.json` other than components (e.g. `force_zeros_for_empty_prompt`)."""
+    adapters: Adapters = field(default_factory=Adapters)
+
+    def __getattr__(self, name: str) -> Any:
+        """Components and tokenizers by name, for readable family code (`model.unet`, `model.tokenizer_2`)."""
+        if not name.startswith("__"):
+            for table in ("components", "tokenizers"):
+                values = self.__dict__.get(table) or {}
+                if name in values:
+                    return values[name]
+        raise AttributeError(f"{type(self).__name__} of {self.__dict__.get('spec')} has no {name!r}")
+
+    @property
+    def model_type(self) -> str:
+        return self.spec.name
+
+    @property
+    def denoiser(self) -> Any:
+        return self.components[self.spec.denoiser.name]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def denoiser_dtype(self) -> torch.dtype:
+        """The dtype denoiser inputs take: its first weight's (the frozen base's, under LoRA).
+
+        diffusers' own `.dtype` walks every submodule looking for casting hooks, which costs
+        milliseconds per call: too much for a per-step cast in training and sampling.
+        """
+        dtype: torch.dtype = next(self.denoiser.parameters()).dtype
+        return dtype
+
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders this model has (an optional one may be absent)."""
+        return tuple(c.name for c in self.spec.text_encoders if c.name in self.components)
+
+    def tokenizer_for(self, encoder: str) -> Any:
+        tokenizer = self.spec.component(encoder).tokenizer
+        if tokenizer is None:
+            raise KeyError(encoder)
+        return self.tokenizers[tokenizer]
+
+    def modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
+        for component in self.spec.components:
+            module = self.components.get(component.name)
+            if module is not None:
+                yield component.name, module
+
+    def component_configs(self) -> dict[str, dict[str, Any]]:
+        """Each component's config as a diffusers folder holds it (scheduler with its class name)."""
+        configs: dict[str, dict[str, Any]] = {}
+        for name, module in self.modules():
+            config = module.config
+            configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        class_name = self.scheduler_class or type(self.noise_scheduler).__name__
+        configs["scheduler"] = {**self.noise_scheduler.config, "_class_name": class_name}
+        return configs
+
+    def weights_stream(self) -> WeightsStream:
+        """The base weights as `(component.key, tensor)` pairs, references not copies.
+
+        `stream(meta, components)` can be replayed; with `meta` it yields data-less stand-ins, which
+        is how writers plan a file header before writing. Injected LoRA layers are not base weights:
+        a model carrying them has no plain stream, so this refuses (save the LoRA, or merge it first).
+        """
+        names = tuple(name for name, _ in self.modules())
+        state_dicts = {name: module.state_dict() for name, module in self.modules()}
+        if any(".base_layer." in key for sd in state_dicts.values() for key in sd):
+            raise UserError(
+                "the model has LoRA layers injected, so its weights are not a plain base model",
+                hint="Save the LoRA itself (kohya or peft format), or merge it into the weights first.",
+            )
+
+        def stream(meta: bool, wanted: tuple[str, ...] = names) -> Iterator[tuple[str, torch.Tensor]]:
+            for name in wanted:
+                for key, tensor in state_dicts[name].items():
+                    yield f"{name}.{key}", tensor.to("meta") if meta else tensor
+
+        return stream
+
+    def frozen_modules(self) -> list[Any]:
+        """Every component, for freezing before adapters or trained parts are chosen."""
+        return [module for _, module in self.modules()]
+
+    def roles(self) -> dict[str, Role]:
+        return {component.name: component.role for component in self.spec.components}

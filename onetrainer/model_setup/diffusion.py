@@ -1,0 +1,269 @@
+"""The training setup every family shares: what trains, where it lives, and one step's prediction and loss.
+
+`prepare` decides the trained tensors once (LoRA layers on the parts that train, whole parts for a
+full fine-tune, embeddings on the text encoders that take them), applies the placement policy and
+switches on gradient checkpointing; after that `predict` and `loss` are pure functions of the batch
+and the generator. What differs per family comes from its `FamilyHooks` (how captions condition the
+denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
+from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, inject_lora, load_lora_state
+from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model_setup.encoders import VaeImageEncoder
+from onetrainer.model_setup.loss import diffusion_loss
+from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
+from onetrainer.model_setup.placement import apply_placement, placement_policy
+from onetrainer.model_setup.trainables import Trainables
+from onetrainer.util.config.types import CadenceUnit
+from onetrainer.util.enums import TrainingMethod
+from onetrainer.util.errors import UserError
+from onetrainer.util.family import Objective, Role
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.contracts import Batch, Conditioner, FamilyHooks
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.config.schema import TrainConfig
+
+EMBEDDINGS_GROUP = "embeddings"
+"""The parameter-group name of trained embedding vectors (beside the part names)."""
+
+
+class DiffusionSetup:
+    """A `TrainingSetup` for any family, given the family's hooks."""
+
+    def __init__(self, model: DiffusionModel, config: TrainConfig, hooks: FamilyHooks) -> None:
+        self.model = model
+        self.config = config
+        self.hooks = hooks
+        self.trainables = Trainables()
+        self.embeddings: list[EmbeddingAdapter] = []
+        self.lora: LoraAdapter | None = None
+        self.objective: TrainingObjective | None = None
+        self.device: torch.device | None = None
+        self.stopped: set[str] = set()
+        self._vae_encoder: VaeImageEncoder | None = None
+        self._conditioner: Conditioner | None = None
+
+    @property
+    def spec(self) -> Any:
+        return self.model.spec
+
+    def trained_parts(self) -> list[str]:
+        """The components whose weights (full) or adapters (lora) train, in the family's order."""
+        if self.config.method is TrainingMethod.EMBEDDING:
+            return []
+        names = self.model.components
+        return [name for name, part in self.config.parts.items() if part.train and name in names]
+
+    # ----------------------------------------------------------------------------------- prepare
+    def prepare(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        """Freeze, add adapters, place components; trained tensors stay float32, frozen ones take their dtype."""
+        import torch
+
+        model, config = self.model, self.config
+        for _, module in model.modules():
+            module.requires_grad_(False)
+        if self.spec.objective is Objective.DDPM and config.noise.zero_terminal_snr:
+            from onetrainer.model_setup.ddpm import zero_terminal_snr_scheduler
+
+            model.noise_scheduler = zero_terminal_snr_scheduler(model.noise_scheduler)
+        self.objective = build_objective(self.spec.objective, config, model.noise_scheduler, model.prediction_type)
+
+        if config.method is TrainingMethod.LORA:
+            self._add_lora()
+        elif config.method is TrainingMethod.FULL:
+            for name in self.trained_parts():
+                module = model.components[name]
+                module.requires_grad_(True)
+                self.trainables.add(name, dict(module.named_parameters()))
+        self._add_embeddings()
+        if not self.trainables.groups:
+            raise UserError(
+                "nothing to train with these settings",
+                hint="Set parts.<name>.train to true for a part of this model, or use method: embedding.",
+            )
+
+        self.device = torch.device(device)
+        policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
+        apply_placement(model, policy)
+        for part in self.trainables.groups:
+            for param in self.trainables.parameters(part):
+                param.data = param.data.to(self.device, torch.float32)
+        vae = self.spec.vae.name
+        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype)
+        self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
+        self._checkpointing(config.training.gradient_checkpointing)
+        model.adapters.lora = self.lora
+        model.adapters.embeddings = list(self.embeddings)
+
+    def _fully_trained(self) -> list[str]:
+        return self.trained_parts() if self.config.method is TrainingMethod.FULL else []
+
+    def _layer_skip(self) -> dict[str, int]:
+        return {name: self.config.parts[name].layer_skip for name in self.model.text_encoder_names()}
+
+    def _add_lora(self) -> None:
+        lora = self.config.lora
+        parts = self.trained_parts()
+        targets = {
+            name: LoraTargets(
+                preset=(self.config.parts[name].lora_targets or lora.targets).value,
+                regex=self.config.parts[name].lora_regex or lora.regex,
+                presets=self.spec.component(name).lora_presets,
+            )
+            for name in parts
+        }
+        self.lora = inject_lora(
+            self.model,
+            kind=lora.type.value,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            targets=targets,
+            dropout=lora.dropout,
+            seed=self.config.training.seed,
+        )
+        if lora.init_from is not None:
+            loaded = read_lora_file(lora.init_from, self.spec)
+            load_lora_state(self.model, self.lora, loaded.tensors, loaded.alphas, source=str(lora.init_from))
+        for name in parts:
+            own = {id(param) for param in self.lora.parameters(self.model, name)}
+            named = {key: param for key, param in self.model.components[name].named_parameters() if id(param) in own}
+            for param in named.values():
+                param.requires_grad_(True)
+            self.trainables.add(name, named)
+
+    def _add_embeddings(self) -> None:
+        embedding = self.config.embedding
+        specs: list[tuple[str, int, str, Any, bool]] = []
+        if self.config.method is TrainingMethod.EMBEDDING:
+            specs.append((embedding.placeholder, embedding.vectors, embedding.init_text, embedding.init_from, True))
+        specs += [(e.placeholder, e.vectors, e.init_text, e.init_from, e.train) for e in embedding.additional]
+        for placeholder, count, init_text, init_from, trainable in specs:
+            vectors = read_embedding_file(init_from, self.spec) if init_from is not None else None
+            added = add_embedding(
+                self.model, placeholder, count=count, init_text=init_text, vectors=vectors, trainable=trainable
+            )
+            self.embeddings.append(added)
+            if trainable:
+                self.trainables.add(EMBEDDINGS_GROUP, added.named_parameters())
+
+    def _checkpointing(self, enabled: bool) -> None:
+        """Gradient checkpointing on the denoiser and on the text encoders that backpropagate."""
+        if not enabled:
+            return
+        self.model.denoiser.enable_gradient_checkpointing()
+        for name in self.model.text_encoder_names():
+            if self._backpropagates(name):
+                self.model.components[name].gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+
+    def _backpropagates(self, encoder: str) -> bool:
+        """Gradients flow through `encoder` while it trains or an embedding on it trains."""
+        if encoder in self.stopped:
+            return False
+        trained_embedding = any(encoder in e.parameters and e.trainable for e in self.embeddings)
+        return encoder in self.trainables.groups or trained_embedding
+
+    # ------------------------------------------------------------------------- trainer interface
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """One optimizer group per trained part (and one for embeddings), each with its learning rate."""
+        base = self.config.training.learning_rate
+        rates = {name: part.learning_rate for name, part in self.config.parts.items()}
+        rates[EMBEDDINGS_GROUP] = self.config.embedding.learning_rate
+        return [
+            {"name": name, "params": params, "lr": rates.get(name) or base}
+            for name, params in self.trainables.parameter_lists().items()
+        ]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.trainables.state_dict()
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.trainables.load_state_dict(state)
+
+    def image_encoder(self) -> VaeImageEncoder:
+        if self._vae_encoder is None:
+            raise RuntimeError("call prepare() before using the setup")
+        return self._vae_encoder
+
+    def text_encoder(self) -> Conditioner | None:
+        """None while a text encoder or an embedding on it trains: then captions are encoded in `predict`."""
+        if any(self._backpropagates(name) for name in self.model.text_encoder_names()):
+            return None
+        return self._require_conditioner()
+
+    def caption_token_counts(self, captions: list[str]) -> tuple[list[int], int]:
+        return self._require_conditioner().caption_token_counts(captions)
+
+    def _require_conditioner(self) -> Conditioner:
+        if self._conditioner is None:
+            raise RuntimeError("call prepare() before using the setup")
+        return self._conditioner
+
+    def _require_objective(self) -> TrainingObjective:
+        if self.objective is None:
+            raise RuntimeError("call prepare() before using the setup")
+        return self.objective
+
+    def image_seq_len(self, latents: torch.Tensor) -> int:
+        """The denoiser's token count for these latents (what resolution-dependent shifts depend on)."""
+        patch = self.spec.patch_size
+        return int(latents.shape[-2] // patch) * int(latents.shape[-1] // patch)
+
+    def predict(self, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Noise the batch's latents per the objective and run the denoiser on them."""
+        vae = self.image_encoder()
+        latents = batch.get("latents")
+        if latents is None:
+            vae.load()
+            latents = vae.encode_tensor(batch["pixels"])
+        latents = latents.to(self.device)
+        conditioner = self._require_conditioner()
+        conditioning = {key: batch[key] for key in conditioner.output_keys if key in batch}
+        if len(conditioning) != len(conditioner.output_keys):
+            conditioner.load()
+            conditioning = conditioner.encode_for_training(list(batch["captions"]))
+        noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
+        prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
+        return {"prediction": prediction, "target": noised.target, "weights": noised.weights}
+
+    def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return diffusion_loss(
+            prediction["prediction"],
+            prediction["target"],
+            prediction["weights"],
+            self.config.loss,
+            mask=batch.get("mask"),
+            loss_weight=batch.get("loss_weight"),
+        )
+
+    def on_step(self, step: int, epoch: int) -> None:
+        """Freeze a part's trained tensors once its `parts.<name>.stop_after` is reached."""
+        for name, part in self.config.parts.items():
+            stop = part.stop_after
+            if name in self.stopped or name not in self.trainables.groups or stop.unit is CadenceUnit.NEVER:
+                continue
+            if (step if stop.unit is CadenceUnit.STEP else epoch) < stop.every:
+                continue
+            for param in self.trainables.parameters(name):
+                param.requires_grad_(False)
+                param.grad = None
+            self.stopped.add(name)
+            self.model.components[name].eval()
+
+    def train(self) -> None:
+        trained = set(self.trainables.groups) - self.stopped
+        for name, module in self.model.modules():
+            module.train(name in trained and self.spec.component(name).role is not Role.VAE)
+
+    def eval(self) -> None:
+        for _, module in self.model.modules():
+            module.eval()

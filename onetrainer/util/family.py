@@ -1,0 +1,277 @@
+"""Model families as data: one spec per family, the single source of its facts.
+
+A family's own module builds its `FamilySpec` and registers it (`register_family`); every shared
+module asks the spec instead of keeping a table of family names. The spec says what the family is
+made of (components and their roles), how its latents look, which bucket step and resolution it
+trains at, which methods it supports, how other tools name it (ModelSpec architecture, kohya base
+model version), and how to recognise its files. Behaviour that differs per family (key layouts, the
+tiny builder, options) is held as small objects whose types are declared here, so nothing in `util`
+imports a family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from onetrainer.util.errors import UserError
+from onetrainer.util.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from onetrainer.util.config.base import Section
+
+Shapes = Mapping[str, tuple[int, ...]]
+"""A weights file's header: key -> shape."""
+
+
+class Role(str, Enum):
+    """What a component does; shared code treats components by role, never by name."""
+
+    DENOISER = "denoiser"
+    TEXT_ENCODER = "text_encoder"
+    VAE = "vae"
+
+
+class Objective(str, Enum):
+    """The training objective a family's denoiser was made for."""
+
+    DDPM = "ddpm"
+    """Discrete-time diffusion: the denoiser predicts epsilon, v or the sample at an integer timestep."""
+    FLOW_MATCHING = "flow-matching"
+    """Rectified flow: x_t = (1 - sigma) x0 + sigma noise; the denoiser predicts noise - x0."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of a model, named as the family's diffusers pipeline names it."""
+
+    name: str
+    role: Role
+    title: str
+    """How users know it: "UNet", "CLIP ViT-L text encoder"."""
+    tokenizer: str | None = None
+    """Text encoders: the name of the tokenizer that feeds it (`tokenizer`, `tokenizer_2`)."""
+    trains_by_default: bool = False
+    kohya_prefix: str | None = None
+    """Prefix of this component's modules in kohya / LyCORIS LoRA files (`lora_unet_`, `lora_te1_`)."""
+    embedding_key: str | None = None
+    """Key of this text encoder's vectors in A1111 embedding files; None if embeddings cannot use it."""
+    optional: bool = False
+    """The pipeline runs without it (SD 3's T5)."""
+    lora_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """LoRA target presets (`attn`, `attn-mlp`, `full`): regexes searched in "." + module path; each preset
+    adds its patterns to those of the presets before it."""
+
+    @property
+    def trainable(self) -> bool:
+        return self.role is not Role.VAE
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a file was recognised as a family; `family` None means "one of these, cannot tell which"."""
+
+    family: str | None
+    reason: str
+    prediction_type: str | None = None
+    candidates: tuple[str, ...] = ()
+
+
+class Recogniser(Protocol):
+    """Says whether a weights file (header only) is an original single file of a family it knows."""
+
+    def __call__(self, shapes: Shapes, metadata: Mapping[str, str]) -> Evidence | None: ...
+
+
+class LoraNaming(Protocol):
+    """How a family's modules are named in kohya-style LoRA files (from and to diffusers paths)."""
+
+    def to_kohya(self, module: str) -> str:
+        """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_..._proj_in`."""
+        ...
+
+    def from_kohya(self, name: str) -> str:
+        """The inverse: a kohya module name -> `component.module.path`."""
+        ...
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A tiny random-weight model of the family with the real module structure, for tests and demos."""
+
+    build: Callable[[int], Any]
+    """seed -> a diffusers pipeline."""
+    description: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs for one prediction type of a family (SD 2.x's 768 px v-prediction models)."""
+
+    modelspec_architecture: str | None = None
+    default_resolution: int | None = None
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    """The model type users write (`model.type`, `--model-type`)."""
+    title: str
+    """How users know it: "SD 1.x", "SDXL"."""
+    components: tuple[Component, ...]
+    objective: Objective
+    latent_channels: int
+    bucket_step: int
+    """Bucket sides are multiples of this many pixels (the VAE factor, times the patch size for DiTs)."""
+    patch_size: int
+    """Latent pixels per denoiser token along each side (1 for UNets, 2 for most DiTs)."""
+    default_resolution: int
+    methods: frozenset[str]
+    """Training methods this family supports: "lora", "full", "embedding"."""
+    modelspec_architecture: str
+    """`modelspec.architecture` of a full model (adapters append `/lora`, `/textual-inversion`)."""
+    kohya_base_model_version: str
+    """`ss_base_model_version` as sd-scripts writes it."""
+    pipeline_classes: tuple[str, ...]
+    """diffusers `model_index.json` `_class_name`s of this family's folders."""
+    recognise: Recogniser
+    lora_naming: LoraNaming | None = None
+    tiny: Mapping[str, TinyModel] = field(default_factory=dict)
+    """`tiny:<key>` models; the key is the family name, or the family name plus a variant suffix."""
+    hub_ids: tuple[str, ...] = ()
+    """Hub repositories known to hold this family (tokenizer fallbacks for single files, detection)."""
+    options: type[Section] | None = None
+    """The schema of `model.options` for this family (None: the family has no options)."""
+    variants: Mapping[str, Variant] = field(default_factory=dict)
+    """Prediction type -> what differs for models of that prediction type."""
+
+    def component(self, name: str) -> Component:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(name)
+
+    def by_role(self, role: Role) -> tuple[Component, ...]:
+        return tuple(component for component in self.components if component.role is role)
+
+    @property
+    def denoiser(self) -> Component:
+        return self.by_role(Role.DENOISER)[0]
+
+    @property
+    def text_encoders(self) -> tuple[Component, ...]:
+        return self.by_role(Role.TEXT_ENCODER)
+
+    @property
+    def vae(self) -> Component:
+        return self.by_role(Role.VAE)[0]
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        return tuple(component.name for component in self.components)
+
+    def modelspec_for(self, prediction_type: str | None) -> str:
+        variant = self.variants.get(prediction_type or "")
+        return (variant.modelspec_architecture if variant else None) or self.modelspec_architecture
+
+    def resolution_for(self, prediction_type: str | None) -> int:
+        variant = self.variants.get(prediction_type or "")
+        return (variant.default_resolution if variant else None) or self.default_resolution
+
+
+_families: dict[str, FamilySpec] = {}
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Make `spec` a model type. Called by the family's own module at import."""
+    existing = _families.get(spec.name)
+    if existing is not None and existing is not spec:
+        raise RuntimeError(f"model family {spec.name} registered twice")
+    roles = [component.role for component in spec.components]
+    if roles.count(Role.DENOISER) != 1 or roles.count(Role.VAE) != 1:
+        raise RuntimeError(f"model family {spec.name} needs exactly one denoiser and one VAE")
+    _families[spec.name] = spec
+    return spec
+
+
+def families() -> list[FamilySpec]:
+    """Every registered family, sorted by name."""
+    from onetrainer.util.registry import discover
+
+    discover()
+    return [_families[name] for name in sorted(_families)]
+
+
+def family_names() -> list[str]:
+    return [spec.name for spec in families()]
+
+
+def find_family(name: str) -> FamilySpec | None:
+    from onetrainer.util.registry import discover
+
+    discover()
+    return _families.get(name)
+
+
+def get_family(name: str) -> FamilySpec:
+    """The spec of model type `name`, or a user error that lists the model types and suggests one."""
+    spec = find_family(name)
+    if spec is None:
+        names = family_names()
+        raise UserError(
+            f"unknown model type {name!r}; {did_you_mean(name, names)}",
+            hint=f"Model types: {', '.join(names)}.",
+        )
+    return spec
+
+
+def family_title(name: str | None) -> str:
+    """A family's title for messages; unknown names are shown as given."""
+    spec = find_family(name) if name else None
+    return spec.title if spec is not None else (name or "an unknown model family")
+
+
+def tiny_model(key: str) -> tuple[FamilySpec, TinyModel]:
+    """The family and builder of `tiny:<key>`, or a user error listing the tiny models."""
+    for spec in families():
+        if key in spec.tiny:
+            return spec, spec.tiny[key]
+    names = tiny_names()
+    raise UserError(f"unknown tiny model {key!r}; {did_you_mean(key, names)}", hint=f"Tiny models: {', '.join(names)}.")
+
+
+def tiny_names() -> list[str]:
+    return sorted(key for spec in families() for key in spec.tiny)
+
+
+def by_modelspec_architecture(architecture: str) -> tuple[FamilySpec, str | None] | None:
+    """The family a `modelspec.architecture` value names, and the prediction type its variant implies."""
+    base = architecture.split("/")[0]
+    for spec in families():
+        for prediction, variant in spec.variants.items():
+            if base == variant.modelspec_architecture:
+                return spec, prediction
+        if base == spec.modelspec_architecture:
+            return spec, None
+    return None
+
+
+def by_kohya_base_model_version(version: str) -> FamilySpec | None:
+    for spec in families():
+        if version == spec.kohya_base_model_version:
+            return spec
+    return None
+
+
+def by_pipeline_class(class_name: str) -> list[FamilySpec]:
+    return [spec for spec in families() if class_name in spec.pipeline_classes]
+
+
+def recognise_single_file(shapes: Shapes, metadata: Mapping[str, str]) -> Iterable[Evidence]:
+    """Every family's verdict on a weights file; the caller decides what several verdicts mean."""
+    for spec in families():
+        evidence = spec.recognise(shapes, metadata)
+        if evidence is not None:
+            yield evidence
