@@ -124,7 +124,7 @@ def sample(
             loras=[(str(lora_path), scale) for lora_path, scale in loras],
             embeddings=[path.stem for path in embedding or []],
         )
-        save_png(image, path, info.text_chunks())
+        save_png(image, path, info)
         stdout.print(str(path))
 
 

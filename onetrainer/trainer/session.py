@@ -104,6 +104,7 @@ class Session:
                 resolution=self.config.data.resolution,
                 directory=self.workspace.samples,
                 tensorboard=self.tensorboard,
+                model=str(self.config.model.base),
             )
         self.progress(
             {
