@@ -18,7 +18,7 @@ EXAMPLES = (
     ),
     (
         "a kohya LoRA as a PEFT (diffusers) LoRA in fp16",
-        "onetrainer convert my-lora.safetensors peft-lora/ --to peft --dtype fp16",
+        "onetrainer convert my-lora.safetensors my-lora-peft.safetensors --to peft --dtype fp16",
     ),
     (
         "an SD 2.x 768 file that does not say what it predicts, as a diffusers folder",
