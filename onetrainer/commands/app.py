@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from onetrainer import __version__
 from onetrainer.commands import caption, convert, inspect, mask, presets, sample, train
+from onetrainer.commands.help import HelpfulCommand, examples_epilog, show_words
 from onetrainer.util.errors import OneTrainerError
 
 _state = {"debug": False}
@@ -23,6 +24,11 @@ _state = {"debug": False}
 
 class _ErrorHandlingGroup(TyperGroup):
     """Turns library exceptions into rendered messages and exit codes for every subcommand."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        show_words(params)
+        return params
 
     def invoke(self, ctx: Any) -> Any:
         from onetrainer.ui.console import stderr
@@ -101,13 +107,19 @@ def _quiet_libraries() -> None:
         os.environ.setdefault(name, value)
 
 
-app.command(name="presets")(presets.presets)
-app.command(name="train")(train.train)
-app.command(name="sample")(sample.sample)
-app.command(name="caption")(caption.caption)
-app.command(name="mask")(mask.mask)
-app.command(name="inspect")(inspect.inspect)
-app.command(name="convert")(convert.convert)
+COMMANDS = {
+    "presets": presets,
+    "train": train,
+    "sample": sample,
+    "caption": caption,
+    "mask": mask,
+    "inspect": inspect,
+    "convert": convert,
+}
+"""Command name -> its module, which holds a function of the same name and its `EXAMPLES`."""
+
+for _name, _module in COMMANDS.items():
+    app.command(name=_name, cls=HelpfulCommand, epilog=examples_epilog(_module.EXAMPLES))(getattr(_module, _name))
 
 
 def main() -> None:

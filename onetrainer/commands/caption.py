@@ -7,17 +7,31 @@ from typing import Annotated
 
 import typer
 
-from onetrainer.commands.dataset_options import BatchSize, Device, Dtype, Recursive
+from onetrainer.commands.options import DEFAULT_DEVICE, BatchSize, Device, DtypeHalfOnGpu, Recursive
 from onetrainer.dataset_tools.modes import CaptionMode
+from onetrainer.util.devices import WeightsDtype
+
+EXAMPLES = (
+    ("caption the images that have no caption yet, with BLIP", "onetrainer caption dataset/"),
+    (
+        "tag anime-style images with a WD14 tagger, starting each caption with a trigger word",
+        'onetrainer caption dataset/ --model wd14 --prefix "sks, " --exclude "simple background"',
+    ),
+    (
+        "recaption a folder and its subfolders with Florence-2",
+        "onetrainer caption dataset/ -r --model florence2 --mode replace",
+    ),
+)
 
 
 def caption(
-    directory: Annotated[Path, typer.Argument(help="Folder of images to caption.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of images to caption.")],
     model: Annotated[
         str,
         typer.Option(
             "--model",
             "-m",
+            metavar="MODEL",
             help="blip, blip2, florence2, wd14 (ONNX tagger), wd14:ORG/NAME, or a local path / hub id "
             "of a transformers image-to-text model.",
         ),
@@ -30,8 +44,8 @@ def caption(
     suffix: Annotated[str, typer.Option(help="Text put after each caption, as typed.")] = "",
     recursive: Recursive = False,
     batch_size: BatchSize = 4,
-    device: Device = None,
-    dtype: Dtype = None,
+    device: Device = DEFAULT_DEVICE,
+    dtype: DtypeHalfOnGpu = WeightsDtype.AUTO,
     prompt: Annotated[
         str | None,
         typer.Option(
@@ -47,7 +61,8 @@ def caption(
         float, typer.Option(min=0.0, max=1.0, help="Tagger: lowest score of a character tag.")
     ] = 0.85,
     exclude: Annotated[
-        list[str] | None, typer.Option(help="Tagger: tags never written (repeatable, or comma-separated).")
+        list[str] | None,
+        typer.Option(metavar="TAGS", help="Tagger: tags never written (repeatable, or comma-separated)."),
     ] = None,
 ) -> None:
     """Caption every image in DIR with a captioning model or a WD14-style tagger."""
@@ -66,7 +81,7 @@ def caption(
         recursive=recursive,
         batch_size=batch_size,
         device=device,
-        dtype=dtype,
+        dtype=dtype.value,
         prompt=prompt,
         max_new_tokens=max_new_tokens,
         tagger=TaggerSettings(general_threshold, character_threshold, excluded),

@@ -7,34 +7,60 @@ from typing import Annotated
 
 import typer
 
+from onetrainer.commands.options import DtypeKeep, ModelType, keys_as_options
+from onetrainer.util.devices import WeightsDtype
 from onetrainer.util.enums import PredictionType
+
+EXAMPLES = (
+    (
+        "a diffusers folder as one original .safetensors file (A1111, ComfyUI)",
+        "onetrainer convert my-model/ my-model.safetensors",
+    ),
+    (
+        "a kohya LoRA as a PEFT (diffusers) LoRA in fp16",
+        "onetrainer convert my-lora.safetensors my-lora-peft.safetensors --to peft --dtype fp16",
+    ),
+    (
+        "an SD 2.x 768 file that does not say what it predicts, as a diffusers folder",
+        "onetrainer convert sd2-768.ckpt sd2-768/ --prediction-type v_prediction",
+    ),
+)
+INPUT_WHERE = {"model.base": "the INPUT argument", "model.config": "--config", "model.tokenizer": "--tokenizer"}
+"""The loaders name their sources by config key; here they come from these arguments."""
 
 
 def convert(
     input: Annotated[
-        str, typer.Argument(help="A model, LoRA or embedding: a file, a diffusers folder, a hub id or tiny:<family>.")
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="A model, LoRA or embedding: a file, a diffusers folder, a hub id or tiny:<family>.",
+        ),
     ],
-    output: Annotated[Path, typer.Argument(help="The file (.safetensors) or folder (diffusers) to write.")],
+    output: Annotated[
+        Path, typer.Argument(metavar="OUTPUT", help="The file (.safetensors) or folder (diffusers) to write.")
+    ],
     to: Annotated[
         str,
         typer.Option(
             "--to",
+            metavar="FORMAT",
             help="diffusers or single-file (models), kohya or peft (LoRAs), a1111 or diffusers (embeddings); "
             "auto: kohya, a1111, or single-file/diffusers by the output's suffix.",
         ),
     ] = "auto",
-    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (default: keep each tensor's dtype).")] = None,
-    model_type: Annotated[
-        str | None, typer.Option("--model-type", help="sd15 or sd2 (default: detect from the input).")
-    ] = None,
+    dtype: DtypeKeep = WeightsDtype.AUTO,
+    model_type: ModelType = None,
     config: Annotated[
         str | None,
         typer.Option(
-            help="Architecture of a single-file input (diffusers folder or hub id); default: shipped configs."
+            metavar="PATH",
+            help="Architecture of a single-file input (diffusers folder or hub id); default: shipped configs.",
         ),
     ] = None,
     tokenizer: Annotated[
-        str | None, typer.Option(help="Tokenizer for a single-file input written as a diffusers folder.")
+        str | None,
+        typer.Option(metavar="PATH", help="Tokenizer for a single-file input written as a diffusers folder."),
     ] = None,
     prediction_type: Annotated[
         PredictionType,
@@ -52,16 +78,20 @@ def convert(
     from onetrainer.model_saver.formats import parse_format
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import per_file_progress
+    from onetrainer.util.registry import ModuleKind
+    from onetrainer.util.writable import check_writable
 
     fmt = parse_format(to)
-    with open_conversion_source(
-        input,
-        model_type=parse_model_type(model_type),
-        config=config,
-        tokenizer=tokenizer,
-        prediction_type=prediction_type,
-    ) as source:
+    family = parse_model_type(model_type, needs=(ModuleKind.LOADER, ModuleKind.SAVER))
+    check_writable(output, where="the OUTPUT argument")
+    cast = None if dtype is WeightsDtype.AUTO else dtype.value
+    with (
+        keys_as_options(INPUT_WHERE),
+        open_conversion_source(
+            input, model_type=family, config=config, tokenizer=tokenizer, prediction_type=prediction_type
+        ) as source,
+    ):
         stderr.print(f"input: {source.detection.description}")
         with per_file_progress("tensors") as update:
-            used, path = write_conversion(source, output, to=fmt, dtype=dtype, overwrite=overwrite, progress=update)
+            used, path = write_conversion(source, output, to=fmt, dtype=cast, overwrite=overwrite, progress=update)
     stdout.print(f"wrote {path} ({used.value})")

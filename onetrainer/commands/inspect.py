@@ -7,15 +7,20 @@ from typing import Annotated
 
 import typer
 
-from onetrainer.util.enums import ModelType
+EXAMPLES = (
+    ("what a downloaded file is: model, LoRA or embedding, and for which model", "onetrainer inspect file.safetensors"),
+    ("how a folder of images would be bucketed at 768 px", "onetrainer inspect dataset/ --resolution 768"),
+    ("a run's state, as JSON for a script", "onetrainer inspect workspace/my-run --json"),
+)
 
 
 def inspect(
     path: Annotated[
         Path,
         typer.Argument(
+            metavar="PATH",
             help="A model (diffusers folder, .safetensors, .ckpt), LoRA, embedding, backup, workspace, "
-            "run config (.yaml) or image folder."
+            "run config (.yaml) or image folder.",
         ),
     ],
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
@@ -23,18 +28,21 @@ def inspect(
         int, typer.Option(min=64, max=8192, help="Image folders: the training resolution to bucket for.")
     ] = 512,
     model_type: Annotated[
-        ModelType, typer.Option(help="Image folders: the model family (sets the bucket size multiple).")
-    ] = ModelType.SD15,
+        str, typer.Option(metavar="TYPE", help="Image folders: the model family (sets the bucket size multiple).")
+    ] = "sd15",
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Image folders: include sub-folders.")] = False,
 ) -> None:
     """Describe PATH from headers and metadata, without loading weights (exit code 2: an invalid run config)."""
     import json
 
     from onetrainer.inspection.dispatch import inspect_path
+    from onetrainer.model_loader.family import require_model_type
     from onetrainer.ui.console import stdout
     from onetrainer.ui.inspection import inspection_view
+    from onetrainer.util.registry import ModuleKind
 
-    result = inspect_path(path, resolution=resolution, model_type=model_type.value, recursive=recursive)
+    family = require_model_type(model_type, needs=(ModuleKind.SETUP,))
+    result = inspect_path(path, resolution=resolution, model_type=family.value, recursive=recursive)
     if json_output:
         typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
     else:

@@ -6,17 +6,39 @@ from typing import Annotated
 
 import typer
 
+from onetrainer.util.errors import UserError
+
+EXAMPLES = (
+    ("list the presets with a description each", "onetrainer presets"),
+    ("start a config from a preset", "onetrainer presets sd15-lora > my-lora.yaml"),
+)
+
+
+class UnknownPreset(UserError):
+    """`presets NAME` with a name no preset has: not a config problem, so not titled as one."""
+
+    title = "Unknown preset"
+
 
 def presets(
-    name: Annotated[str | None, typer.Argument(help="Preset to print as YAML (omit to list them all).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="Preset to print as YAML (omit to list them all).")
+    ] = None,
 ) -> None:
     """List the shipped training presets, or print one (`onetrainer presets sd15-lora > my.yaml`)."""
     from onetrainer.ui.console import stdout
     from onetrainer.ui.tables import preset_table
     from onetrainer.util.config.presets import preset_description, preset_names, preset_text
+    from onetrainer.util.suggest import did_you_mean
 
+    names = preset_names()
     if name is None:
-        names = preset_names()
         stdout.print(preset_table([(preset, preset_description(preset)) for preset in names]))
         return
+    if name not in names:
+        raise UnknownPreset(
+            f"no preset is named {name!r}; {did_you_mean(name, names)}".rstrip("; "),
+            where="the NAME argument",
+            hint=f"The presets are: {', '.join(names)}. `onetrainer presets` describes each.",
+        )
     typer.echo(preset_text(name), nl=False)

@@ -13,12 +13,24 @@ import typer
 if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
 
+EXAMPLES = (
+    ("the demo: a LoRA on the built-in tiny model, on the CPU", "onetrainer train presets/demo.yaml"),
+    ("check a config and see it resolved, without training", "onetrainer train my-lora.yaml --check"),
+    (
+        "train with two settings changed from the command line",
+        "onetrainer train my-lora.yaml training.learning_rate=5e-5 training.epochs=20",
+    ),
+    ("continue an interrupted run from its newest backup", "onetrainer train my-lora.yaml --resume last"),
+)
+
 
 def train(
-    config: Annotated[Path, typer.Argument(help="Run config (YAML). It may name a `preset:` to start from.")],
+    config: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="Run config (YAML). It may name a `preset:` to start from.")
+    ],
     overrides: Annotated[
         list[str] | None,
-        typer.Argument(help="KEY=VALUE overrides with dotted paths, e.g. training.learning_rate=1e-4."),
+        typer.Argument(metavar="KEY=VALUE", help="Overrides with dotted paths, e.g. training.learning_rate=1e-4."),
     ] = None,
     resume: Annotated[
         str | None,

@@ -33,8 +33,9 @@ class CaptionRequest:
     suffix: str = ""
     recursive: bool = False
     batch_size: int = 4
-    device: str | None = None
-    dtype: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    """fp32, fp16, bf16 or auto (`util.devices`)."""
     prompt: str | None = None
     """Text the model starts from: BLIP and BLIP-2 continue it, Florence-2 reads it as its task token
     (default `<DETAILED_CAPTION>`). It is not written into the caption; `prefix` is."""
@@ -60,6 +61,12 @@ def needs_caption(image: Path, mode: CaptionMode) -> bool:
 
 
 def _validate(request: CaptionRequest) -> None:
+    """Every argument, before the folder is read: a wrong one fails the same with or without images."""
+    from onetrainer.dataset_tools.captioners import check_captioner
+    from onetrainer.util.devices import parse_dtype
+
+    check_captioner(request.model)
+    parse_dtype(request.dtype)
     if request.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if request.max_new_tokens < 1:
@@ -79,15 +86,16 @@ def caption_folder(request: CaptionRequest, on_progress: ProgressCallback = no_p
     instant.
     """
     from onetrainer.dataset_tools.captioners import open_captioner
-    from onetrainer.dataset_tools.sources import resolve_device
+    from onetrainer.util.devices import resolve_device
 
     _validate(request)
+    device = resolve_device(request.device)
     todo, summary = select_images(
         request.directory, recursive=request.recursive, wanted=lambda image: needs_caption(image, request.mode)
     )
     if not todo:
         return summary
-    captioner = open_captioner(request, resolve_device(request.device))
+    captioner = open_captioner(request, device)
 
     def write(image_path: Path, _: Image.Image, text: str) -> Path:
         target = caption_path(image_path)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from onetrainer.data_loader.files import MASK_SUFFIX, UnreadableImage, decode_image, list_images
 from onetrainer.util.errors import UserError
+from onetrainer.util.missing import missing_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -20,14 +21,19 @@ if TYPE_CHECKING:
 __all__ = ["UnreadableImage", "caption_path", "find_images", "load_rgb", "mask_path"]
 
 WHITE = (255, 255, 255)
+FOLDER_ARGUMENT = "the DIR argument"
 
 
 def find_images(directory: Path, *, recursive: bool) -> list[Path]:
     """Images under `directory` in a stable (sorted) order, so runs and batches are reproducible."""
     if not directory.exists():
-        raise UserError(f"folder not found: {directory}")
+        raise missing_path(directory, what="folder", where=FOLDER_ARGUMENT)
     if not directory.is_dir():
-        raise UserError(f"expected a folder of images, got a file: {directory}")
+        raise UserError(
+            f"expected a folder of images, got a file: {directory}",
+            where=FOLDER_ARGUMENT,
+            hint=f"Pass the folder that holds the images: {directory.parent}",
+        )
     return list_images(directory, recursive=recursive)
 
 

@@ -5,6 +5,9 @@ After the backend's thresholded mask, `expand` grows it by that many pixels (a s
 disk: `replace` overwrites, `fill` masks only images without a mask, `add` unions (old + alpha·new),
 `subtract` removes (old − alpha·new), `blend` mixes ((1 − alpha)·old + alpha·new). A missing mask
 counts as black for `add`/`blend` and as white (the whole image trains) for `subtract`.
+
+An image where the backend found nothing still gets its (black) mask, and is listed in the summary's
+`empty`, so that a prompt or threshold that matches nothing is reported instead of passing silently.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class MaskRequest:
     alpha: float = 1.0
     recursive: bool = False
     batch_size: int = 4
-    device: str | None = None
-    dtype: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    """fp32, fp16, bf16 or auto (`util.devices`)."""
 
 
 def expand_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -103,8 +107,14 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def _validate(request: MaskRequest) -> None:
+    """Every argument, before the folder is read: a wrong one fails the same with or without images."""
+    from onetrainer.dataset_tools.maskers import check_masker
+    from onetrainer.util.devices import parse_dtype
+
     if not request.prompts:
         raise UserError("no prompt given", hint="Pass what to mask with --prompt (repeatable).")
+    check_masker(request.model, request.prompts)
+    parse_dtype(request.dtype)
     if not 0.0 <= request.alpha <= 1.0:
         raise UserError(f"--alpha must be between 0 and 1, got {request.alpha}")
     if request.threshold is not None and not 0.0 <= request.threshold <= 1.0:
@@ -117,9 +127,12 @@ def _validate(request: MaskRequest) -> None:
 
 def mask_folder(request: MaskRequest, on_progress: ProgressCallback = no_progress) -> ToolSummary:
     """Mask every image under `request.directory` that the mode selects; returns what happened."""
-    from onetrainer.dataset_tools.maskers import open_masker
+    from onetrainer.dataset_tools.maskers import COLOR, open_masker
+    from onetrainer.util.devices import resolve_device
 
     _validate(request)
+    if request.model != COLOR:
+        resolve_device(request.device)
     todo, summary = select_images(
         request.directory,
         recursive=request.recursive,
@@ -131,6 +144,8 @@ def mask_folder(request: MaskRequest, on_progress: ProgressCallback = no_progres
 
     def write(image_path: Path, image: Image.Image, mask: np.ndarray) -> Path:
         target = mask_path(image_path)
+        if not mask.any():
+            summary.empty.append(target)
         shaped = smooth_mask(expand_mask(mask, request.expand), request.smooth)
         existing = read_mask(target, image.size) if request.mode is not MaskMode.REPLACE else None
         write_mask(target, combine_masks(existing, shaped, request.mode, request.alpha))

@@ -37,6 +37,8 @@ class ToolSummary:
     """Images whose existing sidecar the mode kept (fill)."""
     failed: list[tuple[Path, str]] = field(default_factory=list)
     """Images that could not be read, with the reason."""
+    empty: list[Path] = field(default_factory=list)
+    """Sidecars written with nothing in them: masks where the model found nothing to mask."""
     seconds: float = 0.0
 
     @property
@@ -44,14 +46,16 @@ class ToolSummary:
         handled = len(self.written) + len(self.failed)
         return handled / self.seconds if self.seconds > 0 else 0.0
 
-    def count_rows(self, *, written: str, kept: str) -> list[tuple[str, str]]:
-        """(label, value) rows for a summary table; `written`/`kept` name what this tool does."""
+    def count_rows(self, *, written: str, kept: str, empty: str = "empty") -> list[tuple[str, str]]:
+        """(label, value) rows for a summary table; `written`/`kept`/`empty` name what this tool does."""
         rows = [
             ("images found", str(self.found)),
             (written, str(len(self.written))),
             (kept, str(len(self.kept))),
             ("unreadable, skipped", str(len(self.failed))),
         ]
+        if self.empty:
+            rows.append((empty, str(len(self.empty))))
         if self.written or self.failed:
             rows.append(("speed", f"{self.images_per_second:.2f} images/s ({self.seconds:.1f} s)"))
         return rows

@@ -1,53 +1,25 @@
-"""Where a tool's model comes from: device and dtype choice, and hub ids versus local folders.
+"""Where a tool's model comes from: short names, local folders and hub ids, checked before any work.
 
 Loading goes through the libraries' own `from_pretrained` / `hf_hub_download`, so the hub cache and
-`HF_HUB_OFFLINE` behave as users expect; what we add is telling a missing local folder from an
-unavailable hub model, and saying how to fix either.
+`HF_HUB_OFFLINE` behave as users expect; what we add is checking `--model` before the folder is read
+(a typo, a missing path), and one message for a hub model that is not available (`util.missing`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from onetrainer.util.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
+from onetrainer.util.missing import missing_path, model_unavailable
+from onetrainer.util.suggest import did_you_mean
 
 T = TypeVar("T")
 
-DTYPES = ("float32", "float16", "bfloat16")
+MODEL_OPTION = "--model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_device(device: str | None) -> str:
-    """`None` means the first GPU when there is one, else the CPU."""
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {device!r}", hint="Use cpu, cuda or cuda:N.") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was requested but no CUDA GPU is available", hint="Use --device cpu.")
-    return str(parsed)
-
-
-def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
-    """`None` means half precision on a GPU and float32 on the CPU, where half is slow or unsupported."""
-    import torch
-
-    if dtype is None:
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}", hint=f"Use one of: {', '.join(DTYPES)}.")
-    return getattr(torch, dtype)
 
 
 def local_path(source: str) -> Path | None:
@@ -61,7 +33,26 @@ def local_path(source: str) -> Path | None:
         return path
     if _HUB_ID.match(source) and not source.startswith((".", "~")):
         return None
-    raise UserError(f"model not found: {source}", hint="Pass an existing folder or file, or a hub id like org/name.")
+    raise missing_path(source, what="model", where=MODEL_OPTION, also="A hub id looks like org/name.")
+
+
+def check_model_name(model: str, short_names: Sequence[str], *, what: str) -> None:
+    """Refuse a `--model` that is no short name, existing path or hub id, before any image is read.
+
+    A bare word is taken for a misspelt short name (`colour` -> `color`); anything path-like that does
+    not exist is a missing path.
+    """
+    if model in short_names:
+        return
+    if "/" in model or "\\" in model or model.startswith((".", "~")) or Path(model).expanduser().exists():
+        local_path(model)
+        return
+    names = "".join(f"{name}, " for name in short_names)
+    raise UserError(
+        f"unknown {what} {model!r}; {did_you_mean(model, short_names)}".rstrip("; "),
+        where=MODEL_OPTION,
+        hint=f"Use {names}a local model folder, or a hub id like org/name.",
+    )
 
 
 def load_from_hub_or_path(load: Callable[[str], T], source: str, *, what: str) -> T:
@@ -71,20 +62,8 @@ def load_from_hub_or_path(load: Callable[[str], T], source: str, *, what: str) -
         return load(str(path) if path is not None else source)
     except OSError as error:
         if path is not None:
-            raise UserError(f"cannot load the {what} from {path}: {error}") from None
-        raise UserError(
-            f"the {what} {source!r} is not available: {_first_line(error)}",
-            hint=_hub_hint(source),
-        ) from None
-
-
-def _hub_hint(source: str) -> str:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return (
-            f"HF_HUB_OFFLINE is set and {source} is not in the hub cache: download it once with "
-            f"`hf download {source}` where the network is available, or pass a local folder."
-        )
-    return f"Check the hub id and your connection, or download {source} and pass the local folder."
+            raise UserError(f"cannot load the {what} from {path}: {_first_line(error)}", where=MODEL_OPTION) from None
+        raise model_unavailable(source, where=MODEL_OPTION, what=what, reason=_first_line(error)) from None
 
 
 def _first_line(error: BaseException) -> str:

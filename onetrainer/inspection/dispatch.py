@@ -13,6 +13,7 @@ from pathlib import Path
 
 from onetrainer.inspection.result import Inspection, human_bytes
 from onetrainer.util.errors import UserError
+from onetrainer.util.missing import missing_path
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -23,7 +24,7 @@ def inspect_path(
     """Describe `path`. `resolution`, `model_type` and `recursive` apply to image folders only."""
     target = Path(path).expanduser()
     if not target.exists():
-        raise UserError(f"no such file or folder: {target}")
+        raise missing_path(target, what="file or folder", where=None)
     if target.is_dir():
         return _inspect_folder(target, resolution=resolution, model_type=model_type, recursive=recursive)
     if target.suffix.lower() in CONFIG_SUFFIXES:

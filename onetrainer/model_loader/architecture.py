@@ -21,6 +21,7 @@ from onetrainer.model_loader.hub import HUB, TINY, TINY_KINDS, hub_errors, hub_o
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
+from onetrainer.util.missing import model_unavailable
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -58,7 +59,7 @@ def resolve_architecture(source: str | None, model_type: ModelType, *, v_predict
     if source is None:
         variant = variant_for(model_type, v_prediction=v_prediction)
         return Architecture(f"shipped {variant} config", _read_folder_configs(config_dir(variant)))
-    kind = source_kind(source)
+    kind = source_kind(source, where="model.config")
     if kind == TINY:
         return _tiny_architecture(source)
     if kind == HUB:
@@ -91,7 +92,7 @@ def _read_hub_configs(repo: str) -> dict[str, dict[str, Any]]:
 
     configs: dict[str, dict[str, Any]] = {}
     for component, relative in COMPONENT_FILES.items():
-        with hub_errors(repo, relative):
+        with hub_errors(repo, "architecture config", where="model.config"):
             path = hf_hub_download(repo, relative)
         configs[component] = json.loads(Path(path).read_text(encoding="utf-8"))
     return configs
@@ -154,7 +155,7 @@ def _try_tokenizer(location: str, subfolder: str | None, *, local_only: bool) ->
 
 
 def _explicit_tokenizer(source: str) -> CLIPTokenizer:
-    kind = source_kind(source)
+    kind = source_kind(source, where="model.tokenizer")
     if kind == TINY:
         from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 
@@ -164,9 +165,12 @@ def _explicit_tokenizer(source: str) -> CLIPTokenizer:
             tokenizer = _try_tokenizer(source, subfolder, local_only=hub_offline())
             if tokenizer is not None:
                 return tokenizer
+        if hub_offline():
+            raise model_unavailable(source, where="model.tokenizer", what="tokenizer")
         raise UserError(
-            f"{source} has no usable CLIP tokenizer, or it is not in the local HF cache while offline",
-            hint="Pass a local tokenizer folder, or connect once so the hub copy is cached.",
+            f"{source} has no usable CLIP tokenizer",
+            where="model.tokenizer",
+            hint="Pass a local tokenizer folder, or a hub repository with a CLIP tokenizer (or a tokenizer/ folder).",
         )
     path = Path(source).expanduser()
     folder = path / "tokenizer" if (path / "tokenizer").is_dir() else path

@@ -79,7 +79,7 @@ def open_conversion_source(
     no marker, and only the user knows whether theirs is the 512 epsilon or the 768 v model.
     """
     source = str(source)
-    kind = source_kind(source)
+    kind = source_kind(source, where="model.base")
     if kind == TINY:
         yield _in_memory(load_stable_diffusion(source, model_type=model_type, prediction_type=prediction_type), source)
         return
@@ -101,7 +101,7 @@ def open_conversion_source(
 def _hub_snapshot(repo: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    with hub_errors(repo, "model files"):
+    with hub_errors(repo, "model", where="model.base"):
         return Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS))
 
 

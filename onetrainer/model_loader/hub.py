@@ -2,7 +2,8 @@
 
 `HF_HUB_OFFLINE=1` is respected by huggingface_hub itself; what it cannot do is explain, so every
 hub access goes through `hub_errors`, which says whether the model is missing, gated, or simply not
-in the local cache while offline.
+in the local cache while offline. Errors name where the source was given as the config key
+(`model.base`, `model.vae`, ...); a command that takes it from an argument renames that key.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.errors import UserError
+from onetrainer.util.missing import hub_offline, missing_path, model_unavailable
+
+__all__ = ["HUB", "LOCAL", "TINY", "TINY_KINDS", "hub_errors", "hub_offline", "source_kind"]
 
 TINY, LOCAL, HUB = "tiny", "local", "hub"
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -22,13 +26,15 @@ TINY_KINDS = {"sd15": "sd15", "sd2": "sd2", "sd2-v": "sd2-v"}
 """`tiny:<name>` -> the tiny-model kind it builds (`sd2` is epsilon, `sd2-v` v-prediction)."""
 
 
-def source_kind(source: str) -> str:
+def source_kind(source: str, *, where: str | None = None) -> str:
     """TINY, LOCAL (an existing path) or HUB; a user error if it is none of them."""
     if source.startswith(TINY_PREFIX):
         name = source.removeprefix(TINY_PREFIX)
         if name not in TINY_KINDS:
             raise UserError(
-                f"unknown tiny model {source!r}", hint=f"Use one of: {', '.join('tiny:' + k for k in TINY_KINDS)}."
+                f"unknown tiny model {source!r}",
+                where=where,
+                hint=f"Use one of: {', '.join('tiny:' + k for k in TINY_KINDS)}.",
             )
         return TINY
     if Path(source).expanduser().exists():
@@ -36,18 +42,12 @@ def source_kind(source: str) -> str:
     looks_local = source.startswith(("/", "./", "../", "~")) or source.lower().endswith(WEIGHT_SUFFIXES)
     if _HUB_ID.match(source) and not looks_local:
         return HUB
-    raise UserError(f"no such file or folder: {source}", hint="A hub id looks like org/name.")
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
+    raise missing_path(source, what="file or folder", where=where, also="A hub id looks like org/name.")
 
 
 @contextlib.contextmanager
-def hub_errors(repo: str, what: str, *, hub: bool = True) -> Iterator[None]:
-    """Re-raise download and lookup failures for `repo` as `UserError`s that say how to fix them.
+def hub_errors(repo: str, what: str, *, where: str | None = None, hub: bool = True) -> Iterator[None]:
+    """Re-raise download and lookup failures of the `what` (`base model`, `VAE`) `repo` as user errors.
 
     With `hub=False` (`repo` is a local folder) a failure means the folder is incomplete.
     """
@@ -63,28 +63,34 @@ def hub_errors(repo: str, what: str, *, hub: bool = True) -> Iterator[None]:
         yield
     except GatedRepoError:
         raise UserError(
-            f"{repo} is gated on the hub: cannot fetch its {what}",
+            f"{repo} is gated on the hub: cannot fetch the {what}",
+            where=where,
             hint="Accept its licence on huggingface.co and log in with `hf auth login`, or use a local copy.",
         ) from None
     except RepositoryNotFoundError:
-        raise UserError(f"no hub repository named {repo}", hint="Check the spelling, or pass a local path.") from None
-    except LocalEntryNotFoundError:
         raise UserError(
-            f"the {what} of {repo} is not in the local Hugging Face cache, and the hub is unreachable or offline",
-            hint="Unset HF_HUB_OFFLINE and connect once to download it, or pass a local folder or file.",
+            f"no hub repository named {repo}", where=where, hint="Check the spelling, or pass a local path."
         ) from None
-    except EntryNotFoundError:
-        raise UserError(f"{repo} on the hub has no {what}", hint="Is it a diffusers repository?") from None
+    except LocalEntryNotFoundError:
+        raise model_unavailable(repo, where=where, what=what) from None
+    except EntryNotFoundError as error:
+        raise UserError(
+            f"{repo} on the hub lacks a file the {what} needs ({_first_line(error)})",
+            where=where,
+            hint="Is it a diffusers repository?",
+        ) from None
     except HfHubHTTPError as error:
-        raise UserError(f"hub request for the {what} of {repo} failed: {error}") from None
+        raise UserError(f"hub request for the {what} {repo} failed: {_first_line(error)}", where=where) from None
     except OSError as error:
         if not hub:
             raise UserError(
-                f"cannot load the {what} of {repo}: {str(error).splitlines()[0]}",
+                f"cannot load the {what} from {repo}: {_first_line(error)}",
+                where=where,
                 hint="The diffusers folder is incomplete or damaged; export it again.",
             ) from None
-        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
-        raise UserError(
-            f"cannot load the {what} of {repo}{offline}: {str(error).splitlines()[0]}",
-            hint="Download it once with the hub reachable, or pass a local diffusers folder.",
-        ) from None
+        raise model_unavailable(repo, where=where, what=what, reason=_first_line(error)) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

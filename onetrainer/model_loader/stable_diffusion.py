@@ -82,7 +82,7 @@ def load_stable_diffusion(
     source = str(source)
     wanted = PredictionType(getattr(prediction_type, "value", prediction_type))
     dtype = torch_dtype(dtype)
-    kind = source_kind(source)
+    kind = source_kind(source, where="model.base")
     if kind == TINY:
         parts = _from_tiny(source, model_type)
     elif kind == HUB:
@@ -139,7 +139,7 @@ def _hub_family(repo: str, wanted: ModelType | None) -> ModelType:
 
     from onetrainer.util.detect import family_from_unet_config
 
-    with hub_errors(repo, "unet/config.json"):
+    with hub_errors(repo, "base model", where="model.base"):
         config = json.loads(Path(hf_hub_download(repo, "unet/config.json")).read_text(encoding="utf-8"))
     family, reason = family_from_unet_config(config)
     return check_family(Detection(MODEL, "diffusers", family, reason, path=Path(repo)), wanted)
@@ -167,7 +167,7 @@ def _from_pretrained(location: str, source: str, family: ModelType, dtype: torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    with hub_errors(source, "model files", hub=hub):
+    with hub_errors(source, "base model", where="model.base", hub=hub):
         unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=dtype)
         text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", dtype=dtype)

@@ -25,11 +25,11 @@ if TYPE_CHECKING:
 def load_vae(source: str, base_config: dict[str, Any], dtype: torch.dtype) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
-    kind = source_kind(source)
+    kind = source_kind(source, where="model.vae")
     if kind == TINY:
         raise UserError("a tiny model cannot serve as a VAE override", hint="Pass a VAE folder, file or hub id.")
     if kind == HUB:
-        with hub_errors(source, "VAE"):
+        with hub_errors(source, "VAE", where="model.vae"):
             try:
                 return AutoencoderKL.from_pretrained(source, torch_dtype=dtype)
             except OSError:
@@ -39,7 +39,7 @@ def load_vae(source: str, base_config: dict[str, Any], dtype: torch.dtype) -> Au
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():
             raise UserError(f"{path} is not a diffusers VAE folder (no config.json)")
-        with hub_errors(str(folder), "VAE", hub=False):
+        with hub_errors(str(folder), "VAE", where="model.vae", hub=False):
             return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype)
     return _vae_from_file(path, base_config, dtype)
 

@@ -2,7 +2,8 @@
 
 Two text chunks: `parameters` in A1111's layout (prompt, `Negative prompt:`, then `Key: value`
 pairs), which image browsers and model sites parse, and `onetrainer`, the same facts as JSON for
-tools. The file is written atomically like everything else.
+tools. `sample` and training previews both write through `save_png`, so every image onetrainer draws
+carries them. The file is written atomically like everything else.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class GenerationInfo:
     model: str
     loras: list[tuple[str, float]] = field(default_factory=list)
     embeddings: list[str] = field(default_factory=list)
+    training_step: int | None = None
+    """Set on training previews: the optimizer step whose weights drew the image."""
 
     def a1111_parameters(self) -> str:
         pairs = [
@@ -48,6 +51,8 @@ class GenerationInfo:
             pairs.append(("LoRAs", '"' + ", ".join(f"{name}:{scale:g}" for name, scale in self.loras) + '"'))
         if self.embeddings:
             pairs.append(("Embeddings", '"' + ", ".join(self.embeddings) + '"'))
+        if self.training_step is not None:
+            pairs.append(("Training step", str(self.training_step)))
         lines = [self.prompt]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
@@ -55,17 +60,19 @@ class GenerationInfo:
         return "\n".join(lines)
 
     def text_chunks(self) -> dict[str, str]:
-        return {"parameters": self.a1111_parameters(), "onetrainer": json.dumps(asdict(self), ensure_ascii=False)}
+        facts = {key: value for key, value in asdict(self).items() if value is not None}
+        return {"parameters": self.a1111_parameters(), "onetrainer": json.dumps(facts, ensure_ascii=False)}
 
 
-def save_png(image: Image.Image, path: str | os.PathLike[str], text: dict[str, str]) -> None:
+def save_png(image: Image.Image, path: str | os.PathLike[str], info: GenerationInfo) -> None:
+    """Write `image` as a PNG carrying `info` in its text chunks."""
     from PIL.PngImagePlugin import PngInfo
 
-    info = PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
+    chunks = PngInfo()
+    for key, value in info.text_chunks().items():
+        chunks.add_text(key, value)
     with atomic_file(path) as handle:
-        image.save(handle, format="PNG", pnginfo=info)
+        image.save(handle, format="PNG", pnginfo=chunks)
 
 
 def output_paths(output: str | os.PathLike[str], seeds: list[int], *, overwrite: bool = False) -> list[Path]:

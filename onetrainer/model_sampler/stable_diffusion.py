@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from onetrainer.model_sampler.schedulers import build_scheduler, check_scheduler
+from onetrainer.model_sampler.sizes import check_side
 from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, register
@@ -60,11 +61,8 @@ class StableDiffusionSampler:
         import torch
 
         scheduler = check_scheduler(scheduler)
-        width = width or self.default_size()
-        height = height or self.default_size()
-        for name, value in (("width", width), ("height", height)):
-            if value % self.vae_scale or value <= 0:
-                raise UserError(f"{name} {value} must be a positive multiple of {self.vae_scale}")
+        width = check_side("width", width or self.default_size(), self.vae_scale)
+        height = check_side("height", height or self.default_size(), self.vae_scale)
         if steps < 1 or count < 1:
             raise UserError("steps and count must be at least 1")
         was_training = self.model.unet.training, self.model.text_encoder.training

@@ -1,8 +1,11 @@
-"""The training device, this process's rank, and accelerator memory for the progress display."""
+"""The training device, this process's rank, and the memory in use for the progress display."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.errors import UserError
 
@@ -37,10 +40,32 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def memory_gb(device: torch.device) -> tuple[float | None, float | None]:
-    """(allocated, peak) accelerator memory in GiB, or (None, None) on the CPU."""
+def memory_use(device: torch.device) -> dict[str, Any]:
+    """A step record's memory fields, in GiB: `memory_allocated_gb` and `memory_peak_gb`, and their kind.
+
+    On CUDA they are the tensors' accelerator memory (`memory_kind` "gpu"); elsewhere, where training
+    lives in RAM, the process's resident memory (`memory_kind` "ram"), or None where the OS does not say.
+    """
     import torch
 
-    if device.type != "cuda":
+    if device.type == "cuda":
+        allocated = torch.cuda.memory_allocated(device) / _GIB
+        peak = torch.cuda.max_memory_allocated(device) / _GIB
+        return {"memory_kind": "gpu", "memory_allocated_gb": allocated, "memory_peak_gb": peak}
+    current, peak = process_memory_gb()
+    return {"memory_kind": "ram", "memory_allocated_gb": current, "memory_peak_gb": peak}
+
+
+def process_memory_gb() -> tuple[float | None, float | None]:
+    """(resident, peak resident) memory of this process in GiB, from /proc and getrusage (no psutil)."""
+    try:
+        import resource
+    except ImportError:  # Windows
         return None, None
-    return torch.cuda.memory_allocated(device) / _GIB, torch.cuda.max_memory_allocated(device) / _GIB
+    peak_units = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_units * (1 if sys.platform == "darwin" else 1024) / _GIB  # bytes on macOS, KiB on Linux
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
+    except (OSError, ValueError, IndexError):  # no /proc (macOS): the peak is the best figure there is
+        return peak, peak
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / _GIB, peak

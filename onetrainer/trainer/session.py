@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.trainer.backup import prune_backups, write_backup
-from onetrainer.trainer.device import memory_gb
+from onetrainer.trainer.device import memory_use
 from onetrainer.trainer.metrics import MetricsLog, Throughput
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
@@ -104,6 +104,7 @@ class Session:
                 resolution=self.config.data.resolution,
                 directory=self.workspace.samples,
                 tensorboard=self.tensorboard,
+                model=str(self.config.model.base),
             )
         self.progress(
             {
@@ -156,7 +157,6 @@ class Session:
         steps_per_s = self.throughput.steps_per_second
         names = [str(group.get("name", index)) for index, group in enumerate(run.optimizer.param_groups)]
         learning_rates = dict(zip(names, group_rates, strict=True))
-        allocated, peak = memory_gb(self.device)
         record = {
             "step": step,
             "epoch": run.counters.epoch,
@@ -165,8 +165,7 @@ class Session:
             "lr": learning_rates,
             "steps_per_s": steps_per_s,
             "images_per_s": steps_per_s * self.images_per_step,
-            "memory_allocated_gb": allocated,
-            "memory_peak_gb": peak,
+            **memory_use(self.device),
             "time": time.time(),
         }
         if self.is_main:

@@ -6,7 +6,8 @@ same stream feeds all three displays:
 - `cache` {stage, done, total}: preparing the data (scan, hash, cache-images, cache-text, prune);
 - `start` {step, total_steps, epochs, steps_per_epoch}: the loop begins (step > 0 after a resume);
 - `step` {step, total_steps, epoch, epochs, loss, smoothed_loss, lr, steps_per_s, images_per_s,
-  eta_s, memory_allocated_gb, memory_peak_gb}: after each optimizer step;
+  eta_s, memory_kind, memory_allocated_gb, memory_peak_gb}: after each optimizer step (memory is
+  the GPU's, or with `memory_kind` "ram" the process's resident memory);
 - anything else (`status`, `sample`, `validation`, `backup`, `save`, `stopped`, `done`) carries a
   human-readable `message` and is shown as one line.
 """
@@ -17,12 +18,14 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import IO, Any, Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Column
+from rich.text import Text
 
 Event = dict[str, Any]
 
@@ -40,8 +43,8 @@ def _number(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def format_stats(event: Event) -> str:
-    """One line of step statistics: loss, smoothed loss, learning rate, speed, ETA and GPU memory."""
+def format_stats(event: Event, *, eta: bool = True) -> str:
+    """One line of step statistics: loss, smoothed loss, learning rate, speed, ETA and memory in use."""
     rates = event.get("lr") or {}
     lr_text = " ".join(f"{_number(rate, '.2e')}" for rate in rates.values()) if rates else "-"
     parts = [
@@ -49,13 +52,19 @@ def format_stats(event: Event) -> str:
         f"lr {lr_text}",
         f"{_number(event.get('steps_per_s'), '.2f')} steps/s",
         f"{_number(event.get('images_per_s'), '.1f')} img/s",
-        f"ETA {format_duration(event.get('eta_s'))}",
     ]
+    if eta:
+        parts.append(_eta_text(event))
     if event.get("memory_allocated_gb") is not None:
         allocated = _number(event["memory_allocated_gb"], ".1f")
         peak = _number(event.get("memory_peak_gb"), ".1f")
-        parts.append(f"GPU {allocated}/{peak} GiB")
+        label = "RAM" if event.get("memory_kind") == "ram" else "GPU"
+        parts.append(f"{label} {allocated}/{peak} GiB")
     return " · ".join(parts)
+
+
+def _eta_text(event: Event) -> str:
+    return f"ETA {format_duration(event.get('eta_s'))}"
 
 
 def _epoch_text(event: Event) -> str:
@@ -166,6 +175,21 @@ class PlainDisplay(_Stateless):
             self._emit(str(event["message"]))
 
 
+class _BarsThenStats(Progress):
+    """The bars (what, how far, when done) on one line each; the latest step statistics on their own line.
+
+    On one line with the bars, rich shrank the bar, the count and the ETA to nothing on an 80-column
+    terminal to make room for the statistics; below them, the statistics wrap instead.
+    """
+
+    stats = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.stats:
+            yield Text(self.stats)
+
+
 class RichDisplay:
     """A caching bar and a training bar on `console`, with messages printed above them."""
 
@@ -173,11 +197,11 @@ class RichDisplay:
         from onetrainer.ui.console import stderr
 
         self.console = console or stderr
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
+        self.progress = _BarsThenStats(
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(table_column=Column(min_width=10)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True)),
             console=self.console,
             transient=False,
         )
@@ -201,7 +225,7 @@ class RichDisplay:
         if kind == "cache":
             total = int(event.get("total") or 0)
             if self._cache_task is None:
-                self._cache_task = self.progress.add_task(_stage_text(event), total=total, stats="")
+                self._cache_task = self.progress.add_task(_stage_text(event), total=total, eta="")
             self.progress.update(
                 self._cache_task,
                 description=_stage_text(event),
@@ -213,14 +237,15 @@ class RichDisplay:
                 _epoch_text(event),
                 total=int(event.get("total_steps") or 0),
                 completed=int(event.get("step") or 0),
-                stats="",
+                eta="",
             )
         elif kind == "step" and self._train_task is not None:
+            self.progress.stats = format_stats(event, eta=False)
             self.progress.update(
                 self._train_task,
                 completed=int(event.get("step") or 0),
                 description=_epoch_text(event),
-                stats=format_stats(event),
+                eta=_eta_text(event),
             )
         elif event.get("message"):
             self.progress.console.print(str(event["message"]), markup=False, highlight=False)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 from onetrainer.util.keymaps.lora import detect_lora_format
 from onetrainer.util.keymaps.single_file import detect_single_file_family
+from onetrainer.util.missing import missing_path
 from onetrainer.util.safetensors_meta import ARCHITECTURES, SS_BASE_MODEL_VERSION, read_safetensors_header
 
 if TYPE_CHECKING:
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
 
 MODEL, LORA, EMBEDDING = "model", "lora", "embedding"
 SAFETENSORS, PICKLE = "safetensors", "pickle"
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+"""How torch's refusal names the class or function a pickle would have to import."""
 WIDTH_FAMILY = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 """Cross-attention (context) width of each UNet family; SD 1.x/2.x text encoders have the same widths."""
 EMBEDDING_WIDTHS = {768: "sd15", 1024: "sd2"}
@@ -98,25 +103,15 @@ def load_pickle_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     A Lightning `state_dict` wrapper is unwrapped; nested dicts of tensors (A1111 embeddings'
     `string_to_param`) are flattened with dots.
     """
-    import torch
-
     try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _load_weights_only(path)
     except pickle.UnpicklingError as error:
-        raise UserError(
-            f"{path.name} needs full unpickling to load, which can run arbitrary code; refused",
-            where=str(path),
-            hint="Only plain tensor checkpoints load safely (torch.load weights_only=True). Convert the file to "
-            f".safetensors with a tool you trust, then use that. Details: {str(error).splitlines()[0]}",
-        ) from None
+        raise _refused(path, error) from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise UserError(
-            f"cannot read {path.name}: corrupt or not a PyTorch checkpoint ({error})", where=str(path)
+            f"cannot read {path.name}: it is damaged or not a PyTorch checkpoint ({_first_sentence(error)})",
+            where=str(path),
+            hint="Download or copy the file again; a complete checkpoint is a zip archive or a plain pickle.",
         ) from None
     if not isinstance(data, dict):
         raise UserError(f"{path.name} holds a {type(data).__name__}, not a dict of tensors", where=str(path))
@@ -129,6 +124,46 @@ def load_pickle_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     _flatten(data, "", tensors, scalars)
     metadata = {str(k): str(v) for k, v in scalars.items() if isinstance(v, (str, int, float, bool))}
     return tensors, metadata
+
+
+def _load_weights_only(path: Path) -> Any:
+    """`torch.load(weights_only=True)`, memory-mapped where the file allows, without torch's warnings.
+
+    torch warns (a raw `UserWarning` above our message) about pickle protocols its safe unpickler may
+    not handle; whether it handles them shows in the result, so the warning only adds noise.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _refused(path: Path, error: pickle.UnpicklingError) -> UserError:
+    """Our explanation of a refused pickle, naming the Python object it holds when torch says which.
+
+    torch's own message suggests loading again without `weights_only`, which runs the file's code:
+    only the object's name is taken from it.
+    """
+    found = _UNSAFE_GLOBAL.search(str(error))
+    holds = f" ({found.group(1)})" if found else ""
+    return UserError(
+        f"{path.name} is refused: besides tensors it holds Python objects{holds}, and rebuilding them would "
+        "run code stored in the file",
+        where=str(path),
+        hint="Use a .safetensors version of this file (most models and LoRAs are published as one); "
+        "onetrainer reads pickles only when they hold nothing but tensors and plain values.",
+    )
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text.split(". ")[0].rstrip(".") or type(error).__name__
 
 
 def _flatten(data: Mapping[str, Any], prefix: str, tensors: dict[str, Any], scalars: dict[str, Any]) -> None:
@@ -157,7 +192,7 @@ def detect_path(path: str | os.PathLike[str]) -> Detection:
     """Detect a local file or diffusers folder; raises `UserError` for anything that is none of ours."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"no such file or folder: {path}")
+        raise missing_path(path, what="file or folder", where=None)
     if path.is_dir():
         detection = detect_folder(path)
         return detection if detection.path is not None else _with_path(detection, path)

@@ -75,3 +75,70 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_unknown_command_is_a_usage_error():
     result = runner.invoke(app, ["trian"])
     assert result.exit_code == 2
+
+
+def _help(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _click_command(name: str):
+    import typer
+
+    return typer.main.get_command(app).commands[name]
+
+
+def test_help_shows_words_for_values_not_python_types():
+    """Flags showed `<bool>`, repeatable options `<list[str]>`, and usage lines `{config}`."""
+    pages = {"(top)": _help()} | {command.name: _help(command.name) for command in app.registered_commands}
+    for name, page in pages.items():
+        for python_type in ("<bool>", "<list[", "<str>", "<int", "<float", "<path>", "<Path>"):
+            assert python_type not in page, (name, python_type)
+        usage = next(line for line in page.splitlines() if "Usage:" in line)
+        assert "{" not in usage, (name, usage)
+    assert "Usage: onetrainer train [OPTIONS] CONFIG [KEY=VALUE...]" in pages["train"]
+    assert "Usage: onetrainer caption [OPTIONS] DIR" in pages["caption"]
+    assert "FILE[:SCALE]" in pages["sample"]
+
+
+def test_every_command_ends_with_examples_that_parse():
+    """Each example is parsed by the command itself, so an example cannot name a flag that is gone."""
+    import shlex
+
+    from onetrainer.commands.app import COMMANDS
+
+    for name, module in COMMANDS.items():
+        assert "Examples" in _help(name), name
+        assert module.EXAMPLES, name
+        for _description, line in module.EXAMPLES:
+            words = shlex.split(line.partition(" > ")[0])
+            assert words[:2] == ["onetrainer", name], line
+            command = _click_command(name)
+            command.make_context(name, words[2:])  # raises on an unknown option or a bad value
+
+
+def test_device_and_dtype_are_one_declaration_with_one_vocabulary():
+    declarations = {name: {param.name: param for param in _click_command(name).params} for name in COMMANDS_WITH_DTYPE}
+    choices = {
+        name: [getattr(choice, "value", choice) for choice in params["dtype"].type_descriptor.choices]
+        for name, params in declarations.items()
+    }
+    assert all(found == ["auto", "fp32", "fp16", "bf16"] for found in choices.values()), choices
+    devices = {name: params["device"].default for name, params in declarations.items() if "device" in params}
+    assert devices == {"sample": "auto", "caption": "auto", "mask": "auto"}
+
+
+COMMANDS_WITH_DTYPE = ("sample", "caption", "mask", "convert")
+
+
+def test_model_type_accepts_only_the_families_the_command_can_run(tmp_path):
+    """`inspect --model-type sdxl` was accepted (and failed later) where sample and convert refused it."""
+    for arguments in (
+        ["inspect", str(tmp_path), "--model-type", "sdxl"],
+        ["sample", "tiny:sd15", "-p", "x", "--model-type", "sdxl"],
+        ["convert", "tiny:sd15", str(tmp_path / "o.safetensors"), "--model-type", "sdxl"],
+    ):
+        result = runner.invoke(app, arguments, terminal_width=200)
+        assert result.exit_code == 2, (arguments, result.output)
+        assert "model type 'sdxl' is not supported by this command" in result.output, arguments

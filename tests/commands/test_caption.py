@@ -27,7 +27,7 @@ def test_caption_writes_files_and_prints_a_summary(blip_dir: Path, tmp_path: Pat
     result = runner.invoke(
         app,
         ["caption", str(folder), "--model", str(blip_dir), "--batch-size", "3", "--max-new-tokens", "6",
-         "--prefix", "sks, ", "--device", "cpu", "--dtype", "float32"],
+         "--prefix", "sks, ", "--device", "cpu", "--dtype", "fp32"],
     )  # fmt: skip
 
     assert result.exit_code == 0, result.output
@@ -86,7 +86,7 @@ def test_caption_tagger_options(tmp_path: Path) -> None:
         (["caption", "{missing}"], "folder not found"),
         (["caption", "{folder}", "--model", "{missing}"], "model not found"),
         (["caption", "{folder}", "--device", "tpu9"], "unknown device"),
-        (["caption", "{folder}", "--dtype", "float8", "--model", "{blip}"], "unknown dtype"),
+        (["caption", "{folder}", "--dtype", "float32", "--model", "{blip}"], "'fp32', 'fp16', 'bf16'"),
         (["caption", "{folder}", "--mode", "merge"], "merge"),
         (["caption", "{folder}", "--batch-size", "0"], "batch-size"),
     ],
@@ -132,3 +132,35 @@ def test_caption_florence2_rejects_a_task_token_with_extra_text(tmp_path: Path) 
     assert result.exit_code == 2
     assert "does not accept the prompt" in result.output
     assert not list(folder.glob("*.txt"))
+
+
+@pytest.mark.parametrize(
+    ("model", "message", "hint"),
+    [
+        ("{missing}", "model not found", "{missing}"),
+        ("blipp", "unknown captioning model 'blipp'; did you mean 'blip'?", "blip, blip2, florence2, wd14"),
+        ("wd14:{missing}", "model not found", "{missing}"),
+    ],
+)
+def test_the_model_is_checked_even_when_no_image_needs_a_caption(
+    tmp_path: Path, model: str, message: str, hint: str
+) -> None:
+    """A wrong --model used to pass (exit 0) on a folder where nothing needed captioning."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = str(tmp_path / "no-such-model")
+
+    result = runner.invoke(app, ["caption", str(empty), "--model", model.format(missing=missing)])
+
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2, result.output
+    assert message in said
+    assert "where: --model" in said
+    assert hint.format(missing=missing) in said
+
+
+def test_a_bad_device_is_refused_before_the_folder_is_read(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["caption", str(tmp_path / "not-there"), "--device", "tpu"])
+
+    assert result.exit_code == 2
+    assert "unknown device 'tpu'" in result.output

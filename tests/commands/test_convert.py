@@ -136,7 +136,9 @@ def test_unknown_format_and_model_type_exit_2(sd15_file: Path, tmp_path: Path) -
 
 
 def test_missing_corrupt_and_unsafe_inputs_exit_2(tmp_path: Path) -> None:
-    assert "no such file" in said(convert(tmp_path / "missing.safetensors", tmp_path / "o.safetensors"))
+    missing = said(convert(tmp_path / "missing.safetensors", tmp_path / "o.safetensors"))
+    assert "file or folder not found" in missing
+    assert "where: the INPUT argument" in missing
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     assert convert(corrupt, tmp_path / "o.safetensors").exit_code == 2
@@ -144,7 +146,8 @@ def test_missing_corrupt_and_unsafe_inputs_exit_2(tmp_path: Path) -> None:
     torch.save({"state_dict": {"w": torch.ones(1)}, "args": argparse.Namespace(lr=1)}, pickle)
     result = convert(pickle, tmp_path / "o.safetensors")
     assert result.exit_code == 2
-    assert "arbitrary code" in said(result)
+    assert "would run code stored in the file" in said(result)
+    assert "weights_only" not in said(result)
 
 
 def test_lora_for_another_architecture_says_which(tmp_path: Path, kohya_lora: Path) -> None:
@@ -200,7 +203,8 @@ def test_unknown_prediction_type_is_not_invented(tmp_path: Path) -> None:
 def test_uncached_hub_model_offline_exits_2(tmp_path: Path) -> None:
     result = convert("onetrainer-test/no-such-model", tmp_path / "o.safetensors")
     assert result.exit_code == 2
-    assert "not in the local Hugging Face cache" in said(result)
+    assert "'onetrainer-test/no-such-model' is not on this machine" in said(result)
+    assert "where: the INPUT argument" in said(result)
 
 
 def test_diffusers_lora_folder_is_read_through_its_weights_file(kohya_lora: Path, tmp_path: Path) -> None:
@@ -212,7 +216,18 @@ def test_diffusers_lora_folder_is_read_through_its_weights_file(kohya_lora: Path
     assert _tensors(output).keys() == _tensors(kohya_lora).keys()
 
 
-def test_a_failing_disk_exits_1(kohya_lora: Path, tmp_path: Path) -> None:
+def test_an_output_that_cannot_be_written_is_refused_before_reading_the_input(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    result = convert("onetrainer-test/no-such-model", blocker / "out.safetensors")
+    assert result.exit_code == 2
+    assert f"{blocker} is a file, not a folder" in said(result)
+    assert "where: the OUTPUT argument" in said(result)
+
+
+def test_a_failing_disk_exits_1(kohya_lora: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails after the early check (a full disk, say) is a runtime failure."""
+    monkeypatch.setattr("onetrainer.util.writable.check_writable", lambda *_, **__: None)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output folder should be")
     result = convert(kohya_lora, blocker / "out.safetensors")

@@ -97,7 +97,7 @@ def test_image_folder_json_includes_the_dataset_report(image_dataset_dir: Path) 
     [
         (["{root}/corrupt.safetensors"], "Recognised"),
         (["{root}/empty-folder"], "does not recognise"),
-        (["{root}/missing"], "no such file"),
+        (["{root}/missing"], "file or folder not found"),
         (["{root}", "--model-type", "sd9"], "sd9"),
     ],
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,59 @@ def test_mask_user_errors_exit_2(tmp_path: Path, arguments: list[str], message: 
 
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "color", "-p", "not-a-colour"], "not a colour: 'not-a-colour'"),
+        (["--model", "colour", "-p", "red"], "unknown mask model 'colour'; did you mean 'color'?"),
+        (["--model", "./no-such-clipseg", "-p", "a cat"], "model not found: ./no-such-clipseg"),
+        (["-p", "a cat", "--dtype", "float16"], "'fp32', 'fp16', 'bf16'"),
+    ],
+)
+def test_arguments_are_checked_even_when_no_image_needs_a_mask(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    """A bad --prompt or --model used to exit 0 on a folder with nothing to mask."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    result = runner.invoke(app, ["mask", str(empty), *arguments])
+
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.replace("│", " ").split())
+
+
+def test_the_example_red_is_masked_by_the_default_colour_threshold(shapes_dataset_dir: Path, tmp_path: Path) -> None:
+    """The shapes' red is 220,30,30: at the old default (0.1) `#ff0000` masked none of it, silently."""
+    folder = tmp_path / "shapes"
+    shutil.copytree(shapes_dataset_dir, folder)
+    red = {path.with_suffix(".png").name for path in folder.glob("*.txt") if " red " in path.read_text()}
+    assert red
+
+    result = runner.invoke(app, ["mask", str(folder), "--model", "color", "-p", "#ff0000"])
+
+    assert result.exit_code == 0, result.output
+    masked = {
+        image.name
+        for image in folder.glob("*.png")
+        if "-masklabel" not in image.name and _mask(image.with_name(image.stem + "-masklabel.png")).max() == 255
+    }
+    assert masked == red
+    empty = 16 - len(red)
+    assert re.search(rf"empty \(nothing matched\)\s+{empty}\b", result.stdout)
+    assert f"{empty} of 16 masks are empty" in " ".join(result.stderr.split())
+
+
+def test_masks_where_nothing_matched_are_counted_and_named(tmp_path: Path) -> None:
+    folder = _two_colours(tmp_path / "images")
+    Image.new("RGB", (6, 6), (0, 0, 255)).save(folder / "b.png")
+
+    result = runner.invoke(app, ["mask", str(folder), "--model", "color", "-p", "yellow", "--threshold", "0.05"])
+
+    warning = " ".join(result.stderr.split())
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 masks are empty" in warning
+    assert "a-masklabel.png, b-masklabel.png" in warning
+    assert "raise --threshold" in warning

@@ -29,3 +29,13 @@ def test_unknown_preset_exits_2_with_the_valid_names():
     assert "did you mean 'sdxl-lora'" in result.output
     assert "sd15-full" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_unknown_preset_is_not_called_an_invalid_config():
+    result = runner.invoke(app, ["presets", "nope"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "Unknown preset" in result.output
+    assert "Invalid config" not in result.output
+    assert "no preset is named 'nope'" in result.output
+    for name in preset_names():
+        assert name in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -121,7 +122,8 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     [
         (["--scheduler", "eulr"], "unknown scheduler 'eulr'; did you mean 'euler'"),
         (["--scheduler", "heun"], "ddim, euler, euler-a, dpm++2m, dpm++2m-karras, unipc, ddpm"),
-        (["--lora", "{tmp}/missing.safetensors"], "no such file"),
+        (["--lora", "{tmp}/missing.safetensors"], "LoRA file not found"),
+        (["--embedding", "{tmp}/missing.safetensors"], "embedding file not found"),
         (["--lora", "{xl-lora}:strong"], "strength 'strong' is not a number"),
         (["--lora", "{xl-lora}"], "this LoRA is for SDXL"),
         (["--embedding", "{xl-emb}"], "embedding is for sdxl"),
@@ -143,7 +145,7 @@ def test_bad_input_exits_2(args: list[str], expected: str, bad_files: dict[str, 
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
-        ("{tmp}/nothing-here.safetensors", "no such file"),
+        ("{tmp}/nothing-here.safetensors", "not found"),
         ("{corrupt}", "corrupt"),
         ("{unsafe}", "refused"),
         ("{xl-lora}", "not a base model"),
@@ -181,3 +183,74 @@ def test_size_cfg_and_dtype_options(tmp_path: Path) -> None:
     bad = sample("tiny:sd15", "-p", "x", *FAST, "--dtype", "fp8", "-o", tmp_path)
     assert bad.exit_code == 2
     assert "fp8" in said(bad)
+
+
+UNCACHED = "onetrainer-test/no-such-model"
+"""A hub id that is never in the cache: loading it would fail, so an error about anything else proves
+that thing was checked before the model was looked for."""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--height", "100000"], "--height 100000 is larger than the 4096 px"),
+        (["--width", "4104"], "--width 4104 is larger than the 4096 px"),
+        (["--width", "100"], "--width 100 is not a positive multiple of 8"),
+        (["--height", "0"], "--height 0 is not a positive multiple of 8"),
+    ],
+)
+def test_sizes_are_checked_before_the_model_is_looked_for(args: list[str], expected: str, tmp_path: Path) -> None:
+    """`--height 100000` used to be accepted and denoise for minutes."""
+    result = sample(UNCACHED, "--model-type", "sd15", "-p", "x", "-o", tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert expected in said(result)
+    assert "not on this machine" not in said(result)
+
+
+def test_the_largest_allowed_size_names_its_nearest_multiples(tmp_path: Path) -> None:
+    result = sample(UNCACHED, "--model-type", "sd15", "-p", "x", "-o", tmp_path, "--width", "100")
+    assert "use 96 or 104" in said(result)
+
+
+def test_an_output_under_a_file_is_refused_before_the_model_is_looked_for(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    result = sample(UNCACHED, "--model-type", "sd15", "-p", "x", "-o", blocker / "out.png")
+    assert result.exit_code == 2, result.output
+    assert f"{blocker} is a file, not a folder" in said(result)
+    assert "where: --output" in said(result)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_sampling(tmp_path: Path) -> None:
+    """This failed with PermissionError (exit 1), after the images were generated."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = sample(UNCACHED, "--model-type", "sd15", "-p", "x", "-o", locked / "out")
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write into {locked}" in said(result)
+    assert list(locked.iterdir()) == []
+
+
+def test_an_uncached_hub_model_gives_the_one_message_naming_the_argument(tmp_path: Path) -> None:
+    """It used to leak LocalEntryNotFoundError and suggest --model-type."""
+    result = sample(UNCACHED, "-p", "x", "-o", tmp_path)
+    text = said(result)
+    assert result.exit_code == 2, result.output
+    assert "Model not available" in text
+    assert f"the base model '{UNCACHED}' is not on this machine" in text
+    assert "where: the MODEL argument" in text
+    assert f"`hf download {UNCACHED}`" in text
+    assert "LocalEntryNotFoundError" not in text
+    assert "--model-type" not in text
+
+
+def test_a_model_type_without_a_sampler_is_refused_with_those_that_have_one(tmp_path: Path) -> None:
+    result = sample("tiny:sd15", "-p", "x", "-o", tmp_path, "--model-type", "sdxl")
+    assert result.exit_code == 2
+    assert "'sdxl' is not supported by this command" in said(result)
+    assert "supports: sd15, sd2" in said(result)

@@ -113,7 +113,7 @@ def test_fill_on_a_finished_folder_loads_no_model(tmp_path: Path) -> None:
 
 def test_unavailable_hub_model_is_a_user_error(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="not available") as caught:
+    with pytest.raises(UserError, match="is not on this machine") as caught:
         caption_folder(CaptionRequest(folder, model="blip"))
     assert "Salesforce/blip-image-captioning-large" in caught.value.message
     assert "HF_HUB_OFFLINE" in (caught.value.hint or "")
@@ -136,7 +136,7 @@ def test_model_short_names_resolve_to_their_hub_ids(
     name: str, repo: str, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="not available") as caught:
+    with pytest.raises(UserError, match="is not on this machine") as caught:
         caption_folder(CaptionRequest(folder, model=name))
     assert repo in caught.value.message
 

@@ -135,7 +135,7 @@ def test_fill_add_and_replace(model_dir: Path, folder: Path) -> None:
 
 
 def test_half_precision_on_the_cpu(model_dir: Path, folder: Path) -> None:
-    summary = caption_folder(_request(folder, model_dir, dtype="bfloat16", batch_size=2))
+    summary = caption_folder(_request(folder, model_dir, dtype="bf16", batch_size=2))
 
     assert len(summary.written) == COUNT
     assert all(text.strip() for text in _captions(folder).values())

@@ -97,5 +97,5 @@ def test_tag_list_that_does_not_match_the_model_is_a_user_error(tagger_dir: Path
 
 def test_unavailable_hub_tagger_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="not available"):
+    with pytest.raises(UserError, match="is not on this machine"):
         open_tagger("SmilingWolf/wd-v1-4-vit-tagger-v2", device="cpu", thresholds=TaggerSettings())

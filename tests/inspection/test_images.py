@@ -69,5 +69,6 @@ def test_folder_without_anything_known_says_what_it_holds(tmp_path: Path) -> Non
 
 
 def test_missing_path_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="file or folder not found") as caught:
         inspect_path(tmp_path / "missing.safetensors")
+    assert "Check the spelling" in (caught.value.hint or "")

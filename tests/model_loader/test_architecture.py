@@ -84,5 +84,6 @@ def test_a_file_or_an_incomplete_folder_is_not_an_architecture(tmp_path: Path) -
 
 
 def test_uncached_hub_config_offline_is_explained() -> None:
-    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+    with pytest.raises(UserError, match="not in the Hugging Face cache") as caught:
         resolve_architecture("onetrainer-test/no-such-model", ModelType.SD15, v_prediction=False)
+    assert caught.value.where == "model.config"

@@ -96,16 +96,19 @@ def test_vae_override_from_an_original_layout_file(tmp_path: Path, tiny_sd15_dir
 
 
 def test_uncached_hub_model_offline_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="not in the local Hugging Face cache") as info:
+    with pytest.raises(UserError, match="not in the Hugging Face cache") as info:
         load_stable_diffusion("onetrainer-test/no-such-model")
     assert "HF_HUB_OFFLINE" in (info.value.hint or "")
+    assert info.value.where == "model.base"
 
 
 def test_unknown_tiny_model_and_missing_paths_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown tiny model"):
         load_stable_diffusion("tiny:sd3")
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="file or folder not found") as info:
         load_stable_diffusion(tmp_path / "missing.safetensors")
+    assert info.value.where == "model.base"
+    assert str(tmp_path / "missing.safetensors") in (info.value.hint or "")
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def _info(**changes: object) -> GenerationInfo:
 
 def test_text_chunks_in_a1111_layout_and_json(tmp_path: Path) -> None:
     path = tmp_path / "x.png"
-    save_png(Image.new("RGB", (8, 8)), path, _info().text_chunks())
+    save_png(Image.new("RGB", (8, 8)), path, _info())
     text = Image.open(path).text
     assert text["parameters"] == (
         "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, "
@@ -45,7 +45,7 @@ def test_text_chunks_in_a1111_layout_and_json(tmp_path: Path) -> None:
 
 def test_non_latin_prompts_survive(tmp_path: Path) -> None:
     path = tmp_path / "x.png"
-    save_png(Image.new("RGB", (8, 8)), path, _info(prompt="猫の写真", negative_prompt="").text_chunks())
+    save_png(Image.new("RGB", (8, 8)), path, _info(prompt="猫の写真", negative_prompt=""))
     assert Image.open(path).text["parameters"].startswith("猫の写真\nSteps: 20")
 
 

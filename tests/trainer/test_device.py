@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from onetrainer.trainer.device import distributed_rank, memory_gb, resolve_device
+from onetrainer.trainer.device import distributed_rank, memory_use, resolve_device
 from onetrainer.util.errors import UserError
 
 
@@ -21,6 +23,28 @@ def test_missing_cuda_is_a_user_error() -> None:
         resolve_device("cuda")
 
 
-def test_single_process_is_rank_0_of_1_and_the_cpu_reports_no_memory() -> None:
+def test_single_process_is_rank_0_of_1() -> None:
     assert distributed_rank() == (0, 1)
-    assert memory_gb(torch.device("cpu")) == (None, None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads the resident size from /proc")
+def test_the_cpu_reports_the_process_resident_memory() -> None:
+    """Training on the CPU lives in RAM: the display shows this process's resident size, not nothing."""
+    before = memory_use(torch.device("cpu"))
+    block = torch.ones(64 * 1024 * 1024, dtype=torch.uint8)  # 64 MiB, touched so it is resident
+    after = memory_use(torch.device("cpu"))
+    assert before["memory_kind"] == after["memory_kind"] == "ram"
+    assert 0.01 < before["memory_allocated_gb"] <= before["memory_peak_gb"] + 0.01
+    assert after["memory_allocated_gb"] - before["memory_allocated_gb"] > 0.05
+    assert after["memory_peak_gb"] >= after["memory_allocated_gb"] - 0.01
+    del block
+
+
+@pytest.mark.gpu
+def test_cuda_reports_accelerator_memory() -> None:
+    device = torch.device("cuda")
+    block = torch.ones(32 * 1024 * 1024, dtype=torch.uint8, device=device)
+    use = memory_use(device)
+    assert use["memory_kind"] == "gpu"
+    assert use["memory_allocated_gb"] >= 32 / 1024
+    del block

@@ -33,7 +33,6 @@ def test_format_stats_shows_every_number() -> None:
     assert "10.0 img/s" in text
     assert "ETA 0:02:05" in text
     assert "GPU" not in text
-    assert "GPU 1.5/2.0 GiB" in format_stats({**STEP, "memory_allocated_gb": 1.5, "memory_peak_gb": 2.0})
 
 
 def test_format_duration_handles_unknown() -> None:
@@ -84,3 +83,38 @@ def test_open_display_picks_by_mode() -> None:
     assert isinstance(open_display(json_lines=True), JsonDisplay)
     assert isinstance(open_display(json_lines=False, interactive=False), PlainDisplay)
     assert isinstance(open_display(json_lines=False, interactive=True), RichDisplay)
+
+
+def test_memory_is_labelled_by_its_kind() -> None:
+    gpu = {**STEP, "memory_kind": "gpu", "memory_allocated_gb": 1.5, "memory_peak_gb": 2.0}
+    ram = {**STEP, "memory_kind": "ram", "memory_allocated_gb": 0.73, "memory_peak_gb": 0.81}
+    assert "GPU 1.5/2.0 GiB" in format_stats(gpu)
+    assert "RAM 0.7/0.8 GiB" in format_stats(ram)
+
+
+def test_an_80_column_terminal_keeps_the_epoch_bar_count_eta_and_every_statistic() -> None:
+    """Beside long statistics, rich used to squeeze the epoch, bar, step count and ETA down to 'epo…'."""
+    console = Console(file=io.StringIO(), width=80, force_terminal=False)
+    long_stats = {
+        **STEP,
+        "step": 5000,
+        "total_steps": 10000,
+        "epoch": 11,
+        "epochs": 50,
+        "lr": {"unet": 1e-4, "text_encoder": 5e-5},
+        "memory_kind": "ram",
+        "memory_allocated_gb": 1.23,
+        "memory_peak_gb": 1.5,
+    }
+    with RichDisplay(console) as display:
+        display({"event": "start", "step": 0, "total_steps": 10000, "epochs": 50, "epoch": 0})
+        display(long_stats)
+    lines = console.file.getvalue().splitlines()
+    bar_line = next(line for line in lines if line.startswith("epoch 12/50"))
+    assert "━━━━━━━━━━" in bar_line
+    assert "5000/10000" in bar_line
+    assert "ETA 0:02:05" in bar_line
+    assert all(len(line) <= 80 for line in lines)
+    text = " ".join(" ".join(lines).split())
+    for part in ("loss 0.1235 (avg 0.2000)", "lr 1.00e-04 5.00e-05", "2.50 steps/s", "10.0 img/s", "RAM 1.2/1.5 GiB"):
+        assert part in text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -109,8 +111,9 @@ def test_files_are_sniffed_not_trusted_by_suffix(tmp_path: Path) -> None:
     text.write_text("hello, this is no model")
     with pytest.raises(UserError, match="neither a safetensors file nor a PyTorch checkpoint"):
         detect_path(text)
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="file or folder not found") as caught:
         detect_path(tmp_path / "missing.safetensors")
+    assert str(tmp_path / "missing.safetensors") in (caught.value.hint or "")
 
 
 def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
@@ -134,17 +137,42 @@ def test_a1111_pt_embedding_is_flattened(tmp_path: Path) -> None:
     assert (detected.kind, detected.layout, detected.family) == (EMBEDDING, "a1111", "sd15")
 
 
-def test_unsafe_pickle_is_refused_with_an_explanation(tmp_path: Path) -> None:
+def test_unsafe_pickle_is_refused_with_our_explanation_only(tmp_path: Path) -> None:
+    """torch's own text says re-running with weights_only=False "will likely succeed": never repeat it."""
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": argparse.Namespace(lr=1.0)}, path)
-    with pytest.raises(UserError, match="arbitrary code") as info:
+    with pytest.raises(UserError, match="refused") as info:
         detect_path(path)
+    said = f"{info.value.message} {info.value.hint}"
+    assert "argparse.Namespace" in info.value.message
+    assert "would run code" in info.value.message
     assert "safetensors" in (info.value.hint or "")
+    assert "weights_only" not in said
+    assert "will likely succeed" not in said
 
 
-def test_truncated_pickle_is_a_user_error(tmp_path: Path) -> None:
+class _Runs:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def test_a_protocol_4_pickle_is_refused_without_torch_warnings(tmp_path: Path) -> None:
+    """torch warns about the pickle protocol with a raw UserWarning, printed above our panel."""
+    path = tmp_path / "evil.ckpt"
+    with path.open("wb") as handle:
+        pickle.dump({"state_dict": _Runs()}, handle, protocol=4)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError, match="refused") as info:
+        warnings.simplefilter("always")
+        detect_path(path)
+    assert [str(warning.message) for warning in caught] == []
+    assert "weights_only" not in f"{info.value.message} {info.value.hint}"
+
+
+def test_truncated_pickle_is_a_user_error_with_a_hint(tmp_path: Path) -> None:
     path = tmp_path / "broken.ckpt"
     torch.save({"w": torch.ones(100)}, path)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(UserError, match=r"broken\.ckpt"):
+    with pytest.raises(UserError, match=r"broken\.ckpt: it is damaged") as info:
         detect_path(path)
+    assert "again" in (info.value.hint or "")
+    assert "This is an internal" not in info.value.message

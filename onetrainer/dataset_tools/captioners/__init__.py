@@ -37,6 +37,16 @@ def is_tagger_source(model: str) -> bool:
     return path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file())
 
 
+def check_captioner(model: str) -> None:
+    """Refuse a `--model` that names nothing (a typo, a missing path) without loading anything."""
+    from onetrainer.dataset_tools.sources import check_model_name
+
+    if model.startswith(TAGGER_PREFIX):
+        check_model_name(model.removeprefix(TAGGER_PREFIX), [], what="tagger")
+    else:
+        check_model_name(model, [*TRANSFORMERS_MODELS, *TAGGER_MODELS], what="captioning model")
+
+
 def open_captioner(request: CaptionRequest, device: str) -> Captioner:
     """Load the backend `request.model` names onto `device` (slow: this loads the weights)."""
     model = request.model
@@ -47,12 +57,12 @@ def open_captioner(request: CaptionRequest, device: str) -> Captioner:
         return open_tagger(source, device=device, thresholds=request.tagger)
 
     from onetrainer.dataset_tools.captioners.image_to_text import ImageToTextCaptioner
-    from onetrainer.dataset_tools.sources import resolve_dtype
+    from onetrainer.util.devices import torch_dtype
 
     return ImageToTextCaptioner.load(
         TRANSFORMERS_MODELS.get(model, model),
         device=device,
-        dtype=resolve_dtype(request.dtype, device),
+        dtype=torch_dtype(request.dtype, device),
         prompt=request.prompt,
         max_new_tokens=request.max_new_tokens,
     )

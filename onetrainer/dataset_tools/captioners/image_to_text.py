@@ -67,7 +67,7 @@ class ImageToTextCaptioner:
             except ValueError as error:
                 raise unsupported(error) from None
 
-        processor = load_from_hub_or_path(load_processor, source, what="captioning processor")
+        processor = load_from_hub_or_path(load_processor, source, what="captioning model")
         model = load_from_hub_or_path(load_model, source, what="captioning model")
         model.to(device).eval()
         return cls(processor, model, device=device, dtype=dtype, prompt=prompt, max_new_tokens=max_new_tokens)

@@ -15,8 +15,13 @@ if TYPE_CHECKING:
     from onetrainer.dataset_tools.mask import MaskRequest
 
 CLIPSEG_MODELS: dict[str, str] = {"clipseg": "CIDAS/clipseg-rd64-refined"}
-DEFAULT_THRESHOLDS: dict[str, float] = {"clipseg": 0.3, "color": 0.1}
-"""Used when `--threshold` is not given; any other model (a CLIPSeg path or hub id) uses clipseg's."""
+COLOR = "color"
+DEFAULT_THRESHOLDS: dict[str, float] = {"clipseg": 0.3, COLOR: 0.2}
+"""Used when `--threshold` is not given; any other model (a CLIPSeg path or hub id) uses clipseg's.
+
+`color`'s 0.2 is a colour distance (see `maskers.color`): it takes a shade of the colour named (the
+example shapes' red 220,30,30 is 0.12 from `#ff0000`; Pillow's `green`, `blue` and `yellow` are
+0.14-0.17 from theirs) and leaves other hues out (orange is 0.37 from red)."""
 
 
 class Masker(Protocol):
@@ -29,16 +34,28 @@ def default_threshold(model: str) -> float:
     return DEFAULT_THRESHOLDS.get(model, DEFAULT_THRESHOLDS["clipseg"])
 
 
+def check_masker(model: str, prompts: list[str]) -> None:
+    """Refuse a `--model` that names nothing, or a colour that is none, without loading anything."""
+    from onetrainer.dataset_tools.sources import check_model_name
+
+    check_model_name(model, [*CLIPSEG_MODELS, COLOR], what="mask model")
+    if model == COLOR:
+        from onetrainer.dataset_tools.maskers.color import parse_colour
+
+        for prompt in prompts:
+            parse_colour(prompt)
+
+
 def open_masker(request: MaskRequest) -> Masker:
     """The backend `request.model` names; only a model backend resolves (and imports torch for) a device."""
     threshold = request.threshold if request.threshold is not None else default_threshold(request.model)
-    if request.model == "color":
+    if request.model == COLOR:
         from onetrainer.dataset_tools.maskers.color import ColorMasker
 
         return ColorMasker.from_prompts(request.prompts, threshold=threshold)
 
     from onetrainer.dataset_tools.maskers.clipseg import ClipSegMasker
-    from onetrainer.dataset_tools.sources import resolve_device, resolve_dtype
+    from onetrainer.util.devices import resolve_device, torch_dtype
 
     device = resolve_device(request.device)
     return ClipSegMasker.load(
@@ -46,5 +63,5 @@ def open_masker(request: MaskRequest) -> Masker:
         prompts=request.prompts,
         threshold=threshold,
         device=device,
-        dtype=resolve_dtype(request.dtype, device),
+        dtype=torch_dtype(request.dtype, device),
     )

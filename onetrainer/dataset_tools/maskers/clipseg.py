@@ -37,7 +37,7 @@ class ClipSegMasker:
     ) -> ClipSegMasker:
         from transformers import AutoProcessor, CLIPSegForImageSegmentation
 
-        processor = load_from_hub_or_path(AutoProcessor.from_pretrained, source, what="CLIPSeg processor")
+        processor = load_from_hub_or_path(AutoProcessor.from_pretrained, source, what="CLIPSeg model")
         model = load_from_hub_or_path(
             lambda path: CLIPSegForImageSegmentation.from_pretrained(path, dtype=dtype), source, what="CLIPSeg model"
         )

@@ -31,7 +31,9 @@ def parse_colour(text: str) -> tuple[int, int, int]:
         rgb = ImageColor.getrgb(text.strip())
     except ValueError:
         raise UserError(
-            f"not a colour: {text!r}", hint="Use a name (red), #rrggbb, rgb(r,g,b) or r,g,b with values 0-255."
+            f"not a colour: {text!r}",
+            where="--prompt",
+            hint="Use a name (red), #rrggbb, rgb(r,g,b) or r,g,b with values 0-255.",
         ) from None
     return rgb[0], rgb[1], rgb[2]
 

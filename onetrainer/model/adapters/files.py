@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from onetrainer.util.detect import SAFETENSORS, load_pickle_weights, sniff_container
 from onetrainer.util.errors import UserError
+from onetrainer.util.missing import missing_path
 
 if TYPE_CHECKING:
     import torch
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
 def read_tensor_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of the file (nested pickle dicts flattened with dots) and its metadata."""
     file = Path(path).expanduser()
+    if not file.exists():
+        raise missing_path(file, what="file", where=None)
     if not file.is_file():
-        raise UserError(f"no such file: {file}" if not file.exists() else f"expected a file, got a folder: {file}")
+        raise UserError(f"expected a file, got a folder: {file}", hint="Name the weights file inside it.")
     if sniff_container(file) != SAFETENSORS:
         return load_pickle_weights(file)
     from safetensors import SafetensorError, safe_open

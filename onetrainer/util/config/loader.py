@@ -173,9 +173,26 @@ def load_config(
 ) -> TrainConfig:
     """Read, merge and validate a run config; raises `ConfigError` listing every problem."""
     file_data = read_yaml_file(Path(path)) if path is not None else {}
-    raw, problems = resolve_raw(file_data, overrides)
     where = str(path) if path is not None else None
-    return validate(raw, check_paths=check_paths, where=where, earlier_problems=problems)
+    try:
+        raw, problems = resolve_raw(file_data, overrides)
+        return validate(raw, check_paths=check_paths, where=where, earlier_problems=problems)
+    except ConfigError as error:
+        error.where = _where(where, overrides, error.problems)
+        raise
+
+
+def _where(file: str | None, overrides: list[str] | tuple[str, ...], problems: list[ConfigProblem]) -> str | None:
+    """The file, and `command line: KEY=VALUE` for each override a problem's key path is set by."""
+
+    def covers(key: str, path: str) -> bool:
+        return path == key or path.startswith(f"{key}.") or key.startswith(f"{path}.")
+
+    keys = {text.partition("=")[0].strip(): text for text in overrides}
+    blamed = [text for key, text in keys.items() if any(covers(key, problem.path) for problem in problems)]
+    in_file = any(not any(covers(key, problem.path) for key in keys) for problem in problems)
+    parts = ([file] if file and in_file else []) + [f"command line: {text}" for text in blamed]
+    return ", ".join(parts) or file
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -1,0 +1,39 @@
+"""Whether a file can be created at a path, asked before the work whose result it will hold.
+
+A read-only folder, or a file standing where a folder is needed, should stop a command in its first
+second, not after minutes of sampling or training. The test is real: a temporary file is created and
+removed in the nearest folder that exists (the folders below it are created on write), so
+permissions, read-only mounts and full quotas are all caught, whoever runs the command.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from onetrainer.util.errors import UserError
+
+
+def check_writable(path: str | os.PathLike[str], *, where: str | None = None) -> None:
+    """Raise a `UserError` now if a file at `path` could not be created later."""
+    target = Path(path).expanduser().absolute()
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(
+            f"cannot write {target}: {folder} is a file, not a folder",
+            where=where,
+            hint="Choose an output path whose folders are folders.",
+        )
+    try:
+        handle, name = tempfile.mkstemp(prefix=".onetrainer-write-check.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise UserError(
+            f"cannot write into {folder}: {error.strerror or error}",
+            where=where,
+            hint="Choose a folder you can write to, or fix its permissions (or the disk's read-only state).",
+        ) from None
+    os.close(handle)
+    os.unlink(name)

@@ -1,0 +1,36 @@
+"""`check_writable`: a path that cannot be written is refused before the work that would fill it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from onetrainer.util.errors import UserError
+from onetrainer.util.writable import check_writable
+
+
+def test_a_writable_place_passes_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new" / "deeper" / "out.png")
+    check_writable(tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_a_folder_is_needed_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder") as caught:
+        check_writable(tmp_path / "file" / "sub" / "out.png", where="--output")
+    assert caught.value.where == "--output"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match=f"cannot write into {locked}"):
+            check_writable(locked / "sub" / "out.png")
+    finally:
+        locked.chmod(0o755)
