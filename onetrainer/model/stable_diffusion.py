@@ -9,6 +9,7 @@ paths (how sd-scripts trains 1.x/2.x), and their A1111 embeddings hold one `emb_
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
 from onetrainer.util.keymaps.stable_diffusion_lora import SD_LORA_NAMING
@@ -17,6 +18,7 @@ from onetrainer.util.family import (
     Evidence,
     FamilySpec,
     Objective,
+    Recognisers,
     Role,
     Shapes,
     TinyModel,
@@ -43,16 +45,87 @@ def _components(text_encoder_title: str) -> tuple[Component, ...]:
     )
 
 
-def recognise(shapes: Shapes, metadata: Mapping[str, str]) -> Evidence | None:
-    """An original SD 1.x / 2.x checkpoint, from its keys: CLIP (1.x) or OpenCLIP (2.x) text encoder,
-    else the cross-attention width, else (tiny models) the attention projections' kind."""
-    from onetrainer.util.keymaps.stable_diffusion_single_file import detect_single_file_family
+CONTEXT_WIDTHS = {768: "sd15", 1024: "sd2"}
+"""Cross-attention and text-encoder width of the real models: CLIP ViT-L (1.x) and OpenCLIP ViT-H (2.x)."""
+CANDIDATES = ("sd15", "sd2")
+UNET = "model.diffusion_model."
 
-    info = detect_single_file_family(shapes)
-    if info.family not in ("sd15", "sd2"):
+
+def _by_width(width: int | None, what: str) -> Evidence | None:
+    family = CONTEXT_WIDTHS.get(width or 0)
+    return Evidence(family, f"{what} width {width}") if family else None
+
+
+def _by_projection(shape: tuple[int, ...] | None) -> Evidence:
+    """Tiny models have no real width: 2.x UNets project into attention with Linear layers, 1.x with 1x1 convs."""
+    if shape is None:
+        return Evidence(None, "SD 1.x/2.x keys; nothing says which", candidates=CANDIDATES)
+    linear = len(shape) == 2
+    return Evidence("sd2" if linear else "sd15", "linear attention projections" if linear else "conv attention projections")
+
+
+def recognise_single_file(shapes: Shapes) -> Evidence | None:
+    """An original 1.x / 2.x checkpoint: its text encoder's layout, else the UNet's context width or projections."""
+    prediction = "v_prediction" if "v_pred" in shapes else None
+    if any(key.startswith("cond_stage_model.transformer.") for key in shapes):
+        return Evidence("sd15", "CLIP text encoder under cond_stage_model.transformer", prediction)
+    if any(key.startswith("cond_stage_model.model.") for key in shapes):
+        return Evidence("sd2", "OpenCLIP text encoder under cond_stage_model.model", prediction)
+    unet = [key for key in shapes if key.startswith(UNET + "input_blocks.")]
+    if not unet or any(key.startswith((UNET + "label_emb.", "conditioner.")) for key in shapes):
         return None
-    prediction = "v_prediction" if info.prediction_type == "v" else None
-    return Evidence(info.family, info.reason, prediction)
+    context = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
+    proj_in = next((s for k, s in shapes.items() if k.startswith(UNET) and k.endswith("proj_in.weight")), None)
+    evidence = _by_width(context, "cross-attention") or _by_projection(proj_in)
+    return Evidence(evidence.family, evidence.reason, prediction, evidence.candidates)
+
+
+def recognise_configs(configs: Mapping[str, Mapping[str, Any]]) -> Evidence | None:
+    unet = configs.get("unet", {})
+    if unet.get("addition_embed_type") == "text_time":
+        return None
+    width = unet.get("cross_attention_dim")
+    evidence = _by_width(width if isinstance(width, int) else None, "cross-attention")
+    if evidence is not None or "use_linear_projection" not in unet:
+        return evidence
+    return _by_projection((1, 1) if unet["use_linear_projection"] else (1, 1, 1, 1))
+
+
+def _is_down(key: str) -> bool:
+    return key.endswith((".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".hada_w2_b"))
+
+
+def recognise_lora(shapes: Shapes) -> Evidence | None:
+    """A LoRA over diffusers module names with one text encoder (`lora_te_` / `text_encoder.`)."""
+    keys = list(shapes)
+    own = ("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_te_", "unet.", "text_encoder.")
+    if not any(key.startswith(own) for key in keys) or any(
+        key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys
+    ):
+        return None
+    for marker, what in (("attn2_to_k", "cross-attention"), ("attn2.to_k", "cross-attention"), ("q_proj", "text encoder")):
+        width = next((s[1] for k, s in shapes.items() if marker in k and _is_down(k) and len(s) >= 2), None)
+        evidence = _by_width(width, what)
+        if evidence is not None:
+            return evidence
+    proj_in = next((s for k, s in shapes.items() if "proj_in" in k and _is_down(k)), None)
+    return _by_projection(proj_in)
+
+
+def recognise_embedding(shapes: Shapes) -> Evidence | None:
+    """One tensor of vectors (`emb_params`, a legacy `string_to_param`, or a diffusers token key)."""
+    if len(shapes) != 1:
+        return None
+    width = next(iter(shapes.values()))[-1]
+    return _by_width(width, "vector") or Evidence(None, f"vector width {width} matches no known family")
+
+
+RECOGNISERS = Recognisers(
+    single_file=recognise_single_file,
+    configs=recognise_configs,
+    lora=recognise_lora,
+    embedding=recognise_embedding,
+)
 
 
 def _tiny(kind: str, description: str) -> TinyModel:
@@ -78,7 +151,7 @@ SD15 = register_family(
         modelspec_architecture="stable-diffusion-v1",
         kohya_base_model_version="sd_v1",
         pipeline_classes=("StableDiffusionPipeline",),
-        recognise=recognise,
+        recognise=RECOGNISERS,
         lora_naming=SD_LORA_NAMING,
         tiny={"sd15": _tiny("sd15", "tiny random-weight SD 1.5")},
         hub_ids=(
@@ -103,7 +176,7 @@ SD2 = register_family(
         modelspec_architecture="stable-diffusion-v2-512",
         kohya_base_model_version="sd_v2",
         pipeline_classes=("StableDiffusionPipeline",),
-        recognise=recognise,
+        recognise=RECOGNISERS,
         lora_naming=SD_LORA_NAMING,
         tiny={
             "sd2": _tiny("sd2", "tiny random-weight SD 2.x, epsilon prediction"),

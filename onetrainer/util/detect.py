@@ -1,10 +1,12 @@
 """What a model, LoRA or embedding file is, and which model family it belongs to, from its header alone.
 
 `convert`, `sample` and `inspect` accept "any file the user has" and must say clearly what it is (or
-why it is not usable) before loading anything heavy. Evidence is weighed in this order: our own and
-the community's metadata (`modelspec.*`, `ss_*`), then key names, then tensor shapes (cross-attention
-and text-encoder widths). Tiny test models have widths no real family has, so for them only names
-and metadata can tell SD 1.x from 2.x; `family` is then None and `reason` says so.
+why it is not usable) before loading anything heavy. What kind of file it is (model, LoRA, embedding)
+and its layout are read here; which family it belongs to, each registered family says for itself
+(`FamilySpec.recognise`). Evidence is weighed in this order: our own and the community's metadata
+(`modelspec.*`, `ss_*`), then the families' recognisers (key names, then tensor shapes). Where the
+evidence cannot tell two families apart (tiny test models have widths no real model has),
+`family` is None and `reason` says which it could be.
 
 Pickles (.ckpt/.pt/.bin) are read here too, only through `torch.load(weights_only=True)`: unpickling
 anything else can run arbitrary code, so such files are refused with an explanation.
@@ -22,12 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import (
+    Evidence,
+    FamilySpec,
+    Objective,
+    by_kohya_base_model_version,
+    by_modelspec_architecture,
+    by_pipeline_class,
+    families,
+    family_title,
+    find_family,
+    recognise,
+)
 from onetrainer.util.keymaps.lora import detect_lora_format
-from onetrainer.util.keymaps.single_file import detect_single_file_family
 from onetrainer.util.missing import missing_path
-from onetrainer.util.safetensors_meta import ARCHITECTURES, SS_BASE_MODEL_VERSION, read_safetensors_header
+from onetrainer.util.safetensors_meta import read_safetensors_header
 
 if TYPE_CHECKING:
     import torch
@@ -36,10 +48,6 @@ MODEL, LORA, EMBEDDING = "model", "lora", "embedding"
 SAFETENSORS, PICKLE = "safetensors", "pickle"
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 """How torch's refusal names the class or function a pickle would have to import."""
-WIDTH_FAMILY = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
-"""Cross-attention (context) width of each UNet family; SD 1.x/2.x text encoders have the same widths."""
-EMBEDDING_WIDTHS = {768: "sd15", 1024: "sd2"}
-EMBEDDING_KEYS = frozenset({"emb_params", "clip_l", "clip_g", "t5"})
 LORA_FOLDER_FILES = ("pytorch_lora_weights.safetensors",)
 LORA_LAYOUTS = {
     "kohya": "kohya",
@@ -60,7 +68,7 @@ class Detection:
     """MODEL, LORA or EMBEDDING."""
     layout: str
     family: str | None
-    """"sd15", "sd2", "sdxl", or another family's name ("flux", ...); None when the evidence cannot tell."""
+    """A registered family's name; None when the evidence cannot tell (or names no registered family)."""
     reason: str
     prediction_type: str | None = None
     """"epsilon" or "v_prediction" where the file says; None where it does not."""
@@ -68,15 +76,23 @@ class Detection:
     """For a LoRA: "lora", "dora", "loha" or "lokr"."""
     path: Path | None = None
 
+    candidates: tuple[str, ...] = ()
+    """When `family` is None: the families it could be."""
+
     @property
-    def model_type(self) -> ModelType | None:
-        return next((t for t in ModelType if t.value == self.family), None)
+    def spec(self) -> FamilySpec | None:
+        return find_family(self.family) if self.family else None
 
     @property
     def description(self) -> str:
-        family = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(self.family or "", self.family)
+        if self.family:
+            family = family_title(self.family)
+        elif self.candidates:
+            family = "/".join(family_title(name) for name in self.candidates) + " (undetermined)"
+        else:
+            family = "unknown-family"
         what = {MODEL: "model", LORA: f"{self.adapter or 'LoRA'} adapter", EMBEDDING: "embedding"}[self.kind]
-        return f"{family or 'SD 1.x/2.x (undetermined)'} {what} ({self.layout} layout)"
+        return f"{family} {what} ({self.layout} layout)"
 
 
 def sniff_container(path: Path) -> str:
@@ -209,42 +225,55 @@ def detect_weights(
 ) -> Detection:
     """Detect from key names, shapes and header metadata."""
     keys = list(shapes)
-    meta_family, meta_prediction = _family_from_metadata(metadata)
+    meta_family, meta_prediction = family_from_metadata(metadata)
     lora_format = detect_lora_format(keys)
     if lora_format is not None:
         return _lora_detection(shapes, lora_format, meta_family, meta_prediction)
     if _is_embedding(shapes):
-        layout, family, reason = _embedding_family(shapes)
-        return Detection(EMBEDDING, layout, meta_family or family, _why(meta_family, reason), meta_prediction)
-    info = detect_single_file_family(shapes)
-    if info.family is None and not info.components:
+        layout = "a1111" if _a1111_embedding_keys(set(shapes)) else "diffusers"
+        return _detection(EMBEDDING, layout, recognise("embedding", shapes), meta_family, meta_prediction)
+    evidence = recognise("single_file", shapes)
+    if evidence is None and meta_family is None:
         shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+        titles = ", ".join(spec.title for spec in families())
         raise UserError(
             f"{name} is not a model, LoRA or embedding this tool knows ({len(keys)} tensors: {shown or 'none'})",
-            hint="Supported: SD 1.x/2.x checkpoints, kohya/LyCORIS/PEFT LoRAs, A1111/diffusers embeddings.",
+            hint=f"Supported: {titles} checkpoints, kohya/LyCORIS/PEFT LoRAs, A1111/diffusers embeddings.",
         )
-    prediction = meta_prediction or ("v_prediction" if info.prediction_type == "v" else None)
-    return Detection(MODEL, "single-file", meta_family or info.family, _why(meta_family, info.reason), prediction)
+    return _detection(MODEL, "single-file", evidence, meta_family, meta_prediction)
 
 
-def _why(meta_family: str | None, reason: str) -> str:
-    return "header metadata" if meta_family else reason
+def _detection(
+    kind: str,
+    layout: str,
+    evidence: Evidence | None,
+    meta_family: str | None,
+    meta_prediction: str | None,
+    adapter: str | None = None,
+) -> Detection:
+    """Metadata wins over key evidence; key evidence fills in what metadata does not say."""
+    said = evidence.prediction_type if evidence is not None else None
+    if meta_family is not None:
+        return Detection(kind, layout, meta_family, "header metadata", meta_prediction or said, adapter)
+    if evidence is None:
+        return Detection(kind, layout, None, f"{layout} {kind} of no known family", meta_prediction, adapter)
+    return Detection(
+        kind, layout, evidence.family, evidence.reason, meta_prediction or said, adapter, candidates=evidence.candidates
+    )
 
 
-def _family_from_metadata(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
+def family_from_metadata(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
     """Family and prediction type from `modelspec.*` / `ss_*` keys, where present."""
-    family = prediction = None
-    arch = metadata.get("modelspec.architecture", "").split("/")[0]
-    for (name, v_pred), spelled in ARCHITECTURES.items():
-        if spelled == arch:
-            family = name
-            if ARCHITECTURES[(name, not v_pred)] != spelled:
-                prediction = "v_prediction" if v_pred else "epsilon"
+    family: str | None = None
+    prediction: str | None = None
+    named = by_modelspec_architecture(metadata.get("modelspec.architecture", ""))
+    if named is not None:
+        family, prediction = named[0].name, named[1]
     version = metadata.get("ss_base_model_version", "")
-    if version:
-        named = next((f for f, v in SS_BASE_MODEL_VERSION.items() if version.startswith(v)), version)
-        family = family or named
-        if prediction is None and named in ("sd15", "sd2"):  # sd-scripts appends "_v" for v-parameterization
+    spec = by_kohya_base_model_version(version.removesuffix("_v")) if version else None
+    if spec is not None:
+        family = family or spec.name
+        if prediction is None and spec.objective is Objective.DDPM:  # sd-scripts appends "_v" for v-parameterization
             prediction = "v_prediction" if version.endswith("_v") else "epsilon"
     spec_prediction = metadata.get("modelspec.prediction_type")
     if spec_prediction in ("v", "v_prediction", "epsilon"):
@@ -252,24 +281,18 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> tuple[str | None, str 
     return family, prediction
 
 
+def _embedding_keys() -> frozenset[str]:
+    return frozenset(c.embedding_key for spec in families() for c in spec.text_encoders if c.embedding_key)
+
+
+def _a1111_embedding_keys(keys: set[str]) -> bool:
+    return keys <= _embedding_keys() or all(k.startswith("string_to_param.") for k in keys)
+
+
 def _is_embedding(shapes: Mapping[str, tuple[int, ...]]) -> bool:
     if not shapes or len(shapes) > 3 or any(len(shape) not in (1, 2) for shape in shapes.values()):
         return False
-    keys = set(shapes)
-    return keys <= EMBEDDING_KEYS or all(k.startswith("string_to_param.") for k in keys) or len(keys) == 1
-
-
-def _embedding_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str | None, str]:
-    keys = set(shapes)
-    if "clip_g" in keys:
-        return "a1111", "sd3" if "t5" in keys else "sdxl", "per-encoder vectors (clip_g)"
-    if "t5" in keys:
-        return "a1111", "flux", "per-encoder vectors (clip_l, t5)"
-    key = next(iter(sorted(keys)))
-    layout = "a1111" if key == "emb_params" or key.startswith("string_to_param.") else "diffusers"
-    width = shapes[key][-1]
-    family = EMBEDDING_WIDTHS.get(width)
-    return layout, family, f"vector width {width}" if family else f"vector width {width} matches no known family"
+    return _a1111_embedding_keys(set(shapes)) or len(shapes) == 1
 
 
 def _lora_detection(
@@ -280,44 +303,11 @@ def _lora_detection(
         layout = "diffusers-legacy"
     else:
         layout = LORA_LAYOUTS.get(lora_format, lora_format)
-    family, reason = meta_family, "header metadata"
-    if family is None and layout in ("kohya", "peft"):
-        family, reason = _lora_family(shapes)
     adapter = LORA_ADAPTERS.get(lora_format, "lora")
     if adapter == "lora" and any(k.endswith((".dora_scale", ".lora_magnitude_vector")) for k in keys):
         adapter = "dora"
-    return Detection(LORA, layout, family, reason if family else f"{layout} LoRA", meta_prediction, adapter)
-
-
-def _lora_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str | None, str]:
-    keys = list(shapes)
-    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
-        return "sdxl", "two text encoders"
-    if any(
-        k.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_", "lora_unet_middle_block_")) for k in keys
-    ):
-        return "sdxl", "LDM UNet module names (sd-scripts' SDXL naming)"
-    if any(
-        k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_", "transformer.", "lora_transformer_"))
-        for k in keys
-    ):
-        return "flux", "transformer (DiT) module names"
-    for marker, what in (
-        ("attn2_to_k", "cross-attention"),
-        ("attn2.to_k", "cross-attention"),
-        ("q_proj", "text encoder"),
-    ):
-        width = next((s[1] for k, s in shapes.items() if marker in k and _is_down(k) and len(s) >= 2), None)
-        if width in WIDTH_FAMILY:
-            return WIDTH_FAMILY[width], f"{what} width {width}"
-    proj_in = next((s for k, s in shapes.items() if "proj_in" in k and _is_down(k)), None)
-    if proj_in is not None:
-        return ("sd2", "linear proj_in") if len(proj_in) == 2 else ("sd15", "conv proj_in")
-    return None, "SD 1.x or 2.x module names; the tensor widths do not say which"
-
-
-def _is_down(key: str) -> bool:
-    return key.endswith((".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".hada_w2_b"))
+    evidence = recognise("lora", shapes) if layout in ("kohya", "peft") else None
+    return _detection(LORA, layout, evidence, meta_family, meta_prediction, adapter)
 
 
 def detect_folder(path: Path) -> Detection:
@@ -331,28 +321,37 @@ def detect_folder(path: Path) -> Detection:
             f"{path} is a folder but not a diffusers model (no model_index.json)",
             hint="Pass a diffusers pipeline folder, or a .safetensors/.ckpt file.",
         )
+    configs = {
+        name: _read_json(path / name / "config.json") or {} for name, value in index.items() if isinstance(value, list)
+    }
+    configs["scheduler"] = _read_json(path / "scheduler" / "scheduler_config.json") or {}
+    return detect_pipeline(index, configs)
+
+
+def detect_pipeline(index: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> Detection:
+    """A diffusers pipeline from its `model_index.json` and its components' configs."""
     pipeline = str(index.get("_class_name", ""))
-    scheduler = _read_json(path / "scheduler" / "scheduler_config.json") or {}
-    prediction = scheduler.get("prediction_type")
-    if "XL" in pipeline:
-        return Detection(MODEL, "diffusers", "sdxl", f"pipeline class {pipeline}", prediction)
-    if pipeline != "StableDiffusionPipeline":
-        return Detection(MODEL, "diffusers", pipeline or None, f"pipeline class {pipeline or 'missing'}", prediction)
-    family, reason = family_from_unet_config(_read_json(path / "unet" / "config.json") or {})
-    return Detection(MODEL, "diffusers", family, reason, prediction)
+    prediction = configs.get("scheduler", {}).get("prediction_type")
+    candidates = by_pipeline_class(pipeline)
+    if not candidates:
+        return Detection(MODEL, "diffusers", None, f"pipeline class {pipeline or 'missing'} of no known family", prediction)
+    evidence = recognise("configs", configs, candidates) if len(candidates) > 1 else None
+    if evidence is None:
+        evidence = Evidence(candidates[0].name, f"pipeline class {pipeline}") if len(candidates) == 1 else None
+    if evidence is None:
+        names = tuple(spec.name for spec in candidates)
+        return Detection(MODEL, "diffusers", None, f"pipeline class {pipeline}", prediction, candidates=names)
+    return Detection(
+        MODEL, "diffusers", evidence.family, evidence.reason, prediction, candidates=evidence.candidates
+    )
 
 
-def family_from_unet_config(config: Mapping[str, Any]) -> tuple[str | None, str]:
-    """sd15 / sd2 / sdxl from a UNet config: the context width, else (tiny models) the projection type."""
-    width = config.get("cross_attention_dim")
-    if config.get("addition_embed_type") == "text_time":
-        return "sdxl", "UNet with text_time conditioning"
-    if width in WIDTH_FAMILY:
-        return WIDTH_FAMILY[width], f"cross-attention width {width}"
-    if "use_linear_projection" in config:
-        linear = bool(config["use_linear_projection"])
-        return ("sd2", "linear attention projections") if linear else ("sd15", "conv attention projections")
-    return None, "UNet config without a known width"
+def pipeline_config_files(index: Mapping[str, Any]) -> list[str]:
+    """The config files `detect_pipeline` reads, relative to the pipeline folder (for hub repos)."""
+    files = [f"{name}/config.json" for name, value in index.items() if isinstance(value, list)]
+    return [file for file in files if not file.startswith(("tokenizer", "scheduler"))] + [
+        "scheduler/scheduler_config.json"
+    ]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -79,10 +79,29 @@ class Evidence:
     candidates: tuple[str, ...] = ()
 
 
-class Recogniser(Protocol):
-    """Says whether a weights file (header only) is an original single file of a family it knows."""
+ConfigRecogniser = Callable[[Mapping[str, Mapping[str, Any]]], "Evidence | None"]
+"""Component configs of a diffusers folder or hub repo (`{"unet": {...}}`) -> evidence."""
+ShapesRecogniser = Callable[[Shapes], "Evidence | None"]
+"""A file's key -> shape header -> evidence."""
 
-    def __call__(self, shapes: Shapes, metadata: Mapping[str, str]) -> Evidence | None: ...
+
+def _never(_: Any) -> Evidence | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Recognisers:
+    """How to tell a family's files from their headers and configs alone; each returns None when the
+    file is not the family's (or says nothing either way)."""
+
+    single_file: ShapesRecogniser = _never
+    """An original single-file checkpoint."""
+    configs: ConfigRecogniser = _never
+    """A diffusers folder or hub repo whose `model_index.json` names one of the family's pipelines."""
+    lora: ShapesRecogniser = _never
+    """A LoRA file (kohya or peft keys)."""
+    embedding: ShapesRecogniser = _never
+    """An embedding file (A1111 or diffusers keys)."""
 
 
 class LoraNaming(Protocol):
@@ -136,7 +155,7 @@ class FamilySpec:
     """`ss_base_model_version` as sd-scripts writes it."""
     pipeline_classes: tuple[str, ...]
     """diffusers `model_index.json` `_class_name`s of this family's folders."""
-    recognise: Recogniser
+    recognise: Recognisers
     lora_naming: LoraNaming | None = None
     tiny: Mapping[str, TinyModel] = field(default_factory=dict)
     """`tiny:<key>` models; the key is the family name, or the family name plus a variant suffix."""
@@ -269,9 +288,21 @@ def by_pipeline_class(class_name: str) -> list[FamilySpec]:
     return [spec for spec in families() if class_name in spec.pipeline_classes]
 
 
-def recognise_single_file(shapes: Shapes, metadata: Mapping[str, str]) -> Iterable[Evidence]:
-    """Every family's verdict on a weights file; the caller decides what several verdicts mean."""
-    for spec in families():
-        evidence = spec.recognise(shapes, metadata)
+def recognise(kind: str, value: Any, specs: Iterable[FamilySpec] | None = None) -> Evidence | None:
+    """The families' verdicts on one header or set of configs (`kind`: a `Recognisers` field), merged.
+
+    One family recognised: that family. Several (an ambiguous file): no family, the candidates named.
+    None: no family knows it.
+    """
+    found: dict[str | None, Evidence] = {}
+    for spec in families() if specs is None else specs:
+        evidence = getattr(spec.recognise, kind)(value)
         if evidence is not None:
-            yield evidence
+            found.setdefault(evidence.family, evidence)
+    known = [evidence for family, evidence in found.items() if family is not None]
+    if len(known) == 1:
+        return known[0]
+    if len(known) > 1:
+        names = tuple(sorted(str(evidence.family) for evidence in known))
+        return Evidence(None, f"matches {' and '.join(names)}", candidates=names)
+    return found.get(None)

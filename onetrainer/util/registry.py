@@ -1,8 +1,9 @@
-"""Where model families plug in: one class per module type, registered under a model type.
+"""Where model families plug in: one class (or factory) per module type, registered under a model type.
 
-A family registers its loader, setup, sampler and saver with a decorator in its own files; nothing
-here lists the families. On the first lookup the module-type packages are imported once (their
-modules import torch/diffusers lazily, so this stays cheap), which runs the decorators.
+A family registers its spec (`util.family.register_family`) and its loader, setup, sampler and saver
+with `register` in its own files; nothing here lists the families. On the first lookup the family
+packages are imported once (their modules import torch/diffusers lazily, so this stays cheap), which
+runs the registrations.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any, TypeVar
 
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 
 T = TypeVar("T")
+
+FAMILY_PACKAGES = ("model", "model_loader", "model_setup", "model_sampler", "model_saver")
+"""Sub-packages of `onetrainer` whose modules may register a family's spec or modules."""
 
 
 class ModuleKind(str, Enum):
@@ -26,52 +29,67 @@ class ModuleKind(str, Enum):
     SAMPLER = "model_sampler"
     SAVER = "model_saver"
 
+    @property
+    def noun(self) -> str:
+        return self.value.removeprefix("model_").replace("_", " ")
 
-_registry: dict[tuple[ModuleKind, ModelType], Any] = {}
+
+_registry: dict[tuple[ModuleKind, str], Any] = {}
 _discovered = False
 
 
-def register(kind: ModuleKind, *model_types: ModelType) -> Callable[[T], T]:
-    """Class decorator: make `cls` the `kind` module of each of `model_types`."""
+def register(kind: ModuleKind, *model_types: str) -> Callable[[T], T]:
+    """Decorator: make the class or factory `kind`'s module of each of `model_types`."""
 
-    def decorate(cls: T) -> T:
+    def decorate(item: T) -> T:
         for model_type in model_types:
             key = (kind, model_type)
-            if key in _registry and _registry[key] is not cls:
-                raise RuntimeError(f"{kind.value} for {model_type.value} registered twice")
-            _registry[key] = cls
-        return cls
+            if key in _registry and _registry[key] is not item:
+                raise RuntimeError(f"{kind.value} for {model_type} registered twice")
+            _registry[key] = item
+        return item
 
     return decorate
 
 
-def _discover() -> None:
+def discover() -> None:
+    """Import every module of the family packages once, so their registrations have run."""
     global _discovered
     if _discovered:
         return
-    for kind in ModuleKind:
-        name = f"onetrainer.{kind.value}"
+    _discovered = True
+    for package_name in FAMILY_PACKAGES:
+        name = f"onetrainer.{package_name}"
         if importlib.util.find_spec(name) is None:
             continue
         package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
             importlib.import_module(info.name)
-    _discovered = True
 
 
-def supported(kind: ModuleKind) -> list[ModelType]:
-    _discover()
-    return sorted({model_type for (k, model_type) in _registry if k is kind}, key=lambda m: m.value)
+def supported(kind: ModuleKind) -> list[str]:
+    """The model types that registered a `kind` module, sorted."""
+    discover()
+    return sorted({model_type for (k, model_type) in _registry if k is kind})
 
 
-def lookup(kind: ModuleKind, model_type: ModelType) -> Any:
-    """The registered class, or a user error naming the model types this build supports."""
-    _discover()
+def supporting(kinds: Iterable[ModuleKind]) -> list[str]:
+    """The model types that registered every one of `kinds`."""
+    usable: set[str] | None = None
+    for kind in kinds:
+        found = set(supported(kind))
+        usable = found if usable is None else usable & found
+    return sorted(usable or ())
+
+
+def lookup(kind: ModuleKind, model_type: str) -> Any:
+    """The registered class or factory, or a user error naming the model types this build supports."""
+    discover()
     try:
         return _registry[(kind, model_type)]
     except KeyError:
-        names = ", ".join(m.value for m in supported(kind)) or "none"
+        names = ", ".join(supported(kind)) or "none"
         raise UserError(
-            f"model type '{model_type.value}' has no {kind.value.replace('model_', '')} in this version",
+            f"model type '{model_type}' has no {kind.noun} in this version",
             hint=f"Supported model types: {names}.",
         ) from None
