@@ -13,15 +13,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from onetrainer.util.config.checks import cross_section_problems
 from onetrainer.util.config.overrides import _is_model, _unwrap, apply_override, parse_override
 from onetrainer.util.config.presets import load_preset
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.types import CHECK_PATHS
+from onetrainer.util.config.yaml_text import parse_yaml_mapping
 from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
 from onetrainer.util.suggest import did_you_mean
 
 
 def read_yaml_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; unreadable bytes, bad syntax and repeated keys are `ConfigError`s."""
     if not path.exists():
         raise UserError(
             f"config file not found: {path}",
@@ -29,23 +32,11 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
         )
     if path.is_dir():
         raise UserError(f"expected a YAML config file, got a folder: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError([ConfigProblem("", f"invalid YAML: {exc.problem or exc}")], where=where) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem("", f"invalid YAML: {exc}")], where=str(path)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [ConfigProblem("", f"the top level must be a mapping of keys, not {type(data).__name__}")],
-            where=str(path),
-        )
-    return data
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the config file: {exc.strerror or exc}", where=str(path)) from None
+    return parse_yaml_mapping(raw, where=str(path))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +119,8 @@ def _problem_from_pydantic(error: dict[str, Any]) -> ConfigProblem:
     message = message.removeprefix("Value error, ")
     if kind == "missing":
         return ConfigProblem(path, "required key is missing")
+    if kind == "finite_number":
+        message = "must be a finite number, not nan or infinity"
     return ConfigProblem(path, message, error.get("input"), has_value=True)
 
 
@@ -152,6 +145,8 @@ def validate(
         config = TrainConfig.model_validate(data, context={CHECK_PATHS: check_paths})
     except ValidationError as exc:
         problems.extend(_problem_from_pydantic(error) for error in exc.errors())
+    if config is not None:
+        problems.extend(cross_section_problems(config))
     if problems or config is None:
         raise ConfigError(problems, where=where, hint=_hint(problems))
     return config

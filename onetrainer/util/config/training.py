@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from onetrainer.util.config.base import Section
 
@@ -39,7 +41,15 @@ class EmaDevice(str, Enum):
     CPU = "cpu"
 
 
-OptimizerArg = bool | int | float | str | list[float] | None
+def _finite_argument(value: object) -> object:
+    """Reject nan/inf before the union tries each member type (which would report five errors)."""
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(item, float) and not math.isfinite(item) for item in values):
+        raise ValueError("must be a finite number, not nan or infinity")
+    return value
+
+
+OptimizerArg = Annotated[bool | int | float | str | list[float] | None, BeforeValidator(_finite_argument)]
 
 MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 """Component names `weight_dtypes` may set, across the UNet families."""
