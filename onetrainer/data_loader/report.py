@@ -83,11 +83,17 @@ class DatasetReport:
 
     def require_trainable(self) -> None:
         reasons = self.reasons_nothing_trains()
-        if reasons:
-            raise UserError(
-                "nothing would train:\n" + "\n".join(f"  - {reason}" for reason in reasons),
-                hint="Add images to a concept folder, enable a concept, or fix the skipped files listed above.",
+        if not reasons:
+            return
+        if self.concepts:
+            hint = "Add images to a concept folder, enable a concept, or fix the skipped files listed above."
+        else:
+            hint = (
+                "Add a folder of your images (captions in name.txt beside each image): on the command line "
+                "`data.concepts.0.path=~/datasets/my-cat`, or in the file a `concepts:` list under `data:` "
+                "with `- path: ~/datasets/my-cat`."
             )
+        raise UserError("nothing would train:\n" + "\n".join(f"  - {reason}" for reason in reasons), hint=hint)
 
     def to_text(self) -> str:
         lines: list[str] = []

@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
-from onetrainer.util.config.presets import presets_dir
+from onetrainer.util.config.presets import preset_names, presets_dir
 
 runner = CliRunner()
 
@@ -56,11 +56,31 @@ def test_missing_config_file_exits_2(tmp_path):
     assert "config file not found" in result.output
 
 
-def test_missing_concept_folder_names_the_key(tmp_path):
-    result = check(presets_dir() / "sd15-lora.yaml")
+def test_missing_concept_folder_names_the_key_and_says_what_to_set(tmp_path):
+    result = check(presets_dir() / "sd15-lora.yaml", f"data.concepts.0.path={tmp_path / 'missing'}")
     assert result.exit_code == 2
-    assert "data.concepts.0.path" in result.output
-    assert "does not exist" in result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "data.concepts.0.path" in said
+    assert "does not exist" in said
+    assert "Set data.concepts.0.path to a folder of your images" in said
+    assert "onetrainer presets" not in said
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_passes_check_as_shipped(name, monkeypatch):
+    monkeypatch.chdir(presets_dir().parent)
+    result = check(presets_dir() / f"{name}.yaml")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["model"]["base"]
+
+
+def test_a_preset_without_a_dataset_says_what_to_set_at_dry_run(tmp_path):
+    args = ["train", presets_dir() / "sd15-lora.yaml", f"workspace={tmp_path / 'ws'}", "--dry-run"]
+    result = runner.invoke(app, list(map(str, args)), terminal_width=200)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "no concepts are configured" in said
+    assert "data.concepts.0.path=~/datasets/my-cat" in said
 
 
 def _all_excluded(tmp_path, *flags):

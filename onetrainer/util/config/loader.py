@@ -7,6 +7,7 @@ overrides) is collected and raised together as one `ConfigError`, before anythin
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +153,28 @@ def validate(
     return config
 
 
+_CONCEPT_PATH = re.compile(r"data\.concepts\.\d+\.path")
+
+
 def _hint(problems: list[ConfigProblem]) -> str:
+    """What to do about the first kind of problem found: what to set, and how (never "see a preset":
+    the failing file is often a preset's copy)."""
     if any(problem.message.startswith("an override") for problem in problems):
         return "Overrides look like `training.learning_rate=1e-4` or `data.concepts.0.path=~/cats`."
+    concept = next((problem.path for problem in problems if _CONCEPT_PATH.fullmatch(problem.path)), None)
+    if concept is not None:
+        return (
+            f"Set {concept} to a folder of your images (captions in name.txt beside each image), in the file "
+            f"or on the command line: `{concept}=~/datasets/my-cat`."
+        )
+    if any(problem.path == "model.base" for problem in problems):
+        return (
+            "Set model.base to a diffusers folder, a .safetensors/.ckpt file or a hub id, e.g. "
+            "`model.base=stable-diffusion-v1-5/stable-diffusion-v1-5`."
+        )
     if any("unknown key" in problem.message for problem in problems):
-        return "Every key must be one the schema knows; `onetrainer presets NAME` shows a complete example."
-    return "Fix the values above; `onetrainer presets NAME` shows a complete, valid example."
+        return "Every key must be one the schema knows; each line above names the closest key and the valid ones."
+    return "Fix the values above: each line names the key, the value given and what would be valid."
 
 
 def load_config(
