@@ -74,9 +74,11 @@ class DatasetReport:
         validation = [c for c in self.concepts if c.enabled and c.type == ConceptType.VALIDATION.value]
         if validation:
             reasons.append(f"{len(validation)} concept(s) of type validation (never trained)")
-        empty = sum(concept.enabled and concept.found == 0 for concept in self.concepts)
-        if empty:
-            reasons.append(f"{empty} concept folder(s) hold no images")
+        reasons += [
+            f"concept '{concept.name}' (data.concepts.{index}) holds no images: {concept.path}"
+            for index, concept in enumerate(self.concepts)
+            if concept.enabled and concept.found == 0
+        ]
         counts = Counter(item["reason"].split(":")[0].split(" (")[0] for item in self.skipped)
         reasons += [f"{count} image(s) skipped: {reason}" for reason, count in counts.most_common()]
         return reasons

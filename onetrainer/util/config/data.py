@@ -17,6 +17,8 @@ from onetrainer.util.config.types import ExistingDir, ExistingPath, OutputPath
 
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 8192
+PILLOW_PIXEL_LIMIT = 2 * (1024 * 1024 * 1024 // 4 // 3)
+"""Where Pillow refuses an image by default (twice its `MAX_IMAGE_PIXELS`, above which it only warns)."""
 
 
 class ConceptType(str, Enum):
@@ -241,6 +243,12 @@ class DataConfig(Section):
     clear_cache: bool = Field(False, description="Delete the whole cache before this run (it is kept by default).")
     verify_images: bool = Field(
         True, description="Check new or changed images decode, so broken files are skipped up front."
+    )
+    max_image_pixels: int | None = Field(
+        PILLOW_PIXEL_LIMIT,
+        ge=1,
+        description="Images with more pixels are skipped as possible decompression bombs (default: where Pillow "
+        "refuses); null: no limit.",
     )
     strict: bool = Field(False, description="Treat an unreadable or skipped image as an error instead of a warning.")
     workers: int = Field(2, ge=0, le=64, description="CPU worker threads preparing batches (0 = in the main thread).")
