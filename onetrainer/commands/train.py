@@ -37,6 +37,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model from a config file (defaults < preset < file < overrides)."""
+    from onetrainer.data_loader.placeholders import check_placeholders
     from onetrainer.util.config.loader import dump_config, load_config
     from onetrainer.util.errors import UserError
 
@@ -45,6 +46,7 @@ def train(
     if resume is not None and (check or dry_run or cache_only):
         raise UserError("--resume starts training; it does not combine with --check, --dry-run or --cache-only")
     resolved = load_config(config, overrides or [])
+    check_placeholders(resolved)
     if check:
         typer.echo(dump_config(resolved), nl=False)
         return

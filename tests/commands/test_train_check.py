@@ -179,3 +179,35 @@ def test_training_skips_a_decompression_bomb_with_a_warning(giant_run):
     warnings = [event["message"] for event in events if event["event"] == "warning"]
     assert any(str(root / "images" / "giant.png") in message and "too large" in message for message in warnings)
     assert (root / "out.safetensors").is_file()
+
+
+@pytest.mark.parametrize("mode", ["--check", "--dry-run", None])
+def test_an_embedding_placeholder_in_no_caption_is_refused_before_anything_loads(tmp_path, shapes_dataset_dir, mode):
+    args = [
+        "train",
+        presets_dir() / "demo.yaml",
+        "method=embedding",
+        "embedding.placeholder=<shape>",
+        f"data.concepts.0.path={shapes_dataset_dir}",
+        f"workspace={tmp_path / 'ws'}",
+        f"saving.output={tmp_path / 'out.safetensors'}",
+    ]
+    result = runner.invoke(app, [*map(str, args), *([mode] if mode else [])], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert f"no caption of concept '{shapes_dataset_dir.name}' contains '<shape>'" in said
+    assert "caption.prefix" in said
+    assert not (tmp_path / "ws").exists()
+
+
+def test_an_embedding_placeholder_put_in_by_a_prefix_passes_check(shapes_dataset_dir):
+    args = [
+        presets_dir() / "demo.yaml",
+        "method=embedding",
+        "embedding.placeholder=<shape>",
+        f"data.concepts.0.path={shapes_dataset_dir}",
+        "data.concepts.0.caption.prefix='<shape>, '",
+    ]
+    result = check(*args)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["data"]["concepts"][0]["caption"]["prefix"] == "<shape>, "

@@ -58,6 +58,11 @@ class CaptionConfig(Section):
         None, description="With source concept_file: a text file of captions, one per line, one picked per use."
     )
     text: str = Field("", description="With source fixed: the caption of every image.")
+    prefix: str = Field(
+        "",
+        description="Text put before every caption line, as typed (e.g. 'a photo of <my-concept>, '); with "
+        "keep_tags, count its tags among the kept ones.",
+    )
     tag_delimiter: str = Field(",", min_length=1, description="What separates tags in a caption.")
     keep_tags: int = Field(0, ge=0, description="Leading tags that shuffling and tag dropout never touch.")
     shuffle_tags: bool = Field(False, description="Shuffle the tags after the first keep_tags.")
