@@ -52,8 +52,10 @@ def convert(
     from onetrainer.model_saver.formats import parse_format
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import per_file_progress
+    from onetrainer.util.threads import apply_threads
 
     fmt = parse_format(to)
+    apply_threads()
     with open_conversion_source(
         input,
         model_type=parse_model_type(model_type),

@@ -40,6 +40,7 @@ def mask(
     from onetrainer.dataset_tools.mask import MaskRequest, mask_folder
     from onetrainer.ui.console import stdout
     from onetrainer.ui.file_progress import file_progress, summary_table
+    from onetrainer.util.threads import apply_threads
 
     request = MaskRequest(
         directory=directory,
@@ -55,6 +56,7 @@ def mask(
         device=device,
         dtype=dtype,
     )
+    apply_threads()
     with file_progress("masking") as update:
         summary = mask_folder(request, lambda report: update(report.done, report.total))
     rows = summary.count_rows(written="masks written", kept="masks kept (fill)")

@@ -71,6 +71,7 @@ def sample(
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import file_progress
     from onetrainer.util.registry import ModuleKind, lookup
+    from onetrainer.util.threads import apply_threads
 
     scheduler = check_scheduler(scheduler)
     loras = [_parse_lora(spec) for spec in lora or []]
@@ -82,6 +83,7 @@ def sample(
     paths = output_paths(output, seeds, overwrite=overwrite)
     torch_device, weights = _device_and_dtype(device, dtype)
 
+    apply_threads()
     family = source_model_type(model, model_type)
     loaded: StableDiffusionModel = lookup(ModuleKind.LOADER, family)().load(
         _model_config(model, family, weights, clip_skip), device=torch_device

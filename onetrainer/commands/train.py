@@ -56,8 +56,11 @@ def train(
 
     from onetrainer.trainer.components import build_parts
     from onetrainer.ui.progress import open_display
+    from onetrainer.util.threads import apply_threads
 
+    threads = apply_threads(resolved.training.threads, workers=resolved.data.workers)
     with open_display(json_lines=json_lines) as display:
+        display({"event": "status", "message": threads.describe()})
         if cache_only:
             from onetrainer.trainer.prepare import fill_cache_only
 

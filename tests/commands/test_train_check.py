@@ -181,6 +181,15 @@ def test_training_skips_a_decompression_bomb_with_a_warning(giant_run):
     assert (root / "out.safetensors").is_file()
 
 
+def test_training_uses_the_thread_count_from_the_environment(giant_run):
+    import torch
+
+    _, events = giant_run
+    statuses = [event["message"] for event in events if event["event"] == "status"]
+    assert "using 1 CPU thread (ONETRAINER_THREADS=1)" in statuses
+    assert torch.get_num_threads() == 1
+
+
 @pytest.mark.parametrize("mode", ["--check", "--dry-run", None])
 def test_an_embedding_placeholder_in_no_caption_is_refused_before_anything_loads(tmp_path, shapes_dataset_dir, mode):
     args = [

@@ -69,3 +69,13 @@ def test_schema_knows_exactly_the_samplers_schedulers():
     from onetrainer.model_sampler.schedulers import SCHEDULERS
 
     assert tuple(SCHEDULERS) == SAMPLING_SCHEDULERS
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("AUTO", "auto"), (3, 3), ("2", 2)])
+def test_thread_setting_accepts_auto_or_a_count(run, value, expected):
+    assert load_config(run, [f"training.threads={value}"]).training.threads == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, "many", "true", 1.5])
+def test_thread_setting_refuses_anything_else(run, value):
+    assert "auto or a whole number" in problems(run, f"training.threads={value}")["training.threads"]
