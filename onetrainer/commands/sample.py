@@ -99,6 +99,7 @@ def sample(
     from onetrainer.util.devices import resolve_device, resolve_dtype
     from onetrainer.util.missing import missing_path
     from onetrainer.util.registry import ModuleKind, lookup
+    from onetrainer.util.threads import apply_threads
     from onetrainer.util.writable import check_writable
 
     scheduler = check_scheduler(scheduler)
@@ -116,6 +117,7 @@ def sample(
     torch_device = resolve_device(device)
     weights = resolve_dtype(dtype, torch_device)
 
+    apply_threads()
     with keys_as_options(MODEL_WHERE):
         family = source_model_type(model, model_type, needs=(ModuleKind.LOADER, ModuleKind.SAMPLER))
         for option, value in (("--width", width), ("--height", height)):
