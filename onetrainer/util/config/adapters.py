@@ -40,15 +40,15 @@ class LoraConfig(Section):
     )
     targets: LoraTargets = Field(
         LoraTargets.ATTN_MLP,
-        description="Layers to adapt: attn (attention projections), attn-mlp (+ feed-forward and "
-        "transformer in/out projections), full (+ resnet and resampling convolutions).",
+        description="Layers to adapt on every part that trains (parts.<name>.lora_targets overrides it): attn "
+        "(attention projections), attn-mlp (+ feed-forward and transformer in/out projections), full (+ resnet "
+        "and resampling convolutions).",
     )
     regex: str | None = Field(
         None,
         description="When set, adapt exactly the layers whose module path matches this regex (re.search), "
         "instead of the `targets` preset.",
     )
-    train_text_encoder: bool = Field(False, description="Also put adapters on the text encoder.")
     init_from: ExistingPath | None = Field(
         None, description="A LoRA file (kohya or peft layout) to continue training from."
     )
@@ -56,13 +56,18 @@ class LoraConfig(Section):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
+        return check_regex(value)
+
+
+def check_regex(value: str | None) -> str | None:
+    """A field validator's body: the value if it compiles as a regular expression."""
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
 
 
 class AdditionalEmbeddingConfig(Section):
@@ -83,6 +88,9 @@ class EmbeddingConfig(Section):
     init_text: str = Field("*", description="Text whose token embeddings initialise the vectors.")
     init_from: ExistingPath | None = Field(
         None, description="An embedding file (A1111 or diffusers) to continue training from; it sets the vector count."
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, le=10, description="Learning rate of the trained embeddings (default: training.learning_rate)."
     )
     additional: list[AdditionalEmbeddingConfig] = Field(
         default_factory=list,

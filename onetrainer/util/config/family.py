@@ -51,8 +51,35 @@ WEIGHTINGS = {
 OBJECTIVE_NAMES = {Objective.DDPM: "DDPM (discrete timesteps)", Objective.FLOW_MATCHING: "flow matching"}
 
 
+def fill_family_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Raw config data with every part of the family present and each trainable part's `train` decided.
+
+    Runs before validation, on the merged YAML mapping: a part the user named keeps what they wrote; a
+    part they did not name trains if the family trains it by default (the denoiser, under lora and
+    full). An unknown model type is left alone for `family_problems` to report.
+    """
+    model = data.get("model")
+    name = model.get("type", "sd15") if isinstance(model, dict) else "sd15"
+    parts = data.get("parts", {})
+    spec = find_family(name) if isinstance(name, str) else None
+    if spec is None or not isinstance(parts, dict):
+        return data
+    method = data.get("method", TrainingMethod.LORA.value)
+    trains = getattr(method, "value", method) != TrainingMethod.EMBEDDING.value
+    filled = {key: value for key, value in parts.items()}
+    for component in spec.components:
+        part = filled.get(component.name)
+        if part is None:
+            part = {}
+        if isinstance(part, dict) and component.trainable and "train" not in part:
+            part = {**part, "train": component.trains_by_default and trains}
+        filled[component.name] = part
+    ordered = {c.name: filled.pop(c.name) for c in spec.components}
+    return {**data, "parts": {**ordered, **filled}}
+
+
 def family_problems(config: TrainConfig) -> list[ConfigProblem]:
-    """Every family-dependent problem of `config`; fills in `parts` and `model.options` when there is none."""
+    """Every family-dependent problem of a validated `config`; empty when there is none."""
     spec = find_family(config.model.type)
     if spec is None:
         names = family_names()
@@ -64,27 +91,12 @@ def family_problems(config: TrainConfig) -> list[ConfigProblem]:
                 has_value=True,
             )
         ]
-    problems = [
+    return [
         *_method_problems(config, spec),
         *_part_problems(config, spec),
         *_objective_problems(config, spec),
         *_option_problems(config, spec),
     ]
-    if not problems:
-        config.parts = resolved_parts(config, spec)
-    return problems
-
-
-def resolved_parts(config: TrainConfig, spec: FamilySpec) -> dict[str, PartConfig]:
-    """Every component of the family, in its order, with `train` decided."""
-    parts: dict[str, PartConfig] = {}
-    for component in spec.components:
-        given = config.parts.get(component.name) or PartConfig()
-        train = given.train
-        if train is None:
-            train = component.trains_by_default and config.method is not TrainingMethod.EMBEDDING
-        parts[component.name] = given.model_copy(update={"train": train if component.trainable else False})
-    return parts
 
 
 def _method_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:
@@ -180,14 +192,19 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
 def _option_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:
     from pydantic import ValidationError
 
-    from onetrainer.util.config.errors import problems_from_validation_error
-
     options = config.model.options
     if spec.options is None:
         return [ConfigProblem(f"model.options.{key}", f"{spec.title} models have no options") for key in options]
     try:
-        resolved = spec.options.model_validate(options)
+        spec.options.model_validate(options)
     except ValidationError as error:
-        return problems_from_validation_error(error, prefix="model.options")
-    config.model.options = resolved.model_dump(mode="json")
+        return [
+            ConfigProblem(
+                ".".join(["model.options", *(str(part) for part in item["loc"])]),
+                str(item["msg"]).removeprefix("Value error, "),
+                item.get("input"),
+                has_value=item["type"] != "missing",
+            )
+            for item in error.errors()
+        ]
     return []

@@ -100,6 +100,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         elif isinstance(part, int):
             args = getattr(annotation, "__args__", ())
             annotation = args[0] if args else None
+        elif getattr(annotation, "__origin__", None) is dict:
+            annotation = annotation.__args__[1]
         else:
             return None
     annotation = _unwrap(annotation)
@@ -146,6 +148,8 @@ def validate(
         config = TrainConfig.model_validate(data, context={CHECK_PATHS: check_paths})
     except ValidationError as exc:
         problems.extend(_problem_from_pydantic(error) for error in exc.errors())
+    except ConfigError as exc:  # the family's checks, which run once every field is valid
+        problems.extend(exc.problems)
     if config is not None:
         problems.extend(cross_section_problems(config))
     if problems or config is None:

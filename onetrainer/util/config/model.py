@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.training import Precision
 from onetrainer.util.config.types import ModelSource
-from onetrainer.util.enums import ModelType, PredictionType
+from onetrainer.util.enums import PredictionType
 
 
 class ModelConfig(Section):
-    type: ModelType = Field(ModelType.SD15, description="Model family: sd15, sd2 or sdxl.")
+    type: str = Field("sd15", description="Model family: one of `onetrainer presets`' model types (sd15, sd2, ...).")
     base: ModelSource | None = Field(
         None,
         description="Base model: a diffusers folder, a .safetensors/.ckpt file, a hub id (org/name) or tiny:<family>.",
@@ -29,9 +31,10 @@ class ModelConfig(Section):
         "with onetrainer.",
     )
     prediction_type: PredictionType = Field(
-        PredictionType.AUTO, description="epsilon or v_prediction; auto reads it from the model."
-    )
-    clip_skip: int = Field(
-        1, ge=1, le=12, description="Text-encoder layer to use, counted from the end: 1 = last, 2 = penultimate."
+        PredictionType.AUTO,
+        description="DDPM models: epsilon, v_prediction or sample; auto reads it from the model.",
     )
     dtype: Precision = Field(Precision.FP32, description="Data type the weights are loaded in: fp32, fp16 or bf16.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the model family (see its documentation); most have none."
+    )

@@ -64,10 +64,6 @@ ThreadSetting = Annotated[int | str, BeforeValidator(_thread_setting)]
 
 OptimizerArg = Annotated[bool | int | float | str | list[float] | None, BeforeValidator(_finite_argument)]
 
-MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
-"""Component names `weight_dtypes` may set, across the UNet families."""
-
-
 class EmaConfig(Section):
     enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
     decay: float = Field(0.999, gt=0, lt=1, description="Share of the old average kept at each update.")
@@ -85,10 +81,8 @@ class TrainingConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
     epochs: int = Field(10, ge=1, description="Passes over the data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    learning_rate: float = Field(1e-4, gt=0, le=10, description="Base learning rate.")
-    learning_rates: dict[str, float] = Field(
-        default_factory=dict,
-        description="Per-part learning rates by parameter group name, e.g. {text_encoder: 5e-5}.",
+    learning_rate: float = Field(
+        1e-4, gt=0, le=10, description="Base learning rate (parts.<name>.learning_rate overrides it per part)."
     )
     optimizer: Optimizer = Field(Optimizer.ADAMW, description="Optimizer.")
     weight_decay: float = Field(1e-2, ge=0, description="Weight decay (decoupled for the AdamW family).")
@@ -109,10 +103,6 @@ class TrainingConfig(Section):
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (null: off).")
     precision: Precision = Field(Precision.FP32, description="Autocast precision for the forward pass.")
-    weight_dtypes: dict[str, Precision] = Field(
-        default_factory=dict,
-        description="Per-part weight dtypes of frozen parts, e.g. {vae: fp16, text_encoder: fp16}.",
-    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the denoiser.")
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda or cuda:N.")
     threads: ThreadSetting = Field(
@@ -121,14 +111,6 @@ class TrainingConfig(Section):
         "number; the ONETRAINER_THREADS environment variable overrides it.",
     )
     ema: EmaConfig = Field(default_factory=EmaConfig, description="Exponential moving average of the weights.")
-
-    @field_validator("weight_dtypes")
-    @classmethod
-    def _known_parts(cls, value: dict[str, Precision]) -> dict[str, Precision]:
-        unknown = [name for name in value if name not in MODEL_PARTS]
-        if unknown:
-            raise ValueError(f"unknown model part {unknown[0]!r}; the parts are: {', '.join(MODEL_PARTS)}")
-        return value
 
     @field_validator("device")
     @classmethod
