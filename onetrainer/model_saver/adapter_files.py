@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onetrainer.model_saver.safetensors_stream import state_dict_stream, write_safetensors_stream
 from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.errors import UserError
 from onetrainer.util.keymaps.embeddings import embedding_to_a1111, embedding_to_diffusers
 from onetrainer.util.keymaps.engine import KeyMapError
 from onetrainer.util.keymaps.lora import peft_to_kohya
 from onetrainer.util.keymaps.lora_peft import diffusers_lora_metadata, peft_adapter_state
+from onetrainer.util.safetensors_stream import state_dict_stream, write_safetensors_stream
 
 if TYPE_CHECKING:
     import torch
