@@ -98,7 +98,7 @@ def _read_hub_configs(repo: str) -> dict[str, dict[str, Any]]:
 
 
 def _tiny_architecture(source: str) -> Architecture:
-    from onetrainer.util.tiny.models import build_tiny_pipeline
+    from onetrainer.util.tiny.models import build_tiny_pipeline, scheduler_config
 
     kind = TINY_KINDS[source.removeprefix(TINY_PREFIX)]
     pipe = build_tiny_pipeline(kind)
@@ -106,7 +106,7 @@ def _tiny_architecture(source: str) -> Architecture:
         "unet": dict(pipe.unet.config),
         "vae": dict(pipe.vae.config),
         "text_encoder": pipe.text_encoder.config.to_dict(),
-        "scheduler": {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__},
+        "scheduler": scheduler_config(pipe),
     }
     return Architecture(source, configs, tiny_kind=kind)
 

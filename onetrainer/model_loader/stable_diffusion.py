@@ -146,7 +146,7 @@ def _hub_family(repo: str, wanted: ModelType | None) -> ModelType:
 
 
 def _from_tiny(source: str, wanted: ModelType | None) -> dict[str, Any]:
-    from onetrainer.util.tiny.models import build_tiny_pipeline
+    from onetrainer.util.tiny.models import build_tiny_pipeline, scheduler_config
 
     kind = TINY_KINDS[source.removeprefix(TINY_PREFIX)]
     family = ModelType.SD15 if kind == "sd15" else ModelType.SD2
@@ -158,7 +158,7 @@ def _from_tiny(source: str, wanted: ModelType | None) -> dict[str, Any]:
         "vae": pipe.vae,
         "text_encoder": pipe.text_encoder,
         "tokenizer": pipe.tokenizer,
-        "scheduler": {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__},
+        "scheduler": scheduler_config(pipe),
         "prediction": pipe.scheduler.config.prediction_type,
     }
 
