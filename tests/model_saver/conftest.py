@@ -53,3 +53,19 @@ def prediction() -> Callable[..., torch.Tensor]:
     """`prediction(unet, text_encoder, tokenizer, prompt)`: the denoiser's output for fixed latents and
     timestep. Equal predictions mean the two models (UNet and text encoder) compute the same thing."""
     return _prediction
+
+
+def _readme_loads_in(what: str, fmt: str) -> str:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0] == what and cells[1].startswith(f"`{fmt}`"):
+            return cells[2]
+    raise AssertionError(f"no README output-format row for {what} as {fmt}")
+
+
+@pytest.fixture
+def readme_loads_in() -> Callable[[str, str], str]:
+    """`readme_loads_in(what, fmt)`: the "loads in" cell of the README's output-format table, so tests that
+    pin what a loader does with our files also keep the table saying so."""
+    return _readme_loads_in

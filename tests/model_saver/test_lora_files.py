@@ -115,3 +115,18 @@ def test_diffusers_pipeline_draws_the_image_our_sampler_draws(
     ).images[0]
     difference = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16))
     assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_diffusers_refuses_our_lycoris_files_as_the_readme_says(
+    lora_model: Callable, readme_loads_in: Callable, tiny_sd15_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    path = _save(lora_model(kind), tmp_path / f"{kind}.safetensors", "kohya")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
+    with pytest.raises(ValueError, match="have not been correctly renamed"):
+        pipe.load_lora_weights(str(path))
+    loads_in = readme_loads_in("LoHa, LoKr", "kohya")
+    assert "load_lora_weights" not in loads_in
+    assert "diffusers refuses them" in loads_in
