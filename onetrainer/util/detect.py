@@ -58,6 +58,8 @@ LORA_LAYOUTS = {
 }
 """`detect_lora_format` names -> our layout names (our `peft` is diffusers' component-prefixed file)."""
 LORA_ADAPTERS = {"lycoris-loha": "loha", "lycoris-lokr": "lokr"}
+DORA_SUFFIXES = (".dora_scale", ".lora_magnitude_vector", ".input_magnitude", ".lora_magnitude_vector.weight")
+"""DoRA magnitudes: kohya's, peft's per-row and our per-column ones, and a text encoder's in a diffusers file."""
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def _lora_detection(
     else:
         layout = LORA_LAYOUTS.get(lora_format, lora_format)
     adapter = LORA_ADAPTERS.get(lora_format, "lora")
-    if adapter == "lora" and any(k.endswith((".dora_scale", ".lora_magnitude_vector")) for k in keys):
+    if adapter == "lora" and any(k.endswith(DORA_SUFFIXES) for k in keys):
         adapter = "dora"
     evidence = recognise("lora", shapes) if layout in ("kohya", "peft") else None
     return _detection(LORA, layout, evidence, meta_family, meta_prediction, adapter)
