@@ -13,8 +13,7 @@ from onetrainer.model_sampler.sizes import MAX_SIDE
 from onetrainer.util.devices import WeightsDtype
 
 if TYPE_CHECKING:
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
-    from onetrainer.util.enums import ModelType as Family
+    from onetrainer.model.diffusion import DiffusionModel
 
 EXAMPLES = (
     ("one image from the built-in tiny model", 'onetrainer sample tiny:sd15 -p "a red circle" -o red.png'),
@@ -81,7 +80,13 @@ def sample(
     device: Device = DEFAULT_DEVICE,
     dtype: DtypeHalfOnGpu = WeightsDtype.AUTO,
     clip_skip: Annotated[
-        int, typer.Option("--clip-skip", min=1, max=12, help="1 = last text layer, 2 = penultimate.")
+        int,
+        typer.Option(
+            "--clip-skip",
+            min=1,
+            max=12,
+            help="Text-encoder layer, as A1111 counts: 1 = the model's own layer, 2 = one earlier (every text encoder).",
+        ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
@@ -123,19 +128,17 @@ def sample(
         for option, value in (("--width", width), ("--height", height)):
             if value is not None:
                 check_side(option, value, bucket_step(family))
-        loaded: StableDiffusionModel = lookup(ModuleKind.LOADER, family)().load(
-            _model_config(model, family, weights, clip_skip), device=torch_device
+        loaded: DiffusionModel = lookup(ModuleKind.LOADER, family)().load(
+            _model_config(model, family, weights), device=torch_device
         )
     for path, scale in loras:
-        merge_lora(loaded, read_lora_file(path, family.value), scale)
-    added = [
-        add_embedding(loaded, path.stem, vectors=read_embedding_file(path, family.value), trainable=False)
+        merge_lora(loaded, read_lora_file(path, loaded.spec), scale)
+    loaded.adapters.embeddings.extend(
+        add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []
-    ]
-    if added:
-        loaded.adapters.setdefault("embeddings", []).extend(added)
-
-    sampler = lookup(ModuleKind.SAMPLER, family)(loaded, clip_skip=clip_skip)
+    )
+    layer_skip = dict.fromkeys(loaded.text_encoder_names(), clip_skip - 1)
+    sampler = lookup(ModuleKind.SAMPLER, family)(loaded, layer_skip=layer_skip)
     stderr.print(f"seed {first_seed}")
     with file_progress("sampling", unit="steps") as update:
         images = sampler.sample(
@@ -185,14 +188,14 @@ def _parse_lora(spec: str) -> tuple[Path, float]:
     return Path(spec).expanduser(), 1.0
 
 
-def _model_config(source: str, family: Family, weights: str, clip_skip: int) -> object:
+def _model_config(source: str, family: str, weights: str) -> object:
     from pydantic import ValidationError
 
     from onetrainer.util.config.model import ModelConfig
     from onetrainer.util.errors import UserError
 
     try:
-        return ModelConfig.model_validate({"type": family, "base": source, "dtype": weights, "clip_skip": clip_skip})
+        return ModelConfig.model_validate({"type": family, "base": source, "dtype": weights})
     except ValidationError as error:
         message = error.errors()[0]["msg"].removeprefix("Value error, ")
         raise UserError(f"invalid model: {message}", where="model.base") from None

@@ -15,7 +15,7 @@ from onetrainer.inspection.metadata import group_metadata
 from onetrainer.inspection.result import Inspection, human_count
 from onetrainer.inspection.tensors import TensorIndex, describe_group, read_index
 from onetrainer.util.detect import PICKLE, Detection
-from onetrainer.util.keymaps.single_file import COMPONENT_MARKERS, detect_single_file_family
+from onetrainer.util.keymaps.stable_diffusion_single_file import COMPONENT_MARKERS, detect_single_file_family
 
 FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")

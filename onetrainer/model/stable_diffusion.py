@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
-from onetrainer.util.keymaps.stable_diffusion_lora import SD_LORA_NAMING
+from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
+from onetrainer.util.keymaps.stable_diffusion_single_file import CLIP_LAYOUT, OPENCLIP_LAYOUT
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -27,6 +28,13 @@ from onetrainer.util.family import (
 )
 
 METHODS = frozenset({"lora", "full", "embedding"})
+LORA_NAMING = DottedKohyaNaming.of(
+    (("lora_unet_", "unet"), ("lora_te_", "text_encoder")), UNET_CLIP_COMPOUND_NAMES, text_encoders=("text_encoder",)
+)
+"""sd-scripts trains 1.x/2.x LoRAs on a UNet with diffusers module names (only its later UNets use the
+original names), so nearly every 1.x/2.x LoRA in the wild uses them: A1111/Forge convert them to their
+own modules, ComfyUI maps both namings, and diffusers' kohya loader reads them. The text encoder uses
+transformers CLIP paths with `text_model_` kept, for 2.x too (A1111 fuses q/k/v itself for OpenCLIP)."""
 
 
 def _components(text_encoder_title: str) -> tuple[Component, ...]:
@@ -150,9 +158,12 @@ SD15 = register_family(
         methods=METHODS,
         modelspec_architecture="stable-diffusion-v1",
         kohya_base_model_version="sd_v1",
+        kohya_v_suffix=True,
         pipeline_classes=("StableDiffusionPipeline",),
         recognise=RECOGNISERS,
-        lora_naming=SD_LORA_NAMING,
+        lora_naming=LORA_NAMING,
+        single_file=CLIP_LAYOUT,
+        shipped_config="sd15",
         tiny={"sd15": _tiny("sd15", "tiny random-weight SD 1.5")},
         hub_ids=(
             "openai/clip-vit-large-patch14",
@@ -175,9 +186,12 @@ SD2 = register_family(
         methods=METHODS,
         modelspec_architecture="stable-diffusion-v2-512",
         kohya_base_model_version="sd_v2",
+        kohya_v_suffix=True,
+        kohya_v2=True,
         pipeline_classes=("StableDiffusionPipeline",),
         recognise=RECOGNISERS,
-        lora_naming=SD_LORA_NAMING,
+        lora_naming=LORA_NAMING,
+        single_file=OPENCLIP_LAYOUT,
         tiny={
             "sd2": _tiny("sd2", "tiny random-weight SD 2.x, epsilon prediction"),
             "sd2-v": _tiny("sd2-v", "tiny random-weight SD 2.x, v-prediction"),
@@ -187,6 +201,12 @@ SD2 = register_family(
             "stabilityai/stable-diffusion-2-1-base",
             "stabilityai/stable-diffusion-2",
         ),
-        variants={"v_prediction": Variant(modelspec_architecture="stable-diffusion-v2-768-v", default_resolution=768)},
+        shipped_config="sd2-768-v",
+        variants={
+            "epsilon": Variant(shipped_config="sd2-512"),
+            "v_prediction": Variant(
+                modelspec_architecture="stable-diffusion-v2-768-v", default_resolution=768, shipped_config="sd2-768-v"
+            ),
+        },
     )
 )

@@ -15,26 +15,25 @@ from pathlib import Path
 
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import tiny_names
 from onetrainer.util.missing import hub_offline, missing_path, model_unavailable
 
-__all__ = ["HUB", "LOCAL", "TINY", "TINY_KINDS", "hub_errors", "hub_offline", "source_kind"]
+__all__ = ["HUB", "LOCAL", "TINY", "hub_errors", "hub_offline", "source_kind"]
 
 TINY, LOCAL, HUB = "tiny", "local", "hub"
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-TINY_KINDS = {"sd15": "sd15", "sd2": "sd2", "sd2-v": "sd2-v"}
-"""`tiny:<name>` -> the tiny-model kind it builds (`sd2` is epsilon, `sd2-v` v-prediction)."""
 
 
 def source_kind(source: str, *, where: str | None = None) -> str:
     """TINY, LOCAL (an existing path) or HUB; a user error if it is none of them."""
     if source.startswith(TINY_PREFIX):
         name = source.removeprefix(TINY_PREFIX)
-        if name not in TINY_KINDS:
+        if name not in tiny_names():
             raise UserError(
                 f"unknown tiny model {source!r}",
                 where=where,
-                hint=f"Use one of: {', '.join('tiny:' + k for k in TINY_KINDS)}.",
+                hint=f"Use one of: {', '.join(TINY_PREFIX + k for k in tiny_names())}.",
             )
         return TINY
     if Path(source).expanduser().exists():

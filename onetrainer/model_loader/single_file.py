@@ -1,47 +1,48 @@
-"""Build SD 1.x/2.x diffusers components from an original single-file checkpoint, key by key.
+"""Build a family's diffusers components from an original single-file checkpoint, key by key.
 
-Keys are renamed with `util.keymaps` tables (no diffusers single-file internals, so nothing is
-downloaded), and each tensor is cast and placed as it is read. Components are constructed with empty
-(meta) parameters and receive the checkpoint's tensors by assignment, so no random initialisation runs
-and the weights exist once in memory.
+Keys are renamed with the family's own tables (`FamilySpec.single_file`; no diffusers single-file
+internals, so nothing is downloaded), and each tensor is cast and placed as it is read. Components
+are constructed from the architecture's configs with empty (meta) parameters and receive the
+checkpoint's tensors by assignment, so no random initialisation runs and the weights exist once in
+memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_loader.architecture import Architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.util.errors import UserError
-from onetrainer.util.keymaps.engine import StreamConverter
-from onetrainer.util.keymaps.sd_tables import SdLayout
-from onetrainer.util.keymaps.single_file import COMPONENTS, read_ignore, table_for_single_file_keys
+from onetrainer.util.family import FamilySpec, SingleFileFormat
 
 if TYPE_CHECKING:
     import torch
 
-COMPONENT_NAMES = {
-    "unet": "UNet (model.diffusion_model.*)",
-    "vae": "VAE (first_stage_model.*)",
-    "text_encoder": "text encoder (cond_stage_model.*)",
-}
+
+def single_file_format(spec: FamilySpec) -> SingleFileFormat:
+    if spec.single_file is None:
+        raise UserError(f"{spec.title} models have no single-file layout in this version")
+    return spec.single_file
 
 
 def single_file_state_dicts(
     weights: WeightsFile,
-    family: str,
+    spec: FamilySpec,
     *,
     text_encoder_layers: int | None,
     dtype: torch.dtype | None = None,
-    components: tuple[str, ...] = COMPONENTS,
+    components: tuple[str, ...] | None = None,
     meta: bool = False,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Diffusers state dicts of the wanted components; a component the file lacks comes back empty."""
-    parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in components}
+    wanted = components or spec.component_names
+    parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in wanted}
     for key, tensor in stream_single_file(
-        weights, family, text_encoder_layers=text_encoder_layers, dtype=dtype, components=components, meta=meta
+        weights, spec, text_encoder_layers=text_encoder_layers, dtype=dtype, components=wanted, meta=meta
     ):
         component, _, rest = key.partition(".")
         parts[component][rest] = tensor
@@ -50,25 +51,23 @@ def single_file_state_dicts(
 
 def stream_single_file(
     weights: WeightsFile,
-    family: str,
+    spec: FamilySpec,
     *,
     text_encoder_layers: int | None,
     dtype: torch.dtype | None = None,
-    components: tuple[str, ...] = COMPONENTS,
+    components: tuple[str, ...] | None = None,
     meta: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(component.key, tensor)` in diffusers naming, reading one source tensor at a time.
 
     With `meta`, tensors are data-less stand-ins (for planning output headers without reading data).
     """
+    wanted = components or spec.component_names
     keys = weights.keys()
-    table = table_for_single_file_keys(keys, family)
-    converter = StreamConverter(
-        table, reverse=True, ignore=read_ignore(SdLayout.from_single_file_keys(keys), text_encoder_layers)
-    )
+    converter = single_file_format(spec).reader(keys, text_encoder_layers=text_encoder_layers)
     for key in keys:
-        target = table.map_key(key, reverse=True)
-        if target is not None and target.partition(".")[0] not in components:
+        target = converter.table.map_key(key, reverse=True)
+        if target is not None and target.partition(".")[0] not in wanted:
             continue
         tensor = weights.meta_tensor(key) if meta else weights.tensor(key)
         if dtype is not None and tensor.is_floating_point():
@@ -86,40 +85,42 @@ def empty_weights() -> Iterator[None]:
         yield
 
 
+def build_module(library: str, class_name: str, config: dict[str, Any]) -> Any:
+    """A diffusers or transformers module of `class_name` from its config dict (weights not initialised here)."""
+    cls = getattr(importlib.import_module(library), class_name)
+    if library == "transformers":
+        return cls(cls.config_class.from_dict(config))
+    return cls.from_config(config)
+
+
 def build_components(
     state_dicts: dict[str, dict[str, torch.Tensor]],
     architecture: Architecture,
+    spec: FamilySpec,
     source: str,
     *,
     check_only: bool = False,
 ) -> dict[str, Any]:
-    """UNet, VAE and text encoder from their configs, holding the given tensors (assigned, not copied).
+    """The family's components from their configs, holding the given tensors (assigned, not copied).
 
     With `check_only` the tensors may be meta stand-ins: names and shapes are checked against the
     architecture and nothing is assigned (how a conversion validates `--config` before writing).
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    unet_config = dict(architecture.configs["unet"])
-    conv_in = state_dicts.get("unet", {}).get("conv_in.weight")
-    if conv_in is not None:
-        unet_config["in_channels"] = int(conv_in.shape[1])  # inpainting models take 9 channels
-    builders = {
-        "unet": lambda: UNet2DConditionModel.from_config(unet_config),
-        "vae": lambda: AutoencoderKL.from_config(architecture.configs["vae"]),
-        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig.from_dict(architecture.configs["text_encoder"])),
-    }
     built: dict[str, Any] = {}
     for name, state_dict in state_dicts.items():
         if not state_dict:
             continue
+        config = dict(architecture.configs[name])
+        conv_in = state_dict.get("conv_in.weight")
+        if conv_in is not None and name == spec.denoiser.name:
+            config["in_channels"] = int(conv_in.shape[1])  # inpainting models take 9 channels
+        library, class_name = architecture.classes[name]
         with empty_weights():
-            module = builders[name]()
+            module = build_module(library, class_name, config)
         assign_state_dict(
             module,
             state_dict,
-            what=f"the {COMPONENT_NAMES[name]} of {source} does not match the {architecture.name}",
+            what=f"the {spec.component(name).title} of {source} does not match the {architecture.name}",
             hint="Pass the architecture it was made with as a diffusers folder or hub id (model.config / --config).",
             check_only=check_only,
         )

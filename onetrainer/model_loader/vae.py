@@ -15,7 +15,7 @@ from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.single_file import assign_state_dict, empty_weights
 from onetrainer.util.errors import UserError
 from onetrainer.util.keymaps.engine import KeyTable, convert
-from onetrainer.util.keymaps.sd_tables import VAE_PREFIX, SdLayout, vae_rows
+from onetrainer.util.keymaps.ldm_tables import VAE_PREFIX, SdLayout, vae_rows
 
 if TYPE_CHECKING:
     import torch

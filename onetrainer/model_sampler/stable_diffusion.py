@@ -11,12 +11,12 @@ of a batch can be reproduced alone.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from onetrainer.model_sampler.schedulers import build_scheduler, check_scheduler
 from onetrainer.model_sampler.sizes import check_side
-from onetrainer.util.enums import ModelType
+from onetrainer.model_setup.stable_diffusion import TEXT_KEY, StableDiffusionHooks
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, register
 
@@ -24,17 +24,15 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
-
-Progress = Callable[[int, int], None]
-"""progress(done_steps, total_steps) over all images of one `sample` call."""
+    from onetrainer.model.contracts import Progress
+    from onetrainer.model.diffusion import DiffusionModel
 
 
-@register(ModuleKind.SAMPLER, ModelType.SD15, ModelType.SD2)
+@register(ModuleKind.SAMPLER, "sd15", "sd2")
 class StableDiffusionSampler:
-    def __init__(self, model: StableDiffusionModel, *, clip_skip: int = 1) -> None:
+    def __init__(self, model: DiffusionModel, *, layer_skip: Mapping[str, int] | None = None) -> None:
         self.model = model
-        self.clip_skip = clip_skip
+        self.layer_skip = dict(layer_skip or {})
 
     @property
     def vae_scale(self) -> int:
@@ -54,13 +52,13 @@ class StableDiffusionSampler:
         seed: int = 42,
         width: int | None = None,
         height: int | None = None,
-        scheduler: str = "ddim",
+        scheduler: str | None = "ddim",
         count: int = 1,
         progress: Progress | None = None,
     ) -> list[Image.Image]:
         import torch
 
-        scheduler = check_scheduler(scheduler)
+        scheduler = check_scheduler(scheduler or "ddim")
         width = check_side("width", width or self.default_size(), self.vae_scale)
         height = check_side("height", height or self.default_size(), self.vae_scale)
         if steps < 1 or count < 1:
@@ -92,17 +90,12 @@ class StableDiffusionSampler:
         """[negative, positive] hidden states when CFG is on (diffusers' order), else [positive]."""
         import torch
 
-        from onetrainer.model.clip_text import encode_tokens, tokenize
-
         model = self.model
-        device = model.unet.device
-        torch.nn.Module.to(model.text_encoder, device=device)
+        conditioner = StableDiffusionHooks().conditioner(model, layer_skip=self.layer_skip, device=model.device)
+        torch.nn.Module.to(model.text_encoder, device=model.device)
         texts = [negative_prompt, prompt] if cfg > 1 else [prompt]
-        ids = tokenize(model.tokenizer, texts, list(model.adapters.get("embeddings", [])))
-        hidden = torch.cat(
-            [encode_tokens(model.text_encoder, ids[i : i + 1], self.clip_skip) for i in range(len(texts))]
-        )
-        return hidden.to(model.unet_dtype)
+        hidden = torch.cat([conditioner.encode_for_training([text])[TEXT_KEY] for text in texts])
+        return hidden.to(model.denoiser_dtype)
 
     def _denoise(
         self,
@@ -118,7 +111,7 @@ class StableDiffusionSampler:
         import torch
 
         unet = self.model.unet
-        device, dtype = unet.device, self.model.unet_dtype
+        device, dtype = self.model.device, self.model.denoiser_dtype
         scheduler = build_scheduler(scheduler_name, self.model.noise_scheduler.config)
         scheduler.set_timesteps(steps, device=device)
         generator = torch.Generator("cpu").manual_seed(seed)

@@ -3,13 +3,15 @@
 LoRAs arrive in the neutral form of `util.keymaps.lora`: component-prefixed peft tensors plus a
 kohya-semantics alpha per module.
 - `kohya`: `lora_unet_*` / `lora_te_*` with `.lora_down` / `.lora_up` / `.alpha` (LyCORIS names for
-  LoHa / LoKr, `.dora_scale` for DoRA), what A1111/Forge and ComfyUI load.
+  LoHa / LoKr, `.dora_scale` for DoRA), module names as the family names them, what A1111/Forge and
+  ComfyUI load.
 - `peft`: the diffusers layout (`unet.<module>.lora_A.weight`) that `load_lora_weights` reads, with
   each component's LoraConfig in the `lora_adapter_metadata` header so alphas survive. diffusers has
-  no loader for SD LoHa/LoKr, so those save only as kohya.
+  no loader for kohya LoHa/LoKr, so those save only as kohya.
 A DoRA is written only in the layout whose loaders compute the weights it was trained with
 (`model.adapters.dora`): magnitudes per input column as kohya, per output row as peft.
-Embeddings: `a1111` (`emb_params`, trigger word = file name) or `diffusers` (`{placeholder: vectors}`).
+Embeddings: `a1111` (one key per text encoder, as the family names them; trigger word = file name) or
+`diffusers` (`{placeholder: vectors}`, for families with one text encoder that takes embeddings).
 """
 
 from __future__ import annotations
@@ -29,22 +31,20 @@ from onetrainer.util.safetensors_stream import state_dict_stream, write_safetens
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
-
-KOHYA_NAMING = "sd15"
-"""SD 1.x and 2.x LoRAs share one kohya naming; this family selects it when the family is undetermined."""
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.family import FamilySpec
 
 
-def lora_from_model(model: StableDiffusionModel) -> tuple[dict[str, torch.Tensor], dict[str, float], str]:
+def lora_from_model(model: DiffusionModel) -> tuple[dict[str, torch.Tensor], dict[str, float], str]:
     """The model's LoRA adapter as (component-prefixed peft tensors, alphas, kind)."""
-    adapter = model.adapters.get("lora")
+    adapter = model.adapters.lora
     if adapter is None:
         raise UserError("the model has no LoRA adapter to save")
     tensors: dict[str, torch.Tensor] = {}
     alphas: dict[str, float] = {}
     for component in adapter.state_dicts(model):
         component_tensors, component_alphas = peft_adapter_state(
-            getattr(model, component), component, adapter.adapter_name
+            model.components[component], component, adapter.adapter_name
         )
         tensors.update(component_tensors)
         alphas.update(component_alphas)
@@ -57,7 +57,7 @@ def write_lora(
     alphas: Mapping[str, float],
     *,
     fmt: SaveFormat,
-    family: str | None,
+    spec: FamilySpec,
     kind: str,
     metadata: Mapping[str, str],
     dtype: torch.dtype | None = None,
@@ -65,7 +65,9 @@ def write_lora(
     try:
         if fmt is SaveFormat.KOHYA:
             _refuse_row_dora(tensors)
-            out = peft_to_kohya(tensors, alphas, family if family in ("sd15", "sd2", "sdxl") else KOHYA_NAMING)
+            if spec.lora_naming is None:
+                raise UserError(f"{spec.title} LoRAs have no kohya layout in this version", hint="Save as peft.")
+            out = peft_to_kohya(tensors, alphas, spec.lora_naming)
             header = dict(metadata)
         elif kind in ("loha", "lokr"):
             raise UserError(
@@ -95,19 +97,28 @@ def _refuse_row_dora(tensors: Mapping[str, torch.Tensor]) -> None:
 
 def write_embedding(
     output: Path,
-    vectors: torch.Tensor,
+    vectors: Mapping[str, torch.Tensor],
     placeholder: str,
     *,
     fmt: SaveFormat,
-    family: str | None,
+    spec: FamilySpec,
     metadata: Mapping[str, str],
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """One embedding's [n_vectors, width] vectors, detached, as an a1111 or diffusers file."""
-    vectors = vectors.detach().cpu()
-    if fmt is SaveFormat.A1111:
-        data = embedding_to_a1111({"text_encoder": vectors}, family if family in ("sd15", "sd2") else KOHYA_NAMING)
-    else:
-        data = embedding_to_diffusers(vectors, placeholder)
+    """One embedding's vectors (text encoder -> [n_vectors, width]) as an a1111 or diffusers file."""
+    detached = {encoder: tensor.detach().cpu() for encoder, tensor in vectors.items()}
+    try:
+        if fmt is SaveFormat.A1111:
+            data = embedding_to_a1111(detached, spec)
+        elif len(detached) == 1:
+            data = embedding_to_diffusers(next(iter(detached.values())), placeholder)
+        else:
+            raise UserError(
+                f"a {spec.title} embedding has vectors for {len(detached)} text encoders; the diffusers layout "
+                "holds one",
+                hint="Save it as a1111, which holds one tensor per text encoder.",
+            )
+    except KeyMapError as error:
+        raise UserError(f"cannot write this embedding as {fmt.value}: {error.message}", hint=error.hint) from None
     write_safetensors_stream(output, state_dict_stream(data, dtype), metadata)
     return output

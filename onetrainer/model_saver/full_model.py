@@ -1,7 +1,7 @@
-"""Write a full SD 1.x/2.x model as an original single file or as a diffusers pipeline folder.
+"""Write a full model as an original single file (the family's layout) or as a diffusers pipeline folder.
 
 Both writers take the weights as a replayable stream of diffusers-named tensors (`unet.<key>`,
-`vae.<key>`, `text_encoder.<key>`), whether they come from a model in memory or from a file being
+`vae.<key>`, `text_encoder.<key>`, ...), whether they come from a model in memory or from a file being
 converted, and cast and write them one at a time (see `util.safetensors_stream`).
 """
 
@@ -9,35 +9,38 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.atomic import atomic_directory, atomic_write_text
-from onetrainer.util.keymaps.engine import StreamConverter
-from onetrainer.util.keymaps.single_file import COMPONENTS, V_PRED_MARKER, WRITE_IGNORE, table_for_diffusers_keys
+from onetrainer.util.errors import UserError
+from onetrainer.util.family import FamilySpec
 from onetrainer.util.safetensors_stream import write_safetensors_stream
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPTokenizer
 
-    from onetrainer.model.stable_diffusion import WeightsStream
+    from onetrainer.model.diffusion import WeightsStream
 
 Progress = Callable[[str, int, int], None]
 """`progress(file, done, total)`, called after each tensor written."""
 
-WEIGHT_FILES = {
-    "unet": "unet/diffusion_pytorch_model.safetensors",
-    "vae": "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder": "text_encoder/model.safetensors",
-}
-CONFIG_FILES = {
-    "unet": "unet/config.json",
-    "vae": "vae/config.json",
-    "text_encoder": "text_encoder/config.json",
-    "scheduler": "scheduler/scheduler_config.json",
-}
-CLASS_NAMES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+TRANSFORMERS_WEIGHTS = "model.safetensors"
+SCHEDULER_FILE = "scheduler/scheduler_config.json"
+
+
+@dataclass
+class PipelineParts:
+    """What a diffusers folder holds besides weights: configs, classes, tokenizers, pipeline settings."""
+
+    configs: dict[str, dict[str, Any]]
+    """Component (and "scheduler") -> config, as `DiffusionModel.component_configs` gives them."""
+    classes: dict[str, tuple[str, str]]
+    """Component -> (library, class name)."""
+    tokenizers: dict[str, Any]
+    pipeline_config: dict[str, Any]
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -48,25 +51,26 @@ def write_single_file(
     output: Path,
     stream: WeightsStream,
     *,
-    family: str,
+    spec: FamilySpec,
     prediction_type: str | None,
     metadata: Mapping[str, str],
     dtype: torch.dtype | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """The original layout A1111/Forge/ComfyUI load; v-prediction adds ComfyUI's `v_pred` marker."""
-    import torch
-
-    keys = [key for key, _ in stream(True, COMPONENTS)]
-    table = table_for_diffusers_keys(keys, family)
+    """The original layout A1111/Forge/ComfyUI load, with the family's markers (e.g. ComfyUI's `v_pred`)."""
+    if spec.single_file is None:
+        raise UserError(f"{spec.title} models have no single-file layout in this version", hint="Save a diffusers folder.")
+    single_file = spec.single_file
+    components = tuple(dict.fromkeys(component for _, component in single_file.component_prefixes))
+    keys = [key for key, _ in stream(True, components)]
 
     def converted(meta: bool) -> Iterator[tuple[str, torch.Tensor]]:
-        converter = StreamConverter(table, ignore=WRITE_IGNORE)
-        for key, tensor in stream(meta, COMPONENTS):
+        converter = single_file.writer(keys)
+        for key, tensor in stream(meta, components):
             yield from converter.feed(key, _cast(tensor, dtype))
         converter.finish()
-        if prediction_type == "v_prediction":
-            yield V_PRED_MARKER, torch.empty(0, device="meta" if meta else "cpu")
+        for key, tensor in single_file.markers(prediction_type).items():
+            yield key, tensor.to("meta") if meta else tensor
 
     write_safetensors_stream(output, converted, metadata, _file_progress(progress, output.name))
     return output
@@ -76,9 +80,9 @@ def write_diffusers_folder(
     output: Path,
     stream: WeightsStream,
     *,
-    configs: Mapping[str, Mapping[str, Any]],
-    tokenizer: CLIPTokenizer,
-    prediction_type: str,
+    spec: FamilySpec,
+    parts: PipelineParts,
+    prediction_type: str | None,
     metadata: Mapping[str, str],
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
@@ -87,23 +91,32 @@ def write_diffusers_folder(
     """A diffusers pipeline folder, built in a temporary sibling and moved into place when complete."""
     import diffusers
 
+    components = [c for c in spec.components if c.name in parts.configs]
     with atomic_directory(output, overwrite=overwrite) as folder:
-        for component in COMPONENTS:
-            header = {"format": "pt", **(metadata if component == "unet" else {})}
-            path = folder / WEIGHT_FILES[component]
+        for component in components:
+            library, class_name = parts.classes[component.name]
+            name = TRANSFORMERS_WEIGHTS if library == "transformers" else DIFFUSERS_WEIGHTS
+            header = {"format": "pt", **(metadata if component.name == spec.denoiser.name else {})}
+            relative = f"{component.name}/{name}"
             write_safetensors_stream(
-                path, _component(stream, component, dtype), header, _file_progress(progress, WEIGHT_FILES[component])
+                folder / relative,
+                _component(stream, component.name, dtype),
+                header,
+                _file_progress(progress, relative),
             )
             _write_json(
-                folder / CONFIG_FILES[component],
-                _component_config(component, configs[component], diffusers.__version__),
+                folder / component.name / "config.json",
+                _component_config(library, class_name, parts.configs[component.name], diffusers.__version__),
             )
-        scheduler = {k: v for k, v in configs["scheduler"].items() if k != "_use_default_values"}
-        scheduler.update(prediction_type=prediction_type, _diffusers_version=diffusers.__version__)
-        scheduler.setdefault("_class_name", "DDPMScheduler")
-        _write_json(folder / CONFIG_FILES["scheduler"], scheduler)
-        _save_tokenizer(tokenizer, folder / "tokenizer", int(configs["text_encoder"]["vocab_size"]))
-        _write_json(folder / "model_index.json", _model_index(str(scheduler["_class_name"]), diffusers.__version__))
+            if component.tokenizer is not None:
+                vocab_size = int(parts.configs[component.name]["vocab_size"])
+                _save_tokenizer(parts.tokenizers[component.tokenizer], folder / component.tokenizer, vocab_size)
+        scheduler = {k: v for k, v in parts.configs["scheduler"].items() if k != "_use_default_values"}
+        if prediction_type is not None:
+            scheduler["prediction_type"] = prediction_type
+        scheduler["_diffusers_version"] = diffusers.__version__
+        _write_json(folder / SCHEDULER_FILE, scheduler)
+        _write_json(folder / "model_index.json", _model_index(spec, parts, str(scheduler["_class_name"]), components))
     return output
 
 
@@ -139,28 +152,32 @@ def _component(
     return only
 
 
-def _component_config(component: str, config: Mapping[str, Any], version: str) -> dict[str, Any]:
+def _component_config(library: str, class_name: str, config: Mapping[str, Any], version: str) -> dict[str, Any]:
     """A config.json as diffusers / transformers write it, without load-time bookkeeping keys."""
-    if component == "text_encoder":
+    if library == "transformers":
         clean = {k: v for k, v in config.items() if k not in ("_name_or_path", "dtype", "torch_dtype")}
-        return {**clean, "architectures": [CLASS_NAMES[component]], "model_type": "clip_text_model"}
+        return {**clean, "architectures": [class_name]}
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
-    return {"_class_name": CLASS_NAMES[component], "_diffusers_version": version, **clean}
+    return {"_class_name": class_name, "_diffusers_version": version, **clean}
 
 
-def _model_index(scheduler_class: str, version: str) -> dict[str, Any]:
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": version,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
+def _model_index(spec: FamilySpec, parts: PipelineParts, scheduler_class: str, components: list[Any]) -> dict[str, Any]:
+    import diffusers
+
+    index: dict[str, Any] = {
+        "_class_name": spec.pipeline_classes[0],
+        "_diffusers_version": diffusers.__version__,
+        **parts.pipeline_config,
         "scheduler": ["diffusers", scheduler_class],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
     }
+    for component in components:
+        index[component.name] = list(parts.classes[component.name])
+        if component.tokenizer is not None:
+            tokenizer = parts.tokenizers[component.tokenizer]
+            index[component.tokenizer] = [type(tokenizer).__module__.split(".")[0], type(tokenizer).__name__]
+    for component in spec.components:
+        index.setdefault(component.name, [None, None])
+    return index
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer import __version__
 from onetrainer.model.adapters.dora import OUTPUT
-from onetrainer.util.safetensors_meta import SS_BASE_MODEL_VERSION, modelspec_metadata, ss_metadata
+from onetrainer.util.family import Objective
+from onetrainer.util.safetensors_meta import modelspec_metadata, ss_metadata
 
 if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
+    from onetrainer.util.family import FamilySpec
 
 CONFIG_KEY = "onetrainer_config"
 VERSION_KEY = "onetrainer_version"
@@ -26,7 +28,7 @@ NETWORK_ARGS = {"dora": {"algo": "lora", "dora_wd": "True"}, "loha": {"algo": "l
 
 def build_metadata(
     *,
-    family: str | None,
+    spec: FamilySpec | None,
     title: str,
     prediction_type: str | None = None,
     adapter: str | None = None,
@@ -46,14 +48,14 @@ def build_metadata(
     `inherited` (a converted file's own header) is kept, and our keys are written over it.
     """
     metadata = {k: v for k, v in (inherited or {}).items() if k != "format"}
-    v_prediction = prediction_type == "v_prediction"
     resolution = config.data.resolution if config is not None else None
-    if family in SS_BASE_MODEL_VERSION and prediction_type is not None:
+    known = spec is not None and (prediction_type is not None or spec.objective is not Objective.DDPM)
+    if spec is not None and known:
         metadata.update(
             modelspec_metadata(
-                family=family,
+                spec=spec,
                 title=title,
-                v_prediction=v_prediction,
+                prediction_type=prediction_type,
                 adapter=adapter,
                 resolution=resolution,
                 trigger_phrase=trigger_phrase,
@@ -61,7 +63,9 @@ def build_metadata(
         )
         metadata.update(
             ss_metadata(
-                family=family, v_prediction=v_prediction, **_ss_fields(lora_kind, rank, alpha, dora_axis, title, config)
+                spec=spec,
+                prediction_type=prediction_type,
+                **_ss_fields(lora_kind, rank, alpha, dora_axis, title, config),
             )
         )
     metadata[VERSION_KEY] = __version__

@@ -1,23 +1,22 @@
-"""A family's VAE and CLIP text encoder behind the data loader's encoder interface.
+"""A family's VAE behind the data loader's image-encoder interface, and the weights fingerprint.
 
-The data loader caches what these return, keyed by `identity()`. The identity therefore names
+The data loader caches what encoders return, keyed by `identity()`. The identity therefore names
 everything that changes the output: a fingerprint of the weights (so another base model never
-reuses a stale cache, even from the same path), the dtype, and for text the clip skip, the
-tokenizer size and any fixed embeddings. `load()` / `unload()` move the component to the
-training device and back, so caching can free accelerator memory afterwards.
+reuses a stale cache, even from the same path) and the dtype. `load()` / `unload()` move the
+component to the training device and back, so caching can free accelerator memory afterwards.
+(The text side is each family's conditioner: `conditioning.TextConditioner`.)
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from onetrainer.model_setup.placement import place
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPTokenizer
-
-    from onetrainer.model.adapters.embedding import EmbeddingAdapter
 
 _SAMPLE_STRIDE = 997
 """Every 997th value of each tensor enters the fingerprint: cheap, yet any real change shows."""
@@ -33,13 +32,6 @@ def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> None:
-    """Move a component, skipping diffusers' `to()` override, which warns on every dtype argument."""
-    import torch
-
-    torch.nn.Module.to(module, device=device, dtype=dtype)
 
 
 class _Placed:
@@ -94,37 +86,3 @@ class VaeImageEncoder(_Placed):
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"latents": self.encode_tensor(images).cpu()}
-
-
-class ClipTextEncoder(_Placed):
-    """Captions to [B, 77, width] hidden states, as `onetrainer.model.clip_text` computes them."""
-
-    def __init__(
-        self,
-        text_encoder: torch.nn.Module,
-        tokenizer: CLIPTokenizer,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        clip_skip: int,
-        embeddings: Callable[[], list[EmbeddingAdapter]],
-    ) -> None:
-        super().__init__(text_encoder, device, dtype, "clip")
-        self.tokenizer = tokenizer
-        self.clip_skip = clip_skip
-        self.embeddings = embeddings
-
-    def _extra_identity(self) -> str:
-        vectors = [(e.placeholder, e.parameter) for e in self.embeddings()]
-        extra = f":emb{fingerprint(vectors)}" if vectors else ""
-        return f":skip{self.clip_skip}:tok{len(self.tokenizer)}{extra}"
-
-    def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        import torch
-
-        from onetrainer.model.clip_text import encode_tokens, tokenize
-
-        ids = tokenize(self.tokenizer, list(captions), self.embeddings())
-        with torch.no_grad():
-            hidden = encode_tokens(self.module, ids, self.clip_skip)
-        return {"text_hidden": hidden.float().cpu()}

@@ -8,20 +8,13 @@ from __future__ import annotations
 from enum import Enum
 
 
-class ModelType(str, Enum):
-    """A model family. Each one plugs its modules into the registry under this name."""
-
-    SD15 = "sd15"
-    SD2 = "sd2"
-    SDXL = "sdxl"
-
-
 class PredictionType(str, Enum):
     """What the denoiser predicts. `auto` reads it from the model (scheduler config or file metadata)."""
 
     AUTO = "auto"
     EPSILON = "epsilon"
     V_PREDICTION = "v_prediction"
+    SAMPLE = "sample"
 
 
 class TrainingMethod(str, Enum):

@@ -20,7 +20,10 @@ from onetrainer.util.errors import UserError
 from onetrainer.util.suggest import did_you_mean
 
 if TYPE_CHECKING:
+    import torch
+
     from onetrainer.util.config.base import Section
+    from onetrainer.util.keymaps.engine import StreamConverter
 
 Shapes = Mapping[str, tuple[int, ...]]
 """A weights file's header: key -> shape."""
@@ -107,12 +110,34 @@ class Recognisers:
 class LoraNaming(Protocol):
     """How a family's modules are named in kohya-style LoRA files (from and to diffusers paths)."""
 
+    implementation: str
+    """`modelspec.implementation` of such a LoRA: "diffusers" for diffusers module names."""
+
     def to_kohya(self, module: str) -> str:
         """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_..._proj_in`."""
         ...
 
     def from_kohya(self, name: str) -> str:
         """The inverse: a kohya module name -> `component.module.path`."""
+        ...
+
+
+class SingleFileFormat(Protocol):
+    """A family's original single-file checkpoint layout (what ComfyUI and A1111 load), both ways."""
+
+    component_prefixes: tuple[tuple[str, str], ...]
+    """(key prefix in the file, diffusers component), e.g. ("first_stage_model.", "vae")."""
+
+    def writer(self, diffusers_keys: Iterable[str]) -> StreamConverter:
+        """diffusers -> single file, for a model with these component-prefixed keys, tensor by tensor."""
+        ...
+
+    def reader(self, keys: Iterable[str], *, text_encoder_layers: int | None = None) -> StreamConverter:
+        """single file -> component-prefixed diffusers keys, for a file with these keys."""
+        ...
+
+    def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
+        """Extra tensors a file of this prediction type carries."""
         ...
 
 
@@ -131,6 +156,8 @@ class Variant:
 
     modelspec_architecture: str | None = None
     default_resolution: int | None = None
+    shipped_config: str | None = None
+    """The folder under `onetrainer/model/configs` with this variant's architecture."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +183,14 @@ class FamilySpec:
     pipeline_classes: tuple[str, ...]
     """diffusers `model_index.json` `_class_name`s of this family's folders."""
     recognise: Recognisers
+    kohya_v_suffix: bool = False
+    """sd-scripts appends "_v" to the base model version of a v-prediction model of this family."""
+    kohya_v2: bool = False
+    """sd-scripts' `ss_v2` flag."""
+    latent_scale: int = 8
+    """Pixels per latent along each side (the VAE's downscale)."""
     lora_naming: LoraNaming | None = None
+    single_file: SingleFileFormat | None = None
     tiny: Mapping[str, TinyModel] = field(default_factory=dict)
     """`tiny:<key>` models; the key is the family name, or the family name plus a variant suffix."""
     hub_ids: tuple[str, ...] = ()
@@ -165,6 +199,8 @@ class FamilySpec:
     """The schema of `model.options` for this family (None: the family has no options)."""
     variants: Mapping[str, Variant] = field(default_factory=dict)
     """Prediction type -> what differs for models of that prediction type."""
+    shipped_config: str | None = None
+    """The folder under `onetrainer/model/configs` with the family's architecture, for single files."""
 
     def component(self, name: str) -> Component:
         for component in self.components:
@@ -188,12 +224,21 @@ class FamilySpec:
         return self.by_role(Role.VAE)[0]
 
     @property
+    def size_step(self) -> int:
+        """Image sides the denoiser accepts are multiples of this (bucket sides may be coarser)."""
+        return self.latent_scale * self.patch_size
+
+    @property
     def component_names(self) -> tuple[str, ...]:
         return tuple(component.name for component in self.components)
 
     def modelspec_for(self, prediction_type: str | None) -> str:
         variant = self.variants.get(prediction_type or "")
         return (variant.modelspec_architecture if variant else None) or self.modelspec_architecture
+
+    def shipped_config_for(self, prediction_type: str | None) -> str | None:
+        variant = self.variants.get(prediction_type or "")
+        return (variant.shipped_config if variant else None) or self.shipped_config
 
     def resolution_for(self, prediction_type: str | None) -> int:
         variant = self.variants.get(prediction_type or "")

@@ -16,26 +16,18 @@ import json
 import math
 import os
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    from onetrainer.util.family import FamilySpec
 
 SAI_MODEL_SPEC_VERSION = "1.0.0"
 IMPL_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
 IMPL_DIFFUSERS = "diffusers"
 
-# (family, v-prediction) -> ModelSpec architecture, sd-scripts' spelling. SD2's 768 models are the
-# v-prediction ones, its 512 models epsilon.
-ARCHITECTURES = {
-    ("sd15", False): "stable-diffusion-v1",
-    ("sd15", True): "stable-diffusion-v1",
-    ("sd2", False): "stable-diffusion-v2-512",
-    ("sd2", True): "stable-diffusion-v2-768-v",
-    ("sdxl", False): "stable-diffusion-xl-v1-base",
-    ("sdxl", True): "stable-diffusion-xl-v1-base",
-}
 ADAPTERS = {"lora": "lora", "embedding": "textual-inversion"}
-DEFAULT_RESOLUTION = {("sd15", False): 512, ("sd15", True): 512, ("sd2", False): 512, ("sd2", True): 768}
 DTYPE_NAMES = {
     "F64": "float64",
     "F32": "float32",
@@ -51,7 +43,6 @@ DTYPE_NAMES = {
     "BOOL": "bool",
 }
 """Safetensors header dtype codes -> the torch names users know."""
-SS_BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 # The `ss_*` keys tools read most (names without the prefix); `ss_metadata` refuses others, so a
 # typo fails loudly instead of writing a key nothing reads.
@@ -76,15 +67,9 @@ class HeaderError(UserError):
     title = "Not a safetensors file"
 
 
-def _check_family(family: str) -> None:
-    if family not in SS_BASE_MODEL_VERSION:
-        raise UserError(f"no metadata conventions for family {family!r}")
-
-
-def modelspec_architecture(family: str, *, v_prediction: bool = False, adapter: str | None = None) -> str:
+def modelspec_architecture(spec: FamilySpec, *, prediction_type: str | None = None, adapter: str | None = None) -> str:
     """`stable-diffusion-v2-768-v`, or with an adapter `stable-diffusion-v1/lora`, `.../textual-inversion`."""
-    _check_family(family)
-    arch = ARCHITECTURES[(family, v_prediction)]
+    arch = spec.modelspec_for(prediction_type)
     return f"{arch}/{ADAPTERS[adapter]}" if adapter else arch
 
 
@@ -98,9 +83,9 @@ def _text(value: Any) -> str:
 
 def modelspec_metadata(
     *,
-    family: str,
+    spec: FamilySpec,
     title: str,
-    v_prediction: bool = False,
+    prediction_type: str | None = None,
     adapter: str | None = None,
     resolution: int | tuple[int, int] | None = None,
     date: _dt.datetime | None = None,
@@ -110,46 +95,47 @@ def modelspec_metadata(
 ) -> dict[str, str]:
     """The `modelspec.*` keys: the four required ones plus resolution, date and prediction type.
 
-    `adapter` is None for a full model, "lora" or "embedding". Implementation follows sd-scripts:
-    SD1/2 LoRAs use diffusers module names, so "diffusers"; checkpoints, embeddings and SDXL LoRAs
-    follow Stability AI's code. `optional` takes further ModelSpec fields (description, author,
-    license, tags, usage_hint, merged_from, ...); None values are left out.
+    `adapter` is None for a full model, "lora" or "embedding". Implementation follows sd-scripts: a
+    LoRA over diffusers module names says "diffusers" (the family's kohya naming tells); checkpoints,
+    embeddings and LoRAs over the original module names follow Stability AI's code. `optional` takes
+    further ModelSpec fields (description, author, license, tags, usage_hint, merged_from, ...); None
+    values are left out.
     """
     if adapter is not None and adapter not in ADAPTERS:
         raise UserError(f"unknown adapter kind {adapter!r}", hint=f"expected one of {tuple(ADAPTERS)}")
     if implementation is None:
-        lora_with_diffusers_names = adapter == "lora" and family in ("sd15", "sd2")
-        implementation = IMPL_DIFFUSERS if lora_with_diffusers_names else IMPL_STABILITY_AI
-    size = resolution or DEFAULT_RESOLUTION.get((family, v_prediction), 1024)
+        naming = getattr(spec.lora_naming, "implementation", IMPL_STABILITY_AI)
+        implementation = naming if adapter == "lora" else IMPL_STABILITY_AI
+    size = resolution or spec.resolution_for(prediction_type)
     width, height = (size, size) if isinstance(size, int) else size
     stamp = (date or _dt.datetime.now().astimezone()).isoformat(timespec="seconds")
+    prediction = {"v_prediction": "v", "epsilon": "epsilon", "sample": "sample"}.get(prediction_type or "")
     fields: dict[str, Any] = {
         "sai_model_spec": SAI_MODEL_SPEC_VERSION,
-        "architecture": modelspec_architecture(family, v_prediction=v_prediction, adapter=adapter),
+        "architecture": modelspec_architecture(spec, prediction_type=prediction_type, adapter=adapter),
         "implementation": implementation,
         "title": title,
         "resolution": f"{width}x{height}",
         "date": stamp,
-        "prediction_type": "v" if v_prediction else "epsilon",
+        "prediction_type": prediction,
         "trigger_phrase": trigger_phrase,
         **optional,
     }
     return {f"modelspec.{key}": _text(value) for key, value in fields.items() if value is not None}
 
 
-def ss_metadata(*, family: str, v_prediction: bool = False, **fields: Any) -> dict[str, str]:
+def ss_metadata(*, spec: FamilySpec, prediction_type: str | None = None, **fields: Any) -> dict[str, str]:
     """Common kohya `ss_*` keys; pass names without the prefix (`network_dim=16`, `resolution=(512, 512)`).
 
-    The base model version (`sd_v1`, `sd_v2_v`, `sdxl_base_v1-0`, ...) and `ss_v2` come from the family.
-    Dicts and lists become JSON, other values `str()`, as sd-scripts writes them (a resolution tuple
-    reads "(512, 512)"); None values are left out.
+    The base model version and `ss_v2` come from the family spec (sd-scripts appends "_v" for
+    v-prediction where the family's version string takes it). Dicts and lists become JSON, other values
+    `str()`, as sd-scripts writes them (a resolution tuple reads "(512, 512)"); None values are left out.
     """
-    _check_family(family)
     unknown = sorted(set(fields) - SS_KEYS)
     if unknown:
         raise UserError(f"unknown ss_* metadata key(s): {', '.join(unknown)}")
-    version = SS_BASE_MODEL_VERSION[family] + ("_v" if v_prediction and family != "sdxl" else "")
-    out = {"ss_base_model_version": version, "ss_v2": str(family == "sd2")}
+    v_suffix = "_v" if prediction_type == "v_prediction" and spec.kohya_v_suffix else ""
+    out = {"ss_base_model_version": spec.kohya_base_model_version + v_suffix, "ss_v2": str(spec.kohya_v2)}
     out.update({f"ss_{key}": _text(value) for key, value in fields.items() if value is not None})
     return out
 

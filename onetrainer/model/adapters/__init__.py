@@ -1,7 +1,7 @@
 """Adapters trained on or applied to a base model: LoRA-family layers and textual-inversion embeddings.
 
-Savers and the training setup find what was added through `StableDiffusionModel.adapters`:
-`"lora"` holds a `LoraAdapter`, `"embeddings"` a list of `EmbeddingAdapter`.
+Savers and the training setup find what was added through `DiffusionModel.adapters`:
+`lora` holds a `LoraAdapter`, `embeddings` a list of `EmbeddingAdapter`.
 """
 
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file

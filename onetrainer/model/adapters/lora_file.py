@@ -19,11 +19,8 @@ from onetrainer.util.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
-
-CROSS_ATTENTION_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-TEXT_ENCODER_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x"}
-FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "FLUX"}
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.family import FamilySpec
 
 
 @dataclass
@@ -47,9 +44,10 @@ class LoraFile:
         return "dora" if "lora_magnitude_vector" in names else "lora"
 
 
-def read_lora_file(path: str | Path, family: str) -> LoraFile:
-    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of `family` (sd15, sd2, ...)."""
+def read_lora_file(path: str | Path, spec: FamilySpec) -> LoraFile:
+    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of the family `spec`."""
     from onetrainer.util.detect import LORA, detect_path
+    from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.engine import KeyMapError
     from onetrainer.util.keymaps.lora import detect_lora_format, kohya_to_peft
 
@@ -57,24 +55,24 @@ def read_lora_file(path: str | Path, family: str) -> LoraFile:
     detection = detect_path(file)
     if detection.kind != LORA:
         raise UserError(f"{file.name} is not a LoRA: it is a {detection.description}", where=str(file))
-    if detection.family is not None and detection.family != family:
-        found = FAMILY_NAMES.get(detection.family, detection.family)
+    if detection.family is not None and detection.family != spec.name:
         raise UserError(
-            f"this LoRA is for {found} ({detection.reason}), not for this {FAMILY_NAMES.get(family, family)} model",
+            f"this LoRA is for {family_title(detection.family)} ({detection.reason}), not for this {spec.title} model",
             where=str(file),
             hint="Use it with a model of the architecture it was trained on.",
         )
     tensors, metadata = read_tensor_file(file)
     layout = detect_lora_format(tensors)
     try:
-        if layout in ("kohya", "lycoris-loha", "lycoris-lokr"):
-            peft, alphas = kohya_to_peft(tensors, family)
+        if layout in ("kohya", "lycoris-loha", "lycoris-lokr") and spec.lora_naming is not None:
+            peft, alphas = kohya_to_peft(tensors, spec.lora_naming)
         elif layout == "diffusers":
             peft, alphas = _diffusers(tensors, metadata)
         elif layout == "peft":
-            peft, alphas = _diffusers({f"unet.{key}": value for key, value in tensors.items()}, metadata)
+            denoiser = spec.denoiser.name
+            peft, alphas = _diffusers({f"{denoiser}.{key}": value for key, value in tensors.items()}, metadata)
         else:
-            raise UserError(f"LoRA layout {layout!r} is not supported for {family}", where=str(file))
+            raise UserError(f"LoRA layout {layout!r} is not supported for {spec.title}", where=str(file))
     except KeyMapError as error:
         raise UserError(f"cannot read this LoRA: {error.message}", where=str(file), hint=error.hint) from None
     return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas)
@@ -107,16 +105,16 @@ def _diffusers(
     return dict(tensors), alphas
 
 
-def check_lora_fits(model: StableDiffusionModel, lora: LoraFile) -> None:
+def check_lora_fits(model: DiffusionModel, lora: LoraFile) -> None:
     """Every adapted layer must exist in `model` with the shape the file's factors imply."""
     from onetrainer.util.keymaps.lora import split_peft_key
 
     modules: dict[str, torch.nn.Module] = {}
     for component in lora.components:
-        root = getattr(model, component, None)
+        root = model.components.get(component)
         if root is None:
             raise UserError(
-                f"this LoRA adapts a {component}, which {model.model_type.value} models do not have",
+                f"this LoRA adapts a {component}, which {model.spec.title} models do not have",
                 where=str(lora.path),
                 hint=_made_for(lora),
             )
@@ -127,7 +125,7 @@ def check_lora_fits(model: StableDiffusionModel, lora: LoraFile) -> None:
         weight = getattr(target, "weight", None)
         if weight is None:
             raise UserError(
-                f"this LoRA adapts {module}, which this {model.model_type.value} model does not have",
+                f"this LoRA adapts {module}, which this {model.spec.title} model does not have",
                 where=str(lora.path),
                 hint=_made_for(lora),
             )
@@ -138,10 +136,10 @@ def check_lora_fits(model: StableDiffusionModel, lora: LoraFile) -> None:
 
 
 def _mismatch(
-    model: StableDiffusionModel, lora: LoraFile, module: str, tensor: torch.Tensor, weight: torch.Tensor
+    model: DiffusionModel, lora: LoraFile, module: str, tensor: torch.Tensor, weight: torch.Tensor
 ) -> None:
     raise UserError(
-        f"this LoRA does not fit this {model.model_type.value} model: {module} is {tuple(weight.shape)} "
+        f"this LoRA does not fit this {model.spec.title} model: {module} is {tuple(weight.shape)} "
         f"here but the LoRA's factor is {tuple(tensor.shape)}",
         where=str(lora.path),
         hint=_made_for(lora),
@@ -149,14 +147,10 @@ def _mismatch(
 
 
 def _made_for(lora: LoraFile) -> str:
-    """Name the architecture the file's widths point to, where they are telling."""
-    for key, tensor in lora.tensors.items():
-        if key.startswith("unet.") and key.endswith("attn2.to_k.lora_A.weight"):
-            guess = CROSS_ATTENTION_WIDTHS.get(int(tensor.shape[1]))
-            if guess:
-                return f"It was made for {guess} (cross-attention width {tensor.shape[1]})."
-        if key.startswith("text_encoder.") and key.endswith("q_proj.lora_A.weight"):
-            guess = TEXT_ENCODER_WIDTHS.get(int(tensor.shape[1]))
-            if guess:
-                return f"It was made for {guess} (text-encoder width {tensor.shape[1]})."
+    """Name the architecture the file's keys and widths point to, where they are telling."""
+    from onetrainer.util.family import family_title, recognise
+
+    evidence = recognise("lora", {key: tuple(tensor.shape) for key, tensor in lora.tensors.items()})
+    if evidence is not None and evidence.family is not None:
+        return f"It was made for {family_title(evidence.family)} ({evidence.reason})."
     return "It was made for a model of another architecture; use it with the model it was trained on."

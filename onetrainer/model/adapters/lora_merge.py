@@ -22,7 +22,7 @@ from onetrainer.util.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
+    from onetrainer.model.diffusion import DiffusionModel
 
 
 def module_delta(params: dict[str, torch.Tensor], shape: torch.Size, alpha: float | None) -> torch.Tensor:
@@ -53,7 +53,7 @@ def module_delta(params: dict[str, torch.Tensor], shape: torch.Size, alpha: floa
     return delta.reshape(shape) * scale
 
 
-def merge_lora(model: StableDiffusionModel, lora: LoraFile, strength: float = 1.0) -> int:
+def merge_lora(model: DiffusionModel, lora: LoraFile, strength: float = 1.0) -> int:
     """Add `strength` times the file's deltas to the model's weights in place; returns the layer count."""
     import torch
 
@@ -67,7 +67,7 @@ def merge_lora(model: StableDiffusionModel, lora: LoraFile, strength: float = 1.
     with torch.no_grad():
         for module, params in grouped.items():
             component, _, path = module.partition(".")
-            layer = getattr(model, component).get_submodule(path)
+            layer = model.components[component].get_submodule(path)
             weight = layer.weight
             original = weight.float()
             row, column = params.pop("lora_magnitude_vector", None), params.pop(INPUT_MAGNITUDE, None)

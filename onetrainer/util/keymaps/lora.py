@@ -19,12 +19,8 @@ means scale 1, and a LoKr module whose two factors are both full matrices is nev
 ComfyUI and diffusers all do this). PEFT differs only in that last case; `peft_adapter_state` bakes
 PEFT's scale into the factor there, so the neutral form stays exact.
 
-Which UNet naming for SD 1.x/2.x: diffusers module paths (`lora_unet_down_blocks_0_attentions_0_
-transformer_blocks_0_attn1_to_q`), not LDM paths. sd-scripts trains SD1/2 LoRAs on a UNet with
-diffusers module names (only its SDXL UNet uses LDM names), so this is what nearly every SD1/2 LoRA in
-the wild uses: A1111/Forge convert these names to their LDM modules (`convert_diffusers_name_to_
-compvis`), ComfyUI maps both namings, and diffusers' kohya loader reads them. The text encoder uses
-transformers CLIP paths with `text_model_` kept, for SD2 too (A1111 fuses q/k/v itself for OpenCLIP).
+How modules are named is the family's (`FamilySpec.lora_naming`): the diffusers module paths for some
+(`keymaps.kohya_names`), the original checkpoint's for others.
 """
 
 from __future__ import annotations
@@ -36,6 +32,8 @@ from onetrainer.util.keymaps.engine import KeyMapError
 
 if TYPE_CHECKING:
     import torch
+
+    from onetrainer.util.family import LoraNaming
 
 # (kohya / LyCORIS parameter, PEFT parameter). LoHa and LoKr names are the same on both sides
 # because PEFT ported them from LyCORIS, with the same shapes.
@@ -50,76 +48,6 @@ INPUT_MAGNITUDE = "lora_magnitude_vector.input_magnitude"
 """A DoRA magnitude per input column, as `get_peft_model_state_dict` names our input-axis DoRA layers."""
 KOHYA_TO_PEFT = dict(PARAM_NAMES)
 PEFT_TO_KOHYA = {peft: kohya for kohya, peft in PARAM_NAMES} | {INPUT_MAGNITUDE: "dora_scale"}
-
-# kohya module prefix <-> diffusers component, per family.
-COMPONENT_PREFIXES = {
-    "sd15": (("lora_unet_", "unet"), ("lora_te_", "text_encoder")),
-    "sd2": (("lora_unet_", "unet"), ("lora_te_", "text_encoder")),
-    "sdxl": (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2")),
-}
-# Text-encoder components and whether their class has a projection (SDXL's second encoder does).
-TEXT_ENCODERS = {"text_encoder": False, "text_encoder_2": True}
-CLIP_TEXT_MODEL_CHILDREN = ("encoder.", "embeddings.", "final_layer_norm.")
-
-# Module-path identifiers that themselves contain "_": kohya names replace every "." by "_", so these
-# are re-joined when reading a name back. Everything else between underscores is one path segment.
-COMPOUND_NAMES = frozenset(
-    {
-        "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
-        "proj_in", "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "conv_norm_out",
-        "time_embedding", "linear_1", "linear_2", "add_embedding", "text_model", "self_attn", "q_proj",
-        "k_proj", "v_proj", "out_proj", "layer_norm1", "layer_norm2", "final_layer_norm", "token_embedding",
-        "position_embedding", "text_projection",
-    }
-)  # fmt: skip
-_LONGEST_COMPOUND = max(name.count("_") + 1 for name in COMPOUND_NAMES)
-
-
-def _prefixes(family: str) -> tuple[tuple[str, str], ...]:
-    if family not in COMPONENT_PREFIXES:
-        raise KeyMapError(f"no LoRA naming for family {family!r}", hint=f"expected one of {tuple(COMPONENT_PREFIXES)}")
-    return COMPONENT_PREFIXES[family]
-
-
-def kohya_module_name(module: str, family: str) -> str:
-    """`unet.down_blocks.0.resnets.0.conv1` -> `lora_unet_down_blocks_0_resnets_0_conv1`."""
-    component, _, path = module.partition(".")
-    prefix = next((p for p, c in _prefixes(family) if c == component), None)
-    if prefix is None:
-        raise KeyMapError(f"{module}: component {component!r} has no kohya prefix for {family}")
-    if component in TEXT_ENCODERS and path.startswith(CLIP_TEXT_MODEL_CHILDREN):
-        path = "text_model." + path  # transformers >= 5.6 dropped it from CLIPTextModel; kohya keeps it
-    return prefix + path.replace(".", "_")
-
-
-def peft_module_path(kohya_name: str, family: str, *, hf_text_model: bool | None = None) -> str:
-    """`lora_te_text_model_encoder_layers_0_mlp_fc1` -> `text_encoder.encoder.layers.0.mlp.fc1`.
-
-    `hf_text_model=None` keeps `text_model.` only if the installed transformers' CLIP class does.
-    """
-    matches = [(p, c) for p, c in _prefixes(family) if kohya_name.startswith(p)]
-    if not matches:
-        raise KeyMapError(f"{kohya_name}: not a {family} kohya module name")
-    prefix, component = max(matches, key=lambda pc: len(pc[0]))
-    tokens = kohya_name[len(prefix) :].split("_")
-    parts: list[str] = []
-    while tokens:
-        for size in range(min(_LONGEST_COMPOUND, len(tokens)), 0, -1):
-            candidate = "_".join(tokens[:size])
-            if size == 1 or candidate in COMPOUND_NAMES:
-                parts.append(candidate)
-                del tokens[:size]
-                break
-    path = ".".join(parts)
-    if component in TEXT_ENCODERS and path.startswith("text_model."):
-        if hf_text_model is None:
-            from onetrainer.util.keymaps.single_file import clip_text_model_is_wrapped
-
-            hf_text_model = clip_text_model_is_wrapped(with_projection=TEXT_ENCODERS[component])
-        if not hf_text_model:
-            path = path.removeprefix("text_model.")
-    return f"{component}.{path}"
-
 
 def split_peft_key(key: str) -> tuple[str, str]:
     """`unet.<module>.lora_A.weight` -> (`unet.<module>`, `lora_A.weight`)."""
@@ -167,8 +95,8 @@ def _group(sd: Mapping[str, torch.Tensor], split) -> dict[str, dict[str, torch.T
 
 def peft_to_kohya(
     sd: Mapping[str, torch.Tensor],
-    alphas: Mapping[str, float] | float | None = None,
-    family: str = "sd15",
+    alphas: Mapping[str, float] | float | None,
+    naming: LoraNaming,
 ) -> dict[str, torch.Tensor]:
     """Rename a component-prefixed PEFT adapter state dict to kohya/LyCORIS keys, adding `.alpha`.
 
@@ -180,7 +108,7 @@ def peft_to_kohya(
 
     out: dict[str, torch.Tensor] = {}
     for module, params in _group(sd, split_peft_key).items():
-        name = kohya_module_name(module, family)
+        name = naming.to_kohya(module)
         for param, tensor in params.items():
             if param == "lora_magnitude_vector":
                 tensor = _magnitude_to_kohya(tensor, params["lora_A.weight"])
@@ -194,10 +122,7 @@ def peft_to_kohya(
 
 
 def kohya_to_peft(
-    sd: Mapping[str, torch.Tensor],
-    family: str = "sd15",
-    *,
-    hf_text_model: bool | None = None,
+    sd: Mapping[str, torch.Tensor], naming: LoraNaming
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Rename a kohya/LyCORIS state dict to component-prefixed PEFT keys; returns (tensors, alphas).
 
@@ -213,7 +138,7 @@ def kohya_to_peft(
     out: dict[str, torch.Tensor] = {}
     alphas: dict[str, float] = {}
     for name, params in _group(sd, split).items():
-        module = peft_module_path(name, family, hf_text_model=hf_text_model)
+        module = naming.from_kohya(name)
         for param, tensor in params.items():
             if param == "alpha":
                 continue
@@ -228,6 +153,15 @@ def kohya_to_peft(
 
 
 LORA_FORMATS = ("kohya", "lycoris-loha", "lycoris-lokr", "diffusers", "peft", "comfy")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_")
+"""How kohya / LyCORIS module names start, whatever the family (`lora_te1_`, `lora_te2_`, ... included)."""
+
+
+def _component_names() -> set[str]:
+    """The diffusers component names of every registered family: the first segment of diffusers LoRA keys."""
+    from onetrainer.util.family import families
+
+    return {name for spec in families() for name in spec.component_names}
 
 
 def detect_lora_format(keys: Iterable[str]) -> str | None:
@@ -235,7 +169,7 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
 
     - kohya: `lora_unet_*` / `lora_te*_` names with `.lora_down/.lora_up` (LoCon and DoRA included);
       the same names with `.hada_*` or `.lokr_*` tensors are LyCORIS LoHa / LoKr.
-    - diffusers: `unet.` / `text_encoder.` / `transformer.` prefixed module paths with `lora_A/B`
+    - diffusers: module paths prefixed with a component name (`unet.`, `text_encoder.`, ...) with `lora_A/B`
       (or the older `.lora.down.weight` attention-processor names).
     - comfy: `diffusion_model.` prefixed native paths (ComfyUI's DiT style).
     - peft: bare module paths (`get_peft_model_state_dict` of one model) with `lora_A/B`.
@@ -243,7 +177,7 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
     keys = list(keys)
     if not keys:
         return None
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")) for k in keys):
+    if any(k.startswith(KOHYA_PREFIXES) for k in keys):
         if any(".hada_" in k for k in keys):
             return "lycoris-loha"
         if any(".lokr_" in k for k in keys):
@@ -263,6 +197,6 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
         return None
     if any(k.startswith("diffusion_model.") for k in keys):
         return "comfy"
-    if any(k.startswith(("unet.", "text_encoder.", "text_encoder_2.", "transformer.")) for k in keys):
+    if any(k.partition(".")[0] in _component_names() for k in keys):
         return "diffusers"
     return "peft"

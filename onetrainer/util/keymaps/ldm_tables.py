@@ -1,8 +1,9 @@
-"""Rename tables between diffusers and the original (LDM/SGM) checkpoint layout of the SD family.
+"""Rename tables between diffusers and the original (LDM/SGM) checkpoint layout of Stability's UNet models.
 
-The tables are data: lists of `Row`s. What varies between models of one family is only the count of
-blocks and layers (SD uses 4 UNet levels of 2 layers; our tiny test models use 2 levels of 1), so
-each table is generated from a small `SdLayout`, which is read off the key names of either side.
+The tables are data: lists of `Row`s. What varies between models is only the count of blocks and
+layers (the 1.x UNet has 4 levels of 2 layers; our tiny test models 2 levels of 1), so each table is
+generated from a small `SdLayout`, which is read off the key names of either side. Families compose
+them into their single-file layouts.
 
 Index rules (L = UNet layers per block, N = VAE levels), as the LDM code numbers its modules:
 - UNet down block i, layer j -> `input_blocks.{1 + i(L+1) + j}`; its downsampler -> `.{(i+1)(L+1)}.0.op`;
@@ -10,8 +11,8 @@ Index rules (L = UNet layers per block, N = VAE levels), as the LDM code numbers
   attention in the last layer: `.{i(L+1) + L}.{2 if the block has attention else 1}.conv`.
 - VAE decoder levels count the other way: diffusers `up_blocks.i` is LDM `up.{N-1-i}`.
 - The VAE mid attention uses 1x1 convs in LDM where diffusers uses Linear layers.
-- SD1's text encoder is the transformers CLIP layout under `cond_stage_model.transformer.`; SD2's is
-  OpenCLIP's, with q/k/v fused into one `in_proj` and the positional embedding a bare tensor.
+- A CLIP text encoder keeps the transformers layout (`cond_stage_model.transformer.` in 1.x files);
+  an OpenCLIP one has q/k/v fused into one `in_proj` and the positional embedding a bare tensor.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def vae_rows(layout: SdLayout, src: str = "vae.", dst: str = VAE_PREFIX) -> Iter
 
 
 def clip_rows(hf_text_model: bool, src: str = "text_encoder.", dst: str = CLIP_PREFIX) -> Iterator[Row]:
-    """transformers CLIPTextModel <-> SD1's `cond_stage_model.transformer.text_model.*` (same names).
+    """transformers CLIPTextModel <-> `cond_stage_model.transformer.text_model.*` (same names).
 
     transformers >= 5.6 flattened CLIPTextModel, whose keys lost their `text_model.` prefix; the
     single file keeps it, because that is what A1111, ComfyUI and diffusers look for.
@@ -199,10 +200,10 @@ def openclip_rows(
     src: str = "text_encoder.",
     dst: str = OPENCLIP_PREFIX,
 ) -> Iterator[Row]:
-    """transformers CLIP text model <-> OpenCLIP text tower (SD2's `cond_stage_model.model.*`).
+    """transformers CLIP text model <-> OpenCLIP text tower (`cond_stage_model.model.*` by default).
 
-    `with_projection` adds the projection of CLIPTextModelWithProjection (SDXL's second encoder,
-    under `conditioner.embedders.1.model.`), which OpenCLIP stores transposed and without `.weight`.
+    `with_projection` adds the projection of CLIPTextModelWithProjection, which OpenCLIP stores
+    transposed and without `.weight`.
     """
     s = src + ("text_model." if hf_text_model else "")
     yield from _nested(s, dst, OPENCLIP_TOP_LEVEL)

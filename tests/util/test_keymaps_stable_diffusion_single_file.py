@@ -7,8 +7,8 @@ import torch
 
 from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.keymaps.engine import KeyMapError, KeyTable, convert
-from onetrainer.util.keymaps.sd_tables import SdLayout, openclip_rows
-from onetrainer.util.keymaps.single_file import (
+from onetrainer.util.keymaps.ldm_tables import SdLayout, openclip_rows
+from onetrainer.util.keymaps.stable_diffusion_single_file import (
     detect_single_file_family,
     diffusers_to_single_file,
     from_single_file_stream,

@@ -1,0 +1,117 @@
+"""Tokenizers: whether one fits its text encoder, and where a single file's comes from.
+
+transformers 5 returns a 2-token tokenizer without any error when a hub tokenizer is not cached and
+the hub is offline, so every candidate is checked against the text encoder it will feed: a tokenizer
+fits when it has exactly one token per row of the encoder's embedding table. A fixed minimum size would
+refuse valid small vocabularies and say nothing about a tokenizer that belongs to another encoder.
+
+A single file holds no tokenizer: it comes from an explicit path or hub id, else from the architecture
+source if it has one, else from the family's known hub repos in the local Hugging Face cache, else
+(online) from the hub, in that order; the first that fits wins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from onetrainer.model_loader.architecture import Architecture
+from onetrainer.model_loader.hub import HUB, TINY, hub_offline, source_kind
+from onetrainer.util.errors import UserError
+from onetrainer.util.missing import model_unavailable
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+    from onetrainer.util.family import FamilySpec
+
+
+def tokenizer_mismatch(tokenizer: CLIPTokenizer, vocab_size: int) -> str | None:
+    """Why `tokenizer` cannot feed a text encoder with `vocab_size` embedding rows, or None if it can."""
+    count = len(tokenizer)
+    if count < vocab_size:
+        return f"has {count:,} tokens but the text encoder has {vocab_size:,}: it came back empty or incomplete"
+    if count > vocab_size:
+        return f"has {count:,} tokens, more than the text encoder's {vocab_size:,}: it belongs to another model"
+    return None
+
+
+def load_tokenizer(
+    explicit: str | None, architecture: Architecture, spec: FamilySpec, encoder: str = "text_encoder"
+) -> CLIPTokenizer:
+    """The first CLIP tokenizer that fits the architecture's `encoder`, from: `explicit`, the architecture
+    source, the family's hub repos in the HF cache, then on the hub."""
+    vocab_size = int(architecture.configs[encoder]["vocab_size"])
+    folder = spec.component(encoder).tokenizer or "tokenizer"
+    if explicit is not None:
+        return _explicit_tokenizer(explicit, vocab_size)
+    if architecture.tiny:
+        from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
+
+        return build_tiny_clip_tokenizer()
+    tried: list[str] = []
+    candidates = ([architecture.tokenizer_at] if architecture.tokenizer_at else []) + [
+        (repo, subfolder) for repo in spec.hub_ids for subfolder in (None, folder)
+    ]
+    for local_only in (True, False):
+        if not local_only and hub_offline():
+            break
+        for location, subfolder in candidates:
+            tokenizer = _try_tokenizer(location, subfolder, vocab_size, local_only=local_only)
+            if tokenizer is not None:
+                return tokenizer
+            tried.append(_describe(location, subfolder) + (" (cache)" if local_only else " (hub)"))
+    raise UserError(
+        f"no tokenizer is reachable that fits this single-file model's text encoder ({vocab_size:,} tokens)",
+        hint="Pass a tokenizer folder or hub id (model.tokenizer / --tokenizer), or a diffusers folder with a "
+        f"tokenizer/ subfolder as the config (--config). Tried: {', '.join(tried) or 'nothing'}"
+        + (". The hub was not tried: HF_HUB_OFFLINE is set." if hub_offline() else "."),
+    )
+
+
+def _describe(location: str, subfolder: str | None) -> str:
+    return f"{location}/{subfolder}" if subfolder else location
+
+
+def _try_tokenizer(location: str, subfolder: str | None, vocab_size: int, *, local_only: bool) -> CLIPTokenizer | None:
+    from transformers import CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
+    except (OSError, ValueError):
+        return None
+    return tokenizer if tokenizer_mismatch(tokenizer, vocab_size) is None else None
+
+
+def _explicit_tokenizer(source: str, vocab_size: int) -> CLIPTokenizer:
+    kind = source_kind(source, where="model.tokenizer")
+    if kind == TINY:
+        from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
+
+        tiny = build_tiny_clip_tokenizer()
+        mismatch = tokenizer_mismatch(tiny, vocab_size)
+        if mismatch is not None:
+            raise UserError(f"the tiny tokenizer {mismatch}", hint="Use tiny: tokenizers with tiny: models only.")
+        return tiny
+    if kind == HUB:
+        for subfolder in (None, "tokenizer"):
+            tokenizer = _try_tokenizer(source, subfolder, vocab_size, local_only=hub_offline())
+            if tokenizer is not None:
+                return tokenizer
+        if hub_offline():
+            raise model_unavailable(source, where="model.tokenizer", what="tokenizer")
+        raise UserError(
+            f"{source} has no CLIP tokenizer of {vocab_size:,} tokens (the text encoder's)",
+            where="model.tokenizer",
+            hint="Pass the tokenizer of this model: a local tokenizer folder, or a hub repository with a CLIP "
+            "tokenizer (or a tokenizer/ folder).",
+        )
+    path = Path(source).expanduser()
+    folder = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    tokenizer = _try_tokenizer(str(folder), None, vocab_size, local_only=True) if folder.is_dir() else None
+    if tokenizer is None:
+        raise UserError(
+            f"no CLIP tokenizer of {vocab_size:,} tokens (the text encoder's) in {path}",
+            hint="Pass a folder holding this model's tokenizer.json or vocab.json + merges.txt (or its pipeline "
+            "folder).",
+        )
+    return tokenizer
