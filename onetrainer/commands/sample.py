@@ -85,7 +85,8 @@ def sample(
             "--clip-skip",
             min=1,
             max=12,
-            help="Text-encoder layer, as A1111 counts: 1 = the model's own layer, 2 = one earlier (every text encoder).",
+            help="Text-encoder layer, as A1111 counts: 1 = the model's own layer, 2 = one earlier "
+            "(every text encoder).",
         ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,

@@ -77,5 +77,5 @@ def inspect_config(path: Path) -> Inspection:
     if config.preset is not None:
         details["changed_from_preset"] = differences(resolved, _preset_values(config.preset), "preset")
     preset = f" from preset {config.preset}" if config.preset else ""
-    summary = f"run config (valid): {config.model.type.value} {config.method.value}{preset}"
-    return Inspection("config", "yaml", config.model.type.value, path, summary, details)
+    summary = f"run config (valid): {config.model.type} {config.method.value}{preset}"
+    return Inspection("config", "yaml", config.model.type, path, summary, details)

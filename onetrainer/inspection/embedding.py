@@ -31,12 +31,12 @@ def inspect_embedding(path: Path, index: TensorIndex, detection: Detection) -> I
         "token": token,
         "vectors": vectors,
         "width": "+".join(str(tensor["width"]) for tensor in tensors.values()),
-        "fits": family_name(detection.family) if detection.family else None,
+        "fits": family_name(detection) if detection.family else None,
         "detected_by": detection.reason,
         "tensors": tensors,
         "metadata": group_metadata({k: v for k, v in index.metadata.items() if k != "name"}),
     }
-    fits = f"fits {family_name(detection.family)}" if detection.family else "base model undetermined"
+    fits = f"fits {family_name(detection)}" if detection.family else "base model undetermined"
     summary = f"embedding, {fmt} layout, {vectors} vector(s) of width {details['width']}, {fits}"
     return Inspection("embedding", fmt, detection.family, path, summary, details)
 

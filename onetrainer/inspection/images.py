@@ -71,4 +71,4 @@ def inspect_image_folder(path: Path, config: TrainConfig) -> Inspection:
         f"{len(report.buckets)} bucket(s) at {sizes} px, batch {report.batch_size}"
     )
     details = {"resolution": resolution, **report.to_dict()}
-    return Inspection("images", "folder", config.model.type.value, path, summary, details, view=report)
+    return Inspection("images", "folder", config.model.type, path, summary, details, view=report)

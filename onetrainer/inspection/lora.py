@@ -142,7 +142,7 @@ def inspect_lora(path: Path, index: TensorIndex, detection: Detection) -> Inspec
     }
     rank_text = count_text(rank_values) if rank_values else "?"
     summary = (
-        f"{family_name(detection.family)} {detection.adapter or 'LoRA'}, {fmt} layout, rank {rank_text}, "
+        f"{family_name(detection)} {detection.adapter or 'LoRA'}, {fmt} layout, rank {rank_text}, "
         f"{len(names)} modules, {human_count(total)} parameters"
     )
     return Inspection("lora", fmt, detection.family, path, summary, details, json_only=frozenset({"module_names"}))

@@ -15,49 +15,58 @@ from onetrainer.inspection.metadata import group_metadata
 from onetrainer.inspection.result import Inspection, human_count
 from onetrainer.inspection.tensors import TensorIndex, describe_group, read_index
 from onetrainer.util.detect import PICKLE, Detection
-from onetrainer.util.keymaps.stable_diffusion_single_file import COMPONENT_MARKERS, detect_single_file_family
+from onetrainer.util.family import family_title
 
-FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 
-def family_name(family: str | None) -> str:
-    if family is None:
-        return "SD 1.x/2.x (undetermined)"
-    return FAMILY_NAMES.get(family, family)
+def family_name(detection: Detection) -> str:
+    """The family's title, or the families it could be when the evidence cannot tell."""
+    if detection.family is not None:
+        return family_title(detection.family)
+    if detection.candidates:
+        return "/".join(family_title(name) for name in detection.candidates) + " (undetermined)"
+    return "unknown-family"
 
 
-def _component_of(key: str) -> str:
-    for prefix, component in COMPONENT_MARKERS:
+def _prefixes(detection: Detection) -> tuple[tuple[str, str], ...]:
+    spec = detection.spec
+    return spec.single_file.component_prefixes if spec is not None and spec.single_file is not None else ()
+
+
+def _component_of(key: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+    for prefix, component in prefixes:
         if key.startswith(prefix):
             return component
     return "other"
 
 
 def inspect_single_file(path: Path, index: TensorIndex, detection: Detection) -> Inspection:
+    prefixes = _prefixes(detection)
     groups: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
     for key, entry in index.entries.items():
-        groups.setdefault(_component_of(key), {})[key] = entry
-    components = {name: describe_group(groups[name]) for name in sorted(groups, key=_component_order)}
-    info = detect_single_file_family(index.shapes)
+        groups.setdefault(_component_of(key, prefixes), {})[key] = entry
+    order = [component for _, component in prefixes]
+    components = {
+        name: describe_group(groups[name])
+        for name in sorted(groups, key=lambda name: (order.index(name) if name in order else len(order), name))
+    }
+    shapes = index.shapes
+    context = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
+    conv_in = next((s for k, s in shapes.items() if k.endswith("input_blocks.0.0.weight") and len(s) == 4), None)
     total = sum(int(component["parameters"]) for component in components.values())
     fmt = "ckpt" if index.container == PICKLE else "single-file"
     details: dict[str, Any] = {
         "detected_by": detection.reason,
         "prediction_type": detection.prediction_type,
-        "in_channels": info.in_channels,
-        "context_dim": info.context_dim,
+        "in_channels": conv_in[1] if conv_in is not None else None,
+        "context_dim": context,
         "parameters": total,
         "components": components,
         "metadata": group_metadata(index.metadata),
     }
-    summary = f"{family_name(detection.family)} model, {fmt}, {human_count(total)} parameters"
+    summary = f"{family_name(detection)} model, {fmt}, {human_count(total)} parameters"
     return Inspection("model", fmt, detection.family, path, summary, details)
-
-
-def _component_order(name: str) -> tuple[int, str]:
-    order = [component for _, component in COMPONENT_MARKERS]
-    return (order.index(name), name) if name in order else (len(order), name)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -98,5 +107,5 @@ def inspect_diffusers_folder(path: Path, detection: Detection) -> Inspection:
         "parameters": total,
         "components": components,
     }
-    summary = f"{family_name(detection.family)} model, diffusers folder, {human_count(total)} parameters"
+    summary = f"{family_name(detection)} model, diffusers folder, {human_count(total)} parameters"
     return Inspection("model", "diffusers", detection.family, path, summary, details)

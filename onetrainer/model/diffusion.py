@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, Role
+from onetrainer.util.family import FamilySpec
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +25,18 @@ if TYPE_CHECKING:
 
 WeightsStream = Callable[[bool, tuple[str, ...]], Iterator[tuple[str, "torch.Tensor"]]]
 """`stream(meta, components)` yields `(component.key, tensor)` in diffusers naming for the listed components."""
+
+
+@dataclass
+class PipelineParts:
+    """What a diffusers folder holds besides weights: configs, classes, tokenizers, pipeline settings."""
+
+    configs: dict[str, dict[str, Any]]
+    """Component (and "scheduler") -> config, as `DiffusionModel.component_configs` gives them."""
+    classes: dict[str, tuple[str, str]]
+    """Component -> (library, class name)."""
+    tokenizers: dict[str, Any]
+    pipeline_config: dict[str, Any]
 
 
 @dataclass
@@ -132,9 +144,9 @@ class DiffusionModel:
 
         return stream
 
-    def frozen_modules(self) -> list[Any]:
-        """Every component, for freezing before adapters or trained parts are chosen."""
-        return [module for _, module in self.modules()]
-
-    def roles(self) -> dict[str, Role]:
-        return {component.name: component.role for component in self.spec.components}
+    def pipeline_parts(self) -> PipelineParts:
+        """What a diffusers folder of this model holds besides its weights."""
+        classes = {
+            name: (type(module).__module__.split(".")[0], type(module).__name__) for name, module in self.modules()
+        }
+        return PipelineParts(self.component_configs(), classes, dict(self.tokenizers), dict(self.pipeline_config))

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
-from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
-from onetrainer.util.keymaps.stable_diffusion_single_file import CLIP_LAYOUT, OPENCLIP_LAYOUT
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -26,6 +24,8 @@ from onetrainer.util.family import (
     Variant,
     register_family,
 )
+from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
+from onetrainer.util.keymaps.stable_diffusion_single_file import CLIP_LAYOUT, OPENCLIP_LAYOUT
 
 METHODS = frozenset({"lora", "full", "embedding"})
 LORA_NAMING = DottedKohyaNaming.of(
@@ -39,7 +39,9 @@ transformers CLIP paths with `text_model_` kept, for 2.x too (A1111 fuses q/k/v 
 
 def _components(text_encoder_title: str) -> tuple[Component, ...]:
     return (
-        Component("unet", Role.DENOISER, "UNet", trains_by_default=True, kohya_prefix="lora_unet_", lora_presets=UNET_PRESETS),
+        Component(
+            "unet", Role.DENOISER, "UNet", trains_by_default=True, kohya_prefix="lora_unet_", lora_presets=UNET_PRESETS
+        ),
         Component(
             "text_encoder",
             Role.TEXT_ENCODER,
@@ -69,7 +71,9 @@ def _by_projection(shape: tuple[int, ...] | None) -> Evidence:
     if shape is None:
         return Evidence(None, "SD 1.x/2.x keys; nothing says which", candidates=CANDIDATES)
     linear = len(shape) == 2
-    return Evidence("sd2" if linear else "sd15", "linear attention projections" if linear else "conv attention projections")
+    return Evidence(
+        "sd2" if linear else "sd15", "linear attention projections" if linear else "conv attention projections"
+    )
 
 
 def recognise_single_file(shapes: Shapes) -> Evidence | None:
@@ -106,12 +110,23 @@ def _is_down(key: str) -> bool:
 def recognise_lora(shapes: Shapes) -> Evidence | None:
     """A LoRA over diffusers module names with one text encoder (`lora_te_` / `text_encoder.`)."""
     keys = list(shapes)
-    own = ("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_te_", "unet.", "text_encoder.")
+    own = (
+        "lora_unet_down_blocks_",
+        "lora_unet_up_blocks_",
+        "lora_unet_mid_block_",
+        "lora_te_",
+        "unet.",
+        "text_encoder.",
+    )
     if not any(key.startswith(own) for key in keys) or any(
         key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys
     ):
         return None
-    for marker, what in (("attn2_to_k", "cross-attention"), ("attn2.to_k", "cross-attention"), ("q_proj", "text encoder")):
+    for marker, what in (
+        ("attn2_to_k", "cross-attention"),
+        ("attn2.to_k", "cross-attention"),
+        ("q_proj", "text encoder"),
+    ):
         width = next((s[1] for k, s in shapes.items() if marker in k and _is_down(k) and len(s) >= 2), None)
         evidence = _by_width(width, what)
         if evidence is not None:

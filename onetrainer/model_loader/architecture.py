@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from onetrainer.model.configs import config_dir
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind

@@ -2,8 +2,9 @@
 
 A full model is exposed as a replayable stream of diffusers-named tensors read one at a time from the
 input (safetensors is memory-mapped), plus what a diffusers folder needs besides weights (component
-configs and a tokenizer), resolved only if that output is asked for. LoRAs and embeddings are small
-and are read whole into the neutral forms of `util.keymaps`.
+configs and classes, tokenizers), resolved only if that output is asked for. LoRAs and embeddings
+are small and are read whole into the neutral forms of `util.keymaps`. Which family's layouts apply
+comes from the input's detection (or `--model-type`), through the family spec.
 """
 
 from __future__ import annotations
@@ -16,32 +17,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.model_loader.architecture import load_tokenizer, resolve_architecture
+from onetrainer.model.diffusion import PipelineParts
+from onetrainer.model_loader.architecture import resolve_architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
+from onetrainer.model_loader.pipeline import check_family, load_model
 from onetrainer.model_loader.single_file import build_components, single_file_state_dicts, stream_single_file
-from onetrainer.model_loader.stable_diffusion import check_family, load_stable_diffusion
+from onetrainer.model_loader.tokenizers import load_tokenizer
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL, Detection, detect_path, read_header
-from onetrainer.util.enums import ModelType, PredictionType
+from onetrainer.util.enums import PredictionType
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import FamilySpec, family_title, find_family, get_family
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPTokenizer
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel, WeightsStream
+    from onetrainer.model.diffusion import DiffusionModel, WeightsStream
 
-SD_FAMILIES = ("sd15", "sd2")
-FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux", "sd3": "SD 3"}
-COMPONENT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 HUB_PATTERNS = [
     "model_index.json",
     "*/config.json",
     "scheduler/*",
-    "tokenizer/*",
+    "tokenizer*/*",
     "*/*.safetensors",
     "*/*.safetensors.index.json",
 ]
+WEIGHT_FILES = ("diffusion_pytorch_model", "model")
 
 
 @dataclass
@@ -49,39 +50,46 @@ class ConversionSource:
     """One opened input. `kind` is MODEL, LORA or EMBEDDING; the fields of the other kinds stay empty."""
 
     kind: str
+    spec: FamilySpec
+    """The family whose layouts read and write this input (for an undetermined adapter, a candidate's)."""
     family: str | None
+    """The family, when the input or the user says it; None when it is undetermined."""
     detection: Detection
     prediction_type: str | None = None
     """"epsilon" / "v_prediction" where the input says (metadata, scheduler config); None where it does not."""
     metadata: dict[str, str] = field(default_factory=dict)
     stream: WeightsStream | None = None
-    pipeline_parts: Callable[[], tuple[dict[str, dict[str, Any]], CLIPTokenizer]] | None = None
-    """For a model: (component configs, tokenizer) for a diffusers folder; resolved on first call."""
+    pipeline_parts: Callable[[], PipelineParts] | None = None
+    """For a model: what a diffusers folder needs besides weights; resolved on first call."""
     lora_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     lora_alphas: dict[str, float] = field(default_factory=dict)
     lora_kind: str | None = None
-    embedding: torch.Tensor | None = None
+    embedding: dict[str, torch.Tensor] = field(default_factory=dict)
     placeholder: str | None = None
+
+    @property
+    def known_spec(self) -> FamilySpec | None:
+        return self.spec if self.family is not None else None
 
 
 @contextlib.contextmanager
 def open_conversion_source(
     source: str | Path,
     *,
-    model_type: ModelType | None = None,
+    model_type: str | None = None,
     config: str | None = None,
     tokenizer: str | None = None,
     prediction_type: PredictionType = PredictionType.AUTO,
 ) -> Iterator[ConversionSource]:
     """Open `source` (file, diffusers folder, hub id or tiny:<family>); files stay open inside the block.
 
-    A `prediction_type` other than auto replaces what the input says: SD 2.x single files often carry
-    no marker, and only the user knows whether theirs is the 512 epsilon or the 768 v model.
+    A `prediction_type` other than auto replaces what the input says: some families' single files carry
+    no marker, and only the user knows which prediction type theirs has.
     """
     source = str(source)
     kind = source_kind(source, where="model.base")
     if kind == TINY:
-        yield _in_memory(load_stable_diffusion(source, model_type=model_type, prediction_type=prediction_type), source)
+        yield _in_memory(load_model(source, model_type=model_type, prediction_type=prediction_type), source)
         return
     path = _hub_snapshot(source) if kind == HUB else Path(source).expanduser()
     detection = detect_path(path)
@@ -91,11 +99,13 @@ def open_conversion_source(
         yield _lora(detection, model_type)
     elif detection.kind == EMBEDDING:
         yield _embedding(detection, model_type)
-    elif path.is_dir():
-        yield _folder(path, detection, check_family(detection, model_type))
     else:
-        with WeightsFile(path) as weights:
-            yield _single_file(weights, detection, check_family(detection, model_type), config, tokenizer)
+        spec = _model_family(detection, model_type)
+        if path.is_dir():
+            yield _folder(path, detection, spec)
+        else:
+            with WeightsFile(path) as weights:
+                yield _single_file(weights, detection, spec, config, tokenizer)
 
 
 def _hub_snapshot(repo: str) -> Path:
@@ -105,41 +115,62 @@ def _hub_snapshot(repo: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS))
 
 
-def _adapter_family(detection: Detection, wanted: ModelType | None, what: str) -> tuple[str, str | None]:
-    """(the family whose key naming to read with, the family if known) of a LoRA or embedding.
+def _model_family(detection: Detection, wanted: str | None) -> FamilySpec:
+    name = wanted or detection.family
+    if name is None:
+        what = detection.path.name if detection.path else "the model"
+        choices = ", ".join(detection.candidates) or "a model type"
+        raise UserError(
+            f"cannot tell which model family {what} is ({detection.reason})",
+            hint=f"Say it with --model-type: {choices}.",
+        )
+    spec = get_family(name)
+    check_family(detection, spec)
+    return spec
 
-    One made for another architecture is refused, naming it. SD 1.x and 2.x share their adapter
-    layouts, so an undetermined one reads with SD 1.x naming and stays undetermined.
+
+def _adapter_family(detection: Detection, wanted: str | None, what: str) -> tuple[FamilySpec, str | None]:
+    """(the family whose layouts to read with, the family if known) of a LoRA or embedding.
+
+    One made for another architecture is refused, naming it. Where the evidence leaves several
+    families (which share their adapter layouts), the first candidate's layouts read it and the
+    family stays undetermined.
     """
     name = detection.path.name if detection.path else what
     family = detection.family
-    if family is not None and family not in SD_FAMILIES:
+    if wanted is not None and family is not None and family != wanted:
         raise UserError(
-            f"{name} is {what} for {FAMILY_NAMES.get(family, family)} ({detection.reason}); "
-            "this version converts SD 1.x/2.x files only",
-        )
-    if wanted is not None and family is not None and family != wanted.value:
-        raise UserError(
-            f"{name} is {what} for {FAMILY_NAMES[family]} ({detection.reason}), not for {FAMILY_NAMES[wanted.value]}",
+            f"{name} is {what} for {family_title(family)} ({detection.reason}), not for {family_title(wanted)}",
             hint=f"Pass --model-type {family}, or omit it to detect it.",
         )
-    known = family or (wanted.value if wanted else None)
-    return known or SD_FAMILIES[0], known
+    known = family or wanted
+    if known is not None:
+        spec = find_family(known)
+        if spec is None:
+            raise UserError(f"{name} is {what} for {family_title(known)}, which this version does not convert")
+        return spec, known
+    if not detection.candidates:
+        raise UserError(
+            f"cannot tell which model family {name} is ({detection.reason})", hint="Say it with --model-type."
+        )
+    return get_family(detection.candidates[0]), None
 
 
-def _lora(detection: Detection, wanted: ModelType | None) -> ConversionSource:
+def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
     from onetrainer.model.adapters.lora_file import read_lora_file
 
     path = detection.path
+    assert path is not None
     if detection.layout not in ("kohya", "peft"):
         raise UserError(
             f"{path.name} is a LoRA in the {detection.layout} layout, which convert does not read",
             hint="Supported LoRA layouts: kohya / LyCORIS and diffusers (peft).",
         )
-    naming, known = _adapter_family(detection, wanted, "a LoRA")
-    lora = read_lora_file(path, naming)
+    spec, known = _adapter_family(detection, wanted, "a LoRA")
+    lora = read_lora_file(path, spec)
     return ConversionSource(
         LORA,
+        spec,
         known,
         detection,
         detection.prediction_type,
@@ -150,22 +181,24 @@ def _lora(detection: Detection, wanted: ModelType | None) -> ConversionSource:
     )
 
 
-def _embedding(detection: Detection, wanted: ModelType | None) -> ConversionSource:
+def _embedding(detection: Detection, wanted: str | None) -> ConversionSource:
     from onetrainer.model.adapters.embedding import read_embedding_file
 
     path = detection.path
-    naming, known = _adapter_family(detection, wanted, "an embedding")
+    assert path is not None
+    spec, known = _adapter_family(detection, wanted, "an embedding")
     metadata = _header_metadata(path)
     placeholder = metadata.get("modelspec.trigger_phrase") or path.stem
     if detection.layout == "diffusers":
         placeholder = next(iter(read_header(path)[0]))
     return ConversionSource(
         EMBEDDING,
+        spec,
         known,
         detection,
         detection.prediction_type,
         metadata,
-        embedding=read_embedding_file(path, naming),
+        embedding=read_embedding_file(path, spec),
         placeholder=placeholder,
     )
 
@@ -175,89 +208,101 @@ def _header_metadata(path: Path) -> dict[str, str]:
 
 
 def _single_file(
-    weights: WeightsFile, detection: Detection, family: ModelType, config: str | None, tokenizer: str | None
+    weights: WeightsFile, detection: Detection, spec: FamilySpec, config: str | None, tokenizer: str | None
 ) -> ConversionSource:
     resolved: dict[str, Any] = {}
 
-    def parts() -> tuple[dict[str, dict[str, Any]], CLIPTokenizer]:
-        """Architecture and tokenizer; SD 2.x files that do not say otherwise get the 768-v architecture."""
+    def architecture_layers() -> int | None:
+        configs = resolved["parts"].configs if resolved else None
+        return configs["text_encoder"].get("num_hidden_layers") if configs and "text_encoder" in configs else None
+
+    def parts() -> PipelineParts:
+        """Architecture and tokenizers; a file that does not say its prediction type gets the family's default."""
         if not resolved:
-            said = detection.prediction_type
-            v_prediction = said == "v_prediction" or (said is None and family is ModelType.SD2)
-            architecture = resolve_architecture(config, family, v_prediction=v_prediction)
-            shapes = single_file_state_dicts(
-                weights,
-                family.value,
-                text_encoder_layers=architecture.configs["text_encoder"].get("num_hidden_layers"),
-                meta=True,
-            )
-            build_components(shapes, architecture, weights.path.name, check_only=True)
-            resolved["configs"] = architecture.configs
-            resolved["tokenizer"] = load_tokenizer(tokenizer, architecture, family)
-        return resolved["configs"], resolved["tokenizer"]
+            architecture = resolve_architecture(config, spec, detection.prediction_type)
+            layers = architecture.configs.get("text_encoder", {}).get("num_hidden_layers")
+            shapes = single_file_state_dicts(weights, spec, text_encoder_layers=layers, meta=True)
+            build_components(shapes, architecture, spec, weights.path.name, check_only=True)
+            tokenizers = {
+                component.tokenizer: load_tokenizer(tokenizer, architecture, spec, component.name)
+                for component in spec.text_encoders
+                if component.tokenizer is not None and component.name in architecture.configs
+            }
+            resolved["parts"] = PipelineParts(architecture.configs, architecture.classes, tokenizers, {})
+        parts: PipelineParts = resolved["parts"]
+        return parts
 
     def stream(meta: bool, components: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
-        layers = resolved["configs"]["text_encoder"].get("num_hidden_layers") if resolved else None
         yield from stream_single_file(
-            weights, family.value, text_encoder_layers=layers, components=components, meta=meta
+            weights, spec, text_encoder_layers=architecture_layers(), components=components, meta=meta
         )
 
     return ConversionSource(
-        MODEL, family.value, detection, detection.prediction_type, dict(weights.metadata), stream, parts
+        MODEL, spec, spec.name, detection, detection.prediction_type, dict(weights.metadata), stream, parts
     )
 
 
-def _folder(path: Path, detection: Detection, family: ModelType) -> ConversionSource:
-    from transformers import CLIPTokenizer
+def _folder(path: Path, detection: Detection, spec: FamilySpec) -> ConversionSource:
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    present = [c for c in spec.components if isinstance(index.get(c.name), list) and index[c.name][0] is not None]
+    files = {component.name: _component_files(path, component.name) for component in present}
+    configs = {c.name: json.loads((path / c.name / "config.json").read_text(encoding="utf-8")) for c in present}
+    configs["scheduler"] = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    classes = {c.name: (str(index[c.name][0]), str(index[c.name][1])) for c in present}
 
-    files = {component: _component_files(path, component) for component in COMPONENT_FILES}
-    configs = {
-        name: json.loads((path / relative).read_text(encoding="utf-8"))
-        for name, relative in (
-            ("unet", "unet/config.json"),
-            ("vae", "vae/config.json"),
-            ("text_encoder", "text_encoder/config.json"),
-            ("scheduler", "scheduler/scheduler_config.json"),
-        )
-    }
+    def parts() -> PipelineParts:
+        import transformers
 
-    def parts() -> tuple[dict[str, dict[str, Any]], CLIPTokenizer]:
-        return configs, CLIPTokenizer.from_pretrained(path / "tokenizer")
+        tokenizers: dict[str, Any] = {}
+        for component in present:
+            if component.tokenizer is None:
+                continue
+            library, class_name = index[component.tokenizer]
+            if library != "transformers":
+                raise UserError(f"{path}'s model_index.json names {library}.{class_name} for its {component.tokenizer}")
+            tokenizers[component.tokenizer] = getattr(transformers, class_name).from_pretrained(
+                path / component.tokenizer
+            )
+        settings = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+        return PipelineParts(configs, classes, tokenizers, settings)
 
     def stream(meta: bool, components: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
         for component in components:
-            for file in files[component]:
+            for file in files.get(component, []):
                 with WeightsFile(file) as weights:
                     for key in weights:
                         yield f"{component}.{key}", weights.meta_tensor(key) if meta else weights.tensor(key)
 
-    return ConversionSource(MODEL, family.value, detection, detection.prediction_type or "epsilon", {}, stream, parts)
+    prediction = detection.prediction_type or configs["scheduler"].get("prediction_type")
+    return ConversionSource(MODEL, spec, spec.name, detection, prediction, {}, stream, parts)
 
 
 def _component_files(folder: Path, component: str) -> list[Path]:
     """A component's weight files: one safetensors, its shards, or (weights-only) a .bin."""
-    base = folder / component / COMPONENT_FILES[component]
-    pytorch = folder / component / ("pytorch_model.bin" if component == "text_encoder" else f"{base.name}.bin")
-    index = base.with_name(base.name + ".safetensors.index.json")
-    if base.with_suffix(".safetensors").is_file():
-        return [base.with_suffix(".safetensors")]
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return [index.parent / shard for shard in shards]
-    if pytorch.is_file():
-        return [pytorch]
+    for stem in WEIGHT_FILES:
+        base = folder / component / f"{stem}.safetensors"
+        index = folder / component / f"{stem}.safetensors.index.json"
+        if base.is_file():
+            return [base]
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            return [index.parent / shard for shard in shards]
+    for name in ("diffusion_pytorch_model.bin", "pytorch_model.bin"):
+        if (folder / component / name).is_file():
+            return [folder / component / name]
     raise UserError(f"{folder} has no weights for its {component}", where=str(folder / component))
 
 
-def _in_memory(model: StableDiffusionModel, source: str) -> ConversionSource:
+def _in_memory(model: DiffusionModel, source: str) -> ConversionSource:
     """A model built in memory (the built-in tiny models) as a conversion source."""
-    detection = Detection(MODEL, "tiny", model.model_type.value, "built-in tiny model", model.prediction_type)
+    detection = Detection(MODEL, "tiny", model.spec.name, "built-in tiny model", model.prediction_type)
     return ConversionSource(
         MODEL,
-        model.model_type.value,
+        model.spec,
+        model.spec.name,
         detection,
         model.prediction_type,
         {},
         model.weights_stream(),
-        lambda: (model.component_configs(), model.tokenizer),
+        model.pipeline_parts,
     )

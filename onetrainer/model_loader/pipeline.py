@@ -62,7 +62,9 @@ class DiffusersLoader:
     def load(self, model_config: ModelConfig, *, device: str = "cpu") -> DiffusionModel:
         if model_config.base is None:
             raise UserError(
-                "model.base is not set", where="model.base", hint="Name a diffusers folder, a checkpoint file or a hub id."
+                "model.base is not set",
+                where="model.base",
+                hint="Name a diffusers folder, a checkpoint file or a hub id.",
             )
         spec = get_family(model_config.type)
         source = str(model_config.base)
@@ -236,7 +238,9 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
                 tokenizer_class = _component_class(index, component.tokenizer, source)
                 if tokenizer_class is None:
                     raise UserError(f"{source} has no {component.tokenizer} for its {component.name}")
-                tokenizers[component.tokenizer] = tokenizer_class.from_pretrained(location, subfolder=component.tokenizer)
+                tokenizers[component.tokenizer] = tokenizer_class.from_pretrained(
+                    location, subfolder=component.tokenizer
+                )
         scheduler = dict(SchedulerMixin.load_config(location, subfolder="scheduler"))
     for component in spec.text_encoders:
         if component.name not in components or component.tokenizer is None:

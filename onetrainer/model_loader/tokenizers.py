@@ -12,6 +12,7 @@ source if it has one, else from the family's known hub repos in the local Huggin
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.model_loader.architecture import Architecture

@@ -76,7 +76,7 @@ def write_lora(
             )
         else:
             header = {**metadata, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
-            out = to_diffusers_keys(tensors)
+            out = to_diffusers_keys(tensors, [component.name for component in spec.text_encoders])
     except KeyMapError as error:
         raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None
     write_safetensors_stream(output, state_dict_stream(out, dtype), header)

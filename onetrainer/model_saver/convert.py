@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from onetrainer.model_saver.adapter_files import write_embedding, write_lora
 from onetrainer.model_saver.formats import check_output, resolve_format, save_dtype, write_errors
@@ -22,18 +22,22 @@ from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY
 if TYPE_CHECKING:
     import torch
 
+    from onetrainer.model.diffusion import PipelineParts
+    from onetrainer.util.family import FamilySpec
+
 
 class Convertible(Protocol):
     kind: str
-    family: str | None
+    spec: FamilySpec
+    known_spec: FamilySpec | None
     prediction_type: str | None
     metadata: dict[str, str]
     stream: Callable[[bool, tuple[str, ...]], Iterator[tuple[str, torch.Tensor]]] | None
-    pipeline_parts: Callable[[], tuple[dict[str, dict[str, Any]], Any]] | None
+    pipeline_parts: Callable[[], PipelineParts] | None
     lora_tensors: dict[str, torch.Tensor]
     lora_alphas: dict[str, float]
     lora_kind: str | None
-    embedding: torch.Tensor | None
+    embedding: dict[str, torch.Tensor]
     placeholder: str | None
 
 
@@ -59,7 +63,7 @@ def write_conversion(
     with write_errors(output):
         if source.kind == LORA:
             metadata = build_metadata(
-                family=source.family,
+                spec=source.known_spec,
                 title=output.stem,
                 prediction_type=source.prediction_type,
                 adapter="lora",
@@ -71,14 +75,14 @@ def write_conversion(
                 source.lora_tensors,
                 source.lora_alphas,
                 fmt=fmt,
-                family=source.family,
+                spec=source.spec,
                 kind=source.lora_kind or "lora",
                 metadata=metadata,
                 dtype=cast,
             )
         elif source.kind == EMBEDDING:
             metadata = build_metadata(
-                family=source.family,
+                spec=source.known_spec,
                 title=output.stem,
                 prediction_type=source.prediction_type,
                 adapter="embedding",
@@ -87,7 +91,7 @@ def write_conversion(
             )
             placeholder = source.placeholder or output.stem
             write_embedding(
-                output, source.embedding, placeholder, fmt=fmt, family=source.family, metadata=metadata, dtype=cast
+                output, source.embedding, placeholder, fmt=fmt, spec=source.spec, metadata=metadata, dtype=cast
             )
         else:
             _write_model(source, output, fmt, cast, inherited, overwrite, progress)
@@ -103,28 +107,32 @@ def _write_model(
     overwrite: bool,
     progress: Progress | None,
 ) -> None:
+    assert source.stream is not None
+    assert source.pipeline_parts is not None
     if fmt is SaveFormat.SINGLE_FILE:
         metadata = build_metadata(
-            family=source.family, title=output.stem, prediction_type=source.prediction_type, inherited=inherited
+            spec=source.known_spec, title=output.stem, prediction_type=source.prediction_type, inherited=inherited
         )
         write_single_file(
             output,
             source.stream,
-            family=source.family,
+            spec=source.spec,
             prediction_type=source.prediction_type,
             metadata=metadata,
             dtype=cast,
             progress=progress,
         )
         return
-    configs, tokenizer = source.pipeline_parts()
-    prediction = source.prediction_type or configs["scheduler"].get("prediction_type", "epsilon")
-    metadata = build_metadata(family=source.family, title=output.stem, prediction_type=prediction, inherited=inherited)
+    parts = source.pipeline_parts()
+    prediction = source.prediction_type or parts.configs["scheduler"].get("prediction_type")
+    metadata = build_metadata(
+        spec=source.known_spec, title=output.stem, prediction_type=prediction, inherited=inherited
+    )
     write_diffusers_folder(
         output,
         source.stream,
-        configs=configs,
-        tokenizer=tokenizer,
+        spec=source.spec,
+        parts=parts,
         prediction_type=prediction,
         metadata=metadata,
         dtype=cast,

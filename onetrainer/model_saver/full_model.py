@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from onetrainer.util.safetensors_stream import write_safetensors_stream
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.model.diffusion import WeightsStream
+    from onetrainer.model.diffusion import PipelineParts, WeightsStream
 
 Progress = Callable[[str, int, int], None]
 """`progress(file, done, total)`, called after each tensor written."""
@@ -29,18 +28,6 @@ Progress = Callable[[str, int, int], None]
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
-
-
-@dataclass
-class PipelineParts:
-    """What a diffusers folder holds besides weights: configs, classes, tokenizers, pipeline settings."""
-
-    configs: dict[str, dict[str, Any]]
-    """Component (and "scheduler") -> config, as `DiffusionModel.component_configs` gives them."""
-    classes: dict[str, tuple[str, str]]
-    """Component -> (library, class name)."""
-    tokenizers: dict[str, Any]
-    pipeline_config: dict[str, Any]
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -59,7 +46,9 @@ def write_single_file(
 ) -> Path:
     """The original layout A1111/Forge/ComfyUI load, with the family's markers (e.g. ComfyUI's `v_pred`)."""
     if spec.single_file is None:
-        raise UserError(f"{spec.title} models have no single-file layout in this version", hint="Save a diffusers folder.")
+        raise UserError(
+            f"{spec.title} models have no single-file layout in this version", hint="Save a diffusers folder."
+        )
     single_file = spec.single_file
     components = tuple(dict.fromkeys(component for _, component in single_file.component_prefixes))
     keys = [key for key, _ in stream(True, components)]
@@ -120,7 +109,7 @@ def write_diffusers_folder(
     return output
 
 
-def _save_tokenizer(tokenizer: CLIPTokenizer, folder: Path, vocab_size: int) -> None:
+def _save_tokenizer(tokenizer: Any, folder: Path, vocab_size: int) -> None:
     """Save the tokenizer without tokens past the text encoder's table (trained embeddings' placeholders).
 
     Embedding vectors are saved as their own files, not as table rows, so their tokens would point past

@@ -69,9 +69,7 @@ def sample_density(config: TimestepConfig, batch_size: int, generator: torch.Gen
     device = generator.device
     distribution = config.distribution
     if distribution is TimestepDistribution.LOGIT_NORMAL:
-        normal = torch.normal(
-            mean=config.mean, std=config.std, size=(batch_size,), device=device, generator=generator
-        )
+        normal = torch.normal(mean=config.mean, std=config.std, size=(batch_size,), device=device, generator=generator)
         return torch.sigmoid(normal)
     unit = torch.rand(size=(batch_size,), device=device, generator=generator)
     if distribution is TimestepDistribution.MODE:

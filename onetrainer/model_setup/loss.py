@@ -20,6 +20,7 @@ from onetrainer.util.config.loss import LossConfig, LossType
 if TYPE_CHECKING:
     import torch
 
+
 def elementwise_loss(
     prediction: torch.Tensor, target: torch.Tensor, kind: LossType, delta: float = 1.0
 ) -> torch.Tensor:
@@ -58,9 +59,7 @@ def diffusion_loss(
     elements = elementwise_loss(prediction, target, config.type, config.huber_delta)
     dims = tuple(range(1, elements.ndim))
     if config.masked.enabled and mask is not None:
-        weights_map = mask_weights(
-            mask.to(elements.device), tuple(elements.shape[-2:]), config.masked.unmasked_weight
-        )
+        weights_map = mask_weights(mask.to(elements.device), tuple(elements.shape[-2:]), config.masked.unmasked_weight)
         per_sample = (elements * weights_map).mean(dim=dims)
         if config.masked.normalize_area:
             per_sample = per_sample / weights_map.mean(dim=dims).clamp(min=1e-8)

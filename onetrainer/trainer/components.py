@@ -14,13 +14,11 @@ from onetrainer.trainer.precision import torch_dtype
 from onetrainer.trainer.session import ProgressCallback
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.family import get_family
 from onetrainer.util.registry import ModuleKind, lookup
 
 if TYPE_CHECKING:
     import torch
-
-DEFAULT_QUANTISATION = 8
-"""Bucket side multiple when a setup does not name its own (SD 1.x/2.x: the VAE's factor of 8)."""
 
 
 def loader_events(progress: ProgressCallback) -> Any:
@@ -36,9 +34,8 @@ def loader_events(progress: ProgressCallback) -> Any:
 
 
 def quantisation(config: TrainConfig) -> int:
-    """The family's bucket side multiple, from its setup class (no model is loaded for this)."""
-    setup_class = lookup(ModuleKind.SETUP, config.model.type)
-    return int(getattr(setup_class, "quantisation", DEFAULT_QUANTISATION))
+    """The family's bucket side multiple, from its spec (no model is loaded for this)."""
+    return get_family(config.model.type).bucket_step
 
 
 def data_report(config: TrainConfig, *, progress: ProgressCallback) -> Any:
@@ -91,7 +88,7 @@ def build_parts(
         progress=loader_events(progress),
     )
     model_type = config.model.type
-    progress({"event": "status", "message": f"loading {model_type.value} model {config.model.base}"})
+    progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})
     try:
         model = lookup(ModuleKind.LOADER, model_type)().load(config.model, device="cpu")
         setup = lookup(ModuleKind.SETUP, model_type)(model, config)
@@ -102,7 +99,8 @@ def build_parts(
     except BaseException:
         data.close()
         raise
-    sampler = lookup(ModuleKind.SAMPLER, model_type)(model, clip_skip=config.model.clip_skip) if rank == 0 else None
+    layer_skip = {name: part.layer_skip for name, part in config.parts.items()}
+    sampler = lookup(ModuleKind.SAMPLER, model_type)(model, layer_skip=layer_skip) if rank == 0 else None
     saver = lookup(ModuleKind.SAVER, model_type)()
 
     def save_model(path: Path) -> Path:

@@ -83,9 +83,9 @@ def diverged(session: Session, what: str, *, before_step: int | None = None) -> 
         ]
     if training.max_grad_norm is None:
         hints.append("turn training.max_grad_norm on (e.g. 1.0)")
-    half = [name for name, dtype in training.weight_dtypes.items() if dtype is Precision.FP16]
+    half = [name for name, part in session.config.parts.items() if part.weight_dtype is Precision.FP16]
     if half:
-        hints.insert(0, f"fp16 weights overflow easily: set training.weight_dtypes.{half[0]}=fp32")
+        hints.insert(0, f"fp16 weights overflow easily: set parts.{half[0]}.weight_dtype=fp32")
     if training.precision is Precision.FP16 or session.config.model.dtype is Precision.FP16:
         hints.insert(0, "fp16 overflows easily (the VAE especially): try bf16 or fp32")
     return TrainingDiverged(

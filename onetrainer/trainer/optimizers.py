@@ -71,26 +71,15 @@ def _optimizer_class(optimizer: Optimizer) -> type:
 
 
 def resolve_parameter_groups(groups: list[dict[str, Any]], config: TrainingConfig) -> list[dict[str, Any]]:
-    """Apply per-part learning rates and drop groups with nothing to train.
-
-    A name in `training.learning_rates` that matches no group is an error listing the real names:
-    otherwise a typo would silently train that part at the base rate.
-    """
-    names = [str(group.get("name", f"group{index}")) for index, group in enumerate(groups)]
-    unknown = [name for name in config.learning_rates if name not in names]
-    if unknown:
-        raise UserError(
-            f"training.learning_rates names no parameter group: {', '.join(unknown)}",
-            where="training.learning_rates",
-            hint=f"{did_you_mean(unknown[0], names)}This run's parameter groups are: {', '.join(names)}.",
-        )
+    """Name every group, drop those with nothing to train, and give each its learning rate (the group's own,
+    from `parts.<name>.learning_rate`, else `training.learning_rate`)."""
     resolved = []
-    for name, group in zip(names, groups, strict=True):
+    for index, group in enumerate(groups):
         params = [param for param in group["params"] if param.requires_grad]
         if not params:
             continue
-        lr = config.learning_rates.get(name, group.get("lr") or config.learning_rate)
-        resolved.append({**group, "params": params, "lr": float(lr), "name": name})
+        lr = float(group.get("lr") or config.learning_rate)
+        resolved.append({**group, "params": params, "lr": lr, "name": str(group.get("name", f"group{index}"))})
     if not resolved:
         raise UserError(
             "nothing to train: the model setup returned no trainable parameters",

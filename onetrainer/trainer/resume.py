@@ -48,7 +48,8 @@ HARMLESS_KEYS: tuple[str, ...] = (
 
 RETUNABLE_KEYS: tuple[str, ...] = (
     "training.learning_rate",
-    "training.learning_rates",
+    "parts.*.learning_rate",
+    "embedding.learning_rate",
     "training.lr_scheduler",
     "training.warmup",
     "training.lr_cycles",
@@ -57,10 +58,10 @@ RETUNABLE_KEYS: tuple[str, ...] = (
     "training.weight_decay",
     "training.max_grad_norm",
     "training.precision",
-    "training.weight_dtypes",
+    "parts.*.weight_dtype",
     "training.gradient_checkpointing",
 )
-"""Optimisation settings that may change on resume; the resumed run uses the new values."""
+"""Optimisation settings that may change on resume; the resumed run uses the new values (`*`: any part)."""
 
 _GROUP_SETTINGS = ("initial_lr", "weight_decay", "warmup_steps")
 """Per-group optimizer values that come from the config (`warmup_steps`: schedule-free AdamW's)."""
@@ -81,7 +82,15 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _may_change(key: str) -> bool:
-    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in (*HARMLESS_KEYS, *RETUNABLE_KEYS))
+    return any(_covers(allowed, key) for allowed in (*HARMLESS_KEYS, *RETUNABLE_KEYS))
+
+
+def _covers(allowed: str, key: str) -> bool:
+    """Whether dotted `key` is `allowed` or below it; a `*` segment of `allowed` matches any one segment."""
+    pattern, parts = allowed.split("."), key.split(".")
+    if len(parts) < len(pattern):
+        return False
+    return all(want in ("*", have) for want, have in zip(pattern, parts, strict=False))
 
 
 def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[ConfigProblem]:

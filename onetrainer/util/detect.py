@@ -336,16 +336,16 @@ def detect_pipeline(index: Mapping[str, Any], configs: Mapping[str, Mapping[str,
     prediction = configs.get("scheduler", {}).get("prediction_type")
     candidates = by_pipeline_class(pipeline)
     if not candidates:
-        return Detection(MODEL, "diffusers", None, f"pipeline class {pipeline or 'missing'} of no known family", prediction)
+        return Detection(
+            MODEL, "diffusers", None, f"pipeline class {pipeline or 'missing'} of no known family", prediction
+        )
     evidence = recognise("configs", configs, candidates) if len(candidates) > 1 else None
     if evidence is None:
         evidence = Evidence(candidates[0].name, f"pipeline class {pipeline}") if len(candidates) == 1 else None
     if evidence is None:
         names = tuple(spec.name for spec in candidates)
         return Detection(MODEL, "diffusers", None, f"pipeline class {pipeline}", prediction, candidates=names)
-    return Detection(
-        MODEL, "diffusers", evidence.family, evidence.reason, prediction, candidates=evidence.candidates
-    )
+    return Detection(MODEL, "diffusers", evidence.family, evidence.reason, prediction, candidates=evidence.candidates)
 
 
 def pipeline_config_files(index: Mapping[str, Any]) -> list[str]:

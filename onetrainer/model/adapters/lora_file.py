@@ -135,9 +135,7 @@ def check_lora_fits(model: DiffusionModel, lora: LoraFile) -> None:
             _mismatch(model, lora, module, tensor, weight)
 
 
-def _mismatch(
-    model: DiffusionModel, lora: LoraFile, module: str, tensor: torch.Tensor, weight: torch.Tensor
-) -> None:
+def _mismatch(model: DiffusionModel, lora: LoraFile, module: str, tensor: torch.Tensor, weight: torch.Tensor) -> None:
     raise UserError(
         f"this LoRA does not fit this {model.spec.title} model: {module} is {tuple(weight.shape)} "
         f"here but the LoRA's factor is {tuple(tensor.shape)}",

@@ -66,7 +66,7 @@ def fill_family_defaults(data: dict[str, Any]) -> dict[str, Any]:
         return data
     method = data.get("method", TrainingMethod.LORA.value)
     trains = getattr(method, "value", method) != TrainingMethod.EMBEDDING.value
-    filled = {key: value for key, value in parts.items()}
+    filled = dict(parts)
     for component in spec.components:
         part = filled.get(component.name)
         if part is None:
@@ -120,8 +120,7 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
             problems.append(
                 ConfigProblem(
                     f"parts.{name}",
-                    f"{spec.title} models have no part {name!r}; {did_you_mean(name, names)}"
-                    f"parts: {', '.join(names)}",
+                    f"{spec.title} models have no part {name!r}; {did_you_mean(name, names)}parts: {', '.join(names)}",
                 )
             )
             continue
@@ -165,7 +164,9 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
         for key in keys:
             if _explicitly_set(config, key):
                 problems.append(
-                    ConfigProblem(key, f"{spec.title} models train with {name}; this key is for {OBJECTIVE_NAMES[other]}")
+                    ConfigProblem(
+                        key, f"{spec.title} models train with {name}; this key is for {OBJECTIVE_NAMES[other]}"
+                    )
                 )
     if objective is not Objective.DDPM and config.model.prediction_type is not PredictionType.AUTO:
         problems.append(ConfigProblem("model.prediction_type", f"{spec.title} models train with {name}"))
@@ -184,7 +185,9 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
     if weighting not in WEIGHTINGS[objective]:
         valid = ", ".join(w.value for w in WEIGHTINGS[objective])
         problems.append(
-            ConfigProblem("loss.weighting", f"not a weighting of {name}; valid: {valid}", weighting.value, has_value=True)
+            ConfigProblem(
+                "loss.weighting", f"not a weighting of {name}; valid: {valid}", weighting.value, has_value=True
+            )
         )
     return problems
 

@@ -64,6 +64,7 @@ ThreadSetting = Annotated[int | str, BeforeValidator(_thread_setting)]
 
 OptimizerArg = Annotated[bool | int | float | str | list[float] | None, BeforeValidator(_finite_argument)]
 
+
 class EmaConfig(Section):
     enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
     decay: float = Field(0.999, gt=0, lt=1, description="Share of the old average kept at each update.")

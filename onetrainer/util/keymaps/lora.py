@@ -49,6 +49,7 @@ INPUT_MAGNITUDE = "lora_magnitude_vector.input_magnitude"
 KOHYA_TO_PEFT = dict(PARAM_NAMES)
 PEFT_TO_KOHYA = {peft: kohya for kohya, peft in PARAM_NAMES} | {INPUT_MAGNITUDE: "dora_scale"}
 
+
 def split_peft_key(key: str) -> tuple[str, str]:
     """`unet.<module>.lora_A.weight` -> (`unet.<module>`, `lora_A.weight`)."""
     for param in sorted(PEFT_TO_KOHYA, key=len, reverse=True):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
-from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, TEXT_ENCODERS, module_rank, split_peft_key
+from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, module_rank, split_peft_key
 
 if TYPE_CHECKING:
     import torch
@@ -115,12 +115,13 @@ def diffusers_lora_metadata(sd: Mapping[str, torch.Tensor], alphas: Mapping[str,
     return {DIFFUSERS_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
 
 
-def to_diffusers_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The neutral form's keys as a diffusers LoRA file needs them (`TEXT_ENCODER_MAGNITUDE`)."""
+def to_diffusers_keys(sd: Mapping[str, torch.Tensor], text_encoders: Collection[str]) -> dict[str, torch.Tensor]:
+    """The neutral form's keys as a diffusers LoRA file needs them (`TEXT_ENCODER_MAGNITUDE` on the
+    `text_encoders` components)."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in sd.items():
         module, param = split_peft_key(key)
-        if param == "lora_magnitude_vector" and module.partition(".")[0] in TEXT_ENCODERS:
+        if param == "lora_magnitude_vector" and module.partition(".")[0] in text_encoders:
             key = f"{module}.{TEXT_ENCODER_MAGNITUDE}"
         out[key] = tensor
     return out

@@ -98,7 +98,9 @@ class StableDiffusionSingleFile:
         """A converter for a model with these component-prefixed diffusers keys, fed one tensor at a time."""
         keys = list(diffusers_keys)
         wrapped = any(key.startswith("text_encoder.text_model.") for key in keys)
-        return StreamConverter(self.table(SdLayout.from_diffusers_keys(keys), hf_text_model=wrapped), ignore=WRITE_IGNORE)
+        return StreamConverter(
+            self.table(SdLayout.from_diffusers_keys(keys), hf_text_model=wrapped), ignore=WRITE_IGNORE
+        )
 
     def reader(
         self,
