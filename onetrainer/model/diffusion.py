@@ -65,6 +65,29 @@ class DiffusionModel:
     """Pipeline-level settings of `model_index.json` other than components (e.g. `force_zeros_for_empty_prompt`)."""
     adapters: Adapters = field(default_factory=Adapters)
 
+    @classmethod
+    def from_pipeline(
+        cls, pipe: Any, spec: FamilySpec, *, source: str, prediction_type: str | None = None, **replace: Any
+    ) -> DiffusionModel:
+        """Wrap a diffusers pipeline's components; `replace` swaps one (e.g. a bigger `unet`).
+
+        Benchmarks and tools that build models in memory go through here, so they get the same object
+        the loader returns without knowing its fields. The pipeline's scheduler is kept as it is.
+        """
+        components = {c.name: getattr(pipe, c.name) for c in spec.components if getattr(pipe, c.name, None) is not None}
+        components.update({name: module for name, module in replace.items() if name in spec.component_names})
+        tokenizers = {c.tokenizer: getattr(pipe, c.tokenizer) for c in spec.text_encoders if c.tokenizer}
+        prediction = prediction_type or getattr(pipe.scheduler.config, "prediction_type", None)
+        return cls(
+            spec=spec,
+            components=components,
+            tokenizers=tokenizers,
+            noise_scheduler=pipe.scheduler,
+            source=source,
+            prediction_type=prediction,
+            scheduler_class=type(pipe.scheduler).__name__,
+        )
+
     def __getattr__(self, name: str) -> Any:
         """Components and tokenizers by name, for readable family code (`model.unet`, `model.tokenizer_2`)."""
         if not name.startswith("__"):

@@ -41,9 +41,7 @@ def test_density_equals_diffusers_draw_for_draw(distribution: str, scheme: str, 
 
     config = TimestepConfig(distribution=distribution, mean=0.3, std=1.2, mode_scale=1.29)
     ours = sample_density(config, 512, torch.Generator().manual_seed(5))
-    reference = compute_density_for_timestep_sampling(
-        scheme, 512, generator=torch.Generator().manual_seed(5), **extra
-    )
+    reference = compute_density_for_timestep_sampling(scheme, 512, generator=torch.Generator().manual_seed(5), **extra)
     assert torch.allclose(ours, reference, atol=1e-6)
 
 
