@@ -130,7 +130,7 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
             allowed |= set(TEXT_ENCODER_KEYS)
         if role is Role.VAE:
             allowed -= set(TRAINABLE_KEYS)
-        for key in sorted(part.model_fields_set - allowed):
+        for key in sorted(_changed(part) - allowed):
             what = "text encoders" if key in TEXT_ENCODER_KEYS else "parts that can train (not the VAE)"
             problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} take this key"))
         if config.method is TrainingMethod.EMBEDDING and part.train:
@@ -146,12 +146,25 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
     return problems
 
 
+def _changed(section: Any) -> set[str]:
+    """The keys of `section` whose value is not the schema's default: what the config "uses".
+
+    A value equal to the default is not used, whether the user wrote it or a dump of a resolved config
+    did (every saved `config.yaml` writes every key), so a dumped config validates again.
+    """
+    return {
+        name
+        for name, field in type(section).model_fields.items()
+        if not field.is_required() and getattr(section, name) != field.get_default(call_default_factory=True)
+    }
+
+
 def _explicitly_set(section: Any, dotted: str) -> bool:
-    """Whether the user wrote `dotted` (relative to `section`), not just left its default."""
+    """Whether `dotted` (relative to `section`) holds another value than its default."""
     head, _, rest = dotted.partition(".")
-    if head not in section.model_fields_set:
-        return False
-    return not rest or _explicitly_set(getattr(section, head), rest)
+    if rest:
+        return _explicitly_set(getattr(section, head), rest)
+    return head in _changed(section)
 
 
 def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:
