@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from onetrainer.commands.app import app
 from onetrainer.model.adapters.embedding import read_embedding_file
 from onetrainer.model.adapters.lora_file import read_lora_file
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.model_loader.pipeline import load_model
 from onetrainer.util.detect import detect_path
 
 runner = CliRunner()
@@ -45,17 +45,17 @@ def sd15_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def kohya_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from onetrainer.model.adapters.lora import inject_lora
-    from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+    from onetrainer.model_saver.diffusion import DiffusionSaver
     from onetrainer.util.enums import TrainingMethod
 
-    model = load_stable_diffusion("tiny:sd15")
-    model.adapters["lora"] = inject_lora(model, kind="lora", rank=4, alpha=2, components=("unet", "text_encoder"))
+    model = load_model("tiny:sd15")
+    model.adapters.lora = inject_lora(model, kind="lora", rank=4, alpha=2, components=("unet", "text_encoder"))
     for component in (model.unet, model.text_encoder):
         for name, parameter in component.named_parameters():
             if "lora_B" in name:
                 parameter.data = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0))
     path = tmp_path_factory.mktemp("convert") / "style.safetensors"
-    StableDiffusionSaver().save(model, path, method=TrainingMethod.LORA, dtype=None)
+    DiffusionSaver().save(model, path, method=TrainingMethod.LORA, dtype=None)
     return path
 
 
@@ -69,7 +69,7 @@ def test_single_file_to_diffusers_and_back_is_exact(sd15_file: Path, tiny_sd15_d
     result = convert(sd15_file, folder, "--to", "diffusers", "--config", tiny_sd15_dir)
     assert result.exit_code == 0, result.output
     assert "wrote" in result.stdout
-    original, converted = load_stable_diffusion("tiny:sd15"), load_stable_diffusion(folder)
+    original, converted = load_model("tiny:sd15"), load_model(folder)
     for component in ("unet", "vae", "text_encoder"):
         a, b = getattr(original, component).state_dict(), getattr(converted, component).state_dict()
         assert all(torch.equal(a[key], b[key]) for key in a), component
