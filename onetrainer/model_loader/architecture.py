@@ -49,7 +49,8 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
                 hint="Pass the diffusers folder or hub id of the model's architecture (model.config / --config).",
             )
         folder = config_dir(shipped)
-        return Architecture(f"shipped {shipped} config", _read_folder_configs(folder, spec), _folder_classes(folder))
+        configs = _read_folder_configs(folder, spec)
+        return Architecture(f"shipped {shipped} config", configs, _folder_classes(folder, configs))
     kind = source_kind(source, where="model.config")
     if kind == TINY:
         return _tiny_architecture(source, spec)
@@ -64,7 +65,8 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
             hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
         )
     tokenizer_at = (str(path), "tokenizer") if (path / "tokenizer").is_dir() else None
-    return Architecture(str(path), _read_folder_configs(path, spec), _folder_classes(path), tokenizer_at)
+    configs = _read_folder_configs(path, spec)
+    return Architecture(str(path), configs, _folder_classes(path, configs), tokenizer_at)
 
 
 def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -75,11 +77,28 @@ def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
     }
 
 
-def _folder_classes(folder: Path) -> dict[str, tuple[str, str]]:
+def _folder_classes(folder: Path, configs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The classes `model_index.json` names; a folder of component configs alone has the ones its configs name
+    (diffusers writes `_class_name`, transformers `architectures`), so a copy of just the configs serves."""
     index = folder / "model_index.json"
-    if not index.is_file():
-        raise UserError(f"{folder} has no model_index.json, so it cannot serve as an architecture config")
-    return _classes(json.loads(index.read_text(encoding="utf-8")))
+    if index.is_file():
+        return _classes(json.loads(index.read_text(encoding="utf-8")))
+    classes: dict[str, tuple[str, str]] = {}
+    for name, config in configs.items():
+        if name == "scheduler":
+            continue
+        if isinstance(config.get("_class_name"), str):
+            classes[name] = ("diffusers", config["_class_name"])
+        elif isinstance(config.get("architectures"), list) and config["architectures"]:
+            classes[name] = ("transformers", str(config["architectures"][0]))
+        else:
+            raise UserError(
+                f"{folder / name / 'config.json'} names no class and {folder} has no model_index.json, so it "
+                "cannot serve as an architecture config",
+                where="model.config",
+                hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
+            )
+    return classes
 
 
 def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, Any]]:

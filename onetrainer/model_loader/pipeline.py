@@ -27,7 +27,7 @@ from onetrainer.util.detect import LORA, MODEL, Detection, detect_path, detect_p
 from onetrainer.util.dtypes import torch_dtype
 from onetrainer.util.enums import PredictionType
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, Objective, family_title, get_family, tiny_model
+from onetrainer.util.family import FamilySpec, Objective, family_names, family_title, get_family, tiny_model
 from onetrainer.util.registry import ModuleKind, lookup
 
 if TYPE_CHECKING:
@@ -127,13 +127,18 @@ def detect_model_type(source: str) -> str:
         return tiny_model(source.removeprefix(TINY_PREFIX))[0].name
     detection = hub_detection(source) if kind == HUB else detect_path(source)
     if detection.kind != MODEL:
-        raise UserError(f"{source} is a {detection.description}, not a base model", where="model.base")
+        raise _not_a_base_model(source, detection)
+    if detection.family is None and not detection.candidates:
+        raise UserError(
+            f"{source} is a model of no family this version supports ({detection.reason})",
+            where="model.base",
+            hint=f"Supported model types: {', '.join(family_names())}.",
+        )
     if detection.family is None:
-        choices = ", ".join(detection.candidates) or "a model type"
         raise UserError(
             f"cannot tell which model family {source} is ({detection.reason})",
             where="model.base",
-            hint=f"Say it with --model-type (or model.type): {choices}.",
+            hint=f"Say it with --model-type (or model.type): {', '.join(detection.candidates)}.",
         )
     return detection.family
 
@@ -142,18 +147,15 @@ def check_family(detection: Detection, spec: FamilySpec) -> None:
     """Refuse a source that is not a base model of `spec`'s family, saying what it is instead."""
     what = detection.path.name if detection.path else "the model"
     if detection.kind != MODEL:
-        noun = "a LoRA" if detection.kind == LORA else "an embedding"
-        raise UserError(
-            f"{what} is {noun}, not a base model",
-            where="model.base",
-            hint="Pass a base model (diffusers folder or checkpoint).",
-        )
+        raise _not_a_base_model(what, detection)
     if detection.family is None:
-        if detection.candidates and spec.name not in detection.candidates:
+        if spec.name not in detection.candidates:
             raise UserError(
                 f"{what} is not a {spec.title} model ({detection.reason})",
                 where="model.base",
-                hint=f"Set the model type to one of: {', '.join(detection.candidates)}.",
+                hint=f"Set the model type to one of: {', '.join(detection.candidates)}."
+                if detection.candidates
+                else "No model family of this version recognises it.",
             )
         return
     if detection.family != spec.name:
@@ -163,6 +165,15 @@ def check_family(detection: Detection, spec: FamilySpec) -> None:
             where="model.base",
             hint=f"Set the model type to {detection.family} (model.type / --model-type), or omit it to detect it.",
         )
+
+
+def _not_a_base_model(what: str, detection: Detection) -> UserError:
+    noun = "a LoRA" if detection.kind == LORA else "an embedding"
+    return UserError(
+        f"{what} is {noun}, not a base model ({detection.description})",
+        where="model.base",
+        hint="Pass a base model (diffusers folder or checkpoint).",
+    )
 
 
 def hub_detection(repo: str) -> Detection:

@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.pipeline import load_model
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 
 
@@ -31,7 +30,7 @@ def test_single_file_with_its_config_folder_equals_the_original(
     loaded, original = load_model(path, config=config), load_model(tiny)
     for component in ("unet", "vae", "text_encoder"):
         assert _same_weights(getattr(loaded, component), getattr(original, component)), component
-    assert loaded.model_type is original.model_type
+    assert loaded.model_type == original.model_type
     assert loaded.prediction_type == original.prediction_type
     assert len(loaded.tokenizer) == 1514
 
@@ -39,7 +38,7 @@ def test_single_file_with_its_config_folder_equals_the_original(
 def test_tiny_name_serves_as_architecture_and_tokenizer(sd2_single_file: Path) -> None:
     model = load_model(sd2_single_file, config="tiny:sd2-v", dtype="fp16")
     assert model.unet.dtype == torch.float16
-    assert (model.model_type, model.prediction_type) == (ModelType.SD2, "v_prediction")
+    assert (model.model_type, model.prediction_type) == ("sd2", "v_prediction")
 
 
 def test_shipped_config_of_another_size_is_refused_with_a_hint(sd15_single_file: Path, tiny_sd15_dir: Path) -> None:
@@ -91,7 +90,13 @@ def test_corrupt_safetensors_is_a_user_error(tmp_path: Path) -> None:
         load_model(path)
 
 
-def test_checkpoint_of_another_family_names_it(tmp_path: Path) -> None:
+def test_checkpoint_of_another_family_names_it(sd2_single_file: Path) -> None:
+    with pytest.raises(UserError, match=r"model type sd15 was asked for, but .* is a SD 2\.x model") as info:
+        load_model(sd2_single_file, model_type="sd15", config="tiny:sd15")
+    assert "sd2" in (info.value.hint or "")
+
+
+def test_checkpoint_of_an_unregistered_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     path = tmp_path / "xl.safetensors"
     save_file(
         {
@@ -100,15 +105,16 @@ def test_checkpoint_of_another_family_names_it(tmp_path: Path) -> None:
         },
         str(path),
     )
-    with pytest.raises(UserError, match="is a SDXL model"):
+    with pytest.raises(UserError, match="is not a model, LoRA or embedding this tool knows") as info:
         load_model(path)
+    assert "SD 1.x, SD 2.x" in (info.value.hint or "")
 
 
 def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "unet-and-te.safetensors"
     with WeightsFile(sd15_single_file) as weights:
         save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
-    with pytest.raises(UserError, match="has no vae weights") as info:
+    with pytest.raises(UserError, match="has no VAE weights") as info:
         load_model(path, config="tiny:sd15")
     assert "--vae" in (info.value.hint or "")
 
@@ -121,7 +127,7 @@ def test_single_file_takes_a_small_tokenizer_that_fits_and_refuses_one_that_does
 
     model = load_model(tiny_sd15_dir)
     model.text_encoder.resize_token_embeddings(len(small_tokenizer))
-    model.tokenizer = small_tokenizer
+    model.tokenizers["tokenizer"] = small_tokenizer
     folder = DiffusionSaver().save(model, tmp_path / "small", method=TrainingMethod.FULL, dtype=None)[0]
     single = DiffusionSaver().save(model, tmp_path / "small.safetensors", method=TrainingMethod.FULL)[0]
 

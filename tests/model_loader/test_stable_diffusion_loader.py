@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from onetrainer.model_loader.stable_diffusion import StableDiffusionLoader, load_stable_diffusion
+from onetrainer.model_loader.pipeline import DiffusersLoader, load_model
+from onetrainer.model_loader.stable_diffusion import read_single_file, stable_diffusion_loader
 from onetrainer.util.config.model import ModelConfig
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, lookup
 
@@ -21,19 +21,22 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_loader_is_registered_for_sd15_and_sd2() -> None:
-    assert lookup(ModuleKind.LOADER, ModelType.SD15) is StableDiffusionLoader
-    assert lookup(ModuleKind.LOADER, ModelType.SD2) is StableDiffusionLoader
+    for model_type in ("sd15", "sd2"):
+        assert lookup(ModuleKind.LOADER, model_type) is stable_diffusion_loader
+        loader = lookup(ModuleKind.LOADER, model_type)()
+        assert isinstance(loader, DiffusersLoader)
+        assert loader.read_single_file is read_single_file
 
 
 @pytest.mark.parametrize(
     ("base", "model_type", "prediction"),
     [
-        ("tiny:sd15", ModelType.SD15, "epsilon"),
-        ("tiny:sd2", ModelType.SD2, "epsilon"),
-        ("tiny:sd2-v", ModelType.SD2, "v_prediction"),
+        ("tiny:sd15", "sd15", "epsilon"),
+        ("tiny:sd2", "sd2", "epsilon"),
+        ("tiny:sd2-v", "sd2", "v_prediction"),
     ],
 )
-def test_tiny_models_load_with_their_family_and_prediction(base: str, model_type: ModelType, prediction: str) -> None:
+def test_tiny_models_load_with_their_family_and_prediction(base: str, model_type: str, prediction: str) -> None:
     model = load_model(base)
     assert (model.model_type, model.prediction_type) == (model_type, prediction)
     assert model.noise_scheduler.config.prediction_type == prediction
@@ -46,27 +49,29 @@ def test_tiny_model_is_deterministic() -> None:
 
 def test_diffusers_folder_loads_its_weights_and_scheduler(tiny_sd2_dir: Path) -> None:
     model = load_model(tiny_sd2_dir)
-    assert (model.model_type, model.prediction_type, model.source) == (ModelType.SD2, "v_prediction", str(tiny_sd2_dir))
+    assert (model.model_type, model.prediction_type, model.source) == ("sd2", "v_prediction", str(tiny_sd2_dir))
     assert _same_weights(model.unet, load_model("tiny:sd2-v").unet)
     assert model.scheduler_class == "DDPMScheduler"
 
 
 def test_registered_loader_reads_the_model_config(tiny_sd15_dir: Path) -> None:
-    config = ModelConfig(base=str(tiny_sd15_dir), type=ModelType.SD15, dtype="bf16", prediction_type="v_prediction")
-    model = StableDiffusionLoader().load(config)
+    config = ModelConfig(base=str(tiny_sd15_dir), type="sd15", dtype="bf16", prediction_type="v_prediction")
+    model = lookup(ModuleKind.LOADER, "sd15")().load(config)
     assert model.unet.dtype == model.text_encoder.dtype == model.vae.dtype == torch.bfloat16
     assert model.prediction_type == model.noise_scheduler.config.prediction_type == "v_prediction"
 
 
 def test_asking_for_the_wrong_family_says_what_the_model_is(tiny_sd2_dir: Path) -> None:
     with pytest.raises(UserError, match=r"model type sd15 was asked for, but .* is a SD 2\.x model") as info:
-        load_model(tiny_sd2_dir, model_type=ModelType.SD15)
+        load_model(tiny_sd2_dir, model_type="sd15")
     assert "sd2" in (info.value.hint or "")
 
 
-def test_sdxl_is_refused_by_the_sd_loader(tiny_sdxl_dir: Path) -> None:
-    with pytest.raises(UserError, match="is a SDXL model"):
+def test_a_pipeline_of_an_unregistered_family_is_refused_naming_its_class(tiny_sdxl_dir: Path) -> None:
+    with pytest.raises(UserError, match="is a model of no family this version supports .*StableDiffusionXLPipeline"):
         load_model(tiny_sdxl_dir)
+    with pytest.raises(UserError, match=r"is not a SD 1\.x model \(pipeline class StableDiffusionXLPipeline"):
+        load_model(tiny_sdxl_dir, model_type="sd15")
 
 
 def test_a_lora_is_not_a_base_model(tmp_path: Path) -> None:
@@ -128,7 +133,7 @@ def hub_cache(tmp_path: Path, tiny_sd15_dir: Path, monkeypatch: pytest.MonkeyPat
 
 def test_cached_hub_model_loads_offline_through_from_pretrained(hub_cache: Path) -> None:
     model = load_model("onetrainer-test/tiny-sd15")
-    assert (model.model_type, model.source, len(model.tokenizer)) == (ModelType.SD15, "onetrainer-test/tiny-sd15", 1514)
+    assert (model.model_type, model.source, len(model.tokenizer)) == ("sd15", "onetrainer-test/tiny-sd15", 1514)
     assert _same_weights(model.unet, load_model("tiny:sd15").unet)
 
 
