@@ -42,18 +42,20 @@ def folder_config(
         }
         concept: dict[str, Any] = {"path": str(path)}
     else:
-        data = config.model_dump(mode="json")
+        # Only what the user set: a re-validated default would count as written, and family checks refuse
+        # keys a family does not use when they are written (e.g. a flow-matching `noise.shift` for SD).
+        data = config.model_dump(mode="json", exclude_unset=True)
         same = [c for c in config.data.concepts if c.path.expanduser().resolve() == path.expanduser().resolve()]
         concept = same[0].model_dump(mode="json") if same else {"path": str(path)}
     if recursive:
         concept["include_subdirectories"] = True
-    data["data"]["concepts"] = [concept]
+    data.setdefault("data", {})["concepts"] = [concept]
     if resolution is not None:
         data["data"]["resolution"] = resolution
     if batch_size is not None:
         data.setdefault("training", {})["batch_size"] = batch_size
     if model_type is not None:
-        data["model"]["type"] = model_type
+        data.setdefault("model", {})["type"] = model_type
     return TrainConfig.model_validate(data, context={CHECK_PATHS: True})
 
 

@@ -68,7 +68,7 @@ def test_asking_for_the_wrong_family_says_what_the_model_is(tiny_sd2_dir: Path) 
 
 
 def test_a_pipeline_of_an_unregistered_family_is_refused_naming_its_class(tiny_sdxl_dir: Path) -> None:
-    with pytest.raises(UserError, match="is a model of no family this version supports .*StableDiffusionXLPipeline"):
+    with pytest.raises(UserError, match=r"is a model of no family this version supports .*StableDiffusionXLPipeline"):
         load_model(tiny_sdxl_dir)
     with pytest.raises(UserError, match=r"is not a SD 1\.x model \(pipeline class StableDiffusionXLPipeline"):
         load_model(tiny_sdxl_dir, model_type="sd15")

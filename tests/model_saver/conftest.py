@@ -20,9 +20,7 @@ def lora_targets(model: DiffusionModel, components: tuple[str, ...], preset: str
     """The family's own LoRA target table of each component, at `preset`."""
     from onetrainer.model.adapters.lora import LoraTargets
 
-    return {
-        name: LoraTargets(preset=preset, presets=model.spec.component(name).lora_presets) for name in components
-    }
+    return {name: LoraTargets(preset=preset, presets=model.spec.component(name).lora_presets) for name in components}
 
 
 def randomize_adapter(model: DiffusionModel, seed: int = 0) -> None:
@@ -47,7 +45,9 @@ def lora_model(tiny_sd15_dir: Path) -> Callable[..., DiffusionModel]:
     def build(kind: str = "lora", alpha: float = 8.0, fmt: str = "kohya") -> DiffusionModel:
         model = load_model(tiny_sd15_dir)
         targets = lora_targets(model, ("unet", "text_encoder"))
-        model.adapters.lora = inject_lora(model, kind=kind, rank=4, alpha=alpha, targets=targets, dora_axis=dora_axis(fmt))
+        model.adapters.lora = inject_lora(
+            model, kind=kind, rank=4, alpha=alpha, targets=targets, dora_axis=dora_axis(fmt)
+        )
         randomize_adapter(model)
         return model
 

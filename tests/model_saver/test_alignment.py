@@ -27,9 +27,7 @@ def _data_offsets(root: Path) -> dict[str, int]:
 @pytest.mark.parametrize(("method", "fmt"), [("lora", "kohya"), ("lora", "peft"), ("dora", "kohya")])
 @pytest.mark.parametrize("title", ["a", "a-longer-title-of-another-length"])
 def test_lora_files_are_aligned(lora_model: Callable, tmp_path: Path, method: str, fmt: str, title: str) -> None:
-    DiffusionSaver().save(
-        lora_model(method), tmp_path / f"{title}.safetensors", method=TrainingMethod.LORA, format=fmt
-    )
+    DiffusionSaver().save(lora_model(method), tmp_path / f"{title}.safetensors", method=TrainingMethod.LORA, format=fmt)
     assert all(offset % 64 == 0 for offset in _data_offsets(tmp_path).values()), _data_offsets(tmp_path)
 
 
