@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
 
 DEFAULT_RESOLUTION = 512
-DEFAULT_MODEL_TYPE = "sd15"
 
 
 def folder_config(
@@ -35,8 +34,7 @@ def folder_config(
     from onetrainer.util.config.types import CHECK_PATHS
 
     if config is None:
-        data: dict[str, Any] = {
-            "model": {"type": DEFAULT_MODEL_TYPE},
+        data: dict[str, Any] = {  # the model type is the config's default
             "data": {"resolution": DEFAULT_RESOLUTION},
             "workspace": str(path / ".onetrainer-inspect"),
         }
