@@ -216,7 +216,8 @@ def _from_tiny(source: str, spec: FamilySpec) -> LoadedParts:
     )
 
 
-def _component_class(index: dict[str, Any], name: str, source: str) -> type | None:
+def _component_class(index: dict[str, Any], name: str, source: str) -> Any:
+    """The diffusers or transformers class `model_index.json` names for `name` (None where it has none)."""
     entry = index.get(name)
     if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
         return None
@@ -227,8 +228,7 @@ def _component_class(index: dict[str, Any], name: str, source: str) -> type | No
             "transformers classes are loaded",
             where="model.base",
         )
-    cls: type = getattr(importlib.import_module(library), class_name)
-    return cls
+    return getattr(importlib.import_module(library), class_name)
 
 
 def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.dtype, *, hub: bool) -> LoadedParts:

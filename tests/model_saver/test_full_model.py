@@ -73,6 +73,16 @@ def test_single_file_metadata(tmp_path: Path, image_dataset_dir: Path) -> None:
     assert any(key.startswith("cond_stage_model.model.transformer.resblocks.0.attn.in_proj") for key in keys)
 
 
+def test_a_multi_resolution_run_records_its_largest_resolution(tmp_path: Path, image_dataset_dir: Path) -> None:
+    config = load_config(
+        None, ["model.base=tiny:sd15", f"data.concepts.0.path={image_dataset_dir}", "data.resolution=[64,96,128]"]
+    )
+    path = _save(load_model("tiny:sd15"), tmp_path / "multi.safetensors", config=config)
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["modelspec.resolution"], metadata["ss_resolution"]) == ("128x128", "(128, 128)")
+
+
 @pytest.mark.parametrize(("base", "fixture"), [("tiny:sd15", "tiny_sd15_dir"), ("tiny:sd2-v", "tiny_sd2_dir")])
 def test_diffusers_from_single_file_reads_our_file(
     request: pytest.FixtureRequest, prediction: Callable, tmp_path: Path, base: str, fixture: str
