@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
 
 DEFAULT_RESOLUTION = 512
-DEFAULT_MODEL_TYPE = "sd15"
 
 
 def folder_config(
@@ -35,25 +34,26 @@ def folder_config(
     from onetrainer.util.config.types import CHECK_PATHS
 
     if config is None:
-        data: dict[str, Any] = {
-            "model": {"type": DEFAULT_MODEL_TYPE},
+        data: dict[str, Any] = {  # the model type is the config's default
             "data": {"resolution": DEFAULT_RESOLUTION},
             "workspace": str(path / ".onetrainer-inspect"),
         }
         concept: dict[str, Any] = {"path": str(path)}
     else:
-        data = config.model_dump(mode="json")
+        # Only what the user set: a re-validated default would count as written, and family checks refuse
+        # keys a family does not use when they are written (e.g. a flow-matching `noise.shift` for SD).
+        data = config.model_dump(mode="json", exclude_unset=True)
         same = [c for c in config.data.concepts if c.path.expanduser().resolve() == path.expanduser().resolve()]
         concept = same[0].model_dump(mode="json") if same else {"path": str(path)}
     if recursive:
         concept["include_subdirectories"] = True
-    data["data"]["concepts"] = [concept]
+    data.setdefault("data", {})["concepts"] = [concept]
     if resolution is not None:
         data["data"]["resolution"] = resolution
     if batch_size is not None:
         data.setdefault("training", {})["batch_size"] = batch_size
     if model_type is not None:
-        data["model"]["type"] = model_type
+        data.setdefault("model", {})["type"] = model_type
     return TrainConfig.model_validate(data, context={CHECK_PATHS: True})
 
 

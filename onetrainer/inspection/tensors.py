@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from onetrainer.inspection.result import count_text, dtype_name
 from onetrainer.util.detect import SAFETENSORS, load_pickle_weights, sniff_container
@@ -71,7 +72,7 @@ def parameter_count(shapes: Iterable[tuple[int, ...]]) -> int:
     return sum(math.prod(shape) for shape in shapes)
 
 
-def describe_group(entries: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, object]:
+def describe_group(entries: Mapping[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
     """Tensors, parameters and dtypes of a set of entries (a component of a model)."""
     parameters = parameter_count(shape for _, shape in entries.values())
     return {

@@ -31,6 +31,13 @@ class Architecture:
     """Component -> (library, class name), as `model_index.json` says."""
     tokenizer_at: tuple[str, str | None] | None = None
     tiny: bool = field(default=False, repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Pipeline-level settings of its `model_index.json` (`requires_safety_checker`), for a saved folder."""
+
+
+def pipeline_settings(index: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
+    return {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
 
 
 def config_files(spec: FamilySpec) -> dict[str, str]:
@@ -49,13 +56,20 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
                 hint="Pass the diffusers folder or hub id of the model's architecture (model.config / --config).",
             )
         folder = config_dir(shipped)
-        return Architecture(f"shipped {shipped} config", _read_folder_configs(folder, spec), _folder_classes(folder))
+        configs = _read_folder_configs(folder, spec)
+        index = _folder_index(folder)
+        return Architecture(
+            f"shipped {shipped} config",
+            configs,
+            _folder_classes(folder, index, configs),
+            settings=pipeline_settings(index),
+        )
     kind = source_kind(source, where="model.config")
     if kind == TINY:
         return _tiny_architecture(source, spec)
     if kind == HUB:
-        configs, classes = _read_hub_configs(source, spec)
-        return Architecture(source, configs, classes, (source, "tokenizer"))
+        configs, index = _read_hub_configs(source, spec)
+        return Architecture(source, configs, _classes(index), (source, "tokenizer"), settings=pipeline_settings(index))
     path = Path(source).expanduser()
     if not path.is_dir():
         raise UserError(
@@ -64,7 +78,10 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
             hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
         )
     tokenizer_at = (str(path), "tokenizer") if (path / "tokenizer").is_dir() else None
-    return Architecture(str(path), _read_folder_configs(path, spec), _folder_classes(path), tokenizer_at)
+    configs = _read_folder_configs(path, spec)
+    index = _folder_index(path)
+    classes = _folder_classes(path, index, configs)
+    return Architecture(str(path), configs, classes, tokenizer_at, settings=pipeline_settings(index))
 
 
 def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -75,11 +92,36 @@ def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
     }
 
 
-def _folder_classes(folder: Path) -> dict[str, tuple[str, str]]:
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise UserError(f"{folder} has no model_index.json, so it cannot serve as an architecture config")
-    return _classes(json.loads(index.read_text(encoding="utf-8")))
+def _folder_index(folder: Path) -> dict[str, Any]:
+    """A folder's `model_index.json`; empty when it has none."""
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return index if isinstance(index, dict) else {}
+
+
+def _folder_classes(
+    folder: Path, index: dict[str, Any], configs: dict[str, dict[str, Any]]
+) -> dict[str, tuple[str, str]]:
+    """The classes `model_index.json` names; a folder of component configs alone has the ones its configs name
+    (diffusers writes `_class_name`, transformers `architectures`), so a copy of just the configs serves."""
+    if index:
+        return _classes(index)
+    classes: dict[str, tuple[str, str]] = {}
+    for name, config in configs.items():
+        if name == "scheduler":
+            continue
+        if isinstance(config.get("_class_name"), str):
+            classes[name] = ("diffusers", config["_class_name"])
+        elif isinstance(config.get("architectures"), list) and config["architectures"]:
+            classes[name] = ("transformers", str(config["architectures"][0]))
+        else:
+            raise UserError(
+                f"{folder / name / 'config.json'} names no class and {folder} has no model_index.json, so it "
+                "cannot serve as an architecture config",
+                where="model.config",
+                hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
+            )
+    return classes
 
 
 def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, Any]]:
@@ -98,7 +140,8 @@ def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, 
     return configs
 
 
-def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, str]]]:
+def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The component configs and the `model_index.json` of a hub repo."""
     from huggingface_hub import hf_hub_download
 
     configs: dict[str, dict[str, Any]] = {}
@@ -106,7 +149,7 @@ def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, 
         index = json.loads(Path(hf_hub_download(repo, "model_index.json")).read_text(encoding="utf-8"))
         for component, relative in config_files(spec).items():
             configs[component] = json.loads(Path(hf_hub_download(repo, relative)).read_text(encoding="utf-8"))
-    return configs, _classes(index)
+    return configs, index
 
 
 def _tiny_architecture(source: str, spec: FamilySpec) -> Architecture:
@@ -121,4 +164,4 @@ def _tiny_architecture(source: str, spec: FamilySpec) -> Architecture:
             config = module.config
             configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
             classes[name] = (type(module).__module__.split(".")[0], type(module).__name__)
-    return Architecture(source, configs, classes, tiny=True)
+    return Architecture(source, configs, classes, tiny=True, settings=pipeline_settings(dict(pipe.config)))

@@ -228,7 +228,9 @@ def _single_file(
                 for component in spec.text_encoders
                 if component.tokenizer is not None and component.name in architecture.configs
             }
-            resolved["parts"] = PipelineParts(architecture.configs, architecture.classes, tokenizers, {})
+            resolved["parts"] = PipelineParts(
+                architecture.configs, architecture.classes, tokenizers, architecture.settings
+            )
         parts: PipelineParts = resolved["parts"]
         return parts
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.architecture import pipeline_settings
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.tokenizers import tokenizer_mismatch
 from onetrainer.util.config.model import ModelConfig
@@ -27,12 +28,13 @@ from onetrainer.util.detect import LORA, MODEL, Detection, detect_path, detect_p
 from onetrainer.util.dtypes import torch_dtype
 from onetrainer.util.enums import PredictionType
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, Objective, family_title, get_family, tiny_model
+from onetrainer.util.family import FamilySpec, Objective, family_names, family_title, get_family, tiny_model
 from onetrainer.util.registry import ModuleKind, lookup
 
 if TYPE_CHECKING:
     import torch
 
+SCHEDULER_CONFIG = "scheduler_config.json"
 LIBRARIES = ("diffusers", "transformers")
 """The only libraries a `model_index.json` may name classes from (anything else is refused, not imported)."""
 
@@ -126,13 +128,18 @@ def detect_model_type(source: str) -> str:
         return tiny_model(source.removeprefix(TINY_PREFIX))[0].name
     detection = hub_detection(source) if kind == HUB else detect_path(source)
     if detection.kind != MODEL:
-        raise UserError(f"{source} is a {detection.description}, not a base model", where="model.base")
+        raise _not_a_base_model(source, detection)
+    if detection.family is None and not detection.candidates:
+        raise UserError(
+            f"{source} is a model of no family this version supports ({detection.reason})",
+            where="model.base",
+            hint=f"Supported model types: {', '.join(family_names())}.",
+        )
     if detection.family is None:
-        choices = ", ".join(detection.candidates) or "a model type"
         raise UserError(
             f"cannot tell which model family {source} is ({detection.reason})",
             where="model.base",
-            hint=f"Say it with --model-type (or model.type): {choices}.",
+            hint=f"Say it with --model-type (or model.type): {', '.join(detection.candidates)}.",
         )
     return detection.family
 
@@ -141,18 +148,15 @@ def check_family(detection: Detection, spec: FamilySpec) -> None:
     """Refuse a source that is not a base model of `spec`'s family, saying what it is instead."""
     what = detection.path.name if detection.path else "the model"
     if detection.kind != MODEL:
-        noun = "a LoRA" if detection.kind == LORA else "an embedding"
-        raise UserError(
-            f"{what} is {noun}, not a base model",
-            where="model.base",
-            hint="Pass a base model (diffusers folder or checkpoint).",
-        )
+        raise _not_a_base_model(what, detection)
     if detection.family is None:
-        if detection.candidates and spec.name not in detection.candidates:
+        if spec.name not in detection.candidates:
             raise UserError(
                 f"{what} is not a {spec.title} model ({detection.reason})",
                 where="model.base",
-                hint=f"Set the model type to one of: {', '.join(detection.candidates)}.",
+                hint=f"Set the model type to one of: {', '.join(detection.candidates)}."
+                if detection.candidates
+                else "No model family of this version recognises it.",
             )
         return
     if detection.family != spec.name:
@@ -162,6 +166,15 @@ def check_family(detection: Detection, spec: FamilySpec) -> None:
             where="model.base",
             hint=f"Set the model type to {detection.family} (model.type / --model-type), or omit it to detect it.",
         )
+
+
+def _not_a_base_model(what: str, detection: Detection) -> UserError:
+    noun = "a LoRA" if detection.kind == LORA else "an embedding"
+    return UserError(
+        f"{what} is {noun}, not a base model ({detection.description})",
+        where="model.base",
+        hint="Pass a base model (diffusers folder or checkpoint).",
+    )
 
 
 def hub_detection(repo: str) -> Detection:
@@ -199,11 +212,12 @@ def _from_tiny(source: str, spec: FamilySpec) -> LoadedParts:
         tokenizers=tokenizers,
         scheduler=scheduler_config(pipe),
         prediction_type=getattr(pipe.scheduler.config, "prediction_type", None),
-        pipeline_config=_pipeline_config(dict(pipe.config)),
+        pipeline_config=pipeline_settings(dict(pipe.config)),
     )
 
 
-def _component_class(index: dict[str, Any], name: str, source: str) -> type | None:
+def _component_class(index: dict[str, Any], name: str, source: str) -> Any:
+    """The diffusers or transformers class `model_index.json` names for `name` (None where it has none)."""
     entry = index.get(name)
     if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
         return None
@@ -214,14 +228,11 @@ def _component_class(index: dict[str, Any], name: str, source: str) -> type | No
             "transformers classes are loaded",
             where="model.base",
         )
-    cls: type = getattr(importlib.import_module(library), class_name)
-    return cls
+    return getattr(importlib.import_module(library), class_name)
 
 
 def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.dtype, *, hub: bool) -> LoadedParts:
     """The family's components of a diffusers folder or hub repo, in `dtype`."""
-    from diffusers import SchedulerMixin
-
     with hub_errors(source, "base model", where="model.base", hub=hub):
         index = _read_json(_hub_file(location, "model_index.json") if hub else Path(location) / "model_index.json")
         components: dict[str, Any] = {}
@@ -241,7 +252,8 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
                 tokenizers[component.tokenizer] = tokenizer_class.from_pretrained(
                     location, subfolder=component.tokenizer
                 )
-        scheduler = dict(SchedulerMixin.load_config(location, subfolder="scheduler"))
+        scheduler_file = f"scheduler/{SCHEDULER_CONFIG}"
+        scheduler = _read_json(_hub_file(location, scheduler_file) if hub else Path(location) / scheduler_file)
     for component in spec.text_encoders:
         if component.name not in components or component.tokenizer is None:
             continue
@@ -259,13 +271,8 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
         tokenizers=tokenizers,
         scheduler=scheduler,
         prediction_type=scheduler.get("prediction_type") if spec.objective is Objective.DDPM else None,
-        pipeline_config=_pipeline_config(index),
+        pipeline_config=pipeline_settings(index),
     )
-
-
-def _pipeline_config(index: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
-    return {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
 
 
 def training_scheduler(spec: FamilySpec, config: dict[str, Any], prediction_type: str | None) -> Any:

@@ -59,6 +59,7 @@ def read_single_file(
         tokenizers={"tokenizer": loaded_tokenizer},
         scheduler=architecture.configs["scheduler"],
         prediction_type=prediction,
+        pipeline_config=architecture.settings,
     )
 
 

@@ -48,7 +48,7 @@ def build_metadata(
     `inherited` (a converted file's own header) is kept, and our keys are written over it.
     """
     metadata = {k: v for k, v in (inherited or {}).items() if k != "format"}
-    resolution = config.data.resolution if config is not None else None
+    resolution = _largest_resolution(config)
     known = spec is not None and (prediction_type is not None or spec.objective is not Objective.DDPM)
     if spec is not None and known:
         metadata.update(
@@ -74,6 +74,12 @@ def build_metadata(
     return metadata
 
 
+def _largest_resolution(config: TrainConfig | None) -> int | None:
+    """The side a run trained at; a multi-resolution run's largest, the size its outputs are meant for."""
+    resolution = config.data.resolution if config is not None else None
+    return max(resolution) if isinstance(resolution, list) else resolution
+
+
 def _ss_fields(
     lora_kind: str | None,
     rank: int | None,
@@ -96,5 +102,6 @@ def _ss_fields(
         fields["optimizer"] = config.training.optimizer.value
         fields["lr_scheduler"] = config.training.lr_scheduler.value
         fields["mixed_precision"] = config.training.precision.value
-        fields["resolution"] = (config.data.resolution, config.data.resolution)
+        largest = _largest_resolution(config)
+        fields["resolution"] = None if largest is None else (largest, largest)
     return fields

@@ -349,11 +349,14 @@ def detect_pipeline(index: Mapping[str, Any], configs: Mapping[str, Mapping[str,
 
 
 def pipeline_config_files(index: Mapping[str, Any]) -> list[str]:
-    """The config files `detect_pipeline` reads, relative to the pipeline folder (for hub repos)."""
-    files = [f"{name}/config.json" for name, value in index.items() if isinstance(value, list)]
-    return [file for file in files if not file.startswith(("tokenizer", "scheduler"))] + [
-        "scheduler/scheduler_config.json"
-    ]
+    """The config files `detect_pipeline` reads, relative to the pipeline folder (for hub repos).
+
+    Only the components of the families whose pipeline class this is, and only those present: a hub
+    repo has no config for an absent (`[null, null]`) part, and its feature extractor's is named otherwise.
+    """
+    names = {c.name for spec in by_pipeline_class(str(index.get("_class_name", ""))) for c in spec.components}
+    present = [name for name, value in index.items() if name in names and isinstance(value, list) and value[0]]
+    return [f"{name}/config.json" for name in present] + ["scheduler/scheduler_config.json"]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -36,11 +36,10 @@ def test_odd_image_folder_reports_counts_buckets_and_skipped_files(odd_image_dat
 
 
 def test_sdxl_buckets_use_its_quantisation(image_dataset_dir: Path) -> None:
-    from onetrainer.util.enums import ModelType
     from onetrainer.util.registry import ModuleKind, lookup
 
     try:
-        lookup(ModuleKind.SETUP, ModelType.SDXL)
+        lookup(ModuleKind.SETUP, "sdxl")
     except UserError:
         pytest.skip("the SDXL setup is not registered in this build yet")
     result = inspect_path(image_dataset_dir, resolution=128, model_type="sdxl")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from onetrainer.inspection.dispatch import inspect_path
+from onetrainer.util.family import find_family
 
 
 def _parameters(folder: Path) -> int:
@@ -37,8 +38,13 @@ def test_diffusers_folder_lists_components_with_parameter_counts(tiny_sd15_dir: 
 def test_sdxl_folder_has_two_text_encoders(tiny_sdxl_dir: Path) -> None:
     result = inspect_path(tiny_sdxl_dir)
 
-    assert result.model_type == "sdxl"
     assert {"text_encoder", "text_encoder_2", "tokenizer_2"} <= set(result.details["components"])
+    if find_family("sdxl") is None:  # a pipeline of no registered family is still described, family unknown
+        assert result.model_type is None
+        assert result.summary.startswith("unknown-family model")
+        assert "StableDiffusionXLPipeline" in result.details["detected_by"]
+    else:
+        assert result.model_type == "sdxl"
 
 
 def test_single_file_components_match_the_folder(single_file: Path, tiny_sd15_dir: Path) -> None:

@@ -7,17 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from onetrainer.model.configs import VARIANTS, config_dir
+from onetrainer.model.configs import config_dir, shipped_configs
 from onetrainer.model_loader.architecture import resolve_architecture
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import get_family
+
+SD15, SD2 = get_family("sd15"), get_family("sd2")
 
 # Parameter counts of the released models (UNet, VAE, text encoder); SD 2.x uses 23 of OpenCLIP-H's
 # 24 text layers, as its diffusers text encoder does.
 RELEASED_SIZES = {
-    (ModelType.SD15, False): (859_520_964, 83_653_863, 123_060_480),
-    (ModelType.SD2, False): (865_910_724, 83_653_863, 340_387_840),
-    (ModelType.SD2, True): (865_910_724, 83_653_863, 340_387_840),
+    ("sd15", "epsilon"): (859_520_964, 83_653_863, 123_060_480),
+    ("sd2", "epsilon"): (865_910_724, 83_653_863, 340_387_840),
+    ("sd2", "v_prediction"): (865_910_724, 83_653_863, 340_387_840),
 }
 
 
@@ -34,12 +36,12 @@ def _parameters(configs: dict) -> tuple[int, int, int]:
     return tuple(sum(p.numel() for p in module.parameters()) for module in modules)
 
 
-@pytest.mark.parametrize(("model_type", "v_prediction"), list(RELEASED_SIZES))
-def test_shipped_configs_build_the_released_architectures(model_type: ModelType, v_prediction: bool) -> None:
-    architecture = resolve_architecture(None, model_type, v_prediction=v_prediction)
-    assert _parameters(architecture.configs) == RELEASED_SIZES[(model_type, v_prediction)]
+@pytest.mark.parametrize(("model_type", "prediction"), list(RELEASED_SIZES))
+def test_shipped_configs_build_the_released_architectures(model_type: str, prediction: str) -> None:
+    architecture = resolve_architecture(None, get_family(model_type), prediction)
+    assert _parameters(architecture.configs) == RELEASED_SIZES[(model_type, prediction)]
     scheduler = architecture.configs["scheduler"]
-    assert scheduler["prediction_type"] == ("v_prediction" if v_prediction else "epsilon")
+    assert scheduler["prediction_type"] == prediction
     assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["beta_schedule"]) == (
         0.00085,
         0.012,
@@ -48,14 +50,15 @@ def test_shipped_configs_build_the_released_architectures(model_type: ModelType,
 
 
 def test_sd2_variants_differ_in_resolution_and_attention_upcast() -> None:
-    base = resolve_architecture(None, ModelType.SD2, v_prediction=False).configs["unet"]
-    v768 = resolve_architecture(None, ModelType.SD2, v_prediction=True).configs["unet"]
+    base = resolve_architecture(None, SD2, "epsilon").configs["unet"]
+    v768 = resolve_architecture(None, SD2, "v_prediction").configs["unet"]
+    assert resolve_architecture(None, SD2, None).configs["unet"] == v768  # an unmarked 2.x file is 768-v
     assert (base["sample_size"], v768["sample_size"]) == (64, 96)
     assert (base["upcast_attention"], v768["upcast_attention"]) == (False, True)
 
 
 def test_shipped_folders_hold_configs_only() -> None:
-    for variant in VARIANTS:
+    for variant in shipped_configs():
         files = {p.relative_to(config_dir(variant)).as_posix() for p in config_dir(variant).rglob("*") if p.is_file()}
         assert files == {
             "model_index.json",
@@ -67,10 +70,10 @@ def test_shipped_folders_hold_configs_only() -> None:
 
 
 def test_folder_and_tiny_sources(tiny_sd15_dir: Path) -> None:
-    folder = resolve_architecture(str(tiny_sd15_dir), ModelType.SD15, v_prediction=False)
+    folder = resolve_architecture(str(tiny_sd15_dir), SD15, None)
     assert folder.configs["unet"]["block_out_channels"] == [32, 64]
     assert folder.tokenizer_at == (str(tiny_sd15_dir), "tokenizer")
-    tiny = resolve_architecture("tiny:sd2-v", ModelType.SD2, v_prediction=True)
+    tiny = resolve_architecture("tiny:sd2-v", SD2, "v_prediction")
     assert tiny.configs["scheduler"]["prediction_type"] == "v_prediction"
 
 
@@ -78,12 +81,12 @@ def test_a_file_or_an_incomplete_folder_is_not_an_architecture(tmp_path: Path) -
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"x")
     with pytest.raises(UserError, match="not a file"):
-        resolve_architecture(str(file), ModelType.SD15, v_prediction=False)
+        resolve_architecture(str(file), SD15, None)
     with pytest.raises(UserError, match=r"has no unet/config\.json"):
-        resolve_architecture(str(tmp_path), ModelType.SD15, v_prediction=False)
+        resolve_architecture(str(tmp_path), SD15, None)
 
 
 def test_uncached_hub_config_offline_is_explained() -> None:
     with pytest.raises(UserError, match="not in the Hugging Face cache") as caught:
-        resolve_architecture("onetrainer-test/no-such-model", ModelType.SD15, v_prediction=False)
+        resolve_architecture("onetrainer-test/no-such-model", SD15, None)
     assert caught.value.where == "model.config"

@@ -12,8 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from onetrainer.model_loader.checkpoint import WeightsFile
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
-from onetrainer.util.enums import ModelType
+from onetrainer.model_loader.pipeline import load_model
 from onetrainer.util.errors import UserError
 
 
@@ -28,23 +27,23 @@ def test_single_file_with_its_config_folder_equals_the_original(
 ) -> None:
     path = request.getfixturevalue(fixture)
     config = tiny_sd15_dir if "sd15" in fixture else tiny_sd2_dir
-    loaded, original = load_stable_diffusion(path, config=config), load_stable_diffusion(tiny)
+    loaded, original = load_model(path, config=config), load_model(tiny)
     for component in ("unet", "vae", "text_encoder"):
         assert _same_weights(getattr(loaded, component), getattr(original, component)), component
-    assert loaded.model_type is original.model_type
+    assert loaded.model_type == original.model_type
     assert loaded.prediction_type == original.prediction_type
     assert len(loaded.tokenizer) == 1514
 
 
 def test_tiny_name_serves_as_architecture_and_tokenizer(sd2_single_file: Path) -> None:
-    model = load_stable_diffusion(sd2_single_file, config="tiny:sd2-v", dtype="fp16")
+    model = load_model(sd2_single_file, config="tiny:sd2-v", dtype="fp16")
     assert model.unet.dtype == torch.float16
-    assert (model.model_type, model.prediction_type) == (ModelType.SD2, "v_prediction")
+    assert (model.model_type, model.prediction_type) == ("sd2", "v_prediction")
 
 
 def test_shipped_config_of_another_size_is_refused_with_a_hint(sd15_single_file: Path, tiny_sd15_dir: Path) -> None:
     with pytest.raises(UserError, match="does not match the shipped sd15 config") as info:
-        load_stable_diffusion(sd15_single_file, tokenizer=tiny_sd15_dir)
+        load_model(sd15_single_file, tokenizer=tiny_sd15_dir)
     assert "--config" in (info.value.hint or "")
 
 
@@ -55,14 +54,14 @@ def test_explicit_tokenizer_folder_is_used(sd15_single_file: Path, tiny_sd15_dir
         for file in (tiny_sd15_dir / part).glob("*.json"):
             (config_only / part / file.name).write_text(file.read_text())
     with pytest.raises(UserError, match="no tokenizer is reachable that fits") as info:
-        load_stable_diffusion(sd15_single_file, config=config_only)
+        load_model(sd15_single_file, config=config_only)
     assert "HF_HUB_OFFLINE" in (info.value.hint or "")
-    model = load_stable_diffusion(sd15_single_file, config=config_only, tokenizer=tiny_sd15_dir / "tokenizer")
-    assert model.tokenizer("a photo").input_ids == load_stable_diffusion("tiny:sd15").tokenizer("a photo").input_ids
+    model = load_model(sd15_single_file, config=config_only, tokenizer=tiny_sd15_dir / "tokenizer")
+    assert model.tokenizer("a photo").input_ids == load_model("tiny:sd15").tokenizer("a photo").input_ids
 
 
 def test_prediction_type_override_beats_file_metadata(sd2_single_file: Path) -> None:
-    model = load_stable_diffusion(sd2_single_file, config="tiny:sd2-v", prediction_type="epsilon")
+    model = load_model(sd2_single_file, config="tiny:sd2-v", prediction_type="epsilon")
     assert model.prediction_type == model.noise_scheduler.config.prediction_type == "epsilon"
 
 
@@ -70,8 +69,8 @@ def test_weights_only_ckpt_loads_like_the_safetensors(sd15_single_file: Path, tm
     ckpt = tmp_path / "model.ckpt"
     with WeightsFile(sd15_single_file) as weights:
         torch.save({"state_dict": {k: weights.tensor(k) for k in weights}, "global_step": 1}, ckpt)
-    a = load_stable_diffusion(ckpt, config="tiny:sd15")
-    b = load_stable_diffusion(sd15_single_file, config="tiny:sd15")
+    a = load_model(ckpt, config="tiny:sd15")
+    b = load_model(sd15_single_file, config="tiny:sd15")
     assert _same_weights(a.unet, b.unet)
     assert _same_weights(a.text_encoder, b.text_encoder)
 
@@ -80,7 +79,7 @@ def test_ckpt_needing_full_unpickling_is_refused(tmp_path: Path) -> None:
     ckpt = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": argparse.Namespace(lr=1.0)}, ckpt)
     with pytest.raises(UserError, match="is refused: besides tensors it holds Python objects"):
-        load_stable_diffusion(ckpt, config="tiny:sd15")
+        load_model(ckpt, config="tiny:sd15")
 
 
 def test_corrupt_safetensors_is_a_user_error(tmp_path: Path) -> None:
@@ -88,10 +87,16 @@ def test_corrupt_safetensors_is_a_user_error(tmp_path: Path) -> None:
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
     with pytest.raises(UserError):
-        load_stable_diffusion(path)
+        load_model(path)
 
 
-def test_checkpoint_of_another_family_names_it(tmp_path: Path) -> None:
+def test_checkpoint_of_another_family_names_it(sd2_single_file: Path) -> None:
+    with pytest.raises(UserError, match=r"model type sd15 was asked for, but .* is a SD 2\.x model") as info:
+        load_model(sd2_single_file, model_type="sd15", config="tiny:sd15")
+    assert "sd2" in (info.value.hint or "")
+
+
+def test_checkpoint_of_an_unregistered_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     path = tmp_path / "xl.safetensors"
     save_file(
         {
@@ -100,32 +105,33 @@ def test_checkpoint_of_another_family_names_it(tmp_path: Path) -> None:
         },
         str(path),
     )
-    with pytest.raises(UserError, match="is a SDXL model"):
-        load_stable_diffusion(path)
+    with pytest.raises(UserError, match="is not a model, LoRA or embedding this tool knows") as info:
+        load_model(path)
+    assert "SD 1.x, SD 2.x" in (info.value.hint or "")
 
 
 def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "unet-and-te.safetensors"
     with WeightsFile(sd15_single_file) as weights:
         save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
-    with pytest.raises(UserError, match="has no vae weights") as info:
-        load_stable_diffusion(path, config="tiny:sd15")
+    with pytest.raises(UserError, match="has no VAE weights") as info:
+        load_model(path, config="tiny:sd15")
     assert "--vae" in (info.value.hint or "")
 
 
 def test_single_file_takes_a_small_tokenizer_that_fits_and_refuses_one_that_does_not(
     tmp_path: Path, tiny_sd15_dir: Path, small_tokenizer
 ) -> None:
-    from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+    from onetrainer.model_saver.diffusion import DiffusionSaver
     from onetrainer.util.enums import TrainingMethod
 
-    model = load_stable_diffusion(tiny_sd15_dir)
+    model = load_model(tiny_sd15_dir)
     model.text_encoder.resize_token_embeddings(len(small_tokenizer))
-    model.tokenizer = small_tokenizer
-    folder = StableDiffusionSaver().save(model, tmp_path / "small", method=TrainingMethod.FULL, dtype=None)[0]
-    single = StableDiffusionSaver().save(model, tmp_path / "small.safetensors", method=TrainingMethod.FULL)[0]
+    model.tokenizers["tokenizer"] = small_tokenizer
+    folder = DiffusionSaver().save(model, tmp_path / "small", method=TrainingMethod.FULL, dtype=None)[0]
+    single = DiffusionSaver().save(model, tmp_path / "small.safetensors", method=TrainingMethod.FULL)[0]
 
-    loaded = load_stable_diffusion(single, config=folder)
+    loaded = load_model(single, config=folder)
     assert len(loaded.tokenizer) == loaded.text_encoder.config.vocab_size == 100
     with pytest.raises(UserError, match="no CLIP tokenizer of 100 tokens"):
-        load_stable_diffusion(single, config=folder, tokenizer=tiny_sd15_dir / "tokenizer")
+        load_model(single, config=folder, tokenizer=tiny_sd15_dir / "tokenizer")

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from onetrainer.model.stable_diffusion import StableDiffusionModel
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import load_model
 
 ADAPTER_PARAMS = ("lora_A", "lora_B", "hada_", "lokr_")
 PROMPT = "a photo of a cat"
 
 
-def randomize_adapter(model: StableDiffusionModel, seed: int = 0) -> None:
+def lora_targets(model: DiffusionModel, components: tuple[str, ...], preset: str = "attn-mlp") -> dict[str, Any]:
+    """The family's own LoRA target table of each component, at `preset`."""
+    from onetrainer.model.adapters.lora import LoraTargets
+
+    return {name: LoraTargets(preset=preset, presets=model.spec.component(name).lora_presets) for name in components}
+
+
+def randomize_adapter(model: DiffusionModel, seed: int = 0) -> None:
     """A fresh adapter changes nothing (its up factor is zero); give every factor small random values,
     and every DoRA magnitude its own value within 20 % of its start, so a loader that drops them shows."""
     generator = torch.Generator().manual_seed(seed)
@@ -28,18 +36,18 @@ def randomize_adapter(model: StableDiffusionModel, seed: int = 0) -> None:
 
 
 @pytest.fixture
-def lora_model(tiny_sd15_dir: Path) -> Callable[..., StableDiffusionModel]:
+def lora_model(tiny_sd15_dir: Path) -> Callable[..., DiffusionModel]:
     """`lora_model(kind, alpha=8.0, fmt="kohya")`: tiny SD 1.5 with a rank-4 adapter on the UNet and text
     encoder; a DoRA keeps its magnitudes on the axis the output format `fmt` needs."""
     from onetrainer.model.adapters.dora import dora_axis
     from onetrainer.model.adapters.lora import inject_lora
 
-    def build(kind: str = "lora", alpha: float = 8.0, fmt: str = "kohya") -> StableDiffusionModel:
-        model = load_stable_diffusion(tiny_sd15_dir)
-        adapter = inject_lora(
-            model, kind=kind, rank=4, alpha=alpha, components=("unet", "text_encoder"), dora_axis=dora_axis(fmt)
+    def build(kind: str = "lora", alpha: float = 8.0, fmt: str = "kohya") -> DiffusionModel:
+        model = load_model(tiny_sd15_dir)
+        targets = lora_targets(model, ("unet", "text_encoder"))
+        model.adapters.lora = inject_lora(
+            model, kind=kind, rank=4, alpha=alpha, targets=targets, dora_axis=dora_axis(fmt)
         )
-        model.adapters["lora"] = adapter
         randomize_adapter(model)
         return model
 

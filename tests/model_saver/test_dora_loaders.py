@@ -17,14 +17,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from onetrainer.model.stable_diffusion import StableDiffusionModel
-from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
-from onetrainer.util.keymaps.lora import peft_module_path, peft_to_kohya
+from onetrainer.util.family import get_family
+from onetrainer.util.keymaps.lora import peft_to_kohya
 from onetrainer.util.keymaps.lora_peft import peft_adapter_state
 
 STRENGTHS = (1.0, 0.6)
+NAMING = get_family("sd15").lora_naming
+assert NAMING is not None
 
 
 def a1111_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], strength: float) -> torch.Tensor:
@@ -97,14 +100,14 @@ def _base_output(layer: torch.nn.Module, weight: torch.Tensor, x: torch.Tensor) 
 
 
 def _worst_error(
-    model: StableDiffusionModel, path: Path, loader: Callable[..., torch.Tensor], strength: float = 1.0
+    model: DiffusionModel, path: Path, loader: Callable[..., torch.Tensor], strength: float = 1.0
 ) -> tuple[float, int]:
     """The largest difference between a trained layer's output and the loader's weight on the same input,
     relative to what the adapter changes in that layer; and how many layers were compared."""
     generator = torch.Generator().manual_seed(4)
     worst, count = 0.0, 0
     for name, params in _kohya_modules(path).items():
-        component, _, module = peft_module_path(name, "sd15").partition(".")
+        component, _, module = NAMING.from_kohya(name).partition(".")
         layer = getattr(model, component).get_submodule(module)
         weight = layer.get_base_layer().weight.detach().float()
         x = _layer_input(layer, generator)
@@ -118,14 +121,14 @@ def _worst_error(
     return worst, count
 
 
-def _adapted_layers(model: StableDiffusionModel) -> int:
+def _adapted_layers(model: DiffusionModel) -> int:
     from peft.tuners.lora import LoraLayer
 
     return sum(isinstance(m, LoraLayer) for c in ("unet", "text_encoder") for m in getattr(model, c).modules())
 
 
-def _save(model: StableDiffusionModel, path: Path, fmt: str) -> Path:
-    saver = StableDiffusionSaver()
+def _save(model: DiffusionModel, path: Path, fmt: str) -> Path:
+    saver = DiffusionSaver()
     return saver.save(model, path, method=TrainingMethod.LORA, format=fmt, dtype="fp32")[0]
 
 
@@ -156,7 +159,7 @@ def test_peft_s_per_row_layout_would_compute_other_weights_in_the_uis(
         tensors.update(own)
         alphas.update(own_alphas)
     path = tmp_path / "per-row.safetensors"
-    save_file(peft_to_kohya(tensors, alphas), str(path))
+    save_file(peft_to_kohya(tensors, alphas, NAMING), str(path))
     error, _ = _worst_error(model, path, LOADERS[loader])
     assert error > 0.05
 

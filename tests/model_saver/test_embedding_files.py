@@ -9,23 +9,29 @@ import torch
 from safetensors import safe_open
 
 from onetrainer.model.adapters.embedding import add_embedding, expand_placeholders, read_embedding_file
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
-from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.util.enums import TrainingMethod
+from onetrainer.util.family import get_family
 
 PLACEHOLDER = "<my-cat>"
+SD15 = get_family("sd15")
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[encoder], b[encoder]) for encoder in a)
 
 
 def _embedded_model(tiny_sd15_dir: Path, count: int = 2):
-    model = load_stable_diffusion(tiny_sd15_dir)
+    model = load_model(tiny_sd15_dir)
     vectors = torch.randn(count, 32, generator=torch.Generator().manual_seed(3))
-    embedding = add_embedding(model, PLACEHOLDER, vectors=vectors)
-    model.adapters["embeddings"] = [embedding]
+    embedding = add_embedding(model, PLACEHOLDER, vectors={"text_encoder": vectors})
+    model.adapters.embeddings = [embedding]
     return model, embedding
 
 
 def _save(model, path: Path, fmt: str) -> list[Path]:
-    return StableDiffusionSaver().save(model, path, method=TrainingMethod.EMBEDDING, format=fmt, dtype="fp32")
+    return DiffusionSaver().save(model, path, method=TrainingMethod.EMBEDDING, format=fmt, dtype="fp32")
 
 
 @pytest.mark.parametrize(("fmt", "key"), [("a1111", "emb_params"), ("diffusers", PLACEHOLDER)])
@@ -35,7 +41,7 @@ def test_round_trip_gives_identical_vectors(tiny_sd15_dir: Path, tmp_path: Path,
     with safe_open(str(path), "pt") as handle:
         assert list(handle.keys()) == [key]
         metadata = handle.metadata()
-    assert torch.equal(read_embedding_file(path, "sd15"), embedding.vectors(model))
+    assert _equal(read_embedding_file(path, SD15), embedding.vectors())
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
     assert metadata["modelspec.trigger_phrase"] == PLACEHOLDER
 
@@ -61,19 +67,21 @@ def test_diffusers_load_textual_inversion_encodes_like_our_model(tiny_sd15_dir: 
 
 
 def test_extra_embeddings_are_written_beside_a_lora(tiny_sd15_dir: Path, tmp_path: Path) -> None:
-    from onetrainer.model.adapters.lora import inject_lora
+    from onetrainer.model.adapters.lora import LoraTargets, inject_lora
 
     model, embedding = _embedded_model(tiny_sd15_dir, count=1)
-    model.adapters["lora"] = inject_lora(model, kind="lora", rank=2, alpha=2, components=("unet",))
-    written = StableDiffusionSaver().save(model, tmp_path / "out" / "style.safetensors", method=TrainingMethod.LORA)
+    targets = {"unet": LoraTargets(presets=SD15.component("unet").lora_presets)}
+    model.adapters.lora = inject_lora(model, kind="lora", rank=2, alpha=2, targets=targets)
+    written = DiffusionSaver().save(model, tmp_path / "out" / "style.safetensors", method=TrainingMethod.LORA)
     assert written == [tmp_path / "out" / "style.safetensors", tmp_path / "out" / "embeddings" / "my-cat.safetensors"]
-    assert torch.equal(read_embedding_file(written[1], "sd15"), embedding.vectors(model).half().float())
+    half = {encoder: vectors.half().float() for encoder, vectors in embedding.vectors().items()}
+    assert _equal(read_embedding_file(written[1], SD15), half)
 
 
 def test_full_save_keeps_embeddings_out_of_the_pipeline(tiny_sd15_dir: Path, tmp_path: Path) -> None:
     model, embedding = _embedded_model(tiny_sd15_dir)
-    written = StableDiffusionSaver().save(model, tmp_path / "pipeline", method=TrainingMethod.FULL, dtype=None)
+    written = DiffusionSaver().save(model, tmp_path / "pipeline", method=TrainingMethod.FULL, dtype=None)
     assert written == [tmp_path / "pipeline", tmp_path / "embeddings" / "my-cat.safetensors"]
-    reloaded = load_stable_diffusion(written[0])
+    reloaded = load_model(written[0])
     assert len(reloaded.tokenizer) == reloaded.text_encoder.get_input_embeddings().num_embeddings == 1514
-    assert torch.equal(read_embedding_file(written[1], "sd15"), embedding.vectors(model))
+    assert _equal(read_embedding_file(written[1], SD15), embedding.vectors())

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
-from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.util.config.loader import load_config
-from onetrainer.util.enums import ModelType, TrainingMethod
+from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, lookup
 
@@ -21,7 +21,7 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 
 
 def _save(model, path: Path, **options) -> Path:
-    return StableDiffusionSaver().save(model, path, method=TrainingMethod.FULL, **options)[0]
+    return DiffusionSaver().save(model, path, method=TrainingMethod.FULL, **options)[0]
 
 
 def _assert_same(a, b, dtype: torch.dtype | None = None) -> None:
@@ -34,23 +34,23 @@ def _assert_same(a, b, dtype: torch.dtype | None = None) -> None:
 
 
 def test_saver_is_registered_for_sd15_and_sd2() -> None:
-    assert lookup(ModuleKind.SAVER, ModelType.SD15) is StableDiffusionSaver
-    assert lookup(ModuleKind.SAVER, ModelType.SD2) is StableDiffusionSaver
+    assert lookup(ModuleKind.SAVER, "sd15") is DiffusionSaver
+    assert lookup(ModuleKind.SAVER, "sd2") is DiffusionSaver
 
 
 @pytest.mark.parametrize("base", ["tiny:sd15", "tiny:sd2-v"])
 def test_single_file_round_trip_is_exact(tmp_path: Path, base: str) -> None:
-    model = load_stable_diffusion(base)
+    model = load_model(base)
     path = _save(model, tmp_path / "model.safetensors", dtype=None)
-    reloaded = load_stable_diffusion(path, config=base)
+    reloaded = load_model(path, config=base)
     _assert_same(model, reloaded)
     assert reloaded.prediction_type == model.prediction_type
 
 
 def test_diffusers_folder_round_trip_in_fp16(tmp_path: Path) -> None:
-    model = load_stable_diffusion("tiny:sd2-v")
+    model = load_model("tiny:sd2-v")
     folder = _save(model, tmp_path / "pipeline", dtype="fp16")
-    reloaded = load_stable_diffusion(folder, dtype="fp16")
+    reloaded = load_model(folder, dtype="fp16")
     _assert_same(model, reloaded, dtype=torch.float16)
     assert reloaded.prediction_type == "v_prediction"
     index = json.loads((folder / "model_index.json").read_text())
@@ -62,7 +62,7 @@ def test_single_file_metadata(tmp_path: Path, image_dataset_dir: Path) -> None:
     config = load_config(
         None, ["model.base=tiny:sd2-v", f"data.concepts.0.path={image_dataset_dir}", "data.resolution=64"]
     )
-    path = _save(load_stable_diffusion("tiny:sd2-v"), tmp_path / "mine.safetensors", config=config)
+    path = _save(load_model("tiny:sd2-v"), tmp_path / "mine.safetensors", config=config)
     with safe_open(str(path), "pt") as handle:
         metadata, keys = handle.metadata(), set(handle.keys())
     assert metadata["modelspec.architecture"] == "stable-diffusion-v2-768-v"
@@ -73,6 +73,16 @@ def test_single_file_metadata(tmp_path: Path, image_dataset_dir: Path) -> None:
     assert any(key.startswith("cond_stage_model.model.transformer.resblocks.0.attn.in_proj") for key in keys)
 
 
+def test_a_multi_resolution_run_records_its_largest_resolution(tmp_path: Path, image_dataset_dir: Path) -> None:
+    config = load_config(
+        None, ["model.base=tiny:sd15", f"data.concepts.0.path={image_dataset_dir}", "data.resolution=[64,96,128]"]
+    )
+    path = _save(load_model("tiny:sd15"), tmp_path / "multi.safetensors", config=config)
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["modelspec.resolution"], metadata["ss_resolution"]) == ("128x128", "(128, 128)")
+
+
 @pytest.mark.parametrize(("base", "fixture"), [("tiny:sd15", "tiny_sd15_dir"), ("tiny:sd2-v", "tiny_sd2_dir")])
 def test_diffusers_from_single_file_reads_our_file(
     request: pytest.FixtureRequest, prediction: Callable, tmp_path: Path, base: str, fixture: str
@@ -80,7 +90,7 @@ def test_diffusers_from_single_file_reads_our_file(
     from diffusers import StableDiffusionPipeline
 
     config = request.getfixturevalue(fixture)
-    model = load_stable_diffusion(base)
+    model = load_model(base)
     path = _save(model, tmp_path / "model.safetensors", dtype=None)
     pipe = StableDiffusionPipeline.from_single_file(
         str(path), config=str(config), local_files_only=True, safety_checker=None, feature_extractor=None
@@ -97,7 +107,7 @@ def test_diffusers_from_single_file_reads_our_file(
 
 
 def test_existing_output_is_refused_unless_overwriting(tmp_path: Path) -> None:
-    model = load_stable_diffusion("tiny:sd15")
+    model = load_model("tiny:sd15")
     path = _save(model, tmp_path / "model.safetensors")
     with pytest.raises(UserError, match="already exists"):
         _save(model, path)
@@ -105,10 +115,11 @@ def test_existing_output_is_refused_unless_overwriting(tmp_path: Path) -> None:
 
 
 def test_a_model_with_lora_layers_is_not_saved_as_a_base_model(tmp_path: Path) -> None:
-    from onetrainer.model.adapters.lora import inject_lora
+    from onetrainer.model.adapters.lora import LoraTargets, inject_lora
 
-    model = load_stable_diffusion("tiny:sd15")
-    inject_lora(model, kind="lora", rank=2, alpha=2, components=("unet",))
+    model = load_model("tiny:sd15")
+    targets = {"unet": LoraTargets(presets=model.spec.component("unet").lora_presets)}
+    inject_lora(model, kind="lora", rank=2, alpha=2, targets=targets)
     with pytest.raises(UserError, match="LoRA layers injected"):
         _save(model, tmp_path / "model.safetensors")
     assert not (tmp_path / "model.safetensors").exists()

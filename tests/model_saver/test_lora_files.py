@@ -12,13 +12,14 @@ from safetensors import safe_open
 
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model_saver.adapter_files import lora_from_model
-from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import get_family
 
 
 def _save(model, path: Path, fmt: str, dtype: str | None = None) -> Path:
-    return StableDiffusionSaver().save(model, path, method=TrainingMethod.LORA, format=fmt, dtype=dtype)[0]
+    return DiffusionSaver().save(model, path, method=TrainingMethod.LORA, format=fmt, dtype=dtype)[0]
 
 
 def _header(path: Path) -> tuple[list[str], dict[str, str]]:
@@ -36,7 +37,7 @@ def test_round_trip_gives_identical_tensors_and_alphas(
     model = lora_model(kind, fmt=fmt)
     tensors, alphas, saved_kind = lora_from_model(model)
     path = _save(model, tmp_path / f"{kind}.safetensors", fmt)
-    loaded = read_lora_file(path, "sd15")
+    loaded = read_lora_file(path, get_family("sd15"))
     assert saved_kind == loaded.kind == kind
     assert loaded.tensors.keys() == tensors.keys()
     assert all(torch.equal(loaded.tensors[k], tensors[k]) for k in tensors)
