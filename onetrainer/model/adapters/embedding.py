@@ -1,8 +1,8 @@
 """Textual-inversion embeddings: new tokens whose input vectors are their own small tensors.
 
 A placeholder of n vectors becomes n tokens (`<p>`, `<p>_1`, ... as diffusers names them) added to the
-tokenizer of every text encoder that takes embeddings (one for SD 1.x, CLIP-L and CLIP-G for SDXL,
-...), each with its own [n, width] vectors, as A1111's `clip_l` / `clip_g` files hold them. The
+tokenizer of every text encoder that takes embeddings (one for SD 1.x, two for families with two CLIP
+encoders, ...), each with its own [n, width] vectors, as A1111's `clip_l` / `clip_g` files hold them. The
 vectors are not rows of the encoders' token tables: the tables keep their shape and state-dict keys
 (so a full-model save or a single-file export is unchanged), and a thin lookup in front of each table
 substitutes an embedding's vectors wherever its tokens appear. Only those few numbers train.
