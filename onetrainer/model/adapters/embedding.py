@@ -204,6 +204,7 @@ def read_embedding_file(path: str | Path, spec: FamilySpec) -> dict[str, torch.T
     diffusers embedding file, for a model of family `spec`."""
     from onetrainer.model.adapters.files import read_tensor_file
     from onetrainer.util.detect import EMBEDDING, detect_path
+    from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.embeddings import a1111_to_embedding
     from onetrainer.util.keymaps.engine import KeyMapError
 
@@ -212,7 +213,8 @@ def read_embedding_file(path: str | Path, spec: FamilySpec) -> dict[str, torch.T
         raise UserError(f"{Path(path).name} is not an embedding: it is a {detection.description}", where=str(path))
     if detection.family is not None and detection.family != spec.name:
         raise UserError(
-            f"this embedding is for {detection.family} ({detection.reason}), not for this {spec.title} model",
+            f"this embedding is for {family_title(detection.family)} ({detection.reason}), not for this {spec.title} "
+            "model",
             where=str(path),
         )
     data, _ = read_tensor_file(path)
