@@ -21,8 +21,8 @@ EXAMPLES = (
         "onetrainer convert my-lora.safetensors my-lora-peft.safetensors --to peft --dtype fp16",
     ),
     (
-        "an SD 2.x 768 file that does not say what it predicts, as a diffusers folder",
-        "onetrainer convert sd2-768.ckpt sd2-768/ --prediction-type v_prediction",
+        "a v-prediction checkpoint that does not say what it predicts, as a diffusers folder",
+        "onetrainer convert model-768-v.ckpt model-768-v/ --prediction-type v_prediction",
     ),
 )
 INPUT_WHERE = {"model.base": "the INPUT argument", "model.config": "--config", "model.tokenizer": "--tokenizer"}

@@ -27,8 +27,8 @@ ModelType = Annotated[
     typer.Option(
         "--model-type",
         metavar="TYPE",
-        help="Model family, e.g. sd15 or sd2 (default: detected from the model); a family this command "
-        "cannot run is refused with the list of those it can.",
+        help="Model family, as model.type in a run config (default: detected from the model); a family this "
+        "command cannot run is refused with the list of those it can.",
     ),
 ]
 

@@ -6,11 +6,22 @@ from typing import Annotated
 
 import typer
 
+from onetrainer.util.config.presets import preset_names
 from onetrainer.util.errors import UserError
+
+
+def _lora_preset() -> str:
+    """A shipped LoRA preset to show in the example (the names come from the files, not from here)."""
+    try:
+        names = preset_names()
+    except FileNotFoundError:  # a broken install: `presets` itself reports it; `--help` must still work
+        return "NAME"
+    return next((name for name in names if name.endswith("-lora")), names[0] if names else "NAME")
+
 
 EXAMPLES = (
     ("list the presets with a description each", "onetrainer presets"),
-    ("start a config from a preset", "onetrainer presets sd15-lora > my-lora.yaml"),
+    ("start a config from a preset", f"onetrainer presets {_lora_preset()} > my-lora.yaml"),
 )
 
 
@@ -25,10 +36,10 @@ def presets(
         str | None, typer.Argument(metavar="NAME", help="Preset to print as YAML (omit to list them all).")
     ] = None,
 ) -> None:
-    """List the shipped training presets, or print one (`onetrainer presets sd15-lora > my.yaml`)."""
+    """List the shipped training presets, or print one (`onetrainer presets NAME > my.yaml`)."""
     from onetrainer.ui.console import stdout
     from onetrainer.ui.tables import preset_table
-    from onetrainer.util.config.presets import preset_description, preset_names, preset_text
+    from onetrainer.util.config.presets import preset_description, preset_text
     from onetrainer.util.suggest import did_you_mean
 
     names = preset_names()

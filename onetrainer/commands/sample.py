@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from onetrainer.model.diffusion import DiffusionModel
 
 EXAMPLES = (
-    ("one image from the built-in tiny model", 'onetrainer sample tiny:sd15 -p "a red circle" -o red.png'),
+    ("one image from a model file", 'onetrainer sample model.safetensors -p "a red circle" -o red.png'),
     (
         "four images (seeds 7 to 10) with a LoRA at 0.8 into a folder",
         'onetrainer sample model.safetensors -p "a photo of sks dog" --lora my-lora.safetensors:0.8 '
@@ -36,7 +36,9 @@ def sample(
     model: Annotated[
         str,
         typer.Argument(
-            metavar="MODEL", help="Base model: diffusers folder, .safetensors/.ckpt file, hub id or tiny:sd15."
+            metavar="MODEL",
+            help="Base model: diffusers folder, .safetensors/.ckpt file, hub id, or tiny:<name> (a built-in "
+            "random-weight model for quick tests; an unknown name lists them).",
         ),
     ],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to draw.")],

@@ -10,7 +10,8 @@ API for the trainer and commands:
 
 * `build_data_loader(config, *, image_encoder=None, text_encoder=None, cache_dir=None, rank=0,
   world_size=1, workers=None, quantisation=8, progress=ignore_events) -> DataLoader`
-  (`quantisation` 8 for SD 1.x/2.x, 64 for SDXL; `cache_dir` defaults to `data.cache_dir`, else
+  (`quantisation`: the family's bucket step, e.g. 8 where the VAE downsamples by 8 and the denoiser
+  takes every latent size; `cache_dir` defaults to `data.cache_dir`, else
   `<workspace>/cache`). Raises `ConfigError` for a missing concept folder and `UserError` (exit 2)
   when nothing would train, or under `data.strict` when any image is skipped.
 * `DataLoader.fill_cache() -> CacheStats`: the caching pass (call before training; on multi-GPU,

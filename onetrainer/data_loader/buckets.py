@@ -3,7 +3,8 @@
 Cropping every image square throws away the sides of portraits and landscapes; one resolution per
 image cannot be batched. Buckets are the compromise: for each of a fixed set of aspect ratios (1:1 to
 1:4 and their transposes) the resolution with about `target`² pixels, each side rounded to the
-family's quantisation (8 for SD 1/2, whose VAE downsamples by 8; 64 for SDXL). An image goes to the
+family's quantisation (its bucket step: 8 for a VAE that downsamples by 8, more for denoisers that
+patch the latents or were trained on coarser sizes). An image goes to the
 bucket whose aspect ratio is closest on a log scale, so 1:2 and 2:1 are equally far from 1:1.
 """
 

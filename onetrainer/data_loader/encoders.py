@@ -16,7 +16,7 @@ Contract:
   tensors with leading dimension B, e.g. {"latents": [B, 4, H/8, W/8]} already multiplied by the
   VAE scaling factor.
 * `TextEncoder.encode(captions)`: returns tensors with leading dimension B, e.g.
-  {"text_hidden": [B, 77, 768]} (SDXL adds a pooled output).
+  {"text_hidden": [B, 77, 768]} (a family may add others, such as a pooled output).
 * Output names must not start with `__` (reserved for the cache's own entries) and must not be
   `mask`, `captions` or any other batch key the loader fills itself.
 """

@@ -374,7 +374,7 @@ def build_data_loader(
     quantisation: int = 8,
     progress: ProgressCallback = ignore_events,
 ) -> DataLoader:
-    """The loader for one rank. `quantisation`: 8 for SD 1.x/2.x, 64 for SDXL.
+    """The loader for one rank. `quantisation`: the family's bucket step (`FamilySpec.bucket_step`).
 
     `cache_dir` defaults to `data.cache_dir`, else `<workspace>/cache`; `workers` to `data.workers`.
     """

@@ -1,6 +1,6 @@
 """Image nodes: decode, crop to the bucket, augment, and hand over pixels in [-1, 1] plus a mask.
 
-The crop is planned from the header size alone (`geometry`), so SDXL's micro-conditioning values and
+The crop is planned from the header size alone (`geometry`), so size micro-conditioning values and
 a cached sample's crop are known without decoding. Decoding then resizes only the crop box (Pillow's
 `resize(box=...)`), with Lanczos, which is antialiased when shrinking. Every geometric step is
 applied identically to the image and its mask; colour steps touch only the image. Each step is its
@@ -153,7 +153,7 @@ _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0
 
 
 def _hue(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
-    """Shift hue by rotating the chroma plane of YIQ, which keeps luminance."""
+    """Shift hue by rotating the colour (I, Q) plane of YIQ, which keeps luminance."""
     import torch
 
     image = values["image.saturated"]

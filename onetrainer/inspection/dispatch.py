@@ -9,7 +9,6 @@ is a `UserError` (exit 2) that says what was recognised, so the user knows why.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,8 @@ def inspect_path(
     config: str | Path | None = None,
 ) -> Inspection:
     """Describe `path`. The other arguments apply to image folders only: a run `config` to read the
-    folder with (as its only concept), and options that win over it (defaults: 512 px, the config's
-    default model type, batch 1).
+    folder with (as its only concept), and options that win over it (defaults: 512 px, the default
+    model type, batch 1).
     """
     target = Path(path).expanduser()
     if not target.exists():
@@ -84,7 +83,7 @@ def inspect_weights(path: Path) -> Inspection:
     return inspect_single_file(path, index, detection)
 
 
-def _prefixes(entries: Mapping[str, object]) -> str:
+def _prefixes(entries: dict[str, object]) -> str:
     counts = Counter(key.split(".")[0] for key in entries)
     shown = ", ".join(f"{prefix}.* x{count}" for prefix, count in counts.most_common(4))
     return shown or "no keys"

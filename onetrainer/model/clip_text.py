@@ -3,8 +3,8 @@
 Training and previews must condition the denoiser identically (same tokenization, same embedding
 expansion, same layer), or a preview would not show what was trained; so both call this. Layers count
 from the end: 1 is the last layer, 2 the penultimate (A1111's "clip skip"). Families differ in which
-layer they read by default and whether it passes the final layer norm (the original SD code normalises
-a skipped layer; SDXL reads the penultimate layer as it is), so both are arguments.
+layer they read by default and whether it passes the final layer norm (the original 1.x/2.x code
+normalises a skipped layer; later families read the penultimate layer as it is), so both are arguments.
 """
 
 from __future__ import annotations

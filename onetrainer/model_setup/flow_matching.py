@@ -6,13 +6,14 @@ The noise level is drawn in two stages, as the SD 3 paper and the reference trai
   1. u in (0, 1) from a density: uniform; logit-normal sigmoid(mean + std * z); mode
      1 - u - s (cos^2(pi u / 2) - 1 + u); cosmap 1 - 1 / (tan(pi u / 2) + 1);
   2. a shift towards noise: fixed, sigma = s u / (1 + (s - 1) u) (SD 3: s = 3), or resolution-dependent,
-     sigma = e^mu / (e^mu + 1/u - 1) with mu linear in the image's token count (FLUX.1-dev).
+     sigma = e^mu / (e^mu + 1/u - 1) with mu linear in the image's token count (the scheduler's
+     `use_dynamic_shifting`).
 u is the noise level itself (as in the SD 3 paper and kohya's trainers), so a positive logit-normal mean
 favours noisier steps. The strength range (`min_strength`, `max_strength`) limits u before the shift.
 
 The density draws are those of diffusers' `compute_density_for_timestep_sampling`, the shifts those of
-`FlowMatchEulerDiscreteScheduler`, and the loss weights those of `compute_loss_weighting_for_sd3`; the
-tests compare each against them.
+`FlowMatchEulerDiscreteScheduler`, and the loss weights those of the SD 3 weighting function in diffusers'
+`training_utils`; the tests compare each against them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ WEIGHTINGS = (LossWeighting.NONE, LossWeighting.SIGMA_SQRT, LossWeighting.COSMAP
 
 @dataclass(frozen=True)
 class ResolutionShift:
-    """mu as a linear function of the image's token count, between two anchor points (FLUX.1's values)."""
+    """mu as a linear function of the image's token count, between two anchor points (by default those of
+    `FlowMatchEulerDiscreteScheduler`'s config; a family's scheduler config may set others)."""
 
     base_seq_len: int = 256
     max_seq_len: int = 4096

@@ -2,7 +2,7 @@
 
 UIs show and sort models by these keys: A1111/Forge and ComfyUI read `modelspec.*` (Stability AI's
 ModelSpec 1.0), LoRA browsers and the additional-networks extension read the `ss_*` keys sd-scripts
-writes (A1111 picks SDXL LoRAs by `ss_base_model_version` starting with `sdxl_`). Header values must
+writes (A1111 tells a LoRA's family by `ss_base_model_version`, written from the family spec). Header values must
 be strings, so numbers are written with `str` and structures as JSON, as sd-scripts does.
 
 `read_safetensors_header` reads only the JSON header, so inspecting a multi-GB checkpoint is instant

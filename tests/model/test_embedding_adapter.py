@@ -10,76 +10,83 @@ import torch
 from onetrainer.model.adapters import add_embedding, read_embedding_file
 from onetrainer.model.adapters.embedding import expand_placeholders
 from onetrainer.model.clip_text import encode_tokens, tokenize
-from onetrainer.model.stable_diffusion import StableDiffusionModel
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import load_model
 from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import get_family
 
 
 @pytest.fixture
-def model() -> StableDiffusionModel:
-    return load_stable_diffusion("tiny:sd15")
+def model() -> DiffusionModel:
+    return load_model("tiny:sd15")
 
 
-def test_placeholder_gets_one_token_per_vector(model: StableDiffusionModel) -> None:
+def test_placeholder_gets_one_token_per_vector(model: DiffusionModel) -> None:
     before = len(model.tokenizer)
     embedding = add_embedding(model, "<Cat>", count=3, init_text="cat")
     assert embedding.tokens == ["<Cat>", "<Cat>_1", "<Cat>_2"]
-    assert embedding.token_ids == [before, before + 1, before + 2]
-    assert embedding.vectors(model).shape == (3, 32)
+    assert embedding.count == 3
+    assert embedding.token_ids == {"text_encoder": [before, before + 1, before + 2]}
+    assert {encoder: tuple(v.shape) for encoder, v in embedding.vectors().items()} == {"text_encoder": (3, 32)}
+    assert list(embedding.named_parameters()) == ["<Cat>/text_encoder"]
     ids = tokenize(model.tokenizer, ["a photo of <Cat>"], [embedding])[0].tolist()
-    assert ids[4:7] == embedding.token_ids  # bos, a, photo, of, then the three vectors (case kept)
+    assert ids[4:7] == embedding.token_ids["text_encoder"]  # bos, a, photo, of, then the three vectors (case kept)
 
 
-def test_vectors_start_from_the_init_text_repeated(model: StableDiffusionModel) -> None:
+def test_vectors_start_from_the_init_text_repeated(model: DiffusionModel) -> None:
     table = model.text_encoder.get_input_embeddings().weight
     ids = [*model.tokenizer("red", add_special_tokens=False).input_ids, model.tokenizer.eos_token_id]
     embedding = add_embedding(model, "<x>", count=2 * len(ids) + 1, init_text="red<|endoftext|>")
     rows = [ids[index % len(ids)] for index in range(2 * len(ids) + 1)]
-    assert torch.equal(embedding.vectors(model), table[rows].detach())
+    assert torch.equal(embedding.vectors()["text_encoder"], table[rows].detach())
 
 
-def test_lookup_uses_vectors_for_new_tokens_and_the_table_for_the_rest(model: StableDiffusionModel) -> None:
+def test_lookup_uses_vectors_for_new_tokens_and_the_table_for_the_rest(model: DiffusionModel) -> None:
     table = model.text_encoder.get_input_embeddings().weight.detach().clone()
     vectors = torch.randn(2, 32)
-    embedding = add_embedding(model, "<x>", vectors=vectors)
+    embedding = add_embedding(model, "<x>", vectors={"text_encoder": vectors})
     lookup = model.text_encoder.get_input_embeddings()
-    out = lookup(torch.tensor([[5, embedding.token_ids[1], 7, embedding.token_ids[0]]]))
+    token_ids = embedding.token_ids["text_encoder"]
+    out = lookup(torch.tensor([[5, token_ids[1], 7, token_ids[0]]]))
     assert torch.equal(out[0, 0], table[5])
     assert torch.equal(out[0, 2], table[7])
     assert torch.allclose(out[0, 1], vectors[1])
     assert torch.allclose(out[0, 3], vectors[0])
 
 
-def test_text_encoder_state_dict_is_unchanged(model: StableDiffusionModel) -> None:
+def test_text_encoder_state_dict_is_unchanged(model: DiffusionModel) -> None:
     before = {key: tensor.shape for key, tensor in model.text_encoder.state_dict().items()}
     add_embedding(model, "<x>", count=2)
     after = {key: tensor.shape for key, tensor in model.text_encoder.state_dict().items()}
     assert before == after
 
 
-def test_only_the_embedding_receives_gradients(model: StableDiffusionModel) -> None:
+def test_only_the_embedding_receives_gradients(model: DiffusionModel) -> None:
     model.text_encoder.requires_grad_(False)
     embedding = add_embedding(model, "<x>", count=2)
     ids = tokenize(model.tokenizer, ["a <x> photo"], [embedding])
     encode_tokens(model.text_encoder, ids).sum().backward()
-    assert embedding.parameter.grad is not None
-    assert embedding.parameter.grad.abs().sum() > 0
+    parameter = embedding.parameters["text_encoder"]
+    assert parameter.grad is not None
+    assert parameter.grad.abs().sum() > 0
     assert all(param.grad is None for param in model.text_encoder.parameters())
 
 
-def test_multi_vector_placeholders_are_expanded_longest_first(model: StableDiffusionModel) -> None:
+def test_multi_vector_placeholders_are_expanded_longest_first(model: DiffusionModel) -> None:
     short = add_embedding(model, "<a>", count=2)
     long = add_embedding(model, "<a>b", count=1)
     assert expand_placeholders("x <a> <a>b", [short, long]) == "x <a> <a>_1 <a>b"
 
 
-def test_duplicate_placeholder_and_wrong_width_are_refused(model: StableDiffusionModel) -> None:
+def test_duplicate_placeholder_and_wrong_width_are_refused(model: DiffusionModel) -> None:
     add_embedding(model, "<x>")
     with pytest.raises(UserError, match="already has a token"):
         add_embedding(model, "<x>")
     with pytest.raises(UserError, match=r"needs \[n, 32\]"):
-        add_embedding(model, "<y>", vectors=torch.zeros(2, 768))
+        add_embedding(model, "<y>", vectors={"text_encoder": torch.zeros(2, 768)})
+    with pytest.raises(UserError, match="needs the same number of vectors for each of text_encoder"):
+        add_embedding(model, "<w>", vectors={"text_encoder_2": torch.zeros(2, 32)})
     with pytest.raises(UserError, match="no tokens"):
         add_embedding(model, "<z>", init_text="")
 
@@ -90,10 +97,14 @@ def test_reads_a1111_diffusers_and_legacy_pickle_files(tmp_path: Path) -> None:
     save_safetensors({"<tok>": vectors}, tmp_path / "d.safetensors")
     torch.save({"string_to_param": {"*": vectors}, "name": "old"}, tmp_path / "legacy.pt")
     for name in ("a.safetensors", "d.safetensors", "legacy.pt"):
-        assert torch.equal(read_embedding_file(tmp_path / name, "sd15"), vectors)
+        assert read_embedding_file(tmp_path / name, get_family("sd15")).keys() == {"text_encoder"}
+        assert torch.equal(read_embedding_file(tmp_path / name, get_family("sd15"))["text_encoder"], vectors)
 
 
-def test_sdxl_embedding_is_refused_for_sd15(tmp_path: Path) -> None:
-    save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, tmp_path / "xl.safetensors")
-    with pytest.raises(UserError, match="sdxl"):
-        read_embedding_file(tmp_path / "xl.safetensors", "sd15")
+def test_an_embedding_of_another_family_is_refused(tmp_path: Path) -> None:
+    save_safetensors({"emb_params": torch.zeros(1, 1024)}, tmp_path / "sd2.safetensors")
+    with pytest.raises(UserError, match=r"for SD 2\.x \(vector width 1024\), not for this SD 1\.x model"):
+        read_embedding_file(tmp_path / "sd2.safetensors", get_family("sd15"))
+    save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, tmp_path / "two.safetensors")
+    with pytest.raises(UserError, match="not a model, LoRA or embedding this tool knows"):
+        read_embedding_file(tmp_path / "two.safetensors", get_family("sd15"))

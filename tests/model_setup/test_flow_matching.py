@@ -94,8 +94,6 @@ def test_ddpm_weightings_are_refused() -> None:
 
 
 def test_objective_noises_and_targets_like_the_scheduler() -> None:
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     objective = FlowMatchingObjective(NoiseConfig(shift=3.0), LossConfig(), {"shift": 1.0})
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     noised = objective(latents, torch.Generator().manual_seed(9), image_seq_len=64)
@@ -125,9 +123,11 @@ def test_noising_formula_and_time_input_follow_the_scheduler(index: int) -> None
 
 def test_objective_takes_shift_and_dynamic_shifting_from_the_scheduler_unless_configured() -> None:
     from_model = FlowMatchingObjective(NoiseConfig(), LossConfig(), FLUX_SCHEDULER)
-    assert from_model.dynamic and from_model.shift == 3.0
+    assert from_model.dynamic
+    assert from_model.shift == 3.0
     fixed = FlowMatchingObjective(NoiseConfig(dynamic_shift=False, shift=2.0), LossConfig(), FLUX_SCHEDULER)
-    assert not fixed.dynamic and fixed.shift == 2.0
+    assert not fixed.dynamic
+    assert fixed.shift == 2.0
     small = from_model.sigmas(4096, torch.Generator().manual_seed(0), 256).mean()
     large = from_model.sigmas(4096, torch.Generator().manual_seed(0), 4096).mean()
     assert large > small  # more tokens, more noise

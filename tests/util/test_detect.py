@@ -11,21 +11,28 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from onetrainer.util.detect import EMBEDDING, LORA, MODEL, detect_path, detect_weights, load_pickle_weights
-from onetrainer.util.enums import ModelType
+from onetrainer.util.detect import (
+    EMBEDDING,
+    LORA,
+    MODEL,
+    detect_path,
+    detect_pipeline,
+    detect_weights,
+    load_pickle_weights,
+)
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import FamilySpec
 
 
 def test_diffusers_folders_are_detected_by_family(tiny_sd15_dir: Path, tiny_sd2_dir: Path, tiny_sdxl_dir: Path) -> None:
     sd15, sd2, sdxl = detect_path(tiny_sd15_dir), detect_path(tiny_sd2_dir), detect_path(tiny_sdxl_dir)
-    assert (sd15.kind, sd15.layout, sd15.model_type, sd15.prediction_type) == (
-        MODEL,
-        "diffusers",
-        ModelType.SD15,
-        "epsilon",
-    )
-    assert (sd2.model_type, sd2.prediction_type) == (ModelType.SD2, "v_prediction")
-    assert sdxl.family == "sdxl"
+    assert (sd15.kind, sd15.layout, sd15.family, sd15.prediction_type) == (MODEL, "diffusers", "sd15", "epsilon")
+    assert sd15.spec is not None
+    assert sd15.spec.name == "sd15"
+    assert (sd2.family, sd2.prediction_type) == ("sd2", "v_prediction")
+    # No registered family makes this pipeline class: a model of no known family, named by its class.
+    assert (sdxl.kind, sdxl.family, sdxl.spec) == (MODEL, None, None)
+    assert "StableDiffusionXLPipeline" in sdxl.reason
 
 
 def test_single_file_family_comes_from_text_encoder_keys() -> None:
@@ -57,10 +64,10 @@ def test_metadata_wins_over_shapes() -> None:
         ({"emb_params": (1, 1024)}, "a1111", "sd2"),
         ({"<cat>": (3, 768)}, "diffusers", "sd15"),
         ({"string_to_param.*": (2, 1024)}, "a1111", "sd2"),
-        ({"clip_l": (2, 768), "clip_g": (2, 1280)}, "a1111", "sdxl"),
+        ({"emb_params": (2, 32)}, "a1111", None),
     ],
 )
-def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str) -> None:
+def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str | None) -> None:
     detected = detect_weights(shapes, {})
     assert (detected.kind, detected.layout, detected.family) == (EMBEDDING, layout, family)
 
@@ -80,17 +87,56 @@ def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str) 
             "sd2",
             "lora",
         ),
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", "sdxl", "lora"),
-        ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", "sdxl", "lora"),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", None, "lora"),
+        ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", None, "lora"),
         ({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_b": (4, 32)}, "kohya", "sd2", "loha"),
         ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lokr_w1": (2, 2)}, "kohya", None, "lokr"),
         ({"lora_unet_x.lora_down.weight": (4, 8), "lora_unet_x.dora_scale": (8, 1)}, "kohya", None, "dora"),
-        ({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}, "peft", "flux", "lora"),
     ],
+    ids=["kohya-1x", "peft-2x", "two-encoders", "original-unet-names", "loha", "lokr", "dora"],
 )
 def test_loras_by_layout_family_and_kind(shapes: dict, layout: str, family: str | None, adapter: str) -> None:
     detected = detect_weights(shapes, {})
     assert (detected.kind, detected.layout, detected.family, detected.adapter) == (LORA, layout, family, adapter)
+
+
+TRANSFORMER_LORA = {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}
+
+
+def test_component_prefixes_and_families_come_from_the_registered_specs(fake_family: FamilySpec) -> None:
+    """A diffusers LoRA is known by a registered family's component name; its family says it is theirs."""
+    detected = detect_weights(TRANSFORMER_LORA, {})
+    found = (detected.kind, detected.layout, detected.family, detected.adapter)
+    assert found == (LORA, "peft", fake_family.name, "lora")
+    assert detected.spec is fake_family
+
+
+def test_a_component_no_family_has_reads_as_bare_module_paths() -> None:
+    detected = detect_weights(TRANSFORMER_LORA, {})
+    assert (detected.kind, detected.layout, detected.family) == (LORA, "peft-bare", None)
+
+
+def test_a_registered_familys_embedding_keys_and_metadata_are_known(fake_family: FamilySpec) -> None:
+    detected = detect_weights({"te_a": (2, 64), "te_b": (2, 96)}, {})
+    assert (detected.kind, detected.layout, detected.family) == (EMBEDDING, "a1111", fake_family.name)
+    header = {"modelspec.architecture": f"{fake_family.modelspec_architecture}/lora"}
+    assert detect_weights(TRANSFORMER_LORA, header).family == fake_family.name
+    kohya = {"lora_unet_x.lora_down.weight": (4, 8)}
+    assert detect_weights(kohya, {"ss_base_model_version": fake_family.kohya_base_model_version}).family == "dit-test"
+
+
+def test_a_pipeline_class_names_its_family(fake_family: FamilySpec) -> None:
+    detected = detect_pipeline({"_class_name": "TestDiTPipeline", "transformer": ["diffusers", "X"]}, {})
+    assert (detected.kind, detected.layout, detected.family) == (MODEL, "diffusers", fake_family.name)
+
+
+def test_one_pipeline_class_of_two_families_is_told_apart_by_their_configs() -> None:
+    """1.x and 2.x share `StableDiffusionPipeline`: the UNet config (cross-attention width) decides."""
+    index = {"_class_name": "StableDiffusionPipeline"}
+    assert detect_pipeline(index, {"unet": {"cross_attention_dim": 1024}}).family == "sd2"
+    assert detect_pipeline(index, {"unet": {"cross_attention_dim": 768}}).family == "sd15"
+    unknown = detect_pipeline(index, {"unet": {}})
+    assert (unknown.family, set(unknown.candidates)) == (None, {"sd15", "sd2"})
 
 
 def test_conv_proj_in_says_sd1_on_tiny_widths() -> None:

@@ -8,15 +8,10 @@ import pytest
 import torch
 
 from onetrainer.util.atomic import save_safetensors
+from onetrainer.util.family import LoraNaming, get_family
 from onetrainer.util.keymaps.engine import KeyMapError
-from onetrainer.util.keymaps.lora import (
-    INPUT_MAGNITUDE,
-    detect_lora_format,
-    kohya_module_name,
-    kohya_to_peft,
-    peft_module_path,
-    peft_to_kohya,
-)
+from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
+from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, detect_lora_format, kohya_to_peft, peft_to_kohya
 from onetrainer.util.keymaps.lora_peft import (
     diffusers_lora_metadata,
     peft_adapter_state,
@@ -35,6 +30,25 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "sd15": build_tiny_sd15_pipeline,
     "sd2": lambda: build_tiny_sd2_pipeline(v_prediction=False),
 }
+TWO_ENCODER_NAMING = DottedKohyaNaming.of(
+    (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2")),
+    UNET_CLIP_COMPOUND_NAMES,
+    text_encoders=("text_encoder", "text_encoder_2"),
+    projected=("text_encoder_2",),
+)
+"""A dotted naming of a UNet with two CLIP text encoders (one projected), as sd-scripts names them."""
+
+
+def _naming(family: str) -> LoraNaming:
+    naming = get_family(family).lora_naming
+    assert naming is not None
+    return naming
+
+
+def _sd15_naming() -> DottedKohyaNaming:
+    naming = _naming("sd15")
+    assert isinstance(naming, DottedKohyaNaming)
+    return naming
 
 
 def _adapt(pipe: Any) -> None:
@@ -108,7 +122,7 @@ def _load_and_compare(family: str, path: Path, reference: tuple[torch.Tensor, to
 
 def test_kohya_file_loads_in_diffusers_with_the_same_effect(adapted: Adapted, tmp_path: Path) -> None:
     family, sd, alphas, reference = adapted
-    kohya = peft_to_kohya(sd, alphas, family)
+    kohya = peft_to_kohya(sd, alphas, _naming(family))
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in kohya
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha" in kohya
     save_safetensors(kohya, tmp_path / "lora.safetensors")
@@ -123,23 +137,23 @@ def test_diffusers_layout_file_keeps_alphas_through_its_metadata(adapted_sd15: A
 
 def test_kohya_peft_kohya_round_trip_is_exact(adapted: Adapted) -> None:
     family, sd, alphas, _ = adapted
-    kohya = {key: value.half() for key, value in peft_to_kohya(sd, alphas, family).items()}
-    peft_sd, peft_alphas = kohya_to_peft(kohya, family)
+    kohya = {key: value.half() for key, value in peft_to_kohya(sd, alphas, _naming(family)).items()}
+    peft_sd, peft_alphas = kohya_to_peft(kohya, _naming(family))
     assert peft_sd.keys() == sd.keys()
     assert peft_alphas == alphas
-    again = peft_to_kohya(peft_sd, peft_alphas, family)
+    again = peft_to_kohya(peft_sd, peft_alphas, _naming(family))
     assert again.keys() == kohya.keys()
     assert all(torch.equal(again[k], kohya[k]) and again[k].dtype == torch.float16 for k in kohya)
 
 
 def test_alpha_is_a_scalar_and_a_missing_alpha_means_scale_one(adapted_sd15: Adapted) -> None:
     family, sd, _, _ = adapted_sd15
-    kohya = peft_to_kohya(sd, None, family)
+    kohya = peft_to_kohya(sd, None, _naming(family))
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
     assert kohya[f"{name}.alpha"].shape == ()
     assert kohya[f"{name}.alpha"].item() == 2  # rank 2 from the rank pattern: scale 1
     del kohya[f"{name}.alpha"]
-    _, alphas = kohya_to_peft(kohya, family)
+    _, alphas = kohya_to_peft(kohya, _naming(family))
     assert alphas["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"] == 2.0
 
 
@@ -162,22 +176,28 @@ def _module_names(model: torch.nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, layers)]
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_every_module_name_survives_the_kohya_underscores(family: str) -> None:
-    pipe = build_tiny_sdxl_pipeline() if family == "sdxl" else build_tiny_sd15_pipeline()
-    components = ["unet", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+@pytest.mark.parametrize("layout", ["one-encoder", "two-encoders"])
+def test_every_module_name_survives_the_kohya_underscores(layout: str) -> None:
+    """The dotted naming reads back every module of a UNet with one or two CLIP text encoders (SDXL's
+    added-conditioning UNet included), so a family of either shape can use it as it is."""
+    two = layout == "two-encoders"
+    pipe = build_tiny_sdxl_pipeline() if two else build_tiny_sd15_pipeline()
+    naming = TWO_ENCODER_NAMING if two else _sd15_naming()
+    components = ["unet", "text_encoder"] + (["text_encoder_2"] if two else [])
     for component in components:
         for name in _module_names(getattr(pipe, component)):
             module = f"{component}.{name}"
-            assert peft_module_path(kohya_module_name(module, family), family) == module
+            assert naming.from_kohya(naming.to_kohya(module)) == module
 
 
 def test_text_encoder_names_keep_text_model_for_kohya() -> None:
-    name = kohya_module_name("text_encoder.encoder.layers.3.mlp.fc1", "sd2")
+    naming = _naming("sd2")
+    assert isinstance(naming, DottedKohyaNaming)
+    name = naming.to_kohya("text_encoder.encoder.layers.3.mlp.fc1")
     assert name == "lora_te_text_model_encoder_layers_3_mlp_fc1"
-    assert kohya_module_name("text_encoder.text_model.encoder.layers.3.mlp.fc1", "sd2") == name
-    assert peft_module_path(name, "sd2", hf_text_model=True) == "text_encoder.text_model.encoder.layers.3.mlp.fc1"
-    assert peft_module_path(name, "sd2", hf_text_model=False) == "text_encoder.encoder.layers.3.mlp.fc1"
+    assert naming.to_kohya("text_encoder.text_model.encoder.layers.3.mlp.fc1") == name
+    assert naming.from_kohya(name, hf_text_model=True) == "text_encoder.text_model.encoder.layers.3.mlp.fc1"
+    assert naming.from_kohya(name, hf_text_model=False) == "text_encoder.encoder.layers.3.mlp.fc1"
 
 
 def _tiny_net() -> torch.nn.Module:
@@ -201,10 +221,10 @@ def test_dora_scale_is_stored_on_the_output_axis_and_reproduces_peft() -> None:
     )
     _randomise(net)
     sd, alphas = peft_adapter_state(net, "unet")
-    kohya = peft_to_kohya(sd, alphas)
+    kohya = peft_to_kohya(sd, alphas, _sd15_naming())
     assert kohya["lora_unet_proj.dora_scale"].shape == (6, 1)
     assert kohya["lora_unet_conv.dora_scale"].shape == (6, 1, 1, 1)
-    back, _ = kohya_to_peft(kohya)
+    back, _ = kohya_to_peft(kohya, _sd15_naming())
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     # The merged weight by LyCORIS/ComfyUI's rule equals PEFT's own merge.
     layer = net["proj"]
@@ -227,10 +247,10 @@ def test_dora_scale_over_the_input_axis_reads_as_the_input_magnitude_and_back(do
         "lora_unet_proj.dora_scale": torch.rand(scale),
         "lora_unet_proj.alpha": torch.tensor(2.0),
     }
-    peft, _ = kohya_to_peft(kohya)
+    peft, _ = kohya_to_peft(kohya, _sd15_naming())
     assert torch.equal(peft[f"unet.proj.{INPUT_MAGNITUDE}"], kohya["lora_unet_proj.dora_scale"])
     assert "unet.proj.lora_magnitude_vector" not in peft
-    back = peft_to_kohya(peft, {"unet.proj": 2.0})
+    back = peft_to_kohya(peft, {"unet.proj": 2.0}, _sd15_naming())
     assert back.keys() == kohya.keys()
     assert all(torch.equal(back[key], kohya[key]) for key in kohya)
 
@@ -242,7 +262,7 @@ def test_a_dora_scale_of_neither_axis_is_refused() -> None:
         "lora_unet_proj.dora_scale": torch.zeros(1, 7),
     }
     with pytest.raises(KeyMapError, match="fits neither 6 output rows nor 8 input columns"):
-        kohya_to_peft(kohya)
+        kohya_to_peft(kohya, _sd15_naming())
 
 
 def _lycoris_delta(params: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
@@ -273,13 +293,13 @@ def test_lycoris_names_and_scale_match_peft(config_name: str, kwargs: dict, fmt:
 
     net = peft.inject_adapter_in_model(getattr(peft, config_name)(target_modules=["proj"], **kwargs), _tiny_net())
     _randomise(net)
-    kohya = peft_to_kohya(*peft_adapter_state(net, "unet"))
+    kohya = peft_to_kohya(*peft_adapter_state(net, "unet"), _sd15_naming())
     assert detect_lora_format(kohya) == fmt
     params = {key.partition(".")[2]: value for key, value in kohya.items()}
     layer = net["proj"]
     expected = layer.get_delta_weight("default")
     torch.testing.assert_close(_lycoris_delta(params, expected.shape), expected, atol=1e-6, rtol=0)
-    again = peft_to_kohya(*kohya_to_peft(kohya))
+    again = peft_to_kohya(*kohya_to_peft(kohya, _sd15_naming()), _sd15_naming())
     assert all(torch.equal(again[k], kohya[k]) for k in kohya)
 
 

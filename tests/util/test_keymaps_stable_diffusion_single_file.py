@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from onetrainer.util.atomic import save_safetensors
+from onetrainer.util.family import get_family, recognise
 from onetrainer.util.keymaps.engine import KeyMapError, KeyTable, convert
 from onetrainer.util.keymaps.ldm_tables import SdLayout, openclip_rows
 from onetrainer.util.keymaps.stable_diffusion_single_file import (
-    detect_single_file_family,
+    CLIP_LAYOUT,
+    StableDiffusionSingleFile,
     diffusers_to_single_file,
-    from_single_file_stream,
     single_file_to_diffusers,
 )
 from onetrainer.util.safetensors_meta import read_safetensors_header
@@ -38,6 +39,22 @@ def tiny(request: pytest.FixtureRequest) -> tuple[str, Path, tuple[State, State,
     return request.param, folder, _components(folder)
 
 
+def _layout(family: str) -> StableDiffusionSingleFile:
+    layout = get_family(family).single_file
+    assert isinstance(layout, StableDiffusionSingleFile)
+    return layout
+
+
+def _components_in(shapes: dict[str, tuple[int, ...]], family: str) -> set[str]:
+    """The components a file holds, by the family's single-file key prefixes."""
+    prefixes = _layout(family).component_prefixes
+    return {name for prefix, name in prefixes if any(key.startswith(prefix) for key in shapes)}
+
+
+def _shapes(sd: State) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in sd.items()}
+
+
 def _assert_equal(expected: State, actual: State) -> None:
     assert expected.keys() == actual.keys()
     mismatched = [key for key in expected if not torch.equal(expected[key], actual[key])]
@@ -46,7 +63,7 @@ def _assert_equal(expected: State, actual: State) -> None:
 
 def test_round_trip_is_exact(tiny: tuple[str, Path, tuple[State, State, State]]) -> None:
     family, _, parts = tiny
-    back = single_file_to_diffusers(diffusers_to_single_file(*parts, family), family)
+    back = single_file_to_diffusers(diffusers_to_single_file(*parts, _layout(family)), _layout(family))
     for expected, actual in zip(parts, back, strict=True):
         _assert_equal(expected, actual)
 
@@ -58,7 +75,7 @@ def test_diffusers_from_single_file_loads_identical_weights(
 
     family, folder, parts = tiny
     path = tmp_path / "model.safetensors"
-    save_safetensors(diffusers_to_single_file(*parts, family), path)
+    save_safetensors(diffusers_to_single_file(*parts, _layout(family)), path)
     pipe = StableDiffusionPipeline.from_single_file(
         path, config=str(folder), local_files_only=True, safety_checker=None, feature_extractor=None
     )
@@ -68,7 +85,7 @@ def test_diffusers_from_single_file_loads_identical_weights(
 
 def test_text_encoder_layout_follows_the_family(tiny: tuple[str, Path, tuple[State, State, State]]) -> None:
     family, _, parts = tiny
-    keys = set(diffusers_to_single_file(*parts, family))
+    keys = set(diffusers_to_single_file(*parts, _layout(family)))
     openclip = {
         "cond_stage_model.model.positional_embedding",
         "cond_stage_model.model.token_embedding.weight",
@@ -85,9 +102,9 @@ def test_text_encoder_keys_with_or_without_text_model_give_one_file(
 ) -> None:
     family, _, (unet, vae, te) = tiny
     wrapped = {f"text_model.{key}": value for key, value in te.items()}
-    flat = diffusers_to_single_file(unet, vae, te, family)
-    assert diffusers_to_single_file(unet, vae, wrapped, family).keys() == flat.keys()
-    _, _, te_back = single_file_to_diffusers(flat, family, hf_text_model=True)
+    flat = diffusers_to_single_file(unet, vae, te, _layout(family))
+    assert diffusers_to_single_file(unet, vae, wrapped, _layout(family)).keys() == flat.keys()
+    _, _, te_back = single_file_to_diffusers(flat, _layout(family), hf_text_model=True)
     assert te_back.keys() == wrapped.keys()
 
 
@@ -99,8 +116,8 @@ def test_streaming_read_from_a_file_matches_whole_dict(
 
     family, _, parts = tiny
     path = tmp_path / "model.safetensors"
-    save_safetensors(diffusers_to_single_file(*parts, family), path)
-    stream = from_single_file_stream(read_safetensors_header(path)[1], family)
+    save_safetensors(diffusers_to_single_file(*parts, _layout(family)), path)
+    stream = _layout(family).reader(read_safetensors_header(path)[1])
     streamed: State = {}
     with safe_open(path, "pt") as handle:
         for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -127,10 +144,10 @@ def test_sd_sized_unet_layout_matches_diffusers_own_converter() -> None:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    sd = diffusers_to_single_file(unet.state_dict(), {}, {}, "sd15")
+    sd = diffusers_to_single_file(unet.state_dict(), {}, {}, CLIP_LAYOUT)
     assert infer_diffusers_model_type(sd) == "v1"
     _assert_equal(unet.state_dict(), convert_ldm_unet_checkpoint(sd, dict(unet.config)))
-    _assert_equal(unet.state_dict(), single_file_to_diffusers(sd, "sd15")[0])
+    _assert_equal(unet.state_dict(), single_file_to_diffusers(sd, CLIP_LAYOUT)[0])
 
 
 def test_openclip_table_with_projection_matches_diffusers_own_converter() -> None:
@@ -158,10 +175,10 @@ def test_extra_checkpoint_keys_are_dropped_on_read(
     tiny: tuple[str, Path, tuple[State, State, State]],
 ) -> None:
     family, _, parts = tiny
-    sd = diffusers_to_single_file(*parts, family)
+    sd = diffusers_to_single_file(*parts, _layout(family))
     extras = ["alphas_cumprod", "model_ema.decay", "cond_stage_model.model.logit_scale", "v_pred"]
     sd.update({key: torch.zeros(1) for key in extras})
-    for expected, actual in zip(parts, single_file_to_diffusers(sd, family), strict=True):
+    for expected, actual in zip(parts, single_file_to_diffusers(sd, _layout(family)), strict=True):
         _assert_equal(expected, actual)
 
 
@@ -170,7 +187,8 @@ def test_text_encoder_layers_past_the_limit_are_dropped(
 ) -> None:
     """Real SD2 files hold a 24th OpenCLIP layer that diffusers' 23-layer encoder does not have."""
     family, _, parts = tiny
-    _, _, te = single_file_to_diffusers(diffusers_to_single_file(*parts, family), family, text_encoder_layers=1)
+    layout = _layout(family)
+    _, _, te = single_file_to_diffusers(diffusers_to_single_file(*parts, layout), layout, text_encoder_layers=1)
     assert te
     assert not any(".layers.1." in key for key in te)
     assert any(".layers.0." in key for key in te)
@@ -178,40 +196,44 @@ def test_text_encoder_layers_past_the_limit_are_dropped(
 
 def test_unknown_keys_raise_with_every_key_listed(tiny: tuple[str, Path, tuple[State, State, State]]) -> None:
     family, _, parts = tiny
-    sd = diffusers_to_single_file(*parts, family)
+    sd = diffusers_to_single_file(*parts, _layout(family))
     sd["model.diffusion_model.mystery.weight"] = torch.zeros(1)
     with pytest.raises(KeyMapError, match="mystery"):
-        single_file_to_diffusers(sd, family)
+        single_file_to_diffusers(sd, _layout(family))
 
 
-def test_v_prediction_marker_is_written_and_detected(
+def test_v_prediction_marker_is_written_and_recognised(
     tiny: tuple[str, Path, tuple[State, State, State]], tmp_path: Path
 ) -> None:
     family, _, parts = tiny
     path = tmp_path / "v.safetensors"
-    save_safetensors(diffusers_to_single_file(*parts, family, v_prediction=True), path)
-    info = detect_single_file_family(read_safetensors_header(path)[1])
-    assert (info.family, info.prediction_type) == (family, "v")
-    assert info.components == {"unet", "vae", "text_encoder"}
-    assert info.in_channels == 4
+    save_safetensors(diffusers_to_single_file(*parts, _layout(family), prediction_type="v_prediction"), path)
+    shapes = {key: shape for key, (_, shape) in read_safetensors_header(path)[1].items()}
+    evidence = recognise("single_file", shapes)
+    assert evidence is not None
+    assert (evidence.family, evidence.prediction_type) == (family, "v_prediction")
+    assert _components_in(shapes, family) == {"unet", "vae", "text_encoder"}
 
 
-def test_detection_without_marker_leaves_prediction_unknown(
+def test_recognition_without_marker_leaves_prediction_unknown(
     tiny: tuple[str, Path, tuple[State, State, State]],
 ) -> None:
     family, _, parts = tiny
-    sd = diffusers_to_single_file(*parts, family)
-    info = detect_single_file_family({key: tuple(value.shape) for key, value in sd.items()})
-    assert (info.family, info.prediction_type, info.context_dim) == (family, None, 32)
+    evidence = recognise("single_file", _shapes(diffusers_to_single_file(*parts, _layout(family))))
+    assert evidence is not None
+    assert (evidence.family, evidence.prediction_type) == (family, None)
 
 
-def test_family_is_detected_from_a_unet_alone(
+def test_family_is_recognised_from_a_unet_alone(
     tiny: tuple[str, Path, tuple[State, State, State]],
 ) -> None:
+    """Tiny UNets have no real width: the attention projections (conv for 1.x, linear for 2.x) tell."""
     family, _, (unet, _, _) = tiny
-    sd = diffusers_to_single_file(unet, {}, {}, family)
-    info = detect_single_file_family({key: tuple(value.shape) for key, value in sd.items()})
-    assert (info.family, info.components) == (family, {"unet"})
+    shapes = _shapes(diffusers_to_single_file(unet, {}, {}, _layout(family)))
+    evidence = recognise("single_file", shapes)
+    assert evidence is not None
+    assert evidence.family == family
+    assert _components_in(shapes, family) == {"unet"}
 
 
 UNET_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
@@ -222,24 +244,47 @@ UNET_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k
     [
         ({UNET_K: (320, 768)}, "sd15"),
         ({UNET_K: (320, 1024)}, "sd2"),
-        ({UNET_K: (640, 2048)}, "sdxl"),
-        ({"conditioner.embedders.1.model.positional_embedding": (77, 1280)}, "sdxl"),
-        ({"conditioner.embedders.0.model.text_projection": (1280, 1280)}, "sdxl-refiner"),
-        ({"double_blocks.0.img_attn.qkv.weight": (9, 3)}, "flux"),
-        ({"model.diffusion_model.label_emb.0.0.weight": (8, 4)}, "sdxl"),
+        ({"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}, "sd15"),
+        ({"cond_stage_model.model.token_embedding.weight": (49408, 1024)}, "sd2"),
     ],
 )
 def test_family_markers(shapes: dict[str, tuple[int, ...]], family: str) -> None:
-    assert detect_single_file_family(shapes).family == family
+    evidence = recognise("single_file", shapes)
+    assert evidence is not None
+    assert evidence.family == family
+    assert evidence.reason
 
 
-def test_unknown_layout_reports_what_was_recognised() -> None:
-    info = detect_single_file_family({"first_stage_model.decoder.conv_in.weight": ("F16", [8, 4, 3, 3])})
-    assert info.family is None
-    assert info.components == {"vae"}
-    assert info.reason
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        {UNET_K: (640, 2048), "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)},
+        {"conditioner.embedders.1.model.positional_embedding": (77, 1280)},
+        {"conditioner.embedders.0.model.text_projection": (1280, 1280)},
+        {"double_blocks.0.img_attn.qkv.weight": (9, 3)},
+        {"model.diffusion_model.label_emb.0.0.weight": (8, 4)},
+    ],
+    ids=["added-conditioning-unet", "two-encoder-conditioner", "refiner-conditioner", "dit", "label-embedding"],
+)
+def test_other_architectures_are_not_claimed(shapes: dict[str, tuple[int, ...]]) -> None:
+    """Files of families that are not registered are nobody's: no 1.x/2.x guess for them."""
+    assert recognise("single_file", shapes) is None
 
 
-def test_inpainting_unet_reports_nine_input_channels() -> None:
-    info = detect_single_file_family({"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)})
-    assert info.in_channels == 9
+def test_a_vae_alone_is_not_recognised() -> None:
+    assert recognise("single_file", {"first_stage_model.decoder.conv_in.weight": (8, 4, 3, 3)}) is None
+    assert _components_in({"first_stage_model.decoder.conv_in.weight": (8, 4, 3, 3)}, "sd15") == {"vae"}
+
+
+def test_inpainting_unet_reports_nine_input_channels(
+    tiny: tuple[str, Path, tuple[State, State, State]], tmp_path: Path
+) -> None:
+    from onetrainer.inspection.dispatch import inspect_path
+
+    family, _, parts = tiny
+    sd = diffusers_to_single_file(*parts, _layout(family))
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    sd[conv_in] = torch.zeros(sd[conv_in].shape[0], 9, 3, 3)
+    save_safetensors(sd, tmp_path / "inpainting.safetensors")
+    result = inspect_path(tmp_path / "inpainting.safetensors")
+    assert (result.model_type, result.details["in_channels"]) == (family, 9)

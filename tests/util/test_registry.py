@@ -1,7 +1,6 @@
 import pytest
 
 from onetrainer.util import registry
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, lookup, register
 
@@ -10,13 +9,13 @@ def test_lookup_of_unregistered_family_names_the_supported_ones(monkeypatch):
     monkeypatch.setattr(registry, "_registry", {})
     monkeypatch.setattr(registry, "_discovered", True)
 
-    @register(ModuleKind.SAVER, ModelType.SD15)
+    @register(ModuleKind.SAVER, "sd15")
     class Saver:
         pass
 
-    assert lookup(ModuleKind.SAVER, ModelType.SD15) is Saver
+    assert lookup(ModuleKind.SAVER, "sd15") is Saver
     with pytest.raises(UserError) as info:
-        lookup(ModuleKind.SAVER, ModelType.SDXL)
+        lookup(ModuleKind.SAVER, "sdxl")
     assert "sdxl" in info.value.message
     assert "sd15" in info.value.hint
 
@@ -24,12 +23,12 @@ def test_lookup_of_unregistered_family_names_the_supported_ones(monkeypatch):
 def test_registering_two_classes_for_one_slot_is_a_bug(monkeypatch):
     monkeypatch.setattr(registry, "_registry", {})
 
-    @register(ModuleKind.SAMPLER, ModelType.SD2)
+    @register(ModuleKind.SAMPLER, "sd2")
     class First:
         pass
 
     with pytest.raises(RuntimeError, match="registered twice"):
 
-        @register(ModuleKind.SAMPLER, ModelType.SD2)
+        @register(ModuleKind.SAMPLER, "sd2")
         class Second:
             pass

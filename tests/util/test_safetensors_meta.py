@@ -13,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 from onetrainer.util import safetensors_meta
 from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import FamilySpec, get_family
 from onetrainer.util.safetensors_meta import (
     HeaderError,
     modelspec_architecture,
@@ -23,26 +24,37 @@ from onetrainer.util.safetensors_meta import (
 
 
 @pytest.mark.parametrize(
-    ("family", "v", "adapter", "expected"),
+    ("family", "prediction", "adapter", "expected"),
     [
-        ("sd15", False, None, "stable-diffusion-v1"),
-        ("sd2", False, None, "stable-diffusion-v2-512"),
-        ("sd2", True, None, "stable-diffusion-v2-768-v"),
-        ("sdxl", False, None, "stable-diffusion-xl-v1-base"),
-        ("sd15", False, "lora", "stable-diffusion-v1/lora"),
-        ("sdxl", False, "embedding", "stable-diffusion-xl-v1-base/textual-inversion"),
+        ("sd15", "epsilon", None, "stable-diffusion-v1"),
+        ("sd15", "v_prediction", None, "stable-diffusion-v1"),
+        ("sd2", "epsilon", None, "stable-diffusion-v2-512"),
+        ("sd2", None, None, "stable-diffusion-v2-512"),
+        ("sd2", "v_prediction", None, "stable-diffusion-v2-768-v"),
+        ("sd15", None, "lora", "stable-diffusion-v1/lora"),
+        ("sd2", "v_prediction", "embedding", "stable-diffusion-v2-768-v/textual-inversion"),
     ],
 )
-def test_architecture_strings(family: str, v: bool, adapter: str | None, expected: str) -> None:
-    assert modelspec_architecture(family, v_prediction=v, adapter=adapter) == expected
+def test_architecture_strings(family: str, prediction: str | None, adapter: str | None, expected: str) -> None:
+    assert modelspec_architecture(get_family(family), prediction_type=prediction, adapter=adapter) == expected
+
+
+def test_another_familys_strings_come_from_its_spec(fake_family: FamilySpec) -> None:
+    assert modelspec_architecture(fake_family, adapter="embedding") == "test-dit-v1/textual-inversion"
+    meta = modelspec_metadata(spec=fake_family, title="t", adapter="lora")
+    assert meta["modelspec.resolution"] == "1024x1024"
+    assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
+    assert "modelspec.prediction_type" not in meta
+    ss = ss_metadata(spec=fake_family, prediction_type="v_prediction")
+    assert (ss["ss_base_model_version"], ss["ss_v2"]) == ("test_dit", "False")
 
 
 def test_modelspec_holds_the_required_keys_and_strings_only() -> None:
     date = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     meta = modelspec_metadata(
-        family="sd2",
+        spec=get_family("sd2"),
         title="cats",
-        v_prediction=True,
+        prediction_type="v_prediction",
         adapter="lora",
         date=date,
         trigger_phrase="a cat",
@@ -61,7 +73,9 @@ def test_modelspec_holds_the_required_keys_and_strings_only() -> None:
 
 
 def test_checkpoints_name_stability_ai_as_implementation() -> None:
-    meta = modelspec_metadata(family="sd15", title="t", resolution=(640, 512), description="d")
+    meta = modelspec_metadata(
+        spec=get_family("sd15"), title="t", prediction_type="epsilon", resolution=(640, 512), description="d"
+    )
     assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
     assert meta["modelspec.resolution"] == "640x512"
     assert meta["modelspec.prediction_type"] == "epsilon"
@@ -70,8 +84,8 @@ def test_checkpoints_name_stability_ai_as_implementation() -> None:
 
 def test_ss_keys_follow_sd_scripts_formatting() -> None:
     meta = ss_metadata(
-        family="sd2",
-        v_prediction=True,
+        spec=get_family("sd2"),
+        prediction_type="v_prediction",
         network_module="networks.lora",
         network_dim=16,
         network_alpha=8.0,
@@ -90,18 +104,20 @@ def test_ss_keys_follow_sd_scripts_formatting() -> None:
         "ss_resolution": "(768, 768)",
         "ss_tag_frequency": '{"cats": {"cat": 3}}',
     }
-    assert ss_metadata(family="sdxl")["ss_base_model_version"].startswith("sdxl_")
+    assert ss_metadata(spec=get_family("sd15"), prediction_type="epsilon")["ss_base_model_version"] == "sd_v1"
+    assert ss_metadata(spec=get_family("sd15"), prediction_type="v_prediction")["ss_base_model_version"] == "sd_v1_v"
+    assert ss_metadata(spec=get_family("sd15"))["ss_v2"] == "False"
 
 
 def test_unknown_ss_key_is_refused() -> None:
     with pytest.raises(UserError, match="network_dimm"):
-        ss_metadata(family="sd15", network_dimm=4)
+        ss_metadata(spec=get_family("sd15"), network_dimm=4)
 
 
 def test_header_matches_safetensors_and_metadata_survives(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     tensors = {"a": torch.zeros(2, 3, dtype=torch.float16), "b": torch.zeros((), dtype=torch.float32)}
-    meta = modelspec_metadata(family="sd15", title="x")
+    meta = modelspec_metadata(spec=get_family("sd15"), title="x")
     save_safetensors(tensors, path, meta)
     metadata, header = read_safetensors_header(path)
     assert metadata == meta

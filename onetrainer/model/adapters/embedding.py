@@ -1,8 +1,8 @@
 """Textual-inversion embeddings: new tokens whose input vectors are their own small tensors.
 
 A placeholder of n vectors becomes n tokens (`<p>`, `<p>_1`, ... as diffusers names them) added to the
-tokenizer of every text encoder that takes embeddings (one for SD 1.x, CLIP-L and CLIP-G for SDXL,
-...), each with its own [n, width] vectors, as A1111's `clip_l` / `clip_g` files hold them. The
+tokenizer of every text encoder that takes embeddings (one for SD 1.x, two for families with two CLIP
+encoders, ...), each with its own [n, width] vectors, as A1111's `clip_l` / `clip_g` files hold them. The
 vectors are not rows of the encoders' token tables: the tables keep their shape and state-dict keys
 (so a full-model save or a single-file export is unchanged), and a thin lookup in front of each table
 substitutes an embedding's vectors wherever its tokens appear. Only those few numbers train.
@@ -204,6 +204,7 @@ def read_embedding_file(path: str | Path, spec: FamilySpec) -> dict[str, torch.T
     diffusers embedding file, for a model of family `spec`."""
     from onetrainer.model.adapters.files import read_tensor_file
     from onetrainer.util.detect import EMBEDDING, detect_path
+    from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.embeddings import a1111_to_embedding
     from onetrainer.util.keymaps.engine import KeyMapError
 
@@ -212,7 +213,8 @@ def read_embedding_file(path: str | Path, spec: FamilySpec) -> dict[str, torch.T
         raise UserError(f"{Path(path).name} is not an embedding: it is a {detection.description}", where=str(path))
     if detection.family is not None and detection.family != spec.name:
         raise UserError(
-            f"this embedding is for {detection.family} ({detection.reason}), not for this {spec.title} model",
+            f"this embedding is for {family_title(detection.family)} ({detection.reason}), not for this {spec.title} "
+            "model",
             where=str(path),
         )
     data, _ = read_tensor_file(path)

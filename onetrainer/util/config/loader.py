@@ -29,7 +29,8 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise UserError(
             f"config file not found: {path}",
-            hint="Check the path, or start from a preset: `onetrainer presets sd15-lora > my.yaml`.",
+            hint="Check the path, or start from a preset: `onetrainer presets` lists them, "
+            "`onetrainer presets NAME > my.yaml` writes one.",
         )
     if path.is_dir():
         raise UserError(f"expected a YAML config file, got a folder: {path}")

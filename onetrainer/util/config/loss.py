@@ -69,8 +69,8 @@ class NoiseConfig(Section):
     )
     dynamic_shift: bool | None = Field(
         None,
-        description="Flow matching: shift by the image's token count instead of a fixed factor (FLUX.1-dev); "
-        "null: as the model's scheduler says.",
+        description="Flow matching: shift by the image's token count instead of a fixed factor (the scheduler's "
+        "use_dynamic_shifting); null: as the model's scheduler says.",
     )
 
 

@@ -52,7 +52,7 @@ OutputPath = Annotated[Path, BeforeValidator(_plain_path), _path_serializer]
 """A path the run will create (workspace, output file); `~` is expanded, existence is not required."""
 
 TINY_PREFIX = "tiny:"
-"""`tiny:sd15` (etc.) names the built-in tiny random-weight model of a family: for the demo and tests."""
+"""`tiny:<name>` names a built-in tiny random-weight model of a family (`FamilySpec.tiny`): for the demo and tests."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")

@@ -10,7 +10,8 @@ def clip_text_model_is_wrapped(with_projection: bool = False) -> bool:
     """Whether the installed transformers' CLIP text model keys start with `text_model.`.
 
     transformers >= 5.6 flattened CLIPTextModel, so its state dict says `encoder.layers.0...`; older
-    versions, and CLIPTextModelWithProjection (SDXL's second encoder) in all versions, say
+    versions, and CLIPTextModelWithProjection (a projected encoder, such as a second CLIP-G encoder) in all
+    versions, say
     `text_model.encoder.layers.0...`. Checked on a 1-layer model, once per process.
     """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

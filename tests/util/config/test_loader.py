@@ -135,7 +135,7 @@ def test_unknown_preset_lists_valid_ones(tmp_path, concept_dir):
         load_config(base_config(tmp_path, concept_dir, "preset: sd15-lroa\n"))
     message = problems_of(info)["preset"]
     assert "did you mean 'sd15-lora'" in message
-    assert "sdxl-full" in message
+    assert "sd15-full" in message
 
 
 def test_model_base_is_required_and_hub_ids_are_accepted(tmp_path, concept_dir):

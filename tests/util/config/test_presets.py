@@ -3,12 +3,21 @@ import yaml
 
 from onetrainer.util.config.loader import load_config
 from onetrainer.util.config.presets import load_preset, preset_description, preset_names, presets_dir
+from onetrainer.util.registry import ModuleKind, supporting
 
-REQUIRED = {"sd15-lora", "sd15-full", "sd15-embedding", "sdxl-lora", "sdxl-full", "sdxl-embedding"}
+REQUIRED = {"sd15-lora", "sd15-full", "sd15-embedding"}
+TRAINS = (ModuleKind.LOADER, ModuleKind.SETUP, ModuleKind.SAMPLER, ModuleKind.SAVER)
+"""What a family needs before `train` can run it (previews need the sampler)."""
 
 
 def test_required_presets_are_shipped():
     assert set(preset_names()) >= REQUIRED
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_no_preset_of_a_family_that_cannot_train_is_shipped(name):
+    model_type = load_preset(name).get("model", {}).get("type")
+    assert model_type in supporting(TRAINS), f"{name}: model type {model_type!r} has no training modules"
 
 
 @pytest.mark.parametrize("name", preset_names())

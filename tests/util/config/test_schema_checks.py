@@ -25,7 +25,8 @@ def problems(path, *overrides):
     [
         ("training.learning_rate=nan", "training.learning_rate"),
         ("training.learning_rate=.inf", "training.learning_rate"),
-        ("training.learning_rates={unet: .nan}", "training.learning_rates.unet"),
+        ("parts.unet.learning_rate=.nan", "parts.unet.learning_rate"),
+        ("parts.text_encoder={learning_rate: .inf}", "parts.text_encoder.learning_rate"),
         ("training.optimizer_args={d_coef: .nan}", "training.optimizer_args.d_coef"),
         ("training.optimizer_args={betas: [0.9, .inf]}", "training.optimizer_args.betas"),
         ("training.betas=[0.9, .nan]", "training.betas.1"),

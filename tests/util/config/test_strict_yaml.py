@@ -51,8 +51,8 @@ def test_a_repeated_key_in_an_override_value_is_refused(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  base: org/model\n")
     with pytest.raises(ConfigError) as info:
-        load_config(path, ["training.learning_rates={unet: 1e-4, unet: 1e-5}"])
-    assert "given twice" in problems_of(info)["training.learning_rates"]
+        load_config(path, ["parts.unet={learning_rate: 1e-4, learning_rate: 1e-5}"])
+    assert "given twice" in problems_of(info)["parts.unet"]
 
 
 def test_invalid_utf8_is_refused_with_its_byte_offset_and_line(tmp_path):
