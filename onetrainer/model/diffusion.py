@@ -97,6 +97,15 @@ class DiffusionModel:
                     return values[name]
         raise AttributeError(f"{type(self).__name__} of {self.__dict__.get('spec')} has no {name!r}")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """`model.vae = other` replaces the component (or tokenizer) itself, so savers and samplers see it."""
+        for table in ("components", "tokenizers"):
+            values = self.__dict__.get(table)
+            if values is not None and name in values:
+                values[name] = value
+                return
+        super().__setattr__(name, value)
+
     @property
     def model_type(self) -> str:
         return self.spec.name
