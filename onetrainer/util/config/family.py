@@ -124,7 +124,12 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
                 )
             )
             continue
-        allowed = part_keys(spec.component(name).role)
+        role = spec.component(name).role
+        allowed = set(PartConfig.model_fields) - set(TEXT_ENCODER_KEYS)
+        if role is Role.TEXT_ENCODER:
+            allowed |= set(TEXT_ENCODER_KEYS)
+        if role is Role.VAE:
+            allowed -= set(TRAINABLE_KEYS)
         for key in sorted(part.model_fields_set - allowed):
             what = "text encoders" if key in TEXT_ENCODER_KEYS else "parts that can train (not the VAE)"
             problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} take this key"))
@@ -139,41 +144,6 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
                 )
             )
     return problems
-
-
-def part_keys(role: Role) -> set[str]:
-    """The `parts.<name>` keys a part of this role takes."""
-    allowed = set(PartConfig.model_fields) - set(TEXT_ENCODER_KEYS)
-    if role is Role.TEXT_ENCODER:
-        allowed |= set(TEXT_ENCODER_KEYS)
-    if role is Role.VAE:
-        allowed -= set(TRAINABLE_KEYS)
-    return allowed
-
-
-def without_unused_keys(data: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
-    """`config`'s dump (`data`) without the keys its family does not take, so that the dump validates again.
-
-    Every such key holds its default in a validated config (setting one is an error), so nothing is
-    lost; left in, each would count as written and be refused when the dump is loaded (a resumed
-    backup, a saved `config.yaml`).
-    """
-    spec = find_family(config.model.type)
-    if spec is None:
-        return data
-    parts = data.get("parts", {})
-    for name, part in parts.items():
-        if name in spec.component_names:
-            parts[name] = {key: value for key, value in part.items() if key in part_keys(spec.component(name).role)}
-    for other, keys in OBJECTIVE_ONLY.items():
-        if other is not spec.objective:
-            for key in keys:
-                *path, last = key.split(".")
-                section = data
-                for head in path:
-                    section = section.get(head, {})
-                section.pop(last, None)
-    return data
 
 
 def _explicitly_set(section: Any, dotted: str) -> bool:

@@ -213,7 +213,5 @@ def _where(file: str | None, overrides: list[str] | tuple[str, ...], problems: l
 
 def dump_config(config: TrainConfig) -> str:
     """The resolved config as YAML; loading it back yields an equal object."""
-    from onetrainer.util.config.family import without_unused_keys
-
-    data = without_unused_keys(config.model_dump(mode="json"), config)
+    data = config.model_dump(mode="json")
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
