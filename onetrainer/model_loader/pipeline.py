@@ -220,6 +220,8 @@ def _component_class(index: dict[str, Any], name: str, source: str) -> type | No
 
 def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.dtype, *, hub: bool) -> LoadedParts:
     """The family's components of a diffusers folder or hub repo, in `dtype`."""
+    from diffusers import SchedulerMixin
+
     with hub_errors(source, "base model", where="model.base", hub=hub):
         index = _read_json(_hub_file(location, "model_index.json") if hub else Path(location) / "model_index.json")
         components: dict[str, Any] = {}
@@ -239,11 +241,7 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
                 tokenizers[component.tokenizer] = tokenizer_class.from_pretrained(
                     location, subfolder=component.tokenizer
                 )
-        # Read through the scheduler's own class: diffusers' `SchedulerMixin` base has no `load_config`.
-        scheduler_class: Any = _component_class(index, "scheduler", source)
-        if scheduler_class is None:
-            raise UserError(f"{source} has no scheduler", where="model.base")
-        scheduler = dict(scheduler_class.load_config(location, subfolder="scheduler"))
+        scheduler = dict(SchedulerMixin.load_config(location, subfolder="scheduler"))
     for component in spec.text_encoders:
         if component.name not in components or component.tokenizer is None:
             continue
