@@ -47,7 +47,7 @@ class DiffusionSaver:
         """Write what `method` trained to `output`; returns every path written."""
         output = Path(output).expanduser()
         kind = METHOD_KINDS[method]
-        fmt = resolve_format(format, kind, output)
+        fmt = resolve_format(_family_default(format, kind, model), kind, output)
         check_output(output, fmt, kind, overwrite=overwrite)
         cast = save_dtype(dtype)
         with write_errors(output):
@@ -155,3 +155,10 @@ class DiffusionSaver:
 def file_stem(placeholder: str) -> str:
     """A file name for a placeholder: `<my-cat>` -> `my-cat` (the trigger word A1111 derives from it)."""
     return re.sub(r"[^\w.-]+", "_", placeholder.strip("<> ")).strip("._") or "embedding"
+
+
+def _family_default(requested: SaveFormat | str, kind: str, model: DiffusionModel) -> SaveFormat | str:
+    """`auto` for a LoRA of a family without kohya names is the peft layout (kohya otherwise)."""
+    if kind == LORA and str(getattr(requested, "value", requested)) == SaveFormat.AUTO.value:
+        return SaveFormat.KOHYA if model.spec.lora_naming is not None else SaveFormat.PEFT
+    return requested

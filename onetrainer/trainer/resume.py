@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.types import CHECK_PATHS
-from onetrainer.util.errors import ConfigProblem, UserError
+from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +112,7 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     trained with), so a newer version can continue an older backup; as written if it no longer validates."""
     try:
         return TrainConfig.model_validate(saved, context={CHECK_PATHS: False}).model_dump(mode="json")
-    except ValidationError:
+    except (ValidationError, ConfigError):
         return saved
 
 
