@@ -201,6 +201,9 @@ class FamilySpec:
     """Prediction type -> what differs for models of that prediction type."""
     shipped_config: str | None = None
     """The folder under `onetrainer/model/configs` with the family's architecture, for single files."""
+    onetrainer_model_types: tuple[str, ...] = ()
+    """OneTrainer's `model_type` names this family trains (`onetrainer import` maps them here); the first is
+    the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out."""
 
     def component(self, name: str) -> Component:
         for component in self.components:
