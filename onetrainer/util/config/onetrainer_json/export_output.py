@@ -6,10 +6,9 @@ from typing import Any
 
 from onetrainer.util.config.onetrainer_json.defaults import sample_defaults
 from onetrainer.util.config.onetrainer_json.findings import View
+from onetrainer.util.config.onetrainer_json.import_output import auto_format
 from onetrainer.util.config.onetrainer_json.tables import OUTPUT_FORMATS, PRECISIONS, SAMPLERS, reverse
 
-AUTO_FORMATS = {"lora": "kohya", "embedding": "a1111"}
-"""What `saving.format: auto` writes per method (full models: by the output's suffix)."""
 UNITS = {"step": "STEP", "epoch": "EPOCH", "minute": "MINUTE"}
 
 
@@ -63,7 +62,7 @@ def export_saving(ours: View, ot: dict[str, Any]) -> None:
     ot["output_model_destination"] = output
     fmt = saving["format"]
     if fmt == "auto":
-        fmt = AUTO_FORMATS.get(method) or ("single-file" if output.endswith(".safetensors") else "diffusers")
+        fmt = auto_format(method, output)
     formats = reverse(OUTPUT_FORMATS[method])
     if fmt in formats:
         ot["output_model_format"] = formats[fmt]

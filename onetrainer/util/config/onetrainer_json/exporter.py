@@ -52,8 +52,8 @@ def _item_defaults(config: TrainConfig) -> dict[str, dict[str, Any]]:
     context = {CHECK_PATHS: False}
     return {
         "concepts": ConceptConfig.model_validate({"path": "x"}, context=context).model_dump(mode="json"),
-        "prompts": SamplePrompt(prompt="x").model_dump(mode="json"),
-        "additional": AdditionalEmbeddingConfig(placeholder="x").model_dump(mode="json"),
+        "prompts": SamplePrompt.model_validate({"prompt": "x"}).model_dump(mode="json"),
+        "additional": AdditionalEmbeddingConfig.model_validate({"placeholder": "x"}).model_dump(mode="json"),
     }
 
 

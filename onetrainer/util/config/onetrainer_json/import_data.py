@@ -94,13 +94,17 @@ def _image(image: View) -> dict[str, Any]:
     image.refuse("enable_fixed_rotate", "rotations are random, up to the angle")
     if image["enable_random_rotate"]:
         mapped["rotation"] = _bounded(image, "random_rotate_max_angle", 180.0)
-    elif not image["enable_fixed_rotate"]:
+    elif image["enable_fixed_rotate"]:
+        image.skip("random_rotate_max_angle")
+    else:
         image.ignore("random_rotate_max_angle", "enable_random_rotate is off")
     for name, largest in COLOURS.items():
         image.refuse(f"enable_fixed_{name}", f"{name} changes are random, up to the strength")
         if image[f"enable_random_{name}"]:
             mapped[name] = _bounded(image, f"random_{name}_max_strength", largest)
-        elif not image[f"enable_fixed_{name}"]:
+        elif image[f"enable_fixed_{name}"]:
+            image.skip(f"random_{name}_max_strength")
+        else:
             image.ignore(f"random_{name}_max_strength", f"enable_random_{name} is off")
     mapped["mask_shrink"] = {"enabled": image["enable_random_circular_mask_shrink"]}
     mapped["mask_rotate_crop"] = {"enabled": image["enable_random_mask_rotate_crop"]}

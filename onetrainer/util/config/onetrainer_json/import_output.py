@@ -46,21 +46,31 @@ def cadence(view: View, key: str) -> str:
     return str(Cadence(round(minutes, 4), CadenceUnit.MINUTE)) if minutes > 0 else "1 step"
 
 
+AUTO_FORMATS = {"lora": "kohya", "embedding": "a1111"}
+"""What `saving.format: auto` writes per method (full models: by the output's suffix)."""
+
+
+def auto_format(method: str, output: str) -> str:
+    """The format `saving.format: auto` means for `method` and the output path."""
+    return AUTO_FORMATS.get(method) or ("single-file" if output.endswith(".safetensors") else "diffusers")
+
+
 def map_saving(config: View, out: Target, method: str) -> None:
     out.set("saving.output", config["output_model_destination"])
     fmt = config["output_model_format"]
     formats = OUTPUT_FORMATS[method]
-    out.set("saving.format", formats.get(fmt, next(iter(formats.values()))))
-    if fmt in formats:
-        if fmt in LEGACY_FORMATS:
-            config.note(
-                "output_model_format",
-                f"OneTrainer's legacy layout; onetrainer writes {formats[fmt]}, which the same tools load",
-            )
-    else:
-        config.unsupported(
-            "output_model_format", f"{method} outputs here: {', '.join(formats)}; {out.get('saving.format')} here"
+    out.set("saving.format", formats.get(fmt) or auto_format(method, config["output_model_destination"]))
+    if fmt in LEGACY_FORMATS:
+        config.note(
+            "output_model_format",
+            f"OneTrainer's legacy layout; onetrainer writes {formats[fmt]}, which the same tools load",
         )
+    elif fmt not in formats:
+        why = f"{method} outputs here: {', '.join(formats)}; {out.get('saving.format')} here"
+        if config.is_default("output_model_format"):
+            config.note("output_model_format", f"OneTrainer's default, for embeddings only; {why}")
+        else:
+            config.unsupported("output_model_format", why)
     dtype = config["output_dtype"]
     out.set("saving.dtype", PRECISIONS.get(dtype, "fp16"))
     if dtype not in PRECISIONS:

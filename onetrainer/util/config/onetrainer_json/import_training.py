@@ -8,6 +8,7 @@ the file's `optimizer` value if not null, else `optimizer_defaults[name]`'s, els
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from onetrainer.util.config.family import DISTRIBUTIONS, WEIGHTINGS
@@ -36,14 +37,18 @@ DEVICES = {"cuda": "auto"}
 
 def resolve_optimizer(raw: dict[str, Any], ledger: Ledger) -> View:
     """The optimizer object as the run would use it, over the chosen optimizer's built-in defaults."""
-    given = raw.get("optimizer") if isinstance(raw.get("optimizer"), dict) else {}
+    given = _object(raw.get("optimizer"))
     name = given.get("optimizer") or "ADAMW"
     defaults = optimizer_defaults(name if isinstance(name, str) else "ADAMW")
-    remembered = (raw.get("optimizer_defaults") or {}).get(name) or {}
+    remembered = _object(_object(raw.get("optimizer_defaults")).get(name))
     chosen = {key: value for key, value in remembered.items() if value is not None}
     chosen.update({key: value for key, value in given.items() if value is not None})
     values = _coerce_object(chosen, defaults, "optimizer", "optimizer.", ledger)
     return View(values, defaults, ledger, "optimizer.")
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def map_optimizer(config: View, optimizer: View, out: Target) -> None:
@@ -120,7 +125,7 @@ def map_precision(config: View, out: Target) -> None:
         config.unsupported("train_dtype", f"training precisions: {', '.join(PRECISIONS)}")
     device = config["train_device"]
     text = DEVICES.get(device, device)
-    if text in ("auto", "cpu", "mps") or text.startswith("cuda"):
+    if text in ("auto", "cpu", "mps", "cuda") or re.fullmatch(r"cuda:\d+", text):
         out.set("training.device", text)
     else:
         out.set("training.device", "auto")

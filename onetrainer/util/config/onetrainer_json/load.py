@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ def check_imported(imported: Imported, *, check_paths: bool) -> TrainConfig:
     """Validate the imported config as a run config (a mapping we cannot express fails here, listed)."""
     from onetrainer.util.config.loader import validate
 
-    return validate(dict(imported.data), check_paths=check_paths, where=str(imported.source))
+    return validate(copy.deepcopy(imported.data), check_paths=check_paths, where=str(imported.source))
 
 
 def load_onetrainer_config(
@@ -74,5 +75,5 @@ def load_onetrainer_config(
     imported = import_onetrainer(path)
     if imported.unsupported and not allow_unsupported:
         raise UnsupportedSettings(imported.unsupported, where=str(path))
-    raw, problems = resolve_raw(dict(imported.data), overrides)
+    raw, problems = resolve_raw(copy.deepcopy(imported.data), overrides)
     return validate(raw, check_paths=check_paths, where=str(path), earlier_problems=problems), imported

@@ -7,7 +7,7 @@ can fail to load there; here a missing key means that step has nothing to do.
 
 A file without `__version` is either one of OneTrainer's sparse built-in presets (current schema,
 loaded unmigrated) or a file from before February 2024, which still has the flat keys that step 0
-moves (`optimizer_*`, `train_unet`, ...); `needs_migration` tells them apart by those keys.
+moves (`optimizer_*`, `train_unet`, ...); `source_version` tells them apart by those keys.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def _v0_optimizer_object(config: dict[str, Any]) -> None:
 
 def _v1_part_objects(config: dict[str, Any]) -> None:
     for part in part_names():
-        target = config.get(part) if isinstance(config.get(part), dict) else {}
+        existing = config.get(part)
+        target: dict[str, Any] = existing if isinstance(existing, dict) else {}
         if f"train_{part}" in config:
             target["train"] = config.pop(f"train_{part}")
         if f"train_{part}_epochs" in config:
