@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onetrainer.util.config.onetrainer_json.target import SECTION_ORDER
 from onetrainer.util.config.yaml_text import InvalidUtf8, decode_utf8
 from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
 
@@ -61,17 +62,24 @@ def find_list_file(name: str, config_dir: Path) -> Path | None:
 
 
 def is_onetrainer_config(path: Path) -> bool:
-    """Whether `path` is a OneTrainer JSON config rather than one of our YAML run configs."""
-    if path.suffix.lower() == ".json":
-        return True
+    """Whether `path` holds a OneTrainer JSON config rather than one of our run configs.
+
+    Our run configs are YAML, of which JSON is a subset, so the suffix alone does not decide: a JSON
+    object with one of our sections (`model`, `training`, ...) is ours; any other `.json` file, or a
+    JSON object with OneTrainer's keys, is OneTrainer's (its reader then reports what is wrong).
+    """
     try:
-        head = path.read_bytes()[:65536].decode("utf-8-sig", errors="replace").lstrip()
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError:
         return False
-    if not head.startswith("{"):
+    if path.suffix.lower() != ".json" and not text.lstrip().startswith("{"):
         return False
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
+        data = json.loads(text)
+    except ValueError:
+        return path.suffix.lower() == ".json"
+    if not isinstance(data, dict):
+        return path.suffix.lower() == ".json"
+    if any(key in data for key in SECTION_ORDER):
         return False
-    return isinstance(data, dict) and any(key in data for key in ONETRAINER_KEYS)
+    return path.suffix.lower() == ".json" or any(key in data for key in ONETRAINER_KEYS)

@@ -235,3 +235,26 @@ def test_concept_and_sample_files_are_found_beside_the_config(tmp_path, monkeypa
     assert get(imported, "data.concepts")[0]["repeats"] == 2.0
     assert imported.samples_from == "none"
     assert "sample_definition_file_name" in notes(imported)
+
+
+def test_a_onetrainer_config_is_told_from_a_run_config_by_its_keys(tmp_path):
+    from onetrainer.util.config.onetrainer_json.files import is_onetrainer_config
+
+    cases = {
+        "ot.json": json.dumps(BASE),
+        "ours.json": json.dumps({"model": {"type": "sd15"}}),
+        "ot-without-suffix.cfg": json.dumps(BASE),
+        "ours.yaml": "model:\n  type: sd15\n",
+        "broken.json": "{oops",
+    }
+    found = {}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        found[name] = is_onetrainer_config(tmp_path / name)
+    assert found == {
+        "ot.json": True,
+        "ours.json": False,
+        "ot-without-suffix.cfg": True,
+        "ours.yaml": False,
+        "broken.json": True,
+    }
