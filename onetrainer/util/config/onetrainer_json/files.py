@@ -65,8 +65,9 @@ def is_onetrainer_config(path: Path) -> bool:
     """Whether `path` holds a OneTrainer JSON config rather than one of our run configs.
 
     Our run configs are YAML, of which JSON is a subset, so the suffix alone does not decide: a JSON
-    object with one of our sections (`model`, `training`, ...) is ours; any other `.json` file, or a
-    JSON object with OneTrainer's keys, is OneTrainer's (its reader then reports what is wrong).
+    object with OneTrainer's keys (`model_type`, `__version`, ...) is OneTrainer's; else one with our
+    sections (`model`, `training`, ...) is ours; any other `.json` file is OneTrainer's (its reader
+    then reports what is wrong).
     """
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
@@ -80,6 +81,6 @@ def is_onetrainer_config(path: Path) -> bool:
         return path.suffix.lower() == ".json"
     if not isinstance(data, dict):
         return path.suffix.lower() == ".json"
-    if any(key in data for key in SECTION_ORDER):
-        return False
-    return path.suffix.lower() == ".json" or any(key in data for key in ONETRAINER_KEYS)
+    if any(key in data for key in ONETRAINER_KEYS):
+        return True
+    return path.suffix.lower() == ".json" and not any(key in data for key in SECTION_ORDER)

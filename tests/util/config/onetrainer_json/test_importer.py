@@ -241,7 +241,7 @@ def test_a_onetrainer_config_is_told_from_a_run_config_by_its_keys(tmp_path):
     from onetrainer.util.config.onetrainer_json.files import is_onetrainer_config
 
     cases = {
-        "ot.json": json.dumps(BASE),
+        "ot.json": json.dumps({**BASE, "embedding": {"placeholder": "<x>"}}),
         "ours.json": json.dumps({"model": {"type": "sd15"}}),
         "ot-without-suffix.cfg": json.dumps(BASE),
         "ours.yaml": "model:\n  type: sd15\n",
