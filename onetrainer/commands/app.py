@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from onetrainer import __version__
-from onetrainer.commands import caption, convert, inspect, mask, presets, sample, train
+from onetrainer.commands import caption, convert, export, import_config, inspect, mask, presets, sample, train
 from onetrainer.commands.help import HelpfulCommand, examples_epilog, show_words
 from onetrainer.util.errors import OneTrainerError
 
@@ -145,11 +145,15 @@ COMMANDS = {
     "mask": mask,
     "inspect": inspect,
     "convert": convert,
+    "import": import_config,
+    "export": export,
 }
-"""Command name -> its module, which holds a function of the same name and its `EXAMPLES`."""
+"""Command name -> its module, which holds a function named like the module (`import` is a Python keyword,
+so its module is `import_config`) and its `EXAMPLES`."""
 
 for _name, _module in COMMANDS.items():
-    app.command(name=_name, cls=HelpfulCommand, epilog=examples_epilog(_module.EXAMPLES))(getattr(_module, _name))
+    _function = getattr(_module, _module.__name__.rpartition(".")[2])
+    app.command(name=_name, cls=HelpfulCommand, epilog=examples_epilog(_module.EXAMPLES))(_function)
 
 
 def main() -> None:

@@ -21,12 +21,20 @@ EXAMPLES = (
         "onetrainer train my-lora.yaml training.learning_rate=5e-5 training.epochs=20",
     ),
     ("continue an interrupted run from its newest backup", "onetrainer train my-lora.yaml --resume last"),
+    (
+        "train a OneTrainer config (JSON) as it is, even with settings onetrainer cannot honour",
+        "onetrainer train my-onetrainer-lora.json --allow-unsupported",
+    ),
 )
 
 
 def train(
     config: Annotated[
-        Path, typer.Argument(metavar="CONFIG", help="Run config (YAML). It may name a `preset:` to start from.")
+        Path,
+        typer.Argument(
+            metavar="CONFIG",
+            help="Run config (YAML; it may name a `preset:` to start from), or a OneTrainer config (JSON).",
+        ),
     ],
     overrides: Annotated[
         list[str] | None,
@@ -47,17 +55,28 @@ def train(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per line on stdout instead of the progress display.")
     ] = False,
+    allow_unsupported: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsupported",
+            help="OneTrainer configs: train without the settings onetrainer cannot honour (they are listed).",
+        ),
+    ] = False,
 ) -> None:
     """Train a model from a config file (defaults < preset < file < overrides)."""
     from onetrainer.data_loader.placeholders import check_placeholders
     from onetrainer.util.config.loader import dump_config, load_config
+    from onetrainer.util.config.onetrainer_json.files import is_onetrainer_config
     from onetrainer.util.errors import UserError
 
     if sum((check, dry_run, cache_only)) > 1:
         raise UserError("--check, --dry-run and --cache-only each end the command early: choose one")
     if resume is not None and (check or dry_run or cache_only):
         raise UserError("--resume starts training; it does not combine with --check, --dry-run or --cache-only")
-    resolved = load_config(config, overrides or [])
+    if is_onetrainer_config(config):
+        resolved = _load_onetrainer(config, overrides or [], allow_unsupported=allow_unsupported)
+    else:
+        resolved = load_config(config, overrides or [])
     check_placeholders(resolved)
     if check:
         typer.echo(dump_config(resolved), nl=False)
@@ -91,6 +110,19 @@ def train(
         from onetrainer.ui.console import stderr
 
         stderr.print(f"[green]Done.[/] Trained {result.step} steps; output: [bold]{result.output}[/]")
+
+
+def _load_onetrainer(config: Path, overrides: list[str], *, allow_unsupported: bool) -> TrainConfig:
+    """A OneTrainer config, imported in memory; the settings left out (if allowed) are listed on stderr."""
+    from onetrainer.ui.console import stderr
+    from onetrainer.util.config.onetrainer_json.load import finding_lines, load_onetrainer_config
+
+    resolved, imported = load_onetrainer_config(config, overrides, allow_unsupported=allow_unsupported)
+    if imported.unsupported:
+        stderr.print("[yellow]Training without these unsupported OneTrainer settings:[/]")
+        for line in finding_lines(imported.unsupported):
+            stderr.print(f"  {line}", markup=False, soft_wrap=True)
+    return resolved
 
 
 def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:

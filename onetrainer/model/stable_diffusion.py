@@ -181,6 +181,7 @@ SD15 = register_family(
         single_file=CLIP_LAYOUT,
         shipped_config="sd15",
         tiny={"sd15": _tiny("sd15", "tiny random-weight SD 1.5")},
+        onetrainer_model_types=("STABLE_DIFFUSION_15",),
         hub_ids=(
             "openai/clip-vit-large-patch14",
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -218,6 +219,12 @@ SD2 = register_family(
             "stabilityai/stable-diffusion-2",
         ),
         shipped_config="sd2-768-v",
+        onetrainer_model_types=(
+            "STABLE_DIFFUSION_21",
+            "STABLE_DIFFUSION_21_BASE",
+            "STABLE_DIFFUSION_20",
+            "STABLE_DIFFUSION_20_BASE",
+        ),
         variants={
             "epsilon": Variant(shipped_config="sd2-512"),
             "v_prediction": Variant(

@@ -203,6 +203,9 @@ class FamilySpec:
     """The folder under `onetrainer/model/configs` with the family's architecture, for single files."""
     is_default: bool = False
     """This is the model type of a run config that names none (exactly one registered family says so)."""
+    onetrainer_model_types: tuple[str, ...] = ()
+    """OneTrainer's `model_type` names this family trains (`onetrainer import` maps them here); the first is
+    the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out."""
 
     def component(self, name: str) -> Component:
         for component in self.components:

@@ -1,0 +1,86 @@
+"""Export what a run produces: previews (as OneTrainer's inline sample list), saves, backups and logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onetrainer.util.config.onetrainer_json.defaults import sample_defaults
+from onetrainer.util.config.onetrainer_json.findings import View
+from onetrainer.util.config.onetrainer_json.import_output import auto_format
+from onetrainer.util.config.onetrainer_json.tables import OUTPUT_FORMATS, PRECISIONS, SAMPLERS, reverse
+
+UNITS = {"step": "STEP", "epoch": "EPOCH", "minute": "MINUTE"}
+
+
+def interval(view: View, key: str) -> tuple[int, str]:
+    """Our cadence text as OneTrainer's whole-number interval and unit."""
+    text = view[key]
+    if text == "never":
+        return 0, "NEVER"
+    count, unit = text.split()
+    value = float(count)
+    unit = UNITS[unit.rstrip("s")]
+    if value.is_integer():
+        return int(value), unit
+    if unit == "MINUTE" and (value * 60).is_integer():
+        return int(value * 60), "SECOND"
+    view.unsupported(key, "OneTrainer counts whole steps, epochs, minutes or seconds")
+    return max(1, round(value)), unit
+
+
+def export_sampling(ours: View, ot: dict[str, Any], resolution: int | list[int]) -> None:
+    sampling = ours.child("sampling")
+    ot["sample_after"], ot["sample_after_unit"] = interval(sampling, "every")
+    ot["samples_to_tensorboard"] = sampling["to_tensorboard"]
+    ot["sample_image_format"] = "PNG"
+    side = resolution[0] if isinstance(resolution, list) else resolution
+    ot["samples"] = [_sample(prompt, side) for prompt in sampling.items("prompts", {})]
+    sampling.refuse("before_training", "OneTrainer draws no previews before the first step")
+
+
+def _sample(prompt: View, side: int) -> dict[str, Any]:
+    sample = sample_defaults()
+    sample["prompt"] = prompt["prompt"]
+    sample["negative_prompt"] = prompt["negative_prompt"]
+    sample["seed"] = prompt["seed"]
+    sample["diffusion_steps"] = prompt["steps"]
+    sample["cfg_scale"] = prompt["cfg"]
+    sample["width"] = prompt["width"] or side
+    sample["height"] = prompt["height"] or side
+    scheduler = prompt["scheduler"]
+    if scheduler in reverse(SAMPLERS):
+        sample["noise_scheduler"] = reverse(SAMPLERS)[scheduler]
+    else:
+        prompt.unsupported("scheduler", f"OneTrainer's samplers here: {', '.join(reverse(SAMPLERS))}")
+    return sample
+
+
+def export_saving(ours: View, ot: dict[str, Any]) -> None:
+    saving = ours.child("saving")
+    method = ours["method"]
+    output = saving["output"]
+    ot["output_model_destination"] = output
+    fmt = saving["format"]
+    if fmt == "auto":
+        fmt = auto_format(method, output)
+    formats = reverse(OUTPUT_FORMATS[method])
+    if fmt in formats:
+        ot["output_model_format"] = formats[fmt]
+    else:
+        saving.unsupported("format", f"OneTrainer's {method} formats here: {', '.join(formats)}")
+    ot["output_dtype"] = reverse(PRECISIONS)[saving["dtype"]]
+    ot["prevent_overwrites"] = not saving["overwrite"]
+    ot["save_every"], ot["save_every_unit"] = interval(saving, "every")
+    ot["backup_after"], ot["backup_after_unit"] = interval(saving, "backup_every")
+    ot["rolling_backup"] = True
+    ot["rolling_backup_count"] = saving["backup_keep_last"]
+    ot["workspace_dir"] = ours["workspace"]
+
+
+def export_logging(ours: View, ot: dict[str, Any]) -> None:
+    logging = ours.child("logging")
+    logging.refuse("tensorboard", "OneTrainer always writes TensorBoard logs")
+    count, unit = interval(logging, "validate_every")
+    ot["validation"] = unit != "NEVER"
+    if ot["validation"]:
+        ot["validate_after"], ot["validate_after_unit"] = count, unit

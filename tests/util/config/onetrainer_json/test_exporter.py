@@ -1,0 +1,89 @@
+"""Our run config as a OneTrainer config: what maps, and which of our settings OneTrainer cannot hold."""
+
+import copy
+
+import pytest
+
+from onetrainer.util.config.loader import resolve_raw, validate
+from onetrainer.util.config.onetrainer_json.exporter import export_onetrainer
+from onetrainer.util.config.onetrainer_json.importer import import_onetrainer
+
+BASE = {"model": {"type": "sd15", "base": "tiny:sd15"}, "method": "lora"}
+
+
+def export(*overrides: str):
+    raw, problems = resolve_raw(copy.deepcopy(BASE), list(overrides))
+    return export_onetrainer(validate(raw, check_paths=False, earlier_problems=problems))
+
+
+def lacking(findings) -> set[str]:
+    return {item.key for item in findings}
+
+
+def test_a_config_of_defaults_exports_with_nothing_left_out():
+    config, findings = export()
+    assert findings == []
+    assert config["__version"] == 11
+    assert (config["model_type"], config["training_method"]) == ("STABLE_DIFFUSION_15", "LORA")
+    assert config["layer_filter_preset"] == "attn-mlp"
+    assert config["output_model_format"] == "KOHYA_LORA"
+
+
+def test_our_settings_without_a_place_in_onetrainer_are_listed():
+    _, findings = export(
+        "model.prediction_type=sample",
+        "training.lr_scheduler=polynomial",
+        "sampling.before_training=true",
+        "data.verify_images=false",
+    )
+    assert lacking(findings) == {
+        "model.prediction_type",
+        "training.lr_scheduler",
+        "sampling.before_training",
+        "data.verify_images",
+    }
+
+
+def test_a_text_encoder_lora_on_fewer_layers_is_listed_only_when_it_trains():
+    _, quiet = export("parts.text_encoder.lora_targets=attn")
+    assert quiet == []
+    _, findings = export("parts.text_encoder.train=true", "parts.text_encoder.lora_targets=attn")
+    assert lacking(findings) == {"parts.text_encoder.lora_targets"}
+
+
+def test_a_regex_with_a_comma_cannot_be_a_onetrainer_layer_filter():
+    config, findings = export("lora.regex=attn[12]{1,2}")
+    assert lacking(findings) == {"lora.regex"}
+    assert config["layer_filter_regex"] is True
+
+
+@pytest.mark.parametrize(
+    ("cadence", "expected"),
+    [("250 steps", (250, "STEP")), ("1.5 minutes", (90, "SECOND")), ("never", (0, "NEVER"))],
+)
+def test_cadences_become_whole_intervals(cadence, expected):
+    config, _ = export(f"sampling.every={cadence}")
+    assert (config["sample_after"], config["sample_after_unit"]) == expected
+
+
+def test_concepts_that_disagree_on_caption_dropout_are_listed(tmp_path):
+    _, findings = export(
+        f"data.concepts.0.path={tmp_path}",
+        "data.concepts.0.caption.caption_dropout=0.1",
+        f"data.concepts.1.path={tmp_path}",
+    )
+    assert lacking(findings) == {"data.concepts.0.caption.caption_dropout", "data.concepts.1.caption.caption_dropout"}
+
+
+def test_an_exported_preset_of_ours_imports_back_to_the_same_settings(tmp_path):
+    import json
+
+    config, _ = export("training.optimizer=prodigy", "training.learning_rate=1.0", "lora.type=loha", "lora.rank=8")
+    path = tmp_path / "exported.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    imported = import_onetrainer(path)
+    assert imported.unsupported == []
+    assert imported.data["training"]["optimizer"] == "prodigy"
+    assert imported.data["lora"]["type"] == "loha"
+    assert imported.data["lora"]["rank"] == 8
+    assert imported.data["parts"]["unet"]["lora_targets"] == "attn-mlp"

@@ -1,0 +1,260 @@
+"""How single OneTrainer settings map to ours, and which ones are refused or noted, and why."""
+
+import json
+import re
+
+import pytest
+
+from onetrainer.util.config.onetrainer_json.importer import Imported, import_onetrainer
+from onetrainer.util.config.onetrainer_json.target import Target
+from onetrainer.util.errors import UserError
+
+BASE = {"__version": 11, "model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", "base_model_name": "org/m"}
+
+
+@pytest.fixture
+def convert(tmp_path):
+    def run(**settings) -> Imported:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({**BASE, "concepts": [], "samples": [], **settings}), encoding="utf-8")
+        return import_onetrainer(path)
+
+    return run
+
+
+def get(imported: Imported, dotted: str):
+    target = Target()
+    target.data = imported.data
+    return target.get(dotted)
+
+
+def unsupported(imported: Imported) -> dict[str, str]:
+    return {item.key: item.why for item in imported.unsupported}
+
+
+def notes(imported: Imported) -> dict[str, str]:
+    return {item.key: item.why for item in imported.notes}
+
+
+def test_a_setting_at_its_default_is_never_reported(convert):
+    imported = convert(compile=False, learning_rate_scaler="NONE", unet={"offload_fraction": 0.0})
+    assert imported.unsupported == []
+
+
+def test_every_sd2_model_type_maps_to_the_sd2_family(convert):
+    for name in ("STABLE_DIFFUSION_20", "STABLE_DIFFUSION_20_BASE", "STABLE_DIFFUSION_21", "STABLE_DIFFUSION_21_BASE"):
+        assert get(convert(model_type=name), "model.type") == "sd2"
+
+
+@pytest.mark.parametrize("model_type", ["STABLE_DIFFUSION_15_INPAINTING", "STABLE_DIFFUSION_XL_10_BASE", "NOPE"])
+def test_model_types_without_a_family_here_are_a_user_error(convert, model_type):
+    with pytest.raises(UserError, match="not supported in this version"):
+        convert(model_type=model_type)
+
+
+def test_vae_training_is_a_user_error(convert):
+    with pytest.raises(UserError, match="FINE_TUNE_VAE"):
+        convert(training_method="FINE_TUNE_VAE")
+
+
+def test_forced_prediction_and_zero_terminal_snr(convert):
+    assert get(convert(force_epsilon_prediction=True), "model.prediction_type") == "epsilon"
+    zero_snr = convert(rescale_noise_scheduler_to_zero_terminal_snr=True)
+    assert get(zero_snr, "model.prediction_type") == "v_prediction"
+    assert get(zero_snr, "noise.zero_terminal_snr") is True
+
+
+def test_a_vae_override_becomes_model_vae_and_other_part_sources_are_refused(convert):
+    imported = convert(vae={"model_name": "org/vae"}, unet={"model_name": "unet.safetensors"})
+    assert get(imported, "model.vae") == "org/vae"
+    assert "unet.model_name" in unsupported(imported)
+
+
+def test_stop_points_and_a_zero_stop_that_means_never_trains(convert):
+    imported = convert(
+        unet={"stop_training_after": 500, "stop_training_after_unit": "STEP"},
+        text_encoder={"train": True, "stop_training_after": 0, "stop_training_after_unit": "EPOCH"},
+    )
+    assert get(imported, "parts.unet.stop_after") == "500 steps"
+    assert get(imported, "parts.text_encoder.train") is False
+    minutes = convert(unet={"stop_training_after": 5, "stop_training_after_unit": "MINUTE"})
+    assert "unet.stop_training_after_unit" in unsupported(minutes)
+
+
+def test_full_fine_tune_keeps_trained_weights_in_fp32_and_refuses_a_layer_filter(convert):
+    imported = convert(training_method="FINE_TUNE", unet={"weight_dtype": "BFLOAT_16"}, layer_filter="attn")
+    assert get(imported, "parts.unet.weight_dtype") == "fp32"
+    assert set(unsupported(imported)) == {"unet.weight_dtype", "layer_filter"}
+
+
+def test_a_quantised_weight_dtype_is_refused(convert):
+    imported = convert(text_encoder={"weight_dtype": "NFLOAT_4"})
+    assert get(imported, "parts.text_encoder.weight_dtype") == "fp32"
+    assert "text_encoder.weight_dtype" in unsupported(imported)
+
+
+@pytest.mark.parametrize(
+    ("peft", "settings", "kind", "rank"),
+    [
+        ("LORA", {"lora_decompose": True}, "dora", 16),
+        ("LOHA", {"lora_rank": 8}, "loha", 8),
+        ("LOKR", {"lora_rank": 8, "lokr_dim": 4}, "lokr", 4),
+    ],
+)
+def test_adapter_types(convert, peft, settings, kind, rank):
+    imported = convert(peft_type=peft, **settings)
+    assert (get(imported, "lora.type"), get(imported, "lora.rank")) == (kind, rank)
+    assert imported.unsupported == []
+
+
+def test_oft_is_refused_and_its_settings_noted_only_when_unused(convert):
+    assert "peft_type" in unsupported(convert(peft_type="OFT_2"))
+    assert "oft_block_size" in notes(convert(oft_block_size=8))
+
+
+def test_a_custom_substring_filter_becomes_a_regex_on_the_denoiser_only(convert):
+    imported = convert(layer_filter_preset="custom", layer_filter="down_blocks.1, mid_block")
+    regex = re.compile(get(imported, "parts.unet.lora_regex"))
+    assert regex.search("down_blocks.1.attentions.0.proj_in")
+    assert regex.search("mid_block.resnets.0.conv1")
+    assert not regex.search("up_blocks.1.resnets.0.conv1")
+    assert get(imported, "lora.targets") == "full"
+    assert get(imported, "parts.text_encoder.lora_regex") is None
+
+
+def test_a_named_preset_without_an_equivalent_and_no_filter_is_refused(convert):
+    assert "layer_filter_preset" in unsupported(convert(layer_filter_preset="blocks"))
+
+
+def test_embedding_training_and_additional_embeddings(convert):
+    imported = convert(
+        training_method="EMBEDDING",
+        embedding={"placeholder": "<cat>", "token_count": 3, "initial_embedding_text": "cat"},
+        embedding_learning_rate=0.005,
+        additional_embeddings=[{"placeholder": "<style>", "train": False, "model_name": "style.pt"}],
+    )
+    assert get(imported, "embedding.placeholder") == "<cat>"
+    assert get(imported, "embedding.vectors") == 3
+    assert get(imported, "embedding.learning_rate") == 0.005
+    assert get(imported, "embedding.additional") == [
+        {"placeholder": "<style>", "init_text": "*", "vectors": 1, "init_from": "style.pt", "train": False}
+    ]
+    assert get(imported, "parts.unet") == {"weight_dtype": "fp32"}
+    assert "embedding.is_output_embedding" in unsupported(
+        convert(embedding={"is_output_embedding": True}, training_method="EMBEDDING")
+    )
+
+
+def test_resolutions(convert):
+    assert get(convert(resolution="512,768"), "data.resolution") == [512, 768]
+    fixed = convert(resolution="768x512")
+    assert get(fixed, "data.resolution") == 624
+    assert "resolution" in unsupported(fixed)
+
+
+def test_concept_balancing_flip_and_fixed_augmentations(convert, tmp_path):
+    concept = {
+        "path": str(tmp_path),
+        "balancing": 40,
+        "balancing_strategy": "SAMPLES",
+        "image": {"enable_fixed_flip": True, "enable_fixed_hue": True, "random_hue_max_strength": 0.2},
+        "text": {"prompt_source": "concept", "prompt_path": "captions.txt", "caps_randomize_enable": True},
+    }
+    imported = convert(concepts=[concept])
+    (mapped,) = get(imported, "data.concepts")
+    assert mapped["samples"] == 40
+    assert mapped["image"]["flip"] == 1.0
+    assert mapped["caption"]["source"] == "concept_file"
+    assert mapped["caption"]["concept_file"] == "captions.txt"
+    assert set(unsupported(imported)) == {"concepts.0.image.enable_fixed_hue"}
+    assert "concepts.0.text.caps_randomize_mode" in notes(imported)
+
+
+def test_tag_dropout_modes(convert, tmp_path):
+    def concept(**text):
+        return {"path": str(tmp_path), "text": {"tag_dropout_enable": True, "tag_dropout_probability": 0.2, **text}}
+
+    full = convert(concepts=[concept()])
+    assert "concepts.0.text.tag_dropout_mode" in unsupported(full)
+    only = convert(
+        concepts=[
+            concept(
+                tag_dropout_mode="RANDOM", tag_dropout_special_tags_mode="BLACKLIST", tag_dropout_special_tags="a, b"
+            )
+        ]
+    )
+    assert only.unsupported == []
+    assert get(only, "data.concepts")[0]["caption"]["tag_dropout_only"] == ["a", "b"]
+
+
+def test_caption_dropout_of_the_text_encoder_goes_to_every_concept(convert, tmp_path):
+    imported = convert(text_encoder={"dropout_probability": 0.2}, concepts=[{"path": str(tmp_path)}] * 2)
+    assert [c["caption"]["caption_dropout"] for c in get(imported, "data.concepts")] == [0.2, 0.2]
+
+
+@pytest.mark.parametrize(
+    ("count", "unit", "expected"),
+    [(0, "EPOCH", "never"), (90, "SECOND", "1.5 minutes"), (2, "HOUR", "120 minutes"), (1, "ALWAYS", "1 step")],
+)
+def test_cadences(convert, count, unit, expected):
+    assert get(convert(sample_after=count, sample_after_unit=unit), "sampling.every") == expected
+
+
+def test_optimizer_settings(convert):
+    adafactor = convert(optimizer={"optimizer": "ADAFACTOR", "eps2": 0.01, "relative_step": True})
+    assert get(adafactor, "training.optimizer") == "adafactor"
+    assert get(adafactor, "training.optimizer_args") == {"eps": [1e-30, 0.01], "relative_step": True}
+    assert get(adafactor, "training.weight_decay") == 0.0
+    prodigy = convert(optimizer={"optimizer": "PRODIGY", "d_coef": 0.5}, learning_rate=1.0)
+    assert get(prodigy, "training.optimizer_args") == {"d_coef": 0.5}
+    assert "optimizer.optimizer" in unsupported(convert(optimizer={"optimizer": "ADAMW_ADV"}))
+    stray = convert(optimizer={"optimizer": "ADAMW", "d0": 0.1})
+    assert unsupported(stray)["optimizer.d0"] == "not a setting of the adamw optimizer here"
+
+
+def test_loss_mixes_and_weightings(convert):
+    assert get(convert(mse_strength=0.0, huber_strength=1.0, huber_delta=0.5), "loss.type") == "huber"
+    mixed = convert(mae_strength=0.5)
+    assert set(unsupported(mixed)) == {"mse_strength", "mae_strength"}
+    assert "loss_weight_fn" in unsupported(convert(loss_weight_fn="P2"))
+    assert get(convert(loss_weight_fn="DEBIASED_ESTIMATION"), "loss.weighting") == "debiased"
+
+
+def test_settings_of_switched_off_features_are_notes_not_refusals(convert):
+    imported = convert(noising_weight=3.0, ema_decay=0.9, tensorboard_port=7000, device_indexes="0,1")
+    assert imported.unsupported == []
+    assert {"noising_weight", "ema_decay", "tensorboard_port", "device_indexes"} <= set(notes(imported))
+
+
+def test_concept_and_sample_files_are_found_beside_the_config(tmp_path, monkeypatch):
+    (tmp_path / "c.json").write_text(json.dumps([{"path": "images", "repeats": 2}]), encoding="utf-8")
+    (tmp_path / "config.json").write_text(json.dumps({**BASE, "concept_file_name": "c.json"}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path.parent)
+    imported = import_onetrainer(tmp_path / "config.json")
+    assert imported.concepts_from == str(tmp_path / "c.json")
+    assert get(imported, "data.concepts")[0]["repeats"] == 2.0
+    assert imported.samples_from == "none"
+    assert "sample_definition_file_name" in notes(imported)
+
+
+def test_a_onetrainer_config_is_told_from_a_run_config_by_its_keys(tmp_path):
+    from onetrainer.util.config.onetrainer_json.files import is_onetrainer_config
+
+    cases = {
+        "ot.json": json.dumps({**BASE, "embedding": {"placeholder": "<x>"}}),
+        "ours.json": json.dumps({"model": {"type": "sd15"}}),
+        "ot-without-suffix.cfg": json.dumps(BASE),
+        "ours.yaml": "model:\n  type: sd15\n",
+        "broken.json": "{oops",
+    }
+    found = {}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        found[name] = is_onetrainer_config(tmp_path / name)
+    assert found == {
+        "ot.json": True,
+        "ours.json": False,
+        "ot-without-suffix.cfg": True,
+        "ours.yaml": False,
+        "broken.json": True,
+    }
