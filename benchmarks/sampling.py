@@ -70,9 +70,10 @@ def _pipeline(model: str) -> Any:
 
 
 def _our_model(pipe: Any) -> Any:
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.family import get_family
 
-    return StableDiffusionModel.from_pipeline(pipe, source="benchmark")
+    return DiffusionModel.from_pipeline(pipe, get_family("sd15"), source="benchmark")
 
 
 def _largest_pixel_difference(ours: Any, reference: Any) -> int:
