@@ -31,7 +31,9 @@ def inspect(
     model_type: Annotated[
         str | None,
         typer.Option(
-            metavar="TYPE", help="Image folders: the model family, which sets the bucket size multiple (default sd15)."
+            metavar="TYPE",
+            help="Image folders: the model family, which sets the bucket size multiple (default: the default "
+            "model.type of a run config).",
         ),
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Image folders: include sub-folders.")] = False,

@@ -29,7 +29,8 @@ def inspect_path(
     config: str | Path | None = None,
 ) -> Inspection:
     """Describe `path`. The other arguments apply to image folders only: a run `config` to read the
-    folder with (as its only concept), and options that win over it (defaults: 512 px, sd15, batch 1).
+    folder with (as its only concept), and options that win over it (defaults: 512 px, the default
+    model type, batch 1).
     """
     target = Path(path).expanduser()
     if not target.exists():

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
 
 DEFAULT_RESOLUTION = 512
-DEFAULT_MODEL_TYPE = "sd15"
 
 
 def folder_config(
@@ -36,7 +35,7 @@ def folder_config(
 
     if config is None:
         data: dict[str, Any] = {
-            "model": {"type": DEFAULT_MODEL_TYPE},
+            "model": {},
             "data": {"resolution": DEFAULT_RESOLUTION},
             "workspace": str(path / ".onetrainer-inspect"),
         }

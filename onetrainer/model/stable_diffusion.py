@@ -164,6 +164,7 @@ SD15 = register_family(
     FamilySpec(
         name="sd15",
         title="SD 1.x",
+        is_default=True,
         components=_components("CLIP ViT-L text encoder"),
         objective=Objective.DDPM,
         latent_channels=4,

@@ -165,7 +165,7 @@ class FamilySpec:
     name: str
     """The model type users write (`model.type`, `--model-type`)."""
     title: str
-    """How users know it: "SD 1.x", "SDXL"."""
+    """How users know it: "SD 1.x", "SD 2.x"."""
     components: tuple[Component, ...]
     objective: Objective
     latent_channels: int
@@ -201,6 +201,8 @@ class FamilySpec:
     """Prediction type -> what differs for models of that prediction type."""
     shipped_config: str | None = None
     """The folder under `onetrainer/model/configs` with the family's architecture, for single files."""
+    is_default: bool = False
+    """This is the model type of a run config that names none (exactly one registered family says so)."""
 
     def component(self, name: str) -> Component:
         for component in self.components:
@@ -253,6 +255,9 @@ def register_family(spec: FamilySpec) -> FamilySpec:
     existing = _families.get(spec.name)
     if existing is not None and existing is not spec:
         raise RuntimeError(f"model family {spec.name} registered twice")
+    default = next((other.name for other in _families.values() if other.is_default and other is not spec), None)
+    if spec.is_default and default is not None:
+        raise RuntimeError(f"model families {default} and {spec.name} both claim to be the default model type")
     roles = [component.role for component in spec.components]
     if roles.count(Role.DENOISER) != 1 or roles.count(Role.VAE) != 1:
         raise RuntimeError(f"model family {spec.name} needs exactly one denoiser and one VAE")
@@ -289,6 +294,14 @@ def get_family(name: str) -> FamilySpec:
             hint=f"Model types: {', '.join(names)}.",
         )
     return spec
+
+
+def default_family() -> FamilySpec:
+    """The model type of a run config that names none: the registered family that says it is the default."""
+    for spec in families():
+        if spec.is_default:
+            return spec
+    raise RuntimeError("no registered model family is the default model type")
 
 
 def family_title(name: str | None) -> str:

@@ -5,7 +5,8 @@ The schema itself is family-neutral; here the family spec decides what a config 
 the family's own options schema, and refuses, with the key path and what would be valid: a part the
 family does not have, a key a part's role does not take, a method the family does not support, and a
 noise or loss setting of the other training objective. A key the family does not use is an error,
-never silently ignored; a key left at its default is not "used".
+never silently ignored; a key at its default value is not "used", whether left out or written out (as
+`dump_config` writes every key, so that a dumped config loads back).
 """
 
 from __future__ import annotations
@@ -14,24 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.loss import LossWeighting, TimestepDistribution
 from onetrainer.util.config.parts import TEXT_ENCODER_KEYS, TRAINABLE_KEYS, PartConfig
-from onetrainer.util.enums import PredictionType, TrainingMethod
+from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import ConfigProblem
-from onetrainer.util.family import FamilySpec, Objective, Role, family_names, find_family
+from onetrainer.util.family import FamilySpec, Objective, Role, default_family, family_names, find_family
 from onetrainer.util.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
 
-OBJECTIVE_ONLY: dict[Objective, dict[str, Any]] = {
-    Objective.DDPM: {
-        "noise.zero_terminal_snr": True,
-        "model.prediction_type": None,
-    },
-    Objective.FLOW_MATCHING: {
-        "noise.shift": None,
-        "noise.dynamic_shift": None,
-        "noise.timesteps.mode_scale": None,
-    },
+OBJECTIVE_ONLY: dict[Objective, tuple[str, ...]] = {
+    Objective.DDPM: ("noise.zero_terminal_snr", "model.prediction_type"),
+    Objective.FLOW_MATCHING: ("noise.shift", "noise.dynamic_shift", "noise.timesteps.mode_scale"),
 }
 """Keys that only one objective reads: setting one for a family of the other objective is an error."""
 
@@ -59,7 +53,9 @@ def fill_family_defaults(data: dict[str, Any]) -> dict[str, Any]:
     full). An unknown model type is left alone for `family_problems` to report.
     """
     model = data.get("model")
-    name = model.get("type", "sd15") if isinstance(model, dict) else "sd15"
+    name = model.get("type") if isinstance(model, dict) else None
+    if name is None:
+        name = default_family().name
     parts = data.get("parts", {})
     spec = find_family(name) if isinstance(name, str) else None
     if spec is None or not isinstance(parts, dict):
@@ -130,7 +126,7 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
             allowed |= set(TEXT_ENCODER_KEYS)
         if role is Role.VAE:
             allowed -= set(TRAINABLE_KEYS)
-        for key in sorted(part.model_fields_set - allowed):
+        for key in sorted(_used_keys(part) - allowed):
             what = "text encoders" if key in TEXT_ENCODER_KEYS else "parts that can train (not the VAE)"
             problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} take this key"))
         if config.method is TrainingMethod.EMBEDDING and part.train:
@@ -146,12 +142,19 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
     return problems
 
 
-def _explicitly_set(section: Any, dotted: str) -> bool:
-    """Whether the user wrote `dotted` (relative to `section`), not just left its default."""
+def _used(section: Any, dotted: str) -> bool:
+    """Whether `dotted` (relative to `section`) was written with a value other than its default."""
     head, _, rest = dotted.partition(".")
     if head not in section.model_fields_set:
         return False
-    return not rest or _explicitly_set(getattr(section, head), rest)
+    value = getattr(section, head)
+    if rest:
+        return _used(value, rest)
+    return bool(value != type(section).model_fields[head].get_default(call_default_factory=True))
+
+
+def _used_keys(section: Any) -> set[str]:
+    return {key for key in section.model_fields_set if _used(section, key)}
 
 
 def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:
@@ -162,14 +165,12 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
         if other is objective:
             continue
         for key in keys:
-            if _explicitly_set(config, key):
+            if _used(config, key):
                 problems.append(
                     ConfigProblem(
                         key, f"{spec.title} models train with {name}; this key is for {OBJECTIVE_NAMES[other]}"
                     )
                 )
-    if objective is not Objective.DDPM and config.model.prediction_type is not PredictionType.AUTO:
-        problems.append(ConfigProblem("model.prediction_type", f"{spec.title} models train with {name}"))
     distribution = config.noise.timesteps.distribution
     if distribution not in DISTRIBUTIONS[objective]:
         valid = ", ".join(d.value for d in DISTRIBUTIONS[objective])

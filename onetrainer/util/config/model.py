@@ -12,8 +12,18 @@ from onetrainer.util.config.types import ModelSource
 from onetrainer.util.enums import PredictionType
 
 
+def _default_type() -> str:
+    from onetrainer.util.family import default_family
+
+    return default_family().name
+
+
 class ModelConfig(Section):
-    type: str = Field("sd15", description="Model family: one of `onetrainer presets`' model types (sd15, sd2, ...).")
+    type: str = Field(
+        default_factory=_default_type,
+        description="Model family: a registered model type (an unknown one is refused with the list of them); "
+        "default: the family registered as the default.",
+    )
     base: ModelSource | None = Field(
         None,
         description="Base model: a diffusers folder, a .safetensors/.ckpt file, a hub id (org/name) or tiny:<family>.",
