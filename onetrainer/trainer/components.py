@@ -45,14 +45,6 @@ def data_report(config: TrainConfig, *, progress: ProgressCallback) -> Any:
     return dataset_report(config, quantisation=quantisation(config), progress=loader_events(progress))
 
 
-def check_sampling(config: TrainConfig) -> None:
-    """Fail before loading anything if a preview prompt names an unknown scheduler."""
-    from onetrainer.model_sampler.schedulers import check_scheduler
-
-    for prompt in config.sampling.prompts:
-        check_scheduler(prompt.scheduler)
-
-
 def warn_cut_captions(data: Any, setup: Any, progress: ProgressCallback) -> None:
     """Say when captions are longer than the text encoder reads: the end of each is silently lost."""
     captions = data.captions()
@@ -79,7 +71,6 @@ def build_parts(
 ) -> TrainingParts:
     from onetrainer.data_loader import build_data_loader
 
-    check_sampling(config)
     data = build_data_loader(
         config,
         rank=rank,
