@@ -86,9 +86,9 @@ def measure(case: Case, pipe: Any, *, repeats: int, warmup: int) -> Row:
     import diffusers
     import torch
 
-    from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
+    from onetrainer.util.registry import ModuleKind, lookup
 
-    sampler = StableDiffusionSampler(_our_model(pipe))
+    sampler = lookup(ModuleKind.SAMPLER, "sd15")(_our_model(pipe))
     class_name, settings = REFERENCE_SCHEDULERS[case.scheduler]
     base_config = pipe.scheduler.config
     pipe.scheduler = getattr(diffusers, class_name).from_config(base_config, **settings)
