@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
 from onetrainer.util import family
+from onetrainer.util.config.checks import TRAINS
 from onetrainer.util.config.presets import preset_names, presets_dir
 from onetrainer.util.family import Component, FamilySpec, Objective, Recognisers, Role, register_family
-from onetrainer.util.registry import ModuleKind, supported
+from onetrainer.util.registry import supporting
 from onetrainer.util.tiny.dataset import write_png_claiming_size
 
 runner = CliRunner()
@@ -128,9 +129,9 @@ def test_a_model_type_without_a_training_setup_exits_2(tmp_path, mode, untrainab
     result = runner.invoke(app, list(map(str, args)), terminal_width=200)
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.replace("│", " ").split())
-    assert "Unbuilt models cannot be trained in this version (no training setup yet)" in said
-    assert f"model types that train: {', '.join(supported(ModuleKind.SETUP))}" in said
-    assert "unbuilt" not in supported(ModuleKind.SETUP)
+    assert "Unbuilt models cannot be trained in this version (it has no loader, setup, sampler, saver for them)" in said
+    assert f"model types that train: {', '.join(supporting(TRAINS))}" in said
+    assert "unbuilt" not in supporting(TRAINS)
 
 
 def test_a_preset_without_a_dataset_says_what_to_set_at_dry_run(tmp_path):

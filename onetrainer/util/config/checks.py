@@ -11,7 +11,10 @@ from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import ConfigProblem
 from onetrainer.util.family import find_family
-from onetrainer.util.registry import ModuleKind, supported
+from onetrainer.util.registry import ModuleKind, supported, supporting
+
+TRAINS = (ModuleKind.LOADER, ModuleKind.SETUP, ModuleKind.SAMPLER, ModuleKind.SAVER)
+"""The modules `train` calls (previews need the sampler, outputs the saver)."""
 
 
 def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
@@ -20,20 +23,22 @@ def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
 
 
 def _trainable_problems(config: TrainConfig) -> list[ConfigProblem]:
-    """A registered family without a training setup (one still being added) is refused before anything runs.
+    """A registered family that lacks a module `train` calls (one still being added) is refused up front.
 
     Its spec validates the rest of the config, so `--check` alone would pass a run that cannot start.
     An unknown model type is the schema's problem, not this one.
     """
     spec = find_family(config.model.type)
-    trainable = supported(ModuleKind.SETUP)
-    if spec is None or spec.name in trainable:
+    if spec is None:
+        return []
+    missing = [kind.noun for kind in TRAINS if spec.name not in supported(kind)]
+    if not missing:
         return []
     return [
         ConfigProblem(
             "model.type",
-            f"{spec.title} models cannot be trained in this version (no training setup yet); "
-            f"model types that train: {', '.join(trainable) or 'none'}",
+            f"{spec.title} models cannot be trained in this version (it has no {', '.join(missing)} for them); "
+            f"model types that train: {', '.join(supporting(TRAINS)) or 'none'}",
             config.model.type,
             has_value=True,
         )
