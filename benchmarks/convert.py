@@ -81,11 +81,11 @@ def component_configs(variant: str) -> dict[str, dict[str, Any]]:
             "vae": dict(pipe.vae.config),
             "text_encoder": pipe.text_encoder.config.to_dict(),
         }
-    from onetrainer.model.configs import COMPONENT_FILES, config_dir
+    from onetrainer.model.configs import config_dir
 
     folder = config_dir(variant)
     return {
-        name: json.loads((folder / COMPONENT_FILES[name]).read_text(encoding="utf-8"))
+        name: json.loads((folder / name / "config.json").read_text(encoding="utf-8"))
         for name in ("unet", "vae", "text_encoder")
     }
 
@@ -134,10 +134,15 @@ def random_stream(layout: dict[str, list[tuple[str, tuple[int, ...]]]], seed: in
 def build_checkpoint(path: Path, variant: str) -> dict[str, int]:
     """Write the random-weight single file; returns each component's size in bytes (fp16)."""
     from onetrainer.model_saver.full_model import write_single_file
+    from onetrainer.util.family import get_family
 
     layout = shapes(component_configs(variant))
     write_single_file(
-        path, random_stream(layout), family="sd15", prediction_type="epsilon", metadata={"benchmark": "convert"}
+        path,
+        random_stream(layout),
+        spec=get_family("sd15"),
+        prediction_type="epsilon",
+        metadata={"benchmark": "convert"},
     )
     return {name: 2 * sum(math.prod(shape) for _, shape in keys) for name, keys in layout.items()}
 

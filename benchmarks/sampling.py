@@ -70,9 +70,10 @@ def _pipeline(model: str) -> Any:
 
 
 def _our_model(pipe: Any) -> Any:
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.family import get_family
 
-    return StableDiffusionModel.from_pipeline(pipe, source="benchmark")
+    return DiffusionModel.from_pipeline(pipe, get_family("sd15"), source="benchmark")
 
 
 def _largest_pixel_difference(ours: Any, reference: Any) -> int:
@@ -85,9 +86,9 @@ def measure(case: Case, pipe: Any, *, repeats: int, warmup: int) -> Row:
     import diffusers
     import torch
 
-    from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
+    from onetrainer.util.registry import ModuleKind, lookup
 
-    sampler = StableDiffusionSampler(_our_model(pipe))
+    sampler = lookup(ModuleKind.SAMPLER, "sd15")(_our_model(pipe))
     class_name, settings = REFERENCE_SCHEDULERS[case.scheduler]
     base_config = pipe.scheduler.config
     pipe.scheduler = getattr(diffusers, class_name).from_config(base_config, **settings)

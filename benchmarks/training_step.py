@@ -105,9 +105,10 @@ def _ours(case: Case, steps: int, workspace: Path) -> _Ours:
     """Our config, model and prepared setup for `case`, writing into `workspace`."""
     import torch
 
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
-    from onetrainer.model_setup.stable_diffusion import StableDiffusionSetup
+    from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.config.loader import load_config
+    from onetrainer.util.family import get_family
+    from onetrainer.util.registry import ModuleKind, lookup
 
     config = load_config(
         None,
@@ -128,8 +129,8 @@ def _ours(case: Case, steps: int, workspace: Path) -> _Ours:
         ],
     )
     pipe = _components(case)
-    model = StableDiffusionModel.from_pipeline(pipe, source="benchmark", prediction_type="epsilon")
-    setup = StableDiffusionSetup(model, config)
+    model = DiffusionModel.from_pipeline(pipe, get_family("sd15"), source="benchmark", prediction_type="epsilon")
+    setup = lookup(ModuleKind.SETUP, "sd15")(model, config)
     setup.prepare(torch.device("cpu"), torch.float32)
     return _Ours(config, model, setup, _batch(case, pipe.text_encoder.config.hidden_size))
 

@@ -45,6 +45,8 @@ class Family:
     """One denoiser: its config, and the shapes of the conditioning a training batch feeds it."""
 
     name: str
+    model_type: str
+    """onetrainer's model type of this denoiser."""
     unet_config: dict[str, Any]
     context_dim: int
     pooled_dim: int | None = None
@@ -56,16 +58,17 @@ class Family:
 
 
 def sd15() -> Family:
-    from onetrainer.model.configs import COMPONENT_FILES, config_dir
+    from onetrainer.model.configs import config_dir
 
-    config = json.loads((config_dir("sd15") / COMPONENT_FILES["unet"]).read_text(encoding="utf-8"))
-    return Family("SD1.5", config, context_dim=int(config["cross_attention_dim"]))
+    config = json.loads((config_dir("sd15") / "unet" / "config.json").read_text(encoding="utf-8"))
+    return Family("SD1.5", "sd15", config, context_dim=int(config["cross_attention_dim"]))
 
 
 def sdxl() -> Family:
     time_inputs = 6 * SDXL_UNET["addition_time_embed_dim"]
     return Family(
         "SDXL",
+        "sdxl",
         SDXL_UNET,
         context_dim=SDXL_UNET["cross_attention_dim"],
         pooled_dim=SDXL_UNET["projection_class_embeddings_input_dim"] - time_inputs,
@@ -81,9 +84,9 @@ def tiny(name: str) -> Family:
         config = dict(unet.config)
         time_inputs = 6 * config["addition_time_embed_dim"]
         pooled = config["projection_class_embeddings_input_dim"] - time_inputs
-        return Family("SDXL", config, context_dim=config["cross_attention_dim"], pooled_dim=pooled)
+        return Family("SDXL", "sdxl", config, context_dim=config["cross_attention_dim"], pooled_dim=pooled)
     config = dict(build_tiny_sd15_pipeline(seed=0).unet.config)
-    return Family("SD1.5", config, context_dim=config["cross_attention_dim"])
+    return Family("SD1.5", "sd15", config, context_dim=config["cross_attention_dim"])
 
 
 def build_unet(family: Family, device: Any, seed: int = 0) -> Any:

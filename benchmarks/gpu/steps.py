@@ -122,15 +122,16 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     """The setup's prepare / predict / loss with the trainer's precision, optimizer and clipping."""
     import torch
 
-    from onetrainer.model_setup.stable_diffusion import StableDiffusionSetup
     from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
     from onetrainer.trainer.precision import MixedPrecision
     from onetrainer.util.config.schema import TrainConfig
+    from onetrainer.util.registry import ModuleKind, lookup, supported
 
-    if family.is_sdxl:
-        raise Unavailable("onetrainer has no SDXL training setup yet")
+    if family.model_type not in supported(ModuleKind.SETUP):
+        raise Unavailable(f"onetrainer has no {family.name} training setup yet")
     config = TrainConfig.model_validate(
         {
+            "model": {"type": family.model_type},
             "method": case.method,
             "lora": {"rank": LORA_RANK, "alpha": LORA_RANK, "targets": "attn"},
             "training": {
@@ -142,7 +143,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             },
         }
     )
-    setup = StableDiffusionSetup(_sd_model(family, device), config)
+    setup = lookup(ModuleKind.SETUP, family.model_type)(_model(family, device), config)
     target = torch.device(device)
     setup.prepare(target, torch.bfloat16)
     groups = resolve_parameter_groups(setup.parameter_groups(), config.training)
@@ -167,14 +168,18 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     return step, sum(parameter.numel() for parameter in trained)
 
 
-def _sd_model(family: Family, device: Any) -> Any:
-    """The real-size UNet beside the tiny kit's VAE and text encoder, which a cached batch never runs."""
-    from onetrainer.model.stable_diffusion import StableDiffusionModel
-    from onetrainer.util.tiny.models import build_tiny_sd15_pipeline
+def _model(family: Family, device: Any) -> Any:
+    """The real-size UNet beside the tiny kit's VAE and text encoders, which a cached batch never runs."""
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.family import tiny_model
 
-    tiny = build_tiny_sd15_pipeline(seed=0)
-    return StableDiffusionModel.from_pipeline(
-        tiny, source="benchmark", unet=build_unet(family, device), prediction_type="epsilon"
+    spec, tiny = tiny_model(family.model_type)
+    return DiffusionModel.from_pipeline(
+        tiny.build(0),
+        spec,
+        source="benchmark",
+        unet=build_unet(family, device),
+        prediction_type="epsilon",
     )
 
 

@@ -20,6 +20,9 @@ from onetrainer.util.registry import ModuleKind, lookup
 if TYPE_CHECKING:
     import torch
 
+    from onetrainer.data_loader.loader import DataLoader
+    from onetrainer.model.contracts import ModelLoader, SamplerFactory, Saver, SetupFactory, TrainingSetup
+
 
 def loader_events(progress: ProgressCallback) -> Any:
     """Adapt the data loader's `LoaderEvent`s to the trainer's event dicts."""
@@ -45,15 +48,7 @@ def data_report(config: TrainConfig, *, progress: ProgressCallback) -> Any:
     return dataset_report(config, quantisation=quantisation(config), progress=loader_events(progress))
 
 
-def check_sampling(config: TrainConfig) -> None:
-    """Fail before loading anything if a preview prompt names an unknown scheduler."""
-    from onetrainer.model_sampler.schedulers import check_scheduler
-
-    for prompt in config.sampling.prompts:
-        check_scheduler(prompt.scheduler)
-
-
-def warn_cut_captions(data: Any, setup: Any, progress: ProgressCallback) -> None:
+def warn_cut_captions(data: DataLoader, setup: TrainingSetup, progress: ProgressCallback) -> None:
     """Say when captions are longer than the text encoder reads: the end of each is silently lost."""
     captions = data.captions()
     counts, limit = setup.caption_token_counts(list(captions))
@@ -79,7 +74,6 @@ def build_parts(
 ) -> TrainingParts:
     from onetrainer.data_loader import build_data_loader
 
-    check_sampling(config)
     data = build_data_loader(
         config,
         rank=rank,
@@ -90,8 +84,10 @@ def build_parts(
     model_type = config.model.type
     progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})
     try:
-        model = lookup(ModuleKind.LOADER, model_type)().load(config.model, device="cpu")
-        setup = lookup(ModuleKind.SETUP, model_type)(model, config)
+        loader: ModelLoader = lookup(ModuleKind.LOADER, model_type)()
+        model = loader.load(config.model, device="cpu")
+        make_setup: SetupFactory = lookup(ModuleKind.SETUP, model_type)
+        setup = make_setup(model, config)
         setup.prepare(device, torch_dtype(config.model.dtype))
         data.use_encoders(setup.image_encoder(), setup.text_encoder())
         if rank == 0:
@@ -100,8 +96,9 @@ def build_parts(
         data.close()
         raise
     layer_skip = {name: part.layer_skip for name, part in config.parts.items()}
-    sampler = lookup(ModuleKind.SAMPLER, model_type)(model, layer_skip=layer_skip) if rank == 0 else None
-    saver = lookup(ModuleKind.SAVER, model_type)()
+    make_sampler: SamplerFactory = lookup(ModuleKind.SAMPLER, model_type)
+    sampler = make_sampler(model, layer_skip=layer_skip) if rank == 0 else None
+    saver: Saver = lookup(ModuleKind.SAVER, model_type)()
 
     def save_model(path: Path) -> Path:
         written = saver.save(

@@ -52,8 +52,8 @@ def memory_use(device: torch.device) -> dict[str, Any]:
         allocated = torch.cuda.memory_allocated(device) / _GIB
         peak = torch.cuda.max_memory_allocated(device) / _GIB
         return {"memory_kind": "gpu", "memory_allocated_gb": allocated, "memory_peak_gb": peak}
-    current, peak = process_memory_gb()
-    return {"memory_kind": "ram", "memory_allocated_gb": current, "memory_peak_gb": peak}
+    resident, resident_peak = process_memory_gb()
+    return {"memory_kind": "ram", "memory_allocated_gb": resident, "memory_peak_gb": resident_peak}
 
 
 def process_memory_gb() -> tuple[float | None, float | None]:

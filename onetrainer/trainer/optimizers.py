@@ -122,7 +122,7 @@ def _keyword_arguments(config: TrainingConfig, warmup_steps: int) -> dict[str, A
 
 
 def _accepted_names(cls: type) -> list[str]:
-    parameters = inspect.signature(cls.__init__).parameters
+    parameters = inspect.signature(cls).parameters
     return [name for name in parameters if name not in ("self", "params")]
 
 

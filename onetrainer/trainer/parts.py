@@ -1,35 +1,68 @@
 """What the loop trains with: the model, its setup, the data, and how previews and outputs are made.
 
 The loop sees a family only through these parts, so it stays the same for every family and method;
-`components.build_parts` assembles them from the registry, and tests may assemble them by hand.
-
-The `data` object provides `fill_cache()` and `batches(epoch, start) -> Iterator[batch]` (the
-batches of `epoch`, skipping the first `start`); `setup` provides `parameter_groups()`,
-`trainable_state_dict()`, `load_trainable_state_dict(weights)`, `predict(batch, generator)`,
-`loss(prediction, batch)`, `on_step(step, epoch)`, `train()` and `eval()`.
+`components.build_parts` assembles them from the registry (a family's `TrainingSetup` and `Sampler`,
+`model.contracts`), and tests may assemble them by hand from anything with these methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.contracts import Sampler
 
 Batch = dict[str, Any]
+
+
+class LoopSetup(Protocol):
+    """What the loop, backups and validation ask of a setup: the part of `TrainingSetup` used after start-up."""
+
+    def parameter_groups(self) -> list[dict[str, Any]]: ...
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state_dict(self, weights: dict[str, torch.Tensor]) -> None: ...
+
+    def predict(self, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor: ...
+
+    def on_step(self, step: int, epoch: int) -> None: ...
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...
+
+
+class LoopData(Protocol):
+    """What the loop asks of the data loader."""
+
+    def fill_cache(self) -> Any:
+        """Encode whatever the cache lacks; returns the loader's statistics."""
+        ...
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch` this rank trains on, skipping the first `start`."""
+        ...
 
 
 @dataclass
 class TrainingParts:
     model: Any
-    setup: Any
-    data: Any
+    setup: LoopSetup
+    data: LoopData
     batches_in_epoch: Callable[[int], int]
     """Data batches this rank trains on in an epoch (the plan knows this before any image loads)."""
     save_model: Callable[[Path], Path]
     """Write the trained result to a path in the configured format; returns what was written."""
-    sampler: Any | None = None
-    """Draws previews (`sample(prompt, negative_prompt, steps=, cfg=, seed=, width=, height=)`)."""
+    sampler: Sampler | None = None
+    """Draws the previews."""
     validation_batches: Callable[[], Iterable[Batch]] | None = None
     """The validation concepts' batches, or None when the run has none."""
     close: Callable[[], None] | None = None

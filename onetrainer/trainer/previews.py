@@ -10,12 +10,15 @@ run; the caller keeps the training RNG streams untouched around this.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from onetrainer.model_sampler.png import GenerationInfo, save_png
 from onetrainer.model_sampler.schedulers import check_scheduler
 from onetrainer.trainer.tensorboard import TensorBoardLog
 from onetrainer.util.config.output import SamplingConfig
+
+if TYPE_CHECKING:
+    from onetrainer.model.contracts import Sampler
 
 
 def default_size(resolution: int | list[int]) -> int:
@@ -23,7 +26,7 @@ def default_size(resolution: int | list[int]) -> int:
 
 
 def draw_previews(
-    sampler: Any,
+    sampler: Sampler,
     sampling: SamplingConfig,
     *,
     step: int,

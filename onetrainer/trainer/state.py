@@ -52,7 +52,7 @@ def capture_rng(generator: torch.Generator, step_snapshot: dict[str, Any] | None
 class RunState:
     counters: Counters
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     precision: MixedPrecision
     generator: torch.Generator
     ema: ModelEma | None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from onetrainer.trainer.parts import LoopSetup
     from onetrainer.trainer.precision import MixedPrecision
 
 VALIDATION_SEED_OFFSET = 7919
@@ -19,7 +20,7 @@ VALIDATION_SEED_OFFSET = 7919
 
 
 def validation_loss(
-    setup: Any,
+    setup: LoopSetup,
     batches: Iterable[dict[str, Any]],
     precision: MixedPrecision,
     *,

@@ -12,21 +12,21 @@ def test_lists_every_preset_with_its_description():
     assert result.exit_code == 0
     for name in preset_names():
         assert name in result.output
-    assert "SDXL 1.0 LoRA at 1024 px" in result.output
+    assert "Stable Diffusion 1.5 LoRA at 512 px" in result.output
 
 
 def test_prints_one_preset_as_yaml():
-    result = runner.invoke(app, ["presets", "sdxl-lora"])
+    result = runner.invoke(app, ["presets", "sd15-lora"])
     assert result.exit_code == 0
     data = yaml.safe_load(result.output)
-    assert data["model"]["type"] == "sdxl"
+    assert data["model"]["type"] == "sd15"
     assert data["method"] == "lora"
 
 
 def test_unknown_preset_exits_2_with_the_valid_names():
-    result = runner.invoke(app, ["presets", "sdxl-lroa"], terminal_width=200)
+    result = runner.invoke(app, ["presets", "sd15-lroa"], terminal_width=200)
     assert result.exit_code == 2
-    assert "did you mean 'sdxl-lora'" in result.output
+    assert "did you mean 'sd15-lora'" in result.output
     assert "sd15-full" in result.output
     assert "Traceback" not in result.output
 

@@ -9,7 +9,11 @@ import yaml
 from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
+from onetrainer.util import family
+from onetrainer.util.config.checks import TRAINS
 from onetrainer.util.config.presets import preset_names, presets_dir
+from onetrainer.util.family import Component, FamilySpec, Objective, Recognisers, Role, register_family
+from onetrainer.util.registry import supporting
 from onetrainer.util.tiny.dataset import write_png_claiming_size
 
 runner = CliRunner()
@@ -77,6 +81,57 @@ def test_every_shipped_preset_passes_check_as_shipped(name, monkeypatch):
     result = check(presets_dir() / f"{name}.yaml")
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output)["model"]["base"]
+
+
+@pytest.fixture
+def untrainable_family(monkeypatch):
+    """A family whose spec is registered but which has no training setup yet, as a family being added is."""
+    family.families()  # the real families register (once, into the real table) before it is copied
+    monkeypatch.setattr(family, "_families", dict(family._families))
+    return register_family(
+        FamilySpec(
+            name="unbuilt",
+            title="Unbuilt",
+            components=(
+                Component("unet", Role.DENOISER, "UNet", trains_by_default=True),
+                Component("text_encoder", Role.TEXT_ENCODER, "Text encoder", tokenizer="tokenizer"),
+                Component("vae", Role.VAE, "VAE"),
+            ),
+            objective=Objective.DDPM,
+            latent_channels=4,
+            bucket_step=8,
+            patch_size=1,
+            default_resolution=512,
+            methods=frozenset({"lora"}),
+            modelspec_architecture="unbuilt",
+            kohya_base_model_version="unbuilt",
+            pipeline_classes=(),
+            recognise=Recognisers(),
+        )
+    )
+
+
+@pytest.mark.parametrize("mode", ["--check", "--dry-run"])
+def test_an_unregistered_model_type_exits_2_naming_the_registered_ones(tmp_path, mode):
+    """sdxl has no modules in this version: its configs are refused before anything loads."""
+    args = ["train", presets_dir() / "sd15-lora.yaml", "model.type=sdxl", f"data.concepts.0.path={tmp_path}", mode]
+    result = runner.invoke(app, list(map(str, args)), terminal_width=200)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "model.type" in said
+    assert "unknown model type" in said
+    assert f"valid: {', '.join(family.family_names())}" in said
+
+
+@pytest.mark.parametrize("mode", ["--check", "--dry-run"])
+def test_a_model_type_without_a_training_setup_exits_2(tmp_path, mode, untrainable_family):
+    args = ["train", presets_dir() / "sd15-lora.yaml", "model.type=unbuilt", f"data.concepts.0.path={tmp_path}", mode]
+    result = runner.invoke(app, list(map(str, args)), terminal_width=200)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "Unbuilt models cannot be trained in this version (it has no loader, setup, sampler, saver for them)" in said
+    assert f"model types that train: {', '.join(supporting(TRAINS))}" in said
+    assert "unbuilt" not in supporting(TRAINS)
 
 
 def test_a_preset_without_a_dataset_says_what_to_set_at_dry_run(tmp_path):

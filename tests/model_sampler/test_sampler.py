@@ -9,25 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from onetrainer.model.stable_diffusion import StableDiffusionModel
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_sampler.schedulers import SCHEDULERS, build_scheduler
 from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
-from onetrainer.util.enums import ModelType
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, lookup
 
 
 @functools.cache
-def _base(kind: str) -> StableDiffusionModel:
-    return load_stable_diffusion(f"tiny:{kind}")
+def _base(kind: str) -> DiffusionModel:
+    return load_model(f"tiny:{kind}")
 
 
-def _model(kind: str = "sd15") -> StableDiffusionModel:
+def _model(kind: str = "sd15") -> DiffusionModel:
     return copy.deepcopy(_base(kind))
 
 
-def _diffusers_image(model: StableDiffusionModel, scheduler: str, prompt: str, seed: int, cfg: float) -> np.ndarray:
+def _diffusers_image(model: DiffusionModel, scheduler: str, prompt: str, seed: int, cfg: float) -> np.ndarray:
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -52,8 +51,8 @@ def _diffusers_image(model: StableDiffusionModel, scheduler: str, prompt: str, s
 
 
 def test_registered_for_sd15_and_sd2() -> None:
-    assert lookup(ModuleKind.SAMPLER, ModelType.SD15) is StableDiffusionSampler
-    assert lookup(ModuleKind.SAMPLER, ModelType.SD2) is StableDiffusionSampler
+    assert lookup(ModuleKind.SAMPLER, "sd15") is StableDiffusionSampler
+    assert lookup(ModuleKind.SAMPLER, "sd2") is StableDiffusionSampler
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
@@ -88,10 +87,12 @@ def test_size_and_progress() -> None:
     assert calls == [(step, 6) for step in range(1, 7)]
 
 
-def test_clip_skip_changes_the_image() -> None:
+def test_layer_skip_changes_the_image() -> None:
     model = _model()
     plain = StableDiffusionSampler(model).sample("a cat", steps=2, seed=0, scheduler="ddim")[0]
-    skipped = StableDiffusionSampler(model, clip_skip=2).sample("a cat", steps=2, seed=0, scheduler="ddim")[0]
+    skipped = StableDiffusionSampler(model, layer_skip={"text_encoder": 1}).sample(
+        "a cat", steps=2, seed=0, scheduler="ddim"
+    )[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(skipped))
 
 

@@ -37,8 +37,12 @@ class _InfiniteGradient(torch.autograd.Function):
 
 
 class ToySetup:
+    """Trains two layers as the parts `unet` and `text_encoder`, each at its `parts.<name>.learning_rate`
+    (as the real setup gives its groups), else the run's."""
+
     def __init__(
         self,
+        config: TrainConfig,
         *,
         nan_at_step: int | None = None,
         bad_gradient_at_step: int | None = None,
@@ -46,6 +50,7 @@ class ToySetup:
         hook: Hook | None = None,
     ) -> None:
         self.model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 4))
+        self.config = config
         self.nan_at_step = nan_at_step
         self.bad_gradient_at_step = bad_gradient_at_step
         self.fail_at_step = fail_at_step
@@ -54,9 +59,15 @@ class ToySetup:
         self.steps_seen: list[int] = []
 
     def parameter_groups(self) -> list[dict[str, Any]]:
+        layers = {"unet": self.model[0], "text_encoder": self.model[2]}
+        rates = {name: part.learning_rate for name, part in self.config.parts.items()}
         return [
-            {"params": list(self.model[0].parameters()), "name": "first"},
-            {"params": list(self.model[2].parameters()), "name": "second"},
+            {
+                "params": list(layer.parameters()),
+                "name": name,
+                "lr": rates.get(name) or self.config.training.learning_rate,
+            }
+            for name, layer in layers.items()
         ]
 
     def on_step(self, step: int, epoch: int) -> None:
@@ -139,7 +150,11 @@ def make_toy_build(
         config: Any, *, device: torch.device, workspace: Any, rank: int, world_size: int, progress: Any
     ) -> TrainingParts:
         setup = ToySetup(
-            nan_at_step=nan_at_step, bad_gradient_at_step=bad_gradient_at_step, fail_at_step=fail_at_step, hook=hook
+            config,
+            nan_at_step=nan_at_step,
+            bad_gradient_at_step=bad_gradient_at_step,
+            fail_at_step=fail_at_step,
+            hook=hook,
         )
         data = ToyData(config.training.seed, batches=batches, batch_size=config.training.batch_size)
 

@@ -288,8 +288,8 @@ def test_workspace_holds_config_metrics_and_tensorboard(
     assert len(records) == 10
     first = records[0]
     assert {"step", "epoch", "loss", "smoothed_loss", "lr", "steps_per_s", "images_per_s"} <= first.keys()
-    assert first["lr"] == {"first": 0.0025, "second": 0.0025}
-    assert records[3]["lr"] == {"first": 0.01, "second": 0.01}
+    assert first["lr"] == {"unet": 0.0025, "text_encoder": 0.0025}
+    assert records[3]["lr"] == {"unet": 0.01, "text_encoder": 0.01}
     assert records[-1]["epoch"] == 1
     assert any(path.name.startswith("events.out.tfevents") for path in (workspace / "tensorboard").iterdir())
     json.dumps(records)
@@ -303,13 +303,13 @@ def test_resume_with_changed_optimisation_settings_uses_them(
         train(toy_config(tmp_path, *schedule), build=toy_build(), progress=_interrupt_at(3))
     retuned = (
         "training.learning_rate=0.02",
-        "training.learning_rates={first: 0.05}",
+        "parts.unet.learning_rate=0.05",
         "training.lr_scheduler=constant",
         "training.weight_decay=0.5",
     )
     train(toy_config(tmp_path, *retuned, "saving.backup_every=1 steps"), build=toy_build(), resume="last")
     records = read_metrics(tmp_path / "workspace" / "metrics.jsonl")
-    assert [record["lr"] for record in records[3:]] == [{"first": 0.05, "second": 0.02}] * 7
+    assert [record["lr"] for record in records[3:]] == [{"unet": 0.05, "text_encoder": 0.02}] * 7
     newest = read_backup(list_backups(tmp_path / "workspace" / "backups")[-1])
     groups = newest.state["optimizer"]["param_groups"]
     assert [(group["initial_lr"], group["weight_decay"]) for group in groups] == [(0.05, 0.5), (0.02, 0.5)]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from onetrainer.trainer.optimizers import INSTALL_HINT, build_optimizer, resolve_parameter_groups, set_optimizer_mode
+from onetrainer.util.config.loader import load_config
 from onetrainer.util.config.training import Optimizer, TrainingConfig
-from onetrainer.util.errors import UserError
+from onetrainer.util.errors import ConfigError, UserError
 
 CPU = torch.device("cpu")
 
@@ -56,19 +58,23 @@ def test_every_cpu_optimizer_builds_and_changes_the_weights(kind: Optimizer) -> 
 
 
 def test_per_part_learning_rates_apply_by_group_name() -> None:
-    config = TrainingConfig(learning_rate=1e-4, learning_rates={"text_encoder": 5e-5})
-    groups = resolve_parameter_groups(_groups(), config)
+    config = TrainingConfig(learning_rate=1e-4)
+    groups = _groups()
+    groups[1]["lr"] = 5e-5  # the setup gives a group `parts.<name>.learning_rate` when set
+    groups = resolve_parameter_groups(groups, config)
     optimizer = build_optimizer(groups, config, CPU)
     assert {group["name"]: group["lr"] for group in optimizer.param_groups} == {"unet": 1e-4, "text_encoder": 5e-5}
 
 
-def test_unknown_part_in_learning_rates_lists_the_groups() -> None:
-    config = TrainingConfig(learning_rates={"text_encoderr": 1e-5})
-    with pytest.raises(UserError) as error:
-        resolve_parameter_groups(_groups(), config)
-    assert "text_encoderr" in error.value.message
-    assert "text_encoder" in error.value.hint
-    assert "unet" in error.value.hint
+def test_unknown_part_with_a_learning_rate_lists_the_parts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(
+            None, ["model.base=org/model", f"data.concepts.0.path={tmp_path}", "parts.text_encoderr.learning_rate=1e-5"]
+        )
+    message = str(error.value)
+    assert "parts.text_encoderr" in message
+    assert "did you mean 'text_encoder'" in message
+    assert "unet" in message
 
 
 def test_groups_without_trainable_parameters_are_dropped_and_none_at_all_is_an_error() -> None:

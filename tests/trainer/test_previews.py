@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
+from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
 from onetrainer.trainer.previews import draw_previews
 from onetrainer.trainer.tensorboard import TensorBoardLog
@@ -15,7 +15,7 @@ from onetrainer.util.config.output import SamplingConfig
 
 
 def test_previews_record_prompt_seed_steps_and_the_training_step(tmp_path: Path) -> None:
-    sampler = StableDiffusionSampler(load_stable_diffusion("tiny:sd15"))
+    sampler = StableDiffusionSampler(load_model("tiny:sd15"))
     sampling = SamplingConfig.model_validate(
         {
             "to_tensorboard": False,

@@ -50,7 +50,7 @@ def test_optimisation_settings_may_change(tmp_path: Path) -> None:
     retuned = _config(
         tmp_path,
         "training.learning_rate=2e-5",
-        "training.learning_rates={unet: 1e-5}",
+        "parts.unet.learning_rate=1e-5",
         "training.lr_scheduler=cosine",
         "training.warmup=10",
         "training.weight_decay=0.1",

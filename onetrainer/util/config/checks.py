@@ -1,7 +1,8 @@
 """Checks that span sections of a validated config, reported like field errors (with key paths).
 
 A field validator sees one section; these need two, such as a preview prompt's size, which falls back
-to the training resolution when it is not set.
+to the training resolution when it is not set, or the registry, such as whether the model type can
+train in this version at all.
 """
 
 from __future__ import annotations
@@ -9,11 +10,39 @@ from __future__ import annotations
 from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import ConfigProblem
+from onetrainer.util.family import find_family
+from onetrainer.util.registry import ModuleKind, supported, supporting
+
+TRAINS = (ModuleKind.LOADER, ModuleKind.SETUP, ModuleKind.SAMPLER, ModuleKind.SAVER)
+"""The modules `train` calls (previews need the sampler, outputs the saver)."""
 
 
 def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
     """Every problem that only shows when sections are read together; empty when there is none."""
-    return _preview_size_problems(config)
+    return [*_trainable_problems(config), *_preview_size_problems(config)]
+
+
+def _trainable_problems(config: TrainConfig) -> list[ConfigProblem]:
+    """A registered family that lacks a module `train` calls (one still being added) is refused up front.
+
+    Its spec validates the rest of the config, so `--check` alone would pass a run that cannot start.
+    An unknown model type is the schema's problem, not this one.
+    """
+    spec = find_family(config.model.type)
+    if spec is None:
+        return []
+    missing = [kind.noun for kind in TRAINS if spec.name not in supported(kind)]
+    if not missing:
+        return []
+    return [
+        ConfigProblem(
+            "model.type",
+            f"{spec.title} models cannot be trained in this version (it has no {', '.join(missing)} for them); "
+            f"model types that train: {', '.join(supporting(TRAINS)) or 'none'}",
+            config.model.type,
+            has_value=True,
+        )
+    ]
 
 
 def _preview_size_problems(config: TrainConfig) -> list[ConfigProblem]:
