@@ -134,7 +134,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--embedding", "{tmp}/missing.safetensors"], "embedding file not found"),
         (["--lora", "{xl-lora}:strong"], "strength 'strong' is not a number"),
         (["--lora", "{sd2-lora}"], "this LoRA is for SD 2.x (cross-attention width 1024), not for this SD 1.x model"),
-        (["--embedding", "{sd2-emb}"], "this embedding is for sd2 (vector width 1024), not for this SD 1.x model"),
+        (["--embedding", "{sd2-emb}"], "this embedding is for SD 2.x (vector width 1024), not for this SD 1.x model"),
         (["--lora", "{xl-lora}"], "lora_te1_text_model_encoder_layers_0_mlp_fc1: not a kohya module name"),
         (["--embedding", "{xl-emb}"], "is not a model, LoRA or embedding this tool knows"),
         (["-o", "{tmp}/out.jpg"], "written as PNG"),
