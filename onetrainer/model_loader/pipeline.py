@@ -33,6 +33,7 @@ from onetrainer.util.registry import ModuleKind, lookup
 if TYPE_CHECKING:
     import torch
 
+SCHEDULER_CONFIG = "scheduler_config.json"
 LIBRARIES = ("diffusers", "transformers")
 """The only libraries a `model_index.json` may name classes from (anything else is refused, not imported)."""
 
@@ -220,8 +221,6 @@ def _component_class(index: dict[str, Any], name: str, source: str) -> type | No
 
 def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.dtype, *, hub: bool) -> LoadedParts:
     """The family's components of a diffusers folder or hub repo, in `dtype`."""
-    from diffusers import SchedulerMixin
-
     with hub_errors(source, "base model", where="model.base", hub=hub):
         index = _read_json(_hub_file(location, "model_index.json") if hub else Path(location) / "model_index.json")
         components: dict[str, Any] = {}
@@ -241,7 +240,8 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
                 tokenizers[component.tokenizer] = tokenizer_class.from_pretrained(
                     location, subfolder=component.tokenizer
                 )
-        scheduler = dict(SchedulerMixin.load_config(location, subfolder="scheduler"))
+        scheduler_file = f"scheduler/{SCHEDULER_CONFIG}"
+        scheduler = _read_json(_hub_file(location, scheduler_file) if hub else Path(location) / scheduler_file)
     for component in spec.text_encoders:
         if component.name not in components or component.tokenizer is None:
             continue
