@@ -30,7 +30,11 @@ class Architecture:
     classes: dict[str, tuple[str, str]]
     """Component -> (library, class name), as `model_index.json` says."""
     tokenizer_at: tuple[str, str | None] | None = None
+    """(folder or hub id, "tokenizer") when the source holds tokenizers: each text encoder's in its own
+    subfolder (`tokenizer`, `tokenizer_2`)."""
     tiny: bool = field(default=False, repr=False)
+    pipeline_config: dict[str, Any] = field(default_factory=dict)
+    """The pipeline-level settings of its `model_index.json` (e.g. `force_zeros_for_empty_prompt`)."""
 
 
 def config_files(spec: FamilySpec) -> dict[str, str]:
@@ -49,13 +53,20 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
                 hint="Pass the diffusers folder or hub id of the model's architecture (model.config / --config).",
             )
         folder = config_dir(shipped)
-        return Architecture(f"shipped {shipped} config", _read_folder_configs(folder, spec), _folder_classes(folder))
+        index = _folder_index(folder)
+        return Architecture(
+            f"shipped {shipped} config",
+            _read_folder_configs(folder, spec),
+            _classes(index),
+            pipeline_config=pipeline_settings(index),
+        )
     kind = source_kind(source, where="model.config")
     if kind == TINY:
         return _tiny_architecture(source, spec)
     if kind == HUB:
-        configs, classes = _read_hub_configs(source, spec)
-        return Architecture(source, configs, classes, (source, "tokenizer"))
+        configs, index = _read_hub_configs(source, spec)
+        settings = pipeline_settings(index)
+        return Architecture(source, configs, _classes(index), (source, "tokenizer"), pipeline_config=settings)
     path = Path(source).expanduser()
     if not path.is_dir():
         raise UserError(
@@ -64,7 +75,9 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
             hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
         )
     tokenizer_at = (str(path), "tokenizer") if (path / "tokenizer").is_dir() else None
-    return Architecture(str(path), _read_folder_configs(path, spec), _folder_classes(path), tokenizer_at)
+    index = _folder_index(path)
+    configs = _read_folder_configs(path, spec)
+    return Architecture(str(path), configs, _classes(index), tokenizer_at, pipeline_config=pipeline_settings(index))
 
 
 def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -75,11 +88,17 @@ def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
     }
 
 
-def _folder_classes(folder: Path) -> dict[str, tuple[str, str]]:
+def pipeline_settings(index: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
+    return {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
+
+
+def _folder_index(folder: Path) -> dict[str, Any]:
     index = folder / "model_index.json"
     if not index.is_file():
         raise UserError(f"{folder} has no model_index.json, so it cannot serve as an architecture config")
-    return _classes(json.loads(index.read_text(encoding="utf-8")))
+    data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
+    return data
 
 
 def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, Any]]:
@@ -98,7 +117,8 @@ def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, 
     return configs
 
 
-def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, str]]]:
+def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(component configs, model_index.json) of a hub repo."""
     from huggingface_hub import hf_hub_download
 
     configs: dict[str, dict[str, Any]] = {}
@@ -106,7 +126,7 @@ def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, 
         index = json.loads(Path(hf_hub_download(repo, "model_index.json")).read_text(encoding="utf-8"))
         for component, relative in config_files(spec).items():
             configs[component] = json.loads(Path(hf_hub_download(repo, relative)).read_text(encoding="utf-8"))
-    return configs, _classes(index)
+    return configs, index
 
 
 def _tiny_architecture(source: str, spec: FamilySpec) -> Architecture:
@@ -121,4 +141,4 @@ def _tiny_architecture(source: str, spec: FamilySpec) -> Architecture:
             config = module.config
             configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
             classes[name] = (type(module).__module__.split(".")[0], type(module).__name__)
-    return Architecture(source, configs, classes, tiny=True)
+    return Architecture(source, configs, classes, tiny=True, pipeline_config=pipeline_settings(dict(pipe.config)))

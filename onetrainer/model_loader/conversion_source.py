@@ -22,7 +22,12 @@ from onetrainer.model_loader.architecture import resolve_architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.pipeline import check_family, load_model
-from onetrainer.model_loader.single_file import build_components, single_file_state_dicts, stream_single_file
+from onetrainer.model_loader.single_file import (
+    build_components,
+    single_file_state_dicts,
+    stream_single_file,
+    text_encoder_layers,
+)
 from onetrainer.model_loader.tokenizers import load_tokenizer
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL, Detection, detect_path, read_header
 from onetrainer.util.enums import PredictionType
@@ -212,15 +217,14 @@ def _single_file(
 ) -> ConversionSource:
     resolved: dict[str, Any] = {}
 
-    def architecture_layers() -> int | None:
-        configs = resolved["parts"].configs if resolved else None
-        return configs["text_encoder"].get("num_hidden_layers") if configs and "text_encoder" in configs else None
+    def architecture_layers() -> dict[str, int] | None:
+        return resolved["layers"] if resolved else None
 
     def parts() -> PipelineParts:
         """Architecture and tokenizers; a file that does not say its prediction type gets the family's default."""
         if not resolved:
             architecture = resolve_architecture(config, spec, detection.prediction_type)
-            layers = architecture.configs.get("text_encoder", {}).get("num_hidden_layers")
+            layers = text_encoder_layers(architecture, spec)
             shapes = single_file_state_dicts(weights, spec, text_encoder_layers=layers, meta=True)
             build_components(shapes, architecture, spec, weights.path.name, check_only=True)
             tokenizers = {
@@ -228,7 +232,10 @@ def _single_file(
                 for component in spec.text_encoders
                 if component.tokenizer is not None and component.name in architecture.configs
             }
-            resolved["parts"] = PipelineParts(architecture.configs, architecture.classes, tokenizers, {})
+            resolved["parts"] = PipelineParts(
+                architecture.configs, architecture.classes, tokenizers, dict(architecture.pipeline_config)
+            )
+            resolved["layers"] = layers
         parts: PipelineParts = resolved["parts"]
         return parts
 
