@@ -133,7 +133,7 @@ def sample(
             _model_config(model, family, weights), device=torch_device
         )
     for path, scale in loras:
-        merge_lora(loaded, read_lora_file(path, loaded.spec), scale)
+        merge_lora(loaded, read_lora_file(path, loaded.spec, configs=loaded.component_configs()), scale)
     loaded.adapters.embeddings.extend(
         add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []

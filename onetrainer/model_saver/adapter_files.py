@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.errors import UserError
@@ -61,13 +61,17 @@ def write_lora(
     kind: str,
     metadata: Mapping[str, str],
     dtype: torch.dtype | None = None,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
+    """`configs`: the component configs of the model the LoRA was trained on, for kohya names that depend
+    on its block counts (`LoraNaming.for_model`); None takes the family's released architecture."""
     try:
         if fmt is SaveFormat.KOHYA:
             _refuse_row_dora(tensors)
             if spec.lora_naming is None:
                 raise UserError(f"{spec.title} LoRAs have no kohya layout in this version", hint="Save as peft.")
-            out = peft_to_kohya(tensors, alphas, spec.lora_naming)
+            naming = spec.lora_naming if configs is None else spec.lora_naming.for_model(configs)
+            out = peft_to_kohya(tensors, alphas, naming)
             header = dict(metadata)
         elif kind in ("loha", "lokr"):
             raise UserError(

@@ -132,7 +132,7 @@ class DiffusionSetup:
             dora_axis=dora_axis(self.config.saving.format),
         )
         if lora.init_from is not None:
-            loaded = read_lora_file(lora.init_from, self.spec)
+            loaded = read_lora_file(lora.init_from, self.spec, configs=self.model.component_configs())
             load_lora_state(self.model, self.lora, loaded.tensors, loaded.alphas, source=str(lora.init_from))
         for name in parts:
             own = {id(param) for param in self.lora.parameters(self.model, name)}

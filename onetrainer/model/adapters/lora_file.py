@@ -9,9 +9,10 @@ it is refused with a message saying which architecture it is for, never half-app
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.files import read_tensor_file
 from onetrainer.util.errors import UserError
@@ -44,8 +45,14 @@ class LoraFile:
         return "dora" if "lora_magnitude_vector" in names else "lora"
 
 
-def read_lora_file(path: str | Path, spec: FamilySpec) -> LoraFile:
-    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of the family `spec`."""
+def read_lora_file(
+    path: str | Path, spec: FamilySpec, *, configs: Mapping[str, Mapping[str, Any]] | None = None
+) -> LoraFile:
+    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of the family `spec`.
+
+    `configs` are the component configs of the model it is for (kohya names may depend on its block
+    counts, see `LoraNaming.for_model`); None takes the family's released architecture.
+    """
     from onetrainer.util.detect import LORA, detect_path
     from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.engine import KeyMapError
@@ -65,7 +72,8 @@ def read_lora_file(path: str | Path, spec: FamilySpec) -> LoraFile:
     layout = detect_lora_format(tensors)
     try:
         if layout in ("kohya", "lycoris-loha", "lycoris-lokr") and spec.lora_naming is not None:
-            peft, alphas = kohya_to_peft(tensors, spec.lora_naming)
+            naming = spec.lora_naming if configs is None else spec.lora_naming.for_model(configs)
+            peft, alphas = kohya_to_peft(tensors, naming)
         elif layout == "diffusers":
             peft, alphas = _diffusers(tensors, metadata)
         elif layout == "peft":
