@@ -98,7 +98,7 @@ class DiffusionSetup:
             for param in self.trainables.parameters(part):
                 param.data = param.data.to(self.device, torch.float32)
         vae = self.spec.vae.name
-        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype)
+        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype, part=vae)
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._checkpointing(config.training.gradient_checkpointing)
         model.adapters.lora = self.lora
