@@ -90,7 +90,9 @@ def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 def pipeline_settings(index: dict[str, Any]) -> dict[str, Any]:
     """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
-    return {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
+    return {
+        key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, (list, tuple))
+    }
 
 
 def _folder_index(folder: Path) -> dict[str, Any]:

@@ -265,7 +265,9 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
 
 def _pipeline_config(index: dict[str, Any]) -> dict[str, Any]:
     """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
-    return {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
+    return {
+        key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, (list, tuple))
+    }
 
 
 def training_scheduler(spec: FamilySpec, config: dict[str, Any], prediction_type: str | None) -> Any:
