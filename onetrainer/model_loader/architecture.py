@@ -33,8 +33,16 @@ class Architecture:
     """(folder or hub id, "tokenizer") when the source holds tokenizers: each text encoder's in its own
     subfolder (`tokenizer`, `tokenizer_2`)."""
     tiny: bool = field(default=False, repr=False)
-    pipeline_config: dict[str, Any] = field(default_factory=dict)
-    """The pipeline-level settings of its `model_index.json` (e.g. `force_zeros_for_empty_prompt`)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Pipeline-level settings of its `model_index.json` (`requires_safety_checker`), for a saved folder."""
+
+
+def pipeline_settings(index: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata
+    (components are [library, class] lists in the file, tuples in a live pipeline's config)."""
+    return {
+        key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, (list, tuple))
+    }
 
 
 def config_files(spec: FamilySpec) -> dict[str, str]:
@@ -53,20 +61,20 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
                 hint="Pass the diffusers folder or hub id of the model's architecture (model.config / --config).",
             )
         folder = config_dir(shipped)
+        configs = _read_folder_configs(folder, spec)
         index = _folder_index(folder)
         return Architecture(
             f"shipped {shipped} config",
-            _read_folder_configs(folder, spec),
-            _classes(index),
-            pipeline_config=pipeline_settings(index),
+            configs,
+            _folder_classes(folder, index, configs),
+            settings=pipeline_settings(index),
         )
     kind = source_kind(source, where="model.config")
     if kind == TINY:
         return _tiny_architecture(source, spec)
     if kind == HUB:
         configs, index = _read_hub_configs(source, spec)
-        settings = pipeline_settings(index)
-        return Architecture(source, configs, _classes(index), (source, "tokenizer"), pipeline_config=settings)
+        return Architecture(source, configs, _classes(index), (source, "tokenizer"), settings=pipeline_settings(index))
     path = Path(source).expanduser()
     if not path.is_dir():
         raise UserError(
@@ -75,9 +83,10 @@ def resolve_architecture(source: str | None, spec: FamilySpec, prediction_type: 
             hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
         )
     tokenizer_at = (str(path), "tokenizer") if (path / "tokenizer").is_dir() else None
-    index = _folder_index(path)
     configs = _read_folder_configs(path, spec)
-    return Architecture(str(path), configs, _classes(index), tokenizer_at, pipeline_config=pipeline_settings(index))
+    index = _folder_index(path)
+    classes = _folder_classes(path, index, configs)
+    return Architecture(str(path), configs, classes, tokenizer_at, settings=pipeline_settings(index))
 
 
 def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -88,19 +97,36 @@ def _classes(index: dict[str, Any]) -> dict[str, tuple[str, str]]:
     }
 
 
-def pipeline_settings(index: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
-    return {
-        key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, (list, tuple))
-    }
-
-
 def _folder_index(folder: Path) -> dict[str, Any]:
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise UserError(f"{folder} has no model_index.json, so it cannot serve as an architecture config")
-    data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
-    return data
+    """A folder's `model_index.json`; empty when it has none."""
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return index if isinstance(index, dict) else {}
+
+
+def _folder_classes(
+    folder: Path, index: dict[str, Any], configs: dict[str, dict[str, Any]]
+) -> dict[str, tuple[str, str]]:
+    """The classes `model_index.json` names; a folder of component configs alone has the ones its configs name
+    (diffusers writes `_class_name`, transformers `architectures`), so a copy of just the configs serves."""
+    if index:
+        return _classes(index)
+    classes: dict[str, tuple[str, str]] = {}
+    for name, config in configs.items():
+        if name == "scheduler":
+            continue
+        if isinstance(config.get("_class_name"), str):
+            classes[name] = ("diffusers", config["_class_name"])
+        elif isinstance(config.get("architectures"), list) and config["architectures"]:
+            classes[name] = ("transformers", str(config["architectures"][0]))
+        else:
+            raise UserError(
+                f"{folder / name / 'config.json'} names no class and {folder} has no model_index.json, so it "
+                "cannot serve as an architecture config",
+                where="model.config",
+                hint="Pass the folder of a diffusers pipeline with the same architecture (it needs no weights).",
+            )
+    return classes
 
 
 def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, Any]]:
@@ -120,7 +146,7 @@ def _read_folder_configs(folder: Path, spec: FamilySpec) -> dict[str, dict[str, 
 
 
 def _read_hub_configs(repo: str, spec: FamilySpec) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """(component configs, model_index.json) of a hub repo."""
+    """The component configs and the `model_index.json` of a hub repo."""
     from huggingface_hub import hf_hub_download
 
     configs: dict[str, dict[str, Any]] = {}
@@ -143,4 +169,4 @@ def _tiny_architecture(source: str, spec: FamilySpec) -> Architecture:
             config = module.config
             configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
             classes[name] = (type(module).__module__.split(".")[0], type(module).__name__)
-    return Architecture(source, configs, classes, tiny=True, pipeline_config=pipeline_settings(dict(pipe.config)))
+    return Architecture(source, configs, classes, tiny=True, settings=pipeline_settings(dict(pipe.config)))

@@ -233,7 +233,7 @@ def _single_file(
                 if component.tokenizer is not None and component.name in architecture.configs
             }
             resolved["parts"] = PipelineParts(
-                architecture.configs, architecture.classes, tokenizers, dict(architecture.pipeline_config)
+                architecture.configs, architecture.classes, tokenizers, architecture.settings
             )
             resolved["layers"] = layers
         parts: PipelineParts = resolved["parts"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.architecture import pipeline_settings
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.tokenizers import tokenizer_mismatch
 from onetrainer.util.config.model import ModelConfig
@@ -200,7 +201,7 @@ def _from_tiny(source: str, spec: FamilySpec) -> LoadedParts:
         tokenizers=tokenizers,
         scheduler=scheduler_config(pipe),
         prediction_type=getattr(pipe.scheduler.config, "prediction_type", None),
-        pipeline_config=_pipeline_config(dict(pipe.config)),
+        pipeline_config=pipeline_settings(dict(pipe.config)),
     )
 
 
@@ -259,15 +260,8 @@ def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.d
         tokenizers=tokenizers,
         scheduler=scheduler,
         prediction_type=scheduler.get("prediction_type") if spec.objective is Objective.DDPM else None,
-        pipeline_config=_pipeline_config(index),
+        pipeline_config=pipeline_settings(index),
     )
-
-
-def _pipeline_config(index: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
-    return {
-        key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, (list, tuple))
-    }
 
 
 def training_scheduler(spec: FamilySpec, config: dict[str, Any], prediction_type: str | None) -> Any:

@@ -70,7 +70,7 @@ def read_single_file(
         tokenizers=tokenizers,
         scheduler=architecture.configs["scheduler"],
         prediction_type=prediction,
-        pipeline_config=architecture.pipeline_config,
+        pipeline_config=architecture.settings,
     )
 
 

@@ -81,7 +81,7 @@ def test_shipped_architecture_is_the_released_model() -> None:
     counts = tuple(sum(p.numel() for p in module.parameters()) for module in modules)
     assert counts == (2_567_463_684, 83_653_863, 123_060_480, 694_659_840)
     assert architecture.classes["text_encoder_2"] == ("transformers", "CLIPTextModelWithProjection")
-    assert architecture.pipeline_config == {"force_zeros_for_empty_prompt": True}
+    assert architecture.settings == {"force_zeros_for_empty_prompt": True}
     assert (configs["vae"]["scaling_factor"], configs["vae"]["force_upcast"]) == (0.13025, True)
     scheduler = configs["scheduler"]
     assert (scheduler["_class_name"], scheduler["prediction_type"], scheduler["timestep_spacing"]) == (
