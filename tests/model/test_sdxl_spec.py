@@ -160,3 +160,10 @@ def test_loras_are_recognised(key: str) -> None:
 def test_embedding_pair_is_recognised() -> None:
     detection = detect_weights({"clip_l": (2, 768), "clip_g": (2, 1280)}, {})
     assert (detection.kind, detection.layout, detection.family) == ("embedding", "a1111", "sdxl")
+
+
+def test_tiny_model_pads_its_second_prompt_as_sdxl_does() -> None:
+    from onetrainer.util.tiny.models import build_tiny_sdxl_pipeline
+
+    pipe = build_tiny_sdxl_pipeline()
+    assert (pipe.tokenizer.pad_token, pipe.tokenizer_2.pad_token) == ("<|endoftext|>", "!")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
-from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.util.enums import TrainingMethod
 
 
 def _single_file(factory: pytest.TempPathFactory, folder: Path, name: str) -> Path:
     output = factory.mktemp("single-files") / f"{name}.safetensors"
-    StableDiffusionSaver().save(load_stable_diffusion(folder), output, method=TrainingMethod.FULL, dtype=None)
+    DiffusionSaver().save(load_model(folder), output, method=TrainingMethod.FULL, dtype=None)
     return output
 
 
