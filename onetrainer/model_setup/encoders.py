@@ -111,10 +111,10 @@ def non_finite_latents(
     stored = str(dtype).removeprefix("torch.")
     message = f"the VAE ({stored}) encoded {bad} of {shape[0]} images ({shape[-1]}x{shape[-2]} px) to NaN/inf latents"
     if dtype == torch.float16:
-        upcast = " (its config.json says force_upcast: true)" if getattr(config, "force_upcast", False) else ""
+        said = ", as this one's config.json says (force_upcast: true)" if getattr(config, "force_upcast", False) else ""
         hint = (
-            f"Some VAEs overflow in fp16{upcast}. Keep this one in fp32 or bf16 (parts.{part}.weight_dtype=fp32 "
-            "or bf16), or use a VAE fine-tuned to run in fp16 (model.vae=<folder, file or hub id>)."
+            f"Some VAEs overflow in fp16{said}. Keep it in fp32 or bf16 (parts.{part}.weight_dtype=fp32 or bf16), "
+            "or use a VAE fine-tuned to run in fp16 (model.vae=<folder, file or hub id>)."
         )
     else:
         hint = "The VAE's weights may be damaged (NaN in the file), or model.vae names a VAE of another model."
