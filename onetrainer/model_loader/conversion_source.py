@@ -71,6 +71,9 @@ class ConversionSource:
     lora_kind: str | None = None
     embedding: dict[str, torch.Tensor] = field(default_factory=dict)
     placeholder: str | None = None
+    architecture: dict[str, dict[str, Any]] | None = None
+    """For a LoRA: the component configs of the model it is for (`--config`), where its kohya names depend
+    on them (`LoraNaming.for_model`); None: the family's released architecture."""
 
     @property
     def known_spec(self) -> FamilySpec | None:
@@ -101,7 +104,7 @@ def open_conversion_source(
     if prediction_type is not PredictionType.AUTO:
         detection = dataclasses.replace(detection, prediction_type=prediction_type.value)
     if detection.kind == LORA:
-        yield _lora(detection, model_type)
+        yield _lora(detection, model_type, config)
     elif detection.kind == EMBEDDING:
         yield _embedding(detection, model_type)
     else:
@@ -161,7 +164,7 @@ def _adapter_family(detection: Detection, wanted: str | None, what: str) -> tupl
     return get_family(detection.candidates[0]), None
 
 
-def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
+def _lora(detection: Detection, wanted: str | None, config: str | None) -> ConversionSource:
     from onetrainer.model.adapters.lora_file import read_lora_file
 
     path = detection.path
@@ -172,7 +175,8 @@ def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
             hint="Supported LoRA layouts: kohya / LyCORIS and diffusers (peft).",
         )
     spec, known = _adapter_family(detection, wanted, "a LoRA")
-    lora = read_lora_file(path, spec)
+    architecture = None if config is None else resolve_architecture(config, spec, detection.prediction_type).configs
+    lora = read_lora_file(path, spec, configs=architecture)
     return ConversionSource(
         LORA,
         spec,
@@ -183,6 +187,7 @@ def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
         lora_tensors=lora.tensors,
         lora_alphas=lora.alphas,
         lora_kind=lora.kind,
+        architecture=architecture,
     )
 
 
