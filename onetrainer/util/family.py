@@ -114,8 +114,10 @@ class Recognisers:
 class LoraNaming(Protocol):
     """How a family's modules are named in kohya-style LoRA files (from and to diffusers paths)."""
 
-    implementation: str
-    """`modelspec.implementation` of such a LoRA: "diffusers" for diffusers module names."""
+    @property
+    def implementation(self) -> str:
+        """`modelspec.implementation` of such a LoRA: "diffusers" for diffusers module names."""
+        ...
 
     def to_kohya(self, module: str) -> str:
         """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_..._proj_in`."""
@@ -135,8 +137,10 @@ class LoraNaming(Protocol):
 class SingleFileFormat(Protocol):
     """A family's original single-file checkpoint layout (what ComfyUI and A1111 load), both ways."""
 
-    component_prefixes: tuple[tuple[str, str], ...]
-    """(key prefix in the file, diffusers component), e.g. ("first_stage_model.", "vae")."""
+    @property
+    def component_prefixes(self) -> tuple[tuple[str, str], ...]:
+        """(key prefix in the file, diffusers component), e.g. ("first_stage_model.", "vae")."""
+        ...
 
     def writer(self, diffusers_keys: Iterable[str]) -> StreamConverter:
         """diffusers -> single file, for a model with these component-prefixed keys, tensor by tensor."""
