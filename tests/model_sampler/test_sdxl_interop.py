@@ -193,3 +193,19 @@ def test_diffusers_folder_loads_in_from_pretrained(base: Callable[[], DiffusionM
     # Tensors sit at other offsets than in the tiny folder diffusers wrote, so their memory alignment (and
     # with it the CPU kernel and the last bit of a matmul) may differ: one level of 255 is the tolerance.
     assert np.abs(_ours(model) - _theirs(_diffusers(folder))).max() <= 1
+
+
+def test_previews_run_on_parts_of_different_dtypes(base: Callable[[], DiffusionModel]) -> None:
+    """During training a bf16 UNet sits beside fp32 text encoders and an fp32 (or fp16, upcast) VAE."""
+    from onetrainer.model_setup.placement import place
+
+    model = base()
+    reference = _ours(model)
+    place(model.unet, "cpu", torch.bfloat16)
+    place(model.text_encoder, "cpu", torch.bfloat16)
+    mixed = _ours(model)
+    assert np.abs(mixed - reference).mean() < 2, "bf16 rounding only"
+    place(model.vae, "cpu", torch.float16)
+    assert model.vae.config.force_upcast
+    assert np.abs(_ours(model) - mixed).max() <= 1, "an fp16 VAE that says force_upcast decodes in fp32"
+    assert model.vae.dtype == torch.float16, "and is left as it was"
