@@ -160,3 +160,26 @@ def test_kohya_file_reads_back_to_the_same_adapter(
     naming = LORA_NAMING.for_model({"unet": dict(build_tiny_sdxl_pipeline().unet.config)})
     tensors, _ = kohya_to_peft(lora, naming)
     assert peft_to_kohya(tensors, None, naming).keys() == lora.keys()
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr"])
+def test_lycoris_and_dora_adapters_take_the_same_names(kind: str) -> None:
+    pipe = build_tiny_sdxl_pipeline()
+    model = DiffusionModel.from_pipeline(pipe, SDXL, source="tiny:sdxl")
+    targets = {
+        name: LoraTargets("attn", presets=SDXL.component(name).lora_presets) for name in ("unet", "text_encoder_2")
+    }
+    model.adapters.lora = inject_lora(model, kind=kind, rank=2, alpha=1.0, targets=targets)
+    tensors, alphas, _ = lora_from_model(model)
+    naming = LORA_NAMING.for_model(model.component_configs())
+    kohya = peft_to_kohya(tensors, alphas, naming)
+    assert all(
+        key.startswith(
+            ("lora_unet_input_blocks_3_1_", "lora_unet_output_blocks_", "lora_unet_middle_block_1_", "lora_te2_")
+        )
+        for key in kohya
+    )
+    back, back_alphas = kohya_to_peft(kohya, naming)
+    assert back.keys() == tensors.keys()
+    assert all(torch.equal(back[key], tensors[key].reshape(back[key].shape)) for key in tensors)
+    assert back_alphas == pytest.approx(alphas)
