@@ -187,7 +187,7 @@ def _lora(detection: Detection, wanted: str | None, config: str | None) -> Conve
         lora_tensors=lora.tensors,
         lora_alphas=lora.alphas,
         lora_kind=lora.kind,
-        architecture=architecture,
+        architecture=lora.architecture,
     )
 
 

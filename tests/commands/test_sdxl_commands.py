@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
@@ -146,23 +146,29 @@ def test_convert_single_file_to_a_folder_and_back(full: Path, tmp_path: Path) ->
 
 
 def test_convert_kohya_lora_to_peft_and_back(lora: Path, tmp_path: Path) -> None:
+    """Our tiny model's kohya names follow its block counts, which the file records: no --config needed."""
+    assert "onetrainer_architecture" in _metadata(lora)
     peft = tmp_path / "peft.safetensors"
-    result = _invoke("convert", lora, peft, "--to", "peft", "--config", "tiny:sdxl")
+    result = _invoke("convert", lora, peft, "--to", "peft")
     assert result.exit_code == 0, result.output
     assert {key.partition(".")[0] for key in load_file(peft)} == {"unet", "text_encoder", "text_encoder_2"}
     kohya = tmp_path / "kohya.safetensors"
-    result = _invoke("convert", peft, kohya, "--to", "kohya", "--config", "tiny:sdxl")
+    result = _invoke("convert", peft, kohya, "--to", "kohya")
     assert result.exit_code == 0, result.output
     original, again = load_file(lora), load_file(kohya)
     assert original.keys() == again.keys()
     assert all(torch.equal(original[key], again[key]) for key in original)
 
 
-def test_convert_without_the_architecture_of_a_tiny_lora_says_what_is_wrong(lora: Path, tmp_path: Path) -> None:
-    """Without --config the released SDXL UNet's names apply, which the tiny UNet's do not follow."""
-    result = _invoke("convert", lora, tmp_path / "peft.safetensors", "--to", "peft")
+def test_a_kohya_lora_of_another_architecture_needs_config(lora: Path, tmp_path: Path) -> None:
+    """A file that does not record its architecture is read with the released SDXL UNet's names."""
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(lora), bare, metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    result = _invoke("convert", bare, tmp_path / "peft.safetensors", "--to", "peft")
     assert result.exit_code == 2
     assert "not a module of this SDXL UNet" in " ".join(result.output.replace("│", " ").split())
+    result = _invoke("convert", bare, tmp_path / "peft.safetensors", "--to", "peft", "--config", "tiny:sdxl")
+    assert result.exit_code == 0, result.output
 
 
 def test_inspect_names_sdxl(lora: Path, full: Path, embedding: Path) -> None:

@@ -20,8 +20,10 @@ from safetensors.torch import load_file
 
 from onetrainer.model.adapters.embedding import add_embedding
 from onetrainer.model.adapters.lora import LoraTargets, inject_lora
+from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_saver.adapter_files import lora_from_model
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, lookup
@@ -123,6 +125,9 @@ def test_diffusers_loads_our_lora_and_draws_our_image(
     else:
         assert {key.partition(".")[0] for key in keys} == {"unet", "text_encoder", "text_encoder_2"}
     assert _metadata(path)["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    loaded, (tensors, _, _) = read_lora_file(path, model.spec), lora_from_model(model)
+    assert loaded.tensors.keys() == tensors.keys(), "reads back without naming the model: the file records it"
+    assert all(torch.equal(loaded.tensors[key], tensors[key]) for key in tensors)
     pipe = _diffusers(tiny_sdxl_dir)
     pipe.load_lora_weights(str(path))
     ours, theirs = _ours(model), _theirs(pipe)
