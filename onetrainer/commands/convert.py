@@ -55,7 +55,8 @@ def convert(
         str | None,
         typer.Option(
             metavar="PATH",
-            help="Architecture of a single-file input (diffusers folder or hub id); default: shipped configs.",
+            help="Architecture of a single-file input, or of the model a kohya LoRA is for where its names "
+            "depend on it (a diffusers folder, hub id or tiny:<family>); default: the family's released model.",
         ),
     ] = None,
     tokenizer: Annotated[

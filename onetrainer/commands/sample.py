@@ -98,7 +98,7 @@ def sample(
     Every option is checked before the model loads: sizes, files, the output folder, device and dtype.
     """
     from onetrainer.model.adapters import add_embedding, merge_lora, read_embedding_file, read_lora_file
-    from onetrainer.model_loader.family import bucket_step, source_model_type
+    from onetrainer.model_loader.family import size_step, source_model_type
     from onetrainer.model_sampler.png import GenerationInfo, output_paths, save_png
     from onetrainer.model_sampler.schedulers import check_scheduler
     from onetrainer.model_sampler.sizes import check_side
@@ -130,12 +130,12 @@ def sample(
         family = source_model_type(model, model_type, needs=(ModuleKind.LOADER, ModuleKind.SAMPLER))
         for option, value in (("--width", width), ("--height", height)):
             if value is not None:
-                check_side(option, value, bucket_step(family))
+                check_side(option, value, size_step(family))
         loaded: DiffusionModel = lookup(ModuleKind.LOADER, family)().load(
             _model_config(model, family, weights), device=torch_device
         )
     for path, scale in loras:
-        merge_lora(loaded, read_lora_file(path, loaded.spec), scale)
+        merge_lora(loaded, read_lora_file(path, loaded.spec, configs=loaded.component_configs()), scale)
     loaded.adapters.embeddings.extend(
         add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []

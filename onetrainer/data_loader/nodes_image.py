@@ -1,7 +1,10 @@
 """Image nodes: decode, crop to the bucket, augment, and hand over pixels in [-1, 1] plus a mask.
 
-The crop is planned from the header size alone (`geometry`), so size micro-conditioning values and
-a cached sample's crop are known without decoding. Decoding then resizes only the crop box (Pillow's
+The crop and the flip are planned from the header size alone (`flip`, `geometry`), so the size
+conditioning some denoisers take (original size, crop top-left) and a cached sample's crop are known
+without decoding. `crop_top_left` is the crop as the model sees it: after a horizontal flip the crop
+sits mirrored in the resized image, so its left edge is `resized_width - left - target_width`, as
+sd-scripts computes it. Decoding then resizes only the crop box (Pillow's
 `resize(box=...)`), with Lanczos, which is antialiased when shrinking. Every geometric step is
 applied identically to the image and its mask; colour steps touch only the image. Each step is its
 own node with its own random stream, so turning one augmentation on changes no other. With masked
@@ -26,6 +29,11 @@ IMAGE_SOURCES = ("image_path", "mask_path", "source_size", "target_size")
 """Filled in per sample: the paths, the header size (h, w) and the bucket (h, w)."""
 
 
+def _flip_choice(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+    """Whether this use of the sample is mirrored: decided before decoding, so the geometry can say so."""
+    return {"flipped": view.rng().random() < float(view.setting("image.flip"))}
+
+
 def _geometry(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
     """Scale to cover the bucket, then place the crop: centred, or jittered within the slack."""
     height, width = values["source_size"]
@@ -41,7 +49,8 @@ def _geometry(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
     top, left = offsets
     scale_y, scale_x = resized_h / height, resized_w / width
     box = (left / scale_x, top / scale_y, (left + target_w) / scale_x, (top + target_h) / scale_y)
-    return {"resize_box": box, "crop_top_left": (top, left), "original_size": (height, width)}
+    seen_left = resized_w - left - target_w if values["flipped"] else left
+    return {"resize_box": box, "crop_top_left": (top, seen_left), "original_size": (height, width)}
 
 
 def _decode(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +103,9 @@ def _resize_crop(
     return {"image.cropped": _to_tensor(image), "mask.cropped": mask_tensor}
 
 
-def _flip(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
+def _mirror(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
     image, mask = values["image.cropped"], values["mask.cropped"]
-    if view.rng().random() < float(view.setting("image.flip")):
+    if values["flipped"]:
         image, mask = image.flip(-1), mask.flip(-1)
     return {"image.flipped": image, "mask.flipped": mask}
 
@@ -187,9 +196,10 @@ def image_nodes(*, mask_augmentation: bool = False) -> list[Node]:
         masks = []
         resize_crop = _resize_crop_node("image.decoded", "mask.decoded", "resize_box")
     return [
+        Node("flip", (), ("flipped",), _flip_choice, ("image.flip",)),
         Node(
             "geometry",
-            ("source_size", "target_size"),
+            ("source_size", "target_size", "flipped"),
             ("resize_box", "crop_top_left", "original_size"),
             _geometry,
             ("image.crop_jitter",),
@@ -198,7 +208,7 @@ def image_nodes(*, mask_augmentation: bool = False) -> list[Node]:
         Node("mask_source", ("mask_path", "alpha", "image.decoded"), ("mask.decoded",), _mask_source, ("image.alpha",)),
         *masks,
         resize_crop,
-        Node("flip", ("image.cropped", "mask.cropped"), ("image.flipped", "mask.flipped"), _flip, ("image.flip",)),
+        Node("mirror", ("image.cropped", "mask.cropped", "flipped"), ("image.flipped", "mask.flipped"), _mirror),
         Node(
             "rotate", ("image.flipped", "mask.flipped"), ("image.rotated", "mask.rotated"), _rotate, ("image.rotation",)
         ),

@@ -19,6 +19,8 @@ from onetrainer.data_loader.plan import DataPlan, Draw
 from onetrainer.util.config.data import ConceptConfig
 
 GEOMETRY_OUTPUTS = ("original_size", "crop_top_left")
+"""The size conditioning of a sample's use, known from header sizes alone: the source size, and the crop
+as the model sees it (flip included), so cached entries never need decoding again to say it."""
 
 
 MASK_AUGMENTATIONS = ("mask_shrink", "mask_rotate_crop")
@@ -104,7 +106,8 @@ class SamplePipeline:
         return self.images.run(context, sources, wanted)
 
     def geometry(self, draw: Draw) -> dict[str, Any]:
-        """Original size and crop offset, from the header size alone (no decoding).
+        """Original size and crop offset (mirrored with the image when it is flipped), from the header
+        size alone (no decoding).
 
         With a cache the result repeats every time the slot is used, so it is remembered (the
         materialise layer then only reads entries); without one every use has its own key.

@@ -122,6 +122,8 @@ def recognise_lora(shapes: Shapes) -> Evidence | None:
         key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys
     ):
         return None
+    if any(".transformer_blocks.1." in key or "_transformer_blocks_1_" in key for key in keys):
+        return None  # 1.x/2.x attention blocks hold one transformer block; deeper ones are another family's
     for marker, what in (
         ("attn2_to_k", "cross-attention"),
         ("attn2.to_k", "cross-attention"),

@@ -30,14 +30,19 @@ class Architecture:
     classes: dict[str, tuple[str, str]]
     """Component -> (library, class name), as `model_index.json` says."""
     tokenizer_at: tuple[str, str | None] | None = None
+    """(folder or hub id, "tokenizer") when the source holds tokenizers: each text encoder's in its own
+    subfolder (`tokenizer`, `tokenizer_2`)."""
     tiny: bool = field(default=False, repr=False)
     settings: dict[str, Any] = field(default_factory=dict)
     """Pipeline-level settings of its `model_index.json` (`requires_safety_checker`), for a saved folder."""
 
 
 def pipeline_settings(index: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata."""
-    return {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
+    """The pipeline-level settings of a `model_index.json`: everything that is not a component or metadata
+    (components are [library, class] lists in the file, tuples in a live pipeline's config)."""
+    return {
+        key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, (list, tuple))
+    }
 
 
 def config_files(spec: FamilySpec) -> dict[str, str]:

@@ -22,7 +22,12 @@ from onetrainer.model_loader.architecture import resolve_architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.pipeline import check_family, load_model
-from onetrainer.model_loader.single_file import build_components, single_file_state_dicts, stream_single_file
+from onetrainer.model_loader.single_file import (
+    build_components,
+    single_file_state_dicts,
+    stream_single_file,
+    text_encoder_layers,
+)
 from onetrainer.model_loader.tokenizers import load_tokenizer
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL, Detection, detect_path, read_header
 from onetrainer.util.enums import PredictionType
@@ -66,6 +71,9 @@ class ConversionSource:
     lora_kind: str | None = None
     embedding: dict[str, torch.Tensor] = field(default_factory=dict)
     placeholder: str | None = None
+    architecture: dict[str, dict[str, Any]] | None = None
+    """For a LoRA: the component configs of the model it is for (`--config`), where its kohya names depend
+    on them (`LoraNaming.for_model`); None: the family's released architecture."""
 
     @property
     def known_spec(self) -> FamilySpec | None:
@@ -96,7 +104,7 @@ def open_conversion_source(
     if prediction_type is not PredictionType.AUTO:
         detection = dataclasses.replace(detection, prediction_type=prediction_type.value)
     if detection.kind == LORA:
-        yield _lora(detection, model_type)
+        yield _lora(detection, model_type, config)
     elif detection.kind == EMBEDDING:
         yield _embedding(detection, model_type)
     else:
@@ -156,7 +164,7 @@ def _adapter_family(detection: Detection, wanted: str | None, what: str) -> tupl
     return get_family(detection.candidates[0]), None
 
 
-def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
+def _lora(detection: Detection, wanted: str | None, config: str | None) -> ConversionSource:
     from onetrainer.model.adapters.lora_file import read_lora_file
 
     path = detection.path
@@ -167,7 +175,8 @@ def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
             hint="Supported LoRA layouts: kohya / LyCORIS and diffusers (peft).",
         )
     spec, known = _adapter_family(detection, wanted, "a LoRA")
-    lora = read_lora_file(path, spec)
+    architecture = None if config is None else resolve_architecture(config, spec, detection.prediction_type).configs
+    lora = read_lora_file(path, spec, configs=architecture)
     return ConversionSource(
         LORA,
         spec,
@@ -178,6 +187,7 @@ def _lora(detection: Detection, wanted: str | None) -> ConversionSource:
         lora_tensors=lora.tensors,
         lora_alphas=lora.alphas,
         lora_kind=lora.kind,
+        architecture=lora.architecture,
     )
 
 
@@ -212,15 +222,14 @@ def _single_file(
 ) -> ConversionSource:
     resolved: dict[str, Any] = {}
 
-    def architecture_layers() -> int | None:
-        configs = resolved["parts"].configs if resolved else None
-        return configs["text_encoder"].get("num_hidden_layers") if configs and "text_encoder" in configs else None
+    def architecture_layers() -> dict[str, int] | None:
+        return resolved["layers"] if resolved else None
 
     def parts() -> PipelineParts:
         """Architecture and tokenizers; a file that does not say its prediction type gets the family's default."""
         if not resolved:
             architecture = resolve_architecture(config, spec, detection.prediction_type)
-            layers = architecture.configs.get("text_encoder", {}).get("num_hidden_layers")
+            layers = text_encoder_layers(architecture, spec)
             shapes = single_file_state_dicts(weights, spec, text_encoder_layers=layers, meta=True)
             build_components(shapes, architecture, spec, weights.path.name, check_only=True)
             tokenizers = {
@@ -231,6 +240,7 @@ def _single_file(
             resolved["parts"] = PipelineParts(
                 architecture.configs, architecture.classes, tokenizers, architecture.settings
             )
+            resolved["layers"] = layers
         parts: PipelineParts = resolved["parts"]
         return parts
 

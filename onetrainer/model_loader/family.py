@@ -3,8 +3,8 @@
 Every command with `--model-type` parses it here, against the registry: a command accepts the
 families that have the modules it needs (`sample` a loader and a sampler), so no command accepts a
 family it cannot run. `sample`, which must pick the family's registered loader before loading,
-detects the family here from the files or the hub repo's configs. The bucket step that image sizes
-must be a multiple of comes from the family spec, without loading anything.
+detects the family here from the files or the hub repo's configs. The multiples that bucket and
+sampled image sides must be come from the family spec, without loading anything.
 """
 
 from __future__ import annotations
@@ -55,5 +55,10 @@ def source_model_type(source: str, explicit: str | None = None, *, needs: Sequen
 
 
 def bucket_step(model_type: str) -> int:
-    """The multiple that image sides must be for this family."""
+    """The multiple that training buckets' sides are for this family."""
     return get_family(model_type).bucket_step
+
+
+def size_step(model_type: str) -> int:
+    """The multiple that sampled images' sides must be: what the denoiser accepts (buckets may be coarser)."""
+    return get_family(model_type).size_step

@@ -1,26 +1,86 @@
-"""Build a family's diffusers components from an original single-file checkpoint, key by key.
+"""Read any family's original single-file checkpoint into its diffusers components, key by key.
 
 Keys are renamed with the family's own tables (`FamilySpec.single_file`; no diffusers single-file
 internals, so nothing is downloaded), and each tensor is cast and placed as it is read. Components
 are constructed from the architecture's configs with empty (meta) parameters and receive the
 checkpoint's tensors by assignment, so no random initialisation runs and the weights exist once in
-memory.
+memory. A single file holds weights only: the architecture comes from the configs shipped for the
+family (or the user's `model.config`), and each text encoder's tokenizer is looked for
+(`tokenizers.load_tokenizer`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.model_loader.architecture import Architecture
+from onetrainer.model_loader.architecture import Architecture, resolve_architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
+from onetrainer.model_loader.pipeline import LoadedParts
+from onetrainer.model_loader.tokenizers import load_tokenizer
+from onetrainer.util.detect import Detection
+from onetrainer.util.enums import PredictionType
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, SingleFileFormat
+from onetrainer.util.family import FamilySpec, Role, SingleFileFormat
 
 if TYPE_CHECKING:
     import torch
+
+
+def read_single_file(
+    path: Path,
+    detection: Detection,
+    spec: FamilySpec,
+    *,
+    prediction_type: PredictionType,
+    config: str | Path | None,
+    tokenizer: str | Path | None,
+    dtype: torch.dtype,
+) -> LoadedParts:
+    """The `SingleFileReader` of every family with a `single_file` layout and a shipped architecture."""
+    # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
+    prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
+    prediction = prediction or detection.prediction_type
+    architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
+    prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
+    with WeightsFile(path) as weights:
+        state_dicts = single_file_state_dicts(
+            weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype
+        )
+    for component in spec.components:
+        if not state_dicts[component.name] and not component.optional:
+            raise UserError(
+                f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
+                where=str(path),
+                hint=f"Pass a full {spec.title} checkpoint."
+                + (" A missing VAE can come from model.vae / --vae." if component.role is Role.VAE else ""),
+            )
+    components = build_components(state_dicts, architecture, spec, path.name)
+    explicit = None if tokenizer is None else str(tokenizer)
+    tokenizers = {
+        component.tokenizer: load_tokenizer(explicit, architecture, spec, component.name)
+        for component in spec.text_encoders
+        if component.tokenizer is not None and component.name in components
+    }
+    return LoadedParts(
+        components=components,
+        tokenizers=tokenizers,
+        scheduler=architecture.configs["scheduler"],
+        prediction_type=prediction,
+        pipeline_config=architecture.settings,
+    )
+
+
+def text_encoder_layers(architecture: Architecture, spec: FamilySpec) -> dict[str, int]:
+    """Each text encoder's layer count in the architecture (a file may hold layers past it)."""
+    return {
+        component.name: int(architecture.configs[component.name]["num_hidden_layers"])
+        for component in spec.text_encoders
+        if "num_hidden_layers" in architecture.configs.get(component.name, {})
+    }
 
 
 def single_file_format(spec: FamilySpec) -> SingleFileFormat:
@@ -33,7 +93,7 @@ def single_file_state_dicts(
     weights: WeightsFile,
     spec: FamilySpec,
     *,
-    text_encoder_layers: int | None,
+    text_encoder_layers: Mapping[str, int] | None,
     dtype: torch.dtype | None = None,
     components: tuple[str, ...] | None = None,
     meta: bool = False,
@@ -53,7 +113,7 @@ def stream_single_file(
     weights: WeightsFile,
     spec: FamilySpec,
     *,
-    text_encoder_layers: int | None,
+    text_encoder_layers: Mapping[str, int] | None,
     dtype: torch.dtype | None = None,
     components: tuple[str, ...] | None = None,
     meta: bool = False,

@@ -7,7 +7,9 @@ refuse valid small vocabularies and say nothing about a tokenizer that belongs t
 
 A single file holds no tokenizer: it comes from an explicit path or hub id, else from the architecture
 source if it has one, else from the family's known hub repos in the local Hugging Face cache, else
-(online) from the hub, in that order; the first that fits wins.
+(online) from the hub, in that order; the first that fits wins. Each text encoder's tokenizer is looked
+for in its own subfolder (`tokenizer`, `tokenizer_2`); one found anywhere else (a repo's root, another
+encoder's folder) is given the pad token the encoder was trained with (`Component.pad_token`).
 """
 
 from __future__ import annotations
@@ -42,15 +44,17 @@ def load_tokenizer(
     """The first CLIP tokenizer that fits the architecture's `encoder`, from: `explicit`, the architecture
     source, the family's hub repos in the HF cache, then on the hub."""
     vocab_size = int(architecture.configs[encoder]["vocab_size"])
+    pad_token = spec.component(encoder).pad_token
     folder = spec.component(encoder).tokenizer or "tokenizer"
     if explicit is not None:
-        return _explicit_tokenizer(explicit, vocab_size)
+        found, subfolder = _explicit_tokenizer(explicit, vocab_size, folder)
+        return found if subfolder == folder else _with_pad(found, pad_token)
     if architecture.tiny:
         from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 
         return build_tiny_clip_tokenizer()
     tried: list[str] = []
-    candidates = ([architecture.tokenizer_at] if architecture.tokenizer_at else []) + [
+    candidates = ([(architecture.tokenizer_at[0], folder)] if architecture.tokenizer_at else []) + [
         (repo, subfolder) for repo in spec.hub_ids for subfolder in (None, folder)
     ]
     for local_only in (True, False):
@@ -59,7 +63,7 @@ def load_tokenizer(
         for location, subfolder in candidates:
             tokenizer = _try_tokenizer(location, subfolder, vocab_size, local_only=local_only)
             if tokenizer is not None:
-                return tokenizer
+                return tokenizer if subfolder == folder else _with_pad(tokenizer, pad_token)
             tried.append(_describe(location, subfolder) + (" (cache)" if local_only else " (hub)"))
     raise UserError(
         f"no tokenizer is reachable that fits this single-file model's text encoder ({vocab_size:,} tokens)",
@@ -67,6 +71,15 @@ def load_tokenizer(
         f"tokenizer/ subfolder as the config (--config). Tried: {', '.join(tried) or 'nothing'}"
         + (". The hub was not tried: HF_HUB_OFFLINE is set." if hub_offline() else "."),
     )
+
+
+def _with_pad(tokenizer: CLIPTokenizer, pad_token: str | None) -> CLIPTokenizer:
+    """`tokenizer` padding with `pad_token` (a token every CLIP vocabulary holds), when the encoder needs one."""
+    if pad_token is not None and tokenizer.pad_token != pad_token:
+        if pad_token not in tokenizer.get_vocab():
+            raise UserError(f"the tokenizer has no {pad_token!r} token to pad with, as this text encoder needs")
+        tokenizer.pad_token = pad_token
+    return tokenizer
 
 
 def _describe(location: str, subfolder: str | None) -> str:
@@ -83,7 +96,8 @@ def _try_tokenizer(location: str, subfolder: str | None, vocab_size: int, *, loc
     return tokenizer if tokenizer_mismatch(tokenizer, vocab_size) is None else None
 
 
-def _explicit_tokenizer(source: str, vocab_size: int) -> CLIPTokenizer:
+def _explicit_tokenizer(source: str, vocab_size: int, folder: str) -> tuple[CLIPTokenizer, str | None]:
+    """(the tokenizer, the subfolder it came from): the encoder's own `folder`, "tokenizer", or the root."""
     kind = source_kind(source, where="model.tokenizer")
     if kind == TINY:
         from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
@@ -92,12 +106,12 @@ def _explicit_tokenizer(source: str, vocab_size: int) -> CLIPTokenizer:
         mismatch = tokenizer_mismatch(tiny, vocab_size)
         if mismatch is not None:
             raise UserError(f"the tiny tokenizer {mismatch}", hint="Use tiny: tokenizers with tiny: models only.")
-        return tiny
+        return tiny, folder
     if kind == HUB:
-        for subfolder in (None, "tokenizer"):
+        for subfolder in dict.fromkeys((None, folder, "tokenizer")):
             tokenizer = _try_tokenizer(source, subfolder, vocab_size, local_only=hub_offline())
             if tokenizer is not None:
-                return tokenizer
+                return tokenizer, subfolder
         if hub_offline():
             raise model_unavailable(source, where="model.tokenizer", what="tokenizer")
         raise UserError(
@@ -107,12 +121,13 @@ def _explicit_tokenizer(source: str, vocab_size: int) -> CLIPTokenizer:
             "tokenizer (or a tokenizer/ folder).",
         )
     path = Path(source).expanduser()
-    folder = path / "tokenizer" if (path / "tokenizer").is_dir() else path
-    tokenizer = _try_tokenizer(str(folder), None, vocab_size, local_only=True) if folder.is_dir() else None
+    subfolder = next((name for name in dict.fromkeys((folder, "tokenizer")) if (path / name).is_dir()), None)
+    location = path / subfolder if subfolder else path
+    tokenizer = _try_tokenizer(str(location), None, vocab_size, local_only=True) if location.is_dir() else None
     if tokenizer is None:
         raise UserError(
             f"no CLIP tokenizer of {vocab_size:,} tokens (the text encoder's) in {path}",
             hint="Pass a folder holding this model's tokenizer.json or vocab.json + merges.txt (or its pipeline "
             "folder).",
         )
-    return tokenizer
+    return tokenizer, subfolder

@@ -1,11 +1,17 @@
 """Sampling through a family's own diffusers pipeline, built from the in-memory components.
 
 New families do not re-write a denoising loop: the pipeline diffusers ships for the family is built
-around the model's live components (so trained LoRA layers and embeddings take part), and fed the
-prompt embeddings the family's conditioner computes (the same code that conditions training, so a
-preview shows what was trained). Each image has its own seed (seed, seed + 1, ...) and its own
+around the model's live denoiser (so trained LoRA layers take part) and fed the prompt embeddings the
+family's conditioner computes (the same code that conditions training, so a preview shows what was
+trained, trained embeddings included). Each image has its own seed (seed, seed + 1, ...) and its own
 generator, so any one of a batch can be reproduced alone, and the same seed gives the same image as
 the family's pipeline loaded by diffusers from our saved files.
+
+During training the parts of a model may hold different dtypes (a bf16 UNet beside an fp32 VAE and
+fully trained fp32 text encoders), which diffusers' pipelines do not expect: they run the denoiser in
+the dtype of the prompt embeddings and decode in the denoiser's. So the pipeline gets no text
+encoders (their embeddings arrive precomputed, cast to the denoiser's dtype) and returns latents,
+which are decoded here in the VAE's own dtype, the way the pipelines decode them.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from onetrainer.model_sampler.schedulers import build_scheduler, check_scheduler
 from onetrainer.model_sampler.sizes import check_side
+from onetrainer.model_setup.placement import place
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import Role
 
 if TYPE_CHECKING:
     import torch
@@ -37,8 +45,42 @@ class PromptEmbeds(Protocol):
         ...
 
 
+Decode = Callable[["DiffusionModel", "torch.Tensor"], "Image.Image"]
+"""`decode(model, latents)` -> the image of one [1, C, h, w] latent the pipeline returned."""
+
+
+def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> Image.Image:
+    """Latents -> image as diffusers' pipelines do it: unscale, decode, map [-1, 1] to 8 bits.
+
+    A VAE stored in fp16 whose config says `force_upcast` (it overflows in fp16) decodes in fp32, as
+    the pipelines do.
+    """
+    import torch
+    from PIL import Image
+
+    vae = model.components[model.spec.vae.name]
+    config = vae.config
+    stored = next(vae.parameters()).dtype
+    upcast = stored == torch.float16 and bool(getattr(config, "force_upcast", False))
+    scaled = latents.float() / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    if upcast:
+        place(vae, next(vae.parameters()).device, torch.float32)
+    try:
+        parameter = next(vae.parameters())
+        image = vae.decode(scaled.to(parameter.device, parameter.dtype)).sample.float()
+    finally:
+        if upcast:
+            place(vae, next(vae.parameters()).device, stored)
+    pixels = ((image[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    return Image.fromarray(pixels)
+
+
 class PipelineSampler:
-    """A `Sampler` for any family with a diffusers pipeline; the family gives its hooks and prompt embeds."""
+    """A `Sampler` for any family with a diffusers pipeline; the family gives its hooks and prompt embeds.
+
+    `pipeline_settings` are constructor arguments the family fixes for previews (e.g. no watermark);
+    `decode` turns the pipeline's latents into an image (default: `decode_latents`).
+    """
 
     def __init__(
         self,
@@ -48,28 +90,36 @@ class PipelineSampler:
         prompt_embeds: PromptEmbeds,
         layer_skip: Mapping[str, int] | None = None,
         default_scheduler: str = "euler",
+        pipeline_settings: Mapping[str, Any] | None = None,
+        decode: Decode = decode_latents,
     ) -> None:
         self.model = model
         self.hooks = hooks
         self.prompt_embeds = prompt_embeds
         self.layer_skip = dict(layer_skip or {})
         self.default_scheduler = default_scheduler
+        self.pipeline_settings = dict(pipeline_settings or {})
+        self.decode = decode
 
     def default_size(self) -> int:
         return self.model.spec.resolution_for(self.model.prediction_type)
 
     def pipeline(self, scheduler: Any) -> Any:
-        """The family's pipeline class around the model's live components, with `scheduler`."""
+        """The family's pipeline class around the model's denoiser and VAE, with `scheduler`.
+
+        Text encoders and tokenizers are left out: the embeddings come precomputed.
+        """
         spec = self.model.spec
         diffusers = importlib.import_module("diffusers")
         cls = getattr(diffusers, spec.pipeline_classes[0])
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
         kwargs: dict[str, Any] = dict.fromkeys(accepted)
-        kwargs.update(self.model.components)
-        kwargs.update(self.model.tokenizers)
+        for name, module in self.model.components.items():
+            if spec.component(name).role is not Role.TEXT_ENCODER:
+                kwargs[name] = module
         kwargs["scheduler"] = scheduler
-        settings = {key: value for key, value in self.model.pipeline_config.items() if key in accepted}
-        kwargs.update(settings)
+        kwargs.update(self.model.pipeline_config)
+        kwargs.update(self.pipeline_settings)
         pipe = cls(**{key: value for key, value in kwargs.items() if key in accepted})
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -98,6 +148,7 @@ class PipelineSampler:
             raise UserError("steps and count must be at least 1")
         model = self.model
         modes = {name: module.training for name, module in model.modules()}
+        devices = {name: next(module.parameters()).device for name, module in model.modules()}
         for _, module in model.modules():
             module.eval()
         done = 0
@@ -115,11 +166,13 @@ class PipelineSampler:
             conditioner.load()
             with torch.no_grad():
                 embeds = self.prompt_embeds(model, conditioner, prompt, negative_prompt, cfg)
+                embeds = {key: value.to(model.device, model.denoiser_dtype) for key, value in embeds.items()}
                 images = [
                     self._one(pipe, embeds, steps, cfg, seed + index, width, height, tick) for index in range(count)
                 ]
         finally:
             for module_name, module in model.modules():
+                place(module, devices[module_name])
                 module.train(modes[module_name])
         return images
 
@@ -144,8 +197,7 @@ class PipelineSampler:
             width=width,
             height=height,
             generator=generator,
-            output_type="pil",
+            output_type="latent",
             callback_on_step_end=lambda pipe, step, timestep, kwargs: tick(),
         )
-        image: Image.Image = result.images[0]
-        return image
+        return self.decode(self.model, result.images)

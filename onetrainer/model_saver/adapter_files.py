@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.errors import UserError
 from onetrainer.util.keymaps.embeddings import embedding_to_a1111, embedding_to_diffusers
 from onetrainer.util.keymaps.engine import KeyMapError
-from onetrainer.util.keymaps.lora import peft_to_kohya
+from onetrainer.util.keymaps.lora import architecture_record, peft_to_kohya
 from onetrainer.util.keymaps.lora_peft import diffusers_lora_metadata, peft_adapter_state, to_diffusers_keys
 from onetrainer.util.safetensors_stream import state_dict_stream, write_safetensors_stream
 
@@ -61,21 +61,27 @@ def write_lora(
     kind: str,
     metadata: Mapping[str, str],
     dtype: torch.dtype | None = None,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
+    """`configs`: the component configs of the model the LoRA was trained on, for kohya names that depend
+    on its block counts (`LoraNaming.for_model`); None takes the family's released architecture. Where the
+    names differ from the released architecture's, the file records the configs (`ARCHITECTURE_KEY`)."""
+    record = {} if spec.lora_naming is None else architecture_record(spec.lora_naming, configs)
     try:
         if fmt is SaveFormat.KOHYA:
             _refuse_row_dora(tensors)
             if spec.lora_naming is None:
                 raise UserError(f"{spec.title} LoRAs have no kohya layout in this version", hint="Save as peft.")
-            out = peft_to_kohya(tensors, alphas, spec.lora_naming)
-            header = dict(metadata)
+            naming = spec.lora_naming if configs is None else spec.lora_naming.for_model(configs)
+            out = peft_to_kohya(tensors, alphas, naming)
+            header = {**metadata, **record}
         elif kind in ("loha", "lokr"):
             raise UserError(
                 f"a {kind.upper()} cannot be saved in the peft layout: diffusers has no loader for it",
                 hint="Save it as kohya (the LyCORIS layout A1111/Forge and ComfyUI load).",
             )
         else:
-            header = {**metadata, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
+            header = {**metadata, **record, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
             out = to_diffusers_keys(tensors, [component.name for component in spec.text_encoders])
     except KeyMapError as error:
         raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from onetrainer.model_saver.adapter_files import write_embedding, write_lora
 from onetrainer.model_saver.formats import check_output, resolve_format, save_dtype, write_errors
@@ -39,6 +39,7 @@ class Convertible(Protocol):
     lora_kind: str | None
     embedding: dict[str, torch.Tensor]
     placeholder: str | None
+    architecture: dict[str, dict[str, Any]] | None
 
 
 def write_conversion(
@@ -79,6 +80,7 @@ def write_conversion(
                 kind=source.lora_kind or "lora",
                 metadata=metadata,
                 dtype=cast,
+                configs=source.architecture,
             )
         elif source.kind == EMBEDDING:
             metadata = build_metadata(

@@ -89,7 +89,17 @@ class DiffusionSaver:
             dora_axis=adapter.dora_axis,
             config=config,
         )
-        return write_lora(output, tensors, alphas, fmt=fmt, spec=model.spec, kind=kind, metadata=metadata, dtype=cast)
+        return write_lora(
+            output,
+            tensors,
+            alphas,
+            fmt=fmt,
+            spec=model.spec,
+            kind=kind,
+            metadata=metadata,
+            dtype=cast,
+            configs=model.component_configs(),
+        )
 
     def _embedding(
         self,

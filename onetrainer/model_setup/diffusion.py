@@ -98,7 +98,7 @@ class DiffusionSetup:
             for param in self.trainables.parameters(part):
                 param.data = param.data.to(self.device, torch.float32)
         vae = self.spec.vae.name
-        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype)
+        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype, part=vae)
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._checkpointing(config.training.gradient_checkpointing)
         model.adapters.lora = self.lora
@@ -132,7 +132,7 @@ class DiffusionSetup:
             dora_axis=dora_axis(self.config.saving.format),
         )
         if lora.init_from is not None:
-            loaded = read_lora_file(lora.init_from, self.spec)
+            loaded = read_lora_file(lora.init_from, self.spec, configs=self.model.component_configs())
             load_lora_state(self.model, self.lora, loaded.tensors, loaded.alphas, source=str(lora.init_from))
         for name in parts:
             own = {id(param) for param in self.lora.parameters(self.model, name)}

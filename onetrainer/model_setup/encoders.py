@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_setup.placement import place
+from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -68,11 +69,13 @@ class _Placed:
 class VaeImageEncoder(_Placed):
     """Images in [-1, 1] to scaled latents: (mean of the posterior - shift) * scaling factor.
 
-    The posterior mean, not a sample, so a cached latent is the same on every run.
+    The posterior mean, not a sample, so a cached latent is the same on every run. Latents that are not
+    finite are refused before anything caches or trains on them (`NonFiniteLatents`).
     """
 
-    def __init__(self, vae: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, vae: torch.nn.Module, device: torch.device, dtype: torch.dtype, *, part: str = "vae") -> None:
         super().__init__(vae, device, dtype, "vae")
+        self.part = part
 
     def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
         import torch
@@ -82,7 +85,37 @@ class VaeImageEncoder(_Placed):
         with torch.no_grad():
             latents = self.module.encode(images.to(parameter.device, parameter.dtype)).latent_dist.mode()
         shift = getattr(config, "shift_factor", None) or 0.0
-        return ((latents.float() - shift) * config.scaling_factor).float()
+        scaled = ((latents.float() - shift) * config.scaling_factor).float()
+        bad = int((~torch.isfinite(scaled.flatten(1))).any(dim=1).sum())
+        if bad:
+            raise non_finite_latents(bad, tuple(images.shape), parameter.dtype, self.part, config)
+        return scaled
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"latents": self.encode_tensor(images).cpu()}
+
+
+class NonFiniteLatents(UserError):
+    """The VAE encoded images to NaN or infinite latents, which would poison training and the cache."""
+
+    title = "VAE produced NaN latents"
+
+
+def non_finite_latents(
+    bad: int, shape: tuple[int, ...], dtype: torch.dtype, part: str, config: Any
+) -> NonFiniteLatents:
+    """The error for `bad` of a batch of images (`shape` [B, C, H, W]) with non-finite latents, naming the
+    usual cause for this VAE's dtype."""
+    import torch
+
+    stored = str(dtype).removeprefix("torch.")
+    message = f"the VAE ({stored}) encoded {bad} of {shape[0]} images ({shape[-1]}x{shape[-2]} px) to NaN/inf latents"
+    if dtype == torch.float16:
+        said = ", as this one's config.json says (force_upcast: true)" if getattr(config, "force_upcast", False) else ""
+        hint = (
+            f"Some VAEs overflow in fp16{said}. Keep it in fp32 or bf16 (parts.{part}.weight_dtype=fp32 or bf16), "
+            "or use a VAE fine-tuned to run in fp16 (model.vae=<folder, file or hub id>)."
+        )
+    else:
+        hint = "The VAE's weights may be damaged (NaN in the file), or model.vae names a VAE of another model."
+    return NonFiniteLatents(message, where=f"parts.{part}", hint=hint)

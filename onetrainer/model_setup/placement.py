@@ -3,7 +3,9 @@
 Every component gets a `Placement`: the device it runs on, the dtype its frozen weights are stored in
 and the dtype it computes in. The policy comes from the run config (`model.dtype` for every frozen
 part, `parts.<name>.weight_dtype` per part); fully trained parts always keep float32 weights, since
-the optimizer would lose small updates in half precision. Memory levers that change how weights are
+the optimizer would lose small updates in half precision, and a component whose config says
+`force_upcast` (diffusers' mark of a VAE that overflows in fp16) is not stored in fp16 unless its part
+asks for it by name. Memory levers that change how weights are
 stored or where they wait between uses (quantised storage, offloading) plug in here, so no setup or
 family places components on its own.
 """
@@ -45,9 +47,12 @@ def placement_policy(
 
     fully_trained = set(full_parts)
     policy: dict[str, Placement] = {}
-    for name, _ in model.modules():
+    for name, module in model.modules():
         part = config.parts.get(name)
         chosen = torch_dtype(part.weight_dtype) if part is not None and part.weight_dtype is not None else dtype
+        unsafe = getattr(getattr(module, "config", None), "force_upcast", False) is True
+        if chosen == torch.float16 and unsafe and (part is None or part.weight_dtype is None):
+            chosen = torch.float32
         if name in fully_trained:
             chosen = torch.float32
         policy[name] = Placement(device=device, storage_dtype=chosen, compute_dtype=chosen)

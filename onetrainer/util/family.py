@@ -63,6 +63,10 @@ class Component:
     """Key of this text encoder's vectors in A1111 embedding files; None if embeddings cannot use it."""
     optional: bool = False
     """The pipeline runs without it (SD 3's T5)."""
+    pad_token: str | None = None
+    """Text encoders trained with another pad token than their tokenizer's end-of-text (OpenCLIP's "!"): a
+    tokenizer found outside the model's own tokenizer folder is given it, since padding positions are
+    part of the conditioning."""
     lora_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """LoRA target presets (`attn`, `attn-mlp`, `full`): regexes searched in "." + module path; each preset
     adds its patterns to those of the presets before it."""
@@ -110,8 +114,10 @@ class Recognisers:
 class LoraNaming(Protocol):
     """How a family's modules are named in kohya-style LoRA files (from and to diffusers paths)."""
 
-    implementation: str
-    """`modelspec.implementation` of such a LoRA: "diffusers" for diffusers module names."""
+    @property
+    def implementation(self) -> str:
+        """`modelspec.implementation` of such a LoRA: "diffusers" for diffusers module names."""
+        ...
 
     def to_kohya(self, module: str) -> str:
         """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_..._proj_in`."""
@@ -121,19 +127,31 @@ class LoraNaming(Protocol):
         """The inverse: a kohya module name -> `component.module.path`."""
         ...
 
+    def for_model(self, configs: Mapping[str, Mapping[str, Any]]) -> LoraNaming:
+        """The naming of a model with these component configs (`{"unet": {...}}`): names built from the
+        original checkpoint's block indices depend on the architecture's block counts; others return
+        themselves. Without a model (converting a file alone) the family's own naming is used."""
+        ...
+
 
 class SingleFileFormat(Protocol):
     """A family's original single-file checkpoint layout (what ComfyUI and A1111 load), both ways."""
 
-    component_prefixes: tuple[tuple[str, str], ...]
-    """(key prefix in the file, diffusers component), e.g. ("first_stage_model.", "vae")."""
+    @property
+    def component_prefixes(self) -> tuple[tuple[str, str], ...]:
+        """(key prefix in the file, diffusers component), e.g. ("first_stage_model.", "vae")."""
+        ...
 
     def writer(self, diffusers_keys: Iterable[str]) -> StreamConverter:
         """diffusers -> single file, for a model with these component-prefixed keys, tensor by tensor."""
         ...
 
-    def reader(self, keys: Iterable[str], *, text_encoder_layers: int | None = None) -> StreamConverter:
-        """single file -> component-prefixed diffusers keys, for a file with these keys."""
+    def reader(self, keys: Iterable[str], *, text_encoder_layers: Mapping[str, int] | None = None) -> StreamConverter:
+        """single file -> component-prefixed diffusers keys, for a file with these keys.
+
+        `text_encoder_layers` (text encoder -> its diffusers layer count) drops layers a file holds past
+        them (SD 2.x files keep an OpenCLIP layer its pipeline never runs).
+        """
         ...
 
     def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:

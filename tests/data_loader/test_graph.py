@@ -89,7 +89,8 @@ def test_node_streams_are_independent_of_other_nodes(tmp_path: Path) -> None:
 def test_standard_graphs_validate_and_describe_themselves() -> None:
     images, texts = image_graph(), text_graph()
     described = images.describe()
-    assert "flip         image.cropped, mask.cropped -> image.flipped, mask.flipped  [image.flip]" in described
+    assert "flip          -> flipped  [image.flip]" in described
+    assert "mirror       image.cropped, mask.cropped, flipped -> image.flipped, mask.flipped" in described
     assert {"pixels", "mask", "crop_top_left", "original_size"} <= images.outputs
     assert "caption" in texts.outputs
-    assert [node.name for node in images.plan(["crop_top_left"])] == ["geometry"]
+    assert [node.name for node in images.plan(["crop_top_left"])] == ["flip", "geometry"]

@@ -240,4 +240,4 @@ def test_graph_gains_the_mask_nodes_only_when_asked() -> None:
     assert names.index("mask_rotate_crop") < names.index("resize_crop")
     assert "[image.mask_shrink]" in described
     assert "[image.mask_rotate_crop]" in described
-    assert [node.name for node in MASKED.plan(["crop_top_left"])] == ["geometry"], "geometry still needs no decoding"
+    assert [node.name for node in MASKED.plan(["crop_top_left"])] == ["flip", "geometry"], "geometry needs no decoding"

@@ -9,9 +9,10 @@ it is refused with a message saying which architecture it is for, never half-app
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.files import read_tensor_file
 from onetrainer.util.errors import UserError
@@ -29,6 +30,8 @@ class LoraFile:
     format: str
     tensors: dict[str, torch.Tensor]
     alphas: dict[str, float]
+    architecture: dict[str, dict[str, Any]] | None = None
+    """The component configs its kohya names were read for (given, or recorded in the file), if any."""
 
     @property
     def components(self) -> set[str]:
@@ -44,12 +47,19 @@ class LoraFile:
         return "dora" if "lora_magnitude_vector" in names else "lora"
 
 
-def read_lora_file(path: str | Path, spec: FamilySpec) -> LoraFile:
-    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of the family `spec`."""
+def read_lora_file(
+    path: str | Path, spec: FamilySpec, *, configs: Mapping[str, Mapping[str, Any]] | None = None
+) -> LoraFile:
+    """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of the family `spec`.
+
+    `configs` are the component configs of the model it is for (kohya names may depend on its block
+    counts, see `LoraNaming.for_model`); None takes those the file records, else the family's released
+    architecture.
+    """
     from onetrainer.util.detect import LORA, detect_path
     from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.engine import KeyMapError
-    from onetrainer.util.keymaps.lora import detect_lora_format, kohya_to_peft
+    from onetrainer.util.keymaps.lora import detect_lora_format, kohya_to_peft, recorded_architecture
 
     file = Path(path).expanduser()
     detection = detect_path(file)
@@ -62,10 +72,12 @@ def read_lora_file(path: str | Path, spec: FamilySpec) -> LoraFile:
             hint="Use it with a model of the architecture it was trained on.",
         )
     tensors, metadata = read_tensor_file(file)
+    architecture = dict(configs) if configs is not None else recorded_architecture(metadata)
     layout = detect_lora_format(tensors)
     try:
         if layout in ("kohya", "lycoris-loha", "lycoris-lokr") and spec.lora_naming is not None:
-            peft, alphas = kohya_to_peft(tensors, spec.lora_naming)
+            naming = spec.lora_naming if architecture is None else spec.lora_naming.for_model(architecture)
+            peft, alphas = kohya_to_peft(tensors, naming)
         elif layout == "diffusers":
             peft, alphas = _diffusers(tensors, metadata)
         elif layout == "peft":
@@ -75,7 +87,7 @@ def read_lora_file(path: str | Path, spec: FamilySpec) -> LoraFile:
             raise UserError(f"LoRA layout {layout!r} is not supported for {spec.title}", where=str(file))
     except KeyMapError as error:
         raise UserError(f"cannot read this LoRA: {error.message}", where=str(file), hint=error.hint) from None
-    return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas)
+    return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas, architecture=architecture)
 
 
 def _diffusers(

@@ -9,8 +9,9 @@ installed transformers' CLIP class has flattened it away.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
 
@@ -50,6 +51,10 @@ class DottedKohyaNaming:
         projected: Iterable[str] = (),
     ) -> DottedKohyaNaming:
         return cls(tuple(prefixes), compound_names, frozenset(text_encoders), frozenset(projected))
+
+    def for_model(self, configs: Mapping[str, Mapping[str, Any]]) -> DottedKohyaNaming:
+        """Diffusers module paths are the same whatever the block counts."""
+        return self
 
     def to_kohya(self, module: str) -> str:
         """`unet.down_blocks.0.resnets.0.conv1` -> `lora_unet_down_blocks_0_resnets_0_conv1`."""

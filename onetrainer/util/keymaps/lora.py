@@ -26,7 +26,7 @@ How modules are named is the family's (`FamilySpec.lora_naming`): the diffusers 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
 
@@ -151,6 +151,36 @@ def kohya_to_peft(
         rank = module_rank(params)
         alphas[module] = float(params["alpha"].item()) if "alpha" in params else float(rank or 1)
     return out, alphas
+
+
+ARCHITECTURE_KEY = "onetrainer_architecture"
+"""Header key of the component configs (JSON) a LoRA's kohya names were made for, written only where they
+differ from the family's released architecture's names (`LoraNaming.for_model`), so our own files of
+such models (tiny test models, distilled UNets) read back and convert without naming their model."""
+
+
+def recorded_architecture(metadata: Mapping[str, str]) -> dict[str, dict[str, Any]] | None:
+    """The component configs a LoRA file records under `ARCHITECTURE_KEY`, or None."""
+    import json
+
+    text = metadata.get(ARCHITECTURE_KEY)
+    if not text:
+        return None
+    try:
+        configs = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return configs if isinstance(configs, dict) else None
+
+
+def architecture_record(naming: LoraNaming, configs: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str]:
+    """The header entry recording `configs` when the kohya names made for them differ from `naming`'s own."""
+    import json
+
+    if configs is None or naming.for_model(configs) == naming:
+        return {}
+    wanted = {name: dict(config) for name, config in configs.items() if name != "scheduler"}
+    return {ARCHITECTURE_KEY: json.dumps(wanted, sort_keys=True, default=str)}
 
 
 LORA_FORMATS = ("kohya", "lycoris-loha", "lycoris-lokr", "diffusers", "peft", "comfy")

@@ -106,18 +106,19 @@ class StableDiffusionSingleFile:
         self,
         keys: Iterable[str],
         *,
-        text_encoder_layers: int | None = None,
+        text_encoder_layers: Mapping[str, int] | None = None,
         hf_text_model: bool | None = None,
     ) -> StreamConverter:
         """A converter from a single file with these keys to component-prefixed diffusers keys.
 
-        `text_encoder_layers` keeps only that many encoder layers (see `read_ignore`); `hf_text_model`
-        chooses `text_model.`-prefixed encoder keys (None: as installed transformers).
+        `text_encoder_layers["text_encoder"]` keeps only that many encoder layers (see `read_ignore`);
+        `hf_text_model` chooses `text_model.`-prefixed encoder keys (None: as installed transformers).
         """
         keys = list(keys)
         layout = SdLayout.from_single_file_keys(keys)
         table = self.table(layout, hf_text_model=hf_text_model)
-        return StreamConverter(table, reverse=True, ignore=read_ignore(layout, text_encoder_layers))
+        layers = (text_encoder_layers or {}).get("text_encoder")
+        return StreamConverter(table, reverse=True, ignore=read_ignore(layout, layers))
 
     def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
         """Extra tensors a file of this prediction type carries: ComfyUI's empty `v_pred` marker."""
@@ -171,7 +172,8 @@ def single_file_to_diffusers(
     A component the file lacks comes back empty. Keys that fit no rule raise `KeyMapError` (all of
     them listed), except known non-weights (`READ_IGNORE`).
     """
-    stream = single_file.reader(sd, text_encoder_layers=text_encoder_layers, hf_text_model=hf_text_model)
+    layers = None if text_encoder_layers is None else {"text_encoder": text_encoder_layers}
+    stream = single_file.reader(sd, text_encoder_layers=layers, hf_text_model=hf_text_model)
     joined = stream.convert(sd)
     parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in COMPONENTS}
     for key, tensor in joined.items():

@@ -175,12 +175,15 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """SDXL layout: two text encoders of different widths feeding one concatenated context.
 
     The encoders differ in width (32 and 64, like CLIP-L's 768 and bigG's 1280 differ) so code that
-    swaps them, or concatenates in the wrong order, fails on shapes instead of passing silently.
+    swaps them, or concatenates in the wrong order, fails on shapes instead of passing silently; and, as
+    in SDXL, the second tokenizer pads with "!" where the first pads with its end-of-text token.
     """
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tiny_clip_tokenizer()
+    tokenizer_2 = build_tiny_clip_tokenizer()
+    tokenizer_2.pad_token = "!"  # as SDXL's tokenizer_2: OpenCLIP bigG was trained padding with "!"
     config_1 = _text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
     config_2 = _text_config(tokenizer, hidden_size=64, hidden_act="gelu")
     time_embed_dim = 8
@@ -189,7 +192,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(config_1)),
         text_encoder_2=_seeded(seed, "text_encoder_2", lambda: CLIPTextModelWithProjection(config_2)),
         tokenizer=tokenizer,
-        tokenizer_2=build_tiny_clip_tokenizer(),
+        tokenizer_2=tokenizer_2,
         unet=_tiny_unet(
             seed,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
