@@ -70,6 +70,7 @@ def caption(
     from onetrainer.dataset_tools.captioners.wd14 import TaggerSettings, normalise_tag
     from onetrainer.ui.console import stdout
     from onetrainer.ui.file_progress import file_progress, summary_table
+    from onetrainer.util.threads import apply_threads
 
     excluded = frozenset(normalise_tag(tag) for entry in exclude or [] for tag in entry.split(",") if tag.strip())
     request = CaptionRequest(
@@ -86,6 +87,7 @@ def caption(
         max_new_tokens=max_new_tokens,
         tagger=TaggerSettings(general_threshold, character_threshold, excluded),
     )
+    apply_threads()
     with file_progress("captioning") as update:
         summary = caption_folder(request, lambda report: update(report.done, report.total))
     rows = summary.count_rows(written="captions written", kept="captions kept (fill)")

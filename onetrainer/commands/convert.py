@@ -79,11 +79,13 @@ def convert(
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import per_file_progress
     from onetrainer.util.registry import ModuleKind
+    from onetrainer.util.threads import apply_threads
     from onetrainer.util.writable import check_writable
 
     fmt = parse_format(to)
     family = parse_model_type(model_type, needs=(ModuleKind.LOADER, ModuleKind.SAVER))
     check_writable(output, where="the OUTPUT argument")
+    apply_threads()
     cast = None if dtype is WeightsDtype.AUTO else dtype.value
     with (
         keys_as_options(INPUT_WHERE),

@@ -25,12 +25,27 @@ def inspect(
     ],
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     resolution: Annotated[
-        int, typer.Option(min=64, max=8192, help="Image folders: the training resolution to bucket for.")
-    ] = 512,
+        int | None,
+        typer.Option(min=64, max=8192, help="Image folders: the training resolution to bucket for (default 512)."),
+    ] = None,
     model_type: Annotated[
-        str, typer.Option(metavar="TYPE", help="Image folders: the model family (sets the bucket size multiple).")
-    ] = "sd15",
+        str | None,
+        typer.Option(
+            metavar="TYPE",
+            help="Image folders: the model family, which sets the bucket size multiple (default sd15).",
+        ),
+    ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Image folders: include sub-folders.")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Image folders: the batch size steps are counted for (default 1).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image folders: a run config to read the folder with, so the report is what `train --dry-run` "
+            "shows for it; the options above win over its values."
+        ),
+    ] = None,
 ) -> None:
     """Describe PATH from headers and metadata, without loading weights (exit code 2: an invalid run config)."""
     import json
@@ -41,8 +56,15 @@ def inspect(
     from onetrainer.ui.inspection import inspection_view
     from onetrainer.util.registry import ModuleKind
 
-    family = require_model_type(model_type, needs=(ModuleKind.SETUP,))
-    result = inspect_path(path, resolution=resolution, model_type=family.value, recursive=recursive)
+    family = require_model_type(model_type, needs=(ModuleKind.SETUP,)) if model_type is not None else None
+    result = inspect_path(
+        path,
+        resolution=resolution,
+        model_type=family.value if family is not None else None,
+        recursive=recursive,
+        batch_size=batch_size,
+        config=config,
+    )
     if json_output:
         typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
     else:

@@ -60,6 +60,7 @@ def mask(
     from onetrainer.dataset_tools.mask import MaskRequest, mask_folder
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import file_progress, summary_table
+    from onetrainer.util.threads import apply_threads
 
     request = MaskRequest(
         directory=directory,
@@ -75,6 +76,7 @@ def mask(
         device=device,
         dtype=dtype.value,
     )
+    apply_threads()
     with file_progress("masking") as update:
         summary = mask_folder(request, lambda report: update(report.done, report.total))
     rows = summary.count_rows(written="masks written", kept="masks kept (fill)", empty="empty (nothing matched)")

@@ -99,6 +99,7 @@ def sample(
     from onetrainer.util.devices import resolve_device, resolve_dtype
     from onetrainer.util.missing import missing_path
     from onetrainer.util.registry import ModuleKind, lookup
+    from onetrainer.util.threads import apply_threads
     from onetrainer.util.writable import check_writable
 
     scheduler = check_scheduler(scheduler)
@@ -121,6 +122,7 @@ def sample(
         for option, value in (("--width", width), ("--height", height)):
             if value is not None:
                 check_side(option, value, bucket_step(family))
+        apply_threads()
         loaded: StableDiffusionModel = lookup(ModuleKind.LOADER, family)().load(
             _model_config(model, family, weights, clip_skip), device=torch_device
         )

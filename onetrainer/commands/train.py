@@ -49,6 +49,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model from a config file (defaults < preset < file < overrides)."""
+    from onetrainer.data_loader.placeholders import check_placeholders
     from onetrainer.util.config.loader import dump_config, load_config
     from onetrainer.util.errors import UserError
 
@@ -57,6 +58,7 @@ def train(
     if resume is not None and (check or dry_run or cache_only):
         raise UserError("--resume starts training; it does not combine with --check, --dry-run or --cache-only")
     resolved = load_config(config, overrides or [])
+    check_placeholders(resolved)
     if check:
         typer.echo(dump_config(resolved), nl=False)
         return
@@ -66,8 +68,11 @@ def train(
 
     from onetrainer.trainer.components import build_parts
     from onetrainer.ui.progress import open_display
+    from onetrainer.util.threads import apply_threads
 
+    threads = apply_threads(resolved.training.threads, workers=resolved.data.workers)
     with open_display(json_lines=json_lines) as display:
+        display({"event": "status", "message": threads.describe()})
         if cache_only:
             from onetrainer.trainer.prepare import fill_cache_only
 

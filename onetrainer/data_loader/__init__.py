@@ -29,6 +29,9 @@ API for the trainer and commands:
   `image.mask_rotate_crop`, the image graph gains the `mask_shrink` and `mask_rotate_crop` nodes
   before `resize_crop`; otherwise it is unchanged (and so are cache keys).
 * Encoders implement `encoders.ImageEncoder` / `encoders.TextEncoder`; `tiny` has reference ones.
+* `placeholders.check_placeholders(config)` raises the exit-2 `ConfigError` when a trained
+  embedding's placeholder is in no caption of a concept that would train it (reads caption text
+  only, through `captions.caption_lines`, the caption node's own source rule).
 * Progress and warnings arrive as `events.LoaderEvent` through the `progress` callback.
 
 A batch is a dict: `latents` (the image encoder's outputs) or `pixels` [B,3,H,W] in [-1, 1];

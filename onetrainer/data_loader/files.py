@@ -9,6 +9,7 @@ that cannot be read raises `UnreadableImage` with a reason a person can act on.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,15 +62,29 @@ def is_training_image(path: Path) -> bool:
     return not path.stem.endswith(SIDECAR_MARKERS)
 
 
+def is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def check_link(path: Path) -> None:
+    """Raise `UnreadableImage` for a symbolic link whose target is gone (a moved or unmounted file)."""
+    if is_broken_link(path):
+        raise UnreadableImage(path, f"broken symbolic link: its target {os.readlink(path)} does not exist")
+
+
 def list_images(root: Path, *, recursive: bool) -> list[Path]:
-    """Training images under `root`, sorted; hidden files and folders (ours included) are skipped."""
+    """Training images under `root`, sorted; hidden files and folders (ours included) are skipped.
+
+    A symbolic link whose target is gone is listed too, so that the scan reports it as skipped
+    instead of the image vanishing from the dataset without a word.
+    """
     found: list[Path] = []
     if recursive:
         for directory, subdirs, files in os.walk(root):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             found.extend(Path(directory) / name for name in files)
     else:
-        found = [entry for entry in root.iterdir() if entry.is_file()]
+        found = [entry for entry in root.iterdir() if entry.is_file() or is_broken_link(entry)]
     return sorted(path for path in found if is_training_image(path))
 
 
@@ -83,15 +98,45 @@ def caption_path_for(image: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def limit_pixels(limit: int | None) -> None:
+    """Refuse images above `limit` pixels (None: no limit) as possible decompression bombs.
+
+    Pillow's guard is process-wide: it warns above `Image.MAX_IMAGE_PIXELS` and raises only above
+    twice that. The warning is turned into an error here, so an image over the limit is refused once,
+    where `_open` reports it as skipped, and no raw warning reaches the terminal. Call it before
+    opening images from several threads (warning filters are not thread-local).
+    """
+    import warnings
+
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limit
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _too_large(path: Path, error: Exception) -> UnreadableImage:
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)):,} pixels" if found else str(error)
+    limit = f"{Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "unset"
+    return UnreadableImage(
+        path, f"too large: {size}, above data.max_image_pixels ({limit}); raise it if you trust this file"
+    )
+
+
 def _open(path: Path) -> Image.Image:
     from PIL import Image, UnidentifiedImageError
 
     try:
+        check_link(path)
         if path.stat().st_size == 0:
             raise UnreadableImage(path, "empty file (0 bytes)")
         return Image.open(path)
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image format Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(path, exc) from None
     except OSError as exc:
         raise UnreadableImage(path, f"unreadable: {exc}") from None
 

@@ -1,4 +1,4 @@
-"""Caption nodes: pick the caption source and line, then tag dropout, shuffle, dropout, capitalisation.
+"""Caption nodes: source lines (see `captions`), pick one, tag dropout, shuffle, dropout, capitalisation.
 
 Each augmentation is its own node with its own random stream (keyed by the text variation), so a
 caption's augmentations are reproducible and independent of one another. When no augmentation is
@@ -8,37 +8,17 @@ switched on, a caption passes through untouched, whitespace and all.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-from onetrainer.data_loader.files import read_text_lines
+from onetrainer.data_loader.captions import SOURCE_SETTINGS, CaptionSourceSettings, caption_lines
 from onetrainer.data_loader.graph import Node, NodeView
-from onetrainer.util.config.data import CaptionSource, MissingCaption
 
 TEXT_SOURCES = ("image_path", "caption_path")
 
 
-@lru_cache(maxsize=64)
-def _concept_lines(path: Path, mtime_ns: int) -> tuple[str, ...]:
-    return tuple(read_text_lines(path)[0])
-
-
 def _caption_lines(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
-    image_path: Path = values["image_path"]
-    source = view.setting("caption.source")
-    if source is CaptionSource.FILENAME:
-        return {"caption.lines": [image_path.stem]}
-    if source is CaptionSource.FIXED:
-        return {"caption.lines": [view.setting("caption.text")]}
-    if source is CaptionSource.CONCEPT_FILE:
-        path: Path = view.setting("caption.concept_file")
-        return {"caption.lines": list(_concept_lines(path, path.stat().st_mtime_ns)) or [""]}
-    lines = read_text_lines(values["caption_path"])[0] if values["caption_path"] is not None else []
-    if not lines:
-        missing = view.setting("caption.if_missing")
-        lines = [image_path.stem] if missing is MissingCaption.FILENAME else [""]
-    return {"caption.lines": lines}
+    settings = CaptionSourceSettings(*(view.setting(f"caption.{name}") for name in SOURCE_SETTINGS))
+    return {"caption.lines": caption_lines(settings, values["image_path"], values["caption_path"])}
 
 
 def _choose(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +92,7 @@ def text_nodes() -> list[Node]:
             ("image_path", "caption_path"),
             ("caption.lines",),
             _caption_lines,
-            ("caption.source", "caption.if_missing", "caption.concept_file", "caption.text"),
+            tuple(f"caption.{name}" for name in SOURCE_SETTINGS),
         ),
         Node("choose_caption", ("caption.lines",), ("caption.chosen",), _choose),
         Node(

@@ -74,20 +74,28 @@ class DatasetReport:
         validation = [c for c in self.concepts if c.enabled and c.type == ConceptType.VALIDATION.value]
         if validation:
             reasons.append(f"{len(validation)} concept(s) of type validation (never trained)")
-        empty = sum(concept.enabled and concept.found == 0 for concept in self.concepts)
-        if empty:
-            reasons.append(f"{empty} concept folder(s) hold no images")
+        reasons += [
+            f"concept '{concept.name}' (data.concepts.{index}) holds no images: {concept.path}"
+            for index, concept in enumerate(self.concepts)
+            if concept.enabled and concept.found == 0
+        ]
         counts = Counter(item["reason"].split(":")[0].split(" (")[0] for item in self.skipped)
         reasons += [f"{count} image(s) skipped: {reason}" for reason, count in counts.most_common()]
         return reasons
 
     def require_trainable(self) -> None:
         reasons = self.reasons_nothing_trains()
-        if reasons:
-            raise UserError(
-                "nothing would train:\n" + "\n".join(f"  - {reason}" for reason in reasons),
-                hint="Add images to a concept folder, enable a concept, or fix the skipped files listed above.",
+        if not reasons:
+            return
+        if self.concepts:
+            hint = "Add images to a concept folder, enable a concept, or fix the skipped files listed above."
+        else:
+            hint = (
+                "Add a folder of your images (captions in name.txt beside each image): on the command line "
+                "`data.concepts.0.path=~/datasets/my-cat`, or in the file a `concepts:` list under `data:` "
+                "with `- path: ~/datasets/my-cat`."
             )
+        raise UserError("nothing would train:\n" + "\n".join(f"  - {reason}" for reason in reasons), hint=hint)
 
     def to_text(self) -> str:
         lines: list[str] = []

@@ -18,6 +18,8 @@ from onetrainer.data_loader.files import (
     ImageHeader,
     UnreadableImage,
     caption_path_for,
+    check_link,
+    limit_pixels,
     list_images,
     mask_path_for,
     read_header,
@@ -71,7 +73,13 @@ def concept_labels(concepts: list[ConceptConfig]) -> list[str]:
 
 
 def _header(path: Path, memo: FileMemo, verify: bool) -> ImageHeader | Skipped:
-    record = memo.record(path)
+    try:
+        check_link(path)
+        record = memo.record(path)
+    except UnreadableImage as exc:
+        return Skipped(path, exc.reason)
+    except OSError as exc:
+        return Skipped(path, f"unreadable: {exc}")
     if record.get("error"):
         return Skipped(path, str(record["error"]))
     try:
@@ -137,6 +145,7 @@ def scan_concepts(
     progress: ProgressCallback = ignore_events,
 ) -> list[ConceptScan]:
     """Scan every concept (disabled ones only by name). Raises `ConfigError` for missing folders."""
+    limit_pixels(data.max_image_pixels)
     labels = concept_labels(data.concepts)
     scans = [ConceptScan(index, labels[index], concept) for index, concept in enumerate(data.concepts)]
     problems: list[ConfigProblem] = []
@@ -151,6 +160,9 @@ def scan_concepts(
         images = list_images(scan.config.path, recursive=scan.config.include_subdirectories)
         scan.found = len(images)
         jobs.extend((scan, path) for path in images)
+        if not images:
+            message = f"concept '{scan.label}' (data.concepts.{scan.index}) holds no images: {scan.config.path}"
+            progress(LoaderEvent("warning", "scan", message=message))
     if problems:
         raise ConfigError(problems, hint="Each concept path must be an existing folder of images.")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from onetrainer.inspection.metadata import config_summary
 from onetrainer.inspection.result import Inspection
-from onetrainer.util.errors import ConfigError, UserError
+from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,20 +46,28 @@ def _preset_values(name: str) -> dict[str, Any]:
     return TrainConfig.model_validate(data, context={CHECK_PATHS: False}).model_dump(mode="json")
 
 
+def _invalid(path: Path, problems: list[ConfigProblem]) -> Inspection:
+    listed = [{"key": problem.path, "message": problem.message} for problem in problems]
+    details: dict[str, Any] = {"valid": False, "problems": listed}
+    return Inspection("config", "yaml", None, path, f"run config, INVALID: {len(listed)} problem(s)", details)
+
+
 def inspect_config(path: Path) -> Inspection:
+    """Validate as `train --check` does (captions included, for an embedding's placeholder) and compare."""
+    from onetrainer.data_loader.placeholders import placeholder_problems
     from onetrainer.util.config.loader import load_config
     from onetrainer.util.config.schema import TrainConfig
 
     try:
         config = load_config(path)
     except ConfigError as error:
-        problems = [{"key": problem.path, "message": problem.message} for problem in error.problems]
-        details: dict[str, Any] = {"valid": False, "problems": problems}
-        summary = f"run config, INVALID: {len(problems)} problem(s)"
-        return Inspection("config", "yaml", None, path, summary, details)
+        return _invalid(path, error.problems)
     except UserError as error:
         details = {"valid": False, "problems": [{"key": "", "message": error.message}]}
         return Inspection("config", "yaml", None, path, "run config, INVALID: unreadable", details)
+    late = placeholder_problems(config)
+    if late:
+        return _invalid(path, late)
     resolved = config.model_dump(mode="json")
     details = {
         "valid": True,

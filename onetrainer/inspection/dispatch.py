@@ -9,6 +9,7 @@ is a `UserError` (exit 2) that says what was recognised, so the user knows why.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from onetrainer.inspection.result import Inspection, human_bytes
@@ -19,14 +20,25 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def inspect_path(
-    path: str | Path, *, resolution: int = 512, model_type: str = "sd15", recursive: bool = False
+    path: str | Path,
+    *,
+    resolution: int | None = None,
+    model_type: str | None = None,
+    recursive: bool = False,
+    batch_size: int | None = None,
+    config: str | Path | None = None,
 ) -> Inspection:
-    """Describe `path`. `resolution`, `model_type` and `recursive` apply to image folders only."""
+    """Describe `path`. The other arguments apply to image folders only: a run `config` to read the
+    folder with (as its only concept), and options that win over it (defaults: 512 px, sd15, batch 1).
+    """
     target = Path(path).expanduser()
     if not target.exists():
         raise missing_path(target, what="file or folder", where=None)
     if target.is_dir():
-        return _inspect_folder(target, resolution=resolution, model_type=model_type, recursive=recursive)
+        return _inspect_folder(
+            target,
+            FolderOptions(resolution, model_type, recursive, batch_size, Path(config) if config is not None else None),
+        )
     if target.suffix.lower() in CONFIG_SUFFIXES:
         from onetrainer.inspection.config_file import inspect_config
 
@@ -73,7 +85,18 @@ def _prefixes(entries: dict[str, object]) -> str:
     return shown or "no keys"
 
 
-def _inspect_folder(path: Path, *, resolution: int, model_type: str, recursive: bool) -> Inspection:
+@dataclass(frozen=True)
+class FolderOptions:
+    """How to read an image folder: see `inspect_path`."""
+
+    resolution: int | None = None
+    model_type: str | None = None
+    recursive: bool = False
+    batch_size: int | None = None
+    config: Path | None = None
+
+
+def _inspect_folder(path: Path, options: FolderOptions) -> Inspection:
     from onetrainer.inspection.run_folders import backup_meta, inspect_backup, inspect_workspace, is_workspace
     from onetrainer.util.detect import LORA_FOLDER_FILES, detect_folder
 
@@ -91,10 +114,21 @@ def _inspect_folder(path: Path, *, resolution: int, model_type: str, recursive: 
             return inspect_weights(path / name)
     from onetrainer.data_loader.files import list_images
 
+    recursive = options.recursive
     if list_images(path, recursive=recursive):
-        from onetrainer.inspection.images import inspect_image_folder
+        from onetrainer.inspection.images import folder_config, inspect_image_folder
+        from onetrainer.util.config.loader import load_config
 
-        return inspect_image_folder(path, resolution=resolution, model_type=model_type, recursive=recursive)
+        run = load_config(options.config) if options.config is not None else None
+        config = folder_config(
+            path,
+            config=run,
+            resolution=options.resolution,
+            batch_size=options.batch_size,
+            model_type=options.model_type,
+            recursive=recursive,
+        )
+        return inspect_image_folder(path, config)
     files = [child for child in path.iterdir() if not child.name.startswith(".")]
     suffixes = Counter(child.suffix or "(none)" for child in files if child.is_file())
     listing = ", ".join(f"{count} {suffix}" for suffix, count in suffixes.most_common(5)) or "no files"

@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.config.types import CHECK_PATHS
 from onetrainer.util.errors import ConfigProblem, UserError
 
 HARMLESS_KEYS: tuple[str, ...] = (
@@ -25,6 +27,7 @@ HARMLESS_KEYS: tuple[str, ...] = (
     "training.epochs",
     "training.max_steps",
     "training.device",
+    "training.threads",
     "training.ema.for_samples",
     "training.ema.for_saves",
     "data.workers",
@@ -64,8 +67,17 @@ def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[Confi
     return problems
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """The backup's config with keys added since it was written at their defaults (which is what it
+    trained with), so a newer version can continue an older backup; as written if it no longer validates."""
+    try:
+        return TrainConfig.model_validate(saved, context={CHECK_PATHS: False}).model_dump(mode="json")
+    except ValidationError:
+        return saved
+
+
 def check_resume_compatible(config: TrainConfig, backup_config_yaml: str, *, where: str) -> None:
-    saved = yaml.safe_load(backup_config_yaml) or {}
+    saved = _with_defaults(yaml.safe_load(backup_config_yaml) or {})
     current = config.model_dump(mode="json")
     problems = differing_keys(saved, current)
     if not problems:

@@ -28,3 +28,11 @@ class TrainingMethod(str, Enum):
     LORA = "lora"
     FULL = "full"
     EMBEDDING = "embedding"
+
+
+SAMPLING_SCHEDULERS = ("ddim", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "unipc", "ddpm")
+"""The sampling schedulers a preview prompt or `onetrainer sample` may name.
+
+`model_sampler.schedulers` builds each one with diffusers; the names live here so that the config
+schema can check them without importing the sampler (a test keeps the two lists equal).
+"""

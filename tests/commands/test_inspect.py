@@ -126,3 +126,43 @@ def test_json_for_models_backups_and_workspaces(files: dict[str, Path], tiny_sd1
     workspace = inspect_json(files["root"] / "ws")
     assert (workspace["kind"], workspace["format"]) == ("workspace", "onetrainer-workspace")
     assert "step 3" in workspace["summary"]
+
+
+def _dry_run_report(config: Path) -> dict:
+    result = runner.invoke(app, ["train", str(config), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.splitlines()[-1])
+    del report["event"]
+    return report
+
+
+def _folder_report(*arguments: str) -> dict:
+    result = runner.invoke(app, ["inspect", *arguments, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    return {key: data[key] for key in data if key not in ("kind", "format", "model_type", "path", "summary")}
+
+
+def test_image_folder_with_a_config_reports_what_dry_run_does(tmp_path: Path, image_dataset_dir: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model:\n  base: tiny:sd15\ndata:\n  resolution: 96\n  concepts:\n"
+        f"    - path: {image_dataset_dir}\n      repeats: 3\ntraining:\n  batch_size: 4\n"
+        f"workspace: {tmp_path / 'ws'}\n"
+    )
+    expected = _dry_run_report(config)
+
+    report = _folder_report(str(image_dataset_dir), "--config", str(config))
+
+    assert report.pop("resolution") == 96
+    assert report == expected
+    assert (report["batch_size"], report["concepts"][0]["samples_per_epoch"]) == (4, 24)
+
+
+def test_image_folder_takes_resolution_and_batch_size(image_dataset_dir: Path) -> None:
+    small = _folder_report(str(image_dataset_dir), "--resolution", "64", "--batch-size", "1")
+    batched = _folder_report(str(image_dataset_dir), "--resolution", "64", "--batch-size", "4")
+    assert (small["batch_size"], batched["batch_size"]) == (1, 4)
+    assert batched["steps_per_epoch"] < small["steps_per_epoch"] == 8
+    overridden = _folder_report(str(image_dataset_dir), "--resolution", "128")
+    assert overridden["resolution"] == 128

@@ -136,6 +136,7 @@ def test_other_methods_and_families_train_and_save(
         "training.max_steps=2",
         "embedding.placeholder=<shape>",
         "embedding.init_text=shape",
+        "data.concepts.0.caption.prefix='<shape> '",
         output=output,
     )
     result = _invoke(args)

@@ -94,3 +94,16 @@ def test_other_delimiters(tmp_path: Path, delimiter: str) -> None:
     text = delimiter.join(["a", "b", "c", "d"])
     result = _caption(tmp_path, text, tag_delimiter=delimiter, shuffle_tags=True, variation=2)
     assert sorted(result.replace(";", " ").split()) == ["a", "b", "c", "d"]
+
+
+def test_prefix_goes_before_every_line_of_every_source(tmp_path: Path) -> None:
+    lines = {_caption(tmp_path, "one\ntwo\n", variation=v, prefix="<sks> ") for v in range(20)}
+    assert lines == {"<sks> one", "<sks> two"}
+    assert _caption(tmp_path, source="filename", prefix="<sks> ") == "<sks> my_dog"
+    assert _caption(tmp_path, None, prefix="a photo of <sks>, ") == "a photo of <sks>,"
+
+
+def test_prefix_tags_can_be_kept_in_front_of_shuffled_ones(tmp_path: Path) -> None:
+    for variation in range(10):
+        caption = _caption(tmp_path, variation=variation, prefix="<sks>, ", shuffle_tags=True, keep_tags=1)
+        assert caption.startswith("<sks>, ")

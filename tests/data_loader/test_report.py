@@ -76,7 +76,7 @@ def test_nothing_to_train_says_why(make_config, tmp_path: Path, image_dataset_di
     assert report.reasons_nothing_trains() == [
         "1 concept(s) disabled",
         "1 concept(s) of type validation (never trained)",
-        "1 concept folder(s) hold no images",
+        f"concept 'empty' (data.concepts.0) holds no images: {empty}",
         "1 image(s) skipped: too small",
     ]
     with pytest.raises(UserError, match="nothing would train") as info:

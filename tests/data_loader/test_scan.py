@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from onetrainer.data_loader.memo import FileMemo
 from onetrainer.data_loader.scan import scan_concepts
 from onetrainer.util.config.data import DataConfig
 from onetrainer.util.errors import ConfigError
-from onetrainer.util.tiny.dataset import ODD_IMAGE_FILES
+from onetrainer.util.tiny.dataset import ODD_IMAGE_FILES, write_png_claiming_size
 
 
 def _scan(data: DataConfig, memo: FileMemo | None = None, events: list[LoaderEvent] | None = None):
@@ -131,3 +132,70 @@ def test_sizes_come_from_headers_without_decoding_pixels(
     assert scan.skipped == []
     assert len(scan.samples) == scan.found == 8
     assert all(sample.width > 0 and sample.height > 0 for sample in scan.samples)
+
+
+@pytest.fixture
+def pillow_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scanning sets Pillow's process-wide pixel limit; put it back after the test."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
+def _with_giant(folder: Path, image_dataset_dir: Path, width: int, height: int) -> Path:
+    folder.mkdir()
+    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    write_png_claiming_size(folder / "giant.png", width, height)
+    return folder
+
+
+@pytest.mark.usefixtures("pillow_limit")
+def test_a_decompression_bomb_is_skipped_with_its_size(tmp_path: Path, image_dataset_dir: Path) -> None:
+    folder = _with_giant(tmp_path / "images", image_dataset_dir, 15000, 15000)
+    events: list[LoaderEvent] = []
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder}]), events=events)
+    assert [sample.path.name for sample in scan.samples] == ["a.png"]
+    ((path, reason),) = [(item.path, item.reason) for item in scan.skipped]
+    assert path == folder / "giant.png"
+    assert reason.startswith("too large: 225,000,000 pixels, above data.max_image_pixels (178,956,970)")
+    assert any(event.kind == "warning" and "giant.png" in event.message for event in events)
+
+
+@pytest.mark.usefixtures("pillow_limit")
+def test_max_image_pixels_lets_a_trusted_giant_through(tmp_path: Path, image_dataset_dir: Path) -> None:
+    folder = _with_giant(tmp_path / "images", image_dataset_dir, 15000, 15000)
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder}], max_image_pixels=300_000_000))
+    assert sorted(sample.path.name for sample in scan.samples) == ["a.png", "giant.png"]
+    assert scan.skipped == []
+
+
+@pytest.mark.usefixtures("pillow_limit")
+def test_an_image_below_the_limit_opens_without_a_raw_warning(tmp_path: Path, image_dataset_dir: Path) -> None:
+    folder = _with_giant(tmp_path / "images", image_dataset_dir, 10000, 10000)  # above Pillow's warning point
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (scan,) = _scan(DataConfig(concepts=[{"path": folder}]))
+    assert len(scan.samples) == 2
+    assert [str(warning.message) for warning in caught] == []
+
+
+def test_a_broken_link_is_reported_as_skipped(tmp_path: Path, image_dataset_dir: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    (folder / "b.png").symlink_to(tmp_path / "moved-away.png")
+    for recursive in (False, True):
+        (scan,) = _scan(DataConfig(concepts=[{"path": folder, "include_subdirectories": recursive}]))
+        assert scan.found == 2
+        ((path, reason),) = [(item.path, item.reason) for item in scan.skipped]
+        assert path == folder / "b.png"
+        assert reason == f"broken symbolic link: its target {tmp_path / 'moved-away.png'} does not exist"
+
+
+def test_an_empty_concept_folder_is_named_in_a_warning(tmp_path: Path, image_dataset_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    events: list[LoaderEvent] = []
+    _scan(DataConfig(concepts=[{"path": image_dataset_dir}, {"path": empty, "name": "dogs"}]), events=events)
+    warned = [event.message for event in events if event.kind == "warning"]
+    assert warned == [f"concept 'dogs' (data.concepts.1) holds no images: {empty}"]

@@ -59,3 +59,21 @@ def test_broken_yaml_is_reported_as_invalid(tmp_path: Path) -> None:
 
     assert result.details["valid"] is False
     assert "invalid YAML" in result.details["problems"][0]["message"]
+
+
+def test_an_embedding_whose_placeholder_is_in_no_caption_is_invalid(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"")
+    (images / "a.txt").write_text("a dog")
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        f"model:\n  base: tiny:sd15\nmethod: embedding\nembedding:\n  placeholder: <sks>\n"
+        f"data:\n  concepts:\n    - path: {images}\n"
+    )
+
+    result = inspect_path(path)
+
+    assert result.details["valid"] is False
+    assert [problem["key"] for problem in result.details["problems"]] == ["data.concepts.0"]
+    assert result.invalid

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from onetrainer.inspection.dispatch import inspect_path
 from onetrainer.util.errors import UserError
-from onetrainer.util.tiny.dataset import UNREADABLE_ODD_FILES, make_image_dataset
+from onetrainer.util.tiny.dataset import UNREADABLE_ODD_FILES, make_image_dataset, write_png_claiming_size
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
@@ -72,3 +73,20 @@ def test_missing_path_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="file or folder not found") as caught:
         inspect_path(tmp_path / "missing.safetensors")
     assert "Check the spelling" in (caught.value.hint or "")
+
+
+def test_a_decompression_bomb_is_listed_as_skipped(
+    tmp_path: Path, image_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    write_png_claiming_size(folder / "giant.png", 15000, 15000)
+
+    concept = inspect_path(folder, resolution=64).details["concepts"][0]
+
+    (skipped,) = concept["skipped"]
+    assert skipped["path"] == str(folder / "giant.png")
+    assert skipped["reason"].startswith("too large: 225,000,000 pixels")
+    assert concept["used"] == 8

@@ -46,3 +46,17 @@ def test_changes_to_what_is_trained_are_refused_with_every_key(tmp_path: Path) -
 def test_added_and_removed_list_items_are_differences() -> None:
     problems = differing_keys({"data": {"concepts": [{"path": "a"}]}}, {"data": {"concepts": []}})
     assert [problem.path for problem in problems] == ["data.concepts", "data.concepts.0.path"]
+
+
+def test_a_backup_written_before_a_key_existed_continues_at_its_default(tmp_path: Path) -> None:
+    import yaml
+
+    older = yaml.safe_load(dump_config(_config(tmp_path)))
+    del older["training"]["threads"]
+    del older["data"]["max_image_pixels"]
+    del older["data"]["concepts"][0]["caption"]["prefix"]
+    check_resume_compatible(_config(tmp_path), yaml.safe_dump(older), where="backup")
+
+
+def test_the_thread_count_may_change(tmp_path: Path) -> None:
+    check_resume_compatible(_config(tmp_path, "training.threads=3"), dump_config(_config(tmp_path)), where="backup")

@@ -1,7 +1,8 @@
 """The base every config section derives from.
 
 Unknown keys are errors (never silently ignored, unlike OneTrainer's own config), values are validated
-on assignment too, and every field carries a description so listings can explain it.
+on assignment too, numbers must be finite (a `nan` learning rate passes every range check, since
+every comparison with nan is false), and every field carries a description so listings can explain it.
 """
 
 from __future__ import annotations
@@ -18,4 +19,5 @@ class Section(BaseModel):
         validate_assignment=True,
         use_enum_values=False,
         populate_by_name=False,
+        allow_inf_nan=False,
     )

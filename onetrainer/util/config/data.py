@@ -17,6 +17,8 @@ from onetrainer.util.config.types import ExistingDir, ExistingPath, OutputPath
 
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 8192
+PILLOW_PIXEL_LIMIT = 2 * (1024 * 1024 * 1024 // 4 // 3)
+"""Where Pillow refuses an image by default (twice its `MAX_IMAGE_PIXELS`, above which it only warns)."""
 
 
 class ConceptType(str, Enum):
@@ -56,6 +58,11 @@ class CaptionConfig(Section):
         None, description="With source concept_file: a text file of captions, one per line, one picked per use."
     )
     text: str = Field("", description="With source fixed: the caption of every image.")
+    prefix: str = Field(
+        "",
+        description="Text put before every caption line, as typed (e.g. 'a photo of <my-concept>, '); with "
+        "keep_tags, count its tags among the kept ones.",
+    )
     tag_delimiter: str = Field(",", min_length=1, description="What separates tags in a caption.")
     keep_tags: int = Field(0, ge=0, description="Leading tags that shuffling and tag dropout never touch.")
     shuffle_tags: bool = Field(False, description="Shuffle the tags after the first keep_tags.")
@@ -241,6 +248,12 @@ class DataConfig(Section):
     clear_cache: bool = Field(False, description="Delete the whole cache before this run (it is kept by default).")
     verify_images: bool = Field(
         True, description="Check new or changed images decode, so broken files are skipped up front."
+    )
+    max_image_pixels: int | None = Field(
+        PILLOW_PIXEL_LIMIT,
+        ge=1,
+        description="Images with more pixels are skipped as possible decompression bombs (default: where Pillow "
+        "refuses); null: no limit.",
     )
     strict: bool = Field(False, description="Treat an unreadable or skipped image as an error instead of a warning.")
     workers: int = Field(2, ge=0, le=64, description="CPU worker threads preparing batches (0 = in the main thread).")

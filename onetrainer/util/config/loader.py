@@ -7,21 +7,25 @@ overrides) is collected and raised together as one `ConfigError`, before anythin
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from onetrainer.util.config.checks import cross_section_problems
 from onetrainer.util.config.overrides import _is_model, _unwrap, apply_override, parse_override
 from onetrainer.util.config.presets import load_preset
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.types import CHECK_PATHS
+from onetrainer.util.config.yaml_text import parse_yaml_mapping
 from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
 from onetrainer.util.suggest import did_you_mean
 
 
 def read_yaml_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; unreadable bytes, bad syntax and repeated keys are `ConfigError`s."""
     if not path.exists():
         raise UserError(
             f"config file not found: {path}",
@@ -29,23 +33,11 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
         )
     if path.is_dir():
         raise UserError(f"expected a YAML config file, got a folder: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError([ConfigProblem("", f"invalid YAML: {exc.problem or exc}")], where=where) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem("", f"invalid YAML: {exc}")], where=str(path)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [ConfigProblem("", f"the top level must be a mapping of keys, not {type(data).__name__}")],
-            where=str(path),
-        )
-    return data
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the config file: {exc.strerror or exc}", where=str(path)) from None
+    return parse_yaml_mapping(raw, where=str(path))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +120,8 @@ def _problem_from_pydantic(error: dict[str, Any]) -> ConfigProblem:
     message = message.removeprefix("Value error, ")
     if kind == "missing":
         return ConfigProblem(path, "required key is missing")
+    if kind == "finite_number":
+        message = "must be a finite number, not nan or infinity"
     return ConfigProblem(path, message, error.get("input"), has_value=True)
 
 
@@ -152,17 +146,35 @@ def validate(
         config = TrainConfig.model_validate(data, context={CHECK_PATHS: check_paths})
     except ValidationError as exc:
         problems.extend(_problem_from_pydantic(error) for error in exc.errors())
+    if config is not None:
+        problems.extend(cross_section_problems(config))
     if problems or config is None:
         raise ConfigError(problems, where=where, hint=_hint(problems))
     return config
 
 
+_CONCEPT_PATH = re.compile(r"data\.concepts\.\d+\.path")
+
+
 def _hint(problems: list[ConfigProblem]) -> str:
+    """What to do about the first kind of problem found: what to set, and how (never "see a preset":
+    the failing file is often a preset's copy)."""
     if any(problem.message.startswith("an override") for problem in problems):
         return "Overrides look like `training.learning_rate=1e-4` or `data.concepts.0.path=~/cats`."
+    concept = next((problem.path for problem in problems if _CONCEPT_PATH.fullmatch(problem.path)), None)
+    if concept is not None:
+        return (
+            f"Set {concept} to a folder of your images (captions in name.txt beside each image), in the file "
+            f"or on the command line: `{concept}=~/datasets/my-cat`."
+        )
+    if any(problem.path == "model.base" for problem in problems):
+        return (
+            "Set model.base to a diffusers folder, a .safetensors/.ckpt file or a hub id, e.g. "
+            "`model.base=stable-diffusion-v1-5/stable-diffusion-v1-5`."
+        )
     if any("unknown key" in problem.message for problem in problems):
-        return "Every key must be one the schema knows; `onetrainer presets NAME` shows a complete example."
-    return "Fix the values above; `onetrainer presets NAME` shows a complete, valid example."
+        return "Every key must be one the schema knows; each line above names the closest key and the valid ones."
+    return "Fix the values above: each line names the key, the value given and what would be valid."
 
 
 def load_config(

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.types import Cadence, CadenceField, CadenceUnit, OutputPath
+from onetrainer.util.enums import SAMPLING_SCHEDULERS
+from onetrainer.util.suggest import did_you_mean
+
+SIZE_STEP = 8
+"""Preview sides must be multiples of the VAE's downscale factor: 8 in every supported family, and
+the sampler refuses any other size, so the schema refuses it first, with the key path."""
 
 
 class SamplePrompt(Section):
@@ -18,7 +24,24 @@ class SamplePrompt(Section):
     cfg: float = Field(7.0, ge=0, description="Classifier-free guidance scale.")
     width: int | None = Field(None, ge=8, description="Image width (default: the training resolution).")
     height: int | None = Field(None, ge=8, description="Image height (default: the training resolution).")
-    scheduler: str = Field("ddim", description="Sampling scheduler: ddim, euler, euler-a, dpm++2m, unipc, ...")
+    scheduler: str = Field("ddim", description="Sampling scheduler: " + ", ".join(SAMPLING_SCHEDULERS) + ".")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_step(cls, value: int | None) -> int | None:
+        if value is not None and value % SIZE_STEP:
+            below = value // SIZE_STEP * SIZE_STEP
+            raise ValueError(f"must be a multiple of {SIZE_STEP} (the VAE's scale): {below} or {below + SIZE_STEP}?")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        name = value.strip().lower()
+        if name not in SAMPLING_SCHEDULERS:
+            suggestion = did_you_mean(name, SAMPLING_SCHEDULERS)
+            raise ValueError(f"unknown scheduler; {suggestion}valid: {', '.join(SAMPLING_SCHEDULERS)}")
+        return name
 
 
 class SamplingConfig(Section):

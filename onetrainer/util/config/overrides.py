@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from onetrainer.util.config.yaml_text import load_yaml
 from onetrainer.util.errors import ConfigProblem
 from onetrainer.util.suggest import did_you_mean
 
@@ -26,7 +27,7 @@ def parse_override(text: str) -> tuple[list[str], Any] | ConfigProblem:
     if any(part == "" for part in parts):
         return ConfigProblem(key, "empty segment in the key path")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = load_yaml(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as exc:
         return ConfigProblem(key, f"value is not valid YAML: {exc}", raw_value, has_value=True)
     return parts, value

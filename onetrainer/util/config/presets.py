@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from onetrainer.util.config.yaml_text import parse_yaml_mapping
 from onetrainer.util.errors import ConfigError, ConfigProblem
 from onetrainer.util.suggest import did_you_mean
 
@@ -55,7 +54,5 @@ def preset_description(name: str) -> str:
 
 
 def load_preset(name: str) -> dict:
-    data = yaml.safe_load(preset_text(name)) or {}
-    if not isinstance(data, dict):
-        raise ConfigError([ConfigProblem("preset", "the preset file is not a mapping", name, has_value=True)])
-    return data
+    path = preset_path(name)
+    return parse_yaml_mapping(path.read_bytes(), where=str(path))

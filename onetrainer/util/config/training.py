@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from onetrainer.util.config.base import Section
 
@@ -39,7 +41,28 @@ class EmaDevice(str, Enum):
     CPU = "cpu"
 
 
-OptimizerArg = bool | int | float | str | list[float] | None
+def _finite_argument(value: object) -> object:
+    """Reject nan/inf before the union tries each member type (which would report five errors)."""
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(item, float) and not math.isfinite(item) for item in values):
+        raise ValueError("must be a finite number, not nan or infinity")
+    return value
+
+
+def _thread_setting(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("expected auto or a whole number of threads of at least 1")
+    return value
+
+
+ThreadSetting = Annotated[int | str, BeforeValidator(_thread_setting)]
+"""`auto` or a count; see `onetrainer.util.threads` for how auto chooses and what overrides it."""
+
+OptimizerArg = Annotated[bool | int | float | str | list[float] | None, BeforeValidator(_finite_argument)]
 
 MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 """Component names `weight_dtypes` may set, across the UNet families."""
@@ -92,6 +115,11 @@ class TrainingConfig(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the denoiser.")
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda or cuda:N.")
+    threads: ThreadSetting = Field(
+        "auto",
+        description="CPU threads for torch's operators: auto (usable cores minus data workers minus one) or a "
+        "number; the ONETRAINER_THREADS environment variable overrides it.",
+    )
     ema: EmaConfig = Field(default_factory=EmaConfig, description="Exponential moving average of the weights.")
 
     @field_validator("weight_dtypes")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -256,3 +257,20 @@ def make_shapes_dataset(
         _save_image(image, root / f"{stem}.png", "PNG")
         atomic_write_text(root / f"{stem}.txt", f"a {colour} {shape}\n")
     return root
+
+
+def write_png_claiming_size(path: str | os.PathLike[str], width: int, height: int) -> Path:
+    """A valid PNG whose header claims `width` x `height` but holds almost no pixel data.
+
+    A few dozen bytes stand in for a gigapixel image where only the header is read (size limits,
+    decompression-bomb guards); decoding it fails like any truncated file.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlacing
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    target = Path(path)
+    atomic_write_bytes(target, data)
+    return target

@@ -1,0 +1,81 @@
+"""Values the schema refuses up front, with their key paths: what used to fail late or not at all."""
+
+import pytest
+
+from onetrainer.util.config.loader import load_config
+from onetrainer.util.enums import SAMPLING_SCHEDULERS
+from onetrainer.util.errors import ConfigError
+
+
+@pytest.fixture
+def run(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  base: org/model\n")
+    return path
+
+
+def problems(path, *overrides):
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    return {problem.path: problem.message for problem in info.value.problems}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("training.learning_rate=nan", "training.learning_rate"),
+        ("training.learning_rate=.inf", "training.learning_rate"),
+        ("training.learning_rates={unet: .nan}", "training.learning_rates.unet"),
+        ("training.optimizer_args={d_coef: .nan}", "training.optimizer_args.d_coef"),
+        ("training.optimizer_args={betas: [0.9, .inf]}", "training.optimizer_args.betas"),
+        ("training.betas=[0.9, .nan]", "training.betas.1"),
+        ("noise.timesteps.mean=-.inf", "noise.timesteps.mean"),
+        ("loss.gamma=.nan", "loss.gamma"),
+    ],
+)
+def test_non_finite_numbers_are_refused_as_such(run, override, key):
+    found = problems(run, override)
+    assert list(found) == [key]
+    assert found[key] == "must be a finite number, not nan or infinity"
+
+
+def test_preview_size_must_be_a_multiple_of_eight(run):
+    found = problems(run, "sampling.prompts.0={prompt: a cat, width: 63, height: 64}")
+    assert list(found) == ["sampling.prompts.0.width"]
+    assert "multiple of 8" in found["sampling.prompts.0.width"]
+    assert "56 or 64" in found["sampling.prompts.0.width"]
+
+
+def test_preview_without_size_takes_the_resolution_which_must_fit_too(run):
+    found = problems(run, "data.resolution=500", "sampling.prompts.0={prompt: a cat, width: 512}")
+    assert list(found) == ["sampling.prompts.0.height"]
+    assert "data.resolution (500)" in found["sampling.prompts.0.height"]
+    assert load_config(run, ["data.resolution=500", "sampling.prompts.0={prompt: a, width: 496, height: 504}"])
+
+
+def test_unknown_preview_scheduler_is_refused_with_a_suggestion(run):
+    found = problems(run, "sampling.prompts.0={prompt: a cat, scheduler: eulr}")
+    message = found["sampling.prompts.0.scheduler"]
+    assert "did you mean 'euler'" in message
+    assert "dpm++2m-karras" in message
+
+
+def test_scheduler_names_are_normalised(run):
+    config = load_config(run, ["sampling.prompts.0={prompt: a cat, scheduler: ' DPM++2M-Karras '}"])
+    assert config.sampling.prompts[0].scheduler == "dpm++2m-karras"
+
+
+def test_schema_knows_exactly_the_samplers_schedulers():
+    from onetrainer.model_sampler.schedulers import SCHEDULERS
+
+    assert tuple(SCHEDULERS) == SAMPLING_SCHEDULERS
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("AUTO", "auto"), (3, 3), ("2", 2)])
+def test_thread_setting_accepts_auto_or_a_count(run, value, expected):
+    assert load_config(run, [f"training.threads={value}"]).training.threads == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, "many", "true", 1.5])
+def test_thread_setting_refuses_anything_else(run, value):
+    assert "auto or a whole number" in problems(run, f"training.threads={value}")["training.threads"]
