@@ -52,14 +52,17 @@ def inspect_weights(path: Path) -> Inspection:
     from onetrainer.inspection.models import inspect_single_file
     from onetrainer.inspection.tensors import read_index
     from onetrainer.util.detect import EMBEDDING, LORA, detect_weights
+    from onetrainer.util.safetensors_meta import HeaderError
 
     try:
         index = read_index(path)
     except UserError as error:
+        own_hint = isinstance(error, HeaderError) and error.hint  # a safetensors file cut short says so
         raise UserError(
             error.message,
             where=str(path),
-            hint=f"Recognised: a {human_bytes(path.stat().st_size)} file with suffix '{path.suffix}'. "
+            hint=own_hint
+            or f"Recognised: a {human_bytes(path.stat().st_size)} file with suffix '{path.suffix}'. "
             "inspect reads model/LoRA/embedding weights (.safetensors, .ckpt, .pt), run configs (.yaml), "
             "backups, workspaces, diffusers folders and image folders.",
         ) from None

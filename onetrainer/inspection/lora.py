@@ -35,8 +35,11 @@ LEGACY_PARAMS = {
     "lora.up.weight": "lora_B.weight",
     "lora_linear_layer.down.weight": "lora_A.weight",
     "lora_linear_layer.up.weight": "lora_B.weight",
+    "lora_magnitude_vector.weight": "lora_magnitude_vector",
 }
-"""diffusers' attention-processor LoRA names (`convert_state_dict_to_diffusers` still writes them)."""
+"""Other names diffusers files give PEFT parameters: the attention-processor LoRA names
+(`convert_state_dict_to_diffusers` still writes them) and a text encoder's DoRA magnitude as
+transformers loads it (`keymaps.lora_peft.TEXT_ENCODER_MAGNITUDE`)."""
 PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "transformer", "diffusion_model")
 
 

@@ -6,7 +6,9 @@ explicit path or hub id, else from the config source if it has one, else from th
 cache or the hub, in that order; the first one that yields a real vocabulary wins.
 
 transformers 5 returns a 2-token tokenizer without any error when a hub tokenizer is not cached and
-the hub is offline, so every candidate's vocabulary size is checked before it is accepted.
+the hub is offline, so every candidate is checked against the text encoder it will feed: a tokenizer
+fits when it has exactly one token per row of the encoder's embedding table. A fixed minimum size would
+refuse valid small vocabularies and say nothing about a tokenizer that belongs to another encoder.
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ from onetrainer.util.missing import model_unavailable
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
-
-MIN_VOCAB = 256
-"""A byte-level BPE vocabulary has at least its 256 byte tokens; fewer means a failed (empty) load."""
 
 TOKENIZER_REPOS = {
     ModelType.SD15: (
@@ -99,7 +98,7 @@ def _read_hub_configs(repo: str) -> dict[str, dict[str, Any]]:
 
 
 def _tiny_architecture(source: str) -> Architecture:
-    from onetrainer.util.tiny.models import build_tiny_pipeline
+    from onetrainer.util.tiny.models import build_tiny_pipeline, scheduler_config
 
     kind = TINY_KINDS[source.removeprefix(TINY_PREFIX)]
     pipe = build_tiny_pipeline(kind)
@@ -107,33 +106,45 @@ def _tiny_architecture(source: str) -> Architecture:
         "unet": dict(pipe.unet.config),
         "vae": dict(pipe.vae.config),
         "text_encoder": pipe.text_encoder.config.to_dict(),
-        "scheduler": {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__},
+        "scheduler": scheduler_config(pipe),
     }
     return Architecture(source, configs, tiny_kind=kind)
 
 
-def load_tokenizer(explicit: str | None, architecture: Architecture | None, model_type: ModelType) -> CLIPTokenizer:
-    """The first usable tokenizer of: `explicit`, the architecture source, the HF cache, the hub."""
+def tokenizer_mismatch(tokenizer: CLIPTokenizer, vocab_size: int) -> str | None:
+    """Why `tokenizer` cannot feed a text encoder with `vocab_size` embedding rows, or None if it can."""
+    count = len(tokenizer)
+    if count < vocab_size:
+        return f"has {count:,} tokens but the text encoder has {vocab_size:,}: it came back empty or incomplete"
+    if count > vocab_size:
+        return f"has {count:,} tokens, more than the text encoder's {vocab_size:,}: it belongs to another model"
+    return None
+
+
+def load_tokenizer(explicit: str | None, architecture: Architecture, model_type: ModelType) -> CLIPTokenizer:
+    """The first tokenizer that fits the architecture's text encoder, from: `explicit`, the architecture
+    source, the HF cache, the hub."""
+    vocab_size = int(architecture.configs["text_encoder"]["vocab_size"])
     if explicit is not None:
-        return _explicit_tokenizer(explicit)
-    if architecture is not None and architecture.tiny_kind is not None:
+        return _explicit_tokenizer(explicit, vocab_size)
+    if architecture.tiny_kind is not None:
         from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 
         return build_tiny_clip_tokenizer()
     tried: list[str] = []
-    candidates = ([architecture.tokenizer_at] if architecture and architecture.tokenizer_at else []) + list(
+    candidates = ([architecture.tokenizer_at] if architecture.tokenizer_at else []) + list(
         TOKENIZER_REPOS.get(model_type, ())
     )
     for local_only in (True, False):
         if not local_only and hub_offline():
             break
         for location, subfolder in candidates:
-            tokenizer = _try_tokenizer(location, subfolder, local_only=local_only)
+            tokenizer = _try_tokenizer(location, subfolder, vocab_size, local_only=local_only)
             if tokenizer is not None:
                 return tokenizer
             tried.append(_describe(location, subfolder) + (" (cache)" if local_only else " (hub)"))
     raise UserError(
-        "no tokenizer is reachable for this single-file model",
+        f"no tokenizer is reachable that fits this single-file model's text encoder ({vocab_size:,} tokens)",
         hint="Pass a tokenizer folder or hub id (model.tokenizer / --tokenizer), or a diffusers folder with a "
         f"tokenizer/ subfolder as the config (--config). Tried: {', '.join(tried) or 'nothing'}"
         + (". The hub was not tried: HF_HUB_OFFLINE is set." if hub_offline() else "."),
@@ -144,40 +155,64 @@ def _describe(location: str, subfolder: str | None) -> str:
     return f"{location}/{subfolder}" if subfolder else location
 
 
-def _try_tokenizer(location: str, subfolder: str | None, *, local_only: bool) -> CLIPTokenizer | None:
+def _try_tokenizer(location: str, subfolder: str | None, vocab_size: int, *, local_only: bool) -> CLIPTokenizer | None:
+    tokenizer = _read_tokenizer(location, subfolder, local_only=local_only)
+    return tokenizer if tokenizer is not None and tokenizer_mismatch(tokenizer, vocab_size) is None else None
+
+
+def _read_tokenizer(location: str, subfolder: str | None, *, local_only: bool) -> CLIPTokenizer | None:
     from transformers import CLIPTokenizer
 
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
+        return CLIPTokenizer.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
     except (OSError, ValueError):
         return None
-    return tokenizer if len(tokenizer) >= MIN_VOCAB else None
 
 
-def _explicit_tokenizer(source: str) -> CLIPTokenizer:
+def _explicit_tokenizer(source: str, vocab_size: int) -> CLIPTokenizer:
     kind = source_kind(source, where="model.tokenizer")
     if kind == TINY:
         from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 
-        return build_tiny_clip_tokenizer()
+        tiny = build_tiny_clip_tokenizer()
+        mismatch = tokenizer_mismatch(tiny, vocab_size)
+        if mismatch is not None:
+            raise UserError(
+                f"the tiny tokenizer {mismatch}",
+                where="model.tokenizer",
+                hint="Use tiny: tokenizers with tiny: models only.",
+            )
+        return tiny
     if kind == HUB:
+        mismatch = None
         for subfolder in (None, "tokenizer"):
-            tokenizer = _try_tokenizer(source, subfolder, local_only=hub_offline())
-            if tokenizer is not None:
+            tokenizer = _read_tokenizer(source, subfolder, local_only=hub_offline())
+            if tokenizer is None:
+                continue
+            mismatch = tokenizer_mismatch(tokenizer, vocab_size)
+            if mismatch is None:
                 return tokenizer
+        if mismatch is not None:
+            raise UserError(
+                f"the tokenizer {source} {mismatch}",
+                where="model.tokenizer",
+                hint="Pass the tokenizer of this model.",
+            )
         if hub_offline():
             raise model_unavailable(source, where="model.tokenizer", what="tokenizer")
         raise UserError(
-            f"{source} has no usable CLIP tokenizer",
+            f"{source} has no CLIP tokenizer of {vocab_size:,} tokens (the text encoder's)",
             where="model.tokenizer",
-            hint="Pass a local tokenizer folder, or a hub repository with a CLIP tokenizer (or a tokenizer/ folder).",
+            hint="Pass this model's tokenizer: a local tokenizer folder, or a hub repository with a CLIP tokenizer "
+            "(or a tokenizer/ folder).",
         )
     path = Path(source).expanduser()
     folder = path / "tokenizer" if (path / "tokenizer").is_dir() else path
-    tokenizer = _try_tokenizer(str(folder), None, local_only=True) if folder.is_dir() else None
+    tokenizer = _try_tokenizer(str(folder), None, vocab_size, local_only=True) if folder.is_dir() else None
     if tokenizer is None:
         raise UserError(
-            f"no CLIP tokenizer in {path}",
-            hint="Pass a folder holding tokenizer.json or vocab.json + merges.txt (or a pipeline folder).",
+            f"no CLIP tokenizer of {vocab_size:,} tokens (the text encoder's) in {path}",
+            hint="Pass a folder holding this model's tokenizer.json or vocab.json + merges.txt (or its pipeline "
+            "folder).",
         )
     return tokenizer

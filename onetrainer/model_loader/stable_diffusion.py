@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.stable_diffusion import StableDiffusionModel
-from onetrainer.model_loader.architecture import load_tokenizer, resolve_architecture
+from onetrainer.model_loader.architecture import load_tokenizer, resolve_architecture, tokenizer_mismatch
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.hub import HUB, TINY, TINY_KINDS, hub_errors, source_kind
 from onetrainer.model_loader.single_file import build_components, single_file_state_dicts
@@ -146,7 +146,7 @@ def _hub_family(repo: str, wanted: ModelType | None) -> ModelType:
 
 
 def _from_tiny(source: str, wanted: ModelType | None) -> dict[str, Any]:
-    from onetrainer.util.tiny.models import build_tiny_pipeline
+    from onetrainer.util.tiny.models import build_tiny_pipeline, scheduler_config
 
     kind = TINY_KINDS[source.removeprefix(TINY_PREFIX)]
     family = ModelType.SD15 if kind == "sd15" else ModelType.SD2
@@ -158,7 +158,7 @@ def _from_tiny(source: str, wanted: ModelType | None) -> dict[str, Any]:
         "vae": pipe.vae,
         "text_encoder": pipe.text_encoder,
         "tokenizer": pipe.tokenizer,
-        "scheduler": {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__},
+        "scheduler": scheduler_config(pipe),
         "prediction": pipe.scheduler.config.prediction_type,
     }
 
@@ -173,12 +173,13 @@ def _from_pretrained(location: str, source: str, family: ModelType, dtype: torch
         text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
         scheduler = DDPMScheduler.load_config(location, subfolder="scheduler")
-    if len(tokenizer) < 256:
+    mismatch = tokenizer_mismatch(tokenizer, text_encoder.config.vocab_size)
+    if mismatch is not None:
         raise UserError(
-            f"the tokenizer of {source} came back empty ({len(tokenizer)} tokens)",
+            f"the tokenizer of {source} {mismatch}",
             hint="It is probably not in the local HF cache while offline; connect once to download it."
             if hub
-            else "The tokenizer/ folder is incomplete.",
+            else "The tokenizer/ folder is incomplete or does not belong to this text encoder.",
         )
     return {
         "model_type": family,

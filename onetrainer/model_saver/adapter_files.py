@@ -7,6 +7,8 @@ kohya-semantics alpha per module.
 - `peft`: the diffusers layout (`unet.<module>.lora_A.weight`) that `load_lora_weights` reads, with
   each component's LoraConfig in the `lora_adapter_metadata` header so alphas survive. diffusers has
   no loader for SD LoHa/LoKr, so those save only as kohya.
+A DoRA is written only in the layout whose loaders compute the weights it was trained with
+(`model.adapters.dora`): magnitudes per input column as kohya, per output row as peft.
 Embeddings: `a1111` (`emb_params`, trigger word = file name) or `diffusers` (`{placeholder: vectors}`).
 """
 
@@ -16,13 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onetrainer.model_saver.safetensors_stream import state_dict_stream, write_safetensors_stream
 from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.errors import UserError
 from onetrainer.util.keymaps.embeddings import embedding_to_a1111, embedding_to_diffusers
 from onetrainer.util.keymaps.engine import KeyMapError
 from onetrainer.util.keymaps.lora import peft_to_kohya
-from onetrainer.util.keymaps.lora_peft import diffusers_lora_metadata, peft_adapter_state
+from onetrainer.util.keymaps.lora_peft import diffusers_lora_metadata, peft_adapter_state, to_diffusers_keys
+from onetrainer.util.safetensors_stream import state_dict_stream, write_safetensors_stream
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +64,7 @@ def write_lora(
 ) -> Path:
     try:
         if fmt is SaveFormat.KOHYA:
+            _refuse_row_dora(tensors)
             out = peft_to_kohya(tensors, alphas, family if family in ("sd15", "sd2", "sdxl") else KOHYA_NAMING)
             header = dict(metadata)
         elif kind in ("loha", "lokr"):
@@ -70,12 +73,24 @@ def write_lora(
                 hint="Save it as kohya (the LyCORIS layout A1111/Forge and ComfyUI load).",
             )
         else:
-            out = dict(tensors)
             header = {**metadata, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
+            out = to_diffusers_keys(tensors)
     except KeyMapError as error:
         raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None
     write_safetensors_stream(output, state_dict_stream(out, dtype), header)
     return output
+
+
+def _refuse_row_dora(tensors: Mapping[str, torch.Tensor]) -> None:
+    """A kohya DoRA with magnitudes per output row loads without error and computes other weights in
+    A1111 (which normalises per column) and in ComfyUI/Forge (which divide by the base weight's norms)."""
+    if any(key.endswith(".lora_magnitude_vector") for key in tensors):
+        raise UserError(
+            "this DoRA keeps a magnitude per output row (peft's layout); as a kohya file, A1111, Forge and "
+            "ComfyUI would load it without error and compute other weights than it was trained with",
+            hint="Keep it in the peft layout for diffusers, or train it with saving.format: kohya, which "
+            "learns the magnitudes per input column as those tools compute them.",
+        )
 
 
 def write_embedding(

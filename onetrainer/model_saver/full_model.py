@@ -2,7 +2,7 @@
 
 Both writers take the weights as a replayable stream of diffusers-named tensors (`unet.<key>`,
 `vae.<key>`, `text_encoder.<key>`), whether they come from a model in memory or from a file being
-converted, and cast and write them one at a time (see `safetensors_stream`).
+converted, and cast and write them one at a time (see `util.safetensors_stream`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.model_saver.safetensors_stream import write_safetensors_stream
 from onetrainer.util.atomic import atomic_directory, atomic_write_text
 from onetrainer.util.keymaps.engine import StreamConverter
 from onetrainer.util.keymaps.single_file import COMPONENTS, V_PRED_MARKER, WRITE_IGNORE, table_for_diffusers_keys
+from onetrainer.util.safetensors_stream import write_safetensors_stream
 
 if TYPE_CHECKING:
     import torch

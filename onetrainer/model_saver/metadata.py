@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from onetrainer import __version__
+from onetrainer.model.adapters.dora import OUTPUT
 from onetrainer.util.safetensors_meta import SS_BASE_MODEL_VERSION, modelspec_metadata, ss_metadata
 
 if TYPE_CHECKING:
@@ -32,11 +33,15 @@ def build_metadata(
     lora_kind: str | None = None,
     rank: int | None = None,
     alpha: float | None = None,
+    dora_axis: str | None = None,
     trigger_phrase: str | None = None,
     config: TrainConfig | None = None,
     inherited: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Metadata for one file. `adapter` is None (full model), "lora" or "embedding".
+
+    A DoRA's `dora_axis` ("input" or "output", see `model.adapters.dora`) is written as LyCORIS's
+    `wd_on_out` network argument.
 
     `inherited` (a converted file's own header) is kept, and our keys are written over it.
     """
@@ -55,7 +60,9 @@ def build_metadata(
             )
         )
         metadata.update(
-            ss_metadata(family=family, v_prediction=v_prediction, **_ss_fields(lora_kind, rank, alpha, title, config))
+            ss_metadata(
+                family=family, v_prediction=v_prediction, **_ss_fields(lora_kind, rank, alpha, dora_axis, title, config)
+            )
         )
     metadata[VERSION_KEY] = __version__
     if config is not None:
@@ -64,7 +71,12 @@ def build_metadata(
 
 
 def _ss_fields(
-    lora_kind: str | None, rank: int | None, alpha: float | None, title: str, config: TrainConfig | None
+    lora_kind: str | None,
+    rank: int | None,
+    alpha: float | None,
+    dora_axis: str | None,
+    title: str,
+    config: TrainConfig | None,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {"output_name": title}
     if lora_kind is not None:
@@ -72,6 +84,8 @@ def _ss_fields(
         fields["network_dim"] = rank
         fields["network_alpha"] = alpha
         fields["network_args"] = NETWORK_ARGS.get(lora_kind)
+        if lora_kind == "dora" and dora_axis is not None:
+            fields["network_args"] = {**NETWORK_ARGS["dora"], "wd_on_out": str(dora_axis == OUTPUT)}
     if config is not None:
         fields["seed"] = config.training.seed
         fields["learning_rate"] = config.training.learning_rate

@@ -86,6 +86,7 @@ class StableDiffusionSaver:
             lora_kind=kind,
             rank=adapter.rank,
             alpha=adapter.alpha,
+            dora_axis=adapter.dora_axis,
             config=config,
         )
         return write_lora(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
 from onetrainer.model.adapters.lora import LoraAdapter, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
@@ -126,6 +127,7 @@ class StableDiffusionSetup:
             regex=lora.regex,
             dropout=lora.dropout,
             seed=self.config.training.seed,
+            dora_axis=dora_axis(self.config.saving.format),
         )
         if lora.init_from is not None:
             loaded = read_lora_file(lora.init_from, self.model.model_type.value)

@@ -122,9 +122,11 @@ def save_safetensors(
     path: str | os.PathLike[str],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Write a safetensors file atomically (safetensors itself writes in place, so not atomically)."""
-    from safetensors.torch import save_file
+    """Write a safetensors file atomically, in the one layout all our files share (`util.safetensors_stream`).
 
-    contiguous = {key: tensor.contiguous() for key, tensor in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(contiguous, tmp, metadata=dict(metadata) if metadata else None)
+    The library's `save_file` writes in place (so not atomically) and starts the data wherever the
+    header happens to end; the streaming writer does neither.
+    """
+    from onetrainer.util.safetensors_stream import state_dict_stream, write_safetensors_stream
+
+    write_safetensors_stream(path, state_dict_stream(tensors), metadata)

@@ -50,6 +50,8 @@ LORA_LAYOUTS = {
 }
 """`detect_lora_format` names -> our layout names (our `peft` is diffusers' component-prefixed file)."""
 LORA_ADAPTERS = {"lycoris-loha": "loha", "lycoris-lokr": "lokr"}
+DORA_SUFFIXES = (".dora_scale", ".lora_magnitude_vector", ".input_magnitude", ".lora_magnitude_vector.weight")
+"""DoRA magnitudes: kohya's, peft's per-row and our per-column ones, and a text encoder's in a diffusers file."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,7 @@ def _lora_detection(
     if family is None and layout in ("kohya", "peft"):
         family, reason = _lora_family(shapes)
     adapter = LORA_ADAPTERS.get(lora_format, "lora")
-    if adapter == "lora" and any(k.endswith((".dora_scale", ".lora_magnitude_vector")) for k in keys):
+    if adapter == "lora" and any(k.endswith(DORA_SUFFIXES) for k in keys):
         adapter = "dora"
     return Detection(LORA, layout, family, reason if family else f"{layout} LoRA", meta_prediction, adapter)
 

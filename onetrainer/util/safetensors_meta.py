@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -155,12 +156,25 @@ def ss_metadata(*, family: str, v_prediction: bool = False, **fields: Any) -> di
 
 MAX_HEADER_BYTES = 100_000_000
 """The limit the safetensors library itself enforces."""
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}  # fmt: skip
+"""Bits per element of every dtype code the safetensors library (0.8) accepts."""
+TRUNCATED_HINT = "The file may be truncated (an interrupted download or copy): download or export it again."
 
 
 def read_safetensors_header(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
-    """Return (`__metadata__`, `{key: (dtype, shape)}`) from the header alone; no tensor is read."""
+    """Return (`__metadata__`, `{key: (dtype, shape)}`) from the header alone; no tensor is read.
+
+    The header is held to the rules the safetensors library checks when it opens a file (known
+    dtypes, offsets that cover the data section exactly, sizes that match the shapes), against the
+    file's real size, so a truncated or lying file is refused here as it would be by every loader,
+    instead of being described as valid.
+    """
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -168,16 +182,58 @@ def read_safetensors_header(
             if len(prefix) < 8:
                 raise HeaderError(f"{path}: file is too short ({size} bytes)")
             (length,) = struct.unpack("<Q", prefix)
-            if length > min(MAX_HEADER_BYTES, size - 8):
-                raise HeaderError(f"{path}: header length {length} does not fit a {size}-byte file")
+            if length > MAX_HEADER_BYTES:
+                raise HeaderError(f"{path}: header length {length} is over the safetensors limit")
+            if length > size - 8:
+                raise HeaderError(
+                    f"{path}: the file is truncated: header length {length} does not fit a {size}-byte file",
+                    hint=TRUNCATED_HINT,
+                )
             header = json.loads(handle.read(length))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HeaderError(f"{path}: header is not valid JSON ({error})") from error
     if not isinstance(header, dict):
         raise HeaderError(f"{path}: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise HeaderError(f"{path}: __metadata__ is not a map of strings")
     try:
-        tensors = {key: (info["dtype"], tuple(int(n) for n in info["shape"])) for key, info in header.items()}
+        layout = {key: _entry(info) for key, info in header.items()}
     except (KeyError, TypeError, ValueError) as error:
         raise HeaderError(f"{path}: malformed tensor entry ({error})") from error
-    return {str(k): str(v) for k, v in metadata.items()}, tensors
+    _check_offsets(path, layout, data_bytes=size - 8 - length)
+    return dict(metadata), {key: (dtype, shape) for key, (dtype, shape, _) in layout.items()}
+
+
+def _entry(info: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, (start, end)) of one tensor entry; ValueError where the library would refuse it."""
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in DTYPE_BITS:
+        raise ValueError(f"unknown dtype {dtype!r}")
+    if not all(isinstance(n, int) and n >= 0 for n in [*shape, *offsets]) or len(offsets) != 2:
+        raise ValueError(f"shape {shape} / data_offsets {offsets} are not non-negative integers")
+    start, end = offsets
+    bits = DTYPE_BITS[dtype] * math.prod(shape)
+    if end < start or bits % 8 or bits // 8 != end - start:
+        raise ValueError(f"{dtype} {shape} does not fill data_offsets {offsets}")
+    return dtype, tuple(shape), (start, end)
+
+
+def _check_offsets(path: str | os.PathLike[str], layout: dict[str, Any], *, data_bytes: int) -> None:
+    """The tensors must tile the data section from its first byte to the file's last, without gaps."""
+    position = 0
+    for key, (_, _, (start, end)) in sorted(layout.items(), key=lambda item: item[1][2]):
+        if start != position:
+            raise HeaderError(f"{path}: tensor {key} starts at byte {start} of the data, expected {position}")
+        position = end
+    if position > data_bytes:
+        raise HeaderError(
+            f"{path}: the file is truncated: its header describes {position:,} bytes of tensor data "
+            f"but only {data_bytes:,} follow",
+            hint=TRUNCATED_HINT,
+        )
+    if position < data_bytes:
+        raise HeaderError(
+            f"{path}: {data_bytes:,} bytes follow the header but it describes only {position:,}",
+            hint="The file is damaged or not a safetensors file.",
+        )

@@ -100,13 +100,18 @@ def test_benchmark_runs_at_smallest_size(name: str, tmp_path: Path) -> None:
         assert sum("peak RSS" in row["case"] for row in rows) == 3
 
 
-def test_gpu_script_takes_one_cpu_mode_and_needs_cuda_without_one(tmp_path: Path) -> None:
+def test_gpu_script_takes_one_cpu_mode_and_needs_cuda_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
     from benchmarks.gpu.__main__ import main
 
     with pytest.raises(SystemExit) as both:
         main([str(tmp_path), "--dry-run", "--cpu-real-size"])
     assert both.value.code == 2
-    assert main([str(tmp_path)]) == 2  # this machine has no CUDA device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, GPU or not
+    assert main([str(tmp_path)]) == 2
     assert not (tmp_path / "gpu.json").exists()
 
 

@@ -108,6 +108,28 @@ def test_unknown_or_broken_paths_exit_2(files: dict[str, Path], arguments: list[
     assert message in result.output
 
 
+def _lying_embedding(root: Path) -> bytes:
+    """100 bytes whose header claims a 1000x1000 float32 embedding (4 MB)."""
+    raw = json.dumps({"emb_params": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}})
+    return (len(raw).to_bytes(8, "little") + raw.encode()).ljust(100, b"\0")
+
+
+def _truncated_lora(root: Path) -> bytes:
+    return (root / "lora.safetensors").read_bytes()[:-100]
+
+
+@pytest.mark.parametrize("content", [_lying_embedding, _truncated_lora], ids=["header-past-the-end", "truncated"])
+def test_a_file_shorter_than_its_header_says_is_a_user_error(files: dict[str, Path], tmp_path: Path, content) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content(files["root"]))
+
+    result = runner.invoke(app, ["inspect", str(path), "--json"])
+
+    assert result.exit_code == 2, result.output
+    assert "truncated" in result.output
+    assert "Unexpected error" not in result.output
+
+
 def test_json_for_models_backups_and_workspaces(files: dict[str, Path], tiny_sd15_dir: Path) -> None:
     def inspect_json(path: Path) -> dict:
         result = runner.invoke(app, ["inspect", str(path), "--json"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from onetrainer.model.adapters import inject_lora, load_lora_state, merge_lora, read_lora_file
+from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.targets import target_modules
 from onetrainer.model.stable_diffusion import StableDiffusionModel
 from onetrainer.model_loader.stable_diffusion import load_stable_diffusion
@@ -106,6 +107,51 @@ def test_merging_a_saved_file_equals_the_live_adapter(kind: str, tmp_path: Path)
     merged = merge_lora(fresh, read_lora_file(path, "sd15"), strength=1.0)
     assert merged == len(target_modules(fresh.unet, "unet", "full"))
     assert torch.allclose(_unet_output(fresh), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_merging_a_saved_dora_equals_the_live_adapter_on_either_axis(fmt: str, tmp_path: Path) -> None:
+    trained = _model()
+    axis = dora_axis(fmt)
+    adapter = inject_lora(trained, kind="dora", rank=2, alpha=1.0, components=("unet",), preset="full", dora_axis=axis)
+    _randomise(trained, adapter)
+    trained.adapters["lora"] = adapter
+    expected = _unet_output(trained)
+    path = tmp_path / "dora.safetensors"
+    StableDiffusionSaver().save(trained, path, method=TrainingMethod.LORA, format=fmt, dtype="fp32")
+
+    fresh = _model()
+    merge_lora(fresh, read_lora_file(path, "sd15"), strength=1.0)
+    assert torch.allclose(_unet_output(fresh), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_continuing_a_dora_needs_the_same_axis(fmt: str, tmp_path: Path) -> None:
+    trained = _model()
+    axis = dora_axis(fmt)
+    adapter = inject_lora(trained, kind="dora", rank=2, alpha=1.0, components=("unet", "text_encoder"), dora_axis=axis)
+    _randomise(trained, adapter)
+    trained.adapters["lora"] = adapter
+    path = tmp_path / "dora.safetensors"
+    StableDiffusionSaver().save(trained, path, method=TrainingMethod.LORA, format=fmt, dtype="fp32")
+    lora = read_lora_file(path, "sd15")
+
+    resumed = _model()
+    again = inject_lora(resumed, kind="dora", rank=2, alpha=1.0, components=("unet", "text_encoder"), dora_axis=axis)
+    load_lora_state(resumed, again, lora.tensors, lora.alphas, source=str(path))
+    assert torch.allclose(_unet_output(resumed), _unet_output(trained), atol=1e-6)
+    other = _model()
+    flipped = inject_lora(
+        other,
+        kind="dora",
+        rank=2,
+        alpha=1.0,
+        components=("unet", "text_encoder"),
+        dora_axis=dora_axis("peft" if fmt == "kohya" else "kohya"),
+    )
+    with pytest.raises(UserError, match="tensors this dora adapter does not") as error:
+        load_lora_state(other, flipped, lora.tensors, lora.alphas, source=str(path))
+    assert "other axis" in (error.value.hint or "")
 
 
 def test_merge_strength_scales_the_delta(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def test_explicit_tokenizer_folder_is_used(sd15_single_file: Path, tiny_sd15_dir
         (config_only / part).mkdir(parents=True)
         for file in (tiny_sd15_dir / part).glob("*.json"):
             (config_only / part / file.name).write_text(file.read_text())
-    with pytest.raises(UserError, match="no tokenizer is reachable") as info:
+    with pytest.raises(UserError, match="no tokenizer is reachable that fits") as info:
         load_stable_diffusion(sd15_single_file, config=config_only)
     assert "HF_HUB_OFFLINE" in (info.value.hint or "")
     model = load_stable_diffusion(sd15_single_file, config=config_only, tokenizer=tiny_sd15_dir / "tokenizer")
@@ -111,3 +111,21 @@ def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) 
     with pytest.raises(UserError, match="has no vae weights") as info:
         load_stable_diffusion(path, config="tiny:sd15")
     assert "--vae" in (info.value.hint or "")
+
+
+def test_single_file_takes_a_small_tokenizer_that_fits_and_refuses_one_that_does_not(
+    tmp_path: Path, tiny_sd15_dir: Path, small_tokenizer
+) -> None:
+    from onetrainer.model_saver.stable_diffusion import StableDiffusionSaver
+    from onetrainer.util.enums import TrainingMethod
+
+    model = load_stable_diffusion(tiny_sd15_dir)
+    model.text_encoder.resize_token_embeddings(len(small_tokenizer))
+    model.tokenizer = small_tokenizer
+    folder = StableDiffusionSaver().save(model, tmp_path / "small", method=TrainingMethod.FULL, dtype=None)[0]
+    single = StableDiffusionSaver().save(model, tmp_path / "small.safetensors", method=TrainingMethod.FULL)[0]
+
+    loaded = load_stable_diffusion(single, config=folder)
+    assert len(loaded.tokenizer) == loaded.text_encoder.config.vocab_size == 100
+    with pytest.raises(UserError, match="no CLIP tokenizer of 100 tokens"):
+        load_stable_diffusion(single, config=folder, tokenizer=tiny_sd15_dir / "tokenizer")

@@ -136,8 +136,37 @@ def test_hub_model_whose_tokenizer_is_not_cached_is_not_loaded_with_an_empty_one
     import shutil
 
     shutil.rmtree(hub_cache / "tokenizer")
-    with pytest.raises(UserError, match=r"tokenizer of onetrainer-test/tiny-sd15 came back empty \(2 tokens\)"):
+    with pytest.raises(
+        UserError, match=r"tokenizer of onetrainer-test/tiny-sd15 has 2 tokens but the text encoder has 1,514"
+    ):
         load_stable_diffusion("onetrainer-test/tiny-sd15")
+
+
+@pytest.fixture
+def small_vocab_dir(tmp_path: Path, small_tokenizer) -> Path:
+    """A valid tiny SD 1.5 folder whose tokenizer and text encoder share a 100-token vocabulary."""
+    from onetrainer.util.tiny.models import build_tiny_sd15_pipeline
+
+    pipe = build_tiny_sd15_pipeline()
+    pipe.text_encoder.resize_token_embeddings(len(small_tokenizer))
+    pipe.tokenizer = small_tokenizer
+    pipe.save_pretrained(tmp_path / "small-vocab")
+    return tmp_path / "small-vocab"
+
+
+def test_a_tokenizer_smaller_than_256_tokens_that_fits_its_text_encoder_loads(small_vocab_dir: Path) -> None:
+    model = load_stable_diffusion(small_vocab_dir)
+    assert len(model.tokenizer) == model.text_encoder.config.vocab_size == 100
+
+
+def test_a_tokenizer_of_another_text_encoder_is_refused(small_vocab_dir: Path, tiny_sd15_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(small_vocab_dir / "tokenizer")
+    shutil.copytree(tiny_sd15_dir / "tokenizer", small_vocab_dir / "tokenizer")
+    with pytest.raises(UserError, match="has 1,514 tokens, more than the text encoder's 100") as info:
+        load_stable_diffusion(small_vocab_dir)
+    assert "does not belong" in (info.value.hint or "")
 
 
 @pytest.mark.parametrize("base", ["tiny:sd15", "tiny:sd2"])

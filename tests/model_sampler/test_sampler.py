@@ -111,3 +111,28 @@ def test_sampling_restores_training_mode() -> None:
     StableDiffusionSampler(model).sample("a cat", steps=1, scheduler="ddim")
     assert model.unet.training
     assert not model.text_encoder.training
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd2-v"])
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_tiny_model_draws_what_the_same_diffusers_pipeline_draws(scheduler: str, kind: str) -> None:
+    """The reference is diffusers alone: the tiny pipeline with its scheduler swapped the documented way
+    (`from_config` of the pipeline's scheduler config), so each solver keeps its own defaults."""
+    import diffusers
+
+    from onetrainer.util.tiny.models import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(kind)
+    class_name, settings = SCHEDULERS[scheduler]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **settings)
+    theirs = pipe(
+        "a red circle",
+        negative_prompt="blurry",
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(3),
+    ).images[0]
+    ours = StableDiffusionSampler(_model(kind)).sample(
+        "a red circle", "blurry", steps=4, cfg=7.5, seed=3, scheduler=scheduler
+    )
+    assert np.array_equal(np.asarray(ours[0]), np.asarray(theirs))

@@ -85,13 +85,14 @@ def test_diffusers_from_single_file_reads_our_file(
     pipe = StableDiffusionPipeline.from_single_file(
         str(path), config=str(config), local_files_only=True, safety_checker=None, feature_extractor=None
     )
-    _assert_same(model, pipe)
+    _assert_same(model, pipe)  # the weights exactly; the outputs to float32 rounding, since the kernels a CPU
+    # picks (and so the last bits) depend on the tensors' memory alignment, which differs between loaders
     assert pipe.scheduler.config.prediction_type == model.prediction_type
     torch.testing.assert_close(
         prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer),
         prediction(model.unet, model.text_encoder, model.tokenizer),
-        rtol=0,
-        atol=0,
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 

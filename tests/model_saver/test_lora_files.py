@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _header(path: Path) -> tuple[list[str], dict[str, str]]:
 def test_round_trip_gives_identical_tensors_and_alphas(
     lora_model: Callable, tmp_path: Path, kind: str, fmt: str
 ) -> None:
-    model = lora_model(kind)
+    model = lora_model(kind, fmt=fmt)
     tensors, alphas, saved_kind = lora_from_model(model)
     path = _save(model, tmp_path / f"{kind}.safetensors", fmt)
     loaded = read_lora_file(path, "sd15")
@@ -63,6 +64,12 @@ def test_lycoris_kinds_name_their_algorithm(lora_model: Callable, tmp_path: Path
     assert (metadata["ss_network_module"], metadata["ss_network_args"]) == ("lycoris.kohya", '{"algo": "loha"}')
 
 
+def test_a_kohya_dora_says_it_normalises_per_input_column(lora_model: Callable, tmp_path: Path) -> None:
+    keys, metadata = _header(_save(lora_model("dora"), tmp_path / "dora.safetensors", "kohya"))
+    assert any(key.endswith(".dora_scale") for key in keys)
+    assert json.loads(metadata["ss_network_args"]) == {"algo": "lora", "dora_wd": "True", "wd_on_out": "False"}
+
+
 def test_loha_cannot_be_saved_for_diffusers(lora_model: Callable, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="LOHA cannot be saved in the peft layout"):
         _save(lora_model("loha"), tmp_path / "loha.safetensors", "peft")
@@ -80,7 +87,7 @@ def test_diffusers_load_lora_weights_reproduces_our_model(
 ) -> None:
     from diffusers import StableDiffusionPipeline
 
-    model = lora_model(kind)
+    model = lora_model(kind, fmt=fmt)
     path = _save(model, tmp_path / "lora.safetensors", fmt)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
     reference = prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer)
@@ -115,3 +122,18 @@ def test_diffusers_pipeline_draws_the_image_our_sampler_draws(
     ).images[0]
     difference = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16))
     assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_diffusers_refuses_our_lycoris_files_as_the_readme_says(
+    lora_model: Callable, readme_loads_in: Callable, tiny_sd15_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    path = _save(lora_model(kind), tmp_path / f"{kind}.safetensors", "kohya")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
+    with pytest.raises(ValueError, match="have not been correctly renamed"):
+        pipe.load_lora_weights(str(path))
+    loads_in = readme_loads_in("LoHa, LoKr", "kohya")
+    assert "load_lora_weights" not in loads_in
+    assert "diffusers refuses them" in loads_in

@@ -236,3 +236,28 @@ def test_lora_init_from_file(tmp_path: Path) -> None:
     resumed = _setup(method="lora", lora={"rank": 2, "targets": "attn", "init_from": str(path)})
     for key, value in trained.trainable_state_dict().items():
         assert torch.allclose(resumed.trainable_state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("fmt", "axis", "magnitude"),
+    [("auto", "input", "lora_magnitude_vector.input_magnitude"), ("peft", "output", "lora_magnitude_vector")],
+)
+def test_dora_trains_its_magnitudes_on_the_axis_its_output_format_is_read_with(
+    fmt: str, axis: str, magnitude: str
+) -> None:
+    setup = _setup(method="lora", lora={"rank": 2, "targets": "attn", "type": "dora"}, saving={"format": fmt})
+    adapter = setup.model.adapters["lora"]
+    assert adapter.dora_axis == axis
+    state = adapter.state_dicts(setup.model)["unet"]
+    before = {k: v.clone() for k, v in state.items() if k.endswith(magnitude)}
+    assert len(before) == sum(k.endswith(".lora_A.weight") for k in state)  # one magnitude per adapted layer
+    _train(setup)
+    after = adapter.state_dicts(setup.model)["unet"]
+    assert all(not torch.equal(after[key], value) for key, value in before.items())
+
+
+def test_a_dora_backup_does_not_continue_on_the_other_axis() -> None:
+    state = _setup(method="lora", lora={"rank": 2, "targets": "attn", "type": "dora"}).trainable_state_dict()
+    other = _setup(method="lora", lora={"rank": 2, "targets": "attn", "type": "dora"}, saving={"format": "peft"})
+    with pytest.raises(UserError, match="do not match this run"):
+        other.load_trainable_state_dict(state)

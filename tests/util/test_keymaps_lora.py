@@ -10,6 +10,7 @@ import torch
 from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.keymaps.engine import KeyMapError
 from onetrainer.util.keymaps.lora import (
+    INPUT_MAGNITUDE,
     detect_lora_format,
     kohya_module_name,
     kohya_to_peft,
@@ -214,13 +215,33 @@ def test_dora_scale_is_stored_on_the_output_axis_and_reproduces_peft() -> None:
     torch.testing.assert_close(layer.base_layer.weight.detach(), expected, atol=1e-5, rtol=0)
 
 
-def test_dora_scale_over_the_input_axis_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("down", "up", "scale"),
+    [((2, 8), (6, 2), (1, 8)), ((2, 8, 3, 3), (6, 2, 1, 1), (1, 8, 1, 1))],
+    ids=["linear", "conv"],
+)
+def test_dora_scale_over_the_input_axis_reads_as_the_input_magnitude_and_back(down, up, scale) -> None:
+    kohya = {
+        "lora_unet_proj.lora_down.weight": torch.randn(down),
+        "lora_unet_proj.lora_up.weight": torch.randn(up),
+        "lora_unet_proj.dora_scale": torch.rand(scale),
+        "lora_unet_proj.alpha": torch.tensor(2.0),
+    }
+    peft, _ = kohya_to_peft(kohya)
+    assert torch.equal(peft[f"unet.proj.{INPUT_MAGNITUDE}"], kohya["lora_unet_proj.dora_scale"])
+    assert "unet.proj.lora_magnitude_vector" not in peft
+    back = peft_to_kohya(peft, {"unet.proj": 2.0})
+    assert back.keys() == kohya.keys()
+    assert all(torch.equal(back[key], kohya[key]) for key in kohya)
+
+
+def test_a_dora_scale_of_neither_axis_is_refused() -> None:
     kohya = {
         "lora_unet_proj.lora_down.weight": torch.zeros(2, 8),
         "lora_unet_proj.lora_up.weight": torch.zeros(6, 2),
-        "lora_unet_proj.dora_scale": torch.zeros(1, 8),
+        "lora_unet_proj.dora_scale": torch.zeros(1, 7),
     }
-    with pytest.raises(KeyMapError, match="input axis"):
+    with pytest.raises(KeyMapError, match="fits neither 6 output rows nor 8 input columns"):
         kohya_to_peft(kohya)
 
 

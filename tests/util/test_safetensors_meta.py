@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError, safe_open
 
+from onetrainer.util import safetensors_meta
 from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.errors import UserError
 from onetrainer.util.safetensors_meta import (
@@ -104,12 +108,82 @@ def test_header_matches_safetensors_and_metadata_survives(tmp_path: Path) -> Non
     assert header == {"a": ("F16", (2, 3)), "b": ("F32", ())}
 
 
-def test_header_is_read_without_touching_tensor_data(tmp_path: Path) -> None:
+def test_header_is_read_without_touching_tensor_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.safetensors"
     save_safetensors({"w": torch.zeros(1024, 1024)}, path)
     length = int.from_bytes(path.read_bytes()[:8], "little")
-    os.truncate(path, 8 + length)  # the 4 MB of data are gone; the header alone must suffice
+    read = []
+
+    class Spy:
+        def __init__(self, handle) -> None:
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.handle.close()
+
+        def fileno(self) -> int:
+            return self.handle.fileno()
+
+        def read(self, size: int) -> bytes:
+            read.append(size)
+            return self.handle.read(size)
+
+    monkeypatch.setattr(safetensors_meta, "open", lambda *a: Spy(open(*a)), raising=False)  # noqa: SIM115 (Spy closes it)
     assert read_safetensors_header(path)[1] == {"w": ("F32", (1024, 1024))}
+    assert sum(read) == 8 + length
+
+
+def _raw_file(path: Path, header: dict, data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+def _f32(shape: list[int], start: int) -> dict:
+    return {"dtype": "F32", "shape": shape, "data_offsets": [start, start + 4 * math.prod(shape)]}
+
+
+@pytest.mark.parametrize(
+    ("header", "data_bytes", "message"),
+    [
+        ({"emb_params": _f32([1000, 1000], 0)}, 60, "truncated: its header describes 4,000,000 bytes"),
+        ({"a": _f32([2], 0)}, 12, "12 bytes follow the header but it describes only 8"),
+        ({"a": _f32([1], 0), "b": _f32([1], 8)}, 12, "tensor b starts at byte 8 of the data, expected 4"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, 8, "does not fill data_offsets"),
+        ({"a": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}}, 8, "unknown dtype"),
+        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, 8, "non-negative"),
+        ({"__metadata__": {"n": 1}, "a": _f32([2], 0)}, 8, "not a map of strings"),
+    ],
+    ids=["past-the-end", "extra-bytes", "gap", "size-mismatch", "dtype", "negative-shape", "metadata"],
+)
+def test_offsets_are_checked_against_the_file_as_the_library_does(
+    tmp_path: Path, header: dict, data_bytes: int, message: str
+) -> None:
+    path = _raw_file(tmp_path / "lie.safetensors", header, bytes(data_bytes))
+    with pytest.raises(HeaderError, match=message):
+        read_safetensors_header(path)
+    with pytest.raises(SafetensorError), safe_open(str(path), "np"):
+        pass
+
+
+def test_tensors_in_any_offset_order_and_sub_byte_dtypes_are_valid(tmp_path: Path) -> None:
+    header = {"b": _f32([1], 4), "a": _f32([1], 0), "f4": {"dtype": "F4", "shape": [2], "data_offsets": [8, 9]}}
+    path = _raw_file(tmp_path / "ok.safetensors", header, bytes(9))
+    with safe_open(str(path), "np") as handle:
+        assert sorted(handle.keys()) == ["a", "b", "f4"]
+    assert read_safetensors_header(path)[1] == {"a": ("F32", (1,)), "b": ("F32", (1,)), "f4": ("F4", (2,))}
+
+
+def test_a_truncated_file_is_refused_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    save_safetensors({"w": torch.zeros(64, 64)}, path)
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(HeaderError, match="truncated") as caught:
+        read_safetensors_header(path)
+    assert "interrupted download" in (caught.value.hint or "")
 
 
 @pytest.mark.parametrize(

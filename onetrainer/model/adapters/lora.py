@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.model.adapters.dora import DORA_AXES, INPUT, use_input_axis
 from onetrainer.model.adapters.targets import target_modules
 from onetrainer.util.errors import UserError
 
@@ -31,6 +32,8 @@ class LoraAdapter:
     alpha: float
     components: tuple[str, ...]
     adapter_name: str = "default"
+    dora_axis: str | None = None
+    """For a DoRA, whether its magnitudes are per "input" column or per "output" row (see `dora`)."""
 
     def state_dicts(self, model: StableDiffusionModel) -> dict[str, dict[str, torch.Tensor]]:
         """Per component, the peft adapter state dict (keys as `get_peft_model_state_dict` names them)."""
@@ -85,15 +88,19 @@ def inject_lora(
     dropout: float = 0.0,
     seed: int = 0,
     adapter_name: str = "default",
+    dora_axis: str = INPUT,
 ) -> LoraAdapter:
     """Add a fresh adapter to each of `components` (zero update at first, as every LoRA starts).
 
     The initial random factors come from `seed` in a forked RNG, so the same config gives the same
     starting adapter no matter what ran before. Inject before moving the model to an accelerator.
+    A DoRA normalises per `dora_axis`: "input" for the kohya layout, "output" for peft's (`dora.dora_axis`).
     """
     import torch
     from peft import inject_adapter_in_model
 
+    if dora_axis not in DORA_AXES:
+        raise UserError(f"unknown DoRA axis {dora_axis!r}", hint=f"Use one of: {', '.join(DORA_AXES)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for component in components:
@@ -102,7 +109,16 @@ def inject_lora(
             if not targets:
                 raise UserError(f"the {component} has no layers for LoRA preset {preset!r}")
             inject_adapter_in_model(peft_config(kind, rank, alpha, dropout, targets), module, adapter_name)
-    return LoraAdapter(kind=kind, rank=rank, alpha=alpha, components=components, adapter_name=adapter_name)
+            if kind == "dora" and dora_axis == INPUT:
+                use_input_axis(module, adapter_name)
+    return LoraAdapter(
+        kind=kind,
+        rank=rank,
+        alpha=alpha,
+        components=components,
+        adapter_name=adapter_name,
+        dora_axis=dora_axis if kind == "dora" else None,
+    )
 
 
 def load_lora_state(
@@ -131,10 +147,14 @@ def load_lora_state(
     }
     missing = sorted(key for key in tensors if key not in expected)
     if missing:
+        magnitudes = all("lora_magnitude_vector" in key for key in missing)
         raise UserError(
             f"the LoRA file has {len(missing)} tensors this {adapter.kind} adapter does not, e.g. {missing[0]}",
             where=source,
-            hint="Match lora.type, lora.targets / lora.regex and lora.train_text_encoder to the file.",
+            hint="The file's DoRA keeps its magnitudes on the other axis: kohya files per input column, peft "
+            "files per output row; set saving.format to the file's layout."
+            if magnitudes and adapter.kind == "dora"
+            else "Match lora.type, lora.targets / lora.regex and lora.train_text_encoder to the file.",
         )
     for key, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):

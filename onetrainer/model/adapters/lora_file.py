@@ -85,8 +85,9 @@ def _diffusers(
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """diffusers files keep alpha in a JSON LoraConfig per component; without one, alpha = rank."""
     from onetrainer.util.keymaps.lora import module_rank, split_peft_key
-    from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY
+    from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY, from_diffusers_keys
 
+    tensors = from_diffusers_keys(tensors)
     if any(".lora.down." in key or ".lora.up." in key for key in tensors):
         raise UserError(
             "this LoRA uses diffusers' old attention-processor layout (`.lora.down`), which is not supported",

@@ -6,14 +6,16 @@ rebuild), and the model runs at its normal speed. Training never merges; it keep
 
 Deltas follow the kohya / LyCORIS conventions that A1111 and ComfyUI apply:
 LoRA `up @ down`, LoHa `(w1a @ w1b) * (w2a @ w2b)`, LoKr `kron(w1, w2)`, each times alpha / rank
-(LoKr of two full factors unscaled), and DoRA re-normalised per output row to its magnitude, with
-the strength interpolating between the original and the DoRA weight.
+(LoKr of two full factors unscaled), and DoRA re-normalised to its magnitudes, per output row or per
+input column as the file says (`dora`), with the strength interpolating between the original and the
+DoRA weight.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from onetrainer.model.adapters.dora import INPUT, OUTPUT, dora_weight
 from onetrainer.model.adapters.lora_file import LoraFile, check_lora_fits
 from onetrainer.util.errors import UserError
 
@@ -51,18 +53,11 @@ def module_delta(params: dict[str, torch.Tensor], shape: torch.Size, alpha: floa
     return delta.reshape(shape) * scale
 
 
-def _dora(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """peft's DoRA weight: (W + dW) rescaled so each output row's norm equals the learned magnitude."""
-    combined = weight + delta
-    norm = combined.flatten(1).norm(dim=1).reshape(-1, *([1] * (weight.ndim - 1)))
-    return combined * (magnitude.float().reshape(norm.shape) / norm)
-
-
 def merge_lora(model: StableDiffusionModel, lora: LoraFile, strength: float = 1.0) -> int:
     """Add `strength` times the file's deltas to the model's weights in place; returns the layer count."""
     import torch
 
-    from onetrainer.util.keymaps.lora import split_peft_key
+    from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, split_peft_key
 
     check_lora_fits(model, lora)
     grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -75,11 +70,13 @@ def merge_lora(model: StableDiffusionModel, lora: LoraFile, strength: float = 1.
             layer = getattr(model, component).get_submodule(path)
             weight = layer.weight
             original = weight.float()
-            magnitude = params.pop("lora_magnitude_vector", None)
+            row, column = params.pop("lora_magnitude_vector", None), params.pop(INPUT_MAGNITUDE, None)
             delta = module_delta(params, weight.shape, lora.alphas.get(module)).to(original.device)
-            if magnitude is None:
+            if row is None and column is None:
                 merged = original + strength * delta
             else:
-                merged = original + strength * (_dora(original, delta, magnitude.to(original.device)) - original)
+                axis, magnitude = (OUTPUT, row) if row is not None else (INPUT, column)
+                dora = dora_weight(original, delta, magnitude.to(original.device), axis)
+                merged = original + strength * (dora - original)
             weight.copy_(merged.to(weight.dtype))
     return len(grouped)

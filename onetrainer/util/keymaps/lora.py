@@ -4,10 +4,14 @@ Two layouts, one neutral form:
 - **peft**: what `get_peft_model_state_dict` returns, with the diffusers component in front, which is
   also the layout of the file `pipe.load_lora_weights` reads: `unet.<module>.lora_A.weight`,
   `text_encoder.<module>.lora_B.weight`, LoHa `...hada_w1_a`, LoKr `...lokr_w1`, DoRA
-  `...lora_magnitude_vector`. PEFT keeps alpha in its config, so here it travels beside the tensors
-  as `alphas = {"unet.<module>": alpha}`.
+  `...lora_magnitude_vector` (one magnitude per output row, peft's DoRA) or
+  `...lora_magnitude_vector.input_magnitude` (one per input column, the DoRA peft does not have; see
+  `model.adapters.dora`). PEFT keeps alpha in its config, so here it travels beside the tensors as
+  `alphas = {"unet.<module>": alpha}`.
 - **kohya** (also LyCORIS): `lora_unet_<module with "." -> "_">.lora_down.weight`, `.lora_up.weight`,
-  `.alpha` (0-dim), `.hada_w1_a`..., `.lokr_w1`..., `.dora_scale`; text encoder `lora_te_...`.
+  `.alpha` (0-dim), `.hada_w1_a`..., `.lokr_w1`..., `.dora_scale`; text encoder `lora_te_...`. Like
+  LyCORIS and ComfyUI, the shape of `dora_scale` says its axis: [out, 1] (or [out, 1, 1, 1]) per output
+  row, [1, in] (or [1, in, 1, 1]) per input column.
 
 Alpha semantics are kohya's everywhere: the delta is scaled by alpha / rank, where rank is read off
 the tensors (lora_down rows, hada_w1_b rows, the rank of a decomposed LoKr factor); a missing alpha
@@ -42,8 +46,10 @@ PARAM_NAMES = (
     *((name, name) for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")),
     *((name, name) for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")),
 )
+INPUT_MAGNITUDE = "lora_magnitude_vector.input_magnitude"
+"""A DoRA magnitude per input column, as `get_peft_model_state_dict` names our input-axis DoRA layers."""
 KOHYA_TO_PEFT = dict(PARAM_NAMES)
-PEFT_TO_KOHYA = {peft: kohya for kohya, peft in PARAM_NAMES}
+PEFT_TO_KOHYA = {peft: kohya for kohya, peft in PARAM_NAMES} | {INPUT_MAGNITUDE: "dora_scale"}
 
 # kohya module prefix <-> diffusers component, per family.
 COMPONENT_PREFIXES = {
@@ -137,14 +143,18 @@ def _magnitude_to_kohya(magnitude: torch.Tensor, down: torch.Tensor) -> torch.Te
     return magnitude.reshape(-1, *([1] * (down.ndim - 1)))
 
 
-def _magnitude_to_peft(scale: torch.Tensor, up: torch.Tensor, module: str) -> torch.Tensor:
-    out = up.shape[0]
-    if scale.shape[0] != out or scale.numel() != out:
-        raise KeyMapError(
-            f"{module}: dora_scale {tuple(scale.shape)} is normalised over the input axis",
-            hint="PEFT's DoRA normalises per output row; this DoRA variant has no PEFT equivalent",
-        )
-    return scale.reshape(out) if up.ndim == 2 else scale.reshape(1, out, 1, 1)
+def _magnitude_to_peft(
+    scale: torch.Tensor, up: torch.Tensor, down: torch.Tensor, module: str
+) -> tuple[str, torch.Tensor]:
+    """(neutral parameter name, tensor) of a `dora_scale`, by its axis (read off its shape, as ComfyUI does)."""
+    out, width = up.shape[0], down.shape[1]
+    if scale.shape[0] == out and scale.numel() == out:
+        return "lora_magnitude_vector", scale.reshape(out) if up.ndim == 2 else scale.reshape(1, out, 1, 1)
+    if scale.shape[0] == 1 and scale.numel() == width:
+        return INPUT_MAGNITUDE, scale.reshape(1, width, *([1] * (down.ndim - 2)))
+    raise KeyMapError(
+        f"{module}: dora_scale {tuple(scale.shape)} fits neither {out} output rows nor {width} input columns"
+    )
 
 
 def _group(sd: Mapping[str, torch.Tensor], split) -> dict[str, dict[str, torch.Tensor]]:
@@ -208,7 +218,9 @@ def kohya_to_peft(
             if param == "alpha":
                 continue
             if param == "dora_scale":
-                tensor = _magnitude_to_peft(tensor, params["lora_up.weight"], name)
+                neutral, tensor = _magnitude_to_peft(tensor, params["lora_up.weight"], params["lora_down.weight"], name)
+                out[f"{module}.{neutral}"] = tensor
+                continue
             out[f"{module}.{KOHYA_TO_PEFT[param]}"] = tensor
         rank = module_rank(params)
         alphas[module] = float(params["alpha"].item()) if "alpha" in params else float(rank or 1)

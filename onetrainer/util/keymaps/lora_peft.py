@@ -12,13 +12,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
-from onetrainer.util.keymaps.lora import module_rank, split_peft_key
+from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, TEXT_ENCODERS, module_rank, split_peft_key
 
 if TYPE_CHECKING:
     import torch
 
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 """Safetensors metadata key where diffusers keeps each component's LoraConfig as JSON."""
+TEXT_ENCODER_MAGNITUDE = "lora_magnitude_vector.weight"
+"""How a diffusers file must name a text encoder's DoRA magnitude for `load_lora_weights` to load it.
+
+diffusers hands text encoders to transformers' `load_adapter`, which (transformers 5) maps
+`lora_magnitude_vector.weight` onto the layer and drops peft's bare `lora_magnitude_vector`, so the
+text encoder would silently lose its magnitudes; the UNet goes through peft, which takes the bare name.
+"""
 
 
 def peft_adapter_state(
@@ -71,6 +78,12 @@ def peft_lora_config_kwargs(
             modules.setdefault(module.removeprefix(component + "."), {})[param] = tensor
     if not modules:
         raise KeyMapError(f"no {component} modules in this LoRA")
+    if any(INPUT_MAGNITUDE in params for params in modules.values()):
+        raise KeyMapError(
+            "this DoRA keeps a magnitude per input column (the kohya layout), which peft's DoRA cannot express",
+            hint="Save it as kohya, the layout A1111/Forge and ComfyUI compute it from; for diffusers, train "
+            "with saving.format: peft.",
+        )
     if any(not p.startswith(("lora_A", "lora_B", "lora_magnitude")) for ps in modules.values() for p in ps):
         raise KeyMapError("only LoRA/DoRA adapters map onto a LoraConfig", hint="LoHa/LoKr need LoHaConfig/LoKrConfig")
     ranks = {path: int(module_rank(params) or 0) for path, params in modules.items()}
@@ -100,3 +113,20 @@ def diffusers_lora_metadata(sd: Mapping[str, torch.Tensor], alphas: Mapping[str,
         for name, value in peft_lora_config_kwargs(sd, alphas, component).items()
     }
     return {DIFFUSERS_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+
+
+def to_diffusers_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The neutral form's keys as a diffusers LoRA file needs them (`TEXT_ENCODER_MAGNITUDE`)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in sd.items():
+        module, param = split_peft_key(key)
+        if param == "lora_magnitude_vector" and module.partition(".")[0] in TEXT_ENCODERS:
+            key = f"{module}.{TEXT_ENCODER_MAGNITUDE}"
+        out[key] = tensor
+    return out
+
+
+def from_diffusers_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers LoRA file's keys in the neutral form: magnitudes under either name become peft's."""
+    suffix = "." + TEXT_ENCODER_MAGNITUDE
+    return {key[: -len(".weight")] if key.endswith(suffix) else key: tensor for key, tensor in sd.items()}

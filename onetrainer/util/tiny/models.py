@@ -230,6 +230,21 @@ def build_tiny_pipeline(kind: str, seed: int = 0) -> DiffusionPipeline:
     return builders[kind]()
 
 
+def scheduler_config(pipe: DiffusionPipeline) -> dict[str, Any]:
+    """The pipeline's scheduler config as a config file holds it: the values set, and the class name.
+
+    diffusers marks the values a scheduler took by default in `_use_default_values`, and when another
+    scheduler class is built `from_config`, those keys take that class's own defaults (Euler's
+    `timestep_spacing` is "linspace" where DDPM's is "leading"). Copying the config as plain values would
+    pin DDPM's defaults onto every solver, and a tiny model would sample unlike the same pipeline in
+    diffusers (and unlike a real SD model, whose scheduler_config.json sets no `timestep_spacing`).
+    """
+    config = dict(pipe.scheduler.config)
+    defaults = set(config.pop("_use_default_values", ()))
+    kept = {key: value for key, value in config.items() if key not in defaults}
+    return {**kept, "_class_name": type(pipe.scheduler).__name__}
+
+
 def save_tiny_model(
     kind: str,
     path: str | os.PathLike[str],

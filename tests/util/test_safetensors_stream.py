@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from onetrainer.model_saver.safetensors_stream import state_dict_stream, write_safetensors_stream
+from onetrainer.util.atomic import save_safetensors
+from onetrainer.util.safetensors_stream import DATA_ALIGNMENT, state_dict_stream, write_safetensors_stream
 
 
 def test_every_dtype_and_shape_reads_back_exactly(tmp_path: Path) -> None:
@@ -78,3 +79,27 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="changed between passes"):
         write_safetensors_stream(tmp_path / "bad.safetensors", stream)
     assert list(tmp_path.iterdir()) == []
+
+
+def _data_offset(path: Path) -> int:
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def _stream_writer(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    write_safetensors_stream(path, state_dict_stream(tensors), metadata)
+
+
+@pytest.mark.parametrize("write", [_stream_writer, save_safetensors], ids=["stream", "save_safetensors"])
+@pytest.mark.parametrize("title_length", [0, 1, 7, 8, 40, 48, 55, 56, 63, 64, 200])
+def test_tensor_data_starts_64_byte_aligned_whatever_the_header(tmp_path: Path, write, title_length: int) -> None:
+    tensors = {"w": torch.randn(5, 3), "b": torch.randn(3, dtype=torch.float16)}
+    path = tmp_path / "aligned.safetensors"
+    write(tensors, path, {"modelspec.title": "t" * title_length})
+    assert DATA_ALIGNMENT == 64
+    assert _data_offset(path) % 64 == 0
+    raw = path.read_bytes()[8 : _data_offset(path)]
+    assert raw.rstrip(b" ").endswith(b"}")  # padded with spaces only, as the library pads
+    loaded = load_file(str(path))
+    assert all(torch.equal(loaded[key], tensor) for key, tensor in tensors.items())
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"modelspec.title": "t" * title_length}

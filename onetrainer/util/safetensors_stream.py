@@ -5,6 +5,13 @@ output first. The format is simple (an 8-byte header length, a JSON header of dt
 the raw little-endian bytes), so we write it ourselves: a first pass over the tensor stream with
 data-less meta tensors fixes every key, shape and dtype (hence the header), and a second pass writes
 the data, one tensor at a time, into an atomic temporary file.
+
+Every safetensors file onetrainer writes comes from here (`util.atomic.save_safetensors` included), so
+all of them share one layout rule: the header is padded with spaces (valid JSON whitespace, as the
+library pads) until the tensor data starts on a 64-byte boundary. The library itself pads to 8 bytes
+only, so where the data started depended on the header's length (the title, the embedded config), and
+with it the memory alignment of the mapped tensors: on AVX-512 CPUs that alignment changes which
+kernels run and hence the last bits of a model's outputs, and unaligned mapped tensors load slower.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from onetrainer.util.atomic import atomic_file
+from onetrainer.util.safetensors_meta import DTYPE_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -23,27 +31,18 @@ if TYPE_CHECKING:
 TensorStream = Callable[[bool], Iterator[tuple[str, "torch.Tensor"]]]
 """`stream(meta)` yields (key, tensor) pairs; with `meta=True` the tensors are meta-device stand-ins."""
 
-_NAMES = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-}
+DATA_ALIGNMENT = 64
+"""Tensor data starts at a multiple of this many bytes from the start of the file (a cache line, an
+AVX-512 register)."""
+_CODES = {name: code for code, name in DTYPE_NAMES.items()}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    return _NAMES[str(dtype).removeprefix("torch.")]
+    return _CODES[str(dtype).removeprefix("torch.")]
 
 
-def _header(plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None) -> bytes:
+def _encode_header(plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None) -> bytes:
+    """The length prefix and JSON header for tensors laid out in `plan` order, padded to `DATA_ALIGNMENT`."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for key, dtype, shape in plan:
@@ -54,7 +53,7 @@ def _header(plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapp
         header[key] = {"dtype": _dtype_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the library aligns the data section to 8 bytes the same way
+    raw += b" " * (-(8 + len(raw)) % DATA_ALIGNMENT)
     return struct.pack("<Q", len(raw)) + raw
 
 
@@ -73,7 +72,7 @@ def write_safetensors_stream(
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         raise ValueError(f"duplicate tensor names in the output: {', '.join(duplicates[:5])}")
     with atomic_file(path, "wb") as handle:
-        handle.write(_header(plan, metadata))
+        handle.write(_encode_header(plan, metadata))
         tensors = stream(False)
         for done, (planned, dtype, shape) in enumerate(plan, 1):
             key, tensor = next(tensors, (None, None))
