@@ -3,12 +3,18 @@
 Commands are thin: each one parses its arguments and calls one library function. Errors raised by
 the library are rendered here, once, as a short panel with the exit code of their class
 (0 ok, 1 runtime failure, 2 usage or config error, 130 interrupted); `--debug` adds the traceback.
+SIGTERM takes Ctrl-C's path in every command (see `_sigterm_as_interrupt`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -35,14 +41,15 @@ class _ErrorHandlingGroup(TyperGroup):
         from onetrainer.ui.errors import render_error, render_unexpected
 
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
         except OneTrainerError as error:
             if _state["debug"]:
                 stderr.print_exception()
             render_error(error)
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            stderr.print("[yellow]Interrupted.[/]")
+        except KeyboardInterrupt as interrupt:
+            stderr.print(f"[yellow]Interrupted{f' by {interrupt}' if str(interrupt) else ''}.[/]")
             raise typer.Exit(130) from None
         except Exception as error:
             if _is_cli_exception(error):
@@ -52,6 +59,29 @@ class _ErrorHandlingGroup(TyperGroup):
             else:
                 render_unexpected(error)
             raise typer.Exit(1) from None
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """For the block, SIGTERM raises KeyboardInterrupt like Ctrl-C does.
+
+    Python's default for SIGTERM ends the process on the spot: no message, and the temporary file of
+    any write in progress stays behind. As an exception it unwinds instead, so the atomic writers
+    clean up, the trainer's own handling applies, and the command exits 130 with a message. Handlers
+    can only be installed from the main thread; elsewhere the default stays.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_cli_exception(error: Exception) -> bool:

@@ -85,7 +85,7 @@ def train(
             build=build_parts,
             resume=resume,
             progress=display,
-            resume_command=_resume_command(config, overrides or []),
+            command=shlex.join(["onetrainer", "train", str(config), *(overrides or [])]),
         )
     if not json_lines and result.output is not None:
         from onetrainer.ui.console import stderr
@@ -103,8 +103,3 @@ def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:
     else:
         stdout.print(report)
     report.require_trainable()
-
-
-def _resume_command(config: Path, overrides: list[str]) -> str:
-    words = ["onetrainer", "train", str(config), *overrides, "--resume", "last"]
-    return shlex.join(words)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from onetrainer.util.config.output import SaveDtype, SaveFormat
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL
+from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import RuntimeFailure, UserError
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ FORMATS = {
     LORA: (SaveFormat.KOHYA, SaveFormat.PEFT),
     EMBEDDING: (SaveFormat.A1111, SaveFormat.DIFFUSERS),
 }
+METHOD_KINDS = {TrainingMethod.LORA: LORA, TrainingMethod.EMBEDDING: EMBEDDING, TrainingMethod.FULL: MODEL}
+"""What a run of each training method saves."""
 KIND_NAMES = {MODEL: "a full model", LORA: "a LoRA", EMBEDDING: "an embedding"}
 WHY_NOT = {
     (LORA, SaveFormat.DIFFUSERS): "a LoRA is not a full model (merging it into a base model is a separate step); "

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.model_saver.adapter_files import lora_from_model, write_embedding, write_lora
-from onetrainer.model_saver.formats import check_output, resolve_format, save_dtype, write_errors
+from onetrainer.model_saver.formats import METHOD_KINDS, check_output, resolve_format, save_dtype, write_errors
 from onetrainer.model_saver.full_model import write_diffusers_folder, write_single_file
 from onetrainer.model_saver.metadata import build_metadata
 from onetrainer.util.config.output import SaveDtype, SaveFormat
-from onetrainer.util.detect import EMBEDDING, LORA, MODEL
+from onetrainer.util.detect import EMBEDDING, LORA
 from onetrainer.util.enums import ModelType, TrainingMethod
 from onetrainer.util.errors import UserError
 from onetrainer.util.registry import ModuleKind, register
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from onetrainer.model.adapters.embedding import EmbeddingAdapter
     from onetrainer.model.stable_diffusion import StableDiffusionModel
     from onetrainer.util.config.schema import TrainConfig
-
-KINDS = {TrainingMethod.LORA: LORA, TrainingMethod.EMBEDDING: EMBEDDING, TrainingMethod.FULL: MODEL}
 
 
 @register(ModuleKind.SAVER, ModelType.SD15, ModelType.SD2)
@@ -47,7 +45,7 @@ class StableDiffusionSaver:
     ) -> list[Path]:
         """Write what `method` trained to `output`; returns every path written."""
         output = Path(output).expanduser()
-        kind = KINDS[method]
+        kind = METHOD_KINDS[method]
         fmt = resolve_format(format, kind, output)
         check_output(output, fmt, kind, overwrite=overwrite)
         cast = save_dtype(dtype)

@@ -8,5 +8,7 @@ The pieces, one idea per module: `optimizers` and `schedulers` (built from the `
 `precision` (autocast and fp16 loss scaling), `ema`, `cadence` (when side work is due), `backup`
 and `resume` (exact continuation and its compatibility check), `signals` (graceful stop), `metrics`
 and `tensorboard` (logs), `previews` and `validation` (side work), `state` (what a backup holds),
-`session` (the running objects and their side work), `start` (everything before the first step).
+`session` (the running objects and their side work), `start` (everything before the first step),
+`destinations` (where a run writes: checked before loading, tidied), `divergence` (NaN/inf guards),
+`workspace` (the run folder's layout).
 """

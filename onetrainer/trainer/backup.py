@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -50,6 +51,19 @@ class Backup:
 
 def backup_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def backup_step(path: Path) -> int:
+    """The optimizer step a backup folder holds, from its name."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"not a backup folder name: {path.name}")
+    return int(match.group(1))
+
+
+def resume_command(command: str, backup: Path | None = None) -> str:
+    """`command` (a run's command line) continuing from the newest backup, or from `backup`."""
+    return f"{command} --resume {shlex.quote(str(backup)) if backup is not None else 'last'}"
 
 
 def write_backup(

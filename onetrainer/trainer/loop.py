@@ -1,12 +1,17 @@
-"""The training loop, written out: load -> setup -> cache -> steps -> final save.
+"""The training loop, written out: check -> load -> setup -> cache -> steps -> final save.
 
 Each optimizer step: batches -> predict -> loss -> backward (accumulated over
-`gradient_accumulation_steps` batches) -> unscale and clip -> optimizer and scheduler step -> EMA ->
-cadence checks (validation, previews, intermediate save, backup) -> metrics -> stop request.
+`gradient_accumulation_steps` batches) -> unscale and clip -> finite check -> optimizer and scheduler
+step -> EMA -> cadence checks (validation, previews, intermediate save, backup) -> metrics -> stop
+request.
 
 What makes a run resumable bit-exactly: the data plan is a pure function of (seed, epoch), every
 random stream is part of a backup, side work (previews, validation) runs with those streams
 preserved, and a backup is only ever taken between optimizer steps.
+
+What keeps trained work from being lost: where the run writes is checked before anything loads; a
+signal after the last step still gets the output written; a save that fails anyway leaves a backup
+and says how to write the output from it; any interrupt names the newest backup.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from onetrainer.trainer.backup import list_backups, resume_command
+from onetrainer.trainer.destinations import (
+    cache_dir,
+    check_destinations,
+    remove_stale_temporaries,
+    removed_on_failure,
+)
 from onetrainer.trainer.device import distributed_rank, resolve_device
+from onetrainer.trainer.divergence import TrainingDiverged, diverged
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.session import ProgressCallback, Session
@@ -30,17 +43,10 @@ from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.atomic import atomic_write_text
 from onetrainer.util.config.loader import dump_config
 from onetrainer.util.config.schema import TrainConfig
-from onetrainer.util.config.training import Precision
-from onetrainer.util.errors import Interrupted, RuntimeFailure
+from onetrainer.util.errors import Interrupted, OneTrainerError, RuntimeFailure, UserError
 from onetrainer.util.seeding import seed_everything
 
 BuildParts = Callable[..., TrainingParts]
-
-
-class TrainingDiverged(RuntimeFailure):
-    """The loss became NaN or infinite; nothing is saved, so the last good backup stays the newest."""
-
-    title = "Training diverged"
 
 
 @dataclass
@@ -61,56 +67,92 @@ def train(
     build: BuildParts,
     resume: str | Path | None = None,
     progress: ProgressCallback = _ignore,
-    resume_command: str = "onetrainer train CONFIG --resume last",
+    command: str = "onetrainer train CONFIG",
 ) -> TrainResult:
-    """Run (or continue, with `resume`) the training `config` describes; see the module docstring."""
+    """Run (or continue, with `resume`) the training `config` describes; see the module docstring.
+
+    `command` is the command line that started the run (without `--resume`): messages that say how to
+    continue add `--resume last` (or a backup's path) to it.
+    """
     rank, world_size = distributed_rank()
     workspace = Workspace(config.workspace)
+    check_destinations(config)
     device = resolve_device(config.training.device)
     backup = open_backup(config, workspace, resume)
-    config_yaml = dump_config(config)
     if rank == 0:
-        atomic_write_text(workspace.config, config_yaml)
+        _remove_stale_temporaries(config, progress)
+    config_yaml = dump_config(config)
     seed_everything(config.training.seed)
 
-    with contextlib.ExitStack() as cleanup:
-        # 1. Plan the data, load the model and set it up for the method; fill the cache.
-        parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
-        if parts.close is not None:
-            cleanup.callback(parts.close)
-        progress({"event": "status", "message": "preparing the data"})
-        parts.data.fill_cache()
+    session: Session | None = None
+    try:
+        with contextlib.ExitStack() as cleanup:
+            # 1. Plan the data, load the model and set it up for the method; fill the cache.
+            with removed_on_failure(workspace.root, cache_dir(config), enabled=rank == 0):
+                parts = build(
+                    config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress
+                )
+            if parts.close is not None:
+                cleanup.callback(parts.close)
+            progress({"event": "status", "message": "preparing the data"})
+            parts.data.fill_cache()
 
-        # 2. Optimizer, schedule, precision, EMA, noise and cadences; restore the backup.
-        session, trained = start_session(
-            config,
-            parts,
-            backup=backup,
-            config_yaml=config_yaml,
-            workspace=workspace,
-            device=device,
-            rank=rank,
-            world_size=world_size,
-            progress=progress,
-        )
-        cleanup.callback(session.tensorboard.close, raise_errors=False)
-        set_optimizer_mode(session.run.optimizer, train=True)
-        parts.setup.train()
-        if backup is None and config.sampling.before_training:
-            session.previews()
+            # 2. Optimizer, schedule, precision, EMA, noise and cadences; restore the backup.
+            session = start_session(
+                config,
+                parts,
+                backup=backup,
+                config_yaml=config_yaml,
+                workspace=workspace,
+                device=device,
+                rank=rank,
+                world_size=world_size,
+                progress=progress,
+                command=command,
+            )
+            stop = cleanup.enter_context(StopSignals())
+            cleanup.callback(session.tensorboard.close, raise_errors=False)
+            if rank == 0:
+                _open_records(session, fresh=backup is None)
+            set_optimizer_mode(session.run.optimizer, train=True)
+            parts.setup.train()
+            if backup is None and config.sampling.before_training:
+                session.previews()
 
-        # 3. Train; 4. final previews, backup and output.
-        counters = session.run.counters
-        progress(
-            {"event": "start", "step": counters.step, "total_steps": session.total_steps, "epochs": session.epochs}
-        )
-        with StopSignals() as stop:
-            final_loss = _steps(session, trained, stop, resume_command)
-        output = _finish(session)
+            # 3. Train; 4. final previews, backup and output.
+            counters = session.run.counters
+            progress(
+                {"event": "start", "step": counters.step, "total_steps": session.total_steps, "epochs": session.epochs}
+            )
+            if stop.requested is not None:
+                raise _stopped(session, stop.requested)
+            final_loss = _steps(session, stop)
+            output = _finish(session, stop)
+    except KeyboardInterrupt as interrupt:
+        aborted = _aborted(workspace, session, str(interrupt), command)
+        if aborted is None:
+            raise
+        raise aborted from None
     return TrainResult(counters.step, workspace.root, output, final_loss)
 
 
-def _steps(session: Session, trained: list[Any], stop: StopSignals, resume_command: str) -> float | None:
+def _remove_stale_temporaries(config: TrainConfig, progress: ProgressCallback) -> None:
+    removed = remove_stale_temporaries(config)
+    if removed:
+        message = f"removed {len(removed)} temporary file(s) that an interrupted earlier run left behind"
+        progress({"event": "status", "message": message})
+
+
+def _open_records(session: Session, *, fresh: bool) -> None:
+    """Where this run's records start: an earlier run's move aside (see `workspace`), the config is written."""
+    workspace = session.workspace
+    if fresh and (archive := workspace.archive_earlier_run()) is not None:
+        message = f"an earlier run's logs and previews in this workspace were moved to {archive}"
+        session.progress({"event": "status", "message": message})
+    atomic_write_text(workspace.config, session.config_yaml)
+
+
+def _steps(session: Session, stop: StopSignals) -> float | None:
     """The loop over optimizer steps until the run's length, a stop request, or an error."""
     import torch
 
@@ -136,15 +178,15 @@ def _steps(session: Session, trained: list[Any], stop: StopSignals, resume_comma
                         loss = setup.loss(prediction, batch) / len(chunk)
                     run.precision.backward(loss)
                     loss_sum += loss.detach().float()
-                loss_value = float(loss_sum)
-                if not math.isfinite(loss_value):
-                    raise _diverged(session, loss_value)
 
-                # Clip, step the optimizer and the schedule, fold the weights into the average.
+                # Clip; stop before the update if the loss or the gradients are not finite.
                 phase = "update"
                 run.precision.unscale(run.optimizer)
-                if config.training.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trained, config.training.max_grad_norm)
+                grad_norm = _clip_or_measure(session.trained, config.training.max_grad_norm)
+                loss_value, norm_value = _read_back(loss_sum, grad_norm)
+                _check_finite(session, loss_value, norm_value)
+
+                # Step the optimizer and the schedule, fold the weights into the average.
                 run.precision.step(run.optimizer)
                 learning_rates = [float(group["lr"]) for group in run.optimizer.param_groups]
                 run.scheduler.step()
@@ -156,13 +198,13 @@ def _steps(session: Session, trained: list[Any], stop: StopSignals, resume_comma
                     run.ema.update(counters.step)
                 phase = "between steps"
 
-                # Cadences, metrics, and a requested stop.
+                # Cadences, metrics, and a requested stop (after the last step, `_finish` handles it).
                 session.log_step(loss_value, learning_rates)
                 _cadences(session, epoch_ended)
-                if stop.requested is not None:
-                    raise _stopped(session, stop.requested, resume_command)
                 if counters.step >= session.total_steps:
                     break
+                if stop.requested is not None:
+                    raise _stopped(session, stop.requested)
             if counters.position >= batches_in_epoch:
                 counters.epoch += 1
                 counters.position = 0
@@ -172,6 +214,32 @@ def _steps(session: Session, trained: list[Any], stop: StopSignals, resume_comma
         _emergency_backup(session, phase, step_start)
         raise
     return loss_value
+
+
+def _clip_or_measure(trained: list[Any], max_norm: float | None) -> Any:
+    """The total gradient norm, clipping to `max_norm` when set; non-finite if any gradient is."""
+    import torch
+
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(trained, max_norm)
+    return torch.nn.utils.get_total_norm([param.grad for param in trained if param.grad is not None])
+
+
+def _read_back(loss_sum: Any, grad_norm: Any) -> tuple[float, float]:
+    """The step's loss and gradient norm on the host, in one device sync (the only one a step makes)."""
+    import torch
+
+    loss, norm = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
+    return loss, norm
+
+
+def _check_finite(session: Session, loss: float, grad_norm: float) -> None:
+    step = session.run.counters.step + 1
+    if not math.isfinite(loss):
+        raise diverged(session, f"the loss became {loss} at step {step}, before its update", before_step=step)
+    if not math.isfinite(grad_norm) and not session.run.precision.skips_overflow:
+        what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), before its update"
+        raise diverged(session, what, before_step=step)
 
 
 def _cadences(session: Session, epoch_ended: int | None) -> None:
@@ -188,46 +256,96 @@ def _cadences(session: Session, epoch_ended: int | None) -> None:
             clocks[name].fired()
 
 
-def _finish(session: Session) -> Path | None:
-    """The end of the run: final previews and backup when their cadence is on, and the output."""
+def _finish(session: Session, stop: StopSignals) -> Path | None:
+    """The end of the run: final previews, backup when its cadence is on, and the output.
+
+    A stop asked for by now skips the previews but not the output, which is what the run is for. If
+    the previews or the backup fail, an emergency backup keeps the run; if the save fails, the error
+    says which backup holds the trained weights and how to write the output from it.
+    """
     step = session.run.counters.step
-    if session.run.clocks["sample"].enabled and session.last_preview_step != step:
-        session.previews()
-    if session.run.clocks["backup"].enabled and session.last_backup_step != step:
-        session.backup()
-    output = session.save(session.config.saving.output)
+    try:
+        if stop.requested is None and session.run.clocks["sample"].enabled and session.last_preview_step != step:
+            session.previews()
+        if stop.requested is not None:
+            message = f"{stop.requested}: all {step} steps are done; writing the output, then stopping"
+            session.progress({"event": "stopping", "step": step, "signal": stop.requested, "message": message})
+        if session.run.clocks["backup"].enabled and session.last_backup_step != step:
+            session.backup()
+    except TrainingDiverged:
+        raise
+    except Exception:
+        _emergency_backup(session, "between steps", {})
+        raise
+    try:
+        output = session.save(session.config.saving.output)
+    except TrainingDiverged:
+        raise
+    except Exception as error:
+        raise _save_failed(session, error) from error
     session.tensorboard.close()
     session.progress({"event": "done", "step": step, "output": str(output), "message": f"finished at step {step}"})
     return output
 
 
-def _stopped(session: Session, signal_name: str, resume_command: str) -> Interrupted:
+def _stopped(session: Session, signal_name: str) -> Interrupted:
+    """Back up the finished step (nothing to back up before the first) and say how to continue."""
     step = session.run.counters.step
-    path = session.backup() if session.last_backup_step != step else None
-    where = str(path or session.workspace.backups)
+    if step == 0:
+        return Interrupted(f"stopped by {signal_name} before the first step; nothing was trained")
+    if session.last_backup_step != step:
+        message = f"{signal_name}: stopping after step {step}; writing a backup (press Ctrl-C again to abort at once)"
+        session.progress({"event": "stopping", "step": step, "signal": signal_name, "message": message})
+        session.backup()
     session.progress({"event": "stopped", "step": step, "signal": signal_name, "message": f"stopped at {step}"})
     return Interrupted(
         f"stopped by {signal_name} after step {step} of {session.total_steps}; a backup holds the run",
-        where=where,
-        hint=f"Continue with `{resume_command}`.",
+        where=str(session.last_backup_path or session.workspace.backups),
+        hint=f"Continue with `{session.resume_command()}`.",
     )
 
 
-def _diverged(session: Session, loss: float) -> TrainingDiverged:
-    step = session.run.counters.step + 1
-    training = session.config.training
-    last = session.last_backup_step
-    kept = f"the last good backup (step {last}) is intact" if last is not None else "no backup was written yet"
-    hints = ["lower training.learning_rate", "keep training.max_grad_norm on"]
-    half = [name for name, dtype in training.weight_dtypes.items() if dtype is Precision.FP16]
-    if half:
-        hints.insert(0, f"fp16 weights overflow easily: set training.weight_dtypes.{half[0]}=fp32")
-    if training.precision is Precision.FP16 or session.config.model.dtype is Precision.FP16:
-        hints.insert(0, "fp16 overflows easily (the VAE especially): try bf16 or fp32")
-    return TrainingDiverged(
-        f"the loss became {loss} at step {step}; training stopped and {kept}",
-        where=str(session.workspace.backups),
-        hint="; ".join(hints) + ".",
+def _aborted(workspace: Workspace, session: Session | None, by: str, command: str) -> Interrupted | None:
+    """An interrupt that could not wait (a second Ctrl-C, or one while loading): name the newest backup.
+
+    None when there is nothing to say: no backup, and training had not begun.
+    """
+    what = f"interrupted at once{f' by {by}' if by else ''}"
+    backups = list_backups(workspace.backups)
+    if backups:
+        return Interrupted(
+            f"{what}; every file written is complete, and the newest backup is {backups[-1].name}",
+            where=str(backups[-1]),
+            hint=f"Continue with `{resume_command(command)}`.",
+        )
+    if session is None:
+        return None
+    return Interrupted(
+        f"{what} at step {session.run.counters.step}; no backup was written, so the run cannot be continued",
+        hint="Press Ctrl-C once to stop after the current step with a backup; "
+        "`saving.backup_every` also writes backups along the way.",
+    )
+
+
+def _save_failed(session: Session, error: Exception) -> OneTrainerError:
+    """Training is done but the output could not be written: keep the weights in a backup, say where."""
+    step = session.run.counters.step
+    reason = error.message if isinstance(error, OneTrainerError) else f"{type(error).__name__}: {error}"
+    try:
+        path = session.backup() if session.last_backup_step != step else session.last_backup_path
+    except Exception as backup_error:  # noqa: BLE001 - reported in the error raised instead
+        kept, hint = f"the backup failed too ({backup_error}), so the trained weights are lost", None
+    else:
+        kept = f"the trained weights are safe in the backup {path}"
+        hint = (
+            f"Fix the cause, then `{session.resume_command()}` writes the output from that backup without "
+            "training again (`saving.output` may change)."
+        )
+    failure = UserError if isinstance(error, UserError) else RuntimeFailure
+    return failure(
+        f"training finished at step {step}, but the output could not be written: {reason}; {kept}",
+        where=str(session.config.saving.output),
+        hint=hint,
     )
 
 

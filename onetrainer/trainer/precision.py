@@ -35,6 +35,11 @@ class MixedPrecision:
         self.dtype = torch_dtype(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision is Precision.FP16 else None
 
+    @property
+    def skips_overflow(self) -> bool:
+        """Whether non-finite gradients are routine here: fp16's scaler then skips the step itself."""
+        return self.scaler is not None
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from onetrainer.trainer.destinations import (
+    cache_dir,
+    check_destinations,
+    remove_stale_temporaries,
+    removed_on_failure,
+)
 from onetrainer.trainer.device import distributed_rank, resolve_device
 from onetrainer.trainer.loop import BuildParts
 from onetrainer.trainer.session import ProgressCallback
@@ -12,11 +18,19 @@ from onetrainer.util.config.schema import TrainConfig
 
 
 def fill_cache_only(config: TrainConfig, *, build: BuildParts, progress: ProgressCallback) -> Any:
-    """Encode every image and caption the run will need; returns the data loader's cache statistics."""
+    """Encode every image and caption the run will need; returns the data loader's cache statistics.
+
+    Like a run, it checks the workspace and cache first, removes temporary files a killed earlier
+    pass left, and leaves no new folder behind if the model does not load.
+    """
     rank, world_size = distributed_rank()
+    check_destinations(config, output=False)
     workspace = Workspace(config.workspace)
     device = resolve_device(config.training.device)
-    parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
+    if rank == 0:
+        remove_stale_temporaries(config, output=False)
+    with removed_on_failure(workspace.root, cache_dir(config), enabled=rank == 0):
+        parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
     try:
         stats = parts.data.fill_cache()
     finally:

@@ -1,15 +1,24 @@
 """May this config continue that backup? Refuse changes to what is trained; allow harmless ones.
 
-A resumed run restores the optimizer's learning rates, the data plan's position and the trained
-tensors from the backup, so a changed learning rate, dataset, model or adapter shape would either be
-silently ignored or break the continuation. Those are refused, listing every differing key. What
-only affects when and where things are written (cadences, outputs, logs) may change freely, and so
-may the run's length (epochs, max_steps), to extend a finished run.
+A resumed run restores the trained tensors, the optimizer's state (its moments and step counts), the
+schedule's position and the data plan's position from the backup, so a changed dataset, model,
+method, adapter shape, optimizer or seed would either break the continuation or be silently ignored.
+Those are refused, listing every differing key.
+
+Two kinds of change are allowed:
+- `HARMLESS_KEYS`: what only affects when and where things are written (cadences, outputs, logs),
+  and the run's length (epochs, max_steps), to extend a finished run;
+- `RETUNABLE_KEYS`: how the run is optimised, not what it trains. After a divergence the way on is
+  the last good backup with a lower learning rate. The optimizer and scheduler state restored from
+  a backup carry the old values, so `reapply_settings` puts this config's back over them: the
+  resumed run really uses the new learning rates, schedule, warm-up and weight decay, while keeping
+  what the optimizer has learned. Clipping, precision, frozen weight dtypes and checkpointing are
+  read from the config at every step anyway. An unchanged config resumes bit-exactly.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -17,6 +26,9 @@ from pydantic import ValidationError
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.types import CHECK_PATHS
 from onetrainer.util.errors import ConfigProblem, UserError
+
+if TYPE_CHECKING:
+    import torch
 
 HARMLESS_KEYS: tuple[str, ...] = (
     "preset",
@@ -34,6 +46,25 @@ HARMLESS_KEYS: tuple[str, ...] = (
 )
 """Dotted keys (and everything below them) that may differ between a backup and the resuming config."""
 
+RETUNABLE_KEYS: tuple[str, ...] = (
+    "training.learning_rate",
+    "training.learning_rates",
+    "training.lr_scheduler",
+    "training.warmup",
+    "training.lr_cycles",
+    "training.lr_power",
+    "training.lr_min_factor",
+    "training.weight_decay",
+    "training.max_grad_norm",
+    "training.precision",
+    "training.weight_dtypes",
+    "training.gradient_checkpointing",
+)
+"""Optimisation settings that may change on resume; the resumed run uses the new values."""
+
+_GROUP_SETTINGS = ("initial_lr", "weight_decay", "warmup_steps")
+"""Per-group optimizer values that come from the config (`warmup_steps`: schedule-free AdamW's)."""
+
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
@@ -49,8 +80,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _harmless(key: str) -> bool:
-    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in HARMLESS_KEYS)
+def _may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(f"{allowed}.") for allowed in (*HARMLESS_KEYS, *RETUNABLE_KEYS))
 
 
 def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[ConfigProblem]:
@@ -59,7 +90,7 @@ def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[Confi
     new = _flatten(current)
     problems = []
     for key in sorted(set(old) | set(new)):
-        if _harmless(key) or old.get(key) == new.get(key):
+        if _may_change(key) or old.get(key) == new.get(key):
             continue
         was = old.get(key, "(absent)")
         now = new.get(key, "(absent)")
@@ -87,5 +118,29 @@ def check_resume_compatible(config: TrainConfig, backup_config_yaml: str, *, whe
         f"the config changes what this backup trained, so it cannot continue it:\n{listing}",
         where=where,
         hint="Resume with the original values of these keys, or start a new run in a new workspace. "
-        "Cadences, outputs, logging and the run's length may change.",
+        "Cadences, outputs, logging, the run's length and the optimisation settings "
+        "(learning rates, schedule, warm-up, weight decay, clipping, precision) may change.",
     )
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The per-group values this config gave the optimizer, taken before a backup's state replaces them."""
+    return [{key: group[key] for key in _GROUP_SETTINGS if key in group} for group in optimizer.param_groups]
+
+
+def reapply_settings(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    settings: list[dict[str, Any]],
+) -> None:
+    """Put this config's values (from `optimizer_settings`) back over a restored backup's.
+
+    The schedule keeps its restored position; each group's learning rate becomes this config's base
+    rate times this config's schedule factor there, computed as the scheduler itself computes it, so
+    an unchanged config gets back exactly the learning rates the backup held.
+    """
+    for group, values in zip(optimizer.param_groups, settings, strict=True):
+        group.update(values)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)

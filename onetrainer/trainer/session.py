@@ -3,7 +3,8 @@
 The loop in `loop.py` decides *when* (cadences, signals, the end of the run); this module does the
 *what*: writing a backup, drawing previews, saving, measuring validation loss and logging a step.
 Only rank 0 writes files; previews, saves and validation run with the training RNG streams
-preserved, in eval mode, and with the EMA weights where configured.
+preserved, in eval mode, and with the EMA weights where configured. Backups and saves check first
+that the weights they would write are finite (on every rank, so that all of them stop together).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.trainer.backup import prune_backups, write_backup
+from onetrainer.trainer.backup import prune_backups, resume_command, write_backup
 from onetrainer.trainer.device import memory_use
+from onetrainer.trainer.divergence import all_finite, diverged
 from onetrainer.trainer.metrics import MetricsLog, Throughput
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
@@ -50,8 +52,14 @@ class Session:
     tensorboard: TensorBoardLog
     metrics: MetricsLog
     progress: ProgressCallback
+    trained: list[Any]
+    """The trained parameters, in the optimizer's order (clipping, finite checks)."""
+    command: str
+    """The command line that started this run, without `--resume`, for messages that say how to continue."""
     throughput: Throughput = field(default_factory=Throughput)
     last_backup_step: int | None = None
+    last_backup_path: Path | None = None
+    """The newest backup of this run: restored from, or written (always with finite weights)."""
     last_preview_step: int | None = None
 
     @property
@@ -74,8 +82,14 @@ class Session:
             set_optimizer_mode(self.run.optimizer, train=True)
             self.throughput.restart()
 
+    def resume_command(self, backup: Path | None = None) -> str:
+        """The command that continues this run from its newest backup, or from `backup`."""
+        return resume_command(self.command, backup)
+
     def backup(self, *, step_snapshot: dict[str, Any] | None = None) -> Path | None:
         step = self.run.counters.step
+        if not all_finite(self.trained):
+            raise diverged(self, f"the weights became non-finite in the update of step {step}, so it was not backed up")
         if not self.is_main:
             return None
         path = write_backup(
@@ -88,6 +102,7 @@ class Session:
         )
         prune_backups(self.workspace.backups, self.config.saving.backup_keep_last)
         self.last_backup_step = step
+        self.last_backup_path = path
         self.progress({"event": "backup", "step": step, "path": str(path), "message": f"backup written: {path}"})
         return path
 
@@ -117,11 +132,13 @@ class Session:
         return paths
 
     def save(self, path: Path) -> Path | None:
-        if not self.is_main:
-            return None
-        with self.inference(use_ema=self.config.training.ema.for_saves):
-            written = self.parts.save_model(path)
         step = self.run.counters.step
+        with self.inference(use_ema=self.config.training.ema.for_saves):
+            if not all_finite(self.trained):
+                raise diverged(self, f"the weights to save at step {step} are not finite, so nothing was saved")
+            if not self.is_main:
+                return None
+            written = self.parts.save_model(path)
         self.progress({"event": "save", "step": step, "path": str(written), "message": f"saved: {written}"})
         return written
 

@@ -1,9 +1,11 @@
 """Graceful stop on SIGINT/SIGTERM: the first one asks the loop to stop, a second SIGINT aborts.
 
 Killing a run mid-step would lose everything since the last backup, so the first signal only raises a
-flag; the loop finishes the optimizer step, writes a backup and exits. If that takes too long for the
-user, a second Ctrl-C raises `KeyboardInterrupt` at once; every file write is atomic, so the abort
-leaves no partial file behind.
+flag; the loop finishes the optimizer step, writes a backup and exits. After the last step the flag
+no longer stops anything early: the output is written, since that is what the run was for. The
+handlers stay installed from the first step to the end of the run for that reason. If stopping takes
+too long for the user, a second Ctrl-C raises `KeyboardInterrupt` at once; every file write is
+atomic, so the abort leaves no partial file behind, and the trainer names the newest backup.
 """
 
 from __future__ import annotations

@@ -8,16 +8,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from onetrainer.trainer.backup import Backup, find_backup, list_backups, read_backup
 from onetrainer.trainer.cadence import CadenceClock
+from onetrainer.trainer.divergence import all_finite
 from onetrainer.trainer.ema import ModelEma
 from onetrainer.trainer.metrics import MetricsLog, SmoothedValue
 from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import MixedPrecision
-from onetrainer.trainer.resume import check_resume_compatible
+from onetrainer.trainer.resume import check_resume_compatible, optimizer_settings, reapply_settings
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.state import Counters, RunState
@@ -35,12 +36,22 @@ def open_backup(config: TrainConfig, workspace: Workspace, resume: str | Path | 
     """The backup to continue (checked against `config`), or None for a fresh run.
 
     A fresh run refuses a workspace that already holds backups (it would roll them away) and an
-    existing output (it would be replaced hours later), unless `saving.overwrite` says so.
+    existing output (it would be replaced hours later), unless `saving.overwrite` says so. A backup
+    with non-finite weights (only an earlier version wrote such) cannot continue anything.
     """
     if resume is not None:
         path = find_backup(workspace.backups, resume)
         backup = read_backup(path)
         check_resume_compatible(config, backup.config_yaml, where=str(path))
+        if not all_finite(backup.weights.values()):
+            others = [other.name for other in list_backups(path.parent) if other != path]
+            raise UserError(
+                "this backup holds non-finite (NaN or infinite) weights, so training cannot continue from it",
+                where=str(path),
+                hint=f"Pass an earlier backup folder with `--resume PATH` ({', '.join(others)})."
+                if others
+                else "No other backup is there: start a new run.",
+            )
         return backup
     if list_backups(workspace.backups):
         raise UserError(
@@ -90,10 +101,12 @@ def start_session(
     rank: int,
     world_size: int,
     progress: ProgressCallback,
-) -> tuple[Session, list[Any]]:
+    command: str,
+) -> Session:
     """Build optimizer, schedule, precision, EMA, noise generator and cadences; restore `backup`.
 
-    Returns the session and the trained parameters (for gradient clipping).
+    A backup's optimizer and scheduler state come back with this config's optimisation settings
+    over them (see `resume.reapply_settings`).
     """
     import torch
 
@@ -128,12 +141,14 @@ def start_session(
         clocks=clocks,
     )
     if backup is not None:
+        settings = optimizer_settings(optimizer)
         parts.setup.load_trainable_state_dict(backup.weights)
         run.load_state_dict(backup.state)
+        reapply_settings(run.optimizer, run.scheduler, settings)
         progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
     is_main = rank == 0
     metrics = MetricsLog(workspace.metrics)
-    if is_main:
+    if is_main and backup is not None:
         metrics.truncate_after(run.counters.step)
     session = Session(
         config=config,
@@ -153,6 +168,9 @@ def start_session(
         ),
         metrics=metrics,
         progress=progress,
+        trained=trained,
+        command=command,
         last_backup_step=backup.step if backup is not None else None,
+        last_backup_path=backup.path if backup is not None else None,
     )
-    return session, trained
+    return session

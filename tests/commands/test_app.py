@@ -1,6 +1,9 @@
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -142,3 +145,26 @@ def test_model_type_accepts_only_the_families_the_command_can_run(tmp_path):
         result = runner.invoke(app, arguments, terminal_width=200)
         assert result.exit_code == 2, (arguments, result.output)
         assert "model type 'sdxl' is not supported by this command" in result.output, arguments
+
+
+def test_sigterm_takes_the_ctrl_c_path_in_every_command(tmp_path):
+    # `convert` is held right after its output's temporary file is flushed, then gets SIGTERM: before,
+    # the process died on the spot (exit 143) and left that file behind.
+    output = tmp_path / "model.safetensors"
+    driver = Path(__file__).with_name("signal_driver.py")
+    process = subprocess.Popen(
+        [sys.executable, str(driver), "os:fsync", "--after", "--", "convert", "tiny:sd15", str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+    )
+    for line in process.stdout:
+        if line.startswith('{"event": "held"'):
+            assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+            process.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr
+    assert "Interrupted by SIGTERM." in stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""`onetrainer train` end to end on the tiny SD 1.5 model: every method, the modes, resume, signals, NaN."""
+"""`onetrainer train` end to end on the tiny SD 1.5 model: every method, the modes, resume, signals, NaN,
+and where a run writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,14 +99,14 @@ def test_json_mode_prints_only_json_events(lora_run: tuple[Path, object]) -> Non
     assert all(line.startswith("{") for line in result.stdout.splitlines() if line.strip())
 
 
-def test_resume_with_a_changed_learning_rate_exits_2_listing_the_key(
+def test_resume_changing_what_is_trained_exits_2_listing_the_key(
     lora_run: tuple[Path, object], shapes_dataset_dir: Path
 ) -> None:
     root, _ = lora_run
-    args = _args(root, shapes_dataset_dir, "training.max_steps=4", "training.learning_rate=0.1")
+    args = _args(root, shapes_dataset_dir, "training.max_steps=4", "lora.rank=4")
     result = _invoke([*args, "--resume", "last"])
     assert result.exit_code == 2, result.output
-    assert "training.learning_rate" in result.output
+    assert "lora.rank" in result.output
 
 
 def test_fresh_run_in_a_workspace_with_backups_is_refused(lora_run: tuple[Path, object], tmp_path: Path) -> None:
@@ -207,6 +208,72 @@ def test_nan_loss_stops_with_exit_1_and_hints(tmp_path: Path, shapes_dataset_dir
     assert not (tmp_path / "out").exists()
 
 
+def _said(output: str) -> str:
+    """The output with the error panel's borders and line wrapping removed."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def _all_finite(path: Path) -> bool:
+    return all(bool(torch.isfinite(tensor).all()) for tensor in load_file(path).values())
+
+
+def test_a_diverging_run_keeps_finite_backups_and_resumes_with_a_lower_learning_rate(
+    tmp_path: Path, shapes_dataset_dir: Path
+) -> None:
+    # The issue's run: a learning rate of 10 makes the weights NaN within a few steps.
+    diverging = ("training.learning_rate=10", "training.warmup=0", "training.lr_scheduler=constant")
+    args = _args(tmp_path, shapes_dataset_dir, *diverging, "saving.backup_every=1 steps", "training.max_steps=12")
+    result = _invoke(args)
+    assert result.exit_code == 1, result.output
+    said = _said(result.output)
+    assert "Training diverged" in said
+    backups = list_backups(tmp_path / "workspace" / "backups")
+    assert backups
+    assert all(_all_finite(path / "trainable.safetensors") for path in backups)
+    named = re.search(r"\(step (\d+)\) (?:holds finite weights|is good)", said)
+    assert named is not None, said
+    good = tmp_path / "workspace" / "backups" / f"step-{int(named.group(1)):08d}"
+
+    resumed = _invoke([*args, "--resume", str(good), "training.learning_rate=1e-3"])
+    assert resumed.exit_code == 0, resumed.output
+    assert _all_finite(tmp_path / "out" / "lora.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("problem", "says"),
+    [
+        ("workspace-is-a-file", "is a file"),
+        ("output-is-a-folder", "exists as a folder"),
+        ("read-only-output-folder", "is not writable"),
+    ],
+)
+def test_where_a_run_writes_is_checked_before_the_model_loads(
+    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, problem: str, says: str
+) -> None:
+    overrides = ["model.base=onetrainer-test/never-loaded"]
+    if problem == "workspace-is-a-file":
+        (tmp_path / "workspace").write_text("a file")
+    elif problem == "output-is-a-folder":
+        (tmp_path / "out" / "lora.safetensors").mkdir(parents=True)
+        overrides.append("saving.overwrite=true")
+    else:
+        (tmp_path / "out").mkdir()
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "out" and real_access(path, mode))
+    result = _invoke(_args(tmp_path, shapes_dataset_dir, *overrides))
+    assert result.exit_code == 2, result.output
+    assert says in _said(result.output)
+    assert "never-loaded" not in result.output
+    assert "Unexpected error" not in result.output
+
+
+def test_a_model_that_does_not_load_leaves_no_workspace_behind(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    result = _invoke(_args(tmp_path, shapes_dataset_dir, "model.base=onetrainer-test/not-in-the-cache"))
+    assert result.exit_code == 2, result.output
+    assert "not-in-the-cache" in result.output
+    assert not (tmp_path / "workspace").exists()
+
+
 def test_conflicting_flags_and_bad_preview_scheduler_exit_2(tmp_path: Path, shapes_dataset_dir: Path) -> None:
     both = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--cache-only"])
     assert both.exit_code == 2
@@ -236,34 +303,53 @@ def test_a_dataset_with_nothing_to_train_fails_before_the_model_loads(tmp_path: 
 # ------------------------------------------------------------------ real signals, in a real process
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
+DRIVER = Path(__file__).with_name("signal_driver.py")
+
+
+def _start(args: list[str], *, hold: str | None = None, after: bool = False, release: Path | None = None):
+    """`onetrainer ARGS --json` in a real process; with `hold`, under `signal_driver.py` (see there)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    if release is not None:
+        env["ONETRAINER_TEST_RELEASE"] = str(release)
+    command = [sys.executable, "-m", "onetrainer"]
+    if hold is not None:
+        command = [sys.executable, str(DRIVER), hold, *(["--after"] if after else []), "--"]
     return subprocess.Popen(
-        [sys.executable, "-m", "onetrainer", *args, "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        [*command, *args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
 
 
-def _signal_after_step(
-    process: subprocess.Popen[str], step: int, *, delays_s: tuple[float, ...] = (0.0,)
-) -> list[dict]:
-    """Read JSON events; once `step` is reported, send one SIGINT after each delay; return every event."""
-    events = []
-    sent = False
+Trigger = tuple[Callable[[dict], bool], Callable[[], object]]
+
+
+def _act_on(process: subprocess.Popen[str], triggers: list[Trigger]) -> tuple[list[dict], str]:
+    """Read JSON events; at the first event each trigger matches (in order), run its action.
+
+    Returns every event and stderr, once the process has ended.
+    """
+    events, pending = [], list(triggers)
     assert process.stdout is not None
+    assert process.stderr is not None
     for line in process.stdout:
-        event = json.loads(line)
-        events.append(event)
-        if not sent and event["event"] == "step" and event["step"] >= step:
-            for delay in delays_s:
-                time.sleep(delay)
-                process.send_signal(signal.SIGINT)
-            sent = True
+        if not line.startswith("{"):
+            continue
+        events.append(json.loads(line))
+        if pending and pending[0][0](events[-1]):
+            pending.pop(0)[1]()
     process.wait(timeout=300)
-    return events
+    return events, process.stderr.read()
+
+
+def _step_at_least(step: int) -> Callable[[dict], bool]:
+    return lambda event: event["event"] == "step" and event["step"] >= step
+
+
+def _held(event: dict) -> bool:
+    return event["event"] == "held"
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [path for path in root.rglob(".*") if path.name.endswith((".tmp", ".old"))]
 
 
 @pytest.mark.slow
@@ -274,8 +360,7 @@ def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shape
 
     split = tmp_path / "split"
     process = _start(_args(split, shapes_dataset_dir, *overrides))
-    events = _signal_after_step(process, 2)
-    stderr = process.stderr.read() if process.stderr else ""
+    events, stderr = _act_on(process, [(_step_at_least(2), lambda: process.send_signal(signal.SIGINT))])
     assert process.returncode == 130, stderr
     stopped = next(event for event in events if event["event"] == "stopped")
     assert 2 <= stopped["step"] < 12
@@ -293,20 +378,59 @@ def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shape
 
 @pytest.mark.slow
 def test_second_sigint_aborts_at_once_without_partial_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    # At 256 px with 16 images a step takes seconds: both signals land in the step after step 2.
-    slow_steps = ("data.resolution=256", "training.batch_size=16", "saving.backup_every=1 steps")
-    process = _start(_args(tmp_path, shapes_dataset_dir, "training.max_steps=200", *slow_steps))
-    events = _signal_after_step(process, 2, delays_s=(0.2, 0.1))
-    assert process.returncode == 130
-    assert "stopped" not in [event["event"] for event in events]
-    assert max(event["step"] for event in events if event["event"] == "step") == 2
-    leftovers = [path for path in tmp_path.rglob("*") if path.name.startswith(".") or path.suffix == ".tmp"]
-    assert leftovers == []
-    assert [path.name for path in list_backups(tmp_path / "workspace" / "backups")] == [
-        "step-00000001",
-        "step-00000002",
-    ]
-    assert not (tmp_path / "out").exists()
+    first = _invoke(_args(tmp_path, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps"))
+    assert first.exit_code == 0, first.output
+    # The resumed run's stop backup is held open until the second SIGINT: both signals land where
+    # they must whatever the machine's load.
+    args = [*_args(tmp_path, shapes_dataset_dir, "training.max_steps=10000"), "--resume", "last"]
+    process = _start(args, hold="onetrainer.trainer.backup:atomic_write_text:meta.json")
+    sigint = lambda: process.send_signal(signal.SIGINT)  # noqa: E731
+    events, stderr = _act_on(process, [(_step_at_least(3), sigint), (_held, sigint)])
+    assert process.returncode == 130, stderr
+    kinds = [event["event"] for event in events]
+    assert "stopping" in kinds
+    assert "stopped" not in kinds
+    assert _temporaries(tmp_path) == []
+    backups = tmp_path / "workspace" / "backups"
+    assert sorted(path.name for path in backups.iterdir()) == ["step-00000002"]
+    said = _said(stderr)
+    assert "interrupted at once; every file written is complete, and the newest backup is step-00000002" in said
+    assert "--resume last" in said
+
+
+@pytest.mark.slow
+def test_sigterm_after_the_last_step_still_writes_the_output(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    # The final previews are held until SIGTERM has been sent; before, it killed the process there.
+    release = tmp_path / "release"
+    args = _args(tmp_path, shapes_dataset_dir, "training.max_steps=3", "sampling.every=100 steps")
+    process = _start(args, hold="onetrainer.trainer.session:draw_previews", release=release)
+
+    def terminate_then_release() -> None:
+        process.send_signal(signal.SIGTERM)
+        release.touch()
+
+    events, stderr = _act_on(process, [(_held, terminate_then_release)])
+    assert process.returncode == 0, stderr
+    assert [event["event"] for event in events][-3:] == ["stopping", "save", "done"]
+    assert load_file(tmp_path / "out" / "lora.safetensors")
+    assert _temporaries(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_sigterm_while_caching_exits_130_without_temporary_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    # The first cache entry's temporary file is complete and held, not yet renamed, when SIGTERM comes.
+    process = _start(
+        [*_args(tmp_path, shapes_dataset_dir), "--cache-only"], hold="safetensors.torch:save_file", after=True
+    )
+
+    def check_then_terminate() -> None:
+        assert _temporaries(tmp_path / "workspace" / "cache"), "the held write should have a temporary file"
+        process.send_signal(signal.SIGTERM)
+
+    _, stderr = _act_on(process, [(_held, check_then_terminate)])
+    assert process.returncode == 130, stderr
+    assert "Interrupted by SIGTERM" in stderr
+    assert _temporaries(tmp_path) == []
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 A two-layer network with dropout (so the global torch RNG matters), noise drawn from the loop's
 generator (so the noise stream matters) and data keyed by (seed, epoch, index) like the real data
-plan. Failure switches make it diverge or crash at a chosen step.
+plan. Failure switches make it diverge (loss or gradients) or crash at a chosen step, or fail to save.
 """
 
 from __future__ import annotations
@@ -17,17 +17,37 @@ from PIL import Image
 
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.util.atomic import save_safetensors
+from onetrainer.util.config.loader import load_config
+from onetrainer.util.config.schema import TrainConfig
 
 Hook = Callable[[str, int], None]
 """Called with ("predict" or "state_dict", optimizer steps done) to inject events mid-step."""
 
 
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose update would ruin the weights."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
+        return gradient * float("inf")
+
+
 class ToySetup:
     def __init__(
-        self, *, nan_at_step: int | None = None, fail_at_step: int | None = None, hook: Hook | None = None
+        self,
+        *,
+        nan_at_step: int | None = None,
+        bad_gradient_at_step: int | None = None,
+        fail_at_step: int | None = None,
+        hook: Hook | None = None,
     ) -> None:
         self.model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 4))
         self.nan_at_step = nan_at_step
+        self.bad_gradient_at_step = bad_gradient_at_step
         self.fail_at_step = fail_at_step
         self.hook = hook
         self.step = 0
@@ -55,6 +75,8 @@ class ToySetup:
         loss = torch.nn.functional.mse_loss(prediction["prediction"].float(), prediction["target"])
         if self.nan_at_step is not None and self.step + 1 >= self.nan_at_step:
             return loss * float("nan")
+        if self.bad_gradient_at_step is not None and self.step + 1 == self.bad_gradient_at_step:
+            return _InfiniteGradient.apply(loss)
         return loss
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -104,7 +126,9 @@ class ToySampler:
 def make_toy_build(
     *,
     nan_at_step: int | None = None,
+    bad_gradient_at_step: int | None = None,
     fail_at_step: int | None = None,
+    save_error: Exception | None = None,
     batches: int = 5,
     validation: bool = False,
     hook: Hook | None = None,
@@ -114,10 +138,14 @@ def make_toy_build(
     def build(
         config: Any, *, device: torch.device, workspace: Any, rank: int, world_size: int, progress: Any
     ) -> TrainingParts:
-        setup = ToySetup(nan_at_step=nan_at_step, fail_at_step=fail_at_step, hook=hook)
+        setup = ToySetup(
+            nan_at_step=nan_at_step, bad_gradient_at_step=bad_gradient_at_step, fail_at_step=fail_at_step, hook=hook
+        )
         data = ToyData(config.training.seed, batches=batches, batch_size=config.training.batch_size)
 
         def save_model(path: Path) -> Path:
+            if save_error is not None:
+                raise save_error
             save_safetensors(setup.trainable_state_dict(), path)
             return path
 
@@ -141,5 +169,31 @@ def make_toy_build(
 
 @pytest.fixture
 def toy_build() -> Callable[..., Callable[..., TrainingParts]]:
-    """`toy_build(nan_at_step=, fail_at_step=, batches=, validation=, hook=)` makes a `build` function."""
+    """`toy_build(nan_at_step=, bad_gradient_at_step=, fail_at_step=, save_error=, batches=, validation=, hook=)`
+    makes a `build` function."""
     return make_toy_build
+
+
+def make_toy_config(root: Path, *overrides: str) -> TrainConfig:
+    """A toy run's config: workspace and output under `root`, 2 epochs of 5 batches, no backups, no logs."""
+    return load_config(
+        None,
+        [
+            "model.base=org/toy",
+            f"workspace={root / 'workspace'}",
+            f"saving.output={root / 'out' / 'model.safetensors'}",
+            "training.device=cpu",
+            "training.epochs=2",
+            "training.batch_size=2",
+            "training.learning_rate=0.01",
+            "saving.backup_every=never",
+            "logging.tensorboard=false",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture
+def toy_config() -> Callable[..., TrainConfig]:
+    """`toy_config(root, *overrides)` makes a toy run's config (see `make_toy_config`)."""
+    return make_toy_config

@@ -16,34 +16,22 @@ from onetrainer.trainer.backup import list_backups, read_backup
 from onetrainer.trainer.loop import TrainingDiverged, train
 from onetrainer.trainer.metrics import read_metrics
 from onetrainer.trainer.parts import TrainingParts
+from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.config.loader import load_config
 from onetrainer.util.config.schema import TrainConfig
-from onetrainer.util.errors import Interrupted, UserError
+from onetrainer.util.errors import Interrupted, RuntimeFailure, UserError
 
 ToyBuild = Callable[..., Callable[..., TrainingParts]]
+ToyConfig = Callable[..., TrainConfig]
 
 
-def _config(root: Path, *overrides: str) -> TrainConfig:
-    return load_config(
-        None,
-        [
-            "model.base=org/toy",
-            f"workspace={root / 'workspace'}",
-            f"saving.output={root / 'out' / 'model.safetensors'}",
-            "training.device=cpu",
-            "training.epochs=2",
-            "training.batch_size=2",
-            "training.learning_rate=0.01",
-            "saving.backup_every=never",
-            "logging.tensorboard=false",
-            *overrides,
-        ],
-    )
+def _interrupt_at(step: int, event_kind: str = "step", events: list[dict] | None = None):
+    """A progress callback that sends this process SIGINT when the `event_kind` event of `step` comes."""
 
-
-def _interrupt_at(step: int):
     def progress(event: dict) -> None:
-        if event.get("event") == "step" and event["step"] == step:
+        if events is not None:
+            events.append(event)
+        if event.get("event") == event_kind and event["step"] == step:
             os.kill(os.getpid(), signal.SIGINT)
 
     return progress
@@ -74,18 +62,20 @@ RESUME_VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", list(RESUME_VARIANTS))
-def test_resume_after_an_interrupt_is_bit_exact(tmp_path: Path, variant: str, toy_build: ToyBuild) -> None:
+def test_resume_after_an_interrupt_is_bit_exact(
+    tmp_path: Path, variant: str, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
     overrides = RESUME_VARIANTS[variant]
     straight = tmp_path / "straight"
-    train(_config(straight, *overrides), build=toy_build())
+    train(toy_config(straight, *overrides), build=toy_build())
 
     split = tmp_path / "split"
     with pytest.raises(Interrupted) as stopped:
-        train(_config(split, *overrides), build=toy_build(), progress=_interrupt_at(3))
+        train(toy_config(split, *overrides), build=toy_build(), progress=_interrupt_at(3))
     assert "after step 3" in stopped.value.message
     assert [path.name for path in list_backups(split / "workspace" / "backups")] == ["step-00000003"]
     assert not (split / "out" / "model.safetensors").exists()
-    result = train(_config(split, *overrides), build=toy_build(), resume="last")
+    result = train(toy_config(split, *overrides), build=toy_build(), resume="last")
 
     assert result.step == {"fp16-max-steps": 7, "accumulation-ema-clip": 6}.get(variant, 10)
     expected, actual = _weights(straight), _weights(split)
@@ -96,39 +86,130 @@ def test_resume_after_an_interrupt_is_bit_exact(tmp_path: Path, variant: str, to
     assert steps == list(range(1, result.step + 1))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_backup(tmp_path: Path, toy_build: ToyBuild) -> None:
-    config = _config(tmp_path, "saving.backup_every=2 steps")
+def test_nan_loss_stops_and_names_a_backup_that_does_not_repeat_it(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    # Step 5's loss comes from the weights of step 4, so its backup would only repeat the NaN: step 2's is named.
+    config = toy_config(tmp_path, "saving.backup_every=2 steps")
     with pytest.raises(TrainingDiverged) as error:
-        train(config, build=toy_build(nan_at_step=5))
-    assert "at step 5" in error.value.message
-    assert "backup (step 4) is intact" in error.value.message
+        train(config, build=toy_build(nan_at_step=5), command="run-it")
+    message = error.value.message
+    assert "the loss became nan at step 5, before its update" in message
+    assert "the newest backup (step 4) holds the weights that gave this" in message
+    assert "the one before it (step 2) is good" in message
     backups = list_backups(tmp_path / "workspace" / "backups")
     assert [path.name for path in backups] == ["step-00000002", "step-00000004"]
-    assert read_backup(backups[-1]).step == 4
+    assert error.value.where == str(backups[0])
+    assert f"`run-it --resume {backups[0]} training.learning_rate=...`" in error.value.hint
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_fp16_nan_hints_at_precision(tmp_path: Path, toy_build: ToyBuild) -> None:
+def test_fp16_nan_hints_at_precision(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
     with pytest.raises(TrainingDiverged) as error:
-        train(_config(tmp_path, "training.precision=fp16"), build=toy_build(nan_at_step=1))
+        train(toy_config(tmp_path, "training.precision=fp16"), build=toy_build(nan_at_step=1))
     assert "bf16" in error.value.hint
-    assert "no backup was written yet" in error.value.message
+    assert "no backup was written, so there is none to continue from" in error.value.message
 
 
-def test_an_error_mid_run_writes_an_exact_emergency_backup(tmp_path: Path, toy_build: ToyBuild) -> None:
+def _finite(tensors: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(tensor).all()) for tensor in tensors.values())
+
+
+def test_non_finite_gradients_stop_before_the_update_and_the_backup_stays_good(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    # The loss of step 4 is finite, its gradients are not: stepping would make every weight NaN, and
+    # with backup_keep_last=1 the NaN backup of step 4 would replace the last good one, step 2's.
+    config = toy_config(tmp_path, "saving.backup_every=2 steps", "saving.backup_keep_last=1")
+    build = toy_build(bad_gradient_at_step=4)
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, build=build, command="run-it")
+    assert "the gradients became non-finite at step 4" in error.value.message
+    assert "the newest backup (step 2) holds finite weights" in error.value.message
+    assert "`run-it --resume last training.learning_rate=...`" in error.value.hint
+    backups = list_backups(tmp_path / "workspace" / "backups")
+    assert [path.name for path in backups] == ["step-00000002"]
+    assert _finite(read_backup(backups[0]).weights)
+    assert _finite(build.last.setup.trainable_state_dict())
+
+    result = train(toy_config(tmp_path, "training.learning_rate=0.001"), build=toy_build(), resume="last")
+    assert result.step == 10
+    assert _finite(_weights(tmp_path))
+
+
+def test_when_the_only_backup_would_repeat_the_divergence_none_is_offered(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    config = toy_config(tmp_path, "saving.backup_every=1 steps", "saving.backup_keep_last=1")
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, build=toy_build(bad_gradient_at_step=4))
+    assert "the newest backup (step 3) holds the weights that gave this" in error.value.message
+    assert "no earlier backup is left" in error.value.message
+    assert "start again" in error.value.hint
+    assert "--resume" not in error.value.hint
+
+
+def _poison_weights_at(step: int, build: Callable[..., TrainingParts]) -> Callable[[dict], None]:
+    """A progress callback that makes one weight NaN as step `step` is logged (before its cadences)."""
+
+    def progress(event: dict) -> None:
+        if event.get("event") == "step" and event["step"] == step:
+            with torch.no_grad():
+                build.last.setup.model[0].weight[0, 0] = float("nan")
+
+    return progress
+
+
+def test_non_finite_weights_are_never_backed_up_or_saved(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    backed_up = tmp_path / "backed-up"
+    build = toy_build()
+    with pytest.raises(TrainingDiverged) as error:
+        train(toy_config(backed_up, "saving.backup_every=1 steps"), build=build, progress=_poison_weights_at(3, build))
+    assert "the weights became non-finite in the update of step 3" in error.value.message
+    assert "the newest backup (step 2) holds finite weights" in error.value.message
+    backups = list_backups(backed_up / "workspace" / "backups")
+    assert [path.name for path in backups] == ["step-00000001", "step-00000002"]
+    assert all(_finite(read_backup(path).weights) for path in backups)
+
+    saved = tmp_path / "saved"
+    build = toy_build()
+    with pytest.raises(TrainingDiverged) as error:
+        train(toy_config(saved), build=build, progress=_poison_weights_at(10, build))
+    assert "the weights to save at step 10 are not finite" in error.value.message
+    assert not (saved / "out").exists()
+
+
+def test_a_backup_with_non_finite_weights_is_not_resumed(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    with pytest.raises(Interrupted):
+        train(toy_config(tmp_path, "saving.backup_every=1 steps"), build=toy_build(), progress=_interrupt_at(3))
+    newest = list_backups(tmp_path / "workspace" / "backups")[-1]
+    weights = load_file(newest / "trainable.safetensors")
+    save_safetensors({key: tensor * float("nan") for key, tensor in weights.items()}, newest / "trainable.safetensors")
+    with pytest.raises(UserError, match="non-finite") as error:
+        train(toy_config(tmp_path), build=toy_build(), resume="last")
+    assert "step-00000002" in error.value.hint
+
+
+def test_an_error_mid_run_writes_an_exact_emergency_backup(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
     straight = tmp_path / "straight"
-    train(_config(straight), build=toy_build())
+    train(toy_config(straight), build=toy_build())
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="toy failure"):
-        train(_config(crashed), build=toy_build(fail_at_step=6))
+        train(toy_config(crashed), build=toy_build(fail_at_step=6))
     assert [path.name for path in list_backups(crashed / "workspace" / "backups")] == ["step-00000005"]
-    train(_config(crashed), build=toy_build(), resume="last")
+    train(toy_config(crashed), build=toy_build(), resume="last")
     expected, actual = _weights(straight), _weights(crashed)
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
-def test_cadences_fire_at_the_right_steps(tmp_path: Path, toy_build: ToyBuild) -> None:
-    config = _config(
+def test_cadences_fire_at_the_right_steps(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
+    config = toy_config(
         tmp_path,
         "sampling.every=3 steps",
         "sampling.prompts=[{prompt: a red square, steps: 2}]",
@@ -158,12 +239,14 @@ def test_cadences_fire_at_the_right_steps(tmp_path: Path, toy_build: ToyBuild) -
     assert events[-1]["event"] == "done"
 
 
-def test_previews_and_validation_do_not_change_training(tmp_path: Path, toy_build: ToyBuild) -> None:
+def test_previews_and_validation_do_not_change_training(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
     plain = tmp_path / "plain"
-    train(_config(plain), build=toy_build())
+    train(toy_config(plain), build=toy_build())
     busy = tmp_path / "busy"
     train(
-        _config(
+        toy_config(
             busy,
             "sampling.every=1 steps",
             "sampling.before_training=true",
@@ -178,14 +261,14 @@ def test_previews_and_validation_do_not_change_training(tmp_path: Path, toy_buil
     assert (busy / "workspace" / "samples" / "step-00000000-0.png").exists()
 
 
-def test_ema_weights_are_saved_when_configured(tmp_path: Path, toy_build: ToyBuild) -> None:
+def test_ema_weights_are_saved_when_configured(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
     raw_root, ema_root, ema_off_root = tmp_path / "raw", tmp_path / "ema", tmp_path / "ema-off"
-    train(_config(raw_root), build=toy_build())
+    train(toy_config(raw_root), build=toy_build())
     build = toy_build()
-    train(_config(ema_root, "training.ema.enabled=true", "training.ema.decay=0.5"), build=build)
+    train(toy_config(ema_root, "training.ema.enabled=true", "training.ema.decay=0.5"), build=build)
     shadow = build.last.setup
     train(
-        _config(ema_off_root, "training.ema.enabled=true", "training.ema.decay=0.5", "training.ema.for_saves=false"),
+        toy_config(ema_off_root, "training.ema.enabled=true", "training.ema.decay=0.5", "training.ema.for_saves=false"),
         build=toy_build(),
     )
     raw, ema, ema_off = _weights(raw_root), _weights(ema_root), _weights(ema_off_root)
@@ -195,8 +278,10 @@ def test_ema_weights_are_saved_when_configured(tmp_path: Path, toy_build: ToyBui
     assert all(torch.equal(live[key], raw[key]) for key in raw)
 
 
-def test_workspace_holds_config_metrics_and_tensorboard(tmp_path: Path, toy_build: ToyBuild) -> None:
-    train(_config(tmp_path, "logging.tensorboard=true", "training.warmup=4"), build=toy_build())
+def test_workspace_holds_config_metrics_and_tensorboard(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    train(toy_config(tmp_path, "logging.tensorboard=true", "training.warmup=4"), build=toy_build())
     workspace = tmp_path / "workspace"
     assert load_config(workspace / "config.yaml").training.learning_rate == 0.01
     records = read_metrics(workspace / "metrics.jsonl")
@@ -210,11 +295,31 @@ def test_workspace_holds_config_metrics_and_tensorboard(tmp_path: Path, toy_buil
     json.dumps(records)
 
 
-def test_resume_with_a_changed_learning_rate_is_refused(tmp_path: Path, toy_build: ToyBuild) -> None:
+def test_resume_with_changed_optimisation_settings_uses_them(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    schedule = ("training.lr_scheduler=cosine", "training.warmup=3")
     with pytest.raises(Interrupted):
-        train(_config(tmp_path), build=toy_build(), progress=_interrupt_at(2))
-    with pytest.raises(UserError, match=r"training\.learning_rate"):
-        train(_config(tmp_path, "training.learning_rate=0.02"), build=toy_build(), resume="last")
+        train(toy_config(tmp_path, *schedule), build=toy_build(), progress=_interrupt_at(3))
+    retuned = (
+        "training.learning_rate=0.02",
+        "training.learning_rates={first: 0.05}",
+        "training.lr_scheduler=constant",
+        "training.weight_decay=0.5",
+    )
+    train(toy_config(tmp_path, *retuned, "saving.backup_every=1 steps"), build=toy_build(), resume="last")
+    records = read_metrics(tmp_path / "workspace" / "metrics.jsonl")
+    assert [record["lr"] for record in records[3:]] == [{"first": 0.05, "second": 0.02}] * 7
+    newest = read_backup(list_backups(tmp_path / "workspace" / "backups")[-1])
+    groups = newest.state["optimizer"]["param_groups"]
+    assert [(group["initial_lr"], group["weight_decay"]) for group in groups] == [(0.05, 0.5), (0.02, 0.5)]
+
+
+def test_resume_with_another_optimizer_is_refused(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
+    with pytest.raises(Interrupted):
+        train(toy_config(tmp_path), build=toy_build(), progress=_interrupt_at(2))
+    with pytest.raises(UserError, match=r"training\.optimizer"):
+        train(toy_config(tmp_path, "training.optimizer=sgd"), build=toy_build(), resume="last")
 
 
 def _double_sigint_at(where: str, steps_done: int) -> Callable[[str, int], None]:
@@ -230,10 +335,14 @@ def _leftovers(root: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.name.startswith(".") or path.suffix == ".tmp"]
 
 
-def test_second_sigint_mid_step_aborts_without_a_backup(tmp_path: Path, toy_build: ToyBuild) -> None:
+def test_second_sigint_mid_step_aborts_without_a_backup(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
     events: list[dict] = []
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path), build=toy_build(hook=_double_sigint_at("predict", 2)), progress=events.append)
+    with pytest.raises(Interrupted) as error:
+        train(toy_config(tmp_path), build=toy_build(hook=_double_sigint_at("predict", 2)), progress=events.append)
+    assert "no backup was written, so the run cannot be continued" in error.value.message
+    assert "Ctrl-C once" in error.value.hint
     assert [event["step"] for event in events if event["event"] == "step"] == [1, 2]
     assert "stopped" not in [event["event"] for event in events]
     assert not (tmp_path / "workspace" / "backups").exists()
@@ -241,13 +350,92 @@ def test_second_sigint_mid_step_aborts_without_a_backup(tmp_path: Path, toy_buil
     assert _leftovers(tmp_path) == []
 
 
-def test_second_sigint_mid_backup_leaves_only_complete_backups(tmp_path: Path, toy_build: ToyBuild) -> None:
-    config = _config(tmp_path, "saving.backup_every=1 steps")
-    with pytest.raises(KeyboardInterrupt):
+def test_second_sigint_mid_backup_leaves_only_complete_backups(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    config = toy_config(tmp_path, "saving.backup_every=1 steps")
+    with pytest.raises(Interrupted) as error:
         # The setup counts steps as they begin: at 3, the backup written after step 4 is interrupted.
-        train(config, build=toy_build(hook=_double_sigint_at("state_dict", 3)))
+        train(config, build=toy_build(hook=_double_sigint_at("state_dict", 3)), command="run-it")
     backups = tmp_path / "workspace" / "backups"
     complete = ["step-00000001", "step-00000002", "step-00000003"]
     assert [path.name for path in list_backups(backups)] == complete
     assert sorted(path.name for path in backups.iterdir()) == complete
     assert _leftovers(tmp_path) == []
+    assert error.value.where == str(backups / "step-00000003")
+    assert error.value.hint == "Continue with `run-it --resume last`."
+
+
+# ------------------------------------------------------------------ the end of a run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "when"),
+    [
+        ((), "step"),
+        (
+            ("sampling.every=3 steps", "sampling.prompts=[{prompt: a red square, steps: 1}]", "data.resolution=64"),
+            "sample",
+        ),
+    ],
+    ids=["at-the-last-step", "during-the-final-previews"],
+)
+def test_a_signal_after_the_last_step_still_writes_the_output(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig, overrides: tuple[str, ...], when: str
+) -> None:
+    events: list[dict] = []
+    result = train(toy_config(tmp_path, *overrides), build=toy_build(), progress=_interrupt_at(10, when, events))
+    assert result.step == 10
+    assert result.output == tmp_path / "out" / "model.safetensors"
+    assert _finite(_weights(tmp_path))
+    kinds = [event["event"] for event in events]
+    assert kinds[-3:] == ["stopping", "save", "done"]
+    assert "writing the output, then stopping" in events[-3]["message"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_signal_before_the_first_step_backs_nothing_up(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    config = toy_config(
+        tmp_path, "sampling.before_training=true", "sampling.prompts=[{prompt: x, steps: 1}]", "data.resolution=64"
+    )
+    with pytest.raises(Interrupted, match="before the first step; nothing was trained"):
+        train(config, build=toy_build(), progress=_interrupt_at(0, "sample"))
+    assert not (tmp_path / "workspace" / "backups").exists()
+
+
+def test_a_failed_save_keeps_the_weights_in_a_backup_and_says_how_to_write_them(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    straight = tmp_path / "straight"
+    train(toy_config(straight), build=toy_build())
+    failed = tmp_path / "failed"
+    denied = PermissionError(13, "Permission denied", str(failed / "out" / "model.safetensors"))
+    with pytest.raises(RuntimeFailure) as error:
+        train(toy_config(failed), build=toy_build(save_error=denied), command="run-it")
+    message = error.value.message
+    assert message.startswith("training finished at step 10, but the output could not be written: PermissionError")
+    backup = failed / "workspace" / "backups" / "step-00000010"
+    assert f"the trained weights are safe in the backup {backup}" in message
+    assert "`run-it --resume last` writes the output from that backup" in error.value.hint
+    assert [path.name for path in list_backups(backup.parent)] == [backup.name]
+
+    result = train(toy_config(failed), build=toy_build(), resume="last")
+    assert result.step == 10
+    expected, actual = _weights(straight), _weights(failed)
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_a_new_run_moves_an_earlier_runs_logs_aside(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
+    config = toy_config(tmp_path, "logging.tensorboard=true", "saving.overwrite=true")
+    train(config, build=toy_build())
+    events: list[dict] = []
+    train(config, build=toy_build(), progress=events.append)
+    workspace = tmp_path / "workspace"
+    [earlier] = (workspace / "earlier-runs").iterdir()
+    assert any(f"moved to {earlier}" in event.get("message", "") for event in events)
+    for folder in (workspace, earlier):
+        assert [record["step"] for record in read_metrics(folder / "metrics.jsonl")] == list(range(1, 11))
+        assert len(list((folder / "tensorboard").iterdir())) == 1
+        assert (folder / "config.yaml").is_file()

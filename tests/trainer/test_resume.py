@@ -1,12 +1,14 @@
-"""Resuming refuses config changes to what is trained, and allows cadence/output/length changes."""
+"""Resuming refuses config changes to what is trained, allows cadence/output/length and optimisation
+changes, and puts the changed optimisation settings over the restored optimizer state."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
-from onetrainer.trainer.resume import check_resume_compatible, differing_keys
+from onetrainer.trainer.resume import check_resume_compatible, differing_keys, optimizer_settings, reapply_settings
 from onetrainer.util.config.loader import dump_config, load_config
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import UserError
@@ -32,15 +34,52 @@ def test_harmless_changes_are_allowed(tmp_path: Path) -> None:
 
 def test_changes_to_what_is_trained_are_refused_with_every_key(tmp_path: Path) -> None:
     saved = dump_config(_config(tmp_path))
-    changed = _config(tmp_path, "training.learning_rate=2e-4", "lora.rank=4", "method=full")
+    changed = _config(tmp_path, "training.optimizer=sgd", "lora.rank=4", "method=full")
     with pytest.raises(UserError) as error:
         check_resume_compatible(changed, saved, where="backups/step-00000010")
     message = error.value.message
-    assert "training.learning_rate" in message
+    assert "training.optimizer" in message
     assert "lora.rank" in message
-    assert "was 0.0001 in the backup, now 0.0002" in message
+    assert "was 'adamw' in the backup, now 'sgd'" in message
     assert "saving" not in message
     assert error.value.where == "backups/step-00000010"
+
+
+def test_optimisation_settings_may_change(tmp_path: Path) -> None:
+    saved = dump_config(_config(tmp_path))
+    retuned = _config(
+        tmp_path,
+        "training.learning_rate=2e-5",
+        "training.learning_rates={unet: 1e-5}",
+        "training.lr_scheduler=cosine",
+        "training.warmup=10",
+        "training.weight_decay=0.1",
+        "training.max_grad_norm=0.5",
+        "training.precision=bf16",
+    )
+    check_resume_compatible(retuned, saved, where="backup")
+
+
+def test_reapplied_settings_replace_the_restored_ones_at_the_restored_position() -> None:
+    def make(lr: float, weight_decay: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        parameter = torch.nn.Parameter(torch.ones(2))
+        optimizer = torch.optim.AdamW([{"params": [parameter], "lr": lr}], weight_decay=weight_decay)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 10)
+
+    old_optimizer, old_scheduler = make(lr=1.0, weight_decay=0.0)
+    for _ in range(3):
+        old_optimizer.step()
+        old_scheduler.step()
+    new_optimizer, new_scheduler = make(lr=0.5, weight_decay=0.2)
+    settings = optimizer_settings(new_optimizer)
+    new_optimizer.load_state_dict(old_optimizer.state_dict())
+    new_scheduler.load_state_dict(old_scheduler.state_dict())
+    assert new_optimizer.param_groups[0]["lr"] == 0.4
+    reapply_settings(new_optimizer, new_scheduler, settings)
+    group = new_optimizer.param_groups[0]
+    assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (0.5 * 0.4, 0.5, 0.2)
+    new_scheduler.step()
+    assert group["lr"] == 0.5 * 0.5
 
 
 def test_added_and_removed_list_items_are_differences() -> None:

@@ -1,0 +1,133 @@
+"""Where a run writes is checked before anything loads, tidied of a killed run's temp files, and not
+left behind by a run that fails while loading."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from onetrainer.trainer.loop import train
+from onetrainer.trainer.parts import TrainingParts
+from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.errors import UserError
+
+ToyConfig = Callable[..., TrainConfig]
+
+
+def _never_built(*args: object, **kwargs: object) -> TrainingParts:
+    raise AssertionError("the model was loaded although a check should have stopped the run first")
+
+
+def test_a_workspace_that_is_a_file_is_refused_before_loading(tmp_path: Path, toy_config: ToyConfig) -> None:
+    (tmp_path / "workspace").write_text("not a folder")
+    with pytest.raises(UserError) as error:
+        train(toy_config(tmp_path), build=_never_built)
+    assert error.value.where == "workspace"
+    assert f"{tmp_path / 'workspace'} is a file" in error.value.message
+
+
+def test_a_workspace_under_a_file_is_refused_before_loading(tmp_path: Path, toy_config: ToyConfig) -> None:
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(UserError) as error:
+        train(toy_config(tmp_path, f"workspace={tmp_path / 'runs' / 'one'}"), build=_never_built)
+    assert error.value.where == "workspace"
+    assert f"{tmp_path / 'runs'} is a file, not a folder" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("existing-folder.safetensors", "exists as a folder"),
+        ("model.bin", "does not end in .safetensors"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_loading(
+    tmp_path: Path, toy_config: ToyConfig, output: str, says: str
+) -> None:
+    (tmp_path / "existing-folder.safetensors").mkdir()
+    with pytest.raises(UserError) as error:
+        train(toy_config(tmp_path, f"saving.output={tmp_path / output}"), build=_never_built)
+    assert error.value.where == "saving.output"
+    assert says in error.value.message
+    assert "saving.format" in error.value.hint
+
+
+@pytest.mark.parametrize("key", ["workspace", "saving.output", "data.cache_dir"])
+def test_an_unwritable_folder_is_refused_before_loading(
+    tmp_path: Path, toy_config: ToyConfig, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only and real_access(path, mode))
+    target = read_only / ("out.safetensors" if key == "saving.output" else "folder")
+    with pytest.raises(UserError) as error:
+        train(toy_config(tmp_path, f"{key}={target}"), build=_never_built)
+    assert error.value.where == key
+    assert f"{read_only} is not writable" in error.value.message
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_before_loading(tmp_path: Path, toy_config: ToyConfig) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="is not writable"):
+            train(toy_config(tmp_path, f"workspace={read_only / 'run'}"), build=_never_built)
+    finally:
+        read_only.chmod(0o755)
+
+
+def test_a_run_that_fails_while_loading_leaves_no_new_folder(tmp_path: Path, toy_config: ToyConfig) -> None:
+    def failing_load(config: TrainConfig, **kwargs: object) -> TrainingParts:
+        (config.workspace / "cache").mkdir(parents=True, exist_ok=True)
+        (config.workspace / "cache" / "files.json").write_text("{}")
+        raise UserError("the model cannot be loaded")
+
+    with pytest.raises(UserError, match="cannot be loaded"):
+        train(toy_config(tmp_path, f"workspace={tmp_path / 'runs' / 'one'}"), build=failing_load)
+    assert not (tmp_path / "runs").exists()
+
+    existing = tmp_path / "existing"
+    (existing / "cache").mkdir(parents=True)
+    with pytest.raises(UserError, match="cannot be loaded"):
+        train(toy_config(tmp_path, f"workspace={existing}"), build=failing_load)
+    assert (existing / "cache" / "files.json").is_file()
+
+
+def _killed_mid_write(*paths: Path) -> None:
+    """Leave the temporary files a `kill -9` during these atomic writes would leave."""
+    script = (
+        "import os, signal, sys\n"
+        "from contextlib import ExitStack\n"
+        "from onetrainer.util.atomic import atomic_file\n"
+        "with ExitStack() as stack:\n"
+        "    for path in sys.argv[1:]:\n"
+        "        stack.enter_context(atomic_file(path)).write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, *map(str, paths)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [path for path in root.rglob(".*") if path.name.endswith(".tmp")]
+
+
+def test_a_run_removes_the_temporary_files_a_killed_run_left(
+    tmp_path: Path, toy_config: ToyConfig, toy_build: Callable[..., Callable[..., TrainingParts]]
+) -> None:
+    workspace, output = tmp_path / "workspace", tmp_path / "out" / "model.safetensors"
+    _killed_mid_write(workspace / "cache" / "files.json", workspace / "metrics.jsonl", output)
+    assert len(_temporaries(tmp_path)) == 3
+    events: list[dict] = []
+    train(toy_config(tmp_path), build=toy_build(), progress=events.append)
+    assert _temporaries(tmp_path) == []
+    assert any("removed 3 temporary file(s)" in event.get("message", "") for event in events)
