@@ -87,6 +87,7 @@ def convert(
     apply_threads()
     family = parse_model_type(model_type, needs=(ModuleKind.LOADER, ModuleKind.SAVER))
     check_writable(output, where="the OUTPUT argument")
+    apply_threads()
     cast = None if dtype is WeightsDtype.AUTO else dtype.value
     with (
         keys_as_options(INPUT_WHERE),

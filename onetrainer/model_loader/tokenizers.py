@@ -87,13 +87,17 @@ def _describe(location: str, subfolder: str | None) -> str:
 
 
 def _try_tokenizer(location: str, subfolder: str | None, vocab_size: int, *, local_only: bool) -> CLIPTokenizer | None:
+    tokenizer = _read_tokenizer(location, subfolder, local_only=local_only)
+    return tokenizer if tokenizer is not None and tokenizer_mismatch(tokenizer, vocab_size) is None else None
+
+
+def _read_tokenizer(location: str, subfolder: str | None, *, local_only: bool) -> CLIPTokenizer | None:
     from transformers import CLIPTokenizer
 
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
+        return CLIPTokenizer.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
     except (OSError, ValueError):
         return None
-    return tokenizer if tokenizer_mismatch(tokenizer, vocab_size) is None else None
 
 
 def _explicit_tokenizer(source: str, vocab_size: int, folder: str) -> tuple[CLIPTokenizer, str | None]:
@@ -108,10 +112,18 @@ def _explicit_tokenizer(source: str, vocab_size: int, folder: str) -> tuple[CLIP
             raise UserError(f"the tiny tokenizer {mismatch}", hint="Use tiny: tokenizers with tiny: models only.")
         return tiny, folder
     if kind == HUB:
+        mismatch = None
         for subfolder in dict.fromkeys((None, folder, "tokenizer")):
-            tokenizer = _try_tokenizer(source, subfolder, vocab_size, local_only=hub_offline())
-            if tokenizer is not None:
+            tokenizer = _read_tokenizer(source, subfolder, local_only=hub_offline())
+            if tokenizer is None:
+                continue
+            mismatch = tokenizer_mismatch(tokenizer, vocab_size)
+            if mismatch is None:
                 return tokenizer, subfolder
+        if mismatch is not None:
+            raise UserError(
+                f"the tokenizer {source} {mismatch}", where="model.tokenizer", hint="Pass this model's tokenizer."
+            )
         if hub_offline():
             raise model_unavailable(source, where="model.tokenizer", what="tokenizer")
         raise UserError(

@@ -2,16 +2,18 @@
 
     python signal_driver.py MODULE:FUNCTION[:NAME] [--after] -- ONETRAINER-ARGUMENTS...
 
-The first call of MODULE.FUNCTION (with NAME given: the first whose path argument is named NAME)
-prints the line `{"event": "held"}` on stdout and waits: until a signal handler raises (a second
-Ctrl-C, SIGTERM outside the step loop) or, when the environment variable ONETRAINER_TEST_RELEASE names
-a file, until that file exists. With `--after` the call runs first and the wait follows, so whatever
-it wrote to a temporary file is still there when the signal arrives. Signals then land at a known
-point of the program whatever the machine's load, which makes the tests deterministic.
+The first call of MODULE.FUNCTION (with NAME given: the first with a path argument whose name matches
+NAME, a shell pattern such as `*.safetensors`) prints the line `{"event": "held"}` on stdout and
+waits: until a signal handler raises (a second Ctrl-C, SIGTERM outside the step loop) or, when the
+environment variable ONETRAINER_TEST_RELEASE names a file, until that file exists. With `--after` the
+call runs first and the wait follows, so whatever it wrote to a temporary file is still there when
+the signal arrives. Signals then land at a known point of the program whatever the machine's load,
+which makes the tests deterministic.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 import os
@@ -44,7 +46,7 @@ def _held(original: Callable[..., Any], name: str | None, *, after: bool) -> Cal
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         nonlocal done
-        if done or (name is not None and name not in _names(args)):
+        if done or (name is not None and not any(fnmatch.fnmatchcase(found, name) for found in _names(args))):
             return original(*args, **kwargs)
         done = True
         if after:

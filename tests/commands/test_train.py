@@ -418,8 +418,9 @@ def test_sigterm_after_the_last_step_still_writes_the_output(tmp_path: Path, sha
 
 @pytest.mark.slow
 def test_sigterm_while_caching_exits_130_without_temporary_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    # The first cache entry's temporary file is complete and held, not yet renamed, when SIGTERM comes.
-    process = _start([*_args(tmp_path, shapes_dataset_dir), "--cache-only"], hold="os:fsync", after=True)
+    # The first cache entry's temporary file is complete and held, not yet renamed, when SIGTERM comes:
+    # the hold is on the rename (`util.atomic` writes every safetensors file through a temporary).
+    process = _start([*_args(tmp_path, shapes_dataset_dir), "--cache-only"], hold="os:replace:*.safetensors")
 
     def check_then_terminate() -> None:
         assert _temporaries(tmp_path / "workspace" / "cache"), "the held write should have a temporary file"

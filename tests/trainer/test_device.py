@@ -30,14 +30,20 @@ def test_single_process_is_rank_0_of_1() -> None:
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads the resident size from /proc")
 def test_the_cpu_reports_the_process_resident_memory() -> None:
     """Training on the CPU lives in RAM: the display shows this process's resident size, not nothing."""
+    import mmap
+
     before = memory_use(torch.device("cpu"))
-    block = torch.ones(64 * 1024 * 1024, dtype=torch.uint8)  # 64 MiB, touched so it is resident
+    # 64 MiB of fresh pages, each touched so it is resident. Not a tensor: malloc may serve that from
+    # memory an earlier test freed but the process still holds, and then the resident size stays put.
+    block = mmap.mmap(-1, 64 * 1024 * 1024)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
     after = memory_use(torch.device("cpu"))
     assert before["memory_kind"] == after["memory_kind"] == "ram"
     assert 0.01 < before["memory_allocated_gb"] <= before["memory_peak_gb"] + 0.01
     assert after["memory_allocated_gb"] - before["memory_allocated_gb"] > 0.05
     assert after["memory_peak_gb"] >= after["memory_allocated_gb"] - 0.01
-    del block
+    block.close()
 
 
 @pytest.mark.gpu
