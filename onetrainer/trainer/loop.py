@@ -176,21 +176,16 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
                     with run.precision.autocast():
                         prediction = setup.predict(batch, run.generator)
                         loss = setup.loss(prediction, batch) / len(chunk)
-                    run.precision.backward(loss)
+                    session.step.backward(loss)
                     loss_sum += loss.detach().float()
 
                 # Clip; stop before the update if the loss or the gradients are not finite.
                 phase = "update"
-                run.precision.unscale(run.optimizer)
-                grad_norm = _clip_or_measure(session.trained, config.training.max_grad_norm)
-                loss_value, norm_value = _read_back(loss_sum, grad_norm)
+                loss_value, norm_value = _read_back(loss_sum, session.step.measure())
                 _check_finite(session, loss_value, norm_value)
 
                 # Step the optimizer and the schedule, fold the weights into the average.
-                run.precision.step(run.optimizer)
-                learning_rates = [float(group["lr"]) for group in run.optimizer.param_groups]
-                run.scheduler.step()
-                run.optimizer.zero_grad(set_to_none=True)
+                learning_rates = session.step.apply()
                 counters.step += 1
                 counters.position += len(chunk)
                 epoch_ended = counters.epoch if counters.position >= batches_in_epoch else None
@@ -214,15 +209,6 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
         _emergency_backup(session, phase, step_start)
         raise
     return loss_value
-
-
-def _clip_or_measure(trained: list[Any], max_norm: float | None) -> Any:
-    """The total gradient norm, clipping to `max_norm` when set; non-finite if any gradient is."""
-    import torch
-
-    if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(trained, max_norm)
-    return torch.nn.utils.get_total_norm([param.grad for param in trained if param.grad is not None])
 
 
 def _read_back(loss_sum: Any, grad_norm: Any) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.previews import draw_previews
 from onetrainer.trainer.state import RunState
+from onetrainer.trainer.step import StepStrategy
 from onetrainer.trainer.tensorboard import TensorBoardLog
 from onetrainer.trainer.validation import validation_loss
 from onetrainer.trainer.workspace import Workspace
@@ -54,6 +55,8 @@ class Session:
     progress: ProgressCallback
     trained: list[Any]
     """The trained parameters, in the optimizer's order (clipping, finite checks)."""
+    step: StepStrategy
+    """How losses become updated weights (backward, gradient norm and clipping, optimizer step)."""
     command: str
     """The command line that started this run, without `--resume`, for messages that say how to continue."""
     throughput: Throughput = field(default_factory=Throughput)

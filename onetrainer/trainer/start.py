@@ -22,6 +22,7 @@ from onetrainer.trainer.resume import check_resume_compatible, optimizer_setting
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.state import Counters, RunState
+from onetrainer.trainer.step import PlainStep
 from onetrainer.trainer.tensorboard import TensorBoardLog
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
@@ -169,6 +170,7 @@ def start_session(
         metrics=metrics,
         progress=progress,
         trained=trained,
+        step=PlainStep(run.optimizer, run.scheduler, run.precision, trained, training.max_grad_norm),
         command=command,
         last_backup_step=backup.step if backup is not None else None,
         last_backup_path=backup.path if backup is not None else None,
