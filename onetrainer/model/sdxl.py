@@ -127,6 +127,7 @@ SDXL = register_family(
         methods=frozenset({"lora", "full", "embedding"}),
         modelspec_architecture="stable-diffusion-xl-v1-base",
         kohya_base_model_version="sdxl_base_v1-0",
+        onetrainer_model_types=("STABLE_DIFFUSION_XL_10_BASE",),
         pipeline_classes=("StableDiffusionXLPipeline",),
         recognise=Recognisers(
             single_file=recognise_single_file,
