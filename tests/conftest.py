@@ -10,6 +10,7 @@ tokens to it.
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,6 +70,25 @@ def tiny_sd2_eps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Diffusers folder of the tiny SDXL pipeline (seed 0)."""
     return _tiny_model(tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def unregistered_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers folder (configs only) whose pipeline class, `FluxPipeline`, no registered family makes."""
+    root = tmp_path_factory.mktemp("unregistered") / "flux"
+    files = {
+        "model_index.json": {
+            "_class_name": "FluxPipeline",
+            "transformer": ["diffusers", "FluxTransformer2DModel"],
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        },
+        "transformer/config.json": {"_class_name": "FluxTransformer2DModel", "patch_size": 1},
+        "scheduler/scheduler_config.json": {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0},
+    }
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(content))
+    return root
 
 
 @pytest.fixture

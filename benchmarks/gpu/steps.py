@@ -1,7 +1,8 @@
 """One training step two ways: ours (the onetrainer setup, as the trainer loop drives it) and a bare diffusers loop.
 
 Both train the same UNet architecture from the same random weights on the same kind of batch
-(latents and text hidden states, as a warm cache provides them), with AdamW at the same learning
+(latents and text hidden states, as a warm cache provides them, and for SDXL the pooled embedding and
+the original size, crop and target size the data loader supplies), with AdamW at the same learning
 rate, gradient clipping at 1.0, bf16 autocast, and for LoRA rank 16 on the attention projections
 with the frozen base in bf16 and the adapter in fp32 (as diffusers' LoRA example trains). The bare
 loop is what diffusers' text-to-image examples do per step, with accelerate's autocast spelled out.
@@ -56,9 +57,19 @@ def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[s
     batch = {"latents": draw(case.batch, 4, side, side), "text_hidden": draw(case.batch, TOKENS, family.context_dim)}
     if family.is_sdxl:
         batch["pooled"] = draw(case.batch, family.pooled_dim)
-        size = float(case.resolution)
-        batch["time_ids"] = torch.tensor([[size, size, 0.0, 0.0, size, size]] * case.batch, device=device)
+        size = [case.resolution, case.resolution]
+        batch["original_size"] = torch.tensor([size] * case.batch, device=device)
+        batch["crop_top_left"] = torch.zeros(case.batch, 2, dtype=torch.long, device=device)
+        batch["target_size"] = torch.tensor([size] * case.batch, device=device)
     return batch
+
+
+def time_ids(batch: dict[str, Any]) -> Any:
+    """SDXL's six size numbers per sample, as diffusers' SDXL example builds `add_time_ids`."""
+    import torch
+
+    sizes = [batch["original_size"], batch["crop_top_left"], batch["target_size"]]
+    return torch.cat(sizes, dim=1).float()
 
 
 def _trainable(parameters: Any) -> list[Any]:
@@ -97,7 +108,7 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     batch = make_batch(family, case, device)
     extra = (
-        {"added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": batch["time_ids"]}} if family.is_sdxl else {}
+        {"added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": time_ids(batch)}} if family.is_sdxl else {}
     )
     device_type = torch.device(device).type
 

@@ -136,19 +136,19 @@ COMMANDS_WITH_DTYPE = ("sample", "caption", "mask", "convert")
 
 
 def test_model_type_accepts_only_the_families_the_command_can_run(tmp_path):
-    """`inspect --model-type sdxl` was accepted (and failed later) where sample and convert refused it.
+    """`inspect --model-type <family>` was accepted (and failed later) where sample and convert refused it.
 
-    No SDXL module is registered in this version, so each command refuses it as unknown and lists the
-    model types it can run."""
+    No family named `flux` is registered, so each command refuses it as unknown and lists the model
+    types it can run."""
     for arguments in (
-        ["inspect", str(tmp_path), "--model-type", "sdxl"],
-        ["sample", "tiny:sd15", "-p", "x", "--model-type", "sdxl"],
-        ["convert", "tiny:sd15", str(tmp_path / "o.safetensors"), "--model-type", "sdxl"],
+        ["inspect", str(tmp_path), "--model-type", "flux"],
+        ["sample", "tiny:sd15", "-p", "x", "--model-type", "flux"],
+        ["convert", "tiny:sd15", str(tmp_path / "o.safetensors"), "--model-type", "flux"],
     ):
         result = runner.invoke(app, arguments, terminal_width=200)
         assert result.exit_code == 2, (arguments, result.output)
-        assert "unknown model type 'sdxl'" in result.output, arguments
-        assert "This command supports: sd15, sd2." in result.output, arguments
+        assert "unknown model type 'flux'" in result.output, arguments
+        assert "This command supports: sd15, sd2, sdxl." in result.output, arguments
 
 
 def test_sigterm_takes_the_ctrl_c_path_in_every_command(tmp_path):

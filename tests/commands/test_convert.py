@@ -17,7 +17,7 @@ from onetrainer.model.adapters.embedding import read_embedding_file
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.util.detect import detect_path
-from onetrainer.util.family import find_family, get_family
+from onetrainer.util.family import get_family
 
 runner = CliRunner()
 SD15 = get_family("sd15")
@@ -159,9 +159,14 @@ def test_missing_corrupt_and_unsafe_inputs_exit_2(tmp_path: Path) -> None:
 def test_lora_for_another_architecture_says_which(tmp_path: Path, kohya_lora: Path) -> None:
     sdxl = tmp_path / "xl.safetensors"
     save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768)}, str(sdxl))
-    result = convert(sdxl, tmp_path / "o.safetensors", "--to", "peft")
+    result = convert(sdxl, tmp_path / "o.safetensors", "--to", "peft", "--model-type", "sd15")
     assert result.exit_code == 2
-    assert ("for SDXL" if find_family("sdxl") else "kohya lora of no known family") in said(result)
+    assert "is a LoRA for SDXL (LoRA for two text encoders), not for SD 1.x" in said(result)
+    dit = tmp_path / "dit.safetensors"  # a Flux-style transformer LoRA: no registered family has these blocks
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072)}, str(dit))
+    result = convert(dit, tmp_path / "o.safetensors", "--to", "peft")
+    assert result.exit_code == 2
+    assert "cannot tell which model family dit.safetensors is (kohya lora of no known family)" in said(result)
     result = convert(kohya_lora, tmp_path / "o.safetensors", "--to", "peft", "--model-type", "sd2")
     assert result.exit_code == 2
     assert "for SD 1.x" in said(result)

@@ -18,8 +18,10 @@ from onetrainer.model.adapters import inject_lora
 from onetrainer.model.adapters.lora import LoraTargets
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_saver.diffusion import DiffusionSaver
+from onetrainer.util import registry
 from onetrainer.util.atomic import save_safetensors
 from onetrainer.util.enums import TrainingMethod
+from onetrainer.util.registry import ModuleKind
 
 runner = CliRunner()
 FAST = ("--steps", "2", "--scheduler", "ddim")
@@ -116,6 +118,12 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         root / "xl-lora.safetensors",
     )
     save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, root / "xl-emb.safetensors")
+    # A transformer LoRA and a CLIP-L + T5 embedding (Flux-style): no registered family claims them.
+    save_safetensors(
+        {"lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight": torch.zeros(2, 3072)},
+        root / "dit-lora.safetensors",
+    )
+    save_safetensors({"clip_l": torch.zeros(1, 768), "t5": torch.zeros(1, 4096)}, root / "dit-emb.safetensors")
     attn2_to_k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     save_safetensors(
         {f"{attn2_to_k}.lora_down.weight": torch.zeros(2, 1024), f"{attn2_to_k}.lora_up.weight": torch.zeros(32, 2)},
@@ -135,8 +143,10 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--lora", "{xl-lora}:strong"], "strength 'strong' is not a number"),
         (["--lora", "{sd2-lora}"], "this LoRA is for SD 2.x (cross-attention width 1024), not for this SD 1.x model"),
         (["--embedding", "{sd2-emb}"], "this embedding is for SD 2.x (vector width 1024), not for this SD 1.x model"),
-        (["--lora", "{xl-lora}"], "lora_te1_text_model_encoder_layers_0_mlp_fc1: not a kohya module name"),
-        (["--embedding", "{xl-emb}"], "is not a model, LoRA or embedding this tool knows"),
+        (["--lora", "{xl-lora}"], "this LoRA is for SDXL (LoRA for two text encoders), not for this SD 1.x model"),
+        (["--embedding", "{xl-emb}"], "this embedding is for SDXL (clip_l and clip_g vectors), not for this SD 1.x"),
+        (["--lora", "{dit-lora}"], "lora_transformer_single_transformer_blocks_0_attn_to_k: not a kohya module name"),
+        (["--embedding", "{dit-emb}"], "is not a model, LoRA or embedding this tool knows"),
         (["-o", "{tmp}/out.jpg"], "written as PNG"),
         (["--model-type", "sd16"], "unknown model type 'sd16'; did you mean 'sd15'"),
         (["--device", "cuda:99"], "not available"),
@@ -259,9 +269,13 @@ def test_an_uncached_hub_model_gives_the_one_message_naming_the_argument(tmp_pat
     assert "--model-type" not in text
 
 
-def test_a_model_type_without_a_sampler_is_refused_with_those_that_have_one(tmp_path: Path) -> None:
-    """No SDXL module is registered in this version, so `sdxl` is unknown; the hint lists what samples."""
+def test_a_model_type_without_a_sampler_is_refused_with_those_that_have_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered family whose sampler is not registered (as while it is being added) cannot sample."""
+    registry.discover()
+    monkeypatch.delitem(registry._registry, (ModuleKind.SAMPLER, "sdxl"))
     result = sample("tiny:sd15", "-p", "x", "-o", tmp_path, "--model-type", "sdxl")
     assert result.exit_code == 2
-    assert "unknown model type 'sdxl'" in said(result)
-    assert "supports: sd15, sd2" in said(result)
+    assert "model type 'sdxl' is not supported by this command in this version" in said(result)
+    assert "This command supports: sd15, sd2." in said(result)

@@ -3,8 +3,9 @@
 Cases come from the registry alone (`families()`, each spec's `tiny` models and `methods`), so a family
 that registers is covered without editing this suite. Each case trains through the trainer's own path
 (`train` with `build_parts`, which reaches the family's loader, setup, sampler and saver through the
-registry); `build` is wrapped only to keep the parts in hand and to snapshot every tensor of the model
-right after setup (LoRA injected, embeddings added) and again after the last step.
+registry); `build` is wrapped only to keep the parts in hand, to snapshot every tensor of the model
+right after setup (LoRA injected, embeddings added) and again after the last step, and to note which
+trained tensors receive a nonzero gradient (a hook on each, which leaves the gradient as it is).
 
 One module-scoped run per case serves all the assertions about it: two steps with a preview at step
 2 and a backup (the run under test), then, for the resume check, that backup continued for two more
@@ -112,6 +113,8 @@ class Run:
     """Every tensor of the model after setup, before the first step (`component.key`, `embeddings.name`)."""
     after: dict[str, torch.Tensor]
     events: list[dict[str, Any]] = field(default_factory=list)
+    graded: set[str] = field(default_factory=set)
+    """The trained tensors (names as in `trained`) that received a nonzero gradient in some step."""
 
     @property
     def trained(self) -> dict[str, torch.Tensor]:
@@ -133,6 +136,31 @@ def model_tensors(model: Any) -> dict[str, torch.Tensor]:
         for name, param in embedding.named_parameters().items():
             tensors[f"embeddings.{name}"] = param.detach().clone()
     return tensors
+
+
+def watch_gradients(setup: Any) -> set[str]:
+    """The names of the trained tensors that receive a nonzero gradient, filled in as the run goes.
+
+    Not every trained tensor gets one: a model that reads an encoder's penultimate layer without its
+    final norm (SDXL's CLIP-L, which takes its pooled output from the other encoder; SD 1.x with a layer
+    skip) leaves the last layer and the norm out of the loss, as sd-scripts and diffusers do.
+    """
+    import torch
+
+    names = {tensor.data_ptr(): name for name, tensor in setup.trainable_state_dict().items()}
+    graded: set[str] = set()
+
+    def hook(name: str) -> Callable[[torch.Tensor], None]:
+        def note(grad: torch.Tensor) -> None:
+            if bool(torch.any(grad != 0)):
+                graded.add(name)
+
+        return note
+
+    for group in setup.parameter_groups():
+        for param in group["params"]:
+            param.register_hook(hook(names[param.data_ptr()]))
+    return graded
 
 
 def case_config(case: Case, root: Path, dataset: Path, *overrides: str) -> TrainConfig:
@@ -173,11 +201,12 @@ def train_case(config: TrainConfig, *, resume: str | None = None) -> Run:
         parts = build_parts(config, **kwargs)
         captured["parts"] = parts
         captured["before"] = model_tensors(parts.model)
+        captured["graded"] = watch_gradients(parts.setup)
         return parts
 
     result = train(config, build=build, resume=resume, progress=events.append)
     parts = captured["parts"]
-    return Run(config, result, parts, captured["before"], model_tensors(parts.model), events)
+    return Run(config, result, parts, captured["before"], model_tensors(parts.model), events, captured["graded"])
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
 """The conformance suite: what every registered family must do with every method it supports.
 
 Each test runs for every case of the conftest's `CASES` (family x tiny model x method, plus LoRA and
-full runs that train every trainable part): two real training steps with a finite loss; exactly the
-trained tensors move; the output, and the method's other layout, read back to the trained tensors bit
-for bit; the preview sampler draws; diffusers' own loaders read the outputs and compute what the
-trained model computes; and a run continued from a backup ends bit-identical to one that never stopped.
+full runs that train every trainable part): two real training steps with a finite loss; every trained
+tensor that got a gradient moves, every trained part moves, and nothing else does; the output, and the
+method's other layout, read back to the trained tensors bit for bit; the preview sampler draws;
+diffusers' own loaders read the outputs and compute what the trained model computes; and a run
+continued from a backup ends bit-identical to one that never stopped.
 """
 
 from __future__ import annotations
@@ -83,9 +84,13 @@ def test_trained_tensors_change_and_frozen_ones_do_not(run: Any) -> None:
     trained = set(run.trained)
     assert trained, "the run trained nothing"
     assert trained <= set(run.before), f"trained tensors the snapshot lacks: {sorted(trained - set(run.before))[:3]}"
+    assert run.graded <= trained, f"gradients noted for untrained tensors: {sorted(run.graded - trained)[:3]}"
     moved = {key for key, tensor in run.after.items() if not torch.equal(tensor, run.before[key])}
-    assert sorted(trained - moved) == [], "trained tensors that did not move"
+    assert sorted(run.graded - moved) == [], "trained tensors that got a gradient and did not move"
     assert sorted(moved - trained) == [], "frozen tensors that moved"
+    assert sorted((moved & trained) - run.graded) == [], "trained tensors that got no gradient and moved"
+    parts = {key.partition(".")[0] for key in trained}
+    assert sorted(parts - {key.partition(".")[0] for key in moved}) == [], "trained parts that did not move"
 
 
 def test_the_method_trains_its_own_tensors(run: Any, case: Any) -> None:

@@ -232,10 +232,16 @@ def test_lora_for_another_architecture_is_refused(tmp_path: Path) -> None:
         {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 768)},
         tmp_path / "xl.safetensors",
     )
-    with pytest.raises(
-        UserError, match=r"cannot read this LoRA: lora_te1_.*not a kohya module name of this model family"
-    ):
+    with pytest.raises(UserError, match=r"for SDXL \(LoRA for two text encoders\), not for this SD 1\.x model"):
         read_lora_file(tmp_path / "xl.safetensors", SD15)
+    save_safetensors(  # a Flux-style transformer LoRA: no registered family has these kohya prefixes
+        {"lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight": torch.zeros(2, 3072)},
+        tmp_path / "dit.safetensors",
+    )
+    with pytest.raises(
+        UserError, match=r"cannot read this LoRA: lora_transformer_.*not a kohya module name of this model family"
+    ):
+        read_lora_file(tmp_path / "dit.safetensors", SD15)
 
 
 def test_an_embedding_is_not_a_lora(tmp_path: Path) -> None:

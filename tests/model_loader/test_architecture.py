@@ -10,7 +10,7 @@ import torch
 from onetrainer.model.configs import config_dir, shipped_configs
 from onetrainer.model_loader.architecture import resolve_architecture
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import get_family
+from onetrainer.util.family import families, get_family
 
 SD15, SD2 = get_family("sd15"), get_family("sd2")
 
@@ -58,15 +58,21 @@ def test_sd2_variants_differ_in_resolution_and_attention_upcast() -> None:
 
 
 def test_shipped_folders_hold_configs_only() -> None:
-    for variant in shipped_configs():
+    """Each shipped folder is one family's: a config per component of its spec, the scheduler's, no weights."""
+    owners = {
+        name: spec
+        for spec in families()
+        for name in (spec.shipped_config, *(variant.shipped_config for variant in spec.variants.values()))
+        if name
+    }
+    assert set(owners) == set(shipped_configs())
+    for variant, spec in owners.items():
         files = {p.relative_to(config_dir(variant)).as_posix() for p in config_dir(variant).rglob("*") if p.is_file()}
         assert files == {
             "model_index.json",
-            "unet/config.json",
-            "vae/config.json",
-            "text_encoder/config.json",
             "scheduler/scheduler_config.json",
-        }
+            *(f"{name}/config.json" for name in spec.component_names),
+        }, variant
 
 
 def test_folder_and_tiny_sources(tiny_sd15_dir: Path) -> None:

@@ -97,6 +97,21 @@ def test_checkpoint_of_another_family_names_it(sd2_single_file: Path) -> None:
 
 
 def test_checkpoint_of_an_unregistered_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    """An SD3-style checkpoint shares the `model.diffusion_model.` prefix, but no registered family claims it."""
+    path = tmp_path / "sd3.safetensors"
+    save_file(
+        {
+            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(9, 3),
+            "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(8, 4),
+        },
+        str(path),
+    )
+    with pytest.raises(UserError, match="is not a model, LoRA or embedding this tool knows") as info:
+        load_model(path)
+    assert "SD 1.x, SD 2.x, SDXL checkpoints" in (info.value.hint or "")
+
+
+def test_a_partial_sdxl_checkpoint_is_recognised_and_refused_as_incomplete(tmp_path: Path) -> None:
     path = tmp_path / "xl.safetensors"
     save_file(
         {
@@ -105,9 +120,8 @@ def test_checkpoint_of_an_unregistered_family_is_refused_with_the_known_ones(tmp
         },
         str(path),
     )
-    with pytest.raises(UserError, match="is not a model, LoRA or embedding this tool knows") as info:
+    with pytest.raises(UserError, match="has no CLIP ViT-L text encoder weights; it is not a complete checkpoint"):
         load_model(path)
-    assert "SD 1.x, SD 2.x" in (info.value.hint or "")
 
 
 def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:

@@ -67,11 +67,12 @@ def test_asking_for_the_wrong_family_says_what_the_model_is(tiny_sd2_dir: Path) 
     assert "sd2" in (info.value.hint or "")
 
 
-def test_a_pipeline_of_an_unregistered_family_is_refused_naming_its_class(tiny_sdxl_dir: Path) -> None:
-    with pytest.raises(UserError, match=r"is a model of no family this version supports .*StableDiffusionXLPipeline"):
-        load_model(tiny_sdxl_dir)
-    with pytest.raises(UserError, match=r"is not a SD 1\.x model \(pipeline class StableDiffusionXLPipeline"):
-        load_model(tiny_sdxl_dir, model_type="sd15")
+def test_a_pipeline_of_an_unregistered_family_is_refused_naming_its_class(unregistered_pipeline_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"is a model of no family this version supports .*FluxPipeline") as info:
+        load_model(unregistered_pipeline_dir)
+    assert "Supported model types: sd15, sd2, sdxl." in (info.value.hint or "")
+    with pytest.raises(UserError, match=r"is not a SD 1\.x model \(pipeline class FluxPipeline"):
+        load_model(unregistered_pipeline_dir, model_type="sd15")
 
 
 def test_a_lora_is_not_a_base_model(tmp_path: Path) -> None:

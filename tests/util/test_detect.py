@@ -24,15 +24,20 @@ from onetrainer.util.errors import UserError
 from onetrainer.util.family import FamilySpec
 
 
-def test_diffusers_folders_are_detected_by_family(tiny_sd15_dir: Path, tiny_sd2_dir: Path, tiny_sdxl_dir: Path) -> None:
+def test_diffusers_folders_are_detected_by_family(
+    tiny_sd15_dir: Path, tiny_sd2_dir: Path, tiny_sdxl_dir: Path, unregistered_pipeline_dir: Path
+) -> None:
     sd15, sd2, sdxl = detect_path(tiny_sd15_dir), detect_path(tiny_sd2_dir), detect_path(tiny_sdxl_dir)
     assert (sd15.kind, sd15.layout, sd15.family, sd15.prediction_type) == (MODEL, "diffusers", "sd15", "epsilon")
     assert sd15.spec is not None
     assert sd15.spec.name == "sd15"
     assert (sd2.family, sd2.prediction_type) == ("sd2", "v_prediction")
+    assert (sdxl.kind, sdxl.layout, sdxl.family, sdxl.prediction_type) == (MODEL, "diffusers", "sdxl", "epsilon")
+    assert sdxl.reason == "pipeline class StableDiffusionXLPipeline"
     # No registered family makes this pipeline class: a model of no known family, named by its class.
-    assert (sdxl.kind, sdxl.family, sdxl.spec) == (MODEL, None, None)
-    assert "StableDiffusionXLPipeline" in sdxl.reason
+    other = detect_path(unregistered_pipeline_dir)
+    assert (other.kind, other.family, other.spec) == (MODEL, None, None)
+    assert "FluxPipeline" in other.reason
 
 
 def test_single_file_family_comes_from_text_encoder_keys() -> None:
@@ -87,17 +92,48 @@ def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str |
             "sd2",
             "lora",
         ),
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", None, "lora"),
-        ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", None, "lora"),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", "sdxl", "lora"),
+        ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", "sdxl", "lora"),
+        # Flux-style transformer LoRAs, under either kohya prefix: no registered family has these modules.
+        ({"lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
+        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
         ({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_b": (4, 32)}, "kohya", "sd2", "loha"),
         ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lokr_w1": (2, 2)}, "kohya", None, "lokr"),
         ({"lora_unet_x.lora_down.weight": (4, 8), "lora_unet_x.dora_scale": (8, 1)}, "kohya", None, "dora"),
     ],
-    ids=["kohya-1x", "peft-2x", "two-encoders", "original-unet-names", "loha", "lokr", "dora"],
+    ids=[
+        "kohya-1x",
+        "peft-2x",
+        "two-encoders",
+        "original-unet-names",
+        "unregistered-transformer",
+        "unregistered-double-blocks",
+        "loha",
+        "lokr",
+        "dora",
+    ],
 )
 def test_loras_by_layout_family_and_kind(shapes: dict, layout: str, family: str | None, adapter: str) -> None:
     detected = detect_weights(shapes, {})
     assert (detected.kind, detected.layout, detected.family, detected.adapter) == (LORA, layout, family, adapter)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "reason"),
+    [
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "LoRA for two text encoders"),
+        (
+            {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)},
+            "UNet modules under the original SGM names",
+        ),
+    ],
+    ids=["two-encoders", "original-unet-names"],
+)
+def test_an_sdxl_lora_says_why_it_is_sdxl(shapes: dict, reason: str) -> None:
+    detected = detect_weights(shapes, {})
+    assert (detected.family, detected.reason) == ("sdxl", reason)
+    assert detected.spec is not None
+    assert detected.spec.name == "sdxl"
 
 
 TRANSFORMER_LORA = {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}

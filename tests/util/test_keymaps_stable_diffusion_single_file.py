@@ -239,35 +239,59 @@ def test_family_is_recognised_from_a_unet_alone(
 UNET_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
 
+SDXL_UNET = {UNET_K: (640, 2048), "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)}
+SDXL_CONDITIONER = {"conditioner.embedders.1.model.positional_embedding": (77, 1280)}
+SDXL_LABEL_EMBEDDING = {"model.diffusion_model.label_emb.0.0.weight": (8, 4)}
+REFINER_CONDITIONER = {"conditioner.embedders.0.model.text_projection": (1280, 1280)}
+FLUX = {"double_blocks.0.img_attn.qkv.weight": (9, 3)}
+SD3 = {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (9, 3)}
+
+
 @pytest.mark.parametrize(
-    ("shapes", "family"),
+    ("shapes", "family", "reason"),
     [
-        ({UNET_K: (320, 768)}, "sd15"),
-        ({UNET_K: (320, 1024)}, "sd2"),
-        ({"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}, "sd15"),
-        ({"cond_stage_model.model.token_embedding.weight": (49408, 1024)}, "sd2"),
+        ({UNET_K: (320, 768)}, "sd15", "cross-attention width 768"),
+        ({UNET_K: (320, 1024)}, "sd2", "cross-attention width 1024"),
+        (
+            {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)},
+            "sd15",
+            "CLIP text encoder under cond_stage_model.transformer",
+        ),
+        ({"cond_stage_model.model.token_embedding.weight": (49408, 1024)}, "sd2", "OpenCLIP text encoder"),
+        (SDXL_UNET, "sdxl", "UNet with size conditioning (label_emb)"),
+        (SDXL_CONDITIONER, "sdxl", "OpenCLIP bigG text encoder under conditioner.embedders.1"),
+        (SDXL_LABEL_EMBEDDING, "sdxl", "UNet with size conditioning (label_emb)"),
+    ],
+    ids=[
+        "unet-1x",
+        "unet-2x",
+        "clip-1x",
+        "openclip-2x",
+        "added-conditioning-unet",
+        "two-encoder-conditioner",
+        "label-embedding",
     ],
 )
-def test_family_markers(shapes: dict[str, tuple[int, ...]], family: str) -> None:
+def test_family_markers(shapes: dict[str, tuple[int, ...]], family: str, reason: str) -> None:
     evidence = recognise("single_file", shapes)
     assert evidence is not None
     assert evidence.family == family
-    assert evidence.reason
+    assert reason in evidence.reason
 
 
 @pytest.mark.parametrize(
     "shapes",
-    [
-        {UNET_K: (640, 2048), "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)},
-        {"conditioner.embedders.1.model.positional_embedding": (77, 1280)},
-        {"conditioner.embedders.0.model.text_projection": (1280, 1280)},
-        {"double_blocks.0.img_attn.qkv.weight": (9, 3)},
-        {"model.diffusion_model.label_emb.0.0.weight": (8, 4)},
-    ],
-    ids=["added-conditioning-unet", "two-encoder-conditioner", "refiner-conditioner", "dit", "label-embedding"],
+    [SDXL_UNET, SDXL_CONDITIONER, SDXL_LABEL_EMBEDDING, REFINER_CONDITIONER, FLUX, SD3],
+    ids=["added-conditioning-unet", "two-encoder-conditioner", "label-embedding", "refiner-conditioner", "dit", "sd3"],
 )
+def test_the_sd_recognisers_make_no_guess_for_other_architectures(shapes: dict[str, tuple[int, ...]]) -> None:
+    """An SGM, refiner or DiT file is not a 1.x/2.x file, whatever else claims it."""
+    assert recognise("single_file", shapes, [get_family("sd15"), get_family("sd2")]) is None
+
+
+@pytest.mark.parametrize("shapes", [REFINER_CONDITIONER, FLUX, SD3], ids=["refiner-conditioner", "dit", "sd3"])
 def test_other_architectures_are_not_claimed(shapes: dict[str, tuple[int, ...]]) -> None:
-    """Files of families that are not registered are nobody's: no 1.x/2.x guess for them."""
+    """Files of families that are not registered are nobody's: no registered family guesses at them."""
     assert recognise("single_file", shapes) is None
 
 
