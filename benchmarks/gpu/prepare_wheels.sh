@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Download, on a machine with PyPI access, the wheels the GPU machine may lack into .whl/ (git-ignored):
 #   benchmarks/gpu/prepare_wheels.sh [PYTHON_VERSION]    (default 3.12, the GPU image's Python)
-# Pure-Python packages at the versions this checkout is tested with, plus pydantic-core, which is
-# compiled: its wheel must match the GPU machine's Python and platform. run.sh installs only those
-# whose distribution is missing there.
+# The packages at the versions this checkout is tested with (torch excepted: the machine's own CUDA
+# build is used): pure-Python ones, plus compiled ones whose wheels must match the GPU machine's Python
+# and platform. run.sh installs each one whose distribution is missing there or at another version.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PY=${1:-3.12}
 PIP=(python3 -m pip download --quiet --no-deps --dest .whl)
 "${PIP[@]}" --only-binary=:all: \
-    diffusers==0.42.1 pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
-    importlib-metadata
+    diffusers==0.42.1 transformers==5.24.0 peft==0.21.2 huggingface-hub==2.4.0 accelerate==1.15.0 \
+    pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5 importlib-metadata
 "${PIP[@]}" --only-binary=:all: --python-version "$PY" --implementation cp \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 pydantic-core==2.50.5
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    pydantic-core==2.50.5 tokenizers==0.23.3 safetensors==0.8.0
 ls -la .whl

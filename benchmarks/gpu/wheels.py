@@ -1,8 +1,9 @@
-"""Which carried wheels name a distribution this Python lacks: `python -m benchmarks.gpu.wheels .whl`.
+"""Which carried wheels to install: `python -m benchmarks.gpu.wheels .whl`.
 
-The GPU machine has no network and its own set of packages (torch, transformers, peft, ...). A wheel
-carried in `.whl/` is installed only if its distribution is missing there, so the machine's own builds
-of compiled packages are kept and only what is absent is added. Prints the paths, one a line.
+The GPU machine has no network and its own set of packages (torch, transformers, peft, ...). The
+wheels carried in `.whl/` are the versions this checkout is tested with, so each one is installed
+when its distribution is missing there or installed at another version; what matches is left alone
+(and torch, never carried, stays the machine's own CUDA build). Prints the paths, one a line.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ def distribution(wheel: Path) -> str:
     return wheel.name.split("-", 1)[0]
 
 
-def installed(name: str) -> bool:
+def version(wheel: Path) -> str:
+    """The version a wheel file installs (the second dash-separated field, PEP 427)."""
+    return wheel.name.split("-")[1]
+
+
+def installed(name: str) -> str | None:
+    """The installed version of distribution `name` (any spelling of - and _), or None."""
     for spelling in {name, name.replace("_", "-"), name.replace("-", "_")}:
         try:
-            metadata.version(spelling)
+            return metadata.version(spelling)
         except metadata.PackageNotFoundError:
             continue
-        return True
-    return False
+    return None
 
 
 def missing(folder: Path) -> list[Path]:
-    return [wheel for wheel in sorted(folder.glob("*.whl")) if not installed(distribution(wheel))]
+    return [wheel for wheel in sorted(folder.glob("*.whl")) if installed(distribution(wheel)) != version(wheel)]
 
 
 if __name__ == "__main__":

@@ -66,11 +66,15 @@ def test_results_file_holds_machine_rows_and_ratios(tmp_path: Path) -> None:
     assert table[2].endswith("| 0.25× |")
 
 
-def test_only_missing_wheels_are_installed(tmp_path: Path) -> None:
-    (tmp_path / "pytest-0.0.1-py3-none-any.whl").write_bytes(b"")
+def test_carried_wheels_are_installed_when_missing_or_at_another_version(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    (tmp_path / f"pytest-{metadata.version('pytest')}-py3-none-any.whl").write_bytes(b"")
+    other_version = tmp_path / "PyYAML-0.0.1-py3-none-any.whl"
     absent = tmp_path / "surely_not_installed_pkg-1.0-py3-none-any.whl"
-    absent.write_bytes(b"")
-    assert missing(tmp_path) == [absent]
+    for wheel in (other_version, absent):
+        wheel.write_bytes(b"")
+    assert missing(tmp_path) == [other_version, absent]
 
 
 def _check_rows(rows: list[dict], name: str) -> None:
