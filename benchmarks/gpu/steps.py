@@ -18,6 +18,7 @@ from benchmarks.gpu.architectures import Family, build_unet
 
 LORA_RANK = 16
 LEARNING_RATE = 1e-4
+MAX_GRAD_NORM = 1.0
 TOKENS = 77
 ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -54,7 +55,7 @@ def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[s
         return torch.randn(shape, generator=generator, device=device)
 
     batch = {"latents": draw(case.batch, 4, side, side), "text_hidden": draw(case.batch, TOKENS, family.context_dim)}
-    if family.is_sdxl:
+    if family.pooled_dim is not None:  # SDXL
         batch["pooled"] = draw(case.batch, family.pooled_dim)
         size = float(case.resolution)
         batch["time_ids"] = torch.tensor([[size, size, 0.0, 0.0, size, size]] * case.batch, device=device)
@@ -110,7 +111,7 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             prediction = unet(noisy, timesteps, encoder_hidden_states=batch["text_hidden"], **extra).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
@@ -138,7 +139,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
                 "precision": "bf16",
                 "gradient_checkpointing": case.checkpointing,
                 "learning_rate": LEARNING_RATE,
-                "max_grad_norm": 1.0,
+                "max_grad_norm": MAX_GRAD_NORM,
                 "device": str(device),
             },
         }
@@ -160,7 +161,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             loss = setup.loss(prediction, batch)
         precision.backward(loss)
         precision.unscale(optimizer)
-        torch.nn.utils.clip_grad_norm_(trained, config.training.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
         precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
