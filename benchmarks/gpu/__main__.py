@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu.steps import SIDES, Case, Unavailable
+from benchmarks.gpu.steps import SIDES, Case, Step, Unavailable
 
 CASES = [
     Case(family, resolution, method, checkpointing)
@@ -61,6 +61,7 @@ def measure(side: str, case: Case, family: Any, device: Any, *, steps: int, warm
 
     cuda = torch.device(device).type == "cuda"
     _release(cuda)
+    step: Step | None = None
     try:
         step, trainable = SIDES[side](family, case, device)
         losses = [step() for _ in range(warmup)]

@@ -63,7 +63,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         "| ours peak VRAM | diffusers peak VRAM | VRAM ours / diffusers |"
     )
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
-    notes = set()
+    notes: set[str] = set()
     for entry in results:
         if "skipped" in entry:
             lines.append(f"| {entry['case']} | skipped | | | | | |")

@@ -19,6 +19,7 @@ from benchmarks.gpu.architectures import Family, build_unet
 
 LORA_RANK = 16
 LEARNING_RATE = 1e-4
+MAX_GRAD_NORM = 1.0
 TOKENS = 77
 ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -55,7 +56,7 @@ def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[s
         return torch.randn(shape, generator=generator, device=device)
 
     batch = {"latents": draw(case.batch, 4, side, side), "text_hidden": draw(case.batch, TOKENS, family.context_dim)}
-    if family.is_sdxl:
+    if family.pooled_dim is not None:  # SDXL
         batch["pooled"] = draw(case.batch, family.pooled_dim)
         size = [case.resolution, case.resolution]
         batch["original_size"] = torch.tensor([size] * case.batch, device=device)
@@ -121,7 +122,7 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             prediction = unet(noisy, timesteps, encoder_hidden_states=batch["text_hidden"], **extra).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
@@ -149,7 +150,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
                 "precision": "bf16",
                 "gradient_checkpointing": case.checkpointing,
                 "learning_rate": LEARNING_RATE,
-                "max_grad_norm": 1.0,
+                "max_grad_norm": MAX_GRAD_NORM,
                 "device": str(device),
             },
         }
@@ -171,7 +172,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             loss = setup.loss(prediction, batch)
         precision.backward(loss)
         precision.unscale(optimizer)
-        torch.nn.utils.clip_grad_norm_(trained, config.training.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
         precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())

@@ -49,6 +49,6 @@ def keys_as_options(names: Mapping[str, str]) -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        if error.where in names:
+        if error.where is not None and error.where in names:
             error.where = names[error.where]
         raise

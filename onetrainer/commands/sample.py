@@ -13,7 +13,7 @@ from onetrainer.model_sampler.sizes import MAX_SIDE
 from onetrainer.util.devices import WeightsDtype
 
 if TYPE_CHECKING:
-    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.config.model import ModelConfig
 
 EXAMPLES = (
     ("one image from a model file", 'onetrainer sample model.safetensors -p "a red circle" -o red.png'),
@@ -131,9 +131,7 @@ def sample(
         for option, value in (("--width", width), ("--height", height)):
             if value is not None:
                 check_side(option, value, size_step(family))
-        loaded: DiffusionModel = lookup(ModuleKind.LOADER, family)().load(
-            _model_config(model, family, weights), device=torch_device
-        )
+        loaded = lookup(ModuleKind.LOADER, family)().load(_model_config(model, family, weights), device=torch_device)
     for path, scale in loras:
         merge_lora(loaded, read_lora_file(path, loaded.spec, configs=loaded.component_configs()), scale)
     loaded.adapters.embeddings.extend(
@@ -191,7 +189,7 @@ def _parse_lora(spec: str) -> tuple[Path, float]:
     return Path(spec).expanduser(), 1.0
 
 
-def _model_config(source: str, family: str, weights: str) -> object:
+def _model_config(source: str, family: str, weights: str) -> ModelConfig:
     from pydantic import ValidationError
 
     from onetrainer.util.config.model import ModelConfig

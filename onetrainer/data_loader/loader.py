@@ -9,7 +9,7 @@ exactly the batches an uninterrupted run would have produced.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,7 @@ class DataLoader:
         self._resume: tuple[int, int] | None = None
         self._loaded: set[str] = set()
         self._batch_builder: BatchBuilder | None = None
-        self._live: tuple[tuple[int, int], Iterator[tuple[int, int, dict[str, Any]]]] | None = None
+        self._live: tuple[tuple[int, int], Generator[tuple[int, int, dict[str, Any]], None, None]] | None = None
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -284,7 +284,7 @@ class DataLoader:
                 yield epoch, position, self.plan.shard(planned[position], self.rank)
             epoch, start = epoch + 1, 0
 
-    def _stream(self, epoch: int, start: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    def _stream(self, epoch: int, start: int) -> Generator[tuple[int, int, dict[str, Any]], None, None]:
         """Prepared batches from (epoch, start), reused across `batches` calls.
 
         The stream does not stop at the end of an epoch: while the trainer finishes the last steps

@@ -89,7 +89,10 @@ def _resize_crop_node(image_name: str, mask_name: str, box_name: str) -> Node:
 
 
 def _resize_crop(
-    source: Image.Image, mask: Image.Image | None, box: tuple[float, ...], target_size: tuple[int, int]
+    source: Image.Image,
+    mask: Image.Image | None,
+    box: tuple[float, float, float, float],
+    target_size: tuple[int, int],
 ) -> dict[str, Any]:
     import torch
     from PIL import Image

@@ -15,7 +15,7 @@ keyed by what it is about (see `rng`), so results do not depend on the number of
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
@@ -36,7 +36,7 @@ class WorkerPool:
             self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="data")
         return self._executor
 
-    def map_ordered(self, fn: Callable[[In], Out], items: Iterable[In], depth: int) -> Iterator[Out]:
+    def map_ordered(self, fn: Callable[[In], Out], items: Iterable[In], depth: int) -> Generator[Out, None, None]:
         """`fn` over `items`, in order, keeping up to `depth` calls running ahead of the consumer.
 
         The window is topped up in bursts, when it has drained to half, not after every item: each

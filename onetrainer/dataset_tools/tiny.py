@@ -310,7 +310,7 @@ def save_tiny_tagger(path: str | os.PathLike[str], *, overwrite: bool = False) -
     # Rows are the input channels in BGR order, columns the tags of TAGGER_TAGS.
     weights = np.array([[0, 0, 8, 0, 0], [0, 0, 0, 8, 0], [0, 8, 0, 0, 0]], dtype=np.float32)
     bias = np.array([4, -4, -4, -4, 0], dtype=np.float32)
-    constants = {
+    constants: dict[str, np.ndarray] = {
         "axes": np.array([1, 2], dtype=np.int64),
         "scale": np.array(255.0, dtype=np.float32),
         "weights": weights,

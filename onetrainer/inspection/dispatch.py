@@ -9,6 +9,7 @@ is a `UserError` (exit 2) that says what was recognised, so the user knows why.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def inspect_weights(path: Path) -> Inspection:
     return inspect_single_file(path, index, detection)
 
 
-def _prefixes(entries: dict[str, object]) -> str:
+def _prefixes(entries: Iterable[str]) -> str:
     counts = Counter(key.split(".")[0] for key in entries)
     shown = ", ".join(f"{prefix}.* x{count}" for prefix, count in counts.most_common(4))
     return shown or "no keys"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from onetrainer.model.adapters.embedding import EmbeddingAdapter
 
@@ -50,7 +50,11 @@ def caption_token_counts(
 
 
 def encode_tokens(
-    text_encoder: torch.nn.Module, input_ids: torch.Tensor, layer: int = 1, *, final_norm: bool = True
+    text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
+    input_ids: torch.Tensor,
+    layer: int = 1,
+    *,
+    final_norm: bool = True,
 ) -> torch.Tensor:
     """[B, 77, width] hidden states of the `layer`-th layer from the end (after the final layer norm if
     `final_norm`; the last layer always has it)."""
@@ -58,7 +62,11 @@ def encode_tokens(
 
 
 def clip_outputs(
-    text_encoder: torch.nn.Module, input_ids: torch.Tensor, layer: int = 1, *, final_norm: bool = True
+    text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
+    input_ids: torch.Tensor,
+    layer: int = 1,
+    *,
+    final_norm: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden states of `layer` from the end, the model's pooled output: `text_embeds` of a model with a
     projection, else `pooler_output`)."""

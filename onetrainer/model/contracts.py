@@ -34,6 +34,10 @@ class ModelLoader(Protocol):
         ...
 
 
+LoaderFactory = Callable[[], ModelLoader]
+"""What a family registers as its loader: called with no arguments."""
+
+
 class Conditioner(Protocol):
     """Captions to the tensors a family's denoiser is conditioned on; also the data loader's text encoder.
 
@@ -131,8 +135,10 @@ class Sampler(Protocol):
     ) -> list[Image.Image]: ...
 
 
-SamplerFactory = Callable[..., Sampler]
-"""`factory(model, layer_skip={...})`: what a family registers as its sampler."""
+class SamplerFactory(Protocol):
+    """What a family registers as its sampler: `factory(model, layer_skip={encoder: layers skipped})`."""
+
+    def __call__(self, model: DiffusionModel, /, *, layer_skip: Mapping[str, int] | None = None) -> Sampler: ...
 
 
 class Saver(Protocol):
@@ -149,3 +155,7 @@ class Saver(Protocol):
     ) -> list[Path]:
         """Write what `method` trained to `output` in `format`; returns every path written."""
         ...
+
+
+SaverFactory = Callable[[], Saver]
+"""What a family registers as its saver: called with no arguments."""

@@ -148,7 +148,7 @@ class DiffusionModel:
         """Each component's config as a diffusers folder holds it (scheduler with its class name)."""
         configs: dict[str, dict[str, Any]] = {}
         for name, module in self.modules():
-            config = module.config
+            config: Any = module.config  # diffusers' FrozenDict or transformers' PretrainedConfig
             configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         class_name = self.scheduler_class or type(self.noise_scheduler).__name__
         configs["scheduler"] = {**self.noise_scheduler.config, "_class_name": class_name}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +71,7 @@ class ConversionSource:
     lora_kind: str | None = None
     embedding: dict[str, torch.Tensor] = field(default_factory=dict)
     placeholder: str | None = None
-    architecture: dict[str, dict[str, Any]] | None = None
+    architecture: Mapping[str, Mapping[str, Any]] | None = None
     """For a LoRA: the component configs of the model it is for (`--config`), where its kohya names depend
     on them (`LoraNaming.for_model`); None: the family's released architecture."""
 

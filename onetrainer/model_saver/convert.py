@@ -7,7 +7,7 @@ tensor from input to output, so a checkpoint is never held twice in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 class Convertible(Protocol):
     kind: str
     spec: FamilySpec
-    known_spec: FamilySpec | None
     prediction_type: str | None
     metadata: dict[str, str]
     stream: Callable[[bool, tuple[str, ...]], Iterator[tuple[str, torch.Tensor]]] | None
@@ -39,7 +38,12 @@ class Convertible(Protocol):
     lora_kind: str | None
     embedding: dict[str, torch.Tensor]
     placeholder: str | None
-    architecture: dict[str, dict[str, Any]] | None
+    architecture: Mapping[str, Mapping[str, Any]] | None
+
+    @property
+    def known_spec(self) -> FamilySpec | None:
+        """`spec` when the family is known (the input or the user names it); None when it is undetermined."""
+        ...
 
 
 def write_conversion(

@@ -23,7 +23,7 @@ from onetrainer.model_setup.trainables import Trainables
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import Objective, Role
+from onetrainer.util.family import FamilySpec, Objective, Role
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,7 @@ class DiffusionSetup:
         self._conditioner: Conditioner | None = None
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> FamilySpec:
         return self.model.spec
 
     def trained_parts(self) -> list[str]:

@@ -18,6 +18,7 @@ from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
+    from diffusers import AutoencoderKL
 
 _SAMPLE_STRIDE = 997
 """Every 997th value of each tensor enters the fingerprint: cheap, yet any real change shows."""
@@ -73,7 +74,10 @@ class VaeImageEncoder(_Placed):
     finite are refused before anything caches or trains on them (`NonFiniteLatents`).
     """
 
-    def __init__(self, vae: torch.nn.Module, device: torch.device, dtype: torch.dtype, *, part: str = "vae") -> None:
+    module: AutoencoderKL
+    """The family's diffusers VAE: an `AutoencoderKL` or one with its `encode` and config fields."""
+
+    def __init__(self, vae: AutoencoderKL, device: torch.device, dtype: torch.dtype, *, part: str = "vae") -> None:
         super().__init__(vae, device, dtype, "vae")
         self.part = part
 

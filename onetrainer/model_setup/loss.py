@@ -59,7 +59,8 @@ def diffusion_loss(
     elements = elementwise_loss(prediction, target, config.type, config.huber_delta)
     dims = tuple(range(1, elements.ndim))
     if config.masked.enabled and mask is not None:
-        weights_map = mask_weights(mask.to(elements.device), tuple(elements.shape[-2:]), config.masked.unmasked_weight)
+        height, width = elements.shape[-2:]
+        weights_map = mask_weights(mask.to(elements.device), (height, width), config.masked.unmasked_weight)
         per_sample = (elements * weights_map).mean(dim=dims)
         if config.masked.normalize_area:
             per_sample = per_sample / weights_map.mean(dim=dims).clamp(min=1e-8)

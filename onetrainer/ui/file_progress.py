@@ -15,6 +15,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -70,7 +71,7 @@ def per_file_progress(unit: str) -> Iterator[Callable[[str, int, int], None]]:
         transient=True,
         disable=not stderr.is_terminal,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(name: str, done: int, total: int) -> None:
         if name not in tasks:

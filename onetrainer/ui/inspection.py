@@ -7,7 +7,7 @@ Long values are cut for the terminal; `--json` always has everything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -50,7 +50,7 @@ def _rows_table(title: str | None, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def _records_table(title: str, records: list[Mapping[str, Any]], first: str | None = None) -> Table:
+def _records_table(title: str, records: Sequence[Mapping[str, Any]], first: str | None = None) -> Table:
     columns = ([first] if first else []) + list(dict.fromkeys(key for record in records for key in record))
     table = Table(title=title, title_justify="left")
     for column in columns:

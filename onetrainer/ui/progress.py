@@ -20,12 +20,15 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Column
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Event = dict[str, Any]
 
@@ -107,7 +110,7 @@ class Display(Protocol):
 class _Stateless:
     """The context-manager half of a display that has nothing to start or stop."""
 
-    def __enter__(self) -> _Stateless:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

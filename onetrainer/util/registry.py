@@ -4,6 +4,11 @@ A family registers its spec (`util.family.register_family`) and its loader, setu
 with `register` in its own files; nothing here lists the families. On the first lookup the family
 packages are imported once (their modules import torch/diffusers lazily, so this stays cheap), which
 runs the registrations.
+
+`register` and `lookup` are typed per kind (overloads on the `ModuleKind` literal): mypy checks that
+what a family registers is the factory its kind's contract asks for (`model.contracts`), and every
+lookup returns that factory type, so the callers are checked against the same protocols. A kind held in
+a variable matches no overload: spell the member out where you register or look up.
 """
 
 from __future__ import annotations
@@ -13,11 +18,18 @@ import importlib.util
 import pkgutil
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from onetrainer.util.errors import UserError
 
+if TYPE_CHECKING:
+    from onetrainer.model.contracts import LoaderFactory, SamplerFactory, SaverFactory, SetupFactory
+
 T = TypeVar("T")
+L = TypeVar("L", bound="LoaderFactory")
+St = TypeVar("St", bound="SetupFactory")
+Sa = TypeVar("Sa", bound="SamplerFactory")
+Sv = TypeVar("Sv", bound="SaverFactory")
 
 FAMILY_PACKAGES = ("model", "model_loader", "model_setup", "model_sampler", "model_saver")
 """Sub-packages of `onetrainer` whose modules may register a family's spec or modules."""
@@ -38,6 +50,14 @@ _registry: dict[tuple[ModuleKind, str], Any] = {}
 _discovered = False
 
 
+@overload
+def register(kind: Literal[ModuleKind.LOADER], *model_types: str) -> Callable[[L], L]: ...
+@overload
+def register(kind: Literal[ModuleKind.SETUP], *model_types: str) -> Callable[[St], St]: ...
+@overload
+def register(kind: Literal[ModuleKind.SAMPLER], *model_types: str) -> Callable[[Sa], Sa]: ...
+@overload
+def register(kind: Literal[ModuleKind.SAVER], *model_types: str) -> Callable[[Sv], Sv]: ...
 def register(kind: ModuleKind, *model_types: str) -> Callable[[T], T]:
     """Decorator: make the class or factory `kind`'s module of each of `model_types`."""
 
@@ -82,6 +102,14 @@ def supporting(kinds: Iterable[ModuleKind]) -> list[str]:
     return sorted(usable or ())
 
 
+@overload
+def lookup(kind: Literal[ModuleKind.LOADER], model_type: str) -> LoaderFactory: ...
+@overload
+def lookup(kind: Literal[ModuleKind.SETUP], model_type: str) -> SetupFactory: ...
+@overload
+def lookup(kind: Literal[ModuleKind.SAMPLER], model_type: str) -> SamplerFactory: ...
+@overload
+def lookup(kind: Literal[ModuleKind.SAVER], model_type: str) -> SaverFactory: ...
 def lookup(kind: ModuleKind, model_type: str) -> Any:
     """The registered class or factory, or a user error naming the model types this build supports."""
     discover()

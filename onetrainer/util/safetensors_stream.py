@@ -76,7 +76,7 @@ def write_safetensors_stream(
         tensors = stream(False)
         for done, (planned, dtype, shape) in enumerate(plan, 1):
             key, tensor = next(tensors, (None, None))
-            if key != planned or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            if tensor is None or key != planned or tensor.dtype != dtype or tuple(tensor.shape) != shape:
                 raise RuntimeError(f"the tensor stream changed between passes at {planned} (got {key})")
             data = tensor.detach().to("cpu").contiguous().reshape(-1)
             if data.numel():

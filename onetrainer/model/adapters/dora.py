@@ -25,7 +25,7 @@ the other.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.errors import UserError
@@ -87,10 +87,10 @@ def _input_dora_class() -> type:
             self,
             x: torch.Tensor,
             *,
-            lora_A: torch.nn.Module,
-            lora_B: torch.nn.Module,
+            lora_A: torch.nn.Linear | torch.nn.Conv2d,
+            lora_B: torch.nn.Linear | torch.nn.Conv2d,
             scaling: float,
-            base_layer: torch.nn.Module,
+            base_layer: torch.nn.Linear | torch.nn.Conv2d,
             base_result: torch.Tensor | None = None,
             adapter_name: str = "default",
         ) -> torch.Tensor:
@@ -102,13 +102,14 @@ def _input_dora_class() -> type:
                 scale = scale.reshape(-1)
                 base = F.linear(x * (scale - 1), weight)
             else:
+                conv = cast("torch.nn.Conv2d", base_layer)  # a 4-D weight: peft's DoRA layers are Linear or Conv2d
                 base = F.conv2d(
                     x * (scale - 1),
                     weight,
-                    stride=base_layer.stride,
-                    padding=base_layer.padding,
-                    dilation=base_layer.dilation,
-                    groups=base_layer.groups,
+                    stride=conv.stride,
+                    padding=conv.padding,
+                    dilation=conv.dilation,
+                    groups=conv.groups,
                 )
             return base + lora_B(lora_A(x * scale)) * scaling
 

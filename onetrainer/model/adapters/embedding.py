@@ -20,6 +20,7 @@ from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
 
     from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.family import FamilySpec
@@ -109,7 +110,7 @@ def _extended_lookup_class() -> type:
     return ExtendedTokenEmbedding
 
 
-def _lookup(text_encoder: torch.nn.Module) -> Any:
+def _lookup(text_encoder: PreTrainedModel) -> Any:
     """The text encoder's token lookup, replaced once by the extended one."""
     current = text_encoder.get_input_embeddings()
     if type(current).__name__ == "ExtendedTokenEmbedding":
@@ -124,7 +125,7 @@ def embedding_encoders(model: DiffusionModel) -> list[str]:
     return [name for name in model.text_encoder_names() if model.spec.component(name).embedding_key is not None]
 
 
-def _init_vectors(text_encoder: torch.nn.Module, tokenizer: Any, init_text: str, count: int) -> torch.Tensor:
+def _init_vectors(text_encoder: PreTrainedModel, tokenizer: Any, init_text: str, count: int) -> torch.Tensor:
     """The init text's token vectors, repeated or cut to `count` (A1111's rule)."""
     ids = tokenizer(init_text, add_special_tokens=False).input_ids
     if not ids:

@@ -30,7 +30,7 @@ class LoraFile:
     format: str
     tensors: dict[str, torch.Tensor]
     alphas: dict[str, float]
-    architecture: dict[str, dict[str, Any]] | None = None
+    architecture: Mapping[str, Mapping[str, Any]] | None = None
     """The component configs its kohya names were read for (given, or recorded in the file), if any."""
 
     @property

@@ -72,10 +72,10 @@ def merge_lora(model: DiffusionModel, lora: LoraFile, strength: float = 1.0) -> 
             original = weight.float()
             row, column = params.pop("lora_magnitude_vector", None), params.pop(INPUT_MAGNITUDE, None)
             delta = module_delta(params, weight.shape, lora.alphas.get(module)).to(original.device)
-            if row is None and column is None:
+            magnitude, axis = (row, OUTPUT) if row is not None else (column, INPUT)
+            if magnitude is None:
                 merged = original + strength * delta
             else:
-                axis, magnitude = (OUTPUT, row) if row is not None else (INPUT, column)
                 dora = dora_weight(original, delta, magnitude.to(original.device), axis)
                 merged = original + strength * (dora - original)
             weight.copy_(merged.to(weight.dtype))

@@ -183,9 +183,7 @@ class ImageConfig(Section):
 Resolution = int | list[int]
 
 
-def _check_resolution(value: Resolution | None) -> Resolution | None:
-    if value is None:
-        return None
+def _check_resolution(value: Resolution) -> Resolution:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise ValueError("give at least one resolution")
@@ -227,7 +225,7 @@ class ConceptConfig(Section):
     @field_validator("resolution")
     @classmethod
     def _resolution(cls, value: Resolution | None) -> Resolution | None:
-        return _check_resolution(value)
+        return None if value is None else _check_resolution(value)
 
     @model_validator(mode="after")
     def _check_repeats_or_samples(self) -> ConceptConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -22,6 +22,9 @@ from onetrainer.util.config.types import CHECK_PATHS
 from onetrainer.util.config.yaml_text import parse_yaml_mapping
 from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
 from onetrainer.util.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 
 def read_yaml_file(path: Path) -> dict[str, Any]:
@@ -109,7 +112,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return annotation if _is_model(annotation) else None
 
 
-def _problem_from_pydantic(error: dict[str, Any]) -> ConfigProblem:
+def _problem_from_pydantic(error: ErrorDetails) -> ConfigProblem:
     loc = tuple(error.get("loc", ()))
     path = ".".join(str(part) for part in loc)
     kind = error.get("type", "")

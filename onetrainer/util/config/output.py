@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 from pydantic import Field, field_validator
 
@@ -67,7 +68,7 @@ class SaveDtype(str, Enum):
 
 
 class SavingConfig(Section):
-    output: OutputPath = Field("output/model.safetensors", description="Where the final model is written.")
+    output: OutputPath = Field(Path("output/model.safetensors"), description="Where the final model is written.")
     format: SaveFormat = Field(
         SaveFormat.AUTO,
         description="Output format; auto = kohya for LoRA, a1111 for embeddings, by file suffix for full models.",

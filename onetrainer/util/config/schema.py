@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -40,7 +41,7 @@ class TrainConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Preview samples.")
     saving: SavingConfig = Field(default_factory=SavingConfig, description="The trained output.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs and metrics.")
-    workspace: OutputPath = Field("workspace/run", description="Run folder: backups, samples, logs.")
+    workspace: OutputPath = Field(Path("workspace/run"), description="Run folder: backups, samples, logs.")
 
     @model_validator(mode="before")
     @classmethod

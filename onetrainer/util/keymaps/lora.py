@@ -25,7 +25,7 @@ How modules are named is the family's (`FamilySpec.lora_naming`): the diffusers 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
@@ -86,7 +86,9 @@ def _magnitude_to_peft(
     )
 
 
-def _group(sd: Mapping[str, torch.Tensor], split) -> dict[str, dict[str, torch.Tensor]]:
+def _group(
+    sd: Mapping[str, torch.Tensor], split: Callable[[str], tuple[str, str]]
+) -> dict[str, dict[str, torch.Tensor]]:
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in sd.items():
         module, param = split(key)

@@ -47,7 +47,7 @@ def byte_alphabet() -> list[str]:
 
 def load_tiny_merges() -> list[tuple[str, str]]:
     """Read the committed merge list (a package asset, so it works from an installed wheel)."""
-    text = resources.files(__package__).joinpath("assets", MERGES_ASSET).read_text(encoding="utf-8")
+    text = (resources.files(__package__) / "assets" / MERGES_ASSET).read_text(encoding="utf-8")
     return _parse_merges(text.splitlines())
 
 
