@@ -231,8 +231,6 @@ OPTIMIZER_ARGS: dict[str, dict[str, str]] = {
         "amsgrad": "amsgrad",
         "optim_bits": "optim_bits",
         "min_8bit_size": "min_8bit_size",
-        "percentile_clipping": "percentile_clipping",
-        "block_wise": "block_wise",
         "is_paged": "is_paged",
     },
     "sgd": {"dampening": "dampening", "nesterov": "nesterov", "maximize": "maximize"},
