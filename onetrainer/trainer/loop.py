@@ -286,9 +286,10 @@ OTHER_RANK_STOP = "a stop request to another rank"
 def _read_back(session: Session, loss_sum: Any, grad_norm: Any, *, stop: StopSignals, failed: bool) -> _ReadBack:
     """The step's loss and gradient norm on the host, in one device sync (the only one a step makes).
 
-    With several ranks the same sync brings the sum of every rank's loss, stop request and failure,
-    from one all-reduce that travels with the step's gradients: every rank reads the same mean loss and
-    takes the same decisions.
+    With several ranks the same sync also brings, from one small all-reduce queued after the step's
+    gradients, the sum of every rank's loss, stop request and failure: every rank reads the same mean
+    loss and takes the same decisions. (The gradient norm is computed from averaged gradients, so it is
+    the same on every rank already.)
     """
     import torch
 

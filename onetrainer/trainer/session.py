@@ -218,10 +218,10 @@ class Session:
             total, count = validation_sums(
                 self.parts.setup, batches(), self.run.precision, seed=self.config.training.seed, device=self.device
             )
-        total, count = sum_over_ranks(self.world, total, count)
-        if count == 0:
+        summed, batches_measured = sum_over_ranks(self.world, total, count)
+        if batches_measured == 0:
             return None
-        loss = total / count
+        loss = summed / batches_measured
         step = self.run.counters.step
         if self.is_main:
             self.tensorboard.scalars(step, {"loss/validation": loss})

@@ -251,11 +251,14 @@ def gathered(world: World, modules: Sequence[torch.nn.Module]) -> Iterator[None]
 
 
 @contextlib.contextmanager
-def _plain_view(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+def _plain_view(module: torch.nn.Module, weights: dict[str, Any]) -> Iterator[None]:
+    import torch
     from torch.distributed.fsdp import FSDPModule
 
     sharded_class = type(module)
-    plain_class = next(cls for cls in sharded_class.__mro__[1:] if not issubclass(cls, FSDPModule))
+    plain_class: type[torch.nn.Module] = next(
+        cls for cls in sharded_class.__mro__[1:] if issubclass(cls, torch.nn.Module) and not issubclass(cls, FSDPModule)
+    )
 
     def full_weights(_: Any, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
         for key in list(state_dict):
