@@ -90,7 +90,12 @@ class Session:
 
     @contextlib.contextmanager
     def inference(self, *, use_ema: bool) -> Iterator[None]:
-        """Eval mode, untouched RNG streams, and the averaged weights if asked, for the block."""
+        """Eval mode, untouched RNG streams, and the averaged weights if asked, for the block.
+
+        A sharded model is resharded after the block: FSDP keeps the weights its outermost module
+        gathered for a forward pass without backward, and the next training step would otherwise run
+        on them (the averaged weights, after previews that showed them).
+        """
         setup = self.parts.setup
         ema = self.run.ema if use_ema else None
         set_optimizer_mode(self.run.optimizer, train=False)
@@ -99,6 +104,10 @@ class Session:
             with preserved_rng(), ema.applied() if ema is not None else contextlib.nullcontext():
                 yield
         finally:
+            if self.sharded:
+                from onetrainer.trainer.sharding import reshard
+
+                reshard(self.sharded)
             setup.train()
             set_optimizer_mode(self.run.optimizer, train=True)
             self.throughput.restart()

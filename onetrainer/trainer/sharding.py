@@ -106,6 +106,22 @@ def shard_setup(setup: LoopSetup, world: World) -> list[torch.nn.Module]:
     return setup.shard(shard)
 
 
+def reshard(modules: Sequence[torch.nn.Module]) -> None:
+    """Free the gathered weights of every sharded block of `modules`.
+
+    After a forward pass with no backward (previews, validation) FSDP leaves the outermost module's
+    weights gathered, as it expects the backward pass next; the next forward pass would then use those
+    copies, not the shards, even where the shards have changed since (the moving average swapped out,
+    a backup loaded).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in modules:
+        for block in module.modules():
+            if isinstance(block, FSDPModule):
+                block.reshard()
+
+
 def local_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """This rank's part of each tensor: its shard of a sharded one, a plain one as it is."""
     from torch.distributed.tensor import DTensor

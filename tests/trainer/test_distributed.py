@@ -184,9 +184,17 @@ def test_a_failure_on_one_rank_stops_both_with_an_emergency_backup(tmp_path: Pat
 
 @pytest.mark.slow
 def test_fsdp_on_two_ranks_trains_and_its_backup_resumes_bit_exactly(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    """A sharded full fine-tune: each rank writes its shards of the backup, and a run resumed from it ends
-    where an uninterrupted one does; the output is the usual single file, gathered on rank 0."""
-    sharded = ("method=full", "training.distributed=fsdp", "saving.dtype=fp32", "sampling.every=2 steps")
+    """A sharded full fine-tune: each rank writes its shards of the backup (weights, optimizer state, moving
+    average), and a run resumed from it ends where an uninterrupted one does; the output (the averaged
+    weights) is the usual single file, gathered on rank 0."""
+    sharded = (
+        "method=full",
+        "training.distributed=fsdp",
+        "saving.dtype=fp32",
+        "sampling.every=2 steps",
+        "training.ema.enabled=true",
+        "training.ema.decay=0.9",
+    )
 
     def overrides(name: str, *extra: str) -> list[str]:
         return _overrides(tmp_path / name, shapes_dataset_dir, *sharded, *extra, output="model.safetensors")
