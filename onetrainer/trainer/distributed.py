@@ -17,6 +17,11 @@ Everything here is a no-op in a single process, so the loop reads the same eithe
 on every decision that leads to a collective call (stop, fail, back up), otherwise one waits forever for
 the others: `any_rank` shares a flag, `together` shares the outcome of work only rank 0 does, and
 `leaders_first` runs a block on rank 0 before the others (the data scan and the cache).
+
+Two process groups: the default one (NCCL on GPUs) carries the tensors of every step (gradients, the
+loss read-back, FSDP's traffic); a gloo group with a long timeout (`HOST_TIMEOUT`) carries the
+agreements and small objects, because there a rank may wait for hours, while rank 0 fills the cache
+or writes a large model, longer than NCCL's 10 minutes before it declares a collective hung.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.errors import RuntimeFailure, UserError
@@ -35,6 +41,9 @@ if TYPE_CHECKING:
 LAUNCH_COMMAND_ENV = "ONETRAINER_LAUNCH_COMMAND"
 """Set by `onetrainer train --gpus N` for its ranks: the command line the user typed, for messages that say
 how to continue a run."""
+
+HOST_TIMEOUT = timedelta(hours=24)
+"""How long a rank waits for the others in an agreement (see the module docstring)."""
 
 BUCKET_BYTES = 64 * 1024**2
 """Gradients are averaged in flat buckets of about this size: one collective call per bucket instead of
@@ -53,6 +62,8 @@ class World:
     """Where collective calls put their tensors (the training device)."""
     owns_group: bool = False
     """Whether `join_world` created the process group (and `leave_world` destroys it)."""
+    host_group: Any = None
+    """The gloo group of the agreements (see the module docstring); None: the default group."""
     shared_failure: bool = field(default=False, compare=False)
     """Set when every rank has learnt of the failure being raised (see `together`), so that all of them
     can still take part in the emergency backup."""
@@ -109,6 +120,10 @@ def rank_device(setting: str, local_rank: int, size: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+_joined: list[World] = []
+"""The world `join_world` set up in this process, for code that has no `World` at hand (`current_world`)."""
+
+
 def join_world(setting: str) -> tuple[World, torch.device]:
     """This process's world and training device; creates the process group when torchrun started several.
 
@@ -117,42 +132,55 @@ def join_world(setting: str) -> tuple[World, torch.device]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        world = current_world()
-        device = rank_device(setting, world.local_rank, world.size)
-        world.device = device
-        return world, device
-    size = _launched_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    device = rank_device(setting, local_rank, size)
-    if size == 1:
-        return World(device=device), device
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        world = _existing_world()
+        device = world.device = rank_device(setting, world.local_rank, world.size)
     else:
-        dist.init_process_group("gloo")
-    world = World(dist.get_rank(), local_rank, dist.get_world_size(), device, owns_group=True)
+        size = _launched_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        device = rank_device(setting, local_rank, size)
+        if size == 1:
+            return World(device=device), device
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+        world = World(dist.get_rank(), local_rank, dist.get_world_size(), device, owns_group=True)
+    world.host_group = dist.new_group(backend="gloo", timeout=HOST_TIMEOUT)
+    _joined[:] = [world]
     return world, device
 
 
+def _existing_world() -> World:
+    import torch.distributed as dist
+
+    return World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0") or 0), dist.get_world_size())
+
+
 def current_world() -> World:
-    """The world of the existing process group (a single process when there is none)."""
+    """The world `join_world` joined, else that of an existing process group, else a single process."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0") or 0), dist.get_world_size())
+    return _joined[0] if _joined else _existing_world()
 
 
 def leave_world(world: World) -> None:
-    """Destroy the process group `join_world` created, once the run is over on every rank."""
-    if world.owns_group:
-        import torch.distributed as dist
+    """Destroy the process groups `join_world` created, once the run is over on every rank."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
 
+    _joined.clear()
+    if world.owns_group:
         dist.destroy_process_group()
         world.owns_group = False
+    elif world.host_group is not None:
+        dist.destroy_process_group(world.host_group)
+    world.host_group = None
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -164,14 +192,8 @@ def rank_seed(seed: int, rank: int) -> int:
     return keyed_seed(seed, "rank", rank) % 2**63
 
 
-def _collective_device(world: World) -> torch.device:
-    import torch
-
-    return world.device if world.device is not None else torch.device("cpu")
-
-
 def all_reduce_sum(world: World, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over ranks, in place (it must be on the collective device); returned for chaining."""
+    """Sum a device `tensor` over ranks, in place, on the default group; returned for chaining."""
     if world.distributed:
         import torch.distributed as dist
 
@@ -180,13 +202,15 @@ def all_reduce_sum(world: World, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def sum_over_ranks(world: World, *values: float) -> list[float]:
-    """The sums of a few host numbers over ranks (one collective call)."""
+    """The sums of a few host numbers over ranks (one call on the agreement group)."""
     if not world.distributed:
         return list(values)
     import torch
+    import torch.distributed as dist
 
-    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device(world))
-    return [float(value) for value in all_reduce_sum(world, tensor).tolist()]
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=world.host_group)
+    return [float(value) for value in tensor.tolist()]
 
 
 def any_rank(world: World, flag: bool) -> bool:
@@ -208,7 +232,7 @@ def broadcast_object(world: World, value: Any) -> Any:
     import torch.distributed as dist
 
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=world.host_group)
     return box[0]
 
 
@@ -219,7 +243,7 @@ def gather_objects(world: World, value: Any) -> list[Any] | None:
     import torch.distributed as dist
 
     gathered: list[Any] | None = [None] * world.size if world.is_main else None
-    dist.gather_object(value, gathered, dst=0)
+    dist.gather_object(value, gathered, dst=0, group=world.host_group)
     return gathered
 
 
