@@ -11,7 +11,7 @@ data plan is sharded so all ranks train the same bucket at each step) and, once 
 is what DDP does, done on the trained tensors themselves rather than by wrapping a module: they live in
 several modules called from family hooks (the denoiser, text encoders, embedding vectors that belong to
 no module), and a wrapper would have to be called in their place. Accumulation micro-steps never
-synchronise (DDP's `no_sync`): only the step's last gradient is averaged.
+synchronise (DDP's `no_sync`): the gradient they add up is averaged once, before clipping.
 
 Everything here is a no-op in a single process, so the loop reads the same either way. Ranks must agree
 on every decision that leads to a collective call (stop, fail, back up), otherwise one waits forever for
@@ -59,7 +59,7 @@ class World:
     """The rank among the processes of this machine (which GPU it uses)."""
     size: int = 1
     device: torch.device | None = None
-    """Where collective calls put their tensors (the training device)."""
+    """This rank's training device."""
     owns_group: bool = False
     """Whether `join_world` created the process group (and `leave_world` destroys it)."""
     host_group: Any = None

@@ -77,9 +77,9 @@ def open_backup(
 def check_world_size(path: Path, size: int) -> None:
     """A run continues with as many ranks as trained its backup.
 
-    What each rank trains on at each step (its slice of the global batch, whose size is ranks × batch),
-    its noise stream and, sharded, its part of the weights all follow from the number of ranks, so no
-    other number can continue the run as it would have gone on.
+    What each rank trains on at each step (its slice of the global batch, whose size is ranks × batch)
+    and its noise stream follow from the number of ranks (and a sharded backup holds one part of the
+    weights per rank), so no other number can continue the run as it would have gone on.
     """
     saved = backup_world_size(path)
     if saved == size:
@@ -92,8 +92,8 @@ def check_world_size(path: Path, size: int) -> None:
     )
     raise UserError(
         f"this backup was trained by {processes} and this run has {size}: each process's slice of every "
-        "global batch, its noise stream and (sharded) its part of the weights depend on that number, so the "
-        "run cannot continue exactly with another",
+        "global batch and its noise stream depend on that number, so the run cannot continue exactly with "
+        "another",
         where=str(path),
         hint=f"Resume with {launch}, or start a new run in a new workspace.",
     )
