@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +23,7 @@ EXAMPLES = (
         "onetrainer train my-lora.yaml training.learning_rate=5e-5 training.epochs=20",
     ),
     ("continue an interrupted run from its newest backup", "onetrainer train my-lora.yaml --resume last"),
+    ("train data-parallel on the 4 GPUs of this machine (starts torchrun)", "onetrainer train my-lora.yaml --gpus 4"),
     (
         "train a OneTrainer config (JSON) as it is, even with settings onetrainer cannot honour",
         "onetrainer train my-onetrainer-lora.json --allow-unsupported",
@@ -62,6 +65,16 @@ def train(
             help="OneTrainer configs: train without the settings onetrainer cannot honour (they are listed).",
         ),
     ] = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            min=1,
+            metavar="N",
+            help="Train on N GPUs of this machine (starts torchrun with one process per GPU; "
+            "training.batch_size is per GPU). With training.device=cpu: N CPU processes.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model from a config file (defaults < preset < file < overrides)."""
     from onetrainer.data_loader.placeholders import check_placeholders
@@ -73,6 +86,8 @@ def train(
         raise UserError("--check, --dry-run and --cache-only each end the command early: choose one")
     if resume is not None and (check or dry_run or cache_only):
         raise UserError("--resume starts training; it does not combine with --check, --dry-run or --cache-only")
+    if gpus is not None and cache_only:
+        raise UserError("--cache-only fills the cache in one process; leave out --gpus")
     if is_onetrainer_config(config):
         resolved = _load_onetrainer(config, overrides or [], allow_unsupported=allow_unsupported)
     else:
@@ -82,30 +97,49 @@ def train(
         typer.echo(dump_config(resolved), nl=False)
         return
     if dry_run:
-        _dry_run(resolved, json_lines=json_lines)
+        _dry_run(resolved, json_lines=json_lines, world_size=gpus or 1)
         return
+    command = ["onetrainer", "train", str(config), *(overrides or [])]
+    if gpus is not None and gpus > 1:
+        from onetrainer.trainer.launch import launch_ranks
+
+        _check_launch(resolved, gpus, resume)
+        flags = [
+            *(["--resume", resume] if resume is not None else []),
+            *(["--json"] if json_lines else []),
+            *(["--allow-unsupported"] if allow_unsupported else []),
+        ]
+        code = launch_ranks(gpus, [str(config), *(overrides or []), *flags], command=[*command, "--gpus", str(gpus)])
+        raise typer.Exit(code)
 
     from onetrainer.trainer.components import build_parts
-    from onetrainer.ui.progress import open_display
+    from onetrainer.trainer.distributed import launched_rank, run_command
     from onetrainer.util.threads import apply_threads
 
     threads = apply_threads(resolved.training.threads, workers=resolved.data.workers)
-    with open_display(json_lines=json_lines) as display:
+    with _display(json_lines=json_lines, main=launched_rank() == 0) as display:
         display({"event": "status", "message": threads.describe()})
         if cache_only:
             from onetrainer.trainer.prepare import fill_cache_only
 
             fill_cache_only(resolved, build=build_parts, progress=display)
             return
+        from onetrainer.trainer.divergence import TrainingDiverged
         from onetrainer.trainer.loop import train as run_training
+        from onetrainer.util.errors import Interrupted
 
-        result = run_training(
-            resolved,
-            build=build_parts,
-            resume=resume,
-            progress=display,
-            command=shlex.join(["onetrainer", "train", str(config), *(overrides or [])]),
-        )
+        try:
+            result = run_training(
+                resolved,
+                build=build_parts,
+                resume=resume,
+                progress=display,
+                command=run_command(shlex.join(command)),
+            )
+        except (Interrupted, TrainingDiverged) as error:
+            if launched_rank() == 0:
+                raise
+            raise typer.Exit(error.exit_code) from None  # every rank stopped alike; rank 0 says why
     if not json_lines and result.output is not None:
         from onetrainer.ui.console import stderr
 
@@ -125,11 +159,52 @@ def _load_onetrainer(config: Path, overrides: list[str], *, allow_unsupported: b
     return resolved
 
 
-def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:
+def _display(*, json_lines: bool, main: bool) -> contextlib.AbstractContextManager[Callable[[dict[str, Any]], None]]:
+    """The progress display; under torchrun only rank 0 shows one (the others train silently)."""
+    from onetrainer.ui.progress import open_display
+
+    if main:
+        return open_display(json_lines=json_lines)
+    return contextlib.nullcontext(lambda event: None)
+
+
+def _check_launch(config: TrainConfig, gpus: int, resume: str | None) -> None:
+    """What the ranks would each refuse, refused once here before torchrun starts them."""
+    import os
+
+    from onetrainer.trainer.backup import find_backup
+    from onetrainer.trainer.start import check_world_size
+    from onetrainer.util.errors import UserError
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        raise UserError("--gpus starts torchrun itself; under torchrun, leave it out")
+    device = config.training.device
+    if device in ("mps",) or device.startswith("cuda:"):
+        raise UserError(
+            f"--gpus gives each process a GPU of its own, so training.device cannot be {device}",
+            where="training.device",
+            hint="Set training.device to auto or cuda (choose the GPUs with CUDA_VISIBLE_DEVICES), or cpu.",
+        )
+    if device != "cpu":
+        import torch
+
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available < gpus:
+            raise UserError(
+                f"--gpus {gpus} needs {gpus} CUDA GPUs; this machine has {available}",
+                hint="Ask for fewer, or set training.device=cpu to run that many CPU processes (slow; for testing).",
+            )
+    if resume is not None:
+        from onetrainer.trainer.workspace import Workspace
+
+        check_world_size(find_backup(Workspace(config.workspace).backups, resume), gpus)
+
+
+def _dry_run(config: TrainConfig, *, json_lines: bool, world_size: int) -> None:
     from onetrainer.trainer.components import data_report
     from onetrainer.ui.console import stdout
 
-    report = data_report(config, progress=lambda event: None)
+    report = data_report(config, progress=lambda event: None, world_size=world_size)
     if json_lines:
         sys.stdout.write(json.dumps({"event": "report", **report.to_dict()}) + "\n")
     else:

@@ -15,13 +15,15 @@ API for the trainer and commands:
   `<workspace>/cache`). Raises `ConfigError` for a missing concept folder and `UserError` (exit 2)
   when nothing would train, or under `data.strict` when any image is skipped.
 * `DataLoader.fill_cache() -> CacheStats`: the caching pass (call before training; on multi-GPU,
-  on rank 0 first, then the others after a barrier). A no-op without encoders or with
-  `data.cache: false`. Undecodable images found here are dropped from the plan.
+  on rank 0 first, then the others after a barrier: they re-read the file records and the manifest,
+  and only find the entries). A no-op without encoders or with `data.cache: false`. Undecodable
+  images found here are dropped from the plan.
 * `DataLoader.steps_per_epoch` (exact for epoch 0 and, unless `epochs_vary`, for every epoch),
   `steps_in_epoch(epoch)`, `total_steps(epochs)`.
 * `DataLoader.batches(epoch, start=None)`: this rank's batches; `start` defaults to 0, or to the
   position from `load_state_dict`. `state_dict()` / `load_state_dict()` hold {"epoch", "position"}.
-* `DataLoader.validation_batches()`: each validation-concept sample once (not in training batches).
+* `DataLoader.validation_batches(every_rank=False)`: each validation-concept sample once (not in
+  training batches), this rank's share (all of them with `every_rank`).
 * `DataLoader.report` / `dataset_report(config, *, quantisation=8, world_size=1, cache_dir=None)
   -> DatasetReport` (writes nothing): `to_dict()`, `to_text()`, rich-renderable,
   `require_trainable()` raises the exit-2 `UserError` listing why nothing would train.

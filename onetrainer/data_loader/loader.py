@@ -201,11 +201,17 @@ class DataLoader:
 
         Images found undecodable here are dropped from the plan with a warning (an error under
         `strict`), so the epoch length can change: read `steps_per_epoch` after this call.
+
+        The file records and the cache manifest are read again first: under torchrun another rank has
+        just filled the cache (see `trainer.distributed.leaders_first`), and with its records this pass
+        only finds its entries, without hashing a file or loading an encoder.
         """
         stats = CacheStats()
         self._close_stream()
         if not self.caching or (self.image_encoder is None and self.text_encoder is None):
             return stats
+        self.memo = FileMemo(self.cache_dir / MEMO_FILE)
+        self.store = CacheStore(self.cache_dir)
         filler = CacheFiller(
             plan=self.plan,
             pipeline=self.pipeline,
@@ -328,10 +334,11 @@ class DataLoader:
             if self._position == steps:
                 return
 
-    def validation_batches(self) -> Iterator[dict[str, Any]]:
-        """Every validation-concept sample once, this rank's share, with fixed (variation 0) augmentation."""
+    def validation_batches(self, every_rank: bool = False) -> Iterator[dict[str, Any]]:
+        """Every validation-concept sample once, this rank's share (all of them with `every_rank`), with
+        fixed (variation 0) augmentation."""
         builder = self._builder()
-        shards = [batch.draws for batch in self.plan.validation_batches(self.rank)]
+        shards = [batch.draws for batch in self.plan.validation_batches(None if every_rank else self.rank)]
         for batch in self.pool.map_ordered(builder.build, shards, self.depth):
             yield self._encode_inline(batch)
 

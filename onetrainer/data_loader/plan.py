@@ -203,8 +203,9 @@ class DataPlan:
     def shard(self, batch: PlannedBatch, rank: int) -> tuple[Draw, ...]:
         return batch.draws[rank * self.batch_size : (rank + 1) * self.batch_size]
 
-    def validation_batches(self, rank: int = 0) -> list[PlannedBatch]:
-        """Each validation sample once, slot 0, grouped by bucket; batches dealt round-robin to ranks."""
+    def validation_batches(self, rank: int | None = 0) -> list[PlannedBatch]:
+        """Each validation sample once, slot 0, grouped by bucket; batches dealt round-robin to ranks
+        (all of them with `rank=None`)."""
         by_bucket: dict[Bucket, list[Draw]] = defaultdict(list)
         for sample in self._validation:
             by_bucket[self.bucket_of(sample, 0)].append(Draw(sample, 0, 0, self.bucket_of(sample, 0)))
@@ -213,4 +214,4 @@ class DataPlan:
             for bucket, draws in sorted(by_bucket.items())
             for start in range(0, len(draws), self.batch_size)
         ]
-        return batches[rank :: self.world_size]
+        return batches if rank is None else batches[rank :: self.world_size]

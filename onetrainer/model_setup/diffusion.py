@@ -9,6 +9,7 @@ denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.dora import dora_axis
@@ -103,6 +104,20 @@ class DiffusionSetup:
         self._checkpointing(config.training.gradient_checkpointing)
         model.adapters.lora = self.lora
         model.adapters.embeddings = list(self.embeddings)
+
+    def shard(self, shard_module: Callable[[torch.nn.Module], None]) -> list[torch.nn.Module]:
+        """Hand each fully trained component to `shard_module` and train the parameters it leaves there.
+
+        FSDP2's `fully_shard` (`trainer.sharding`) replaces a module's parameters by sharded ones, so the
+        trained tensors recorded in `prepare` are taken again from the sharded components.
+        """
+        sharded = []
+        for name in self._fully_trained():
+            module = self.model.components[name]
+            shard_module(module)
+            self.trainables.groups[name] = dict(module.named_parameters())
+            sharded.append(module)
+        return sharded
 
     def _fully_trained(self) -> list[str]:
         return self.trained_parts() if self.config.method is TrainingMethod.FULL else []

@@ -10,5 +10,7 @@ and `resume` (exact continuation and its compatibility check), `signals` (gracef
 and `tensorboard` (logs), `previews` and `validation` (side work), `state` (what a backup holds),
 `session` (the running objects and their side work), `start` (everything before the first step),
 `destinations` (where a run writes: checked before loading, tidied), `divergence` (NaN/inf guards),
-`workspace` (the run folder's layout).
+`workspace` (the run folder's layout), `distributed` (several ranks under torchrun: the process group,
+gradient averaging, agreement between ranks), `sharding` (FSDP2 full fine-tunes and their
+checkpoint-folder backups), `launch` (`--gpus N`: torchrun started for the user).
 """

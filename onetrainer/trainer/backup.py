@@ -5,7 +5,12 @@ A backup folder `backups/step-00000123/` holds:
 - `state.pt`: optimizer, scheduler, EMA, grad scaler, RNG states and loop/data position (tensors and
   plain values only, read back with `weights_only=True`),
 - `config.yaml`: the resolved config of the run, to check a resume against,
-- `meta.json`: format version, step and epoch; written last, so its presence marks a complete backup.
+- `meta.json`: format version, step, epoch and the number of ranks that trained it; written last, so its
+  presence marks a complete backup.
+
+A sharded run (FSDP) has no rank that holds all the trained weights: its backup keeps them, with the
+optimizer's state and the moving average, in `shards/` instead, a `torch.distributed.checkpoint` folder
+each rank writes its own part of (see `trainer.sharding`), and `state.pt` holds the rest.
 
 The folder is filled under a temporary name and renamed into place in one step, so a crash at any
 moment leaves either the previous backups or the new complete one. Rolling deletion renames a folder
@@ -36,6 +41,7 @@ WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
+SHARDS_FOLDER = "shards"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -47,6 +53,10 @@ class Backup:
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
     config_yaml: str
+    world_size: int = 1
+    """How many ranks trained it (a run continues with as many)."""
+    sharded: bool = False
+    """Whether the trained tensors are in `shards/` (FSDP) rather than in `weights`."""
 
 
 def backup_name(step: int) -> str:
@@ -74,19 +84,36 @@ def write_backup(
     weights: dict[str, torch.Tensor],
     state: dict[str, Any],
     config_yaml: str,
+    world_size: int = 1,
 ) -> Path:
     """Write the backup of optimizer step `step` atomically and return its folder."""
-    import torch
-
     target = directory / backup_name(step)
     with atomic_directory(target, overwrite=True) as tmp:
         save_safetensors(weights, tmp / WEIGHTS_FILE)
-        with atomic_file(tmp / STATE_FILE) as handle:
-            torch.save(state, handle)
-        atomic_write_text(tmp / CONFIG_FILE, config_yaml)
-        meta = {"format": BACKUP_FORMAT, "step": step, "epoch": epoch, "onetrainer": __version__}
-        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+        write_backup_files(tmp, step=step, epoch=epoch, state=state, config_yaml=config_yaml, world_size=world_size)
     return target
+
+
+def write_backup_files(
+    folder: Path,
+    *,
+    step: int,
+    epoch: int,
+    state: dict[str, Any],
+    config_yaml: str,
+    world_size: int,
+    sharded: bool = False,
+) -> None:
+    """Everything of a backup but its trained tensors, into the (temporary) backup folder; `meta.json` last."""
+    import torch
+
+    with atomic_file(folder / STATE_FILE) as handle:
+        torch.save(state, handle)
+    atomic_write_text(folder / CONFIG_FILE, config_yaml)
+    meta: dict[str, Any] = {"format": BACKUP_FORMAT, "step": step, "epoch": epoch, "onetrainer": __version__}
+    if world_size > 1:
+        meta.update(world_size=world_size, sharded=sharded)
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
@@ -149,6 +176,12 @@ def find_backup(workspace_backups: Path, spec: str | Path) -> Path:
     )
 
 
+def backup_world_size(path: Path) -> int:
+    """How many ranks trained the backup in `path` (1 when it says nothing: older backups were single-process)."""
+    meta = _read_meta(path) or {}
+    return int(meta.get("world_size", 1))
+
+
 def read_backup(path: Path) -> Backup:
     import torch
     from safetensors.torch import load_file
@@ -156,9 +189,10 @@ def read_backup(path: Path) -> Backup:
     meta = _read_meta(path)
     if meta is None:
         raise UserError(f"not a complete backup (no readable {META_FILE}): {path}")
+    sharded = bool(meta.get("sharded", False))
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        weights = load_file(path / WEIGHTS_FILE)
+        weights = {} if sharded else load_file(path / WEIGHTS_FILE)
         config_yaml = (path / CONFIG_FILE).read_text(encoding="utf-8")
     except (OSError, RuntimeError, pickle.UnpicklingError) as error:
         raise UserError(f"the backup cannot be read: {error}", where=str(path)) from None
@@ -169,4 +203,6 @@ def read_backup(path: Path) -> Backup:
         weights=weights,
         state=state,
         config_yaml=config_yaml,
+        world_size=int(meta.get("world_size", 1)),
+        sharded=sharded,
     )

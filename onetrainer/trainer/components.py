@@ -2,13 +2,18 @@
 
 This is the only place that knows how the registered modules are called; the loop sees the
 `TrainingParts` they become. Data-loader events are translated into the trainer's progress events.
+Under torchrun, rank 0 scans the data first (the others then find its file records), and only rank 0
+gets a sampler, unless the model is sharded: then every rank draws the previews with it.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.trainer.distributed import current_world, leaders_first
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import torch_dtype
 from onetrainer.trainer.session import ProgressCallback
@@ -41,11 +46,13 @@ def quantisation(config: TrainConfig) -> int:
     return get_family(config.model.type).bucket_step
 
 
-def data_report(config: TrainConfig, *, progress: ProgressCallback) -> Any:
-    """The data loader's dataset report for `--dry-run`: reads the folders, writes nothing."""
+def data_report(config: TrainConfig, *, progress: ProgressCallback, world_size: int = 1) -> Any:
+    """The data loader's dataset report for `--dry-run` (for `world_size` ranks): reads the folders, writes nothing."""
     from onetrainer.data_loader import dataset_report
 
-    return dataset_report(config, quantisation=quantisation(config), progress=loader_events(progress))
+    return dataset_report(
+        config, quantisation=quantisation(config), world_size=world_size, progress=loader_events(progress)
+    )
 
 
 def warn_cut_captions(data: DataLoader, setup: TrainingSetup, progress: ProgressCallback) -> None:
@@ -73,14 +80,17 @@ def build_parts(
     progress: ProgressCallback,
 ) -> TrainingParts:
     from onetrainer.data_loader import build_data_loader
+    from onetrainer.util.config.training import DistributedMode
 
-    data = build_data_loader(
-        config,
-        rank=rank,
-        world_size=world_size,
-        quantisation=quantisation(config),
-        progress=loader_events(progress),
-    )
+    with leaders_first(current_world(), "scanning the data"):
+        data = build_data_loader(
+            config,
+            rank=rank,
+            world_size=world_size,
+            quantisation=quantisation(config),
+            progress=loader_events(progress),
+        )
+    every_rank = world_size > 1 and config.training.distributed is DistributedMode.FSDP
     model_type = config.model.type
     progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})
     try:
@@ -97,7 +107,7 @@ def build_parts(
         raise
     layer_skip = {name: part.layer_skip for name, part in config.parts.items()}
     make_sampler: SamplerFactory = lookup(ModuleKind.SAMPLER, model_type)
-    sampler = make_sampler(model, layer_skip=layer_skip) if rank == 0 else None
+    sampler = make_sampler(model, layer_skip=layer_skip) if rank == 0 or every_rank else None
     saver: Saver = lookup(ModuleKind.SAVER, model_type)()
 
     def save_model(path: Path) -> Path:
@@ -119,9 +129,15 @@ def build_parts(
         batches_in_epoch=data.steps_in_epoch,
         save_model=save_model,
         sampler=sampler,
-        validation_batches=data.validation_batches if _has_validation(config) else None,
+        validation_batches=_validation(data, every_rank=every_rank) if _has_validation(config) else None,
         close=data.close,
     )
+
+
+def _validation(data: DataLoader, *, every_rank: bool) -> Callable[[], Iterator[dict[str, Any]]]:
+    """The validation batches: each rank's share, or all of them on every rank of a sharded model (its
+    forward passes need every rank, so all must run as many)."""
+    return functools.partial(data.validation_batches, every_rank=every_rank)
 
 
 def _has_validation(config: TrainConfig) -> bool:

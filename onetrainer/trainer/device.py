@@ -1,4 +1,4 @@
-"""The training device, this process's rank, and the memory in use for the progress display."""
+"""The training device, and the memory in use for the progress display (ranks: see `distributed`)."""
 
 from __future__ import annotations
 
@@ -29,15 +29,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("training.device asks for Apple MPS, which is not available here")
     return device
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless torch.distributed was initialised (by torchrun)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def memory_use(device: torch.device) -> dict[str, Any]:

@@ -12,6 +12,12 @@ preserved, and a backup is only ever taken between optimizer steps.
 What keeps trained work from being lost: where the run writes is checked before anything loads; a
 signal after the last step still gets the output written; a save that fails anyway leaves a backup
 and says how to write the output from it; any interrupt names the newest backup.
+
+Under torchrun every rank runs this same loop (see `distributed`): rank 0 fills the cache while the
+others wait, each rank trains on its slice of every global batch, and the step's one read-back also
+averages the loss over the ranks and tells every rank whether any of them was asked to stop or failed
+in its forward or backward pass, so that all of them stop after the same step, back up together, and
+none waits forever for the others.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.trainer.backup import list_backups, resume_command
 from onetrainer.trainer.destinations import (
@@ -31,7 +37,15 @@ from onetrainer.trainer.destinations import (
     remove_stale_temporaries,
     removed_on_failure,
 )
-from onetrainer.trainer.device import distributed_rank, resolve_device
+from onetrainer.trainer.distributed import (
+    all_reduce_sum,
+    any_rank,
+    describe,
+    join_world,
+    leaders_first,
+    leave_world,
+    rank_seed,
+)
 from onetrainer.trainer.divergence import TrainingDiverged, diverged
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
@@ -45,6 +59,11 @@ from onetrainer.util.config.loader import dump_config
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import Interrupted, OneTrainerError, RuntimeFailure, UserError
 from onetrainer.util.seeding import seed_everything
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.trainer.distributed import World
 
 BuildParts = Callable[..., TrainingParts]
 
@@ -74,28 +93,49 @@ def train(
     `command` is the command line that started the run (without `--resume`): messages that say how to
     continue add `--resume last` (or a backup's path) to it.
     """
-    rank, world_size = distributed_rank()
+    world, device = join_world(config.training.device)
+    result = _train(config, world, device, build=build, resume=resume, progress=progress, command=command)
+    leave_world(world)
+    return result
+
+
+def _train(
+    config: TrainConfig,
+    world: World,
+    device: torch.device,
+    *,
+    build: BuildParts,
+    resume: str | Path | None,
+    progress: ProgressCallback,
+    command: str,
+) -> TrainResult:
+    from onetrainer.trainer.sharding import uses_sharding
+
+    rank = world.rank
+    if not world.is_main:
+        progress = _ignore
     workspace = Workspace(config.workspace)
     check_destinations(config)
-    device = resolve_device(config.training.device)
-    backup = open_backup(config, workspace, resume)
+    sharded = uses_sharding(config, world)
+    backup = open_backup(config, workspace, resume, world)
     if rank == 0:
         _remove_stale_temporaries(config, progress)
     config_yaml = dump_config(config)
-    seed_everything(config.training.seed)
+    seed_everything(rank_seed(config.training.seed, rank))
 
     session: Session | None = None
     try:
         with contextlib.ExitStack() as cleanup:
-            # 1. Plan the data, load the model and set it up for the method; fill the cache.
+            # 1. Plan the data, load the model and set it up for the method; fill the cache (rank 0 first).
             with removed_on_failure(workspace.root, cache_dir(config), enabled=rank == 0):
                 parts = build(
-                    config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress
+                    config, device=device, workspace=workspace, rank=rank, world_size=world.size, progress=progress
                 )
             if parts.close is not None:
                 cleanup.callback(parts.close)
             progress({"event": "status", "message": "preparing the data"})
-            parts.data.fill_cache()
+            with leaders_first(world, "filling the data cache"):
+                parts.data.fill_cache()
 
             # 2. Optimizer, schedule, precision, EMA, noise and cadences; restore the backup.
             session = start_session(
@@ -105,8 +145,8 @@ def train(
                 config_yaml=config_yaml,
                 workspace=workspace,
                 device=device,
-                rank=rank,
-                world_size=world_size,
+                world=world,
+                sharded=sharded,
                 progress=progress,
                 command=command,
             )
@@ -121,11 +161,15 @@ def train(
 
             # 3. Train; 4. final previews, backup and output.
             counters = session.run.counters
+            training = config.training
+            if world.distributed:
+                batches = {"batch_size": training.batch_size, "accumulation": training.gradient_accumulation_steps}
+                progress({"event": "status", "message": describe(world, device, **batches)})
             progress(
                 {"event": "start", "step": counters.step, "total_steps": session.total_steps, "epochs": session.epochs}
             )
-            if stop.requested is not None:
-                raise _stopped(session, stop.requested)
+            if (requested := _agreed_stop(session, stop)) is not None:
+                raise _stopped(session, requested)
             final_loss = _steps(session, stop)
             output = _finish(session, stop)
     except KeyboardInterrupt as interrupt:
@@ -156,7 +200,7 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
     """The loop over optimizer steps until the run's length, a stop request, or an error."""
     import torch
 
-    config, run, setup = session.config, session.run, session.parts.setup
+    config, run, setup, world = session.config, session.run, session.parts.setup, session.world
     counters = run.counters
     accumulation = config.training.gradient_accumulation_steps
     loss_value: float | None = None
@@ -170,19 +214,32 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
                 phase, step_start = "forward", step_rng_snapshot(run.generator)
                 setup.on_step(counters.step, counters.epoch)
 
-                # Forward and backward over the accumulated batches.
+                # Forward and backward over the accumulated batches (a rank that fails here tells the others
+                # in the read-back, when their gradients do not depend on it: not while sharded).
                 loss_sum = torch.zeros((), device=session.device)
-                for batch in chunk:
-                    with run.precision.autocast():
-                        prediction = setup.predict(batch, run.generator)
-                        loss = setup.loss(prediction, batch) / len(chunk)
-                    session.step.backward(loss)
-                    loss_sum += loss.detach().float()
+                failure: Exception | None = None
+                try:
+                    for batch in chunk:
+                        with run.precision.autocast():
+                            prediction = setup.predict(batch, run.generator)
+                            loss = setup.loss(prediction, batch) / len(chunk)
+                        session.step.backward(loss)
+                        loss_sum += loss.detach().float()
+                except Exception as error:
+                    if not world.distributed or session.sharded:
+                        raise
+                    failure = error
 
-                # Clip; stop before the update if the loss or the gradients are not finite.
+                # Average the gradients over ranks and clip them; read back the mean loss, any rank's stop
+                # request or failure; stop before the update if the loss or the gradients are not finite.
                 phase = "update"
-                loss_value, norm_value = _read_back(loss_sum, session.step.measure())
-                _check_finite(session, loss_value, norm_value)
+                read = _read_back(session, loss_sum, session.step.measure(), stop=stop, failed=failure is not None)
+                if read.failed:
+                    phase = "forward"
+                    world.shared_failure = True
+                    raise failure if failure is not None else _failed_elsewhere(counters.step + 1)
+                loss_value = read.loss
+                _check_finite(session, read.loss, read.grad_norm)
 
                 # Step the optimizer and the schedule, fold the weights into the average.
                 learning_rates = session.step.apply()
@@ -194,29 +251,69 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
                 phase = "between steps"
 
                 # Cadences, metrics, and a requested stop (after the last step, `_finish` handles it).
-                session.log_step(loss_value, learning_rates)
+                session.log_step(read.loss, learning_rates)
                 _cadences(session, epoch_ended)
                 if counters.step >= session.total_steps:
                     break
-                if stop.requested is not None:
-                    raise _stopped(session, stop.requested)
+                if (requested := read.stop if world.distributed else stop.requested) is not None:
+                    raise _stopped(session, requested)
             if counters.position >= batches_in_epoch:
                 counters.epoch += 1
                 counters.position = 0
     except (Interrupted, TrainingDiverged):
         raise
     except Exception:
-        _emergency_backup(session, phase, step_start)
+        if world.failure_is_shared:
+            _emergency_backup(session, phase, step_start)
         raise
     return loss_value
 
 
-def _read_back(loss_sum: Any, grad_norm: Any) -> tuple[float, float]:
-    """The step's loss and gradient norm on the host, in one device sync (the only one a step makes)."""
+@dataclass(frozen=True)
+class _ReadBack:
+    loss: float
+    """The step's loss, averaged over ranks."""
+    grad_norm: float
+    stop: str | None
+    """The stop request all ranks act on: this rank's signal, or another rank's."""
+    failed: bool
+    """Whether the forward or backward pass failed on any rank."""
+
+
+OTHER_RANK_STOP = "a stop request to another rank"
+
+
+def _read_back(session: Session, loss_sum: Any, grad_norm: Any, *, stop: StopSignals, failed: bool) -> _ReadBack:
+    """The step's loss and gradient norm on the host, in one device sync (the only one a step makes).
+
+    With several ranks the same sync also brings, from one small all-reduce queued after the step's
+    gradients, the sum of every rank's loss, stop request and failure: every rank reads the same mean
+    loss and takes the same decisions. (The gradient norm is computed from averaged gradients, so it is
+    the same on every rank already.)
+    """
     import torch
 
-    loss, norm = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
-    return loss, norm
+    world = session.world
+    requested = stop.requested
+    if not world.distributed:
+        loss, norm = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
+        return _ReadBack(loss, norm, requested, failed)
+    flags = torch.tensor([float(requested is not None), float(failed)], device=loss_sum.device)
+    shared = all_reduce_sum(world, torch.cat([loss_sum.float().reshape(1), flags]))
+    total, stops, failures, norm = torch.cat([shared, grad_norm.float().reshape(1).to(loss_sum.device)]).tolist()
+    agreed = (requested or OTHER_RANK_STOP) if stops > 0 else None
+    return _ReadBack(total / world.size, norm, agreed, failures > 0)
+
+
+def _agreed_stop(session: Session, stop: StopSignals) -> str | None:
+    """The stop request as every rank sees it: a signal to any rank stops all of them at the same point."""
+    if any_rank(session.world, stop.requested is not None):
+        return stop.requested or OTHER_RANK_STOP
+    return None
+
+
+def _failed_elsewhere(step: int) -> RuntimeFailure:
+    return RuntimeFailure(f"another rank failed in step {step}; its error is in that rank's output")
 
 
 def _check_finite(session: Session, loss: float, grad_norm: float) -> None:
@@ -251,23 +348,27 @@ def _finish(session: Session, stop: StopSignals) -> Path | None:
     """
     step = session.run.counters.step
     try:
-        if stop.requested is None and session.run.clocks["sample"].enabled and session.last_preview_step != step:
+        requested = _agreed_stop(session, stop)
+        if requested is None and session.run.clocks["sample"].enabled and session.last_preview_step != step:
             session.previews()
-        if stop.requested is not None:
-            message = f"{stop.requested}: all {step} steps are done; writing the output, then stopping"
-            session.progress({"event": "stopping", "step": step, "signal": stop.requested, "message": message})
+        if (requested := _agreed_stop(session, stop)) is not None:
+            message = f"{requested}: all {step} steps are done; writing the output, then stopping"
+            session.progress({"event": "stopping", "step": step, "signal": requested, "message": message})
         if session.run.clocks["backup"].enabled and session.last_backup_step != step:
             session.backup()
     except TrainingDiverged:
         raise
     except Exception:
-        _emergency_backup(session, "between steps", {})
+        if session.world.failure_is_shared:
+            _emergency_backup(session, "between steps", {})
         raise
     try:
         output = session.save(session.config.saving.output)
     except TrainingDiverged:
         raise
     except Exception as error:
+        if not session.world.failure_is_shared:
+            raise
         raise _save_failed(session, error) from error
     session.tensorboard.close()
     session.progress({"event": "done", "step": step, "output": str(output), "message": f"finished at step {step}"})

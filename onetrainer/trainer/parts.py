@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +38,16 @@ class LoopSetup(Protocol):
     def train(self) -> None: ...
 
     def eval(self) -> None: ...
+
+
+@runtime_checkable
+class ShardableSetup(Protocol):
+    """A setup whose fully trained components can be sharded across ranks (`training.distributed: fsdp`)."""
+
+    def shard(self, shard_module: Callable[[torch.nn.Module], None]) -> list[torch.nn.Module]:
+        """Apply `shard_module` to each fully trained component, then train the sharded parameters it
+        leaves there; returns those components."""
+        ...
 
 
 class LoopData(Protocol):

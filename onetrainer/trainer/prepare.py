@@ -10,7 +10,7 @@ from onetrainer.trainer.destinations import (
     remove_stale_temporaries,
     removed_on_failure,
 )
-from onetrainer.trainer.device import distributed_rank, resolve_device
+from onetrainer.trainer.distributed import join_world, leaders_first, leave_world
 from onetrainer.trainer.loop import BuildParts
 from onetrainer.trainer.session import ProgressCallback
 from onetrainer.trainer.workspace import Workspace
@@ -21,18 +21,22 @@ def fill_cache_only(config: TrainConfig, *, build: BuildParts, progress: Progres
     """Encode every image and caption the run will need; returns the data loader's cache statistics.
 
     Like a run, it checks the workspace and cache first, removes temporary files a killed earlier
-    pass left, and leaves no new folder behind if the model does not load.
+    pass left, and leaves no new folder behind if the model does not load. Under torchrun, rank 0 fills
+    the cache and the other ranks find it filled.
     """
-    rank, world_size = distributed_rank()
+    world, device = join_world(config.training.device)
+    rank = world.rank
     check_destinations(config, output=False)
     workspace = Workspace(config.workspace)
-    device = resolve_device(config.training.device)
     if rank == 0:
         remove_stale_temporaries(config, output=False)
+    else:
+        progress = _ignore
     with removed_on_failure(workspace.root, cache_dir(config), enabled=rank == 0):
-        parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world_size, progress=progress)
+        parts = build(config, device=device, workspace=workspace, rank=rank, world_size=world.size, progress=progress)
     try:
-        stats = parts.data.fill_cache()
+        with leaders_first(world, "filling the data cache"):
+            stats = parts.data.fill_cache()
     finally:
         if parts.close is not None:
             parts.close()
@@ -49,4 +53,9 @@ def fill_cache_only(config: TrainConfig, *, build: BuildParts, progress: Progres
         f"({stats.images_found + stats.texts_found} were cached already), removed {stats.pruned} stale ones"
     )
     progress({"event": "done", **counts, "message": message})
+    leave_world(world)
     return stats
+
+
+def _ignore(_: dict[str, Any]) -> None:
+    """Ranks other than 0 report nothing."""

@@ -34,8 +34,13 @@ def draw_previews(
     directory: Path,
     tensorboard: TensorBoardLog,
     model: str,
+    write: bool = True,
 ) -> list[Path]:
-    """Sample every prompt in `sampling.prompts`; returns the written files. `model` names the base model."""
+    """Sample every prompt in `sampling.prompts`; returns the written files. `model` names the base model.
+
+    Without `write`, the images are drawn and dropped: a rank of a sharded model takes part in every
+    forward pass of the previews that rank 0 writes.
+    """
     written = []
     size = default_size(resolution)
     for index, prompt in enumerate(sampling.prompts):
@@ -49,6 +54,8 @@ def draw_previews(
             height=prompt.height or size,
             scheduler=prompt.scheduler,
         )
+        if not write:
+            continue
         for number, image in enumerate(images):
             suffix = f"-{number}" if len(images) > 1 else ""
             path = directory / f"step-{step:08d}-{index}{suffix}.png"

@@ -1,17 +1,21 @@
 """Starting a run: checks before anything loads, then the optimizer and friends, restored from a backup.
 
-Everything here happens once, before the first step; `loop.py` then only trains.
+Everything here happens once, before the first step; `loop.py` then only trains. With several ranks,
+this is where the trained components are sharded (FSDP) or the trained tensors broadcast from rank 0,
+every rank seeds its own noise generator, and the step strategy learns to average gradients.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from onetrainer.trainer.backup import Backup, find_backup, list_backups, read_backup
+from onetrainer.trainer.backup import Backup, backup_world_size, find_backup, list_backups, read_backup
 from onetrainer.trainer.cadence import CadenceClock
+from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters, rank_seed
 from onetrainer.trainer.divergence import all_finite
 from onetrainer.trainer.ema import ModelEma
 from onetrainer.trainer.metrics import MetricsLog, SmoothedValue
@@ -22,7 +26,7 @@ from onetrainer.trainer.resume import check_resume_compatible, optimizer_setting
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.state import Counters, RunState
-from onetrainer.trainer.step import PlainStep
+from onetrainer.trainer.step import PlainStep, clip_gradients
 from onetrainer.trainer.tensorboard import TensorBoardLog
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
@@ -33,8 +37,10 @@ if TYPE_CHECKING:
     import torch
 
 
-def open_backup(config: TrainConfig, workspace: Workspace, resume: str | Path | None) -> Backup | None:
-    """The backup to continue (checked against `config`), or None for a fresh run.
+def open_backup(
+    config: TrainConfig, workspace: Workspace, resume: str | Path | None, world: World | None = None
+) -> Backup | None:
+    """The backup to continue (checked against `config` and the number of ranks), or None for a fresh run.
 
     A fresh run refuses a workspace that already holds backups (it would roll them away) and an
     existing output (it would be replaced hours later), unless `saving.overwrite` says so. A backup
@@ -42,6 +48,7 @@ def open_backup(config: TrainConfig, workspace: Workspace, resume: str | Path | 
     """
     if resume is not None:
         path = find_backup(workspace.backups, resume)
+        check_world_size(path, world.size if world is not None else 1)
         backup = read_backup(path)
         check_resume_compatible(config, backup.config_yaml, where=str(path))
         if not all_finite(backup.weights.values()):
@@ -65,6 +72,31 @@ def open_backup(config: TrainConfig, workspace: Workspace, resume: str | Path | 
             hint="Choose another `saving.output`, or set `saving.overwrite=true` to replace it.",
         )
     return None
+
+
+def check_world_size(path: Path, size: int) -> None:
+    """A run continues with as many ranks as trained its backup.
+
+    What each rank trains on at each step (its slice of the global batch, whose size is ranks × batch)
+    and its noise stream follow from the number of ranks (and a sharded backup holds one part of the
+    weights per rank), so no other number can continue the run as it would have gone on.
+    """
+    saved = backup_world_size(path)
+    if saved == size:
+        return
+    processes = f"{saved} process{'es' if saved != 1 else ''}"
+    launch = (
+        "one process (without --gpus or torchrun)"
+        if saved == 1
+        else f"{saved} processes (`--gpus {saved}`, or torchrun --nproc_per_node)"
+    )
+    raise UserError(
+        f"this backup was trained by {processes} and this run has {size}: each process's slice of every "
+        "global batch and its noise stream depend on that number, so the run cannot continue exactly with "
+        "another",
+        where=str(path),
+        hint=f"Resume with {launch}, or start a new run in a new workspace.",
+    )
 
 
 def optimizer_steps(batches: int, accumulation: int) -> int:
@@ -99,31 +131,33 @@ def start_session(
     config_yaml: str,
     workspace: Workspace,
     device: torch.device,
-    rank: int,
-    world_size: int,
+    world: World,
+    sharded: bool,
     progress: ProgressCallback,
     command: str,
 ) -> Session:
     """Build optimizer, schedule, precision, EMA, noise generator and cadences; restore `backup`.
 
     A backup's optimizer and scheduler state come back with this config's optimisation settings
-    over them (see `resume.reapply_settings`).
+    over them (see `resume.reapply_settings`). `sharded`: shard the fully trained components first.
     """
     import torch
 
     training = config.training
     total_steps, epochs = run_length(parts.batches_in_epoch, config)
+    sharded_modules = _shard(parts, world) if sharded else []
     groups = resolve_parameter_groups(parts.setup.parameter_groups(), training)
+    trained = [param for group in groups for param in group["params"]]
+    broadcast_parameters(world, trained)
     warmup_steps = resolve_warmup_steps(training.warmup, total_steps)
     optimizer = build_optimizer(groups, training, device, warmup_steps=warmup_steps)
     scheduler = build_lr_scheduler(optimizer, training, total_steps)
-    trained = [param for group in groups for param in group["params"]]
     ema = None
     if training.ema.enabled:
         ema_device = torch.device("cpu") if training.ema.device is EmaDevice.CPU else device
         ema = ModelEma(trained, decay=training.ema.decay, update_every=training.ema.update_every, device=ema_device)
     generator = torch.Generator(device=device)
-    generator.manual_seed(training.seed)
+    generator.manual_seed(rank_seed(training.seed, world.rank))
     first_epoch_steps = optimizer_steps(parts.batches_in_epoch(0), training.gradient_accumulation_steps)
     clocks = {
         "validate": CadenceClock(config.logging.validate_every, first_epoch_steps),
@@ -143,11 +177,10 @@ def start_session(
     )
     if backup is not None:
         settings = optimizer_settings(optimizer)
-        parts.setup.load_trainable_state_dict(backup.weights)
-        run.load_state_dict(backup.state)
+        run.load_state_dict(_restored_state(backup, parts, run), rank=world.rank)
         reapply_settings(run.optimizer, run.scheduler, settings)
         progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
-    is_main = rank == 0
+    is_main = world.is_main
     metrics = MetricsLog(workspace.metrics)
     if is_main and backup is not None:
         metrics.truncate_after(run.counters.step)
@@ -160,8 +193,7 @@ def start_session(
         device=device,
         total_steps=total_steps,
         epochs=epochs,
-        is_main=is_main,
-        world_size=world_size,
+        world=world,
         tensorboard=TensorBoardLog(
             workspace.tensorboard,
             enabled=is_main and config.logging.tensorboard,
@@ -170,9 +202,40 @@ def start_session(
         metrics=metrics,
         progress=progress,
         trained=trained,
-        step=PlainStep(run.optimizer, run.scheduler, run.precision, trained, training.max_grad_norm),
+        step=PlainStep(
+            run.optimizer,
+            run.scheduler,
+            run.precision,
+            trained,
+            training.max_grad_norm,
+            average=functools.partial(average_gradients, world) if world.distributed else None,
+            clip=_sharded_clip(world) if sharded else clip_gradients,
+        ),
         command=command,
         last_backup_step=backup.step if backup is not None else None,
         last_backup_path=backup.path if backup is not None else None,
+        sharded=sharded_modules,
     )
     return session
+
+
+def _shard(parts: TrainingParts, world: World) -> list[torch.nn.Module]:
+    from onetrainer.trainer.sharding import shard_setup
+
+    return shard_setup(parts.setup, world)
+
+
+def _sharded_clip(world: World) -> Callable[..., torch.Tensor]:
+    from onetrainer.trainer.sharding import clip_sharded_gradients
+
+    return functools.partial(clip_sharded_gradients, world)
+
+
+def _restored_state(backup: Backup, parts: TrainingParts, run: RunState) -> dict[str, Any]:
+    """Load the backup's trained weights into the setup; returns the run state to restore."""
+    if not backup.sharded:
+        parts.setup.load_trainable_state_dict(backup.weights)
+        return backup.state
+    from onetrainer.trainer.sharding import load_sharded_backup
+
+    return load_sharded_backup(backup.path, parts.setup, run.optimizer, run.ema, backup.state)

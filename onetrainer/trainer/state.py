@@ -5,6 +5,10 @@ state of each stateful helper: optimizer, LR scheduler, grad scaler, EMA, the no
 global RNG, cadence timers and the smoothed loss. The data loader needs nothing more: its plan is a
 pure function of (seed, epoch), so the counters locate the next batch exactly. An emergency backup
 passes the RNG snapshot taken when the failed step began.
+
+With several ranks, every rank draws its own noise, so the backup (written by rank 0) holds each
+rank's generators, by rank (`ranks_rng`); a sharded run keeps the optimizer's and the moving average's
+tensors out of this state (they are in the backup's checkpoint folder, see `trainer.sharding`).
 """
 
 from __future__ import annotations
@@ -59,20 +63,36 @@ class RunState:
     smoothed_loss: SmoothedValue
     clocks: dict[str, CadenceClock]
 
-    def state_dict(self, step_snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
+    def state_dict(
+        self,
+        step_snapshot: dict[str, Any] | None = None,
+        *,
+        ranks_rng: list[dict[str, Any]] | None = None,
+        sharded: bool = False,
+    ) -> dict[str, Any]:
+        """The run's state; `ranks_rng`: every rank's `capture_rng` (several ranks), `sharded`: leave out the
+        optimizer's and the moving average's tensors."""
+        optimizer = self.optimizer.state_dict()
+        ema = self.ema.state_dict() if self.ema is not None and not sharded else None
+        if sharded:
+            optimizer = {"param_groups": optimizer["param_groups"]}
+            ema = {"updates": self.ema.updates} if self.ema is not None else None
+        state = {
             "format": STATE_FORMAT,
             "counters": asdict(self.counters),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": capture_rng(self.generator, step_snapshot),
+            "ema": ema,
+            "rng": ranks_rng[0] if ranks_rng else capture_rng(self.generator, step_snapshot),
             "smoothed_loss": self.smoothed_loss.state_dict(),
             "clocks": {name: clock.state_dict() for name, clock in self.clocks.items()},
         }
+        if ranks_rng is not None and len(ranks_rng) > 1:
+            state["ranks_rng"] = ranks_rng
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, rank: int = 0) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown backup state format {state.get('format')!r}")
         self.counters = Counters(**state["counters"])
@@ -85,5 +105,6 @@ class RunState:
         for name, clock_state in state["clocks"].items():
             if name in self.clocks:
                 self.clocks[name].load_state_dict(clock_state)
-        restore_rng_state(state["rng"]["global"])
-        self.generator.set_state(state["rng"]["noise"])
+        rng = state["ranks_rng"][rank] if "ranks_rng" in state else state["rng"]
+        restore_rng_state(rng["global"])
+        self.generator.set_state(rng["noise"])

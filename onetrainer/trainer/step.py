@@ -6,10 +6,15 @@ update if it is not finite) and `apply()` (the optimizer and schedule step). A s
 parts of that sequence that memory or speed features change: a fused backward pass steps each
 parameter as its gradient is ready and keeps no full set of gradients, so it would measure and apply
 inside `backward` instead.
+
+With several ranks the plain strategy averages the gradients over them once per optimizer step, at
+the start of `measure` (never on accumulation micro-steps), before unscaling: an fp16 overflow on any
+rank then reaches every rank, and all of them skip the step together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +38,16 @@ class StepStrategy(Protocol):
         ...
 
 
+def clip_gradients(parameters: Sequence[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm of `parameters`, clipped to `max_norm` when it is set."""
+    import torch
+
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    grads = [param.grad for param in parameters if param.grad is not None]
+    return torch.nn.utils.get_total_norm(grads)
+
+
 @dataclass
 class PlainStep:
     """Accumulate gradients over the micro-batches, clip them, then step the optimizer once."""
@@ -42,18 +57,19 @@ class PlainStep:
     precision: MixedPrecision
     trained: list[torch.nn.Parameter]
     max_grad_norm: float | None
+    average: Callable[[list[torch.nn.Parameter]], None] | None = None
+    """Averages the gradients over the ranks (data parallel); None in a single process."""
+    clip: Callable[[Sequence[torch.nn.Parameter], float | None], torch.Tensor] = clip_gradients
+    """Measures (and clips) the gradient norm; a sharded run sums it over the ranks' shards."""
 
     def backward(self, loss: torch.Tensor) -> None:
         self.precision.backward(loss)
 
     def measure(self) -> torch.Tensor:
-        import torch
-
+        if self.average is not None:
+            self.average(self.trained)
         self.precision.unscale(self.optimizer)
-        if self.max_grad_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(self.trained, self.max_grad_norm)
-        grads = [param.grad for param in self.trained if param.grad is not None]
-        return torch.nn.utils.get_total_norm(grads)
+        return self.clip(self.trained, self.max_grad_norm)
 
     def apply(self) -> list[float]:
         self.precision.step(self.optimizer)

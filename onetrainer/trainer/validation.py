@@ -1,7 +1,8 @@
 """Validation loss: the mean loss over the validation concepts, with the same noise every time.
 
 Each validation pass seeds its own noise generator from the run seed, so two passes differ only
-because the weights changed, and the curve in TensorBoard is comparable from point to point.
+because the weights changed, and the curve in TensorBoard is comparable from point to point. With
+several ranks each measures its share of the batches and the session adds up the sums of all ranks.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ VALIDATION_SEED_OFFSET = 7919
 """Keeps the validation noise stream apart from the training one, which starts at the run seed."""
 
 
-def validation_loss(
+def validation_sums(
     setup: LoopSetup,
     batches: Iterable[dict[str, Any]],
     precision: MixedPrecision,
     *,
     seed: int,
     device: torch.device,
-) -> float | None:
-    """Mean loss over `batches`, or None when there are none (no validation concepts)."""
+) -> tuple[float, int]:
+    """(sum of the batches' losses, number of batches): each rank's share, which the ranks then add up."""
     import torch
 
     generator = torch.Generator(device=device)
@@ -41,4 +42,4 @@ def validation_loss(
                 loss = setup.loss(output, batch)
             total += float(loss)
             count += 1
-    return total / count if count else None
+    return total, count

@@ -113,6 +113,13 @@ def test_validation_concepts_are_kept_out_of_training(tmp_path) -> None:
     assert validated == [1] * 5
 
 
+def test_validation_batches_are_dealt_to_ranks_or_all_given_to_each(tmp_path) -> None:
+    plan = _plan(tmp_path, [{}, {"type": "validation"}], [6, 5], world_size=2, batch_size=2)
+    every = plan.validation_batches(None)
+    assert len(every) >= 2
+    assert [plan.validation_batches(rank) for rank in (0, 1)] == [every[0::2], every[1::2]]
+
+
 def test_multi_resolution_picks_a_target_per_sample_and_slot(tmp_path) -> None:
     plan = _plan(tmp_path, [{"image_variations": 4}], [12], resolution=[64, 128])
     sides = {max(plan.bucket_of(i, slot)) for i in range(12) for slot in range(4)}

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from onetrainer.trainer.device import distributed_rank, memory_use, resolve_device
+from onetrainer.trainer.device import memory_use, resolve_device
+from onetrainer.trainer.distributed import current_world
 from onetrainer.util.errors import UserError
 
 
@@ -24,7 +25,8 @@ def test_missing_cuda_is_a_user_error() -> None:
 
 
 def test_single_process_is_rank_0_of_1() -> None:
-    assert distributed_rank() == (0, 1)
+    world = current_world()
+    assert (world.rank, world.size, world.is_main, world.distributed) == (0, 1, True, False)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads the resident size from /proc")

@@ -41,3 +41,22 @@ def test_a_non_finite_gradient_shows_in_the_norm() -> None:
     strategy, weight = _strategy(max_grad_norm=1.0)
     strategy.backward((weight * torch.tensor([float("inf"), 1.0])).sum())
     assert not torch.isfinite(strategy.measure())
+
+
+def test_gradients_are_averaged_over_ranks_once_per_step_before_clipping() -> None:
+    """Accumulation micro-steps do not synchronise; the step's summed gradient is averaged, then clipped."""
+    strategy, weight = _strategy(max_grad_norm=1.0)
+    seen: list[torch.Tensor] = []
+
+    def average(parameters: list[torch.nn.Parameter]) -> None:
+        seen.append(parameters[0].grad.clone())
+        parameters[0].grad.mul_(2.0)  # as if the other rank's gradient were three times this one's
+
+    strategy.average = average
+    for _ in range(3):
+        strategy.backward((weight * torch.tensor([3.0, 4.0])).sum() / 3)
+    assert seen == []
+    assert strategy.measure().item() == 10.0
+    assert len(seen) == 1
+    assert torch.allclose(seen[0], torch.tensor([3.0, 4.0]))
+    assert torch.allclose(weight.grad, torch.tensor([0.6, 0.8]))

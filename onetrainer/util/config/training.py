@@ -36,6 +36,14 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
+class DistributedMode(str, Enum):
+    """How several ranks (torchrun processes) share the training: each holds every trained tensor (ddp), or
+    a shard of them (fsdp, for full fine-tunes too large for one GPU)."""
+
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
 class EmaDevice(str, Enum):
     TRAIN = "train"
     CPU = "cpu"
@@ -78,7 +86,12 @@ class EmaConfig(Section):
 
 class TrainingConfig(Section):
     seed: int = Field(42, ge=0, description="Seed for every random choice (data order, augmentation, noise).")
-    batch_size: int = Field(1, ge=1, le=4096, description="Images per optimizer step (before accumulation).")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Images per batch on each device (the effective batch is devices × batch × accumulation).",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
     epochs: int = Field(10, ge=1, description="Passes over the data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
@@ -112,6 +125,11 @@ class TrainingConfig(Section):
         "number; the ONETRAINER_THREADS environment variable overrides it.",
     )
     ema: EmaConfig = Field(default_factory=EmaConfig, description="Exponential moving average of the weights.")
+    distributed: DistributedMode = Field(
+        DistributedMode.DDP,
+        description="With several processes (torchrun, --gpus): ddp, every GPU holds the trained weights; fsdp, "
+        "each holds a shard of a full fine-tune's weights, gradients and optimizer state.",
+    )
 
     @field_validator("device")
     @classmethod

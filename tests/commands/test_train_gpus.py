@@ -1,0 +1,128 @@
+"""`onetrainer train CONFIG --gpus N`: torchrun started for the user, its checks, and a Ctrl-C to the launcher.
+
+With `training.device=cpu` (the demo preset's) the N ranks are CPU processes (gloo, loopback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.trainer.backup import list_backups
+from onetrainer.trainer.metrics import read_metrics
+from onetrainer.util.config.presets import presets_dir
+
+DEMO = presets_dir() / "demo.yaml"
+
+
+def _args(root: Path, dataset: Path, *overrides: str) -> list[str]:
+    return [
+        "train",
+        str(DEMO),
+        f"data.concepts.0.path={dataset}",
+        f"workspace={root / 'workspace'}",
+        f"saving.output={root / 'out' / 'lora.safetensors'}",
+        "sampling.before_training=false",
+        "sampling.every=never",
+        "training.batch_size=2",
+        "training.threads=1",
+        "logging.tensorboard=false",
+        *overrides,
+    ]
+
+
+def _invoke(args: list[str]) -> object:
+    return CliRunner().invoke(app, args, terminal_width=200)
+
+
+def _said(output: str) -> str:
+    """The output with the error panel's borders and line wrapping removed."""
+    return " ".join(output.replace("│", " ").split())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpus_without_cuda_exits_2_and_suggests_cpu_processes(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    result = _invoke([*_args(tmp_path, shapes_dataset_dir, "training.device=auto"), "--gpus", "2"])
+    assert result.exit_code == 2, result.output
+    assert "needs 2 CUDA GPUs; this machine has 0" in _said(result.output)
+    assert "training.device=cpu" in _said(result.output)
+    assert not (tmp_path / "workspace").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--cache-only"], "--cache-only fills the cache in one process"),
+        (["training.device=cuda:1"], "training.device cannot be cuda:1"),
+    ],
+)
+def test_gpus_refuses_what_the_ranks_could_not_do(
+    tmp_path: Path, shapes_dataset_dir: Path, extra: list[str], said: str
+) -> None:
+    result = _invoke([*_args(tmp_path, shapes_dataset_dir), *extra, "--gpus", "2"])
+    assert result.exit_code == 2, result.output
+    assert said in _said(result.output)
+
+
+def test_gpus_refuses_to_resume_a_single_process_backup(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    backup = tmp_path / "workspace" / "backups" / "step-00000002"
+    backup.mkdir(parents=True)
+    (backup / "meta.json").write_text(json.dumps({"format": 1, "step": 2, "epoch": 0}))
+    args = [*_args(tmp_path, shapes_dataset_dir, "training.device=cpu"), "--gpus", "2", "--resume", "last"]
+    result = _invoke(args)
+    assert result.exit_code == 2, result.output
+    assert "trained by 1 process and this run has 2" in _said(result.output)
+
+
+def test_dry_run_with_gpus_plans_the_global_batches(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    one = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--json"])
+    two = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--json", "--gpus", "2"])
+    assert one.exit_code == 0, one.output
+    assert two.exit_code == 0, two.output
+    steps = [json.loads(result.output.splitlines()[-1])["steps_per_epoch"] for result in (one, two)]
+    assert steps == [8, 4]
+
+
+def _launch(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "onetrainer", *args, "training.device=cpu", "--gpus", "2", "--json"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_sigint_to_the_launcher_leaves_one_backup_and_resume_continues(
+    tmp_path: Path, shapes_dataset_dir: Path
+) -> None:
+    process = _launch(_args(tmp_path, shapes_dataset_dir, "training.max_steps=10000"))
+    events = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("{"):
+            events.append(json.loads(line))
+            if events[-1]["event"] == "step" and events[-1]["step"] == 2:
+                process.send_signal(signal.SIGINT)
+    process.wait(timeout=300)
+    stderr = process.stderr.read() if process.stderr is not None else ""
+    assert process.returncode == 130, stderr[-3000:]
+    stopped = next(event for event in events if event["event"] == "stopped")["step"]
+    assert 2 <= stopped < 10000
+    backups = list_backups(tmp_path / "workspace" / "backups")
+    assert [path.name for path in backups] == [f"step-{stopped:08d}"]
+    assert "--gpus 2 --resume last" in _said(stderr)
+    assert stderr.count("stopped by SIGINT") == 1, "only rank 0 says why the ranks stopped"
+
+    resumed = _launch([*_args(tmp_path, shapes_dataset_dir, f"training.max_steps={stopped + 2}"), "--resume", "last"])
+    _, errors = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, errors[-3000:]
+    steps = [record["step"] for record in read_metrics(tmp_path / "workspace" / "metrics.jsonl")]
+    assert steps == list(range(1, stopped + 3))
+    assert (tmp_path / "out" / "lora.safetensors").is_file()
