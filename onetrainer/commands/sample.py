@@ -11,6 +11,7 @@ import typer
 from onetrainer.commands.options import DEFAULT_DEVICE, Device, DtypeHalfOnGpu, ModelType, keys_as_options
 from onetrainer.model_sampler.sizes import MAX_SIDE
 from onetrainer.util.devices import WeightsDtype
+from onetrainer.util.family import Objective
 
 if TYPE_CHECKING:
     from onetrainer.model.diffusion import DiffusionModel
@@ -29,6 +30,8 @@ EXAMPLES = (
     ),
 )
 MODEL_WHERE = {"model.base": "the MODEL argument"}
+CLI_SCHEDULERS = {Objective.DDPM: "dpm++2m-karras", Objective.FLOW_MATCHING: "euler"}
+"""`--scheduler`'s default for models of each training objective."""
 """The loaders name the base model `model.base`; here it is the first argument."""
 
 
@@ -67,11 +70,14 @@ def sample(
         typer.Option("--height", help=f"Height in pixels: a multiple of 8, at most {MAX_SIDE} (default: the model's)."),
     ] = None,
     scheduler: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--scheduler", metavar="NAME", help="ddim, euler, euler-a, dpm++2m, dpm++2m-karras, unipc or ddpm."
+            "--scheduler",
+            metavar="NAME",
+            help="DDPM models: ddim, euler, euler-a, dpm++2m, dpm++2m-karras (default), unipc or ddpm; "
+            "flow-matching models: euler (default), dpm++2m, unipc or deis.",
         ),
-    ] = "dpm++2m-karras",
+    ] = None,
     count: Annotated[
         int, typer.Option("--count", min=1, max=1000, help="Images to make (seeds seed, seed+1, ...).")
     ] = 1,
@@ -105,12 +111,14 @@ def sample(
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import file_progress
     from onetrainer.util.devices import resolve_device, resolve_dtype
+    from onetrainer.util.family import get_family
     from onetrainer.util.missing import missing_path
     from onetrainer.util.registry import ModuleKind, lookup
     from onetrainer.util.threads import apply_threads
     from onetrainer.util.writable import check_writable
 
-    scheduler = check_scheduler(scheduler)
+    if scheduler is not None:
+        check_scheduler(scheduler)
     loras = [_parse_lora(spec) for spec in lora or []]
     for path, _ in loras:
         if not path.is_file():
@@ -128,6 +136,8 @@ def sample(
     apply_threads()
     with keys_as_options(MODEL_WHERE):
         family = source_model_type(model, model_type, needs=(ModuleKind.LOADER, ModuleKind.SAMPLER))
+        objective = get_family(family).objective
+        scheduler = check_scheduler(scheduler or CLI_SCHEDULERS[objective], objective)
         for option, value in (("--width", width), ("--height", height)):
             if value is not None:
                 check_side(option, value, size_step(family))
