@@ -112,6 +112,8 @@ class Run:
     """Every tensor of the model after setup, before the first step (`component.key`, `embeddings.name`)."""
     after: dict[str, torch.Tensor]
     events: list[dict[str, Any]] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+    """State-dict keys of tied weights (T5's `encoder.embed_tokens` is its `shared`) -> the parameter's name."""
 
     @property
     def trained(self) -> dict[str, torch.Tensor]:
@@ -133,6 +135,17 @@ def model_tensors(model: Any) -> dict[str, torch.Tensor]:
         for name, param in embedding.named_parameters().items():
             tensors[f"embeddings.{name}"] = param.detach().clone()
     return tensors
+
+
+def tied_aliases(model: Any) -> dict[str, str]:
+    """`component.key` of every state-dict entry that is another name of a parameter (a tied weight)."""
+    aliases: dict[str, str] = {}
+    for name, module in model.modules():
+        owners = {id(param): f"{name}.{key}" for key, param in module.named_parameters()}
+        for key, param in module.named_parameters(remove_duplicate=False):
+            if owners[id(param)] != f"{name}.{key}":
+                aliases[f"{name}.{key}"] = owners[id(param)]
+    return aliases
 
 
 def case_config(case: Case, root: Path, dataset: Path, *overrides: str) -> TrainConfig:
@@ -177,7 +190,7 @@ def train_case(config: TrainConfig, *, resume: str | None = None) -> Run:
 
     result = train(config, build=build, resume=resume, progress=events.append)
     parts = captured["parts"]
-    return Run(config, result, parts, captured["before"], model_tensors(parts.model), events)
+    return Run(config, result, parts, captured["before"], model_tensors(parts.model), events, tied_aliases(parts.model))
 
 
 @pytest.fixture(scope="session")
