@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
-from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, inject_lora, load_lora_state
+from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, adapters_disabled, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
@@ -235,7 +235,27 @@ class DiffusionSetup:
             conditioning = conditioner.encode_for_training(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
         prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
-        return {"prediction": prediction, "target": noised.target, "weights": noised.weights}
+        target = noised.target
+        prior = batch.get("is_prior")
+        if prior is not None and bool(prior.any()):
+            target = self._prior_target(noised, conditioning, batch, prior.to(target.device))
+        return {"prediction": prediction, "target": target, "weights": noised.weights}
+
+    def _prior_target(
+        self, noised: Noised, conditioning: dict[str, torch.Tensor], batch: Batch, prior: torch.Tensor
+    ) -> torch.Tensor:
+        """Prior-preservation samples learn what the model without its LoRA predicts for the same input
+        (their caption encoded without it too); the others keep the objective's target."""
+        import torch
+
+        if self.lora is None:
+            raise UserError("prior-preservation concepts need a LoRA to preserve the model from (method: lora)")
+        with torch.no_grad(), adapters_disabled(self.model, self.lora):
+            if self.text_encoder() is None:
+                conditioning = self._require_conditioner().encode_for_training(list(batch["captions"]))
+            base = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
+        mask = prior.reshape(-1, *([1] * (noised.target.ndim - 1)))
+        return torch.where(mask, base.float(), noised.target)
 
     def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         return diffusion_loss(

@@ -12,12 +12,12 @@ import torch
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_sampler.schedulers import SCHEDULERS, build_scheduler
-from onetrainer.util.family import Objective
-
-DDPM_SCHEDULERS = SCHEDULERS[Objective.DDPM]
 from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import Objective
 from onetrainer.util.registry import ModuleKind, lookup
+
+DDPM_SCHEDULERS = SCHEDULERS[Objective.DDPM]
 
 
 @functools.cache

@@ -19,7 +19,27 @@ TRAINS = (ModuleKind.LOADER, ModuleKind.SETUP, ModuleKind.SAMPLER, ModuleKind.SA
 
 def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
     """Every problem that only shows when sections are read together; empty when there is none."""
-    return [*_trainable_problems(config), *_preview_size_problems(config)]
+    return [*_trainable_problems(config), *_preview_size_problems(config), *_prior_problems(config)]
+
+
+def _prior_problems(config: TrainConfig) -> list[ConfigProblem]:
+    """A prior-preservation concept's target is the model without its LoRA: other methods have none."""
+    from onetrainer.util.config.data import ConceptType
+    from onetrainer.util.enums import TrainingMethod
+
+    if config.method is TrainingMethod.LORA:
+        return []
+    return [
+        ConfigProblem(
+            f"data.concepts.{index}.type",
+            f"a prior concept trains towards the model without its LoRA, which method {config.method.value} has "
+            "not; use method: lora, or type: standard",
+            concept.type.value,
+            has_value=True,
+        )
+        for index, concept in enumerate(config.data.concepts)
+        if concept.enabled and concept.type is ConceptType.PRIOR
+    ]
 
 
 def _trainable_problems(config: TrainConfig) -> list[ConfigProblem]:
