@@ -71,6 +71,18 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_model(tmp_path_factory, "sdxl")
 
 
+@pytest.fixture(scope="session")
+def tiny_flux_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny FLUX.1-dev pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "flux-dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny FLUX.1-schnell pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "flux-schnell")
+
+
 @pytest.fixture
 def tiny_tokenizer() -> CLIPTokenizer:
     """A fresh 1514-token CLIP tokenizer."""

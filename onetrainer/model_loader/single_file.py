@@ -46,21 +46,22 @@ def read_single_file(
     # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
     prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
     prediction = prediction or detection.prediction_type
-    architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
-    prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
     with WeightsFile(path) as weights:
+        held = single_file_state_dicts(weights, spec, text_encoder_layers=None, meta=True)
+        missing = [c for c in spec.components if not held[c.name] and not c.optional]
+        if missing and config is None:
+            component = missing[0]
+            raise UserError(
+                f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
+                where=str(path),
+                hint=f"Pass a full {spec.title} checkpoint, or name a diffusers folder or hub id that holds the "
+                "missing parts as model.config / --config."
+                + (" A missing VAE can come from model.vae / --vae." if component.role is Role.VAE else ""),
+            )
+        architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
+        prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
         state_dicts = single_file_state_dicts(
             weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype
-        )
-    missing = [c for c in spec.components if not state_dicts[c.name] and not c.optional]
-    if missing and config is None:
-        component = missing[0]
-        raise UserError(
-            f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
-            where=str(path),
-            hint=f"Pass a full {spec.title} checkpoint, or name a diffusers folder or hub id that holds the "
-            "missing parts as model.config / --config."
-            + (" A missing VAE can come from model.vae / --vae." if component.role is Role.VAE else ""),
         )
     rest = None
     if missing:
