@@ -230,11 +230,8 @@ def load_components(
             str(Path(source).expanduser()) if kind != HUB else source, source, spec, dtype, hub=kind == HUB, only=names
         )
     wanted = {name: parts.components[name] for name in names if name in parts.components}
-    tokenizers = {
-        spec.component(name).tokenizer: parts.tokenizers[spec.component(name).tokenizer]
-        for name in wanted
-        if spec.component(name).tokenizer is not None
-    }
+    feeding = [spec.component(name).tokenizer for name in wanted]
+    tokenizers = {tokenizer: parts.tokenizers[tokenizer] for tokenizer in feeding if tokenizer is not None}
     return LoadedParts(wanted, tokenizers, parts.scheduler, parts.prediction_type, parts.pipeline_config)
 
 

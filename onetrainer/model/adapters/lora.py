@@ -201,7 +201,7 @@ def adapters_disabled(model: DiffusionModel, adapter: LoraAdapter) -> Iterator[N
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [
+    layers: list[Any] = [
         layer
         for component in adapter.components
         for layer in model.components[component].modules()

@@ -78,9 +78,9 @@ def _preview_schedulers(data: dict[str, Any], spec: FamilySpec) -> dict[str, Any
     """`sampling` with each prompt that names no scheduler given the objective's default (a DDPM solver's
     name means nothing to a flow-matching model)."""
     sampling = data.get("sampling")
-    prompts = sampling.get("prompts") if isinstance(sampling, dict) else None
-    if not isinstance(prompts, list):
+    if not isinstance(sampling, dict) or not isinstance(sampling.get("prompts"), list):
         return {}
+    prompts = sampling["prompts"]
     default = PREVIEW_SCHEDULERS[spec.objective.value]
     filled = [
         {**prompt, "scheduler": default} if isinstance(prompt, dict) and "scheduler" not in prompt else prompt
