@@ -9,6 +9,7 @@ denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.dora import dora_axis
@@ -93,6 +94,11 @@ class DiffusionSetup:
 
         self.device = torch.device(device)
         policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
+        for name in model.text_encoder_names():
+            if not self._backpropagates(name):
+                # Frozen text encoders serve the cache (and previews): their conditioner moves them to the
+                # device for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB).
+                policy[name] = dataclasses.replace(policy[name], device=torch.device("cpu"))
         apply_placement(model, policy)
         for part in self.trainables.groups:
             for param in self.trainables.parameters(part):

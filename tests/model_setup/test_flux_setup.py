@@ -214,3 +214,34 @@ def test_transformer_presets_adapt_attention_then_mlp_then_modulation(preset: st
     setup = _setup(method="lora", lora={"rank": 2, "targets": preset})
     adapted = {name.split(".lora_A")[0] for name, _ in setup.model.transformer.named_parameters() if ".lora_A." in name}
     assert len(adapted) == count
+
+
+def test_frozen_text_encoders_wait_on_the_cpu_for_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T5-XXL is 9.5 GB: frozen, it goes to the device only for a caching pass (or a preview), and back;
+    trained, it stays there."""
+    import onetrainer.model_setup.diffusion as diffusion
+
+    class Placed(Exception):
+        pass
+
+    def placements(**config: Any) -> dict[str, tuple[str, torch.dtype]]:
+        placed: dict[str, Any] = {}
+
+        def record(model: DiffusionModel, policy: dict[str, Any]) -> None:
+            placed.update(policy)
+            raise Placed
+
+        monkeypatch.setattr(diffusion, "apply_placement", record)
+        settings = validate({"model": {"type": "flux-dev", "base": "tiny:flux-dev"}, **config}, check_paths=False)
+        setup = lookup(ModuleKind.SETUP, "flux-dev")(_model(), settings)
+        with pytest.raises(Placed):
+            setup.prepare(torch.device("meta"), torch.bfloat16)
+        return {name: (placement.device.type, placement.storage_dtype) for name, placement in placed.items()}
+
+    frozen = placements()
+    assert {name: device for name, (device, _) in frozen.items()} == {
+        "transformer": "meta", "text_encoder": "cpu", "text_encoder_2": "cpu", "vae": "meta"
+    }  # fmt: skip
+    assert frozen["text_encoder_2"][1] == torch.bfloat16
+    trained = placements(parts={"text_encoder_2": {"train": True}})
+    assert (trained["text_encoder"][0], trained["text_encoder_2"][0]) == ("cpu", "meta")
