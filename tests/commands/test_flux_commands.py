@@ -71,6 +71,7 @@ def test_lora_run_writes_bfl_names_with_fused_qkv(lora: Path) -> None:
     metadata = _metadata(lora)
     assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
     assert metadata["ss_base_model_version"] == "flux1"
+    assert metadata["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
 
 
 def test_full_run_writes_the_bfl_transformer_file(full: Path) -> None:
@@ -79,6 +80,7 @@ def test_full_run_writes_the_bfl_transformer_file(full: Path) -> None:
     assert "guidance_in.in_layer.weight" in keys
     assert not any(key.startswith(("text_encoders.", "vae.", "first_stage_model.")) for key in keys)
     assert _metadata(full)["modelspec.architecture"] == "flux-1-dev"
+    assert _metadata(full)["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
 
 
 def test_sample_with_the_trained_lora(lora: Path, tiny_flux_dev_dir: Path, tmp_path: Path) -> None:

@@ -42,7 +42,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
-from onetrainer.util.keymaps.flux_single_file import RELEASED, SWAPPED, FluxLayout, FusedLayer, layout_of_config
+from onetrainer.util.keymaps.flux_single_file import (
+    IMPLEMENTATION,
+    RELEASED,
+    SWAPPED,
+    FluxLayout,
+    FusedLayer,
+    layout_of_config,
+)
 from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
 
 if TYPE_CHECKING:
@@ -62,7 +69,6 @@ BFL_COMPOUND_NAMES = frozenset(
 T5_COMPOUND_NAMES = frozenset({"wi_0", "wi_1", "layer_norm", "final_layer_norm", "relative_attention_bias"})
 """Identifiers with "_" in transformers' T5 encoder."""
 PREFIXES = (("lora_unet_", TRANSFORMER), ("lora_te1_", "text_encoder"), ("lora_te3_", "text_encoder_2"))
-IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight")
 LOHA_PARAMS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 ROW_MAGNITUDE = "lora_magnitude_vector"

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 TRANSFORMER = "transformer."
 COMFY_PREFIX = "model.diffusion_model."
+IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 MLP_RATIO = 4
 """The single blocks' MLP is 4x the model width (fixed in FLUX.1 and in diffusers' single block)."""
 RELEASED_BLOCKS = (19, 38)
@@ -163,6 +164,8 @@ class FluxSingleFile:
     """The BFL transformer file, both ways (a `SingleFileFormat` covering the transformer alone)."""
 
     component_prefixes: tuple[tuple[str, str], ...] = (("", "transformer"),)
+    implementation: str = IMPLEMENTATION
+    """`modelspec.implementation` of such a file, as sd-scripts writes it for FLUX.1."""
 
     def writer(self, diffusers_keys: Iterable[str]) -> StreamConverter:
         layout = FluxLayout.from_keys(diffusers_keys, double=DIFFUSERS_DOUBLE, single=DIFFUSERS_SINGLE)
