@@ -156,6 +156,53 @@ class FluxHooks:
         return unpack(prediction, height, width)
 
 
+def check_kohya_layout(model: DiffusionModel, config: TrainConfig) -> None:
+    """Refuse, before any step, a DoRA or LoKr on layers BFL's files fuse (q, k, v) that will be saved in the
+    kohya layout, which has no exact form for them (`util.keymaps.flux_lora`); a LoKr on the final
+    modulation layer neither (its rows swap halves)."""
+    from onetrainer.model.adapters.targets import target_modules
+    from onetrainer.util.config.output import SaveFormat
+    from onetrainer.util.enums import TrainingMethod
+    from onetrainer.util.keymaps.flux_lora import LORA_NAMING
+    from onetrainer.util.keymaps.flux_single_file import SWAPPED
+
+    kind = config.lora.type.value
+    kohya = config.saving.format in (SaveFormat.AUTO, SaveFormat.KOHYA)
+    part = config.parts.get("transformer")
+    if (
+        config.method is not TrainingMethod.LORA
+        or kind not in ("dora", "lokr")
+        or not kohya
+        or not part
+        or not part.train
+    ):
+        return
+    component = model.spec.denoiser
+    chosen = target_modules(
+        model.denoiser,
+        component.name,
+        component.lora_presets,
+        (part.lora_targets or config.lora.targets).value,
+        part.lora_regex or config.lora.regex,
+    )
+    fused = {p for layer in LORA_NAMING.for_model(model.component_configs()).layout.fused() for p in layer.parts}
+    if kind == "lokr":
+        fused |= {path for path, _ in SWAPPED}
+    clashing = sorted(name for name in chosen if name in fused)
+    if clashing:
+        raise UserError(
+            f"a {'LoKr' if kind == 'lokr' else 'DoRA'} on {clashing[0]} (and {len(clashing) - 1} more layers "
+            "that BFL's files fuse) has no exact form in the kohya layout this run saves",
+            where="saving.format",
+            hint="Save as peft (diffusers keys, which ComfyUI and diffusers load), use lora or loha, or leave the "
+            "attention projections out of the targets (lora.regex)."
+            if kind == "dora"
+            else "Use lora or loha (a LoKr saves in the kohya layout only), or leave the attention projections "
+            "and the final modulation out of the targets (lora.regex).",
+        )
+
+
 @register(ModuleKind.SETUP, "flux-dev", "flux-schnell")
 def flux_setup(model: DiffusionModel, config: TrainConfig) -> DiffusionSetup:
+    check_kohya_layout(model, config)
     return DiffusionSetup(model, config, FluxHooks())

@@ -245,3 +245,29 @@ def test_frozen_text_encoders_wait_on_the_cpu_for_the_cache(monkeypatch: pytest.
     assert frozen["text_encoder_2"][1] == torch.bfloat16
     trained = placements(parts={"text_encoder_2": {"train": True}})
     assert (trained["text_encoder"][0], trained["text_encoder_2"][0]) == ("cpu", "meta")
+
+
+@pytest.mark.parametrize(
+    ("lora", "saving", "refused"),
+    [
+        ({"type": "dora"}, {}, True),
+        ({"type": "dora"}, {"format": "peft"}, False),
+        ({"type": "lokr"}, {}, True),
+        ({"type": "lokr", "regex": r"\.ff\.net\.2$"}, {}, False),
+        ({"type": "loha"}, {}, False),
+    ],
+)
+def test_adapters_without_an_exact_kohya_form_are_refused_before_training(
+    lora: dict[str, Any], saving: dict[str, Any], refused: bool
+) -> None:
+    settings = validate(
+        {"model": {"type": "flux-dev", "base": "tiny:flux-dev"}, "lora": {"rank": 2, **lora}, "saving": saving},
+        check_paths=False,
+    )
+    make = lookup(ModuleKind.SETUP, "flux-dev")
+    if refused:
+        with pytest.raises(UserError, match="no exact form in the kohya layout") as error:
+            make(_model(), settings)
+        assert error.value.where == "saving.format"
+    else:
+        make(_model(), settings).prepare("cpu", torch.float32)
