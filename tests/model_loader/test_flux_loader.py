@@ -88,3 +88,18 @@ def test_the_rest_must_come_from_the_same_model_type(transformer_file: Path, tin
     with pytest.raises(UserError, match=r"model\.config names a FLUX\.1-schnell model") as error:
         load_model(transformer_file, config=str(tiny_flux_schnell_dir))
     assert error.value.where == "model.config"
+
+
+def test_bfls_vae_file_replaces_the_vae(tiny_flux_dev_dir: Path, tmp_path: Path) -> None:
+    """`ae.safetensors`, as ComfyUI users keep it: the LDM VAE layout, unprefixed, without quant convs."""
+    from onetrainer.util.keymaps.engine import KeyTable, convert
+    from onetrainer.util.keymaps.ldm_tables import SdLayout, vae_rows
+
+    base = load_model(tiny_flux_dev_dir)
+    diffusers = {f"vae.{key}": tensor for key, tensor in base.vae.state_dict().items()}
+    ldm = convert(KeyTable(vae_rows(SdLayout.from_diffusers_keys(list(diffusers)))), diffusers)
+    save_file({key.removeprefix("first_stage_model."): t for key, t in ldm.items()}, tmp_path / "ae.safetensors")
+    assert not any("quant_conv" in key for key in ldm)
+    model = load_model(tiny_flux_dev_dir, vae=str(tmp_path / "ae.safetensors"))
+    assert _same(model.vae, base.vae)
+    assert (model.vae.config.shift_factor, model.vae.config.scaling_factor) == (0.1159, 0.3611)
