@@ -64,6 +64,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=float, default=None, help="start no case after this many seconds (default 420 on CUDA)"
     )
+    parser.add_argument(
+        "--family", action="append", choices=FAMILIES, help="measure only this family (repeatable; default: all)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels)")
     return parser.parse_args(argv)
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
         families = {name: architectures.real(name) for name in FAMILIES}
         cases = CASES
+    if args.family:
+        cases = [case for case in cases if case.family in args.family]
     budget = args.budget if args.budget is not None else (DEFAULT_BUDGET_S if device == "cuda" else math.inf)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
