@@ -73,6 +73,18 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny FLUX.1-dev pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "flux-dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny FLUX.1-schnell pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "flux-schnell")
+
+
+@pytest.fixture(scope="session")
 def unregistered_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers folder (configs only) whose pipeline class, `FluxPipeline`, no registered family makes."""
     root = tmp_path_factory.mktemp("unregistered") / "flux"

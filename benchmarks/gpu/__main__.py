@@ -1,8 +1,9 @@
 """`python -m benchmarks.gpu OUT_DIR [--dry-run | --cpu-real-size] [--budget S]` (or `benchmarks/gpu/run.sh OUT_DIR`).
 
-Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, gradient
-checkpointing on and off, in bf16: steps per second and peak VRAM (`torch.cuda.max_memory_allocated`),
-ours against a bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
+Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, and the
+FLUX.1-dev transformer (12 B, built in bf16) at 1024 and 512 px with LoRA, gradient checkpointing on
+and off, in bf16: steps per second and peak VRAM (`torch.cuda.max_memory_allocated`), ours against a
+bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
 every case, so a run cut short still leaves what it measured. Cases run in order of interest until
 `--budget` seconds have passed; the rest are listed as skipped.
 
@@ -27,16 +28,29 @@ from typing import Any
 
 from benchmarks.gpu.steps import SIDES, Case, Step, Unavailable
 
+FAMILIES = ("SD1.5", "SDXL", "FLUX.1-dev")
+LORA_ONLY = ("FLUX.1-dev",)
+"""Families measured with LoRA alone (a full FLUX.1 fine-tune needs ~190 GB: fp32 weights, gradients, AdamW)."""
 CASES = [
     Case(family, resolution, method, checkpointing)
-    for family, resolution in (("SD1.5", 512), ("SDXL", 1024), ("SD1.5", 1024), ("SDXL", 512))
+    for family, resolution in (
+        ("SD1.5", 512),
+        ("SDXL", 1024),
+        ("FLUX.1-dev", 1024),
+        ("FLUX.1-dev", 512),
+        ("SD1.5", 1024),
+        ("SDXL", 512),
+    )
     for method in ("lora", "full")
-    for checkpointing in (False, True)
+    for checkpointing in ((True, False) if family in LORA_ONLY else (False, True))
+    if method == "lora" or family not in LORA_ONLY
 ]
-"""Each family at its native size first, so a run cut short by the budget has the cases users train."""
+"""Each family at its native size first, so a run cut short by the budget has the cases users train
+(FLUX.1 with checkpointing first: how it is trained)."""
 DEFAULT_BUDGET_S = 420.0
 """On CUDA no case starts after this many seconds, so a run on one H200 ends within eight minutes."""
 CPU_MEMORY = "SDXL full fine-tuning needs about 40 GiB for AdamW states alone: not on a CPU run"
+FLUX_CPU_MEMORY = "the FLUX.1-dev transformer is 24 GB in bf16, twice over with both sides: not on a CPU run"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +63,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--budget", type=float, default=None, help="start no case after this many seconds (default 420 on CUDA)"
+    )
+    parser.add_argument(
+        "--family", action="append", choices=FAMILIES, help="measure only this family (repeatable; default: all)"
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels)")
@@ -117,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run or args.cpu_real_size:
         device, steps, warmup = "cpu", 1, 0
         cases = [Case(c.family, 64, c.method, c.checkpointing, c.batch) for c in CASES if c.resolution == 512]
+        cases.sort(key=lambda case: (FAMILIES.index(case.family), case.method != "lora", case.checkpointing))
         if args.dry_run:
             torch.set_num_threads(1)  # two threads on a busy two-core machine spin and run ten times slower
-            families = {name: architectures.tiny(name) for name in ("SD1.5", "SDXL")}
+            families = {name: architectures.tiny(name) for name in FAMILIES}
         else:
-            families = {"SD1.5": architectures.sd15(), "SDXL": architectures.sdxl()}
+            families = {name: architectures.real(name) for name in FAMILIES}
             skipped[Case("SDXL", 64, "full", False)] = skipped[Case("SDXL", 64, "full", True)] = CPU_MEMORY
+            for checkpointing in (False, True):
+                skipped[Case("FLUX.1-dev", 64, "lora", checkpointing)] = FLUX_CPU_MEMORY
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --dry-run to check the script on a CPU", file=sys.stderr)
@@ -130,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         device, steps, warmup = "cuda", args.steps, args.warmup
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        families = {"SD1.5": architectures.sd15(), "SDXL": architectures.sdxl()}
+        families = {name: architectures.real(name) for name in FAMILIES}
         cases = CASES
+    if args.family:
+        cases = [case for case in cases if case.family in args.family]
     budget = args.budget if args.budget is not None else (DEFAULT_BUDGET_S if device == "cuda" else math.inf)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []

@@ -1,12 +1,14 @@
 """One training step two ways: ours (the onetrainer setup, as the trainer loop drives it) and a bare diffusers loop.
 
-Both train the same UNet architecture from the same random weights on the same kind of batch
+Both train the same denoiser architecture from the same random weights on the same kind of batch
 (latents and text hidden states, as a warm cache provides them, and for SDXL the pooled embedding and
 the original size, crop and target size the data loader supplies), with AdamW at the same learning
 rate, gradient clipping at 1.0, bf16 autocast, and for LoRA rank 16 on the attention projections
 with the frozen base in bf16 and the adapter in fp32 (as diffusers' LoRA example trains). The bare
-loop is what diffusers' text-to-image examples do per step, with accelerate's autocast spelled out.
-Each step ends by reading the loss on the host, as both loops do to log it.
+loop is what diffusers' text-to-image examples do per step (for FLUX.1, its DreamBooth LoRA script:
+rectified-flow noising with uniform timesteps, 2x2 packed latents with position ids, guidance 1),
+with accelerate's autocast spelled out. Each step ends by reading the loss on the host, as both loops
+do to log it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.gpu.architectures import Family, build_unet
+from benchmarks.gpu.architectures import FLUX_T5_TOKENS, Family, build_unet
 
 LORA_RANK = 16
 LEARNING_RATE = 1e-4
 MAX_GRAD_NORM = 1.0
 TOKENS = 77
 ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
+FLUX_ATTENTION_PROJECTIONS = [
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+    "attn.to_add_out",
+]  # fmt: skip
+"""diffusers' FLUX DreamBooth LoRA targets: both streams' attention projections (our `attn` preset)."""
 
 
 class Unavailable(Exception):
@@ -55,6 +62,12 @@ def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[s
     def draw(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device)
 
+    if family.is_flux:
+        return {
+            "latents": draw(case.batch, 16, side, side),
+            "t5_hidden": draw(case.batch, FLUX_T5_TOKENS, family.context_dim),
+            "pooled": draw(case.batch, family.pooled_dim or 0),
+        }
     batch = {"latents": draw(case.batch, 4, side, side), "text_hidden": draw(case.batch, TOKENS, family.context_dim)}
     if family.pooled_dim is not None:  # SDXL
         batch["pooled"] = draw(case.batch, family.pooled_dim)
@@ -79,6 +92,8 @@ def _trainable(parameters: Any) -> list[Any]:
 
 def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     """diffusers' example loop; returns the step and the number of trained parameters."""
+    if family.is_flux:
+        return bare_flux_step(family, case, device)
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -130,6 +145,64 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     return step, sum(parameter.numel() for parameter in trained)
 
 
+def bare_flux_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
+    """diffusers' FLUX DreamBooth LoRA loop (`train_dreambooth_lora_flux.py`), per step."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+
+    if case.method != "lora":
+        raise Unavailable("FLUX.1 is benchmarked with LoRA only")
+    transformer = build_unet(family, device)
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(
+            r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian", target_modules=FLUX_ATTENTION_PROJECTIONS
+        )
+    )
+    for parameter in _trainable(transformer.parameters()):
+        parameter.data = parameter.data.float()
+    if case.checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    trained = _trainable(transformer.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
+    batch = make_batch(family, case, device)
+    latents = batch["latents"]
+    size, (_, channels, height, width) = case.batch, latents.shape
+    image_ids = FluxPipeline._prepare_latent_image_ids(size, height // 2, width // 2, device, torch.bfloat16)
+    text_ids = torch.zeros(FLUX_T5_TOKENS, 3, device=device, dtype=torch.bfloat16)
+    guidance = torch.ones(size, device=device)
+    device_type = torch.device(device).type
+
+    def step() -> float:
+        noise = torch.randn_like(latents)
+        sigmas = torch.rand(size, device=latents.device)
+        noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
+        packed = FluxPipeline._pack_latents(noisy, size, channels, height, width)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            prediction = transformer(
+                hidden_states=packed,
+                timestep=sigmas,
+                guidance=guidance,
+                pooled_projections=batch["pooled"],
+                encoder_hidden_states=batch["t5_hidden"],
+                txt_ids=text_ids,
+                img_ids=image_ids,
+                return_dict=False,
+            )[0]
+        prediction = FluxPipeline._unpack_latents(prediction, height * 8, width * 8, 8)
+        loss = F.mse_loss(prediction.float(), (noise - latents).float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step, sum(parameter.numel() for parameter in trained)
+
+
 def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     """The setup's prepare / predict / loss with the trainer's precision, optimizer and clipping."""
     import torch
@@ -141,6 +214,8 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
 
     if family.model_type not in supported(ModuleKind.SETUP):
         raise Unavailable(f"onetrainer has no {family.name} training setup yet")
+    if family.is_flux and case.method != "lora":
+        raise Unavailable("FLUX.1 is benchmarked with LoRA only")
     config = TrainConfig.model_validate(
         {
             "model": {"type": family.model_type},
@@ -181,7 +256,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
 
 
 def _model(family: Family, device: Any) -> Any:
-    """The real-size UNet beside the tiny kit's VAE and text encoders, which a cached batch never runs."""
+    """The real-size denoiser beside the tiny kit's VAE and text encoders, which a cached batch never runs."""
     from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.family import tiny_model
 
@@ -190,8 +265,8 @@ def _model(family: Family, device: Any) -> Any:
         tiny.build(0),
         spec,
         source="benchmark",
-        unet=build_unet(family, device),
-        prediction_type="epsilon",
+        prediction_type=None if family.is_flux else "epsilon",
+        **{spec.denoiser.name: build_unet(family, device)},
     )
 
 

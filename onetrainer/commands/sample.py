@@ -11,6 +11,7 @@ import typer
 from onetrainer.commands.options import DEFAULT_DEVICE, Device, DtypeHalfOnGpu, ModelType, keys_as_options
 from onetrainer.model_sampler.sizes import MAX_SIDE
 from onetrainer.util.devices import WeightsDtype
+from onetrainer.util.family import Objective
 
 if TYPE_CHECKING:
     from onetrainer.util.config.model import ModelConfig
@@ -28,8 +29,10 @@ EXAMPLES = (
         "--width 768 --height 512 --scheduler euler-a",
     ),
 )
-MODEL_WHERE = {"model.base": "the MODEL argument"}
-"""The loaders name the base model `model.base`; here it is the first argument."""
+MODEL_WHERE = {"model.base": "the MODEL argument", "model.config": "--config", "model.options": "--option"}
+"""The loaders name their sources by config key; here they come from these arguments."""
+CLI_SCHEDULERS = {Objective.DDPM: "dpm++2m-karras", Objective.FLOW_MATCHING: "euler"}
+"""`--scheduler`'s default for models of each training objective."""
 
 
 def sample(
@@ -67,11 +70,14 @@ def sample(
         typer.Option("--height", help=f"Height in pixels: a multiple of 8, at most {MAX_SIDE} (default: the model's)."),
     ] = None,
     scheduler: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--scheduler", metavar="NAME", help="ddim, euler, euler-a, dpm++2m, dpm++2m-karras, unipc or ddpm."
+            "--scheduler",
+            metavar="NAME",
+            help="DDPM models: ddim, euler, euler-a, dpm++2m, dpm++2m-karras (default), unipc or ddpm; "
+            "flow-matching models: euler (default), dpm++2m, unipc or deis.",
         ),
-    ] = "dpm++2m-karras",
+    ] = None,
     count: Annotated[
         int, typer.Option("--count", min=1, max=1000, help="Images to make (seeds seed, seed+1, ...).")
     ] = 1,
@@ -92,6 +98,23 @@ def sample(
         ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="PATH",
+            help="For a single-file MODEL: its architecture, and the parts the file lacks (a transformer "
+            "published alone needs its text encoders and VAE): a diffusers folder, hub id or tiny:<family>.",
+        ),
+    ] = None,
+    family_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            metavar="KEY=VALUE",
+            help="A model family option (model.options in a run config, e.g. t5_max_length=256). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Generate images; each PNG records its prompt, seed, steps, CFG, scheduler, model and LoRAs.
 
@@ -105,12 +128,14 @@ def sample(
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import file_progress
     from onetrainer.util.devices import resolve_device, resolve_dtype
+    from onetrainer.util.family import get_family
     from onetrainer.util.missing import missing_path
     from onetrainer.util.registry import ModuleKind, lookup
     from onetrainer.util.threads import apply_threads
     from onetrainer.util.writable import check_writable
 
-    scheduler = check_scheduler(scheduler)
+    if scheduler is not None:
+        check_scheduler(scheduler)
     loras = [_parse_lora(spec) for spec in lora or []]
     for path, _ in loras:
         if not path.is_file():
@@ -128,10 +153,14 @@ def sample(
     apply_threads()
     with keys_as_options(MODEL_WHERE):
         family = source_model_type(model, model_type, needs=(ModuleKind.LOADER, ModuleKind.SAMPLER))
+        objective = get_family(family).objective
+        scheduler = check_scheduler(scheduler or CLI_SCHEDULERS[objective], objective)
         for option, value in (("--width", width), ("--height", height)):
             if value is not None:
                 check_side(option, value, size_step(family))
-        loaded = lookup(ModuleKind.LOADER, family)().load(_model_config(model, family, weights), device=torch_device)
+        loaded = lookup(ModuleKind.LOADER, family)().load(
+            _model_config(model, family, weights, config, _parse_options(family_options or [])), device=torch_device
+        )
     for path, scale in loras:
         merge_lora(loaded, read_lora_file(path, loaded.spec, configs=loaded.component_configs()), scale)
     loaded.adapters.embeddings.extend(
@@ -189,14 +218,50 @@ def _parse_lora(spec: str) -> tuple[Path, float]:
     return Path(spec).expanduser(), 1.0
 
 
-def _model_config(source: str, family: str, weights: str) -> ModelConfig:
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    """`KEY=VALUE` pairs, each value read as YAML (`256` a number, `true` a bool)."""
+    import yaml
+
+    from onetrainer.util.errors import UserError
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(
+                f"--option {pair!r} is not KEY=VALUE", where="--option", hint="Write e.g. --option guidance=3.5."
+            )
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def _model_config(
+    source: str, family: str, weights: str, architecture: str | None, options: dict[str, object]
+) -> ModelConfig:
     from pydantic import ValidationError
 
     from onetrainer.util.config.model import ModelConfig
     from onetrainer.util.errors import UserError
+    from onetrainer.util.family import get_family
 
+    spec = get_family(family)
+    if options and spec.options is None:
+        raise UserError(f"{spec.title} models have no options", where="--option")
+    if spec.options is not None:
+        try:
+            spec.options.model_validate(options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            raise UserError(
+                f"--option {key}: {first['msg'].removeprefix('Value error, ')}",
+                where="--option",
+                hint=f"{spec.title} options: {', '.join(spec.options.model_fields)}.",
+            ) from None
     try:
-        return ModelConfig.model_validate({"type": family, "base": source, "dtype": weights})
+        return ModelConfig.model_validate(
+            {"type": family, "base": source, "dtype": weights, "config": architecture, "options": options}
+        )
     except ValidationError as error:
         message = error.errors()[0]["msg"].removeprefix("Value error, ")
         raise UserError(f"invalid model: {message}", where="model.base") from None

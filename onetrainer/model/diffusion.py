@@ -64,6 +64,9 @@ class DiffusionModel:
     pipeline_config: dict[str, Any] = field(default_factory=dict)
     """Pipeline-level settings of `model_index.json` other than components (e.g. `force_zeros_for_empty_prompt`)."""
     adapters: Adapters = field(default_factory=Adapters)
+    options: dict[str, Any] = field(default_factory=dict)
+    """The family's `model.options` this model was loaded with (validated by `spec.options`), for the family's
+    hooks and sampler (a text encoder's token limit, a guidance input); empty means the family's defaults."""
 
     @classmethod
     def from_pipeline(

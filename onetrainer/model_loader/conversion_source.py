@@ -113,7 +113,9 @@ def open_conversion_source(
             yield _folder(path, detection, spec)
         else:
             with WeightsFile(path) as weights:
-                yield _single_file(weights, detection, spec, config, tokenizer)
+                lacking = _lacking(weights, spec)
+                with _companion(config, spec, lacking, weights.path.name) as companion:
+                    yield _single_file(weights, detection, spec, config, tokenizer, companion)
 
 
 def _hub_snapshot(repo: str) -> Path:
@@ -217,10 +219,61 @@ def _header_metadata(path: Path) -> dict[str, str]:
     return dict(read_header(path)[1])
 
 
+def _lacking(weights: WeightsFile, spec: FamilySpec) -> tuple[str, ...]:
+    """The family's required components a single file holds no weights of (a transformer published alone)."""
+    held = _held(weights, spec)
+    return tuple(c.name for c in spec.components if c.name not in held and not c.optional)
+
+
+@contextlib.contextmanager
+def _companion(
+    config: str | None, spec: FamilySpec, lacking: tuple[str, ...], needed_by: str
+) -> Iterator[ConversionSource | None]:
+    """The model `--config` names, opened for the parts a single file lacks (None when it lacks none)."""
+    if not lacking or config is None:
+        yield None
+        return
+    kind = source_kind(config, where="model.config")
+    if kind == TINY:
+        yield _in_memory(load_model(config, model_type=spec.name), config)
+        return
+    if kind == HUB:
+        with hub_errors(config, "model", where="model.config"):
+            path = Path(snapshot_parts(config, lacking, spec))
+    else:
+        path = Path(config).expanduser()
+    detection = detect_path(path)
+    if detection.family != spec.name:
+        raise UserError(
+            f"{needed_by} is a {spec.title} file, but --config names a {family_title(detection.family)} model "
+            f"({detection.reason})",
+            where="model.config",
+            hint=f"The parts the file lacks ({', '.join(lacking)}) must come from a {spec.title} model.",
+        )
+    yield _folder(path, detection, spec)
+
+
+def snapshot_parts(repo: str, components: tuple[str, ...], spec: FamilySpec) -> str:
+    """A hub snapshot with the configs and tokenizers of every component, and the weights of `components` only."""
+    from huggingface_hub import snapshot_download
+
+    weights = [f"{name}/*.safetensors*" for name in components]
+    tokenizers = [f"{spec.component(name).tokenizer}/*" for name in components if spec.component(name).tokenizer]
+    patterns = ["model_index.json", "*/config.json", "scheduler/*", *tokenizers, *weights]
+    return str(snapshot_download(repo, allow_patterns=patterns))
+
+
 def _single_file(
-    weights: WeightsFile, detection: Detection, spec: FamilySpec, config: str | None, tokenizer: str | None
+    weights: WeightsFile,
+    detection: Detection,
+    spec: FamilySpec,
+    config: str | None,
+    tokenizer: str | None,
+    companion: ConversionSource | None = None,
 ) -> ConversionSource:
+    """A single file; `companion` supplies the parts it lacks (from `--config`)."""
     resolved: dict[str, Any] = {}
+    supplied = {name for name in spec.component_names if companion is not None and name not in _held(weights, spec)}
 
     def architecture_layers() -> dict[str, int] | None:
         return resolved["layers"] if resolved else None
@@ -228,6 +281,14 @@ def _single_file(
     def parts() -> PipelineParts:
         """Architecture and tokenizers; a file that does not say its prediction type gets the family's default."""
         if not resolved:
+            lacking = _lacking(weights, spec)
+            if lacking and companion is None:
+                raise UserError(
+                    f"{weights.path.name} holds no {', '.join(spec.component(n).title for n in lacking)}, which a "
+                    "diffusers folder needs",
+                    where="model.config",
+                    hint=f"Name a {spec.title} diffusers folder or hub id that has them with --config.",
+                )
             architecture = resolve_architecture(config, spec, detection.prediction_type)
             layers = text_encoder_layers(architecture, spec)
             shapes = single_file_state_dicts(weights, spec, text_encoder_layers=layers, meta=True)
@@ -235,8 +296,15 @@ def _single_file(
             tokenizers = {
                 component.tokenizer: load_tokenizer(tokenizer, architecture, spec, component.name)
                 for component in spec.text_encoders
-                if component.tokenizer is not None and component.name in architecture.configs
+                if component.tokenizer is not None
+                and component.name in architecture.configs
+                and component.name not in supplied
             }
+            if companion is not None and companion.pipeline_parts is not None:
+                theirs = companion.pipeline_parts().tokenizers
+                tokenizers.update(
+                    {c.tokenizer: theirs[c.tokenizer] for c in spec.text_encoders if c.name in supplied and c.tokenizer}
+                )
             resolved["parts"] = PipelineParts(
                 architecture.configs, architecture.classes, tokenizers, architecture.settings
             )
@@ -245,13 +313,23 @@ def _single_file(
         return parts
 
     def stream(meta: bool, components: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from stream_single_file(
-            weights, spec, text_encoder_layers=architecture_layers(), components=components, meta=meta
-        )
+        own = tuple(name for name in components if name not in supplied)
+        if own:
+            yield from stream_single_file(
+                weights, spec, text_encoder_layers=architecture_layers(), components=own, meta=meta
+            )
+        others = tuple(name for name in components if name in supplied)
+        if others and companion is not None and companion.stream is not None:
+            yield from companion.stream(meta, others)
 
     return ConversionSource(
         MODEL, spec, spec.name, detection, detection.prediction_type, dict(weights.metadata), stream, parts
     )
+
+
+def _held(weights: WeightsFile, spec: FamilySpec) -> set[str]:
+    held = single_file_state_dicts(weights, spec, text_encoder_layers=None, meta=True)
+    return {name for name, state in held.items() if state}
 
 
 def _folder(path: Path, detection: Detection, spec: FamilySpec) -> ConversionSource:

@@ -102,7 +102,9 @@ class DiffusersLoader:
             vae = spec.vae.name
             parts.components[vae] = load_vae(str(model_config.vae), dict(parts.components[vae].config), dtype)
         prediction = parts.prediction_type if wanted is PredictionType.AUTO else wanted.value
-        return assemble(spec, parts, source, prediction, device, dtype)
+        model = assemble(spec, parts, source, prediction, device, dtype)
+        model.options = dict(model_config.options)
+        return model
 
 
 def load_model(
@@ -199,6 +201,40 @@ def _read_json(path: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def load_components(
+    source: str, spec: FamilySpec, dtype: torch.dtype, names: tuple[str, ...], *, needed_by: str
+) -> LoadedParts:
+    """The components `names` (with their tokenizers) of the model `source` names (`model.config`): the parts a
+    single file `needed_by` lacks. `source` must be a model of the same family."""
+    kind = source_kind(source, where="model.config")
+    if kind == TINY:
+        found, _ = tiny_model(source.removeprefix(TINY_PREFIX))
+        detection = Detection(MODEL, "tiny", found.name, "built-in tiny model", path=Path(source))
+    elif kind == HUB:
+        detection = hub_detection(source)
+    else:
+        detection = detect_path(Path(source).expanduser())
+    if detection.family not in (None, spec.name) or (
+        detection.family is None and spec.name not in detection.candidates
+    ):
+        raise UserError(
+            f"{needed_by} is a {spec.title} file, but model.config names a {family_title(detection.family)} model "
+            f"({detection.reason})",
+            where="model.config",
+            hint=f"The parts the file lacks must come from a {spec.title} model (a diffusers folder or hub id).",
+        )
+    if kind == TINY:
+        parts = _from_tiny(source, spec)
+    else:
+        parts = from_pretrained(
+            str(Path(source).expanduser()) if kind != HUB else source, source, spec, dtype, hub=kind == HUB, only=names
+        )
+    wanted = {name: parts.components[name] for name in names if name in parts.components}
+    feeding = [spec.component(name).tokenizer for name in wanted]
+    tokenizers = {tokenizer: parts.tokenizers[tokenizer] for tokenizer in feeding if tokenizer is not None}
+    return LoadedParts(wanted, tokenizers, parts.scheduler, parts.prediction_type, parts.pipeline_config)
+
+
 def _from_tiny(source: str, spec: FamilySpec) -> LoadedParts:
     from onetrainer.util.tiny.models import scheduler_config
 
@@ -231,13 +267,23 @@ def _component_class(index: dict[str, Any], name: str, source: str) -> Any:
     return getattr(importlib.import_module(library), class_name)
 
 
-def from_pretrained(location: str, source: str, spec: FamilySpec, dtype: torch.dtype, *, hub: bool) -> LoadedParts:
-    """The family's components of a diffusers folder or hub repo, in `dtype`."""
+def from_pretrained(
+    location: str,
+    source: str,
+    spec: FamilySpec,
+    dtype: torch.dtype,
+    *,
+    hub: bool,
+    only: tuple[str, ...] | None = None,
+) -> LoadedParts:
+    """The family's components of a diffusers folder or hub repo (those in `only`, if given), in `dtype`."""
     with hub_errors(source, "base model", where="model.base", hub=hub):
         index = _read_json(_hub_file(location, "model_index.json") if hub else Path(location) / "model_index.json")
         components: dict[str, Any] = {}
         tokenizers: dict[str, Any] = {}
         for component in spec.components:
+            if only is not None and component.name not in only:
+                continue
             cls = _component_class(index, component.name, source)
             if cls is None:
                 if component.optional:

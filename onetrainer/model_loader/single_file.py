@@ -6,7 +6,9 @@ are constructed from the architecture's configs with empty (meta) parameters and
 checkpoint's tensors by assignment, so no random initialisation runs and the weights exist once in
 memory. A single file holds weights only: the architecture comes from the configs shipped for the
 family (or the user's `model.config`), and each text encoder's tokenizer is looked for
-(`tokenizers.load_tokenizer`).
+(`tokenizers.load_tokenizer`). A file that holds only some parts (a transformer published alone, a UNet
+saved alone) takes the others, with their tokenizers, from `model.config` when it names a model with
+weights (a diffusers folder, hub id or tiny model).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_loader.architecture import Architecture, resolve_architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
-from onetrainer.model_loader.pipeline import LoadedParts
+from onetrainer.model_loader.pipeline import LoadedParts, load_components
 from onetrainer.model_loader.tokenizers import load_tokenizer
 from onetrainer.util.detect import Detection
 from onetrainer.util.enums import PredictionType
@@ -44,20 +46,27 @@ def read_single_file(
     # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
     prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
     prediction = prediction or detection.prediction_type
-    architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
-    prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
     with WeightsFile(path) as weights:
-        state_dicts = single_file_state_dicts(
-            weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype
-        )
-    for component in spec.components:
-        if not state_dicts[component.name] and not component.optional:
+        held = single_file_state_dicts(weights, spec, text_encoder_layers=None, meta=True)
+        missing = [c for c in spec.components if not held[c.name] and not c.optional]
+        if missing and config is None:
+            component = missing[0]
             raise UserError(
                 f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
                 where=str(path),
-                hint=f"Pass a full {spec.title} checkpoint."
+                hint=f"Pass a full {spec.title} checkpoint, or name a diffusers folder or hub id that holds the "
+                "missing parts as model.config / --config."
                 + (" A missing VAE can come from model.vae / --vae." if component.role is Role.VAE else ""),
             )
+        architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
+        prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
+        state_dicts = single_file_state_dicts(
+            weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype
+        )
+    rest = None
+    if missing:
+        assert config is not None
+        rest = load_components(str(config), spec, dtype, tuple(c.name for c in missing), needed_by=path.name)
     components = build_components(state_dicts, architecture, spec, path.name)
     explicit = None if tokenizer is None else str(tokenizer)
     tokenizers = {
@@ -65,6 +74,9 @@ def read_single_file(
         for component in spec.text_encoders
         if component.tokenizer is not None and component.name in components
     }
+    if rest is not None:
+        components.update(rest.components)
+        tokenizers.update(rest.tokenizers)
     return LoadedParts(
         components=components,
         tokenizers=tokenizers,

@@ -40,13 +40,17 @@ class PromptEmbeds(Protocol):
 
     def __call__(
         self, model: DiffusionModel, conditioner: Conditioner, prompt: str, negative_prompt: str, cfg: float
-    ) -> dict[str, torch.Tensor]:
-        """Keyword arguments of the pipeline's `__call__` (`prompt_embeds=...`, `negative_prompt_embeds=...`)."""
+    ) -> dict[str, Any]:
+        """Keyword arguments of the pipeline's `__call__` (`prompt_embeds=...`, `negative_prompt_embeds=...`, and
+        settings such as a second guidance scale); tensors are cast to the denoiser's device and dtype."""
         ...
 
 
 Decode = Callable[["DiffusionModel", "torch.Tensor"], "Image.Image"]
 """`decode(model, latents)` -> the image of one [1, C, h, w] latent the pipeline returned."""
+Unpack = Callable[["torch.Tensor", int, int], "torch.Tensor"]
+"""`unpack(latents, height, width)` -> [1, C, h, w]: the latents of a pipeline that returns them in the
+denoiser's own layout (packed 2x2 patches) for an image of `height` x `width` pixels."""
 
 
 def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> Image.Image:
@@ -79,7 +83,8 @@ class PipelineSampler:
     """A `Sampler` for any family with a diffusers pipeline; the family gives its hooks and prompt embeds.
 
     `pipeline_settings` are constructor arguments the family fixes for previews (e.g. no watermark);
-    `decode` turns the pipeline's latents into an image (default: `decode_latents`).
+    `unpack` turns latents the pipeline returns in another layout into [1, C, h, w]; `decode` turns
+    those into an image (default: `decode_latents`).
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class PipelineSampler:
         default_scheduler: str = "euler",
         pipeline_settings: Mapping[str, Any] | None = None,
         decode: Decode = decode_latents,
+        unpack: Unpack | None = None,
     ) -> None:
         self.model = model
         self.hooks = hooks
@@ -100,6 +106,7 @@ class PipelineSampler:
         self.default_scheduler = default_scheduler
         self.pipeline_settings = dict(pipeline_settings or {})
         self.decode = decode
+        self.unpack = unpack
 
     def default_size(self) -> int:
         return self.model.spec.resolution_for(self.model.prediction_type)
@@ -140,7 +147,8 @@ class PipelineSampler:
     ) -> list[Image.Image]:
         import torch
 
-        name = check_scheduler(scheduler or self.default_scheduler)
+        objective = self.model.spec.objective
+        name = check_scheduler(scheduler or self.default_scheduler, objective)
         step = self.model.spec.size_step
         width = check_side("width", width or self.default_size(), step)
         height = check_side("height", height or self.default_size(), step)
@@ -161,12 +169,15 @@ class PipelineSampler:
             return {}
 
         try:
-            pipe = self.pipeline(build_scheduler(name, model.noise_scheduler.config))
+            pipe = self.pipeline(build_scheduler(name, model.noise_scheduler.config, objective))
             conditioner = self.hooks.conditioner(model, layer_skip=self.layer_skip, device=model.device)
             conditioner.load()
             with torch.no_grad():
                 embeds = self.prompt_embeds(model, conditioner, prompt, negative_prompt, cfg)
-                embeds = {key: value.to(model.device, model.denoiser_dtype) for key, value in embeds.items()}
+                embeds = {
+                    key: value.to(model.device, model.denoiser_dtype) if isinstance(value, torch.Tensor) else value
+                    for key, value in embeds.items()
+                }
                 images = [
                     self._one(pipe, embeds, steps, cfg, seed + index, width, height, tick) for index in range(count)
                 ]
@@ -179,7 +190,7 @@ class PipelineSampler:
     def _one(
         self,
         pipe: Any,
-        embeds: dict[str, torch.Tensor],
+        embeds: dict[str, Any],
         steps: int,
         cfg: float,
         seed: int,
@@ -200,4 +211,5 @@ class PipelineSampler:
             output_type="latent",
             callback_on_step_end=lambda pipe, step, timestep, kwargs: tick(),
         )
-        return self.decode(self.model, result.images)
+        latents = result.images if self.unpack is None else self.unpack(result.images, height, width)
+        return self.decode(self.model, latents)

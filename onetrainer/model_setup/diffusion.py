@@ -9,12 +9,13 @@ denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
-from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, inject_lora, load_lora_state
+from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, adapters_disabled, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
@@ -94,6 +95,11 @@ class DiffusionSetup:
 
         self.device = torch.device(device)
         policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
+        for name in model.text_encoder_names():
+            if not self._backpropagates(name):
+                # Frozen text encoders serve the cache (and previews): their conditioner moves them to the
+                # device for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB).
+                policy[name] = dataclasses.replace(policy[name], device=torch.device("cpu"))
         apply_placement(model, policy)
         for part in self.trainables.groups:
             for param in self.trainables.parameters(part):
@@ -250,7 +256,27 @@ class DiffusionSetup:
             conditioning = conditioner.encode_for_training(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
         prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
-        return {"prediction": prediction, "target": noised.target, "weights": noised.weights}
+        target = noised.target
+        prior = batch.get("is_prior")
+        if prior is not None and bool(prior.any()):
+            target = self._prior_target(noised, conditioning, batch, prior.to(target.device))
+        return {"prediction": prediction, "target": target, "weights": noised.weights}
+
+    def _prior_target(
+        self, noised: Noised, conditioning: dict[str, torch.Tensor], batch: Batch, prior: torch.Tensor
+    ) -> torch.Tensor:
+        """Prior-preservation samples learn what the model without its LoRA predicts for the same input
+        (their caption encoded without it too); the others keep the objective's target."""
+        import torch
+
+        if self.lora is None:
+            raise UserError("prior-preservation concepts need a LoRA to preserve the model from (method: lora)")
+        with torch.no_grad(), adapters_disabled(self.model, self.lora):
+            if self.text_encoder() is None:
+                conditioning = self._require_conditioner().encode_for_training(list(batch["captions"]))
+            base = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
+        mask = prior.reshape(-1, *([1] * (noised.target.ndim - 1)))
+        return torch.where(mask, base.float(), noised.target)
 
     def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         return diffusion_loss(

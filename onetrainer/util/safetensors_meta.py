@@ -97,7 +97,8 @@ def modelspec_metadata(
 
     `adapter` is None for a full model, "lora" or "embedding". Implementation follows sd-scripts: a
     LoRA over diffusers module names says "diffusers" (the family's kohya naming tells); checkpoints,
-    embeddings and LoRAs over the original module names follow Stability AI's code. `optional` takes
+    embeddings and LoRAs over the original module names follow Stability AI's code, unless the family's
+    naming or single-file layout names another original implementation (`implementation`). `optional` takes
     further ModelSpec fields (description, author, license, tags, usage_hint, merged_from, ...); None
     values are left out.
     """
@@ -105,7 +106,8 @@ def modelspec_metadata(
         raise UserError(f"unknown adapter kind {adapter!r}", hint=f"expected one of {tuple(ADAPTERS)}")
     if implementation is None:
         naming = getattr(spec.lora_naming, "implementation", IMPL_STABILITY_AI)
-        implementation = naming if adapter == "lora" else IMPL_STABILITY_AI
+        checkpoint = getattr(spec.single_file, "implementation", IMPL_STABILITY_AI)
+        implementation = naming if adapter == "lora" else checkpoint if adapter is None else IMPL_STABILITY_AI
     size = resolution or spec.resolution_for(prediction_type)
     width, height = (size, size) if isinstance(size, int) else size
     stamp = (date or _dt.datetime.now().astimezone()).isoformat(timespec="seconds")

@@ -115,6 +115,8 @@ class Run:
     events: list[dict[str, Any]] = field(default_factory=list)
     graded: set[str] = field(default_factory=set)
     """The trained tensors (names as in `trained`) that received a nonzero gradient in some step."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """State-dict keys of tied weights (T5's `encoder.embed_tokens` is its `shared`) -> the parameter's name."""
 
     @property
     def trained(self) -> dict[str, torch.Tensor]:
@@ -163,6 +165,17 @@ def watch_gradients(setup: Any) -> set[str]:
     return graded
 
 
+def tied_aliases(model: Any) -> dict[str, str]:
+    """`component.key` of every state-dict entry that is another name of a parameter (a tied weight)."""
+    aliases: dict[str, str] = {}
+    for name, module in model.modules():
+        owners = {id(param): f"{name}.{key}" for key, param in module.named_parameters()}
+        for key, param in module.named_parameters(remove_duplicate=False):
+            if owners[id(param)] != f"{name}.{key}":
+                aliases[f"{name}.{key}"] = owners[id(param)]
+    return aliases
+
+
 def case_config(case: Case, root: Path, dataset: Path, *overrides: str) -> TrainConfig:
     """The case's config: 64 px, batch 2, fp32 on the CPU, fp32 saves, no TensorBoard; `root` holds it all."""
     from onetrainer.util.config.loader import load_config
@@ -206,7 +219,16 @@ def train_case(config: TrainConfig, *, resume: str | None = None) -> Run:
 
     result = train(config, build=build, resume=resume, progress=events.append)
     parts = captured["parts"]
-    return Run(config, result, parts, captured["before"], model_tensors(parts.model), events, captured["graded"])
+    return Run(
+        config,
+        result,
+        parts,
+        captured["before"],
+        model_tensors(parts.model),
+        events,
+        captured["graded"],
+        tied_aliases(parts.model),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -129,8 +129,34 @@ def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) 
     with WeightsFile(sd15_single_file) as weights:
         save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
     with pytest.raises(UserError, match="has no VAE weights") as info:
-        load_model(path, config="tiny:sd15")
+        load_model(path)
     assert "--vae" in (info.value.hint or "")
+    assert "model.config" in (info.value.hint or "")
+
+
+def test_a_part_the_checkpoint_lacks_comes_from_the_config_model(
+    sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
+) -> None:
+    """A UNet and text encoder saved without their VAE load with the VAE of the model `config` names."""
+    path = tmp_path / "unet-and-te.safetensors"
+    with WeightsFile(sd15_single_file) as weights:
+        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    loaded = load_model(path, config=str(tiny_sd15_dir))
+    reference = load_model(tiny_sd15_dir)
+    for name in ("vae", "unet"):
+        ours, theirs = loaded.components[name].state_dict(), reference.components[name].state_dict()
+        assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
+def test_a_config_model_of_another_family_cannot_supply_the_missing_parts(
+    sd15_single_file: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "unet-and-te.safetensors"
+    with WeightsFile(sd15_single_file) as weights:
+        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    with pytest.raises(UserError, match=r"model\.config names a SD 2\.x model") as info:
+        load_model(path, model_type="sd15", config="tiny:sd2")
+    assert info.value.where == "model.config"
 
 
 def test_single_file_takes_a_small_tokenizer_that_fits_and_refuses_one_that_does_not(

@@ -14,7 +14,10 @@ from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_sampler.schedulers import SCHEDULERS, build_scheduler
 from onetrainer.model_sampler.stable_diffusion import StableDiffusionSampler
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import Objective
 from onetrainer.util.registry import ModuleKind, lookup
+
+DDPM_SCHEDULERS = SCHEDULERS[Objective.DDPM]
 
 
 @functools.cache
@@ -55,7 +58,7 @@ def test_registered_for_sd15_and_sd2() -> None:
     assert lookup(ModuleKind.SAMPLER, "sd2") is StableDiffusionSampler
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(DDPM_SCHEDULERS))
 def test_same_image_as_the_diffusers_pipeline(scheduler: str) -> None:
     model = _model()
     ours = StableDiffusionSampler(model).sample("a red circle", "blurry", steps=4, cfg=7.5, seed=3, scheduler=scheduler)
@@ -115,7 +118,7 @@ def test_sampling_restores_training_mode() -> None:
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sd2-v"])
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(DDPM_SCHEDULERS))
 def test_tiny_model_draws_what_the_same_diffusers_pipeline_draws(scheduler: str, kind: str) -> None:
     """The reference is diffusers alone: the tiny pipeline with its scheduler swapped the documented way
     (`from_config` of the pipeline's scheduler config), so each solver keeps its own defaults."""
@@ -124,7 +127,7 @@ def test_tiny_model_draws_what_the_same_diffusers_pipeline_draws(scheduler: str,
     from onetrainer.util.tiny.models import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(kind)
-    class_name, settings = SCHEDULERS[scheduler]
+    class_name, settings = DDPM_SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **settings)
     theirs = pipe(
         "a red circle",

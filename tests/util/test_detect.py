@@ -148,7 +148,7 @@ def test_component_prefixes_and_families_come_from_the_registered_specs(fake_fam
 
 
 def test_a_component_no_family_has_reads_as_bare_module_paths() -> None:
-    detected = detect_weights(TRANSFORMER_LORA, {})
+    detected = detect_weights({"prior.blocks.0.attn.to_q.lora_A.weight": (4, 64)}, {})
     assert (detected.kind, detected.layout, detected.family) == (LORA, "peft-bare", None)
 
 

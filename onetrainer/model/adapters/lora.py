@@ -7,7 +7,8 @@ what savers and the training setup need to find them again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -189,3 +190,30 @@ def load_lora_state(
             rank = module_rank(params)
             alpha = alphas.get(prefix + name)
             layer.scaling[adapter.adapter_name] = 1.0 if rank is None or alpha is None else alpha / rank
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: DiffusionModel, adapter: LoraAdapter) -> Iterator[None]:
+    """The model computes as its base weights alone inside the block (prior preservation's target).
+
+    peft's `enable_adapters(True)` marks every active adapter as trainable again, so which tensors train
+    (a part stopped by `stop_after` does not) is restored as it was.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers: list[Any] = [
+        layer
+        for component in adapter.components
+        for layer in model.components[component].modules()
+        if isinstance(layer, BaseTunerLayer)
+    ]
+    trains = {param: param.requires_grad for layer in layers for param in layer.parameters()}
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for param, requires_grad in trains.items():
+            param.requires_grad_(requires_grad)

@@ -19,7 +19,27 @@ TRAINS = (ModuleKind.LOADER, ModuleKind.SETUP, ModuleKind.SAMPLER, ModuleKind.SA
 
 def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
     """Every problem that only shows when sections are read together; empty when there is none."""
-    return [*_trainable_problems(config), *_preview_size_problems(config)]
+    return [*_trainable_problems(config), *_preview_size_problems(config), *_prior_problems(config)]
+
+
+def _prior_problems(config: TrainConfig) -> list[ConfigProblem]:
+    """A prior-preservation concept's target is the model without its LoRA: other methods have none."""
+    from onetrainer.util.config.data import ConceptType
+    from onetrainer.util.enums import TrainingMethod
+
+    if config.method is TrainingMethod.LORA:
+        return []
+    return [
+        ConfigProblem(
+            f"data.concepts.{index}.type",
+            f"a prior concept trains towards the model without its LoRA, which method {config.method.value} has "
+            "not; use method: lora, or type: standard",
+            concept.type.value,
+            has_value=True,
+        )
+        for index, concept in enumerate(config.data.concepts)
+        if concept.enabled and concept.type is ConceptType.PRIOR
+    ]
 
 
 def _trainable_problems(config: TrainConfig) -> list[ConfigProblem]:
@@ -46,17 +66,32 @@ def _trainable_problems(config: TrainConfig) -> list[ConfigProblem]:
 
 
 def _preview_size_problems(config: TrainConfig) -> list[ConfigProblem]:
+    """Preview sides must be multiples of what the family's denoiser accepts (the VAE's scale, times the
+    patch size of a transformer); an unset side takes the training resolution."""
     resolution = config.data.resolution
     default = resolution[0] if isinstance(resolution, list) else resolution
-    if default % SIZE_STEP == 0:
-        return []
-    return [
-        ConfigProblem(
-            f"sampling.prompts.{index}.{side}",
-            f"not set, so the preview takes data.resolution ({default}), which is not a multiple of {SIZE_STEP}; "
-            f"set {side} (e.g. {default // SIZE_STEP * SIZE_STEP})",
-        )
-        for index, prompt in enumerate(config.sampling.prompts)
-        for side in ("width", "height")
-        if getattr(prompt, side) is None
-    ]
+    spec = find_family(config.model.type)
+    step = spec.size_step if spec is not None else SIZE_STEP
+    problems = []
+    for index, prompt in enumerate(config.sampling.prompts):
+        for side in ("width", "height"):
+            value = getattr(prompt, side)
+            if (value if value is not None else default) % step == 0:
+                continue
+            near = (value if value is not None else default) // step * step
+            if value is None:
+                message = (
+                    f"not set, so the preview takes data.resolution ({default}), which is not a multiple of {step}; "
+                    f"set {side} (e.g. {near})"
+                )
+                problems.append(ConfigProblem(f"sampling.prompts.{index}.{side}", message))
+            else:
+                problems.append(
+                    ConfigProblem(
+                        f"sampling.prompts.{index}.{side}",
+                        f"must be a multiple of {step} for this model type: {near} or {near + step}?",
+                        value,
+                        has_value=True,
+                    )
+                )
+    return problems

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.loss import LossWeighting, TimestepDistribution
 from onetrainer.util.config.parts import TEXT_ENCODER_KEYS, TRAINABLE_KEYS, PartConfig
-from onetrainer.util.enums import TrainingMethod
+from onetrainer.util.enums import PREVIEW_SCHEDULERS, SCHEDULERS_BY_OBJECTIVE, TrainingMethod
 from onetrainer.util.errors import ConfigProblem
 from onetrainer.util.family import FamilySpec, Objective, Role, default_family, family_names, find_family
 from onetrainer.util.suggest import did_you_mean
@@ -71,7 +71,22 @@ def fill_family_defaults(data: dict[str, Any]) -> dict[str, Any]:
             part = {**part, "train": component.trains_by_default and trains}
         filled[component.name] = part
     ordered = {c.name: filled.pop(c.name) for c in spec.components}
-    return {**data, "parts": {**ordered, **filled}}
+    return {**data, "parts": {**ordered, **filled}, **_preview_schedulers(data, spec)}
+
+
+def _preview_schedulers(data: dict[str, Any], spec: FamilySpec) -> dict[str, Any]:
+    """`sampling` with each prompt that names no scheduler given the objective's default (a DDPM solver's
+    name means nothing to a flow-matching model)."""
+    sampling = data.get("sampling")
+    if not isinstance(sampling, dict) or not isinstance(sampling.get("prompts"), list):
+        return {}
+    prompts = sampling["prompts"]
+    default = PREVIEW_SCHEDULERS[spec.objective.value]
+    filled = [
+        {**prompt, "scheduler": default} if isinstance(prompt, dict) and "scheduler" not in prompt else prompt
+        for prompt in prompts
+    ]
+    return {"sampling": {**sampling, "prompts": filled}}
 
 
 def family_problems(config: TrainConfig) -> list[ConfigProblem]:
@@ -92,6 +107,33 @@ def family_problems(config: TrainConfig) -> list[ConfigProblem]:
         *_part_problems(config, spec),
         *_objective_problems(config, spec),
         *_option_problems(config, spec),
+        *_single_file_problems(config, spec),
+    ]
+
+
+def _single_file_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:
+    """A full fine-tune saved as the family's single file must train only parts that file holds (some
+    families' original file holds the denoiser alone); the rest would be lost without a word."""
+    from onetrainer.util.config.output import SaveFormat
+
+    saving = config.saving
+    single = saving.format is SaveFormat.SINGLE_FILE or (
+        saving.format is SaveFormat.AUTO and str(saving.output).lower().endswith(".safetensors")
+    )
+    if config.method is not TrainingMethod.FULL or not single or spec.single_file is None:
+        return []
+    held = {component for _, component in spec.single_file.component_prefixes}
+    return [
+        ConfigProblem(
+            f"parts.{name}.train",
+            f"saving.output is a {spec.title} single file, which holds only the "
+            f"{', '.join(spec.component(c).title for c in sorted(held))}; the trained {spec.component(name).title} "
+            "would not be saved: save a diffusers folder (an output path without .safetensors)",
+            True,
+            has_value=True,
+        )
+        for name, part in config.parts.items()
+        if part.train and name not in held and name in spec.component_names
     ]
 
 
@@ -182,6 +224,17 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
                 has_value=True,
             )
         )
+    valid_schedulers = SCHEDULERS_BY_OBJECTIVE[objective.value]
+    for index, prompt in enumerate(config.sampling.prompts):
+        if prompt.scheduler not in valid_schedulers:
+            problems.append(
+                ConfigProblem(
+                    f"sampling.prompts.{index}.scheduler",
+                    f"not a scheduler of {name}; valid: {', '.join(valid_schedulers)}",
+                    prompt.scheduler,
+                    has_value=True,
+                )
+            )
     weighting = config.loss.weighting
     if weighting not in WEIGHTINGS[objective]:
         valid = ", ".join(w.value for w in WEIGHTINGS[objective])

@@ -4,7 +4,9 @@ A table is a list of `Row`s, plain data. Each row pairs a name on the "source" s
 a name on the "target" side (an original single file, a kohya LoRA, ...). A name ending in "." is a
 prefix and carries the rest of the key along; any other name is an exact key. Rows may also say how
 the tensor changes on the way (a 1x1-conv reshape, a transpose), and a fused row joins several source
-tensors into one target tensor (OpenCLIP's in_proj = q, k, v), which splits again on the way back.
+tensors into one target tensor (OpenCLIP's in_proj = q, k, v), which splits again on the way back:
+into equal parts, or in the proportions the row gives (a q, k, v and 4x-wide MLP projection fused
+into one: 1:1:1:4).
 
 Lookup is by longest matching prefix, so a table can hold a general row (`output_blocks.3.1.` is an
 attention) next to a more specific one (`output_blocks.3.1.conv.` is an upsampler).
@@ -29,6 +31,9 @@ CONV1X1 = "conv1x1"
 """Source [out, in] (a Linear) is target [out, in, 1, 1] (a 1x1 Conv2d)."""
 TRANSPOSE = "transpose"
 """Target is the source matrix transposed."""
+SWAP_HALVES = "swap-halves"
+"""Target is the source with the two halves of dim 0 swapped (an adaptive norm's (scale, shift) written
+as (shift, scale)); its own inverse."""
 
 
 class KeyMapError(UserError):
@@ -44,6 +49,8 @@ class Row:
     source: str | tuple[str, ...]
     target: str
     op: str = COPY
+    ratios: tuple[int, ...] | None = None
+    """A fused row's part sizes along dim 0, in proportion (None: equal parts)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Mapped:
     op: str = COPY
     part: int = 0
     parts: int = 1
+    ratios: tuple[int, ...] | None = None
 
 
 class KeyTable:
@@ -71,7 +79,7 @@ class KeyTable:
                 n = len(row.source)
                 for i, part in enumerate(row.source):
                     self._fwd[part] = Mapped((row.target,), row.op, i, n)
-                self._rev[row.target] = Mapped(row.source, row.op, 0, n)
+                self._rev[row.target] = Mapped(row.source, row.op, 0, n, row.ratios)
             else:
                 self._fwd[row.source] = Mapped((row.target,), row.op)
                 self._rev[row.target] = Mapped((row.source,), row.op)
@@ -105,7 +113,21 @@ def _reshape(tensor: torch.Tensor, op: str, reverse: bool) -> torch.Tensor:
             return tensor[:, :, 0, 0]
     elif op == TRANSPOSE:
         return tensor.T
+    elif op == SWAP_HALVES:
+        import torch
+
+        first, second = tensor.chunk(2, dim=0)
+        return torch.cat([second, first])
     return tensor
+
+
+def split_sizes(length: int, parts: int, ratios: tuple[int, ...] | None) -> list[int]:
+    """Sizes of `parts` pieces of a dim of `length`: equal, or in the given proportions."""
+    weights = ratios or (1,) * parts
+    unit, left = divmod(length, sum(weights))
+    if left:
+        raise KeyMapError(f"a fused tensor of {length} rows cannot split into parts of {weights} proportions")
+    return [unit * weight for weight in weights]
 
 
 class StreamConverter:
@@ -133,7 +155,8 @@ class StreamConverter:
             self.unmapped.append(key)
             return
         if len(hit.keys) > 1:
-            for name, piece in zip(hit.keys, tensor.chunk(len(hit.keys), dim=0), strict=True):
+            sizes = split_sizes(int(tensor.shape[0]), len(hit.keys), hit.ratios)
+            for name, piece in zip(hit.keys, tensor.split(sizes, dim=0), strict=True):
                 yield name, _reshape(piece, hit.op, self.reverse)
             return
         if hit.parts == 1:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
+
+if TYPE_CHECKING:
+    import torch
 
 CLIP_TEXT_MODEL_CHILDREN = ("encoder.", "embeddings.", "final_layer_norm.")
 
@@ -55,6 +58,17 @@ class DottedKohyaNaming:
     def for_model(self, configs: Mapping[str, Mapping[str, Any]]) -> DottedKohyaNaming:
         """Diffusers module paths are the same whatever the block counts."""
         return self
+
+    def join(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Every diffusers module has its own kohya name: nothing to merge."""
+        return dict(tensors), dict(alphas)
+
+    def split(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return dict(tensors), dict(alphas)
 
     def to_kohya(self, module: str) -> str:
         """`unet.down_blocks.0.resnets.0.conv1` -> `lora_unet_down_blocks_0_resnets_0_conv1`."""

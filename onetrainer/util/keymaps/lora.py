@@ -105,22 +105,27 @@ def peft_to_kohya(
 
     `alphas` maps `component.module` to alpha (kohya semantics, see the module docstring); one number
     applies to every module, and None (or a missing module) writes alpha = rank, i.e. scale 1.
-    Alphas are stored in the dtype of the module's weights, as sd-scripts does.
+    Alphas are stored in the dtype of the module's weights, as sd-scripts does. Modules the family's
+    original model fuses are merged first (`LoraNaming.join`).
     """
     import torch
 
-    out: dict[str, torch.Tensor] = {}
+    resolved: dict[str, float] = {}
     for module, params in _group(sd, split_peft_key).items():
+        alpha = alphas.get(module) if isinstance(alphas, Mapping) else alphas
+        if alpha is None:
+            rank = module_rank(params)
+            alpha = rank if rank is not None else 1
+        resolved[module] = float(alpha)
+    joined, joined_alphas = naming.join(sd, resolved)
+    out: dict[str, torch.Tensor] = {}
+    for module, params in _group(joined, split_peft_key).items():
         name = naming.to_kohya(module)
         for param, tensor in params.items():
             if param == "lora_magnitude_vector":
                 tensor = _magnitude_to_kohya(tensor, params["lora_A.weight"])
             out[f"{name}.{PEFT_TO_KOHYA[param]}"] = tensor
-        rank = module_rank(params)
-        alpha = alphas.get(module) if isinstance(alphas, Mapping) else alphas
-        if alpha is None:
-            alpha = rank if rank is not None else 1
-        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=next(iter(params.values())).dtype)
+        out[f"{name}.alpha"] = torch.tensor(joined_alphas[module], dtype=next(iter(params.values())).dtype)
     return out
 
 
@@ -152,7 +157,7 @@ def kohya_to_peft(
             out[f"{module}.{KOHYA_TO_PEFT[param]}"] = tensor
         rank = module_rank(params)
         alphas[module] = float(params["alpha"].item()) if "alpha" in params else float(rank or 1)
-    return out, alphas
+    return naming.split(out, alphas)
 
 
 ARCHITECTURE_KEY = "onetrainer_architecture"

@@ -19,12 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError, KeyTable
 from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
 from onetrainer.util.keymaps.ldm_tables import SdLayout, unet_rows
 from onetrainer.util.safetensors_meta import IMPL_STABILITY_AI
+
+if TYPE_CHECKING:
+    import torch
 
 SGM_COMPOUND_NAMES = frozenset(
     {
@@ -79,6 +82,17 @@ class SgmKohyaNaming:
     def for_model(self, configs: Mapping[str, Mapping[str, Any]]) -> SgmKohyaNaming:
         unet = configs.get("unet")
         return self if unet is None else SgmKohyaNaming(unet_layout(unet), self.implementation, self.dotted)
+
+    def join(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Every SGM module has one diffusers module: nothing to merge."""
+        return dict(tensors), dict(alphas)
+
+    def split(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return dict(tensors), dict(alphas)
 
     def to_kohya(self, module: str) -> str:
         component, _, path = module.partition(".")

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onetrainer.util.atomic import atomic_directory
-from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
+from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTokenizer
 
-MODEL_KINDS = ("sd15", "sd2", "sd2-v", "sdxl")
+MODEL_KINDS = ("sd15", "sd2", "sd2-v", "sdxl", "flux-dev", "flux-schnell")
 """Kinds `save_tiny_model` accepts; "sd2" is epsilon-prediction, "sd2-v" v-prediction."""
 
 _T = TypeVar("_T")
@@ -220,6 +220,96 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
+FLUX_SCHEDULERS: dict[str, dict[str, Any]] = {
+    "dev": {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15},
+    "schnell": {"shift": 1.0, "use_dynamic_shifting": False},
+}
+"""The released models' `scheduler_config.json` settings: dev shifts by resolution, schnell not at all."""
+
+
+def _tiny_flux_vae(seed: int) -> Any:
+    """FLUX.1's VAE layout: 16 latent channels, 8x downscale, no quant convs, a shift before the scale."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(
+        seed,
+        "vae",
+        lambda: AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=1,
+            latent_channels=16,
+            norm_num_groups=32,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            sample_size=64,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+        ),
+    )
+
+
+def build_tiny_flux_pipeline(seed: int = 0, *, guidance: bool = True) -> FluxPipeline:
+    """FLUX.1 layout: CLIP-L pooled + T5 hidden states into a double/single-stream transformer.
+
+    Two double-stream and two single-stream blocks (so block indices of both kinds are exercised), 16
+    latent channels packed 2x2 into 64-wide tokens, rotary axes that sum to the head width as in the
+    real (16, 56, 56) / 128 layout. CLIP (32 wide) and T5 (48 wide) differ in width so a swapped
+    encoder fails on shapes. `guidance` gives the transformer dev's guidance embedder (schnell has none).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = build_tiny_clip_tokenizer()
+    tokenizer_2 = build_tiny_t5_tokenizer()
+    clip_config = _text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
+    t5_config = T5Config(
+        vocab_size=len(tokenizer_2),
+        d_model=48,
+        d_kv=8,
+        d_ff=40,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=tokenizer_2.pad_token_id,
+        eos_token_id=tokenizer_2.eos_token_id,
+    )
+    transformer = _seeded(
+        seed,
+        "transformer",
+        lambda: FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=t5_config.d_model,
+            pooled_projection_dim=clip_config.hidden_size,
+            guidance_embeds=guidance,
+            axes_dims_rope=(4, 6, 6),
+        ),
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, **FLUX_SCHEDULERS["dev" if guidance else "schnell"]
+        ),
+        vae=_tiny_flux_vae(seed),
+        text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(clip_config)),
+        tokenizer=tokenizer,
+        text_encoder_2=_seeded(seed, "text_encoder_2", lambda: T5EncoderModel(t5_config)),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_tiny_pipeline(kind: str, seed: int = 0) -> DiffusionPipeline:
     """Dispatch on one of `MODEL_KINDS`."""
     builders: dict[str, Callable[[], DiffusionPipeline]] = {
@@ -227,6 +317,8 @@ def build_tiny_pipeline(kind: str, seed: int = 0) -> DiffusionPipeline:
         "sd2": lambda: build_tiny_sd2_pipeline(seed, v_prediction=False),
         "sd2-v": lambda: build_tiny_sd2_pipeline(seed, v_prediction=True),
         "sdxl": lambda: build_tiny_sdxl_pipeline(seed),
+        "flux-dev": lambda: build_tiny_flux_pipeline(seed, guidance=True),
+        "flux-schnell": lambda: build_tiny_flux_pipeline(seed, guidance=False),
     }
     if kind not in builders:
         raise ValueError(f"unknown tiny model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")

@@ -1,4 +1,4 @@
-"""A real CLIP BPE tokenizer with a 1514-token vocabulary, built without the hub.
+"""Tiny real tokenizers built without the hub: CLIP's byte-level BPE and T5's Unigram.
 
 Tests need a tokenizer that behaves like CLIP's (same normalisation, byte-level BPE, `</w>` word ends,
 bos/eos framing, 77-token context) but cannot download one, and a 49408-token vocabulary would make
@@ -6,6 +6,12 @@ every tiny text encoder's embedding table dominate its size. OpenAI's merge list
 frequency, so its first 1000 merges give a small vocabulary in which common words ("a", "photo",
 "of") are still single tokens, and whose ids equal the real CLIP ids for every token it has (only the
 two special tokens move). The merges ship as a 7 KB package asset; everything else is derived.
+
+T5 (FLUX.1's second text encoder) tokenizes with a SentencePiece Unigram model: case-sensitive pieces,
+"▁" marking a word start, no start token, `</s>` closing every text and `<pad>` (id 0) padding. Its
+vocabulary of 32k pieces is not redistributable here, so `build_tiny_t5_tokenizer` writes a Unigram
+model of its own: the specials, a few common words and every printable ASCII character (so any
+caption tokenizes without `<unk>`), with scores that prefer whole words.
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ from typing import TYPE_CHECKING
 from onetrainer.util.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer, T5Tokenizer
 
 MERGES_ASSET = "tiny-clip-merges.txt"
 NUM_TINY_MERGES = 1000
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 MODEL_MAX_LENGTH = 77
+T5_MAX_LENGTH = 512
+"""FLUX.1's T5 tokenizer reads up to 512 tokens (its `tokenizer_2/` config)."""
+T5_WORDS = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "painting", "red", "green", "blue",
+    "circle", "square", "triangle", "cat", "dog", "person", "woman", "man", "style", "background",
+)  # fmt: skip
+"""Whole-word pieces of the tiny T5 vocabulary: words the tests' captions use."""
 _MERGES_HEADER = "#version: 0.2"
 
 
@@ -104,3 +117,21 @@ def write_tiny_merges_asset(
     body = "".join(f"{left} {right}\n" for left, right in merges)
     atomic_write_text(target, f"{_MERGES_HEADER}\n{body}")
     return target
+
+
+def t5_vocab() -> list[tuple[str, float]]:
+    """(piece, log-probability score) in id order: `<pad>`, `</s>`, `<unk>` first as in T5, then words, then
+    single characters. Unigram picks the segmentation with the highest total score, so a known word wins
+    over its letters; no piece repeats (a repeated piece would silently take the later id)."""
+    import string
+
+    words = [("\u2581" + word, -2.0 - index / 100) for index, word in enumerate(T5_WORDS)]
+    characters = [(char, -10.0) for char in string.ascii_letters + string.digits + string.punctuation]
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0), *words, *characters]
+
+
+def build_tiny_t5_tokenizer() -> T5Tokenizer:
+    """A fresh T5 Unigram tokenizer (110 pieces, pad=0, eos=1, unk=2) reading up to 512 tokens."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=t5_vocab(), extra_ids=0, model_max_length=T5_MAX_LENGTH)

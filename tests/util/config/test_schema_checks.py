@@ -68,8 +68,10 @@ def test_scheduler_names_are_normalised(run):
 
 def test_schema_knows_exactly_the_samplers_schedulers():
     from onetrainer.model_sampler.schedulers import SCHEDULERS
+    from onetrainer.util.enums import SCHEDULERS_BY_OBJECTIVE
 
-    assert tuple(SCHEDULERS) == SAMPLING_SCHEDULERS
+    assert {objective.value: tuple(names) for objective, names in SCHEDULERS.items()} == SCHEDULERS_BY_OBJECTIVE
+    assert set(SAMPLING_SCHEDULERS) == {name for names in SCHEDULERS.values() for name in names}
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("AUTO", "auto"), (3, 3), ("2", 2)])

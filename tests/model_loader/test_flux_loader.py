@@ -1,0 +1,105 @@
+"""Loading FLUX.1: diffusers folders and hub ids, and BFL's transformer file with the rest from `model.config`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import detect_model_type, load_model
+from onetrainer.util.errors import UserError
+from onetrainer.util.registry import ModuleKind, lookup
+
+REPO = "onetrainer-test/tiny-flux-dev"
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    theirs = b.state_dict()
+    return all(torch.equal(tensor, theirs[key]) for key, tensor in a.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def transformer_file(tmp_path_factory: pytest.TempPathFactory, tiny_flux_dev_dir: Path) -> Path:
+    """The tiny dev model's transformer as BFL's single file, in bf16 (as BFL publish it)."""
+    saver = lookup(ModuleKind.SAVER, "flux-dev")()
+    path = tmp_path_factory.mktemp("flux-file") / "flux1-tiny.safetensors"
+    saver.save(load_model(tiny_flux_dev_dir), path, method="full", format="single-file", dtype="bf16")
+    return path
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, tiny_flux_dev_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local Hugging Face cache holding `onetrainer-test/tiny-flux-dev`, as a download would leave it."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--onetrainer-test--tiny-flux-dev"
+    shutil.copytree(tiny_flux_dev_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return repo / "snapshots" / ("0" * 40)
+
+
+def test_folders_are_told_apart_by_the_guidance_embedder(tiny_flux_dev_dir: Path, tiny_flux_schnell_dir: Path) -> None:
+    assert detect_model_type(str(tiny_flux_dev_dir)) == "flux-dev"
+    assert detect_model_type(str(tiny_flux_schnell_dir)) == "flux-schnell"
+    with pytest.raises(UserError, match=r"is a FLUX\.1-schnell model"):
+        load_model(tiny_flux_schnell_dir, model_type="flux-dev")
+
+
+def test_a_cached_hub_id_loads_offline(hub_cache: Path, tiny_flux_dev_dir: Path) -> None:
+    model = load_model(REPO)
+    assert (model.model_type, model.source) == ("flux-dev", REPO)
+    assert _same(model.transformer, load_model(tiny_flux_dev_dir).transformer)
+
+
+def test_the_transformer_file_takes_the_rest_from_a_hub_id_without_its_transformer_weights(
+    hub_cache: Path, transformer_file: Path, tiny_flux_dev_dir: Path
+) -> None:
+    """Only the parts the file lacks are read from `model.config`: its transformer weights are not needed."""
+    for weights in (hub_cache / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    model = load_model(transformer_file, config=REPO, dtype="bf16")
+    base = load_model(tiny_flux_dev_dir, dtype="bf16")
+    assert all(param.dtype == torch.bfloat16 for _, module in model.modules() for param in module.parameters())
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        assert _same(model.components[name], base.components[name]), name
+    assert len(model.tokenizer_2) == len(base.tokenizer_2)
+
+
+def test_comfyui_files_read_the_transformer_and_skip_the_rest(
+    transformer_file: Path, tiny_flux_dev_dir: Path, tmp_path: Path
+) -> None:
+    tensors = {f"model.diffusion_model.{key}": value for key, value in load_file(transformer_file).items()}
+    tensors["text_encoders.t5xxl.transformer.shared.weight"] = torch.zeros(2, 2)
+    path = tmp_path / "flux1-dev-comfy.safetensors"
+    save_file(tensors, path)
+    model: DiffusionModel = load_model(path, config=str(tiny_flux_dev_dir), dtype="bf16")
+    assert _same(
+        model.transformer, load_model(transformer_file, config=str(tiny_flux_dev_dir), dtype="bf16").transformer
+    )
+
+
+def test_the_rest_must_come_from_the_same_model_type(transformer_file: Path, tiny_flux_schnell_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"model\.config names a FLUX\.1-schnell model") as error:
+        load_model(transformer_file, config=str(tiny_flux_schnell_dir))
+    assert error.value.where == "model.config"
+
+
+def test_bfls_vae_file_replaces_the_vae(tiny_flux_dev_dir: Path, tmp_path: Path) -> None:
+    """`ae.safetensors`, as ComfyUI users keep it: the LDM VAE layout, unprefixed, without quant convs."""
+    from onetrainer.util.keymaps.engine import KeyTable, convert
+    from onetrainer.util.keymaps.ldm_tables import SdLayout, vae_rows
+
+    base = load_model(tiny_flux_dev_dir)
+    diffusers = {f"vae.{key}": tensor for key, tensor in base.vae.state_dict().items()}
+    ldm = convert(KeyTable(vae_rows(SdLayout.from_diffusers_keys(list(diffusers)))), diffusers)
+    save_file({key.removeprefix("first_stage_model."): t for key, t in ldm.items()}, tmp_path / "ae.safetensors")
+    assert not any("quant_conv" in key for key in ldm)
+    model = load_model(tiny_flux_dev_dir, vae=str(tmp_path / "ae.safetensors"))
+    assert _same(model.vae, base.vae)
+    assert (model.vae.config.shift_factor, model.vae.config.scaling_factor) == (0.1159, 0.3611)
