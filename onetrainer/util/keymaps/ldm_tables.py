@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from onetrainer.util.keymaps.engine import CONV1X1, TRANSPOSE, Row
+from onetrainer.util.keymaps.engine import CONV1X1, COPY, TRANSPOSE, Row
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -136,8 +136,8 @@ def _count(keys: Iterable[str], pattern: str) -> int:
 
 
 def _nested(outer_src: str, outer_dst: str, inner: Iterable[tuple[str, ...]]) -> Iterator[Row]:
-    for src, dst, *op in inner:
-        yield Row(outer_src + src, outer_dst + dst, *op)
+    for src, dst, *op in inner:  # (source, target) or (source, target, op)
+        yield Row(outer_src + src, outer_dst + dst, op[0] if op else COPY)
 
 
 def unet_rows(layout: SdLayout, src: str = "unet.", dst: str = UNET_PREFIX) -> Iterator[Row]:
