@@ -165,16 +165,18 @@ def recognise_configs(configs: Mapping[str, Mapping[str, Any]]) -> Evidence | No
 LORA_MARKERS = (
     "lora_unet_double_blocks_",
     "lora_unet_single_blocks_",
-    "lora_transformer_",
+    "lora_transformer_transformer_blocks_",
+    "lora_transformer_single_transformer_blocks_",
     "transformer.transformer_blocks.",
     "transformer.single_transformer_blocks.",
 )
+"""Block names, not bare prefixes: `lora_transformer_` is kohya's prefix of any diffusers transformer."""
 GUIDANCE_MARKERS = ("lora_unet_guidance_in_", "transformer.time_text_embed.guidance_embedder.")
 
 
 def recognise_lora(shapes: Shapes) -> Evidence | None:
-    """BFL module names (kohya / sd-scripts), or diffusers' Flux transformer paths; dev and schnell share
-    them, unless the guidance embedder is adapted (dev only)."""
+    """BFL module names (kohya / sd-scripts), or diffusers' Flux transformer blocks (kohya-style or as paths);
+    dev and schnell share them, unless the guidance embedder is adapted (dev only)."""
     keys = list(shapes)
     if not any(key.startswith(LORA_MARKERS) for key in keys):
         return None

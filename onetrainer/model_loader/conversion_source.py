@@ -148,10 +148,10 @@ def _adapter_family(detection: Detection, wanted: str | None, what: str) -> tupl
     """
     name = detection.path.name if detection.path else what
     family = detection.family
-    if wanted is not None and family is not None and family != wanted:
+    if wanted is not None and not detection.could_be(wanted):
         raise UserError(
-            f"{name} is {what} for {family_title(family)} ({detection.reason}), not for {family_title(wanted)}",
-            hint=f"Pass --model-type {family}, or omit it to detect it.",
+            f"{name} is {what} for {detection.family_titles} ({detection.reason}), not for {family_title(wanted)}",
+            hint=f"Pass --model-type {family or ' or '.join(detection.candidates)}, or omit it to detect it.",
         )
     known = family or wanted
     if known is not None:

@@ -86,11 +86,25 @@ class Detection:
         return find_family(self.family) if self.family else None
 
     @property
+    def family_titles(self) -> str:
+        """The family's title, or the titles of the families it could be, `/`-joined ("" for none)."""
+        return "/".join(family_title(name) for name in ((self.family,) if self.family else self.candidates))
+
+    def could_be(self, name: str) -> bool:
+        """Whether the file may belong to family `name`: its family, one of its candidates, or none known.
+
+        Families that share an adapter layout (a base model and its distilled variant) leave `family` None
+        but still rule the others out."""
+        if self.family is not None:
+            return self.family == name
+        return not self.candidates or name in self.candidates
+
+    @property
     def description(self) -> str:
         if self.family:
-            family = family_title(self.family)
+            family = self.family_titles
         elif self.candidates:
-            family = "/".join(family_title(name) for name in self.candidates) + " (undetermined)"
+            family = f"{self.family_titles} (undetermined)"
         else:
             family = "unknown-family"
         what = {MODEL: "model", LORA: f"{self.adapter or 'LoRA'} adapter", EMBEDDING: "embedding"}[self.kind]

@@ -205,17 +205,15 @@ def read_embedding_file(path: str | Path, spec: FamilySpec) -> dict[str, torch.T
     diffusers embedding file, for a model of family `spec`."""
     from onetrainer.model.adapters.files import read_tensor_file
     from onetrainer.util.detect import EMBEDDING, detect_path
-    from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.embeddings import a1111_to_embedding
     from onetrainer.util.keymaps.engine import KeyMapError
 
     detection = detect_path(path)
     if detection.kind != EMBEDDING:
         raise UserError(f"{Path(path).name} is not an embedding: it is a {detection.description}", where=str(path))
-    if detection.family is not None and detection.family != spec.name:
+    if not detection.could_be(spec.name):
         raise UserError(
-            f"this embedding is for {family_title(detection.family)} ({detection.reason}), not for this {spec.title} "
-            "model",
+            f"this embedding is for {detection.family_titles} ({detection.reason}), not for this {spec.title} model",
             where=str(path),
         )
     data, _ = read_tensor_file(path)

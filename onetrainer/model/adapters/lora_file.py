@@ -57,7 +57,6 @@ def read_lora_file(
     architecture.
     """
     from onetrainer.util.detect import LORA, detect_path
-    from onetrainer.util.family import family_title
     from onetrainer.util.keymaps.engine import KeyMapError
     from onetrainer.util.keymaps.lora import detect_lora_format, kohya_to_peft, recorded_architecture
 
@@ -65,9 +64,9 @@ def read_lora_file(
     detection = detect_path(file)
     if detection.kind != LORA:
         raise UserError(f"{file.name} is not a LoRA: it is a {detection.description}", where=str(file))
-    if detection.family is not None and detection.family != spec.name:
+    if not detection.could_be(spec.name):
         raise UserError(
-            f"this LoRA is for {family_title(detection.family)} ({detection.reason}), not for this {spec.title} model",
+            f"this LoRA is for {detection.family_titles} ({detection.reason}), not for this {spec.title} model",
             where=str(file),
             hint="Use it with a model of the architecture it was trained on.",
         )
