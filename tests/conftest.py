@@ -86,15 +86,16 @@ def tiny_flux_schnell_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def unregistered_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A diffusers folder (configs only) whose pipeline class, `FluxPipeline`, no registered family makes."""
-    root = tmp_path_factory.mktemp("unregistered") / "flux"
+    """A diffusers folder (configs only) of a made-up architecture, `ZetaImagePipeline` with a
+    `ZetaTransformer2DModel`, that no family, registered or to come, makes."""
+    root = tmp_path_factory.mktemp("unregistered") / "zeta"
     files = {
         "model_index.json": {
-            "_class_name": "FluxPipeline",
-            "transformer": ["diffusers", "FluxTransformer2DModel"],
+            "_class_name": "ZetaImagePipeline",
+            "transformer": ["diffusers", "ZetaTransformer2DModel"],
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         },
-        "transformer/config.json": {"_class_name": "FluxTransformer2DModel", "patch_size": 1},
+        "transformer/config.json": {"_class_name": "ZetaTransformer2DModel", "patch_size": 1},
         "scheduler/scheduler_config.json": {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0},
     }
     for name, content in files.items():

@@ -138,17 +138,27 @@ COMMANDS_WITH_DTYPE = ("sample", "caption", "mask", "convert")
 def test_model_type_accepts_only_the_families_the_command_can_run(tmp_path):
     """`inspect --model-type <family>` was accepted (and failed later) where sample and convert refused it.
 
-    No family named `flux` is registered, so each command refuses it as unknown and lists the model
-    types it can run."""
+    No family is named `zeta` (a made-up architecture), so each command refuses it as unknown and lists
+    the model types it can run: those that registered the modules it needs."""
+    from onetrainer.util.registry import ModuleKind, supporting
+
+    needs = {
+        "inspect": (ModuleKind.SETUP,),
+        "sample": (ModuleKind.LOADER, ModuleKind.SAMPLER),
+        "convert": (ModuleKind.LOADER, ModuleKind.SAVER),
+    }
     for arguments in (
-        ["inspect", str(tmp_path), "--model-type", "flux"],
-        ["sample", "tiny:sd15", "-p", "x", "--model-type", "flux"],
-        ["convert", "tiny:sd15", str(tmp_path / "o.safetensors"), "--model-type", "flux"],
+        ["inspect", str(tmp_path), "--model-type", "zeta"],
+        ["sample", "tiny:sd15", "-p", "x", "--model-type", "zeta"],
+        ["convert", "tiny:sd15", str(tmp_path / "o.safetensors"), "--model-type", "zeta"],
     ):
         result = runner.invoke(app, arguments, terminal_width=200)
         assert result.exit_code == 2, (arguments, result.output)
-        assert "unknown model type 'flux'" in result.output, arguments
-        assert "This command supports: sd15, sd2, sdxl." in result.output, arguments
+        said = " ".join(result.output.replace("│", " ").split())
+        assert "unknown model type 'zeta'" in said, arguments
+        usable = supporting(needs[arguments[0]])
+        assert {"sd15", "sd2", "sdxl"} <= set(usable)
+        assert f"This command supports: {', '.join(usable)}." in said, arguments
 
 
 def test_sigterm_takes_the_ctrl_c_path_in_every_command(tmp_path):

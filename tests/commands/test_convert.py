@@ -136,7 +136,7 @@ def test_unknown_format_and_model_type_exit_2(sd15_file: Path, tmp_path: Path) -
     result = convert(sd15_file, tmp_path / "x.safetensors", "--to", "singlefile")
     assert result.exit_code == 2
     assert "did you mean 'single-file'" in said(result)
-    result = convert(sd15_file, tmp_path / "x.safetensors", "--model-type", "sd3")
+    result = convert(sd15_file, tmp_path / "x.safetensors", "--model-type", "zeta")
     assert result.exit_code == 2
     assert "unknown model type" in said(result)
 
@@ -162,11 +162,17 @@ def test_lora_for_another_architecture_says_which(tmp_path: Path, kohya_lora: Pa
     result = convert(sdxl, tmp_path / "o.safetensors", "--to", "peft", "--model-type", "sd15")
     assert result.exit_code == 2
     assert "is a LoRA for SDXL (LoRA for two text encoders), not for SD 1.x" in said(result)
-    dit = tmp_path / "dit.safetensors"  # a Flux-style transformer LoRA: no registered family has these blocks
-    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072)}, str(dit))
-    result = convert(dit, tmp_path / "o.safetensors", "--to", "peft")
+    flux = tmp_path / "flux.safetensors"  # BFL module names: FLUX.1, dev or schnell
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072)}, str(flux))
+    result = convert(flux, tmp_path / "o.safetensors", "--to", "peft", "--model-type", "sd15")
     assert result.exit_code == 2
-    assert "cannot tell which model family dit.safetensors is (kohya lora of no known family)" in said(result)
+    assert "flux.safetensors is a LoRA for FLUX.1-dev/FLUX.1-schnell (FLUX.1 LoRA" in said(result)
+    assert "not for SD 1.x" in said(result)
+    zeta = tmp_path / "zeta.safetensors"  # a made-up transformer: no family has these blocks
+    save_file({"lora_unet_zeta_blocks_0_attn_qkv.lora_down.weight": torch.zeros(4, 3072)}, str(zeta))
+    result = convert(zeta, tmp_path / "o.safetensors", "--to", "peft")
+    assert result.exit_code == 2
+    assert "cannot tell which model family zeta.safetensors is (kohya lora of no known family)" in said(result)
     result = convert(kohya_lora, tmp_path / "o.safetensors", "--to", "peft", "--model-type", "sd2")
     assert result.exit_code == 2
     assert "for SD 1.x" in said(result)

@@ -531,7 +531,7 @@ def test_import_writes_the_file_and_refuses_to_overwrite_it(tmp_path, shapes_dat
 
 
 def test_a_model_type_without_a_family_here_is_not_supported_in_this_version(tmp_path):
-    path = write(tmp_path / "flux.json", {"__version": 11, "model_type": "FLUX_DEV_1", "training_method": "LORA"})
+    path = write(tmp_path / "zeta.json", {"__version": 11, "model_type": "ZETA_IMAGE_1", "training_method": "LORA"})
     for command in ("import", "train"):
         result = invoke(command, path)
         assert result.exit_code == 2

@@ -118,12 +118,18 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         root / "xl-lora.safetensors",
     )
     save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, root / "xl-emb.safetensors")
-    # A transformer LoRA and a CLIP-L + T5 embedding (Flux-style): no registered family claims them.
+    # FLUX.1's transformer LoRA and CLIP-L + T5 embedding: dev's or schnell's.
     save_safetensors(
         {"lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight": torch.zeros(2, 3072)},
-        root / "dit-lora.safetensors",
+        root / "flux-lora.safetensors",
     )
-    save_safetensors({"clip_l": torch.zeros(1, 768), "t5": torch.zeros(1, 4096)}, root / "dit-emb.safetensors")
+    save_safetensors({"clip_l": torch.zeros(1, 768), "t5xxl": torch.zeros(1, 4096)}, root / "flux-emb.safetensors")
+    # A made-up transformer's LoRA and a CLIP-L + made-up encoder embedding: no family claims them.
+    save_safetensors(
+        {"lora_transformer_zeta_blocks_0_attn_qkv.lora_down.weight": torch.zeros(2, 3072)},
+        root / "zeta-lora.safetensors",
+    )
+    save_safetensors({"clip_l": torch.zeros(1, 768), "zeta_te": torch.zeros(1, 4096)}, root / "zeta-emb.safetensors")
     attn2_to_k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     save_safetensors(
         {f"{attn2_to_k}.lora_down.weight": torch.zeros(2, 1024), f"{attn2_to_k}.lora_up.weight": torch.zeros(32, 2)},
@@ -145,8 +151,10 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--embedding", "{sd2-emb}"], "this embedding is for SD 2.x (vector width 1024), not for this SD 1.x model"),
         (["--lora", "{xl-lora}"], "this LoRA is for SDXL (LoRA for two text encoders), not for this SD 1.x model"),
         (["--embedding", "{xl-emb}"], "this embedding is for SDXL (clip_l and clip_g vectors), not for this SD 1.x"),
-        (["--lora", "{dit-lora}"], "lora_transformer_single_transformer_blocks_0_attn_to_k: not a kohya module name"),
-        (["--embedding", "{dit-emb}"], "is not a model, LoRA or embedding this tool knows"),
+        (["--lora", "{flux-lora}"], "this LoRA is for FLUX.1-dev/FLUX.1-schnell (FLUX.1 LoRA (dev and schnell"),
+        (["--embedding", "{flux-emb}"], "this embedding is for FLUX.1-dev/FLUX.1-schnell (clip_l and t5xxl vectors)"),
+        (["--lora", "{zeta-lora}"], "lora_transformer_zeta_blocks_0_attn_qkv: not a kohya module name"),
+        (["--embedding", "{zeta-emb}"], "is not a model, LoRA or embedding this tool knows"),
         (["-o", "{tmp}/out.jpg"], "written as PNG"),
         (["--model-type", "sd16"], "unknown model type 'sd16'; did you mean 'sd15'"),
         (["--device", "cuda:99"], "not available"),
@@ -278,4 +286,7 @@ def test_a_model_type_without_a_sampler_is_refused_with_those_that_have_one(
     result = sample("tiny:sd15", "-p", "x", "-o", tmp_path, "--model-type", "sdxl")
     assert result.exit_code == 2
     assert "model type 'sdxl' is not supported by this command in this version" in said(result)
-    assert "This command supports: sd15, sd2." in said(result)
+    usable = registry.supporting((ModuleKind.LOADER, ModuleKind.SAMPLER))
+    assert "sdxl" not in usable
+    assert {"sd15", "sd2"} <= set(usable)
+    assert f"This command supports: {', '.join(usable)}." in said(result)

@@ -113,8 +113,8 @@ def untrainable_family(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["--check", "--dry-run"])
 def test_an_unregistered_model_type_exits_2_naming_the_registered_ones(tmp_path, mode):
-    """No family named `flux` is registered: its configs are refused before anything loads."""
-    args = ["train", presets_dir() / "sd15-lora.yaml", "model.type=flux", f"data.concepts.0.path={tmp_path}", mode]
+    """No family is named `zeta` (a made-up architecture): its configs are refused before anything loads."""
+    args = ["train", presets_dir() / "sd15-lora.yaml", "model.type=zeta", f"data.concepts.0.path={tmp_path}", mode]
     result = runner.invoke(app, list(map(str, args)), terminal_width=200)
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.replace("│", " ").split())

@@ -108,7 +108,12 @@ def test_an_embedding_of_another_family_is_refused(tmp_path: Path) -> None:
     save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, tmp_path / "xl.safetensors")
     with pytest.raises(UserError, match=r"for SDXL \(clip_l and clip_g vectors\), not for this SD 1\.x model"):
         read_embedding_file(tmp_path / "xl.safetensors", get_family("sd15"))
-    # CLIP-L and T5 vectors (Flux-style): an embedding of no registered family.
-    save_safetensors({"clip_l": torch.zeros(1, 768), "t5": torch.zeros(1, 4096)}, tmp_path / "dit.safetensors")
+    save_safetensors({"clip_l": torch.zeros(1, 768), "t5xxl": torch.zeros(1, 4096)}, tmp_path / "flux.safetensors")
+    with pytest.raises(
+        UserError, match=r"for FLUX\.1-dev/FLUX\.1-schnell \(clip_l and t5xxl vectors\), not for this SD 1\.x model"
+    ):
+        read_embedding_file(tmp_path / "flux.safetensors", get_family("sd15"))
+    # CLIP-L and a made-up encoder's vectors: an embedding of no family.
+    save_safetensors({"clip_l": torch.zeros(1, 768), "zeta_te": torch.zeros(1, 4096)}, tmp_path / "zeta.safetensors")
     with pytest.raises(UserError, match="not a model, LoRA or embedding this tool knows"):
-        read_embedding_file(tmp_path / "dit.safetensors", get_family("sd15"))
+        read_embedding_file(tmp_path / "zeta.safetensors", get_family("sd15"))

@@ -234,14 +234,20 @@ def test_lora_for_another_architecture_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match=r"for SDXL \(LoRA for two text encoders\), not for this SD 1\.x model"):
         read_lora_file(tmp_path / "xl.safetensors", SD15)
-    save_safetensors(  # a Flux-style transformer LoRA: no registered family has these kohya prefixes
+    save_safetensors(  # FLUX.1's transformer modules: dev or schnell, and nothing else
         {"lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight": torch.zeros(2, 3072)},
-        tmp_path / "dit.safetensors",
+        tmp_path / "flux.safetensors",
+    )
+    with pytest.raises(UserError, match=r"for FLUX\.1-dev/FLUX\.1-schnell \(FLUX\.1 LoRA .*not for this SD 1\.x model"):
+        read_lora_file(tmp_path / "flux.safetensors", SD15)
+    save_safetensors(  # a made-up transformer's LoRA: no family has these modules
+        {"lora_transformer_zeta_blocks_0_attn_qkv.lora_down.weight": torch.zeros(2, 3072)},
+        tmp_path / "zeta.safetensors",
     )
     with pytest.raises(
         UserError, match=r"cannot read this LoRA: lora_transformer_.*not a kohya module name of this model family"
     ):
-        read_lora_file(tmp_path / "dit.safetensors", SD15)
+        read_lora_file(tmp_path / "zeta.safetensors", SD15)
 
 
 def test_an_embedding_is_not_a_lora(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import families
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -97,18 +98,19 @@ def test_checkpoint_of_another_family_names_it(sd2_single_file: Path) -> None:
 
 
 def test_checkpoint_of_an_unregistered_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
-    """An SD3-style checkpoint shares the `model.diffusion_model.` prefix, but no registered family claims it."""
-    path = tmp_path / "sd3.safetensors"
+    """A checkpoint of a made-up architecture shares the `model.diffusion_model.` prefix, but no family claims it."""
+    path = tmp_path / "zeta.safetensors"
     save_file(
         {
-            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(9, 3),
-            "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(8, 4),
+            "model.diffusion_model.zeta_blocks.0.attn.qkv.weight": torch.zeros(9, 3),
+            "text_encoders.zeta_te.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(8, 4),
         },
         str(path),
     )
     with pytest.raises(UserError, match="is not a model, LoRA or embedding this tool knows") as info:
         load_model(path)
-    assert "SD 1.x, SD 2.x, SDXL checkpoints" in (info.value.hint or "")
+    assert f"{', '.join(spec.title for spec in families())} checkpoints" in (info.value.hint or "")
+    assert "SD 1.x, SD 2.x" in (info.value.hint or "")
 
 
 def test_a_partial_sdxl_checkpoint_is_recognised_and_refused_as_incomplete(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from onetrainer.model_loader.pipeline import DiffusersLoader, load_model
 from onetrainer.model_loader.stable_diffusion import read_single_file, stable_diffusion_loader
 from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import family_names
 from onetrainer.util.registry import ModuleKind, lookup
 
 
@@ -61,17 +62,20 @@ def test_registered_loader_reads_the_model_config(tiny_sd15_dir: Path) -> None:
     assert model.prediction_type == model.noise_scheduler.config.prediction_type == "v_prediction"
 
 
-def test_asking_for_the_wrong_family_says_what_the_model_is(tiny_sd2_dir: Path) -> None:
+def test_asking_for_the_wrong_family_says_what_the_model_is(tiny_sd2_dir: Path, tiny_flux_dev_dir: Path) -> None:
     with pytest.raises(UserError, match=r"model type sd15 was asked for, but .* is a SD 2\.x model") as info:
         load_model(tiny_sd2_dir, model_type="sd15")
     assert "sd2" in (info.value.hint or "")
+    with pytest.raises(UserError, match=r"model type sd15 was asked for, but .* is a FLUX\.1-dev model") as info:
+        load_model(tiny_flux_dev_dir, model_type="sd15")
+    assert "flux-dev" in (info.value.hint or "")
 
 
 def test_a_pipeline_of_an_unregistered_family_is_refused_naming_its_class(unregistered_pipeline_dir: Path) -> None:
-    with pytest.raises(UserError, match=r"is a model of no family this version supports .*FluxPipeline") as info:
+    with pytest.raises(UserError, match=r"is a model of no family this version supports .*ZetaImagePipeline") as info:
         load_model(unregistered_pipeline_dir)
-    assert "Supported model types: sd15, sd2, sdxl." in (info.value.hint or "")
-    with pytest.raises(UserError, match=r"is not a SD 1\.x model \(pipeline class FluxPipeline"):
+    assert f"Supported model types: {', '.join(family_names())}." in (info.value.hint or "")
+    with pytest.raises(UserError, match=r"is not a SD 1\.x model \(pipeline class ZetaImagePipeline"):
         load_model(unregistered_pipeline_dir, model_type="sd15")
 
 
@@ -110,7 +114,7 @@ def test_uncached_hub_model_offline_is_a_clear_error() -> None:
 
 def test_unknown_tiny_model_and_missing_paths_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown tiny model"):
-        load_model("tiny:sd3")
+        load_model("tiny:zeta")
     with pytest.raises(UserError, match="file or folder not found") as info:
         load_model(tmp_path / "missing.safetensors")
     assert info.value.where == "model.base"

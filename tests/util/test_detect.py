@@ -25,7 +25,11 @@ from onetrainer.util.family import FamilySpec
 
 
 def test_diffusers_folders_are_detected_by_family(
-    tiny_sd15_dir: Path, tiny_sd2_dir: Path, tiny_sdxl_dir: Path, unregistered_pipeline_dir: Path
+    tiny_sd15_dir: Path,
+    tiny_sd2_dir: Path,
+    tiny_sdxl_dir: Path,
+    tiny_flux_dev_dir: Path,
+    unregistered_pipeline_dir: Path,
 ) -> None:
     sd15, sd2, sdxl = detect_path(tiny_sd15_dir), detect_path(tiny_sd2_dir), detect_path(tiny_sdxl_dir)
     assert (sd15.kind, sd15.layout, sd15.family, sd15.prediction_type) == (MODEL, "diffusers", "sd15", "epsilon")
@@ -34,10 +38,12 @@ def test_diffusers_folders_are_detected_by_family(
     assert (sd2.family, sd2.prediction_type) == ("sd2", "v_prediction")
     assert (sdxl.kind, sdxl.layout, sdxl.family, sdxl.prediction_type) == (MODEL, "diffusers", "sdxl", "epsilon")
     assert sdxl.reason == "pipeline class StableDiffusionXLPipeline"
-    # No registered family makes this pipeline class: a model of no known family, named by its class.
+    flux = detect_path(tiny_flux_dev_dir)
+    assert (flux.kind, flux.layout, flux.family) == (MODEL, "diffusers", "flux-dev")
+    # No family makes this (made-up) pipeline class: a model of no known family, named by its class.
     other = detect_path(unregistered_pipeline_dir)
-    assert (other.kind, other.family, other.spec) == (MODEL, None, None)
-    assert "FluxPipeline" in other.reason
+    assert (other.kind, other.family, other.spec, other.candidates) == (MODEL, None, None, ())
+    assert "ZetaImagePipeline" in other.reason
 
 
 def test_single_file_family_comes_from_text_encoder_keys() -> None:
@@ -94,9 +100,9 @@ def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str |
         ),
         ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", "sdxl", "lora"),
         ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", "sdxl", "lora"),
-        # Flux-style transformer LoRAs, under either kohya prefix: no registered family has these modules.
-        ({"lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
-        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
+        # LoRAs of a made-up transformer, under either kohya prefix: no family has these modules.
+        ({"lora_transformer_zeta_blocks_0_attn_qkv.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
+        ({"lora_unet_zeta_blocks_0_attn_qkv.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
         ({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_b": (4, 32)}, "kohya", "sd2", "loha"),
         ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lokr_w1": (2, 2)}, "kohya", None, "lokr"),
         ({"lora_unet_x.lora_down.weight": (4, 8), "lora_unet_x.dora_scale": (8, 1)}, "kohya", None, "dora"),
@@ -106,8 +112,8 @@ def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str |
         "peft-2x",
         "two-encoders",
         "original-unet-names",
-        "unregistered-transformer",
-        "unregistered-double-blocks",
+        "unregistered-transformer-prefix",
+        "unregistered-unet-prefix",
         "loha",
         "lokr",
         "dora",
@@ -116,6 +122,13 @@ def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str |
 def test_loras_by_layout_family_and_kind(shapes: dict, layout: str, family: str | None, adapter: str) -> None:
     detected = detect_weights(shapes, {})
     assert (detected.kind, detected.layout, detected.family, detected.adapter) == (LORA, layout, family, adapter)
+
+
+@pytest.mark.parametrize("prefix", ["lora_transformer_", "lora_unet_"])
+def test_a_made_up_transformers_lora_is_nobodys(prefix: str) -> None:
+    """Neither kohya prefix alone makes a LoRA any family's, not even an undetermined one."""
+    detected = detect_weights({f"{prefix}zeta_blocks_0_attn_qkv.lora_down.weight": (4, 3072)}, {})
+    assert (detected.kind, detected.family, detected.candidates) == (LORA, None, ())
 
 
 @pytest.mark.parametrize(
@@ -136,7 +149,22 @@ def test_an_sdxl_lora_says_why_it_is_sdxl(shapes: dict, reason: str) -> None:
     assert detected.spec.name == "sdxl"
 
 
-TRANSFORMER_LORA = {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}
+@pytest.mark.parametrize(
+    "module",
+    ["lora_transformer_single_transformer_blocks_0_attn_to_k", "lora_unet_double_blocks_0_img_attn_qkv"],
+    ids=["diffusers-modules", "bfl-modules"],
+)
+def test_a_flux_lora_under_either_kohya_prefix_is_flux(module: str) -> None:
+    """dev and schnell share the layout: the family stays open between them, and rules every other out."""
+    detected = detect_weights({f"{module}.lora_down.weight": (4, 3072)}, {})
+    assert (detected.kind, detected.layout, detected.family, detected.adapter) == (LORA, "kohya", None, "lora")
+    assert detected.candidates == ("flux-dev", "flux-schnell")
+    assert detected.could_be("flux-schnell")
+    assert not detected.could_be("sd15")
+
+
+TRANSFORMER_LORA = {"transformer.zeta_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}
+"""A diffusers LoRA of a made-up transformer that no real family's recogniser claims."""
 
 
 def test_component_prefixes_and_families_come_from_the_registered_specs(fake_family: FamilySpec) -> None:

@@ -142,4 +142,4 @@ def test_save_refuses_an_existing_folder_unless_overwriting(tmp_path: Path) -> N
 
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="sd15"):
-        build_tiny_pipeline("sd3")
+        build_tiny_pipeline("zeta")

@@ -50,7 +50,7 @@ def test_the_sdxl_model_type_maps_to_the_sdxl_family(convert):
     assert get(convert(model_type="STABLE_DIFFUSION_XL_10_BASE"), "model.type") == "sdxl"
 
 
-@pytest.mark.parametrize("model_type", ["STABLE_DIFFUSION_15_INPAINTING", "FLUX_DEV_1", "NOPE"])
+@pytest.mark.parametrize("model_type", ["STABLE_DIFFUSION_15_INPAINTING", "ZETA_IMAGE_1", "NOPE"])
 def test_model_types_without_a_family_here_are_a_user_error(convert, model_type):
     with pytest.raises(UserError, match="not supported in this version"):
         convert(model_type=model_type)
