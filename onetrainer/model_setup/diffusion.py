@@ -9,16 +9,18 @@ denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
 from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model.quantised import quiet_adapters
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
-from onetrainer.model_setup.placement import apply_placement, placement_policy
+from onetrainer.model_setup.placement import Placement, apply_placement, apply_storage, placement_policy
 from onetrainer.model_setup.trainables import Trainables
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.enums import TrainingMethod
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
     from onetrainer.model.contracts import Batch, Conditioner, FamilyHooks
     from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.model_setup.offload import BlockOffloader
     from onetrainer.util.config.schema import TrainConfig
 
 EMBEDDINGS_GROUP = "embeddings"
@@ -51,6 +54,8 @@ class DiffusionSetup:
         self.stopped: set[str] = set()
         self._vae_encoder: VaeImageEncoder | None = None
         self._conditioner: Conditioner | None = None
+        self.policy: dict[str, Placement] = {}
+        self.offloaders: dict[str, BlockOffloader] = {}
 
     @property
     def spec(self) -> Any:
@@ -65,7 +70,7 @@ class DiffusionSetup:
 
     # ----------------------------------------------------------------------------------- prepare
     def prepare(self, device: torch.device | str, dtype: torch.dtype) -> None:
-        """Freeze, add adapters, place components; trained tensors stay float32, frozen ones take their dtype."""
+        """Freeze, store, add adapters, place components (see `placement`): trained tensors take their dtype."""
         import torch
 
         model, config = self.model, self.config
@@ -76,6 +81,9 @@ class DiffusionSetup:
 
             model.noise_scheduler = zero_terminal_snr_scheduler(model.noise_scheduler)
         self.objective = build_objective(self.spec.objective, config, model.noise_scheduler, model.prediction_type)
+        self.device = torch.device(device)
+        self.policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
+        apply_storage(model, self.policy)
 
         if config.method is TrainingMethod.LORA:
             self._add_lora()
@@ -91,14 +99,13 @@ class DiffusionSetup:
                 hint="Set parts.<name>.train to true for a part of this model, or use method: embedding.",
             )
 
-        self.device = torch.device(device)
-        policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
-        apply_placement(model, policy)
-        for part in self.trainables.groups:
-            for param in self.trainables.parameters(part):
-                param.data = param.data.to(self.device, torch.float32)
+        self.offloaders = apply_placement(
+            model, self.policy, self.trainables.parameter_lists(), fully_trained=self._fully_trained()
+        )
         vae = self.spec.vae.name
-        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype, part=vae)
+        self._vae_encoder = VaeImageEncoder(
+            model.components[vae], self.device, self.policy[vae].storage_dtype, part=vae
+        )
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._checkpointing(config.training.gradient_checkpointing)
         model.adapters.lora = self.lora
@@ -121,16 +128,17 @@ class DiffusionSetup:
             )
             for name in parts
         }
-        self.lora = inject_lora(
-            self.model,
-            kind=lora.type.value,
-            rank=lora.rank,
-            alpha=lora.alpha,
-            targets=targets,
-            dropout=lora.dropout,
-            seed=self.config.training.seed,
-            dora_axis=dora_axis(self.config.saving.format),
-        )
+        with quiet_adapters():
+            self.lora = inject_lora(
+                self.model,
+                kind=lora.type.value,
+                rank=lora.rank,
+                alpha=lora.alpha,
+                targets=targets,
+                dropout=lora.dropout,
+                seed=self.config.training.seed,
+                dora_axis=dora_axis(self.config.saving.format),
+            )
         if lora.init_from is not None:
             loaded = read_lora_file(lora.init_from, self.spec, configs=self.model.component_configs())
             load_lora_state(self.model, self.lora, loaded.tensors, loaded.alphas, source=str(lora.init_from))
@@ -234,8 +242,21 @@ class DiffusionSetup:
             conditioner.load()
             conditioning = conditioner.encode_for_training(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
-        prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
+        with self._memory_context():
+            prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         return {"prediction": prediction, "target": noised.target, "weights": noised.weights}
+
+    def _memory_context(self) -> contextlib.ExitStack:
+        """The denoiser's forward pass with its offloaders' context and, if asked, saved activations in CPU memory."""
+        import torch
+
+        stack = contextlib.ExitStack()
+        for offloader in self.offloaders.values():
+            stack.enter_context(offloader.forward_context())
+        if self.config.training.activation_offload and torch.is_grad_enabled():
+            pin = self.device is not None and self.device.type == "cuda"
+            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=pin))
+        return stack
 
     def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         return diffusion_loss(
