@@ -130,6 +130,9 @@ def quantise_linear(layer: torch.nn.Linear, storage: str, compute_dtype: torch.d
             weight, requires_grad=False, blocksize=NF4_BLOCK, compress_statistics=True, quant_type="nf4"
         )._quantize(weight.device)
         quantised.weight.module = quantised
+        # bitsandbytes repacks a 4-bit weight in place for CPU inference (and fails below 64 inputs); the
+        # stored format stays the one that moves to a GPU and that the memory accounting describes
+        quantised.support_avx512bf16_for_cpu = False
     else:
         from torchao.quantization import quantize_
 

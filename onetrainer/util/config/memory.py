@@ -5,7 +5,8 @@ The levers (`parts.<name>.weight_dtype` fp8/int8/nf4 and bf16 trained weights, `
 limits that follow from how they work:
 
 - Quantised storage (fp8, int8, nf4) is weight-only and frozen: a fully trained part cannot be stored
-  so, and the VAE (convolutions, which stay unquantised) gains nothing from it.
+  so, and the VAE (convolutions, which stay unquantised) gains nothing from it. peft's LyCORIS layers
+  (LoHa, LoKr) read the base weight's shape, which nf4 packs; LoRA and DoRA work on every format.
 - Trained weights in bf16 lose every update smaller than 1/256 of the weight when rounded to
   nearest; they are allowed with stochastic rounding, which keeps the update's expected value. fp16
   trained weights are refused (their range overflows as well).
@@ -97,6 +98,18 @@ def _dtype_problems(config: TrainConfig) -> list[ConfigProblem]:
                     "trained weights in bf16 lose every update smaller than 1/256 of the weight: set "
                     "training.stochastic_rounding=true (or keep fp32)",
                     dtype.value,
+                    has_value=True,
+                )
+            )
+    lycoris = config.method is TrainingMethod.LORA and config.lora.type.value in ("loha", "lokr")
+    for name, part in config.parts.items():
+        if lycoris and part.train and part.weight_dtype is WeightDtype.NF4:
+            problems.append(
+                ConfigProblem(
+                    f"parts.{name}.weight_dtype",
+                    f"a {config.lora.type.value} adapter cannot train on nf4 weights (peft's LyCORIS layers read the "
+                    "weight's shape, which bitsandbytes packs): use lora or dora, or fp8 / int8 weights",
+                    "nf4",
                     has_value=True,
                 )
             )
