@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.model_setup.placement import quantised_parts
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import torch_dtype
 from onetrainer.trainer.session import ProgressCallback
@@ -85,7 +86,7 @@ def build_parts(
     progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})
     try:
         loader: ModelLoader = lookup(ModuleKind.LOADER, model_type)()
-        model = loader.load(config.model, device="cpu")
+        model = loader.load(config.model, device="cpu", quantise=quantised_parts(config))
         make_setup: SetupFactory = lookup(ModuleKind.SETUP, model_type)
         setup = make_setup(model, config)
         setup.prepare(device, torch_dtype(config.model.dtype))
