@@ -57,7 +57,7 @@ class QuantisedStorage:
 
 
 @contextlib.contextmanager
-def _quiet_import() -> Iterator[None]:
+def quiet_import() -> Iterator[None]:
     """Silence the libraries' import-time notes about optional kernels (not errors for weight-only storage)."""
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [logger.level for logger in loggers]
@@ -78,7 +78,7 @@ def require_library(storage: str, where: str = "parts") -> Any:
         raise ValueError(f"{storage} is not a quantised format")
     name = LIBRARY[storage]
     try:
-        with _quiet_import():
+        with quiet_import():
             return importlib.import_module(name)
     except ImportError:
         raise UserError(
@@ -87,7 +87,7 @@ def require_library(storage: str, where: str = "parts") -> Any:
 
 
 def _torchao_config(storage: str) -> Any:
-    with _quiet_import():
+    with quiet_import():
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
 
     if storage == "fp8":
@@ -137,7 +137,7 @@ def quantise_linear(layer: torch.nn.Linear, storage: str, compute_dtype: torch.d
         from torchao.quantization import quantize_
 
         layer.weight = torch.nn.Parameter(weight, requires_grad=False)
-        with _quiet_import():
+        with quiet_import():
             quantize_(layer, _torchao_config(storage), filter_fn=None)
         quantised = layer
     if bias is not None:

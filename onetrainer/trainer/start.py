@@ -22,8 +22,9 @@ from onetrainer.trainer.resume import check_resume_compatible, optimizer_setting
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.state import Counters, RunState
-from onetrainer.trainer.step import PlainStep
+from onetrainer.trainer.step import build_step
 from onetrainer.trainer.tensorboard import TensorBoardLog
+from onetrainer.trainer.updates import offload_to_cpu
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.training import EmaDevice
@@ -115,7 +116,9 @@ def start_session(
     total_steps, epochs = run_length(parts.batches_in_epoch, config)
     groups = resolve_parameter_groups(parts.setup.parameter_groups(), training)
     warmup_steps = resolve_warmup_steps(training.warmup, total_steps)
-    optimizer = build_optimizer(groups, training, device, warmup_steps=warmup_steps)
+    optimizer_groups, masters = offload_to_cpu(groups, device) if training.optimizer_offload else (groups, None)
+    optimizer_device = torch.device("cpu") if masters is not None else device
+    optimizer = build_optimizer(optimizer_groups, training, optimizer_device, warmup_steps=warmup_steps)
     scheduler = build_lr_scheduler(optimizer, training, total_steps)
     trained = [param for group in groups for param in group["params"]]
     ema = None
@@ -170,7 +173,9 @@ def start_session(
         metrics=metrics,
         progress=progress,
         trained=trained,
-        step=PlainStep(run.optimizer, run.scheduler, run.precision, trained, training.max_grad_norm),
+        step=build_step(
+            training, run.optimizer, run.scheduler, run.precision, trained, masters=masters, world_size=world_size
+        ),
         command=command,
         last_backup_step=backup.step if backup is not None else None,
         last_backup_path=backup.path if backup is not None else None,

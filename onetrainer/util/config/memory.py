@@ -156,6 +156,16 @@ def _step_problems(config: TrainConfig) -> list[ConfigProblem]:
                     has_value=True,
                 )
             )
+    if training.optimizer_offload and training.optimizer is Optimizer.ADAMW_8BIT:
+        problems.append(
+            ConfigProblem(
+                "training.optimizer",
+                "bitsandbytes' 8-bit AdamW runs on CUDA only, and optimizer_offload steps in CPU memory: use "
+                "adamw8bit_ao (torchao's, which runs on the CPU too)",
+                training.optimizer.value,
+                has_value=True,
+            )
+        )
     if training.fused_backward:
         if training.gradient_accumulation_steps != 1:
             problems.append(
