@@ -134,8 +134,8 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
         if role is Role.VAE:
             allowed -= set(TRAINABLE_KEYS)
         for key in sorted(_used_keys(part) - allowed):
-            what = _ROLE_KEYS.get(key, "parts that can train (not the VAE)")
-            problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} take this key"))
+            what = _ROLE_KEYS.get(key, "parts that can train (not the VAE) take")
+            problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} this key"))
         if config.method is TrainingMethod.EMBEDDING and part.train:
             problems.append(
                 ConfigProblem(
