@@ -19,9 +19,10 @@ How it works, per offloaded block (a unit gradient checkpointing recomputes, `mo
   the backward pass runs the hooks again (`forward_context` turns off torch's early stop of a
   recomputation, which would skip the forward hook; blocks left with copies are swept anyway), so
   at most two blocks' copies exist at a time: the one in use and the next one, copied ahead on a
-  side CUDA stream in the direction the pass travels (the order is learnt from the first pass).
-  Without checkpointing autograd would keep every copy until the backward pass, saving no memory,
-  which is why the config asks for it.
+  side CUDA stream in the direction the pass travels (the order is learnt from the first pass). A
+  copy taken ahead of a trained block that the optimizer updated since (a block the backward pass
+  did not recompute) is stale and taken again. Without checkpointing autograd would keep every copy
+  until the backward pass, saving no memory, which is why the config asks for it.
 - The side stream waits for the compute stream before each copy, so memory freed by a finished
   block is never overwritten while a kernel may still read it; the compute stream waits for a
   copy's event before the block runs.
@@ -98,6 +99,12 @@ class _Block:
     copies: list[torch.Tensor] | None = None
     ready: Any = None
     """The CUDA event after which `copies` may be read (None on the CPU or when copied in line)."""
+    copied_from: list[tuple[int, int]] = field(default_factory=list)
+    """(version, data pointer) of each trained master when `copies` were taken: an update since makes them stale."""
+
+    def stale(self) -> bool:
+        """Whether a trained master changed since the copies were taken (an optimizer step in between)."""
+        return self.copied_from != _versions(self.entries)
 
 
 @dataclass
@@ -191,6 +198,8 @@ class BlockOffloader:
         if unit.index not in self.order:
             self.order.append(unit.index)
         self.settle()
+        if unit.copies is not None and unit.stale():
+            unit.copies, unit.ready = None, None
         if unit.copies is None:
             self._copy_in(unit, ahead=False)
         if unit.ready is not None:
@@ -225,6 +234,7 @@ class BlockOffloader:
     def _copy_in(self, unit: _Block, *, ahead: bool) -> None:
         import torch
 
+        unit.copied_from = _versions(unit.entries)
         if self._stream is None or not ahead:
             unit.copies = [_copy(entry.master, self.device, non_blocking=False) for entry in unit.entries]
             return
@@ -233,6 +243,10 @@ class BlockOffloader:
             unit.copies = [_copy(entry.master, self.device, non_blocking=True) for entry in unit.entries]
             unit.ready = torch.cuda.Event()
             unit.ready.record(self._stream)
+
+
+def _versions(entries: list[_Entry]) -> list[tuple[int, int]]:
+    return [(entry.master._version, entry.master.data_ptr()) for entry in entries if entry.trained]
 
 
 def _copy(master: torch.Tensor, device: torch.device, *, non_blocking: bool) -> torch.Tensor:

@@ -18,7 +18,9 @@ limits that follow from how they work:
 - Fused backward, stochastic rounding and optimizer offloading step one tensor at a time, which is
   exact only for optimizers whose state and update are per tensor (`PER_TENSOR`).
 - Layer and activation offloading save memory only with gradient checkpointing: without it autograd
-  keeps every block's weights and activations on the GPU until the backward pass anyway.
+  keeps every block's weights and activations on the GPU until the backward pass anyway. Layer
+  offloading keeps a CPU copy of each block, which bitsandbytes' nf4 weights cannot give (moving one
+  moves its scales in place).
 """
 
 from __future__ import annotations
@@ -205,6 +207,16 @@ def _offload_problems(config: TrainConfig) -> list[ConfigProblem]:
             )
         )
     for name, part in config.parts.items():
+        if part.offload_blocks and part.weight_dtype is WeightDtype.NF4:
+            problems.append(
+                ConfigProblem(
+                    f"parts.{name}.offload_blocks",
+                    "layer offloading does not take nf4 weights (bitsandbytes moves a 4-bit weight's scales in "
+                    "place, so a block could not keep its CPU copy): use fp8 or int8 weights with offloading",
+                    part.offload_blocks,
+                    has_value=True,
+                )
+            )
         if not part.offload_blocks or checkpointing:
             continue
         if spec is not None and name in spec.component_names and spec.component(name).role is not Role.DENOISER:

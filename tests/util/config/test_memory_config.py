@@ -43,12 +43,13 @@ def test_bf16_trained_weights_need_stochastic_rounding_and_it_needs_them() -> No
     full = {"method": "full", "parts": {"unet": {"weight_dtype": "bf16"}}}
     assert "stochastic_rounding" in _problems(**full)["parts.unet.weight_dtype"]
     assert _valid(**full, training={"stochastic_rounding": True}).parts["unet"].weight_dtype.value == "bf16"
-    assert "no trained weights are bf16" in _problems(training={"stochastic_rounding": True})[
-        "training.stochastic_rounding"
-    ]
-    assert "fp16 overflow" in _problems(method="full", parts={"unet": {"weight_dtype": "fp16"}})[
-        "parts.unet.weight_dtype"
-    ]
+    assert (
+        "no trained weights are bf16"
+        in _problems(training={"stochastic_rounding": True})["training.stochastic_rounding"]
+    )
+    assert (
+        "fp16 overflow" in _problems(method="full", parts={"unet": {"weight_dtype": "fp16"}})["parts.unet.weight_dtype"]
+    )
 
 
 def test_offloading_needs_checkpointing_and_only_the_denoiser_offloads_blocks() -> None:
