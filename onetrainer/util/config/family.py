@@ -43,8 +43,8 @@ WEIGHTINGS = {
     Objective.FLOW_MATCHING: (LossWeighting.NONE, LossWeighting.SIGMA_SQRT, LossWeighting.COSMAP),
 }
 _ROLE_KEYS = {
-    **dict.fromkeys(TEXT_ENCODER_KEYS, "text encoders"),
-    **dict.fromkeys(DENOISER_KEYS, "the denoiser"),
+    **dict.fromkeys(TEXT_ENCODER_KEYS, "text encoders take"),
+    **dict.fromkeys(DENOISER_KEYS, "the denoiser takes"),
 }
 """Who takes a role-specific key, for the message refusing it elsewhere."""
 OBJECTIVE_NAMES = {Objective.DDPM: "DDPM (discrete timesteps)", Objective.FLOW_MATCHING: "flow matching"}
