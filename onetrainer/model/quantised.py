@@ -214,30 +214,30 @@ def module_storage(module: torch.nn.Module) -> str | None:
     return storage if isinstance(storage, str) else None
 
 
-def _inner_tensors(tensor: Any) -> list[torch.Tensor]:
-    """The plain tensors that hold a (possibly subclassed) tensor's data, scales included."""
+def plain_tensors(tensor: Any) -> list[torch.Tensor]:
+    """The plain tensors that hold a (possibly quantised) tensor's data, scales included; a plain tensor itself."""
     flatten = getattr(type(tensor), "__tensor_flatten__", None)
     if flatten is not None and type(tensor).__name__ != "Parameter":
         names, _ = tensor.__tensor_flatten__()
-        return [inner for name in names for inner in _inner_tensors(getattr(tensor, name))]
+        return [inner for name in names for inner in plain_tensors(getattr(tensor, name))]
     found = [tensor.data if hasattr(tensor, "data") else tensor]
     state = getattr(tensor, "quant_state", None)
     while state is not None:
         found += [value for value in (state.absmax, state.code) if value is not None]
-        if state.offset is not None:
+        if getattr(state, "offset", None) is not None:
             found.append(state.offset)
-        state = state.state2
+        state = getattr(state, "state2", None)
     return found
 
 
 def storage_bytes(tensor: Any) -> int:
     """Bytes a weight occupies in memory: its values and every scale (and code table) it keeps."""
-    return sum(inner.numel() * inner.element_size() for inner in _inner_tensors(tensor))
+    return sum(inner.numel() * inner.element_size() for inner in plain_tensors(tensor))
 
 
 def quantised_values(tensor: Any) -> torch.Tensor:
     """The tensor holding a quantised weight's values (e4m3, int8, or packed 4-bit in uint8)."""
-    return _inner_tensors(tensor)[0]
+    return plain_tensors(tensor)[0]
 
 
 @contextlib.contextmanager

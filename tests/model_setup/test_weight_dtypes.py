@@ -158,6 +158,24 @@ def test_a_lora_trained_on_quantised_weights_loads_on_the_unquantised_base(
             assert torch.equal(theirs[key].float(), value.float()), key
 
 
+def _frozen_text_encoder(dtype: str) -> Any:
+    """The conditioner that fills the cache, with the (frozen) text encoder stored as `dtype`."""
+    settings = {"model": {"type": "sd15", "base": "tiny:sd15"}, "parts": {"text_encoder": {"weight_dtype": dtype}}}
+    setup: DiffusionSetup = lookup(ModuleKind.SETUP, "sd15")(
+        copy.deepcopy(_base("sd15")), validate(settings, check_paths=False)
+    )
+    setup.prepare("cpu", torch.bfloat16)
+    return setup.text_encoder()
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int8", "nf4"])
+def test_frozen_quantised_text_encoders_encode_for_the_cache_under_their_own_identity(dtype: str) -> None:
+    plain, quantised = _frozen_text_encoder("bf16"), _frozen_text_encoder(dtype)
+    assert plain.identity() != quantised.identity()
+    encoded = quantised.encode(["a red circle"])
+    assert all(torch.isfinite(value.float()).all() for value in encoded.values())
+
+
 def test_quantised_storage_is_refused_where_it_cannot_work() -> None:
     base = {"model": {"type": "sd15", "base": "tiny:sd15"}}
     with pytest.raises(ConfigError) as vae:
