@@ -49,7 +49,11 @@ def train(
     check: Annotated[bool, typer.Option("--check", help="Validate and print the resolved config, then exit.")] = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Report what the data would train on (concepts, buckets, steps), then exit."),
+        typer.Option(
+            "--dry-run",
+            help="Report what the data would train on (concepts, buckets, steps) and the estimated peak GPU memory, "
+            "then exit.",
+        ),
     ] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the data cache, then exit.")] = False,
     json_lines: Annotated[
@@ -126,12 +130,16 @@ def _load_onetrainer(config: Path, overrides: list[str], *, allow_unsupported: b
 
 
 def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:
+    from onetrainer.model_setup.estimate import estimate_memory
     from onetrainer.trainer.components import data_report
     from onetrainer.ui.console import stdout
+    from onetrainer.ui.tables import memory_table
 
     report = data_report(config, progress=lambda event: None)
+    memory = estimate_memory(config)
     if json_lines:
-        sys.stdout.write(json.dumps({"event": "report", **report.to_dict()}) + "\n")
+        sys.stdout.write(json.dumps({"event": "report", **report.to_dict(), "memory": memory.to_dict()}) + "\n")
     else:
         stdout.print(report)
+        stdout.print(memory_table(memory))
     report.require_trainable()

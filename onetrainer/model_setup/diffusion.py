@@ -117,19 +117,20 @@ class DiffusionSetup:
     def _layer_skip(self) -> dict[str, int]:
         return {name: self.config.parts[name].layer_skip for name in self.model.text_encoder_names()}
 
-    def _add_lora(self) -> None:
+    def inject_lora_adapter(self) -> LoraAdapter:
+        """Add the configured LoRA (of `lora.type`) to the parts that train; the memory estimate calls it on
+        modules built on the meta device."""
         lora = self.config.lora
-        parts = self.trained_parts()
         targets = {
             name: LoraTargets(
                 preset=(self.config.parts[name].lora_targets or lora.targets).value,
                 regex=self.config.parts[name].lora_regex or lora.regex,
                 presets=self.spec.component(name).lora_presets,
             )
-            for name in parts
+            for name in self.trained_parts()
         }
         with quiet_adapters():
-            self.lora = inject_lora(
+            return inject_lora(
                 self.model,
                 kind=lora.type.value,
                 rank=lora.rank,
@@ -139,6 +140,11 @@ class DiffusionSetup:
                 seed=self.config.training.seed,
                 dora_axis=dora_axis(self.config.saving.format),
             )
+
+    def _add_lora(self) -> None:
+        lora = self.config.lora
+        parts = self.trained_parts()
+        self.lora = self.inject_lora_adapter()
         if lora.init_from is not None:
             loaded = read_lora_file(lora.init_from, self.spec, configs=self.model.component_configs())
             load_lora_state(self.model, self.lora, loaded.tensors, loaded.alphas, source=str(lora.init_from))

@@ -170,11 +170,16 @@ def build_optimizer(
         on_gpu = all(param.is_cuda for group in groups for param in group["params"])
         kwargs["fused"] = (device.type == "cuda" and on_gpu) or None
     try:
-        return cls(groups, **kwargs)
+        optimizer: torch.optim.Optimizer = cls(groups, **kwargs)
     except (TypeError, ValueError) as error:
         raise UserError(
             f"the {config.optimizer.value} optimizer rejected its settings: {error}", where="training"
         ) from None
+    if config.stochastic_rounding:
+        from onetrainer.trainer.updates import keep_state_dtypes
+
+        keep_state_dtypes(optimizer)
+    return optimizer
 
 
 def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, train: bool) -> None:

@@ -10,7 +10,8 @@ per tensor (`util.config.memory.PER_TENSOR`; the config refuses the others).
 - **Stochastic rounding**: a bf16 tensor (or master) is replaced by an fp32 copy for the step, its
   gradient cast to fp32, and the result rounded back (`rounding`), with a generator seeded by (run
   seed, step, tensor index), so a resumed run rounds as an uninterrupted one would. The optimizer
-  state is then fp32.
+  state is then fp32, and stays so when a backup is restored (`keep_state_dtypes`: torch would cast
+  it to the bf16 of the weights).
 - **Optimizer offload** (`offload_to_cpu`): the optimizer is built over CPU masters, one per trained
   tensor (pinned when training on a GPU; a tensor already in CPU memory, like a fully trained,
   offloaded block's, is its own master). A step copies the gradient out, updates the master, and
@@ -49,6 +50,38 @@ def offload_to_cpu(
             params.append(master)
         offloaded.append({**group, "params": params})
     return offloaded, masters
+
+
+def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:
+    """Restore optimizer state in the dtypes it was saved in, not cast to its weights' dtype as torch does.
+
+    The state of bf16 weights updated through fp32 copies is fp32; casting it to bf16 on resume would
+    lose precision the uninterrupted run keeps.
+    """
+    saved: dict[int, dict[str, Any]] = {}
+
+    def remember(_: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        saved.clear()
+        saved.update({int(index): dict(values) for index, values in state_dict["state"].items()})
+
+    def restore(optimizer: torch.optim.Optimizer) -> None:
+        import torch
+
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        for index, values in saved.items():
+            state = optimizer.state[params[index]]
+            for key, value in values.items():
+                current = state.get(key)
+                if (
+                    isinstance(value, torch.Tensor)
+                    and isinstance(current, torch.Tensor)
+                    and current.dtype != value.dtype
+                ):
+                    state[key] = value.to(current.device)
+        saved.clear()
+
+    optimizer.register_load_state_dict_pre_hook(remember)
+    optimizer.register_load_state_dict_post_hook(restore)
 
 
 @dataclass

@@ -141,3 +141,25 @@ def test_adamw8bit_from_torchao_trains_on_the_cpu() -> None:
     _run(model, _training(optimizer="adamw8bit_ao"))
     assert not torch.equal(model[0].weight, before[0].weight)
     assert all(torch.isfinite(param).all() for param in model.parameters())
+
+
+def test_a_restored_optimizer_keeps_the_fp32_state_of_bf16_weights() -> None:
+    def optimizer_for(weight: torch.nn.Parameter) -> torch.optim.Optimizer:
+        return build_optimizer([{"params": [weight], "lr": 1e-2}], _training(stochastic_rounding=True), CPU)
+
+    weight = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    optimizer = optimizer_for(weight)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = build_step(
+        _training(stochastic_rounding=True), optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), [weight]
+    )
+    strategy.backward((weight.float() * torch.linspace(0, 1, 64)).sum())
+    strategy.measure()
+    strategy.apply()
+    saved = optimizer.state_dict()
+    assert saved["state"][0]["exp_avg"].dtype == torch.float32
+    restored = optimizer_for(torch.nn.Parameter(weight.detach().clone()))
+    restored.load_state_dict(saved)
+    state = next(iter(restored.state.values()))
+    assert state["exp_avg"].dtype == torch.float32
+    assert torch.equal(state["exp_avg_sq"], saved["state"][0]["exp_avg_sq"])
