@@ -187,3 +187,19 @@ def test_quantised_storage_is_refused_where_it_cannot_work() -> None:
     with pytest.raises(ConfigError) as lycoris:
         validate({**base, "lora": {"type": "loha"}, "parts": {"unet": {"weight_dtype": "nf4"}}}, check_paths=False)
     assert "loha" in str(lycoris.value)
+
+
+@pytest.mark.parametrize(("dtype", "library"), [("fp8", "torchao"), ("int8", "torchao"), ("nf4", "bitsandbytes")])
+def test_a_missing_quantisation_library_is_a_user_error_naming_the_extra(
+    dtype: str, library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from onetrainer.model.quantised import require_library
+    from onetrainer.util.errors import UserError
+
+    monkeypatch.setitem(sys.modules, library, None)
+    with pytest.raises(UserError) as missing:
+        require_library(dtype)
+    assert library in missing.value.message
+    assert 'pip install "onetrainer[quant]"' in (missing.value.hint or "")
