@@ -1,13 +1,15 @@
 """`python -m benchmarks.gpu OUT_DIR [--dry-run | --cpu-real-size] [--budget S]` (or `benchmarks/gpu/run.sh OUT_DIR`).
 
 Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, gradient
-checkpointing on and off, in bf16: steps per second and peak VRAM (`torch.cuda.max_memory_allocated`),
-ours against a bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
+checkpointing on and off, in bf16, and each family's memory presets (`benchmarks.gpu.memory`): steps per
+second and peak VRAM while training (`torch.cuda.max_memory_allocated` after the model is built), ours
+against a bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
 every case, so a run cut short still leaves what it measured. Cases run in order of interest until
 `--budget` seconds have passed; the rest are listed as skipped.
 
-`--dry-run` runs each family, method and checkpointing setting once on the CPU, with the tiny kit's
-UNets at 64 px and one step each: it proves the script works, and measures nothing worth keeping.
+`--dry-run` runs each family, method and checkpointing setting, and each memory preset, once on the CPU,
+with the tiny kit's UNets at 64 px and one step each: it proves the script works, and measures nothing
+worth keeping.
 `--cpu-real-size` does the same with the real-size UNets: where no GPU is lent, it proves the real
 architectures run through both sides (minutes and about 16 GiB of memory; SDXL's full fine-tune, whose
 AdamW states alone need about 40 GiB, is skipped).
@@ -22,18 +24,34 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu.memory import memory_presets, preset_settings
 from benchmarks.gpu.steps import SIDES, Case, Unavailable
 
+
+def _plain(sizes: tuple[tuple[str, int], ...]) -> list[Case]:
+    return [
+        Case(family, resolution, method, checkpointing)
+        for family, resolution in sizes
+        for method in ("lora", "full")
+        for checkpointing in (False, True)
+    ]
+
+
 CASES = [
-    Case(family, resolution, method, checkpointing)
-    for family, resolution in (("SD1.5", 512), ("SDXL", 1024), ("SD1.5", 1024), ("SDXL", 512))
-    for method in ("lora", "full")
-    for checkpointing in (False, True)
+    *_plain((("SD1.5", 512), ("SDXL", 1024))),
+    *(
+        Case(family=family, preset=preset, **preset_settings(preset))
+        for family in ("SD1.5", "SDXL")
+        for preset in memory_presets(family)
+    ),
+    *_plain((("SD1.5", 1024), ("SDXL", 512))),
 ]
-"""Each family at its native size first, so a run cut short by the budget has the cases users train."""
+"""Each family at its native size first, then its memory presets, so a run cut short by the budget has the
+cases users train."""
 DEFAULT_BUDGET_S = 420.0
 """On CUDA no case starts after this many seconds, so a run on one H200 ends within eight minutes."""
 CPU_MEMORY = "SDXL full fine-tuning needs about 40 GiB for AdamW states alone: not on a CPU run"
@@ -63,6 +81,7 @@ def measure(side: str, case: Case, family: Any, device: Any, *, steps: int, warm
     _release(cuda)
     try:
         step, trainable = SIDES[side](family, case, device)
+        _release(cuda)  # the peak of training, not of building the model
         losses = [step() for _ in range(warmup)]
         _synchronize(cuda)
         start = time.perf_counter()
@@ -115,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity_error()  # casting a UNet to bf16 warns each time, as diffusers' own LoRA example does
     if args.dry_run or args.cpu_real_size:
         device, steps, warmup = "cpu", 1, 0
-        cases = [Case(c.family, 64, c.method, c.checkpointing, c.batch) for c in CASES if c.resolution == 512]
+        cases = [replace(c, resolution=64) for c in CASES if c.resolution == 512 and c.preset is None]
+        cases += [replace(c, resolution=64) for c in CASES if c.preset is not None]
         if args.dry_run:
             torch.set_num_threads(1)  # two threads on a busy two-core machine spin and run ten times slower
             families = {name: architectures.tiny(name) for name in ("SD1.5", "SDXL")}
         else:
             families = {"SD1.5": architectures.sd15(), "SDXL": architectures.sdxl()}
-            skipped[Case("SDXL", 64, "full", False)] = skipped[Case("SDXL", 64, "full", True)] = CPU_MEMORY
+            skipped.update({case: CPU_MEMORY for case in cases if case.family == "SDXL" and case.method == "full"})
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --dry-run to check the script on a CPU", file=sys.stderr)

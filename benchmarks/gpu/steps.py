@@ -34,11 +34,14 @@ class Case:
     """"lora" or "full"."""
     checkpointing: bool
     batch: int = 1
+    preset: str | None = None
+    """A memory preset whose settings ours trains with (`benchmarks.gpu.memory`); None: plain bf16."""
 
     def label(self) -> str:
         method = "LoRA" if self.method == "lora" else "full"
         checkpointing = "GC on" if self.checkpointing else "GC off"
-        return f"{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
+        preset = f"preset {self.preset}: " if self.preset else ""
+        return f"{preset}{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
 
 
 Step = Callable[[], float]
@@ -58,6 +61,9 @@ def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[s
         batch["pooled"] = draw(case.batch, family.pooled_dim)
         size = float(case.resolution)
         batch["time_ids"] = torch.tensor([[size, size, 0.0, 0.0, size, size]] * case.batch, device=device)
+        # the same size conditioning as the data loader gives ours (the SDXL setup builds time_ids from it)
+        sides = torch.tensor([[case.resolution, case.resolution]] * case.batch, device=device)
+        batch.update(original_size=sides, crop_top_left=torch.zeros_like(sides), target_size=sides)
     return batch
 
 
@@ -129,6 +135,10 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
 
     if family.model_type not in supported(ModuleKind.SETUP):
         raise Unavailable(f"onetrainer has no {family.name} training setup yet")
+    if case.preset is not None:
+        from benchmarks.gpu.memory import preset_step
+
+        return preset_step(family, case, device)
     config = TrainConfig.model_validate(
         {
             "model": {"type": family.model_type},
@@ -143,7 +153,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             },
         }
     )
-    setup = lookup(ModuleKind.SETUP, family.model_type)(_model(family, device), config)
+    setup = lookup(ModuleKind.SETUP, family.model_type)(onetrainer_model(family, device), config)
     target = torch.device(device)
     setup.prepare(target, torch.bfloat16)
     groups = resolve_parameter_groups(setup.parameter_groups(), config.training)
@@ -168,7 +178,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     return step, sum(parameter.numel() for parameter in trained)
 
 
-def _model(family: Family, device: Any) -> Any:
+def onetrainer_model(family: Family, device: Any) -> Any:
     """The real-size UNet beside the tiny kit's VAE and text encoders, which a cached batch never runs."""
     from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.family import tiny_model
