@@ -203,3 +203,26 @@ def test_a_missing_quantisation_library_is_a_user_error_naming_the_extra(
         require_library(dtype)
     assert library in missing.value.message
     assert 'pip install "onetrainer[quant]"' in (missing.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [
+        (kind, dtype)
+        for kind in ("dora", "loha", "lokr")
+        for dtype in ("fp8", "int8", "nf4")
+        if (kind, dtype) not in (("loha", "nf4"), ("lokr", "nf4"))
+    ],
+)
+def test_lora_relatives_wrap_quantised_layers_and_train(kind: str, dtype: str) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    setup = _setup("sd15", "sd15", dtype, lora={"rank": 4, "type": kind, "targets": "attn-mlp"})
+    unet = setup.model.components["unet"]
+    bases = [module.get_base_layer() for module in unet.modules() if isinstance(module, BaseTunerLayer)]
+    linears = [base for base in bases if isinstance(base, torch.nn.Linear)]  # (convolutions stay unquantised)
+    assert linears
+    assert all(linear_storage(base) == dtype for base in linears)
+    losses = _train(setup, steps=3)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0], losses
