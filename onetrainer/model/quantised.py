@@ -117,7 +117,7 @@ def quantise_linear(layer: torch.nn.Linear, storage: str, compute_dtype: torch.d
     if storage == "nf4":
         import bitsandbytes as bnb
 
-        quantised: torch.nn.Module = bnb.nn.Linear4bit(
+        four_bit: Any = bnb.nn.Linear4bit(
             layer.in_features,
             layer.out_features,
             bias=bias is not None,
@@ -126,13 +126,14 @@ def quantise_linear(layer: torch.nn.Linear, storage: str, compute_dtype: torch.d
             quant_type="nf4",
             device="meta",
         )
-        quantised.weight = bnb.nn.Params4bit(
+        four_bit.weight = bnb.nn.Params4bit(
             weight, requires_grad=False, blocksize=NF4_BLOCK, compress_statistics=True, quant_type="nf4"
         )._quantize(weight.device)
-        quantised.weight.module = quantised
+        four_bit.weight.module = four_bit
         # bitsandbytes repacks a 4-bit weight in place for CPU inference (and fails below 64 inputs); the
         # stored format stays the one that moves to a GPU and that the memory accounting describes
-        quantised.support_avx512bf16_for_cpu = False
+        four_bit.support_avx512bf16_for_cpu = False
+        quantised: torch.nn.Module = four_bit
     else:
         from torchao.quantization import quantize_
 
@@ -191,8 +192,9 @@ def quantise_module(module: torch.nn.Module, storage: str, compute_dtype: torch.
         count += 1
     for child in module.modules():
         for param in child._parameters.values():
-            plain = param is not None and type(param) is torch.nn.Parameter and param.is_floating_point()
-            if plain and param.dtype != compute_dtype:
+            if param is None or type(param) is not torch.nn.Parameter or not param.is_floating_point():
+                continue  # quantised weights keep their storage
+            if param.dtype != compute_dtype:
                 param.data = param.data.to(compute_dtype)
         for key, buffer in list(child._buffers.items()):
             if buffer is not None and buffer.is_floating_point() and buffer.dtype != compute_dtype:

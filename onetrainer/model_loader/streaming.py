@@ -117,7 +117,8 @@ def _read(handle: Any, start: int, entry: dict[str, Any]) -> torch.Tensor:
     handle.seek(start + begin)
     buffer = torch.empty(end - begin, dtype=torch.uint8)
     if end > begin:
-        handle.readinto(memoryview(buffer.numpy()))
+        values: Any = buffer.numpy()
+        handle.readinto(values)
     dtype = getattr(torch, DTYPE_NAMES[entry["dtype"]])
     return buffer.view(dtype).reshape(entry["shape"])
 

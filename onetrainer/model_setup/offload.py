@@ -206,7 +206,8 @@ class BlockOffloader:
             torch.cuda.current_stream(self.device).wait_event(unit.ready)
         copies, unit.copies, unit.ready = unit.copies or [], None, None
         for entry, copy in zip(unit.entries, copies, strict=True):
-            entry.owner._parameters[entry.key] = self._onload.apply(entry.master, copy) if entry.trained else copy
+            onloaded: Any = self._onload.apply(entry.master, copy) if entry.trained else copy
+            entry.owner._parameters[entry.key] = onloaded  # a tensor in a parameter's place, for this block's run
         self._installed.add(unit.index)
         following = self._following(unit.index)
         if following is not None and following.copies is None:

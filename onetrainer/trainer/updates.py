@@ -120,13 +120,16 @@ class TensorUpdater:
         import torch
 
         target = self.masters.get(param, param)
+        grad = param.grad
+        if grad is None:
+            return
         if target is not param:
-            target.grad = param.grad.to(target.device, target.dtype)
+            target.grad = grad = grad.to(target.device, target.dtype)
             param.grad = None
         rounded = self.stochastic_rounding and target.dtype == torch.bfloat16
         if rounded:
             target.data = target.data.float()
-            target.grad = target.grad.float()
+            target.grad = grad.float()
         self._step_one(target)
         if rounded:
             target.data = stochastic_round_to_bf16(target.data, self._generator(param, target.device))
