@@ -129,3 +129,13 @@ def test_activation_offload_gives_the_same_training() -> None:
 def test_more_blocks_than_the_denoiser_has_is_an_error() -> None:
     with pytest.raises(UserError, match="asks for 2000 blocks, but the UNet has 12"):
         _setup("sd15", "sd15", "lora", parts={"unet": {"offload_blocks": 2000}})
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int8"])
+def test_quantised_blocks_offload_too(dtype: str) -> None:
+    quantised = {"unet": {"weight_dtype": dtype}}
+    resident = _setup("sd15", "sd15", "lora", parts=quantised)
+    offloaded = _setup("sd15", "sd15", "lora", parts={"unet": {**quantised["unet"], "offload_blocks": 1.0}})
+    assert _train(offloaded) == pytest.approx(_train(resident), rel=1e-5, abs=1e-6)
+    masters = offloaded.offloaders["unet"].masters(0)
+    assert any(type(master).__name__ != "Parameter" for master in masters), "quantised weights wait in CPU memory"
