@@ -138,3 +138,25 @@ def test_a_bf16_full_fine_tune_with_offloading_resumes_bit_exactly(tmp_path: Pat
     unet = [key for key in ours if key.startswith("model.diffusion_model.")]
     assert unet
     assert all(torch.equal(ours[key], reference[key]) for key in ours)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_may_turn_the_memory_levers_on(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    constant = ["training.lr_scheduler=constant", "training.warmup=0"]
+    first = _invoke(
+        _args(tmp_path, shapes_dataset_dir, *constant, "training.max_steps=2", "saving.backup_every=2 steps")
+    )
+    assert first.exit_code == 0, first.output
+    levers = [
+        "training.gradient_checkpointing=true",
+        "parts.unet.offload_blocks=0.5",
+        "training.activation_offload=true",
+        "training.optimizer_offload=true",
+        "training.fused_backward=true",
+        "training.max_grad_norm=null",
+    ]
+    resumed = _invoke(
+        [*_args(tmp_path, shapes_dataset_dir, *constant, "training.max_steps=3", *levers), "--resume", "last"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert (tmp_path / "out" / "lora.safetensors").is_file()

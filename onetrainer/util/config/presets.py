@@ -3,7 +3,7 @@
 Presets live in `presets/` at the repository root; the wheel carries the same files inside the
 package as `onetrainer/presets/`, so both an editable and a regular install find them.
 
-A *memory preset* states the GPU it is made for: its name ends in `-<N>gb` (`sdxl-lora-8gb`) and its
+A *memory preset* states the GPU it is made for: its name ends in `-<N>gb` (`<family>-lora-8gb`) and its
 description says "on an N GB GPU". Its settings are chosen so that `train --dry-run`'s estimate of the
 peak memory stays within N GiB (a test holds every memory preset to that).
 """
