@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -134,12 +134,20 @@ def _dry_run(config: TrainConfig, *, json_lines: bool) -> None:
     from onetrainer.trainer.components import data_report
     from onetrainer.ui.console import stdout
     from onetrainer.ui.tables import memory_table
+    from onetrainer.util.errors import UserError
 
     report = data_report(config, progress=lambda event: None)
-    memory = estimate_memory(config)
+    try:
+        memory: Any = estimate_memory(config)
+    except UserError as error:  # the data report stands on its own; say why memory is not estimated
+        memory = error
     if json_lines:
-        sys.stdout.write(json.dumps({"event": "report", **report.to_dict(), "memory": memory.to_dict()}) + "\n")
+        estimate = {"error": memory.message} if isinstance(memory, UserError) else memory.to_dict()
+        sys.stdout.write(json.dumps({"event": "report", **report.to_dict(), "memory": estimate}) + "\n")
     else:
         stdout.print(report)
-        stdout.print(memory_table(memory))
+        if isinstance(memory, UserError):
+            stdout.print(f"[yellow]Peak GPU memory not estimated:[/] {memory.message}", markup=True)
+        else:
+            stdout.print(memory_table(memory))
     report.require_trainable()

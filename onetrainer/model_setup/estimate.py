@@ -109,7 +109,7 @@ def estimate_memory(config: TrainConfig) -> MemoryEstimate:
         if name not in resident:
             estimate.notes.append(f"{name}: fills the cache, then waits in CPU memory")
             continue
-        offloaded[name] = _offloaded(module, spec, policy[name], config, full_trained=name in full)
+        offloaded[name] = _offloaded(module, spec, policy[name], full_trained=name in full)
         kept = [param for param in module.parameters() if id(param) not in offloaded[name] and id(param) not in trained]
         weights = sum(_weight_bytes(module, param, policy[name]) for param in kept)
         if not kept and not offloaded[name]:
@@ -118,7 +118,7 @@ def estimate_memory(config: TrainConfig) -> MemoryEstimate:
         if offloaded[name]:
             moving = [p for p in module.parameters() if id(p) in offloaded[name] and id(p) not in trained]
             away = sum(_weight_bytes(module, param, policy[name]) for param in moving)
-            in_flight = _largest_blocks(module, spec, policy[name], config, offloaded[name])
+            in_flight = _largest_blocks(module, spec, policy[name], offloaded[name])
             estimate.cpu.append(MemoryLine("weights", f"{name} offloaded blocks", away))
             weights += in_flight
             label += ", two offloaded blocks in flight"
@@ -220,9 +220,7 @@ def _is_linear_weight(module: torch.nn.Module, param: Any) -> bool:
     return id(param) in linears
 
 
-def _offloaded(
-    module: torch.nn.Module, spec: FamilySpec, placement: Placement, config: TrainConfig, *, full_trained: bool
-) -> set[int]:
+def _offloaded(module: torch.nn.Module, spec: FamilySpec, placement: Placement, *, full_trained: bool) -> set[int]:
     """ids of the weights layer offloading keeps in CPU memory (as `model_setup.offload` chooses them)."""
     if not placement.offload_blocks:
         return set()
@@ -232,9 +230,7 @@ def _offloaded(
     return {id(param) for _, block in blocks for param in block.parameters() if full_trained or not param.requires_grad}
 
 
-def _largest_blocks(
-    module: torch.nn.Module, spec: FamilySpec, placement: Placement, config: TrainConfig, offloaded: set[int]
-) -> int:
+def _largest_blocks(module: torch.nn.Module, spec: FamilySpec, placement: Placement, offloaded: set[int]) -> int:
     from onetrainer.model_setup.offload import offload_blocks
 
     sizes = sorted(

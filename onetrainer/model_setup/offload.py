@@ -124,7 +124,6 @@ class BlockOffloader:
     _last: int | None = None
     _installed: set[int] = field(default_factory=set)
     _stream: Any = None
-    _handles: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         import torch
@@ -142,12 +141,12 @@ class BlockOffloader:
                         continue
                     offloaded.add(id(param))
                     if pin:
-                        _pin(owner, key, param)
+                        _pin(param)
                     entries.append(_Entry(owner, key, owner._parameters[key], param.requires_grad))  # type: ignore[arg-type]
             unit = _Block(index, path, entries)
             self._units.append(unit)
-            self._handles.append(block.register_forward_pre_hook(partial(self._before, unit)))
-            self._handles.append(block.register_forward_hook(partial(self._after, unit)))
+            block.register_forward_pre_hook(partial(self._before, unit))
+            block.register_forward_hook(partial(self._after, unit))
         self._place_resident(offloaded)
 
     def _place_resident(self, offloaded: set[int]) -> None:
@@ -184,12 +183,6 @@ class BlockOffloader:
         """Put the masters back wherever copies are still in place (a recomputation stopped early)."""
         for index in list(self._installed):
             self._restore(self._units[index])
-
-    def remove(self) -> None:
-        """Take the hooks off (the masters stay in CPU memory)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
     # ----------------------------------------------------------------------------------- hooks
     def _before(self, unit: _Block, _: torch.nn.Module, args: Any) -> None:
@@ -261,7 +254,7 @@ def _copy(master: torch.Tensor, device: torch.device, *, non_blocking: bool) -> 
     return torch.nn.Parameter(copied, requires_grad=False)
 
 
-def _pin(owner: torch.nn.Module, key: str, param: torch.nn.Parameter) -> None:
+def _pin(param: torch.nn.Parameter) -> None:
     """Pin a plain master in place (the optimizer may hold it); quantised masters stay pageable."""
     import torch
 

@@ -94,10 +94,10 @@ class FusedStep:
     updater: TensorUpdater
     _squares: torch.Tensor | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
-    _handles: list[Any] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self._handles = [param.register_post_accumulate_grad_hook(self._ready) for param in self.trained]
+        for param in self.trained:
+            param.register_post_accumulate_grad_hook(self._ready)
 
     def _ready(self, param: torch.nn.Parameter) -> None:
         import torch
@@ -130,12 +130,6 @@ class FusedStep:
         self.scheduler.step()
         self._squares, self._stopped = None, False
         return learning_rates
-
-    def close(self) -> None:
-        """Take the hooks off the trained tensors."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def build_step(
