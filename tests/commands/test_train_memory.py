@@ -160,3 +160,22 @@ def test_a_resumed_run_may_turn_the_memory_levers_on(tmp_path: Path, shapes_data
     )
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "out" / "lora.safetensors").is_file()
+
+
+def test_a_dry_run_whose_memory_cannot_be_estimated_still_reports_the_data(
+    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onetrainer.model_setup import estimate
+    from onetrainer.util.errors import UserError
+
+    def refuse(config: object) -> None:
+        raise UserError("no architecture is shipped for this family's single files")
+
+    monkeypatch.setattr(estimate, "estimate_memory", refuse)
+    result = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["steps_per_epoch"] == 4
+    assert report["memory"] == {"error": "no architecture is shipped for this family's single files"}
+    text = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run"])
+    assert "Peak GPU memory not estimated" in text.output
