@@ -2,13 +2,15 @@
 
 Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, and the
 FLUX.1-dev transformer (12 B, built in bf16) at 1024 and 512 px with LoRA, gradient checkpointing on
-and off, in bf16: steps per second and peak VRAM (`torch.cuda.max_memory_allocated`), ours against a
+and off, in bf16, and each family's memory presets (`benchmarks.gpu.memory`): steps per second and
+peak VRAM while training (`torch.cuda.max_memory_allocated` after the model is built), ours against a
 bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
 every case, so a run cut short still leaves what it measured. Cases run in order of interest until
 `--budget` seconds have passed; the rest are listed as skipped.
 
-`--dry-run` runs each family, method and checkpointing setting once on the CPU, with the tiny kit's
-UNets at 64 px and one step each: it proves the script works, and measures nothing worth keeping.
+`--dry-run` runs each family, method and checkpointing setting, and each memory preset, once on the CPU,
+with the tiny kit's UNets at 64 px and one step each: it proves the script works, and measures nothing
+worth keeping.
 `--cpu-real-size` does the same with the real-size UNets: where no GPU is lent, it proves the real
 architectures run through both sides (minutes and about 16 GiB of memory; SDXL's full fine-tune, whose
 AdamW states alone need about 40 GiB, is skipped).
@@ -23,30 +25,40 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu.memory import memory_presets, preset_settings
 from benchmarks.gpu.steps import SIDES, Case, Step, Unavailable
 
 FAMILIES = ("SD1.5", "SDXL", "FLUX.1-dev")
 LORA_ONLY = ("FLUX.1-dev",)
-"""Families measured with LoRA alone (a full FLUX.1 fine-tune needs ~190 GB: fp32 weights, gradients, AdamW)."""
+"""Families measured with LoRA alone (a full FLUX.1 fine-tune needs ~190 GB: fp32 weights, gradients, AdamW);
+their full fine-tunes run as memory presets only."""
+
+
+def _plain(sizes: tuple[tuple[str, int], ...]) -> list[Case]:
+    return [
+        Case(family, resolution, method, checkpointing)
+        for family, resolution in sizes
+        for method in ("lora", "full")
+        for checkpointing in ((True, False) if family in LORA_ONLY else (False, True))
+        if method == "lora" or family not in LORA_ONLY
+    ]
+
+
 CASES = [
-    Case(family, resolution, method, checkpointing)
-    for family, resolution in (
-        ("SD1.5", 512),
-        ("SDXL", 1024),
-        ("FLUX.1-dev", 1024),
-        ("FLUX.1-dev", 512),
-        ("SD1.5", 1024),
-        ("SDXL", 512),
-    )
-    for method in ("lora", "full")
-    for checkpointing in ((True, False) if family in LORA_ONLY else (False, True))
-    if method == "lora" or family not in LORA_ONLY
+    *_plain((("SD1.5", 512), ("SDXL", 1024), ("FLUX.1-dev", 1024))),
+    *(
+        Case(family=family, preset=preset, **preset_settings(preset))
+        for family in FAMILIES
+        for preset in memory_presets(family)
+    ),
+    *_plain((("FLUX.1-dev", 512), ("SD1.5", 1024), ("SDXL", 512))),
 ]
-"""Each family at its native size first, so a run cut short by the budget has the cases users train
-(FLUX.1 with checkpointing first: how it is trained)."""
+"""Each family at its native size first (FLUX.1 with checkpointing first: how it is trained), then its
+memory presets, so a run cut short by the budget has the cases users train."""
 DEFAULT_BUDGET_S = 420.0
 """On CUDA no case starts after this many seconds, so a run on one H200 ends within eight minutes."""
 CPU_MEMORY = "SDXL full fine-tuning needs about 40 GiB for AdamW states alone: not on a CPU run"
@@ -81,6 +93,7 @@ def measure(side: str, case: Case, family: Any, device: Any, *, steps: int, warm
     step: Step | None = None
     try:
         step, trainable = SIDES[side](family, case, device)
+        _release(cuda)  # the peak of training, not of building the model
         losses = [step() for _ in range(warmup)]
         _synchronize(cuda)
         start = time.perf_counter()
@@ -133,16 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity_error()  # casting a UNet to bf16 warns each time, as diffusers' own LoRA example does
     if args.dry_run or args.cpu_real_size:
         device, steps, warmup = "cpu", 1, 0
-        cases = [Case(c.family, 64, c.method, c.checkpointing, c.batch) for c in CASES if c.resolution == 512]
+        cases = [replace(c, resolution=64) for c in CASES if c.resolution == 512 and c.preset is None]
         cases.sort(key=lambda case: (FAMILIES.index(case.family), case.method != "lora", case.checkpointing))
+        cases += [replace(c, resolution=64) for c in CASES if c.preset is not None]
         if args.dry_run:
             torch.set_num_threads(1)  # two threads on a busy two-core machine spin and run ten times slower
             families = {name: architectures.tiny(name) for name in FAMILIES}
         else:
             families = {name: architectures.real(name) for name in FAMILIES}
-            skipped[Case("SDXL", 64, "full", False)] = skipped[Case("SDXL", 64, "full", True)] = CPU_MEMORY
-            for checkpointing in (False, True):
-                skipped[Case("FLUX.1-dev", 64, "lora", checkpointing)] = FLUX_CPU_MEMORY
+            skipped.update({case: CPU_MEMORY for case in cases if case.family == "SDXL" and case.method == "full"})
+            skipped.update({case: FLUX_CPU_MEMORY for case in cases if case.family == "FLUX.1-dev"})
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --dry-run to check the script on a CPU", file=sys.stderr)

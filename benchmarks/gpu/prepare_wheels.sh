@@ -3,7 +3,8 @@
 #   benchmarks/gpu/prepare_wheels.sh [PYTHON_VERSION]    (default 3.12, the GPU image's Python)
 # The packages at the versions this checkout is tested with (torch excepted: the machine's own CUDA
 # build is used): pure-Python ones, plus compiled ones whose wheels must match the GPU machine's Python
-# and platform. run.sh installs each one whose distribution is missing there or at another version.
+# and platform, torchao and bitsandbytes among them (the memory presets' quantised weights and 8-bit
+# optimizer). run.sh installs each one whose distribution is missing there or at another version.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,6 +14,7 @@ PIP=(python3 -m pip download --quiet --no-deps --dest .whl)
     diffusers==0.42.1 transformers==5.24.0 peft==0.21.2 huggingface-hub==2.4.0 accelerate==1.15.0 \
     pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5 importlib-metadata
 "${PIP[@]}" --only-binary=:all: --python-version "$PY" --implementation cp \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    pydantic-core==2.50.5 tokenizers==0.23.3 safetensors==0.8.0
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_28_x86_64 pydantic-core==2.50.5 tokenizers==0.23.3 safetensors==0.8.0 torchao==0.18.0 \
+    bitsandbytes==0.50.2
 ls -la .whl

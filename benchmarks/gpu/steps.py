@@ -43,11 +43,14 @@ class Case:
     """"lora" or "full"."""
     checkpointing: bool
     batch: int = 1
+    preset: str | None = None
+    """A memory preset whose settings ours trains with (`benchmarks.gpu.memory`); None: plain bf16."""
 
     def label(self) -> str:
         method = "LoRA" if self.method == "lora" else "full"
         checkpointing = "GC on" if self.checkpointing else "GC off"
-        return f"{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
+        preset = f"preset {self.preset}: " if self.preset else ""
+        return f"{preset}{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
 
 
 Step = Callable[[], float]
@@ -214,6 +217,10 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
 
     if family.model_type not in supported(ModuleKind.SETUP):
         raise Unavailable(f"onetrainer has no {family.name} training setup yet")
+    if case.preset is not None:
+        from benchmarks.gpu.memory import preset_step
+
+        return preset_step(family, case, device)
     if family.is_flux and case.method != "lora":
         raise Unavailable("FLUX.1 is benchmarked with LoRA only")
     config = TrainConfig.model_validate(
@@ -230,7 +237,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             },
         }
     )
-    setup = lookup(ModuleKind.SETUP, family.model_type)(_model(family, device), config)
+    setup = lookup(ModuleKind.SETUP, family.model_type)(onetrainer_model(family, device), config)
     target = torch.device(device)
     setup.prepare(target, torch.bfloat16)
     groups = resolve_parameter_groups(setup.parameter_groups(), config.training)
@@ -255,7 +262,7 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     return step, sum(parameter.numel() for parameter in trained)
 
 
-def _model(family: Family, device: Any) -> Any:
+def onetrainer_model(family: Family, device: Any) -> Any:
     """The real-size denoiser beside the tiny kit's VAE and text encoders, which a cached batch never runs."""
     from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.family import tiny_model

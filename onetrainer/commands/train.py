@@ -52,7 +52,11 @@ def train(
     check: Annotated[bool, typer.Option("--check", help="Validate and print the resolved config, then exit.")] = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Report what the data would train on (concepts, buckets, steps), then exit."),
+        typer.Option(
+            "--dry-run",
+            help="Report what the data would train on (concepts, buckets, steps) and the estimated peak GPU memory, "
+            "then exit.",
+        ),
     ] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the data cache, then exit.")] = False,
     json_lines: Annotated[
@@ -201,12 +205,24 @@ def _check_launch(config: TrainConfig, gpus: int, resume: str | None) -> None:
 
 
 def _dry_run(config: TrainConfig, *, json_lines: bool, world_size: int) -> None:
+    from onetrainer.model_setup.estimate import estimate_memory
     from onetrainer.trainer.components import data_report
     from onetrainer.ui.console import stdout
+    from onetrainer.ui.tables import memory_table
+    from onetrainer.util.errors import UserError
 
     report = data_report(config, progress=lambda event: None, world_size=world_size)
+    try:
+        memory: Any = estimate_memory(config)
+    except UserError as error:  # the data report stands on its own; say why memory is not estimated
+        memory = error
     if json_lines:
-        sys.stdout.write(json.dumps({"event": "report", **report.to_dict()}) + "\n")
+        estimate = {"error": memory.message} if isinstance(memory, UserError) else memory.to_dict()
+        sys.stdout.write(json.dumps({"event": "report", **report.to_dict(), "memory": estimate}) + "\n")
     else:
         stdout.print(report)
+        if isinstance(memory, UserError):
+            stdout.print(f"[yellow]Peak GPU memory not estimated:[/] {memory.message}", markup=True)
+        else:
+            stdout.print(memory_table(memory))
     report.require_trainable()

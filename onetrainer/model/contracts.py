@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from onetrainer.data_loader.encoders import ImageEncoder
     from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.model.quantised import QuantisedStorage
     from onetrainer.util.config.model import ModelConfig
     from onetrainer.util.config.output import SaveDtype, SaveFormat
     from onetrainer.util.config.schema import TrainConfig
@@ -29,8 +30,16 @@ Progress = Callable[[int, int], None]
 
 
 class ModelLoader(Protocol):
-    def load(self, model_config: ModelConfig, *, device: str = "cpu") -> DiffusionModel:
-        """The base model `model_config` names (folder, hub id, single file or tiny model), on `device`."""
+    def load(
+        self,
+        model_config: ModelConfig,
+        *,
+        device: str = "cpu",
+        quantise: Mapping[str, QuantisedStorage] | None = None,
+    ) -> DiffusionModel:
+        """The base model `model_config` names (folder, hub id, single file or tiny model), on `device`; the
+        components named in `quantise` with their linear layers in that storage, quantised while reading
+        where the source allows it (see `model.quantised`)."""
         ...
 
 

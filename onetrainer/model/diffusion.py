@@ -123,12 +123,13 @@ class DiffusionModel:
 
     @property
     def denoiser_dtype(self) -> torch.dtype:
-        """The dtype denoiser inputs take: its first weight's (the frozen base's, under LoRA).
+        """The dtype denoiser inputs take: its first floating-point weight's (the frozen base's, under LoRA;
+        a 4-bit quantised weight is stored as bytes and says nothing about it).
 
         diffusers' own `.dtype` walks every submodule looking for casting hooks, which costs
         milliseconds per call: too much for a per-step cast in training and sampling.
         """
-        dtype: torch.dtype = next(self.denoiser.parameters()).dtype
+        dtype: torch.dtype = next(param.dtype for param in self.denoiser.parameters() if param.is_floating_point())
         return dtype
 
     def text_encoder_names(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
+from onetrainer.model.blocks import UNET_BLOCKS
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -37,7 +38,13 @@ REFINER_ADM_WIDTH = 2560
 
 COMPONENTS = (
     Component(
-        "unet", Role.DENOISER, "UNet", trains_by_default=True, kohya_prefix="lora_unet_", lora_presets=UNET_PRESETS
+        "unet",
+        Role.DENOISER,
+        "UNet",
+        trains_by_default=True,
+        kohya_prefix="lora_unet_",
+        lora_presets=UNET_PRESETS,
+        blocks=UNET_BLOCKS,
     ),
     Component(
         "text_encoder",

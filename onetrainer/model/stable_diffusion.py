@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
+from onetrainer.model.blocks import UNET_BLOCKS
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -40,7 +41,13 @@ transformers CLIP paths with `text_model_` kept, for 2.x too (A1111 fuses q/k/v 
 def _components(text_encoder_title: str) -> tuple[Component, ...]:
     return (
         Component(
-            "unet", Role.DENOISER, "UNet", trains_by_default=True, kohya_prefix="lora_unet_", lora_presets=UNET_PRESETS
+            "unet",
+            Role.DENOISER,
+            "UNet",
+            trains_by_default=True,
+            kohya_prefix="lora_unet_",
+            lora_presets=UNET_PRESETS,
+            blocks=UNET_BLOCKS,
         ),
         Component(
             "text_encoder",

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model.quantised import QuantisedStorage, module_storage, quantise_module
 from onetrainer.model_loader.architecture import pipeline_settings
 from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
+from onetrainer.model_loader.streaming import load_quantised
 from onetrainer.model_loader.tokenizers import tokenizer_mismatch
 from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.config.types import TINY_PREFIX
@@ -61,7 +63,16 @@ class DiffusersLoader:
     def __init__(self, read_single_file: SingleFileReader | None = None) -> None:
         self.read_single_file = read_single_file
 
-    def load(self, model_config: ModelConfig, *, device: str = "cpu") -> DiffusionModel:
+    def load(
+        self,
+        model_config: ModelConfig,
+        *,
+        device: str = "cpu",
+        quantise: Mapping[str, QuantisedStorage] | None = None,
+    ) -> DiffusionModel:
+        """The base model; components named in `quantise` come with their linear layers quantised, streamed
+        from diffusers folders and hub repos (`streaming`), quantised layer by layer after loading otherwise."""
+        quantise = dict(quantise or {})
         if model_config.base is None:
             raise UserError(
                 "model.base is not set",
@@ -77,13 +88,13 @@ class DiffusersLoader:
             parts = _from_tiny(source, spec)
         elif kind == HUB:
             check_family(hub_detection(source), spec)
-            parts = from_pretrained(source, source, spec, dtype, hub=True)
+            parts = from_pretrained(source, source, spec, dtype, hub=True, quantise=quantise)
         else:
             path = Path(source).expanduser()
             detection = detect_path(path)
             check_family(detection, spec)
             if path.is_dir():
-                parts = from_pretrained(str(path), source, spec, dtype, hub=False)
+                parts = from_pretrained(str(path), source, spec, dtype, hub=False, quantise=quantise)
             elif self.read_single_file is None:
                 raise UserError(f"{spec.title} models cannot be loaded from a single file yet", where="model.base")
             else:
@@ -101,6 +112,10 @@ class DiffusersLoader:
 
             vae = spec.vae.name
             parts.components[vae] = load_vae(str(model_config.vae), dict(parts.components[vae].config), dtype)
+        for name, storage in quantise.items():
+            module = parts.components.get(name)
+            if module is not None and module_storage(module) is None:
+                quantise_module(module, storage.format, storage.compute_dtype)
         prediction = parts.prediction_type if wanted is PredictionType.AUTO else wanted.value
         model = assemble(spec, parts, source, prediction, device, dtype)
         model.options = dict(model_config.options)
@@ -275,8 +290,11 @@ def from_pretrained(
     *,
     hub: bool,
     only: tuple[str, ...] | None = None,
+    quantise: Mapping[str, QuantisedStorage] | None = None,
 ) -> LoadedParts:
-    """The family's components of a diffusers folder or hub repo (those in `only`, if given), in `dtype`."""
+    """The family's components of a diffusers folder or hub repo (those in `only`, if given), in `dtype`
+    (those in `quantise` streamed and quantised where their files allow it)."""
+    quantise = quantise or {}
     with hub_errors(source, "base model", where="model.base", hub=hub):
         index = _read_json(_hub_file(location, "model_index.json") if hub else Path(location) / "model_index.json")
         components: dict[str, Any] = {}
@@ -290,7 +308,13 @@ def from_pretrained(
                     continue
                 raise UserError(f"{source} has no {component.name} ({component.title})", where="model.base")
             dtype_key = "torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"
-            components[component.name] = cls.from_pretrained(location, subfolder=component.name, **{dtype_key: dtype})
+            storage = quantise.get(component.name)
+            streamed = None if storage is None else load_quantised(cls, location, component.name, storage, hub=hub)
+            components[component.name] = (
+                streamed
+                if streamed is not None
+                else cls.from_pretrained(location, subfolder=component.name, **{dtype_key: dtype})
+            )
             if component.tokenizer is not None:
                 tokenizer_class = _component_class(index, component.tokenizer, source)
                 if tokenizer_class is None:
@@ -353,7 +377,8 @@ def assemble(
 
 
 def _place(module: Any, device: str, dtype: torch.dtype) -> Any:
-    """Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one."""
-    if module.dtype != dtype:
+    """Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one. A quantised component
+    keeps its compute dtype."""
+    if module_storage(module) is None and module.dtype != dtype:
         module = module.to(dtype=dtype)
     return module.to(device)

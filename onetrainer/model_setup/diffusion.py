@@ -9,6 +9,7 @@ denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,10 +18,11 @@ from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
 from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, adapters_disabled, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model.quantised import quiet_adapters
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
-from onetrainer.model_setup.placement import apply_placement, placement_policy
+from onetrainer.model_setup.placement import Placement, apply_placement, apply_storage, placement_policy
 from onetrainer.model_setup.trainables import Trainables
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.enums import TrainingMethod
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
     from onetrainer.model.contracts import Batch, Conditioner, FamilyHooks
     from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.model_setup.offload import BlockOffloader
     from onetrainer.util.config.schema import TrainConfig
 
 EMBEDDINGS_GROUP = "embeddings"
@@ -53,6 +56,8 @@ class DiffusionSetup:
         self.stopped: set[str] = set()
         self._vae_encoder: VaeImageEncoder | None = None
         self._conditioner: Conditioner | None = None
+        self.policy: dict[str, Placement] = {}
+        self.offloaders: dict[str, BlockOffloader] = {}
 
     @property
     def spec(self) -> FamilySpec:
@@ -67,7 +72,7 @@ class DiffusionSetup:
 
     # ----------------------------------------------------------------------------------- prepare
     def prepare(self, device: torch.device | str, dtype: torch.dtype) -> None:
-        """Freeze, add adapters, place components; trained tensors stay float32, frozen ones take their dtype."""
+        """Freeze, store, add adapters, place components (see `placement`): trained tensors take their dtype."""
         import torch
 
         model, config = self.model, self.config
@@ -78,6 +83,9 @@ class DiffusionSetup:
 
             model.noise_scheduler = zero_terminal_snr_scheduler(model.noise_scheduler)
         self.objective = build_objective(self.spec.objective, config, model.noise_scheduler, model.prediction_type)
+        self.device = torch.device(device)
+        self.policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
+        apply_storage(model, self.policy)
 
         if config.method is TrainingMethod.LORA:
             self._add_lora()
@@ -93,19 +101,18 @@ class DiffusionSetup:
                 hint="Set parts.<name>.train to true for a part of this model, or use method: embedding.",
             )
 
-        self.device = torch.device(device)
-        policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
         for name in model.text_encoder_names():
             if not self._backpropagates(name):
                 # Frozen text encoders serve the cache (and previews): their conditioner moves them to the
                 # device for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB).
-                policy[name] = dataclasses.replace(policy[name], device=torch.device("cpu"))
-        apply_placement(model, policy)
-        for part in self.trainables.groups:
-            for param in self.trainables.parameters(part):
-                param.data = param.data.to(self.device, torch.float32)
+                self.policy[name] = dataclasses.replace(self.policy[name], device=torch.device("cpu"))
+        self.offloaders = apply_placement(
+            model, self.policy, self.trainables.parameter_lists(), fully_trained=self._fully_trained()
+        )
         vae = self.spec.vae.name
-        self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype, part=vae)
+        self._vae_encoder = VaeImageEncoder(
+            model.components[vae], self.device, self.policy[vae].storage_dtype, part=vae
+        )
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._checkpointing(config.training.gradient_checkpointing)
         model.adapters.lora = self.lora
@@ -131,27 +138,34 @@ class DiffusionSetup:
     def _layer_skip(self) -> dict[str, int]:
         return {name: self.config.parts[name].layer_skip for name in self.model.text_encoder_names()}
 
-    def _add_lora(self) -> None:
+    def inject_lora_adapter(self) -> LoraAdapter:
+        """Add the configured LoRA (of `lora.type`) to the parts that train; the memory estimate calls it on
+        modules built on the meta device."""
         lora = self.config.lora
-        parts = self.trained_parts()
         targets = {
             name: LoraTargets(
                 preset=(self.config.parts[name].lora_targets or lora.targets).value,
                 regex=self.config.parts[name].lora_regex or lora.regex,
                 presets=self.spec.component(name).lora_presets,
             )
-            for name in parts
+            for name in self.trained_parts()
         }
-        self.lora = inject_lora(
-            self.model,
-            kind=lora.type.value,
-            rank=lora.rank,
-            alpha=lora.alpha,
-            targets=targets,
-            dropout=lora.dropout,
-            seed=self.config.training.seed,
-            dora_axis=dora_axis(self.config.saving.format),
-        )
+        with quiet_adapters():
+            return inject_lora(
+                self.model,
+                kind=lora.type.value,
+                rank=lora.rank,
+                alpha=lora.alpha,
+                targets=targets,
+                dropout=lora.dropout,
+                seed=self.config.training.seed,
+                dora_axis=dora_axis(self.config.saving.format),
+            )
+
+    def _add_lora(self) -> None:
+        lora = self.config.lora
+        parts = self.trained_parts()
+        self.lora = self.inject_lora_adapter()
         if lora.init_from is not None:
             loaded = read_lora_file(lora.init_from, self.spec, configs=self.model.component_configs())
             load_lora_state(self.model, self.lora, loaded.tensors, loaded.alphas, source=str(lora.init_from))
@@ -255,7 +269,8 @@ class DiffusionSetup:
             conditioner.load()
             conditioning = conditioner.encode_for_training(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
-        prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
+        with self._memory_context():
+            prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         target = noised.target
         prior = batch.get("is_prior")
         if prior is not None and bool(prior.any()):
@@ -274,9 +289,22 @@ class DiffusionSetup:
         with torch.no_grad(), adapters_disabled(self.model, self.lora):
             if self.text_encoder() is None:
                 conditioning = self._require_conditioner().encode_for_training(list(batch["captions"]))
-            base = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
+            with self._memory_context():
+                base = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         mask = prior.reshape(-1, *([1] * (noised.target.ndim - 1)))
         return torch.where(mask, base.float(), noised.target)
+
+    def _memory_context(self) -> contextlib.ExitStack:
+        """The denoiser's forward pass with its offloaders' context and, if asked, saved activations in CPU memory."""
+        import torch
+
+        stack = contextlib.ExitStack()
+        for offloader in self.offloaders.values():
+            stack.enter_context(offloader.forward_context())
+        if self.config.training.activation_offload and torch.is_grad_enabled():
+            pin = self.device is not None and self.device.type == "cuda"
+            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=pin))
+        return stack
 
     def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         return diffusion_loss(

@@ -28,11 +28,14 @@ def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
     """A short hash of names, shapes, dtypes and a strided sample of the values."""
     import torch
 
+    from onetrainer.model.quantised import plain_tensors
+
     digest = hashlib.sha256()
     for name, tensor in tensors:
-        sample = tensor.detach().flatten()[::_SAMPLE_STRIDE].to("cpu", torch.float32)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(sample.numpy().tobytes())
+        for part in plain_tensors(tensor):  # a quantised weight: its values and scales
+            sample = part.detach().flatten()[::_SAMPLE_STRIDE].to("cpu", torch.float32)
+            digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

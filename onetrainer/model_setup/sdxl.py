@@ -92,6 +92,23 @@ class SdxlHooks:
         ).sample
         return prediction
 
+    def example_inputs(
+        self, model: DiffusionModel, batch_size: int, height: int, width: int, device: torch.device | str
+    ) -> tuple[dict[str, torch.Tensor], Batch]:
+        """Conditioning (and batch extras) of the shapes a training step feeds `denoise`, for the memory estimate."""
+        import torch
+
+        encoders = [model.components[name].config for name in ENCODERS]
+        tokens = int(encoders[0].max_position_embeddings)
+        hidden = sum(int(config.hidden_size) for config in encoders)
+        pooled = int(model.components[POOLED_ENCODER].config.projection_dim)
+        size = torch.tensor([(height, width)] * batch_size, device=device)
+        conditioning = {
+            TEXT_KEY: torch.zeros(batch_size, tokens, hidden, device=device),
+            POOLED_KEY: torch.zeros(batch_size, pooled, device=device),
+        }
+        return conditioning, {"original_size": size, "crop_top_left": torch.zeros_like(size), "target_size": size}
+
 
 @register(ModuleKind.SETUP, "sdxl")
 def sdxl_setup(model: DiffusionModel, config: TrainConfig) -> DiffusionSetup:

@@ -51,6 +51,16 @@ class StableDiffusionHooks:
         prediction: torch.Tensor = model.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
         return prediction
 
+    def example_inputs(
+        self, model: DiffusionModel, batch_size: int, height: int, width: int, device: torch.device | str
+    ) -> tuple[dict[str, torch.Tensor], Batch]:
+        """Conditioning (and batch extras) of the shapes a training step feeds `denoise`, for the memory estimate."""
+        import torch
+
+        tokens = int(model.text_encoder.config.max_position_embeddings)
+        width_ = int(model.unet.config.cross_attention_dim)
+        return {TEXT_KEY: torch.zeros(batch_size, tokens, width_, device=device)}, {}
+
 
 @register(ModuleKind.SETUP, "sd15", "sd2")
 def stable_diffusion_setup(model: DiffusionModel, config: TrainConfig) -> DiffusionSetup:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.model_setup.placement import quantised_parts
 from onetrainer.trainer.distributed import current_world, leaders_first
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import torch_dtype
@@ -95,7 +96,7 @@ def build_parts(
     progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})
     try:
         loader: ModelLoader = lookup(ModuleKind.LOADER, model_type)()
-        model = loader.load(config.model, device="cpu")
+        model = loader.load(config.model, device="cpu", quantise=quantised_parts(config))
         make_setup: SetupFactory = lookup(ModuleKind.SETUP, model_type)
         setup = make_setup(model, config)
         setup.prepare(device, torch_dtype(config.model.dtype))

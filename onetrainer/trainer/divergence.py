@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.trainer.backup import backup_step, list_backups
+from onetrainer.util.config.parts import WeightDtype
 from onetrainer.util.config.training import Precision
 from onetrainer.util.errors import RuntimeFailure
 
@@ -83,7 +84,7 @@ def diverged(session: Session, what: str, *, before_step: int | None = None) -> 
         ]
     if training.max_grad_norm is None:
         hints.append("turn training.max_grad_norm on (e.g. 1.0)")
-    half = [name for name, part in session.config.parts.items() if part.weight_dtype is Precision.FP16]
+    half = [name for name, part in session.config.parts.items() if part.weight_dtype is WeightDtype.FP16]
     if half:
         hints.insert(0, f"fp16 weights overflow easily: set parts.{half[0]}.weight_dtype=fp32")
     if training.precision is Precision.FP16 or session.config.model.dtype is Precision.FP16:

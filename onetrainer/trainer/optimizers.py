@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 INSTALL_HINT = 'Install the optional optimizers with `pip install "onetrainer[optim]"`.'
+QUANT_HINT = 'Install the quantisation libraries with `pip install "onetrainer[quant]"`.'
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,12 @@ class _OptionalClass:
     module: str
     attribute: str
     package: str
+    hint: str = INSTALL_HINT
 
 
 _OPTIONAL: dict[Optimizer, _OptionalClass] = {
     Optimizer.ADAMW_8BIT: _OptionalClass("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    Optimizer.ADAMW_8BIT_AO: _OptionalClass("torchao.optim", "AdamW8bit", "torchao", QUANT_HINT),
     Optimizer.PRODIGY: _OptionalClass("prodigyopt", "Prodigy", "prodigyopt"),
     Optimizer.SCHEDULE_FREE_ADAMW: _OptionalClass("schedulefree", "AdamWScheduleFree", "schedulefree"),
     Optimizer.LION: _OptionalClass("lion_pytorch", "Lion", "lion-pytorch"),
@@ -45,13 +48,16 @@ def _import_optional(optimizer: Optimizer) -> type:
     import importlib
 
     spec = _OPTIONAL[optimizer]
+    from onetrainer.model.quantised import quiet_import
+
     try:
-        module = importlib.import_module(spec.module)
+        with quiet_import():
+            module = importlib.import_module(spec.module)
     except ImportError:
         raise UserError(
             f"the {optimizer.value} optimizer needs the `{spec.package}` package, which is not installed",
             where="training.optimizer",
-            hint=INSTALL_HINT,
+            hint=spec.hint,
         ) from None
     return getattr(module, spec.attribute)
 
@@ -152,7 +158,7 @@ def build_optimizer(
         raise UserError(
             "AdamW 8-bit (bitsandbytes) needs a CUDA GPU; this run trains on the CPU",
             where="training.optimizer",
-            hint="Use `training.optimizer=adamw` on the CPU.",
+            hint="Use `training.optimizer=adamw8bit_ao` (torchao's 8-bit AdamW, which runs anywhere) or adamw.",
         )
     cls = _optimizer_class(config.optimizer)
     kwargs = _keyword_arguments(config, warmup_steps)
@@ -161,13 +167,19 @@ def build_optimizer(
         {name: tuple(value) if isinstance(value, list) else value for name, value in config.optimizer_args.items()}
     )
     if config.optimizer is Optimizer.ADAMW and "fused" not in kwargs and "foreach" not in kwargs:
-        kwargs["fused"] = device.type == "cuda" or None
+        on_gpu = all(param.is_cuda for group in groups for param in group["params"])
+        kwargs["fused"] = (device.type == "cuda" and on_gpu) or None
     try:
-        return cls(groups, **kwargs)
+        optimizer: torch.optim.Optimizer = cls(groups, **kwargs)
     except (TypeError, ValueError) as error:
         raise UserError(
             f"the {config.optimizer.value} optimizer rejected its settings: {error}", where="training"
         ) from None
+    if config.stochastic_rounding:
+        from onetrainer.trainer.updates import keep_state_dtypes
+
+        keep_state_dtypes(optimizer)
+    return optimizer
 
 
 def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, train: bool) -> None:

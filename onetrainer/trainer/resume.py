@@ -43,6 +43,8 @@ HARMLESS_KEYS: tuple[str, ...] = (
     "training.ema.for_samples",
     "training.ema.for_saves",
     "data.workers",
+    "parts.*.offload_blocks",
+    "training.activation_offload",
 )
 """Dotted keys (and everything below them) that may differ between a backup and the resuming config."""
 
@@ -60,6 +62,9 @@ RETUNABLE_KEYS: tuple[str, ...] = (
     "training.precision",
     "parts.*.weight_dtype",
     "training.gradient_checkpointing",
+    "training.fused_backward",
+    "training.stochastic_rounding",
+    "training.optimizer_offload",
 )
 """Optimisation settings that may change on resume; the resumed run uses the new values (`*`: any part)."""
 

@@ -26,8 +26,9 @@ from onetrainer.trainer.resume import check_resume_compatible, optimizer_setting
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.state import Counters, RunState
-from onetrainer.trainer.step import PlainStep, clip_gradients
+from onetrainer.trainer.step import build_step, clip_gradients
 from onetrainer.trainer.tensorboard import TensorBoardLog
+from onetrainer.trainer.updates import offload_to_cpu
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.training import EmaDevice
@@ -150,7 +151,9 @@ def start_session(
     trained = [param for group in groups for param in group["params"]]
     broadcast_parameters(world, trained)
     warmup_steps = resolve_warmup_steps(training.warmup, total_steps)
-    optimizer = build_optimizer(groups, training, device, warmup_steps=warmup_steps)
+    optimizer_groups, masters = offload_to_cpu(groups, device) if training.optimizer_offload else (groups, None)
+    optimizer_device = torch.device("cpu") if masters is not None else device
+    optimizer = build_optimizer(optimizer_groups, training, optimizer_device, warmup_steps=warmup_steps)
     scheduler = build_lr_scheduler(optimizer, training, total_steps)
     ema = None
     if training.ema.enabled:
@@ -202,12 +205,13 @@ def start_session(
         metrics=metrics,
         progress=progress,
         trained=trained,
-        step=PlainStep(
+        step=build_step(
+            training,
             run.optimizer,
             run.scheduler,
             run.precision,
             trained,
-            training.max_grad_norm,
+            masters=masters,
             average=functools.partial(average_gradients, world) if world.distributed else None,
             clip=_sharded_clip(world) if sharded else clip_gradients,
         ),

@@ -3,9 +3,21 @@
 The loop stays the same whatever the strategy: per batch `backward(loss)`, then once per optimizer
 step `measure()` (the gradient norm, clipped when `max_grad_norm` is set; the loop stops before the
 update if it is not finite) and `apply()` (the optimizer and schedule step). A strategy owns the
-parts of that sequence that memory or speed features change: a fused backward pass steps each
-parameter as its gradient is ready and keeps no full set of gradients, so it would measure and apply
-inside `backward` instead.
+parts of that sequence that memory or speed features change:
+
+- `PlainStep` accumulates gradients over the micro-batches, clips them and steps the optimizer once;
+  with a `TensorUpdater` (stochastic rounding, optimizer states in CPU memory) the step goes one
+  tensor at a time.
+- `FusedStep` updates each tensor inside `backward`, as soon as its gradient is ready
+  (`register_post_accumulate_grad_hook`), and frees that gradient at once, so no full set of
+  gradients is ever held. `measure` reports the norm summed up along the way; `apply` only moves the
+  schedule. Its limits are checked in the config (`util.config.memory`): no gradient accumulation,
+  no clipping by the total norm, no fp16 loss scaling; and since the update cannot wait for the
+  finite check, each tensor is checked before its own update: the first non-finite gradient stops
+  every update after it, and the loop then stops the run as for any non-finite gradient (tensors
+  whose gradients came earlier were already updated; nothing is saved from them). It cannot run on
+  several ranks: their gradients are averaged once all of them are ready, after these hooks would
+  have updated the weights (`check_fused_backward` refuses it before anything loads).
 
 With several ranks the plain strategy averages the gradients over them once per optimizer step, at
 the start of `measure` (never on accumulation micro-steps), before unscaling: an fp16 overflow on any
@@ -15,13 +27,17 @@ rank then reaches every rank, and all of them skip the step together.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from onetrainer.trainer.updates import TensorUpdater
+from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
     from onetrainer.trainer.precision import MixedPrecision
+    from onetrainer.util.config.training import TrainingConfig
 
 
 class StepStrategy(Protocol):
@@ -61,6 +77,8 @@ class PlainStep:
     """Averages the gradients over the ranks (data parallel); None in a single process."""
     clip: Callable[[Sequence[torch.nn.Parameter], float | None], torch.Tensor] = clip_gradients
     """Measures (and clips) the gradient norm; a sharded run sums it over the ranks' shards."""
+    updater: TensorUpdater | None = None
+    """Steps one tensor at a time (stochastic rounding, CPU-held optimizer states); None: `optimizer.step()`."""
 
     def backward(self, loss: torch.Tensor) -> None:
         self.precision.backward(loss)
@@ -72,8 +90,111 @@ class PlainStep:
         return self.clip(self.trained, self.max_grad_norm)
 
     def apply(self) -> list[float]:
-        self.precision.step(self.optimizer)
+        if self.updater is None:
+            self.precision.step(self.optimizer)
+        else:
+            self.updater.update_all()
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return learning_rates
+
+
+@dataclass
+class FusedStep:
+    """Update each tensor as soon as its gradient is ready (see the module docstring)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: MixedPrecision
+    trained: list[torch.nn.Parameter]
+    updater: TensorUpdater
+    _squares: torch.Tensor | None = field(default=None, init=False)
+    _stopped: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        for param in self.trained:
+            param.register_post_accumulate_grad_hook(self._ready)
+
+    def _ready(self, param: torch.nn.Parameter) -> None:
+        import torch
+
+        grad = param.grad
+        if grad is None:
+            return
+        square = grad.detach().float().pow(2).sum()
+        if self._squares is not None:
+            square = square.to(self._squares.device)
+        self._squares = square if self._squares is None else self._squares + square
+        if self._stopped or not bool(torch.isfinite(square)):
+            self._stopped = True
+            param.grad = None
+            return
+        self.updater.update(param)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.precision.backward(loss)
+
+    def measure(self) -> torch.Tensor:
+        import torch
+
+        if self._squares is None:
+            return torch.zeros(())
+        return self._squares.sqrt()
+
+    def apply(self) -> list[float]:
+        learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
+        self.scheduler.step()
+        self._squares, self._stopped = None, False
+        return learning_rates
+
+
+def check_fused_backward(training: TrainingConfig, *, distributed: bool) -> None:
+    """Refuse a fused backward pass on several ranks, before anything loads (see the module docstring)."""
+    if training.fused_backward and distributed:
+        raise UserError(
+            "training.fused_backward does not work with several GPUs: each weight would be updated by its own "
+            "rank's gradient as soon as it is ready, before the ranks' gradients are averaged",
+            where="training.fused_backward",
+            hint="Turn it off for multi-GPU runs (the other memory settings work there).",
+        )
+
+
+def build_step(
+    training: TrainingConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    precision: MixedPrecision,
+    trained: list[torch.nn.Parameter],
+    *,
+    masters: dict[torch.nn.Parameter, torch.nn.Parameter] | None = None,
+    average: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    clip: Callable[[Sequence[torch.nn.Parameter], float | None], torch.Tensor] = clip_gradients,
+) -> StepStrategy:
+    """The strategy the `training` section asks for.
+
+    `masters` are the CPU masters of `updates.offload_to_cpu`; `average` and `clip` those of a run on
+    several ranks (see `PlainStep`).
+    """
+    updater = TensorUpdater(
+        optimizer,
+        trained,
+        stochastic_rounding=training.stochastic_rounding,
+        seed=training.seed,
+        masters=masters or {},
+        step_index=lambda: int(getattr(scheduler, "last_epoch", 0)),
+    )
+    if not training.fused_backward:
+        per_tensor = training.stochastic_rounding or bool(masters)
+        return PlainStep(
+            optimizer,
+            scheduler,
+            precision,
+            trained,
+            training.max_grad_norm,
+            average=average,
+            clip=clip,
+            updater=updater if per_tensor else None,
+        )
+    check_fused_backward(training, distributed=average is not None)
+    return FusedStep(optimizer, scheduler, precision, trained, updater)

@@ -70,6 +70,9 @@ class Component:
     lora_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """LoRA target presets (`attn`, `attn-mlp`, `full`): regexes searched in "." + module path; each preset
     adds its patterns to those of the presets before it."""
+    blocks: tuple[str, ...] = ()
+    """Denoisers: regexes searched in "." + module path that find its blocks, the units gradient checkpointing
+    recomputes and layer offloading moves (`model.blocks`); empty: the entries of its top-level ModuleLists."""
 
     @property
     def trainable(self) -> bool:

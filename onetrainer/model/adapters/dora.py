@@ -94,7 +94,7 @@ def _input_dora_class() -> type:
             base_result: torch.Tensor | None = None,
             adapter_name: str = "default",
         ) -> torch.Tensor:
-            weight = base_layer.weight.to(x.dtype)
+            weight = base_weight(base_layer).to(x.dtype)
             delta = lora_delta(lora_A.weight, lora_B.weight, weight.shape).to(x.dtype)
             norm = column_norm(weight + scaling * delta.detach()).detach()
             scale = (self.input_magnitude.to(x.dtype) / norm).reshape(self.input_magnitude.shape)
@@ -114,6 +114,14 @@ def _input_dora_class() -> type:
             return base + lora_B(lora_A(x * scale)) * scaling
 
     return InputDoraLayer
+
+
+def base_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The adapted layer's weight as plain values: dequantised when it is stored quantised (fp8, int8, nf4)."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    weight: torch.Tensor = dequantize_module_weight(layer)
+    return weight
 
 
 def lora_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -139,7 +147,7 @@ def use_input_axis(module: torch.nn.Module, adapter_name: str) -> None:
             if getattr(base, "groups", 1) != 1:
                 raise UserError(f"DoRA per input column does not support grouped convolutions ({name})")
             lora_A, lora_B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
-            weight = base.weight.float()
+            weight = base_weight(base).float()
             combined = weight + layer.scaling[adapter_name] * lora_delta(lora_A.float(), lora_B.float(), weight.shape)
             magnitude = column_norm(combined).to(device=lora_A.device, dtype=lora_A.dtype)
             layer.lora_magnitude_vector[adapter_name] = layer_class(magnitude)

@@ -7,6 +7,7 @@ train in this version at all.
 
 from __future__ import annotations
 
+from onetrainer.util.config.memory import memory_problems
 from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import ConfigProblem
@@ -19,7 +20,12 @@ TRAINS = (ModuleKind.LOADER, ModuleKind.SETUP, ModuleKind.SAMPLER, ModuleKind.SA
 
 def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
     """Every problem that only shows when sections are read together; empty when there is none."""
-    return [*_trainable_problems(config), *_preview_size_problems(config), *_prior_problems(config)]
+    return [
+        *_trainable_problems(config),
+        *_preview_size_problems(config),
+        *_prior_problems(config),
+        *memory_problems(config),
+    ]
 
 
 def _prior_problems(config: TrainConfig) -> list[ConfigProblem]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.loss import LossWeighting, TimestepDistribution
-from onetrainer.util.config.parts import TEXT_ENCODER_KEYS, TRAINABLE_KEYS, PartConfig
+from onetrainer.util.config.parts import DENOISER_KEYS, TEXT_ENCODER_KEYS, TRAINABLE_KEYS, PartConfig
 from onetrainer.util.enums import PREVIEW_SCHEDULERS, SCHEDULERS_BY_OBJECTIVE, TrainingMethod
 from onetrainer.util.errors import ConfigProblem
 from onetrainer.util.family import FamilySpec, Objective, Role, default_family, family_names, find_family
@@ -42,6 +42,11 @@ WEIGHTINGS = {
     Objective.DDPM: (LossWeighting.NONE, LossWeighting.MIN_SNR_GAMMA, LossWeighting.DEBIASED),
     Objective.FLOW_MATCHING: (LossWeighting.NONE, LossWeighting.SIGMA_SQRT, LossWeighting.COSMAP),
 }
+_ROLE_KEYS = {
+    **dict.fromkeys(TEXT_ENCODER_KEYS, "text encoders take"),
+    **dict.fromkeys(DENOISER_KEYS, "the denoiser takes"),
+}
+"""Who takes a role-specific key, for the message refusing it elsewhere."""
 OBJECTIVE_NAMES = {Objective.DDPM: "DDPM (discrete timesteps)", Objective.FLOW_MATCHING: "flow matching"}
 
 
@@ -163,14 +168,16 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
             )
             continue
         role = spec.component(name).role
-        allowed = set(PartConfig.model_fields) - set(TEXT_ENCODER_KEYS)
+        allowed = set(PartConfig.model_fields) - set(TEXT_ENCODER_KEYS) - set(DENOISER_KEYS)
         if role is Role.TEXT_ENCODER:
             allowed |= set(TEXT_ENCODER_KEYS)
+        if role is Role.DENOISER:
+            allowed |= set(DENOISER_KEYS)
         if role is Role.VAE:
             allowed -= set(TRAINABLE_KEYS)
         for key in sorted(_used_keys(part) - allowed):
-            what = "text encoders" if key in TEXT_ENCODER_KEYS else "parts that can train (not the VAE)"
-            problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} take this key"))
+            what = _ROLE_KEYS.get(key, "parts that can train (not the VAE) take")
+            problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} this key"))
         if config.method is TrainingMethod.EMBEDDING and part.train:
             problems.append(
                 ConfigProblem(

@@ -10,17 +10,31 @@ family does not have.
 
 from __future__ import annotations
 
+from enum import Enum
+
 from pydantic import Field, field_validator
 
 from onetrainer.util.config.adapters import LoraTargets, check_regex
 from onetrainer.util.config.base import Section
-from onetrainer.util.config.training import Precision
 from onetrainer.util.config.types import Cadence, CadenceField, CadenceUnit
 
 TRAINABLE_KEYS = ("train", "learning_rate", "stop_after", "lora_targets", "lora_regex")
 """Keys only parts that can train accept (not the VAE)."""
 TEXT_ENCODER_KEYS = ("layer_skip",)
 """Keys only text encoders accept."""
+DENOISER_KEYS = ("offload_blocks",)
+"""Keys only the denoiser accepts."""
+
+
+class WeightDtype(str, Enum):
+    """How a part's weights are stored (the names of `onetrainer.util.dtypes.WEIGHT_DTYPES`)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    INT8 = "int8"
+    NF4 = "nf4"
 
 
 class PartConfig(Section):
@@ -32,10 +46,11 @@ class PartConfig(Section):
     learning_rate: float | None = Field(
         None, gt=0, le=10, description="This part's learning rate (default: training.learning_rate)."
     )
-    weight_dtype: Precision | None = Field(
+    weight_dtype: WeightDtype | None = Field(
         None,
-        description="Storage dtype of this part's frozen weights: fp32, fp16 or bf16 (default: model.dtype); "
-        "fully trained parts always keep fp32.",
+        description="Storage of this part's weights: fp32, bf16 or fp16, or for frozen denoisers and text encoders "
+        "the weight-only formats fp8, int8 or nf4 of their linear layers, computed in bf16 (default: model.dtype; "
+        "fully trained parts: fp32, or bf16 with training.stochastic_rounding).",
     )
     stop_after: CadenceField = Field(
         Cadence(0, CadenceUnit.NEVER),
@@ -54,12 +69,26 @@ class PartConfig(Section):
     lora_regex: str | None = Field(
         None, description="LoRA layers of this part by module-path regex (default: lora.regex)."
     )
+    offload_blocks: int | float = Field(
+        0,
+        ge=0,
+        description="Denoiser: layer offloading: how many of its blocks wait in CPU memory between uses and are "
+        "copied in ahead of use: a count (a whole number, e.g. 12) or a fraction (with a point, e.g. 0.5 or 1.0); "
+        "needs training.gradient_checkpointing.",
+    )
 
     @field_validator("stop_after")
     @classmethod
     def _steps_or_epochs(cls, value: Cadence) -> Cadence:
         if value.unit is CadenceUnit.MINUTE:
             raise ValueError("expected '<N> steps', '<N> epochs' or 'never'; minutes would make runs irreproducible")
+        return value
+
+    @field_validator("offload_blocks")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float) -> int | float:
+        if isinstance(value, float) and value > 1:
+            raise ValueError("a fraction is at most 1.0; write a count of blocks without a point (e.g. 12)")
         return value
 
     @field_validator("lora_regex")

@@ -2,10 +2,15 @@
 
 Presets live in `presets/` at the repository root; the wheel carries the same files inside the
 package as `onetrainer/presets/`, so both an editable and a regular install find them.
+
+A *memory preset* states the GPU it is made for: its name ends in `-<N>gb` (`<family>-lora-8gb`) and its
+description says "on an N GB GPU". Its settings are chosen so that `train --dry-run`'s estimate of the
+peak memory stays within N GiB (a test holds every memory preset to that).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from onetrainer.util.config.yaml_text import parse_yaml_mapping
@@ -24,6 +29,19 @@ def presets_dir() -> Path:
 
 def preset_names() -> list[str]:
     return sorted(path.stem for path in presets_dir().glob("*.yaml"))
+
+
+_BUDGET = re.compile(r"-(\d+)gb$")
+
+
+def memory_budget(name: str) -> int | None:
+    """The GPU memory (GiB) a memory preset is made for, from its name; None for other presets."""
+    match = _BUDGET.search(name)
+    return int(match.group(1)) if match else None
+
+
+def memory_presets() -> list[str]:
+    return [name for name in preset_names() if memory_budget(name) is not None]
 
 
 def preset_path(name: str) -> Path:

@@ -14,6 +14,7 @@ from onetrainer.util.config.base import Section
 class Optimizer(str, Enum):
     ADAMW = "adamw"
     ADAMW_8BIT = "adamw8bit"
+    ADAMW_8BIT_AO = "adamw8bit_ao"
     SGD = "sgd"
     ADAFACTOR = "adafactor"
     PRODIGY = "prodigy"
@@ -118,6 +119,27 @@ class TrainingConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (null: off).")
     precision: Precision = Field(Precision.FP32, description="Autocast precision for the forward pass.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the denoiser.")
+    fused_backward: bool = Field(
+        False,
+        description="Update each trained tensor as soon as its gradient is ready, so no full set of gradients is "
+        "held; needs gradient_accumulation_steps 1, max_grad_norm null, precision bf16 or fp32 and an optimizer "
+        "that updates tensors independently (adamw, adamw8bit, adamw8bit_ao, adafactor, sgd).",
+    )
+    stochastic_rounding: bool = Field(
+        False,
+        description="Compute the update of bf16 trained weights in fp32 and round it stochastically (unbiased), so "
+        "small updates are not lost; lets a full fine-tune keep weights in bf16 (parts.<name>.weight_dtype: bf16).",
+    )
+    optimizer_offload: bool = Field(
+        False,
+        description="Keep the optimizer states in CPU memory and update the weights there, one tensor at a time "
+        "(gradients are copied out, new weights back).",
+    )
+    activation_offload: bool = Field(
+        False,
+        description="Keep the activations the backward pass needs (with checkpointing: each checkpointed block's "
+        "inputs) in CPU memory until then; needs gradient_checkpointing.",
+    )
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda or cuda:N.")
     threads: ThreadSetting = Field(
         "auto",

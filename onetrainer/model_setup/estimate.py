@@ -1,0 +1,332 @@
+"""Peak GPU memory of a run's settings, estimated before anything loads (`train --dry-run`).
+
+The estimate adds up, each as a line of the report:
+
+- **Weights on the GPU**, per component and storage: parameter counts of the architecture's modules
+  built on the meta device from its configs (the folder's own for a local diffusers folder or tiny
+  model, else the family's shipped config: a hub id or a single file is not read), linear layers at
+  their quantised size (`util.dtypes.BITS_PER_WEIGHT`, row scales included), the rest in the dtype the
+  placement policy gives them. Text encoders and the VAE count only when they run during the steps
+  (they train, or `data.cache` is off); otherwise they fill the cache and wait in CPU memory.
+  Offloaded denoiser blocks count as the two largest in flight.
+- **Trained tensors, gradients, optimizer state**: adapters injected by peft into the meta modules
+  (exact counts), or the fully trained parts; gradients in the weights' dtype (with fused backward
+  only the largest tensor's); the optimizer's state per element (`state_bytes`; Adafactor's factored
+  moments and the 8-bit optimizers' small-tensor fallback by shape). Offloaded optimizer states and
+  the blocks' masters are listed as CPU memory instead.
+- **Activations** at the run's largest resolution and its batch size: measured on the meta device
+  (`activations`), with checkpointing and activation offloading as configured.
+- **Runtime overhead**: the CUDA context, library workspaces and allocator slack, a typical
+  `RUNTIME_OVERHEAD`.
+
+Not counted: the text encoders' activations while they train (77 tokens: small next to the
+denoiser's), the gradients of activations in flight during the backward pass, previews (the sampler
+runs between steps, without gradients). It is an estimate for choosing settings; the GPU benchmark
+(`benchmarks/gpu`) measures the real peaks of the shipped memory presets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.model_setup.placement import placement_policy
+from onetrainer.util.config.training import Optimizer
+from onetrainer.util.config.types import TINY_PREFIX
+from onetrainer.util.dtypes import BITS_PER_WEIGHT, ROW_SCALE_BYTES, torch_dtype
+from onetrainer.util.enums import PredictionType, TrainingMethod
+from onetrainer.util.family import FamilySpec, Role, get_family
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.model_setup.placement import Placement
+    from onetrainer.util.config.schema import TrainConfig
+
+GIB = 2**30
+RUNTIME_OVERHEAD = int(0.6 * GIB)
+"""CUDA context, cuBLAS/cuDNN workspaces and allocator slack of a typical training process."""
+SMALL_TENSOR = 4096
+"""8-bit optimizers keep tensors smaller than this in fp32 (bitsandbytes' and torchao's default)."""
+
+
+@dataclass(frozen=True)
+class MemoryLine:
+    kind: str
+    """weights, trained, gradients, optimizer, activations or overhead."""
+    what: str
+    bytes: int
+
+
+@dataclass
+class MemoryEstimate:
+    architecture: str
+    resolution: int
+    batch_size: int
+    gpu: list[MemoryLine] = field(default_factory=list)
+    cpu: list[MemoryLine] = field(default_factory=list)
+    """What waits in CPU memory instead (offloaded blocks, offloaded optimizer state, saved activations)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> int:
+        return sum(line.bytes for line in self.gpu)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peak_bytes": self.peak,
+            "peak_gib": round(self.peak / GIB, 2),
+            "architecture": self.architecture,
+            "resolution": self.resolution,
+            "batch_size": self.batch_size,
+            "gpu": [{"kind": line.kind, "what": line.what, "bytes": line.bytes} for line in self.gpu],
+            "cpu": [{"kind": line.kind, "what": line.what, "bytes": line.bytes} for line in self.cpu],
+            "notes": list(self.notes),
+        }
+
+
+def estimate_memory(config: TrainConfig) -> MemoryEstimate:
+    """The peak GPU memory training `config` needs, from shapes alone (see the module docstring)."""
+    import torch
+
+    spec = get_family(config.model.type)
+    model, architecture = meta_model(config, spec)
+    from onetrainer.util.registry import ModuleKind, lookup
+
+    setup = lookup(ModuleKind.SETUP, spec.name)(model, config)
+    resolution = _largest(config.data.resolution)
+    estimate = MemoryEstimate(architecture, resolution, config.training.batch_size)
+    full = setup.trained_parts() if config.method is TrainingMethod.FULL else []
+    policy = placement_policy(model, config, torch.device("meta"), torch_dtype(config.model.dtype), full_parts=full)
+    trained = _trained(setup, model, config, full, policy)
+    resident = _resident(config, spec, setup)
+    offloaded: dict[str, set[int]] = {}
+    for name, module in model.modules():
+        if name not in resident:
+            estimate.notes.append(f"{name}: fills the cache, then waits in CPU memory")
+            continue
+        offloaded[name] = _offloaded(module, spec, policy[name], full_trained=name in full)
+        kept = [param for param in module.parameters() if id(param) not in offloaded[name] and id(param) not in trained]
+        weights = sum(_weight_bytes(module, param, policy[name]) for param in kept)
+        if not kept and not offloaded[name]:
+            continue  # every weight trains: counted below
+        label = f"{name} weights ({policy[name].storage})"
+        if offloaded[name]:
+            moving = [p for p in module.parameters() if id(p) in offloaded[name] and id(p) not in trained]
+            away = sum(_weight_bytes(module, param, policy[name]) for param in moving)
+            in_flight = _largest_blocks(module, spec, policy[name], offloaded[name])
+            estimate.cpu.append(MemoryLine("weights", f"{name} offloaded blocks", away))
+            weights += in_flight
+            label += ", two offloaded blocks in flight"
+        estimate.gpu.append(MemoryLine("weights", label, weights))
+    _add_training_state(estimate, config, trained, offloaded)
+    _add_activations(estimate, config, setup, model, resolution)
+    estimate.gpu.append(MemoryLine("overhead", "CUDA context, workspaces, allocator slack (typical)", RUNTIME_OVERHEAD))
+    return estimate
+
+
+def _largest(resolution: int | list[int]) -> int:
+    return max(resolution) if isinstance(resolution, list) else int(resolution)
+
+
+def meta_model(config: TrainConfig, spec: FamilySpec) -> tuple[DiffusionModel, str]:
+    """The architecture's components built on the meta device, as a model (no weights, no tokenizers)."""
+    import torch
+
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.model_loader.architecture import resolve_architecture
+
+    source = config.model.config or config.model.base
+    local = source is not None and (str(source).startswith(TINY_PREFIX) or Path(str(source)).is_dir())
+    prediction = None if config.model.prediction_type is PredictionType.AUTO else config.model.prediction_type.value
+    architecture = resolve_architecture(str(source) if local else None, spec, prediction)
+    components: dict[str, Any] = {}
+    for component in spec.components:
+        if component.name not in architecture.classes:
+            continue
+        library, class_name = architecture.classes[component.name]
+        cls = getattr(importlib.import_module(library), class_name)
+        settings = architecture.configs[component.name]
+        with torch.device("meta"):
+            if library == "diffusers":
+                module = cls.from_config(settings)
+            else:
+                module = cls._from_config(cls.config_class.from_dict(settings))
+        module.requires_grad_(False)
+        components[component.name] = module
+    model = DiffusionModel(spec=spec, components=components, tokenizers={}, noise_scheduler=None, source=str(source))
+    return model, architecture.name
+
+
+def _trained(
+    setup: Any, model: DiffusionModel, config: TrainConfig, full: list[str], policy: dict[str, Placement]
+) -> dict[int, tuple[Any, int]]:
+    """id -> (trained tensor, bytes per element): the injected adapter's (fp32), or the fully trained parts'
+    weights (in their part's dtype)."""
+    import torch
+
+    trained: dict[int, tuple[Any, int]] = {}
+    if config.method is TrainingMethod.LORA and setup.trained_parts():
+        adapter = setup.inject_lora_adapter()
+        for name in adapter.components:
+            for param in adapter.parameters(model, name):
+                param.requires_grad_(True)
+                trained[id(param)] = (param, 4)
+    for name in full:
+        element = torch.empty((), dtype=policy[name].storage_dtype).element_size()
+        for param in model.components[name].parameters():
+            param.requires_grad_(True)
+            trained[id(param)] = (param, element)
+    return trained
+
+
+def _resident(config: TrainConfig, spec: FamilySpec, setup: Any) -> set[str]:
+    """Components on the GPU during the steps: the denoiser, and encoders that train or are not cached."""
+    trains = set(setup.trained_parts())
+    embedding = config.method is TrainingMethod.EMBEDDING or any(e.train for e in config.embedding.additional)
+    resident = {spec.denoiser.name}
+    for component in spec.components:
+        if component.role is Role.TEXT_ENCODER and (
+            component.name in trains or not config.data.cache or (embedding and component.embedding_key)
+        ):
+            resident.add(component.name)
+        if component.role is Role.VAE and not config.data.cache:
+            resident.add(component.name)
+    return resident
+
+
+def _weight_bytes(module: torch.nn.Module, param: Any, placement: Placement) -> int:
+    """What a weight occupies stored as the placement says (quantised if it is a linear layer's weight)."""
+    import torch
+
+    if placement.quantised is not None and param.dim() == 2 and _is_linear_weight(module, param):
+        bits = BITS_PER_WEIGHT[placement.quantised]
+        return math.ceil(param.numel() * bits / 8) + ROW_SCALE_BYTES.get(placement.quantised, 0) * param.shape[0]
+    dtype = placement.storage_dtype if param.is_floating_point() else param.dtype
+    return param.numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def _is_linear_weight(module: torch.nn.Module, param: Any) -> bool:
+    import torch
+
+    linears = getattr(module, "_linear_weights", None)
+    if linears is None:
+        linears = {id(child.weight) for child in module.modules() if type(child) is torch.nn.Linear}
+        module._linear_weights = linears  # type: ignore[assignment]
+    return id(param) in linears
+
+
+def _offloaded(module: torch.nn.Module, spec: FamilySpec, placement: Placement, *, full_trained: bool) -> set[int]:
+    """ids of the weights layer offloading keeps in CPU memory (as `model_setup.offload` chooses them)."""
+    if not placement.offload_blocks:
+        return set()
+    from onetrainer.model_setup.offload import offload_blocks
+
+    blocks = offload_blocks(module, spec.component(spec.denoiser.name), placement.offload_blocks)
+    return {id(param) for _, block in blocks for param in block.parameters() if full_trained or not param.requires_grad}
+
+
+def _largest_blocks(module: torch.nn.Module, spec: FamilySpec, placement: Placement, offloaded: set[int]) -> int:
+    from onetrainer.model_setup.offload import offload_blocks
+
+    sizes = sorted(
+        (
+            sum(_weight_bytes(module, param, placement) for param in block.parameters() if id(param) in offloaded)
+            for _, block in offload_blocks(module, spec.component(spec.denoiser.name), placement.offload_blocks)
+        ),
+        reverse=True,
+    )
+    return sum(sizes[:2])
+
+
+def state_bytes(optimizer: Optimizer, shape: tuple[int, ...], momentum: float = 0.0) -> int:
+    """Bytes of optimizer state one trained tensor of this shape carries (fp32 states)."""
+    count = math.prod(shape)
+    if optimizer is Optimizer.ADAFACTOR or optimizer is Optimizer.CAME:
+        factored = 4 * (count // shape[-1] + count // shape[-2]) if len(shape) >= 2 else 4 * count
+        return factored * (2 if optimizer is Optimizer.CAME else 1) + (4 * count if optimizer is Optimizer.CAME else 0)
+    if optimizer in (Optimizer.ADAMW_8BIT, Optimizer.ADAMW_8BIT_AO):
+        return 2 * count if count >= SMALL_TENSOR else 8 * count
+    per_element = {Optimizer.SGD: 4 if momentum else 0, Optimizer.LION: 4, Optimizer.PRODIGY: 16}
+    return per_element.get(optimizer, 8) * count
+
+
+def _add_training_state(
+    estimate: MemoryEstimate, config: TrainConfig, trained: dict[int, tuple[Any, int]], offloaded: dict[str, set[int]]
+) -> None:
+    training = config.training
+    on_cpu = set().union(*offloaded.values()) if offloaded else set()
+    gpu = [entry for key, entry in trained.items() if key not in on_cpu]
+    cpu = [entry for key, entry in trained.items() if key in on_cpu]
+
+    def size(entries: list[tuple[Any, int]]) -> int:
+        return sum(param.numel() * element for param, element in entries)
+
+    def states(entries: list[tuple[Any, int]]) -> int:
+        return sum(state_bytes(training.optimizer, tuple(param.shape), training.momentum) for param, _ in entries)
+
+    count = sum(param.numel() for param, _ in trained.values())
+    estimate.gpu.append(MemoryLine("trained", f"trained weights ({count / 1e6:.1f} M)", size(gpu)))
+    if cpu:
+        estimate.cpu.append(MemoryLine("trained", "trained weights of offloaded blocks", size(cpu)))
+    if training.fused_backward:
+        largest = max((param.numel() * element for param, element in gpu), default=0)
+        estimate.gpu.append(MemoryLine("gradients", "gradients (fused backward: one tensor at a time)", largest))
+    else:
+        estimate.gpu.append(MemoryLine("gradients", "gradients", size(gpu)))
+    label = f"optimizer state ({training.optimizer.value})"
+    if training.optimizer_offload:
+        estimate.cpu.append(MemoryLine("optimizer", label, states(gpu) + states(cpu)))
+        return
+    estimate.gpu.append(MemoryLine("optimizer", label, states(gpu)))
+    if cpu:
+        estimate.cpu.append(MemoryLine("optimizer", f"{label} of offloaded blocks", states(cpu)))
+
+
+def _add_activations(
+    estimate: MemoryEstimate, config: TrainConfig, setup: Any, model: DiffusionModel, resolution: int
+) -> None:
+    import torch
+
+    from onetrainer.model_setup.activations import measure_activations
+    from onetrainer.model_setup.placement import place
+
+    example = getattr(setup.hooks, "example_inputs", None)
+    if example is None:
+        estimate.notes.append(f"activations: {model.spec.title} has no example inputs, so they are not estimated")
+        return
+    training = config.training
+    dtype = torch.float32 if training.precision.value == "fp32" else torch_dtype(training.precision)
+    denoiser = model.denoiser
+    place(denoiser, "meta", dtype)
+    vae = model.components[model.spec.vae.name].config
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    side = resolution // factor
+    batch = training.batch_size
+    conditioning, extras = example(model, batch, resolution, resolution, "meta")
+    conditioning = {key: value.to(dtype) for key, value in conditioning.items()}
+    trains = set(setup.trained_parts())
+    embedding = config.method is TrainingMethod.EMBEDDING or any(e.train for e in config.embedding.additional)
+    if embedding or any(name in trains for name in model.text_encoder_names()):
+        for value in conditioning.values():
+            value.requires_grad_(True)
+    noisy = torch.zeros(batch, model.spec.latent_channels, side, side, device="meta", dtype=dtype)
+    timesteps = torch.zeros(batch, device="meta")
+    measured = measure_activations(
+        denoiser,
+        lambda: setup.hooks.denoise(model, noisy, timesteps, conditioning, extras),
+        checkpointing=training.gradient_checkpointing,
+    )
+    where = f"{resolution} px, batch {batch}, {'with' if training.gradient_checkpointing else 'without'} checkpointing"
+    kept = measured.saved + measured.block_inputs
+    if training.activation_offload:
+        estimate.cpu.append(MemoryLine("activations", f"saved activations ({where})", kept))
+        estimate.gpu.append(
+            MemoryLine("activations", "activations of the block being recomputed", measured.largest_block)
+        )
+    else:
+        estimate.gpu.append(MemoryLine("activations", f"activations ({where})", kept + measured.largest_block))

@@ -1,0 +1,262 @@
+"""Layer offloading: some of the denoiser's blocks wait in CPU memory and are copied in ahead of use.
+
+Why our own hooks and not diffusers' group offloading: group offloading swaps `param.data` between
+devices, which is sound for inference only. In training, autograd keeps the very tensors a forward
+pass used until the backward pass needs them, and the gradients of trained weights must reach the
+tensors the optimizer holds; a `.data` swap breaks both (the saved tensor changes device underneath
+autograd, a gradient lands on a tensor whose data moved).
+
+How it works, per offloaded block (a unit gradient checkpointing recomputes, `model.blocks`):
+
+- Between uses the block's weights are their CPU *masters* (pinned when the device is a GPU). Frozen
+  weights are always offloaded; trained ones too when the part is fully trained (the optimizer then
+  holds the masters and updates them in CPU memory), while adapter weights stay on the device.
+- A forward pre-hook puts device copies in the block's modules (`module._parameters`, as
+  `torch.func.functional_call` swaps tensors in); a trained weight's copy is the output of
+  `_Onload`, whose backward brings the gradient to the master. The forward hook puts the masters
+  back: the copies live on only where autograd saved them, until their backward.
+- With gradient checkpointing the forward pass saves nothing inside a block, and recomputing it in
+  the backward pass runs the hooks again (`forward_context` turns off torch's early stop of a
+  recomputation, which would skip the forward hook; blocks left with copies are swept anyway), so
+  at most two blocks' copies exist at a time: the one in use and the next one, copied ahead on a
+  side CUDA stream in the direction the pass travels (the order is learnt from the first pass). A
+  copy taken ahead of a trained block that the optimizer updated since (a block the backward pass
+  did not recompute) is stale and taken again. Without checkpointing autograd would keep every copy
+  until the backward pass, saving no memory, which is why the config asks for it.
+- The side stream waits for the compute stream before each copy, so memory freed by a finished
+  block is never overwritten while a kernel may still read it; the compute stream waits for a
+  copy's event before the block runs.
+
+On the CPU (tests) the copies are clones on the same device: the mechanism runs unchanged, and the
+masters can be told from the copies by their storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from onetrainer.model.blocks import find_blocks
+from onetrainer.util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from onetrainer.util.family import Component
+
+
+def offload_blocks(
+    module: torch.nn.Module, component: Component, amount: int | float
+) -> list[tuple[str, torch.nn.Module]]:
+    """The blocks to offload: the first `amount` (a count, or a fraction of them when a float)."""
+    blocks = find_blocks(module, component.blocks)
+    if not blocks:
+        raise UserError(f"the {component.title} has no blocks to offload", where=f"parts.{component.name}")
+    count = round(amount * len(blocks)) if isinstance(amount, float) else int(amount)
+    if count > len(blocks):
+        raise UserError(
+            f"parts.{component.name}.offload_blocks asks for {count} blocks, but the {component.title} has "
+            f"{len(blocks)}",
+            where=f"parts.{component.name}.offload_blocks",
+            hint=f"Use at most {len(blocks)}, or a fraction such as 0.5.",
+        )
+    return blocks[:count]
+
+
+def _onload_function() -> Any:
+    import torch
+
+    class Onload(torch.autograd.Function):
+        """The device copy of a trained master: its gradient goes back to the master's device and dtype."""
+
+        @staticmethod
+        def forward(ctx: Any, master: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+            ctx.device, ctx.dtype = master.device, master.dtype
+            return copy
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return grad.to(ctx.device, ctx.dtype), None
+
+    return Onload
+
+
+@dataclass
+class _Entry:
+    owner: torch.nn.Module
+    key: str
+    master: torch.nn.Parameter
+    trained: bool
+
+
+@dataclass
+class _Block:
+    index: int
+    path: str
+    entries: list[_Entry]
+    copies: list[torch.Tensor] | None = None
+    ready: Any = None
+    """The CUDA event after which `copies` may be read (None on the CPU or when copied in line)."""
+    copied_from: list[tuple[int, int]] = field(default_factory=list)
+    """(version, data pointer) of each trained master when `copies` were taken: an update since makes them stale."""
+
+    def stale(self) -> bool:
+        """Whether a trained master changed since the copies were taken (an optimizer step in between)."""
+        return self.copied_from != _versions(self.entries)
+
+
+@dataclass
+class BlockOffloader:
+    """Offloads `blocks` of `module` (see the module docstring); built by `placement.apply_placement`."""
+
+    module: torch.nn.Module
+    blocks: Sequence[tuple[str, torch.nn.Module]]
+    device: torch.device
+    offload_trained: bool = False
+    """Offload trained weights too (a fully trained part); otherwise they stay on the device."""
+    pin_memory: bool | None = None
+    """Pin the masters (default: when the device is a GPU)."""
+    order: list[int] = field(default_factory=list)
+    """Block indices in the order the first pass ran them."""
+    _units: list[_Block] = field(default_factory=list)
+    _last: int | None = None
+    _installed: set[int] = field(default_factory=set)
+    _stream: Any = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        cuda = self.device.type == "cuda"
+        pin = cuda if self.pin_memory is None else self.pin_memory
+        self._stream = torch.cuda.Stream(self.device) if cuda else None
+        self._onload = _onload_function()
+        offloaded: set[int] = set()
+        for index, (path, block) in enumerate(self.blocks):
+            entries = []
+            for owner in block.modules():
+                for key, param in owner._parameters.items():
+                    if param is None or id(param) in offloaded or (param.requires_grad and not self.offload_trained):
+                        continue
+                    offloaded.add(id(param))
+                    if pin:
+                        _pin(param)
+                    entries.append(_Entry(owner, key, owner._parameters[key], param.requires_grad))  # type: ignore[arg-type]
+            unit = _Block(index, path, entries)
+            self._units.append(unit)
+            block.register_forward_pre_hook(partial(self._before, unit))
+            block.register_forward_hook(partial(self._after, unit))
+        self._place_resident(offloaded)
+
+    def _place_resident(self, offloaded: set[int]) -> None:
+        """Move every tensor of the module that is not an offloaded master to the device."""
+        import torch
+
+        for owner in self.module.modules():
+            for key, param in list(owner._parameters.items()):
+                if param is None or id(param) in offloaded or param.device == self.device:
+                    continue
+                if type(param) is torch.nn.Parameter:
+                    param.data = param.data.to(self.device)
+                else:
+                    owner._parameters[key] = torch.nn.Parameter(param.to(self.device), requires_grad=False)
+            for key, buffer in list(owner._buffers.items()):
+                if buffer is not None and buffer.device != self.device:
+                    owner._buffers[key] = buffer.to(self.device)
+
+    def holds(self, param: torch.Tensor) -> bool:
+        """Whether `param` is one of the offloaded masters."""
+        return any(entry.master is param for unit in self._units for entry in unit.entries)
+
+    def masters(self, index: int) -> list[torch.nn.Parameter]:
+        """The masters of block `index` (what its modules hold between uses)."""
+        return [entry.master for entry in self._units[index].entries]
+
+    def forward_context(self) -> Any:
+        """Wrap the component's forward pass in this: checkpoint recomputations then run every block to its end."""
+        from torch.utils.checkpoint import set_checkpoint_early_stop
+
+        return set_checkpoint_early_stop(False)
+
+    def settle(self) -> None:
+        """Put the masters back wherever copies are still in place (a recomputation stopped early)."""
+        for index in list(self._installed):
+            self._restore(self._units[index])
+
+    # ----------------------------------------------------------------------------------- hooks
+    def _before(self, unit: _Block, _: torch.nn.Module, args: Any) -> None:
+        import torch
+
+        if unit.index not in self.order:
+            self.order.append(unit.index)
+        self.settle()
+        if unit.copies is not None and unit.stale():
+            unit.copies, unit.ready = None, None
+        if unit.copies is None:
+            self._copy_in(unit, ahead=False)
+        if unit.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(unit.ready)
+        copies, unit.copies, unit.ready = unit.copies or [], None, None
+        for entry, copy in zip(unit.entries, copies, strict=True):
+            onloaded: Any = self._onload.apply(entry.master, copy) if entry.trained else copy
+            entry.owner._parameters[entry.key] = onloaded  # a tensor in a parameter's place, for this block's run
+        self._installed.add(unit.index)
+        following = self._following(unit.index)
+        if following is not None and following.copies is None:
+            self._copy_in(following, ahead=True)
+        self._last = unit.index
+
+    def _after(self, unit: _Block, _: torch.nn.Module, args: Any, output: Any) -> None:
+        self._restore(unit)
+
+    def _restore(self, unit: _Block) -> None:
+        for entry in unit.entries:
+            entry.owner._parameters[entry.key] = entry.master
+        self._installed.discard(unit.index)
+
+    def _following(self, index: int) -> _Block | None:
+        """The block after `index` in the direction the pass travels (backward recomputes in reverse)."""
+        position = self.order.index(index)
+        last = self.order.index(self._last) if self._last in self.order else -1
+        step = -1 if position < last else 1
+        nearby = position + step
+        if nearby < 0 or nearby >= len(self.order):
+            return None
+        return self._units[self.order[nearby]]
+
+    def _copy_in(self, unit: _Block, *, ahead: bool) -> None:
+        import torch
+
+        unit.copied_from = _versions(unit.entries)
+        if self._stream is None or not ahead:
+            unit.copies = [_copy(entry.master, self.device, non_blocking=False) for entry in unit.entries]
+            return
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            unit.copies = [_copy(entry.master, self.device, non_blocking=True) for entry in unit.entries]
+            unit.ready = torch.cuda.Event()
+            unit.ready.record(self._stream)
+
+
+def _versions(entries: list[_Entry]) -> list[tuple[int, int]]:
+    return [(entry.master._version, entry.master.data_ptr()) for entry in entries if entry.trained]
+
+
+def _copy(master: torch.Tensor, device: torch.device, *, non_blocking: bool) -> torch.Tensor:
+    """A device copy of a master that autograd and the layer can use (a fresh tensor, never the master)."""
+    import torch
+
+    tensor = master.detach() if type(master) is torch.nn.Parameter else master
+    copied = tensor.to(device, non_blocking=non_blocking, copy=True)
+    if type(master) is torch.nn.Parameter:
+        return copied
+    return torch.nn.Parameter(copied, requires_grad=False)
+
+
+def _pin(param: torch.nn.Parameter) -> None:
+    """Pin a plain master in place (the optimizer may hold it); quantised masters stay pageable."""
+    import torch
+
+    if type(param) is torch.nn.Parameter and param.device.type == "cpu" and not param.is_pinned():
+        param.data = param.data.pin_memory()

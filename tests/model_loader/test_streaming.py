@@ -1,0 +1,97 @@
+"""Quantised components are read tensor by tensor and quantised as they arrive: the same model as quantising
+after an ordinary load, without ever holding the fp32 weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from onetrainer.model.quantised import QuantisedStorage, module_storage, quantise_module
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_loader.streaming import load_quantised
+from onetrainer.util.config.model import ModelConfig
+from onetrainer.util.registry import ModuleKind, lookup
+
+PROBE = Path(__file__).with_name("rss_probe.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.dequantize() if hasattr(value, "dequantize") else value for key, value in state.items()}
+
+
+@pytest.mark.parametrize("storage", ["fp8", "int8", "nf4"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_streaming_equals_quantising_after_loading(
+    family: str, storage: str, tiny_sd15_dir: Path, tiny_sdxl_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tiny_sd15_dir if family == "sd15" else tiny_sdxl_dir
+    reference = load_model(folder)
+    names = [name for name, _ in reference.modules() if name != "vae"]
+    quantise = {name: QuantisedStorage(storage, torch.bfloat16) for name in names}
+    for name in names:
+        quantise_module(reference.components[name], storage, torch.bfloat16)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a quantised component was loaded whole")
+
+    for name in names:
+        monkeypatch.setattr(type(reference.components[name]), "from_pretrained", refuse, raising=False)
+    streamed = lookup(ModuleKind.LOADER, family)().load(ModelConfig(type=family, base=str(folder)), quantise=quantise)
+    for name in names:
+        module = streamed.components[name]
+        assert module_storage(module) == storage
+        ours, theirs = _plain(module.state_dict()), _plain(reference.components[name].state_dict())
+        assert ours.keys() == theirs.keys()
+        for key, value in ours.items():
+            assert value.dtype == theirs[key].dtype, key
+            assert torch.equal(value, theirs[key]), key
+
+
+def test_weights_it_cannot_stream_load_whole_and_are_quantised_after(tiny_sd15_dir: Path, tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15_dir, subfolder="unet")
+    unet.save_pretrained(tmp_path / "unet", safe_serialization=False)
+    storage = QuantisedStorage("int8", torch.bfloat16)
+    assert load_quantised(UNet2DConditionModel, str(tmp_path), "unet", storage, hub=False) is None
+    model = lookup(ModuleKind.LOADER, "sd15")().load(
+        ModelConfig(type="sd15", base=str(tiny_sd15_dir)), quantise={"unet": storage}
+    )
+    assert module_storage(model.components["unet"]) == "int8"
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wide") / "sd15"
+    _probe("write", str(folder))
+    return folder
+
+
+def _probe(*arguments: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(PROBE), *arguments],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["fp8", "nf4"])
+def test_quantised_loading_never_holds_the_fp32_weights(storage: str, wide_model: Path) -> None:
+    report = json.loads(_probe("load", str(wide_model), storage).strip().splitlines()[-1])
+    assert report["fp32"] > 400 * 2**20, "the model must be large enough to tell"
+    assert report["peak"] < report["fp32"] / 2, "not even a bf16 copy of the weights was held"
+    assert report["peak"] < report["stored"] + 3 * report["largest_fp32"] + 32 * 2**20, "one layer at a time"

@@ -1,0 +1,141 @@
+"""Layer and activation offloading: blocks wait in CPU memory as their masters between uses, are used through
+copies, and training gives what it gives without offloading (LoRA and full fine-tuning)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import pytest
+import torch
+
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_setup.diffusion import DiffusionSetup
+from onetrainer.util.config.loader import validate
+from onetrainer.util.errors import UserError
+from onetrainer.util.family import families
+from onetrainer.util.registry import ModuleKind, lookup
+
+TINY = sorted((spec.name, sorted(spec.tiny)[0]) for spec in families() if spec.tiny)
+
+
+@functools.cache
+def _base(tiny: str) -> DiffusionModel:
+    return load_model(f"tiny:{tiny}")
+
+
+def _setup(family: str, tiny: str, method: str, **settings: Any) -> DiffusionSetup:
+    config = {
+        "model": {"type": family, "base": f"tiny:{tiny}"},
+        "method": method,
+        "lora": {"rank": 4},
+        "training": {"gradient_checkpointing": True, **settings.pop("training", {})},
+        **settings,
+    }
+    setup: DiffusionSetup = lookup(ModuleKind.SETUP, family)(
+        copy.deepcopy(_base(tiny)), validate(config, check_paths=False)
+    )
+    setup.prepare("cpu", torch.float32)
+    return setup
+
+
+def _batch(spec: Any) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "latents": torch.randn(2, spec.latent_channels, 8, 8, generator=generator),
+        "captions": ["a red circle", "a blue square"],
+        "original_size": torch.tensor([(64, 64)] * 2),
+        "crop_top_left": torch.tensor([(0, 0)] * 2),
+        "target_size": torch.tensor([(64, 64)] * 2),
+    }
+
+
+def _train(setup: DiffusionSetup, steps: int = 2) -> list[float]:
+    optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 1e-2} for g in setup.parameter_groups()])
+    batch = _batch(setup.spec)
+    setup.train()
+    losses = []
+    for step in range(steps):
+        loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(step)), batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def _denoiser(setup: DiffusionSetup) -> str:
+    return setup.spec.denoiser.name
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize(("family", "tiny"), TINY)
+def test_offloaded_blocks_train_as_resident_ones(family: str, tiny: str, method: str) -> None:
+    resident = _setup(family, tiny, method)
+    name = _denoiser(resident)
+    offloaded = _setup(family, tiny, method, parts={name: {"offload_blocks": 1.0}})
+    offloader = offloaded.offloaders[name]
+    assert len(offloader.blocks) >= 2
+    assert _train(offloaded) == pytest.approx(_train(resident), rel=1e-5, abs=1e-6)
+    ours, reference = offloaded.trainable_state_dict(), resident.trainable_state_dict()
+    assert ours.keys() == reference.keys()
+    for key, value in ours.items():
+        assert torch.allclose(value, reference[key], rtol=1e-5, atol=1e-6), key
+    assert sorted(offloader.order) == list(range(len(offloader.blocks))), "every block ran through the hooks"
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_blocks_hold_their_cpu_masters_between_uses_and_copies_while_they_run(method: str) -> None:
+    setup = _setup("sd15", "sd15", method, parts={"unet": {"offload_blocks": 2}})
+    offloader = setup.offloaders["unet"]
+    assert len(offloader.blocks) == 2
+    seen: dict[int, list[int]] = {}
+
+    def record(index: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            seen.setdefault(index, []).extend(param.data_ptr() for param in module.parameters(recurse=False))
+
+        return hook
+
+    for index, (_, block) in enumerate(offloader.blocks):
+        for module in block.modules():
+            if any(True for _ in module.parameters(recurse=False)):
+                module.register_forward_pre_hook(record(index))
+                break
+    _train(setup, steps=1)
+    trained = {id(param) for params in setup.trainables.parameter_lists().values() for param in params}
+    for index, (_, block) in enumerate(offloader.blocks):
+        masters = offloader.masters(index)
+        assert masters, "the block has offloaded weights"
+        assert all(param.device.type == "cpu" for param in masters)
+        held = {id(param) for param in block.parameters()}
+        assert {id(param) for param in masters} <= held, "between uses the block holds its masters"
+        assert (method == "full") == any(id(param) in trained for param in masters), "trained weights offload in full"
+        pointers = {param.data_ptr() for param in masters}
+        assert seen[index], "the block ran"
+        assert not pointers & set(seen[index]), "while it runs the block uses copies"
+    untouched = [p for p in setup.model.components["unet"].parameters() if not offloader.holds(p)]
+    assert untouched, "the rest of the denoiser stays resident"
+
+
+def test_activation_offload_gives_the_same_training() -> None:
+    reference = _train(_setup("sd15", "sd15", "lora"))
+    offloaded = _train(_setup("sd15", "sd15", "lora", training={"activation_offload": True}))
+    assert offloaded == pytest.approx(reference, rel=1e-6)
+
+
+def test_more_blocks_than_the_denoiser_has_is_an_error() -> None:
+    with pytest.raises(UserError, match="asks for 2000 blocks, but the UNet has 12"):
+        _setup("sd15", "sd15", "lora", parts={"unet": {"offload_blocks": 2000}})
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int8"])
+def test_quantised_blocks_offload_too(dtype: str) -> None:
+    quantised = {"unet": {"weight_dtype": dtype}}
+    resident = _setup("sd15", "sd15", "lora", parts=quantised)
+    offloaded = _setup("sd15", "sd15", "lora", parts={"unet": {**quantised["unet"], "offload_blocks": 1.0}})
+    assert _train(offloaded) == pytest.approx(_train(resident), rel=1e-5, abs=1e-6)
+    masters = offloaded.offloaders["unet"].masters(0)
+    assert any(type(master).__name__ != "Parameter" for master in masters), "quantised weights wait in CPU memory"

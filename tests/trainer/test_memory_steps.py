@@ -1,0 +1,165 @@
+"""The memory-saving step strategies: fused backward, stochastic rounding, optimizer states in CPU memory."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from onetrainer.trainer.optimizers import build_optimizer
+from onetrainer.trainer.precision import MixedPrecision
+from onetrainer.trainer.rounding import stochastic_round_to_bf16
+from onetrainer.trainer.step import FusedStep, build_step
+from onetrainer.trainer.updates import offload_to_cpu
+from onetrainer.util.config.training import Precision, TrainingConfig
+
+CPU = torch.device("cpu")
+
+
+def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).to(dtype)
+
+
+def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(5, 8, generator=generator), torch.randn(5, 4, generator=generator)) for _ in range(count)]
+
+
+def _run(model: torch.nn.Module, training: TrainingConfig, steps: int = 3, offload: bool = False) -> list[float]:
+    """Train `model` through the strategy `training` asks for, as the loop drives it; returns the norms."""
+    trained = list(model.parameters())
+    groups = [{"params": trained, "lr": training.learning_rate, "name": "model"}]
+    masters = None
+    if offload:
+        groups, masters = offload_to_cpu(groups, CPU)
+    optimizer = build_optimizer(groups, training, CPU)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = build_step(training, optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), trained, masters=masters)
+    norms = []
+    for inputs, targets in _batches(steps):
+        strategy.backward(torch.nn.functional.mse_loss(model(inputs).float(), targets))
+        if isinstance(strategy, FusedStep):
+            assert all(param.grad is None for param in trained), "no gradient outlives its update"
+        norms.append(strategy.measure().item())
+        strategy.apply()
+    return norms
+
+
+def _training(**settings: object) -> TrainingConfig:
+    return TrainingConfig.model_validate({"learning_rate": 1e-2, "max_grad_norm": None, **settings})
+
+
+def test_fused_backward_equals_the_plain_step_for_adamw_without_clipping() -> None:
+    plain, fused = _model(), _model()
+    plain_norms = _run(plain, _training())
+    fused_norms = _run(fused, _training(fused_backward=True))
+    assert fused_norms == pytest.approx(plain_norms, rel=1e-6)
+    for ours, reference in zip(fused.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(ours, reference, rtol=0, atol=1e-7)
+    assert not torch.equal(plain[0].weight, _model()[0].weight), "the weights moved"
+
+
+def test_fused_backward_does_not_update_a_tensor_with_a_non_finite_gradient() -> None:
+    model = _model()
+    before = copy.deepcopy(model)
+    training = _training(fused_backward=True)
+    trained = list(model.parameters())
+    optimizer = build_optimizer([{"params": trained, "lr": 1e-2}], training, CPU)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = build_step(training, optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), trained)
+    inputs, targets = _batches(1)[0]
+    inputs[0, 0] = float("nan")
+    strategy.backward(torch.nn.functional.mse_loss(model(inputs), targets))
+    assert not torch.isfinite(strategy.measure())
+    for ours, reference in zip(model.parameters(), before.parameters(), strict=True):
+        assert torch.equal(ours, reference)
+
+
+def test_optimizer_states_in_cpu_memory_give_the_plain_result() -> None:
+    plain, offloaded = _model(), _model()
+    _run(plain, _training())
+    _run(offloaded, _training(optimizer_offload=True), offload=True)
+    for ours, reference in zip(offloaded.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(ours, reference, rtol=0, atol=1e-7)
+
+
+def test_offloaded_optimizer_keeps_its_state_on_masters_in_cpu_memory() -> None:
+    model = _model()
+    groups, masters = offload_to_cpu([{"params": list(model.parameters()), "lr": 1e-2}], CPU)
+    optimizer = torch.optim.AdamW(groups)
+    assert all(master is not param for param, master in masters.items())
+    assert [param for group in optimizer.param_groups for param in group["params"]] == list(masters.values())
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(64, generator=generator) * torch.logspace(-3, 3, 64)
+    bits = values.view(torch.int32) & -(1 << 16)
+    toward_zero, away = bits.view(torch.float32), (bits + (1 << 16)).view(torch.float32)
+    draws = torch.stack([stochastic_round_to_bf16(values, generator) for _ in range(4000)])
+    assert draws.dtype == torch.bfloat16
+    draws = draws.float()
+    assert torch.all((draws == toward_zero) | (draws == away)), "always one of the two bf16 neighbours"
+    gap = (away - toward_zero).abs()
+    error = (draws.mean(0) - values).abs()
+    assert torch.all(error <= 4 * gap / (2 * 4000**0.5)), (error / gap).max()
+    nearest = values.to(torch.bfloat16).float()
+    assert (draws.mean(0) - values).abs().mean() < (nearest - values).abs().mean() / 4
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_stochastic_rounding_keeps_updates_below_bf16_resolution(optimizer: str) -> None:
+    """bf16 weights of 1.0 with updates of 1e-4 (a fortieth of bf16's step there): rounded to nearest they never
+    move; rounded stochastically their mean follows the fp32 run, and they stay bf16."""
+
+    def train(dtype: torch.dtype, **settings: object) -> torch.nn.Parameter:
+        weight = torch.nn.Parameter(torch.ones(20_000, dtype=dtype))
+        training = _training(optimizer=optimizer, learning_rate=1e-4, weight_decay=0.0, **settings)
+        opt = build_optimizer([{"params": [weight], "lr": 1e-4}], training, CPU)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        strategy = build_step(training, opt, scheduler, MixedPrecision(Precision.FP32, CPU), [weight])
+        for _ in range(20):
+            strategy.backward(weight.float().sum())
+            strategy.measure()
+            strategy.apply()
+        return weight
+
+    reference = train(torch.float32).detach().mean()
+    nearest = train(torch.bfloat16)
+    rounded = train(torch.bfloat16, stochastic_rounding=True)
+    assert torch.all(nearest == 1.0), "round-to-nearest loses every update"
+    assert reference < 1.0 - 1e-3
+    assert rounded.dtype == torch.bfloat16
+    assert rounded.detach().float().mean().item() == pytest.approx(reference.item(), abs=2e-4)
+
+
+def test_adamw8bit_from_torchao_trains_on_the_cpu() -> None:
+    model = _model()
+    before = copy.deepcopy(model)
+    _run(model, _training(optimizer="adamw8bit_ao"))
+    assert not torch.equal(model[0].weight, before[0].weight)
+    assert all(torch.isfinite(param).all() for param in model.parameters())
+
+
+def test_a_restored_optimizer_keeps_the_fp32_state_of_bf16_weights() -> None:
+    def optimizer_for(weight: torch.nn.Parameter) -> torch.optim.Optimizer:
+        return build_optimizer([{"params": [weight], "lr": 1e-2}], _training(stochastic_rounding=True), CPU)
+
+    weight = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    optimizer = optimizer_for(weight)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = build_step(
+        _training(stochastic_rounding=True), optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), [weight]
+    )
+    strategy.backward((weight.float() * torch.linspace(0, 1, 64)).sum())
+    strategy.measure()
+    strategy.apply()
+    saved = optimizer.state_dict()
+    assert saved["state"][0]["exp_avg"].dtype == torch.float32
+    restored = optimizer_for(torch.nn.Parameter(weight.detach().clone()))
+    restored.load_state_dict(saved)
+    state = next(iter(restored.state.values()))
+    assert state["exp_avg"].dtype == torch.float32
+    assert torch.equal(state["exp_avg_sq"], saved["state"][0]["exp_avg_sq"])
