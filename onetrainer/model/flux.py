@@ -101,6 +101,9 @@ class FluxSchnellOptions(Section):
     )
 
 
+TRANSFORMER_BLOCKS = (r"^\.transformer_blocks\.\d+$", r"^\.single_transformer_blocks\.\d+$")
+"""The 19 double-stream and 38 single-stream blocks: the units diffusers' gradient checkpointing recomputes."""
+
 COMPONENTS = (
     Component(
         "transformer",
@@ -109,6 +112,7 @@ COMPONENTS = (
         trains_by_default=True,
         kohya_prefix="lora_unet_",
         lora_presets=TRANSFORMER_PRESETS,
+        blocks=TRANSFORMER_BLOCKS,
     ),
     Component(
         "text_encoder",
@@ -228,6 +232,7 @@ def _spec(name: str, modelspec: str, options: type[Section], hub_id: str) -> Fam
         recognise=RECOGNISERS,
         lora_naming=LORA_NAMING,
         single_file=FLUX_LAYOUT,
+        shipped_config=name,
         tiny={name: _tiny(name, f"tiny random-weight {TITLES[name]} (CLIP-L + T5, 2+2 transformer blocks)")},
         hub_ids=(hub_id,),
         options=options,

@@ -38,6 +38,7 @@ from onetrainer.util.config.training import Optimizer
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.dtypes import BITS_PER_WEIGHT, ROW_SCALE_BYTES, torch_dtype
 from onetrainer.util.enums import PredictionType, TrainingMethod
+from onetrainer.util.errors import UserError
 from onetrainer.util.family import FamilySpec, Role, get_family
 
 if TYPE_CHECKING:
@@ -95,9 +96,12 @@ def estimate_memory(config: TrainConfig) -> MemoryEstimate:
 
     spec = get_family(config.model.type)
     model, architecture = meta_model(config, spec)
+    from onetrainer.model_setup.diffusion import DiffusionSetup
     from onetrainer.util.registry import ModuleKind, lookup
 
     setup = lookup(ModuleKind.SETUP, spec.name)(model, config)
+    if not isinstance(setup, DiffusionSetup):  # the estimate reads the shared setup's adapters and hooks
+        raise UserError(f"the {spec.title} training setup does not say how its memory use is estimated")
     resolution = _largest(config.data.resolution)
     estimate = MemoryEstimate(architecture, resolution, config.training.batch_size)
     full = setup.trained_parts() if config.method is TrainingMethod.FULL else []
@@ -158,7 +162,14 @@ def meta_model(config: TrainConfig, spec: FamilySpec) -> tuple[DiffusionModel, s
                 module = cls._from_config(cls.config_class.from_dict(settings))
         module.requires_grad_(False)
         components[component.name] = module
-    model = DiffusionModel(spec=spec, components=components, tokenizers={}, noise_scheduler=None, source=str(source))
+    model = DiffusionModel(
+        spec=spec,
+        components=components,
+        tokenizers={},
+        noise_scheduler=None,
+        source=str(source),
+        options=dict(config.model.options),
+    )
     return model, architecture.name
 
 

@@ -155,6 +155,20 @@ class FluxHooks:
         )[0]
         return unpack(prediction, height, width)
 
+    def example_inputs(
+        self, model: DiffusionModel, batch_size: int, height: int, width: int, device: torch.device | str
+    ) -> tuple[dict[str, torch.Tensor], Batch]:
+        """Conditioning of the shapes a training step feeds `denoise` (T5 padded to `t5_max_length`), for the
+        memory estimate."""
+        import torch
+
+        config = model.denoiser.config
+        conditioning = {
+            TEXT_KEY: torch.zeros(batch_size, t5_max_length(model), int(config.joint_attention_dim), device=device),
+            POOLED_KEY: torch.zeros(batch_size, int(config.pooled_projection_dim), device=device),
+        }
+        return conditioning, {}
+
 
 def check_kohya_layout(model: DiffusionModel, config: TrainConfig) -> None:
     """Refuse, before any step, a DoRA or LoKr on layers BFL's files fuse (q, k, v) that will be saved in the

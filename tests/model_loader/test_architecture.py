@@ -49,6 +49,33 @@ def test_shipped_configs_build_the_released_architectures(model_type: str, predi
     )
 
 
+# FLUX.1's released parameter counts: transformer (dev has the guidance embedder), CLIP-L, T5-XXL encoder, VAE.
+FLUX_SIZES = {
+    "flux-dev": (11_901_408_320, 123_060_480, 4_762_310_656, 83_819_683),
+    "flux-schnell": (11_891_178_560, 123_060_480, 4_762_310_656, 83_819_683),
+}
+
+
+@pytest.mark.parametrize("model_type", list(FLUX_SIZES))
+def test_shipped_flux_configs_build_the_released_architectures(model_type: str) -> None:
+    """The memory estimate of a FLUX.1 run names a hub id, which it does not read: it builds these."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    configs = resolve_architecture(None, get_family(model_type), None).configs
+    with torch.device("meta"):
+        modules = (
+            FluxTransformer2DModel.from_config(configs["transformer"]),
+            CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"])),
+            T5EncoderModel(T5Config.from_dict(configs["text_encoder_2"])),
+            AutoencoderKL.from_config(configs["vae"]),
+        )
+    assert tuple(sum(p.numel() for p in module.parameters()) for module in modules) == FLUX_SIZES[model_type]
+    scheduler = configs["scheduler"]
+    assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    assert scheduler["use_dynamic_shifting"] is (model_type == "flux-dev")
+
+
 def test_sd2_variants_differ_in_resolution_and_attention_upcast() -> None:
     base = resolve_architecture(None, SD2, "epsilon").configs["unet"]
     v768 = resolve_architecture(None, SD2, "v_prediction").configs["unet"]
