@@ -177,7 +177,10 @@ def _check_launch(config: TrainConfig, gpus: int, resume: str | None) -> None:
     import os
 
     from onetrainer.trainer.backup import find_backup
+    from onetrainer.trainer.distributed import World
+    from onetrainer.trainer.sharding import uses_sharding
     from onetrainer.trainer.start import check_world_size
+    from onetrainer.trainer.step import check_fused_backward
     from onetrainer.util.errors import UserError
 
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -198,6 +201,8 @@ def _check_launch(config: TrainConfig, gpus: int, resume: str | None) -> None:
                 f"--gpus {gpus} needs {gpus} CUDA GPUs; this machine has {available}",
                 hint="Ask for fewer, or set training.device=cpu to run that many CPU processes (slow; for testing).",
             )
+    check_fused_backward(config.training, distributed=True)
+    uses_sharding(config, World(size=gpus))
     if resume is not None:
         from onetrainer.trainer.workspace import Workspace
 

@@ -110,12 +110,14 @@ def _train(
     command: str,
 ) -> TrainResult:
     from onetrainer.trainer.sharding import uses_sharding
+    from onetrainer.trainer.step import check_fused_backward
 
     rank = world.rank
     if not world.is_main:
         progress = _ignore
     workspace = Workspace(config.workspace)
     check_destinations(config)
+    check_fused_backward(config.training, distributed=world.distributed)
     sharded = uses_sharding(config, world)
     backup = open_backup(config, workspace, resume, world)
     if rank == 0:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from onetrainer.trainer.backup import SHARDS_FOLDER, backup_name, write_backup_files
 from onetrainer.trainer.distributed import World, all_reduce_sum, broadcast_object
 from onetrainer.util.atomic import atomic_directory
+from onetrainer.util.config.memory import fully_trained as fully_trained_parts
 from onetrainer.util.config.training import DistributedMode, EmaDevice, Precision
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import RuntimeFailure, UserError
@@ -68,7 +69,39 @@ def uses_sharding(config: TrainConfig, world: World) -> bool:
             where="training.ema.device",
             hint="Set training.ema.device=train with training.distributed=fsdp.",
         )
+    _refuse_memory_levers(config)
     return True
+
+
+def _refuse_memory_levers(config: TrainConfig) -> None:
+    """The memory levers that step or move trained tensors themselves, which are FSDP's `DTensor` shards here.
+
+    Sharding already divides the trained weights, gradients and optimizer state by the number of ranks;
+    the frozen parts' weight dtypes (fp8, int8, nf4) still apply, as those parts are not sharded.
+    """
+    training = config.training
+    hint = "Leave it off with training.distributed=fsdp: each rank already holds 1/N of the weights and state."
+    if training.stochastic_rounding:
+        raise UserError(
+            "stochastic rounding updates each bf16 weight through an fp32 copy of it, which a sharded weight "
+            "cannot be replaced by",
+            where="training.stochastic_rounding",
+            hint="Keep the trained parts' weights in fp32 with training.distributed=fsdp (no weight_dtype: bf16).",
+        )
+    if training.optimizer_offload:
+        raise UserError(
+            "optimizer_offload keeps CPU copies of the trained tensors, and a sharded run's are shards that "
+            "FSDP places itself",
+            where="training.optimizer_offload",
+            hint=hint,
+        )
+    for name in fully_trained_parts(config):
+        if config.parts[name].offload_blocks:
+            raise UserError(
+                f"layer offloading moves the blocks of the {name}, which FSDP shards and gathers itself",
+                where=f"parts.{name}.offload_blocks",
+                hint=hint,
+            )
 
 
 def shard_units(module: torch.nn.Module) -> Iterator[torch.nn.Module]:

@@ -22,6 +22,7 @@ from onetrainer.trainer.metrics import read_metrics
 from onetrainer.util.config.presets import presets_dir
 
 DEMO = presets_dir() / "demo.yaml"
+FSDP = ["method=full", "training.distributed=fsdp"]
 
 
 def _args(root: Path, dataset: Path, *overrides: str) -> list[str]:
@@ -63,6 +64,16 @@ def test_gpus_without_cuda_exits_2_and_suggests_cpu_processes(tmp_path: Path, sh
     [
         (["--cache-only"], "--cache-only fills the cache in one process"),
         (["training.device=cuda:1"], "training.device cannot be cuda:1"),
+        (["training.fused_backward=true", "training.max_grad_norm=null"], "fused_backward does not work with several"),
+        (
+            [*FSDP, "parts.unet.weight_dtype=bf16", "training.stochastic_rounding=true"],
+            "stochastic rounding updates each bf16 weight through an fp32 copy",
+        ),
+        ([*FSDP, "training.optimizer_offload=true"], "optimizer_offload keeps CPU copies of the trained tensors"),
+        (
+            [*FSDP, "training.gradient_checkpointing=true", "parts.unet.offload_blocks=2"],
+            "layer offloading moves the blocks of the unet, which FSDP shards",
+        ),
     ],
 )
 def test_gpus_refuses_what_the_ranks_could_not_do(

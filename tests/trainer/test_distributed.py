@@ -183,6 +183,45 @@ def test_a_failure_on_one_rank_stops_both_with_an_emergency_backup(tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_memory_levers_train_the_same_on_two_ranks(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    """The per-tensor updates (CPU-held 8-bit states, stochastic rounding keyed by step and tensor) and layer
+    offloading run after the once-per-step gradient average, so the ranks stay identical."""
+    levers = {
+        "lora": (
+            "parts.unet.weight_dtype=fp8",
+            "parts.unet.offload_blocks=0.5",
+            "training.gradient_checkpointing=true",
+            "training.optimizer=adamw8bit_ao",
+            "training.optimizer_offload=true",
+        ),
+        "full": (
+            "method=full",
+            "parts.unet.weight_dtype=bf16",
+            "training.stochastic_rounding=true",
+            "parts.unet.offload_blocks=2",
+            "training.gradient_checkpointing=true",
+        ),
+    }
+    runs = [
+        {
+            "config": str(DEMO),
+            "overrides": _overrides(
+                tmp_path / name, shapes_dataset_dir, "training.max_steps=2", *extra, output=f"{name}.safetensors"
+            ),
+        }
+        for name, extra in levers.items()
+    ]
+    reports = _torchrun(tmp_path, runs)
+    assert [[record["step"] for record in report] for report in reports] == [[2, 2]] * 2
+    for run in range(len(runs)):
+        first, second = _trained(tmp_path, run, 0), _trained(tmp_path, run, 1)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[key], second[key]) for key in first), run
+    full = _trained(tmp_path, 1, 0)
+    assert {tensor.dtype for tensor in full.values() if tensor.is_floating_point()} == {torch.bfloat16}
+
+
+@pytest.mark.slow
 def test_fsdp_on_two_ranks_trains_and_its_backup_resumes_bit_exactly(tmp_path: Path, shapes_dataset_dir: Path) -> None:
     """A sharded full fine-tune: each rank writes its shards of the backup (weights, optimizer state, moving
     average), and a run resumed from it ends where an uninterrupted one does; the output (the averaged

@@ -61,6 +61,29 @@ def test_fused_backward_equals_the_plain_step_for_adamw_without_clipping() -> No
     assert not torch.equal(plain[0].weight, _model()[0].weight), "the weights moved"
 
 
+def test_fused_backward_is_refused_when_gradients_are_averaged_over_ranks() -> None:
+    """Each tensor would be updated by its own rank's gradient before the ranks' gradients are averaged."""
+    from onetrainer.trainer.step import PlainStep
+    from onetrainer.util.errors import UserError
+
+    model = _model()
+    trained = list(model.parameters())
+    optimizer = build_optimizer([{"params": trained, "lr": 1e-2, "name": "model"}], _training(), CPU)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    precision = MixedPrecision(Precision.FP32, CPU)
+
+    def average(parameters: list[torch.nn.Parameter]) -> None:
+        pass
+
+    with pytest.raises(UserError, match="does not work with several GPUs") as caught:
+        build_step(_training(fused_backward=True), optimizer, scheduler, precision, trained, average=average)
+    assert caught.value.where == "training.fused_backward"
+    plain = build_step(_training(stochastic_rounding=True), optimizer, scheduler, precision, trained, average=average)
+    assert isinstance(plain, PlainStep)
+    assert plain.average is average
+    assert plain.updater is not None, "the other levers keep their per-tensor update on several ranks"
+
+
 def test_fused_backward_does_not_update_a_tensor_with_a_non_finite_gradient() -> None:
     model = _model()
     before = copy.deepcopy(model)
