@@ -218,7 +218,7 @@ def _dry_run(config: TrainConfig, *, json_lines: bool, world_size: int) -> None:
 
     report = data_report(config, progress=lambda event: None, world_size=world_size)
     try:
-        memory: Any = estimate_memory(config)
+        memory: Any = estimate_memory(config, world_size=world_size)
     except UserError as error:  # the data report stands on its own; say why memory is not estimated
         memory = error
     if json_lines:

@@ -13,7 +13,8 @@ The estimate adds up, each as a line of the report:
   (exact counts), or the fully trained parts; gradients in the weights' dtype (with fused backward
   only the largest tensor's); the optimizer's state per element (`state_bytes`; Adafactor's factored
   moments and the 8-bit optimizers' small-tensor fallback by shape). Offloaded optimizer states and
-  the blocks' masters are listed as CPU memory instead.
+  the blocks' masters are listed as CPU memory instead. A sharded run (`training.distributed: fsdp`,
+  `--gpus N`) divides the fully trained parts' three by N and adds the two largest gathered blocks.
 - **Activations** at the run's largest resolution and its batch size: measured on the meta device
   (`activations`), with checkpointing and activation offloading as configured.
 - **Runtime overhead**: the CUDA context, library workspaces and allocator slack, a typical
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_setup.placement import placement_policy
-from onetrainer.util.config.training import Optimizer
+from onetrainer.util.config.training import DistributedMode, Optimizer
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.dtypes import BITS_PER_WEIGHT, ROW_SCALE_BYTES, torch_dtype
 from onetrainer.util.enums import PredictionType, TrainingMethod
@@ -90,8 +91,9 @@ class MemoryEstimate:
         }
 
 
-def estimate_memory(config: TrainConfig) -> MemoryEstimate:
-    """The peak GPU memory training `config` needs, from shapes alone (see the module docstring)."""
+def estimate_memory(config: TrainConfig, *, world_size: int = 1) -> MemoryEstimate:
+    """The peak memory of one GPU training `config` on `world_size` ranks, from shapes alone (see the module
+    docstring)."""
     import torch
 
     spec = get_family(config.model.type)
@@ -128,6 +130,8 @@ def estimate_memory(config: TrainConfig) -> MemoryEstimate:
             label += ", two offloaded blocks in flight"
         estimate.gpu.append(MemoryLine("weights", label, weights))
     _add_training_state(estimate, config, trained, offloaded)
+    if world_size > 1 and config.training.distributed is DistributedMode.FSDP and full:
+        _shard_lines(estimate, model, full, policy, world_size)
     _add_activations(estimate, config, setup, model, resolution)
     estimate.gpu.append(MemoryLine("overhead", "CUDA context, workspaces, allocator slack (typical)", RUNTIME_OVERHEAD))
     return estimate
@@ -252,6 +256,32 @@ def _largest_blocks(module: torch.nn.Module, spec: FamilySpec, placement: Placem
         reverse=True,
     )
     return sum(sizes[:2])
+
+
+def _shard_lines(
+    estimate: MemoryEstimate, model: DiffusionModel, full: list[str], policy: dict[str, Placement], world_size: int
+) -> None:
+    """FSDP: each rank holds 1/N of the fully trained weights, their gradients and optimizer state, and
+    gathers the blocks of a sharded part (its top-level module lists' entries, `trainer.sharding.shard_units`)
+    one at a time: two of them in flight."""
+    from onetrainer.model.blocks import find_blocks
+
+    estimate.gpu = [
+        MemoryLine(line.kind, f"{line.what}, 1/{world_size} per GPU (FSDP)", math.ceil(line.bytes / world_size))
+        if line.kind in ("trained", "gradients", "optimizer")
+        else line
+        for line in estimate.gpu
+    ]
+    for name in full:
+        module = model.components[name]
+        sizes = sorted(
+            (
+                sum(_weight_bytes(module, param, policy[name]) for param in unit.parameters())
+                for _, unit in find_blocks(module)
+            ),
+            reverse=True,
+        )
+        estimate.gpu.append(MemoryLine("weights", f"{name}: two gathered blocks (FSDP)", sum(sizes[:2])))
 
 
 def state_bytes(optimizer: Optimizer, shape: tuple[int, ...], momentum: float = 0.0) -> int:

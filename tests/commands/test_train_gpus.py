@@ -103,6 +103,28 @@ def test_dry_run_with_gpus_plans_the_global_batches(tmp_path: Path, shapes_datas
     assert steps == [8, 4]
 
 
+def test_a_sharded_dry_run_estimates_the_memory_of_one_gpu(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    """FSDP divides the trained weights, gradients and optimizer state over the GPUs; DDP copies them to each."""
+
+    def memory(*extra: str) -> dict:
+        result = _invoke([*_args(tmp_path, shapes_dataset_dir, "method=full"), *extra, "--dry-run", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.splitlines()[-1])["memory"]
+
+    def line(estimate: dict, kind: str) -> int:
+        return sum(entry["bytes"] for entry in estimate["gpu"] if entry["kind"] == kind)
+
+    one, ddp = memory(), memory("--gpus", "2")
+    fsdp = memory("training.distributed=fsdp", "--gpus", "2")
+    for kind in ("trained", "gradients", "optimizer"):
+        assert line(ddp, kind) == line(one, kind) > 0
+        assert line(fsdp, kind) == -(-line(one, kind) // 2)
+    gathered = [entry for entry in fsdp["gpu"] if "gathered blocks" in entry["what"]]
+    assert len(gathered) == 1
+    assert 0 < gathered[0]["bytes"] < line(one, "trained")
+    assert fsdp["peak_bytes"] < one["peak_bytes"]
+
+
 def _launch(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "onetrainer", *args, "training.device=cpu", "--gpus", "2", "--json"]
