@@ -80,6 +80,7 @@ def build_parts(
         world_size=world_size,
         quantisation=quantisation(config),
         progress=loader_events(progress),
+        pin_memory=device.type == "cuda",
     )
     model_type = config.model.type
     progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})

@@ -2,8 +2,10 @@
 
 Each optimizer step: batches -> predict -> loss -> backward (accumulated over
 `gradient_accumulation_steps` batches) -> unscale and clip -> finite check -> optimizer and scheduler
-step -> EMA -> cadence checks (validation, previews, intermediate save, backup) -> metrics -> stop
-request.
+step -> EMA -> metrics -> cadence checks (validation, previews, intermediate save, backup) -> stop
+request. The step makes no host sync where the device runs ahead (CUDA): the finite check is decided
+on the device, and the loss and metrics arrive `training.read_back_lag` steps later (`readback`);
+anything that writes or stops reads every pending step first.
 
 What makes a run resumable bit-exactly: the data plan is a pure function of (seed, epoch), every
 random stream is part of a backup, side work (previews, validation) runs with those streams
@@ -17,7 +19,6 @@ and says how to write the output from it; any interrupt names the newest backup.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -32,9 +33,10 @@ from onetrainer.trainer.destinations import (
     removed_on_failure,
 )
 from onetrainer.trainer.device import distributed_rank, resolve_device
-from onetrainer.trainer.divergence import TrainingDiverged, diverged
+from onetrainer.trainer.divergence import TrainingDiverged
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
+from onetrainer.trainer.readback import StepRecord
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
 from onetrainer.trainer.start import open_backup, start_session
@@ -156,12 +158,14 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
     """The loop over optimizer steps until the run's length, a stop request, or an error."""
     import torch
 
-    config, run, setup = session.config, session.run, session.parts.setup
+    config, run, setup, results = session.config, session.run, session.parts.setup, session.results
     counters = run.counters
     accumulation = config.training.gradient_accumulation_steps
     loss_value: float | None = None
     phase = "between steps"
     step_start = step_rng_snapshot(run.generator)
+    _announce_compilation(session)
+    results.restart_clock()
     try:
         while counters.step < session.total_steps:
             batches_in_epoch = session.parts.batches_in_epoch(counters.epoch)
@@ -178,23 +182,26 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
                         loss = setup.loss(prediction, batch) / len(chunk)
                     session.step.backward(loss)
                     loss_sum += loss.detach().float()
+                    session.flops.add(batch)
 
-                # Clip; stop before the update if the loss or the gradients are not finite.
+                # Clip; the NaN guard: a non-finite loss or gradient stops the run before the update
+                # (read here, or decided on the device, which then skips the update: see `readback`).
                 phase = "update"
-                loss_value, norm_value = _read_back(loss_sum, session.step.measure())
-                _check_finite(session, loss_value, norm_value)
+                skip = results.measure(counters.step + 1, loss_sum, session.step.measure())
 
                 # Step the optimizer and the schedule, fold the weights into the average.
-                learning_rates = session.step.apply()
+                learning_rates = session.step.apply(skip)
                 counters.step += 1
                 counters.position += len(chunk)
+                results.finish(counters.epoch, learning_rates, session.flops.take())
                 epoch_ended = counters.epoch if counters.position >= batches_in_epoch else None
                 if run.ema is not None:
                     run.ema.update(counters.step)
                 phase = "between steps"
 
-                # Cadences, metrics, and a requested stop (after the last step, `_finish` handles it).
-                session.log_step(loss_value, learning_rates)
+                # Metrics of the steps read back, cadences, and a requested stop (after the last step,
+                # `_finish` handles it).
+                loss_value = _log(session, results.ready()) or loss_value
                 _cadences(session, epoch_ended)
                 if counters.step >= session.total_steps:
                     break
@@ -203,6 +210,7 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
             if counters.position >= batches_in_epoch:
                 counters.epoch += 1
                 counters.position = 0
+        loss_value = _log(session, results.ready(everything=True)) or loss_value
     except (Interrupted, TrainingDiverged):
         raise
     except Exception:
@@ -211,35 +219,44 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
     return loss_value
 
 
-def _read_back(loss_sum: Any, grad_norm: Any) -> tuple[float, float]:
-    """The step's loss and gradient norm on the host, in one device sync (the only one a step makes)."""
-    import torch
+def _log(session: Session, records: list[StepRecord]) -> float | None:
+    """Log steps read back from the device (checked as they were read); returns the newest loss."""
+    for record in records:
+        session.log_step(record)
+    return records[-1].loss if records else None
 
-    loss, norm = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
-    return loss, norm
+
+def _settle(session: Session) -> None:
+    """Read, check and log every step still on its way from the device: before a backup, a save, a stop."""
+    _log(session, session.results.ready(everything=True))
 
 
-def _check_finite(session: Session, loss: float, grad_norm: float) -> None:
-    step = session.run.counters.step + 1
-    if not math.isfinite(loss):
-        raise diverged(session, f"the loss became {loss} at step {step}, before its update", before_step=step)
-    if not math.isfinite(grad_norm) and not session.run.precision.skips_overflow:
-        what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), before its update"
-        raise diverged(session, what, before_step=step)
+def _announce_compilation(session: Session) -> None:
+    if session.config.training.compile:
+        from onetrainer.model_setup.compile import compile_cache_dir
+
+        message = f"the first step compiles the denoiser's blocks (kept in {compile_cache_dir()} for later runs)"
+        session.progress({"event": "status", "message": message})
 
 
 def _cadences(session: Session, epoch_ended: int | None) -> None:
     step = session.run.counters.step
     clocks = session.run.clocks
-    for name, work in (
-        ("validate", session.validate),
-        ("sample", session.previews),
-        ("save", lambda: session.save(session.intermediate_save_path())),
-        ("backup", session.backup),
-    ):
-        if clocks[name].due(step, epoch_ended=epoch_ended):
-            work()
-            clocks[name].fired()
+    due = [
+        (name, work)
+        for name, work in (
+            ("validate", session.validate),
+            ("sample", session.previews),
+            ("save", lambda: session.save(session.intermediate_save_path())),
+            ("backup", session.backup),
+        )
+        if clocks[name].due(step, epoch_ended=epoch_ended)
+    ]
+    if due:
+        _settle(session)
+    for name, work in due:
+        work()
+        clocks[name].fired()
 
 
 def _finish(session: Session, stop: StopSignals) -> Path | None:
@@ -279,6 +296,7 @@ def _stopped(session: Session, signal_name: str) -> Interrupted:
     step = session.run.counters.step
     if step == 0:
         return Interrupted(f"stopped by {signal_name} before the first step; nothing was trained")
+    _settle(session)
     if session.last_backup_step != step:
         message = f"{signal_name}: stopping after step {step}; writing a backup (press Ctrl-C again to abort at once)"
         session.progress({"event": "stopping", "step": step, "signal": signal_name, "message": message})
@@ -340,10 +358,16 @@ def _emergency_backup(session: Session, phase: str, step_start: dict[str, Any]) 
 
     Before the optimizer step the weights still hold the previous step, and the RNG snapshot taken
     when the step began makes the backup exact; during the update the state is half-changed, so no
-    backup is written and the last regular one stays the newest. A failing emergency backup is
-    reported, never raised: the error that caused it is the one the user must see.
+    backup is written and the last regular one stays the newest. Steps still on their way from the
+    device are read first: if one of them diverged, no backup is written either. A failing
+    emergency backup is reported, never raised: the error that caused it is the one the user must see.
     """
     if phase == "update" or session.last_backup_step == session.run.counters.step:
+        return
+    try:
+        _settle(session)
+    except TrainingDiverged as divergence:
+        session.progress({"event": "warning", "message": f"no emergency backup: {divergence.message}"})
         return
     try:
         path = session.backup(step_snapshot=step_start if phase == "forward" else None)

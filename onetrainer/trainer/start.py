@@ -1,5 +1,8 @@
 """Starting a run: checks before anything loads, then the optimizer and friends, restored from a backup.
 
+The step's helpers are chosen here too: how the loss and gradient norm are read back (`readback`,
+with the lag `training.read_back_lag` resolves to) and how each step's FLOPs are counted (`flops`).
+
 Everything here happens once, before the first step; `loop.py` then only trains.
 """
 
@@ -8,16 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.trainer.backup import Backup, find_backup, list_backups, read_backup
 from onetrainer.trainer.cadence import CadenceClock
-from onetrainer.trainer.divergence import all_finite
+from onetrainer.trainer.divergence import all_finite, check_step
 from onetrainer.trainer.ema import ModelEma
+from onetrainer.trainer.flops import StepFlops, count_flops, device_peak, step_pass
 from onetrainer.trainer.metrics import MetricsLog, SmoothedValue
 from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import MixedPrecision
+from onetrainer.trainer.readback import StepResults, resolve_lag
 from onetrainer.trainer.resume import check_resume_compatible, optimizer_settings, reapply_settings
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
@@ -147,6 +152,8 @@ def start_session(
         run.load_state_dict(backup.state)
         reapply_settings(run.optimizer, run.scheduler, settings)
         progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
+    step = PlainStep(run.optimizer, run.scheduler, run.precision, trained, training.max_grad_norm)
+    lag = resolve_lag(training.read_back_lag, device, skips_on_device=step.skips_on_device)
     is_main = rank == 0
     metrics = MetricsLog(workspace.metrics)
     if is_main and backup is not None:
@@ -170,9 +177,33 @@ def start_session(
         metrics=metrics,
         progress=progress,
         trained=trained,
-        step=PlainStep(run.optimizer, run.scheduler, run.precision, trained, training.max_grad_norm),
+        step=step,
         command=command,
+        results=StepResults(
+            device,
+            lag,
+            tolerates_overflow=run.precision.skips_overflow,
+            check=lambda record: check_step(session, record),
+        ),
+        flops=_step_flops(parts, run, trained, device, progress),
         last_backup_step=backup.step if backup is not None else None,
         last_backup_path=backup.path if backup is not None else None,
     )
     return session
+
+
+def _step_flops(
+    parts: TrainingParts, run: RunState, trained: list[Any], device: torch.device, progress: ProgressCallback
+) -> StepFlops:
+    """Counts each batch shape's FLOPs once, with the model's checkpointing off (see `flops`)."""
+    import torch
+
+    model = parts.model
+    candidates = [model] if isinstance(model, torch.nn.Module) else list(getattr(model, "components", {}).values())
+    modules = [module for module in candidates if isinstance(module, torch.nn.Module)]
+    one_pass = step_pass(parts.setup, run.generator, run.precision.autocast, trained)
+    return StepFlops(
+        count=lambda batch: count_flops(lambda: one_pass(batch), modules=modules),
+        peak=device_peak(device, run.precision.precision),
+        warn=lambda message: progress({"event": "warning", "message": message}),
+    )

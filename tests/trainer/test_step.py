@@ -41,3 +41,29 @@ def test_a_non_finite_gradient_shows_in_the_norm() -> None:
     strategy, weight = _strategy(max_grad_norm=1.0)
     strategy.backward((weight * torch.tensor([float("inf"), 1.0])).sum())
     assert not torch.isfinite(strategy.measure())
+
+
+def _fused(precision: Precision = Precision.FP32) -> tuple[PlainStep, torch.nn.Parameter]:
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.AdamW([weight], lr=0.5, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return PlainStep(optimizer, scheduler, MixedPrecision(precision, torch.device("cpu")), [weight], 1.0), weight
+
+
+def test_a_fused_optimizer_skips_its_update_by_the_device_flag() -> None:
+    strategy, weight = _fused()
+    assert strategy.skips_on_device
+    assert not _strategy(max_grad_norm=1.0)[0].skips_on_device  # plain SGD cannot
+    strategy.backward(weight.sum())
+    strategy.measure()
+    assert strategy.apply(torch.tensor(1.0)) == [0.5]
+    assert torch.equal(weight.detach(), torch.tensor([1.0, -2.0]))
+    assert weight.grad is None
+    state = strategy.optimizer.state[weight]
+    assert float(state["step"]) == 0.0  # a skipped step is not counted
+    assert not hasattr(strategy.optimizer, "found_inf")
+    strategy.backward(weight.sum())
+    strategy.measure()
+    strategy.apply(torch.tensor(0.0))
+    assert not torch.equal(weight.detach(), torch.tensor([1.0, -2.0]))
+    assert float(state["step"]) == 1.0
