@@ -109,8 +109,9 @@ def compile_repeated_blocks(denoiser: torch.nn.Module, *, backend: str | None = 
             hint="Set training.compile=false for this model.",
         )
     use_compile_cache()
-    if getattr(denoiser, "_repeated_blocks", None) and hasattr(denoiser, "compile_repeated_blocks"):
-        denoiser.compile_repeated_blocks(backend=chosen)
+    diffusers_compile = getattr(denoiser, "compile_repeated_blocks", None)
+    if getattr(denoiser, "_repeated_blocks", None) and callable(diffusers_compile):
+        diffusers_compile(backend=chosen)
         return sum(type(module).__name__ in classes for module in denoiser.modules())
     compiled: list[str] = []
     for name, module in denoiser.named_modules():

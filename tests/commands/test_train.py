@@ -473,8 +473,10 @@ def test_a_compiled_run_reports_its_compilation_backs_up_and_resumes(
         "training.warmup=0",
         "--json",
     )
-    straight = _invoke(_args(tmp_path / "straight", shapes_dataset_dir, "training.max_steps=4", *compiled))
+    straight_args = _args(tmp_path / "straight", shapes_dataset_dir, "training.max_steps=4", "sampling.every=4 steps")
+    straight = _invoke([*straight_args, *compiled])
     assert straight.exit_code == 0, straight.output
+    assert (tmp_path / "straight" / "workspace" / "samples" / "step-00000004-0.png").is_file()  # drawn uncompiled
     (event,) = [event for event in _json_events(straight.stdout) if event["event"] == "compiled"]
     assert event["step"] == 1
     assert event["seconds"] > 0

@@ -86,3 +86,16 @@ def test_auto_reads_each_step_on_the_cpu_and_a_lag_needs_a_step_that_skips_on_th
     with pytest.raises(UserError, match="read_back_lag=1 needs an optimizer") as error:
         resolve_lag(1, torch.device("cuda"), skips_on_device=False)
     assert error.value.where == "training.read_back_lag"
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_values_arrive_through_pinned_memory_after_an_event() -> None:
+    checked: list[StepRecord] = []
+    results = StepResults(torch.device("cuda"), 1, False, check=checked.append)
+    cuda = torch.device("cuda")
+    for step in (1, 2):
+        skip = results.measure(step, torch.tensor(0.5 * step, device=cuda), torch.tensor(2.0, device=cuda))
+        assert skip is not None
+        assert skip.device.type == "cuda"
+        results.finish(0, [0.1])
+    assert [(record.loss, record.grad_norm) for record in results.ready(everything=True)] == [(0.5, 2.0), (1.0, 2.0)]
