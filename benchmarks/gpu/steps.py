@@ -5,12 +5,20 @@ Both train the same UNet architecture from the same random weights on the same k
 the original size, crop and target size the data loader supplies), with AdamW at the same learning
 rate, gradient clipping at 1.0, bf16 autocast, and for LoRA rank 16 on the attention projections
 with the frozen base in bf16 and the adapter in fp32 (as diffusers' LoRA example trains). The bare
-loop is what diffusers' text-to-image examples do per step, with accelerate's autocast spelled out.
-Each step ends by reading the loss on the host, as both loops do to log it.
+loop is what diffusers' text-to-image examples do per step, with accelerate's autocast spelled out,
+and ends by reading the loss on the host to log it, as they do. Ours steps as the trainer does: the
+step strategy (`trainer.step`) with the trainer's optimizer (fused AdamW on CUDA), and the loss read
+back through `trainer.readback` (on CUDA a step late, the NaN guard decided on the device).
+
+A case may compile (`Case.compile`): ours with `training.compile`, the bare loop with diffusers'
+`compile_repeated_blocks`, the regional compilation its documentation recommends; and keep the UNet
+channels-last (`Case.channels_last`), both sides. Each side also counts its step's FLOPs
+(`trainer.flops.count_flops`, on fake tensors) for the model FLOP utilisation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +44,34 @@ class Case:
     """"lora" or "full"."""
     checkpointing: bool
     batch: int = 1
+    compile: bool = False
+    """Regional torch.compile of the UNet's repeated blocks, on both sides."""
+    channels_last: bool = False
+    """The UNet's weights channels-last, on both sides."""
 
     def label(self) -> str:
         method = "LoRA" if self.method == "lora" else "full"
         checkpointing = "GC on" if self.checkpointing else "GC off"
-        return f"{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
+        extras = "".join([", compiled" if self.compile else "", ", channels-last" if self.channels_last else ""])
+        return f"{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}{extras}"
 
 
-Step = Callable[[], float]
+@dataclass
+class Side:
+    """One side of a case, built and ready to step."""
+
+    step: Callable[[], None]
+    """One optimizer step."""
+    trainable: int
+    """Trained parameters."""
+    flops: Callable[[], int]
+    """Counts one step's forward and backward FLOPs (on fake tensors: no compute, nothing trained)."""
+    last_loss: Callable[[], float]
+    """The newest loss the host has read (after the timed steps, with the device synchronised)."""
+
+
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for compiled cases; `--dry-run` swaps in `aot_eager` (same tracing, eager kernels)."""
 
 
 def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[str, Any]:
@@ -77,11 +105,13 @@ def _trainable(parameters: Any) -> list[Any]:
     return [parameter for parameter in parameters if parameter.requires_grad]
 
 
-def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
-    """diffusers' example loop; returns the step and the number of trained parameters."""
+def bare_step(family: Family, case: Case, device: Any) -> Side:
+    """diffusers' example loop."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
+
+    from onetrainer.trainer.flops import count_flops
 
     unet = build_unet(family, device)
     unet.requires_grad_(False)
@@ -103,6 +133,10 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
         unet.requires_grad_(True)
     if case.checkpointing:
         unet.enable_gradient_checkpointing()
+    if case.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if case.compile:
+        unet.compile_repeated_blocks(backend=COMPILE_BACKEND)
     unet.train()
     trained = _trainable(unet.parameters())
     optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
@@ -112,30 +146,41 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
         {"added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": time_ids(batch)}} if family.is_sdxl else {}
     )
     device_type = torch.device(device).type
+    losses = [float("nan")]
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         latents = batch["latents"]
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(device_type, dtype=torch.bfloat16):
             prediction = unet(noisy, timesteps, encoder_hidden_states=batch["text_hidden"], **extra).sample
-        loss = F.mse_loss(prediction.float(), noise.float())
-        loss.backward()
+        return F.mse_loss(prediction.float(), noise.float())
+
+    def step() -> None:
+        value = loss()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        losses[0] = float(value.detach())
 
-    return step, sum(parameter.numel() for parameter in trained)
+    def flops() -> int:
+        return count_flops(lambda: torch.autograd.grad(loss(), trained), modules=[unet])
+
+    return Side(step, sum(parameter.numel() for parameter in trained), flops, lambda: losses[0])
 
 
-def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
-    """The setup's prepare / predict / loss with the trainer's precision, optimizer and clipping."""
+def ours_step(family: Family, case: Case, device: Any) -> Side:
+    """The setup's prepare / predict / loss, stepped by the trainer's step strategy and read-back."""
     import torch
 
+    from onetrainer.model_setup import compile as regional
+    from onetrainer.trainer.flops import count_flops, step_pass
     from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
     from onetrainer.trainer.precision import MixedPrecision
+    from onetrainer.trainer.readback import StepRecord, StepResults, resolve_lag
+    from onetrainer.trainer.step import PlainStep
     from onetrainer.util.config.schema import TrainConfig
     from onetrainer.util.registry import ModuleKind, lookup, supported
 
@@ -149,35 +194,57 @@ def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
             "training": {
                 "precision": "bf16",
                 "gradient_checkpointing": case.checkpointing,
+                "compile": case.compile,
+                "channels_last": case.channels_last,
                 "learning_rate": LEARNING_RATE,
                 "max_grad_norm": MAX_GRAD_NORM,
                 "device": str(device),
             },
         }
     )
-    setup = lookup(ModuleKind.SETUP, family.model_type)(_model(family, device), config)
+    model = _model(family, device)
+    setup = lookup(ModuleKind.SETUP, family.model_type)(model, config)
     target = torch.device(device)
+    regional.BACKEND = COMPILE_BACKEND
     setup.prepare(target, torch.bfloat16)
     groups = resolve_parameter_groups(setup.parameter_groups(), config.training)
     optimizer = build_optimizer(groups, config.training, target)
     precision = MixedPrecision(config.training.precision, target)
     trained = [parameter for group in groups for parameter in group["params"]]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    strategy = PlainStep(optimizer, schedule, precision, trained, MAX_GRAD_NORM)
     generator = torch.Generator(target).manual_seed(config.training.seed)
     batch = make_batch(family, case, device)
+    losses = [float("nan")]
+
+    def check(record: StepRecord) -> None:
+        if not math.isfinite(record.loss):
+            raise RuntimeError(f"the loss became {record.loss} at step {record.step}")
+        losses[0] = record.loss
+
+    lag = resolve_lag("auto", target, skips_on_device=strategy.skips_on_device)
+    results = StepResults(target, lag, tolerates_overflow=False, check=check)
+    steps = [0]
     setup.train()
 
-    def step() -> float:
+    def step() -> None:
+        steps[0] += 1
         with precision.autocast():
-            prediction = setup.predict(batch, generator)
-            loss = setup.loss(prediction, batch)
-        precision.backward(loss)
-        precision.unscale(optimizer)
-        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
-        precision.step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+            loss = setup.loss(setup.predict(batch, generator), batch)
+        strategy.backward(loss)
+        skip = results.measure(steps[0], loss.detach().float(), strategy.measure())
+        results.finish(0, strategy.apply(skip))
+        results.ready()
 
-    return step, sum(parameter.numel() for parameter in trained)
+    def flops() -> int:
+        one_pass = step_pass(setup, generator, precision.autocast, trained)
+        return count_flops(lambda: one_pass(batch), modules=[model.unet])
+
+    def last_loss() -> float:
+        results.ready(everything=True)
+        return losses[0]
+
+    return Side(step, sum(parameter.numel() for parameter in trained), flops, last_loss)
 
 
 def _model(family: Family, device: Any) -> Any:
@@ -195,4 +262,4 @@ def _model(family: Family, device: Any) -> Any:
     )
 
 
-SIDES: dict[str, Callable[[Family, Case, Any], tuple[Step, int]]] = {"ours": ours_step, "diffusers": bare_step}
+SIDES: dict[str, Callable[[Family, Case, Any], Side]] = {"ours": ours_step, "diffusers": bare_step}
