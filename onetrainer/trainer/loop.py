@@ -201,7 +201,7 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
 
                 # Metrics of the steps read back, cadences, and a requested stop (after the last step,
                 # `_finish` handles it).
-                loss_value = _log(session, results.ready()) or loss_value
+                loss_value = _log(session, results.ready(), loss_value)
                 _cadences(session, epoch_ended)
                 if counters.step >= session.total_steps:
                     break
@@ -210,7 +210,7 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
             if counters.position >= batches_in_epoch:
                 counters.epoch += 1
                 counters.position = 0
-        loss_value = _log(session, results.ready(everything=True)) or loss_value
+        loss_value = _log(session, results.ready(everything=True), loss_value)
     except (Interrupted, TrainingDiverged):
         raise
     except Exception:
@@ -219,11 +219,11 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
     return loss_value
 
 
-def _log(session: Session, records: list[StepRecord]) -> float | None:
-    """Log steps read back from the device (checked as they were read); returns the newest loss."""
+def _log(session: Session, records: list[StepRecord], loss: float | None = None) -> float | None:
+    """Log steps read back from the device (checked as they were read); returns the newest loss, else `loss`."""
     for record in records:
         session.log_step(record)
-    return records[-1].loss if records else None
+    return records[-1].loss if records else loss
 
 
 def _settle(session: Session) -> None:

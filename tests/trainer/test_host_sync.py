@@ -70,9 +70,19 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return counts
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+TRAINED = {
+    "lora": ["method=lora"],
+    "full": ["method=full"],
+    "lora-and-text-encoder": ["method=lora", "parts.text_encoder.train=true"],
+    "embedding": ["method=embedding", "embedding.placeholder=<shape>", "embedding.init_text=shape"],
+    "sdxl-lora": ["model.type=sdxl", "model.base=tiny:sdxl", "method=lora"],
+}
+"""What trains; with a trained text encoder or embedding the captions are encoded inside the step."""
+
+
+@pytest.mark.parametrize("trained", list(TRAINED))
 def test_a_step_reads_nothing_back_but_the_lagged_loss_and_gradient_norm(
-    tmp_path: Path, shapes_dataset_dir: Path, host_reads: Counter[str], method: str
+    tmp_path: Path, shapes_dataset_dir: Path, host_reads: Counter[str], trained: str
 ) -> None:
     config = load_config(
         presets_dir() / "demo.yaml",
@@ -80,7 +90,7 @@ def test_a_step_reads_nothing_back_but_the_lagged_loss_and_gradient_norm(
             f"data.concepts.0.path={shapes_dataset_dir}",
             f"workspace={tmp_path / 'workspace'}",
             f"saving.output={tmp_path / 'out' / 'model.safetensors'}",
-            f"method={method}",
+            *TRAINED[trained],
             "training.max_steps=3",
             "training.read_back_lag=1",
             "training.optimizer_args={fused: true}",
