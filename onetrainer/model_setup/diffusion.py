@@ -1,10 +1,12 @@
 """The training setup every family shares: what trains, where it lives, and one step's prediction and loss.
 
 `prepare` decides the trained tensors once (LoRA layers on the parts that train, whole parts for a
-full fine-tune, embeddings on the text encoders that take them), applies the placement policy and
-switches on gradient checkpointing; after that `predict` and `loss` are pure functions of the batch
-and the generator. What differs per family comes from its `FamilyHooks` (how captions condition the
-denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
+full fine-tune, embeddings on the text encoders that take them), applies the placement policy,
+switches on gradient checkpointing and, last, the speed settings (channels-last, regional
+compilation: `compile`), so that compiled blocks already hold their adapters; after that `predict`
+and `loss` are pure functions of the batch and the generator. What differs per family comes from
+its `FamilyHooks` (how captions condition the denoiser, how the denoiser is called) and its
+objective (DDPM or flow matching).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from onetrainer.model.adapters.dora import dora_axis
 from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding, read_embedding_file
 from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, adapters_disabled, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model_setup.compile import apply_speed_settings
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
@@ -108,6 +111,9 @@ class DiffusionSetup:
         self._vae_encoder = VaeImageEncoder(model.components[vae], self.device, policy[vae].storage_dtype, part=vae)
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._checkpointing(config.training.gradient_checkpointing)
+        apply_speed_settings(
+            model.denoiser, compile=config.training.compile, channels_last=config.training.channels_last
+        )
         model.adapters.lora = self.lora
         model.adapters.embeddings = list(self.embeddings)
 
@@ -248,7 +254,7 @@ class DiffusionSetup:
         if latents is None:
             vae.load()
             latents = vae.encode_tensor(batch["pixels"])
-        latents = latents.to(self.device)
+        latents = latents.to(self.device, non_blocking=True)
         conditioner = self._require_conditioner()
         conditioning = {key: batch[key] for key in conditioner.output_keys if key in batch}
         if len(conditioning) != len(conditioner.output_keys):

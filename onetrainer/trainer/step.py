@@ -2,7 +2,9 @@
 
 The loop stays the same whatever the strategy: per batch `backward(loss)`, then once per optimizer
 step `measure()` (the gradient norm, clipped when `max_grad_norm` is set; the loop stops before the
-update if it is not finite) and `apply()` (the optimizer and schedule step). A strategy owns the
+update if it is not finite) and `apply(skip)` (the optimizer and schedule step). Where the strategy
+`skips_on_device`, the finite check need not wait for the host: `skip` is a device flag, set when
+the step diverged, by which the optimizer leaves the weights alone (`trainer.readback`). A strategy owns the
 parts of that sequence that memory or speed features change: a fused backward pass steps each
 parameter as its gradient is ready and keeps no full set of gradients, so it would measure and apply
 inside `backward` instead.
@@ -33,8 +35,14 @@ class StepStrategy(Protocol):
         """The step's total gradient norm (a 0-dim tensor on the device), after unscaling and clipping."""
         ...
 
-    def apply(self) -> list[float]:
-        """Update the weights and the schedule, clear the gradients; returns the learning rates used."""
+    def apply(self, skip: torch.Tensor | None = None) -> list[float]:
+        """Update the weights (unless the device flag `skip` is set) and the schedule, clear the gradients;
+        returns the learning rates used."""
+        ...
+
+    @property
+    def skips_on_device(self) -> bool:
+        """Whether `apply` honours a device `skip` flag (else the loop reads the check before `apply`)."""
         ...
 
 
@@ -71,8 +79,15 @@ class PlainStep:
         self.precision.unscale(self.optimizer)
         return self.clip(self.trained, self.max_grad_norm)
 
-    def apply(self) -> list[float]:
-        self.precision.step(self.optimizer)
+    @property
+    def skips_on_device(self) -> bool:
+        return bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+
+    def apply(self, skip: torch.Tensor | None = None) -> list[float]:
+        if skip is None:
+            self.precision.step(self.optimizer)
+        else:
+            self.precision.step_unless(self.optimizer, skip)
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
