@@ -25,6 +25,7 @@ from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
 from onetrainer.model_setup.placement import apply_placement, placement_policy
 from onetrainer.model_setup.trainables import Trainables
+from onetrainer.util.config.data import ConceptType
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
@@ -56,6 +57,8 @@ class DiffusionSetup:
         self.stopped: set[str] = set()
         self._vae_encoder: VaeImageEncoder | None = None
         self._conditioner: Conditioner | None = None
+        self._prior_concepts = any(concept.type is ConceptType.PRIOR for concept in config.data.concepts)
+        """Only then does a step look at a batch's `is_prior` flags (a read on the host, every step)."""
 
     @property
     def spec(self) -> FamilySpec:
@@ -263,9 +266,9 @@ class DiffusionSetup:
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
         prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         target = noised.target
-        prior = batch.get("is_prior")
-        if prior is not None and bool(prior.any()):
-            target = self._prior_target(noised, conditioning, batch, prior.to(target.device))
+        prior = batch.get("is_prior") if self._prior_concepts else None
+        if prior is not None and bool(prior.any()):  # the loader's flags, on the host: no wait for the device
+            target = self._prior_target(noised, conditioning, batch, prior.to(target.device, non_blocking=True))
         return {"prediction": prediction, "target": target, "weights": noised.weights}
 
     def _prior_target(

@@ -76,8 +76,10 @@ TRAINED = {
     "lora-and-text-encoder": ["method=lora", "parts.text_encoder.train=true"],
     "embedding": ["method=embedding", "embedding.placeholder=<shape>", "embedding.init_text=shape"],
     "sdxl-lora": ["model.type=sdxl", "model.base=tiny:sdxl", "method=lora"],
+    "flux-lora": ["model.type=flux-dev", "model.base=tiny:flux-dev", "method=lora"],
 }
-"""What trains; with a trained text encoder or embedding the captions are encoded inside the step."""
+"""What trains; with a trained text encoder or embedding the captions are encoded inside the step; FLUX.1
+is the flow-matching objective (resolution-shifted noise levels) and a transformer on packed latents."""
 
 
 @pytest.mark.parametrize("trained", list(TRAINED))
