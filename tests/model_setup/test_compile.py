@@ -184,3 +184,62 @@ def test_channels_last_keeps_training_and_backups_working(tmp_path: Path) -> Non
     assert _train(setup, (8,)) == pytest.approx(_train(plain, (8,)), rel=LOSS_TOLERANCE)
     save_safetensors(setup.trainable_state_dict(), tmp_path / "weights.safetensors")
     plain.load_trainable_state_dict(setup.trainable_state_dict())
+
+
+def _flux_setup(**training: Any) -> DiffusionSetup:
+    config = TrainConfig.model_validate(
+        {
+            "model": {"type": "flux-dev", "base": "tiny:flux-dev"},
+            "method": "lora",
+            "training": {"device": "cpu", **training},
+        }
+    )
+    setup = lookup(ModuleKind.SETUP, "flux-dev")(copy.deepcopy(_flux_base()), config)
+    setup.prepare("cpu", torch.float32)
+    setup.train()
+    return setup
+
+
+@functools.cache
+def _flux_base() -> DiffusionModel:
+    return load_model("tiny:flux-dev")
+
+
+def _train_flux(setup: DiffusionSetup, sides: tuple[int, ...]) -> list[float]:
+    """One AdamW step per latent side of FLUX.1's 16-channel latents, from fixed batches and noise."""
+    from onetrainer.model_setup.flux import POOLED_KEY, TEXT_KEY
+
+    optimizer = torch.optim.AdamW([param for group in setup.parameter_groups() for param in group["params"]], lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    config = setup.model.denoiser.config
+    losses = []
+    for index, side in enumerate(sides):
+        data = torch.Generator().manual_seed(index)
+        batch = {
+            "latents": torch.randn(2, 16, side, side, generator=data),
+            TEXT_KEY: torch.randn(2, 7, config.joint_attention_dim, generator=data),
+            POOLED_KEY: torch.randn(2, config.pooled_projection_dim, generator=data),
+        }
+        loss = setup.loss(setup.predict(batch, generator), batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_fluxs_transformer_compiles_its_named_blocks_and_trains_as_uncompiled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # FLUX.1's transformer names its double- and single-stream blocks (diffusers' `_repeated_blocks`).
+    monkeypatch.setattr(regional, "BACKEND", "aot_eager")
+    monkeypatch.setenv(regional.CACHE_VARIABLE, str(tmp_path / "cache"))
+    transformer = _flux_base().denoiser
+    assert regional.repeated_block_classes(transformer) == ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+    eager = _flux_setup(gradient_checkpointing=True)
+    compiled = _flux_setup(gradient_checkpointing=True, compile=True)
+    blocks = [*compiled.model.denoiser.transformer_blocks, *compiled.model.denoiser.single_transformer_blocks]
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert list(compiled.trainable_state_dict()) == list(eager.trainable_state_dict())
+    sides = (8, 8, 12)
+    assert _train_flux(compiled, sides) == pytest.approx(_train_flux(eager, sides), rel=LOSS_TOLERANCE)

@@ -125,6 +125,17 @@ def test_a_count_that_fails_turns_counting_off_with_one_warning() -> None:
     assert "no fake kernel" in warnings[0]
 
 
+def test_a_model_that_cannot_be_counted_says_so_once_and_counts_nothing() -> None:
+    warnings: list[str] = []
+    reason = "a model sharded over the ranks (FSDP) has no FLOP count"
+    flops = StepFlops.unavailable(reason, warn=warnings.append)
+    assert warnings == [f"warning: {reason}, so no FLOP/s or MFU is shown"]
+    flops.add({"latents": torch.zeros(1, 4, 8, 8)})
+    assert flops.take() is None
+    assert flops.utilisation(1e12) is None
+    assert len(warnings) == 1
+
+
 @pytest.mark.parametrize(
     ("name", "precision", "tf32", "tflops"),
     [
@@ -145,3 +156,30 @@ def test_peaks_are_dense_spec_figures_by_gpu_name_and_precision(
 ) -> None:
     peak = peak_flops(name, precision, tf32=tf32)
     assert peak == (tflops * 1e12 if tflops is not None else None)
+
+
+def test_a_flow_matching_step_is_counted_as_torchs_flop_counter_counts_it_run_for_real() -> None:
+    # FLUX.1: packed latents, position ids, guidance and a resolution-shifted flow-matching objective.
+    from onetrainer.model_setup.flux import POOLED_KEY, TEXT_KEY
+
+    config = TrainConfig.model_validate(
+        {"model": {"type": "flux-dev", "base": "tiny:flux-dev"}, "method": "full", "training": {"device": "cpu"}}
+    )
+    setup = lookup(ModuleKind.SETUP, "flux-dev")(load_model("tiny:flux-dev"), config)
+    setup.prepare("cpu", torch.float32)
+    setup.train()
+    transformer = setup.model.denoiser
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "latents": torch.randn(2, 16, 8, 8, generator=generator),
+        TEXT_KEY: torch.randn(2, 7, transformer.config.joint_attention_dim, generator=generator),
+        POOLED_KEY: torch.randn(2, transformer.config.pooled_projection_dim, generator=generator),
+        "captions": ["a", "b"],
+    }
+    trained = [param for group in setup.parameter_groups() for param in group["params"]]
+    one_pass = step_pass(setup, torch.Generator().manual_seed(1), _no_autocast, trained)
+    counted = count_flops(lambda: one_pass(batch), modules=[transformer])
+    with FlopCounterMode(display=False) as counter:
+        one_pass(batch)
+    assert counted == counter.get_total_flops() > 0
+    assert all(param.grad is None for param in trained)
