@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from onetrainer.trainer.readback import StepRecord, StepResults, resolve_lag
+from onetrainer.trainer.readback import RankFailed, StepRecord, StepResults, resolve_lag
 from onetrainer.util.errors import UserError
 
 
@@ -67,6 +67,40 @@ def test_under_fp16_an_overflow_skips_only_its_step_and_a_non_finite_loss_every_
         _step(results, 4, 0.5),
     ]
     assert [float(flag) for flag in flags if flag is not None] == [1.0, 0.0, 1.0, 1.0]
+
+
+def test_a_failed_rank_skips_its_update_and_every_later_one_and_is_raised_when_read() -> None:
+    results, checked = _results(2)
+    flags = [results.measure(1, torch.tensor(0.5), torch.tensor(1.0))]
+    results.finish(0, [0.1])
+    flags.append(results.measure(2, torch.tensor(math.nan), torch.tensor(1.0), failed=True))
+    results.finish(0, [0.1])
+    flags.append(results.measure(3, torch.tensor(0.5), torch.tensor(1.0)))
+    results.finish(0, [0.1])
+    assert [float(flag) for flag in flags if flag is not None] == [0.0, 1.0, 1.0]
+    assert [record.step for record in results.ready()] == [1]
+    with pytest.raises(RankFailed) as failed:
+        results.ready(everything=True)
+    assert (failed.value.step, failed.value.before_update) == (2, False)
+    assert [record.step for record in checked] == [1]  # the failure is raised, not checked as a NaN loss
+
+    read_now, checked = _results(0)
+    with pytest.raises(RankFailed) as failed:
+        read_now.measure(1, torch.tensor(0.5), torch.tensor(1.0), failed=True)
+    assert failed.value.before_update
+    assert checked == []
+
+
+def test_a_stop_request_travels_with_its_step_and_is_known_once_read() -> None:
+    results, _ = _results(1)
+    results.measure(1, torch.tensor(0.5), torch.tensor(1.0), stop=True)
+    results.finish(0, [0.1])
+    assert not results.stop_read
+    results.measure(2, torch.tensor(0.5), torch.tensor(1.0))
+    results.finish(0, [0.1])
+    (record,) = results.ready()
+    assert record.stop
+    assert results.stop_read
 
 
 def test_each_step_reports_the_host_time_since_the_previous_one() -> None:
