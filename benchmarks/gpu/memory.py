@@ -11,12 +11,7 @@ against.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from benchmarks.gpu.architectures import Family
-
-if TYPE_CHECKING:
-    from benchmarks.gpu.steps import Case, Step
+from typing import Any
 
 FAMILY_PRESETS = {"SD1.5": "sd15", "SDXL": "sdxl", "FLUX.1-dev": "flux-dev"}
 """Benchmark family -> the model type whose memory presets it runs."""
@@ -49,46 +44,3 @@ def preset_config(preset: str, device: Any) -> Any:
 
     overrides = [f"training.device={device}", "lora.targets=attn", "lora.rank=16", "lora.alpha=16"]
     return load_config(presets_dir() / f"{preset}.yaml", overrides, check_paths=False)
-
-
-def preset_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
-    """One step of `case.preset`'s settings through the setup, the optimizer builder and the step strategy."""
-    import torch
-
-    from benchmarks.gpu.steps import make_batch, onetrainer_model
-    from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
-    from onetrainer.trainer.precision import MixedPrecision
-    from onetrainer.trainer.step import build_step
-    from onetrainer.trainer.updates import offload_to_cpu
-    from onetrainer.util.dtypes import torch_dtype
-    from onetrainer.util.registry import ModuleKind, lookup
-
-    assert case.preset is not None
-    config = preset_config(case.preset, device)
-    target = torch.device(device)
-    # Built in CPU memory, as the loader leaves it; FLUX.1's 12 B bf16 weights on the device instead (its
-    # random initialisation takes minutes on the CPU). The peak is measured after building either way.
-    built_on = device if family.is_flux else "cpu"
-    setup = lookup(ModuleKind.SETUP, family.model_type)(onetrainer_model(family, built_on), config)
-    setup.prepare(target, torch_dtype(config.model.dtype))
-    training = config.training
-    groups = resolve_parameter_groups(setup.parameter_groups(), training)
-    trained = [parameter for group in groups for parameter in group["params"]]
-    optimizer_groups, masters = offload_to_cpu(groups, target) if training.optimizer_offload else (groups, None)
-    optimizer = build_optimizer(optimizer_groups, training, torch.device("cpu") if masters else target)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    precision = MixedPrecision(training.precision, target)
-    strategy = build_step(training, optimizer, scheduler, precision, trained, masters=masters)
-    generator = torch.Generator(target).manual_seed(training.seed)
-    batch = make_batch(family, case, device)
-    setup.train()
-
-    def step() -> float:
-        with precision.autocast():
-            loss = setup.loss(setup.predict(batch, generator), batch)
-        strategy.backward(loss)
-        strategy.measure()
-        strategy.apply()
-        return float(loss.detach())
-
-    return step, sum(parameter.numel() for parameter in trained)

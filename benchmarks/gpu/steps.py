@@ -7,12 +7,21 @@ rate, gradient clipping at 1.0, bf16 autocast, and for LoRA rank 16 on the atten
 with the frozen base in bf16 and the adapter in fp32 (as diffusers' LoRA example trains). The bare
 loop is what diffusers' text-to-image examples do per step (for FLUX.1, its DreamBooth LoRA script:
 rectified-flow noising with uniform timesteps, 2x2 packed latents with position ids, guidance 1),
-with accelerate's autocast spelled out. Each step ends by reading the loss on the host, as both loops
-do to log it.
+with accelerate's autocast spelled out, and ends by reading the loss on the host to log it, as they
+do. Ours steps as the trainer does: the step strategy (`trainer.step`) with the trainer's optimizer
+(fused AdamW on CUDA), and the loss read back through `trainer.readback` (on CUDA a step late, the
+NaN guard decided on the device).
+
+A case may compile (`Case.compile`): ours with `training.compile`, the bare loop with diffusers'
+`compile_repeated_blocks`, the regional compilation its documentation recommends (FLUX.1's
+transformer names its double- and single-stream blocks); and keep the UNet channels-last
+(`Case.channels_last`), both sides. Each side also counts its step's FLOPs
+(`trainer.flops.count_flops`, on fake tensors) for the model FLOP utilisation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,15 +54,35 @@ class Case:
     batch: int = 1
     preset: str | None = None
     """A memory preset whose settings ours trains with (`benchmarks.gpu.memory`); None: plain bf16."""
+    compile: bool = False
+    """Regional torch.compile of the denoiser's repeated blocks, on both sides."""
+    channels_last: bool = False
+    """The UNet's weights channels-last, on both sides."""
 
     def label(self) -> str:
         method = "LoRA" if self.method == "lora" else "full"
         checkpointing = "GC on" if self.checkpointing else "GC off"
         preset = f"preset {self.preset}: " if self.preset else ""
-        return f"{preset}{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}"
+        extras = "".join([", compiled" if self.compile else "", ", channels-last" if self.channels_last else ""])
+        return f"{preset}{self.family} {self.resolution} px {method}, {checkpointing}, batch {self.batch}{extras}"
 
 
-Step = Callable[[], float]
+@dataclass
+class Side:
+    """One side of a case, built and ready to step."""
+
+    step: Callable[[], None]
+    """One optimizer step."""
+    trainable: int
+    """Trained parameters."""
+    flops: Callable[[], int]
+    """Counts one step's forward and backward FLOPs (on fake tensors: no compute, nothing trained)."""
+    last_loss: Callable[[], float]
+    """The newest loss the host has read (after the timed steps, with the device synchronised)."""
+
+
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for compiled cases; `--dry-run` swaps in `aot_eager` (same tracing, eager kernels)."""
 
 
 def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[str, Any]:
@@ -93,8 +122,33 @@ def _trainable(parameters: Any) -> list[Any]:
     return [parameter for parameter in parameters if parameter.requires_grad]
 
 
-def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
-    """diffusers' example loop; returns the step and the number of trained parameters."""
+def _bare_update(
+    trained: list[Any], loss: Callable[[], Any], optimizer: Any, losses: list[float]
+) -> Callable[[], None]:
+    """diffusers' examples' update: backward, clip, step, and the loss read on the host to log it."""
+    import torch
+
+    def step() -> None:
+        value = loss()
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses[0] = float(value.detach())
+
+    return step
+
+
+def _bare_flops(denoiser: Any, trained: list[Any], loss: Callable[[], Any]) -> Callable[[], int]:
+    import torch
+
+    from onetrainer.trainer.flops import count_flops
+
+    return lambda: count_flops(lambda: torch.autograd.grad(loss(), trained), modules=[denoiser])
+
+
+def bare_step(family: Family, case: Case, device: Any) -> Side:
+    """diffusers' example loop."""
     if family.is_flux:
         return bare_flux_step(family, case, device)
     import torch
@@ -121,6 +175,10 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
         unet.requires_grad_(True)
     if case.checkpointing:
         unet.enable_gradient_checkpointing()
+    if case.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if case.compile:
+        unet.compile_repeated_blocks(backend=COMPILE_BACKEND)
     unet.train()
     trained = _trainable(unet.parameters())
     optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
@@ -130,25 +188,23 @@ def bare_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
         {"added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": time_ids(batch)}} if family.is_sdxl else {}
     )
     device_type = torch.device(device).type
+    losses = [float("nan")]
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         latents = batch["latents"]
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(device_type, dtype=torch.bfloat16):
             prediction = unet(noisy, timesteps, encoder_hidden_states=batch["text_hidden"], **extra).sample
-        loss = F.mse_loss(prediction.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return F.mse_loss(prediction.float(), noise.float())
 
-    return step, sum(parameter.numel() for parameter in trained)
+    step = _bare_update(trained, loss, optimizer, losses)
+    flops = _bare_flops(unet, trained, loss)
+    return Side(step, sum(parameter.numel() for parameter in trained), flops, lambda: losses[0])
 
 
-def bare_flux_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
+def bare_flux_step(family: Family, case: Case, device: Any) -> Side:
     """diffusers' FLUX DreamBooth LoRA loop (`train_dreambooth_lora_flux.py`), per step."""
     import torch
     import torch.nn.functional as F
@@ -168,6 +224,8 @@ def bare_flux_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
         parameter.data = parameter.data.float()
     if case.checkpointing:
         transformer.enable_gradient_checkpointing()
+    if case.compile:
+        transformer.compile_repeated_blocks(backend=COMPILE_BACKEND)
     transformer.train()
     trained = _trainable(transformer.parameters())
     optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
@@ -178,8 +236,9 @@ def bare_flux_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
     text_ids = torch.zeros(FLUX_T5_TOKENS, 3, device=device, dtype=torch.bfloat16)
     guidance = torch.ones(size, device=device)
     device_type = torch.device(device).type
+    losses = [float("nan")]
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         noise = torch.randn_like(latents)
         sigmas = torch.rand(size, device=latents.device)
         noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
@@ -196,70 +255,110 @@ def bare_flux_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
                 return_dict=False,
             )[0]
         prediction = FluxPipeline._unpack_latents(prediction, height * 8, width * 8, 8)
-        loss = F.mse_loss(prediction.float(), (noise - latents).float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return F.mse_loss(prediction.float(), (noise - latents).float())
 
-    return step, sum(parameter.numel() for parameter in trained)
+    step = _bare_update(trained, loss, optimizer, losses)
+    flops = _bare_flops(transformer, trained, loss)
+    return Side(step, sum(parameter.numel() for parameter in trained), flops, lambda: losses[0])
 
 
-def ours_step(family: Family, case: Case, device: Any) -> tuple[Step, int]:
-    """The setup's prepare / predict / loss with the trainer's precision, optimizer and clipping."""
-    import torch
+def ours_step(family: Family, case: Case, device: Any) -> Side:
+    """The setup's prepare / predict / loss, stepped by the trainer's step strategy and read-back.
 
-    from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
-    from onetrainer.trainer.precision import MixedPrecision
+    A memory-preset case trains with the preset's settings (`benchmarks.gpu.memory`), built in CPU
+    memory as the loader leaves it; FLUX.1's 12 B bf16 weights are built on the device instead (its
+    random initialisation takes minutes on the CPU). The peak is measured after building either way.
+    """
     from onetrainer.util.config.schema import TrainConfig
-    from onetrainer.util.registry import ModuleKind, lookup, supported
+    from onetrainer.util.registry import ModuleKind, supported
 
     if family.model_type not in supported(ModuleKind.SETUP):
         raise Unavailable(f"onetrainer has no {family.name} training setup yet")
     if case.preset is not None:
-        from benchmarks.gpu.memory import preset_step
+        from benchmarks.gpu.memory import preset_config
 
-        return preset_step(family, case, device)
+        config = preset_config(case.preset, device)
+        return trained_side(family, case, device, config, built_on=device if family.is_flux else "cpu")
     if family.is_flux and case.method != "lora":
         raise Unavailable("FLUX.1 is benchmarked with LoRA only")
     config = TrainConfig.model_validate(
         {
-            "model": {"type": family.model_type},
+            "model": {"type": family.model_type, "dtype": "bf16"},
             "method": case.method,
             "lora": {"rank": LORA_RANK, "alpha": LORA_RANK, "targets": "attn"},
             "training": {
                 "precision": "bf16",
                 "gradient_checkpointing": case.checkpointing,
+                "compile": case.compile,
+                "channels_last": case.channels_last,
                 "learning_rate": LEARNING_RATE,
                 "max_grad_norm": MAX_GRAD_NORM,
                 "device": str(device),
             },
         }
     )
-    setup = lookup(ModuleKind.SETUP, family.model_type)(onetrainer_model(family, device), config)
+    return trained_side(family, case, device, config, built_on=device)
+
+
+def trained_side(family: Family, case: Case, device: Any, config: Any, *, built_on: Any) -> Side:
+    """`config`'s run on the real-size denoiser built on `built_on`, as `trainer.start` steps it."""
+    import torch
+
+    from onetrainer.model_setup import compile as regional
+    from onetrainer.trainer.flops import count_flops, step_pass
+    from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
+    from onetrainer.trainer.precision import MixedPrecision
+    from onetrainer.trainer.readback import StepRecord, StepResults, resolve_lag
+    from onetrainer.trainer.step import build_step
+    from onetrainer.trainer.updates import offload_to_cpu
+    from onetrainer.util.dtypes import torch_dtype
+    from onetrainer.util.registry import ModuleKind, lookup
+
+    model = onetrainer_model(family, built_on)
+    setup = lookup(ModuleKind.SETUP, family.model_type)(model, config)
     target = torch.device(device)
-    setup.prepare(target, torch.bfloat16)
-    groups = resolve_parameter_groups(setup.parameter_groups(), config.training)
-    optimizer = build_optimizer(groups, config.training, target)
-    precision = MixedPrecision(config.training.precision, target)
+    regional.BACKEND = COMPILE_BACKEND
+    setup.prepare(target, torch_dtype(config.model.dtype))
+    training = config.training
+    groups = resolve_parameter_groups(setup.parameter_groups(), training)
     trained = [parameter for group in groups for parameter in group["params"]]
-    generator = torch.Generator(target).manual_seed(config.training.seed)
+    optimizer_groups, masters = offload_to_cpu(groups, target) if training.optimizer_offload else (groups, None)
+    optimizer = build_optimizer(optimizer_groups, training, torch.device("cpu") if masters else target)
+    precision = MixedPrecision(training.precision, target)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    strategy = build_step(training, optimizer, schedule, precision, trained, masters=masters)
+    generator = torch.Generator(target).manual_seed(training.seed)
     batch = make_batch(family, case, device)
+    losses = [float("nan")]
+
+    def check(record: StepRecord) -> None:
+        if not math.isfinite(record.loss):
+            raise RuntimeError(f"the loss became {record.loss} at step {record.step}")
+        losses[0] = record.loss
+
+    lag = resolve_lag("auto", target, skips_on_device=strategy.skips_on_device)
+    results = StepResults(target, lag, tolerates_overflow=False, check=check)
+    steps = [0]
     setup.train()
 
-    def step() -> float:
+    def step() -> None:
+        steps[0] += 1
         with precision.autocast():
-            prediction = setup.predict(batch, generator)
-            loss = setup.loss(prediction, batch)
-        precision.backward(loss)
-        precision.unscale(optimizer)
-        torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
-        precision.step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+            loss = setup.loss(setup.predict(batch, generator), batch)
+        strategy.backward(loss)
+        skip = results.measure(steps[0], loss.detach().float(), strategy.measure())
+        results.finish(0, strategy.apply(skip))
+        results.ready()
 
-    return step, sum(parameter.numel() for parameter in trained)
+    def flops() -> int:
+        one_pass = step_pass(setup, generator, precision.autocast, trained)
+        return count_flops(lambda: one_pass(batch), modules=[model.denoiser])
+
+    def last_loss() -> float:
+        results.ready(everything=True)
+        return losses[0]
+
+    return Side(step, sum(parameter.numel() for parameter in trained), flops, last_loss)
 
 
 def onetrainer_model(family: Family, device: Any) -> Any:
@@ -277,4 +376,4 @@ def onetrainer_model(family: Family, device: Any) -> Any:
     )
 
 
-SIDES: dict[str, Callable[[Family, Case, Any], tuple[Step, int]]] = {"ours": ours_step, "diffusers": bare_step}
+SIDES: dict[str, Callable[[Family, Case, Any], Side]] = {"ours": ours_step, "diffusers": bare_step}

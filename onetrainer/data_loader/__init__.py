@@ -9,10 +9,11 @@ content-keyed disk cache (`cache`, `caching`) when it can.
 API for the trainer and commands:
 
 * `build_data_loader(config, *, image_encoder=None, text_encoder=None, cache_dir=None, rank=0,
-  world_size=1, workers=None, quantisation=8, progress=ignore_events) -> DataLoader`
+  world_size=1, workers=None, quantisation=8, progress=ignore_events, pin_memory=False) -> DataLoader`
   (`quantisation`: the family's bucket step, e.g. 8 where the VAE downsamples by 8 and the denoiser
   takes every latent size; `cache_dir` defaults to `data.cache_dir`, else
-  `<workspace>/cache`). Raises `ConfigError` for a missing concept folder and `UserError` (exit 2)
+  `<workspace>/cache`; `pin_memory`: batches in page-locked memory, for a CUDA device). Raises
+  `ConfigError` for a missing concept folder and `UserError` (exit 2)
   when nothing would train, or under `data.strict` when any image is skipped.
 * `DataLoader.fill_cache() -> CacheStats`: the caching pass (call before training; on multi-GPU,
   on rank 0 first, then the others after a barrier: they re-read the file records and the manifest,

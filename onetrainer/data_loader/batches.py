@@ -105,3 +105,10 @@ def _pairs(values: list[tuple[int, int]]) -> torch.Tensor:
     import torch
 
     return torch.tensor([list(value) for value in values], dtype=torch.long)
+
+
+def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its tensors in page-locked memory, which a GPU copies from without blocking the host."""
+    import torch
+
+    return {key: value.pin_memory() if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

@@ -3,7 +3,8 @@
 `build_data_loader` scans the concepts (raising the exit-2 errors: missing folders, nothing to
 train, skipped files under `strict`), plans the epochs and builds the graphs. `fill_cache()` runs
 the caching pass; `batches(epoch)` yields this rank's batches, prepared by the worker pool ahead of
-the training step; `state_dict()` is (epoch, batches handed out), enough to resume mid-epoch with
+the training step (in page-locked memory with `pin_memory`, for the GPU to copy without blocking the
+host); `state_dict()` is (epoch, batches handed out), enough to resume mid-epoch with
 exactly the batches an uninterrupted run would have produced.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.data_loader.batches import BatchBuilder
+from onetrainer.data_loader.batches import BatchBuilder, pin_batch
 from onetrainer.data_loader.cache import CacheStore
 from onetrainer.data_loader.caching import CacheFiller, CacheIndex, CacheStats, text_slots
 from onetrainer.data_loader.encoders import ImageEncoder, TextEncoder
@@ -109,6 +110,7 @@ class DataLoader:
         workers: int,
         quantisation: int,
         progress: ProgressCallback,
+        pin_memory: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside the world size {world_size}")
@@ -116,6 +118,7 @@ class DataLoader:
         self.rank = rank
         self.world_size = world_size
         self.quantisation = quantisation
+        self.pin_memory = pin_memory
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.progress = progress
@@ -303,7 +306,7 @@ class DataLoader:
         builder = self._builder()
 
         def build(item: tuple[int, int, tuple[Draw, ...]]) -> tuple[int, int, dict[str, Any]]:
-            return item[0], item[1], builder.build(item[2])
+            return item[0], item[1], self._pinned(builder.build(item[2]))
 
         window = max(self.depth, CACHED_WINDOW) if self.pipeline.image_cached else self.depth
         stream = self.pool.map_ordered(build, self._planned(epoch, start), window)
@@ -339,8 +342,13 @@ class DataLoader:
         fixed (variation 0) augmentation."""
         builder = self._builder()
         shards = [batch.draws for batch in self.plan.validation_batches(None if every_rank else self.rank)]
-        for batch in self.pool.map_ordered(builder.build, shards, self.depth):
+        for batch in self.pool.map_ordered(lambda draws: self._pinned(builder.build(draws)), shards, self.depth):
             yield self._encode_inline(batch)
+
+    def _pinned(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch's tensors in page-locked memory (in the worker), if asked: the step then copies them to the
+        GPU with `non_blocking=True`, without waiting."""
+        return pin_batch(batch) if self.pin_memory else batch
 
     def state_dict(self) -> dict[str, int]:
         """(epoch, batches of it handed out so far): where `batches` should continue after a resume."""
@@ -380,10 +388,12 @@ def build_data_loader(
     workers: int | None = None,
     quantisation: int = 8,
     progress: ProgressCallback = ignore_events,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """The loader for one rank. `quantisation`: the family's bucket step (`FamilySpec.bucket_step`).
 
-    `cache_dir` defaults to `data.cache_dir`, else `<workspace>/cache`; `workers` to `data.workers`.
+    `cache_dir` defaults to `data.cache_dir`, else `<workspace>/cache`; `workers` to `data.workers`;
+    `pin_memory` (for a CUDA device) puts each batch's tensors in page-locked memory.
     """
     return DataLoader(
         config,
@@ -395,4 +405,5 @@ def build_data_loader(
         workers=_workers(config, workers),
         quantisation=quantisation,
         progress=progress,
+        pin_memory=pin_memory,
     )

@@ -71,7 +71,8 @@ def clip_outputs(
     """(hidden states of `layer` from the end, the model's pooled output: `text_embeds` of a model with a
     projection, else `pooler_output`)."""
     device = next(text_encoder.parameters()).device
-    outputs = text_encoder(input_ids.to(device), output_hidden_states=layer > 1)
+    # Without blocking: inside a training step (a text encoder that trains) a blocking copy waits for the GPU.
+    outputs = text_encoder(input_ids.to(device, non_blocking=True), output_hidden_states=layer > 1)
     pooled = getattr(outputs, "text_embeds", None)
     if pooled is None:
         pooled = outputs.pooler_output

@@ -153,6 +153,13 @@ class DdpmObjective:
         self.loss_config = loss
         self.prediction_type = prediction_type
         self.alphas_cumprod = schedule.to(torch.float32)
+        self._on_device: dict[torch.device, torch.Tensor] = {}
+
+    def schedule_on(self, device: torch.device) -> torch.Tensor:
+        """`alphas_cumprod` on `device`, copied once: a copy per step would make the host wait for the device."""
+        if device not in self._on_device:
+            self._on_device[device] = self.alphas_cumprod.to(device)
+        return self._on_device[device]
 
     @property
     def num_timesteps(self) -> int:
@@ -176,7 +183,7 @@ class DdpmObjective:
         model_noise = noise
         if self.config.input_perturbation > 0:
             model_noise = noise + self.config.input_perturbation * normal(*x0.shape)
-        schedule = self.alphas_cumprod.to(x0.device)
+        schedule = self.schedule_on(x0.device)
         loss = self.loss_config
         return Noised(
             noisy=add_noise(x0, model_noise, timesteps, schedule),

@@ -1,10 +1,12 @@
 """The training setup every family shares: what trains, where it lives, and one step's prediction and loss.
 
 `prepare` decides the trained tensors once (LoRA layers on the parts that train, whole parts for a
-full fine-tune, embeddings on the text encoders that take them), applies the placement policy and
-switches on gradient checkpointing; after that `predict` and `loss` are pure functions of the batch
-and the generator. What differs per family comes from its `FamilyHooks` (how captions condition the
-denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
+full fine-tune, embeddings on the text encoders that take them), applies the placement policy,
+switches on gradient checkpointing and, last, the speed settings (channels-last, regional
+compilation: `compile`), so that compiled blocks already hold their adapters; after that `predict`
+and `loss` are pure functions of the batch and the generator. What differs per family comes from
+its `FamilyHooks` (how captions condition the denoiser, how the denoiser is called) and its
+objective (DDPM or flow matching).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding,
 from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, adapters_disabled, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.quantised import quiet_adapters
+from onetrainer.model_setup.compile import apply_speed_settings
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
 from onetrainer.model_setup.placement import Placement, apply_placement, apply_storage, placement_policy
 from onetrainer.model_setup.trainables import Trainables
+from onetrainer.util.config.data import ConceptType
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
@@ -58,6 +62,8 @@ class DiffusionSetup:
         self._conditioner: Conditioner | None = None
         self.policy: dict[str, Placement] = {}
         self.offloaders: dict[str, BlockOffloader] = {}
+        self._prior_concepts = any(concept.type is ConceptType.PRIOR for concept in config.data.concepts)
+        """Only then does a step look at a batch's `is_prior` flags (a read on the host, every step)."""
 
     @property
     def spec(self) -> FamilySpec:
@@ -115,6 +121,9 @@ class DiffusionSetup:
         )
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._checkpointing(config.training.gradient_checkpointing)
+        apply_speed_settings(
+            model.denoiser, compile=config.training.compile, channels_last=config.training.channels_last
+        )
         model.adapters.lora = self.lora
         model.adapters.embeddings = list(self.embeddings)
 
@@ -262,7 +271,7 @@ class DiffusionSetup:
         if latents is None:
             vae.load()
             latents = vae.encode_tensor(batch["pixels"])
-        latents = latents.to(self.device)
+        latents = latents.to(self.device, non_blocking=True)
         conditioner = self._require_conditioner()
         conditioning = {key: batch[key] for key in conditioner.output_keys if key in batch}
         if len(conditioning) != len(conditioner.output_keys):
@@ -272,9 +281,9 @@ class DiffusionSetup:
         with self._memory_context():
             prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         target = noised.target
-        prior = batch.get("is_prior")
-        if prior is not None and bool(prior.any()):
-            target = self._prior_target(noised, conditioning, batch, prior.to(target.device))
+        prior = batch.get("is_prior") if self._prior_concepts else None
+        if prior is not None and bool(prior.any()):  # the loader's flags, on the host: no wait for the device
+            target = self._prior_target(noised, conditioning, batch, prior.to(target.device, non_blocking=True))
         return {"prediction": prediction, "target": target, "weights": noised.weights}
 
     def _prior_target(

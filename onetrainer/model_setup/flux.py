@@ -49,14 +49,16 @@ def encode_flux(model: DiffusionModel, captions: list[str], max_length: int) -> 
 
     embeddings = model.adapters.embeddings
     clip = model.components[CLIP]
-    ids = tokenize(model.tokenizer_for(CLIP), captions, embeddings).to(next(clip.parameters()).device)
+    # Without blocking: inside a training step (a text encoder that trains) a blocking copy waits for the GPU.
+    ids = tokenize(model.tokenizer_for(CLIP), captions, embeddings)
+    ids = ids.to(next(clip.parameters()).device, non_blocking=True)
     pooled = clip(ids, output_hidden_states=False).pooler_output
     t5 = model.components[T5]
     expanded = [expand_placeholders(caption, embeddings) for caption in captions]
     t5_ids = model.tokenizer_for(T5)(
         expanded, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
     ).input_ids
-    hidden = t5(t5_ids.to(next(t5.parameters()).device), output_hidden_states=False)[0]
+    hidden = t5(t5_ids.to(next(t5.parameters()).device, non_blocking=True), output_hidden_states=False)[0]
     return {TEXT_KEY: hidden, POOLED_KEY: pooled}
 
 
@@ -138,7 +140,7 @@ class FluxHooks:
         dtype = model.denoiser_dtype
         device = noisy.device
         batch_size, _, height, width = noisy.shape
-        text = conditioning[TEXT_KEY].to(device, dtype)
+        text = conditioning[TEXT_KEY].to(device, dtype, non_blocking=True)
         guidance: Any = None
         if transformer.config.guidance_embeds:
             value = float(flux_options(model.spec, model.options).guidance)
@@ -147,7 +149,7 @@ class FluxHooks:
             hidden_states=pack(noisy.to(dtype)),
             timestep=(timesteps / 1000).to(device),
             guidance=guidance,
-            pooled_projections=conditioning[POOLED_KEY].to(device, dtype),
+            pooled_projections=conditioning[POOLED_KEY].to(device, dtype, non_blocking=True),
             encoder_hidden_states=text,
             txt_ids=torch.zeros(text.shape[1], 3, device=device, dtype=dtype),
             img_ids=image_ids(height, width, device, dtype),

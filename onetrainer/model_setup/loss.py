@@ -55,18 +55,21 @@ def diffusion_loss(
     loss_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar loss; `weights` are the objective's per-sample weights; `mask` is used only when masked
-    training is on and the batch carries one."""
+    training is on and the batch carries one. Batch tensors reach the device without blocking the host (the
+    data loader pins them on CUDA)."""
     elements = elementwise_loss(prediction, target, config.type, config.huber_delta)
     dims = tuple(range(1, elements.ndim))
     if config.masked.enabled and mask is not None:
         height, width = elements.shape[-2:]
-        weights_map = mask_weights(mask.to(elements.device), (height, width), config.masked.unmasked_weight)
+        weights_map = mask_weights(
+            mask.to(elements.device, non_blocking=True), (height, width), config.masked.unmasked_weight
+        )
         per_sample = (elements * weights_map).mean(dim=dims)
         if config.masked.normalize_area:
             per_sample = per_sample / weights_map.mean(dim=dims).clamp(min=1e-8)
     else:
         per_sample = elements.mean(dim=dims)
-    per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
+    per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype, non_blocking=True)
     if loss_weight is not None:
-        per_sample = per_sample * loss_weight.to(per_sample.device, per_sample.dtype)
+        per_sample = per_sample * loss_weight.to(per_sample.device, per_sample.dtype, non_blocking=True)
     return per_sample.mean()

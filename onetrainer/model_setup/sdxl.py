@@ -83,10 +83,10 @@ class SdxlHooks:
         dtype = model.denoiser_dtype
         device = noisy.device
         added = {
-            "text_embeds": conditioning[POOLED_KEY].to(device, dtype),
-            "time_ids": time_ids(batch).to(device, dtype),
+            "text_embeds": conditioning[POOLED_KEY].to(device, dtype, non_blocking=True),
+            "time_ids": time_ids(batch).to(device, dtype, non_blocking=True),
         }
-        text = conditioning[TEXT_KEY].to(device, dtype)
+        text = conditioning[TEXT_KEY].to(device, dtype, non_blocking=True)
         prediction: torch.Tensor = model.unet(
             noisy.to(dtype), timesteps, encoder_hidden_states=text, added_cond_kwargs=added
         ).sample

@@ -47,7 +47,7 @@ class StableDiffusionHooks:
         batch: Batch,
     ) -> torch.Tensor:
         dtype = model.denoiser_dtype
-        text = conditioning[TEXT_KEY].to(noisy.device, dtype)
+        text = conditioning[TEXT_KEY].to(noisy.device, dtype, non_blocking=True)
         prediction: torch.Tensor = model.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
         return prediction
 

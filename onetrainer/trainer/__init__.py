@@ -10,6 +10,8 @@ and `resume` (exact continuation and its compatibility check), `signals` (gracef
 and `tensorboard` (logs), `previews` and `validation` (side work), `state` (what a backup holds),
 `session` (the running objects and their side work), `start` (everything before the first step),
 `destinations` (where a run writes: checked before loading, tidied), `divergence` (NaN/inf guards),
+`step` (how losses become an update), `readback` (each step's loss and the NaN guard without a host
+sync, agreed between ranks on the device), `flops` (FLOPs per step and the model FLOP utilisation),
 `workspace` (the run folder's layout), `distributed` (several ranks under torchrun: the process group,
 gradient averaging, agreement between ranks), `sharding` (FSDP2 full fine-tunes and their
 checkpoint-folder backups), `launch` (`--gpus N`: torchrun started for the user).

@@ -90,6 +90,7 @@ def build_parts(
             world_size=world_size,
             quantisation=quantisation(config),
             progress=loader_events(progress),
+            pin_memory=device.type == "cuda",
         )
     every_rank = world_size > 1 and config.training.distributed is DistributedMode.FSDP
     model_type = config.model.type

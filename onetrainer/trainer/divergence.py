@@ -1,10 +1,12 @@
 """Stopping a run whose numbers stopped being numbers, before anything non-finite reaches a file.
 
 Two checks, each where it costs least:
-- every step, the loss and the gradient norm, read in the one host sync the step makes anyway,
-  before the optimizer step: one non-finite gradient turns every weight it touches into NaN (Adam
-  divides by it), so the run stops with the previous step's weights intact. fp16's gradient scaler
-  is the exception: an overflow there is routine, and the scaler itself skips that step.
+- every step, the loss and the gradient norm, before the optimizer step: one non-finite gradient
+  turns every weight it touches into NaN (Adam divides by it), so the run stops with the previous
+  step's weights intact. The check is read on the host before the update, or made on the device,
+  which then skips the update, and read a step or more later (`readback`); `check_step` says what
+  stopped the run either way. fp16's gradient scaler is the exception: an overflow there is
+  routine, and the step is skipped without stopping.
 - the weights, before a backup or a save writes them: an update can still overflow.
 No non-finite backup is ever written, so the newest backup is always a good one and rolling deletion
 never removes the last good backup in favour of a bad one; the message names it.
@@ -12,6 +14,7 @@ never removes the last good backup in favour of a bad one; the message names it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +27,7 @@ from onetrainer.util.errors import RuntimeFailure
 if TYPE_CHECKING:
     import torch
 
+    from onetrainer.trainer.readback import StepRecord
     from onetrainer.trainer.session import Session
 
 
@@ -94,3 +98,13 @@ def diverged(session: Session, what: str, *, before_step: int | None = None) -> 
         where=str(good if good is not None else session.workspace.backups),
         hint="; ".join(hints) + ".",
     )
+
+
+def check_step(session: Session, record: StepRecord) -> None:
+    """Stop the run if the step's loss, or its gradients (unless fp16's scaler skips those), are not finite."""
+    step, loss = record.step, record.loss
+    if not math.isfinite(loss):
+        raise diverged(session, f"the loss became {loss} at step {step}, before its update", before_step=step)
+    if not math.isfinite(record.grad_norm) and not session.run.precision.skips_overflow:
+        what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), before its update"
+        raise diverged(session, what, before_step=step)

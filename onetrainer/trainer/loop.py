@@ -2,8 +2,10 @@
 
 Each optimizer step: batches -> predict -> loss -> backward (accumulated over
 `gradient_accumulation_steps` batches) -> unscale and clip -> finite check -> optimizer and scheduler
-step -> EMA -> cadence checks (validation, previews, intermediate save, backup) -> metrics -> stop
-request.
+step -> EMA -> metrics -> cadence checks (validation, previews, intermediate save, backup) -> stop
+request. The step makes no host sync where the device runs ahead (CUDA): the finite check is decided
+on the device, and the loss and metrics arrive `training.read_back_lag` steps later (`readback`);
+anything that writes or stops reads every pending step first.
 
 What makes a run resumable bit-exactly: the data plan is a pure function of (seed, epoch), every
 random stream is part of a backup, side work (previews, validation) runs with those streams
@@ -14,16 +16,17 @@ signal after the last step still gets the output written; a save that fails anyw
 and says how to write the output from it; any interrupt names the newest backup.
 
 Under torchrun every rank runs this same loop (see `distributed`): rank 0 fills the cache while the
-others wait, each rank trains on its slice of every global batch, and the step's one read-back also
+others wait, each rank trains on its slice of every global batch, and the step's read-back also
 averages the loss over the ranks and tells every rank whether any of them was asked to stop or failed
-in its forward or backward pass, so that all of them stop after the same step, back up together, and
-none waits forever for the others.
+in its forward or backward pass, summed on the device with the step's values, so that however late
+they are read, all ranks stop after the same step, back up together, and none waits forever for the
+others. A rank whose pass failed trains no further until then; the others skip their updates from
+that step on (`readback`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -37,18 +40,11 @@ from onetrainer.trainer.destinations import (
     remove_stale_temporaries,
     removed_on_failure,
 )
-from onetrainer.trainer.distributed import (
-    all_reduce_sum,
-    any_rank,
-    describe,
-    join_world,
-    leaders_first,
-    leave_world,
-    rank_seed,
-)
-from onetrainer.trainer.divergence import TrainingDiverged, diverged
+from onetrainer.trainer.distributed import any_rank, describe, join_world, leaders_first, leave_world, rank_seed
+from onetrainer.trainer.divergence import TrainingDiverged
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
+from onetrainer.trainer.readback import RankFailed, StepRecord
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
 from onetrainer.trainer.start import open_backup, start_session
@@ -203,11 +199,15 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
     import torch
 
     config, run, setup, world = session.config, session.run, session.parts.setup, session.world
+    results = session.results
     counters = run.counters
     accumulation = config.training.gradient_accumulation_steps
     loss_value: float | None = None
+    failure: Exception | None = None  # this rank's failed pass, until every rank reads of it (several ranks)
     phase = "between steps"
     step_start = step_rng_snapshot(run.generator)
+    _announce_compilation(session)
+    results.restart_clock()
     try:
         while counters.step < session.total_steps:
             batches_in_epoch = session.parts.batches_in_epoch(counters.epoch)
@@ -217,53 +217,69 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
                 setup.on_step(counters.step, counters.epoch)
 
                 # Forward and backward over the accumulated batches (a rank that fails here tells the others
-                # in the read-back, when their gradients do not depend on it: not while sharded).
+                # in the read-back, when their gradients do not depend on it: not while sharded; until they
+                # read it, it trains no more).
                 loss_sum = torch.zeros((), device=session.device)
-                failure: Exception | None = None
-                try:
-                    for batch in chunk:
-                        with run.precision.autocast():
-                            prediction = setup.predict(batch, run.generator)
-                            loss = setup.loss(prediction, batch) / len(chunk)
-                        session.step.backward(loss)
-                        loss_sum += loss.detach().float()
-                except Exception as error:
-                    if not world.distributed or session.sharded:
-                        raise
-                    failure = error
+                if failure is None:
+                    try:
+                        for batch in chunk:
+                            with run.precision.autocast():
+                                prediction = setup.predict(batch, run.generator)
+                                loss = setup.loss(prediction, batch) / len(chunk)
+                            session.step.backward(loss)
+                            loss_sum += loss.detach().float()
+                            session.flops.add(batch)
+                    except Exception as error:
+                        if not world.distributed or session.sharded:
+                            raise
+                        failure = error
 
-                # Average the gradients over ranks and clip them; read back the mean loss, any rank's stop
-                # request or failure; stop before the update if the loss or the gradients are not finite.
+                # Average the gradients over ranks and clip them; the NaN guard: a non-finite loss or
+                # gradient (or a failure on any rank) stops the run before the update, read here, or
+                # decided on the device, which then skips the update (see `readback`). The read-back also
+                # brings the mean loss over the ranks and whether any of them was asked to stop.
                 phase = "update"
-                read = _read_back(session, loss_sum, session.step.measure(), stop=stop, failed=failure is not None)
-                if read.failed:
-                    phase = "forward"
-                    world.shared_failure = True
-                    raise failure if failure is not None else _failed_elsewhere(counters.step + 1)
-                loss_value = read.loss
-                _check_finite(session, read.loss, read.grad_norm)
+                grad_norm = session.step.measure()
+                skip = results.measure(
+                    counters.step + 1,
+                    loss_sum,
+                    grad_norm,
+                    stop=stop.requested is not None,
+                    failed=failure is not None,
+                )
 
                 # Step the optimizer and the schedule, fold the weights into the average.
-                learning_rates = session.step.apply()
+                learning_rates = session.step.apply(skip)
                 counters.step += 1
                 counters.position += len(chunk)
+                results.finish(counters.epoch, learning_rates, session.flops.take())
                 epoch_ended = counters.epoch if counters.position >= batches_in_epoch else None
                 if run.ema is not None:
                     run.ema.update(counters.step)
                 phase = "between steps"
 
-                # Cadences, metrics, and a requested stop (after the last step, `_finish` handles it).
-                session.log_step(read.loss, learning_rates)
+                # Metrics of the steps read back, cadences, and a requested stop (after the last step,
+                # `_finish` handles it).
+                loss_value = _log(session, results.ready(), loss_value)
                 _cadences(session, epoch_ended)
                 if counters.step >= session.total_steps:
                     break
-                if (requested := read.stop if world.distributed else stop.requested) is not None:
+                if (requested := _requested(session, stop)) is not None:
                     raise _stopped(session, requested)
             if counters.position >= batches_in_epoch:
                 counters.epoch += 1
                 counters.position = 0
+        loss_value = _log(session, results.ready(everything=True), loss_value)
     except (Interrupted, TrainingDiverged):
         raise
+    except RankFailed as failed:
+        # Read on every rank at the same step: this rank raises its own error, the others one that points to it.
+        world.shared_failure = True
+        if failed.before_update:
+            _emergency_backup(session, "forward", step_start)
+        else:
+            _no_emergency_backup(session, failed.step)
+        raise (failure if failure is not None else _failed_elsewhere(failed.step)) from None
     except Exception:
         if world.failure_is_shared:
             _emergency_backup(session, phase, step_start)
@@ -271,40 +287,25 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
     return loss_value
 
 
-@dataclass(frozen=True)
-class _ReadBack:
-    loss: float
-    """The step's loss, averaged over ranks."""
-    grad_norm: float
-    stop: str | None
-    """The stop request all ranks act on: this rank's signal, or another rank's."""
-    failed: bool
-    """Whether the forward or backward pass failed on any rank."""
+def _log(session: Session, records: list[StepRecord], loss: float | None = None) -> float | None:
+    """Log steps read back from the device (checked as they were read); returns the newest loss, else `loss`."""
+    for record in records:
+        session.log_step(record)
+    return records[-1].loss if records else loss
 
 
 OTHER_RANK_STOP = "a stop request to another rank"
 
 
-def _read_back(session: Session, loss_sum: Any, grad_norm: Any, *, stop: StopSignals, failed: bool) -> _ReadBack:
-    """The step's loss and gradient norm on the host, in one device sync (the only one a step makes).
+def _requested(session: Session, stop: StopSignals) -> str | None:
+    """The stop request to act on after this step.
 
-    With several ranks the same sync also brings, from one small all-reduce queued after the step's
-    gradients, the sum of every rank's loss, stop request and failure: every rank reads the same mean
-    loss and takes the same decisions. (The gradient norm is computed from averaged gradients, so it is
-    the same on every rank already.)
+    In one process, a signal at once. With several ranks, any rank's request as read back with a step's
+    values: every rank reads it after the same step (however late), so all of them stop there together.
     """
-    import torch
-
-    world = session.world
-    requested = stop.requested
-    if not world.distributed:
-        loss, norm = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
-        return _ReadBack(loss, norm, requested, failed)
-    flags = torch.tensor([float(requested is not None), float(failed)], device=loss_sum.device)
-    shared = all_reduce_sum(world, torch.cat([loss_sum.float().reshape(1), flags]))
-    total, stops, failures, norm = torch.cat([shared, grad_norm.float().reshape(1).to(loss_sum.device)]).tolist()
-    agreed = (requested or OTHER_RANK_STOP) if stops > 0 else None
-    return _ReadBack(total / world.size, norm, agreed, failures > 0)
+    if not session.world.distributed:
+        return stop.requested
+    return (stop.requested or OTHER_RANK_STOP) if session.results.stop_read else None
 
 
 def _agreed_stop(session: Session, stop: StopSignals) -> str | None:
@@ -318,27 +319,48 @@ def _failed_elsewhere(step: int) -> RuntimeFailure:
     return RuntimeFailure(f"another rank failed in step {step}; its error is in that rank's output")
 
 
-def _check_finite(session: Session, loss: float, grad_norm: float) -> None:
-    step = session.run.counters.step + 1
-    if not math.isfinite(loss):
-        raise diverged(session, f"the loss became {loss} at step {step}, before its update", before_step=step)
-    if not math.isfinite(grad_norm) and not session.run.precision.skips_overflow:
-        what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), before its update"
-        raise diverged(session, what, before_step=step)
+def _no_emergency_backup(session: Session, step: int) -> None:
+    """A failure read back after later steps: those skipped their updates, but the schedule, the moving
+    average and the random streams moved on, so no state of the run is exact enough to back up."""
+    newest = session.last_backup_path
+    message = (
+        f"no emergency backup: the failure in step {step} was read back after step {session.run.counters.step}, "
+        f"when the run had moved on; {f'the newest backup is {newest}' if newest else 'there is no backup'}"
+    )
+    session.progress({"event": "warning", "message": message})
+
+
+def _settle(session: Session) -> None:
+    """Read, check and log every step still on its way from the device: before a backup, a save, a stop."""
+    _log(session, session.results.ready(everything=True))
+
+
+def _announce_compilation(session: Session) -> None:
+    if session.config.training.compile:
+        from onetrainer.model_setup.compile import compile_cache_dir
+
+        message = f"the first step compiles the denoiser's blocks (kept in {compile_cache_dir()} for later runs)"
+        session.progress({"event": "status", "message": message})
 
 
 def _cadences(session: Session, epoch_ended: int | None) -> None:
     step = session.run.counters.step
     clocks = session.run.clocks
-    for name, work in (
-        ("validate", session.validate),
-        ("sample", session.previews),
-        ("save", lambda: session.save(session.intermediate_save_path())),
-        ("backup", session.backup),
-    ):
-        if clocks[name].due(step, epoch_ended=epoch_ended):
-            work()
-            clocks[name].fired()
+    due = [
+        (name, work)
+        for name, work in (
+            ("validate", session.validate),
+            ("sample", session.previews),
+            ("save", lambda: session.save(session.intermediate_save_path())),
+            ("backup", session.backup),
+        )
+        if clocks[name].due(step, epoch_ended=epoch_ended)
+    ]
+    if due:
+        _settle(session)
+    for name, work in due:
+        work()
+        clocks[name].fired()
 
 
 def _finish(session: Session, stop: StopSignals) -> Path | None:
@@ -382,6 +404,7 @@ def _stopped(session: Session, signal_name: str) -> Interrupted:
     step = session.run.counters.step
     if step == 0:
         return Interrupted(f"stopped by {signal_name} before the first step; nothing was trained")
+    _settle(session)
     if session.last_backup_step != step:
         message = f"{signal_name}: stopping after step {step}; writing a backup (press Ctrl-C again to abort at once)"
         session.progress({"event": "stopping", "step": step, "signal": signal_name, "message": message})
@@ -443,10 +466,16 @@ def _emergency_backup(session: Session, phase: str, step_start: dict[str, Any]) 
 
     Before the optimizer step the weights still hold the previous step, and the RNG snapshot taken
     when the step began makes the backup exact; during the update the state is half-changed, so no
-    backup is written and the last regular one stays the newest. A failing emergency backup is
-    reported, never raised: the error that caused it is the one the user must see.
+    backup is written and the last regular one stays the newest. Steps still on their way from the
+    device are read first: if one of them diverged, no backup is written either. A failing
+    emergency backup is reported, never raised: the error that caused it is the one the user must see.
     """
     if phase == "update" or session.last_backup_step == session.run.counters.step:
+        return
+    try:
+        _settle(session)
+    except TrainingDiverged as divergence:
+        session.progress({"event": "warning", "message": f"no emergency backup: {divergence.message}"})
         return
     try:
         path = session.backup(step_snapshot=step_start if phase == "forward" else None)

@@ -1,4 +1,4 @@
-"""Training metrics: a smoothed loss, throughput, and the workspace's `metrics.jsonl` log.
+"""Training metrics: a smoothed loss, steps and FLOPs per second, and the workspace's `metrics.jsonl` log.
 
 `metrics.jsonl` is a log, so it is appended, one JSON object per line, each line written by a single
 `write` on an `O_APPEND` descriptor; a hard kill can cut at most the last line, which `read_metrics`
@@ -48,18 +48,22 @@ class SmoothedValue:
 
 
 class Throughput:
-    """Steps per second over the last `window` steps (the first step, with its warm-up, drops out)."""
+    """Steps and FLOPs per second over the last `window` steps (the first step, with its warm-up, drops out)."""
 
     def __init__(self, window: int = 20, *, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self._times: deque[float] = deque(maxlen=window + 1)
+        self._flops: deque[float | None] = deque(maxlen=window + 1)
 
-    def tick(self) -> None:
+    def tick(self, flops: float | None = None) -> None:
+        """A step ended now; `flops` it computed, if counted."""
         self._times.append(self._clock())
+        self._flops.append(flops)
 
     def restart(self) -> None:
         """Forget the history, after a pause (previews, a backup) that would distort the rate."""
         self._times.clear()
+        self._flops.clear()
         self.tick()
 
     @property
@@ -68,6 +72,15 @@ class Throughput:
             return 0.0
         elapsed = self._times[-1] - self._times[0]
         return (len(self._times) - 1) / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def flops_per_second(self) -> float | None:
+        """The FLOPs of the steps in the window over its time; None unless every one of them was counted."""
+        done = list(self._flops)[1:]
+        elapsed = self._times[-1] - self._times[0] if len(self._times) > 1 else 0.0
+        if not done or elapsed <= 0 or any(flops is None for flops in done):
+            return None
+        return sum(flops for flops in done if flops is not None) / elapsed
 
 
 class MetricsLog:

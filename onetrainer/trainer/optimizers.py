@@ -43,6 +43,11 @@ _OPTIONAL: dict[Optimizer, _OptionalClass] = {
 
 _BETAS_LENGTH = {Optimizer.CAME: 3}
 
+FUSED_ON_CUDA = (Optimizer.ADAMW, Optimizer.SGD)
+"""torch optimizers built with `fused=True` on CUDA (unless `optimizer_args` says otherwise): one kernel per
+parameter group and dtype instead of several per tensor, and the `found_inf` skip that lets the NaN guard decide
+on the device (`trainer.readback`). Elsewhere torch's default applies (`foreach` on other accelerators)."""
+
 
 def _import_optional(optimizer: Optimizer) -> type:
     import importlib
@@ -166,7 +171,7 @@ def build_optimizer(
     kwargs.update(
         {name: tuple(value) if isinstance(value, list) else value for name, value in config.optimizer_args.items()}
     )
-    if config.optimizer is Optimizer.ADAMW and "fused" not in kwargs and "foreach" not in kwargs:
+    if config.optimizer in FUSED_ON_CUDA and "fused" not in kwargs and "foreach" not in kwargs:
         on_gpu = all(param.is_cuda for group in groups for param in group["params"])
         kwargs["fused"] = (device.type == "cuda" and on_gpu) or None
     try:

@@ -68,6 +68,22 @@ class MixedPrecision:
         self.scaler.update()
         return self.scaler.get_scale() >= scale_before
 
+    def step_unless(self, optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+        """Step the optimizer, which skips its update on the device where `skip` is 1: no host sync.
+
+        The optimizer must take torch's `found_inf` (`_step_supports_amp_scaling`, as fused AdamW, Adam
+        and SGD do): GradScaler hands it over the same way. Gradients are already unscaled
+        (`unscale`), so no scale goes with it; fp16's scale then grows or shrinks by the overflow
+        the scaler found while unscaling.
+        """
+        optimizer.found_inf = skip  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        if self.scaler is not None:
+            self.scaler.update()
+
     def state_dict(self) -> dict[str, Any]:
         return self.scaler.state_dict() if self.scaler is not None else {}
 

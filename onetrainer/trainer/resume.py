@@ -7,6 +7,7 @@ Those are refused, listing every differing key.
 
 Two kinds of change are allowed:
 - `HARMLESS_KEYS`: what only affects when and where things are written (cadences, outputs, logs),
+  where and how fast the steps run (device, threads, compilation, memory layout, read-back lag),
   and the run's length (epochs, max_steps), to extend a finished run;
 - `RETUNABLE_KEYS`: how the run is optimised, not what it trains. After a divergence the way on is
   the last good backup with a lower learning rate. The optimizer and scheduler state restored from
@@ -40,6 +41,9 @@ HARMLESS_KEYS: tuple[str, ...] = (
     "training.max_steps",
     "training.device",
     "training.threads",
+    "training.compile",
+    "training.channels_last",
+    "training.read_back_lag",
     "training.ema.for_samples",
     "training.ema.for_saves",
     "data.workers",

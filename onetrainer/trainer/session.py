@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.model_setup.compile import eager
 from onetrainer.trainer.backup import backup_name, prune_backups, resume_command, write_backup
 from onetrainer.trainer.device import memory_use
 from onetrainer.trainer.distributed import World, all_ranks, gather_objects, sum_over_ranks, together
 from onetrainer.trainer.divergence import all_finite, diverged
+from onetrainer.trainer.flops import StepFlops
 from onetrainer.trainer.metrics import MetricsLog, Throughput
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.previews import draw_previews
+from onetrainer.trainer.readback import StepRecord, StepResults
 from onetrainer.trainer.state import RunState, capture_rng
 from onetrainer.trainer.step import StepStrategy
 from onetrainer.trainer.tensorboard import TensorBoardLog
@@ -65,7 +68,13 @@ class Session:
     """How losses become updated weights (backward, gradient norm and clipping, optimizer step)."""
     command: str
     """The command line that started this run, without `--resume`, for messages that say how to continue."""
+    results: StepResults
+    """The steps' losses and gradient norms on their way to the host, and the NaN guard (`readback`)."""
+    flops: StepFlops
+    """Each step's FLOPs, counted once per batch shape, and the device's peak (`flops`)."""
     throughput: Throughput = field(default_factory=Throughput)
+    compile_seconds: float | None = None
+    """How long the first step took with `training.compile` (compilation, or loading it from the cache)."""
     last_backup_step: int | None = None
     last_backup_path: Path | None = None
     """The newest backup of this run: restored from, or written (always with finite weights)."""
@@ -90,7 +99,8 @@ class Session:
 
     @contextlib.contextmanager
     def inference(self, *, use_ema: bool) -> Iterator[None]:
-        """Eval mode, untouched RNG streams, and the averaged weights if asked, for the block.
+        """Eval mode, untouched RNG streams, compiled blocks run uncompiled (`model_setup.compile.eager`), and the
+        averaged weights if asked, for the block.
 
         A sharded model is resharded after the block: FSDP keeps the weights its outermost module
         gathered for a forward pass without backward, and the next training step would otherwise run
@@ -101,7 +111,7 @@ class Session:
         set_optimizer_mode(self.run.optimizer, train=False)
         setup.eval()
         try:
-            with preserved_rng(), ema.applied() if ema is not None else contextlib.nullcontext():
+            with preserved_rng(), eager(), ema.applied() if ema is not None else contextlib.nullcontext():
                 yield
         finally:
             if self.sharded:
@@ -239,31 +249,50 @@ class Session:
         )
         return loss
 
-    def log_step(self, loss: float, group_rates: list[float]) -> None:
-        """Record a finished step; `group_rates` are the learning rates that step used, per group."""
+    def log_step(self, record: StepRecord) -> None:
+        """Record a finished step, read back from the device (`readback`): its loss, learning rates, speed."""
         run = self.run
-        step = run.counters.step
+        step, loss = record.step, record.loss
         smoothed = run.smoothed_loss.update(loss)
-        self.throughput.tick()
+        self.throughput.tick(record.flops)
         steps_per_s = self.throughput.steps_per_second
+        flops_per_s = self.throughput.flops_per_second
         names = [str(group.get("name", index)) for index, group in enumerate(run.optimizer.param_groups)]
-        learning_rates = dict(zip(names, group_rates, strict=True))
-        record = {
+        learning_rates = dict(zip(names, record.learning_rates or [], strict=True))
+        record_fields = {
             "step": step,
-            "epoch": run.counters.epoch,
+            "epoch": record.epoch,
             "loss": loss,
             "smoothed_loss": smoothed,
+            "grad_norm": record.grad_norm,
             "lr": learning_rates,
             "steps_per_s": steps_per_s,
             "images_per_s": steps_per_s * self.images_per_step,
+            "flops_per_s": flops_per_s,
+            "mfu": self.flops.utilisation(flops_per_s),
             **memory_use(self.device),
             "time": time.time(),
         }
+        if self.config.training.compile and self.compile_seconds is None:
+            self._report_compilation(record)
         if self.is_main:
-            self.metrics.append(record)
+            self.metrics.append(record_fields)
             scalars = {"loss/train": loss, "loss/smoothed": smoothed}
             scalars.update({f"lr/{name}": rate for name, rate in learning_rates.items()})
             self.tensorboard.scalars(step, scalars)
         remaining = self.total_steps - step
         eta = remaining / steps_per_s if steps_per_s > 0 else math.nan
-        self.progress({"event": "step", **record, "total_steps": self.total_steps, "epochs": self.epochs, "eta_s": eta})
+        self.progress(
+            {"event": "step", **record_fields, "total_steps": self.total_steps, "epochs": self.epochs, "eta_s": eta}
+        )
+
+    def _report_compilation(self, record: StepRecord) -> None:
+        """The first step compiles the denoiser's blocks (or loads them from the cache): say how long it took."""
+        from onetrainer.model_setup.compile import compile_cache_dir
+
+        self.compile_seconds = record.seconds
+        message = (
+            f"compiled the denoiser's blocks in {record.seconds:.1f} s (step {record.step}; "
+            f"cached in {compile_cache_dir()} for later runs)"
+        )
+        self.progress({"event": "compiled", "step": record.step, "seconds": record.seconds, "message": message})

@@ -1,8 +1,12 @@
 """Starting a run: checks before anything loads, then the optimizer and friends, restored from a backup.
 
+The step's helpers are chosen here too: how the loss and gradient norm are read back (`readback`,
+with the lag `training.read_back_lag` resolves to) and how each step's FLOPs are counted (`flops`).
+
 Everything here happens once, before the first step; `loop.py` then only trains. With several ranks,
 this is where the trained components are sharded (FSDP) or the trained tensors broadcast from rank 0,
-every rank seeds its own noise generator, and the step strategy learns to average gradients.
+every rank seeds its own noise generator, the step strategy learns to average gradients, and the
+read-back to agree on the loss and on stopping (on the device, so a lagged read still agrees).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 from onetrainer.trainer.backup import Backup, backup_world_size, find_backup, list_backups, read_backup
 from onetrainer.trainer.cadence import CadenceClock
 from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters, rank_seed
-from onetrainer.trainer.divergence import all_finite
+from onetrainer.trainer.divergence import all_finite, check_step
 from onetrainer.trainer.ema import ModelEma
+from onetrainer.trainer.flops import StepFlops, count_flops, device_peak, step_pass
 from onetrainer.trainer.metrics import MetricsLog, SmoothedValue
 from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import MixedPrecision
+from onetrainer.trainer.readback import StepResults, resolve_lag
 from onetrainer.trainer.resume import check_resume_compatible, optimizer_settings, reapply_settings
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
@@ -183,6 +189,17 @@ def start_session(
         run.load_state_dict(_restored_state(backup, parts, run), rank=world.rank)
         reapply_settings(run.optimizer, run.scheduler, settings)
         progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
+    step = build_step(
+        training,
+        run.optimizer,
+        run.scheduler,
+        run.precision,
+        trained,
+        masters=masters,
+        average=functools.partial(average_gradients, world) if world.distributed else None,
+        clip=_sharded_clip(world) if sharded else clip_gradients,
+    )
+    lag = resolve_lag(training.read_back_lag, device, skips_on_device=step.skips_on_device)
     is_main = world.is_main
     metrics = MetricsLog(workspace.metrics)
     if is_main and backup is not None:
@@ -205,17 +222,16 @@ def start_session(
         metrics=metrics,
         progress=progress,
         trained=trained,
-        step=build_step(
-            training,
-            run.optimizer,
-            run.scheduler,
-            run.precision,
-            trained,
-            masters=masters,
-            average=functools.partial(average_gradients, world) if world.distributed else None,
-            clip=_sharded_clip(world) if sharded else clip_gradients,
-        ),
+        step=step,
         command=command,
+        results=StepResults(
+            device,
+            lag,
+            tolerates_overflow=run.precision.skips_overflow,
+            check=lambda record: check_step(session, record),
+            world=world,
+        ),
+        flops=_step_flops(parts, run, trained, device, progress, sharded=bool(sharded_modules)),
         last_backup_step=backup.step if backup is not None else None,
         last_backup_path=backup.path if backup is not None else None,
         sharded=sharded_modules,
@@ -243,3 +259,36 @@ def _restored_state(backup: Backup, parts: TrainingParts, run: RunState) -> dict
     from onetrainer.trainer.sharding import load_sharded_backup
 
     return load_sharded_backup(backup.path, parts.setup, run.optimizer, run.ema, backup.state)
+
+
+def _step_flops(
+    parts: TrainingParts,
+    run: RunState,
+    trained: list[Any],
+    device: torch.device,
+    progress: ProgressCallback,
+    *,
+    sharded: bool,
+) -> StepFlops:
+    """Counts each batch shape's FLOPs once, with the model's checkpointing off (see `flops`).
+
+    Each rank counts its own micro-batches on its own (unwrapped) modules: data parallel training wraps
+    nothing, and the count makes no collective call. A sharded model is not counted: its forward pass
+    gathers each block's weights from the other ranks, which a count on fake tensors cannot do.
+    """
+    import torch
+
+    def warn(message: str) -> None:
+        progress({"event": "warning", "message": message})
+
+    if sharded:
+        return StepFlops.unavailable("a model sharded over the ranks (FSDP) has no FLOP count", warn=warn)
+    model = parts.model
+    candidates = [model] if isinstance(model, torch.nn.Module) else list(getattr(model, "components", {}).values())
+    modules = [module for module in candidates if isinstance(module, torch.nn.Module)]
+    one_pass = step_pass(parts.setup, run.generator, run.precision.autocast, trained)
+    return StepFlops(
+        count=lambda batch: count_flops(lambda: one_pass(batch), modules=modules),
+        peak=device_peak(device, run.precision.precision),
+        warn=warn,
+    )

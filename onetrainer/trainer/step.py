@@ -2,12 +2,14 @@
 
 The loop stays the same whatever the strategy: per batch `backward(loss)`, then once per optimizer
 step `measure()` (the gradient norm, clipped when `max_grad_norm` is set; the loop stops before the
-update if it is not finite) and `apply()` (the optimizer and schedule step). A strategy owns the
-parts of that sequence that memory or speed features change:
+update if it is not finite) and `apply(skip)` (the optimizer and schedule step). Where the strategy
+`skips_on_device`, the finite check need not wait for the host: `skip` is a device flag, set when
+the step diverged, by which the optimizer leaves the weights alone (`trainer.readback`). A strategy
+owns the parts of that sequence that memory or speed features change:
 
 - `PlainStep` accumulates gradients over the micro-batches, clips them and steps the optimizer once;
   with a `TensorUpdater` (stochastic rounding, optimizer states in CPU memory) the step goes one
-  tensor at a time.
+  tensor at a time, and so cannot skip on the device.
 - `FusedStep` updates each tensor inside `backward`, as soon as its gradient is ready
   (`register_post_accumulate_grad_hook`), and frees that gradient at once, so no full set of
   gradients is ever held. `measure` reports the norm summed up along the way; `apply` only moves the
@@ -49,8 +51,14 @@ class StepStrategy(Protocol):
         """The step's total gradient norm (a 0-dim tensor on the device), after unscaling and clipping."""
         ...
 
-    def apply(self) -> list[float]:
-        """Update the weights and the schedule, clear the gradients; returns the learning rates used."""
+    def apply(self, skip: torch.Tensor | None = None) -> list[float]:
+        """Update the weights (unless the device flag `skip` is set) and the schedule, clear the gradients;
+        returns the learning rates used."""
+        ...
+
+    @property
+    def skips_on_device(self) -> bool:
+        """Whether `apply` honours a device `skip` flag (else the loop reads the check before `apply`)."""
         ...
 
 
@@ -89,11 +97,17 @@ class PlainStep:
         self.precision.unscale(self.optimizer)
         return self.clip(self.trained, self.max_grad_norm)
 
-    def apply(self) -> list[float]:
-        if self.updater is None:
+    @property
+    def skips_on_device(self) -> bool:
+        return self.updater is None and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+
+    def apply(self, skip: torch.Tensor | None = None) -> list[float]:
+        if self.updater is not None:
+            self.updater.update_all()
+        elif skip is None:
             self.precision.step(self.optimizer)
         else:
-            self.updater.update_all()
+            self.precision.step_unless(self.optimizer, skip)
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -142,7 +156,11 @@ class FusedStep:
             return torch.zeros(())
         return self._squares.sqrt()
 
-    def apply(self) -> list[float]:
+    @property
+    def skips_on_device(self) -> bool:
+        return False
+
+    def apply(self, skip: torch.Tensor | None = None) -> list[float]:
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
         self._squares, self._stopped = None, False

@@ -5,11 +5,13 @@ same stream feeds all three displays:
 
 - `cache` {stage, done, total}: preparing the data (scan, hash, cache-images, cache-text, prune);
 - `start` {step, total_steps, epochs, steps_per_epoch}: the loop begins (step > 0 after a resume);
-- `step` {step, total_steps, epoch, epochs, loss, smoothed_loss, lr, steps_per_s, images_per_s,
-  eta_s, memory_kind, memory_allocated_gb, memory_peak_gb}: after each optimizer step (memory is
-  the GPU's, or with `memory_kind` "ram" the process's resident memory);
-- anything else (`status`, `sample`, `validation`, `backup`, `save`, `stopped`, `done`) carries a
-  human-readable `message` and is shown as one line.
+- `step` {step, total_steps, epoch, epochs, loss, smoothed_loss, grad_norm, lr, steps_per_s,
+  images_per_s, flops_per_s, mfu, eta_s, memory_kind, memory_allocated_gb, memory_peak_gb}: after each
+  optimizer step, as it is read back from the device (memory is the GPU's, or with `memory_kind`
+  "ram" the process's resident memory; `flops_per_s` and `mfu`, the model FLOP utilisation, are
+  one device's, null where not known; `images_per_s` counts every rank's images);
+- anything else (`status`, `compiled` {step, seconds}, `sample`, `validation`, `backup`, `save`,
+  `stopped`, `done`) carries a human-readable `message` and is shown as one line.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def format_stats(event: Event, *, eta: bool = True) -> str:
         f"{_number(event.get('steps_per_s'), '.2f')} steps/s",
         f"{_number(event.get('images_per_s'), '.1f')} img/s",
     ]
+    if (flops := _flops_text(event)) is not None:
+        parts.append(flops)
     if eta:
         parts.append(_eta_text(event))
     if event.get("memory_allocated_gb") is not None:
@@ -64,6 +68,21 @@ def format_stats(event: Event, *, eta: bool = True) -> str:
         label = "RAM" if event.get("memory_kind") == "ram" else "GPU"
         parts.append(f"{label} {allocated}/{peak} GiB")
     return " · ".join(parts)
+
+
+def _flops_text(event: Event) -> str | None:
+    """FLOP/s in the largest unit under a thousand, and the model FLOP utilisation where the device's peak is known."""
+    rate = event.get("flops_per_s")
+    if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        return None
+    for unit, scale in (("PFLOP/s", 1e15), ("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6)):
+        if rate >= scale or unit == "MFLOP/s":
+            text = f"{rate / scale:.1f} {unit}"
+            break
+    mfu = event.get("mfu")
+    if isinstance(mfu, (int, float)) and math.isfinite(mfu):
+        text += f" (MFU {mfu * 100:.1f} %)"
+    return text
 
 
 def _eta_text(event: Event) -> str:

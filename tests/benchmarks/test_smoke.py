@@ -125,17 +125,39 @@ def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-4000:]
     document = json.loads((tmp_path / "gpu.json").read_text(encoding="utf-8"))
     cases = document["cases"]
-    assert {(c["family"], c["method"], c["checkpointing"]) for c in cases} == {
-        (family, method, checkpointing)
+    assert {(c["family"], c["method"], c["checkpointing"], c["compile"]) for c in cases} == {
+        (family, method, checkpointing, compiled)
         for family in ("SD1.5", "SDXL", "FLUX.1-dev")
         for method in ("lora", "full")
         for checkpointing in (False, True)
-        if method == "lora" or family != "FLUX.1-dev"
+        for compiled in (False, True)
+        if (method == "lora" or family != "FLUX.1-dev") and not (compiled and checkpointing)
     }
+    assert any(c["channels_last"] for c in cases)
     for case in cases:
         bare, ours = case["diffusers"], case["ours"]
         assert bare["steps_per_second"] > 0
         assert ours["steps_per_second"] > 0, (case["case"], ours)
         assert ours["trainable_parameters"] == bare["trainable_parameters"], case["case"]
+        assert ours["tflop_per_step"] == bare["tflop_per_step"] > 0, case["case"]  # the same model work
     _check_rows(document["rows"], "gpu")
     assert len((tmp_path / "gpu.md").read_text(encoding="utf-8").splitlines()) >= 2 + 2 + len(cases)
+
+
+def test_gpu_table_shows_the_utilisation_beside_the_speed_and_the_warm_up() -> None:
+    from benchmarks.gpu.report import markdown, rows_of
+
+    measured = {"trainable_parameters": 1, "last_loss": 0.1, "tflop_per_step": 2.41, "peak_vram_gib": 5.0}
+    ours = {**measured, "steps_per_second": 9.41, "mfu": 0.0229, "tflop_per_second": 22.7, "warmup_seconds": 95.0}
+    bare = {**measured, "steps_per_second": 6.91, "mfu": 0.0168, "tflop_per_second": 16.7, "warmup_seconds": 12.0}
+    entry = {"case": "SD1.5 512 px LoRA, GC off, batch 1, compiled", "ours": ours, "diffusers": bare}
+    table = markdown([entry, {"case": "SDXL 512 px full, GC on, batch 1", "skipped": "time budget of 420 s spent"}])
+    assert "| 9.41 (2.3%) | 6.91 (1.7%) | 1.36× | 5.00 GiB | 5.00 GiB | 1.00× | 95.0 / 12.0 s |" in table
+    assert "| SDXL 512 px full, GC on, batch 1 | skipped |" in table
+    without_peak = {key: value for key, value in ours.items() if key != "mfu"}
+    assert "9.41 (22.7 TFLOP/s)" in markdown([{**entry, "ours": without_peak}])
+    assert [row.benchmark for row in rows_of([entry])] == [
+        "gpu training step",
+        "gpu model FLOP utilisation",
+        "gpu peak VRAM",
+    ]

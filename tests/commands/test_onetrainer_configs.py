@@ -290,7 +290,7 @@ def with_unsupported(folder: Path, dataset: Path) -> Path:
             "training_method": "LORA",
             "model_type": "STABLE_DIFFUSION_21_BASE",
             "base_model_name": "tiny:sd2",
-            "compile": True,
+            "force_circular_padding": True,
             "timestep_distribution": "HEAVY_TAIL",
             "learning_rate_scheduler": "REX",
             "unet": {"weight_dtype": "FLOAT_8"},
@@ -304,7 +304,7 @@ def with_unsupported(folder: Path, dataset: Path) -> Path:
 
 
 UNSUPPORTED_KEYS = (
-    "compile",
+    "force_circular_padding",
     "timestep_distribution",
     "learning_rate_scheduler",
     "unet.weight_dtype",

@@ -217,11 +217,16 @@ def _all_finite(path: Path) -> bool:
     return all(bool(torch.isfinite(tensor).all()) for tensor in load_file(path).values())
 
 
+@pytest.mark.parametrize(
+    "read_back",
+    [(), ("training.read_back_lag=1", "training.optimizer_args={fused: true}")],
+    ids=["each-step", "a-step-late"],
+)
 def test_a_diverging_run_keeps_finite_backups_and_resumes_with_a_lower_learning_rate(
-    tmp_path: Path, shapes_dataset_dir: Path
+    tmp_path: Path, shapes_dataset_dir: Path, read_back: tuple[str, ...]
 ) -> None:
     # The run: a learning rate of 10 makes the weights NaN within a few steps.
-    diverging = ("training.learning_rate=10", "training.warmup=0", "training.lr_scheduler=constant")
+    diverging = ("training.learning_rate=10", "training.warmup=0", "training.lr_scheduler=constant", *read_back)
     args = _args(tmp_path, shapes_dataset_dir, *diverging, "saving.backup_every=1 steps", "training.max_steps=12")
     result = _invoke(args)
     assert result.exit_code == 1, result.output
@@ -450,3 +455,42 @@ def test_demo_preset_learns_and_its_lora_samples(tmp_path: Path, monkeypatch: py
     )
     assert sampled.exit_code == 0, sampled.output
     assert image.is_file()
+
+
+@pytest.mark.slow
+def test_a_compiled_run_reports_its_compilation_backs_up_and_resumes(
+    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onetrainer.model_setup import compile as regional
+
+    monkeypatch.setattr(regional, "BACKEND", "aot_eager")  # inductor's path, with eager kernels (see test_compile)
+    monkeypatch.setenv(regional.CACHE_VARIABLE, str(tmp_path / "compiled"))
+    # A constant rate, so the schedule does not depend on the run's length (2 steps, then 4).
+    compiled = (
+        "training.compile=true",
+        "training.gradient_checkpointing=true",
+        "training.lr_scheduler=constant",
+        "training.warmup=0",
+        "--json",
+    )
+    straight_args = _args(tmp_path / "straight", shapes_dataset_dir, "training.max_steps=4", "sampling.every=4 steps")
+    straight = _invoke([*straight_args, *compiled])
+    assert straight.exit_code == 0, straight.output
+    assert (tmp_path / "straight" / "workspace" / "samples" / "step-00000004-0.png").is_file()  # drawn uncompiled
+    (event,) = [event for event in _json_events(straight.stdout) if event["event"] == "compiled"]
+    assert event["step"] == 1
+    assert event["seconds"] > 0
+    assert str(tmp_path / "compiled") in event["message"]
+
+    split = tmp_path / "split"
+    first = _invoke(_args(split, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps", *compiled))
+    assert first.exit_code == 0, first.output
+    resumed = _invoke([*_args(split, shapes_dataset_dir, "training.max_steps=4", *compiled), "--resume", "last"])
+    assert resumed.exit_code == 0, resumed.output
+    expected = load_file(tmp_path / "straight" / "out" / "lora.safetensors")
+    actual = load_file(split / "out" / "lora.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    losses = [record["loss"] for record in read_metrics(split / "workspace" / "metrics.jsonl")]
+    straight_losses = [record["loss"] for record in read_metrics(tmp_path / "straight" / "workspace" / "metrics.jsonl")]
+    assert losses == straight_losses

@@ -242,3 +242,35 @@ def test_describe_lists_the_mask_nodes_only_when_they_act(make_config, image_dat
     assert "mask_shrink" not in text
     assert len(warnings) == 1
     assert "image.mask_shrink and image.mask_rotate_crop only act with masked training" in warnings[0]
+
+
+def test_batches_for_a_gpu_have_every_tensor_pinned_by_the_workers(
+    make_config, image_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    pinned: dict[int, str] = {}
+
+    def pin(self: torch.Tensor) -> torch.Tensor:  # this torch has no CUDA to pin for: record instead
+        copy = self.clone()
+        pinned[id(copy)] = threading.current_thread().name
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    config = make_config(concepts=[{"path": image_dataset_dir}])
+    with build_data_loader(config, workers=2) as loader:
+        plain = _epoch(loader)
+    assert pinned == {}
+    with build_data_loader(config, workers=2, pin_memory=True) as loader:
+        batches = _epoch(loader)
+        _assert_same(plain, batches)
+        tensors = [value for batch in batches for value in batch.values() if isinstance(value, torch.Tensor)]
+        assert all(id(tensor) in pinned for tensor in tensors)
+        assert threading.main_thread().name not in {pinned[id(tensor)] for tensor in tensors}
+
+
+@pytest.mark.gpu
+def test_batches_for_a_gpu_are_in_page_locked_memory(make_config, image_dataset_dir: Path) -> None:
+    with build_data_loader(make_config(concepts=[{"path": image_dataset_dir}]), pin_memory=True) as loader:
+        batch = next(iter(loader.batches(0)))
+    assert all(value.is_pinned() for value in batch.values() if isinstance(value, torch.Tensor))

@@ -169,7 +169,8 @@ def test_masked_loss_counts_only_the_masked_pixels() -> None:
 
 
 def test_prior_samples_learn_the_prediction_without_the_lora() -> None:
-    setup = _setup(method="lora", lora={"rank": 2})
+    prior = {"concepts": [{"path": "priors", "type": "prior"}]}  # a run with prior concepts looks at `is_prior`
+    setup = _setup(method="lora", lora={"rank": 2}, data=prior)
     for param in setup.trainables.parameters("transformer"):
         torch.nn.init.normal_(param, std=0.5)
     batch = {"latents": _noisy(2), "captions": CAPTIONS, "is_prior": torch.tensor([True, False])}

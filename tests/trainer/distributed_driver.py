@@ -4,11 +4,13 @@
 
 SPEC is a JSON object: `report` (a folder), `watch` (folders whose writes are recorded) and `runs`, each
 `{"config": PATH, "overrides": [...], "resume": null | "last", "keyed_noise": false, "fail_on_rank": R,
-"fail_at_step": S}` (the last two make rank R fail in step S's forward pass), trained one after the
-other with `trainer.loop.train` and the real `build_parts`. Each rank writes `report/rank-R.json`: per
-run, the final step, its caching statistics, a fingerprint of the noise generator it was given, and
-every file it opened for writing (or renamed, created, removed) under the watched folders, caught by an
-audit hook; and `report/run-I-rank-R.safetensors`, its trained tensors.
+"fail_at_step": S, "stop_on_rank": R, "stop_at_step": S}` (`fail_*` make rank R fail in step S's forward
+pass; `stop_*` send rank R a SIGTERM there, a stop request), trained one after the other with
+`trainer.loop.train` and the real `build_parts`. Each rank writes `report/rank-R.json`: per run, the
+final step (or, for a run stopped by a signal, the message it stopped with), its caching statistics, a
+fingerprint of the noise generator it was given, and every file it opened for writing (or renamed,
+created, removed) under the watched folders, caught by an audit hook; and `report/run-I-rank-R.safetensors`,
+its trained tensors.
 
 `keyed_noise` replaces the noise of every sample by noise keyed by (sample id, step), and runs the
 model one sample at a time: a batch then trains the same whichever rank holds which of its samples,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -77,9 +80,12 @@ def _split(batch: dict[str, Any], index: int) -> dict[str, Any]:
     return single
 
 
-def _instrument(setup: Any, record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | None) -> None:
+def _instrument(
+    setup: Any, record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | None, stop_at_step: int | None
+) -> None:
     """Fingerprint the noise generator the rank is given; with `keyed_noise`, replace its noise (see the
-    module docstring); with `fail_at_step`, raise in that step's forward pass."""
+    module docstring); with `fail_at_step`, raise in that step's forward pass; with `stop_at_step`, send this
+    process a SIGTERM there (the trainer's stop request; the step goes on)."""
     from onetrainer.data_loader.rng import keyed_seed
 
     predict, on_step = setup.predict, setup.on_step
@@ -93,6 +99,8 @@ def _instrument(setup: Any, record: dict[str, Any], *, keyed_noise: bool, fail_a
         record.setdefault("noise_state", int(generator.get_state().double().sum()))
         if fail_at_step is not None and current["step"] + 1 == fail_at_step:
             raise RuntimeError(f"injected failure in step {fail_at_step}")
+        if stop_at_step is not None and current["step"] + 1 == stop_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
         if not keyed_noise:
             return predict(batch, generator)
         outputs = []
@@ -106,7 +114,7 @@ def _instrument(setup: Any, record: dict[str, Any], *, keyed_noise: bool, fail_a
     setup.predict = instrumented_predict
 
 
-def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | None) -> Any:
+def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | None, stop_at_step: int | None) -> Any:
     from onetrainer.trainer.components import build_parts
 
     def build(config: Any, **kwargs: Any) -> Any:
@@ -124,7 +132,7 @@ def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | Non
             return stats
 
         parts.data.fill_cache = recorded_fill
-        _instrument(parts.setup, record, keyed_noise=keyed_noise, fail_at_step=fail_at_step)
+        _instrument(parts.setup, record, keyed_noise=keyed_noise, fail_at_step=fail_at_step, stop_at_step=stop_at_step)
         record["setup"] = parts.setup
         return parts
 
@@ -138,6 +146,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
     from onetrainer.trainer.loop import train
     from onetrainer.trainer.sharding import local_tensors
     from onetrainer.util.config.loader import load_config
+    from onetrainer.util.errors import Interrupted
 
     report = Path(spec["report"])
     audit = WriteAudit(spec.get("watch", []))
@@ -148,16 +157,21 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
         config = load_config(Path(item["config"]), item.get("overrides", []))
         record: dict[str, Any] = {}
         audit.writes = []
-        result = train(
-            config,
-            build=_build(
-                record,
-                keyed_noise=item.get("keyed_noise", False),
-                fail_at_step=item.get("fail_at_step") if rank == item.get("fail_on_rank") else None,
-            ),
-            resume=item.get("resume"),
-            command="onetrainer train CONFIG",
-        )
+        try:
+            result = train(
+                config,
+                build=_build(
+                    record,
+                    keyed_noise=item.get("keyed_noise", False),
+                    fail_at_step=item.get("fail_at_step") if rank == item.get("fail_on_rank") else None,
+                    stop_at_step=item.get("stop_at_step") if rank == item.get("stop_on_rank") else None,
+                ),
+                resume=item.get("resume"),
+                command="onetrainer train CONFIG",
+            )
+        except Interrupted as stopped:
+            result = None
+            record["stopped"] = stopped.message
         setup = record.pop("setup")
         weights = setup.trainable_state_dict()
         tensors = dict(zip(weights, local_tensors(weights.values()), strict=True))
@@ -167,7 +181,9 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
             report / f"run-{index}-rank-{rank}.safetensors",
         )
         audit.active = True
-        record.update(step=result.step, output=str(result.output) if result.output else None, writes=audit.writes)
+        if result is not None:
+            record.update(step=result.step, output=str(result.output) if result.output else None)
+        record["writes"] = audit.writes
         records.append(record)
     audit.active = False
     (report / f"rank-{rank}.json").write_text(json.dumps(records, indent=1))

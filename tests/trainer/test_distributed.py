@@ -182,6 +182,55 @@ def test_a_failure_on_one_rank_stops_both_with_an_emergency_backup(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+READ_TWO_STEPS_LATE = ("training.read_back_lag=2", "training.optimizer_args={fused: true}")
+"""The loss, stop requests and failures read two steps after their step, the update skipped on the device
+(`trainer.readback`): what every rank decides must still agree, at the same step."""
+
+
+def test_read_two_steps_late_a_failure_on_one_rank_stops_both_at_the_same_step(
+    tmp_path: Path, shapes_dataset_dir: Path
+) -> None:
+    """Rank 1 fails in step 3's forward pass; both ranks learn it when step 3 is read, before step 4's backup,
+    which is then not written: the run went on without updates since, so no exact state exists to back up."""
+    overrides = _overrides(
+        tmp_path, shapes_dataset_dir, "training.max_steps=8", "saving.backup_every=2 steps", *READ_TWO_STEPS_LATE
+    )
+    runs = [{"config": str(DEMO), "overrides": overrides, "fail_on_rank": 1, "fail_at_step": 3}]
+    done = _torchrun_process(tmp_path, runs)
+    assert done.returncode != 0
+    assert "injected failure in step 3" in done.stderr
+    assert "another rank failed in step 3" in done.stderr
+    assert [path.name for path in list_backups(tmp_path / "workspace" / "backups")] == ["step-00000002"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_two_steps_late_a_stop_on_one_rank_stops_both_after_the_same_step_and_resumes_exactly(
+    tmp_path: Path, shapes_dataset_dir: Path
+) -> None:
+    """Rank 1 is asked to stop in step 2; its request reaches rank 0 with step 2's values, read after step 4 on
+    both: both stop there with one backup, from which two ranks continue as if never stopped."""
+
+    def overrides(name: str) -> list[str]:
+        return _overrides(tmp_path / name, shapes_dataset_dir, "training.max_steps=6", *READ_TWO_STEPS_LATE)
+
+    runs = [
+        {"config": str(DEMO), "overrides": overrides("straight")},
+        {"config": str(DEMO), "overrides": overrides("split"), "stop_on_rank": 1, "stop_at_step": 2},
+        {"config": str(DEMO), "overrides": overrides("split"), "resume": "last"},
+    ]
+    reports = _torchrun(tmp_path, runs)
+    stopped = [report[1]["stopped"] for report in reports]
+    assert "stopped by a stop request to another rank after step 4 of 6" in stopped[0]
+    assert "stopped by SIGTERM after step 4 of 6" in stopped[1]
+    assert [report[2]["step"] for report in reports] == [6, 6]
+    assert [path.name for path in list_backups(tmp_path / "split" / "workspace" / "backups")] == ["step-00000004"]
+    straight, resumed = _trained(tmp_path, 0, 0), _trained(tmp_path, 2, 0)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    steps = [record["step"] for record in read_metrics(tmp_path / "split" / "workspace" / "metrics.jsonl")]
+    assert steps == list(range(1, 7))
+
+
 @pytest.mark.slow
 def test_memory_levers_train_the_same_on_two_ranks(tmp_path: Path, shapes_dataset_dir: Path) -> None:
     """The per-tensor updates (CPU-held 8-bit states, stochastic rounding keyed by step and tensor) and layer

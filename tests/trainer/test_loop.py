@@ -61,6 +61,14 @@ RESUME_VARIANTS = {
 }
 
 
+READ_BACK = {
+    "each-step": [],
+    "two-steps-late": ["training.read_back_lag=2", "training.optimizer_args={fused: true}"],
+}
+"""How the NaN guard reads the loss and gradient norm: before each update, or two steps later with the
+update skipped on the device (a fused optimizer takes the flag); see `trainer.readback`."""
+
+
 @pytest.mark.parametrize("variant", list(RESUME_VARIANTS))
 def test_resume_after_an_interrupt_is_bit_exact(
     tmp_path: Path, variant: str, toy_build: ToyBuild, toy_config: ToyConfig
@@ -86,13 +94,36 @@ def test_resume_after_an_interrupt_is_bit_exact(
     assert steps == list(range(1, result.step + 1))
 
 
-def test_nan_loss_stops_and_names_a_backup_that_does_not_repeat_it(
+def test_read_two_steps_late_a_signal_stops_later_and_resumes_bit_exactly(
     tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
 ) -> None:
+    late = READ_BACK["two-steps-late"]
+    straight = tmp_path / "straight"
+    train(toy_config(straight, *late), build=toy_build())
+    split = tmp_path / "split"
+    events: list[dict] = []
+    with pytest.raises(Interrupted) as stopped:
+        train(toy_config(split, *late), build=toy_build(), progress=_interrupt_at(3, events=events))
+    # Step 3 is read (and the signal sent) at the end of step 5; the stop writes the steps still pending.
+    assert "after step 5" in stopped.value.message
+    assert [event["step"] for event in events if event["event"] == "step"] == [1, 2, 3, 4, 5]
+    assert [path.name for path in list_backups(split / "workspace" / "backups")] == ["step-00000005"]
+    train(toy_config(split, *late), build=toy_build(), resume="last")
+    expected, actual = _weights(straight), _weights(split)
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    steps = [record["step"] for record in read_metrics(split / "workspace" / "metrics.jsonl")]
+    assert steps == list(range(1, 11))
+
+
+@pytest.mark.parametrize("read_back", list(READ_BACK))
+def test_nan_loss_stops_and_names_a_backup_that_does_not_repeat_it(
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
     # Step 5's loss comes from the weights of step 4, so its backup would only repeat the NaN: step 2's is named.
-    config = toy_config(tmp_path, "saving.backup_every=2 steps")
+    config = toy_config(tmp_path, "saving.backup_every=2 steps", *READ_BACK[read_back])
+    build = toy_build(nan_at_step=5)
     with pytest.raises(TrainingDiverged) as error:
-        train(config, build=toy_build(nan_at_step=5), command="run-it")
+        train(config, build=build, command="run-it")
     message = error.value.message
     assert "the loss became nan at step 5, before its update" in message
     assert "the newest backup (step 4) holds the weights that gave this" in message
@@ -102,11 +133,17 @@ def test_nan_loss_stops_and_names_a_backup_that_does_not_repeat_it(
     assert error.value.where == str(backups[0])
     assert f"`run-it --resume {backups[0]} training.learning_rate=...`" in error.value.hint
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    # No update after step 4 was made, however late the divergence was read.
+    step_4 = read_backup(backups[1]).weights
+    assert all(torch.equal(value, step_4[key]) for key, value in build.last.setup.trainable_state_dict().items())
 
 
-def test_fp16_nan_hints_at_precision(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
+@pytest.mark.parametrize("read_back", list(READ_BACK))
+def test_fp16_nan_hints_at_precision(
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
     with pytest.raises(TrainingDiverged) as error:
-        train(toy_config(tmp_path, "training.precision=fp16"), build=toy_build(nan_at_step=1))
+        train(toy_config(tmp_path, "training.precision=fp16", *READ_BACK[read_back]), build=toy_build(nan_at_step=1))
     assert "bf16" in error.value.hint
     assert "no backup was written, so there is none to continue from" in error.value.message
 
@@ -115,12 +152,13 @@ def _finite(tensors: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(tensor).all()) for tensor in tensors.values())
 
 
+@pytest.mark.parametrize("read_back", list(READ_BACK))
 def test_non_finite_gradients_stop_before_the_update_and_the_backup_stays_good(
-    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
 ) -> None:
     # The loss of step 4 is finite, its gradients are not: stepping would make every weight NaN, and
     # with backup_keep_last=1 the NaN backup of step 4 would replace the last good one, step 2's.
-    config = toy_config(tmp_path, "saving.backup_every=2 steps", "saving.backup_keep_last=1")
+    config = toy_config(tmp_path, "saving.backup_every=2 steps", "saving.backup_keep_last=1", *READ_BACK[read_back])
     build = toy_build(bad_gradient_at_step=4)
     with pytest.raises(TrainingDiverged) as error:
         train(config, build=build, command="run-it")
@@ -132,15 +170,17 @@ def test_non_finite_gradients_stop_before_the_update_and_the_backup_stays_good(
     assert _finite(read_backup(backups[0]).weights)
     assert _finite(build.last.setup.trainable_state_dict())
 
-    result = train(toy_config(tmp_path, "training.learning_rate=0.001"), build=toy_build(), resume="last")
+    resumed = toy_config(tmp_path, "training.learning_rate=0.001", *READ_BACK[read_back])
+    result = train(resumed, build=toy_build(), resume="last")
     assert result.step == 10
     assert _finite(_weights(tmp_path))
 
 
+@pytest.mark.parametrize("read_back", list(READ_BACK))
 def test_when_the_only_backup_would_repeat_the_divergence_none_is_offered(
-    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
 ) -> None:
-    config = toy_config(tmp_path, "saving.backup_every=1 steps", "saving.backup_keep_last=1")
+    config = toy_config(tmp_path, "saving.backup_every=1 steps", "saving.backup_keep_last=1", *READ_BACK[read_back])
     with pytest.raises(TrainingDiverged) as error:
         train(config, build=toy_build(bad_gradient_at_step=4))
     assert "the newest backup (step 3) holds the weights that gave this" in error.value.message
@@ -160,13 +200,15 @@ def _poison_weights_at(step: int, build: Callable[..., TrainingParts]) -> Callab
     return progress
 
 
+@pytest.mark.parametrize("read_back", list(READ_BACK))
 def test_non_finite_weights_are_never_backed_up_or_saved(
-    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
 ) -> None:
     backed_up = tmp_path / "backed-up"
     build = toy_build()
     with pytest.raises(TrainingDiverged) as error:
-        train(toy_config(backed_up, "saving.backup_every=1 steps"), build=build, progress=_poison_weights_at(3, build))
+        config = toy_config(backed_up, "saving.backup_every=1 steps", *READ_BACK[read_back])
+        train(config, build=build, progress=_poison_weights_at(3, build))
     assert "the weights became non-finite in the update of step 3" in error.value.message
     assert "the newest backup (step 2) holds finite weights" in error.value.message
     backups = list_backups(backed_up / "workspace" / "backups")
@@ -176,7 +218,7 @@ def test_non_finite_weights_are_never_backed_up_or_saved(
     saved = tmp_path / "saved"
     build = toy_build()
     with pytest.raises(TrainingDiverged) as error:
-        train(toy_config(saved), build=build, progress=_poison_weights_at(10, build))
+        train(toy_config(saved, *READ_BACK[read_back]), build=build, progress=_poison_weights_at(10, build))
     assert "the weights to save at step 10 are not finite" in error.value.message
     assert not (saved / "out").exists()
 
@@ -194,16 +236,17 @@ def test_a_backup_with_non_finite_weights_is_not_resumed(
     assert "step-00000002" in error.value.hint
 
 
+@pytest.mark.parametrize("read_back", list(READ_BACK))
 def test_an_error_mid_run_writes_an_exact_emergency_backup(
-    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
 ) -> None:
     straight = tmp_path / "straight"
-    train(toy_config(straight), build=toy_build())
+    train(toy_config(straight, *READ_BACK[read_back]), build=toy_build())
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="toy failure"):
-        train(toy_config(crashed), build=toy_build(fail_at_step=6))
+        train(toy_config(crashed, *READ_BACK[read_back]), build=toy_build(fail_at_step=6))
     assert [path.name for path in list_backups(crashed / "workspace" / "backups")] == ["step-00000005"]
-    train(toy_config(crashed), build=toy_build(), resume="last")
+    train(toy_config(crashed, *READ_BACK[read_back]), build=toy_build(), resume="last")
     expected, actual = _weights(straight), _weights(crashed)
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 

@@ -33,6 +33,18 @@ def test_throughput_counts_steps_per_second() -> None:
     assert rate.steps_per_second == 0.0
 
 
+def test_throughput_counts_flops_per_second_over_the_window_when_every_step_was_counted() -> None:
+    now = [0.0]
+    rate = Throughput(window=2, clock=lambda: now[0])
+    assert rate.flops_per_second is None
+    for flops in (8.0, 1.0, 3.0):  # the first step's (a warm-up) drops out of the window
+        rate.tick(flops)
+        now[0] += 0.5
+    assert rate.flops_per_second == pytest.approx(4.0)
+    rate.tick(None)
+    assert rate.flops_per_second is None
+
+
 def test_metrics_log_appends_lines_and_truncates_after_a_step(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path / "metrics.jsonl")
     for step in range(1, 6):

@@ -57,6 +57,19 @@ def test_every_cpu_optimizer_builds_and_changes_the_weights(kind: Optimizer) -> 
     assert any(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
 
 
+@pytest.mark.parametrize("kind", [Optimizer.ADAMW, Optimizer.SGD])
+def test_adamw_and_sgd_use_fused_kernels_on_cuda_which_skip_a_step_on_the_device(kind: Optimizer) -> None:
+    config = TrainingConfig(optimizer=kind)
+    on_cuda = build_optimizer(resolve_parameter_groups(_groups(), config), config, torch.device("cuda"))
+    assert on_cuda.defaults["fused"] is True
+    assert on_cuda._step_supports_amp_scaling  # the found_inf protocol (trainer.readback)
+    assert not build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU).defaults["fused"]
+    chosen = TrainingConfig(optimizer=kind, optimizer_args={"foreach": True})
+    assert not build_optimizer(resolve_parameter_groups(_groups(), chosen), chosen, torch.device("cuda")).defaults[
+        "fused"
+    ]
+
+
 def test_per_part_learning_rates_apply_by_group_name() -> None:
     config = TrainingConfig(learning_rate=1e-4)
     groups = _groups()

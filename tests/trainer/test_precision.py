@@ -72,3 +72,26 @@ def test_scaler_state_round_trips() -> None:
     other = MixedPrecision(Precision.FP16, CPU)
     other.load_state_dict(precision.state_dict())
     assert other.scaler.get_scale() == precision.scaler.get_scale() == 32768.0
+
+
+def _fused() -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    return model, torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+
+
+def test_fp16_decides_a_skipped_step_on_the_device_and_still_lowers_the_scale() -> None:
+    model, optimizer = _fused()
+    precision = MixedPrecision(Precision.FP16, CPU)
+    precision.backward(model(torch.ones(1, 4)).sum() * float("inf"))
+    precision.unscale(optimizer)
+    before = model.weight.detach().clone()
+    scale = precision.scaler.get_scale()
+    precision.step_unless(optimizer, torch.tensor(1.0))
+    assert torch.equal(before, model.weight)
+    assert precision.scaler.get_scale() == scale / 2
+    optimizer.zero_grad()
+    precision.backward(model(torch.ones(1, 4)).sum())
+    precision.unscale(optimizer)
+    precision.step_unless(optimizer, torch.tensor(0.0))
+    assert not torch.equal(before, model.weight)

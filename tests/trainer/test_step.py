@@ -60,3 +60,29 @@ def test_gradients_are_averaged_over_ranks_once_per_step_before_clipping() -> No
     assert len(seen) == 1
     assert torch.allclose(seen[0], torch.tensor([3.0, 4.0]))
     assert torch.allclose(weight.grad, torch.tensor([0.6, 0.8]))
+
+
+def _fused(precision: Precision = Precision.FP32) -> tuple[PlainStep, torch.nn.Parameter]:
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.AdamW([weight], lr=0.5, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return PlainStep(optimizer, scheduler, MixedPrecision(precision, torch.device("cpu")), [weight], 1.0), weight
+
+
+def test_a_fused_optimizer_skips_its_update_by_the_device_flag() -> None:
+    strategy, weight = _fused()
+    assert strategy.skips_on_device
+    assert not _strategy(max_grad_norm=1.0)[0].skips_on_device  # plain SGD cannot
+    strategy.backward(weight.sum())
+    strategy.measure()
+    assert strategy.apply(torch.tensor(1.0)) == [0.5]
+    assert torch.equal(weight.detach(), torch.tensor([1.0, -2.0]))
+    assert weight.grad is None
+    state = strategy.optimizer.state[weight]
+    assert float(state["step"]) == 0.0  # a skipped step is not counted
+    assert not hasattr(strategy.optimizer, "found_inf")
+    strategy.backward(weight.sum())
+    strategy.measure()
+    strategy.apply(torch.tensor(0.0))
+    assert not torch.equal(weight.detach(), torch.tensor([1.0, -2.0]))
+    assert float(state["step"]) == 1.0

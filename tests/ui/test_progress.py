@@ -35,6 +35,13 @@ def test_format_stats_shows_every_number() -> None:
     assert "GPU" not in text
 
 
+def test_format_stats_shows_flops_and_the_utilisation_where_known() -> None:
+    assert "FLOP" not in format_stats(STEP)
+    assert "123.4 TFLOP/s (MFU 12.5 %)" in format_stats({**STEP, "flops_per_s": 123.4e12, "mfu": 0.125})
+    assert "2.5 GFLOP/s ·" in format_stats({**STEP, "flops_per_s": 2.5e9, "mfu": None})
+    assert "FLOP" not in format_stats({**STEP, "flops_per_s": None})
+
+
 def test_format_duration_handles_unknown() -> None:
     assert format_duration(None) == "-:--:--"
     assert format_duration(3725) == "1:02:05"

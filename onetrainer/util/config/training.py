@@ -71,6 +71,22 @@ def _thread_setting(value: object) -> object:
 ThreadSetting = Annotated[int | str, BeforeValidator(_thread_setting)]
 """`auto` or a count; see `onetrainer.util.threads` for how auto chooses and what overrides it."""
 
+MAX_READ_BACK_LAG = 8
+
+
+def _lag_setting(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_READ_BACK_LAG:
+        raise ValueError(f"expected auto or a whole number of steps from 0 to {MAX_READ_BACK_LAG}")
+    return value
+
+
+LagSetting = Annotated[int | str, BeforeValidator(_lag_setting)]
+"""`auto` or a number of steps; see `onetrainer.trainer.readback` for what auto chooses."""
+
 OptimizerArg = Annotated[bool | int | float | str | list[float] | None, BeforeValidator(_finite_argument)]
 
 
@@ -139,6 +155,19 @@ class TrainingConfig(Section):
         False,
         description="Keep the activations the backward pass needs (with checkpointing: each checkpointed block's "
         "inputs) in CPU memory until then; needs gradient_checkpointing.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the denoiser's repeated blocks: the first step compiles (minutes, cached for "
+        "later runs), the steps after run faster on a GPU.",
+    )
+    channels_last: bool = Field(
+        False, description="Keep the denoiser's convolution weights channels-last (NHWC), as GPU convolutions prefer."
+    )
+    read_back_lag: LagSetting = Field(
+        "auto",
+        description="Steps the loss and the finite check may be read behind the device: auto (1 on CUDA where the "
+        "optimizer can skip a step on the device, else 0), or 0 (wait for every step) to 8.",
     )
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda or cuda:N.")
     threads: ThreadSetting = Field(

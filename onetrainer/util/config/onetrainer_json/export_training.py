@@ -78,6 +78,9 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
     device = training["device"]
     ot["train_device"] = reverse(DEVICES).get(device, device)
     training.skip("gradient_checkpointing")
+    ot["compile"] = training["compile"]
+    training.ignore("channels_last", "OneTrainer keeps the weights' memory layout; only the speed differs")
+    training.ignore("read_back_lag", "OneTrainer reads the loss back every step; only the speed differs")
     ema = training.child("ema")
     if ema["enabled"]:
         ot["ema"] = reverse(EMA_DEVICES)[ema["device"]]

@@ -142,6 +142,7 @@ def map_precision(config: View, out: Target) -> None:
         ):
             config.ignore(key, "multi_gpu is off")
     config.ignore("async_offloading", "only used with layer offloading")
+    out.set("training.compile", bool(config["compile"]))  # both compile the denoiser's repeated blocks
 
 
 def map_ema(config: View, out: Target) -> bool:

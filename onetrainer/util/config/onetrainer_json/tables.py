@@ -273,7 +273,6 @@ TOP_LEVEL_REASONS: dict[str, str] = {
     "continue_last_backup": "use `onetrainer train CONFIG --resume last`",
     "only_cache": "use `onetrainer train CONFIG --cache-only`",
     "multi_gpu": "launch with torchrun for several GPUs; the config does not say it",
-    "compile": "torch.compile is not supported",
     "force_circular_padding": "circular (seamless) padding is not supported",
     "custom_conditioning_image": "inpainting conditioning images are not supported",
     "masked_prior_preservation_weight": "prior preservation outside the mask is not supported",

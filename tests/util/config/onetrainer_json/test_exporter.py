@@ -87,3 +87,16 @@ def test_an_exported_preset_of_ours_imports_back_to_the_same_settings(tmp_path):
     assert imported.data["lora"]["type"] == "loha"
     assert imported.data["lora"]["rank"] == 8
     assert imported.data["parts"]["unet"]["lora_targets"] == "attn-mlp"
+
+
+def test_compilation_maps_both_ways_and_the_other_speed_settings_are_only_notes(tmp_path):
+    import json
+
+    config, findings = export("training.compile=true", "training.channels_last=true", "training.read_back_lag=2")
+    assert config["compile"] is True
+    assert findings == []  # speed settings change no result: notes, not losses
+    path = tmp_path / "exported.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    imported = import_onetrainer(path)
+    assert imported.unsupported == []
+    assert imported.data["training"]["compile"] is True

@@ -1,0 +1,185 @@
+"""FLOPs per step, counted once per batch shape on fake tensors, and the peak they are measured against."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_setup.diffusion import DiffusionSetup
+from onetrainer.trainer.flops import StepFlops, count_flops, peak_flops, step_pass
+from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.config.training import Precision
+from onetrainer.util.registry import ModuleKind, lookup
+
+
+@functools.cache
+def _base() -> DiffusionModel:
+    return load_model("tiny:sd15")
+
+
+def _setup(method: str, **training: object) -> DiffusionSetup:
+    config = TrainConfig.model_validate(
+        {"model": {"type": "sd15", "base": "tiny:sd15"}, "method": method, "training": {"device": "cpu", **training}}
+    )
+    setup = lookup(ModuleKind.SETUP, "sd15")(copy.deepcopy(_base()), config)
+    setup.prepare("cpu", torch.float32)
+    setup.train()
+    return setup
+
+
+def _batch(setup: DiffusionSetup, side: int = 8) -> dict[str, object]:
+    width = setup.model.unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "latents": torch.randn(2, 4, side, side, generator=generator),
+        "text_hidden": torch.randn(2, 77, width, generator=generator),
+        "captions": ["a", "b"],
+    }
+
+
+def _reference(setup: DiffusionSetup, batch: dict[str, object]) -> int:
+    """torch.utils.flop_counter on the tiny UNet's own forward and backward, for the same inputs."""
+    unet = setup.model.unet
+    with FlopCounterMode(display=False) as counter:
+        prediction = unet(batch["latents"], torch.tensor([500, 10]), encoder_hidden_states=batch["text_hidden"]).sample
+        prediction.square().mean().backward()
+    unet.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def _no_autocast() -> object:
+    return torch.autocast("cpu", enabled=False)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_full_fine_tunes_count_matches_torchs_flop_counter_on_the_tiny_unet(checkpointing: bool) -> None:
+    setup = _setup("full", gradient_checkpointing=checkpointing)
+    batch = _batch(setup)
+    generator = torch.Generator().manual_seed(1)
+    trained = [param for group in setup.parameter_groups() for param in group["params"]]
+    ours = count_flops(
+        lambda: step_pass(setup, generator, _no_autocast, trained)(batch),
+        modules=list(setup.model.components.values()),
+    )
+    if checkpointing:
+        setup.model.unet.disable_gradient_checkpointing()  # the model's FLOPs: no recomputation
+    assert ours == _reference(setup, batch) > 0
+
+
+def test_the_count_touches_no_weights_gradients_or_random_streams() -> None:
+    setup = _setup("lora")
+    batch = _batch(setup)
+    generator = torch.Generator().manual_seed(1)
+    trained = [param for group in setup.parameter_groups() for param in group["params"]]
+    before = {key: value.clone() for key, value in setup.trainable_state_dict().items()}
+    state, global_state = generator.get_state(), torch.get_rng_state()
+    lora = count_flops(lambda: step_pass(setup, generator, _no_autocast, trained)(batch))
+    assert torch.equal(generator.get_state(), state)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert all(param.grad is None for param in trained)
+    assert all(torch.equal(value, before[key]) for key, value in setup.trainable_state_dict().items())
+    # LoRA's backward skips the frozen weights' gradients: fewer FLOPs than a full fine-tune's.
+    full = _setup("full")
+    full_trained = [param for group in full.parameter_groups() for param in group["params"]]
+    assert lora < count_flops(lambda: step_pass(full, generator, _no_autocast, full_trained)(batch))
+
+
+def test_each_batch_shape_is_counted_once_and_a_step_sums_its_batches() -> None:
+    counted: list[tuple[int, ...]] = []
+
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        counted.append(tuple(batch["latents"].shape))
+        return int(batch["latents"].numel())
+
+    flops = StepFlops(count=count, peak=1000.0)
+    small, large = {"latents": torch.zeros(1, 4, 2, 2)}, {"latents": torch.zeros(1, 4, 4, 4)}
+    flops.add(small)
+    flops.add(small)
+    assert flops.take() == 32.0
+    flops.add(large)
+    flops.add(small)
+    assert flops.take() == 80.0
+    assert counted == [(1, 4, 2, 2), (1, 4, 4, 4)]
+    assert flops.utilisation(500.0) == 0.5
+    assert StepFlops(count=count, peak=None).utilisation(500.0) is None
+
+
+def test_a_count_that_fails_turns_counting_off_with_one_warning() -> None:
+    warnings: list[str] = []
+
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        raise RuntimeError("no fake kernel")
+
+    flops = StepFlops(count=count, peak=None, warn=warnings.append)
+    flops.add({"latents": torch.zeros(1)})
+    assert flops.take() is None
+    flops.add({"latents": torch.zeros(2)})
+    assert flops.take() is None
+    assert len(warnings) == 1
+    assert "no fake kernel" in warnings[0]
+
+
+def test_a_model_that_cannot_be_counted_says_so_once_and_counts_nothing() -> None:
+    warnings: list[str] = []
+    reason = "a model sharded over the ranks (FSDP) has no FLOP count"
+    flops = StepFlops.unavailable(reason, warn=warnings.append)
+    assert warnings == [f"warning: {reason}, so no FLOP/s or MFU is shown"]
+    flops.add({"latents": torch.zeros(1, 4, 8, 8)})
+    assert flops.take() is None
+    assert flops.utilisation(1e12) is None
+    assert len(warnings) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "tf32", "tflops"),
+    [
+        ("NVIDIA H200", Precision.BF16, False, 989),
+        ("NVIDIA H100 80GB HBM3", Precision.BF16, False, 989),
+        ("NVIDIA H100 PCIe", Precision.FP16, False, 756),
+        ("NVIDIA A100-SXM4-80GB", Precision.FP32, True, 156),
+        ("NVIDIA A100-SXM4-80GB", Precision.FP32, False, 19.5),
+        ("NVIDIA GeForce RTX 4090", Precision.BF16, False, 165),
+        ("NVIDIA L40S", Precision.BF16, False, 362),
+        ("NVIDIA L4", Precision.BF16, False, 121),
+        ("Tesla V100-SXM2-16GB", Precision.BF16, False, None),
+        ("Some Future GPU", Precision.BF16, False, None),
+    ],
+)
+def test_peaks_are_dense_spec_figures_by_gpu_name_and_precision(
+    name: str, precision: Precision, tf32: bool, tflops: float | None
+) -> None:
+    peak = peak_flops(name, precision, tf32=tf32)
+    assert peak == (tflops * 1e12 if tflops is not None else None)
+
+
+def test_a_flow_matching_step_is_counted_as_torchs_flop_counter_counts_it_run_for_real() -> None:
+    # FLUX.1: packed latents, position ids, guidance and a resolution-shifted flow-matching objective.
+    from onetrainer.model_setup.flux import POOLED_KEY, TEXT_KEY
+
+    config = TrainConfig.model_validate(
+        {"model": {"type": "flux-dev", "base": "tiny:flux-dev"}, "method": "full", "training": {"device": "cpu"}}
+    )
+    setup = lookup(ModuleKind.SETUP, "flux-dev")(load_model("tiny:flux-dev"), config)
+    setup.prepare("cpu", torch.float32)
+    setup.train()
+    transformer = setup.model.denoiser
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "latents": torch.randn(2, 16, 8, 8, generator=generator),
+        TEXT_KEY: torch.randn(2, 7, transformer.config.joint_attention_dim, generator=generator),
+        POOLED_KEY: torch.randn(2, transformer.config.pooled_projection_dim, generator=generator),
+        "captions": ["a", "b"],
+    }
+    trained = [param for group in setup.parameter_groups() for param in group["params"]]
+    one_pass = step_pass(setup, torch.Generator().manual_seed(1), _no_autocast, trained)
+    counted = count_flops(lambda: one_pass(batch), modules=[transformer])
+    with FlopCounterMode(display=False) as counter:
+        one_pass(batch)
+    assert counted == counter.get_total_flops() > 0
+    assert all(param.grad is None for param in trained)
