@@ -172,8 +172,9 @@ def build_optimizer(
         {name: tuple(value) if isinstance(value, list) else value for name, value in config.optimizer_args.items()}
     )
     if config.optimizer in FUSED_ON_CUDA and "fused" not in kwargs and "foreach" not in kwargs:
-        on_gpu = all(param.is_cuda for group in groups for param in group["params"])
-        kwargs["fused"] = (device.type == "cuda" and on_gpu) or None
+        # Not where a trained tensor stays in CPU memory (offloaded blocks' masters): fused kernels need the device.
+        in_cpu_memory = any(param.device.type == "cpu" for group in groups for param in group["params"])
+        kwargs["fused"] = (device.type == "cuda" and not in_cpu_memory) or None
     try:
         optimizer: torch.optim.Optimizer = cls(groups, **kwargs)
     except (TypeError, ValueError) as error:

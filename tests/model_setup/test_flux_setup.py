@@ -228,7 +228,7 @@ def test_frozen_text_encoders_wait_on_the_cpu_for_the_cache(monkeypatch: pytest.
     def placements(**config: Any) -> dict[str, tuple[str, torch.dtype]]:
         placed: dict[str, Any] = {}
 
-        def record(model: DiffusionModel, policy: dict[str, Any]) -> None:
+        def record(model: DiffusionModel, policy: dict[str, Any], *_: Any, **__: Any) -> None:
             placed.update(policy)
             raise Placed
 

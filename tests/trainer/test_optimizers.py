@@ -60,12 +60,19 @@ def test_every_cpu_optimizer_builds_and_changes_the_weights(kind: Optimizer) -> 
 @pytest.mark.parametrize("kind", [Optimizer.ADAMW, Optimizer.SGD])
 def test_adamw_and_sgd_use_fused_kernels_on_cuda_which_skip_a_step_on_the_device(kind: Optimizer) -> None:
     config = TrainingConfig(optimizer=kind)
-    on_cuda = build_optimizer(resolve_parameter_groups(_groups(), config), config, torch.device("cuda"))
+    with torch.device("meta"):  # weights that are not in CPU memory, as on the GPU
+        on_device = _groups()
+    on_cuda = build_optimizer(resolve_parameter_groups(on_device, config), config, torch.device("cuda"))
     assert on_cuda.defaults["fused"] is True
     assert on_cuda._step_supports_amp_scaling  # the found_inf protocol (trainer.readback)
     assert not build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU).defaults["fused"]
+    # Trained tensors held in CPU memory (offloaded blocks) step with the unfused kernels.
+    offloaded = build_optimizer(resolve_parameter_groups(_groups(), config), config, torch.device("cuda"))
+    assert not offloaded.defaults["fused"]
     chosen = TrainingConfig(optimizer=kind, optimizer_args={"foreach": True})
-    assert not build_optimizer(resolve_parameter_groups(_groups(), chosen), chosen, torch.device("cuda")).defaults[
+    with torch.device("meta"):
+        on_device = _groups()
+    assert not build_optimizer(resolve_parameter_groups(on_device, chosen), chosen, torch.device("cuda")).defaults[
         "fused"
     ]
 
