@@ -71,9 +71,18 @@ class Component:
     """LoRA target presets (`attn`, `attn-mlp`, `full`): regexes searched in "." + module path; each preset
     adds its patterns to those of the presets before it."""
 
+    unused_layers: Callable[[Any], Iterable[str]] | None = None
+    """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
+    computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
+    LoRA presets leave them out and a full fine-tune keeps them frozen."""
+
     @property
     def trainable(self) -> bool:
         return self.role is not Role.VAE
+
+    def unused_in(self, module: Any) -> frozenset[str]:
+        """`unused_layers` of this component's `module` (none for most components)."""
+        return frozenset(self.unused_layers(module)) if self.unused_layers is not None else frozenset()
 
 
 @dataclass(frozen=True)
@@ -181,9 +190,10 @@ class TinyModel:
     """seed -> a diffusers pipeline."""
     description: str
     diffusers_cannot_read: Mapping[str, str] = field(default_factory=dict)
-    """Save layouts (`kohya`, `single-file`) that diffusers' converters cannot read at this model's widths,
-    with why (a converter that hard-codes the released model's width): the conformance suite skips
-    loading those in diffusers, and the family's own tests check them at the released width."""
+    """Save layouts (`kohya`, `single-file`) that diffusers' converters cannot read at this model's widths, or
+    at all, with why (a converter that hard-codes the released model's width, a loader without that layout):
+    the conformance suite skips loading those in diffusers, and the family's own tests check what they can
+    (the layout at the released width, or in the tools that read it)."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,13 @@ class FamilySpec:
     onetrainer_model_types: tuple[str, ...] = ()
     """OneTrainer's `model_type` names this family trains (`onetrainer import` maps them here); the first is
     the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out."""
+    default_lora_format: str = "kohya"
+    """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
+    diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too)."""
+    config_defaults: Mapping[str, Any] = field(default_factory=dict)
+    """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
+    logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
+    the preset, the file and the overrides, which may still set anything the family takes."""
 
     def component(self, name: str) -> Component:
         for component in self.components:
@@ -268,6 +285,11 @@ class FamilySpec:
     def size_step(self) -> int:
         """Image sides the denoiser accepts are multiples of this (bucket sides may be coarser)."""
         return self.latent_scale * self.patch_size
+
+    @property
+    def auto_lora_format(self) -> str:
+        """What `auto` means for this family's LoRAs: its default, or peft for a family without kohya names."""
+        return self.default_lora_format if self.lora_naming is not None else "peft"
 
     @property
     def component_names(self) -> tuple[str, ...]:
