@@ -46,7 +46,7 @@ class TextConditioner:
         self.encoders = model.text_encoder_names()
         if sources is None:
             sources = {self.encoders[0]: output_keys} if len(self.encoders) == 1 else {}
-        self.sources = dict(sources)
+        self.sources: Mapping[str, tuple[str, ...]] = dict(sources)
         self.token_limit_encoder = token_limit_encoder or self.encoders[0]
         self._weights: str | None = None
 
