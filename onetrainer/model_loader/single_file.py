@@ -181,7 +181,7 @@ def build_components(
     *,
     check_only: bool = False,
 ) -> dict[str, Any]:
-    """The family's components from their configs, holding the given tensors (assigned, not copied).
+    """The family's components from their configs, holding the given tensors (assigned; copied only where unaligned).
 
     With `check_only` the tensors may be meta stand-ins: names and shapes are checked against the
     architecture and nothing is assigned (how a conversion validates `--config` before writing).
@@ -230,9 +230,25 @@ def assign_state_dict(
     if problems:
         raise UserError(f"{what}: " + "; ".join(problems), hint=hint)
     if not check_only:
+        state_dict = {key: _aligned(tensor) for key, tensor in state_dict.items()}
         module.load_state_dict(state_dict, strict=True, assign=True)
         if tied:
             module.tie_weights()
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, copied where its data does not start on a `DATA_ALIGNMENT` boundary.
+
+    A memory-mapped file's tensors lie where the file packs them (safetensors allows no gaps between
+    tensors), and split fused layers are views into them: on AVX-512 CPUs an unaligned weight takes other
+    kernels, so a model read from a single file computed other last bits than the same weights loaded from
+    a folder or held in memory (a CLIP projection after odd-sized tensors, in SD 3's files).
+    """
+    from onetrainer.util.safetensors_stream import DATA_ALIGNMENT
+
+    if tensor.device.type != "cpu" or tensor.data_ptr() % DATA_ALIGNMENT == 0:
+        return tensor
+    return tensor.clone()
 
 
 def _tied_weights(module: Any) -> dict[str, str]:
