@@ -411,17 +411,25 @@ def recognise(kind: str, value: Any, specs: Iterable[FamilySpec] | None = None) 
     """The families' verdicts on one header or set of configs (`kind`: a `Recognisers` field), merged.
 
     One family recognised: that family. Several (an ambiguous file): no family, the candidates named.
-    None: no family knows it.
+    None: no family knows it. Where no family is sure, the candidates of every family that claims the
+    value are named (FLUX.1's and SD 3's LoRAs of joint blocks alone share diffusers' names).
     """
     found: dict[str | None, Evidence] = {}
+    undetermined: list[Evidence] = []
     for spec in families() if specs is None else specs:
         evidence = getattr(spec.recognise, kind)(value)
         if evidence is not None:
             found.setdefault(evidence.family, evidence)
+            if evidence.family is None:
+                undetermined.append(evidence)
     known = [evidence for family, evidence in found.items() if family is not None]
     if len(known) == 1:
         return known[0]
     if len(known) > 1:
         names = tuple(sorted(str(evidence.family) for evidence in known))
         return Evidence(None, f"matches {' and '.join(names)}", candidates=names)
+    if len(undetermined) > 1:
+        names = tuple(dict.fromkeys(name for evidence in undetermined for name in evidence.candidates))
+        reasons = dict.fromkeys(evidence.reason for evidence in undetermined)
+        return Evidence(None, " or ".join(reasons), candidates=names)
     return found.get(None)
