@@ -19,7 +19,8 @@ ComfyUI (comfy/lora.py, `model_lora_keys_unet` and `model_lora_keys_clip`) loads
   `x_block.adaLN_modulation.1`, ...), and the last block's `norm1_context.linear` with its halves swapped;
 - for CLIP-L and bigG it maps `lora_te1_text_model_encoder_layers_N_<layer>` / `lora_te2_...` (self_attn
   q/k/v/out_proj, mlp fc1/fc2) and `text_encoder.` / `text_encoder_2.` + the transformers path; for T5,
-  `lora_te3_` + its path (the third encoder when CLIP-L and bigG are present).
+  `lora_te3_` + its path (the third encoder when CLIP-L and bigG are present). Neither ComfyUI nor diffusers
+  reads T5 under peft's `text_encoder_3.` keys: a LoRA that trains T5 is for ComfyUI saved as kohya.
 So every LoRA target of the family's presets (`model.sd3`) has a name ComfyUI maps to a real module;
 `tests/util/test_keymaps_sd3.py` checks every written key under these rules.
 """
