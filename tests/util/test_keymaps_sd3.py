@@ -288,3 +288,18 @@ def test_saved_files_name_the_architecture_in_their_metadata(saved: dict[str, An
     spec = saved["model"].spec
     assert metadata["modelspec.architecture"] == f"{spec.modelspec_architecture}/lora"
     assert metadata["ss_base_model_version"] == spec.kohya_base_model_version
+
+
+def test_an_embedding_of_a_model_without_t5_holds_the_clip_vectors_alone() -> None:
+    from onetrainer.util.keymaps.embeddings import a1111_to_embedding, embedding_to_a1111
+    from onetrainer.util.keymaps.engine import KeyMapError
+
+    spec = get_family("sd35-large")
+    vectors = {"text_encoder": torch.ones(2, 32), "text_encoder_2": torch.zeros(2, 48)}
+    file = embedding_to_a1111(vectors, spec)
+    assert sorted(file) == ["clip_g", "clip_l"]
+    assert sorted(a1111_to_embedding(file, spec)) == ["text_encoder", "text_encoder_2"]
+    with_t5 = embedding_to_a1111({**vectors, "text_encoder_3": torch.ones(2, 96)}, spec)
+    assert sorted(a1111_to_embedding(with_t5, spec)) == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+    with pytest.raises(KeyMapError, match="needs vectors for text_encoder_2"):
+        embedding_to_a1111({"text_encoder": torch.ones(2, 32)}, spec)
