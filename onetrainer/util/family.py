@@ -412,7 +412,7 @@ def recognise(kind: str, value: Any, specs: Iterable[FamilySpec] | None = None) 
 
     One family recognised: that family. Several (an ambiguous file): no family, the candidates named.
     None: no family knows it. Where no family is sure, the candidates of every family that claims the
-    value are named (FLUX.1's and SD 3's LoRAs of joint blocks alone share diffusers' names).
+    value are named (two families' LoRAs may share diffusers' module names).
     """
     found: dict[str | None, Evidence] = {}
     undetermined: list[Evidence] = []
