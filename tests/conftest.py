@@ -85,6 +85,24 @@ def tiny_flux_schnell_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd35_large_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SD 3.5 Large pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sd35-large")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd35_medium_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SD 3.5 Medium (MMDiT-X) pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sd35-medium")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_medium_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Diffusers folder of the tiny SD 3 Medium pipeline (seed 0)."""
+    return _tiny_model(tmp_path_factory, "sd3-medium")
+
+
+@pytest.fixture(scope="session")
 def unregistered_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers folder (configs only) of a made-up architecture, `ZetaImagePipeline` with a
     `ZetaTransformer2DModel`, that no family, registered or to come, makes."""

@@ -55,6 +55,9 @@ class Conditioner(Protocol):
     """
 
     output_keys: tuple[str, ...]
+    sources: Mapping[str, tuple[str, ...]]
+    """Text encoder -> the output keys computed from it alone (all zeros when its conditioning is dropped); an
+    encoder whose output shares a key with another's is absent."""
 
     def identity(self) -> str: ...
 

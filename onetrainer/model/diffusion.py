@@ -162,7 +162,8 @@ class DiffusionModel:
         """The base weights as `(component.key, tensor)` pairs, references not copies.
 
         `stream(meta, components)` can be replayed; with `meta` it yields data-less stand-ins, which
-        is how writers plan a file header before writing. Injected LoRA layers are not base weights:
+        is how writers plan a file header before writing. An optional component the model goes without
+        yields nothing. Injected LoRA layers are not base weights:
         a model carrying them has no plain stream, so this refuses (save the LoRA, or merge it first).
         """
         names = tuple(name for name, _ in self.modules())
@@ -175,7 +176,7 @@ class DiffusionModel:
 
         def stream(meta: bool, wanted: tuple[str, ...] = names) -> Iterator[tuple[str, torch.Tensor]]:
             for name in wanted:
-                for key, tensor in state_dicts[name].items():
+                for key, tensor in state_dicts.get(name, {}).items():
                     yield f"{name}.{key}", tensor.to("meta") if meta else tensor
 
         return stream

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
-from onetrainer.model.adapters.targets import CLIP_PRESETS
+from onetrainer.model.adapters.targets import CLIP_PRESETS, T5_PRESETS
 from onetrainer.util.config.base import Section
 from onetrainer.util.family import (
     Component,
@@ -63,13 +63,6 @@ TRANSFORMER_PRESETS: dict[str, tuple[str, ...]] = {
 """diffusers' FluxTransformer2DModel, block by block: attention projections of both streams; the
 feed-forward layers and the single blocks' MLP in / fused out projections; the adaptive-norm
 modulation layers (kohya's default set: every linear layer inside the blocks)."""
-
-T5_PRESETS: dict[str, tuple[str, ...]] = {
-    "attn": (r"\.SelfAttention\.(q|k|v|o)$",),
-    "attn-mlp": (r"\.DenseReluDense\.(wi_0|wi_1|wo)$",),
-    "full": (),
-}
-"""transformers' T5 encoder."""
 
 
 class FluxDevOptions(Section):

@@ -97,9 +97,17 @@ SGM_UNET_NAMES = (
 )
 
 
+NOT_SDXL = ("lora_te3_", "text_encoder_3.", "lora_transformer_", "transformer.")
+"""A third text encoder or a transformer denoiser: a family with more encoders than SDXL's two (SD 3, FLUX.1's
+CLIP and T5 under te1 / te3), whose LoRAs share SDXL's encoder prefixes and `transformer_blocks` names."""
+
+
 def recognise_lora(shapes: Shapes) -> Evidence | None:
-    """Two text encoders (`lora_te1_` / `lora_te2_` / `text_encoder_2.`), or UNet modules under SGM names."""
+    """Two text encoders (`lora_te1_` / `lora_te2_` / `text_encoder_2.`), or UNet modules under SGM names, or
+    UNet attention deeper than one transformer block; never with a third encoder or a transformer."""
     keys = list(shapes)
+    if any(key.startswith(NOT_SDXL) for key in keys):
+        return None
     if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys):
         return Evidence("sdxl", "LoRA for two text encoders")
     if any(key.startswith(SGM_UNET_NAMES) for key in keys):

@@ -169,4 +169,8 @@ def _tiny_architecture(source: str, spec: FamilySpec) -> Architecture:
             config = module.config
             configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
             classes[name] = (type(module).__module__.split(".")[0], type(module).__name__)
+    for component in spec.text_encoders:
+        tokenizer = getattr(pipe, component.tokenizer or "", None)
+        if tokenizer is not None and component.tokenizer is not None:
+            classes[component.tokenizer] = (type(tokenizer).__module__.split(".")[0], type(tokenizer).__name__)
     return Architecture(source, configs, classes, tiny=True, settings=pipeline_settings(dict(pipe.config)))

@@ -54,14 +54,21 @@ class LoadedParts:
 
 
 SingleFileReader = Callable[..., LoadedParts]
-"""`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype) -> LoadedParts`."""
+"""`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype, leave_out) -> LoadedParts`."""
+LeaveOut = Callable[[ModelConfig], frozenset[str]]
+"""`leave_out(model_config)` -> the optional components the config asks not to load."""
 
 
 class DiffusersLoader:
-    """A `ModelLoader` for any family; `read_single_file` is the family's reader of its original files."""
+    """A `ModelLoader` for any family; `read_single_file` is the family's reader of its original files.
 
-    def __init__(self, read_single_file: SingleFileReader | None = None) -> None:
+    `leave_out` names optional components a model config asks to go without (SD 3's T5, by an option):
+    they are not read from any source, and the model runs without them as its pipeline does.
+    """
+
+    def __init__(self, read_single_file: SingleFileReader | None = None, leave_out: LeaveOut | None = None) -> None:
         self.read_single_file = read_single_file
+        self.leave_out = leave_out
 
     def load(
         self,
@@ -84,17 +91,19 @@ class DiffusersLoader:
         wanted = PredictionType(model_config.prediction_type)
         dtype = torch_dtype(model_config.dtype)
         kind = source_kind(source, where="model.base")
+        left_out = self.leave_out(model_config) if self.leave_out is not None else frozenset()
+        kept = tuple(name for name in spec.component_names if name not in left_out)
         if kind == TINY:
-            parts = _from_tiny(source, spec)
+            parts = _left_out(_from_tiny(source, spec), spec, left_out)
         elif kind == HUB:
             check_family(hub_detection(source), spec)
-            parts = from_pretrained(source, source, spec, dtype, hub=True, quantise=quantise)
+            parts = from_pretrained(source, source, spec, dtype, hub=True, only=kept, quantise=quantise)
         else:
             path = Path(source).expanduser()
             detection = detect_path(path)
             check_family(detection, spec)
             if path.is_dir():
-                parts = from_pretrained(str(path), source, spec, dtype, hub=False, quantise=quantise)
+                parts = from_pretrained(str(path), source, spec, dtype, hub=False, only=kept, quantise=quantise)
             elif self.read_single_file is None:
                 raise UserError(f"{spec.title} models cannot be loaded from a single file yet", where="model.base")
             else:
@@ -106,6 +115,7 @@ class DiffusersLoader:
                     config=model_config.config,
                     tokenizer=model_config.tokenizer,
                     dtype=dtype,
+                    leave_out=left_out,
                 )
         if model_config.vae is not None:
             from onetrainer.model_loader.vae import load_vae
@@ -248,6 +258,14 @@ def load_components(
     feeding = [spec.component(name).tokenizer for name in wanted]
     tokenizers = {tokenizer: parts.tokenizers[tokenizer] for tokenizer in feeding if tokenizer is not None}
     return LoadedParts(wanted, tokenizers, parts.scheduler, parts.prediction_type, parts.pipeline_config)
+
+
+def _left_out(parts: LoadedParts, spec: FamilySpec, left_out: frozenset[str]) -> LoadedParts:
+    """`parts` without the components `left_out` names, nor their tokenizers."""
+    dropped = {spec.component(name).tokenizer for name in left_out}
+    parts.components = {name: module for name, module in parts.components.items() if name not in left_out}
+    parts.tokenizers = {name: tokenizer for name, tokenizer in parts.tokenizers.items() if name not in dropped}
+    return parts
 
 
 def _from_tiny(source: str, spec: FamilySpec) -> LoadedParts:

@@ -41,16 +41,24 @@ def read_single_file(
     config: str | Path | None,
     tokenizer: str | Path | None,
     dtype: torch.dtype,
+    leave_out: frozenset[str] = frozenset(),
 ) -> LoadedParts:
-    """The `SingleFileReader` of every family with a `single_file` layout and a shipped architecture."""
+    """The `SingleFileReader` of every family with a `single_file` layout and a shipped architecture.
+
+    Components in `leave_out` (optional ones the model config goes without) are not read. An optional
+    component the file lacks comes from `model.config` when that names a model holding it.
+    """
     # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
     prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
     prediction = prediction or detection.prediction_type
+    wanted = tuple(name for name in spec.component_names if name not in leave_out)
     with WeightsFile(path) as weights:
-        held = single_file_state_dicts(weights, spec, text_encoder_layers=None, meta=True)
-        missing = [c for c in spec.components if not held[c.name] and not c.optional]
-        if missing and config is None:
-            component = missing[0]
+        held = single_file_state_dicts(weights, spec, text_encoder_layers=None, components=wanted, meta=True)
+        absent = [spec.component(name) for name in wanted if not held[name]]
+        required = [c for c in absent if not c.optional]
+        missing = absent if config is not None else required
+        if required and config is None:
+            component = required[0]
             raise UserError(
                 f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
                 where=str(path),
@@ -61,7 +69,7 @@ def read_single_file(
         architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
         prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
         state_dicts = single_file_state_dicts(
-            weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype
+            weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype, components=wanted
         )
     rest = None
     if missing:
@@ -173,7 +181,7 @@ def build_components(
     *,
     check_only: bool = False,
 ) -> dict[str, Any]:
-    """The family's components from their configs, holding the given tensors (assigned, not copied).
+    """The family's components from their configs, holding the given tensors (assigned; copied only where unaligned).
 
     With `check_only` the tensors may be meta stand-ins: names and shapes are checked against the
     architecture and nothing is assigned (how a conversion validates `--config` before writing).
@@ -203,8 +211,14 @@ def build_components(
 def assign_state_dict(
     module: Any, state_dict: dict[str, torch.Tensor], *, what: str, hint: str, check_only: bool = False
 ) -> None:
-    """Load `state_dict` into a module built with empty weights; any key or shape mismatch is a user error."""
+    """Load `state_dict` into a module built with empty weights; any key or shape mismatch is a user error.
+
+    A tied weight (T5's `encoder.embed_tokens` is its `shared` table) is one tensor under two names: a
+    file may hold either name alone, and the ties are made again once the tensors are in place.
+    """
     expected = module.state_dict()
+    tied = _tied_weights(module)
+    state_dict = {**{alias: state_dict[key] for alias, key in tied.items() if key in state_dict}, **state_dict}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape))
@@ -216,4 +230,28 @@ def assign_state_dict(
     if problems:
         raise UserError(f"{what}: " + "; ".join(problems), hint=hint)
     if not check_only:
+        state_dict = {key: _aligned(tensor) for key, tensor in state_dict.items()}
         module.load_state_dict(state_dict, strict=True, assign=True)
+        if tied:
+            module.tie_weights()
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, copied where its data does not start on a `DATA_ALIGNMENT` boundary.
+
+    A memory-mapped file's tensors lie where the file packs them (safetensors allows no gaps between
+    tensors), and split fused layers are views into them: on AVX-512 CPUs an unaligned weight takes other
+    kernels, so a model read from a single file computed other last bits than the same weights loaded from
+    a folder or held in memory (a CLIP projection after odd-sized tensors, in SD 3's files).
+    """
+    from onetrainer.util.safetensors_stream import DATA_ALIGNMENT
+
+    if tensor.device.type != "cpu" or tensor.data_ptr() % DATA_ALIGNMENT == 0:
+        return tensor
+    return tensor.clone()
+
+
+def _tied_weights(module: Any) -> dict[str, str]:
+    """A transformers model's tied state-dict keys: alias -> the key whose tensor it shares."""
+    tied = getattr(module, "_tied_weights_keys", None)
+    return {str(alias): str(key) for alias, key in tied.items()} if isinstance(tied, dict) else {}

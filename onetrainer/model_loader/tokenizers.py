@@ -9,13 +9,16 @@ A single file holds no tokenizer: it comes from an explicit path or hub id, else
 source if it has one, else from the family's known hub repos in the local Hugging Face cache, else
 (online) from the hub, in that order; the first that fits wins. Each text encoder's tokenizer is looked
 for in its own subfolder (`tokenizer`, `tokenizer_2`); one found anywhere else (a repo's root, another
-encoder's folder) is given the pad token the encoder was trained with (`Component.pad_token`).
+encoder's folder) is given the pad token the encoder was trained with (`Component.pad_token`). Each is
+read with the tokenizer class the architecture's `model_index.json` names for it (a T5 encoder's is not
+CLIP's), CLIP's where it names none.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_loader.architecture import Architecture
 from onetrainer.model_loader.hub import HUB, TINY, hub_offline, source_kind
@@ -41,18 +44,17 @@ def tokenizer_mismatch(tokenizer: CLIPTokenizer, vocab_size: int) -> str | None:
 def load_tokenizer(
     explicit: str | None, architecture: Architecture, spec: FamilySpec, encoder: str = "text_encoder"
 ) -> CLIPTokenizer:
-    """The first CLIP tokenizer that fits the architecture's `encoder`, from: `explicit`, the architecture
+    """The first tokenizer that fits the architecture's `encoder`, from: `explicit`, the architecture
     source, the family's hub repos in the HF cache, then on the hub."""
     vocab_size = int(architecture.configs[encoder]["vocab_size"])
     pad_token = spec.component(encoder).pad_token
     folder = spec.component(encoder).tokenizer or "tokenizer"
+    cls = _tokenizer_class(architecture, folder)
     if explicit is not None:
-        found, subfolder = _explicit_tokenizer(explicit, vocab_size, folder)
+        found, subfolder = _explicit_tokenizer(explicit, vocab_size, folder, cls)
         return found if subfolder == folder else _with_pad(found, pad_token)
     if architecture.tiny:
-        from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
-
-        return build_tiny_clip_tokenizer()
+        return _tiny_tokenizer(cls)
     tried: list[str] = []
     candidates = ([(architecture.tokenizer_at[0], folder)] if architecture.tokenizer_at else []) + [
         (repo, subfolder) for repo in spec.hub_ids for subfolder in (None, folder)
@@ -61,7 +63,7 @@ def load_tokenizer(
         if not local_only and hub_offline():
             break
         for location, subfolder in candidates:
-            tokenizer = _try_tokenizer(location, subfolder, vocab_size, local_only=local_only)
+            tokenizer = _try_tokenizer(location, subfolder, vocab_size, cls, local_only=local_only)
             if tokenizer is not None:
                 return tokenizer if subfolder == folder else _with_pad(tokenizer, pad_token)
             tried.append(_describe(location, subfolder) + (" (cache)" if local_only else " (hub)"))
@@ -86,27 +88,38 @@ def _describe(location: str, subfolder: str | None) -> str:
     return f"{location}/{subfolder}" if subfolder else location
 
 
-def _try_tokenizer(location: str, subfolder: str | None, vocab_size: int, *, local_only: bool) -> CLIPTokenizer | None:
-    tokenizer = _read_tokenizer(location, subfolder, local_only=local_only)
+def _tokenizer_class(architecture: Architecture, folder: str) -> Any:
+    """The class the architecture names for the tokenizer in `folder` (transformers' only), else CLIP's."""
+    library, name = architecture.classes.get(folder, ("transformers", "CLIPTokenizer"))
+    return getattr(importlib.import_module("transformers"), name if library == "transformers" else "CLIPTokenizer")
+
+
+def _tiny_tokenizer(cls: Any) -> Any:
+    from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
+
+    return build_tiny_t5_tokenizer() if cls.__name__.startswith("T5") else build_tiny_clip_tokenizer()
+
+
+def _try_tokenizer(
+    location: str, subfolder: str | None, vocab_size: int, cls: Any, *, local_only: bool
+) -> CLIPTokenizer | None:
+    tokenizer = _read_tokenizer(location, subfolder, cls, local_only=local_only)
     return tokenizer if tokenizer is not None and tokenizer_mismatch(tokenizer, vocab_size) is None else None
 
 
-def _read_tokenizer(location: str, subfolder: str | None, *, local_only: bool) -> CLIPTokenizer | None:
-    from transformers import CLIPTokenizer
-
+def _read_tokenizer(location: str, subfolder: str | None, cls: Any, *, local_only: bool) -> CLIPTokenizer | None:
     try:
-        return CLIPTokenizer.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
+        tokenizer: CLIPTokenizer = cls.from_pretrained(location, subfolder=subfolder or "", local_files_only=local_only)
     except (OSError, ValueError):
         return None
+    return tokenizer
 
 
-def _explicit_tokenizer(source: str, vocab_size: int, folder: str) -> tuple[CLIPTokenizer, str | None]:
+def _explicit_tokenizer(source: str, vocab_size: int, folder: str, cls: Any) -> tuple[CLIPTokenizer, str | None]:
     """(the tokenizer, the subfolder it came from): the encoder's own `folder`, "tokenizer", or the root."""
     kind = source_kind(source, where="model.tokenizer")
     if kind == TINY:
-        from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
-
-        tiny = build_tiny_clip_tokenizer()
+        tiny = _tiny_tokenizer(cls)
         mismatch = tokenizer_mismatch(tiny, vocab_size)
         if mismatch is not None:
             raise UserError(f"the tiny tokenizer {mismatch}", hint="Use tiny: tokenizers with tiny: models only.")
@@ -114,7 +127,7 @@ def _explicit_tokenizer(source: str, vocab_size: int, folder: str) -> tuple[CLIP
     if kind == HUB:
         mismatch = None
         for subfolder in dict.fromkeys((None, folder, "tokenizer")):
-            tokenizer = _read_tokenizer(source, subfolder, local_only=hub_offline())
+            tokenizer = _read_tokenizer(source, subfolder, cls, local_only=hub_offline())
             if tokenizer is None:
                 continue
             mismatch = tokenizer_mismatch(tokenizer, vocab_size)
@@ -135,7 +148,7 @@ def _explicit_tokenizer(source: str, vocab_size: int, folder: str) -> tuple[CLIP
     path = Path(source).expanduser()
     subfolder = next((name for name in dict.fromkeys((folder, "tokenizer")) if (path / name).is_dir()), None)
     location = path / subfolder if subfolder else path
-    tokenizer = _try_tokenizer(str(location), None, vocab_size, local_only=True) if location.is_dir() else None
+    tokenizer = _try_tokenizer(str(location), None, vocab_size, cls, local_only=True) if location.is_dir() else None
     if tokenizer is None:
         raise UserError(
             f"no CLIP tokenizer of {vocab_size:,} tokens (the text encoder's) in {path}",

@@ -168,7 +168,8 @@ def file_stem(placeholder: str) -> str:
 
 
 def _family_default(requested: SaveFormat | str, kind: str, model: DiffusionModel) -> SaveFormat | str:
-    """`auto` for a LoRA of a family without kohya names is the peft layout (kohya otherwise)."""
+    """`auto` for a LoRA is the family's layout (kohya, or peft for a family without kohya names or whose
+    kohya names diffusers cannot read)."""
     if kind == LORA and str(getattr(requested, "value", requested)) == SaveFormat.AUTO.value:
-        return SaveFormat.KOHYA if model.spec.lora_naming is not None else SaveFormat.PEFT
+        return SaveFormat(model.spec.auto_lora_format)
     return requested

@@ -166,6 +166,8 @@ def _model_index(spec: FamilySpec, parts: PipelineParts, scheduler_class: str, c
             index[component.tokenizer] = [type(tokenizer).__module__.split(".")[0], type(tokenizer).__name__]
     for component in spec.components:
         index.setdefault(component.name, [None, None])
+        if component.tokenizer is not None:
+            index.setdefault(component.tokenizer, [None, None])
     return index
 
 

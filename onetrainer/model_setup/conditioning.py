@@ -5,12 +5,13 @@ outputs, T5 states, ...); `TextConditioner` does the rest the same way for all: 
 encoders to the device for a caching pass and back, names everything that changes its output in
 `identity()` (weights, dtypes, settings, tokenizer sizes, fixed embeddings) so a cache entry is never
 reused for another model or setting, encodes without gradients for the cache and with them when the
-text encoders or embeddings train.
+text encoders or embeddings train. It also says which output keys each text encoder computes alone
+(`sources`), so the setup can drop one encoder's conditioning by zeroing them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from onetrainer.model_setup.encoders import fingerprint
@@ -35,6 +36,7 @@ class TextConditioner:
         output_keys: tuple[str, ...],
         settings: str = "",
         token_limit_encoder: str | None = None,
+        sources: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -42,6 +44,9 @@ class TextConditioner:
         self.output_keys = output_keys
         self.settings = settings
         self.encoders = model.text_encoder_names()
+        if sources is None:
+            sources = {self.encoders[0]: output_keys} if len(self.encoders) == 1 else {}
+        self.sources: Mapping[str, tuple[str, ...]] = dict(sources)
         self.token_limit_encoder = token_limit_encoder or self.encoders[0]
         self._weights: str | None = None
 

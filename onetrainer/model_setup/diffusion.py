@@ -4,9 +4,9 @@
 full fine-tune, embeddings on the text encoders that take them), applies the placement policy,
 switches on gradient checkpointing and, last, the speed settings (channels-last, regional
 compilation: `compile`), so that compiled blocks already hold their adapters; after that `predict`
-and `loss` are pure functions of the batch and the generator. What differs per family comes from
-its `FamilyHooks` (how captions condition the denoiser, how the denoiser is called) and its
-objective (DDPM or flow matching).
+and `loss` are pure functions of the batch and the generator (which also draws each text encoder's
+conditioning dropout while training). What differs per family comes from its `FamilyHooks` (how
+captions condition the denoiser, how the denoiser is called) and its objective (DDPM or flow matching).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from onetrainer.model_setup.objective import Noised, TrainingObjective, build_ob
 from onetrainer.model_setup.placement import Placement, apply_placement, apply_storage, placement_policy
 from onetrainer.model_setup.trainables import Trainables
 from onetrainer.util.config.data import ConceptType
+from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
@@ -64,6 +65,7 @@ class DiffusionSetup:
         self.offloaders: dict[str, BlockOffloader] = {}
         self._prior_concepts = any(concept.type is ConceptType.PRIOR for concept in config.data.concepts)
         """Only then does a step look at a batch's `is_prior` flags (a read on the host, every step)."""
+        self._training = True
 
     @property
     def spec(self) -> FamilySpec:
@@ -97,9 +99,10 @@ class DiffusionSetup:
             self._add_lora()
         elif config.method is TrainingMethod.FULL:
             for name in self.trained_parts():
-                module = model.components[name]
-                module.requires_grad_(True)
-                self.trainables.add(name, dict(module.named_parameters()))
+                params = self._full_parameters(name)
+                for param in params.values():
+                    param.requires_grad_(True)
+                self.trainables.add(name, params)
         self._add_embeddings()
         if not self.trainables.groups:
             raise UserError(
@@ -120,6 +123,7 @@ class DiffusionSetup:
             model.components[vae], self.device, self.policy[vae].storage_dtype, part=vae
         )
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
+        self._check_dropout(self._conditioner)
         self._checkpointing(config.training.gradient_checkpointing)
         apply_speed_settings(
             model.denoiser, compile=config.training.compile, channels_last=config.training.channels_last
@@ -137,9 +141,55 @@ class DiffusionSetup:
         for name in self._fully_trained():
             module = self.model.components[name]
             shard_module(module)
-            self.trainables.groups[name] = dict(module.named_parameters())
+            self.trainables.groups[name] = self._full_parameters(name)
             sharded.append(module)
         return sharded
+
+    def _full_parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """A fully trained part's parameters, but those of layers whose output the model discards."""
+        module = self.model.components[name]
+        unused = self.spec.component(name).unused_in(module)
+        return {
+            key: param
+            for key, param in module.named_parameters()
+            if not any(key == layer or key.startswith(layer + ".") for layer in unused)
+        }
+
+    def _dropout(self) -> dict[str, float]:
+        """Text encoder -> the chance its conditioning is dropped, for the encoders the model has that drop."""
+        rates = {name: self.config.parts[name].dropout for name in self.model.text_encoder_names()}
+        return {name: rate for name, rate in rates.items() if rate > 0}
+
+    def _check_dropout(self, conditioner: Conditioner) -> None:
+        for name in self._dropout():
+            if name not in conditioner.sources:
+                raise UserError(
+                    f"{self.spec.title} models condition on their {self.spec.component(name).title} mixed with "
+                    "another encoder's output, so its conditioning cannot be dropped alone",
+                    where=f"parts.{name}.dropout",
+                    hint="Leave dropout at 0 for this part, or drop whole captions (the concepts' caption dropout).",
+                )
+
+    def _drop_conditioning(
+        self, conditioning: dict[str, torch.Tensor], generator: torch.Generator, batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        """Each sample loses each dropping encoder's conditioning (zeroed) with that encoder's chance, drawn
+        from the step's generator after the objective's draws, encoder by encoder in the family's order."""
+        import torch
+
+        rates = self._dropout()
+        if not rates or not self._training:
+            return conditioning
+        sources = self._require_conditioner().sources
+        dropped = dict(conditioning)
+        for name, rate in rates.items():
+            draws = torch.rand(batch_size, generator=generator, device=generator.device)
+            keep = draws >= rate
+            for key in sources[name]:
+                tensor = dropped[key]
+                mask = keep.to(tensor.device).reshape(-1, *([1] * (tensor.ndim - 1)))
+                dropped[key] = tensor * mask.to(tensor.dtype)
+        return dropped
 
     def _fully_trained(self) -> list[str]:
         return self.trained_parts() if self.config.method is TrainingMethod.FULL else []
@@ -156,6 +206,7 @@ class DiffusionSetup:
                 preset=(self.config.parts[name].lora_targets or lora.targets).value,
                 regex=self.config.parts[name].lora_regex or lora.regex,
                 presets=self.spec.component(name).lora_presets,
+                unused=self.spec.component(name).unused_in(self.model.components[name]),
             )
             for name in self.trained_parts()
         }
@@ -168,7 +219,7 @@ class DiffusionSetup:
                 targets=targets,
                 dropout=lora.dropout,
                 seed=self.config.training.seed,
-                dora_axis=dora_axis(self.config.saving.format),
+                dora_axis=dora_axis(self._lora_format()),
             )
 
     def _add_lora(self) -> None:
@@ -184,6 +235,11 @@ class DiffusionSetup:
             for param in named.values():
                 param.requires_grad_(True)
             self.trainables.add(name, named)
+
+    def _lora_format(self) -> str:
+        """The layout the LoRA will be saved in (`auto`: the family's)."""
+        fmt = self.config.saving.format
+        return self.spec.auto_lora_format if fmt is SaveFormat.AUTO else fmt.value
 
     def _add_embeddings(self) -> None:
         embedding = self.config.embedding
@@ -278,6 +334,7 @@ class DiffusionSetup:
             conditioner.load()
             conditioning = conditioner.encode_for_training(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
+        conditioning = self._drop_conditioning(conditioning, generator, int(latents.shape[0]))
         with self._memory_context():
             prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         target = noised.target
@@ -340,10 +397,12 @@ class DiffusionSetup:
             self.model.components[name].eval()
 
     def train(self) -> None:
+        self._training = True
         trained = set(self.trainables.groups) - self.stopped
         for name, module in self.model.modules():
             module.train(name in trained and self.spec.component(name).role is not Role.VAE)
 
     def eval(self) -> None:
+        self._training = False
         for _, module in self.model.modules():
             module.eval()

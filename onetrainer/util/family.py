@@ -74,9 +74,18 @@ class Component:
     """Denoisers: regexes searched in "." + module path that find its blocks, the units gradient checkpointing
     recomputes and layer offloading moves (`model.blocks`); empty: the entries of its top-level ModuleLists."""
 
+    unused_layers: Callable[[Any], Iterable[str]] | None = None
+    """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
+    computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
+    LoRA presets leave them out and a full fine-tune keeps them frozen."""
+
     @property
     def trainable(self) -> bool:
         return self.role is not Role.VAE
+
+    def unused_in(self, module: Any) -> frozenset[str]:
+        """`unused_layers` of this component's `module` (none for most components)."""
+        return frozenset(self.unused_layers(module)) if self.unused_layers is not None else frozenset()
 
 
 @dataclass(frozen=True)
@@ -184,9 +193,10 @@ class TinyModel:
     """seed -> a diffusers pipeline."""
     description: str
     diffusers_cannot_read: Mapping[str, str] = field(default_factory=dict)
-    """Save layouts (`kohya`, `single-file`) that diffusers' converters cannot read at this model's widths,
-    with why (a converter that hard-codes the released model's width): the conformance suite skips
-    loading those in diffusers, and the family's own tests check them at the released width."""
+    """Save layouts (`kohya`, `single-file`) that diffusers' converters cannot read at this model's widths, or
+    at all, with why (a converter that hard-codes the released model's width, a loader without that layout):
+    the conformance suite skips loading those in diffusers, and the family's own tests check what they can
+    (the layout at the released width, or in the tools that read it)."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +255,13 @@ class FamilySpec:
     onetrainer_model_types: tuple[str, ...] = ()
     """OneTrainer's `model_type` names this family trains (`onetrainer import` maps them here); the first is
     the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out."""
+    default_lora_format: str = "kohya"
+    """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
+    diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too)."""
+    config_defaults: Mapping[str, Any] = field(default_factory=dict)
+    """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
+    logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
+    the preset, the file and the overrides, which may still set anything the family takes."""
 
     def component(self, name: str) -> Component:
         for component in self.components:
@@ -271,6 +288,11 @@ class FamilySpec:
     def size_step(self) -> int:
         """Image sides the denoiser accepts are multiples of this (bucket sides may be coarser)."""
         return self.latent_scale * self.patch_size
+
+    @property
+    def auto_lora_format(self) -> str:
+        """What `auto` means for this family's LoRAs: its default, or peft for a family without kohya names."""
+        return self.default_lora_format if self.lora_naming is not None else "peft"
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -392,17 +414,25 @@ def recognise(kind: str, value: Any, specs: Iterable[FamilySpec] | None = None) 
     """The families' verdicts on one header or set of configs (`kind`: a `Recognisers` field), merged.
 
     One family recognised: that family. Several (an ambiguous file): no family, the candidates named.
-    None: no family knows it.
+    None: no family knows it. Where no family is sure, the candidates of every family that claims the
+    value are named (two families' LoRAs may share diffusers' module names).
     """
     found: dict[str | None, Evidence] = {}
+    undetermined: list[Evidence] = []
     for spec in families() if specs is None else specs:
         evidence = getattr(spec.recognise, kind)(value)
         if evidence is not None:
             found.setdefault(evidence.family, evidence)
+            if evidence.family is None:
+                undetermined.append(evidence)
     known = [evidence for family, evidence in found.items() if family is not None]
     if len(known) == 1:
         return known[0]
     if len(known) > 1:
         names = tuple(sorted(str(evidence.family) for evidence in known))
         return Evidence(None, f"matches {' and '.join(names)}", candidates=names)
+    if len(undetermined) > 1:
+        names = tuple(dict.fromkeys(name for evidence in undetermined for name in evidence.candidates))
+        reasons = dict.fromkeys(evidence.reason for evidence in undetermined)
+        return Evidence(None, " or ".join(reasons), candidates=names)
     return found.get(None)

@@ -21,7 +21,14 @@ import torch
 from PIL import Image
 
 OTHER_FORMAT = {"lora": "peft", "full": "single-file", "embedding": "diffusers"}
-"""Each method's second save layout (the run's own output uses `auto`: kohya, a diffusers folder, a1111)."""
+"""Each method's second save layout (the run's own output uses `auto`: the family's LoRA layout, a diffusers
+folder, a1111); a family whose LoRAs save as peft by default gets kohya as the second."""
+
+
+def _other_format(case: Any) -> str:
+    if case.method == "lora" and case.spec.auto_lora_format == "peft" and case.spec.lora_naming is not None:
+        return "kohya"
+    return OTHER_FORMAT[case.method]
 
 
 def _has_other_format(case: Any) -> bool:
@@ -43,7 +50,7 @@ def _layout(case: Any, fmt: str) -> str:
     """The save layout `fmt` names: the run's own output is saved with `auto`."""
     if fmt != "the run's output":
         return fmt
-    auto = {"lora": "kohya" if case.spec.lora_naming is not None else "peft", "full": "diffusers"}
+    auto = {"lora": case.spec.auto_lora_format, "full": "diffusers"}
     return auto.get(case.method, "a1111")
 
 
@@ -74,8 +81,8 @@ def other_layout(run: Any, case: Any, tmp_path_factory: pytest.TempPathFactory) 
     method = run.config.method.value
     if not _has_other_format(case):
         return None
-    name = "model.safetensors" if method == "full" else f"{OTHER_FORMAT[method]}.safetensors"
-    return _save(run, tmp_path_factory.mktemp("other-layout") / name, OTHER_FORMAT[method])
+    name = "model.safetensors" if method == "full" else f"{_other_format(case)}.safetensors"
+    return _save(run, tmp_path_factory.mktemp("other-layout") / name, _other_format(case))
 
 
 def _need(path: Path | None) -> Path:
@@ -121,8 +128,17 @@ def test_the_method_trains_its_own_tensors(run: Any, case: Any) -> None:
         assert all(".lora_" in key for key in trained), "LoRA trains only adapter tensors"
         assert all(".lora_" not in key for key in set(run.before) - trained), "untrained adapters were injected"
     else:
-        whole = {f"{name}.{key}" for name in case.trained_parts for key, _ in model.components[name].named_parameters()}
-        assert trained == whole, "a full fine-tune trains every weight of its parts"
+        whole = {
+            f"{name}.{key}"
+            for name in case.trained_parts
+            for key, _ in model.components[name].named_parameters()
+            if not _in_layers(key, case.spec.component(name).unused_in(model.components[name]))
+        }
+        assert trained == whole, "a full fine-tune trains every weight of its parts (but of layers the model discards)"
+
+
+def _in_layers(key: str, layers: frozenset[str]) -> bool:
+    return any(key == layer or key.startswith(layer + ".") for layer in layers)
 
 
 # -------------------------------------------------------------------------------------- save, reload
@@ -158,7 +174,7 @@ def test_output_reads_back_exactly(run: Any, case: Any, tiny_folder: Callable[[s
 def test_other_layout_reads_back_exactly(
     run: Any, case: Any, other_layout: Path | None, tiny_folder: Callable[[str], Path]
 ) -> None:
-    _reads_back(run, _need(other_layout), OTHER_FORMAT[case.method], tiny_folder, case)
+    _reads_back(run, _need(other_layout), _other_format(case), tiny_folder, case)
 
 
 def test_the_recorded_config_reproduces_the_run(run: Any) -> None:
@@ -256,6 +272,8 @@ def _loads_in_diffusers(run: Any, case: Any, path: Path, fmt: str, tiny_folder: 
             pytest.skip(f"diffusers' {type(pipe).__name__} loads no LoRA for its {', '.join(beyond)}")
         pipe.load_lora_weights(str(path))
     else:
+        if not hasattr(pipe, "load_textual_inversion"):
+            pytest.skip(f"diffusers' {type(pipe).__name__} loads no textual-inversion embeddings")
         encoders = _embedding_encoders(case.spec)
         if len(encoders) == 1:
             pipe.load_textual_inversion(str(path), token=case.placeholder)
@@ -280,7 +298,7 @@ def test_output_loads_in_diffusers(run: Any, case: Any, tiny_folder: Callable[[s
 def test_other_layout_loads_in_diffusers(
     run: Any, case: Any, other_layout: Path | None, tiny_folder: Callable[[str], Path]
 ) -> None:
-    _loads_in_diffusers(run, case, _need(other_layout), OTHER_FORMAT[case.method], tiny_folder)
+    _loads_in_diffusers(run, case, _need(other_layout), _other_format(case), tiny_folder)
 
 
 # -------------------------------------------------------------------------------------------- resume

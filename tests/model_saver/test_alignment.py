@@ -6,6 +6,7 @@ AVX-512 CPUs that changed the last bits of a loaded model's outputs (issue 11, i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,3 +46,16 @@ def test_full_model_files_are_aligned(tmp_path: Path, output: str) -> None:
     offsets = _data_offsets(tmp_path)
     assert len(offsets) == (1 if output.endswith(".safetensors") else 3)
     assert all(offset % 64 == 0 for offset in offsets.values()), offsets
+
+
+def test_a_single_files_tensors_are_read_into_aligned_memory(tmp_path: Path) -> None:
+    """safetensors packs tensors without gaps, so a mapped file's tensors after odd-sized ones lie off the
+    boundary (SD 3's bigG projection follows CLIP-L's); the reader copies those, so a model read from its
+    single file computes the very bits of the model that wrote it."""
+    model = load_model("tiny:sd35-large")
+    path = DiffusionSaver().save(model, tmp_path / "model.safetensors", method=TrainingMethod.FULL, dtype="fp32")[0]
+    header = json.loads(path.read_bytes()[8 : _data_offsets(tmp_path)["model.safetensors"]])
+    assert any(entry["data_offsets"][0] % 64 for key, entry in header.items() if key != "__metadata__")
+    loaded = load_model(path, config="tiny:sd35-large")
+    tensors = [(f"{name}.{key}", t) for name, module in loaded.modules() for key, t in module.state_dict().items()]
+    assert [key for key, tensor in tensors if tensor.data_ptr() % 64] == []

@@ -31,6 +31,8 @@ class LoraTargets:
     preset: str = "attn-mlp"
     regex: str | None = None
     presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    unused: frozenset[str] = frozenset()
+    """Layers whose output the model discards (`Component.unused_layers`): a preset leaves them out."""
 
 
 @dataclass
@@ -113,7 +115,7 @@ def inject_lora(
         torch.manual_seed(seed)
         for component, chosen in targets.items():
             module = model.components[component]
-            names = target_modules(module, component, chosen.presets, chosen.preset, chosen.regex)
+            names = target_modules(module, component, chosen.presets, chosen.preset, chosen.regex, chosen.unused)
             if not names:
                 raise UserError(f"the {component} has no layers for LoRA preset {chosen.preset!r}")
             inject_adapter_in_model(peft_config(kind, rank, alpha, dropout, names), module, adapter_name)

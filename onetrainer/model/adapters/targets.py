@@ -38,6 +38,13 @@ CLIP_PRESETS: dict[str, tuple[str, ...]] = {
 }
 """transformers' CLIP text models."""
 
+T5_PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": (r"\.SelfAttention\.(q|k|v|o)$",),
+    "attn-mlp": (r"\.DenseReluDense\.(wi_0|wi_1|wo)$",),
+    "full": (),
+}
+"""transformers' T5 encoder."""
+
 
 def _weighted_leaves(module: torch.nn.Module) -> list[str]:
     """Paths of the leaf layers that hold a weight: what an adapter can wrap, whatever their class."""
@@ -54,10 +61,12 @@ def target_modules(
     presets: Mapping[str, tuple[str, ...]],
     preset: str,
     regex: str | None = None,
+    unused: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Module paths (relative to `module`) the preset or regex selects.
 
-    A regex replaces the preset and is matched with `re.search` against the module path.
+    A regex replaces the preset and is matched with `re.search` against the module path. A preset leaves
+    out the `unused` layers (whose output the model discards: an adapter there would never train).
     """
     if preset not in PRESET_ORDER:
         raise UserError(f"unknown LoRA target preset {preset!r}", hint=f"Use one of: {', '.join(PRESET_ORDER)}.")
@@ -77,4 +86,4 @@ def target_modules(
         for level in PRESET_ORDER[: PRESET_ORDER.index(preset) + 1]
         for pattern in presets.get(level, ())
     ]
-    return [name for name in names if any(pattern.search("." + name) for pattern in patterns)]
+    return [name for name in names if name not in unused and any(pattern.search("." + name) for pattern in patterns)]

@@ -51,11 +51,13 @@ OBJECTIVE_NAMES = {Objective.DDPM: "DDPM (discrete timesteps)", Objective.FLOW_M
 
 
 def fill_family_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """Raw config data with every part of the family present and each trainable part's `train` decided.
+    """Raw config data with the family's defaults under it, every part of the family present and each
+    trainable part's `train` decided.
 
-    Runs before validation, on the merged YAML mapping: a part the user named keeps what they wrote; a
-    part they did not name trains if the family trains it by default (the denoiser, under lora and
-    full). An unknown model type is left alone for `family_problems` to report.
+    Runs before validation, on the merged YAML mapping: the family's `config_defaults` fill in what the
+    mapping does not say; a part the user named keeps what they wrote; a part they did not name trains if
+    the family trains it by default (the denoiser, under lora and full). An unknown model type is left
+    alone for `family_problems` to report.
     """
     model = data.get("model")
     name = model.get("type") if isinstance(model, dict) else None
@@ -65,6 +67,10 @@ def fill_family_defaults(data: dict[str, Any]) -> dict[str, Any]:
     spec = find_family(name) if isinstance(name, str) else None
     if spec is None or not isinstance(parts, dict):
         return data
+    if spec.config_defaults:
+        from onetrainer.util.config.loader import deep_merge
+
+        data = deep_merge(dict(spec.config_defaults), data)
     method = data.get("method", TrainingMethod.LORA.value)
     trains = getattr(method, "value", method) != TrainingMethod.EMBEDDING.value
     filled = dict(parts)

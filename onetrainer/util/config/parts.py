@@ -3,7 +3,7 @@
 `parts` is keyed by the family's own component names (`unet`, `text_encoder`, `text_encoder_2`,
 `transformer`, `vae`, ...), so one schema serves every family. Which keys a part accepts depends on
 its role: every part has a `weight_dtype`; parts that can train (denoiser, text encoders) also `train`,
-`learning_rate`, `stop_after` and LoRA targets; text encoders also `layer_skip`. `util.config.family`
+`learning_rate`, `stop_after` and LoRA targets; text encoders also `layer_skip` and `dropout`. `util.config.family`
 fills in the family's parts and defaults once `model.type` is known and refuses names and keys the
 family does not have.
 """
@@ -20,7 +20,7 @@ from onetrainer.util.config.types import Cadence, CadenceField, CadenceUnit
 
 TRAINABLE_KEYS = ("train", "learning_rate", "stop_after", "lora_targets", "lora_regex")
 """Keys only parts that can train accept (not the VAE)."""
-TEXT_ENCODER_KEYS = ("layer_skip",)
+TEXT_ENCODER_KEYS = ("layer_skip", "dropout")
 """Keys only text encoders accept."""
 DENOISER_KEYS = ("offload_blocks",)
 """Keys only the denoiser accepts."""
@@ -62,6 +62,13 @@ class PartConfig(Section):
         le=11,
         description="Text encoders: hidden layers skipped beyond the family's default (A1111's clip skip N "
         "is layer_skip N-1 on SD 1.x).",
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Text encoders: the chance that a training sample's conditioning from this encoder is zeroed, "
+        "drawn per sample and step (the SD 3 paper drops each of its three encoders independently, at 0.464).",
     )
     lora_targets: LoraTargets | None = Field(
         None, description="LoRA layers of this part: attn, attn-mlp or full (default: lora.targets)."

@@ -32,13 +32,21 @@ def a1111_keys(spec: FamilySpec) -> tuple[tuple[str, str], ...]:
     return layout
 
 
+def _optional(spec: FamilySpec) -> set[str]:
+    return {component.name for component in spec.text_encoders if component.optional}
+
+
 def embedding_to_a1111(vectors: Mapping[str, torch.Tensor], spec: FamilySpec) -> dict[str, torch.Tensor]:
-    """`{"text_encoder": [n, w]}` -> `{"emb_params": [n, w]}` (or one key per encoder, e.g. `clip_l` + `clip_g`)."""
+    """`{"text_encoder": [n, w]}` -> `{"emb_params": [n, w]}` (or one key per encoder, e.g. `clip_l` + `clip_g`).
+
+    An optional encoder's key is left out when the model went without that encoder (SD 3 without T5: its
+    file holds `clip_l` and `clip_g`, and ComfyUI's T5 tokenizer reads the trigger word as text)."""
     layout = a1111_keys(spec)
-    missing = [component for _, component in layout if component not in vectors]
+    optional = _optional(spec)
+    missing = [component for _, component in layout if component not in vectors and component not in optional]
     if missing:
         raise KeyMapError(f"{spec.title} embedding needs vectors for {', '.join(missing)}")
-    return {key: vectors[component] for key, component in layout}
+    return {key: vectors[component] for key, component in layout if component in vectors}
 
 
 def a1111_to_embedding(sd: Mapping[str, Any], spec: FamilySpec) -> dict[str, torch.Tensor]:
@@ -48,8 +56,9 @@ def a1111_to_embedding(sd: Mapping[str, Any], spec: FamilySpec) -> dict[str, tor
     `{token: tensor}` file, or any other file holding exactly one tensor (what most loaders accept).
     """
     layout = a1111_keys(spec)
-    if all(key in sd for key, _ in layout):
-        return {component: _matrix(sd[key]) for key, component in layout}
+    optional = _optional(spec)
+    if all(key in sd for key, component in layout if component not in optional) and any(key in sd for key, _ in layout):
+        return {component: _matrix(sd[key]) for key, component in layout if key in sd}
     if "string_to_param" in sd:
         sd = sd["string_to_param"]
     tensors = [value for value in sd.values() if hasattr(value, "shape")]

@@ -50,7 +50,7 @@ from onetrainer.util.keymaps.flux_single_file import (
     FusedLayer,
     layout_of_config,
 )
-from onetrainer.util.keymaps.kohya_names import UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
+from onetrainer.util.keymaps.kohya_names import T5_COMPOUND_NAMES, UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
 
 if TYPE_CHECKING:
     import torch
@@ -66,8 +66,6 @@ BFL_COMPOUND_NAMES = frozenset(
     }
 )  # fmt: skip
 """Identifiers with "_" in BFL's transformer."""
-T5_COMPOUND_NAMES = frozenset({"wi_0", "wi_1", "layer_norm", "final_layer_norm", "relative_attention_bias"})
-"""Identifiers with "_" in transformers' T5 encoder."""
 PREFIXES = (("lora_unet_", TRANSFORMER), ("lora_te1_", "text_encoder"), ("lora_te3_", "text_encoder_2"))
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight")
 LOHA_PARAMS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")

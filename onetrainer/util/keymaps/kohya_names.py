@@ -30,6 +30,8 @@ UNET_CLIP_COMPOUND_NAMES = frozenset(
     }
 )  # fmt: skip
 """Identifiers with "_" in diffusers' UNet2DConditionModel and transformers' CLIP text models."""
+T5_COMPOUND_NAMES = frozenset({"wi_0", "wi_1", "layer_norm", "final_layer_norm", "relative_attention_bias"})
+"""Identifiers with "_" in transformers' T5 encoder."""
 
 
 @dataclass(frozen=True)

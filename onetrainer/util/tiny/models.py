@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTokenizer
 
-MODEL_KINDS = ("sd15", "sd2", "sd2-v", "sdxl", "flux-dev", "flux-schnell")
+MODEL_KINDS = ("sd15", "sd2", "sd2-v", "sdxl", "flux-dev", "flux-schnell", "sd35-large", "sd35-medium", "sd3-medium")
 """Kinds `save_tiny_model` accepts; "sd2" is epsilon-prediction, "sd2-v" v-prediction."""
 
 _T = TypeVar("_T")
@@ -38,7 +38,7 @@ def _component_seed(seed: int, component: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(component.encode())) % (2**63)
 
 
-def _seeded(seed: int, component: str, factory: Callable[[], _T]) -> _T:
+def seeded(seed: int, component: str, factory: Callable[[], _T]) -> _T:
     """Run `factory` (which initialises weights from torch's global RNG) under a component seed."""
     import torch
 
@@ -47,14 +47,16 @@ def _seeded(seed: int, component: str, factory: Callable[[], _T]) -> _T:
         return factory()
 
 
-def _text_config(tokenizer: CLIPTokenizer, *, hidden_size: int, hidden_act: str) -> CLIPTextConfig:
+def text_config(
+    tokenizer: CLIPTokenizer, *, hidden_size: int, hidden_act: str, projection_dim: int = 32
+) -> CLIPTextConfig:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=37,
-        projection_dim=32,
+        projection_dim=projection_dim,
         num_attention_heads=4,
         num_hidden_layers=2,
         max_position_embeddings=tokenizer.model_max_length,
@@ -69,7 +71,7 @@ def _tiny_vae(seed: int, scaling_factor: float) -> Any:
     """Four encoder levels, as in SD, so the /8 downscale holds: 64 px images give 8x8 latents."""
     from diffusers import AutoencoderKL
 
-    return _seeded(
+    return seeded(
         seed,
         "vae",
         lambda: AutoencoderKL(
@@ -91,7 +93,7 @@ def _tiny_unet(seed: int, **layout: Any) -> Any:
     """A seeded UNet of the tiny size every family shares (8x8 latents, widths 32/64); `layout` adds the family's."""
     from diffusers import UNet2DConditionModel
 
-    return _seeded(
+    return seeded(
         seed,
         "unet",
         lambda: UNet2DConditionModel(
@@ -123,16 +125,16 @@ def _sd_pipeline(seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, pre
     from transformers import CLIPTextModel
 
     tokenizer = build_tiny_clip_tokenizer()
-    text_config = _text_config(tokenizer, hidden_size=32, hidden_act=hidden_act)
+    config = text_config(tokenizer, hidden_size=32, hidden_act=hidden_act)
     pipe = StableDiffusionPipeline(
         vae=_tiny_vae(seed, scaling_factor=0.18215),
-        text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(text_config)),
+        text_encoder=seeded(seed, "text_encoder", lambda: CLIPTextModel(config)),
         tokenizer=tokenizer,
         unet=_tiny_unet(
             seed,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=text_config.hidden_size,
+            cross_attention_dim=config.hidden_size,
             **unet_kwargs,
         ),
         scheduler=_ddpm(prediction_type),
@@ -184,13 +186,13 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     tokenizer = build_tiny_clip_tokenizer()
     tokenizer_2 = build_tiny_clip_tokenizer()
     tokenizer_2.pad_token = "!"  # as SDXL's tokenizer_2: OpenCLIP bigG was trained padding with "!"
-    config_1 = _text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
-    config_2 = _text_config(tokenizer, hidden_size=64, hidden_act="gelu")
+    config_1 = text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
+    config_2 = text_config(tokenizer, hidden_size=64, hidden_act="gelu")
     time_embed_dim = 8
     pipe = StableDiffusionXLPipeline(
         vae=_tiny_vae(seed, scaling_factor=0.13025),
-        text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(config_1)),
-        text_encoder_2=_seeded(seed, "text_encoder_2", lambda: CLIPTextModelWithProjection(config_2)),
+        text_encoder=seeded(seed, "text_encoder", lambda: CLIPTextModel(config_1)),
+        text_encoder_2=seeded(seed, "text_encoder_2", lambda: CLIPTextModelWithProjection(config_2)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=_tiny_unet(
@@ -231,7 +233,7 @@ def _tiny_flux_vae(seed: int) -> Any:
     """FLUX.1's VAE layout: 16 latent channels, 8x downscale, no quant convs, a shift before the scale."""
     from diffusers import AutoencoderKL
 
-    return _seeded(
+    return seeded(
         seed,
         "vae",
         lambda: AutoencoderKL(
@@ -265,7 +267,7 @@ def build_tiny_flux_pipeline(seed: int = 0, *, guidance: bool = True) -> FluxPip
 
     tokenizer = build_tiny_clip_tokenizer()
     tokenizer_2 = build_tiny_t5_tokenizer()
-    clip_config = _text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
+    clip_config = text_config(tokenizer, hidden_size=32, hidden_act="quick_gelu")
     t5_config = T5Config(
         vocab_size=len(tokenizer_2),
         d_model=48,
@@ -279,7 +281,7 @@ def build_tiny_flux_pipeline(seed: int = 0, *, guidance: bool = True) -> FluxPip
         pad_token_id=tokenizer_2.pad_token_id,
         eos_token_id=tokenizer_2.eos_token_id,
     )
-    transformer = _seeded(
+    transformer = seeded(
         seed,
         "transformer",
         lambda: FluxTransformer2DModel(
@@ -300,9 +302,9 @@ def build_tiny_flux_pipeline(seed: int = 0, *, guidance: bool = True) -> FluxPip
             num_train_timesteps=1000, **FLUX_SCHEDULERS["dev" if guidance else "schnell"]
         ),
         vae=_tiny_flux_vae(seed),
-        text_encoder=_seeded(seed, "text_encoder", lambda: CLIPTextModel(clip_config)),
+        text_encoder=seeded(seed, "text_encoder", lambda: CLIPTextModel(clip_config)),
         tokenizer=tokenizer,
-        text_encoder_2=_seeded(seed, "text_encoder_2", lambda: T5EncoderModel(t5_config)),
+        text_encoder_2=seeded(seed, "text_encoder_2", lambda: T5EncoderModel(t5_config)),
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
@@ -319,10 +321,20 @@ def build_tiny_pipeline(kind: str, seed: int = 0) -> DiffusionPipeline:
         "sdxl": lambda: build_tiny_sdxl_pipeline(seed),
         "flux-dev": lambda: build_tiny_flux_pipeline(seed, guidance=True),
         "flux-schnell": lambda: build_tiny_flux_pipeline(seed, guidance=False),
+        **{kind: _sd3(kind, seed) for kind in ("sd35-large", "sd35-medium", "sd3-medium")},
     }
     if kind not in builders:
         raise ValueError(f"unknown tiny model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
     return builders[kind]()
+
+
+def _sd3(kind: str, seed: int) -> Callable[[], DiffusionPipeline]:
+    def build() -> DiffusionPipeline:
+        from onetrainer.util.tiny.sd3 import build_tiny_sd3_pipeline
+
+        return build_tiny_sd3_pipeline(kind, seed)
+
+    return build
 
 
 def scheduler_config(pipe: DiffusionPipeline) -> dict[str, Any]:

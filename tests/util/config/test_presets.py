@@ -42,3 +42,17 @@ def test_preset_used_by_name_equals_preset_file(name, tmp_path):
     by_name = load_config(run, overrides)
     by_file = load_config(presets_dir() / f"{name}.yaml", overrides)
     assert by_name.model_dump(exclude={"preset"}) == by_file.model_dump(exclude={"preset"})
+
+
+@pytest.mark.parametrize("name", ["sd35-large-lora", "sd35-large-full", "sd35-medium-lora", "sd35-medium-full"])
+def test_sd35_presets_follow_sd3s_recipe(name, tmp_path):
+    """1024 px in buckets of 16 px, noise levels logit-normal and shifted by 3, as the SD 3 paper trains."""
+    from onetrainer.util.family import get_family
+
+    config = load_config(presets_dir() / f"{name}.yaml", [f"data.concepts.0.path={tmp_path}"])
+    assert config.model.type == name.rsplit("-", 1)[0]
+    assert (config.method.value, config.data.resolution) == (name.rsplit("-", 1)[1], 1024)
+    assert get_family(config.model.type).bucket_step == 16
+    assert config.noise.shift == 3.0
+    assert config.noise.timesteps.distribution.value == "logit-normal"
+    assert config.model.base.startswith("stabilityai/stable-diffusion-3.5-")

@@ -1,0 +1,223 @@
+"""`train`, `sample`, `convert` and `inspect` for SD 3 / 3.5 through the CLI, with no SD 3-only flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from onetrainer.commands.app import app
+from onetrainer.util.config.presets import presets_dir
+
+runner = CliRunner()
+
+
+def _invoke(*args: object) -> Any:
+    return runner.invoke(app, [str(arg) for arg in args], terminal_width=200)
+
+
+def _config(root: Path, dataset: Path, kind: str, method: str, output: str, **extra: Any) -> Path:
+    options = extra.pop("options", {})
+    config = {
+        "model": {"type": kind, "base": f"tiny:{kind}", "options": {"t5_max_length": 32, **options}},
+        "method": method,
+        "data": {"resolution": 64, "workers": 0, "concepts": [{"path": str(dataset)}]},
+        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "precision": "fp32"},
+        "sampling": {"every": "never", "before_training": False, "prompts": [{"prompt": "a red circle", "steps": 2}]},
+        "saving": {"output": str(root / "out" / output), "dtype": "fp32", "backup_every": "never"},
+        "logging": {"tensorboard": False},
+        "workspace": str(root / "workspace"),
+        **extra,
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(path, "pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+    """A 3.5 Medium LoRA on the transformer and CLIP-L, with a skip-layer-guided preview before training."""
+    root = tmp_path_factory.mktemp("sd35-lora")
+    config = _config(
+        root,
+        shapes_dataset_dir,
+        "sd35-medium",
+        "lora",
+        "lora.safetensors",
+        options={"skip_layer_guidance": 2.5, "skip_layer_guidance_layers": [1]},
+        parts={"text_encoder": {"train": True}},
+    )
+    result = _invoke("train", config, "sampling.before_training=true")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (root / "workspace" / "samples").iterdir()) == ["step-00000000-0.png"]
+    return root / "out" / "lora.safetensors"
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("sd35-full")
+    result = _invoke("train", _config(root, shapes_dataset_dir, "sd35-large", "full", "model.safetensors"))
+    assert result.exit_code == 0, result.output
+    return root / "out" / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def embedding(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+    """An embedding trained on the CLIP encoders of a 3.5 Large loaded without T5."""
+    root = tmp_path_factory.mktemp("sd35-embedding")
+    concept = {"path": str(shapes_dataset_dir), "caption": {"prefix": "<shape> "}}
+    config = _config(
+        root,
+        shapes_dataset_dir,
+        "sd35-large",
+        "embedding",
+        "shape.safetensors",
+        options={"t5": False},
+        embedding={"placeholder": "<shape>", "vectors": 2, "init_text": "shape"},
+    )
+    result = _invoke("train", config, f"data.concepts=[{concept}]")
+    assert result.exit_code == 0, result.output
+    return root / "out" / "shape.safetensors"
+
+
+def test_lora_run_writes_diffusers_keys_for_both_parts(lora: Path) -> None:
+    keys = set(load_file(lora))
+    assert {key.partition(".")[0] for key in keys} == {"transformer", "text_encoder"}
+    assert "transformer.transformer_blocks.0.attn2.to_q.lora_A.weight" in keys, "MMDiT-X's second attention"
+    metadata = _metadata(lora)
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v3.5-medium/lora"
+    assert metadata["ss_base_model_version"] == "3-5-medium"
+
+
+def test_full_run_writes_stabilitys_checkpoint(full: Path) -> None:
+    keys = set(load_file(full))
+    assert "model.diffusion_model.joint_blocks.1.x_block.attn.qkv.weight" in keys
+    assert "model.diffusion_model.joint_blocks.0.x_block.attn.ln_q.weight" in keys
+    assert "first_stage_model.decoder.conv_in.weight" in keys
+    assert {key.split(".")[1] for key in keys if key.startswith("text_encoders.")} == {"clip_l", "clip_g", "t5xxl"}
+    assert _metadata(full)["modelspec.architecture"] == "stable-diffusion-v3.5-large"
+
+
+def test_embedding_run_without_t5_writes_the_clip_vectors(embedding: Path) -> None:
+    vectors = load_file(embedding)
+    assert {key: tuple(value.shape) for key, value in vectors.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
+    assert _metadata(embedding)["modelspec.architecture"] == "stable-diffusion-v3.5-large/textual-inversion"
+
+
+def test_sample_with_the_trained_lora(lora: Path, tiny_sd35_medium_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "image.png"
+    result = _invoke(
+        "sample", tiny_sd35_medium_dir, "-p", "a circle", "--lora", f"{lora}:0.8", "--steps", 2, "--cfg", 4.5,
+        "--width", 64, "--height", 48, "--option", "skip_layer_guidance=2.5", "-o", output,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Image.open(output) as image:
+        assert image.size == (64, 48)
+        assert "Sampler: Euler" in image.text["parameters"], "flow-matching Euler by default"
+
+
+def test_sample_without_t5_with_the_trained_embedding(
+    embedding: Path, tiny_sd35_large_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "image.png"
+    result = _invoke(
+        "sample", tiny_sd35_large_dir, "-p", "a shape circle", "--embedding", embedding, "--option", "t5=false",
+        "--steps", 2, "--width", 32, "--height", 32, "-o", output,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert output.is_file()
+
+
+def test_sample_refuses_a_ddpm_scheduler_and_sizes_off_the_16_px_grid(
+    tiny_sd35_large_dir: Path, tmp_path: Path
+) -> None:
+    result = _invoke("sample", tiny_sd35_large_dir, "-p", "a circle", "--scheduler", "ddim", "-o", tmp_path / "a.png")
+    assert result.exit_code == 2
+    assert "'ddim' is not a flow-matching scheduler" in result.output
+    result = _invoke("sample", tiny_sd35_large_dir, "-p", "a circle", "--width", 72, "-o", tmp_path / "b.png")
+    assert result.exit_code == 2
+
+
+def test_the_trained_checkpoint_samples_and_converts_to_a_folder_and_back(
+    full: Path, tiny_sd35_large_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint holds weights only: the tiny model's architecture (not the released one) is its --config."""
+    result = _invoke(
+        "sample", full, "--config", tiny_sd35_large_dir, "-p", "a circle", "--steps", 1, "--width", 32,
+        "--height", 32, "-o", tmp_path / "a.png",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "folder"
+    result = _invoke("convert", full, folder, "--config", tiny_sd35_large_dir)
+    assert result.exit_code == 0, result.output
+    assert (folder / "tokenizer_3" / "tokenizer_config.json").is_file()
+    trained = load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    base = load_file(tiny_sd35_large_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == base.keys()
+    assert any(not torch.equal(trained[key], base[key]) for key in base), "the folder holds the trained weights"
+    back = tmp_path / "back.safetensors"
+    result = _invoke("convert", folder, back)
+    assert result.exit_code == 0, result.output
+    original, again = load_file(full), load_file(back)
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[key], again[key]) for key in original)
+
+
+def test_convert_a_checkpoint_without_encoders_takes_them_from_config(
+    full: Path, tiny_sd35_large_dir: Path, tmp_path: Path
+) -> None:
+    """As Stability publish it: the MMDiT and the VAE alone; the encoders and tokenizers come from --config."""
+    bare = tmp_path / "sd3.5_tiny.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in load_file(full).items() if not k.startswith("text_encoders.")}, bare)
+    folder = tmp_path / "folder"
+    result = _invoke("convert", bare, folder, "--config", tiny_sd35_large_dir)
+    assert result.exit_code == 0, result.output
+    clip = load_file(folder / "text_encoder" / "model.safetensors")
+    base = load_file(tiny_sd35_large_dir / "text_encoder" / "model.safetensors")
+    assert clip.keys() == base.keys()
+    assert all(torch.equal(clip[key], base[key]) for key in base)
+
+
+def test_convert_peft_lora_to_kohya_and_back(lora: Path, tmp_path: Path) -> None:
+    kohya = tmp_path / "kohya.safetensors"
+    result = _invoke("convert", lora, kohya, "--to", "kohya")
+    assert result.exit_code == 0, result.output
+    keys = load_file(kohya)
+    assert "lora_transformer_transformer_blocks_0_attn2_to_q.lora_down.weight" in keys
+    assert any(key.startswith("lora_te1_text_model_encoder_layers_") for key in keys)
+    peft = tmp_path / "peft.safetensors"
+    result = _invoke("convert", kohya, peft, "--to", "peft")
+    assert result.exit_code == 0, result.output
+    original, again = load_file(lora), load_file(peft)
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[key], again[key]) for key in original)
+
+
+def test_inspect_names_sd3(lora: Path, full: Path, tiny_sd3_medium_dir: Path) -> None:
+    for path, title in ((lora, "SD 3.5 Medium"), (full, "SD 3.5 Large"), (tiny_sd3_medium_dir, "SD 3 Medium")):
+        result = _invoke("inspect", path)
+        assert result.exit_code == 0, result.output
+        assert title in result.output
+
+
+@pytest.mark.parametrize("name", ["sd35-large-lora", "sd35-large-full", "sd35-medium-lora", "sd35-medium-full"])
+def test_presets_pass_check_as_shipped(name: str) -> None:
+    result = _invoke("train", presets_dir() / f"{name}.yaml", "--check")
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output)
+    assert (resolved["model"]["type"], resolved["data"]["resolution"]) == (name.rsplit("-", 1)[0], 1024)
+    assert resolved["noise"]["shift"] == 3.0

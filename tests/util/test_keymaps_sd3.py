@@ -1,0 +1,305 @@
+"""SD 3 / 3.5 layouts: the LoRA keys ComfyUI maps, kohya <-> peft, the checkpoint layout, recognition, modelspec.
+
+ComfyUI's rules for an SD 3 LoRA (comfy/lora.py `model_lora_keys_unet` / `model_lora_keys_clip` and
+comfy/utils.py `mmdit_to_diffusers`), restated by `comfy_key_map` below, LoRA module -> ComfyUI weight:
+- `transformer.<p>` and `lora_transformer_<p with "_">` -> `diffusion_model.` + the MMDiT key of diffusers' <p>:
+  - `transformer_blocks.N.attn.to_q / to_k / to_v` -> rows [0, w), [w, 2w), [2w, 3w) of
+    `joint_blocks.N.x_block.attn.qkv`; `attn.add_q_proj / add_k_proj / add_v_proj` -> the same rows of
+    `context_block.attn.qkv`; MMDiT-X's `attn2.to_q / to_k / to_v` -> those of `x_block.attn2.qkv`;
+  - `attn.to_out.0` -> `x_block.attn.proj`, `attn.to_add_out` -> `context_block.attn.proj`,
+    `attn2.to_out.0` -> `x_block.attn2.proj`;
+  - `ff.net.0.proj` / `ff.net.2` -> `x_block.mlp.fc1` / `fc2` (`ff_context.` -> `context_block.mlp.`);
+  - `norm1.linear` -> `x_block.adaLN_modulation.1`, `norm1_context.linear` -> `context_block.adaLN_modulation.1`;
+- `lora_te1_text_model_encoder_layers_N_<l>` and `text_encoder.text_model.encoder.layers.N.<l>` ->
+  `clip_l.transformer.text_model.encoder.layers.N.<l>` (l: self_attn q/k/v/out_proj, mlp fc1/fc2);
+  `lora_te2_` and `text_encoder_2.` likewise -> `clip_g.transformer.`;
+- `lora_te3_<T5 path with "_">` -> `t5xxl.transformer.<T5 path>` (ComfyUI maps no peft T5 names).
+w is the MMDiT's width (ComfyUI: depth * 64, which the released models are). ComfyUI's model weights are
+those of the checkpoint we write (`model.diffusion_model.` and `text_encoders.` dropped), which diffusers'
+`from_single_file` reads into exactly our tensors (`tests/model_sampler/test_sd3_interop.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onetrainer.model.adapters.lora import LoraTargets, inject_lora
+from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model.diffusion import DiffusionModel
+from onetrainer.model_loader.pipeline import load_model
+from onetrainer.model_saver.adapter_files import lora_from_model
+from onetrainer.util.enums import TrainingMethod
+from onetrainer.util.family import get_family, recognise
+from onetrainer.util.keymaps.lora import kohya_to_peft, peft_to_kohya
+from onetrainer.util.keymaps.sd3_lora import LORA_NAMING
+from onetrainer.util.keymaps.sd3_single_file import SD3_LAYOUT
+from onetrainer.util.registry import ModuleKind, lookup
+from onetrainer.util.safetensors_meta import modelspec_architecture
+
+KINDS = ("sd35-large", "sd35-medium", "sd3-medium")
+BLOCK = {
+    "attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2",
+    "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
+}  # fmt: skip
+"""ComfyUI's MMDIT_MAP_BLOCK (weights): diffusers' block layer -> the MMDiT block layer."""
+FUSED = {
+    "attn.to_": ("x_block.attn.qkv", "{}"),
+    "attn.add_": ("context_block.attn.qkv", "{}_proj"),
+    "attn2.to_": ("x_block.attn2.qkv", "{}"),
+}
+"""diffusers' q, k, v layers (prefix, suffix around "q", "k", "v") -> the fused MMDiT layer."""
+CLIP_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+Target = tuple[str, int, int]
+"""(ComfyUI weight key, first output row, rows) of one LoRA module; rows -1 for the whole weight."""
+
+
+def comfy_key_map(blocks: int, width: int, comfy_keys: set[str]) -> dict[str, Target]:
+    """The LoRA module names ComfyUI maps for an SD 3 model, as its rules above build them."""
+    diffusers: dict[str, Target] = {}
+    for n in range(blocks):
+        block, joint = f"transformer_blocks.{n}.", f"diffusion_model.joint_blocks.{n}."
+        for prefix, (fused, suffix) in FUSED.items():
+            for i, part in enumerate("qkv"):
+                diffusers[block + prefix + suffix.format(part)] = (joint + fused + ".weight", i * width, width)
+        for layer, mmdit in BLOCK.items():
+            diffusers[block + layer] = (joint + mmdit + ".weight", 0, -1)
+    key_map: dict[str, Target] = {}
+    for path, target in diffusers.items():
+        key_map[f"transformer.{path}"] = key_map["lora_transformer_" + path.replace(".", "_")] = target
+    for n in range(64):
+        for layer in CLIP_LAYERS:
+            for encoder, te, clip in (("text_encoder", "te1", "clip_l"), ("text_encoder_2", "te2", "clip_g")):
+                key = f"{clip}.transformer.text_model.encoder.layers.{n}.{layer}.weight"
+                if key in comfy_keys:
+                    target = (key, 0, -1)
+                    key_map[f"lora_{te}_text_model_encoder_layers_{n}_{layer.replace('.', '_')}"] = target
+                    key_map[f"{encoder}.text_model.encoder.layers.{n}.{layer}"] = target
+    for key in comfy_keys:
+        if key.startswith("t5xxl.transformer.") and key.endswith(".weight"):
+            path = key.removeprefix("t5xxl.transformer.").removesuffix(".weight")
+            key_map["lora_te3_" + path.replace(".", "_")] = (key, 0, -1)
+    return key_map
+
+
+def _with_lora(kind: str) -> DiffusionModel:
+    """The tiny model with a LoRA on every layer the presets reach, in all four components."""
+    model = load_model(f"tiny:{kind}")
+    parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+    targets = {name: LoraTargets("full", presets=model.spec.component(name).lora_presets) for name in parts}
+    model.adapters.lora = inject_lora(model, kind="lora", rank=2, alpha=1.0, targets=targets)
+    generator = torch.Generator().manual_seed(0)
+    for name in parts:
+        for key, parameter in model.components[name].named_parameters():
+            if "lora_" in key:
+                parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
+    return model
+
+
+def _save(model: DiffusionModel, path: Path, **kwargs: Any) -> Path:
+    saver = lookup(ModuleKind.SAVER, model.spec.name)()
+    method = kwargs.pop("method", TrainingMethod.LORA)
+    return saver.save(model, path, method=method, dtype="fp32", **kwargs)[0]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def saved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A LoRA'd tiny model, its kohya and peft files, and the ComfyUI weights of its checkpoint."""
+    model = _with_lora(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    base = load_model(f"tiny:{request.param}")
+    checkpoint = load_file(_save(base, folder / "model.safetensors", method=TrainingMethod.FULL))
+    comfy = {
+        key.removeprefix("model.").removeprefix("text_encoders."): tuple(tensor.shape)
+        for key, tensor in checkpoint.items()
+    }
+    return {
+        "model": model,
+        "kohya": _save(model, folder / "kohya.safetensors", format="kohya"),
+        "peft": _save(model, folder / "peft.safetensors", format="peft"),
+        "comfy": comfy,
+    }
+
+
+def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRA module -> (down, up), in either layout."""
+    found = {}
+    for key, tensor in tensors.items():
+        for down, up in ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight")):
+            if key.endswith(down):
+                module = key.removesuffix(down)
+                found[module] = (tensor, tensors[module + up])
+    return found
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_comfyui_maps_every_lora_module_onto_a_weight_of_its_shape(saved: dict[str, Any], fmt: str) -> None:
+    model, comfy = saved["model"], saved["comfy"]
+    width = int(model.transformer.config.num_attention_heads * model.transformer.config.attention_head_dim)
+    key_map = comfy_key_map(len(model.transformer.transformer_blocks), width, set(comfy))
+    modules = _modules(load_file(saved[fmt]))
+    assert len(modules) == len(lora_from_model(model)[1])
+    unmapped = sorted(module for module in modules if module not in key_map)
+    if fmt == "peft":
+        # ComfyUI reads T5 LoRAs under their kohya names only (and diffusers reads none): peft's are left out
+        assert unmapped
+        assert all(module.startswith("text_encoder_3.") for module in unmapped)
+        modules = {module: tensors for module, tensors in modules.items() if module not in unmapped}
+    else:
+        assert unmapped == [], f"modules ComfyUI does not load: {unmapped[:4]}"
+    slices: dict[str, set[int]] = {}
+    for module, (down, up) in modules.items():
+        key, first, rows = key_map[module]
+        out, columns = comfy[key]
+        assert down.shape[1] == columns, module
+        assert up.shape[0] == (out if rows < 0 else rows), module
+        assert first + up.shape[0] <= out, module
+        if rows >= 0:
+            slices.setdefault(key, set()).add(first)
+    assert slices, "the fused q, k, v layers are adapted"
+    assert all(starts == {0, width, 2 * width} for starts in slices.values()), "q, k, v take their own rows"
+    assert any("attn2" in key for key in slices) == (model.spec.name == "sd35-medium")
+    prefixes = {module.split("_")[1] if fmt == "kohya" else module.partition(".")[0] for module in modules}
+    expected = (
+        {"transformer", "te1", "te2", "te3"} if fmt == "kohya" else {"transformer", "text_encoder", "text_encoder_2"}
+    )
+    assert prefixes == expected
+
+
+def test_the_kohya_file_reads_back_to_the_models_tensors(saved: dict[str, Any]) -> None:
+    model = saved["model"]
+    tensors, alphas, _ = lora_from_model(model)
+    for fmt in ("kohya", "peft"):
+        loaded = read_lora_file(saved[fmt], model.spec)
+        assert sorted(loaded.tensors) == sorted(tensors), fmt
+        assert all(torch.equal(loaded.tensors[key], tensor) for key, tensor in tensors.items()), fmt
+        assert loaded.alphas == alphas, fmt
+
+
+@pytest.mark.parametrize(
+    ("module", "kohya"),
+    [
+        ("transformer.transformer_blocks.0.attn.to_q", "lora_transformer_transformer_blocks_0_attn_to_q"),
+        ("transformer.transformer_blocks.12.attn.add_k_proj", "lora_transformer_transformer_blocks_12_attn_add_k_proj"),
+        ("transformer.transformer_blocks.3.attn2.to_out.0", "lora_transformer_transformer_blocks_3_attn2_to_out_0"),
+        ("transformer.transformer_blocks.3.ff_context.net.0.proj",
+         "lora_transformer_transformer_blocks_3_ff_context_net_0_proj"),
+        ("transformer.transformer_blocks.37.norm1_context.linear",
+         "lora_transformer_transformer_blocks_37_norm1_context_linear"),
+        ("text_encoder_2.text_model.encoder.layers.31.mlp.fc2", "lora_te2_text_model_encoder_layers_31_mlp_fc2"),
+        ("text_encoder_3.encoder.block.23.layer.1.DenseReluDense.wi_0",
+         "lora_te3_encoder_block_23_layer_1_DenseReluDense_wi_0"),
+    ],
+)  # fmt: skip
+def test_kohya_names_are_the_diffusers_paths_both_ways(module: str, kohya: str) -> None:
+    assert LORA_NAMING.to_kohya(module) == kohya
+    assert LORA_NAMING.from_kohya(kohya) == module
+
+
+def test_kohya_and_peft_convert_both_ways_exactly() -> None:
+    generator = torch.Generator().manual_seed(1)
+    modules = [
+        "transformer.transformer_blocks.1.attn.add_v_proj",
+        "transformer.transformer_blocks.0.attn2.to_k",
+        "transformer.transformer_blocks.1.norm1_context.linear",
+        "text_encoder.text_model.encoder.layers.0.self_attn.out_proj",
+        "text_encoder_3.encoder.block.1.layer.0.SelfAttention.o",
+    ]
+    tensors = {}
+    for module in modules:
+        tensors[f"{module}.lora_A.weight"] = torch.randn(2, 8, generator=generator)
+        tensors[f"{module}.lora_B.weight"] = torch.randn(8, 2, generator=generator)
+    alphas = {module: float(i + 1) for i, module in enumerate(modules)}
+    kohya = peft_to_kohya(tensors, alphas, LORA_NAMING)
+    assert "lora_transformer_transformer_blocks_1_norm1_context_linear.lora_up.weight" in kohya
+    assert kohya["lora_te3_encoder_block_1_layer_0_SelfAttention_o.alpha"].item() == 5.0
+    back, back_alphas = kohya_to_peft(kohya, LORA_NAMING)
+    assert back_alphas == alphas
+    assert sorted(back) == sorted(tensors)
+    assert all(torch.equal(back[key], tensor) for key, tensor in tensors.items())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_checkpoint_round_trips_and_is_recognised(kind: str) -> None:
+    model = load_model(f"tiny:{kind}")
+    state = {f"{name}.{key}": t for name, module in model.modules() for key, t in module.state_dict().items()}
+    original = SD3_LAYOUT.writer(state).convert(state)
+    assert "model.diffusion_model.joint_blocks.1.x_block.attn.qkv.weight" in original
+    assert "first_stage_model.decoder.conv_in.weight" in original
+    assert "text_encoders.t5xxl.transformer.shared.weight" in original
+    back = SD3_LAYOUT.reader(original).convert(original)
+    embed = "text_encoder_3.encoder.embed_tokens.weight"
+    assert sorted(set(back) - {embed}) == sorted(set(state) - {embed})
+    assert all(torch.equal(back[key], tensor) for key, tensor in state.items() if key in back)
+    shapes = {key: tuple(t.shape) for key, t in original.items()}
+    assert recognise("single_file", shapes).family == kind
+    bare = {key.removeprefix("model.diffusion_model."): s for key, s in shapes.items() if "diffusion_model" in key}
+    assert recognise("single_file", bare).family == kind, "a bare MMDiT is recognised too"
+
+
+def test_loras_are_recognised_by_their_blocks_and_widths() -> None:
+    medium = {"transformer.transformer_blocks.0.attn2.to_q.lora_A.weight": (4, 1536)}
+    assert recognise("lora", medium).family == "sd35-medium"
+    large = {"lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight": (4, 2432)}
+    assert recognise("lora", large).family == "sd35-large"
+    for key in (
+        "lora_transformer_transformer_blocks_1_attn_to_q.lora_down.weight",
+        "transformer.transformer_blocks.1.attn.to_q.lora_A.weight",
+    ):
+        joint = recognise("lora", {key: (4, 1536)})  # not SDXL's UNet blocks, deeper than one transformer block
+        assert joint.family is None
+        # FLUX.1's LoRAs of joint blocks alone have these names too: every family that claims the file is named
+        assert set(joint.candidates) == {"sd3-medium", "sd35-medium", "flux-dev", "flux-schnell"}
+    with_t5 = {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}
+    with_t5["lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight"] = (4, 4096)
+    assert recognise("lora", with_t5).candidates == ("sd3-medium", "sd35-large", "sd35-medium"), "not SDXL's te1 / te2"
+    flux = recognise("lora", {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)})
+    assert flux.candidates == ("flux-dev", "flux-schnell"), "no SD 3 is 3072 wide"
+
+
+@pytest.mark.parametrize(
+    ("kind", "adapter", "expected"),
+    [
+        ("sd35-large", None, "stable-diffusion-v3.5-large"),
+        ("sd35-large", "lora", "stable-diffusion-v3.5-large/lora"),
+        ("sd35-medium", None, "stable-diffusion-v3.5-medium"),
+        ("sd35-medium", "embedding", "stable-diffusion-v3.5-medium/textual-inversion"),
+        ("sd3-medium", "lora", "stable-diffusion-v3-medium/lora"),
+    ],
+)
+def test_modelspec_architectures(kind: str, adapter: str | None, expected: str) -> None:
+    assert modelspec_architecture(get_family(kind), adapter=adapter) == expected
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_saved_files_name_the_architecture_in_their_metadata(saved: dict[str, Any], fmt: str) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(saved[fmt]), framework="pt") as handle:
+        metadata = handle.metadata()
+    spec = saved["model"].spec
+    assert metadata["modelspec.architecture"] == f"{spec.modelspec_architecture}/lora"
+    assert metadata["ss_base_model_version"] == spec.kohya_base_model_version
+
+
+def test_an_embedding_of_a_model_without_t5_holds_the_clip_vectors_alone() -> None:
+    from onetrainer.util.keymaps.embeddings import a1111_to_embedding, embedding_to_a1111
+    from onetrainer.util.keymaps.engine import KeyMapError
+
+    spec = get_family("sd35-large")
+    vectors = {"text_encoder": torch.ones(2, 32), "text_encoder_2": torch.zeros(2, 48)}
+    file = embedding_to_a1111(vectors, spec)
+    assert sorted(file) == ["clip_g", "clip_l"]
+    assert sorted(a1111_to_embedding(file, spec)) == ["text_encoder", "text_encoder_2"]
+    with_t5 = embedding_to_a1111({**vectors, "text_encoder_3": torch.ones(2, 96)}, spec)
+    assert sorted(a1111_to_embedding(with_t5, spec)) == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+    with pytest.raises(KeyMapError, match="needs vectors for text_encoder_2"):
+        embedding_to_a1111({"text_encoder": torch.ones(2, 32)}, spec)
