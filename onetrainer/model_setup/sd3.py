@@ -167,6 +167,29 @@ class Sd3Hooks:
         )[0]
         return prediction
 
+    def example_inputs(
+        self, model: DiffusionModel, batch_size: int, height: int, width: int, device: torch.device | str
+    ) -> tuple[dict[str, torch.Tensor], Batch]:
+        """Each encoder's tensors of the shapes a training step feeds `denoise` (CLIP's 77 tokens, T5 padded
+        to `t5_max_length`), for the memory estimate."""
+        import torch
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(batch_size, *shape, device=device)
+
+        clip_l, clip_g = model.components[CLIP_L].config, model.components[CLIP_G].config
+        tokens = int(clip_l.max_position_embeddings)
+        conditioning = {
+            L_HIDDEN: zeros(tokens, int(clip_l.hidden_size)),
+            L_POOLED: zeros(int(clip_l.hidden_size)),
+            G_HIDDEN: zeros(tokens, int(clip_g.hidden_size)),
+            G_POOLED: zeros(int(clip_g.projection_dim)),
+        }
+        t5 = model.components.get(T5)
+        if t5 is not None:
+            conditioning[T5_HIDDEN] = zeros(t5_max_length(model), int(t5.config.d_model))
+        return conditioning, {}
+
 
 def check_t5(model: DiffusionModel, config: TrainConfig) -> None:
     """A run may not train or drop T5 on a model left without it (`model.options.t5: false`)."""

@@ -92,6 +92,18 @@ def embedding(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path
     return root / "out" / "shape.safetensors"
 
 
+@pytest.mark.parametrize("t5", [True, False])
+def test_the_dry_run_estimates_memory_with_the_activations(tmp_path: Path, shapes_dataset_dir: Path, t5: bool) -> None:
+    import json
+
+    config = _config(tmp_path, shapes_dataset_dir, "sd35-medium", "lora", "lora.safetensors", options={"t5": t5})
+    result = _invoke("train", config, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    memory = json.loads(result.stdout.strip().splitlines()[-1])["memory"]
+    assert sum(line["bytes"] for line in memory["gpu"] if line["kind"] == "activations") > 0, memory
+    assert not any("not estimated" in note for note in memory.get("notes", [])), memory
+
+
 def test_lora_run_writes_diffusers_keys_for_both_parts(lora: Path) -> None:
     keys = set(load_file(lora))
     assert {key.partition(".")[0] for key in keys} == {"transformer", "text_encoder"}
