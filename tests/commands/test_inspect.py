@@ -173,6 +173,7 @@ def test_image_folder_with_a_config_reports_what_dry_run_does(tmp_path: Path, im
         f"workspace: {tmp_path / 'ws'}\n"
     )
     expected = _dry_run_report(config)
+    assert expected.pop("memory")["peak_bytes"] > 0  # the memory estimate is the dry run's alone
 
     report = _folder_report(str(image_dataset_dir), "--config", str(config))
 

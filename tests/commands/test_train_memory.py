@@ -168,7 +168,7 @@ def test_a_dry_run_whose_memory_cannot_be_estimated_still_reports_the_data(
     from onetrainer.model_setup import estimate
     from onetrainer.util.errors import UserError
 
-    def refuse(config: object) -> None:
+    def refuse(config: object, **_: object) -> None:
         raise UserError("no architecture is shipped for this family's single files")
 
     monkeypatch.setattr(estimate, "estimate_memory", refuse)
