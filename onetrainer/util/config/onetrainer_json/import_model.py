@@ -135,12 +135,15 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
             continue
         role = spec.component(name).role
         part = config.child(name)
+        left_out = f"{name}.include" in spec.onetrainer_options and not part["include"]
         if role is Role.VAE:
             _vae_part(part, out)
+        elif left_out:
+            _left_out_part(part, out, name)
         else:
             _trainable_part(part, out, name, role, method)
         _common_part(part, spec, name)
-        if role is Role.TEXT_ENCODER:
+        if role is Role.TEXT_ENCODER and not left_out:
             dropouts[name] = part["dropout_probability"]
     for key, name in LAYER_SKIP_KEYS.items():
         if name in spec.component_names and spec.component(name).role is Role.TEXT_ENCODER:
@@ -165,6 +168,14 @@ def _vae_part(part: View, out: Target) -> None:
     part.skip("train_embedding", "gradient_checkpointing")
     if part["model_name"]:
         out.set("model.vae", part["model_name"])
+
+
+def _left_out_part(part: View, out: Target, name: str) -> None:
+    """An optional part left out (`include: false`, a `model.options` switch) trains in no way."""
+    out.set(f"parts.{name}.train", False)
+    for key in ("train", "stop_training_after", "stop_training_after_unit", "learning_rate", "dropout_probability"):
+        part.ignore(key, "the part is left out (include is false)")
+    part.skip("model_name", "train_embedding", "gradient_checkpointing")
 
 
 def _trainable_part(part: View, out: Target, name: str, role: Role, method: str) -> None:
