@@ -255,8 +255,8 @@ class FamilySpec:
     onetrainer_model_types: tuple[str, ...] = ()
     """OneTrainer's `model_type` names this family trains (`onetrainer import` maps them here); the first is
     the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out.
-    Several families may name the same type (OneTrainer trains FLUX.1-schnell as its dev type, SD 3.5 Large
-    and Medium as one type): the importer then tells them apart by the base model."""
+    Several families may name the same type (OneTrainer trains a distilled sibling as the base type, two sizes
+    of a model as one type): the importer then tells them apart by the base model."""
     onetrainer_options: Mapping[str, str] = field(default_factory=dict)
     """OneTrainer setting (a top-level key, or `<part>.<key>`) -> the `model.options` key it is, both ways:
     `{"transformer.guidance_scale": "guidance"}`."""

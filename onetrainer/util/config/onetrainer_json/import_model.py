@@ -37,7 +37,7 @@ def family_of(model_type: str, base: str = "") -> tuple[FamilySpec, str | None]:
 
     A type several families share is told apart by its base model: a tiny model, a hub id a family
     names, or a local file or folder (its header or configs, no weights). Where the base says nothing,
-    the first by name (`flux-dev`, `sd35-large`), and the second value says so (a note for the user).
+    the first by name, and the second value says so (a note for the user).
     """
     candidates = supported_model_types().get(model_type)
     if not candidates:

@@ -200,6 +200,8 @@ def test_flux_and_sd35_model_types_and_their_options(convert):
     assert get(medium, "model.type") == "sd35-medium"
     without_t5 = convert(model_type="STABLE_DIFFUSION_3", base_model_name="x", text_encoder_3={"include": False})
     assert (get(without_t5, "model.type"), get(without_t5, "model.options")) == ("sd3-medium", {"t5": False})
+    assert get(without_t5, "parts.text_encoder_3.train") is False, "a part left out trains in no way"
+    assert without_t5.unsupported == []
     assert "text_encoder_2.include" in unsupported(
         convert(model_type="STABLE_DIFFUSION_3", text_encoder_2={"include": False})
     )
