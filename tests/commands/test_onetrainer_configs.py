@@ -408,7 +408,9 @@ MEMORY_SCENARIOS: dict[str, Callable[[Path, Path], Path]] = {
     "sdxl-fused": sdxl_fused,
 }
 """Configs with OneTrainer's memory settings (quantised weights, offloading, the fused back pass): they import,
-pass the check and export stably; training them needs the quantisation kernels of a GPU."""
+pass the check and export stably. They are not trained here, to keep the CPU run short: the training paths of
+those settings have tests of their own (tests/model_setup/test_weight_dtypes.py, test_offload.py,
+tests/trainer/test_memory_steps.py)."""
 ALL_SCENARIOS = {**SCENARIOS, **MEMORY_SCENARIOS}
 
 
