@@ -208,6 +208,14 @@ def _tiny(kind: str, description: str) -> TinyModel:
     return TinyModel(build, description, diffusers_cannot_read=unreadable)
 
 
+ONETRAINER_OPTIONS = {
+    DEV: {"transformer.guidance_scale": "guidance", "text_encoder_2_sequence_length": "t5_max_length"},
+    SCHNELL: {"text_encoder_2_sequence_length": "t5_max_length"},
+}
+"""OneTrainer's settings that are our options: the guidance the transformer trains with, and the T5 length
+(OneTrainer's second text encoder of FLUX.1 is T5; its default of 77 tokens is kept for old configs)."""
+
+
 def _spec(name: str, modelspec: str, options: type[Section], hub_id: str) -> FamilySpec:
     return FamilySpec(
         name=name,
@@ -229,6 +237,8 @@ def _spec(name: str, modelspec: str, options: type[Section], hub_id: str) -> Fam
         tiny={name: _tiny(name, f"tiny random-weight {TITLES[name]} (CLIP-L + T5, 2+2 transformer blocks)")},
         hub_ids=(hub_id,),
         options=options,
+        onetrainer_model_types=("FLUX_DEV_1",),
+        onetrainer_options=ONETRAINER_OPTIONS[name],
     )
 
 

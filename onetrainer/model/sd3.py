@@ -247,7 +247,8 @@ def _spec(
         hub_ids=hub_ids,
         options=options,
         config_defaults={"noise": {"timesteps": {"distribution": "logit-normal"}}},
-        onetrainer_model_types=("STABLE_DIFFUSION_3",) if name == SD3_MEDIUM else (),
+        onetrainer_model_types=("STABLE_DIFFUSION_3",) if name == SD3_MEDIUM else ("STABLE_DIFFUSION_35",),
+        onetrainer_options={f"{T5}.include": "t5"},
     )
 
 

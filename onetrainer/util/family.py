@@ -254,7 +254,12 @@ class FamilySpec:
     """This is the model type of a run config that names none (exactly one registered family says so)."""
     onetrainer_model_types: tuple[str, ...] = ()
     """OneTrainer's `model_type` names this family trains (`onetrainer import` maps them here); the first is
-    the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out."""
+    the one `onetrainer export` writes. Types that need inputs the family lacks (inpainting) are left out.
+    Several families may name the same type (OneTrainer trains a distilled sibling as the base type, two sizes
+    of a model as one type): the importer then tells them apart by the base model."""
+    onetrainer_options: Mapping[str, str] = field(default_factory=dict)
+    """OneTrainer setting (a top-level key, or `<part>.<key>`) -> the `model.options` key it is, both ways:
+    `{"transformer.guidance_scale": "guidance"}`."""
     default_lora_format: str = "kohya"
     """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
     diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too)."""

@@ -293,8 +293,9 @@ def with_unsupported(folder: Path, dataset: Path) -> Path:
             "force_circular_padding": True,
             "timestep_distribution": "HEAVY_TAIL",
             "learning_rate_scheduler": "REX",
-            "unet": {"weight_dtype": "FLOAT_8"},
+            "vae": {"weight_dtype": "NFLOAT_4"},
             "optimizer": {"optimizer": "ADAMW", "fused_back_pass": True},
+            "gradient_accumulation_steps": 2,
             "cloud": {"enabled": True, "type": "RUNPOD"},
             "train_dtype": "FLOAT_32",
             "concepts": [concept],
@@ -307,12 +308,93 @@ UNSUPPORTED_KEYS = (
     "force_circular_padding",
     "timestep_distribution",
     "learning_rate_scheduler",
-    "unet.weight_dtype",
+    "vae.weight_dtype",
     "optimizer.fused_back_pass",
     "cloud.enabled",
     "concepts.0.image.enable_fixed_rotate",
     "samples.0.random_seed",
 )
+
+
+def flux_lora(folder: Path, dataset: Path) -> Path:
+    """A FLUX.1 LoRA on an nf4 transformer with half its blocks offloaded (which nf4 cannot be) and its
+    activations offloaded, the text encoders in fp8 and int8, guidance and the T5 length set."""
+    return write(
+        folder / "flux-lora.json",
+        {
+            "__version": 11,
+            "training_method": "LORA",
+            "model_type": "FLUX_DEV_1",
+            "base_model_name": "tiny:flux-dev",
+            "output_model_format": "DIFFUSERS_LORA",
+            "output_model_destination": str(folder / "out" / "flux-lora.safetensors"),
+            "train_dtype": "BFLOAT_16",
+            "output_dtype": "BFLOAT_16",
+            "resolution": "64",
+            "compile": True,
+            "timestep_distribution": "LOGIT_NORMAL",
+            "dynamic_timestep_shifting": True,
+            "layer_filter_preset": "attn-mlp",
+            "layer_filter": "attn,ff.net,proj_mlp",
+            "text_encoder_2_sequence_length": 256,
+            "transformer": _part(
+                weight_dtype="NFLOAT_4", offload_fraction=0.5, activation_offloading=True, guidance_scale=3.5
+            ),
+            "text_encoder": _part(train=False, weight_dtype="FLOAT_8"),
+            "text_encoder_2": _part(train=False, weight_dtype="INT_8"),
+            "vae": _part(weight_dtype="FLOAT_32"),
+            "concepts": [_concept(dataset)],
+            "samples": [_sample("a red circle", cfg_scale=3.5, noise_scheduler="EULER")],
+        },
+    )
+
+
+def sd35_lora(folder: Path, dataset: Path) -> Path:
+    """An SD 3.5 Medium LoRA without T5, its transformer in fp8 with a quarter of its blocks offloaded."""
+    return write(
+        folder / "sd35-lora.json",
+        {
+            "__version": 11,
+            "training_method": "LORA",
+            "model_type": "STABLE_DIFFUSION_35",
+            "base_model_name": "tiny:sd35-medium",
+            "output_model_format": "DIFFUSERS_LORA",
+            "train_dtype": "BFLOAT_16",
+            "resolution": "64",
+            "timestep_distribution": "LOGIT_NORMAL",
+            "timestep_shift": 3.0,
+            "transformer": _part(weight_dtype="FLOAT_8", offload_fraction=0.25),
+            "text_encoder": _part(train=False, weight_dtype="BFLOAT_16"),
+            "text_encoder_2": _part(train=False, weight_dtype="BFLOAT_16"),
+            "text_encoder_3": _part(include=False, train=False),
+            "concepts": [_concept(dataset)],
+            "samples": [_sample("a red circle", noise_scheduler="EULER")],
+        },
+    )
+
+
+def sdxl_fused(folder: Path, dataset: Path) -> Path:
+    """Like OneTrainer's large fine-tune presets: ADAFACTOR's settings (fused back pass, its default stochastic
+    rounding) only in `optimizer_defaults`; a bf16 text encoder trains beside an fp8 UNet and text encoder 2."""
+    return write(
+        folder / "sdxl-fused.json",
+        {
+            "model_type": "STABLE_DIFFUSION_XL_10_BASE",
+            "base_model_name": "tiny:sdxl",
+            "training_method": "FINE_TUNE",
+            "output_model_format": "ORIGINAL_SINGLE_FILE",
+            "output_model_destination": "models/model.safetensors",
+            "resolution": "64",
+            "train_dtype": "BFLOAT_16",
+            "clip_grad_norm": None,
+            "unet": {"train": False, "weight_dtype": "FLOAT_8"},
+            "text_encoder": {"train": True, "weight_dtype": "BFLOAT_16", "stop_training_after_unit": "NEVER"},
+            "text_encoder_2": {"train": False, "weight_dtype": "FLOAT_8"},
+            "optimizer": {"optimizer": "ADAFACTOR"},
+            "optimizer_defaults": {"ADAFACTOR": {"optimizer": "ADAFACTOR", "fused_back_pass": True}},
+        },
+    )
+
 
 SCENARIOS: dict[str, Callable[[Path, Path], Path]] = {
     "sparse-preset": sparse_preset,
@@ -320,6 +402,16 @@ SCENARIOS: dict[str, Callable[[Path, Path], Path]] = {
     "old-version": old_version,
     "unsupported": with_unsupported,
 }
+MEMORY_SCENARIOS: dict[str, Callable[[Path, Path], Path]] = {
+    "flux-lora": flux_lora,
+    "sd35-lora": sd35_lora,
+    "sdxl-fused": sdxl_fused,
+}
+"""Configs with OneTrainer's memory settings (quantised weights, offloading, the fused back pass): they import,
+pass the check and export stably. They are not trained here, to keep the CPU run short: the training paths of
+those settings have tests of their own (tests/model_setup/test_weight_dtypes.py, test_offload.py,
+tests/trainer/test_memory_steps.py)."""
+ALL_SCENARIOS = {**SCENARIOS, **MEMORY_SCENARIOS}
 
 
 def imported(path: Path) -> dict[str, Any]:
@@ -450,11 +542,61 @@ def test_train_refuses_unsupported_settings_listing_every_one(tmp_path, shapes_d
     assert "--allow-unsupported" in result.output
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_flux_lora_with_nf4_and_offloading_imports_the_settings_it_can_honour(tmp_path, shapes_dataset_dir):
+    result = invoke("import", flux_lora(tmp_path, shapes_dataset_dir))
+    assert result.exit_code == 0, result.output
+    assert "transformer.offload_fraction = 0.5: layer offloading does not take nf4 weights" in result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"] == {
+        "type": "flux-dev",
+        "base": "tiny:flux-dev",
+        "options": {"guidance": 3.5, "t5_max_length": 256},
+    }
+    assert config["parts"]["transformer"] == {"train": True, "lora_targets": "attn-mlp", "weight_dtype": "nf4"}
+    assert config["parts"]["text_encoder"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp8"}
+    assert config["parts"]["text_encoder_2"] == {"train": False, "layer_skip": 0, "weight_dtype": "int8"}
+    training = config["training"]
+    assert (training["gradient_checkpointing"], training["activation_offload"]) == (True, True)
+    assert (training["compile"], training["precision"]) == (True, "bf16")
+    assert config["noise"]["dynamic_shift"] is True
+    refused = invoke("train", tmp_path / "flux-lora.json", "--check")
+    assert refused.exit_code == 2
+    assert "transformer.offload_fraction" in refused.output
+
+
+def test_an_sd35_config_picks_the_family_of_its_base_and_leaves_t5_out(tmp_path, shapes_dataset_dir):
+    result = invoke("import", sd35_lora(tmp_path, shapes_dataset_dir))
+    assert result.exit_code == 0, result.output
+    assert "Unsupported" not in result.stdout
+    config = yaml.safe_load(result.stdout)
+    assert config["model"] == {"type": "sd35-medium", "base": "tiny:sd35-medium", "options": {"t5": False}}
+    assert config["parts"]["transformer"] == {"train": True, "weight_dtype": "fp8", "offload_blocks": 0.25}
+    assert config["parts"]["text_encoder_3"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp32"}
+    assert config["parts"]["text_encoder"]["weight_dtype"] == "bf16"
+    assert config["noise"]["shift"] == 3.0
+
+
+def test_an_sdxl_fine_tune_with_the_fused_back_pass_and_stochastic_rounding(tmp_path, shapes_dataset_dir):
+    result = invoke("import", sdxl_fused(tmp_path, shapes_dataset_dir))
+    assert result.exit_code == 0, result.output
+    assert "Unsupported" not in result.stdout
+    config = yaml.safe_load(result.stdout)
+    assert config["method"] == "full"
+    assert config["parts"]["unet"] == {"train": False, "weight_dtype": "fp8"}
+    assert config["parts"]["text_encoder"] == {"train": True, "layer_skip": 0, "weight_dtype": "bf16"}
+    assert config["parts"]["text_encoder_2"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp8"}
+    training = config["training"]
+    assert training["optimizer"] == "adafactor"
+    assert (training["fused_backward"], training["stochastic_rounding"]) == (True, True)
+    assert training["max_grad_norm"] is None
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_each_config_passes_check(tmp_path, shapes_dataset_dir, scenario, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = SCENARIOS[scenario](tmp_path, shapes_dataset_dir)
-    result = invoke("train", path, f"data.concepts.0.path={shapes_dataset_dir}", "--check", "--allow-unsupported")
+    path = ALL_SCENARIOS[scenario](tmp_path, shapes_dataset_dir)
+    concept = f"data.concepts.0.path={shapes_dataset_dir}"
+    result = invoke("train", path, concept, "--check", "--allow-unsupported")
     assert result.exit_code == 0, result.output
     checked = yaml.safe_load(result.stdout)
     assert checked["model"]["base"].startswith("tiny:")
@@ -482,10 +624,10 @@ def test_each_config_trains_the_tiny_model(tmp_path, shapes_dataset_dir, scenari
     assert (tmp_path / "out" / "trained.safetensors").is_file()
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_import_export_import_gives_the_same_run_config(tmp_path, shapes_dataset_dir, scenario, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first = imported(SCENARIOS[scenario](tmp_path, shapes_dataset_dir))
+    first = imported(ALL_SCENARIOS[scenario](tmp_path, shapes_dataset_dir))
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump(first), encoding="utf-8")
     exported = invoke("export", run, "-o", tmp_path / "again.json")

@@ -88,8 +88,8 @@ def _nullable_kind(group: str, key: str) -> type | None:
 def _coerce(value: Any, default: Any, kind: type | None, key: str) -> Any:
     """`value` as OneTrainer stores field `key`; raises ValueError where OneTrainer could not set it."""
     if value is None:
-        if default is None:
-            return None
+        if default is None or kind is not None:
+            return None  # a nullable field (`kind` given) may be null whatever its default: clip_grad_norm
         raise ValueError("must not be null")
     target = kind or type(default)
     if target is bool:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from onetrainer.util.config.onetrainer_json.findings import View
+from onetrainer.util.config.onetrainer_json.findings import LACKING, View
 from onetrainer.util.config.onetrainer_json.import_adapters import filter_text
 from onetrainer.util.config.onetrainer_json.import_model import LAYER_SKIP_KEYS
-from onetrainer.util.config.onetrainer_json.tables import LAYER_PRESETS, METHODS, PEFT_TYPES, PRECISIONS, reverse
+from onetrainer.util.config.onetrainer_json.tables import LAYER_PRESETS, METHODS, PEFT_TYPES, WEIGHT_DTYPES, reverse
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import FamilySpec, Role
@@ -42,6 +42,23 @@ def export_model(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     ot["training_method"] = reverse(METHODS)[ours["method"]]
 
 
+def export_options(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
+    """`model.options` that are OneTrainer settings (`FamilySpec.onetrainer_options`); the others are listed."""
+    model = ours.child("model")
+    options = model["options"] or {}
+    if spec.options is None:
+        return
+    defaults = spec.options.model_validate({}).model_dump(mode="json")
+    by_option = {option: key for key, option in spec.onetrainer_options.items()}
+    for option, value in {**defaults, **options}.items():
+        key = by_option.get(option)
+        if key is not None:
+            part, _, setting = key.rpartition(".")
+            (ot[part] if part else ot)[setting] = value
+        elif value != defaults.get(option):
+            ours.ledger.refuse(f"model.options.{option}", value, LACKING)
+
+
 def export_parts(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     parts = ours.child("parts")
     method = ours["method"]
@@ -49,7 +66,7 @@ def export_parts(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     for component in spec.components:
         part = parts.child(component.name)
         target = ot[component.name]
-        target["weight_dtype"] = reverse(PRECISIONS)[part["weight_dtype"] or default_dtype]
+        target["weight_dtype"] = reverse(WEIGHT_DTYPES)[part["weight_dtype"] or default_dtype]
         if component.role is Role.VAE:
             continue
         if method == "embedding":

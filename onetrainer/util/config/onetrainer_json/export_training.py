@@ -14,6 +14,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     EPS_PAIR,
     LOSS_STRENGTHS,
     LOSS_WEIGHT_NAMES,
+    NEAREST_OPTIMIZERS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
@@ -29,7 +30,9 @@ DIGITS = 12
 
 def export_optimizer(training: View, ot: dict[str, Any]) -> None:
     ours = training["optimizer"]
-    name = reverse(OPTIMIZER_NAMES)[ours]
+    name = reverse(OPTIMIZER_NAMES).get(ours) or NEAREST_OPTIMIZERS[ours]
+    if ours in NEAREST_OPTIMIZERS:
+        training.unsupported("optimizer", f"OneTrainer's nearest is {name}, the same update from another library")
     optimizer = optimizer_defaults(name)
     optimizer["weight_decay"] = training["weight_decay"]
     betas = training["betas"]

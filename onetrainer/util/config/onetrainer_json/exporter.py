@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.onetrainer_json.defaults import train_defaults
 from onetrainer.util.config.onetrainer_json.export_data import export_data
+from onetrainer.util.config.onetrainer_json.export_memory import export_memory
 from onetrainer.util.config.onetrainer_json.export_model import (
     export_embeddings,
     export_lora,
     export_model,
+    export_options,
     export_parts,
 )
 from onetrainer.util.config.onetrainer_json.export_output import export_logging, export_sampling, export_saving
@@ -25,13 +27,11 @@ from onetrainer.util.config.onetrainer_json.export_training import (
     export_optimizer,
     export_schedule,
 )
-from onetrainer.util.config.onetrainer_json.findings import Finding, Ledger, View, leftovers
+from onetrainer.util.config.onetrainer_json.findings import LACKING, Finding, Ledger, View, leftovers
 from onetrainer.util.family import get_family
 
 if TYPE_CHECKING:
     from onetrainer.util.config.schema import TrainConfig
-
-LACKING = "OneTrainer has no such setting"
 
 
 def _our_defaults(config: TrainConfig) -> dict[str, Any]:
@@ -66,12 +66,14 @@ def export_onetrainer(config: TrainConfig) -> tuple[dict[str, Any], list[Finding
     ours.skip("preset")
     ot = train_defaults()
     export_model(ours, ot, spec)
+    export_options(ours, ot, spec)
     export_parts(ours, ot, spec)
     export_lora(ours, ot, spec)
     export_embeddings(ours, ot)
     export_data(ours, ot, items["concepts"], spec)
     training = ours.child("training")
     export_optimizer(training, ot)
+    export_memory(ours, ot, spec)
     export_schedule(training, ot)
     export_noise(ours, ot, spec)
     export_loss(ours, ot)

@@ -119,6 +119,8 @@ class View:
 
 
 GENERIC_REASON = "onetrainer has no such setting"
+LACKING = "OneTrainer has no such setting"
+"""The export's reason for a setting of ours without a place in OneTrainer's config."""
 
 
 def leftovers(

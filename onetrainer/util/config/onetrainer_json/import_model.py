@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from onetrainer.util.config.onetrainer_json.defaults import part_names
 from onetrainer.util.config.onetrainer_json.findings import View
-from onetrainer.util.config.onetrainer_json.tables import METHODS, PRECISIONS
+from onetrainer.util.config.onetrainer_json.tables import METHODS
 from onetrainer.util.config.onetrainer_json.target import Target
 from onetrainer.util.config.types import Cadence, CadenceUnit
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, Role, families
+from onetrainer.util.family import FamilySpec, Role, families, get_family
 
 LAYER_SKIP_KEYS = {
     "text_encoder_layer_skip": "text_encoder",
@@ -23,27 +23,77 @@ LAYER_SKIP_KEYS = {
 }
 
 
-def supported_model_types() -> dict[str, FamilySpec]:
-    """OneTrainer model type -> the registered family that trains it."""
-    return {name: spec for spec in families() for name in spec.onetrainer_model_types}
+def supported_model_types() -> dict[str, list[FamilySpec]]:
+    """OneTrainer model type -> the registered families that train it (by name)."""
+    found: dict[str, list[FamilySpec]] = {}
+    for spec in families():
+        for name in spec.onetrainer_model_types:
+            found.setdefault(name, []).append(spec)
+    return found
 
 
-def family_of(model_type: str) -> FamilySpec:
-    """The family of a OneTrainer model type, or a user error naming the ones this version supports."""
-    spec = supported_model_types().get(model_type)
-    if spec is None:
+def family_of(model_type: str, base: str = "") -> tuple[FamilySpec, str | None]:
+    """The family of a OneTrainer model type, and why it was chosen where several train that type.
+
+    A type several families share is told apart by its base model: a tiny model, a hub id a family
+    names, or a local file or folder (its header or configs, no weights). Where the base says nothing,
+    the first by name, and the second value says so (a note for the user).
+    """
+    candidates = supported_model_types().get(model_type)
+    if not candidates:
         supported = ", ".join(supported_model_types())
         raise UserError(
             f"OneTrainer model type {model_type!r} is not supported in this version of onetrainer",
             where="model_type",
             hint=f"Supported model types: {supported}.",
         )
-    return spec
+    if len(candidates) == 1:
+        return candidates[0], None
+    named = _family_of_base(base, [spec.name for spec in candidates])
+    if named is not None:
+        return next(spec for spec in candidates if spec.name == named), None
+    titles = " and ".join(spec.title for spec in candidates)
+    others = ", ".join(spec.name for spec in candidates[1:])
+    why = (
+        f"OneTrainer's type for {titles}; the base model does not say which (no tiny model, known hub id or "
+        f"readable local file), so {candidates[0].name}: set model.type={others} if it is that"
+    )
+    return candidates[0], why
+
+
+def _family_of_base(base: str, names: list[str]) -> str | None:
+    """The family `base` is a model of, if it is one of `names` and can be told without the network."""
+    from pathlib import Path
+
+    from onetrainer.util.config.types import TINY_PREFIX
+    from onetrainer.util.family import tiny_model
+
+    text = base.strip()
+    if text.startswith(TINY_PREFIX):
+        try:
+            found = tiny_model(text.removeprefix(TINY_PREFIX))[0].name
+        except UserError:
+            return None
+        return found if found in names else None
+    for name in names:
+        if any(text.lower() == hub_id.lower() for hub_id in get_family(name).hub_ids):
+            return name
+    if not text or not Path(text).expanduser().exists():
+        return None
+    from onetrainer.util.detect import detect_path
+
+    try:
+        detection = detect_path(text)
+    except (UserError, OSError, ValueError):
+        return None
+    return detection.family if detection.family in names else None
 
 
 def map_model(config: View, out: Target) -> tuple[FamilySpec, str]:
     """`model.*` and `method`; returns the family and our method name."""
-    spec = family_of(config["model_type"])
+    spec, why = family_of(config["model_type"], config["base_model_name"])
+    if why is not None:
+        config.note("model_type", why)
     training_method = config["training_method"]
     method = METHODS.get(training_method)
     if method is None or method not in spec.methods:
@@ -73,7 +123,7 @@ def _prediction_type(config: View, out: Target) -> None:
 
 
 def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float:
-    """Each part the family has: train, learning rate, stop point, weight dtype, layer skip; the rest refused.
+    """Each part the family has: train, learning rate, stop point, layer skip; the rest refused.
 
     Returns the caption dropout: OneTrainer sets it per text encoder (`dropout_probability` of a text
     encoder part), we per concept, so the text encoders must agree.
@@ -85,12 +135,15 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
             continue
         role = spec.component(name).role
         part = config.child(name)
+        left_out = f"{name}.include" in spec.onetrainer_options and not part["include"]
         if role is Role.VAE:
             _vae_part(part, out)
+        elif left_out:
+            _left_out_part(part, out, name)
         else:
             _trainable_part(part, out, name, role, method)
-        _common_part(part, out, name, trains=role is not Role.VAE and method == "full" and part["train"])
-        if role is Role.TEXT_ENCODER:
+        _common_part(part, spec, name)
+        if role is Role.TEXT_ENCODER and not left_out:
             dropouts[name] = part["dropout_probability"]
     for key, name in LAYER_SKIP_KEYS.items():
         if name in spec.component_names and spec.component(name).role is Role.TEXT_ENCODER:
@@ -117,6 +170,14 @@ def _vae_part(part: View, out: Target) -> None:
         out.set("model.vae", part["model_name"])
 
 
+def _left_out_part(part: View, out: Target, name: str) -> None:
+    """An optional part left out (`include: false`, a `model.options` switch) trains in no way."""
+    out.set(f"parts.{name}.train", False)
+    for key in ("train", "stop_training_after", "stop_training_after_unit", "learning_rate", "dropout_probability"):
+        part.ignore(key, "the part is left out (include is false)")
+    part.skip("model_name", "train_embedding", "gradient_checkpointing")
+
+
 def _trainable_part(part: View, out: Target, name: str, role: Role, method: str) -> None:
     if part["model_name"]:
         part.unsupported("model_name", "only the VAE can be loaded from elsewhere (model.vae)")
@@ -138,21 +199,34 @@ def _trainable_part(part: View, out: Target, name: str, role: Role, method: str)
         part.refuse("train_embedding", "embeddings train in every text encoder that takes them")
 
 
-def _common_part(part: View, out: Target, name: str, *, trains: bool) -> None:
-    dtype = part["weight_dtype"]
-    ours = "fp32" if trains else PRECISIONS.get(dtype, "fp32")
-    if trains and dtype not in ("FLOAT_32", "NONE"):
-        part.unsupported("weight_dtype", "fully trained parts keep fp32 weights")
-    elif dtype not in PRECISIONS and dtype != "NONE":
-        part.unsupported(
-            "weight_dtype", f"weights are stored in {', '.join(PRECISIONS.values())} (no quantisation); {ours} here"
-        )
-    out.set(f"parts.{name}.weight_dtype", ours)
-    part.refuse("include", "onetrainer loads every part of the model")
+def _common_part(part: View, spec: FamilySpec, name: str) -> None:
+    """What every part object holds besides training and memory settings (`import_memory` maps those)."""
+    if f"{name}.include" not in spec.onetrainer_options:
+        part.refuse("include", f"{spec.title} models need their {spec.component(name).title} here")
     part.refuse("attention_mask", "there is no text attention-mask switch")
-    part.refuse("guidance_scale", "there is no guidance input to train with")
-    part.refuse("offload_fraction", "layer offloading is not supported")
-    part.refuse("activation_offloading", "activation offloading is not supported")
+    if f"{name}.guidance_scale" not in spec.onetrainer_options:
+        part.ignore("guidance_scale", f"the {spec.title} {spec.component(name).title} takes no guidance input")
+
+
+def map_options(config: View, out: Target, spec: FamilySpec) -> None:
+    """The OneTrainer settings that are the family's `model.options`, where they differ from our default."""
+    from pydantic import ValidationError
+
+    if spec.options is None:
+        return
+    defaults = spec.options.model_validate({}).model_dump()
+    for key, option in spec.onetrainer_options.items():
+        part, _, setting = key.rpartition(".")
+        view = config.child(part) if part else config
+        value = view[setting]
+        if value is None or value == defaults[option]:
+            continue
+        try:
+            spec.options.model_validate({option: value})
+        except ValidationError as error:
+            view.unsupported(setting, f"model.options.{option}: {error.errors()[0]['msg']}")
+            continue
+        out.set(f"model.options.{option}", value)
 
 
 def stop_after(view: View, key: str) -> str:

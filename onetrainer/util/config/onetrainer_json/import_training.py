@@ -80,8 +80,6 @@ def map_optimizer(config: View, optimizer: View, out: Target) -> None:
         out.set("training.optimizer_args", args)
     for key in IMPLEMENTATION_FIELDS:
         optimizer.ignore(key, "picks an implementation; onetrainer chooses the kernels itself")
-    optimizer.ignore("stochastic_rounding", "trained weights stay in fp32, so there is nothing to round")
-    optimizer.refuse("fused_back_pass", "the optimizer steps after the backward pass")
 
 
 def map_schedule(config: View, out: Target) -> None:
@@ -141,7 +139,6 @@ def map_precision(config: View, out: Target) -> None:
             "async_gradient_reduce_buffer",
         ):
             config.ignore(key, "multi_gpu is off")
-    config.ignore("async_offloading", "only used with layer offloading")
     out.set("training.compile", bool(config["compile"]))  # both compile the denoiser's repeated blocks
 
 

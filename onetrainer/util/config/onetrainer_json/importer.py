@@ -22,7 +22,8 @@ from onetrainer.util.config.onetrainer_json.files import find_list_file, read_co
 from onetrainer.util.config.onetrainer_json.findings import Finding, Ledger, View, leftovers
 from onetrainer.util.config.onetrainer_json.import_adapters import map_embeddings, map_lora
 from onetrainer.util.config.onetrainer_json.import_data import concept_views, map_concepts, map_data
-from onetrainer.util.config.onetrainer_json.import_model import map_model, map_parts
+from onetrainer.util.config.onetrainer_json.import_memory import map_memory
+from onetrainer.util.config.onetrainer_json.import_model import map_model, map_options, map_parts
 from onetrainer.util.config.onetrainer_json.import_output import map_logging, map_sampling, map_saving, sample_views
 from onetrainer.util.config.onetrainer_json.import_training import (
     map_ema,
@@ -67,6 +68,7 @@ def import_onetrainer(path: Path) -> Imported:
     out = Target()
     spec, method = map_model(view, out)
     caption_dropout = map_parts(view, out, spec, method)
+    map_options(view, out, spec)
     map_lora(view, out, spec, method)
     map_embeddings(view, out, method)
     map_data(view, out)
@@ -78,6 +80,7 @@ def import_onetrainer(path: Path) -> Imported:
     optimizer = resolve_optimizer(raw, ledger)
     map_optimizer(view, optimizer, out)
     map_precision(view, out)
+    map_memory(view, optimizer, out, spec, method)
     ema = map_ema(view, out)
     map_noise(view, out, spec)
     map_loss(view, out, spec)

@@ -168,6 +168,10 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
 METHODS = {"LORA": "lora", "FINE_TUNE": "full", "EMBEDDING": "embedding"}
 PRECISIONS = {"FLOAT_32": "fp32", "FLOAT_16": "fp16", "BFLOAT_16": "bf16"}
 """DataType -> our `Precision` (autocast, weight storage, saved dtype)."""
+WEIGHT_DTYPES = {**PRECISIONS, "FLOAT_8": "fp8", "INT_8": "int8", "NFLOAT_4": "nf4"}
+"""DataType -> our `parts.<name>.weight_dtype`: the precisions, and the weight-only formats of frozen linear layers."""
+WEIGHT_ONLY = {"FLOAT_W8A8": "fp8", "FLOAT_W8A8_COMPRESSED": "fp8", "INT_W8A8": "int8", "INT_W8A8_COMPRESSED": "int8"}
+"""OneTrainer's W8A8 types quantise the activations too; the nearest of ours keeps only the weights in 8 bits."""
 PEFT_TYPES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
 LAYER_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
 """OneTrainer's layer-filter preset names -> our LoRA target presets, which select the same layers."""
@@ -225,8 +229,32 @@ OUTPUT_FORMATS: dict[str, dict[str, str]] = {
 LEGACY_FORMATS = ("LEGACY_LORA", "LEGACY_SAFETENSORS")
 """OneTrainer's historical per-model layouts: we write the common layout the same tools load."""
 
+NEAREST_OPTIMIZERS = {"adamw8bit_ao": "ADAMW_8BIT"}
+"""Optimizers of ours without a OneTrainer twin -> what the exporter writes: the same update, another library."""
+FUSED_BACK_PASS_OPTIMIZERS = (
+    "ADAFACTOR",
+    "CAME",
+    "CAME_8BIT",
+    "ADAM",
+    "ADAMW",
+    "ADAMW_ADV",
+    "ADOPT_ADV",
+    "PRODIGY_PLUS_SCHEDULE_FREE",
+    "PRODIGY_ADV",
+    "LION_ADV",
+    "MUON_ADV",
+    "ADAMUON_ADV",
+    "SIGNSGD_ADV",
+)
+"""The OneTrainer optimizers that take `fused_back_pass`."""
+STOCHASTIC_ROUNDING_OPTIMIZERS = ("ADAM", "ADAMW", "ADAFACTOR", "ADAMW_ADV", "ADOPT_ADV", "PRODIGY_ADV")
+"""The OneTrainer optimizers documented to round bf16 weights stochastically (`stochastic_rounding`)."""
+FUSED_KERNELS = ("ADAM", "ADAMW")
+"""Their fused back pass and stochastic rounding need `fused` and `foreach` off."""
+
 OPTIMIZER_ARGS: dict[str, dict[str, str]] = {
     "adamw": {"amsgrad": "amsgrad", "maximize": "maximize"},
+    "adamw8bit_ao": {"amsgrad": "amsgrad"},
     "adamw8bit": {
         "amsgrad": "amsgrad",
         "optim_bits": "optim_bits",
@@ -257,9 +285,9 @@ OPTIMIZER_ARGS: dict[str, dict[str, str]] = {
     "came": {"clip_threshold": "clip_threshold"},
 }
 """OneTrainer optimizer fields -> keyword arguments of our optimizer class (`training.optimizer_args`)."""
-BETAS = {"adamw": 2, "adamw8bit": 2, "prodigy": 2, "schedulefree_adamw": 2, "lion": 2, "came": 3}
+BETAS = {"adamw": 2, "adamw8bit": 2, "adamw8bit_ao": 2, "prodigy": 2, "schedulefree_adamw": 2, "lion": 2, "came": 3}
 """How many of beta1, beta2, beta3 make our `training.betas`, per optimizer that takes them."""
-SINGLE_EPS = ("adamw", "adamw8bit", "prodigy", "schedulefree_adamw")
+SINGLE_EPS = ("adamw", "adamw8bit", "adamw8bit_ao", "prodigy", "schedulefree_adamw")
 """Optimizers whose `eps` is our `training.eps`; Adafactor and CAME take the pair (eps, eps2) as an argument."""
 EPS_PAIR = ("adafactor", "came")
 IMPLEMENTATION_FIELDS = ("fused", "foreach", "capturable", "differentiable", "compile", "use_triton")

@@ -100,3 +100,59 @@ def test_compilation_maps_both_ways_and_the_other_speed_settings_are_only_notes(
     imported = import_onetrainer(path)
     assert imported.unsupported == []
     assert imported.data["training"]["compile"] is True
+
+
+def test_memory_settings_export_to_the_parts_and_optimizer_flags():
+    config, findings = export(
+        "parts.unet.weight_dtype=fp8",
+        "parts.text_encoder.weight_dtype=nf4",
+        "training.precision=bf16",
+        "training.fused_backward=true",
+        "training.max_grad_norm=null",
+        "training.gradient_checkpointing=true",
+        "training.activation_offload=true",
+    )
+    assert findings == []
+    assert (config["unet"]["weight_dtype"], config["text_encoder"]["weight_dtype"]) == ("FLOAT_8", "NFLOAT_4")
+    assert config["unet"]["activation_offloading"] is True
+    optimizer = config["optimizer"]
+    assert (optimizer["fused_back_pass"], optimizer["stochastic_rounding"]) == (True, False)
+    assert (optimizer["fused"], optimizer["foreach"]) == (False, False), "OneTrainer's ADAMW needs both off"
+    assert config["optimizer_defaults"]["ADAMW"] == optimizer
+
+
+def test_memory_settings_onetrainer_cannot_hold_are_listed():
+    _, findings = export(
+        "training.optimizer=sgd",
+        "training.precision=bf16",
+        "training.fused_backward=true",
+        "training.max_grad_norm=null",
+        "training.optimizer_offload=true",
+        "training.gradient_checkpointing=true",
+        "parts.unet.offload_blocks=0.5",
+    )
+    assert lacking(findings) == {"training.fused_backward", "training.optimizer_offload", "parts.unet.offload_blocks"}
+    config, findings = export("training.optimizer=adamw8bit_ao")
+    assert lacking(findings) == {"training.optimizer"}
+    assert config["optimizer"]["optimizer"] == "ADAMW_8BIT"
+
+
+def test_flux_offloading_and_options_export_and_a_block_count_is_listed():
+    flux = ("model.type=flux-dev", "model.base=tiny:flux-dev", "training.gradient_checkpointing=true")
+    config, findings = export(
+        *flux, "parts.transformer.offload_blocks=0.25", "model.options.guidance=3.5", "model.options.true_cfg=2"
+    )
+    assert config["model_type"] == "FLUX_DEV_1"
+    assert config["transformer"]["offload_fraction"] == 0.25
+    assert config["transformer"]["guidance_scale"] == 3.5
+    assert config["text_encoder_2_sequence_length"] == 512
+    assert lacking(findings) == {"model.options.true_cfg"}
+    _, counted = export(*flux, "parts.transformer.offload_blocks=12")
+    assert lacking(counted) == {"parts.transformer.offload_blocks"}
+
+
+def test_sd3_without_t5_exports_its_text_encoder_left_out():
+    config, findings = export("model.type=sd35-medium", "model.base=tiny:sd35-medium", "model.options.t5=false")
+    assert findings == []
+    assert config["model_type"] == "STABLE_DIFFUSION_35"
+    assert config["text_encoder_3"]["include"] is False

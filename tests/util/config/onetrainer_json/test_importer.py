@@ -1,5 +1,6 @@
 """How single OneTrainer settings map to ours, and which ones are refused or noted, and why."""
 
+import functools
 import json
 import re
 
@@ -91,10 +92,119 @@ def test_full_fine_tune_keeps_trained_weights_in_fp32_and_refuses_a_layer_filter
     assert set(unsupported(imported)) == {"unet.weight_dtype", "layer_filter"}
 
 
-def test_a_quantised_weight_dtype_is_refused(convert):
-    imported = convert(text_encoder={"weight_dtype": "NFLOAT_4"})
-    assert get(imported, "parts.text_encoder.weight_dtype") == "fp32"
-    assert "text_encoder.weight_dtype" in unsupported(imported)
+@pytest.mark.parametrize(("onetrainer", "ours"), [("FLOAT_8", "fp8"), ("INT_8", "int8"), ("NFLOAT_4", "nf4")])
+def test_quantised_weight_dtypes_of_frozen_parts_map_to_ours(convert, onetrainer, ours):
+    imported = convert(text_encoder={"weight_dtype": onetrainer, "train": False}, unet={"weight_dtype": onetrainer})
+    assert get(imported, "parts.text_encoder.weight_dtype") == ours
+    assert get(imported, "parts.unet.weight_dtype") == ours
+    assert imported.unsupported == []
+
+
+def test_weight_dtypes_we_cannot_honour_are_refused_with_the_nearest_we_can(convert):
+    imported = convert(vae={"weight_dtype": "NFLOAT_4"}, unet={"weight_dtype": "INT_W8A8"})
+    assert get(imported, "parts.vae.weight_dtype") == "fp32"
+    assert get(imported, "parts.unet.weight_dtype") == "int8"
+    reasons = unsupported(imported)
+    assert "the VAE is convolutions" in reasons["vae.weight_dtype"]
+    assert "activations are not quantised" in reasons["unet.weight_dtype"]
+    loha = convert(peft_type="LOHA", unet={"weight_dtype": "NFLOAT_4"})
+    assert get(loha, "parts.unet.weight_dtype") == "int8"
+    assert "LyCORIS" in unsupported(loha)["unet.weight_dtype"]
+
+
+def test_a_fully_trained_part_keeps_bf16_weights_only_with_stochastic_rounding(convert):
+    convert = functools.partial(convert, train_dtype="BFLOAT_16")
+    rounded = {"optimizer": "ADAFACTOR"}  # its built-in default rounds stochastically
+    imported = convert(training_method="FINE_TUNE", unet={"weight_dtype": "BFLOAT_16"}, optimizer=rounded)
+    assert get(imported, "parts.unet.weight_dtype") == "bf16"
+    assert get(imported, "training.stochastic_rounding") is True
+    assert imported.unsupported == []
+    plain = convert(training_method="FINE_TUNE", unet={"weight_dtype": "BFLOAT_16"})  # ADAMW: no rounding
+    assert get(plain, "parts.unet.weight_dtype") == "fp32"
+    assert "stochastic_rounding is off" in unsupported(plain)["unet.weight_dtype"]
+    prodigy = {"optimizer": "PRODIGY", "stochastic_rounding": True}
+    other = convert(training_method="FINE_TUNE", unet={"weight_dtype": "BFLOAT_16"}, optimizer=prodigy)
+    assert "the prodigy optimizer cannot" in unsupported(other)["unet.weight_dtype"]
+    quantised = convert(training_method="FINE_TUNE", unet={"weight_dtype": "FLOAT_8"})
+    assert get(quantised, "parts.unet.weight_dtype") == "fp32"
+    assert "frozen, weight-only" in unsupported(quantised)["unet.weight_dtype"]
+
+
+def test_stochastic_rounding_without_bf16_trained_weights_is_a_note(convert):
+    imported = convert(optimizer={"optimizer": "ADAMW", "stochastic_rounding": True}, train_dtype="BFLOAT_16")
+    assert get(imported, "training.stochastic_rounding") is None
+    assert imported.unsupported == []
+    assert "none train here" in notes(imported)["optimizer.stochastic_rounding"]
+
+
+def test_the_fused_back_pass_maps_and_drops_clipping_by_the_total_norm(convert):
+    half = convert(optimizer={"optimizer": "ADAMW", "fused_back_pass": True})  # OneTrainer's default: FLOAT_16
+    assert "FLOAT_16" in unsupported(half)["optimizer.fused_back_pass"]
+    convert = functools.partial(convert, train_dtype="BFLOAT_16")
+    imported = convert(optimizer={"optimizer": "ADAMW", "fused_back_pass": True, "fused": False})
+    assert get(imported, "training.fused_backward") is True
+    assert get(imported, "training.max_grad_norm") is None
+    assert set(unsupported(imported)) == {"clip_grad_norm"}
+    assert "optimizer.fused" in notes(imported)
+    unclipped = convert(optimizer={"optimizer": "ADAMW", "fused_back_pass": True}, clip_grad_norm=None)
+    assert unclipped.unsupported == []
+    accumulated = convert(optimizer={"optimizer": "ADAMW", "fused_back_pass": True}, gradient_accumulation_steps=4)
+    assert get(accumulated, "training.fused_backward") is None
+    assert "accumulate over 4 batches" in unsupported(accumulated)["optimizer.fused_back_pass"]
+    lion = convert(optimizer={"optimizer": "LION", "fused_back_pass": True}, clip_grad_norm=None)
+    assert "one tensor at a time" in unsupported(lion)["optimizer.fused_back_pass"]
+
+
+def test_layer_and_activation_offloading_of_the_denoiser(convert):
+    transformer = {"weight_dtype": "FLOAT_8", "offload_fraction": 0.5, "activation_offloading": True}
+    flux = {"model_type": "FLUX_DEV_1", "base_model_name": "tiny:flux-dev"}
+    imported = convert(**flux, transformer=transformer, text_encoder_2={"offload_fraction": 0.5})
+    assert get(imported, "parts.transformer.offload_blocks") == 0.5
+    assert get(imported, "training.activation_offload") is True
+    assert imported.unsupported == []
+    assert "only the denoiser's blocks" in notes(imported)["text_encoder_2.offload_fraction"]
+    whole = convert(**flux, transformer={"offload_fraction": 1})
+    assert get(whole, "parts.transformer.offload_blocks") == 1.0
+    assert isinstance(get(whole, "parts.transformer.offload_blocks"), float), "a fraction, not one block"
+    unchecked = {"offload_fraction": 0.5, "activation_offloading": True, "gradient_checkpointing": False}
+    refused = convert(**flux, transformer=unchecked)
+    assert get(refused, "parts.transformer.offload_blocks") is None
+    assert get(refused, "training.activation_offload") is None
+    assert {"transformer.offload_fraction", "transformer.activation_offloading"} <= set(unsupported(refused))
+    nf4 = convert(**flux, transformer={"weight_dtype": "NFLOAT_4", "offload_fraction": 0.5})
+    assert get(nf4, "parts.transformer.weight_dtype") == "nf4"
+    assert "does not take nf4" in unsupported(nf4)["transformer.offload_fraction"]
+    unet = convert(unet={"offload_fraction": 0.5})
+    assert get(unet, "parts.unet.offload_blocks") is None
+    assert "not of a UNet" in notes(unet)["unet.offload_fraction"]
+
+
+def test_flux_and_sd35_model_types_and_their_options(convert):
+    dev = convert(
+        model_type="FLUX_DEV_1",
+        base_model_name="black-forest-labs/FLUX.1-dev",
+        transformer={"guidance_scale": 3.5},
+        text_encoder_2_sequence_length=256,
+    )
+    assert get(dev, "model.type") == "flux-dev"
+    assert get(dev, "model.options") == {"guidance": 3.5, "t5_max_length": 256}
+    assert dev.notes == [] or "model_type" not in notes(dev)
+    schnell = convert(model_type="FLUX_DEV_1", base_model_name="tiny:flux-schnell", transformer={"guidance_scale": 3.5})
+    assert get(schnell, "model.type") == "flux-schnell"
+    assert "takes no guidance input" in notes(schnell)["transformer.guidance_scale"]
+    assert get(schnell, "model.options") == {"t5_max_length": 77}, "OneTrainer's FLUX.1 default T5 length"
+    unknown = convert(model_type="FLUX_DEV_1", base_model_name="/nowhere/flux")
+    assert get(unknown, "model.type") == "flux-dev"
+    assert "model.type=flux-schnell" in notes(unknown)["model_type"]
+    medium = convert(model_type="STABLE_DIFFUSION_35", base_model_name="stabilityai/stable-diffusion-3.5-medium")
+    assert get(medium, "model.type") == "sd35-medium"
+    without_t5 = convert(model_type="STABLE_DIFFUSION_3", base_model_name="x", text_encoder_3={"include": False})
+    assert (get(without_t5, "model.type"), get(without_t5, "model.options")) == ("sd3-medium", {"t5": False})
+    assert get(without_t5, "parts.text_encoder_3.train") is False, "a part left out trains in no way"
+    assert without_t5.unsupported == []
+    assert "text_encoder_2.include" in unsupported(
+        convert(model_type="STABLE_DIFFUSION_3", text_encoder_2={"include": False})
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import pytest
 from onetrainer.util.config.onetrainer_json.defaults import concept_defaults, sample_defaults, train_defaults
 from onetrainer.util.config.onetrainer_json.tables import (
     ENUM_FIELDS,
+    NEAREST_OPTIMIZERS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     OUTPUT_FORMATS,
@@ -40,9 +41,11 @@ def test_every_enum_field_of_the_defaults_is_listed_with_its_default_among_its_m
 def test_every_mapped_optimizer_argument_is_one_our_optimizer_takes(ours):
     from onetrainer.trainer.optimizers import _optimizer_class
 
-    assert Optimizer(ours).value in OPTIMIZER_NAMES.values()
+    assert Optimizer(ours).value in {*OPTIMIZER_NAMES.values(), *NEAREST_OPTIMIZERS}
     if ours == "adamw8bit":
         pytest.importorskip("bitsandbytes")
+    if ours == "adamw8bit_ao":
+        pytest.importorskip("torchao")
     accepted = inspect.signature(_optimizer_class(Optimizer(ours)).__init__).parameters
     assert set(OPTIMIZER_ARGS[ours].values()) <= set(accepted)
 
@@ -52,7 +55,18 @@ def test_each_of_our_output_formats_exports_to_one_onetrainer_format_that_import
         assert {formats[key] for key in reverse(formats).values()} == set(formats.values())
 
 
-def test_no_onetrainer_model_type_is_claimed_by_two_families():
+def test_a_model_type_several_families_claim_is_told_apart_by_the_base_model():
+    from onetrainer.util.config.onetrainer_json.import_model import family_of, supported_model_types
+
     claimed = [name for spec in families() for name in spec.onetrainer_model_types]
-    assert len(claimed) == len(set(claimed))
     assert all(name.isupper() for name in claimed)
+    shared = {name: specs for name, specs in supported_model_types().items() if len(specs) > 1}
+    assert set(shared) == {"FLUX_DEV_1", "STABLE_DIFFUSION_35"}
+    for name, specs in shared.items():
+        for spec in specs:
+            for base in (f"tiny:{next(iter(spec.tiny))}", spec.hub_ids[0]):
+                assert family_of(name, base) == (spec, None)
+        first, why = family_of(name, "someone/merged-model")
+        assert first is specs[0]
+        assert why is not None
+        assert all(f"model.type={spec.name}" in why for spec in specs[1:])
