@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import Field
 
-from onetrainer.model.adapters.targets import CLIP_PRESETS, T5_PRESETS
+from onetrainer.model.adapters.targets import T5_PRESETS
+from onetrainer.model.text_encoders import CLIP_L
 from onetrainer.util.config.base import Section
 from onetrainer.util.family import (
     Component,
@@ -107,15 +108,7 @@ COMPONENTS = (
         lora_presets=TRANSFORMER_PRESETS,
         blocks=TRANSFORMER_BLOCKS,
     ),
-    Component(
-        "text_encoder",
-        Role.TEXT_ENCODER,
-        "CLIP ViT-L text encoder",
-        tokenizer="tokenizer",
-        kohya_prefix="lora_te1_",
-        embedding_key="clip_l",
-        lora_presets=CLIP_PRESETS,
-    ),
+    CLIP_L,
     Component(
         "text_encoder_2",
         Role.TEXT_ENCODER,

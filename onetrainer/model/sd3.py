@@ -28,7 +28,8 @@ from typing import Any
 
 from pydantic import Field
 
-from onetrainer.model.adapters.targets import CLIP_PRESETS, T5_PRESETS
+from onetrainer.model.adapters.targets import T5_PRESETS
+from onetrainer.model.text_encoders import CLIP_G, CLIP_L
 from onetrainer.util.config.base import Section
 from onetrainer.util.family import (
     Component,
@@ -111,25 +112,8 @@ COMPONENTS = (
         lora_presets=TRANSFORMER_PRESETS,
         unused_layers=unused_transformer_layers,
     ),
-    Component(
-        "text_encoder",
-        Role.TEXT_ENCODER,
-        "CLIP ViT-L text encoder",
-        tokenizer="tokenizer",
-        kohya_prefix="lora_te1_",
-        embedding_key="clip_l",
-        lora_presets=CLIP_PRESETS,
-    ),
-    Component(
-        "text_encoder_2",
-        Role.TEXT_ENCODER,
-        "OpenCLIP ViT-bigG text encoder",
-        tokenizer="tokenizer_2",
-        kohya_prefix="lora_te2_",
-        embedding_key="clip_g",
-        lora_presets=CLIP_PRESETS,
-        pad_token="!",
-    ),
+    CLIP_L,
+    CLIP_G,
     Component(
         T5,
         Role.TEXT_ENCODER,

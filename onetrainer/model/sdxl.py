@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
+from onetrainer.model.adapters.targets import UNET_PRESETS
 from onetrainer.model.blocks import UNET_BLOCKS
+from onetrainer.model.text_encoders import CLIP_G, CLIP_L
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -46,25 +47,8 @@ COMPONENTS = (
         lora_presets=UNET_PRESETS,
         blocks=UNET_BLOCKS,
     ),
-    Component(
-        "text_encoder",
-        Role.TEXT_ENCODER,
-        "CLIP ViT-L text encoder",
-        tokenizer="tokenizer",
-        kohya_prefix="lora_te1_",
-        embedding_key="clip_l",
-        lora_presets=CLIP_PRESETS,
-    ),
-    Component(
-        "text_encoder_2",
-        Role.TEXT_ENCODER,
-        "OpenCLIP ViT-bigG text encoder",
-        tokenizer="tokenizer_2",
-        kohya_prefix="lora_te2_",
-        embedding_key="clip_g",
-        lora_presets=CLIP_PRESETS,
-        pad_token="!",
-    ),
+    CLIP_L,
+    CLIP_G,
     Component("vae", Role.VAE, "VAE"),
 )
 

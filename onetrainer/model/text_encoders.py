@@ -1,0 +1,29 @@
+"""The CLIP text encoders several families share, declared once: the same weights, tokenizer, kohya
+prefix and embedding key wherever a pipeline names them `text_encoder` (CLIP ViT-L) and
+`text_encoder_2` (OpenCLIP ViT-bigG), as SDXL's, SD 3's and FLUX.1's pipelines do."""
+
+from __future__ import annotations
+
+from onetrainer.model.adapters.targets import CLIP_PRESETS
+from onetrainer.util.family import Component, Role
+
+CLIP_L = Component(
+    "text_encoder",
+    Role.TEXT_ENCODER,
+    "CLIP ViT-L text encoder",
+    tokenizer="tokenizer",
+    kohya_prefix="lora_te1_",
+    embedding_key="clip_l",
+    lora_presets=CLIP_PRESETS,
+)
+CLIP_G = Component(
+    "text_encoder_2",
+    Role.TEXT_ENCODER,
+    "OpenCLIP ViT-bigG text encoder",
+    tokenizer="tokenizer_2",
+    kohya_prefix="lora_te2_",
+    embedding_key="clip_g",
+    lora_presets=CLIP_PRESETS,
+    pad_token="!",
+)
+"""bigG pads its captions with "!" (its tokenizer's pad token is not its end token)."""
