@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
 from onetrainer.util.config.presets import presets_dir
+from onetrainer.util.tiny.runs import write_run_config
 
 runner = CliRunner()
 
@@ -23,20 +24,7 @@ def _invoke(*args: object) -> object:
 
 
 def _config(root: Path, dataset: Path, method: str, output: str, **extra: object) -> Path:
-    config = {
-        "model": {"type": "sdxl", "base": "tiny:sdxl"},
-        "method": method,
-        "data": {"resolution": 64, "workers": 0, "concepts": [{"path": str(dataset)}]},
-        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu", "precision": "fp32"},
-        "sampling": {"every": "never", "before_training": False, "prompts": [{"prompt": "a red circle", "steps": 2}]},
-        "saving": {"output": str(root / "out" / output), "dtype": "fp32", "backup_every": "never"},
-        "logging": {"tensorboard": False},
-        "workspace": str(root / "workspace"),
-        **extra,
-    }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    return write_run_config(root, dataset, {"type": "sdxl", "base": "tiny:sdxl"}, method, output, **extra)
 
 
 def _metadata(path: Path) -> dict[str, str]:
