@@ -2,7 +2,7 @@
 
 Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, and the
 FLUX.1-dev transformer (12 B, built in bf16) at 1024 and 512 px with LoRA, gradient checkpointing on
-and off, compiled (regional torch.compile) or not, in bf16, the SD 3.5 Medium and Large MMDiTs (2.5 B and
+and off, compiled (regional torch.compile) or not, in bf16, the SD 3.5 Medium and Large MMDiTs (2.2 B and
 8.1 B, built in bf16) at 1024 px with LoRA and checkpointing, and each family's memory presets
 (`benchmarks.gpu.memory`): steps per second, the model FLOP utilisation (FLOPs per step counted with
 `torch.utils.flop_counter`, over the GPU's dense bf16 peak), peak VRAM while training

@@ -2,7 +2,7 @@
 the SD 3.5 Medium and Large MMDiTs, and tiny stand-ins for `--dry-run`.
 
 The real-size UNet and SD 3.5 configs ship with the package (`onetrainer/model/configs/sd15`, `sdxl`, the
-latter stable-diffusion-xl-base-1.0's, 2.57 B parameters, `sd35-medium`, 2.5 B, and `sd35-large`, 8.1 B);
+latter stable-diffusion-xl-base-1.0's, 2.57 B parameters, `sd35-medium`, 2.2 B, and `sd35-large`, 8.1 B);
 FLUX.1-dev's transformer config is written out here as data, with the values of its
 `transformer/config.json` (11.9 B), since the GPU machine has no network to fetch it. Weights are random:
 speed and memory depend on shapes, not values. The transformers are built in bf16 directly on the device
