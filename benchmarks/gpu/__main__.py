@@ -2,7 +2,8 @@
 
 Trains real-size SD 1.5 and SDXL UNets (random weights) at 512 and 1024 px, LoRA and full, and the
 FLUX.1-dev transformer (12 B, built in bf16) at 1024 and 512 px with LoRA, gradient checkpointing on
-and off, compiled (regional torch.compile) or not, in bf16, and each family's memory presets
+and off, compiled (regional torch.compile) or not, in bf16, the SD 3.5 Medium and Large MMDiTs (2.2 B and
+8.1 B, built in bf16) at 1024 px with LoRA and checkpointing, and each family's memory presets
 (`benchmarks.gpu.memory`): steps per second, the model FLOP utilisation (FLOPs per step counted with
 `torch.utils.flop_counter`, over the GPU's dense bf16 peak), peak VRAM while training
 (`torch.cuda.max_memory_allocated` after the model is built) and the warm-up's seconds (which hold the
@@ -15,8 +16,8 @@ families' cases.
 denoisers at 64 px and one step each (compiled cases with the `aot_eager` backend): it proves the script
 works, and measures nothing worth keeping. `--cpu-real-size` does the same with the real-size UNets,
 uncompiled: where no GPU is lent, it proves the real architectures run through both sides (minutes and
-about 16 GiB of memory; SDXL's full fine-tune, whose AdamW states alone need about 40 GiB, and FLUX.1-dev
-are skipped).
+about 16 GiB of memory; SDXL's full fine-tune, whose AdamW states alone need about 40 GiB, FLUX.1-dev and
+SD 3.5 Large are skipped).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from benchmarks.gpu.memory import memory_presets, preset_settings
 from benchmarks.gpu.steps import SIDES, Case, Side, Unavailable
 from onetrainer.model_setup.compile import use_compile_cache
 
-FAMILIES = ("SD1.5", "SDXL", "FLUX.1-dev")
+FAMILIES = ("SD1.5", "SDXL", "FLUX.1-dev", "SD3.5-medium", "SD3.5-large")
 LORA_ONLY = ("FLUX.1-dev",)
 """Families measured with LoRA alone (a full FLUX.1 fine-tune needs ~190 GB: fp32 weights, gradients, AdamW);
 their full fine-tunes run as memory presets only."""
@@ -58,6 +59,9 @@ CASES = list(
             # FLUX.1-dev as it is trained: LoRA at 1024 px with checkpointing, uncompiled and compiled.
             Case("FLUX.1-dev", 1024, "lora", True),
             Case("FLUX.1-dev", 1024, "lora", True, compile=True),
+            # SD 3.5 Medium and Large (issue 15) as their presets train them: LoRA at 1024 px with checkpointing.
+            Case("SD3.5-medium", 1024, "lora", True),
+            Case("SD3.5-large", 1024, "lora", True),
             # Each family's memory presets (ours with the preset's levers, against the bare bf16 loop).
             *(
                 Case(family=family, preset=preset, **preset_settings(preset))
@@ -90,6 +94,7 @@ DEFAULT_BUDGET_S = 420.0
 """On CUDA no case starts after this many seconds, so a run on one H200 ends within eight minutes."""
 CPU_MEMORY = "SDXL full fine-tuning needs about 40 GiB for AdamW states alone: not on a CPU run"
 FLUX_CPU_MEMORY = "the FLUX.1-dev transformer is 24 GB in bf16, twice over with both sides: not on a CPU run"
+SD35_LARGE_CPU_MEMORY = "the SD 3.5 Large transformer is 16 GB in bf16, with its training state more: not on a CPU run"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             families = {name: architectures.real(name) for name in FAMILIES}
             skipped.update({case: CPU_MEMORY for case in cases if (case.family, case.method) == ("SDXL", "full")})
             skipped.update({case: FLUX_CPU_MEMORY for case in cases if case.family == "FLUX.1-dev"})
+            skipped.update({case: SD35_LARGE_CPU_MEMORY for case in cases if case.family == "SD3.5-large"})
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --dry-run to check the script on a CPU", file=sys.stderr)

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-FAMILY_PRESETS = {"SD1.5": "sd15", "SDXL": "sdxl", "FLUX.1-dev": "flux-dev"}
+FAMILY_PRESETS = {
+    "SD1.5": "sd15",
+    "SDXL": "sdxl",
+    "FLUX.1-dev": "flux-dev",
+    "SD3.5-medium": "sd35-medium",
+    "SD3.5-large": "sd35-large",
+}
 """Benchmark family -> the model type whose memory presets it runs."""
 
 

@@ -6,8 +6,10 @@ the original size, crop and target size the data loader supplies), with AdamW at
 rate, gradient clipping at 1.0, bf16 autocast, and for LoRA rank 16 on the attention projections
 with the frozen base in bf16 and the adapter in fp32 (as diffusers' LoRA example trains). The bare
 loop is what diffusers' text-to-image examples do per step (for FLUX.1, its DreamBooth LoRA script:
-rectified-flow noising with uniform timesteps, 2x2 packed latents with position ids, guidance 1),
-with accelerate's autocast spelled out, and ends by reading the loss on the host to log it, as they
+rectified-flow noising with uniform timesteps, 2x2 packed latents with position ids, guidance 1; for
+SD 3.5, its SD 3 DreamBooth LoRA script: logit-normal noise levels shifted by 3, the three encoders'
+states joined as the pipeline joins them, the target noise - latents), with accelerate's autocast
+spelled out, and ends by reading the loss on the host to log it, as they
 do. Ours steps as the trainer does: the step strategy (`trainer.step`) with the trainer's optimizer
 (fused AdamW on CUDA), and the loss read back through `trainer.readback` (on CUDA a step late, the
 NaN guard decided on the device).
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.gpu.architectures import FLUX_T5_TOKENS, Family, build_unet
+from benchmarks.gpu.architectures import FLUX_T5_TOKENS, SD3_T5_TOKENS, Family, build_unet
 
 LORA_RANK = 16
 LEARNING_RATE = 1e-4
@@ -38,6 +40,13 @@ FLUX_ATTENTION_PROJECTIONS = [
     "attn.to_add_out",
 ]  # fmt: skip
 """diffusers' FLUX DreamBooth LoRA targets: both streams' attention projections (our `attn` preset)."""
+SD3_ATTENTION_PROJECTIONS = [
+    *FLUX_ATTENTION_PROJECTIONS, "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+]  # fmt: skip
+"""diffusers' SD 3 DreamBooth LoRA targets (the same names as FLUX's) and MMDiT-X's second image attention in
+3.5 Medium: our `attn` preset."""
+SD3_SHIFT = 3.0
+"""SD 3's noise-level shift (its scheduler's `shift`)."""
 
 
 class Unavailable(Exception):
@@ -94,6 +103,18 @@ def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[s
     def draw(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device)
 
+    if family.is_sd3:  # the keys the SD 3 setup reads, as the text cache stores each encoder's outputs
+        from onetrainer.model_setup.sd3 import G_HIDDEN, G_POOLED, L_HIDDEN, L_POOLED, T5_HIDDEN
+
+        clip_l, clip_g = family.clip_widths
+        return {
+            "latents": draw(case.batch, 16, side, side),
+            L_HIDDEN: draw(case.batch, TOKENS, clip_l),
+            L_POOLED: draw(case.batch, clip_l),
+            G_HIDDEN: draw(case.batch, TOKENS, clip_g),
+            G_POOLED: draw(case.batch, clip_g),
+            T5_HIDDEN: draw(case.batch, SD3_T5_TOKENS, family.context_dim),
+        }
     if family.is_flux:
         return {
             "latents": draw(case.batch, 16, side, side),
@@ -151,6 +172,8 @@ def bare_step(family: Family, case: Case, device: Any) -> Side:
     """diffusers' example loop."""
     if family.is_flux:
         return bare_flux_step(family, case, device)
+    if family.is_sd3:
+        return bare_sd3_step(family, case, device)
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -262,12 +285,82 @@ def bare_flux_step(family: Family, case: Case, device: Any) -> Side:
     return Side(step, sum(parameter.numel() for parameter in trained), flops, lambda: losses[0])
 
 
+def bare_sd3_step(family: Family, case: Case, device: Any) -> Side:
+    """diffusers' SD 3 DreamBooth LoRA loop (`train_dreambooth_lora_sd3.py`), per step, kept simple: noise
+    levels sigma = 3u / (1 + 2u) with u logit-normal (mean 0, std 1; the script's default weighting scheme, whose
+    loss weights are all 1), the time 1000 sigma (continuous, where the script indexes the scheduler's 1000
+    shifted steps), the target noise - latents with a plain MSE (no output preconditioning). The prompt
+    embeddings are joined once, as the script precomputes them: CLIP-L's and bigG's states side by side,
+    zero-padded to T5's width, T5's after them; the pooled outputs side by side.
+
+    The last block's text query (`attn.add_q_proj`) gets no adapter: that block discards its text outputs, so
+    the query never gets a gradient, and our `attn` preset leaves it out (the script's adapter there never trains).
+    """
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig
+
+    from onetrainer.model_setup.sd3 import G_HIDDEN, G_POOLED, L_HIDDEN, L_POOLED, T5_HIDDEN
+
+    if case.method != "lora":
+        raise Unavailable("SD 3.5 is benchmarked with LoRA only")
+    transformer = build_unet(family, device)
+    transformer.requires_grad_(False)
+    last = len(transformer.transformer_blocks) - 1
+    transformer.add_adapter(
+        LoraConfig(
+            r=LORA_RANK,
+            lora_alpha=LORA_RANK,
+            init_lora_weights="gaussian",
+            target_modules=SD3_ATTENTION_PROJECTIONS,
+            exclude_modules=[f"transformer_blocks.{last}.attn.add_q_proj"],
+        )
+    )
+    for parameter in _trainable(transformer.parameters()):
+        parameter.data = parameter.data.float()
+    if case.checkpointing:
+        transformer.enable_gradient_checkpointing()
+    if case.compile:
+        transformer.compile_repeated_blocks(backend=COMPILE_BACKEND)
+    transformer.train()
+    trained = _trainable(transformer.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
+    batch = make_batch(family, case, device)
+    latents = batch["latents"]
+    clip = torch.cat([batch[L_HIDDEN], batch[G_HIDDEN]], dim=-1)
+    clip = F.pad(clip, (0, family.context_dim - clip.shape[-1]))
+    prompt = torch.cat([clip, batch[T5_HIDDEN]], dim=-2)
+    pooled = torch.cat([batch[L_POOLED], batch[G_POOLED]], dim=-1)
+    device_type = torch.device(device).type
+    losses = [float("nan")]
+
+    def loss() -> torch.Tensor:
+        noise = torch.randn_like(latents)
+        unit = torch.sigmoid(torch.randn(latents.shape[0], device=latents.device))
+        sigmas = SD3_SHIFT * unit / (1 + (SD3_SHIFT - 1) * unit)
+        noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            prediction = transformer(
+                hidden_states=noisy,
+                timestep=sigmas * 1000,
+                encoder_hidden_states=prompt,
+                pooled_projections=pooled,
+                return_dict=False,
+            )[0]
+        return F.mse_loss(prediction.float(), (noise - latents).float())
+
+    step = _bare_update(trained, loss, optimizer, losses)
+    flops = _bare_flops(transformer, trained, loss)
+    return Side(step, sum(parameter.numel() for parameter in trained), flops, lambda: losses[0])
+
+
 def ours_step(family: Family, case: Case, device: Any) -> Side:
     """The setup's prepare / predict / loss, stepped by the trainer's step strategy and read-back.
 
     A memory-preset case trains with the preset's settings (`benchmarks.gpu.memory`), built in CPU
-    memory as the loader leaves it; FLUX.1's 12 B bf16 weights are built on the device instead (its
-    random initialisation takes minutes on the CPU). The peak is measured after building either way.
+    memory as the loader leaves it; the transformers' bf16 weights (FLUX.1's 12 B, SD 3.5's up to 8.1 B) are
+    built on the device instead (their random initialisation takes minutes on the CPU). The peak is
+    measured after building either way.
     """
     from onetrainer.util.config.schema import TrainConfig
     from onetrainer.util.registry import ModuleKind, supported
@@ -278,12 +371,13 @@ def ours_step(family: Family, case: Case, device: Any) -> Side:
         from benchmarks.gpu.memory import preset_config
 
         config = preset_config(case.preset, device)
-        return trained_side(family, case, device, config, built_on=device if family.is_flux else "cpu")
-    if family.is_flux and case.method != "lora":
-        raise Unavailable("FLUX.1 is benchmarked with LoRA only")
+        return trained_side(family, case, device, config, built_on="cpu" if family.kind == "unet" else device)
+    if family.kind != "unet" and case.method != "lora":
+        raise Unavailable(f"{'FLUX.1' if family.is_flux else 'SD 3.5'} is benchmarked with LoRA only")
+    options = {"t5_max_length": SD3_T5_TOKENS} if family.is_sd3 else {}
     config = TrainConfig.model_validate(
         {
-            "model": {"type": family.model_type, "dtype": "bf16"},
+            "model": {"type": family.model_type, "dtype": "bf16", "options": options},
             "method": case.method,
             "lora": {"rank": LORA_RANK, "alpha": LORA_RANK, "targets": "attn"},
             "training": {
@@ -371,7 +465,7 @@ def onetrainer_model(family: Family, device: Any) -> Any:
         tiny.build(0),
         spec,
         source="benchmark",
-        prediction_type=None if family.is_flux else "epsilon",
+        prediction_type="epsilon" if family.kind == "unet" else None,
         **{spec.denoiser.name: build_unet(family, device)},
     )
 

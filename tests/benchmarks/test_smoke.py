@@ -22,6 +22,7 @@ from benchmarks.gpu.memory import memory_presets
 from benchmarks.gpu.wheels import missing
 
 REPO = Path(__file__).resolve().parents[2]
+SD35 = ("SD3.5-medium", "SD3.5-large")
 
 
 def _run_module(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -120,6 +121,20 @@ def test_gpu_script_takes_one_cpu_mode_and_needs_cuda_without_one(
     assert not (tmp_path / "gpu.json").exists()
 
 
+@pytest.mark.parametrize("family", ["FLUX.1-dev", "SD3.5-large"])
+def test_gpu_cpu_real_size_skips_transformers_too_big_for_cpu_memory(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.gpu.__main__ import main
+    from onetrainer.model_setup.compile import CACHE_VARIABLE
+
+    monkeypatch.delenv(CACHE_VARIABLE, raising=False)  # main points inductor's cache for its process
+    assert main([str(tmp_path), "--cpu-real-size", "--family", family]) == 0
+    cases = json.loads((tmp_path / "gpu.json").read_text(encoding="utf-8"))["cases"]
+    assert cases, family
+    assert all(case["family"] == family and "not on a CPU run" in case["skipped"] for case in cases)
+
+
 @pytest.mark.slow
 def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path) -> None:
     done = _run_module("benchmarks.gpu", str(tmp_path), "--dry-run")
@@ -134,9 +149,9 @@ def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path)
         for checkpointing in (False, True)
         for compiled in (False, True)
         if (method == "lora" or family != "FLUX.1-dev") and not (compiled and checkpointing)
-    }
+    } | {(family, "lora", True, False) for family in SD35}  # SD 3.5 as its presets train it
     assert any(c["channels_last"] for c in plain)
-    families = ("SD1.5", "SDXL", "FLUX.1-dev")
+    families = ("SD1.5", "SDXL", "FLUX.1-dev", *SD35)
     assert {c["preset"] for c in cases} - {None} == {name for family in families for name in memory_presets(family)}
     for case in cases:
         bare, ours = case["diffusers"], case["ours"]
