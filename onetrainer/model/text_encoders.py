@@ -1,6 +1,6 @@
 """The CLIP text encoders several families share, declared once: the same weights, tokenizer, kohya
 prefix and embedding key wherever a pipeline names them `text_encoder` (CLIP ViT-L) and
-`text_encoder_2` (OpenCLIP ViT-bigG), as SDXL's, SD 3's and FLUX.1's pipelines do."""
+`text_encoder_2` (OpenCLIP ViT-bigG)."""
 
 from __future__ import annotations
 
