@@ -61,14 +61,17 @@ def preset_text(name: str) -> str:
 
 
 def preset_description(name: str) -> str:
-    """The preset's first comment line, which by convention describes it in one line."""
+    """The preset's opening comment up to its first full stop: by convention its first sentence describes
+    it, and may wrap onto a second comment line."""
+    words: list[str] = []
     for line in preset_text(name).splitlines():
         stripped = line.strip()
-        if stripped.startswith("#"):
-            return stripped.lstrip("#").strip()
-        if stripped:
+        if not stripped.startswith("#"):
             break
-    return ""
+        words.append(stripped.lstrip("#").strip())
+        if stripped.endswith("."):
+            break
+    return " ".join(words)
 
 
 def load_preset(name: str) -> dict:

@@ -25,7 +25,9 @@ def test_every_preset_validates_as_shipped(name, monkeypatch):
     monkeypatch.chdir(presets_dir().parent)  # the demo's example dataset is relative to the repository root
     config = load_config(presets_dir() / f"{name}.yaml")
     assert config.model.base
-    assert preset_description(name), "a preset starts with a one-line description comment"
+    description = preset_description(name)
+    assert description.endswith("."), f"{name}: a preset starts with a comment sentence that describes it"
+    assert "#" not in description
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -56,3 +58,11 @@ def test_sd35_presets_follow_sd3s_recipe(name, tmp_path):
     assert config.noise.shift == 3.0
     assert config.noise.timesteps.distribution.value == "logit-normal"
     assert config.model.base.startswith("stabilityai/stable-diffusion-3.5-")
+
+
+def test_a_description_that_wraps_onto_a_second_comment_line_is_read_whole() -> None:
+    assert preset_description("flux-dev-full") == (
+        "FLUX.1-dev full fine-tune of the transformer at 1024 px (Adafactor 1e-6): needs a 141 GB GPU (H200), "
+        "since the 12 B trained weights and their gradients are kept in fp32."
+    )
+    assert preset_description("demo").endswith("about 20 s on two CPU cores.")  # its first sentence only
