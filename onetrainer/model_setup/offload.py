@@ -145,8 +145,9 @@ class BlockOffloader:
                     entries.append(_Entry(owner, key, owner._parameters[key], param.requires_grad))  # type: ignore[arg-type]
             unit = _Block(index, path, entries)
             self._units.append(unit)
-            block.register_forward_pre_hook(partial(self._before, unit))
-            block.register_forward_hook(partial(self._after, unit))
+            # The hooks swap tensors and move data: they run eagerly, outside a compiled block's graph.
+            block.register_forward_pre_hook(torch.compiler.disable(partial(self._before, unit)))
+            block.register_forward_hook(torch.compiler.disable(partial(self._after, unit)))
         self._place_resident(offloaded)
 
     def _place_resident(self, offloaded: set[int]) -> None:

@@ -243,3 +243,36 @@ def test_fluxs_transformer_compiles_its_named_blocks_and_trains_as_uncompiled(
     assert list(compiled.trainable_state_dict()) == list(eager.trainable_state_dict())
     sides = (8, 8, 12)
     assert _train_flux(compiled, sides) == pytest.approx(_train_flux(eager, sides), rel=LOSS_TOLERANCE)
+
+
+def test_compiled_blocks_train_as_uncompiled_with_quantised_offloaded_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Compilation beside the memory levers: fp8 frozen UNet weights, half its blocks offloaded, checkpointing."""
+    monkeypatch.setattr(regional, "BACKEND", "aot_eager")
+    monkeypatch.setenv(regional.CACHE_VARIABLE, str(tmp_path / "cache"))
+
+    def setup(**training: Any) -> DiffusionSetup:
+        config = TrainConfig.model_validate(
+            {
+                "model": {"type": "sd15", "base": "tiny:sd15"},
+                "method": "lora",
+                "parts": {"unet": {"weight_dtype": "fp8", "offload_blocks": 0.5}},
+                "training": {"device": "cpu", "gradient_checkpointing": True, **training},
+            }
+        )
+        built = lookup(ModuleKind.SETUP, "sd15")(copy.deepcopy(_base()), config)
+        built.prepare("cpu", torch.float32)
+        built.train()
+        return built
+
+    from torch._dynamo.utils import counters
+
+    eager, compiled = setup(), setup(compile=True)
+    assert eager.offloaders
+    counters.clear()
+    assert _train(compiled, (8, 8)) == pytest.approx(_train(eager, (8, 8)), rel=LOSS_TOLERANCE)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    _train(compiled, (8, 8))
+    assert counters["stats"]["unique_graphs"] == graphs  # the offloading hooks run eagerly: no recompilation
