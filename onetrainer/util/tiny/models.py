@@ -67,10 +67,12 @@ def text_config(
     )
 
 
-def _tiny_vae(seed: int, scaling_factor: float) -> Any:
-    """Four encoder levels, as in SD, so the /8 downscale holds: 64 px images give 8x8 latents."""
+def tiny_vae(seed: int, scaling_factor: float, *, latent_channels: int = 4, shift_factor: float | None = None) -> Any:
+    """Four encoder levels, as in SD, so the /8 downscale holds: 64 px images give 8x8 latents. A VAE with a
+    `shift_factor` (the 16-channel VAEs of FLUX.1 and SD 3) has no quant convs, as the released ones."""
     from diffusers import AutoencoderKL
 
+    shifted = {} if shift_factor is None else {"use_quant_conv": False, "use_post_quant_conv": False}
     return seeded(
         seed,
         "vae",
@@ -79,12 +81,14 @@ def _tiny_vae(seed: int, scaling_factor: float) -> Any:
             out_channels=3,
             block_out_channels=(32, 32, 64, 64),
             layers_per_block=1,
-            latent_channels=4,
+            latent_channels=latent_channels,
             norm_num_groups=32,
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
             sample_size=64,
             scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+            **shifted,
         ),
     )
 
@@ -127,7 +131,7 @@ def _sd_pipeline(seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, pre
     tokenizer = build_tiny_clip_tokenizer()
     config = text_config(tokenizer, hidden_size=32, hidden_act=hidden_act)
     pipe = StableDiffusionPipeline(
-        vae=_tiny_vae(seed, scaling_factor=0.18215),
+        vae=tiny_vae(seed, scaling_factor=0.18215),
         text_encoder=seeded(seed, "text_encoder", lambda: CLIPTextModel(config)),
         tokenizer=tokenizer,
         unet=_tiny_unet(
@@ -190,7 +194,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     config_2 = text_config(tokenizer, hidden_size=64, hidden_act="gelu")
     time_embed_dim = 8
     pipe = StableDiffusionXLPipeline(
-        vae=_tiny_vae(seed, scaling_factor=0.13025),
+        vae=tiny_vae(seed, scaling_factor=0.13025),
         text_encoder=seeded(seed, "text_encoder", lambda: CLIPTextModel(config_1)),
         text_encoder_2=seeded(seed, "text_encoder_2", lambda: CLIPTextModelWithProjection(config_2)),
         tokenizer=tokenizer,
@@ -227,31 +231,6 @@ FLUX_SCHEDULERS: dict[str, dict[str, Any]] = {
     "schnell": {"shift": 1.0, "use_dynamic_shifting": False},
 }
 """The released models' `scheduler_config.json` settings: dev shifts by resolution, schnell not at all."""
-
-
-def _tiny_flux_vae(seed: int) -> Any:
-    """FLUX.1's VAE layout: 16 latent channels, 8x downscale, no quant convs, a shift before the scale."""
-    from diffusers import AutoencoderKL
-
-    return seeded(
-        seed,
-        "vae",
-        lambda: AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=32,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            sample_size=64,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-        ),
-    )
 
 
 def build_tiny_flux_pipeline(seed: int = 0, *, guidance: bool = True) -> FluxPipeline:
@@ -301,7 +280,7 @@ def build_tiny_flux_pipeline(seed: int = 0, *, guidance: bool = True) -> FluxPip
         scheduler=FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000, **FLUX_SCHEDULERS["dev" if guidance else "schnell"]
         ),
-        vae=_tiny_flux_vae(seed),
+        vae=tiny_vae(seed, scaling_factor=0.3611, latent_channels=16, shift_factor=0.1159),
         text_encoder=seeded(seed, "text_encoder", lambda: CLIPTextModel(clip_config)),
         tokenizer=tokenizer,
         text_encoder_2=seeded(seed, "text_encoder_2", lambda: T5EncoderModel(t5_config)),

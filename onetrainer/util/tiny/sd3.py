@@ -28,32 +28,6 @@ SCALING_FACTOR, SHIFT_FACTOR = 1.5305, 0.0609
 SHIFT = 3.0
 
 
-def _vae(seed: int) -> Any:
-    from diffusers import AutoencoderKL
-
-    from onetrainer.util.tiny.models import seeded
-
-    return seeded(
-        seed,
-        "vae",
-        lambda: AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=32,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            sample_size=64,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=SCALING_FACTOR,
-            shift_factor=SHIFT_FACTOR,
-        ),
-    )
-
-
 def _clip(seed: int, name: str, config: Any, *, identity: bool) -> Any:
     import torch
     from transformers import CLIPTextModelWithProjection
@@ -72,7 +46,7 @@ def build_tiny_sd3_pipeline(kind: str, seed: int = 0) -> StableDiffusion3Pipelin
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import T5Config, T5EncoderModel
 
-    from onetrainer.util.tiny.models import seeded, text_config
+    from onetrainer.util.tiny.models import seeded, text_config, tiny_vae
     from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer, build_tiny_t5_tokenizer
 
     tokenizer = build_tiny_clip_tokenizer()
@@ -116,7 +90,7 @@ def build_tiny_sd3_pipeline(kind: str, seed: int = 0) -> StableDiffusion3Pipelin
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT),
-        vae=_vae(seed),
+        vae=tiny_vae(seed, SCALING_FACTOR, latent_channels=16, shift_factor=SHIFT_FACTOR),
         text_encoder=_clip(seed, "text_encoder", clip_l, identity=True),
         tokenizer=tokenizer,
         text_encoder_2=_clip(seed, "text_encoder_2", clip_g, identity=False),
