@@ -2,7 +2,9 @@
 
 A step's FLOPs are counted once per batch shape (bucket and batch size), by `torch.utils.flop_counter`
 over one forward and backward pass of the setup's `predict` and `loss` (matrix multiplications,
-convolutions and attention; element-wise work is not counted), run on fake tensors: no compute, no
+convolutions and attention; element-wise work is not counted; bitsandbytes' 4-bit products of nf4
+weights, custom operators torch's counter does not know, count as the dense products they compute),
+run on fake tensors: no compute, no
 memory and no random draw, so the training streams and a resume's exactness are untouched, and the
 count costs about a second of host time per shape. It is the model's count: gradient checkpointing
 is switched off for it (its recomputation is not useful work) and compiled blocks run eagerly.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -91,6 +94,31 @@ def without_checkpointing(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
             setattr(module, "gradient_checkpointing", True)  # noqa: B010
 
 
+def _dense_product(input_shape: Any, *args: Any, out_shape: Any, **kwargs: Any) -> int:
+    """An input (..., K) times a weight (N, K): one multiply and one add per output element and K."""
+    return 2 * math.prod(out_shape) * input_shape[-1]
+
+
+def quantised_product_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for bitsandbytes' 4-bit matrix products, which torch's counter would count as zero.
+
+    Without them an nf4 layer's forward pass counts nothing (its backward pass dequantises and runs a
+    plain product, which torch counts), and the MFU of a QLoRA run reads low. Only a process that has
+    imported bitsandbytes can hold such layers, so nothing is imported here.
+    """
+    if "bitsandbytes" not in sys.modules:
+        return {}
+    import torch
+
+    formulas: dict[Any, Callable[..., int]] = {}
+    for name in ("gemm_4bit", "gemv_4bit"):
+        try:
+            formulas[getattr(torch.ops.bitsandbytes, name)] = _dense_product
+        except (AttributeError, RuntimeError):
+            continue
+    return formulas
+
+
 def count_flops(run: Callable[[], Any], *, modules: Iterable[torch.nn.Module] = ()) -> int:
     """The FLOPs of `run()` (a forward and backward pass) on fake tensors, with the training RNG untouched."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -104,7 +132,7 @@ def count_flops(run: Callable[[], Any], *, modules: Iterable[torch.nn.Module] = 
         without_checkpointing(modules),
         preserved_rng(),
         FakeTensorMode(allow_non_fake_inputs=True),
-        FlopCounterMode(display=False) as counter,
+        FlopCounterMode(display=False, custom_mapping=quantised_product_formulas()) as counter,
     ):
         run()
     return int(counter.get_total_flops())

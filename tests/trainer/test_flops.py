@@ -183,3 +183,29 @@ def test_a_flow_matching_step_is_counted_as_torchs_flop_counter_counts_it_run_fo
         one_pass(batch)
     assert counted == counter.get_total_flops() > 0
     assert all(param.grad is None for param in trained)
+
+
+def test_nf4_layers_count_as_the_dense_layers_they_replace() -> None:
+    # bitsandbytes' 4-bit product is a custom operator torch's counter does not know; uncounted, a
+    # QLoRA step's forward pass through its frozen layers would count zero and its MFU would read low.
+    pytest.importorskip("bitsandbytes")
+    from onetrainer.model.quantised import quantise_linear
+
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 96), torch.nn.Linear(96, 64))
+    for layer in dense[1:]:
+        layer.requires_grad_(False)
+    quantised = copy.deepcopy(dense)
+    for index in (1, 2):
+        quantised[index] = quantise_linear(quantised[index], "nf4", torch.float32)
+    inputs = torch.randn(3, 5, 64)
+
+    def step(model: torch.nn.Module) -> int:
+        return count_flops(lambda: model(inputs).square().mean().backward(), modules=[model])
+
+    # forward: three products; backward: the input gradients of the two frozen layers, the trained layer's weights
+    assert (
+        step(quantised)
+        == step(dense)
+        == 2 * 15 * (64 * 128 + 128 * 96 + 96 * 64) + 2 * 15 * (128 * 96 + 96 * 64) + 2 * 15 * 64 * 128
+    )
