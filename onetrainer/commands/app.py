@@ -9,6 +9,7 @@ SIGTERM takes Ctrl-C's path in every command (see `_sigterm_as_interrupt`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -128,13 +129,19 @@ _LIBRARY_QUIET = {
 
 
 def _quiet_libraries() -> None:
-    """Keep the ML libraries' own banners and loading bars out of our output.
+    """Keep the ML libraries' own banners, loading bars and import-time notes out of our output.
 
-    They are read when those libraries are first imported, which happens after this (imports are
-    lazy), so environment variables are enough; a user's explicit setting wins.
+    The environment variables are read when those libraries are first imported, which happens after
+    this (imports are lazy); a user's explicit setting wins. diffusers and transformers import torchao
+    and bitsandbytes whenever they are installed, so those libraries' import-time notes would start
+    every run of a `[quant]` install, quantised or not; their errors still show.
     """
+    from onetrainer.model.quantised import NOISY_LOGGERS
+
     for name, value in _LIBRARY_QUIET.items():
         os.environ.setdefault(name, value)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 COMMANDS = {

@@ -44,8 +44,9 @@ LIBRARY = {"fp8": "torchao", "int8": "torchao", "nf4": "bitsandbytes"}
 NF4_BLOCK = 64
 FOUR_BIT_FLAG = "is_loaded_in_4bit"
 """The attribute peft reads on a model to wrap its bitsandbytes 4-bit layers in its 4-bit LoRA layers."""
-_NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
-"""Loggers that report optional native kernels they could not load when the libraries are imported."""
+NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
+"""Loggers that, when the libraries are imported, report optional native kernels they could not load
+(and torch's deprecation notes on torchao's types): not errors for weight-only storage."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class QuantisedStorage:
 @contextlib.contextmanager
 def quiet_import() -> Iterator[None]:
     """Silence the libraries' import-time notes about optional kernels (not errors for weight-only storage)."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from onetrainer import __version__
@@ -49,6 +50,37 @@ def test_help_does_not_import_heavy_packages():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def _library_notes(*options: str) -> tuple[list[str], str]:
+    """The levels of the quieted loggers after a command ran, and what importing the libraries printed."""
+    code = (
+        "import json, logging\n"
+        "from onetrainer.commands.app import app\n"
+        "try:\n"
+        f"    app([*{list(options)!r}, 'presets'], prog_name='onetrainer')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import diffusers.quantizers, transformers.quantizers.auto, torchao, bitsandbytes\n"
+        "names = ('torchao', 'bitsandbytes.backends.cpu.ops', 'torch.utils._pytree')\n"
+        "print(json.dumps([logging.getLevelName(logging.getLogger(n).getEffectiveLevel()) for n in names]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_quantisation_libraries_print_no_import_notes_unless_debugging():
+    """diffusers and transformers import torchao and bitsandbytes whenever they are installed, and those
+    log the native kernels they could not load: without quieting, every run of a `[quant]` install
+    (quantised or not) would start with lines of them."""
+    pytest.importorskip("torchao")
+    pytest.importorskip("bitsandbytes")
+    levels, printed = _library_notes()
+    assert levels == ["ERROR", "ERROR", "ERROR"]
+    assert "Failed to load" not in printed
+    assert "register_constant" not in printed
+    debug_levels, _ = _library_notes("--debug")
+    assert "ERROR" not in debug_levels
 
 
 def test_python_dash_m_runs_the_cli_with_exit_codes(tmp_path):
