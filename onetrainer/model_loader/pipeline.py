@@ -54,7 +54,7 @@ class LoadedParts:
 
 
 SingleFileReader = Callable[..., LoadedParts]
-"""`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype, leave_out) -> LoadedParts`."""
+"""`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype, leave_out, quantise) -> LoadedParts`."""
 LeaveOut = Callable[[ModelConfig], frozenset[str]]
 """`leave_out(model_config)` -> the optional components the config asks not to load."""
 
@@ -77,8 +77,9 @@ class DiffusersLoader:
         device: str = "cpu",
         quantise: Mapping[str, QuantisedStorage] | None = None,
     ) -> DiffusionModel:
-        """The base model; components named in `quantise` come with their linear layers quantised, streamed
-        from diffusers folders and hub repos (`streaming`), quantised layer by layer after loading otherwise."""
+        """The base model; components named in `quantise` come with their linear layers quantised as they are
+        read from diffusers folders, hub repos (`streaming`) and single files, and quantised layer by layer
+        after loading otherwise (a pickled file, or weights in another layout)."""
         quantise = dict(quantise or {})
         if model_config.base is None:
             raise UserError(
@@ -116,6 +117,7 @@ class DiffusersLoader:
                     tokenizer=model_config.tokenizer,
                     dtype=dtype,
                     leave_out=left_out,
+                    quantise=quantise,
                 )
         if model_config.vae is not None:
             from onetrainer.model_loader.vae import load_vae

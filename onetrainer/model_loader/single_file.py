@@ -9,6 +9,11 @@ family (or the user's `model.config`), and each text encoder's tokenizer is look
 (`tokenizers.load_tokenizer`). A file that holds only some parts (a transformer published alone, a UNet
 saved alone) takes the others, with their tokenizers, from `model.config` when it names a model with
 weights (a diffusers folder, hub id or tiny model).
+
+A component to be stored quantised (`parts.<name>.weight_dtype` fp8, int8 or nf4) is built empty first
+and filled as the file is read, each linear weight quantised as it arrives (`streaming.place`), from a
+file read without its memory map: loading a 12 B transformer from its original file then holds the
+quantised transformer and one tensor, never the whole in the load dtype.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.model.quantised import QuantisedStorage, mark_quantised
 from onetrainer.model_loader.architecture import Architecture, resolve_architecture
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.pipeline import LoadedParts, load_components
+from onetrainer.model_loader.streaming import place, unfilled
 from onetrainer.model_loader.tokenizers import load_tokenizer
 from onetrainer.util.detect import Detection
 from onetrainer.util.enums import PredictionType
@@ -42,17 +49,20 @@ def read_single_file(
     tokenizer: str | Path | None,
     dtype: torch.dtype,
     leave_out: frozenset[str] = frozenset(),
+    quantise: Mapping[str, QuantisedStorage] | None = None,
 ) -> LoadedParts:
     """The `SingleFileReader` of every family with a `single_file` layout and a shipped architecture.
 
     Components in `leave_out` (optional ones the model config goes without) are not read. An optional
-    component the file lacks comes from `model.config` when that names a model holding it.
+    component the file lacks comes from `model.config` when that names a model holding it. Components
+    in `quantise` that the file holds are quantised while they are read.
     """
     # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
     prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
     prediction = prediction or detection.prediction_type
     wanted = tuple(name for name in spec.component_names if name not in leave_out)
-    with WeightsFile(path) as weights:
+    quantise = quantise or {}
+    with WeightsFile(path, mapped=not quantise) as weights:
         held = single_file_state_dicts(weights, spec, text_encoder_layers=None, components=wanted, meta=True)
         absent = [spec.component(name) for name in wanted if not held[name]]
         required = [c for c in absent if not c.optional]
@@ -68,14 +78,25 @@ def read_single_file(
             )
         architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
         prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
+        layers = text_encoder_layers(architecture, spec)
+        quantised = tuple(name for name in wanted if name in quantise and held[name])
+        streamed: dict[str, Any] = {}
+        if quantised:
+            shapes = single_file_state_dicts(weights, spec, text_encoder_layers=layers, components=quantised, meta=True)
+            streamed = build_components(shapes, architecture, spec, path.name, check_only=True)
         state_dicts = single_file_state_dicts(
-            weights, spec, text_encoder_layers=text_encoder_layers(architecture, spec), dtype=dtype, components=wanted
+            weights,
+            spec,
+            text_encoder_layers=layers,
+            dtype=dtype,
+            components=wanted,
+            into={name: (module, quantise[name]) for name, module in streamed.items()},
         )
     rest = None
     if missing:
         assert config is not None
         rest = load_components(str(config), spec, dtype, tuple(c.name for c in missing), needed_by=path.name)
-    components = build_components(state_dicts, architecture, spec, path.name)
+    components = {**build_components(state_dicts, architecture, spec, path.name), **streamed}
     explicit = None if tokenizer is None else str(tokenizer)
     tokenizers = {
         component.tokenizer: load_tokenizer(explicit, architecture, spec, component.name)
@@ -117,15 +138,37 @@ def single_file_state_dicts(
     dtype: torch.dtype | None = None,
     components: tuple[str, ...] | None = None,
     meta: bool = False,
+    into: Mapping[str, tuple[torch.nn.Module, QuantisedStorage]] | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Diffusers state dicts of the wanted components; a component the file lacks comes back empty."""
+    """Diffusers state dicts of the wanted components; a component the file lacks comes back empty.
+
+    A component in `into` is not collected: each of its tensors is placed in the given empty module
+    (built and checked against the file's names and shapes) as it is read, stored as given.
+    """
     wanted = components or spec.component_names
+    into = into or {}
     parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in wanted}
-    for key, tensor in stream_single_file(
-        weights, spec, text_encoder_layers=text_encoder_layers, dtype=dtype, components=wanted, meta=meta
-    ):
+    compute = {name: storage.compute_dtype for name, (_, storage) in into.items()}
+    stream = stream_single_file(
+        weights,
+        spec,
+        text_encoder_layers=text_encoder_layers,
+        dtype=dtype,
+        components=wanted,
+        meta=meta,
+        dtypes=compute,
+    )
+    for key, tensor in stream:
         component, _, rest = key.partition(".")
-        parts[component][rest] = tensor
+        if component in into:
+            module, storage = into[component]
+            place(module, rest, _aligned(tensor), storage)
+        else:
+            parts[component][rest] = tensor
+    for name, (module, storage) in into.items():
+        if missing := unfilled(module):
+            raise UserError(f"{weights.path.name}: no weights were read for {', '.join(missing[:3])} of {name}")
+        mark_quantised(module, storage.format)
     return parts
 
 
@@ -137,21 +180,27 @@ def stream_single_file(
     dtype: torch.dtype | None = None,
     components: tuple[str, ...] | None = None,
     meta: bool = False,
+    dtypes: Mapping[str, torch.dtype] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(component.key, tensor)` in diffusers naming, reading one source tensor at a time.
 
-    With `meta`, tensors are data-less stand-ins (for planning output headers without reading data).
+    Floating-point tensors take `dtype`, or their component's entry in `dtypes`: a quantised component's
+    tensors go straight to its compute dtype, so no copy in the load dtype outlives the read. With `meta`,
+    tensors are data-less stand-ins (for planning output headers without reading data).
     """
     wanted = components or spec.component_names
+    dtypes = dtypes or {}
     keys = weights.keys()
     converter = single_file_format(spec).reader(keys, text_encoder_layers=text_encoder_layers)
     for key in keys:
         target = converter.table.map_key(key, reverse=True)
-        if target is not None and target.partition(".")[0] not in wanted:
+        component = None if target is None else target.partition(".")[0]
+        if component is not None and component not in wanted:
             continue
         tensor = weights.meta_tensor(key) if meta else weights.tensor(key)
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+        cast = dtypes.get(component, dtype) if component is not None else dtype
+        if cast is not None and tensor.is_floating_point():
+            tensor = tensor.to(cast)
         yield from converter.feed(key, tensor)
     converter.finish()
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.quantised import QuantisedStorage, mark_quantised, quantise_linear
-from onetrainer.util.safetensors_meta import DTYPE_NAMES
+from onetrainer.model_loader.checkpoint import read_header, read_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -102,42 +101,30 @@ def _empty(cls: Any, location: str, subfolder: str, library: str) -> torch.nn.Mo
     return module
 
 
-def _header(handle: Any) -> tuple[dict[str, Any], int]:
-    (length,) = struct.unpack("<Q", handle.read(8))
-    header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
-def _read(handle: Any, start: int, entry: dict[str, Any]) -> torch.Tensor:
-    """One tensor, read into its own buffer (nothing else of the file stays in memory)."""
-    import torch
-
-    begin, end = entry["data_offsets"]
-    handle.seek(start + begin)
-    buffer = torch.empty(end - begin, dtype=torch.uint8)
-    if end > begin:
-        values: Any = buffer.numpy()
-        handle.readinto(values)
-    dtype = getattr(torch, DTYPE_NAMES[entry["dtype"]])
-    return buffer.view(dtype).reshape(entry["shape"])
-
-
 def _fill(module: torch.nn.Module, path: Path, storage: QuantisedStorage) -> None:
     with path.open("rb") as handle:
-        header, start = _header(handle)
+        header, start = read_header(handle)
         for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            owner_path, _, name = key.rpartition(".")
-            try:
-                owner = module.get_submodule(owner_path) if owner_path else module
-            except AttributeError:
-                raise _CannotStream(key) from None
-            if name not in owner._parameters and name not in owner._buffers:
-                if _non_persistent(owner, name):
-                    continue
+            if not place(module, key, read_tensor(handle, start, entry), storage):
                 raise _CannotStream(key)
-            _put(module, owner_path, owner, name, _read(handle, start, entry), storage)
-            _release_freed_memory()
+
+
+def place(module: torch.nn.Module, key: str, tensor: torch.Tensor, storage: QuantisedStorage) -> bool:
+    """Put one tensor of `module`'s state dict in place, a linear layer's weight quantised as it arrives.
+
+    False where the module has no such tensor. A buffer the module no longer saves (CLIP's position
+    ids, which older files keep) is skipped: the module builds its own.
+    """
+    owner_path, _, name = key.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_path) if owner_path else module
+    except AttributeError:
+        return False
+    if name not in owner._parameters and name not in owner._buffers:
+        return _non_persistent(owner, name)
+    _put(module, owner_path, owner, name, tensor, storage)
+    _release_freed_memory()
+    return True
 
 
 def _release_freed_memory() -> None:
@@ -188,10 +175,13 @@ def _put(
 
 
 def _check_complete(module: torch.nn.Module) -> None:
-    """Every parameter was read (tied ones are tied again first); else the file is not this module's."""
+    if unfilled(module):
+        raise _CannotStream("missing tensors")
+
+
+def unfilled(module: torch.nn.Module) -> list[str]:
+    """The parameters no tensor was placed in (tied ones are tied again first); none in a complete module."""
     tie = getattr(module, "tie_weights", None)
     if callable(tie):
         tie()
-    for _, param in module.named_parameters():
-        if param.device.type == "meta":
-            raise _CannotStream("missing tensors")
+    return [name for name, param in module.named_parameters() if param.device.type == "meta"]

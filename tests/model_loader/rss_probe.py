@@ -2,8 +2,9 @@
 report how much resident memory loading took at its peak.
 
 `python rss_probe.py write FOLDER` saves a tiny SD 1.5 pipeline whose UNet has wide, deep attention
-blocks (about 100 M parameters, most in linear layers) in fp32. `python rss_probe.py load FOLDER FORMAT`
-loads it through the registered loader, the UNet stored as FORMAT (or plain fp32 for "none"), and prints
+blocks (about 200 M parameters, most in linear layers) in fp32, as a diffusers folder and as the
+original single file `FOLDER.safetensors`. `python rss_probe.py load SOURCE FORMAT` loads either
+through the registered loader, the UNet stored as FORMAT (or plain fp32 for "none"), and prints
 one JSON line: the peak resident memory loading added (`VmHWM` after `clear_refs`, in bytes) and the
 UNet's fp32 size.
 """
@@ -29,12 +30,19 @@ def _write(folder: Path) -> None:
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        transformer_layers_per_block=2,
+        transformer_layers_per_block=4,
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=32,
     )
     unet.save_pretrained(folder / "unet")
+
+    from onetrainer.model_loader.pipeline import load_model
+    from onetrainer.model_saver.diffusion import DiffusionSaver
+    from onetrainer.util.enums import TrainingMethod
+
+    single_file = folder.with_suffix(".safetensors")
+    DiffusionSaver().save(load_model(folder), single_file, method=TrainingMethod.FULL, dtype=None)
 
 
 def _status(key: str) -> int:
@@ -43,7 +51,7 @@ def _status(key: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def _load(folder: Path, storage: str) -> None:
+def _load(source: Path, storage: str) -> None:
     import torch
 
     from onetrainer.model.quantised import QuantisedStorage, require_library, storage_bytes
@@ -51,7 +59,8 @@ def _load(folder: Path, storage: str) -> None:
     from onetrainer.util.registry import ModuleKind, lookup
 
     loader = lookup(ModuleKind.LOADER, "sd15")()
-    config = ModelConfig(type="sd15", base=str(folder))
+    architecture = {"config": str(source.with_suffix(""))} if source.is_file() else {}
+    config = ModelConfig(type="sd15", base=str(source), **architecture)
     quantise = {} if storage == "none" else {"unet": QuantisedStorage(storage, torch.bfloat16)}
     if storage != "none":
         require_library(storage)

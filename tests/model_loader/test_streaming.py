@@ -54,6 +54,46 @@ def test_streaming_equals_quantising_after_loading(
             assert torch.equal(value, theirs[key]), key
 
 
+@pytest.mark.parametrize(
+    ("family", "storage"), [("sd15", "nf4"), ("sdxl", "fp8"), ("flux-dev", "nf4"), ("sd35-medium", "int8")]
+)
+def test_single_files_are_quantised_as_they_are_read(
+    family: str, storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An original single file (SD 3.5's with its tied T5) gives the model quantising after loading gives."""
+    from onetrainer.model_loader import single_file
+    from onetrainer.model_saver.diffusion import DiffusionSaver
+    from onetrainer.util.enums import TrainingMethod
+
+    source = tmp_path / f"{family}.safetensors"
+    DiffusionSaver().save(load_model(f"tiny:{family}"), source, method=TrainingMethod.FULL, dtype=None)
+    config = ModelConfig(type=family, base=str(source), config=f"tiny:{family}")
+    loader = lookup(ModuleKind.LOADER, family)()
+    reference = loader.load(config)
+    names = [name for name in reference.components if name != "vae"]
+    for name in names:
+        quantise_module(reference.components[name], storage, torch.bfloat16)
+    assigned_whole: list[str] = []
+    assign = single_file.assign_state_dict
+
+    def recording(module: torch.nn.Module, *args: object, check_only: bool = False, **kwargs: object) -> None:
+        if not check_only:
+            assigned_whole.append(type(module).__name__)
+        assign(module, *args, check_only=check_only, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(single_file, "assign_state_dict", recording)
+    streamed = loader.load(config, quantise={name: QuantisedStorage(storage, torch.bfloat16) for name in names})
+    assert set(assigned_whole) <= {"AutoencoderKL"}  # only the VAE, which stays unquantised, was read whole
+    for name in names:
+        module = streamed.components[name]
+        assert module_storage(module) == storage, name
+        ours, theirs = _plain(module.state_dict()), _plain(reference.components[name].state_dict())
+        assert ours.keys() == theirs.keys()
+        for key, value in ours.items():
+            assert value.dtype == theirs[key].dtype, key
+            assert torch.equal(value, theirs[key]), key
+
+
 def test_weights_it_cannot_stream_load_whole_and_are_quantised_after(tiny_sd15_dir: Path, tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
@@ -89,9 +129,16 @@ def _probe(*arguments: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("single_file", [False, True], ids=["diffusers folder", "single file"])
 @pytest.mark.parametrize("storage", ["fp8", "nf4"])
-def test_quantised_loading_never_holds_the_fp32_weights(storage: str, wide_model: Path) -> None:
-    report = json.loads(_probe("load", str(wide_model), storage).strip().splitlines()[-1])
+def test_quantised_loading_never_holds_the_fp32_weights(storage: str, single_file: bool, wide_model: Path) -> None:
+    source = wide_model.with_suffix(".safetensors") if single_file else wide_model
+    report = json.loads(_probe("load", str(source), storage).strip().splitlines()[-1])
     assert report["fp32"] > 400 * 2**20, "the model must be large enough to tell"
     assert report["peak"] < report["fp32"] / 2, "not even a bf16 copy of the weights was held"
-    assert report["peak"] < report["stored"] + 3 * report["largest_fp32"] + 32 * 2**20, "one layer at a time"
+    # One layer at a time: what is stored, plus the temporaries of quantising one layer (up to about 4.5
+    # times its fp32 size for bitsandbytes' CPU quantiser) and the read buffers the allocator has not yet
+    # handed back. The largest layer may come last in a file (it does in the single file), on top of all
+    # the rest: measured over runs, 3.6 to 7.2 times the largest layer's fp32 size above what is stored,
+    # where a bf16 copy of the weights would be about 24 times.
+    assert report["peak"] < report["stored"] + 8 * report["largest_fp32"] + 32 * 2**20, "one layer at a time"
