@@ -18,7 +18,9 @@ paper does, and may drop each encoder's conditioning (`parts.<encoder>.dropout`)
 Original files are Stability's / ComfyUI's checkpoints (`model.diffusion_model.joint_blocks.*`, the VAE
 under `first_stage_model.`, optionally the encoders under `text_encoders.clip_l/clip_g/t5xxl`); a file
 without encoders takes them from `model.config`. kohya LoRAs use diffusers' module names, which ComfyUI
-maps (`util.keymaps.sd3_lora`); A1111-style embeddings hold `clip_l`, `clip_g` and `t5xxl`.
+maps (`util.keymaps.sd3_lora`); LoRAs are saved in diffusers' (peft) keys by default, except one that trains
+T5, which no tool but ComfyUI reads, and that only as kohya. A1111-style embeddings hold `clip_l`, `clip_g`
+and `t5xxl`.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ COMPONENTS = (
         embedding_key="t5xxl",
         optional=True,
         lora_presets=T5_PRESETS,
+        lora_kohya_only="ComfyUI",
     ),
     Component("vae", Role.VAE, "VAE"),
 )

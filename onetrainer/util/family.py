@@ -74,6 +74,11 @@ class Component:
     """Denoisers: regexes searched in "." + module path that find its blocks, the units gradient checkpointing
     recomputes and layer offloading moves (`model.blocks`); empty: the entries of its top-level ModuleLists."""
 
+    lora_kohya_only: str | None = None
+    """The tools that read this component's LoRA, which they read only in the kohya layout ("ComfyUI" for SD 3's
+    T5, whose peft keys neither diffusers' loader nor ComfyUI maps); None where peft keys load too. A LoRA that
+    trains such a component is saved as kohya under `saving.format: auto`, and an explicit peft is warned about
+    (onetrainer reads both layouts, so it is not refused)."""
     unused_layers: Callable[[Any], Iterable[str]] | None = None
     """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
     computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
@@ -262,7 +267,8 @@ class FamilySpec:
     `{"transformer.guidance_scale": "guidance"}`."""
     default_lora_format: str = "kohya"
     """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
-    diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too)."""
+    diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too). A LoRA
+    that trains a component with `lora_kohya_only` is saved as kohya all the same."""
     config_defaults: Mapping[str, Any] = field(default_factory=dict)
     """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
     logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
@@ -296,8 +302,28 @@ class FamilySpec:
 
     @property
     def auto_lora_format(self) -> str:
-        """What `auto` means for this family's LoRAs: its default, or peft for a family without kohya names."""
+        """What `auto` means for this family's LoRAs: its default, or peft for a family without kohya names.
+        A LoRA on a component other tools read only as kohya may differ: see `auto_lora_format_for`."""
         return self.default_lora_format if self.lora_naming is not None else "peft"
+
+    def auto_lora_format_for(self, trained: Iterable[str]) -> str:
+        """What `auto` means for a LoRA on the components `trained`: kohya where one of them loads elsewhere only
+        in that layout (a peft file would silently lose it there), else `auto_lora_format`."""
+        return "kohya" if self.lora_naming is not None and self.kohya_only(trained) else self.auto_lora_format
+
+    def kohya_only(self, trained: Iterable[str]) -> tuple[Component, ...]:
+        """The components among `trained` whose LoRA other tools read only in the kohya layout."""
+        names = set(trained)
+        return tuple(c for c in self.components if c.name in names and c.lora_kohya_only is not None)
+
+    def peft_warnings(self, trained: Iterable[str], setting: str) -> list[str]:
+        """What a peft LoRA on the components `trained` loses elsewhere, for `setting` (the key or option and
+        value that asked for peft: `saving.format: peft`); empty when every part loads."""
+        return [
+            f"{setting}: the {component.title}'s LoRA is written under peft keys ({component.name}.*) that only "
+            f"onetrainer reads; kohya is the layout in which it loads in {component.lora_kohya_only}"
+            for component in self.kohya_only(trained)
+        ]
 
     @property
     def component_names(self) -> tuple[str, ...]:

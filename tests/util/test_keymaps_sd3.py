@@ -279,6 +279,25 @@ def test_modelspec_architectures(kind: str, adapter: str | None, expected: str) 
     assert modelspec_architecture(get_family(kind), adapter=adapter) == expected
 
 
+def test_auto_saves_a_lora_that_trains_t5_as_kohya_and_nothing_else_changes() -> None:
+    """ComfyUI reads SD 3's T5 LoRA only as `lora_te3_` and diffusers not at all: of every family's parts only
+    that one turns `saving.format: auto` to kohya, and only while it trains."""
+    from onetrainer.util.family import families
+
+    for spec in families():
+        trainable = [c.name for c in spec.components if c.trainable]
+        kohya_only = [c.name for c in spec.kohya_only(trainable)]
+        assert kohya_only == (["text_encoder_3"] if spec.name in KINDS else []), spec.name
+        assert spec.auto_lora_format_for([n for n in trainable if n not in kohya_only]) == spec.auto_lora_format
+    for kind in KINDS:
+        spec = get_family(kind)
+        assert spec.auto_lora_format_for(["transformer", "text_encoder", "text_encoder_2"]) == "peft"
+        assert spec.auto_lora_format_for(["transformer", "text_encoder_3"]) == "kohya"
+        assert spec.peft_warnings(["transformer", "text_encoder"], "saving.format: peft") == []
+        (warning,) = spec.peft_warnings(["transformer", "text_encoder_3"], "saving.format: peft")
+        assert warning.startswith("saving.format: peft: the T5-XXL text encoder's LoRA")
+
+
 @pytest.mark.parametrize("fmt", ["kohya", "peft"])
 def test_saved_files_name_the_architecture_in_their_metadata(saved: dict[str, Any], fmt: str) -> None:
     from safetensors import safe_open
