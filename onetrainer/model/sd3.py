@@ -209,6 +209,16 @@ def _tiny(name: str, description: str) -> TinyModel:
     return TinyModel(build, description, diffusers_cannot_read={"kohya": KOHYA_UNREAD})
 
 
+MODELSPEC_ALIASES = {
+    LARGE: ("stable-diffusion-3-5-large", "stable-diffusion-v3.5", "stable-diffusion-3"),
+    MEDIUM: ("stable-diffusion-3-5-medium", "stable-diffusion-v3.5", "stable-diffusion-3"),
+    SD3_MEDIUM: ("stable-diffusion-3-medium", "stable-diffusion-3"),
+}
+"""`modelspec.architecture` values other trainers write: sd-scripts' ("stable-diffusion-3-" + its model type:
+`5-large`, `5-medium`, `medium`; bare for an unknown one) and OneTrainer's (`stable-diffusion-v3.5` for both
+3.5 sizes; its SD 3 value is ours). They tell an embedding of the CLIP encoders alone from SDXL's."""
+
+
 def _spec(
     name: str, modelspec: str, kohya: str, options: type[Section], hub_ids: tuple[str, ...], description: str
 ) -> FamilySpec:
@@ -223,6 +233,7 @@ def _spec(
         default_resolution=1024,
         methods=frozenset({"lora", "full", "embedding"}),
         modelspec_architecture=modelspec,
+        modelspec_aliases=MODELSPEC_ALIASES[name],
         kohya_base_model_version=kohya,
         pipeline_classes=("StableDiffusion3Pipeline",),
         recognise=RECOGNISERS,

@@ -241,6 +241,10 @@ class FamilySpec:
     """sd-scripts appends "_v" to the base model version of a v-prediction model of this family."""
     kohya_v2: bool = False
     """sd-scripts' `ss_v2` flag."""
+    modelspec_aliases: tuple[str, ...] = ()
+    """Other `modelspec.architecture` values (before any `/lora`) other trainers write for this family, which
+    detection trusts as it trusts its own. One that several families list names them all as candidates
+    (OneTrainer writes one value for SD 3.5 Large and Medium), ruling every other family out."""
     latent_scale: int = 8
     """Pixels per latent along each side (the VAE's downscale)."""
     lora_naming: LoraNaming | None = None
@@ -419,7 +423,8 @@ def tiny_names() -> list[str]:
 
 
 def by_modelspec_architecture(architecture: str) -> tuple[FamilySpec, str | None] | None:
-    """The family a `modelspec.architecture` value names, and the prediction type its variant implies."""
+    """The family a `modelspec.architecture` value names, and the prediction type its variant implies; None
+    for a value no family writes, or an alias several families share (see `modelspec_candidates`)."""
     base = architecture.split("/")[0]
     for spec in families():
         for prediction, variant in spec.variants.items():
@@ -427,7 +432,14 @@ def by_modelspec_architecture(architecture: str) -> tuple[FamilySpec, str | None
                 return spec, prediction
         if base == spec.modelspec_architecture:
             return spec, None
-    return None
+    named = modelspec_candidates(architecture)
+    return (get_family(named[0]), None) if len(named) == 1 else None
+
+
+def modelspec_candidates(architecture: str) -> tuple[str, ...]:
+    """The families a `modelspec.architecture` value may name by their aliases (`modelspec_aliases`)."""
+    base = architecture.split("/")[0]
+    return tuple(spec.name for spec in families() if base in spec.modelspec_aliases)
 
 
 def by_kohya_base_model_version(version: str) -> FamilySpec | None:
