@@ -79,6 +79,7 @@ class Component:
     T5, whose peft keys neither diffusers' loader nor ComfyUI maps); None where peft keys load too. A LoRA that
     trains such a component is saved as kohya under `saving.format: auto`, and an explicit peft is warned about
     (onetrainer reads both layouts, so it is not refused)."""
+
     unused_layers: Callable[[Any], Iterable[str]] | None = None
     """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
     computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
