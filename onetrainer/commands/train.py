@@ -97,6 +97,8 @@ def train(
     else:
         resolved = load_config(config, overrides or [])
     check_placeholders(resolved)
+    if check or dry_run:
+        _print_warnings(resolved)
     if check:
         typer.echo(dump_config(resolved), nl=False)
         return
@@ -161,6 +163,18 @@ def _load_onetrainer(config: Path, overrides: list[str], *, allow_unsupported: b
         for line in finding_lines(imported.unsupported):
             stderr.print(f"  {line}", markup=False, soft_wrap=True)
     return resolved
+
+
+def _print_warnings(config: TrainConfig) -> None:
+    """What the config asks for that loses something outside onetrainer (a training run says it in its
+    progress display instead, before the model loads)."""
+    from rich.markup import escape
+
+    from onetrainer.ui.console import stderr
+    from onetrainer.util.config.family import family_warnings
+
+    for message in family_warnings(config):
+        stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def _display(*, json_lines: bool, main: bool) -> contextlib.AbstractContextManager[Callable[[dict[str, Any]], None]]:

@@ -27,16 +27,17 @@ def inspect_embedding(path: Path, index: TensorIndex, detection: Detection) -> I
     vectors = max((tensor["vectors"] for tensor in tensors.values()), default=0)
     token = index.metadata.get("name") or _token(index)
     fmt = "a1111-pt" if index.container == "pickle" else detection.layout
+    fitting = family_name(detection) if detection.family or detection.candidates else None
     details: dict[str, Any] = {
         "token": token,
         "vectors": vectors,
         "width": "+".join(str(tensor["width"]) for tensor in tensors.values()),
-        "fits": family_name(detection) if detection.family else None,
+        "fits": fitting,
         "detected_by": detection.reason,
         "tensors": tensors,
         "metadata": group_metadata({k: v for k, v in index.metadata.items() if k != "name"}),
     }
-    fits = f"fits {family_name(detection)}" if detection.family else "base model undetermined"
+    fits = f"fits {fitting}" if fitting else "base model undetermined"
     summary = f"embedding, {fmt} layout, {vectors} vector(s) of width {details['width']}, {fits}"
     return Inspection("embedding", fmt, detection.family, path, summary, details)
 

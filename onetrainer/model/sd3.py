@@ -18,7 +18,9 @@ paper does, and may drop each encoder's conditioning (`parts.<encoder>.dropout`)
 Original files are Stability's / ComfyUI's checkpoints (`model.diffusion_model.joint_blocks.*`, the VAE
 under `first_stage_model.`, optionally the encoders under `text_encoders.clip_l/clip_g/t5xxl`); a file
 without encoders takes them from `model.config`. kohya LoRAs use diffusers' module names, which ComfyUI
-maps (`util.keymaps.sd3_lora`); A1111-style embeddings hold `clip_l`, `clip_g` and `t5xxl`.
+maps (`util.keymaps.sd3_lora`); LoRAs are saved in diffusers' (peft) keys by default, except one that trains
+T5, which no tool but ComfyUI reads, and that only as kohya. A1111-style embeddings hold `clip_l`, `clip_g`
+and `t5xxl`.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ COMPONENTS = (
         embedding_key="t5xxl",
         optional=True,
         lora_presets=T5_PRESETS,
+        lora_kohya_only="ComfyUI",
     ),
     Component("vae", Role.VAE, "VAE"),
 )
@@ -206,6 +209,16 @@ def _tiny(name: str, description: str) -> TinyModel:
     return TinyModel(build, description, diffusers_cannot_read={"kohya": KOHYA_UNREAD})
 
 
+MODELSPEC_ALIASES = {
+    LARGE: ("stable-diffusion-3-5-large", "stable-diffusion-v3.5", "stable-diffusion-3"),
+    MEDIUM: ("stable-diffusion-3-5-medium", "stable-diffusion-v3.5", "stable-diffusion-3"),
+    SD3_MEDIUM: ("stable-diffusion-3-medium", "stable-diffusion-3"),
+}
+"""`modelspec.architecture` values other trainers write: sd-scripts' ("stable-diffusion-3-" + its model type:
+`5-large`, `5-medium`, `medium`; bare for an unknown one) and OneTrainer's (`stable-diffusion-v3.5` for both
+3.5 sizes; its SD 3 value is ours). They tell an embedding of the CLIP encoders alone from SDXL's."""
+
+
 def _spec(
     name: str, modelspec: str, kohya: str, options: type[Section], hub_ids: tuple[str, ...], description: str
 ) -> FamilySpec:
@@ -220,6 +233,7 @@ def _spec(
         default_resolution=1024,
         methods=frozenset({"lora", "full", "embedding"}),
         modelspec_architecture=modelspec,
+        modelspec_aliases=MODELSPEC_ALIASES[name],
         kohya_base_model_version=kohya,
         pipeline_classes=("StableDiffusion3Pipeline",),
         recognise=RECOGNISERS,

@@ -168,8 +168,9 @@ def file_stem(placeholder: str) -> str:
 
 
 def _family_default(requested: SaveFormat | str, kind: str, model: DiffusionModel) -> SaveFormat | str:
-    """`auto` for a LoRA is the family's layout (kohya, or peft for a family without kohya names or whose
-    kohya names diffusers cannot read)."""
+    """`auto` for a LoRA is the family's layout for the parts it adapts (kohya, or peft for a family without
+    kohya names or whose kohya names diffusers cannot read, unless a part loads elsewhere only as kohya)."""
     if kind == LORA and str(getattr(requested, "value", requested)) == SaveFormat.AUTO.value:
-        return SaveFormat(model.spec.auto_lora_format)
+        adapted = model.adapters.lora.components if model.adapters.lora is not None else ()
+        return SaveFormat(model.spec.auto_lora_format_for(adapted))
     return requested

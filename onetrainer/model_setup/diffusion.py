@@ -237,9 +237,10 @@ class DiffusionSetup:
             self.trainables.add(name, named)
 
     def _lora_format(self) -> str:
-        """The layout the LoRA will be saved in (`auto`: the family's)."""
+        """The layout the LoRA will be saved in (`auto`: the family's for the parts that train, as the saver
+        decides it)."""
         fmt = self.config.saving.format
-        return self.spec.auto_lora_format if fmt is SaveFormat.AUTO else fmt.value
+        return self.spec.auto_lora_format_for(self.trained_parts()) if fmt is SaveFormat.AUTO else fmt.value
 
     def _add_embeddings(self) -> None:
         embedding = self.config.embedding

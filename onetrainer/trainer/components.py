@@ -81,8 +81,12 @@ def build_parts(
     progress: ProgressCallback,
 ) -> TrainingParts:
     from onetrainer.data_loader import build_data_loader
+    from onetrainer.util.config.family import family_warnings
     from onetrainer.util.config.training import DistributedMode
 
+    if rank == 0:
+        for message in family_warnings(config):
+            progress({"event": "warning", "stage": "config", "message": f"warning: {message}"})
     with leaders_first(current_world(), "scanning the data"):
         data = build_data_loader(
             config,

@@ -4,7 +4,8 @@
 why it is not usable) before loading anything heavy. What kind of file it is (model, LoRA, embedding)
 and its layout are read here; which family it belongs to, each registered family says for itself
 (`FamilySpec.recognise`). Evidence is weighed in this order: our own and the community's metadata
-(`modelspec.*`, `ss_*`), then the families' recognisers (key names, then tensor shapes). Where the
+(`modelspec.*`, `ss_*`), then the families' recognisers (key names, then tensor shapes), which also pick
+among the families an architecture value several of them share names (`modelspec_aliases`). Where the
 evidence cannot tell two families apart (tiny test models have widths no real model has),
 `family` is None and `reason` says which it could be.
 
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import (
@@ -35,6 +36,7 @@ from onetrainer.util.family import (
     families,
     family_title,
     find_family,
+    modelspec_candidates,
     recognise,
 )
 from onetrainer.util.keymaps.lora import detect_lora_format
@@ -241,48 +243,68 @@ def detect_weights(
 ) -> Detection:
     """Detect from key names, shapes and header metadata."""
     keys = list(shapes)
-    meta_family, meta_prediction = family_from_metadata(metadata)
+    said = family_from_metadata(metadata)
     lora_format = detect_lora_format(keys)
     if lora_format is not None:
-        return _lora_detection(shapes, lora_format, meta_family, meta_prediction)
+        return _lora_detection(shapes, lora_format, said)
     if _is_embedding(shapes):
         layout = "a1111" if _a1111_embedding_keys(set(shapes)) else "diffusers"
-        return _detection(EMBEDDING, layout, recognise("embedding", shapes), meta_family, meta_prediction)
+        return _detection(EMBEDDING, layout, recognise("embedding", shapes), said)
     evidence = recognise("single_file", shapes)
-    if evidence is None and meta_family is None:
+    if evidence is None and said.family is None and not said.candidates:
         shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
         titles = ", ".join(spec.title for spec in families())
         raise UserError(
             f"{name} is not a model, LoRA or embedding this tool knows ({len(keys)} tensors: {shown or 'none'})",
             hint=f"Supported: {titles} checkpoints, kohya/LyCORIS/PEFT LoRAs, A1111/diffusers embeddings.",
         )
-    return _detection(MODEL, "single-file", evidence, meta_family, meta_prediction)
+    return _detection(MODEL, "single-file", evidence, said)
 
 
-def _detection(
-    kind: str,
-    layout: str,
-    evidence: Evidence | None,
-    meta_family: str | None,
-    meta_prediction: str | None,
-    adapter: str | None = None,
-) -> Detection:
-    """Metadata wins over key evidence; key evidence fills in what metadata does not say."""
-    said = evidence.prediction_type if evidence is not None else None
-    if meta_family is not None:
-        return Detection(kind, layout, meta_family, "header metadata", meta_prediction or said, adapter)
+class Said(NamedTuple):
+    """What a file's header metadata says of its family: one family, or the candidates an architecture value
+    several families share names (ruling the others out), and the prediction type."""
+
+    family: str | None
+    prediction: str | None
+    candidates: tuple[str, ...] = ()
+
+
+def _detection(kind: str, layout: str, evidence: Evidence | None, said: Said, adapter: str | None = None) -> Detection:
+    """Metadata wins over key evidence; key evidence fills in what metadata does not say, and picks among the
+    candidates metadata names (two families' embeddings may share their keys and widths)."""
+    keyed = evidence.prediction_type if evidence is not None else None
+    prediction = said.prediction or keyed
+    if said.family is not None:
+        return Detection(kind, layout, said.family, "header metadata", prediction, adapter)
+    if said.candidates:
+        return _among(kind, layout, evidence, said, prediction, adapter)
     if evidence is None:
-        return Detection(kind, layout, None, f"{layout} {kind} of no known family", meta_prediction, adapter)
+        return Detection(kind, layout, None, f"{layout} {kind} of no known family", said.prediction, adapter)
     return Detection(
-        kind, layout, evidence.family, evidence.reason, meta_prediction or said, adapter, candidates=evidence.candidates
+        kind, layout, evidence.family, evidence.reason, prediction, adapter, candidates=evidence.candidates
     )
 
 
-def family_from_metadata(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """Family and prediction type from `modelspec.*` / `ss_*` keys, where present."""
+def _among(
+    kind: str, layout: str, evidence: Evidence | None, said: Said, prediction: str | None, adapter: str | None
+) -> Detection:
+    """The family among the metadata's candidates that the keys point to, or those candidates the keys allow."""
+    if evidence is not None and evidence.family in said.candidates:
+        return Detection(kind, layout, evidence.family, f"header metadata and {evidence.reason}", prediction, adapter)
+    allowed = tuple(name for name in said.candidates if evidence is not None and name in evidence.candidates)
+    named = allowed or said.candidates
+    if len(named) == 1:
+        return Detection(kind, layout, named[0], "header metadata", prediction, adapter)
+    return Detection(kind, layout, None, "header metadata", prediction, adapter, candidates=named)
+
+
+def family_from_metadata(metadata: Mapping[str, str]) -> Said:
+    """Family (or candidates) and prediction type from `modelspec.*` / `ss_*` keys, where present."""
     family: str | None = None
     prediction: str | None = None
-    named = by_modelspec_architecture(metadata.get("modelspec.architecture", ""))
+    architecture = metadata.get("modelspec.architecture", "")
+    named = by_modelspec_architecture(architecture)
     if named is not None:
         family, prediction = named[0].name, named[1]
     version = metadata.get("ss_base_model_version", "")
@@ -294,7 +316,7 @@ def family_from_metadata(metadata: Mapping[str, str]) -> tuple[str | None, str |
     spec_prediction = metadata.get("modelspec.prediction_type")
     if spec_prediction in ("v", "v_prediction", "epsilon"):
         prediction = "epsilon" if spec_prediction == "epsilon" else "v_prediction"
-    return family, prediction
+    return Said(family, prediction, () if family is not None else modelspec_candidates(architecture))
 
 
 def _embedding_keys() -> frozenset[str]:
@@ -311,9 +333,7 @@ def _is_embedding(shapes: Mapping[str, tuple[int, ...]]) -> bool:
     return _a1111_embedding_keys(set(shapes)) or len(shapes) == 1
 
 
-def _lora_detection(
-    shapes: Mapping[str, tuple[int, ...]], lora_format: str, meta_family: str | None, meta_prediction: str | None
-) -> Detection:
+def _lora_detection(shapes: Mapping[str, tuple[int, ...]], lora_format: str, said: Said) -> Detection:
     keys = list(shapes)
     if any(".lora.down." in k or "_lora.down." in k for k in keys):
         layout = "diffusers-legacy"
@@ -323,7 +343,7 @@ def _lora_detection(
     if adapter == "lora" and any(k.endswith(DORA_SUFFIXES) for k in keys):
         adapter = "dora"
     evidence = recognise("lora", shapes) if layout in ("kohya", "peft") else None
-    return _detection(LORA, layout, evidence, meta_family, meta_prediction, adapter)
+    return _detection(LORA, layout, evidence, said, adapter)
 
 
 def detect_folder(path: Path) -> Detection:

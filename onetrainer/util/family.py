@@ -74,6 +74,12 @@ class Component:
     """Denoisers: regexes searched in "." + module path that find its blocks, the units gradient checkpointing
     recomputes and layer offloading moves (`model.blocks`); empty: the entries of its top-level ModuleLists."""
 
+    lora_kohya_only: str | None = None
+    """The tools that read this component's LoRA, which they read only in the kohya layout ("ComfyUI" for SD 3's
+    T5, whose peft keys neither diffusers' loader nor ComfyUI maps); None where peft keys load too. A LoRA that
+    trains such a component is saved as kohya under `saving.format: auto`, and an explicit peft is warned about
+    (onetrainer reads both layouts, so it is not refused)."""
+
     unused_layers: Callable[[Any], Iterable[str]] | None = None
     """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
     computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
@@ -236,6 +242,10 @@ class FamilySpec:
     """sd-scripts appends "_v" to the base model version of a v-prediction model of this family."""
     kohya_v2: bool = False
     """sd-scripts' `ss_v2` flag."""
+    modelspec_aliases: tuple[str, ...] = ()
+    """Other `modelspec.architecture` values (before any `/lora`) other trainers write for this family, which
+    detection trusts as it trusts its own. One that several families list names them all as candidates
+    (OneTrainer writes one value for SD 3.5 Large and Medium), ruling every other family out."""
     latent_scale: int = 8
     """Pixels per latent along each side (the VAE's downscale)."""
     lora_naming: LoraNaming | None = None
@@ -262,7 +272,8 @@ class FamilySpec:
     `{"transformer.guidance_scale": "guidance"}`."""
     default_lora_format: str = "kohya"
     """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
-    diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too)."""
+    diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too). A LoRA
+    that trains a component with `lora_kohya_only` is saved as kohya all the same."""
     config_defaults: Mapping[str, Any] = field(default_factory=dict)
     """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
     logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
@@ -296,8 +307,28 @@ class FamilySpec:
 
     @property
     def auto_lora_format(self) -> str:
-        """What `auto` means for this family's LoRAs: its default, or peft for a family without kohya names."""
+        """What `auto` means for this family's LoRAs: its default, or peft for a family without kohya names.
+        A LoRA on a component other tools read only as kohya may differ: see `auto_lora_format_for`."""
         return self.default_lora_format if self.lora_naming is not None else "peft"
+
+    def auto_lora_format_for(self, trained: Iterable[str]) -> str:
+        """What `auto` means for a LoRA on the components `trained`: kohya where one of them loads elsewhere only
+        in that layout (a peft file would silently lose it there), else `auto_lora_format`."""
+        return "kohya" if self.lora_naming is not None and self.kohya_only(trained) else self.auto_lora_format
+
+    def kohya_only(self, trained: Iterable[str]) -> tuple[Component, ...]:
+        """The components among `trained` whose LoRA other tools read only in the kohya layout."""
+        names = set(trained)
+        return tuple(c for c in self.components if c.name in names and c.lora_kohya_only is not None)
+
+    def peft_warnings(self, trained: Iterable[str], setting: str) -> list[str]:
+        """What a peft LoRA on the components `trained` loses elsewhere, for `setting` (the key or option and
+        value that asked for peft: `saving.format: peft`); empty when every part loads."""
+        return [
+            f"{setting}: the {component.title}'s LoRA is written under peft keys ({component.name}.*) that only "
+            f"onetrainer reads; kohya is the layout in which it loads in {component.lora_kohya_only}"
+            for component in self.kohya_only(trained)
+        ]
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -393,7 +424,8 @@ def tiny_names() -> list[str]:
 
 
 def by_modelspec_architecture(architecture: str) -> tuple[FamilySpec, str | None] | None:
-    """The family a `modelspec.architecture` value names, and the prediction type its variant implies."""
+    """The family a `modelspec.architecture` value names, and the prediction type its variant implies; None
+    for a value no family writes, or an alias several families share (see `modelspec_candidates`)."""
     base = architecture.split("/")[0]
     for spec in families():
         for prediction, variant in spec.variants.items():
@@ -401,7 +433,14 @@ def by_modelspec_architecture(architecture: str) -> tuple[FamilySpec, str | None
                 return spec, prediction
         if base == spec.modelspec_architecture:
             return spec, None
-    return None
+    named = modelspec_candidates(architecture)
+    return (get_family(named[0]), None) if len(named) == 1 else None
+
+
+def modelspec_candidates(architecture: str) -> tuple[str, ...]:
+    """The families a `modelspec.architecture` value may name by their aliases (`modelspec_aliases`)."""
+    base = architecture.split("/")[0]
+    return tuple(spec.name for spec in families() if base in spec.modelspec_aliases)
 
 
 def by_kohya_base_model_version(version: str) -> FamilySpec | None:

@@ -55,6 +55,34 @@ def lora(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> 
 
 
 @pytest.fixture(scope="module")
+def t5_lora(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+    """An SD 3 Medium LoRA on the transformer and T5, saved with `saving.format: auto`."""
+    root = tmp_path_factory.mktemp("sd3-t5-lora")
+    config = _config(
+        root, shapes_dataset_dir, "sd3-medium", "lora", "lora.safetensors", parts={"text_encoder_3": {"train": True}}
+    )
+    result = _invoke("train", config)
+    assert result.exit_code == 0, result.output
+    assert "saving.format" not in result.output
+    return root / "out" / "lora.safetensors"
+
+
+@pytest.fixture(scope="module")
+def t5_peft_run(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> tuple[Path, list[Any]]:
+    """The same LoRA with an explicit `saving.format: peft`: its output and the run's progress events."""
+    import json
+
+    root = tmp_path_factory.mktemp("sd3-t5-peft")
+    config = _config(
+        root, shapes_dataset_dir, "sd3-medium", "lora", "lora.safetensors", parts={"text_encoder_3": {"train": True}}
+    )
+    result = _invoke("train", config, "saving.format=peft", "--json")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return root / "out" / "lora.safetensors", events
+
+
+@pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("sd35-full")
     result = _invoke("train", _config(root, shapes_dataset_dir, "sd35-large", "full", "model.safetensors"))
@@ -100,6 +128,59 @@ def test_lora_run_writes_diffusers_keys_for_both_parts(lora: Path) -> None:
     metadata = _metadata(lora)
     assert metadata["modelspec.architecture"] == "stable-diffusion-v3.5-medium/lora"
     assert metadata["ss_base_model_version"] == "3-5-medium"
+
+
+def test_a_lora_that_trains_t5_is_saved_as_kohya_and_loads_in_our_loader(
+    t5_lora: Path, tiny_sd3_medium_dir: Path
+) -> None:
+    """ComfyUI reads T5 LoRAs only as `lora_te3_`, and diffusers reads none: `auto` writes kohya for it."""
+    from onetrainer.model.adapters import merge_lora, read_lora_file
+    from onetrainer.model_loader.pipeline import load_model
+
+    keys = set(load_file(t5_lora))
+    assert {key.split("_")[1] for key in keys} == {"transformer", "te3"}, sorted(keys)[:3]
+    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight" in keys
+    model, base = load_model(tiny_sd3_medium_dir), load_model(tiny_sd3_medium_dir)
+    loaded = read_lora_file(t5_lora, model.spec, configs=model.component_configs())
+    assert loaded.components == {"transformer", "text_encoder_3"}
+    merge_lora(model, loaded, 1.0)
+    weight = "encoder.block.0.layer.0.SelfAttention.q.weight"
+    t5, t5_base = dict(model.text_encoder_3.named_parameters()), dict(base.text_encoder_3.named_parameters())
+    assert not torch.equal(t5[weight], t5_base[weight]), "the trained T5 adapter is merged"
+
+
+def test_an_explicit_peft_lora_that_trains_t5_is_written_with_one_warning(
+    t5_peft_run: tuple[Path, list[Any]],
+) -> None:
+    """Not refused (our own sample and resume read it), but said once, before the model loads."""
+    from onetrainer.model.adapters import read_lora_file
+    from onetrainer.util.family import get_family
+
+    path, events = t5_peft_run
+    assert {key.partition(".")[0] for key in load_file(path)} == {"transformer", "text_encoder_3"}
+    assert read_lora_file(path, get_family("sd3-medium")).components == {"transformer", "text_encoder_3"}
+    said = [index for index, event in enumerate(events) if "saving.format" in str(event.get("message"))]
+    assert len(said) == 1, [events[index] for index in said]
+    warning = events[said[0]]
+    assert warning["event"] == "warning"
+    assert "saving.format: peft: the T5-XXL text encoder's LoRA" in warning["message"]
+    assert "kohya is the layout in which it loads in ComfyUI" in warning["message"]
+    loading = next(i for i, event in enumerate(events) if str(event.get("message", "")).startswith("loading"))
+    assert said[0] < loading, "said before the model loads"
+
+
+def test_check_warns_about_an_explicit_peft_lora_that_trains_t5(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    config = _config(tmp_path, shapes_dataset_dir, "sd35-large", "lora", "lora.safetensors")
+    result = _invoke("train", config, "parts.text_encoder_3.train=true", "--check")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr, "auto saves it as kohya"
+    result = _invoke("train", config, "parts.text_encoder_3.train=true", "saving.format=peft", "--check")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["saving"]["format"] == "peft"
+    assert "saving.format: peft: the T5-XXL text encoder's LoRA" in result.stderr
+    assert "kohya is the layout in which it loads in ComfyUI" in result.stderr
+    result = _invoke("train", config, "saving.format=peft", "--check")
+    assert "warning" not in result.stderr, "without T5 every part of a peft file loads in diffusers and ComfyUI"
 
 
 def test_full_run_writes_stabilitys_checkpoint(full: Path) -> None:
@@ -203,9 +284,21 @@ def test_convert_peft_lora_to_kohya_and_back(lora: Path, tmp_path: Path) -> None
     peft = tmp_path / "peft.safetensors"
     result = _invoke("convert", kohya, peft, "--to", "peft")
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr, "diffusers and ComfyUI read every part of it"
     original, again = load_file(lora), load_file(peft)
     assert original.keys() == again.keys()
     assert all(torch.equal(original[key], again[key]) for key in original)
+
+
+def test_convert_warns_when_a_t5_lora_goes_to_peft(t5_lora: Path, tmp_path: Path) -> None:
+    peft = tmp_path / "peft.safetensors"
+    result = _invoke("convert", t5_lora, peft, "--to", "peft")
+    assert result.exit_code == 0, result.output
+    assert "--to peft: the T5-XXL text encoder's LoRA" in result.stderr
+    assert any(key.startswith("text_encoder_3.") for key in load_file(peft))
+    result = _invoke("convert", peft, tmp_path / "back.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr, "auto converts a LoRA to kohya"
 
 
 def test_inspect_names_sd3(lora: Path, full: Path, tiny_sd3_medium_dir: Path) -> None:

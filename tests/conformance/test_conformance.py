@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 
 OTHER_FORMAT = {"lora": "peft", "full": "single-file", "embedding": "diffusers"}
-"""Each method's second save layout (the run's own output uses `auto`: the family's LoRA layout, a diffusers
-folder, a1111); a family whose LoRAs save as peft by default gets kohya as the second."""
+"""Each method's second save layout (the run's own output uses `auto`: the family's LoRA layout for the parts
+that train, a diffusers folder, a1111); a LoRA that `auto` saves as peft gets kohya as the second."""
 
 
 def _other_format(case: Any) -> str:
-    if case.method == "lora" and case.spec.auto_lora_format == "peft" and case.spec.lora_naming is not None:
+    if case.method == "lora" and _layout(case, "the run's output") == "peft" and case.spec.lora_naming is not None:
         return "kohya"
     return OTHER_FORMAT[case.method]
 
@@ -50,7 +50,7 @@ def _layout(case: Any, fmt: str) -> str:
     """The save layout `fmt` names: the run's own output is saved with `auto`."""
     if fmt != "the run's output":
         return fmt
-    auto = {"lora": case.spec.auto_lora_format, "full": "diffusers"}
+    auto = {"lora": case.spec.auto_lora_format_for(case.trained_parts), "full": "diffusers"}
     return auto.get(case.method, "a1111")
 
 
@@ -169,6 +169,15 @@ def test_output_reads_back_exactly(run: Any, case: Any, tiny_folder: Callable[[s
     assert output is not None
     assert output.exists()
     _reads_back(run, output, "the run's output", tiny_folder, case)
+
+
+def test_the_output_takes_the_auto_layout(run: Any, case: Any) -> None:
+    """`saving.format: auto` writes the family's layout for what trained: for a LoRA on a part that other tools
+    read only as kohya, kohya, whatever the family's default."""
+    from onetrainer.util.detect import detect_path
+
+    assert run.result.output is not None
+    assert detect_path(run.result.output).layout == _layout(case, "the run's output")
 
 
 def test_other_layout_reads_back_exactly(

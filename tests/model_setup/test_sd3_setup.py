@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +191,22 @@ def test_transformer_presets_adapt_attention_then_mlp_then_modulation(preset: st
     adapted = {name.split(".lora_A")[0] for name, _ in setup.model.transformer.named_parameters() if ".lora_A." in name}
     assert len(adapted) == count
     assert "transformer_blocks.1.attn.add_q_proj" not in adapted
+
+
+@pytest.mark.parametrize(("t5", "layout", "axis"), [(True, "kohya", "input"), (False, "peft", "output")])
+def test_a_dora_trains_on_the_axis_of_the_layout_auto_saves(tmp_path: Path, t5: bool, layout: str, axis: str) -> None:
+    """`auto` saves a LoRA that trains T5 as kohya (ComfyUI reads T5 only there), so its DoRA learns kohya's
+    per-column magnitudes, and the file is written without refusal; otherwise peft's, per row."""
+    from safetensors.torch import load_file
+
+    from onetrainer.model_saver.diffusion import DiffusionSaver
+    from onetrainer.util.detect import detect_path
+    from onetrainer.util.enums import TrainingMethod
+
+    parts = {"text_encoder_3": {"train": True}} if t5 else {}
+    setup = _setup(method="lora", lora={"rank": 2, "type": "dora"}, parts=parts)
+    assert setup.lora is not None
+    assert setup.lora.dora_axis == axis
+    (path,) = DiffusionSaver().save(setup.model, tmp_path / "dora.safetensors", method=TrainingMethod.LORA)
+    assert detect_path(path).layout == layout
+    assert any(key.startswith(("lora_te3_", "text_encoder_3.")) for key in load_file(path)) == t5

@@ -33,6 +33,7 @@ from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_saver.adapter_files import lora_from_model
+from onetrainer.util.detect import detect_weights, family_from_metadata
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.family import get_family, recognise
 from onetrainer.util.keymaps.lora import kohya_to_peft, peft_to_kohya
@@ -42,6 +43,7 @@ from onetrainer.util.registry import ModuleKind, lookup
 from onetrainer.util.safetensors_meta import modelspec_architecture
 
 KINDS = ("sd35-large", "sd35-medium", "sd3-medium")
+KINDS_BY_NAME = ("sd3-medium", "sd35-large", "sd35-medium")
 BLOCK = {
     "attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
     "attn2.to_out.0": "x_block.attn2.proj",
@@ -277,6 +279,57 @@ def test_loras_are_recognised_by_their_blocks_and_widths() -> None:
 )
 def test_modelspec_architectures(kind: str, adapter: str | None, expected: str) -> None:
     assert modelspec_architecture(get_family(kind), adapter=adapter) == expected
+
+
+def test_auto_saves_a_lora_that_trains_t5_as_kohya_and_nothing_else_changes() -> None:
+    """ComfyUI reads SD 3's T5 LoRA only as `lora_te3_` and diffusers not at all: of every family's parts only
+    that one turns `saving.format: auto` to kohya, and only while it trains."""
+    from onetrainer.util.family import families
+
+    for spec in families():
+        trainable = [c.name for c in spec.components if c.trainable]
+        kohya_only = [c.name for c in spec.kohya_only(trainable)]
+        assert kohya_only == (["text_encoder_3"] if spec.name in KINDS else []), spec.name
+        assert spec.auto_lora_format_for([n for n in trainable if n not in kohya_only]) == spec.auto_lora_format
+    for kind in KINDS:
+        spec = get_family(kind)
+        assert spec.auto_lora_format_for(["transformer", "text_encoder", "text_encoder_2"]) == "peft"
+        assert spec.auto_lora_format_for(["transformer", "text_encoder_3"]) == "kohya"
+        assert spec.peft_warnings(["transformer", "text_encoder"], "saving.format: peft") == []
+        (warning,) = spec.peft_warnings(["transformer", "text_encoder_3"], "saving.format: peft")
+        assert warning.startswith("saving.format: peft: the T5-XXL text encoder's LoRA")
+
+
+@pytest.mark.parametrize(
+    ("architecture", "family", "candidates"),
+    [
+        ("stable-diffusion-v3.5-large/lora", "sd35-large", ()),
+        ("stable-diffusion-3-5-large/lora", "sd35-large", ()),
+        ("stable-diffusion-3-medium", "sd3-medium", ()),
+        ("stable-diffusion-v3.5/embedding", None, ("sd35-large", "sd35-medium")),
+        ("stable-diffusion-3/lora", None, KINDS_BY_NAME),
+        ("stable-diffusion-xl-v1-base/lora", "sdxl", ()),
+    ],
+)
+def test_other_trainers_architecture_values_name_sd3(
+    architecture: str, family: str | None, candidates: tuple[str, ...]
+) -> None:
+    """sd-scripts writes "stable-diffusion-3-" + its model type, OneTrainer one value for both 3.5 sizes."""
+    said = family_from_metadata({"modelspec.architecture": architecture})
+    assert (said.family, said.candidates) == (family, candidates)
+
+
+def test_keys_pick_among_the_candidates_the_metadata_names() -> None:
+    lora = {
+        "transformer.transformer_blocks.0.attn2.to_q.lora_A.weight": (2, 64),
+        "transformer.transformer_blocks.0.attn2.to_q.lora_B.weight": (64, 2),
+    }
+    detection = detect_weights(lora, {"modelspec.architecture": "stable-diffusion-v3.5/lora"})
+    assert detection.family == "sd35-medium"
+    assert detection.reason.startswith("header metadata and MMDiT-X")
+    clip = {"clip_l": (2, 32), "clip_g": (2, 48)}
+    detection = detect_weights(clip, {"modelspec.architecture": "stable-diffusion-v3.5/embedding"})
+    assert (detection.family, detection.candidates) == (None, ("sd35-large", "sd35-medium")), "SDXL's keys, not SDXL"
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "peft"])

@@ -122,6 +122,19 @@ def family_problems(config: TrainConfig) -> list[ConfigProblem]:
     ]
 
 
+def family_warnings(config: TrainConfig) -> list[str]:
+    """What a valid `config` asks for that loses something outside onetrainer, said before anything loads:
+    a LoRA saved as peft (`saving.format: peft`) that trains a part other tools read only as kohya. Not
+    refused, as onetrainer's own `sample` and resume read it."""
+    from onetrainer.util.config.output import SaveFormat
+
+    spec = find_family(config.model.type)
+    if spec is None or config.method is not TrainingMethod.LORA or config.saving.format is not SaveFormat.PEFT:
+        return []
+    trained = [name for name, part in config.parts.items() if part.train]
+    return spec.peft_warnings(trained, f"saving.format: {config.saving.format.value}")
+
+
 def _single_file_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:
     """A full fine-tune saved as the family's single file must train only parts that file holds (some
     families' original file holds the denoiser alone); the rest would be lost without a word."""
