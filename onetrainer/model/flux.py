@@ -117,6 +117,7 @@ COMPONENTS = (
         kohya_prefix="lora_te3_",
         embedding_key="t5xxl",
         lora_presets=T5_PRESETS,
+        lora_kohya_only="ComfyUI",
     ),
     Component("vae", Role.VAE, "VAE"),
 )

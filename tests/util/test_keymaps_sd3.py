@@ -282,14 +282,16 @@ def test_modelspec_architectures(kind: str, adapter: str | None, expected: str) 
 
 
 def test_auto_saves_a_lora_that_trains_t5_as_kohya_and_nothing_else_changes() -> None:
-    """ComfyUI reads SD 3's T5 LoRA only as `lora_te3_` and diffusers not at all: of every family's parts only
-    that one turns `saving.format: auto` to kohya, and only while it trains."""
+    """ComfyUI reads SD 3's and FLUX.1's T5 LoRAs only as `lora_te3_` and diffusers not at all: of every family's
+    parts only those are read as kohya alone, and only SD 3's (whose default is peft) turns `saving.format: auto`
+    to kohya, only while it trains."""
     from onetrainer.util.family import families
 
+    t5 = {**dict.fromkeys(KINDS, "text_encoder_3"), "flux-dev": "text_encoder_2", "flux-schnell": "text_encoder_2"}
     for spec in families():
         trainable = [c.name for c in spec.components if c.trainable]
         kohya_only = [c.name for c in spec.kohya_only(trainable)]
-        assert kohya_only == (["text_encoder_3"] if spec.name in KINDS else []), spec.name
+        assert kohya_only == ([t5[spec.name]] if spec.name in t5 else []), spec.name
         assert spec.auto_lora_format_for([n for n in trainable if n not in kohya_only]) == spec.auto_lora_format
     for kind in KINDS:
         spec = get_family(kind)
