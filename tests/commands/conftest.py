@@ -1,4 +1,5 @@
-"""The CLI run in-process as a user types it, and short training runs through it.
+"""The CLI run in-process as a user types it, and short training runs through it: `write_run_config` runs
+of any family (`train_tiny_run`) and the demo preset's arguments (`demo_args`).
 
 `cli` and `train_tiny_run` are session-scoped so that module-scoped fixtures (a run trained once and
 read by several tests) can use them; they hold no state between calls.
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
+from onetrainer.util.config.presets import presets_dir
 from onetrainer.util.tiny.runs import write_run_config
 
 if TYPE_CHECKING:
@@ -58,3 +60,32 @@ def train_tiny_run(
         return TinyRun(root, root / "out" / output, result)
 
     return train
+
+
+@pytest.fixture(scope="module")
+def demo_overrides() -> list[str]:
+    """What every `demo_args` list of a module sets before the call's own overrides; a module that
+    wants the same settings in all its runs overrides this fixture."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def demo_args(demo_overrides: list[str]) -> Callable[..., list[str]]:
+    """`demo_args(root, dataset, *overrides, output="lora.safetensors")`: `train` of the demo preset on
+    `dataset`, its workspace in `root` and its output in `root/out`, with no previews."""
+    demo = presets_dir() / "demo.yaml"
+
+    def args(root: Path, dataset: Path, *overrides: str, output: str = "lora.safetensors") -> list[str]:
+        return [
+            "train",
+            str(demo),
+            f"data.concepts.0.path={dataset}",
+            f"workspace={root / 'workspace'}",
+            f"saving.output={root / 'out' / output}",
+            "sampling.before_training=false",
+            "sampling.every=never",
+            *demo_overrides,
+            *overrides,
+        ]
+
+    return args
