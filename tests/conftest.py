@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
+
+    from onetrainer.util.family import FamilySpec
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -144,3 +147,49 @@ def odd_image_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shapes_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 captioned 64 px images of coloured shapes."""
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes-dataset"))
+
+
+@pytest.fixture
+def register_test_family(monkeypatch: pytest.MonkeyPatch) -> Callable[[FamilySpec], FamilySpec]:
+    """`register_test_family(spec)` makes `spec` a model type for this test only: the family table is a copy
+    that the test's end puts back."""
+    from onetrainer.util import family
+
+    family.families()  # the real families register (once, into the real table) before it is copied
+    monkeypatch.setattr(family, "_families", dict(family._families))
+    return family.register_family
+
+
+@pytest.fixture
+def register_unet_test_family(
+    register_test_family: Callable[[FamilySpec], FamilySpec],
+) -> Callable[..., FamilySpec]:
+    """`register_unet_test_family(name, title, *, bucket_step, default_resolution)`: a made-up family built as
+    SD 1.x is (a UNet, one text encoder, a VAE; DDPM; LoRA only), registered for this test, with no loader,
+    setup or sampler of its own."""
+    from onetrainer.util.family import Component, FamilySpec, Objective, Recognisers, Role
+
+    def register(name: str, title: str, *, bucket_step: int, default_resolution: int) -> FamilySpec:
+        return register_test_family(
+            FamilySpec(
+                name=name,
+                title=title,
+                components=(
+                    Component("unet", Role.DENOISER, "UNet", trains_by_default=True),
+                    Component("text_encoder", Role.TEXT_ENCODER, "Text encoder", tokenizer="tokenizer"),
+                    Component("vae", Role.VAE, "VAE"),
+                ),
+                objective=Objective.DDPM,
+                latent_channels=4,
+                bucket_step=bucket_step,
+                patch_size=1,
+                default_resolution=default_resolution,
+                methods=frozenset({"lora"}),
+                modelspec_architecture=name,
+                kohya_base_model_version=name.replace("-", "_"),
+                pipeline_classes=(),
+                recognise=Recognisers(),
+            )
+        )
+
+    return register

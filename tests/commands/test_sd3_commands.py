@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,112 +10,82 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from onetrainer.commands.app import app
 from onetrainer.util.config.presets import presets_dir
+from onetrainer.util.safetensors_meta import read_safetensors_header
 from onetrainer.util.tiny.runs import write_run_config
 
-runner = CliRunner()
 
-
-def _invoke(*args: object) -> Any:
-    return runner.invoke(app, [str(arg) for arg in args], terminal_width=200)
-
-
-def _config(root: Path, dataset: Path, kind: str, method: str, output: str, **extra: Any) -> Path:
-    options = {"t5_max_length": 32, **extra.pop("options", {})}
-    model = {"type": kind, "base": f"tiny:{kind}", "options": options}
-    return write_run_config(root, dataset, model, method, output, **extra)
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    with safe_open(path, "pt") as handle:
-        return dict(handle.metadata() or {})
+def _model(kind: str, **options: Any) -> dict[str, Any]:
+    return {"type": kind, "base": f"tiny:{kind}", "options": {"t5_max_length": 32, **options}}
 
 
 @pytest.fixture(scope="module")
-def lora(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+def lora(train_tiny_run: Callable[..., Any]) -> Path:
     """A 3.5 Medium LoRA on the transformer and CLIP-L, with a skip-layer-guided preview before training."""
-    root = tmp_path_factory.mktemp("sd35-lora")
-    config = _config(
-        root,
-        shapes_dataset_dir,
-        "sd35-medium",
+    run = train_tiny_run(
+        "sd35-lora",
+        _model("sd35-medium", skip_layer_guidance=2.5, skip_layer_guidance_layers=[1]),
         "lora",
         "lora.safetensors",
-        options={"skip_layer_guidance": 2.5, "skip_layer_guidance_layers": [1]},
+        "sampling.before_training=true",
         parts={"text_encoder": {"train": True}},
     )
-    result = _invoke("train", config, "sampling.before_training=true")
-    assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (root / "workspace" / "samples").iterdir()) == ["step-00000000-0.png"]
-    return root / "out" / "lora.safetensors"
+    assert sorted(p.name for p in (run.root / "workspace" / "samples").iterdir()) == ["step-00000000-0.png"]
+    return run.saved
 
 
 @pytest.fixture(scope="module")
-def t5_lora(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+def t5_lora(train_tiny_run: Callable[..., Any]) -> Path:
     """An SD 3 Medium LoRA on the transformer and T5, saved with `saving.format: auto`."""
-    root = tmp_path_factory.mktemp("sd3-t5-lora")
-    config = _config(
-        root, shapes_dataset_dir, "sd3-medium", "lora", "lora.safetensors", parts={"text_encoder_3": {"train": True}}
-    )
-    result = _invoke("train", config)
-    assert result.exit_code == 0, result.output
-    assert "saving.format" not in result.output
-    return root / "out" / "lora.safetensors"
+    parts = {"text_encoder_3": {"train": True}}
+    run = train_tiny_run("sd3-t5-lora", _model("sd3-medium"), "lora", "lora.safetensors", parts=parts)
+    assert "saving.format" not in run.result.output
+    return run.saved
 
 
 @pytest.fixture(scope="module")
-def t5_peft_run(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> tuple[Path, list[Any]]:
+def t5_peft_run(train_tiny_run: Callable[..., Any]) -> tuple[Path, list[Any]]:
     """The same LoRA with an explicit `saving.format: peft`: its output and the run's progress events."""
     import json
 
-    root = tmp_path_factory.mktemp("sd3-t5-peft")
-    config = _config(
-        root, shapes_dataset_dir, "sd3-medium", "lora", "lora.safetensors", parts={"text_encoder_3": {"train": True}}
+    parts = {"text_encoder_3": {"train": True}}
+    run = train_tiny_run(
+        "sd3-t5-peft", _model("sd3-medium"), "lora", "lora.safetensors", "saving.format=peft", "--json", parts=parts
     )
-    result = _invoke("train", config, "saving.format=peft", "--json")
-    assert result.exit_code == 0, result.output
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return root / "out" / "lora.safetensors", events
+    events = [json.loads(line) for line in run.result.stdout.splitlines() if line.startswith("{")]
+    return run.saved, events
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("sd35-full")
-    result = _invoke("train", _config(root, shapes_dataset_dir, "sd35-large", "full", "model.safetensors"))
-    assert result.exit_code == 0, result.output
-    return root / "out" / "model.safetensors"
+def full(train_tiny_run: Callable[..., Any]) -> Path:
+    return train_tiny_run("sd35-full", _model("sd35-large"), "full", "model.safetensors").saved
 
 
 @pytest.fixture(scope="module")
-def embedding(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> Path:
+def embedding(train_tiny_run: Callable[..., Any], shapes_dataset_dir: Path) -> Path:
     """An embedding trained on the CLIP encoders of a 3.5 Large loaded without T5."""
-    root = tmp_path_factory.mktemp("sd35-embedding")
     concept = {"path": str(shapes_dataset_dir), "caption": {"prefix": "<shape> "}}
-    config = _config(
-        root,
-        shapes_dataset_dir,
-        "sd35-large",
+    run = train_tiny_run(
+        "sd35-embedding",
+        _model("sd35-large", t5=False),
         "embedding",
         "shape.safetensors",
-        options={"t5": False},
+        f"data.concepts=[{concept}]",
         embedding={"placeholder": "<shape>", "vectors": 2, "init_text": "shape"},
     )
-    result = _invoke("train", config, f"data.concepts=[{concept}]")
-    assert result.exit_code == 0, result.output
-    return root / "out" / "shape.safetensors"
+    return run.saved
 
 
 @pytest.mark.parametrize("t5", [True, False])
-def test_the_dry_run_estimates_memory_with_the_activations(tmp_path: Path, shapes_dataset_dir: Path, t5: bool) -> None:
+def test_the_dry_run_estimates_memory_with_the_activations(
+    tmp_path: Path, shapes_dataset_dir: Path, t5: bool, cli: Callable[..., Any]
+) -> None:
     import json
 
-    config = _config(tmp_path, shapes_dataset_dir, "sd35-medium", "lora", "lora.safetensors", options={"t5": t5})
-    result = _invoke("train", config, "--dry-run", "--json")
+    config = write_run_config(tmp_path, shapes_dataset_dir, _model("sd35-medium", t5=t5), "lora", "lora.safetensors")
+    result = cli("train", config, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     memory = json.loads(result.stdout.strip().splitlines()[-1])["memory"]
     assert sum(line["bytes"] for line in memory["gpu"] if line["kind"] == "activations") > 0, memory
@@ -125,7 +96,7 @@ def test_lora_run_writes_diffusers_keys_for_both_parts(lora: Path) -> None:
     keys = set(load_file(lora))
     assert {key.partition(".")[0] for key in keys} == {"transformer", "text_encoder"}
     assert "transformer.transformer_blocks.0.attn2.to_q.lora_A.weight" in keys, "MMDiT-X's second attention"
-    metadata = _metadata(lora)
+    metadata, _ = read_safetensors_header(lora)
     assert metadata["modelspec.architecture"] == "stable-diffusion-v3.5-medium/lora"
     assert metadata["ss_base_model_version"] == "3-5-medium"
 
@@ -169,17 +140,19 @@ def test_an_explicit_peft_lora_that_trains_t5_is_written_with_one_warning(
     assert said[0] < loading, "said before the model loads"
 
 
-def test_check_warns_about_an_explicit_peft_lora_that_trains_t5(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    config = _config(tmp_path, shapes_dataset_dir, "sd35-large", "lora", "lora.safetensors")
-    result = _invoke("train", config, "parts.text_encoder_3.train=true", "--check")
+def test_check_warns_about_an_explicit_peft_lora_that_trains_t5(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any]
+) -> None:
+    config = write_run_config(tmp_path, shapes_dataset_dir, _model("sd35-large"), "lora", "lora.safetensors")
+    result = cli("train", config, "parts.text_encoder_3.train=true", "--check")
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr, "auto saves it as kohya"
-    result = _invoke("train", config, "parts.text_encoder_3.train=true", "saving.format=peft", "--check")
+    result = cli("train", config, "parts.text_encoder_3.train=true", "saving.format=peft", "--check")
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout)["saving"]["format"] == "peft"
     assert "saving.format: peft: the T5-XXL text encoder's LoRA" in result.stderr
     assert "kohya is the layout in which it loads in ComfyUI" in result.stderr
-    result = _invoke("train", config, "saving.format=peft", "--check")
+    result = cli("train", config, "saving.format=peft", "--check")
     assert "warning" not in result.stderr, "without T5 every part of a peft file loads in diffusers and ComfyUI"
 
 
@@ -189,18 +162,23 @@ def test_full_run_writes_stabilitys_checkpoint(full: Path) -> None:
     assert "model.diffusion_model.joint_blocks.0.x_block.attn.ln_q.weight" in keys
     assert "first_stage_model.decoder.conv_in.weight" in keys
     assert {key.split(".")[1] for key in keys if key.startswith("text_encoders.")} == {"clip_l", "clip_g", "t5xxl"}
-    assert _metadata(full)["modelspec.architecture"] == "stable-diffusion-v3.5-large"
+    assert read_safetensors_header(full)[0]["modelspec.architecture"] == "stable-diffusion-v3.5-large"
 
 
 def test_embedding_run_without_t5_writes_the_clip_vectors(embedding: Path) -> None:
     vectors = load_file(embedding)
     assert {key: tuple(value.shape) for key, value in vectors.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
-    assert _metadata(embedding)["modelspec.architecture"] == "stable-diffusion-v3.5-large/textual-inversion"
+    assert (
+        read_safetensors_header(embedding)[0]["modelspec.architecture"]
+        == "stable-diffusion-v3.5-large/textual-inversion"
+    )
 
 
-def test_sample_with_the_trained_lora(lora: Path, tiny_sd35_medium_dir: Path, tmp_path: Path) -> None:
+def test_sample_with_the_trained_lora(
+    lora: Path, tiny_sd35_medium_dir: Path, tmp_path: Path, cli: Callable[..., Any]
+) -> None:
     output = tmp_path / "image.png"
-    result = _invoke(
+    result = cli(
         "sample", tiny_sd35_medium_dir, "-p", "a circle", "--lora", f"{lora}:0.8", "--steps", 2, "--cfg", 4.5,
         "--width", 64, "--height", 48, "--option", "skip_layer_guidance=2.5", "-o", output,
     )  # fmt: skip
@@ -211,10 +189,10 @@ def test_sample_with_the_trained_lora(lora: Path, tiny_sd35_medium_dir: Path, tm
 
 
 def test_sample_without_t5_with_the_trained_embedding(
-    embedding: Path, tiny_sd35_large_dir: Path, tmp_path: Path
+    embedding: Path, tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     output = tmp_path / "image.png"
-    result = _invoke(
+    result = cli(
         "sample", tiny_sd35_large_dir, "-p", "a shape circle", "--embedding", embedding, "--option", "t5=false",
         "--steps", 2, "--width", 32, "--height", 32, "-o", output,
     )  # fmt: skip
@@ -223,26 +201,26 @@ def test_sample_without_t5_with_the_trained_embedding(
 
 
 def test_sample_refuses_a_ddpm_scheduler_and_sizes_off_the_16_px_grid(
-    tiny_sd35_large_dir: Path, tmp_path: Path
+    tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
-    result = _invoke("sample", tiny_sd35_large_dir, "-p", "a circle", "--scheduler", "ddim", "-o", tmp_path / "a.png")
+    result = cli("sample", tiny_sd35_large_dir, "-p", "a circle", "--scheduler", "ddim", "-o", tmp_path / "a.png")
     assert result.exit_code == 2
     assert "'ddim' is not a flow-matching scheduler" in result.output
-    result = _invoke("sample", tiny_sd35_large_dir, "-p", "a circle", "--width", 72, "-o", tmp_path / "b.png")
+    result = cli("sample", tiny_sd35_large_dir, "-p", "a circle", "--width", 72, "-o", tmp_path / "b.png")
     assert result.exit_code == 2
 
 
 def test_the_trained_checkpoint_samples_and_converts_to_a_folder_and_back(
-    full: Path, tiny_sd35_large_dir: Path, tmp_path: Path
+    full: Path, tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     """A checkpoint holds weights only: the tiny model's architecture (not the released one) is its --config."""
-    result = _invoke(
+    result = cli(
         "sample", full, "--config", tiny_sd35_large_dir, "-p", "a circle", "--steps", 1, "--width", 32,
         "--height", 32, "-o", tmp_path / "a.png",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     folder = tmp_path / "folder"
-    result = _invoke("convert", full, folder, "--config", tiny_sd35_large_dir)
+    result = cli("convert", full, folder, "--config", tiny_sd35_large_dir)
     assert result.exit_code == 0, result.output
     assert (folder / "tokenizer_3" / "tokenizer_config.json").is_file()
     trained = load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
@@ -250,7 +228,7 @@ def test_the_trained_checkpoint_samples_and_converts_to_a_folder_and_back(
     assert trained.keys() == base.keys()
     assert any(not torch.equal(trained[key], base[key]) for key in base), "the folder holds the trained weights"
     back = tmp_path / "back.safetensors"
-    result = _invoke("convert", folder, back)
+    result = cli("convert", folder, back)
     assert result.exit_code == 0, result.output
     original, again = load_file(full), load_file(back)
     assert original.keys() == again.keys()
@@ -258,7 +236,7 @@ def test_the_trained_checkpoint_samples_and_converts_to_a_folder_and_back(
 
 
 def test_convert_a_checkpoint_without_encoders_takes_them_from_config(
-    full: Path, tiny_sd35_large_dir: Path, tmp_path: Path
+    full: Path, tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     """As Stability publish it: the MMDiT and the VAE alone; the encoders and tokenizers come from --config."""
     bare = tmp_path / "sd3.5_tiny.safetensors"
@@ -266,7 +244,7 @@ def test_convert_a_checkpoint_without_encoders_takes_them_from_config(
 
     save_file({k: v for k, v in load_file(full).items() if not k.startswith("text_encoders.")}, bare)
     folder = tmp_path / "folder"
-    result = _invoke("convert", bare, folder, "--config", tiny_sd35_large_dir)
+    result = cli("convert", bare, folder, "--config", tiny_sd35_large_dir)
     assert result.exit_code == 0, result.output
     clip = load_file(folder / "text_encoder" / "model.safetensors")
     base = load_file(tiny_sd35_large_dir / "text_encoder" / "model.safetensors")
@@ -274,15 +252,15 @@ def test_convert_a_checkpoint_without_encoders_takes_them_from_config(
     assert all(torch.equal(clip[key], base[key]) for key in base)
 
 
-def test_convert_peft_lora_to_kohya_and_back(lora: Path, tmp_path: Path) -> None:
+def test_convert_peft_lora_to_kohya_and_back(lora: Path, tmp_path: Path, cli: Callable[..., Any]) -> None:
     kohya = tmp_path / "kohya.safetensors"
-    result = _invoke("convert", lora, kohya, "--to", "kohya")
+    result = cli("convert", lora, kohya, "--to", "kohya")
     assert result.exit_code == 0, result.output
     keys = load_file(kohya)
     assert "lora_transformer_transformer_blocks_0_attn2_to_q.lora_down.weight" in keys
     assert any(key.startswith("lora_te1_text_model_encoder_layers_") for key in keys)
     peft = tmp_path / "peft.safetensors"
-    result = _invoke("convert", kohya, peft, "--to", "peft")
+    result = cli("convert", kohya, peft, "--to", "peft")
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr, "diffusers and ComfyUI read every part of it"
     original, again = load_file(lora), load_file(peft)
@@ -290,27 +268,27 @@ def test_convert_peft_lora_to_kohya_and_back(lora: Path, tmp_path: Path) -> None
     assert all(torch.equal(original[key], again[key]) for key in original)
 
 
-def test_convert_warns_when_a_t5_lora_goes_to_peft(t5_lora: Path, tmp_path: Path) -> None:
+def test_convert_warns_when_a_t5_lora_goes_to_peft(t5_lora: Path, tmp_path: Path, cli: Callable[..., Any]) -> None:
     peft = tmp_path / "peft.safetensors"
-    result = _invoke("convert", t5_lora, peft, "--to", "peft")
+    result = cli("convert", t5_lora, peft, "--to", "peft")
     assert result.exit_code == 0, result.output
     assert "--to peft: the T5-XXL text encoder's LoRA" in result.stderr
     assert any(key.startswith("text_encoder_3.") for key in load_file(peft))
-    result = _invoke("convert", peft, tmp_path / "back.safetensors")
+    result = cli("convert", peft, tmp_path / "back.safetensors")
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr, "auto converts a LoRA to kohya"
 
 
-def test_inspect_names_sd3(lora: Path, full: Path, tiny_sd3_medium_dir: Path) -> None:
+def test_inspect_names_sd3(lora: Path, full: Path, tiny_sd3_medium_dir: Path, cli: Callable[..., Any]) -> None:
     for path, title in ((lora, "SD 3.5 Medium"), (full, "SD 3.5 Large"), (tiny_sd3_medium_dir, "SD 3 Medium")):
-        result = _invoke("inspect", path)
+        result = cli("inspect", path)
         assert result.exit_code == 0, result.output
         assert title in result.output
 
 
 @pytest.mark.parametrize("name", ["sd35-large-lora", "sd35-large-full", "sd35-medium-lora", "sd35-medium-full"])
-def test_presets_pass_check_as_shipped(name: str) -> None:
-    result = _invoke("train", presets_dir() / f"{name}.yaml", "--check")
+def test_presets_pass_check_as_shipped(name: str, cli: Callable[..., Any]) -> None:
+    result = cli("train", presets_dir() / f"{name}.yaml", "--check")
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load(result.output)
     assert (resolved["model"]["type"], resolved["data"]["resolution"]) == (name.rsplit("-", 1)[0], 1024)

@@ -12,39 +12,24 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from onetrainer.commands.app import app
 from onetrainer.trainer.backup import list_backups
 from onetrainer.trainer.metrics import read_metrics
 from onetrainer.util.config.presets import presets_dir
 
-runner = CliRunner()
-DEMO = presets_dir() / "demo.yaml"
 FAST_PREVIEW = "sampling.prompts=[{prompt: a red circle, steps: 2}]"
 
 
-def _args(root: Path, dataset: Path, *overrides: str, output: str = "lora.safetensors") -> list[str]:
-    return [
-        "train",
-        str(DEMO),
-        f"data.concepts.0.path={dataset}",
-        f"workspace={root / 'workspace'}",
-        f"saving.output={root / 'out' / output}",
-        "sampling.before_training=false",
-        "sampling.every=never",
-        FAST_PREVIEW,
-        *overrides,
-    ]
-
-
-def _invoke(args: list[str]) -> object:
-    return runner.invoke(app, args, terminal_width=200)
+@pytest.fixture(scope="module")
+def demo_overrides() -> list[str]:
+    """Previews, where a run draws any, in 2 steps."""
+    return [FAST_PREVIEW]
 
 
 def _json_events(output: str) -> list[dict]:
@@ -52,10 +37,15 @@ def _json_events(output: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> tuple[Path, object]:
+def lora_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    shapes_dataset_dir: Path,
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
+) -> tuple[Path, object]:
     """A 4-step LoRA run with previews, backups and TensorBoard, reported as JSON lines."""
     root = tmp_path_factory.mktemp("lora-run")
-    args = _args(
+    args = demo_args(
         root,
         shapes_dataset_dir,
         "training.max_steps=4",
@@ -64,7 +54,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path)
         "saving.backup_keep_last=1",
         "--json",
     )
-    result = _invoke(args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     return root, result
 
@@ -100,19 +90,24 @@ def test_json_mode_prints_only_json_events(lora_run: tuple[Path, object]) -> Non
 
 
 def test_resume_changing_what_is_trained_exits_2_listing_the_key(
-    lora_run: tuple[Path, object], shapes_dataset_dir: Path
+    lora_run: tuple[Path, object],
+    shapes_dataset_dir: Path,
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
 ) -> None:
     root, _ = lora_run
-    args = _args(root, shapes_dataset_dir, "training.max_steps=4", "lora.rank=4")
-    result = _invoke([*args, "--resume", "last"])
+    args = demo_args(root, shapes_dataset_dir, "training.max_steps=4", "lora.rank=4")
+    result = cli(*args, "--resume", "last")
     assert result.exit_code == 2, result.output
     assert "lora.rank" in result.output
 
 
-def test_fresh_run_in_a_workspace_with_backups_is_refused(lora_run: tuple[Path, object], tmp_path: Path) -> None:
+def test_fresh_run_in_a_workspace_with_backups_is_refused(
+    lora_run: tuple[Path, object], tmp_path: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
     root, _ = lora_run
-    args = _args(tmp_path, tmp_path, "training.max_steps=4", f"workspace={root / 'workspace'}")
-    result = _invoke(args)
+    args = demo_args(tmp_path, tmp_path, "training.max_steps=4", f"workspace={root / 'workspace'}")
+    result = cli(*args)
     assert result.exit_code == 2, result.output
     assert "--resume last" in result.output
 
@@ -126,9 +121,16 @@ def test_fresh_run_in_a_workspace_with_backups_is_refused(lora_run: tuple[Path, 
     ],
 )
 def test_other_methods_and_families_train_and_save(
-    tmp_path: Path, shapes_dataset_dir: Path, family: str, method: str, output: str, check: str
+    tmp_path: Path,
+    shapes_dataset_dir: Path,
+    family: str,
+    method: str,
+    output: str,
+    check: str,
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
 ) -> None:
-    args = _args(
+    args = demo_args(
         tmp_path,
         shapes_dataset_dir,
         f"model.type={family.removesuffix('-v')}",
@@ -140,27 +142,31 @@ def test_other_methods_and_families_train_and_save(
         "data.concepts.0.caption.prefix='<shape> '",
         output=output,
     )
-    result = _invoke(args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     tensors = load_file(tmp_path / "out" / output)
     assert check in tensors
 
 
-def test_dry_run_reports_the_data_and_writes_nothing(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    result = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--json"])
+def test_dry_run_reports_the_data_and_writes_nothing(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    result = cli(*demo_args(tmp_path, shapes_dataset_dir), "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["event"] == "report"
     assert report["samples_per_epoch"] == 16
     assert report["steps_per_epoch"] == 4
     assert not (tmp_path / "workspace").exists()
-    text = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run"])
+    text = cli(*demo_args(tmp_path, shapes_dataset_dir), "--dry-run")
     assert text.exit_code == 0, text.output
     assert "steps per epoch" in text.output
 
 
-def test_cache_only_fills_the_cache_and_trains_nothing(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    result = _invoke([*_args(tmp_path, shapes_dataset_dir), "--cache-only", "--json"])
+def test_cache_only_fills_the_cache_and_trains_nothing(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    result = cli(*demo_args(tmp_path, shapes_dataset_dir), "--cache-only", "--json")
     assert result.exit_code == 0, result.output
     done = _json_events(result.stdout)[-1]
     assert done["event"] == "done"
@@ -171,12 +177,14 @@ def test_cache_only_fills_the_cache_and_trains_nothing(tmp_path: Path, shapes_da
     assert not (tmp_path / "out").exists()
 
 
-def test_captions_longer_than_the_text_encoder_reads_are_warned_about(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+def test_captions_longer_than_the_text_encoder_reads_are_warned_about(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
     dataset = tmp_path / "data"
     shutil.copytree(shapes_dataset_dir, dataset)
     image = sorted(path for path in dataset.iterdir() if path.suffix == ".png")[0]
     image.with_suffix(".txt").write_text("a red circle " * 30)
-    result = _invoke([*_args(tmp_path, dataset), "--cache-only", "--json"])
+    result = cli(*demo_args(tmp_path, dataset), "--cache-only", "--json")
     assert result.exit_code == 0, result.output
     warnings = [event for event in _json_events(result.stdout) if event["event"] == "warning"]
     assert len(warnings) == 1, warnings
@@ -184,12 +192,14 @@ def test_captions_longer_than_the_text_encoder_reads_are_warned_about(tmp_path: 
     assert "longest: 180 tokens" in warnings[0]["message"]
     assert image.name in warnings[0]["message"]
     image.with_suffix(".txt").write_text("a red circle")
-    quiet = _invoke([*_args(tmp_path, dataset, "workspace=" + str(tmp_path / "ws2")), "--cache-only", "--json"])
+    quiet = cli(*demo_args(tmp_path, dataset, "workspace=" + str(tmp_path / "ws2")), "--cache-only", "--json")
     assert not [event for event in _json_events(quiet.stdout) if event["event"] == "warning"]
 
 
-def test_nan_loss_stops_with_exit_1_and_hints(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    args = _args(
+def test_nan_loss_stops_with_exit_1_and_hints(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    args = demo_args(
         tmp_path,
         shapes_dataset_dir,
         "method=full",
@@ -201,7 +211,7 @@ def test_nan_loss_stops_with_exit_1_and_hints(tmp_path: Path, shapes_dataset_dir
         "training.warmup=0",
         output="model.safetensors",
     )
-    result = _invoke(args)
+    result = cli(*args)
     assert result.exit_code == 1, result.output
     assert "the loss became" in result.output
     assert "lower training.learning_rate" in result.output
@@ -223,12 +233,16 @@ def _all_finite(path: Path) -> bool:
     ids=["each-step", "a-step-late"],
 )
 def test_a_diverging_run_keeps_finite_backups_and_resumes_with_a_lower_learning_rate(
-    tmp_path: Path, shapes_dataset_dir: Path, read_back: tuple[str, ...]
+    tmp_path: Path,
+    shapes_dataset_dir: Path,
+    read_back: tuple[str, ...],
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
 ) -> None:
     # The issue's run: a learning rate of 10 makes the weights NaN within a few steps.
     diverging = ("training.learning_rate=10", "training.warmup=0", "training.lr_scheduler=constant", *read_back)
-    args = _args(tmp_path, shapes_dataset_dir, *diverging, "saving.backup_every=1 steps", "training.max_steps=12")
-    result = _invoke(args)
+    args = demo_args(tmp_path, shapes_dataset_dir, *diverging, "saving.backup_every=1 steps", "training.max_steps=12")
+    result = cli(*args)
     assert result.exit_code == 1, result.output
     said = _said(result.output)
     assert "Training diverged" in said
@@ -239,7 +253,7 @@ def test_a_diverging_run_keeps_finite_backups_and_resumes_with_a_lower_learning_
     assert named is not None, said
     good = tmp_path / "workspace" / "backups" / f"step-{int(named.group(1)):08d}"
 
-    resumed = _invoke([*args, "--resume", str(good), "training.learning_rate=1e-3"])
+    resumed = cli(*args, "--resume", str(good), "training.learning_rate=1e-3")
     assert resumed.exit_code == 0, resumed.output
     assert _all_finite(tmp_path / "out" / "lora.safetensors")
 
@@ -253,7 +267,13 @@ def test_a_diverging_run_keeps_finite_backups_and_resumes_with_a_lower_learning_
     ],
 )
 def test_where_a_run_writes_is_checked_before_the_model_loads(
-    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, problem: str, says: str
+    tmp_path: Path,
+    shapes_dataset_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    problem: str,
+    says: str,
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
 ) -> None:
     overrides = ["model.base=onetrainer-test/never-loaded"]
     if problem == "workspace-is-a-file":
@@ -265,41 +285,49 @@ def test_where_a_run_writes_is_checked_before_the_model_loads(
         (tmp_path / "out").mkdir()
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "out" and real_access(path, mode))
-    result = _invoke(_args(tmp_path, shapes_dataset_dir, *overrides))
+    result = cli(*demo_args(tmp_path, shapes_dataset_dir, *overrides))
     assert result.exit_code == 2, result.output
     assert says in _said(result.output)
     assert "never-loaded" not in result.output
     assert "Unexpected error" not in result.output
 
 
-def test_a_model_that_does_not_load_leaves_no_workspace_behind(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    result = _invoke(_args(tmp_path, shapes_dataset_dir, "model.base=onetrainer-test/not-in-the-cache"))
+def test_a_model_that_does_not_load_leaves_no_workspace_behind(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    result = cli(*demo_args(tmp_path, shapes_dataset_dir, "model.base=onetrainer-test/not-in-the-cache"))
     assert result.exit_code == 2, result.output
     assert "not-in-the-cache" in result.output
     assert not (tmp_path / "workspace").exists()
 
 
-def test_conflicting_flags_and_bad_preview_scheduler_exit_2(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    both = _invoke([*_args(tmp_path, shapes_dataset_dir), "--dry-run", "--cache-only"])
+def test_conflicting_flags_and_bad_preview_scheduler_exit_2(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    both = cli(*demo_args(tmp_path, shapes_dataset_dir), "--dry-run", "--cache-only")
     assert both.exit_code == 2
-    bad = _invoke(_args(tmp_path, shapes_dataset_dir, "sampling.prompts=[{prompt: x, scheduler: eulr}]"))
+    bad = cli(*demo_args(tmp_path, shapes_dataset_dir, "sampling.prompts=[{prompt: x, scheduler: eulr}]"))
     assert bad.exit_code == 2, bad.output
     assert "euler" in bad.output
 
 
-def test_existing_output_is_refused_unless_overwrite(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+def test_existing_output_is_refused_unless_overwrite(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "lora.safetensors").write_bytes(b"precious")
-    result = _invoke(_args(tmp_path, shapes_dataset_dir, "saving.overwrite=false"))
+    result = cli(*demo_args(tmp_path, shapes_dataset_dir, "saving.overwrite=false"))
     assert result.exit_code == 2, result.output
     assert "saving.overwrite" in result.output
 
 
-def test_a_dataset_with_nothing_to_train_fails_before_the_model_loads(tmp_path: Path) -> None:
+def test_a_dataset_with_nothing_to_train_fails_before_the_model_loads(
+    tmp_path: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    result = _invoke(_args(tmp_path, empty, "model.base=onetrainer-test/never-loaded"))
+    result = cli(*demo_args(tmp_path, empty, "model.base=onetrainer-test/never-loaded"))
     assert result.exit_code == 2, result.output
     assert "nothing would train" in result.output
     assert "never-loaded" not in result.output
@@ -358,13 +386,15 @@ def _temporaries(root: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
     overrides = ("training.max_steps=12", "training.lr_scheduler=cosine", "training.warmup=3")
     straight = tmp_path / "straight"
-    assert _invoke(_args(straight, shapes_dataset_dir, *overrides)).exit_code == 0
+    assert cli(*demo_args(straight, shapes_dataset_dir, *overrides)).exit_code == 0
 
     split = tmp_path / "split"
-    process = _start(_args(split, shapes_dataset_dir, *overrides))
+    process = _start(demo_args(split, shapes_dataset_dir, *overrides))
     events, stderr = _act_on(process, [(_step_at_least(2), lambda: process.send_signal(signal.SIGINT))])
     assert process.returncode == 130, stderr
     stopped = next(event for event in events if event["event"] == "stopped")
@@ -373,7 +403,7 @@ def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shape
     assert [path.name for path in list_backups(split / "workspace" / "backups")] == [f"step-{stopped['step']:08d}"]
     assert not (split / "out").exists()
 
-    resumed = _invoke([*_args(split, shapes_dataset_dir, *overrides), "--resume", "last"])
+    resumed = cli(*demo_args(split, shapes_dataset_dir, *overrides), "--resume", "last")
     assert resumed.exit_code == 0, resumed.output
     expected = load_file(straight / "out" / "lora.safetensors")
     actual = load_file(split / "out" / "lora.safetensors")
@@ -382,12 +412,14 @@ def test_sigint_backs_up_exits_130_and_resume_is_bit_exact(tmp_path: Path, shape
 
 
 @pytest.mark.slow
-def test_second_sigint_aborts_at_once_without_partial_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
-    first = _invoke(_args(tmp_path, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps"))
+def test_second_sigint_aborts_at_once_without_partial_files(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    first = cli(*demo_args(tmp_path, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps"))
     assert first.exit_code == 0, first.output
     # The resumed run's stop backup is held open until the second SIGINT: both signals land where
     # they must whatever the machine's load.
-    args = [*_args(tmp_path, shapes_dataset_dir, "training.max_steps=10000"), "--resume", "last"]
+    args = [*demo_args(tmp_path, shapes_dataset_dir, "training.max_steps=10000"), "--resume", "last"]
     process = _start(args, hold="onetrainer.trainer.backup:atomic_write_text:meta.json")
     sigint = lambda: process.send_signal(signal.SIGINT)  # noqa: E731
     events, stderr = _act_on(process, [(_step_at_least(3), sigint), (_held, sigint)])
@@ -404,10 +436,12 @@ def test_second_sigint_aborts_at_once_without_partial_files(tmp_path: Path, shap
 
 
 @pytest.mark.slow
-def test_sigterm_after_the_last_step_still_writes_the_output(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+def test_sigterm_after_the_last_step_still_writes_the_output(
+    tmp_path: Path, shapes_dataset_dir: Path, demo_args: Callable[..., list[str]]
+) -> None:
     # The final previews are held until SIGTERM has been sent; before, it killed the process there.
     release = tmp_path / "release"
-    args = _args(tmp_path, shapes_dataset_dir, "training.max_steps=3", "sampling.every=100 steps")
+    args = demo_args(tmp_path, shapes_dataset_dir, "training.max_steps=3", "sampling.every=100 steps")
     process = _start(args, hold="onetrainer.trainer.session:draw_previews", release=release)
 
     def terminate_then_release() -> None:
@@ -422,10 +456,12 @@ def test_sigterm_after_the_last_step_still_writes_the_output(tmp_path: Path, sha
 
 
 @pytest.mark.slow
-def test_sigterm_while_caching_exits_130_without_temporary_files(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+def test_sigterm_while_caching_exits_130_without_temporary_files(
+    tmp_path: Path, shapes_dataset_dir: Path, demo_args: Callable[..., list[str]]
+) -> None:
     # The first cache entry's temporary file is complete and held, not yet renamed, when SIGTERM comes:
     # the hold is on the rename (`util.atomic` writes every safetensors file through a temporary).
-    process = _start([*_args(tmp_path, shapes_dataset_dir), "--cache-only"], hold="os:replace:*.safetensors")
+    process = _start([*demo_args(tmp_path, shapes_dataset_dir), "--cache-only"], hold="os:replace:*.safetensors")
 
     def check_then_terminate() -> None:
         assert _temporaries(tmp_path / "workspace" / "cache"), "the held write should have a temporary file"
@@ -438,11 +474,13 @@ def test_sigterm_while_caching_exits_130_without_temporary_files(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_demo_preset_learns_and_its_lora_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_preset_learns_and_its_lora_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., Any]
+) -> None:
     monkeypatch.chdir(presets_dir().parent)
     lora = tmp_path / "demo-lora.safetensors"
     args = ["train", "presets/demo.yaml", "training.epochs=10", "sampling.every=5 epochs"]
-    result = _invoke([*args, f"workspace={tmp_path / 'workspace'}", f"saving.output={lora}"])
+    result = cli(*args, f"workspace={tmp_path / 'workspace'}", f"saving.output={lora}")
     assert result.exit_code == 0, result.output
     losses = [record["loss"] for record in read_metrics(tmp_path / "workspace" / "metrics.jsonl")]
     assert len(losses) == 40
@@ -450,8 +488,8 @@ def test_demo_preset_learns_and_its_lora_samples(tmp_path: Path, monkeypatch: py
     assert len(list((tmp_path / "workspace" / "samples").glob("*.png"))) == 6
     assert any((tmp_path / "workspace" / "tensorboard").iterdir())
     image = tmp_path / "red-circle.png"
-    sampled = _invoke(
-        ["sample", "tiny:sd15", "--lora", str(lora), "--prompt", "a red circle", "--steps", "4", "-o", str(image)]
+    sampled = cli(
+        "sample", "tiny:sd15", "--lora", str(lora), "--prompt", "a red circle", "--steps", "4", "-o", str(image)
     )
     assert sampled.exit_code == 0, sampled.output
     assert image.is_file()
@@ -459,7 +497,11 @@ def test_demo_preset_learns_and_its_lora_samples(tmp_path: Path, monkeypatch: py
 
 @pytest.mark.slow
 def test_a_compiled_run_reports_its_compilation_backs_up_and_resumes(
-    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    shapes_dataset_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
 ) -> None:
     from onetrainer.model_setup import compile as regional
 
@@ -473,8 +515,10 @@ def test_a_compiled_run_reports_its_compilation_backs_up_and_resumes(
         "training.warmup=0",
         "--json",
     )
-    straight_args = _args(tmp_path / "straight", shapes_dataset_dir, "training.max_steps=4", "sampling.every=4 steps")
-    straight = _invoke([*straight_args, *compiled])
+    straight_args = demo_args(
+        tmp_path / "straight", shapes_dataset_dir, "training.max_steps=4", "sampling.every=4 steps"
+    )
+    straight = cli(*straight_args, *compiled)
     assert straight.exit_code == 0, straight.output
     assert (tmp_path / "straight" / "workspace" / "samples" / "step-00000004-0.png").is_file()  # drawn uncompiled
     (event,) = [event for event in _json_events(straight.stdout) if event["event"] == "compiled"]
@@ -483,9 +527,9 @@ def test_a_compiled_run_reports_its_compilation_backs_up_and_resumes(
     assert str(tmp_path / "compiled") in event["message"]
 
     split = tmp_path / "split"
-    first = _invoke(_args(split, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps", *compiled))
+    first = cli(*demo_args(split, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps", *compiled))
     assert first.exit_code == 0, first.output
-    resumed = _invoke([*_args(split, shapes_dataset_dir, "training.max_steps=4", *compiled), "--resume", "last"])
+    resumed = cli(*demo_args(split, shapes_dataset_dir, "training.max_steps=4", *compiled), "--resume", "last")
     assert resumed.exit_code == 0, resumed.output
     expected = load_file(tmp_path / "straight" / "out" / "lora.safetensors")
     actual = load_file(split / "out" / "lora.safetensors")

@@ -12,7 +12,6 @@ from onetrainer.commands.app import app
 from onetrainer.util import family
 from onetrainer.util.config.checks import TRAINS
 from onetrainer.util.config.presets import preset_names, presets_dir
-from onetrainer.util.family import Component, FamilySpec, Objective, Recognisers, Role, register_family
 from onetrainer.util.registry import supporting
 from onetrainer.util.tiny.dataset import write_png_claiming_size
 
@@ -84,31 +83,9 @@ def test_every_shipped_preset_passes_check_as_shipped(name, monkeypatch):
 
 
 @pytest.fixture
-def untrainable_family(monkeypatch):
+def untrainable_family(register_unet_test_family):
     """A family whose spec is registered but which has no training setup yet, as a family being added is."""
-    family.families()  # the real families register (once, into the real table) before it is copied
-    monkeypatch.setattr(family, "_families", dict(family._families))
-    return register_family(
-        FamilySpec(
-            name="unbuilt",
-            title="Unbuilt",
-            components=(
-                Component("unet", Role.DENOISER, "UNet", trains_by_default=True),
-                Component("text_encoder", Role.TEXT_ENCODER, "Text encoder", tokenizer="tokenizer"),
-                Component("vae", Role.VAE, "VAE"),
-            ),
-            objective=Objective.DDPM,
-            latent_channels=4,
-            bucket_step=8,
-            patch_size=1,
-            default_resolution=512,
-            methods=frozenset({"lora"}),
-            modelspec_architecture="unbuilt",
-            kohya_base_model_version="unbuilt",
-            pipeline_classes=(),
-            recognise=Recognisers(),
-        )
-    )
+    return register_unet_test_family("unbuilt", "Unbuilt", bucket_step=8, default_resolution=512)
 
 
 @pytest.mark.parametrize("mode", ["--check", "--dry-run"])

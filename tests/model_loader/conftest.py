@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,26 @@ def sd15_single_file(tmp_path_factory: pytest.TempPathFactory, tiny_sd15_dir: Pa
 @pytest.fixture(scope="session")
 def sd2_single_file(tmp_path_factory: pytest.TempPathFactory, tiny_sd2_dir: Path) -> Path:
     return _single_file(tmp_path_factory, tiny_sd2_dir, "tiny-sd2-v")
+
+
+@pytest.fixture
+def cache_hub_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Path], Path]:
+    """`cache_hub_model(repo_id, folder)`: makes `tmp_path/hub` this test's Hugging Face cache and puts `folder`
+    in it as `repo_id`'s main revision, as a download would leave it; returns the snapshot folder."""
+
+    def cache(repo_id: str, folder: Path) -> Path:
+        import shutil
+
+        import huggingface_hub.constants
+
+        repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        return repo / "snapshots" / ("0" * 40)
+
+    return cache
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,16 +32,9 @@ def transformer_file(tmp_path_factory: pytest.TempPathFactory, tiny_flux_dev_dir
 
 
 @pytest.fixture
-def hub_cache(tmp_path: Path, tiny_flux_dev_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hub_cache(cache_hub_model: Callable[[str, Path], Path], tiny_flux_dev_dir: Path) -> Path:
     """A local Hugging Face cache holding `onetrainer-test/tiny-flux-dev`, as a download would leave it."""
-    import huggingface_hub.constants
-
-    repo = tmp_path / "hub" / "models--onetrainer-test--tiny-flux-dev"
-    shutil.copytree(tiny_flux_dev_dir, repo / "snapshots" / ("0" * 40))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    return repo / "snapshots" / ("0" * 40)
+    return cache_hub_model(REPO, tiny_flux_dev_dir)
 
 
 def test_folders_are_told_apart_by_the_guidance_embedder(tiny_flux_dev_dir: Path, tiny_flux_schnell_dir: Path) -> None:

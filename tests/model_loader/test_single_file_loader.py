@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -180,13 +181,13 @@ def test_single_file_takes_a_small_tokenizer_that_fits_and_refuses_one_that_does
 
 
 def test_a_cached_hub_tokenizer_that_does_not_fit_is_named_as_such_offline(
-    tmp_path: Path, tiny_sd15_dir: Path, small_tokenizer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_sd15_dir: Path,
+    small_tokenizer,
+    monkeypatch: pytest.MonkeyPatch,
+    cache_hub_model: Callable[[str, Path], Path],
 ) -> None:
     """Offline, a hub tokenizer that is cached but too large is a mismatch, not 'not on this machine'."""
-    import shutil
-
-    import huggingface_hub.constants
-
     from onetrainer.model_saver.diffusion import DiffusionSaver
     from onetrainer.util.enums import TrainingMethod
 
@@ -195,11 +196,7 @@ def test_a_cached_hub_tokenizer_that_does_not_fit_is_named_as_such_offline(
     model.tokenizer = small_tokenizer
     folder = DiffusionSaver().save(model, tmp_path / "small", method=TrainingMethod.FULL, dtype=None)[0]
     single = DiffusionSaver().save(model, tmp_path / "small.safetensors", method=TrainingMethod.FULL)[0]
-    repo = tmp_path / "hub" / "models--onetrainer-test--tiny-sd15"
-    shutil.copytree(tiny_sd15_dir, repo / "snapshots" / ("0" * 40))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cache_hub_model("onetrainer-test/tiny-sd15", tiny_sd15_dir)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     with pytest.raises(UserError, match="has 1,514 tokens, more than the text encoder's 100") as info:

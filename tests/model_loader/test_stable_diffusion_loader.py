@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,18 +123,9 @@ def test_unknown_tiny_model_and_missing_paths_are_user_errors(tmp_path: Path) ->
 
 
 @pytest.fixture
-def hub_cache(tmp_path: Path, tiny_sd15_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hub_cache(cache_hub_model: Callable[[str, Path], Path], tiny_sd15_dir: Path) -> Path:
     """A local Hugging Face cache holding `onetrainer-test/tiny-sd15`, as a download would leave it."""
-    import shutil
-
-    import huggingface_hub.constants
-
-    repo = tmp_path / "hub" / "models--onetrainer-test--tiny-sd15"
-    shutil.copytree(tiny_sd15_dir, repo / "snapshots" / ("0" * 40))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    return repo / "snapshots" / ("0" * 40)
+    return cache_hub_model("onetrainer-test/tiny-sd15", tiny_sd15_dir)
 
 
 def test_cached_hub_model_loads_offline_through_from_pretrained(hub_cache: Path) -> None:

@@ -8,6 +8,7 @@ those are checked at that width on thin tensors: the kohya LoRA here, the single
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onetrainer.model.adapters.lora import LoraTargets, inject_lora
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
@@ -122,19 +122,10 @@ def test_true_cfg_with_a_negative_prompt_is_the_pipelines(folders: dict[str, Pat
     assert not np.array_equal(ours, _ours(model)), "without a negative prompt there is no true CFG"
 
 
-def _with_lora(model: DiffusionModel, parts: tuple[str, ...] = ("transformer", "text_encoder")) -> DiffusionModel:
-    targets = {name: LoraTargets("attn-mlp", presets=model.spec.component(name).lora_presets) for name in parts}
-    model.adapters.lora = inject_lora(model, kind="lora", rank=4, alpha=2.0, targets=targets)
-    generator = torch.Generator().manual_seed(0)
-    for name in parts:
-        for key, parameter in model.components[name].named_parameters():
-            if "lora_" in key:
-                parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
-    return model
-
-
-def test_diffusers_loads_our_peft_lora_and_draws_our_image(folders: dict[str, Path], tmp_path: Path) -> None:
-    model = _with_lora(load_model(folders["flux-dev"]))
+def test_diffusers_loads_our_peft_lora_and_draws_our_image(
+    folders: dict[str, Path], tmp_path: Path, with_random_lora: Callable[..., DiffusionModel]
+) -> None:
+    model = with_random_lora(load_model(folders["flux-dev"]), ("transformer", "text_encoder"))
     saver = lookup(ModuleKind.SAVER, "flux-dev")()
     (path,) = saver.save(model, tmp_path / "lora.safetensors", method=TrainingMethod.LORA, format="peft", dtype="fp32")
     assert {key.partition(".")[0] for key in load_file(path)} == {"transformer", "text_encoder"}
@@ -145,9 +136,11 @@ def test_diffusers_loads_our_peft_lora_and_draws_our_image(folders: dict[str, Pa
     assert np.abs(ours - theirs).max() <= 1
 
 
-def test_our_kohya_lora_reads_back_exactly(folders: dict[str, Path], tmp_path: Path) -> None:
+def test_our_kohya_lora_reads_back_exactly(
+    folders: dict[str, Path], tmp_path: Path, with_random_lora: Callable[..., DiffusionModel]
+) -> None:
     """The tiny model's block counts differ from the released ones: the file records them."""
-    model = _with_lora(load_model(folders["flux-dev"]), ("transformer", "text_encoder", "text_encoder_2"))
+    model = with_random_lora(load_model(folders["flux-dev"]), ("transformer", "text_encoder", "text_encoder_2"))
     saver = lookup(ModuleKind.SAVER, "flux-dev")()
     (path,) = saver.save(model, tmp_path / "lora.safetensors", method=TrainingMethod.LORA, dtype="fp32")
     keys = set(load_file(path))

@@ -8,6 +8,7 @@ as the pipeline does without `text_encoder_3`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onetrainer.model.adapters.lora import LoraTargets, inject_lora
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.util.enums import TrainingMethod
@@ -122,23 +122,14 @@ def test_without_t5_we_draw_what_the_pipeline_draws_without_text_encoder_3(folde
     assert not np.array_equal(ours, _ours(load_model(folders[kind]))), "T5's tokens change the image"
 
 
-def _with_lora(model: DiffusionModel, parts: tuple[str, ...]) -> DiffusionModel:
-    targets = {name: LoraTargets("attn-mlp", presets=model.spec.component(name).lora_presets) for name in parts}
-    model.adapters.lora = inject_lora(model, kind="lora", rank=4, alpha=2.0, targets=targets)
-    generator = torch.Generator().manual_seed(0)
-    for name in parts:
-        for key, parameter in model.components[name].named_parameters():
-            if "lora_" in key:
-                parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
-    return model
-
-
 @pytest.mark.parametrize("kind", KINDS)
-def test_diffusers_loads_our_peft_lora_and_draws_our_image(folders: dict[str, Path], kind: str, tmp_path: Path) -> None:
+def test_diffusers_loads_our_peft_lora_and_draws_our_image(
+    folders: dict[str, Path], kind: str, tmp_path: Path, with_random_lora: Callable[..., DiffusionModel]
+) -> None:
     """Our default SD 3 LoRA layout is peft, diffusers' own keys: `load_lora_weights` takes the transformer's
     and both CLIP encoders' adapters (3.5 Medium's second attention too)."""
     parts = ("transformer", "text_encoder", "text_encoder_2")
-    model = _with_lora(load_model(folders[kind]), parts)
+    model = with_random_lora(load_model(folders[kind]), parts)
     saver = lookup(ModuleKind.SAVER, kind)()
     (path,) = saver.save(model, tmp_path / "lora.safetensors", method=TrainingMethod.LORA, dtype="fp32")
     keys = set(load_file(path))

@@ -19,7 +19,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from onetrainer.model.adapters.embedding import add_embedding
-from onetrainer.model.adapters.lora import LoraTargets, inject_lora
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
@@ -98,25 +97,15 @@ def test_an_empty_negative_prompt_follows_force_zeros_for_empty_prompt(base: Cal
     assert not np.array_equal(_ours(model), zeros), "an encoded empty prompt differs from zeros"
 
 
-def _with_lora(model: DiffusionModel) -> DiffusionModel:
-    spec = model.spec
-    targets = {
-        name: LoraTargets("attn-mlp", presets=spec.component(name).lora_presets) for name in spec.component_names[:3]
-    }
-    model.adapters.lora = inject_lora(model, kind="lora", rank=4, alpha=2.0, targets=targets)
-    generator = torch.Generator().manual_seed(0)
-    for name in ("unet", "text_encoder", "text_encoder_2"):
-        for key, parameter in model.components[name].named_parameters():
-            if "lora_" in key:
-                parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
-    return model
-
-
 @pytest.mark.parametrize("fmt", ["kohya", "peft"])
 def test_diffusers_loads_our_lora_and_draws_our_image(
-    base: Callable[[], DiffusionModel], tiny_sdxl_dir: Path, tmp_path: Path, fmt: str
+    base: Callable[[], DiffusionModel],
+    tiny_sdxl_dir: Path,
+    tmp_path: Path,
+    fmt: str,
+    with_random_lora: Callable[..., DiffusionModel],
 ) -> None:
-    model = _with_lora(base())
+    model = with_random_lora(base(), ("unet", "text_encoder", "text_encoder_2"))
     (path,) = _save(model, tmp_path / "lora.safetensors", TrainingMethod.LORA, fmt)
     keys = set(load_file(path))
     if fmt == "kohya":

@@ -3,67 +3,49 @@ copies, and training gives what it gives without offloading (LoRA and full fine-
 
 from __future__ import annotations
 
-import copy
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
-from onetrainer.model.diffusion import DiffusionModel
-from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_setup.diffusion import DiffusionSetup
-from onetrainer.util.config.loader import validate
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import families
-from onetrainer.util.registry import ModuleKind, lookup
 
 TINY = sorted((spec.name, sorted(spec.tiny)[0]) for spec in families() if spec.tiny)
 
 
-@functools.cache
-def _base(tiny: str) -> DiffusionModel:
-    return load_model(f"tiny:{tiny}")
+@pytest.fixture
+def make_setup(tiny_setup: Callable[..., DiffusionSetup]) -> Callable[..., DiffusionSetup]:
+    """`make_setup(family, tiny, method, **settings)`: a rank-4 LoRA or a full fine-tune, with gradient
+    checkpointing."""
+
+    def make(family: str, tiny: str, method: str, **settings: Any) -> DiffusionSetup:
+        training = {"gradient_checkpointing": True, **settings.pop("training", {})}
+        return tiny_setup(family, tiny, method=method, lora={"rank": 4}, training=training, **settings)
+
+    return make
 
 
-def _setup(family: str, tiny: str, method: str, **settings: Any) -> DiffusionSetup:
-    config = {
-        "model": {"type": family, "base": f"tiny:{tiny}"},
-        "method": method,
-        "lora": {"rank": 4},
-        "training": {"gradient_checkpointing": True, **settings.pop("training", {})},
-        **settings,
-    }
-    setup: DiffusionSetup = lookup(ModuleKind.SETUP, family)(
-        copy.deepcopy(_base(tiny)), validate(config, check_paths=False)
-    )
-    setup.prepare("cpu", torch.float32)
-    return setup
+@pytest.fixture
+def train(latent_batch: Callable[[Any], dict[str, Any]]) -> Callable[..., list[float]]:
+    """`train(setup, steps=2)`: the losses of `steps` AdamW steps on one batch, each step with its own noise."""
 
+    def run(setup: DiffusionSetup, steps: int = 2) -> list[float]:
+        optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 1e-2} for g in setup.parameter_groups()])
+        batch = latent_batch(setup.spec)
+        setup.train()
+        losses = []
+        for step in range(steps):
+            loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(step)), batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses
 
-def _batch(spec: Any) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "latents": torch.randn(2, spec.latent_channels, 8, 8, generator=generator),
-        "captions": ["a red circle", "a blue square"],
-        "original_size": torch.tensor([(64, 64)] * 2),
-        "crop_top_left": torch.tensor([(0, 0)] * 2),
-        "target_size": torch.tensor([(64, 64)] * 2),
-    }
-
-
-def _train(setup: DiffusionSetup, steps: int = 2) -> list[float]:
-    optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 1e-2} for g in setup.parameter_groups()])
-    batch = _batch(setup.spec)
-    setup.train()
-    losses = []
-    for step in range(steps):
-        loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(step)), batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
+    return run
 
 
 def _denoiser(setup: DiffusionSetup) -> str:
@@ -72,13 +54,15 @@ def _denoiser(setup: DiffusionSetup) -> str:
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 @pytest.mark.parametrize(("family", "tiny"), TINY)
-def test_offloaded_blocks_train_as_resident_ones(family: str, tiny: str, method: str) -> None:
-    resident = _setup(family, tiny, method)
+def test_offloaded_blocks_train_as_resident_ones(
+    family: str, tiny: str, method: str, make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+) -> None:
+    resident = make_setup(family, tiny, method)
     name = _denoiser(resident)
-    offloaded = _setup(family, tiny, method, parts={name: {"offload_blocks": 1.0}})
+    offloaded = make_setup(family, tiny, method, parts={name: {"offload_blocks": 1.0}})
     offloader = offloaded.offloaders[name]
     assert len(offloader.blocks) >= 2
-    assert _train(offloaded) == pytest.approx(_train(resident), rel=1e-5, abs=1e-6)
+    assert train(offloaded) == pytest.approx(train(resident), rel=1e-5, abs=1e-6)
     ours, reference = offloaded.trainable_state_dict(), resident.trainable_state_dict()
     assert ours.keys() == reference.keys()
     for key, value in ours.items():
@@ -87,8 +71,10 @@ def test_offloaded_blocks_train_as_resident_ones(family: str, tiny: str, method:
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_blocks_hold_their_cpu_masters_between_uses_and_copies_while_they_run(method: str) -> None:
-    setup = _setup("sd15", "sd15", method, parts={"unet": {"offload_blocks": 2}})
+def test_blocks_hold_their_cpu_masters_between_uses_and_copies_while_they_run(
+    method: str, make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+) -> None:
+    setup = make_setup("sd15", "sd15", method, parts={"unet": {"offload_blocks": 2}})
     offloader = setup.offloaders["unet"]
     assert len(offloader.blocks) == 2
     seen: dict[int, list[int]] = {}
@@ -104,7 +90,7 @@ def test_blocks_hold_their_cpu_masters_between_uses_and_copies_while_they_run(me
             if any(True for _ in module.parameters(recurse=False)):
                 module.register_forward_pre_hook(record(index))
                 break
-    _train(setup, steps=1)
+    train(setup, steps=1)
     trained = {id(param) for params in setup.trainables.parameter_lists().values() for param in params}
     for index, (_, block) in enumerate(offloader.blocks):
         masters = offloader.masters(index)
@@ -120,22 +106,26 @@ def test_blocks_hold_their_cpu_masters_between_uses_and_copies_while_they_run(me
     assert untouched, "the rest of the denoiser stays resident"
 
 
-def test_activation_offload_gives_the_same_training() -> None:
-    reference = _train(_setup("sd15", "sd15", "lora"))
-    offloaded = _train(_setup("sd15", "sd15", "lora", training={"activation_offload": True}))
+def test_activation_offload_gives_the_same_training(
+    make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+) -> None:
+    reference = train(make_setup("sd15", "sd15", "lora"))
+    offloaded = train(make_setup("sd15", "sd15", "lora", training={"activation_offload": True}))
     assert offloaded == pytest.approx(reference, rel=1e-6)
 
 
-def test_more_blocks_than_the_denoiser_has_is_an_error() -> None:
+def test_more_blocks_than_the_denoiser_has_is_an_error(make_setup: Callable[..., DiffusionSetup]) -> None:
     with pytest.raises(UserError, match="asks for 2000 blocks, but the UNet has 12"):
-        _setup("sd15", "sd15", "lora", parts={"unet": {"offload_blocks": 2000}})
+        make_setup("sd15", "sd15", "lora", parts={"unet": {"offload_blocks": 2000}})
 
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
-def test_quantised_blocks_offload_too(dtype: str) -> None:
+def test_quantised_blocks_offload_too(
+    dtype: str, make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+) -> None:
     quantised = {"unet": {"weight_dtype": dtype}}
-    resident = _setup("sd15", "sd15", "lora", parts=quantised)
-    offloaded = _setup("sd15", "sd15", "lora", parts={"unet": {**quantised["unet"], "offload_blocks": 1.0}})
-    assert _train(offloaded) == pytest.approx(_train(resident), rel=1e-5, abs=1e-6)
+    resident = make_setup("sd15", "sd15", "lora", parts=quantised)
+    offloaded = make_setup("sd15", "sd15", "lora", parts={"unet": {**quantised["unet"], "offload_blocks": 1.0}})
+    assert train(offloaded) == pytest.approx(train(resident), rel=1e-5, abs=1e-6)
     masters = offloaded.offloaders["unet"].masters(0)
     assert any(type(master).__name__ != "Parameter" for master in masters), "quantised weights wait in CPU memory"

@@ -3,9 +3,8 @@ a LoRA trained on it is an ordinary LoRA that loads on the unquantised base."""
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,12 @@ import torch
 
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model.quantised import linear_storage, quantised_values, storage_bytes
-from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.model_setup.diffusion import DiffusionSetup
 from onetrainer.util.config.loader import validate
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import ConfigError
 from onetrainer.util.family import Role, families
-from onetrainer.util.registry import ModuleKind, lookup
 
 DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "nf4")
 TINY = sorted((spec.name, sorted(spec.tiny)[0]) for spec in families() if spec.tiny)
@@ -29,55 +26,42 @@ VALUES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "nf4": torch.uint8}
 FLOATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@functools.cache
-def _base(tiny: str) -> DiffusionModel:
-    return load_model(f"tiny:{tiny}")
+@pytest.fixture
+def make_setup(
+    tiny_base: Callable[[str], DiffusionModel], tiny_setup: Callable[..., DiffusionSetup]
+) -> Callable[..., DiffusionSetup]:
+    """`make_setup(family, tiny, dtype, **config)`: a LoRA on the denoiser and the text encoders, every trained
+    part's frozen weights stored as `dtype`."""
+
+    def make(family: str, tiny: str, dtype: str, **config: Any) -> DiffusionSetup:
+        trainable = [c.name for c in tiny_base(tiny).spec.components if c.trainable]
+        parts = {name: {"train": True, "weight_dtype": dtype} for name in trainable}
+        settings = {"method": "lora", "lora": {"rank": 4, "targets": "attn-mlp"}, "parts": parts, **config}
+        return tiny_setup(family, tiny, **settings)
+
+    return make
 
 
-def _setup(family: str, tiny: str, dtype: str, **config: Any) -> DiffusionSetup:
-    """A LoRA on the denoiser and the text encoders, every trained part's frozen weights stored as `dtype`."""
-    spec = _base(tiny).spec
-    trainable = [c.name for c in spec.components if c.trainable]
-    parts = {name: {"train": True, "weight_dtype": dtype} for name in trainable}
-    settings = {
-        "model": {"type": family, "base": f"tiny:{tiny}"},
-        "method": "lora",
-        "lora": {"rank": 4, "targets": "attn-mlp"},
-        "parts": parts,
-        **config,
-    }
-    setup: DiffusionSetup = lookup(ModuleKind.SETUP, family)(
-        copy.deepcopy(_base(tiny)), validate(settings, check_paths=False)
-    )
-    setup.prepare("cpu", torch.float32)
-    return setup
+@pytest.fixture
+def train(latent_batch: Callable[[Any], dict[str, Any]]) -> Callable[..., list[float]]:
+    """`train(setup, steps, autocast=torch.bfloat16)`: `steps` AdamW steps on one batch with the same noise each
+    time: the loss must fall."""
 
+    def run(setup: DiffusionSetup, steps: int, autocast: torch.dtype = torch.bfloat16) -> list[float]:
+        optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 2e-2} for g in setup.parameter_groups()])
+        batch = latent_batch(setup.spec)
+        setup.train()
+        losses = []
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=autocast):
+                loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(7)), batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses
 
-def _batch(spec: Any) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "latents": torch.randn(2, spec.latent_channels, 8, 8, generator=generator),
-        "captions": ["a red circle", "a blue square"],
-        "original_size": torch.tensor([(64, 64)] * 2),
-        "crop_top_left": torch.tensor([(0, 0)] * 2),
-        "target_size": torch.tensor([(64, 64)] * 2),
-    }
-
-
-def _train(setup: DiffusionSetup, steps: int, autocast: torch.dtype = torch.bfloat16) -> list[float]:
-    """`steps` AdamW steps on one batch with the same noise each time: the loss must fall."""
-    optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 2e-2} for g in setup.parameter_groups()])
-    batch = _batch(setup.spec)
-    setup.train()
-    losses = []
-    for _ in range(steps):
-        with torch.autocast("cpu", dtype=autocast):
-            loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(7)), batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
+    return run
 
 
 def _expected_bytes(dtype: str, rows: int, columns: int) -> int:
@@ -105,9 +89,11 @@ def _frozen_linears(module: torch.nn.Module) -> list[torch.nn.Module]:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("family", "tiny"), TINY)
-def test_a_lora_trains_on_frozen_weights_stored_as_stated(family: str, tiny: str, dtype: str) -> None:
-    setup = _setup(family, tiny, dtype)
-    losses = _train(setup, steps=5, autocast=torch.float16 if dtype == "fp16" else torch.bfloat16)
+def test_a_lora_trains_on_frozen_weights_stored_as_stated(
+    family: str, tiny: str, dtype: str, make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+) -> None:
+    setup = make_setup(family, tiny, dtype)
+    losses = train(setup, steps=5, autocast=torch.float16 if dtype == "fp16" else torch.bfloat16)
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0], losses
     for component in (c for c in setup.spec.components if c.role is not Role.VAE):
@@ -132,14 +118,18 @@ def test_a_lora_trains_on_frozen_weights_stored_as_stated(family: str, tiny: str
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp8", "int8", "nf4"])
 def test_a_lora_trained_on_quantised_weights_loads_on_the_unquantised_base(
-    dtype: str, tiny_sd15_dir: Path, tmp_path: Path
+    dtype: str,
+    tiny_sd15_dir: Path,
+    tmp_path: Path,
+    make_setup: Callable[..., DiffusionSetup],
+    train: Callable[..., list[float]],
 ) -> None:
     from diffusers import StableDiffusionPipeline
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    setup = _setup("sd15", "sd15", dtype)
-    _train(setup, steps=3)
+    setup = make_setup("sd15", "sd15", dtype)
+    train(setup, steps=3)
     path = tmp_path / "lora.safetensors"
     DiffusionSaver().save(setup.model, path, method=TrainingMethod.LORA, format="kohya", dtype="fp32")
     written = load_file(path)
@@ -158,19 +148,16 @@ def test_a_lora_trained_on_quantised_weights_loads_on_the_unquantised_base(
             assert torch.equal(theirs[key].float(), value.float()), key
 
 
-def _frozen_text_encoder(dtype: str) -> Any:
-    """The conditioner that fills the cache, with the (frozen) text encoder stored as `dtype`."""
-    settings = {"model": {"type": "sd15", "base": "tiny:sd15"}, "parts": {"text_encoder": {"weight_dtype": dtype}}}
-    setup: DiffusionSetup = lookup(ModuleKind.SETUP, "sd15")(
-        copy.deepcopy(_base("sd15")), validate(settings, check_paths=False)
-    )
-    setup.prepare("cpu", torch.bfloat16)
-    return setup.text_encoder()
-
-
 @pytest.mark.parametrize("dtype", ["fp8", "int8", "nf4"])
-def test_frozen_quantised_text_encoders_encode_for_the_cache_under_their_own_identity(dtype: str) -> None:
-    plain, quantised = _frozen_text_encoder("bf16"), _frozen_text_encoder(dtype)
+def test_frozen_quantised_text_encoders_encode_for_the_cache_under_their_own_identity(
+    dtype: str, tiny_setup: Callable[..., DiffusionSetup]
+) -> None:
+    def frozen_text_encoder(stored: str) -> Any:
+        """The conditioner that fills the cache, with the (frozen) text encoder stored as `stored`."""
+        parts = {"text_encoder": {"weight_dtype": stored}}
+        return tiny_setup("sd15", "sd15", train_dtype=torch.bfloat16, parts=parts).text_encoder()
+
+    plain, quantised = frozen_text_encoder("bf16"), frozen_text_encoder(dtype)
     assert plain.identity() != quantised.identity()
     encoded = quantised.encode(["a red circle"])
     assert all(torch.isfinite(value.float()).all() for value in encoded.values())
@@ -214,15 +201,17 @@ def test_a_missing_quantisation_library_is_a_user_error_naming_the_extra(
         if (kind, dtype) not in (("loha", "nf4"), ("lokr", "nf4"))
     ],
 )
-def test_lora_relatives_wrap_quantised_layers_and_train(kind: str, dtype: str) -> None:
+def test_lora_relatives_wrap_quantised_layers_and_train(
+    kind: str, dtype: str, make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    setup = _setup("sd15", "sd15", dtype, lora={"rank": 4, "type": kind, "targets": "attn-mlp"})
+    setup = make_setup("sd15", "sd15", dtype, lora={"rank": 4, "type": kind, "targets": "attn-mlp"})
     unet = setup.model.components["unet"]
     bases = [module.get_base_layer() for module in unet.modules() if isinstance(module, BaseTunerLayer)]
     linears = [base for base in bases if isinstance(base, torch.nn.Linear)]  # (convolutions stay unquantised)
     assert linears
     assert all(linear_storage(base) == dtype for base in linears)
-    losses = _train(setup, steps=3)
+    losses = train(setup, steps=3)
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0], losses

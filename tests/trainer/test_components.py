@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from onetrainer.trainer.components import data_report, quantisation
-from onetrainer.util import family
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.types import CHECK_PATHS
-from onetrainer.util.family import Component, FamilySpec, Objective, Recognisers, Role, register_family
-
-COARSE = FamilySpec(
-    name="coarse-test",
-    title="Coarse test family",
-    components=(
-        Component("unet", Role.DENOISER, "UNet", trains_by_default=True),
-        Component("text_encoder", Role.TEXT_ENCODER, "Text encoder", tokenizer="tokenizer"),
-        Component("vae", Role.VAE, "VAE"),
-    ),
-    objective=Objective.DDPM,
-    latent_channels=4,
-    bucket_step=64,
-    patch_size=1,
-    default_resolution=1024,
-    methods=frozenset({"lora"}),
-    modelspec_architecture="coarse-test",
-    kohya_base_model_version="coarse_test",
-    pipeline_classes=(),
-    recognise=Recognisers(),
-)
-"""A made-up family whose only difference that matters here is its 64 px bucket step."""
+from onetrainer.util.family import FamilySpec
 
 
 @pytest.fixture
-def coarse_family(monkeypatch: pytest.MonkeyPatch) -> FamilySpec:
-    family.families()  # the real families register (once, into the real table) before it is copied
-    monkeypatch.setattr(family, "_families", dict(family._families))
-    return register_family(COARSE)
+def coarse_family(register_unet_test_family: Callable[..., FamilySpec]) -> FamilySpec:
+    """A made-up family whose only difference that matters here is its 64 px bucket step."""
+    return register_unet_test_family("coarse-test", "Coarse test family", bucket_step=64, default_resolution=1024)
 
 
 def _config(model_type: str, images: Path) -> TrainConfig:

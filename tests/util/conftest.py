@@ -7,9 +7,10 @@ Registering it proves that detection, metadata and config validation read the sp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from onetrainer.util import family
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -18,7 +19,6 @@ from onetrainer.util.family import (
     Recognisers,
     Role,
     Shapes,
-    register_family,
 )
 
 FAKE_NAME = "dit-test"
@@ -57,8 +57,6 @@ FAKE_SPEC = FamilySpec(
 
 
 @pytest.fixture
-def fake_family(monkeypatch: pytest.MonkeyPatch) -> FamilySpec:
+def fake_family(register_test_family: Callable[[FamilySpec], FamilySpec]) -> FamilySpec:
     """`FAKE_SPEC`, registered for the duration of one test."""
-    family.families()  # the real families register (once, into the real table) before it is copied
-    monkeypatch.setattr(family, "_families", dict(family._families))
-    return register_family(FAKE_SPEC)
+    return register_test_family(FAKE_SPEC)
