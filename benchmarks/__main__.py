@@ -20,8 +20,8 @@ from pathlib import Path
 from benchmarks.common import Row, machine, machine_line, markdown_table, rich_table, write_results
 
 BENCHMARKS = ("startup", "data_loader", "training_step", "sampling", "convert", "loading")
-"""Run order: start-up first, before the heavy ones have warmed the page cache; convert last, as it
-needs the most memory. Each is the module `benchmarks.<name>` with `run(quick) -> list[Row]`, or an
+"""Run order: start-up first, before the heavy ones have warmed the page cache; convert and loading last,
+as they need the most memory. Each is the module `benchmarks.<name>` with `run(quick) -> list[Row]`, or an
 adapter below for one written as a stand-alone script."""
 
 

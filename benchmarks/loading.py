@@ -1,7 +1,8 @@
 """Loading: the registered loader reading a single file of real SD 1.5 size with its UNet quantised.
 
 The same random-weight single file the convert benchmark builds (SD 1.5's architecture, ~1.07 B fp16
-parameters, 2.1 GB) is loaded in a fresh process by `DiffusersLoader`, as `train` loads a base model,
+parameters, 2.1 GB) is loaded in a fresh process by `DiffusersLoader`, as `train` loads a base model
+(with the tiny kit's CLIP tokenizer padded to CLIP-L's 49,408 tokens),
 with the UNet stored as fp8 (torchao) or nf4 (bitsandbytes) and everything else in bf16, and for
 reference with nothing quantised, all in bf16. Each process first loads the tiny model the same way
 (imports and first-use caches), then reports the resident memory the real load added at its peak
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import Row, Timing, timed_row
-from benchmarks.convert import build_checkpoint
+from benchmarks.convert import build_checkpoint, component_configs
 
 STORAGES = ("fp8", "nf4")
 
@@ -36,7 +37,7 @@ from onetrainer.model.quantised import QuantisedStorage
 from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.registry import ModuleKind, lookup
 
-source, storage, architecture = sys.argv[1], sys.argv[2], sys.argv[3] or None
+source, storage, architecture, tokenizer = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4]
 loader = lookup(ModuleKind.LOADER, "sd15")()
 quantise = {} if storage == "bf16" else {"unet": QuantisedStorage(storage, torch.bfloat16)}
 loader.load(ModelConfig(type="sd15", base="tiny:sd15", dtype="bf16"), quantise=quantise)
@@ -50,7 +51,7 @@ def status(key):
 Path("/proc/self/clear_refs").write_text("5")
 before = status("VmRSS")
 start = time.perf_counter()
-config = ModelConfig(type="sd15", base=source, dtype="bf16", config=architecture, tokenizer="tiny:sd15")
+config = ModelConfig(type="sd15", base=source, dtype="bf16", config=architecture, tokenizer=tokenizer)
 model = loader.load(config, quantise=quantise)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak": status("VmHWM") - before}))
@@ -59,10 +60,19 @@ print(json.dumps({"seconds": seconds, "peak": status("VmHWM") - before}))
 resident memory it added at its peak."""
 
 
-def load_once(source: Path, storage: str, architecture: str) -> dict[str, float]:
+def write_tokenizer(folder: Path, vocab_size: int) -> Path:
+    """The tiny kit's CLIP tokenizer padded to `vocab_size` tokens: no real vocabulary can be had here, and
+    loading checks that the tokenizer fits the text encoder's embedding."""
+    from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
+
+    build_tiny_clip_tokenizer(vocab_size).save_pretrained(folder)
+    return folder
+
+
+def load_once(source: Path, storage: str, architecture: str, tokenizer: str) -> dict[str, float]:
     """One load in a fresh interpreter: {"seconds", "peak"} (bytes added to the resident set at the peak)."""
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(source), storage, architecture],
+        [sys.executable, "-c", _LOAD, str(source), storage, architecture, tokenizer],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -80,7 +90,9 @@ def run(quick: bool) -> list[Row]:
         source = Path(scratch) / "model.safetensors"
         sizes = build_checkpoint(source, variant)
         architecture = "tiny:sd15" if quick else ""
-        loads = {storage: load_once(source, storage, architecture) for storage in ("bf16", *STORAGES)}
+        vocab_size = component_configs(variant)["text_encoder"]["vocab_size"]
+        tokenizer = "tiny:sd15" if quick else str(write_tokenizer(Path(scratch) / "tokenizer", vocab_size))
+        loads = {storage: load_once(source, storage, architecture, tokenizer) for storage in ("bf16", *STORAGES)}
     return _rows(loads, unet_bf16=sizes["unet"], variant=variant)
 
 

@@ -104,6 +104,8 @@ def test_benchmark_runs_at_smallest_size(name: str, tmp_path: Path) -> None:
     if name == "convert":
         assert rows[0]["details"]["round_trip_identical"] is True
         assert sum("peak RSS" in row["case"] for row in rows) == 3
+    if name == "loading":
+        assert [row["ours_label"] for row in rows] == ["UNet fp8", "UNet fp8", "UNet nf4", "UNet nf4"]
 
 
 def test_gpu_script_takes_one_cpu_mode_and_needs_cuda_without_one(

@@ -102,3 +102,11 @@ def test_merges_generator_refuses_a_short_source(tmp_path: Path) -> None:
     source = _fake_bpe_source(tmp_path / "bpe.txt.gz", extra_merges=0)
     with pytest.raises(ValueError, match="fewer than"):
         write_tiny_merges_asset(source, tmp_path / "merges.txt", num_merges=1001)
+
+
+def test_padded_to_clip_ls_size_it_tokenises_the_same_with_clips_special_ids(tiny_tokenizer: CLIPTokenizer) -> None:
+    padded = build_tiny_clip_tokenizer(49408)
+    assert len(padded) == 49408
+    assert (padded.bos_token_id, padded.eos_token_id, padded.pad_token_id) == (49406, 49407, 49407)
+    tiny = tiny_tokenizer("a red circle").input_ids
+    assert padded("a red circle").input_ids == [49406, *tiny[1:-1], 49407]

@@ -74,21 +74,30 @@ def _parse_merges(lines: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def build_clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
-    """Lay the vocabulary out as CLIP does: bytes, bytes ending a word, merge results, then specials."""
+def build_clip_vocab(merges: list[tuple[str, str]], size: int | None = None) -> dict[str, int]:
+    """Lay the vocabulary out as CLIP does: bytes, bytes ending a word, merge results, then specials.
+
+    `size` pads it with unused tokens before the specials, which then take CLIP's last two ids.
+    """
     alphabet = byte_alphabet()
     tokens = alphabet + [char + "</w>" for char in alphabet] + [left + right for left, right in merges]
+    if size is not None:
+        tokens += [f"<|unused-{index}|>" for index in range(size - 2 - len(tokens))]
     tokens += [BOS_TOKEN, EOS_TOKEN]
     return {token: index for index, token in enumerate(tokens)}
 
 
-def build_tiny_clip_tokenizer() -> CLIPTokenizer:
-    """A fresh CLIP tokenizer (1514 tokens, bos=1512, eos=pad=1513) from the committed merges."""
+def build_tiny_clip_tokenizer(vocab_size: int | None = None) -> CLIPTokenizer:
+    """A fresh CLIP tokenizer (1514 tokens, bos=1512, eos=pad=1513) from the committed merges.
+
+    `vocab_size` pads the vocabulary with tokens the merges never produce, so that it fits the
+    embedding of a text encoder of real size (49,408 for CLIP-L) whose real vocabulary cannot be had.
+    """
     from transformers import CLIPTokenizer
 
     merges = load_tiny_merges()
     return CLIPTokenizer(
-        vocab=build_clip_vocab(merges),
+        vocab=build_clip_vocab(merges, vocab_size),
         merges=merges,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
