@@ -162,7 +162,8 @@ def single_file_state_dicts(
         component, _, rest = key.partition(".")
         if component in into:
             module, storage = into[component]
-            place(module, rest, _aligned(tensor), storage)
+            if not place(module, rest, _aligned(tensor), storage):
+                raise UserError(f"{weights.path.name}: the {component} it was checked against has no tensor {rest}")
         else:
             parts[component][rest] = tensor
     for name, (module, storage) in into.items():
