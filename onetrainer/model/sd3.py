@@ -123,6 +123,7 @@ COMPONENTS = (
         tokenizer="tokenizer_3",
         kohya_prefix="lora_te3_",
         embedding_key="t5xxl",
+        embedding_aliases=("t5",),
         optional=True,
         lora_presets=T5_PRESETS,
         lora_kohya_only="ComfyUI",
@@ -187,8 +188,9 @@ def recognise_lora(shapes: Shapes) -> Evidence | None:
 
 
 def recognise_embedding(shapes: Shapes) -> Evidence | None:
-    if set(shapes) == {"clip_l", "clip_g", "t5xxl"}:
-        return Evidence(None, "clip_l, clip_g and t5xxl vectors", candidates=CANDIDATES)
+    for t5 in ("t5xxl", "t5"):  # ours (sd-scripts' name), then OneTrainer's
+        if set(shapes) == {"clip_l", "clip_g", t5}:
+            return Evidence(None, f"clip_l, clip_g and {t5} vectors", candidates=CANDIDATES)
     return None
 
 

@@ -320,7 +320,13 @@ def family_from_metadata(metadata: Mapping[str, str]) -> Said:
 
 
 def _embedding_keys() -> frozenset[str]:
-    return frozenset(c.embedding_key for spec in families() for c in spec.text_encoders if c.embedding_key)
+    return frozenset(
+        key
+        for spec in families()
+        for c in spec.text_encoders
+        if c.embedding_key
+        for key in (c.embedding_key, *c.embedding_aliases)
+    )
 
 
 def _a1111_embedding_keys(keys: set[str]) -> bool:

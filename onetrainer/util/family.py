@@ -61,6 +61,9 @@ class Component:
     """Prefix of this component's modules in kohya / LyCORIS LoRA files (`lora_unet_`, `lora_te1_`)."""
     embedding_key: str | None = None
     """Key of this text encoder's vectors in A1111 embedding files; None if embeddings cannot use it."""
+    embedding_aliases: tuple[str, ...] = ()
+    """Other keys other trainers store this encoder's vectors under (OneTrainer's `t5` for T5-XXL): read,
+    never written."""
     optional: bool = False
     """The pipeline runs without it (SD 3's T5)."""
     pad_token: str | None = None

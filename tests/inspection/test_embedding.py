@@ -139,3 +139,27 @@ def test_an_sdxl_embedding_is_sdxl_with_or_without_its_metadata(sd3_without_t5: 
         result = inspect_path(path)
         assert (result.model_type, result.details["fits"]) == ("sdxl", "SDXL"), path.name
         assert result.details["detected_by"].startswith(reason), path.name
+
+
+@pytest.mark.parametrize(
+    ("encoders", "candidates"),
+    [
+        ({"clip_l": 768, "clip_g": 1280, "t5": 4096}, {"sd3-medium", "sd35-large", "sd35-medium"}),
+        ({"clip_l": 768, "t5": 4096}, {"flux-dev", "flux-schnell"}),
+    ],
+)
+def test_onetrainers_embeddings_with_t5_under_its_own_key_are_recognised(
+    encoders: dict[str, int], candidates: set[str], tmp_path: Path
+) -> None:
+    # OneTrainer writes SD 3's and FLUX.1's T5 vectors under `t5` where we (and sd-scripts) write `t5xxl`.
+    path = tmp_path / "onetrainer.safetensors"
+    save_file({key: torch.ones(2, width) for key, width in encoders.items()}, path)
+    from onetrainer.util.detect import detect_path
+
+    assert set(detect_path(path).candidates) == candidates
+    result = inspect_path(path)
+    assert result.kind == "embedding"
+    assert result.details["tensors"]["t5"] == {"encoder": "T5", "vectors": 2, "width": 4096, "dtype": "float32"}
+    ours = tmp_path / "ours.safetensors"
+    save_file({("t5xxl" if key == "t5" else key): torch.ones(2, width) for key, width in encoders.items()}, ours)
+    assert result.details["fits"] == inspect_path(ours).details["fits"] is not None

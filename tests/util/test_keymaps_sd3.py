@@ -358,3 +358,16 @@ def test_an_embedding_of_a_model_without_t5_holds_the_clip_vectors_alone() -> No
     assert sorted(a1111_to_embedding(with_t5, spec)) == ["text_encoder", "text_encoder_2", "text_encoder_3"]
     with pytest.raises(KeyMapError, match="needs vectors for text_encoder_2"):
         embedding_to_a1111({"text_encoder": torch.ones(2, 32)}, spec)
+
+
+@pytest.mark.parametrize(("kind", "encoders"), [("sd35-large", ("clip_l", "clip_g")), ("flux-dev", ("clip_l",))])
+def test_onetrainers_t5_key_is_read_as_t5_and_ours_is_written(kind: str, encoders: tuple[str, ...]) -> None:
+    from onetrainer.util.keymaps.embeddings import a1111_to_embedding, embedding_to_a1111
+
+    spec = get_family(kind)
+    t5 = next(c.name for c in spec.text_encoders if c.embedding_key == "t5xxl")
+    file = {**{key: torch.zeros(2, 8) for key in encoders}, "t5": torch.arange(16.0).reshape(2, 8)}
+    vectors = a1111_to_embedding(file, spec)
+    assert torch.equal(vectors[t5], file["t5"])
+    assert "t5xxl" in embedding_to_a1111(vectors, spec)
+    assert "t5" not in embedding_to_a1111(vectors, spec)

@@ -5,7 +5,8 @@ The neutral form is one [n_vectors, width] tensor per text encoder, keyed by the
 - A1111 safetensors: one tensor per text encoder under the key the family spec gives it
   (`Component.embedding_key`): a single-encoder family's `emb_params`, or one key per encoder such as
   `clip_l` and `clip_g` (sd-scripts' convention, which A1111 and ComfyUI split per encoder). The
-  trigger word is the file name.
+  trigger word is the file name. Keys other trainers use for an encoder are read too
+  (`Component.embedding_aliases`: OneTrainer stores T5-XXL's vectors under `t5`, not `t5xxl`).
 - A1111 legacy `.pt`, once loaded with `weights_only=True`: `string_to_param = {"*": tensor}`.
 - diffusers (`learned_embeds.safetensors`): `{placeholder_token: tensor}`; `load_textual_inversion`
   also reads the A1111 layouts when given `token=`.
@@ -21,7 +22,7 @@ from onetrainer.util.keymaps.engine import KeyMapError
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.util.family import FamilySpec
+    from onetrainer.util.family import Component, FamilySpec
 
 
 def a1111_keys(spec: FamilySpec) -> tuple[tuple[str, str], ...]:
@@ -57,8 +58,10 @@ def a1111_to_embedding(sd: Mapping[str, Any], spec: FamilySpec) -> dict[str, tor
     """
     layout = a1111_keys(spec)
     optional = _optional(spec)
-    if all(key in sd for key, component in layout if component not in optional) and any(key in sd for key, _ in layout):
-        return {component: _matrix(sd[key]) for key, component in layout if key in sd}
+    stored = {component: _stored_key(sd, spec.component(component)) for _, component in layout}
+    present = {component: key for component, key in stored.items() if key is not None}
+    if all(component in present for _, component in layout if component not in optional) and present:
+        return {component: _matrix(sd[key]) for component, key in present.items()}
     if "string_to_param" in sd:
         sd = sd["string_to_param"]
     tensors = [value for value in sd.values() if hasattr(value, "shape")]
@@ -68,6 +71,11 @@ def a1111_to_embedding(sd: Mapping[str, Any], spec: FamilySpec) -> dict[str, tor
         f"not a {spec.title} embedding: keys {sorted(sd)[:8]}",
         hint=f"expected {' + '.join(key for key, _ in layout)}",
     )
+
+
+def _stored_key(sd: Mapping[str, Any], component: Component) -> str | None:
+    """The key a file holds `component`'s vectors under: ours, or one another trainer writes."""
+    return next((key for key in (component.embedding_key, *component.embedding_aliases) if key in sd), None)
 
 
 def embedding_to_diffusers(vectors: torch.Tensor, token: str) -> dict[str, torch.Tensor]:
