@@ -30,6 +30,7 @@ from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
+    from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.family import FamilySpec
 
 
@@ -193,3 +194,33 @@ def register_unet_test_family(
         )
 
     return register
+
+
+@pytest.fixture(scope="session")
+def with_random_lora() -> Callable[..., DiffusionModel]:
+    """`with_random_lora(model, parts, preset="attn-mlp", rank=4, alpha=2.0, scale=0.2)`: `model` with a LoRA on
+    the `preset` layers of `parts`, every factor random (seed 0, times `scale`): a fresh LoRA's up factor is zero,
+    so a loader that dropped or misread it would compute the same as the base model."""
+    import torch
+
+    from onetrainer.model.adapters.lora import LoraTargets, inject_lora
+
+    def add(
+        model: DiffusionModel,
+        parts: tuple[str, ...],
+        *,
+        preset: str = "attn-mlp",
+        rank: int = 4,
+        alpha: float = 2.0,
+        scale: float = 0.2,
+    ) -> DiffusionModel:
+        targets = {name: LoraTargets(preset, presets=model.spec.component(name).lora_presets) for name in parts}
+        model.adapters.lora = inject_lora(model, kind="lora", rank=rank, alpha=alpha, targets=targets)
+        generator = torch.Generator().manual_seed(0)
+        for name in parts:
+            for key, parameter in model.components[name].named_parameters():
+                if "lora_" in key:
+                    parameter.data = torch.randn(parameter.shape, generator=generator) * scale
+        return model
+
+    return add

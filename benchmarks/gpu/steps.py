@@ -168,6 +168,36 @@ def _bare_flops(denoiser: Any, trained: list[Any], loss: Callable[[], Any]) -> C
     return lambda: count_flops(lambda: torch.autograd.grad(loss(), trained), modules=[denoiser])
 
 
+def _bare_denoiser(family: Family, case: Case, device: Any, targets: list[str], **lora: Any) -> tuple[Any, list, Any]:
+    """The denoiser as diffusers' example scripts prepare it, with its trained tensors and AdamW: frozen in
+    bf16 with a gaussian-initialised LoRA on `targets` trained in fp32 (every weight for a full fine-tune),
+    then checkpointing, channels-last and regional compilation as the case asks."""
+    import torch
+
+    denoiser = build_unet(family, device)
+    denoiser.requires_grad_(False)
+    if case.method == "lora":
+        from peft import LoraConfig
+
+        denoiser.to(dtype=torch.bfloat16)
+        denoiser.add_adapter(
+            LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian", target_modules=targets, **lora)
+        )
+        for parameter in _trainable(denoiser.parameters()):
+            parameter.data = parameter.data.float()
+    else:
+        denoiser.requires_grad_(True)
+    if case.checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    if case.channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    if case.compile:
+        denoiser.compile_repeated_blocks(backend=COMPILE_BACKEND)
+    denoiser.train()
+    trained = _trainable(denoiser.parameters())
+    return denoiser, trained, torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
+
+
 def bare_step(family: Family, case: Case, device: Any) -> Side:
     """diffusers' example loop."""
     if family.is_flux:
@@ -178,33 +208,7 @@ def bare_step(family: Family, case: Case, device: Any) -> Side:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
-    unet = build_unet(family, device)
-    unet.requires_grad_(False)
-    if case.method == "lora":
-        from peft import LoraConfig
-
-        unet.to(dtype=torch.bfloat16)
-        unet.add_adapter(
-            LoraConfig(
-                r=LORA_RANK,
-                lora_alpha=LORA_RANK,
-                init_lora_weights="gaussian",
-                target_modules=ATTENTION_PROJECTIONS,
-            )
-        )
-        for parameter in _trainable(unet.parameters()):
-            parameter.data = parameter.data.float()
-    else:
-        unet.requires_grad_(True)
-    if case.checkpointing:
-        unet.enable_gradient_checkpointing()
-    if case.channels_last:
-        unet.to(memory_format=torch.channels_last)
-    if case.compile:
-        unet.compile_repeated_blocks(backend=COMPILE_BACKEND)
-    unet.train()
-    trained = _trainable(unet.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
+    unet, trained, optimizer = _bare_denoiser(family, case, device, ATTENTION_PROJECTIONS)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     batch = make_batch(family, case, device)
     extra = (
@@ -232,26 +236,10 @@ def bare_flux_step(family: Family, case: Case, device: Any) -> Side:
     import torch
     import torch.nn.functional as F
     from diffusers import FluxPipeline
-    from peft import LoraConfig
 
     if case.method != "lora":
         raise Unavailable("FLUX.1 is benchmarked with LoRA only")
-    transformer = build_unet(family, device)
-    transformer.requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(
-            r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian", target_modules=FLUX_ATTENTION_PROJECTIONS
-        )
-    )
-    for parameter in _trainable(transformer.parameters()):
-        parameter.data = parameter.data.float()
-    if case.checkpointing:
-        transformer.enable_gradient_checkpointing()
-    if case.compile:
-        transformer.compile_repeated_blocks(backend=COMPILE_BACKEND)
-    transformer.train()
-    trained = _trainable(transformer.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
+    transformer, trained, optimizer = _bare_denoiser(family, case, device, FLUX_ATTENTION_PROJECTIONS)
     batch = make_batch(family, case, device)
     latents = batch["latents"]
     size, (_, channels, height, width) = case.batch, latents.shape
@@ -298,33 +286,15 @@ def bare_sd3_step(family: Family, case: Case, device: Any) -> Side:
     """
     import torch
     import torch.nn.functional as F
-    from peft import LoraConfig
 
     from onetrainer.model_setup.sd3 import G_HIDDEN, G_POOLED, L_HIDDEN, L_POOLED, T5_HIDDEN
 
     if case.method != "lora":
         raise Unavailable("SD 3.5 is benchmarked with LoRA only")
-    transformer = build_unet(family, device)
-    transformer.requires_grad_(False)
-    last = len(transformer.transformer_blocks) - 1
-    transformer.add_adapter(
-        LoraConfig(
-            r=LORA_RANK,
-            lora_alpha=LORA_RANK,
-            init_lora_weights="gaussian",
-            target_modules=SD3_ATTENTION_PROJECTIONS,
-            exclude_modules=[f"transformer_blocks.{last}.attn.add_q_proj"],
-        )
+    last = int(family.unet_config["num_layers"]) - 1
+    transformer, trained, optimizer = _bare_denoiser(
+        family, case, device, SD3_ATTENTION_PROJECTIONS, exclude_modules=[f"transformer_blocks.{last}.attn.add_q_proj"]
     )
-    for parameter in _trainable(transformer.parameters()):
-        parameter.data = parameter.data.float()
-    if case.checkpointing:
-        transformer.enable_gradient_checkpointing()
-    if case.compile:
-        transformer.compile_repeated_blocks(backend=COMPILE_BACKEND)
-    transformer.train()
-    trained = _trainable(transformer.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=1e-2)
     batch = make_batch(family, case, device)
     latents = batch["latents"]
     clip = torch.cat([batch[L_HIDDEN], batch[G_HIDDEN]], dim=-1)

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from onetrainer.model.adapters.targets import T5_PRESETS
-from onetrainer.model.text_encoders import CLIP_L
+from onetrainer.model.text_encoders import CLIP_L, T5_EMBEDDING_KEYS
 from onetrainer.util.config.base import Section
 from onetrainer.util.family import (
     Component,
@@ -115,8 +115,8 @@ COMPONENTS = (
         "T5-XXL text encoder",
         tokenizer="tokenizer_2",
         kohya_prefix="lora_te3_",
-        embedding_key="t5xxl",
-        embedding_aliases=("t5",),
+        embedding_key=T5_EMBEDDING_KEYS[0],
+        embedding_aliases=T5_EMBEDDING_KEYS[1:],
         lora_presets=T5_PRESETS,
         lora_kohya_only="ComfyUI",
     ),
@@ -178,7 +178,7 @@ def recognise_lora(shapes: Shapes) -> Evidence | None:
 
 
 def recognise_embedding(shapes: Shapes) -> Evidence | None:
-    for t5 in ("t5xxl", "t5"):  # ours (sd-scripts' name), then OneTrainer's
+    for t5 in T5_EMBEDDING_KEYS:
         if set(shapes) == {"clip_l", t5}:
             return Evidence(None, f"clip_l and {t5} vectors", candidates=CANDIDATES)
     return None

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import Field
 
 from onetrainer.model.adapters.targets import T5_PRESETS
-from onetrainer.model.text_encoders import CLIP_G, CLIP_L
+from onetrainer.model.text_encoders import CLIP_G, CLIP_L, T5_EMBEDDING_KEYS
 from onetrainer.util.config.base import Section
 from onetrainer.util.family import (
     Component,
@@ -122,8 +122,8 @@ COMPONENTS = (
         "T5-XXL text encoder",
         tokenizer="tokenizer_3",
         kohya_prefix="lora_te3_",
-        embedding_key="t5xxl",
-        embedding_aliases=("t5",),
+        embedding_key=T5_EMBEDDING_KEYS[0],
+        embedding_aliases=T5_EMBEDDING_KEYS[1:],
         optional=True,
         lora_presets=T5_PRESETS,
         lora_kohya_only="ComfyUI",
@@ -188,7 +188,7 @@ def recognise_lora(shapes: Shapes) -> Evidence | None:
 
 
 def recognise_embedding(shapes: Shapes) -> Evidence | None:
-    for t5 in ("t5xxl", "t5"):  # ours (sd-scripts' name), then OneTrainer's
+    for t5 in T5_EMBEDDING_KEYS:
         if set(shapes) == {"clip_l", "clip_g", t5}:
             return Evidence(None, f"clip_l, clip_g and {t5} vectors", candidates=CANDIDATES)
     return None

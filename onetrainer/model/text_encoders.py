@@ -27,3 +27,7 @@ CLIP_G = Component(
     pad_token="!",
 )
 """bigG pads its captions with "!" (its tokenizer's pad token is not its end token)."""
+
+T5_EMBEDDING_KEYS = ("t5xxl", "t5")
+"""The keys of T5-XXL's vectors in embedding files: ours (sd-scripts' name), then OneTrainer's (read, never
+written). FLUX.1 and SD 3 name their T5 component differently, so only its embedding keys are shared."""

@@ -70,3 +70,38 @@ def latent_batch() -> Callable[[FamilySpec], dict[str, Any]]:
         }
 
     return batch
+
+
+@pytest.fixture(scope="session")
+def adamw_losses(latent_batch: Callable[[FamilySpec], dict[str, Any]]) -> Callable[..., list[float]]:
+    """`adamw_losses(setup, steps, *, lr, noise_seed=None, autocast=None)`: the losses of `steps` AdamW steps of
+    `setup` on `latent_batch`. Step i draws its noise from seed i, or every step from `noise_seed`; the forward
+    pass runs under CPU autocast to `autocast` when one is given."""
+    import contextlib
+
+    import torch
+
+    def run(
+        setup: DiffusionSetup,
+        steps: int,
+        *,
+        lr: float,
+        noise_seed: int | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> list[float]:
+        optimizer = torch.optim.AdamW([{"params": g["params"], "lr": lr} for g in setup.parameter_groups()])
+        batch = latent_batch(setup.spec)
+        setup.train()
+        losses = []
+        for step in range(steps):
+            noise = torch.Generator().manual_seed(step if noise_seed is None else noise_seed)
+            precision = contextlib.nullcontext() if autocast is None else torch.autocast("cpu", dtype=autocast)
+            with precision:
+                loss = setup.loss(setup.predict(batch, noise), batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses
+
+    return run

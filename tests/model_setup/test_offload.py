@@ -29,21 +29,11 @@ def make_setup(tiny_setup: Callable[..., DiffusionSetup]) -> Callable[..., Diffu
 
 
 @pytest.fixture
-def train(latent_batch: Callable[[Any], dict[str, Any]]) -> Callable[..., list[float]]:
+def train(adamw_losses: Callable[..., list[float]]) -> Callable[..., list[float]]:
     """`train(setup, steps=2)`: the losses of `steps` AdamW steps on one batch, each step with its own noise."""
 
     def run(setup: DiffusionSetup, steps: int = 2) -> list[float]:
-        optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 1e-2} for g in setup.parameter_groups()])
-        batch = latent_batch(setup.spec)
-        setup.train()
-        losses = []
-        for step in range(steps):
-            loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(step)), batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-        return losses
+        return adamw_losses(setup, steps, lr=1e-2)
 
     return run
 

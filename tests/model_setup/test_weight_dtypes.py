@@ -43,23 +43,12 @@ def make_setup(
 
 
 @pytest.fixture
-def train(latent_batch: Callable[[Any], dict[str, Any]]) -> Callable[..., list[float]]:
+def train(adamw_losses: Callable[..., list[float]]) -> Callable[..., list[float]]:
     """`train(setup, steps, autocast=torch.bfloat16)`: `steps` AdamW steps on one batch with the same noise each
     time: the loss must fall."""
 
     def run(setup: DiffusionSetup, steps: int, autocast: torch.dtype = torch.bfloat16) -> list[float]:
-        optimizer = torch.optim.AdamW([{"params": g["params"], "lr": 2e-2} for g in setup.parameter_groups()])
-        batch = latent_batch(setup.spec)
-        setup.train()
-        losses = []
-        for _ in range(steps):
-            with torch.autocast("cpu", dtype=autocast):
-                loss = setup.loss(setup.predict(batch, torch.Generator().manual_seed(7)), batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-        return losses
+        return adamw_losses(setup, steps, lr=2e-2, noise_seed=7, autocast=autocast)
 
     return run
 

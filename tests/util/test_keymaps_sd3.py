@@ -21,6 +21,7 @@ those of the checkpoint we write (`model.diffusion_model.` and `text_encoders.` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onetrainer.model.adapters.lora import LoraTargets, inject_lora
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
@@ -92,20 +92,6 @@ def comfy_key_map(blocks: int, width: int, comfy_keys: set[str]) -> dict[str, Ta
     return key_map
 
 
-def _with_lora(kind: str) -> DiffusionModel:
-    """The tiny model with a LoRA on every layer the presets reach, in all four components."""
-    model = load_model(f"tiny:{kind}")
-    parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
-    targets = {name: LoraTargets("full", presets=model.spec.component(name).lora_presets) for name in parts}
-    model.adapters.lora = inject_lora(model, kind="lora", rank=2, alpha=1.0, targets=targets)
-    generator = torch.Generator().manual_seed(0)
-    for name in parts:
-        for key, parameter in model.components[name].named_parameters():
-            if "lora_" in key:
-                parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
-    return model
-
-
 def _save(model: DiffusionModel, path: Path, **kwargs: Any) -> Path:
     saver = lookup(ModuleKind.SAVER, model.spec.name)()
     method = kwargs.pop("method", TrainingMethod.LORA)
@@ -113,9 +99,13 @@ def _save(model: DiffusionModel, path: Path, **kwargs: Any) -> Path:
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def saved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A LoRA'd tiny model, its kohya and peft files, and the ComfyUI weights of its checkpoint."""
-    model = _with_lora(request.param)
+def saved(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, with_random_lora: Callable[..., Any]
+) -> dict[str, Any]:
+    """A LoRA'd tiny model (every layer the presets reach, in all four components), its kohya and peft files, and
+    the ComfyUI weights of its checkpoint."""
+    parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+    model = with_random_lora(load_model(f"tiny:{request.param}"), parts, preset="full", rank=2, alpha=1.0, scale=0.1)
     folder = tmp_path_factory.mktemp(request.param)
     base = load_model(f"tiny:{request.param}")
     checkpoint = load_file(_save(base, folder / "model.safetensors", method=TrainingMethod.FULL))
