@@ -30,4 +30,4 @@ CLIP_G = Component(
 
 T5_EMBEDDING_KEYS = ("t5xxl", "t5")
 """The keys of T5-XXL's vectors in embedding files: ours (sd-scripts' name), then OneTrainer's (read, never
-written). FLUX.1 and SD 3 name their T5 component differently, so only its embedding keys are shared."""
+written). The families that use T5 name its component differently, so only its embedding keys are shared."""
