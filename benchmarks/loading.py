@@ -10,7 +10,9 @@ reference with nothing quantised, all in bf16. Each process first loads the tiny
 
 A quantised UNet is filled tensor by tensor as the file is read (`model_loader.streaming`), so its
 load should peak well under the bf16 one, which holds the whole UNet in bf16; the time it costs is
-the quantiser's (bitsandbytes quantises nf4 on the CPU slowly, as this row shows).
+the quantiser's (bitsandbytes quantises nf4 on the CPU slowly, as this row shows). On a CUDA machine an
+nf4 row quantised on the GPU is added, as `train` quantises for a GPU run (the weights come back to the
+CPU as they are quantised).
 
 `quick` does the same on the tiny SD 1.5 model, in seconds.
 """
@@ -24,10 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import Row, Timing, timed_row
 from benchmarks.convert import build_checkpoint, component_configs
 
 STORAGES = ("fp8", "nf4")
+GPU_NF4 = "nf4 quantised on the GPU"
 
 _LOAD = """
 import json, sys, time
@@ -37,9 +42,9 @@ from onetrainer.model.quantised import QuantisedStorage
 from onetrainer.util.config.model import ModelConfig
 from onetrainer.util.registry import ModuleKind, lookup
 
-source, storage, architecture, tokenizer = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4]
+source, storage, architecture, tokenizer, on = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4], sys.argv[5]
 loader = lookup(ModuleKind.LOADER, "sd15")()
-quantise = {} if storage == "bf16" else {"unet": QuantisedStorage(storage, torch.bfloat16)}
+quantise = {} if storage == "bf16" else {"unet": QuantisedStorage(storage, torch.bfloat16, quantise_on=on)}
 loader.load(ModelConfig(type="sd15", base="tiny:sd15", dtype="bf16"), quantise=quantise)
 
 
@@ -69,10 +74,12 @@ def write_tokenizer(folder: Path, vocab_size: int) -> Path:
     return folder
 
 
-def load_once(source: Path, storage: str, architecture: str, tokenizer: str) -> dict[str, float]:
+def load_once(
+    source: Path, storage: str, architecture: str, tokenizer: str, quantise_on: str = "cpu"
+) -> dict[str, float]:
     """One load in a fresh interpreter: {"seconds", "peak"} (bytes added to the resident set at the peak)."""
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(source), storage, architecture, tokenizer],
+        [sys.executable, "-c", _LOAD, str(source), storage, architecture, tokenizer, quantise_on],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -93,6 +100,8 @@ def run(quick: bool) -> list[Row]:
         vocab_size = component_configs(variant)["text_encoder"]["vocab_size"]
         tokenizer = "tiny:sd15" if quick else str(write_tokenizer(Path(scratch) / "tokenizer", vocab_size))
         loads = {storage: load_once(source, storage, architecture, tokenizer) for storage in ("bf16", *STORAGES)}
+        if torch.cuda.is_available():
+            loads[GPU_NF4] = load_once(source, "nf4", architecture, tokenizer, quantise_on="cuda")
     return _rows(loads, unet_bf16=sizes["unet"], variant=variant)
 
 
@@ -101,7 +110,7 @@ def _rows(loads: dict[str, dict[str, float]], *, unet_bf16: int, variant: str) -
     details = {"peak_rss_mib": {name: load["peak"] / 2**20 for name, load in loads.items()}, "unet_bf16": unet_bf16}
     plain = loads["bf16"]
     rows = []
-    for storage in STORAGES:
+    for storage in [name for name in loads if name != "bf16"]:
         rows.append(
             Row(
                 "loading",

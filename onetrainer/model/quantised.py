@@ -51,10 +51,12 @@ NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
 
 @dataclass(frozen=True)
 class QuantisedStorage:
-    """How one component's linear layers are stored: a quantised `format`, computed in `compute_dtype`."""
+    """How one component's linear layers are stored: a quantised `format`, computed in `compute_dtype`,
+    quantised on the device `quantise_on` (see `quantise_linear`)."""
 
     format: str
     compute_dtype: torch.dtype
+    quantise_on: str = "cpu"
 
 
 @contextlib.contextmanager
@@ -104,11 +106,15 @@ def _cast_input(dtype: torch.dtype) -> Any:
     return hook
 
 
-def quantise_linear(layer: torch.nn.Linear, storage: str, compute_dtype: torch.dtype) -> torch.nn.Module:
+def quantise_linear(
+    layer: torch.nn.Linear, storage: str, compute_dtype: torch.dtype, *, quantise_on: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """`layer` with its weight stored as `storage`; the same module for torchao, a new `Linear4bit` for nf4.
 
     The bias stays a plain tensor in `compute_dtype`. The weight is cast to `compute_dtype` first, which
-    is the dtype the layer computes in.
+    is the dtype the layer computes in. An nf4 weight is quantised on `quantise_on` (the training GPU:
+    bitsandbytes' CPU quantiser takes minutes for a 12 B transformer) and comes back to the weight's
+    device, where the placement policy takes over.
     """
     import torch
 
@@ -127,9 +133,10 @@ def quantise_linear(layer: torch.nn.Linear, storage: str, compute_dtype: torch.d
             quant_type="nf4",
             device="meta",
         )
-        four_bit.weight = bnb.nn.Params4bit(
+        packed = bnb.nn.Params4bit(
             weight, requires_grad=False, blocksize=NF4_BLOCK, compress_statistics=True, quant_type="nf4"
-        )._quantize(weight.device)
+        )._quantize(torch.device(quantise_on))
+        four_bit.weight = packed if packed.device == weight.device else packed.to(weight.device)
         four_bit.weight.module = four_bit
         # bitsandbytes repacks a 4-bit weight in place for CPU inference (and fails below 64 inputs); the
         # stored format stays the one that moves to a GPU and that the memory accounting describes
@@ -174,7 +181,9 @@ def quantisable_linears(module: torch.nn.Module) -> list[str]:
     ]
 
 
-def quantise_module(module: torch.nn.Module, storage: str, compute_dtype: torch.dtype) -> int:
+def quantise_module(
+    module: torch.nn.Module, storage: str, compute_dtype: torch.dtype, *, quantise_on: str | torch.device = "cpu"
+) -> int:
     """Quantise every plain linear layer of a component in place, one at a time; returns how many.
 
     Its other floating-point weights and buffers take `compute_dtype`. Quantised layers already there
@@ -187,7 +196,7 @@ def quantise_module(module: torch.nn.Module, storage: str, compute_dtype: torch.
         parent_name, _, child_name = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         layer = getattr(parent, child_name)
-        quantised = quantise_linear(layer, storage, compute_dtype)
+        quantised = quantise_linear(layer, storage, compute_dtype, quantise_on=quantise_on)
         if quantised is not layer:
             setattr(parent, child_name, quantised)
         count += 1

@@ -221,6 +221,11 @@ MODELSPEC_ALIASES = {
 3.5 sizes; its SD 3 value is ours). They tell an embedding of the CLIP encoders alone from SDXL's."""
 
 
+def _leaves_out(options: Sd3Options) -> dict[str, str]:
+    """T5, when the options say to go without it."""
+    return {} if options.t5 else {T5: "t5"}
+
+
 def _spec(
     name: str, modelspec: str, kohya: str, options: type[Section], hub_ids: tuple[str, ...], description: str
 ) -> FamilySpec:
@@ -249,6 +254,7 @@ def _spec(
         config_defaults={"noise": {"timesteps": {"distribution": "logit-normal"}}},
         onetrainer_model_types=("STABLE_DIFFUSION_3",) if name == SD3_MEDIUM else ("STABLE_DIFFUSION_35",),
         onetrainer_options={f"{T5}.include": "t5"},
+        leaves_out=_leaves_out,
     )
 
 

@@ -55,20 +55,17 @@ class LoadedParts:
 
 SingleFileReader = Callable[..., LoadedParts]
 """`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype, leave_out, quantise) -> LoadedParts`."""
-LeaveOut = Callable[[ModelConfig], frozenset[str]]
-"""`leave_out(model_config)` -> the optional components the config asks not to load."""
 
 
 class DiffusersLoader:
     """A `ModelLoader` for any family; `read_single_file` is the family's reader of its original files.
 
-    `leave_out` names optional components a model config asks to go without (SD 3's T5, by an option):
-    they are not read from any source, and the model runs without them as its pipeline does.
+    Optional components the model's options leave out (`FamilySpec.leaves_out`) are not read from any
+    source, and the model runs without them as its pipeline does.
     """
 
-    def __init__(self, read_single_file: SingleFileReader | None = None, leave_out: LeaveOut | None = None) -> None:
+    def __init__(self, read_single_file: SingleFileReader | None = None) -> None:
         self.read_single_file = read_single_file
-        self.leave_out = leave_out
 
     def load(
         self,
@@ -92,7 +89,7 @@ class DiffusersLoader:
         wanted = PredictionType(model_config.prediction_type)
         dtype = torch_dtype(model_config.dtype)
         kind = source_kind(source, where="model.base")
-        left_out = self.leave_out(model_config) if self.leave_out is not None else frozenset()
+        left_out = frozenset(spec.left_out(model_config.options))
         kept = tuple(name for name in spec.component_names if name not in left_out)
         if kind == TINY:
             parts = _left_out(_from_tiny(source, spec), spec, left_out)
@@ -127,7 +124,7 @@ class DiffusersLoader:
         for name, storage in quantise.items():
             module = parts.components.get(name)
             if module is not None and module_storage(module) is None:
-                quantise_module(module, storage.format, storage.compute_dtype)
+                quantise_module(module, storage.format, storage.compute_dtype, quantise_on=storage.quantise_on)
         prediction = parts.prediction_type if wanted is PredictionType.AUTO else wanted.value
         model = assemble(spec, parts, source, prediction, device, dtype)
         model.options = dict(model_config.options)

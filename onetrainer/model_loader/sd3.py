@@ -5,25 +5,16 @@ A diffusers folder or hub id (`stabilityai/stable-diffusion-3.5-large`) loads wh
 ComfyUI's checkpoints are read tensor by tensor through the SD 3 table in the family spec; the parts a
 file lacks (Stability's release files hold no text encoders) come, with their tokenizers, from
 `model.config`, and without one the architecture shipped for the model type describes the file.
-`model.options.t5: false` leaves T5 out of any source, so it is never read.
+`model.options.t5: false` leaves T5 out of any source (`FamilySpec.leaves_out`), so it is never read.
 """
 
 from __future__ import annotations
 
-from onetrainer.model.sd3 import T5, sd3_options
 from onetrainer.model_loader.pipeline import DiffusersLoader
 from onetrainer.model_loader.single_file import read_single_file
-from onetrainer.util.config.model import ModelConfig
-from onetrainer.util.family import get_family
 from onetrainer.util.registry import ModuleKind, register
-
-
-def leave_out(model_config: ModelConfig) -> frozenset[str]:
-    """T5, when the model's options say to go without it."""
-    options = sd3_options(get_family(model_config.type), model_config.options)
-    return frozenset() if options.t5 else frozenset({T5})
 
 
 @register(ModuleKind.LOADER, "sd35-large", "sd35-medium", "sd3-medium")
 def sd3_loader() -> DiffusersLoader:
-    return DiffusersLoader(read_single_file=read_single_file, leave_out=leave_out)
+    return DiffusersLoader(read_single_file=read_single_file)

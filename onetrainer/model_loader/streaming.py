@@ -168,7 +168,7 @@ def _put(
         return
     owner._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
     if type(owner) is torch.nn.Linear and name == "weight":
-        quantised = quantise_linear(owner, storage.format, storage.compute_dtype)
+        quantised = quantise_linear(owner, storage.format, storage.compute_dtype, quantise_on=storage.quantise_on)
         if quantised is not owner:
             parent_path, _, child = path.rpartition(".")
             setattr(root.get_submodule(parent_path) if parent_path else root, child, quantised)

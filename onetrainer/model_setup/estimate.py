@@ -142,7 +142,8 @@ def _largest(resolution: int | list[int]) -> int:
 
 
 def meta_model(config: TrainConfig, spec: FamilySpec) -> tuple[DiffusionModel, str]:
-    """The architecture's components built on the meta device, as a model (no weights, no tokenizers)."""
+    """The architecture's components built on the meta device, as a model (no weights, no tokenizers), less
+    those the model's options leave out."""
     import torch
 
     from onetrainer.model.diffusion import DiffusionModel
@@ -152,9 +153,10 @@ def meta_model(config: TrainConfig, spec: FamilySpec) -> tuple[DiffusionModel, s
     local = source is not None and (str(source).startswith(TINY_PREFIX) or Path(str(source)).is_dir())
     prediction = None if config.model.prediction_type is PredictionType.AUTO else config.model.prediction_type.value
     architecture = resolve_architecture(str(source) if local else None, spec, prediction)
+    left_out = spec.left_out(config.model.options)
     components: dict[str, Any] = {}
     for component in spec.components:
-        if component.name not in architecture.classes:
+        if component.name not in architecture.classes or component.name in left_out:
             continue
         library, class_name = architecture.classes[component.name]
         cls = getattr(importlib.import_module(library), class_name)

@@ -65,11 +65,12 @@ def quantised_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float16 if model_dtype == torch.float16 else torch.bfloat16
 
 
-def quantised_parts(config: TrainConfig) -> dict[str, QuantisedStorage]:
-    """The components stored quantised, from the config alone: what the loader quantises while reading."""
+def quantised_parts(config: TrainConfig, *, quantise_on: str = "cpu") -> dict[str, QuantisedStorage]:
+    """The components stored quantised, from the config alone: what the loader quantises while reading (on
+    `quantise_on`, the training device)."""
     dtype = torch_dtype(config.model.dtype)
     return {
-        name: QuantisedStorage(part.weight_dtype.value, quantised_compute_dtype(dtype))
+        name: QuantisedStorage(part.weight_dtype.value, quantised_compute_dtype(dtype), quantise_on)
         for name, part in config.parts.items()
         if part.weight_dtype is not None and is_quantised(part.weight_dtype)
     }
@@ -114,7 +115,7 @@ def apply_storage(model: DiffusionModel, policy: Mapping[str, Placement]) -> Non
     for name, module in model.modules():
         placement = policy[name]
         if placement.quantised is not None:
-            quantise_module(module, placement.quantised, placement.compute_dtype)
+            quantise_module(module, placement.quantised, placement.compute_dtype, quantise_on=placement.device)
 
 
 def apply_placement(

@@ -101,7 +101,7 @@ def build_parts(
     progress({"event": "status", "message": f"loading {model_type} model {config.model.base}"})
     try:
         loader: ModelLoader = lookup(ModuleKind.LOADER, model_type)()
-        model = loader.load(config.model, device="cpu", quantise=quantised_parts(config))
+        model = loader.load(config.model, device="cpu", quantise=quantised_parts(config, quantise_on=str(device)))
         make_setup: SetupFactory = lookup(ModuleKind.SETUP, model_type)
         setup = make_setup(model, config)
         setup.prepare(device, torch_dtype(config.model.dtype))

@@ -247,6 +247,7 @@ def detect_weights(
     lora_format = detect_lora_format(keys)
     if lora_format is not None:
         return _lora_detection(shapes, lora_format, said)
+    _refuse_output_embedding(shapes, name)
     if _is_embedding(shapes):
         layout = "a1111" if _a1111_embedding_keys(set(shapes)) else "diffusers"
         return _detection(EMBEDDING, layout, recognise("embedding", shapes), said)
@@ -331,6 +332,22 @@ def _embedding_keys() -> frozenset[str]:
 
 def _a1111_embedding_keys(keys: set[str]) -> bool:
     return keys <= _embedding_keys() or all(k.startswith("string_to_param.") for k in keys)
+
+
+def _refuse_output_embedding(shapes: Mapping[str, tuple[int, ...]], name: str) -> None:
+    """OneTrainer's output embeddings (`clip_l_out`, `t5_out`) hold vectors added at a text encoder's output,
+    not token vectors: read as an input embedding (a lone `clip_l_out` would pass for one), they would
+    condition on other values without a word."""
+    if any(len(shape) not in (1, 2) for shape in shapes.values()):
+        return
+    known = _embedding_keys()
+    outputs = sorted(key for key in shapes if key.endswith("_out") and key.removesuffix("_out") in known)
+    if outputs:
+        raise UserError(
+            f'{name} is an output embedding ({", ".join(outputs)}: OneTrainer\'s "output embedding", vectors '
+            "applied at the text encoder's output); onetrainer reads and trains input embeddings only",
+            hint="Use it in OneTrainer, or train the embedding again without OneTrainer's output embedding option.",
+        )
 
 
 def _is_embedding(shapes: Mapping[str, tuple[int, ...]]) -> bool:

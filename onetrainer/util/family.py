@@ -281,6 +281,10 @@ class FamilySpec:
     """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
     logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
     the preset, the file and the overrides, which may still set anything the family takes."""
+    leaves_out: Callable[[Any], Mapping[str, str]] | None = None
+    """The family's validated `model.options` -> each optional component they leave out, with the option that
+    does (SD 3's `t5: false` leaves T5 out). A left-out component is read from no source, trains in no run
+    and counts in no memory estimate."""
 
     def component(self, name: str) -> Component:
         for component in self.components:
@@ -298,6 +302,13 @@ class FamilySpec:
     @property
     def text_encoders(self) -> tuple[Component, ...]:
         return self.by_role(Role.TEXT_ENCODER)
+
+    def left_out(self, options: Mapping[str, Any]) -> Mapping[str, str]:
+        """Component -> the `model.options` key leaving it out, for these options (valid ones: the config's
+        validation refuses the rest first)."""
+        if self.leaves_out is None or self.options is None:
+            return {}
+        return self.leaves_out(self.options.model_validate(dict(options)))
 
     @property
     def vae(self) -> Component:

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from onetrainer.inspection.dispatch import inspect_path
+from onetrainer.util.errors import UserError
 from onetrainer.util.family import find_family
 
 
@@ -163,3 +164,22 @@ def test_onetrainers_embeddings_with_t5_under_its_own_key_are_recognised(
     ours = tmp_path / "ours.safetensors"
     save_file({("t5xxl" if key == "t5" else key): torch.ones(2, width) for key, width in encoders.items()}, ours)
     assert result.details["fits"] == inspect_path(ours).details["fits"] is not None
+
+
+@pytest.mark.parametrize(
+    "encoders",
+    [{"clip_l_out": 768}, {"clip_l_out": 768, "clip_g_out": 1280}, {"clip_l_out": 768, "t5_out": 4096}],
+)
+def test_onetrainers_output_embeddings_are_refused_by_name(encoders: dict[str, int], tmp_path: Path) -> None:
+    """Vectors for a text encoder's output are not token vectors: a lone `clip_l_out` has the shape of an SD 1.x
+    embedding, and reading it as one would condition on other values."""
+    from onetrainer.util.detect import detect_path
+
+    path = tmp_path / "output.safetensors"
+    save_file({key: torch.ones(2, width) for key, width in encoders.items()}, path)
+    with pytest.raises(UserError, match="is an output embedding") as error:
+        detect_path(path)
+    assert all(key in str(error.value) for key in encoders)
+    inputs = tmp_path / "input.safetensors"
+    save_file({key.removesuffix("_out"): torch.ones(2, width) for key, width in encoders.items()}, inputs)
+    assert detect_path(inputs).kind == "embedding"

@@ -107,6 +107,56 @@ def test_weights_it_cannot_stream_load_whole_and_are_quantised_after(tiny_sd15_d
     assert module_storage(model.components["unet"]) == "int8"
 
 
+def test_nf4_is_quantised_on_the_device_it_names_and_comes_back(
+    tiny_sd15_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer names its GPU (bitsandbytes' CPU quantiser is slow); the quantised weights come back to the
+    CPU, where the placement policy takes over. Here the "other" device is the CPU by another name."""
+    import bitsandbytes as bnb
+
+    seen: list[torch.device] = []
+    quantise = bnb.nn.Params4bit._quantize
+
+    def recording(param: object, device: torch.device) -> object:
+        seen.append(device)
+        return quantise(param, device)
+
+    monkeypatch.setattr(bnb.nn.Params4bit, "_quantize", recording)
+    storage = QuantisedStorage("nf4", torch.bfloat16, quantise_on="cpu:0")
+    model = lookup(ModuleKind.LOADER, "sd15")().load(
+        ModelConfig(type="sd15", base=str(tiny_sd15_dir)), quantise={"unet": storage}
+    )
+    assert set(seen) == {torch.device("cpu", 0)}
+    assert {param.device.type for param in model.components["unet"].parameters()} == {"cpu"}
+
+
+@pytest.mark.gpu
+def test_nf4_quantised_on_the_gpu_equals_the_cpus(tiny_sd15_dir: Path) -> None:
+    """The two quantisers may round a value on a level boundary apart: nearly every weight is equal."""
+    import bitsandbytes as bnb
+
+    def weights(on: str) -> dict[str, torch.Tensor]:
+        storage = QuantisedStorage("nf4", torch.bfloat16, quantise_on=on)
+        model = lookup(ModuleKind.LOADER, "sd15")().load(
+            ModelConfig(type="sd15", base=str(tiny_sd15_dir)), quantise={"unet": storage}
+        )
+        unet = model.components["unet"]
+        assert {param.device.type for param in unet.parameters()} == {"cpu"}
+        unet.to("cuda")
+        return {
+            name: bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float().cpu()
+            for name, layer in unet.named_modules()
+            if isinstance(layer, bnb.nn.Linear4bit)
+        }
+
+    on_cpu, on_gpu = weights("cpu"), weights("cuda")
+    assert on_cpu
+    assert on_cpu.keys() == on_gpu.keys()
+    for name, weight in on_gpu.items():
+        assert (weight != on_cpu[name]).float().mean() < 0.01, name
+        torch.testing.assert_close(weight.mean(), on_cpu[name].mean(), rtol=0.01, atol=1e-4, msg=name)
+
+
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wide") / "sd15"

@@ -146,9 +146,15 @@ def test_a_training_step_predicts_the_flow_matching_target(t5: bool) -> None:
     assert any(grad is not None and grad.abs().sum() > 0 for grad in grads)
 
 
-def test_t5_cannot_train_on_a_model_without_it() -> None:
+def test_t5_cannot_train_on_a_model_whose_source_holds_none() -> None:
+    """`model.options.t5: false` is refused by the config's validation; a source without T5 (a folder whose
+    `model_index.json` has no `text_encoder_3`) is found out only once loaded, by the setup."""
+    settings = validate(
+        {"model": {"type": "sd35-large", "base": "tiny:sd35-large"}, "parts": {"text_encoder_3": {"train": True}}},
+        check_paths=False,
+    )
     with pytest.raises(UserError, match="has no T5") as error:
-        _setup(method="lora", model={"options": {"t5": False}}, parts={"text_encoder_3": {"train": True}})
+        lookup(ModuleKind.SETUP, "sd35-large")(_model(t5=False), settings)
     assert error.value.where == "parts.text_encoder_3.train"
 
 
@@ -210,3 +216,23 @@ def test_a_dora_trains_on_the_axis_of_the_layout_auto_saves(tmp_path: Path, t5: 
     (path,) = DiffusionSaver().save(setup.model, tmp_path / "dora.safetensors", method=TrainingMethod.LORA)
     assert detect_path(path).layout == layout
     assert any(key.startswith(("lora_te3_", "text_encoder_3.")) for key in load_file(path)) == t5
+
+
+def test_the_memory_estimate_leaves_out_what_the_options_leave_out() -> None:
+    """Uncached, T5 runs during the steps: its weights count, unless `model.options.t5: false` leaves it out."""
+    from onetrainer.model_setup.estimate import estimate_memory
+
+    def weights(options: dict[str, Any]) -> dict[str, int]:
+        config = validate(
+            {
+                "model": {"type": "sd35-medium", "base": "tiny:sd35-medium", "options": options},
+                "data": {"cache": False, "resolution": 64},
+            },
+            check_paths=False,
+        )
+        return {line.what.split()[0]: line.bytes for line in estimate_memory(config).gpu if line.kind == "weights"}
+
+    with_t5, without = weights({}), weights({"t5": False})
+    assert with_t5["text_encoder_3"] > 0
+    assert "text_encoder_3" not in without
+    assert without == {name: size for name, size in with_t5.items() if name != "text_encoder_3"}

@@ -290,4 +290,14 @@ def _option_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProble
             )
             for item in error.errors()
         ]
-    return []
+    return [
+        ConfigProblem(
+            f"parts.{name}.train",
+            f"model.options.{option} leaves the {spec.component(name).title} out, so it cannot train; "
+            f"set parts.{name}.train: false, or load it (model.options.{option}: true)",
+            True,
+            has_value=True,
+        )
+        for name, option in spec.left_out(options).items()
+        if name in config.parts and config.parts[name].train
+    ]

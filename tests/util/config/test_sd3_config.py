@@ -32,6 +32,16 @@ def test_options_take_the_familys_defaults_and_are_checked() -> None:
     assert TrainConfig(model={**MEDIUM, "options": {"skip_layer_guidance": 2.5}}).model.options
 
 
+def test_a_part_the_options_leave_out_cannot_train() -> None:
+    """Refused before anything loads, naming the option that leaves T5 out."""
+    without_t5 = {**MEDIUM, "options": {"t5": False}}
+    problems = _problems(model=without_t5, parts={"text_encoder_3": {"train": True}})
+    assert list(problems) == ["parts.text_encoder_3.train"]
+    assert "model.options.t5" in problems["parts.text_encoder_3.train"]
+    assert TrainConfig(model=without_t5, parts={"text_encoder": {"train": True}}).parts["text_encoder"].train
+    assert TrainConfig(model=MEDIUM, parts={"text_encoder_3": {"train": True}}).parts["text_encoder_3"].train
+
+
 def test_sd3s_timestep_default_is_logit_normal_unless_set() -> None:
     assert TrainConfig(model=LARGE).noise.timesteps.distribution.value == "logit-normal"
     chosen = TrainConfig(model=LARGE, noise={"timesteps": {"distribution": "uniform"}})
