@@ -19,9 +19,13 @@ How it works, per offloaded block (a unit gradient checkpointing recomputes, `mo
   the backward pass runs the hooks again (`forward_context` turns off torch's early stop of a
   recomputation, which would skip the forward hook; blocks left with copies are swept anyway), so
   at most two blocks' copies exist at a time: the one in use and the next one, copied ahead on a
-  side CUDA stream in the direction the pass travels (the order is learnt from the first pass). A
-  copy taken ahead of a trained block that the optimizer updated since (a block the backward pass
-  did not recompute) is stale and taken again. Without checkpointing autograd would keep every copy
+  side CUDA stream. Which block runs next is learnt from the passes run so far, as the successor of
+  the pair (block run before, block running): that tells a forward pass from a backward one, and a
+  UNet's backward pass recomputes its blocks in another order than the reverse of its forward pass
+  (skip connections). From the third step on every block is copied ahead, the first of a pass too
+  (by the last block of the pass before). A copy taken ahead of a block that does not run next is
+  dropped; one taken ahead of a trained block that the optimizer updated since (the next step's
+  first block, in a full fine-tune) is stale and taken again. Without checkpointing autograd would keep every copy
   until the backward pass, saving no memory, which is why the config asks for it.
 - The side stream waits for the compute stream before each copy, so memory freed by a finished
   block is never overwritten while a kernel may still read it; the compute stream waits for a
@@ -118,10 +122,13 @@ class BlockOffloader:
     """Offload trained weights too (a fully trained part); otherwise they stay on the device."""
     pin_memory: bool | None = None
     """Pin the masters (default: when the device is a GPU)."""
-    order: list[int] = field(default_factory=list)
-    """Block indices in the order the first pass ran them."""
+    successors: dict[tuple[int | None, int], int] = field(default_factory=dict)
+    """(block run before, block running) -> the block that ran next, as seen so far."""
     _units: list[_Block] = field(default_factory=list)
-    _last: int | None = None
+    _previous: int | None = None
+    _latest: int | None = None
+    """The two blocks run last (for `successors`)."""
+    _ahead: _Block | None = None
     _installed: set[int] = field(default_factory=set)
     _stream: Any = None
 
@@ -189,9 +196,12 @@ class BlockOffloader:
     def _before(self, unit: _Block, _: torch.nn.Module, args: Any) -> None:
         import torch
 
-        if unit.index not in self.order:
-            self.order.append(unit.index)
+        if self._latest is not None:
+            self.successors[(self._previous, self._latest)] = unit.index
         self.settle()
+        if self._ahead is not None and self._ahead is not unit:
+            self._ahead.copies, self._ahead.ready = None, None  # taken for a block that did not run next
+        self._ahead = None
         if unit.copies is not None and unit.stale():
             unit.copies, unit.ready = None, None
         if unit.copies is None:
@@ -203,10 +213,11 @@ class BlockOffloader:
             onloaded: Any = self._onload.apply(entry.master, copy) if entry.trained else copy
             entry.owner._parameters[entry.key] = onloaded  # a tensor in a parameter's place, for this block's run
         self._installed.add(unit.index)
-        following = self._following(unit.index)
-        if following is not None and following.copies is None:
-            self._copy_in(following, ahead=True)
-        self._last = unit.index
+        self._previous, self._latest = self._latest, unit.index
+        following = self.successors.get((self._previous, unit.index))
+        if following is not None and self._units[following].copies is None:
+            self._ahead = self._units[following]
+            self._copy_in(self._ahead, ahead=True)
 
     def _after(self, unit: _Block, _: torch.nn.Module, args: Any, output: Any) -> None:
         self._restore(unit)
@@ -215,16 +226,6 @@ class BlockOffloader:
         for entry in unit.entries:
             entry.owner._parameters[entry.key] = entry.master
         self._installed.discard(unit.index)
-
-    def _following(self, index: int) -> _Block | None:
-        """The block after `index` in the direction the pass travels (backward recomputes in reverse)."""
-        position = self.order.index(index)
-        last = self.order.index(self._last) if self._last in self.order else -1
-        step = -1 if position < last else 1
-        nearby = position + step
-        if nearby < 0 or nearby >= len(self.order):
-            return None
-        return self._units[self.order[nearby]]
 
     def _copy_in(self, unit: _Block, *, ahead: bool) -> None:
         import torch

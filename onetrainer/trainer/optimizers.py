@@ -171,10 +171,7 @@ def build_optimizer(
     kwargs.update(
         {name: tuple(value) if isinstance(value, list) else value for name, value in config.optimizer_args.items()}
     )
-    if config.optimizer in FUSED_ON_CUDA and "fused" not in kwargs and "foreach" not in kwargs:
-        # Not where a trained tensor stays in CPU memory (offloaded blocks' masters): fused kernels need the device.
-        in_cpu_memory = any(param.device.type == "cpu" for group in groups for param in group["params"])
-        kwargs["fused"] = (device.type == "cuda" and not in_cpu_memory) or None
+    _choose_fused(config, kwargs, groups, device)
     try:
         optimizer: torch.optim.Optimizer = cls(groups, **kwargs)
     except (TypeError, ValueError) as error:
@@ -186,6 +183,43 @@ def build_optimizer(
 
         keep_state_dtypes(optimizer)
     return optimizer
+
+
+def _choose_fused(
+    config: TrainingConfig, kwargs: dict[str, Any], groups: list[dict[str, Any]], device: torch.device
+) -> None:
+    """Build torch's fused kernels where they are safe: on CUDA, for weights all on the device, and for SGD
+    only without momentum. A `fused: true` from `optimizer_args` where they are not is refused.
+
+    Two of torch's fused kernels misbehave when a step is skipped on the device (`found_inf`: the NaN guard
+    of `trainer.readback`, fp16's loss scaler): CPU-held weights (offloaded blocks' masters) read the flag
+    through a non-blocking copy from the GPU, possibly before it arrives; and fused SGD creates its momentum
+    buffers uninitialised on the first step and keeps them when that step is skipped.
+    """
+    momentum = config.optimizer is Optimizer.SGD and float(kwargs.get("momentum") or 0) > 0
+    in_cpu_memory = any(param.device.type == "cpu" for group in groups for param in group["params"])
+    if config.optimizer in FUSED_ON_CUDA and "fused" not in kwargs and "foreach" not in kwargs:
+        kwargs["fused"] = (device.type == "cuda" and not in_cpu_memory and not momentum) or None
+        return
+    if kwargs.get("fused") is not True or device.type != "cuda":
+        return
+    if in_cpu_memory:
+        reason = (
+            "some trained weights stay in CPU memory (offloaded blocks), where fused kernels read the step's "
+            "skip flag before it arrives from the GPU"
+        )
+    elif momentum:
+        reason = (
+            "torch's fused SGD keeps uninitialised momentum when its first step is skipped (an fp16 overflow, "
+            "a non-finite loss)"
+        )
+    else:
+        return
+    raise UserError(
+        f"training.optimizer_args.fused is true, but {reason}",
+        where="training.optimizer_args.fused",
+        hint="Leave `fused` out: onetrainer fuses wherever it is safe.",
+    )
 
 
 def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, train: bool) -> None:

@@ -28,6 +28,7 @@ rank then reaches every rank, and all of them skip the step together.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -125,12 +126,20 @@ class FusedStep:
     updater: TensorUpdater
     _squares: torch.Tensor | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
+    _one_at_a_time: threading.Lock = field(default_factory=threading.Lock, init=False)
+    """The hooks of CPU-held weights (offloaded blocks' masters) run on the thread that called `backward`,
+    those of GPU weights on autograd's CUDA thread: two updates could otherwise interleave in the one
+    optimizer (`TensorUpdater` narrows its groups to one tensor per step)."""
 
     def __post_init__(self) -> None:
         for param in self.trained:
             param.register_post_accumulate_grad_hook(self._ready)
 
     def _ready(self, param: torch.nn.Parameter) -> None:
+        with self._one_at_a_time:
+            self._update(param)
+
+    def _update(self, param: torch.nn.Parameter) -> None:
         import torch
 
         grad = param.grad

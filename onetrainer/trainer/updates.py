@@ -126,13 +126,16 @@ class TensorUpdater:
         if target is not param:
             target.grad = grad = grad.to(target.device, target.dtype)
             param.grad = None
-        rounded = self.stochastic_rounding and target.dtype == torch.bfloat16
+        stored = target.data
+        rounded = self.stochastic_rounding and stored.dtype == torch.bfloat16
         if rounded:
-            target.data = target.data.float()
+            target.data = stored.float()
             target.grad = grad.float()
         self._step_one(target)
         if rounded:
-            target.data = stochastic_round_to_bf16(target.data, self._generator(param, target.device))
+            # back into the same storage: a pinned master stays pinned, so its copies to the GPU stay asynchronous
+            stored.copy_(stochastic_round_to_bf16(target.data, self._generator(param, target.device)))
+            target.data = stored
         target.grad = None
         if target is not param:
             with torch.no_grad():

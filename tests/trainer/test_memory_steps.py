@@ -61,6 +61,43 @@ def test_fused_backward_equals_the_plain_step_for_adamw_without_clipping() -> No
     assert not torch.equal(plain[0].weight, _model()[0].weight), "the weights moved"
 
 
+def test_fused_backward_updates_one_tensor_at_a_time_whatever_thread_its_hook_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On CUDA, autograd runs the hooks of GPU weights on its own thread and those of CPU-held weights on the
+    caller's: their updates share one optimizer, so they must not interleave."""
+    import threading
+    import time
+
+    model = _model()
+    trained = list(model.parameters())
+    optimizer = build_optimizer([{"params": trained, "lr": 1e-2, "name": "model"}], _training(), CPU)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = build_step(
+        _training(fused_backward=True), optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), trained
+    )
+    assert isinstance(strategy, FusedStep)
+    update, running, most = strategy.updater.update, [0], [0]
+
+    def slow(param: torch.nn.Parameter) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # lets another thread in, as a GPU wait would
+        update(param)
+        running[0] -= 1
+
+    monkeypatch.setattr(strategy.updater, "update", slow)
+    for param in trained:
+        param.grad = torch.ones_like(param)
+    threads = [threading.Thread(target=strategy._ready, args=(param,)) for param in trained]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+    assert all(param.grad is None for param in trained), "every tensor was updated"
+
+
 def test_fused_backward_is_refused_when_gradients_are_averaged_over_ranks() -> None:
     """Each tensor would be updated by its own rank's gradient before the ranks' gradients are averaged."""
     from onetrainer.trainer.step import PlainStep
@@ -139,6 +176,7 @@ def test_stochastic_rounding_keeps_updates_below_bf16_resolution(optimizer: str)
 
     def train(dtype: torch.dtype, **settings: object) -> torch.nn.Parameter:
         weight = torch.nn.Parameter(torch.ones(20_000, dtype=dtype))
+        stored = weight.data  # held, so that no new tensor can take its address
         training = _training(optimizer=optimizer, learning_rate=1e-4, weight_decay=0.0, **settings)
         opt = build_optimizer([{"params": [weight], "lr": 1e-4}], training, CPU)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
@@ -147,6 +185,8 @@ def test_stochastic_rounding_keeps_updates_below_bf16_resolution(optimizer: str)
             strategy.backward(weight.float().sum())
             strategy.measure()
             strategy.apply()
+        # updated in place: a pinned master (an offloaded block's) must stay pinned
+        assert weight.data_ptr() == stored.data_ptr()
         return weight
 
     reference = train(torch.float32).detach().mean()

@@ -77,6 +77,31 @@ def test_adamw_and_sgd_use_fused_kernels_on_cuda_which_skip_a_step_on_the_device
     ]
 
 
+def test_fused_kernels_are_not_used_where_a_skipped_step_would_corrupt_them() -> None:
+    """Fused SGD keeps uninitialised momentum when its first step is skipped; fused kernels over CPU-held weights
+    read the skip flag through a non-blocking copy from the GPU. Either is refused when asked for by name."""
+    cuda = torch.device("cuda")
+
+    def fused(config: TrainingConfig, *, on_device: bool = True) -> bool:
+        with torch.device("meta" if on_device else "cpu"):
+            groups = _groups()
+        return bool(build_optimizer(resolve_parameter_groups(groups, config), config, cuda).defaults["fused"])
+
+    assert fused(TrainingConfig(optimizer=Optimizer.SGD))
+    assert not fused(TrainingConfig(optimizer=Optimizer.SGD, momentum=0.9))
+    assert not fused(TrainingConfig(optimizer=Optimizer.SGD, optimizer_args={"momentum": 0.9}))
+    asked = {"fused": True}
+    with pytest.raises(UserError, match="uninitialised momentum") as error:
+        fused(TrainingConfig(optimizer=Optimizer.SGD, momentum=0.9, optimizer_args=asked))
+    assert error.value.where == "training.optimizer_args.fused"
+    with pytest.raises(UserError, match="CPU memory"):
+        fused(TrainingConfig(optimizer=Optimizer.ADAMW, optimizer_args=asked), on_device=False)
+    assert fused(TrainingConfig(optimizer=Optimizer.ADAMW, optimizer_args=asked))
+    assert build_optimizer(_groups(), TrainingConfig(optimizer=Optimizer.ADAMW, optimizer_args=asked), CPU).defaults[
+        "fused"
+    ], "fused kernels on the CPU read no flag from a GPU"
+
+
 def test_per_part_learning_rates_apply_by_group_name() -> None:
     config = TrainingConfig(learning_rate=1e-4)
     groups = _groups()
