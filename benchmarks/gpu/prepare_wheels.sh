@@ -6,6 +6,8 @@
 # build is used): pure-Python ones, plus compiled ones whose wheels must match the GPU machine's Python
 # and platform, torchao and bitsandbytes among them (the memory presets' quantised weights and 8-bit
 # optimizer). run.sh installs each one whose distribution is missing there or at another version.
+# huggingface-hub is not carried: the image's 1.33 meets diffusers and transformers, and the 2.x series
+# imports httpx2, which the image lacks. regex is, as transformers checks its version when imported.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,12 +15,12 @@ PY=${1:-3.12}
 CUDA=${2:-130}
 PIP=(python3 -m pip download --quiet --no-deps --dest .whl)
 "${PIP[@]}" --only-binary=:all: \
-    diffusers==0.42.1 transformers==5.24.0 peft==0.21.2 huggingface-hub==2.4.0 accelerate==1.15.0 \
-    pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5 importlib-metadata
+    diffusers==0.42.1 transformers==5.24.0 peft==0.21.2 accelerate==1.15.0 \
+    pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
 "${PIP[@]}" --only-binary=:all: --python-version "$PY" --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_28_x86_64 pydantic-core==2.50.5 tokenizers==0.23.3 safetensors==0.8.0 torchao==0.18.0 \
-    bitsandbytes==0.50.2
+    bitsandbytes==0.50.2 regex==2026.11.19
 # bitsandbytes ships a kernel library per CUDA and ROCm version (43 MB together), more than a device call
 # may carry beside the others: keep the CPU one and those of the GPU image's CUDA major version.
 python3 - "$CUDA" <<'PY'

@@ -105,7 +105,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         if "skipped" in entry:
             lines.append(f"| {entry['case']} | skipped | | | | | | |")
             continue
-        ours, bare = entry["ours"], entry["diffusers"]
+        ours, bare = entry.get("ours", {}), entry.get("diffusers", {})  # a side not yet run: —
         notes.update(result["unavailable"] for result in (ours, bare) if "unavailable" in result)
         lines.append(
             f"| {entry['case']} | {_speed(ours)} | {_speed(bare)} | {_ratio(ours, bare, 'steps_per_second')} "

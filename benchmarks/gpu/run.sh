@@ -17,7 +17,7 @@ if [ -d .whl ]; then
         echo "installing from .whl: ${missing[*]##*/}" >&2
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${missing[@]}"
     fi
-    export PYTHONPATH="$PYTHONPATH:$SITE"
+    export PYTHONPATH="$PWD:$SITE${PYTHONPATH#"$PWD"}"  # the carried versions before any the image puts there
 fi
 
 exec "$PYTHON" -m benchmarks.gpu "$@"

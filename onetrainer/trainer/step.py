@@ -17,7 +17,9 @@ owns the parts of that sequence that memory or speed features change:
   no clipping by the total norm, no fp16 loss scaling; and since the update cannot wait for the
   finite check, each tensor is checked before its own update: the first non-finite gradient stops
   every update after it, and the loop then stops the run as for any non-finite gradient (tensors
-  whose gradients came earlier were already updated; nothing is saved from them). It cannot run on
+  whose gradients came earlier were already updated; nothing is saved from them). Where the optimizer
+  takes torch's `found_inf` (fused AdamW and SGD on CUDA) that check stays on the device, as a flag
+  the first non-finite gradient sets, instead of a wait for the GPU once per tensor. It cannot run on
   several ranks: their gradients are averaged once all of them are ready, after these hooks would
   have updated the weights (`check_fused_backward` refuses it before anything loads).
 
@@ -126,12 +128,22 @@ class FusedStep:
     updater: TensorUpdater
     _squares: torch.Tensor | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
+    _diverged: torch.Tensor | None = field(default=None, init=False)
+    """On the device: whether a non-finite gradient came yet this step (where `_on_device`)."""
+    _on_device: bool = field(default=False, init=False)
+    """The finite check stays on the device: the optimizer takes torch's `found_inf` and steps each tensor
+    itself (no stochastic rounding, no CPU masters), so no wait for the GPU once per tensor."""
     _one_at_a_time: threading.Lock = field(default_factory=threading.Lock, init=False)
     """The hooks of CPU-held weights (offloaded blocks' masters) run on the thread that called `backward`,
     those of GPU weights on autograd's CUDA thread: two updates could otherwise interleave in the one
     optimizer (`TensorUpdater` narrows its groups to one tensor per step)."""
 
     def __post_init__(self) -> None:
+        self._on_device = (
+            bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+            and not self.updater.stochastic_rounding
+            and not self.updater.masters
+        )
         for param in self.trained:
             param.register_post_accumulate_grad_hook(self._ready)
 
@@ -149,6 +161,15 @@ class FusedStep:
         if self._squares is not None:
             square = square.to(self._squares.device)
         self._squares = square if self._squares is None else self._squares + square
+        if self._on_device:
+            diverged = ~torch.isfinite(square)
+            self._diverged = diverged if self._diverged is None else self._diverged | diverged
+            self.optimizer.found_inf = self._diverged.to(torch.float32)  # type: ignore[attr-defined]
+            try:
+                self.updater.update(param)
+            finally:
+                del self.optimizer.found_inf  # type: ignore[attr-defined]
+            return
         if self._stopped or not bool(torch.isfinite(square)):
             self._stopped = True
             param.grad = None
@@ -172,7 +193,7 @@ class FusedStep:
     def apply(self, skip: torch.Tensor | None = None) -> list[float]:
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
-        self._squares, self._stopped = None, False
+        self._squares, self._stopped, self._diverged = None, False, None
         return learning_rates
 
 

@@ -140,6 +140,24 @@ def test_gpu_cpu_real_size_skips_transformers_too_big_for_cpu_memory(
     assert all(case["family"] == family and "not on a CPU run" in case["skipped"] for case in cases)
 
 
+@pytest.mark.parametrize("only", ["speed", "memory"])
+def test_gpu_script_measures_the_speed_cases_or_the_memory_presets_alone(
+    only: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One H200 lease measures about one of the two; FLUX.1 is skipped on the CPU, so this measures nothing."""
+    from benchmarks.gpu.__main__ import main
+    from onetrainer.model_setup.compile import CACHE_VARIABLE
+
+    monkeypatch.delenv(CACHE_VARIABLE, raising=False)
+    assert main([str(tmp_path), "--cpu-real-size", "--family", "FLUX.1-dev", "--only", only]) == 0
+    cases = json.loads((tmp_path / "gpu.json").read_text(encoding="utf-8"))["cases"]
+    presets = {case["preset"] for case in cases}
+    if only == "memory":
+        assert presets == set(memory_presets("FLUX.1-dev"))
+    else:
+        assert presets == {None}
+
+
 @pytest.mark.slow
 def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path) -> None:
     done = _run_module("benchmarks.gpu", str(tmp_path), "--dry-run")

@@ -98,6 +98,44 @@ def test_fused_backward_updates_one_tensor_at_a_time_whatever_thread_its_hook_ru
     assert all(param.grad is None for param in trained), "every tensor was updated"
 
 
+def test_with_found_inf_the_fused_backward_checks_on_the_device_and_skips_as_the_host_check_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fused AdamW takes torch's `found_inf` (on CUDA by default; on the CPU when asked): no host read per
+    tensor, the same updates, and a non-finite gradient skips its tensor and every one after it, as the host
+    check stops them."""
+    assert _run(_model(), _training(fused_backward=True, optimizer_args={"fused": True})) == pytest.approx(
+        _run(_model(), _training()), rel=1e-5
+    )
+
+    def diverging(optimizer_args: dict[str, object]) -> tuple[list[bool], bool]:
+        model = _model()
+        trained = list(model.parameters())
+        before = [param.detach().clone() for param in trained]
+        training = _training(fused_backward=True, optimizer_args=optimizer_args)
+        optimizer = build_optimizer([{"params": trained, "lr": 1e-2, "name": "model"}], training, CPU)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        strategy = build_step(training, optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), trained)
+        assert isinstance(strategy, FusedStep)
+        model[0].weight.register_hook(lambda grad: grad * float("nan"))  # a gradient late in the backward pass
+        inputs, targets = _batches(1)[0]
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        reads = []
+        read = torch.Tensor.__bool__
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "__bool__", lambda tensor: reads.append(1) or read(tensor))
+            strategy.backward(loss)
+        assert (len(reads) == 0) == ("fused" in optimizer_args), "a read to the host per tensor without found_inf"
+        finite = bool(torch.isfinite(strategy.measure()))
+        return [not torch.equal(param, old) for param, old in zip(trained, before, strict=True)], finite
+
+    on_device, finite = diverging({"fused": True})
+    assert not finite
+    assert on_device == diverging({})[0]
+    assert on_device[2:] == [True, True], "the last layer's gradients came first and were applied"
+    assert on_device[0] is False, "the non-finite one was skipped"
+
+
 def test_fused_backward_is_refused_when_gradients_are_averaged_over_ranks() -> None:
     """Each tensor would be updated by its own rank's gradient before the ranks' gradients are averaged."""
     from onetrainer.trainer.step import PlainStep
