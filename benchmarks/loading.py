@@ -26,8 +26,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import Row, Timing, timed_row
 from benchmarks.convert import build_checkpoint, component_configs
 
@@ -100,6 +98,8 @@ def run(quick: bool) -> list[Row]:
         vocab_size = component_configs(variant)["text_encoder"]["vocab_size"]
         tokenizer = "tiny:sd15" if quick else str(write_tokenizer(Path(scratch) / "tokenizer", vocab_size))
         loads = {storage: load_once(source, storage, architecture, tokenizer) for storage in ("bf16", *STORAGES)}
+        import torch
+
         if torch.cuda.is_available():
             loads[GPU_NF4] = load_once(source, "nf4", architecture, tokenizer, quantise_on="cuda")
     return _rows(loads, unet_bf16=sizes["unet"], variant=variant)

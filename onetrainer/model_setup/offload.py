@@ -20,9 +20,10 @@ How it works, per offloaded block (a unit gradient checkpointing recomputes, `mo
   recomputation, which would skip the forward hook; blocks left with copies are swept anyway), so
   at most two blocks' copies exist at a time: the one in use and the next one, copied ahead on a
   side CUDA stream. Which block runs next is learnt from the passes run so far, as the successor of
-  the pair (block run before, block running): that tells a forward pass from a backward one, and a
-  UNet's backward pass recomputes its blocks in another order than the reverse of its forward pass
-  (skip connections). From the third step on every block is copied ahead, the first of a pass too
+  each `Run` (block run before, block running, gradients on or not): that tells a forward pass from a
+  backward one and from a no-grad one, and a UNet's backward pass recomputes its blocks in another
+  order than the reverse of its forward pass (skip connections). A fake-tensor pass (the FLOP count)
+  uses copies of its own and learns nothing. From the third step on every block is copied ahead, the first of a pass too
   (by the last block of the pass before). A copy taken ahead of a block that does not run next is
   dropped; one taken ahead of a trained block that the optimizer updated since (the next step's
   first block, in a full fine-tune) is stale and taken again. Without checkpointing autograd would keep every copy
@@ -87,6 +88,11 @@ def _onload_function() -> Any:
     return Onload
 
 
+Run = tuple[int | None, int, bool]
+"""One run of an offloaded block: (the block run before it, the block, whether gradients were on). Gradients
+tell a no-grad pass (prior-preservation samples, previews) from the training pass between the same blocks."""
+
+
 @dataclass
 class _Entry:
     owner: torch.nn.Module
@@ -122,12 +128,10 @@ class BlockOffloader:
     """Offload trained weights too (a fully trained part); otherwise they stay on the device."""
     pin_memory: bool | None = None
     """Pin the masters (default: when the device is a GPU)."""
-    successors: dict[tuple[int | None, int], int] = field(default_factory=dict)
-    """(block run before, block running) -> the block that ran next, as seen so far."""
+    successors: dict[Run, int] = field(default_factory=dict)
+    """A block's run -> the block that ran next, as seen so far."""
     _units: list[_Block] = field(default_factory=list)
-    _previous: int | None = None
-    _latest: int | None = None
-    """The two blocks run last (for `successors`)."""
+    _last_run: Run | None = None
     _ahead: _Block | None = None
     _installed: set[int] = field(default_factory=set)
     _stream: Any = None
@@ -196,9 +200,12 @@ class BlockOffloader:
     def _before(self, unit: _Block, _: torch.nn.Module, args: Any) -> None:
         import torch
 
-        if self._latest is not None:
-            self.successors[(self._previous, self._latest)] = unit.index
         self.settle()
+        if _faking():
+            self._install(unit, [_copy(entry.master, self.device, non_blocking=False) for entry in unit.entries])
+            return
+        if self._last_run is not None:
+            self.successors[self._last_run] = unit.index
         if self._ahead is not None and self._ahead is not unit:
             self._ahead.copies, self._ahead.ready = None, None  # taken for a block that did not run next
         self._ahead = None
@@ -209,15 +216,19 @@ class BlockOffloader:
         if unit.ready is not None:
             torch.cuda.current_stream(self.device).wait_event(unit.ready)
         copies, unit.copies, unit.ready = unit.copies or [], None, None
+        self._install(unit, copies)
+        previous = self._last_run[1] if self._last_run is not None else None
+        self._last_run = (previous, unit.index, torch.is_grad_enabled())
+        following = self.successors.get(self._last_run)
+        if following is not None and self._units[following].copies is None:
+            self._ahead = self._units[following]
+            self._copy_in(self._ahead, ahead=True)
+
+    def _install(self, unit: _Block, copies: list[torch.Tensor]) -> None:
         for entry, copy in zip(unit.entries, copies, strict=True):
             onloaded: Any = self._onload.apply(entry.master, copy) if entry.trained else copy
             entry.owner._parameters[entry.key] = onloaded  # a tensor in a parameter's place, for this block's run
         self._installed.add(unit.index)
-        self._previous, self._latest = self._latest, unit.index
-        following = self.successors.get((self._previous, unit.index))
-        if following is not None and self._units[following].copies is None:
-            self._ahead = self._units[following]
-            self._copy_in(self._ahead, ahead=True)
 
     def _after(self, unit: _Block, _: torch.nn.Module, args: Any, output: Any) -> None:
         self._restore(unit)
@@ -239,6 +250,14 @@ class BlockOffloader:
             unit.copies = [_copy(entry.master, self.device, non_blocking=True) for entry in unit.entries]
             unit.ready = torch.cuda.Event()
             unit.ready.record(self._stream)
+
+
+def _faking() -> bool:
+    """Whether a fake-tensor pass runs (the trainer's FLOP count): it learns nothing and copies nothing ahead,
+    as its copies are fake tensors that no real pass may use."""
+    import torch
+
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
 def _versions(entries: list[_Entry]) -> list[tuple[int, int]]:

@@ -205,7 +205,7 @@ def _choose_fused(
         return
     if in_cpu_memory:
         reason = (
-            "some trained weights stay in CPU memory (offloaded blocks), where fused kernels read the step's "
+            "some trained weights stay in CPU memory (offloaded blocks), where a fused AdamW reads the step's "
             "skip flag before it arrives from the GPU"
         )
     elif momentum:

@@ -61,14 +61,22 @@ def test_offloaded_blocks_train_as_resident_ones(
     assert ran - {None} == set(range(len(offloader.blocks))), "every block ran through the hooks"
 
 
+@pytest.mark.parametrize("no_grad_pass", [False, True], ids=["training", "with a no-grad pass"])
 @pytest.mark.parametrize("method", ["lora", "full"])
 @pytest.mark.parametrize(("family", "tiny"), [("flux-dev", "flux-dev"), ("sdxl", "sdxl")])
 def test_once_the_order_is_learnt_every_block_is_copied_ahead_of_its_use(
-    family: str, tiny: str, method: str, make_setup: Callable[..., DiffusionSetup], train: Callable[..., list[float]]
+    family: str,
+    tiny: str,
+    method: str,
+    no_grad_pass: bool,
+    make_setup: Callable[..., DiffusionSetup],
+    train: Callable[..., list[float]],
+    latent_batch: Callable[..., dict[str, Any]],
 ) -> None:
     """Forward and backward (which recomputes a UNet's blocks in another order than the reverse), step after
-    step, holding one block's copies ahead at most. A fully trained block copied ahead across the optimizer's
-    update is stale and copied again."""
+    step, holding one block's copies ahead at most; a no-grad pass between the steps (prior-preservation
+    samples, a preview) between the same blocks is told apart. A fully trained block copied ahead across the
+    optimizer's update is stale and copied again."""
     name = get_family(family).denoiser.name
     setup = make_setup(family, tiny, method, parts={name: {"offload_blocks": 1.0}})
     offloader = setup.offloaders[name]
@@ -82,12 +90,45 @@ def test_once_the_order_is_learnt_every_block_is_copied_ahead_of_its_use(
             in_line.append(unit.index)
         copy_in(unit, ahead=ahead)
 
+    def step() -> None:
+        if no_grad_pass:
+            with torch.no_grad():
+                setup.predict(latent_batch(setup.spec), torch.Generator().manual_seed(0))
+        train(setup, steps=1)
+
     offloader._copy_in = recording_copy  # type: ignore[method-assign]
-    train(setup, steps=2)
+    step()
+    step()
     assert in_line, "the first passes copy in line"
     in_line.clear()
-    train(setup, steps=1)
+    step()
     assert len(in_line) == (0 if method == "lora" else 1)
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_a_flop_count_between_steps_leaves_no_fake_tensor_behind(
+    blocks: int,
+    make_setup: Callable[..., DiffusionSetup],
+    train: Callable[..., list[float]],
+    latent_batch: Callable[..., dict[str, Any]],
+) -> None:
+    """The trainer counts FLOPs on fake tensors after the first step of each batch shape: the offloader's hooks
+    run in that pass too, and must neither learn from it nor keep its copies for a real pass."""
+    import contextlib
+
+    from onetrainer.trainer.flops import count_flops, step_pass
+
+    def losses(count: bool) -> list[float]:
+        setup = make_setup("sd15", "sd15", "lora", parts={"unet": {"offload_blocks": blocks}})
+        run = train(setup, steps=1)
+        if count:
+            trained = [param for group in setup.parameter_groups() for param in group["params"]]
+            generator = torch.Generator().manual_seed(0)
+            one_pass = step_pass(setup, generator, contextlib.nullcontext, trained)
+            assert count_flops(lambda: one_pass(latent_batch(setup.spec))) > 0
+        return run + train(setup, steps=1) + train(setup, steps=1)
+
+    assert losses(count=True) == losses(count=False)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
