@@ -94,6 +94,36 @@ def without_checkpointing(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
             setattr(module, "gradient_checkpointing", True)  # noqa: B010
 
 
+@contextlib.contextmanager
+def plain_four_bit_weights(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """bitsandbytes' 4-bit weights as plain parameters holding the same packed data and scales, for the count.
+
+    Fake-tensor passes of torch before 2.13 refuse the operations bitsandbytes runs on its `Params4bit`
+    subclass (a real tensor among fake ones): its layer reads only the packed data and `quant_state`, which a
+    plain parameter carries as well. Only a process that has imported bitsandbytes can hold such weights.
+    """
+    if "bitsandbytes" not in sys.modules:
+        yield
+        return
+    import bitsandbytes as bnb
+    import torch
+
+    swapped = []
+    for root in modules:
+        for module in root.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, bnb.nn.Linear4bit) and isinstance(weight, bnb.nn.Params4bit):
+                plain = torch.nn.Parameter(weight.data, requires_grad=False)
+                plain.quant_state = weight.quant_state  # type: ignore[attr-defined]
+                module._parameters["weight"] = plain
+                swapped.append((module, weight))
+    try:
+        yield
+    finally:
+        for module, weight in swapped:
+            module._parameters["weight"] = weight
+
+
 def _dense_product(input_shape: Any, *args: Any, out_shape: Any, **kwargs: Any) -> int:
     """An input (..., K) times a weight (N, K): one multiply and one add per output element and K."""
     return 2 * math.prod(out_shape) * input_shape[-1]
@@ -127,9 +157,11 @@ def count_flops(run: Callable[[], Any], *, modules: Iterable[torch.nn.Module] = 
     from onetrainer.model_setup.compile import eager
     from onetrainer.util.seeding import preserved_rng
 
+    modules = list(modules)
     with (
         eager(),
         without_checkpointing(modules),
+        plain_four_bit_weights(modules),
         preserved_rng(),
         FakeTensorMode(allow_non_fake_inputs=True),
         FlopCounterMode(display=False, custom_mapping=quantised_product_formulas()) as counter,
