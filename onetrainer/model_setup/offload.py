@@ -23,11 +23,12 @@ How it works, per offloaded block (a unit gradient checkpointing recomputes, `mo
   each `Run` (block run before, block running, gradients on or not): that tells a forward pass from a
   backward one and from a no-grad one, and a UNet's backward pass recomputes its blocks in another
   order than the reverse of its forward pass (skip connections). A fake-tensor pass (the FLOP count)
-  uses copies of its own and learns nothing. From the third step on every block is copied ahead, the first of a pass too
-  (by the last block of the pass before). A copy taken ahead of a block that does not run next is
-  dropped; one taken ahead of a trained block that the optimizer updated since (the next step's
-  first block, in a full fine-tune) is stale and taken again. Without checkpointing autograd would keep every copy
-  until the backward pass, saving no memory, which is why the config asks for it.
+  uses copies of its own and learns nothing. From the third step on every block is copied ahead, the
+  first of a pass too (by the last block of the pass before). A copy taken ahead of a block that does
+  not run next is dropped; one taken ahead of a trained block that the optimizer updated since (the
+  next step's first block, in a full fine-tune) is stale and taken again. Without checkpointing
+  autograd would keep every copy until the backward pass, saving no memory, which is why the config
+  asks for it.
 - The side stream waits for the compute stream before each copy, so memory freed by a finished
   block is never overwritten while a kernel may still read it; the compute stream waits for a
   copy's event before the block runs.
@@ -202,7 +203,7 @@ class BlockOffloader:
 
         self.settle()
         if _faking():
-            self._install(unit, [_copy(entry.master, self.device, non_blocking=False) for entry in unit.entries])
+            self._install(unit, self._device_copies(unit, non_blocking=False))
             return
         if self._last_run is not None:
             self.successors[self._last_run] = unit.index
@@ -238,16 +239,19 @@ class BlockOffloader:
             entry.owner._parameters[entry.key] = entry.master
         self._installed.discard(unit.index)
 
+    def _device_copies(self, unit: _Block, *, non_blocking: bool) -> list[torch.Tensor]:
+        return [_copy(entry.master, self.device, non_blocking=non_blocking) for entry in unit.entries]
+
     def _copy_in(self, unit: _Block, *, ahead: bool) -> None:
         import torch
 
         unit.copied_from = _versions(unit.entries)
         if self._stream is None or not ahead:
-            unit.copies = [_copy(entry.master, self.device, non_blocking=False) for entry in unit.entries]
+            unit.copies = self._device_copies(unit, non_blocking=False)
             return
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
-            unit.copies = [_copy(entry.master, self.device, non_blocking=True) for entry in unit.entries]
+            unit.copies = self._device_copies(unit, non_blocking=True)
             unit.ready = torch.cuda.Event()
             unit.ready.record(self._stream)
 
