@@ -8,9 +8,10 @@ autograd, a gradient lands on a tensor whose data moved).
 
 How it works, per offloaded block (a unit gradient checkpointing recomputes, `model.blocks`):
 
-- Between uses the block's weights are their CPU *masters* (pinned when the device is a GPU). Frozen
-  weights are always offloaded; trained ones too when the part is fully trained (the optimizer then
-  holds the masters and updates them in CPU memory), while adapter weights stay on the device.
+- Between uses the block's weights are their CPU *masters* (pinned when the device is a GPU, quantised
+  ones too). Frozen weights are always offloaded; trained ones too when the part is fully trained (the
+  optimizer then holds the masters and updates them in CPU memory), while adapter weights stay on the
+  device.
 - A forward pre-hook puts device copies in the block's modules (`module._parameters`, as
   `torch.func.functional_call` swaps tensors in); a trained weight's copy is the output of
   `_Onload`, whose backward brings the gradient to the master. The forward hook puts the masters
@@ -148,13 +149,13 @@ class BlockOffloader:
         for index, (path, block) in enumerate(self.blocks):
             entries = []
             for owner in block.modules():
-                for key, param in owner._parameters.items():
+                for key, param in list(owner._parameters.items()):
                     if param is None or id(param) in offloaded or (param.requires_grad and not self.offload_trained):
                         continue
-                    offloaded.add(id(param))
-                    if pin:
-                        _pin(param)
-                    entries.append(_Entry(owner, key, owner._parameters[key], param.requires_grad))  # type: ignore[arg-type]
+                    master = _pinned(param) if pin else param
+                    owner._parameters[key] = master
+                    offloaded |= {id(param), id(master)}
+                    entries.append(_Entry(owner, key, master, param.requires_grad))
             unit = _Block(index, path, entries)
             self._units.append(unit)
             # The hooks swap tensors and move data: they run eagerly, outside a compiled block's graph.
@@ -279,9 +280,28 @@ def _copy(master: torch.Tensor, device: torch.device, *, non_blocking: bool) -> 
     return torch.nn.Parameter(copied, requires_grad=False)
 
 
-def _pin(param: torch.nn.Parameter) -> None:
-    """Pin a plain master in place (the optimizer may hold it); quantised masters stay pageable."""
-    import torch
+def _pinned(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    """`param` with its data in pinned memory, so that its copies to the GPU overlap with compute.
 
-    if type(param) is torch.nn.Parameter and param.device.type == "cpu" and not param.is_pinned():
+    A plain weight is pinned in place (the optimizer may hold it). A quantised one held in a wrapper tensor
+    subclass (torchao's fp8 and int8) is frozen, and is rebuilt around pinned copies of its inner tensors
+    (its values and scales): a wrapper has no data of its own to pin.
+    """
+    import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if param.device.type != "cpu":
+        return param
+    if is_traceable_wrapper_subclass(param):
+        return torch.nn.Parameter(_pinned_tensor(param.detach()), requires_grad=False)
+    if not param.is_pinned():
         param.data = param.data.pin_memory()
+    return param
+
+
+def _pinned_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass, transform_subclass
+
+    if is_traceable_wrapper_subclass(tensor):
+        return transform_subclass(tensor, lambda _, inner: _pinned_tensor(inner))
+    return tensor if tensor.is_pinned() else tensor.pin_memory()

@@ -190,3 +190,82 @@ def test_quantised_blocks_offload_too(
     assert train(offloaded) == pytest.approx(train(resident), rel=1e-5, abs=1e-6)
     masters = offloaded.offloaders["unet"].masters(0)
     assert any(type(master).__name__ != "Parameter" for master in masters), "quantised weights wait in CPU memory"
+
+
+@pytest.fixture
+def pinned_pointers(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Pinning without an accelerator: `pin_memory` returns a copy whose data pointer it records."""
+    pointers: set[int] = set()
+
+    def pin(tensor: torch.Tensor) -> torch.Tensor:
+        copy = tensor.clone()
+        pointers.add(copy.data_ptr())
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda tensor: tensor.data_ptr() in pointers)
+    return pointers
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp8", "int8"])
+def test_masters_are_pinned_quantised_ones_through_their_inner_tensors(dtype: str, pinned_pointers: set[int]) -> None:
+    """A pageable master would make every copy ahead a synchronous one. A quantised weight (a torchao tensor
+    subclass) has no data of its own: its values and scales are pinned, and it computes what it did."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    from onetrainer.model.quantised import quantise_linear
+    from onetrainer.model_setup.offload import BlockOffloader
+
+    torch.manual_seed(0)
+    blocks = [torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.SiLU()) for _ in range(2)]
+    if dtype != "fp32":
+        blocks = [torch.nn.Sequential(quantise_linear(b[0], dtype, torch.bfloat16), b[1]) for b in blocks]
+    module = torch.nn.Sequential(*blocks).requires_grad_(False)
+    sample = torch.randn(3, 64)
+    expected = module(sample)
+    before = [block[0].weight for block in blocks]
+
+    offloader = BlockOffloader(module, list(module.named_children()), torch.device("cpu"), pin_memory=True)
+
+    for index, block in enumerate(blocks):
+        (master,) = offloader.masters(index)
+        assert block[0].weight is master, "the module holds the pinned master"
+        assert type(master) is type(before[index])
+        assert isinstance(master, torch.nn.Parameter)
+        assert not master.requires_grad
+        if dtype == "fp32":
+            assert master is before[index], "a plain weight is pinned in place (the optimizer may hold it)"
+            assert master.data_ptr() in pinned_pointers
+        else:
+            assert is_traceable_wrapper_subclass(master)
+            inner = master.__tensor_flatten__()[0]
+            assert inner
+            assert all(getattr(master, name).data_ptr() in pinned_pointers for name in inner)
+    assert torch.equal(module(sample), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp32", "fp8", "int8"])
+def test_on_a_gpu_masters_are_pinned_and_blocks_compute_what_resident_ones_do(dtype: str) -> None:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    from onetrainer.model.quantised import quantise_linear
+    from onetrainer.model_setup.offload import BlockOffloader
+
+    torch.manual_seed(0)
+    blocks = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.SiLU()) for _ in range(3)]
+    if dtype != "fp32":
+        blocks = [torch.nn.Sequential(quantise_linear(b[0], dtype, torch.bfloat16), b[1]) for b in blocks]
+    module = torch.nn.Sequential(*blocks).requires_grad_(False)
+    sample = torch.randn(3, 64)
+    expected = module.to("cuda")(sample.cuda())
+    module.to("cpu")
+    offloader = BlockOffloader(module, list(module.named_children()), torch.device("cuda"))
+    for index in range(len(blocks)):
+        for master in offloader.masters(index):
+            assert master.device.type == "cpu"
+            inner = master.__tensor_flatten__()[0] if is_traceable_wrapper_subclass(master) else []
+            assert all(tensor.is_pinned() for tensor in [getattr(master, name) for name in inner] or [master])
+    for _ in range(3):  # the third pass copies every block ahead, on the side stream
+        torch.testing.assert_close(module(sample.cuda()), expected)
+    assert all(master.device.type == "cpu" for index in range(len(blocks)) for master in offloader.masters(index))
