@@ -6,10 +6,11 @@ and off, compiled (regional torch.compile) or not, in bf16, the SD 3.5 Medium an
 8.1 B, built in bf16) at 1024 px with LoRA and checkpointing, and each family's memory presets
 (`benchmarks.gpu.memory`): steps per second, the model FLOP utilisation (FLOPs per step counted with
 `torch.utils.flop_counter`, over the GPU's dense bf16 peak), peak VRAM while training
-(`torch.cuda.max_memory_allocated` after the model is built) and the warm-up's seconds (which hold the
-compilation), ours against a bare diffusers loop. Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after
-every side of every case, so a run cut short still leaves what it measured. Cases run in order of
-interest until `--budget` seconds (counted from the start) have passed; the rest are listed as skipped.
+(`torch.cuda.max_memory_allocated` after the model is built; for a memory preset, beside `train --dry-run`'s
+estimate of it) and the warm-up's seconds (which hold the compilation), ours against a bare diffusers loop.
+Writes `gpu.json` and `gpu.md` (the table) to OUT_DIR, after every side of every case, so a run cut short
+still leaves what it measured. Cases run in order of interest until `--budget` seconds (counted from the
+start) have passed; the rest are listed as skipped.
 `--family` measures only the named families' cases; `--only speed` the cases before the memory presets,
 `--only memory` the presets alone (one H200 lease measures about one of the two).
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu import steps as steps_module
-from benchmarks.gpu.memory import memory_presets, preset_settings
+from benchmarks.gpu.memory import estimated_peak_gib, memory_presets, preset_settings
 from benchmarks.gpu.steps import SIDES, Case, Side, Unavailable
 from onetrainer.model_setup.compile import use_compile_cache
 
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         entry: dict[str, Any] = {"case": case.label(), **vars(case)}
         results.append(entry)
+        if case.preset is not None:
+            entry.update(_estimate(case.preset))
         if case in skipped:
             entry["skipped"] = skipped[case]
         elif time.perf_counter() - started > budget:
@@ -279,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         report()
     failed = [entry for entry in results if any("error" in entry.get(side, {}) for side in SIDES)]
     return 1 if failed else 0
+
+
+def _estimate(preset: str) -> dict[str, Any]:
+    """The dry-run estimate of a preset's peak (`estimate_gib`), or why there is none (the case still runs)."""
+    try:
+        return {"estimate_gib": estimated_peak_gib(preset)}
+    except Exception as error:  # noqa: BLE001 - a failing estimate must not lose the measurement
+        return {"estimate_error": f"{type(error).__name__}: {error}"}
 
 
 def _on_cpu(cases: list[Case], *, compiled: bool) -> list[Case]:

@@ -50,3 +50,12 @@ def preset_config(preset: str, device: Any) -> Any:
 
     overrides = [f"training.device={device}", "lora.targets=attn", "lora.rank=16", "lora.alpha=16"]
     return load_config(presets_dir() / f"{preset}.yaml", overrides, check_paths=False)
+
+
+def estimated_peak_gib(preset: str) -> float:
+    """`train --dry-run`'s peak for the preset as ours trains it, less the CUDA context and workspaces, which
+    `torch.cuda.max_memory_allocated` (the measured peak) does not see either: the estimate checked on a GPU."""
+    from onetrainer.model_setup.estimate import GIB, estimate_memory
+
+    estimate = estimate_memory(preset_config(preset, "cuda"))
+    return sum(line.bytes for line in estimate.gpu if line.kind != "overhead") / GIB

@@ -154,6 +154,8 @@ def test_gpu_script_measures_the_speed_cases_or_the_memory_presets_alone(
     presets = {case["preset"] for case in cases}
     if only == "memory":
         assert presets == set(memory_presets("FLUX.1-dev"))
+        estimates = {case["preset"]: case["estimate_gib"] for case in cases}
+        assert estimates["flux-dev-lora-8gb"] < estimates["flux-dev-lora-12gb"] < estimates["flux-dev-full-24gb"]
     else:
         assert presets == {None}
 
@@ -208,6 +210,9 @@ def test_gpu_table_shows_the_utilisation_beside_the_speed_and_the_warm_up() -> N
     table = markdown([entry, {"case": "SDXL 512 px full, GC on, batch 1", "skipped": "time budget of 420 s spent"}])
     assert "| 9.41 (2.3%) | 6.91 (1.7%) | 1.36× | 5.00 GiB | 5.00 GiB | 1.00× | 95.0 / 12.0 s |" in table
     assert "| SDXL 512 px full, GC on, batch 1 | skipped |" in table
+    preset = {**entry, "case": "preset sdxl-lora-6gb: SDXL", "estimate_gib": 4.712}
+    assert "| 9.41 (2.3%) | 6.91 (1.7%) | 1.36× | 5.00 GiB (est. 4.71) | 5.00 GiB |" in markdown([preset])
+    assert rows_of([preset])[-1].details["dry_run_estimate_gib"] == 4.712
     without_peak = {key: value for key, value in ours.items() if key != "mfu"}
     assert "9.41 (22.7 TFLOP/s)" in markdown([{**entry, "ours": without_peak}])
     assert [row.benchmark for row in rows_of([entry])] == [
