@@ -14,7 +14,9 @@ How it works, per offloaded block (a unit gradient checkpointing recomputes, `mo
   device.
 - A forward pre-hook puts device copies in the block's modules (`module._parameters`, as
   `torch.func.functional_call` swaps tensors in); a trained weight's copy is the output of
-  `_Onload`, whose backward brings the gradient to the master. The forward hook puts the masters
+  `_Onload`, whose backward brings the gradient to the master. That copy to the CPU blocks: autograd
+  adds a CPU gradient into the master's `.grad`, and the fused backward pass steps on it, as soon as
+  the copy returns, before a non-blocking one would have arrived. The forward hook puts the masters
   back: the copies live on only where autograd saved them, until their backward.
 - With gradient checkpointing the forward pass saves nothing inside a block, and recomputing it in
   the backward pass runs the hooks again (`forward_context` turns off torch's early stop of a
