@@ -31,12 +31,13 @@ import os
 import sys
 import time
 import traceback
+from concurrent.futures import wait
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu import steps as steps_module
-from benchmarks.gpu.memory import estimated_peak_gib, memory_presets, preset_settings
+from benchmarks.gpu.memory import memory_presets, preset_settings, start_estimates
 from benchmarks.gpu.steps import SIDES, Case, Side, Unavailable
 from onetrainer.model_setup.compile import use_compile_cache
 
@@ -253,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         cases = [case for case in cases if (case.preset is not None) == (args.only == "memory")]
     budget = args.budget if args.budget is not None else (DEFAULT_BUDGET_S if device == "cuda" else math.inf)
     results: list[dict[str, Any]] = []
+    estimates = start_estimates(case.preset for case in cases if case.preset is not None)
 
     def report() -> None:
+        for entry in results:
+            estimate = estimates.get(entry["preset"])
+            if estimate is not None and estimate.done():
+                entry.update(estimate.result())
         write_report(
             args.out,
             results,
@@ -268,8 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         entry: dict[str, Any] = {"case": case.label(), **vars(case)}
         results.append(entry)
-        if case.preset is not None:
-            entry.update(_estimate(case.preset))
         if case in skipped:
             entry["skipped"] = skipped[case]
         elif time.perf_counter() - started > budget:
@@ -280,16 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                 report()  # after each side: a run killed mid-case keeps the side it finished
         print(_summary(entry), file=sys.stderr, flush=True)
         report()
+    wait(estimates.values())
+    report()
     failed = [entry for entry in results if any("error" in entry.get(side, {}) for side in SIDES)]
     return 1 if failed else 0
-
-
-def _estimate(preset: str) -> dict[str, Any]:
-    """The dry-run estimate of a preset's peak (`estimate_gib`), or why there is none (the case still runs)."""
-    try:
-        return {"estimate_gib": estimated_peak_gib(preset)}
-    except Exception as error:  # noqa: BLE001 - a failing estimate must not lose the measurement
-        return {"estimate_error": f"{type(error).__name__}: {error}"}
 
 
 def _on_cpu(cases: list[Case], *, compiled: bool) -> list[Case]:

@@ -11,6 +11,8 @@ against.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any
 
 FAMILY_PRESETS = {
@@ -59,3 +61,28 @@ def estimated_peak_gib(preset: str) -> float:
 
     estimate = estimate_memory(preset_config(preset, "cuda"))
     return sum(line.bytes for line in estimate.gpu if line.kind != "overhead") / GIB
+
+
+def estimate_entry(preset: str) -> dict[str, Any]:
+    """The preset's estimate (`estimate_gib`) for its case, or why there is none (the case is measured anyway)."""
+    try:
+        return {"estimate_gib": estimated_peak_gib(preset)}
+    except Exception as error:  # noqa: BLE001 - a failing estimate must not lose the measurement
+        return {"estimate_error": f"{type(error).__name__}: {error}"}
+
+
+def start_estimates(presets: Iterable[str]) -> dict[str, Future[dict[str, Any]]]:
+    """The presets' estimates, made in other processes while the GPU measures: each simulates a training step
+    on the meta device, seconds of the host's time that a GPU lease should not wait for."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = sorted(set(presets))
+    if not names:
+        return {}
+    workers = max(1, min(4, (os.cpu_count() or 2) // 2, len(names)))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    futures = {name: pool.submit(estimate_entry, name) for name in names}
+    pool.shutdown(wait=False)
+    return futures

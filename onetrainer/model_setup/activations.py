@@ -1,54 +1,96 @@
-"""Measure the activation memory of one training forward pass on the meta device: shapes only, no weights.
+"""Measure the activation memory of one training step on the meta device: shapes only, no weights.
 
-What the backward pass needs is what autograd saves (`torch.autograd.graph.saved_tensors_hooks`), so
-the denoiser runs once on meta tensors of the real shapes (batch, resolution, conditioning) and every
-saved tensor is counted once. Weights that autograd saves are counted with the weights, not here.
+The denoiser runs one forward and one backward pass on meta tensors of the real shapes (batch,
+resolution, conditioning), and every tensor storage the pass creates is counted while it lives: what
+autograd saves, the recomputation of checkpointed blocks, and the gradients of activations in flight
+during the backward pass. The peak of that count is the activations' share of the step's peak. The
+trained tensors' own gradients are dropped as they arrive (the estimate counts them on their own line),
+and storages that exist before the pass (weights, inputs) are not counted.
 
-Two things differ from a GPU run and are modelled:
+What differs from a GPU run, and how it is modelled:
 
 - Attention: on the meta device `scaled_dot_product_attention` decomposes into the math kernel, which
   keeps the full attention matrix; GPUs run flash or memory-efficient attention, which keep the inputs,
-  the output and one log-sum-exp per query row. The meta pass uses a stand-in that saves exactly that.
-- Gradient checkpointing: a checkpointed block keeps only its inputs during the forward pass and
-  recomputes its activations during the backward pass, one block at a time. The meta pass replaces the
-  denoiser's checkpointing function with one that counts the inputs (unless they are saved anyway) and
-  measures each block's own activations, of which the largest is added to the peak.
+  the output and one log-sum-exp per query row. The pass uses a stand-in that saves exactly that.
+- Weights: the denoiser is placed in the compute dtype. A weight the layers compute with as it is stored
+  costs nothing here (what autograd saves of it is a view). Any other (a quantised weight, which is
+  dequantised per layer, or one that autocast casts) is counted once, for its compute-dtype copy.
+- Autocast: the adapters keep their fp32 weights, and matrix products and convolutions cast their inputs
+  to the compute dtype, as autocast does, so the copies autocast makes are counted. Autocast's fp32
+  operations (normalisations, softmax on a GPU) are not modelled: they run in the compute dtype here.
+- Activation offloading (`torch.autograd.graph.save_on_cpu`): what is saved outside checkpointed blocks
+  is counted as CPU memory instead, and comes back (is allocated again) when the backward pass needs it.
 
-With activation offloading what is saved outside checkpointed blocks waits in CPU memory; only the
-recomputed block stays on the GPU.
+This was checked against real training steps of the tiny models on the CPU, whose tensors were counted
+the same way (tests/model_setup/test_estimate.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import functools
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+AUTOCAST_FUNCTIONS = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose2d", "matmul", "mm", "bmm", "addmm")
+"""Functions autocast runs in the lower precision (`torch.nn.functional` or `torch`): their inputs are cast."""
+
 
 @dataclass
 class ActivationMeasure:
-    saved: int = 0
-    """Bytes autograd keeps outside checkpointed blocks (all of it without checkpointing)."""
-    block_inputs: int = 0
-    """Bytes of the inputs checkpointed blocks keep for their recomputation."""
-    largest_block: int = 0
-    """The largest activations of one checkpointed block (recomputed in the backward pass)."""
-    _seen: set[int] = field(default_factory=set)
-    _keep: list[Any] = field(default_factory=list)
+    peak: int = 0
+    """The most bytes alive at once during the pass, besides the weights and the inputs."""
+    offloaded: int = 0
+    """Bytes saved to CPU memory (with activation offloading)."""
 
-    def count(self, tensor: torch.Tensor) -> int:
-        """Bytes of `tensor` the first time it is seen (0 for parameters and repeats)."""
-        import torch
 
-        if isinstance(tensor, torch.nn.Parameter) or id(tensor) in self._seen:
-            return 0
-        self._seen.add(id(tensor))
-        self._keep.append(tensor)  # ids stay unique while the pass runs
-        return tensor.numel() * tensor.element_size()
+def storage_key(tensor: torch.Tensor) -> int:
+    """What tells storages apart, views of one storage alike (meta tensors have storages too, without data)."""
+    return tensor.untyped_storage()._cdata
+
+
+def live_bytes_mode(existing: Iterable[torch.Tensor] = ()) -> Any:
+    """A dispatch mode that counts the bytes of every storage an operation creates while it is active, until the
+    storage is freed (`live`), and the most at once (`peak`); the storages of `existing` are not counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = 0
+            self.peak = 0
+            self.known: set[int] = {storage_key(tensor) for tensor in existing}
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            import torch
+
+            out = func(*args, **(kwargs or {}))
+            for value in tree_flatten(out)[0]:
+                if isinstance(value, torch.Tensor):
+                    self._count(value.untyped_storage())
+            return out
+
+        def _count(self, storage: Any) -> None:
+            key = storage._cdata
+            if key in self.known:
+                return
+            self.known.add(key)
+            size = storage.nbytes()
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, size)
+
+        def _free(self, key: int, size: int) -> None:
+            self.live -= size
+            self.known.discard(key)
+
+    return LiveBytes()
 
 
 def _flash_like() -> Callable[..., Any]:
@@ -69,7 +111,8 @@ def _flash_like() -> Callable[..., Any]:
             return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
     def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return Attention.apply(query, key, value)
+        dtype = torch.promote_types(query.dtype, value.dtype)
+        return Attention.apply(query.to(dtype), key.to(dtype), value.to(dtype))
 
     return attention
 
@@ -86,37 +129,123 @@ def _flash_attention() -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
-def measure_activations(denoiser: torch.nn.Module, run: Callable[[], Any], *, checkpointing: bool) -> ActivationMeasure:
-    """Run `run()` (a forward pass through `denoiser` on meta tensors) and measure what it keeps."""
+def _layer_inputs(compute_dtype: torch.dtype | None, per_use: set[int]) -> Any:
+    """A function mode for `AUTOCAST_FUNCTIONS`: casts their floating inputs to `compute_dtype` (autocast's,
+    None: none), and gives a weight whose storage is in `per_use` as a fresh copy, as a cast or a dequantisation
+    does at each use."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    functions = {getattr(module, name) for module in (F, torch) for name in AUTOCAST_FUNCTIONS if hasattr(module, name)}
+
+    def prepare(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return value
+        dtype = compute_dtype or value.dtype
+        copy = storage_key(value) in per_use
+        return value.to(dtype, copy=copy) if copy or value.dtype != dtype else value
+
+    class LayerInputs(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in functions:
+                args = tuple(prepare(value) for value in args)
+                kwargs = {key: prepare(value) for key, value in (kwargs or {}).items()}
+            return func(*args, **(kwargs or {}))
+
+    return LayerInputs()
+
+
+@contextlib.contextmanager
+def _offload_to_cpu(measure: ActivationMeasure) -> Iterator[None]:
+    """`save_on_cpu` on meta tensors: a saved tensor's bytes count as CPU memory, and it is allocated again when
+    the backward pass unpacks it."""
     import torch
 
+    seen: set[int] = set()
+
+    def pack(tensor: torch.Tensor) -> tuple[Any, ...]:
+        if storage_key(tensor) not in seen:
+            seen.add(storage_key(tensor))
+            measure.offloaded += tensor.untyped_storage().nbytes()
+        return tensor.shape, tensor.dtype
+
+    def unpack(packed: tuple[Any, ...]) -> torch.Tensor:
+        shape, dtype = packed
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
+
+
+@dataclass
+class WeightUses:
+    """How training uses the denoiser's weights, which decides what the pass counts of them."""
+
+    as_stored: list[torch.Tensor] = field(default_factory=list)
+    """Used as they are stored (in the compute dtype; nf4, which bitsandbytes dequantises again in the backward
+    pass instead of keeping a copy): what autograd saves of them is a view, which takes no memory."""
+    per_use: list[torch.Tensor] = field(default_factory=list)
+    """Copied at each use (frozen weights autocast casts; fp8 and int8, dequantised per layer): each copy lives
+    as long as autograd keeps it. Any other weight (a trained one autocast casts, and caches for the whole
+    forward pass) is counted once, for its compute-dtype copy, for the whole pass."""
+
+
+def measure_activations(
+    denoiser: torch.nn.Module,
+    run: Callable[[], torch.Tensor],
+    *,
+    checkpointing: bool,
+    weights: WeightUses | None = None,
+    inputs: Iterable[torch.Tensor] = (),
+    compute_dtype: torch.dtype | None = None,
+    offload: bool = False,
+) -> ActivationMeasure:
+    """Run `run()` (a forward pass through `denoiser` on meta tensors) and a backward pass from its output, and
+    measure the bytes they hold at their peak (see the module docstring). `inputs`: tensors made before the
+    pass; `compute_dtype`: autocast's (None without autocast)."""
+    weights = weights or WeightUses(as_stored=list(denoiser.parameters()))
+    per_use = {storage_key(weight) for weight in weights.per_use}
     measure = ActivationMeasure()
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        measure.saved += measure.count(tensor)
-        return tensor
-
-    def checkpointed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        for value in (*args, *kwargs.values()):
-            if isinstance(value, torch.Tensor):
-                measure.block_inputs += measure.count(value)
-        inner = ActivationMeasure()
-
-        def pack_inner(tensor: torch.Tensor) -> torch.Tensor:
-            inner.saved += inner.count(tensor)
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack_inner, lambda tensor: tensor):
-            output = function(*args, **kwargs)
-        measure.largest_block = max(measure.largest_block, inner.saved)
-        return output
-
+    trained = [param for param in denoiser.parameters() if param.requires_grad]
+    drops = [param.register_post_accumulate_grad_hook(_drop_grad) for param in trained]
+    layer_inputs = functools.partial(_layer_inputs, compute_dtype, per_use)
     if checkpointing:
-        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)  # type: ignore[operator]
+        recompute = functools.partial(_checkpoint, layer_inputs=layer_inputs)
+        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=recompute)  # type: ignore[operator]
+    counter = live_bytes_mode([*weights.as_stored, *weights.per_use, *denoiser.buffers(), *inputs])
     try:
-        with _flash_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            run()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_flash_attention())
+            stack.enter_context(layer_inputs())
+            if offload:
+                stack.enter_context(_offload_to_cpu(measure))
+            stack.enter_context(counter)
+            output = run()
+            if output.requires_grad:
+                output.float().sum().backward()
+            del output
     finally:
+        for handle in drops:
+            handle.remove()
         if checkpointing:
             denoiser.disable_gradient_checkpointing()  # type: ignore[operator]
+    measure.peak = counter.peak
     return measure
+
+
+def _checkpoint(function: Callable[..., Any], *args: Any, layer_inputs: Callable[[], Any], **kwargs: Any) -> Any:
+    """torch's checkpoint, whose recomputation in the backward pass prepares the layers' inputs as the forward
+    pass did: function modes, unlike dispatch modes, do not reach it."""
+    from torch.utils.checkpoint import checkpoint
+
+    def block(*inner: Any, **named: Any) -> Any:
+        with layer_inputs():
+            return function(*inner, **named)
+
+    return checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+
+
+def _drop_grad(param: torch.Tensor) -> None:
+    """The trained tensors' gradients are counted on a line of their own."""
+    param.grad = None

@@ -15,14 +15,18 @@ The estimate adds up, each as a line of the report:
   moments and the 8-bit optimizers' small-tensor fallback by shape). Offloaded optimizer states and
   the blocks' masters are listed as CPU memory instead. A sharded run (`training.distributed: fsdp`,
   `--gpus N`) divides the fully trained parts' three by N and adds the two largest gathered blocks.
-- **Activations** at the run's largest resolution and its batch size: measured on the meta device
-  (`activations`), with checkpointing and activation offloading as configured.
+- **Activations** at the run's largest resolution and its batch size: the peak of one forward and
+  backward pass simulated on the meta device (`activations`), with checkpointing, autocast and
+  activation offloading as configured; the activations' gradients in flight and the copies that
+  autocast and fp8/int8 layers make of their weights included.
 - **Runtime overhead**: the CUDA context, library workspaces and allocator slack, a typical
   `RUNTIME_OVERHEAD`.
 
 Not counted: the text encoders' activations while they train (77 tokens: small next to the
-denoiser's), the gradients of activations in flight during the backward pass, previews (the sampler
-runs between steps, without gradients). It is an estimate for choosing settings; the GPU benchmark
+denoiser's), previews (the sampler runs between steps, without gradients), the temporaries of a foreach
+(not fused) optimizer step. The gradients of a full fine-tune are added to the activations' peak, though
+they peak later in the step: the estimate is high there, and near on LoRA (tests/model_setup/test_estimate.py
+compares it with real steps of the tiny models). It is an estimate for choosing settings; the GPU benchmark
 (`benchmarks/gpu`) measures the real peaks of the shipped memory presets.
 """
 
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     import torch
 
     from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.model_setup.activations import WeightUses
     from onetrainer.model_setup.placement import Placement
     from onetrainer.util.config.schema import TrainConfig
 
@@ -132,7 +137,7 @@ def estimate_memory(config: TrainConfig, *, world_size: int = 1) -> MemoryEstima
     _add_training_state(estimate, config, trained, offloaded)
     if world_size > 1 and config.training.distributed is DistributedMode.FSDP and full:
         _shard_lines(estimate, model, full, policy, world_size)
-    _add_activations(estimate, config, setup, model, resolution)
+    _add_activations(estimate, config, setup, model, resolution, policy[spec.denoiser.name], trained)
     estimate.gpu.append(MemoryLine("overhead", "CUDA context, workspaces, allocator slack (typical)", RUNTIME_OVERHEAD))
     return estimate
 
@@ -181,23 +186,22 @@ def meta_model(config: TrainConfig, spec: FamilySpec) -> tuple[DiffusionModel, s
 
 def _trained(
     setup: Any, model: DiffusionModel, config: TrainConfig, full: list[str], policy: dict[str, Placement]
-) -> dict[int, tuple[Any, int]]:
-    """id -> (trained tensor, bytes per element): the injected adapter's (fp32), or the fully trained parts'
-    weights (in their part's dtype)."""
+) -> dict[int, tuple[Any, torch.dtype]]:
+    """id -> (trained tensor, its dtype): the injected adapter's (fp32), or the fully trained parts' weights (in
+    their part's dtype)."""
     import torch
 
-    trained: dict[int, tuple[Any, int]] = {}
+    trained: dict[int, tuple[Any, torch.dtype]] = {}
     if config.method is TrainingMethod.LORA and setup.trained_parts():
         adapter = setup.inject_lora_adapter()
         for name in adapter.components:
             for param in adapter.parameters(model, name):
                 param.requires_grad_(True)
-                trained[id(param)] = (param, 4)
+                trained[id(param)] = (param, torch.float32)
     for name in full:
-        element = torch.empty((), dtype=policy[name].storage_dtype).element_size()
         for param in model.components[name].parameters():
             param.requires_grad_(True)
-            trained[id(param)] = (param, element)
+            trained[id(param)] = (param, policy[name].storage_dtype)
     return trained
 
 
@@ -299,17 +303,20 @@ def state_bytes(optimizer: Optimizer, shape: tuple[int, ...], momentum: float = 
 
 
 def _add_training_state(
-    estimate: MemoryEstimate, config: TrainConfig, trained: dict[int, tuple[Any, int]], offloaded: dict[str, set[int]]
+    estimate: MemoryEstimate,
+    config: TrainConfig,
+    trained: dict[int, tuple[Any, torch.dtype]],
+    offloaded: dict[str, set[int]],
 ) -> None:
     training = config.training
     on_cpu = set().union(*offloaded.values()) if offloaded else set()
     gpu = [entry for key, entry in trained.items() if key not in on_cpu]
     cpu = [entry for key, entry in trained.items() if key in on_cpu]
 
-    def size(entries: list[tuple[Any, int]]) -> int:
-        return sum(param.numel() * element for param, element in entries)
+    def size(entries: list[tuple[Any, torch.dtype]]) -> int:
+        return sum(param.numel() * dtype.itemsize for param, dtype in entries)
 
-    def states(entries: list[tuple[Any, int]]) -> int:
+    def states(entries: list[tuple[Any, torch.dtype]]) -> int:
         return sum(state_bytes(training.optimizer, tuple(param.shape), training.momentum) for param, _ in entries)
 
     count = sum(param.numel() for param, _ in trained.values())
@@ -317,7 +324,7 @@ def _add_training_state(
     if cpu:
         estimate.cpu.append(MemoryLine("trained", "trained weights of offloaded blocks", size(cpu)))
     if training.fused_backward:
-        largest = max((param.numel() * element for param, element in gpu), default=0)
+        largest = max((param.numel() * dtype.itemsize for param, dtype in gpu), default=0)
         estimate.gpu.append(MemoryLine("gradients", "gradients (fused backward: one tensor at a time)", largest))
     else:
         estimate.gpu.append(MemoryLine("gradients", "gradients", size(gpu)))
@@ -331,7 +338,13 @@ def _add_training_state(
 
 
 def _add_activations(
-    estimate: MemoryEstimate, config: TrainConfig, setup: Any, model: DiffusionModel, resolution: int
+    estimate: MemoryEstimate,
+    config: TrainConfig,
+    setup: Any,
+    model: DiffusionModel,
+    resolution: int,
+    placement: Placement,
+    trained: dict[int, tuple[Any, torch.dtype]],
 ) -> None:
     import torch
 
@@ -345,7 +358,12 @@ def _add_activations(
     training = config.training
     dtype = torch.float32 if training.precision.value == "fp32" else torch_dtype(training.precision)
     denoiser = model.denoiser
+    adapters = config.method is TrainingMethod.LORA
+    weights = _weight_uses(denoiser, placement, trained, dtype, adapters=adapters)
     place(denoiser, "meta", dtype)
+    if adapters:
+        for param, _ in trained.values():
+            param.data = param.data.float()  # the adapters' fp32 weights: their inputs are cast, as in training
     vae = model.components[model.spec.vae.name].config
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     side = resolution // factor
@@ -359,17 +377,47 @@ def _add_activations(
             value.requires_grad_(True)
     noisy = torch.zeros(batch, model.spec.latent_channels, side, side, device="meta", dtype=dtype)
     timesteps = torch.zeros(batch, device="meta")
+    inputs = [noisy, timesteps, *conditioning.values(), *(v for v in extras.values() if isinstance(v, torch.Tensor))]
     measured = measure_activations(
         denoiser,
         lambda: setup.hooks.denoise(model, noisy, timesteps, conditioning, extras),
         checkpointing=training.gradient_checkpointing,
+        weights=weights,
+        inputs=inputs,
+        compute_dtype=None if dtype == torch.float32 else dtype,
+        offload=training.activation_offload,
     )
-    where = f"{resolution} px, batch {batch}, {'with' if training.gradient_checkpointing else 'without'} checkpointing"
-    kept = measured.saved + measured.block_inputs
+    checkpoints = "with" if training.gradient_checkpointing else "without"
+    where = f"{resolution} px, batch {batch}, {checkpoints} checkpointing, forward and backward"
     if training.activation_offload:
-        estimate.cpu.append(MemoryLine("activations", f"saved activations ({where})", kept))
-        estimate.gpu.append(
-            MemoryLine("activations", "activations of the block being recomputed", measured.largest_block)
-        )
-    else:
-        estimate.gpu.append(MemoryLine("activations", f"activations ({where})", kept + measured.largest_block))
+        estimate.cpu.append(MemoryLine("activations", f"saved activations ({where})", measured.offloaded))
+        where += ", saved ones offloaded"
+    estimate.gpu.append(MemoryLine("activations", f"activations ({where})", measured.peak))
+
+
+def _weight_uses(
+    denoiser: torch.nn.Module,
+    placement: Placement,
+    trained: dict[int, tuple[Any, torch.dtype]],
+    compute: torch.dtype,
+    *,
+    adapters: bool,
+) -> WeightUses:
+    """How training uses each of the denoiser's weights (`activations.WeightUses`), from its storage: a weight in
+    the compute dtype is used as stored; autocast casts any other at each use, or once a forward pass for a fully
+    trained one; a quantised layer dequantises its weight at each use (fp8, int8) or in each pass (nf4). The
+    adapters keep their fp32 weights in the pass, whose layers cast them as autocast does."""
+    from onetrainer.model_setup.activations import WeightUses
+
+    uses = WeightUses()
+    for param in denoiser.parameters():
+        if id(param) in trained:
+            if adapters or trained[id(param)][1] == compute:
+                uses.as_stored.append(param)
+        elif placement.quantised is not None and param.dim() == 2 and _is_linear_weight(denoiser, param):
+            (uses.as_stored if placement.quantised == "nf4" else uses.per_use).append(param)
+        elif placement.storage_dtype == compute:
+            uses.as_stored.append(param)
+        else:
+            uses.per_use.append(param)
+    return uses
