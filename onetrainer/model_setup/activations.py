@@ -15,9 +15,9 @@ What differs from a GPU run, and how it is modelled:
 - Weights: the denoiser is placed in the compute dtype. A weight the layers compute with as it is stored
   costs nothing here (what autograd saves of it is a view). Any other (a quantised weight, which is
   dequantised per layer, or one that autocast casts) is counted once, for its compute-dtype copy.
-- Autocast: the adapters keep their fp32 weights, and matrix products and convolutions cast their inputs
-  to the compute dtype, as autocast does, so the copies autocast makes are counted. Autocast's fp32
-  operations (normalisations, softmax on a GPU) are not modelled: they run in the compute dtype here.
+- Autocast: the adapters keep their fp32 weights, matrix products and convolutions cast their inputs to
+  the compute dtype, and normalisations and softmax to fp32, as CUDA's autocast does, so the copies
+  autocast makes are counted.
 - Activation offloading (`torch.autograd.graph.save_on_cpu`): what is saved outside checkpointed blocks
   is counted as CPU memory instead, and comes back (is allocated again) when the backward pass needs it.
 
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 AUTOCAST_FUNCTIONS = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose2d", "matmul", "mm", "bmm", "addmm")
 """Functions autocast runs in the lower precision (`torch.nn.functional` or `torch`): their inputs are cast."""
+AUTOCAST_FP32_FUNCTIONS = ("group_norm", "layer_norm", "softmax", "log_softmax")
+"""The functions of CUDA autocast's float32 list that denoisers call: their inputs are cast up, their outputs are
+fp32 (the CPU's autocast keeps these in the lower precision)."""
 
 
 @dataclass
@@ -130,14 +133,22 @@ def _flash_attention() -> Iterator[None]:
 
 
 def _layer_inputs(compute_dtype: torch.dtype | None, per_use: set[int]) -> Any:
-    """A function mode for `AUTOCAST_FUNCTIONS`: casts their floating inputs to `compute_dtype` (autocast's,
-    None: none), and gives a weight whose storage is in `per_use` as a fresh copy, as a cast or a dequantisation
-    does at each use."""
+    """A function mode, CUDA's autocast on meta tensors: casts the floating inputs of `AUTOCAST_FUNCTIONS` to
+    `compute_dtype` (None: no autocast) and those of `AUTOCAST_FP32_FUNCTIONS` to fp32, and gives a weight whose
+    storage is in `per_use` as a fresh copy, as a cast or a dequantisation does at each use."""
     import torch
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
 
-    functions = {getattr(module, name) for module in (F, torch) for name in AUTOCAST_FUNCTIONS if hasattr(module, name)}
+    def named(names: tuple[str, ...]) -> set[Any]:
+        return {getattr(module, name) for module in (F, torch) for name in names if hasattr(module, name)}
+
+    functions, fp32 = named(AUTOCAST_FUNCTIONS), named(AUTOCAST_FP32_FUNCTIONS)
+
+    def upcast(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+            return value.float()
+        return value
 
     def prepare(value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -148,6 +159,9 @@ def _layer_inputs(compute_dtype: torch.dtype | None, per_use: set[int]) -> Any:
 
     class LayerInputs(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if compute_dtype is not None and func in fp32:
+                args = tuple(upcast(value) for value in args)
+                kwargs = {key: upcast(value) for key, value in (kwargs or {}).items()}
             if func in functions:
                 args = tuple(prepare(value) for value in args)
                 kwargs = {key: prepare(value) for key, value in (kwargs or {}).items()}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
-from onetrainer.model_setup.activations import live_bytes_mode
+from onetrainer.model_setup.activations import AUTOCAST_FP32_FUNCTIONS, live_bytes_mode
 from onetrainer.model_setup.estimate import estimate_memory
 from onetrainer.util.config.loader import validate
 from onetrainer.util.dtypes import torch_dtype
@@ -69,10 +69,29 @@ def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     return sum(distinct.values())
 
 
-def _measured_peak(model: DiffusionModel, config: Any) -> int:
+def _cuda_float32_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run CUDA autocast's float32 operations (`AUTOCAST_FP32_FUNCTIONS`) in fp32, which the CPU's autocast keeps
+    in bf16: then a CPU step under autocast keeps the tensors a GPU step keeps. Patched in `torch.nn.functional`,
+    where the layers look them up, so that checkpointing's recomputation casts as well."""
+    import torch.nn.functional as F
+
+    def upcast(value: Any) -> Any:
+        return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    def in_fp32(function: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return function(*(upcast(value) for value in args), **{key: upcast(v) for key, v in kwargs.items()})
+
+        return run
+
+    for name in AUTOCAST_FP32_FUNCTIONS:
+        monkeypatch.setattr(F, name, in_fp32(getattr(F, name)))
+
+
+def _measured_peak(model: DiffusionModel, config: Any, monkeypatch: pytest.MonkeyPatch) -> int:
     """The peak tensor bytes of a real second training step (the first makes the optimizer's state): the
-    denoiser's weights, then whatever the step creates, counted while it lives. The captions are encoded
-    before, as the cache would have them."""
+    denoiser's weights, then whatever the step creates, counted while it lives, under autocast as a GPU runs
+    it. The captions are encoded before, as the cache would have them."""
     setup = lookup(ModuleKind.SETUP, config.model.type)(model, config)
     setup.prepare("cpu", torch_dtype(config.model.dtype))
     denoiser = model.denoiser
@@ -93,6 +112,7 @@ def _measured_peak(model: DiffusionModel, config: Any) -> int:
     assert conditioner is not None
     with torch.no_grad():
         batch.update(conditioner.encode_for_training(batch["captions"]))
+    _cuda_float32_list(monkeypatch)
     counter = live_bytes_mode([*existing, *(value for value in batch.values() if isinstance(value, torch.Tensor))])
     with counter:
         for step in range(2):
@@ -109,7 +129,7 @@ def _measured_peak(model: DiffusionModel, config: Any) -> int:
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("family", list(DENOISER))
 def test_the_estimate_is_near_the_peak_of_a_real_step(
-    family: str, setting: str, tiny_base: Callable[[str], DiffusionModel]
+    family: str, setting: str, tiny_base: Callable[[str], DiffusionModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within 15 % below and 25 % above: the estimate adds the gradients of a full fine-tune to the
     activations' peak, which come at other times of the step. Before the estimate simulated the backward pass,
@@ -117,7 +137,7 @@ def test_the_estimate_is_near_the_peak_of_a_real_step(
     config = _config(family, SETTINGS[setting])
     estimate = estimate_memory(config)
     estimated = estimate.peak - sum(line.bytes for line in estimate.gpu if line.kind == "overhead")
-    measured = _measured_peak(copy.deepcopy(tiny_base(family)), config)
+    measured = _measured_peak(copy.deepcopy(tiny_base(family)), config, monkeypatch)
     assert 0.85 <= estimated / measured <= 1.25, f"estimated {estimated / 1e6:.2f} MB, measured {measured / 1e6:.2f} MB"
 
 
