@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu import steps as steps_module
-from benchmarks.gpu.memory import memory_presets, preset_settings, start_estimates
+from benchmarks.gpu.memory import add_estimates, memory_presets, preset_settings, start_estimates
 from benchmarks.gpu.steps import SIDES, Case, Side, Unavailable
 from onetrainer.model_setup.compile import use_compile_cache
 
@@ -257,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     estimates = start_estimates(case.preset for case in cases if case.preset is not None)
 
     def report() -> None:
-        for entry in results:
-            estimate = estimates.get(entry["preset"])
-            if estimate is not None and estimate.done():
-                entry.update(estimate.result())
+        add_estimates(results, estimates)
         write_report(
             args.out,
             results,

@@ -86,3 +86,13 @@ def start_estimates(presets: Iterable[str]) -> dict[str, Future[dict[str, Any]]]
     futures = {name: pool.submit(estimate_entry, name) for name in names}
     pool.shutdown(wait=False)
     return futures
+
+
+def add_estimates(results: Iterable[dict[str, Any]], estimates: dict[str, Future[dict[str, Any]]]) -> None:
+    """Put each finished estimate into its preset's case entries; a worker process that died (killed, crashed)
+    fails its futures, and that is recorded instead of ending the run."""
+    for entry in results:
+        estimate = estimates.get(entry["preset"])
+        if estimate is not None and estimate.done():
+            failed = estimate.exception()
+            entry.update({"estimate_error": repr(failed)} if failed else estimate.result())

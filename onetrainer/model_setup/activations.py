@@ -176,12 +176,8 @@ def _offload_to_cpu(measure: ActivationMeasure) -> Iterator[None]:
     the backward pass unpacks it."""
     import torch
 
-    seen: set[int] = set()
-
     def pack(tensor: torch.Tensor) -> tuple[Any, ...]:
-        if storage_key(tensor) not in seen:
-            seen.add(storage_key(tensor))
-            measure.offloaded += tensor.untyped_storage().nbytes()
+        measure.offloaded += tensor.numel() * tensor.element_size()  # each saved tensor gets a CPU copy of its own
         return tensor.shape, tensor.dtype
 
     def unpack(packed: tuple[Any, ...]) -> torch.Tensor:
@@ -200,9 +196,10 @@ class WeightUses:
     """Used as they are stored (in the compute dtype; nf4, which bitsandbytes dequantises again in the backward
     pass instead of keeping a copy): what autograd saves of them is a view, which takes no memory."""
     per_use: list[torch.Tensor] = field(default_factory=list)
-    """Copied at each use (frozen weights autocast casts; fp8 and int8, dequantised per layer): each copy lives
-    as long as autograd keeps it. Any other weight (a trained one autocast casts, and caches for the whole
-    forward pass) is counted once, for its compute-dtype copy, for the whole pass."""
+    """Copied at each use (frozen weights autocast casts; fp8 and int8, dequantised per layer; trained ones of
+    offloaded blocks, which compute with device copies): each copy lives as long as autograd keeps it. Any
+    other weight (a trained one autocast casts, and caches for the whole forward pass) is counted once, for its
+    compute-dtype copy, for the whole pass."""
 
 
 def measure_activations(
@@ -222,13 +219,13 @@ def measure_activations(
     per_use = {storage_key(weight) for weight in weights.per_use}
     measure = ActivationMeasure()
     trained = [param for param in denoiser.parameters() if param.requires_grad]
-    drops = [param.register_post_accumulate_grad_hook(_drop_grad) for param in trained]
     layer_inputs = functools.partial(_layer_inputs, compute_dtype, per_use)
-    if checkpointing:
-        recompute = functools.partial(_checkpoint, layer_inputs=layer_inputs)
-        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=recompute)  # type: ignore[operator]
     counter = live_bytes_mode([*weights.as_stored, *weights.per_use, *denoiser.buffers(), *inputs])
+    drops = [param.register_post_accumulate_grad_hook(_drop_grad) for param in trained]
     try:
+        if checkpointing:
+            recompute = functools.partial(_checkpoint, layer_inputs=layer_inputs)
+            denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=recompute)  # type: ignore[operator]
         with contextlib.ExitStack() as stack:
             stack.enter_context(_flash_attention())
             stack.enter_context(layer_inputs())

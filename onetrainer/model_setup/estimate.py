@@ -137,7 +137,8 @@ def estimate_memory(config: TrainConfig, *, world_size: int = 1) -> MemoryEstima
     _add_training_state(estimate, config, trained, offloaded)
     if world_size > 1 and config.training.distributed is DistributedMode.FSDP and full:
         _shard_lines(estimate, model, full, policy, world_size)
-    _add_activations(estimate, config, setup, model, resolution, policy[spec.denoiser.name], trained)
+    name = spec.denoiser.name
+    _add_activations(estimate, config, setup, model, resolution, policy[name], trained, offloaded.get(name, set()))
     estimate.gpu.append(MemoryLine("overhead", "CUDA context, workspaces, allocator slack (typical)", RUNTIME_OVERHEAD))
     return estimate
 
@@ -345,6 +346,7 @@ def _add_activations(
     resolution: int,
     placement: Placement,
     trained: dict[int, tuple[Any, torch.dtype]],
+    offloaded: set[int],
 ) -> None:
     import torch
 
@@ -359,7 +361,7 @@ def _add_activations(
     dtype = torch.float32 if training.precision.value == "fp32" else torch_dtype(training.precision)
     denoiser = model.denoiser
     adapters = config.method is TrainingMethod.LORA
-    weights = _weight_uses(denoiser, placement, trained, dtype, adapters=adapters)
+    weights = _weight_uses(denoiser, placement, trained, dtype, adapters=adapters, offloaded=offloaded)
     place(denoiser, "meta", dtype)
     if adapters:
         for param, _ in trained.values():
@@ -402,10 +404,12 @@ def _weight_uses(
     compute: torch.dtype,
     *,
     adapters: bool,
+    offloaded: set[int],
 ) -> WeightUses:
     """How training uses each of the denoiser's weights (`activations.WeightUses`), from its storage: a weight in
     the compute dtype is used as stored; autocast casts any other at each use, or once a forward pass for a fully
-    trained one; a quantised layer dequantises its weight at each use (fp8, int8) or in each pass (nf4). The
+    trained one that is not offloaded (autocast caches the casts of leaf tensors, and an offloaded block computes
+    with copies); a quantised layer dequantises its weight at each use (fp8, int8) or in each pass (nf4). The
     adapters keep their fp32 weights in the pass, whose layers cast them as autocast does."""
     from onetrainer.model_setup.activations import WeightUses
 
@@ -414,6 +418,8 @@ def _weight_uses(
         if id(param) in trained:
             if adapters or trained[id(param)][1] == compute:
                 uses.as_stored.append(param)
+            elif id(param) in offloaded:
+                uses.per_use.append(param)
         elif placement.quantised is not None and param.dim() == 2 and _is_linear_weight(denoiser, param):
             (uses.as_stored if placement.quantised == "nf4" else uses.per_use).append(param)
         elif placement.storage_dtype == compute:

@@ -193,6 +193,23 @@ def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path)
     assert len((tmp_path / "gpu.md").read_text(encoding="utf-8").splitlines()) >= 2 + 2 + len(cases)
 
 
+def test_an_estimate_worker_that_died_is_recorded_and_the_run_goes_on() -> None:
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from benchmarks.gpu.memory import add_estimates
+
+    done, broken, running = Future(), Future(), Future()
+    done.set_result({"estimate_gib": 4.5})
+    broken.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+    results = [{"preset": "a"}, {"preset": "b"}, {"preset": "c"}, {"preset": None}]
+    add_estimates(results, {"a": done, "b": broken, "c": running})
+    assert results[0] == {"preset": "a", "estimate_gib": 4.5}
+    assert "BrokenProcessPool" in results[1]["estimate_error"]
+    assert results[2] == {"preset": "c"}, "an estimate still running is added at a later report"
+    assert results[3] == {"preset": None}
+
+
 def _nf4(preset: str | None) -> bool:
     from onetrainer.util.config.presets import load_preset
 
