@@ -390,7 +390,7 @@ def _add_activations(
         offload=training.activation_offload,
     )
     checkpoints = "with" if training.gradient_checkpointing else "without"
-    where = f"{resolution} px, batch {batch}, {checkpoints} checkpointing, forward and backward"
+    where = f"{resolution} px, batch {batch}, {checkpoints} checkpointing"
     if training.activation_offload:
         estimate.cpu.append(MemoryLine("activations", f"saved activations ({where})", measured.offloaded))
         where += ", saved ones offloaded"
