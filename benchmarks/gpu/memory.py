@@ -81,7 +81,7 @@ def start_estimates(presets: Iterable[str]) -> dict[str, Future[dict[str, Any]]]
     names = sorted(set(presets))
     if not names:
         return {}
-    workers = max(1, min(4, (os.cpu_count() or 2) // 2, len(names)))
+    workers = max(1, min(2, (os.cpu_count() or 2) // 2, len(names)))  # little contention with the steps timed
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     futures = {name: pool.submit(estimate_entry, name) for name in names}
     pool.shutdown(wait=False)
