@@ -228,11 +228,13 @@ def _dry_run(config: TrainConfig, *, json_lines: bool, world_size: int) -> None:
     from onetrainer.trainer.components import data_report
     from onetrainer.ui.console import stdout
     from onetrainer.ui.tables import memory_table
+    from onetrainer.util.devices import gpu_memory
     from onetrainer.util.errors import UserError
 
     report = data_report(config, progress=lambda event: None, world_size=world_size)
     try:
         memory: Any = estimate_memory(config, world_size=world_size)
+        memory.compare_with(gpu_memory(config.training.device), config.model.type)
     except UserError as error:  # the data report stands on its own; say why memory is not estimated
         memory = error
     if json_lines:

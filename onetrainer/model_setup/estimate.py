@@ -78,15 +78,42 @@ class MemoryEstimate:
     cpu: list[MemoryLine] = field(default_factory=list)
     """What waits in CPU memory instead (offloaded blocks, offloaded optimizer state, saved activations)."""
     notes: list[str] = field(default_factory=list)
+    gpu_total: int | None = None
+    """The training GPU's memory, when the estimate is made on the machine that trains (`compare_with`)."""
+    fitting_presets: list[str] = field(default_factory=list)
+    """The memory presets of the model type made for a GPU this size, when the estimate exceeds it."""
 
     @property
     def peak(self) -> int:
         return sum(line.bytes for line in self.gpu)
 
+    @property
+    def fits(self) -> bool | None:
+        """Whether the peak fits the training GPU (None when it is not known)."""
+        return None if self.gpu_total is None else self.peak <= self.gpu_total
+
+    def compare_with(self, gpu_total: int | None, model_type: str) -> None:
+        """Set the training GPU's memory; when the peak exceeds it, find the model type's memory presets made for
+        a GPU this size, the largest first. Their names end in the size a card is sold as (`-24gb`: 24 * 10**9
+        bytes or more; a 24 GB card has about 23.6 GiB)."""
+        from onetrainer.util.config.presets import load_preset, memory_budget, memory_presets
+
+        self.gpu_total = gpu_total
+        if self.fits is False and gpu_total is not None:
+            budgets = {name: memory_budget(name) or 0 for name in memory_presets()}
+            self.fitting_presets = [
+                name
+                for name in sorted(budgets, key=lambda name: (-budgets[name], name))
+                if budgets[name] * 10**9 <= gpu_total and load_preset(name)["model"]["type"] == model_type
+            ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "peak_bytes": self.peak,
             "peak_gib": round(self.peak / GIB, 2),
+            "gpu_total_bytes": self.gpu_total,
+            "fits": self.fits,
+            "fitting_presets": list(self.fitting_presets),
             "architecture": self.architecture,
             "resolution": self.resolution,
             "batch_size": self.batch_size,

@@ -36,4 +36,11 @@ def memory_table(estimate: Any) -> Table:
         table.add_row(f"[dim]{line.bytes / GIB:.2f}[/]", f"[dim]in CPU memory: {line.what}[/]")
     for note in estimate.notes:
         table.add_row("", f"[dim]{note}[/]")
+    if estimate.gpu_total is not None:
+        size = f"{estimate.gpu_total / GIB:.1f} GiB"
+        if estimate.fits:
+            table.add_row("", f"[green]fits this GPU's {size}[/]")
+        else:
+            presets = ", ".join(estimate.fitting_presets) or "none"
+            table.add_row("", f"[red]more than this GPU's {size}[/]; this model's memory presets for it: {presets}")
     return table

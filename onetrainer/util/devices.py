@@ -57,6 +57,20 @@ def resolve_device(name: str, *, where: str | None = "--device") -> str:
     raise UserError(f"unknown device {name!r}", where=where, hint="Use auto, cpu, cuda, cuda:N or mps.")
 
 
+def gpu_memory(device: str) -> int | None:
+    """Total bytes of the CUDA GPU that `device` (a device word: `auto`, `cuda`, `cuda:N`, ...) trains on here;
+    None for any other device, or one this machine does not have (a config may be planned elsewhere)."""
+    import torch
+
+    kind, _, index = device.strip().lower().partition(":")
+    if kind not in ("auto", "cuda") or not torch.cuda.is_available():
+        return None
+    number = int(index) if index.isdigit() else 0
+    if number >= torch.cuda.device_count():
+        return None
+    return int(torch.cuda.get_device_properties(number).total_memory)
+
+
 def parse_dtype(name: str | WeightsDtype, *, where: str | None = "--dtype") -> WeightsDtype:
     """The dtype `name` spells, or a user error listing the valid names."""
     try:

@@ -72,6 +72,34 @@ def test_the_dry_run_estimates_peak_memory_from_the_settings(
     assert "Estimated peak GPU memory" in text.output
 
 
+def test_the_dry_run_compares_the_estimate_with_the_training_gpu(
+    tmp_path: Path,
+    shapes_dataset_dir: Path,
+    cli: Callable[..., Any],
+    demo_args: Callable[..., list[str]],
+    memory: Callable[..., dict],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine with the GPU that trains, the dry run says whether the estimate fits it, and when it does
+    not, which memory presets of the model are made for a GPU that size (a card sold as N GB has N * 10**9
+    bytes), the largest first."""
+    import onetrainer.util.devices as devices
+
+    assert memory(tmp_path, shapes_dataset_dir)["fits"] is None, "no CUDA GPU here: nothing to compare with"
+    monkeypatch.setattr(devices, "gpu_memory", lambda device: 80 * 10**9)
+    roomy = memory(tmp_path, shapes_dataset_dir)
+    assert roomy["gpu_total_bytes"] == 80 * 10**9
+    assert roomy["fits"] is True
+    assert roomy["fitting_presets"] == []
+    monkeypatch.setattr(devices, "gpu_memory", lambda device: 6 * 10**9 + 1)  # less than the run's 0.6 GiB overhead
+    tight = memory(tmp_path, shapes_dataset_dir, "training.batch_size=64", "data.resolution=1024")
+    assert tight["fits"] is False
+    assert tight["fitting_presets"] == ["sd15-lora-6gb", "sd15-lora-4gb"]
+    text = cli(*demo_args(tmp_path, shapes_dataset_dir, "training.batch_size=64", "data.resolution=1024"), "--dry-run")
+    assert text.exit_code == 0, text.output
+    assert "more than this GPU's 5.6 GiB" in " ".join(text.output.split())
+
+
 @pytest.mark.slow
 def test_a_lora_trains_on_quantised_weights_with_fused_backward_and_cpu_held_8bit_states(
     tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]

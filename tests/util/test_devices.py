@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onetrainer.util.devices import WeightsDtype, parse_dtype, resolve_device, resolve_dtype, torch_dtype
+from onetrainer.util.devices import (
+    WeightsDtype,
+    gpu_memory,
+    parse_dtype,
+    resolve_device,
+    resolve_dtype,
+    torch_dtype,
+)
 from onetrainer.util.errors import UserError
 
 
@@ -32,3 +39,20 @@ def test_the_vocabulary_is_the_config_files_one() -> None:
     with pytest.raises(UserError, match="unknown dtype 'float16'") as caught:
         parse_dtype("float16")
     assert "auto, fp32, fp16, bf16" in (caught.value.hint or "")
+
+
+def test_gpu_memory_is_the_training_gpus_total_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Properties:
+        def __init__(self, index: int) -> None:
+            self.total_memory = (index + 1) * 8 * 10**9
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", Properties)
+    assert gpu_memory("auto") == gpu_memory("cuda") == gpu_memory("CUDA:0") == 8 * 10**9
+    assert gpu_memory("cuda:1") == 16 * 10**9
+    assert gpu_memory("cuda:2") is None, "a GPU this machine lacks: the config may be planned for another one"
+    assert gpu_memory("cpu") is None
+    assert gpu_memory("mps") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_memory("cuda") is None
