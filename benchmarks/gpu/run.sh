@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command on a CUDA machine with no network:
 #   benchmarks/gpu/run.sh OUT_DIR [--budget SECONDS] [--steps N] [--dry-run | --cpu-real-size]
+# or the test suite's `gpu`-marked tests (the CUDA-only paths), a minute or two:
+#   benchmarks/gpu/run.sh --tests [PYTEST ARGS]
 # Installs the wheels in .whl/ whose distribution this Python lacks (see benchmarks/README.md for
-# preparing them) into a scratch folder, then runs `python -m benchmarks.gpu` from the checkout.
+# preparing them) into a scratch folder, then runs `python -m benchmarks.gpu` (or pytest) from the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,4 +22,9 @@ if [ -d .whl ]; then
     export PYTHONPATH="$PWD:$SITE${PYTHONPATH#"$PWD"}"  # the carried versions before any the image puts there
 fi
 
+if [ "${1:-}" = "--tests" ]; then
+    shift
+    mapfile -t files < <(grep -rl "pytest.mark.gpu" tests)  # only the modules with GPU tests are imported
+    exec "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider "${files[@]}" "$@"
+fi
 exec "$PYTHON" -m benchmarks.gpu "$@"

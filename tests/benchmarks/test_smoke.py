@@ -193,6 +193,25 @@ def test_gpu_script_dry_run_trains_the_same_parameters_both_ways(tmp_path: Path)
     assert len((tmp_path / "gpu.md").read_text(encoding="utf-8").splitlines()) >= 2 + 2 + len(cases)
 
 
+def test_the_gpu_script_runs_the_gpu_marked_tests(tmp_path: Path) -> None:
+    """`run.sh --tests`: the CUDA-only paths' tests in the GPU image (skipped here without CUDA)."""
+    import torch
+
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu/run.sh", "--tests"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, "BENCHMARK_SITE": str(tmp_path / "site")},
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    outcome = "passed" if torch.cuda.is_available() else "skipped"
+    assert f" {outcome}" in done.stdout
+    assert "deselected" in done.stdout, "only the gpu-marked tests run"
+
+
 def test_an_estimate_worker_that_died_is_recorded_and_the_run_goes_on() -> None:
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
