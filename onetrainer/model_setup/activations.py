@@ -13,8 +13,9 @@ What differs from a GPU run, and how it is modelled:
   keeps the full attention matrix; GPUs run flash or memory-efficient attention, which keep the inputs,
   the output and one log-sum-exp per query row. The pass uses a stand-in that saves exactly that.
 - Weights: the denoiser is placed in the compute dtype. A weight the layers compute with as it is stored
-  costs nothing here (what autograd saves of it is a view). Any other (a quantised weight, which is
-  dequantised per layer, or one that autocast casts) is counted once, for its compute-dtype copy.
+  costs nothing here (what autograd saves of it is a view). Any other is copied as training copies it
+  (`WeightUses`): at each use (a frozen weight autocast casts, an fp8/int8 one dequantised per layer),
+  or once for the whole pass (a trained weight, whose cast autocast caches).
 - Autocast: the adapters keep their fp32 weights, matrix products and convolutions cast their inputs to
   the compute dtype, and normalisations and softmax to fp32, as CUDA's autocast does, so the copies
   autocast makes are counted.
