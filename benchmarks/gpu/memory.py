@@ -27,11 +27,9 @@ FAMILY_PRESETS = {
 
 def memory_presets(family: str) -> list[str]:
     """The shipped memory presets of a benchmark family's model type, by budget."""
-    from onetrainer.util.config.presets import load_preset, memory_budget, memory_presets
+    from onetrainer.util.config.presets import memory_presets_for
 
-    model_type = FAMILY_PRESETS[family]
-    names = [name for name in memory_presets() if load_preset(name)["model"]["type"] == model_type]
-    return sorted(names, key=lambda name: (memory_budget(name) or 0, name))
+    return memory_presets_for(FAMILY_PRESETS[family])
 
 
 def preset_settings(preset: str) -> dict[str, Any]:

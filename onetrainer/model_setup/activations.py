@@ -137,6 +137,12 @@ def _layer_inputs(compute_dtype: torch.dtype | None, per_use: set[int]) -> Any:
     """A function mode, CUDA's autocast on meta tensors: casts the floating inputs of `AUTOCAST_FUNCTIONS` to
     `compute_dtype` (None: no autocast) and those of `AUTOCAST_FP32_FUNCTIONS` to fp32, and gives a weight whose
     storage is in `per_use` as a fresh copy, as a cast or a dequantisation does at each use."""
+    return _layer_inputs_mode()(compute_dtype, per_use)
+
+
+@functools.cache
+def _layer_inputs_mode() -> Any:
+    """The class of `_layer_inputs`' mode, made once (a mode is entered for every checkpointed block's run)."""
     import torch
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
@@ -144,31 +150,40 @@ def _layer_inputs(compute_dtype: torch.dtype | None, per_use: set[int]) -> Any:
     def named(names: tuple[str, ...]) -> set[Any]:
         return {getattr(module, name) for module in (F, torch) for name in names if hasattr(module, name)}
 
-    functions, fp32 = named(AUTOCAST_FUNCTIONS), named(AUTOCAST_FP32_FUNCTIONS)
-
-    def upcast(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
-            return value.float()
-        return value
-
-    def prepare(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            return value
-        dtype = compute_dtype or value.dtype
-        copy = storage_key(value) in per_use
-        return value.to(dtype, copy=copy) if copy or value.dtype != dtype else value
+    lower, fp32 = named(AUTOCAST_FUNCTIONS), named(AUTOCAST_FP32_FUNCTIONS)
 
     class LayerInputs(TorchFunctionMode):
-        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            if compute_dtype is not None and func in fp32:
-                args = tuple(upcast(value) for value in args)
-                kwargs = {key: upcast(value) for key, value in (kwargs or {}).items()}
-            if func in functions:
-                args = tuple(prepare(value) for value in args)
-                kwargs = {key: prepare(value) for key, value in (kwargs or {}).items()}
-            return func(*args, **(kwargs or {}))
+        def __init__(self, compute_dtype: torch.dtype | None, per_use: set[int]) -> None:
+            super().__init__()
+            self.compute_dtype, self.per_use = compute_dtype, per_use
 
-    return LayerInputs()
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if self.compute_dtype is not None and func in fp32:
+                args, kwargs = _each_input(self._upcast, args, kwargs)
+            if func in lower:
+                args, kwargs = _each_input(self._prepare, args, kwargs)
+            return func(*args, **kwargs)
+
+        def _upcast(self, value: torch.Tensor) -> torch.Tensor:
+            return value.float()
+
+        def _prepare(self, value: torch.Tensor) -> torch.Tensor:
+            dtype = self.compute_dtype or value.dtype
+            copy = storage_key(value) in self.per_use
+            return value.to(dtype, copy=copy) if copy or value.dtype != dtype else value
+
+    return LayerInputs
+
+
+def _each_input(change: Callable[[Any], Any], args: Any, kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict]:
+    """`args` and `kwargs` with `change` applied to their floating-point tensors."""
+    import torch
+
+    def one(value: Any) -> Any:
+        return change(value) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    return tuple(one(value) for value in args), {key: one(value) for key, value in kwargs.items()}
 
 
 @contextlib.contextmanager

@@ -96,16 +96,12 @@ class MemoryEstimate:
         """Set the training GPU's memory; when the peak exceeds it, find the model type's memory presets made for
         a GPU this size, the largest first. Their names end in the size a card is sold as (`-24gb`: 24 * 10**9
         bytes or more; a 24 GB card has about 23.6 GiB)."""
-        from onetrainer.util.config.presets import load_preset, memory_budget, memory_presets
+        from onetrainer.util.config.presets import memory_budget, memory_presets_for
 
         self.gpu_total = gpu_total
         if self.fits is False and gpu_total is not None:
-            budgets = {name: memory_budget(name) or 0 for name in memory_presets()}
-            self.fitting_presets = [
-                name
-                for name in sorted(budgets, key=lambda name: (-budgets[name], name))
-                if budgets[name] * 10**9 <= gpu_total and load_preset(name)["model"]["type"] == model_type
-            ]
+            largest_first = reversed(memory_presets_for(model_type))
+            self.fitting_presets = [name for name in largest_first if (memory_budget(name) or 0) * 10**9 <= gpu_total]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
+from onetrainer.model.quantised import plain_tensors
 from onetrainer.model_setup.activations import AUTOCAST_FP32_FUNCTIONS, live_bytes_mode
 from onetrainer.model_setup.estimate import estimate_memory
 from onetrainer.util.config.loader import validate
@@ -57,15 +58,6 @@ def _config(family: str, setting: dict[str, Any], tiny: str | None = None) -> An
     return validate(settings, check_paths=False)
 
 
-def _plain(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """The tensors that hold `tensor`'s data: a quantised weight's inner tensors (values, scales), not its wrapper."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-    if is_traceable_wrapper_subclass(tensor):
-        return [getattr(tensor, name) for name in tensor.__tensor_flatten__()[0]]
-    return [tensor]
-
-
 def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     distinct = {tensor.untyped_storage()._cdata: tensor.untyped_storage().nbytes() for tensor in tensors}
     return sum(distinct.values())
@@ -97,7 +89,7 @@ def _measured_peak(model: DiffusionModel, config: Any, monkeypatch: pytest.Monke
     setup = lookup(ModuleKind.SETUP, config.model.type)(model, config)
     setup.prepare("cpu", torch_dtype(config.model.dtype))
     denoiser = model.denoiser
-    existing = [plain for tensor in [*denoiser.parameters(), *denoiser.buffers()] for plain in _plain(tensor)]
+    existing = [plain for tensor in [*denoiser.parameters(), *denoiser.buffers()] for plain in plain_tensors(tensor)]
     groups = [{"params": group["params"], "lr": 1e-3} for group in setup.parameter_groups()]
     optimizer = torch.optim.AdamW(groups, foreach=False)  # a per-tensor step, as a fused one is
     side = RESOLUTION // 8

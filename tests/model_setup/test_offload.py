@@ -192,6 +192,17 @@ def test_quantised_blocks_offload_too(
     assert any(type(master).__name__ != "Parameter" for master in masters), "quantised weights wait in CPU memory"
 
 
+def _linear_blocks(count: int, dtype: str, *, bias: bool) -> list[torch.nn.Sequential]:
+    """`count` blocks of a 64-wide linear layer (stored as `dtype`: fp32, or fp8/int8 computed in bf16) and a SiLU."""
+    from onetrainer.model.quantised import quantise_linear
+
+    def linear() -> torch.nn.Module:
+        layer = torch.nn.Linear(64, 64, bias=bias)
+        return layer if dtype == "fp32" else quantise_linear(layer, dtype, torch.bfloat16)
+
+    return [torch.nn.Sequential(linear(), torch.nn.SiLU()) for _ in range(count)]
+
+
 @pytest.fixture
 def pinned_pointers(monkeypatch: pytest.MonkeyPatch) -> set[int]:
     """Pinning without an accelerator: `pin_memory` returns a copy whose data pointer it records."""
@@ -213,13 +224,10 @@ def test_masters_are_pinned_quantised_ones_through_their_inner_tensors(dtype: st
     subclass) has no data of its own: its values and scales are pinned, and it computes what it did."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-    from onetrainer.model.quantised import quantise_linear
     from onetrainer.model_setup.offload import BlockOffloader
 
     torch.manual_seed(0)
-    blocks = [torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.SiLU()) for _ in range(2)]
-    if dtype != "fp32":
-        blocks = [torch.nn.Sequential(quantise_linear(b[0], dtype, torch.bfloat16), b[1]) for b in blocks]
+    blocks = _linear_blocks(2, dtype, bias=False)
     module = torch.nn.Sequential(*blocks).requires_grad_(False)
     sample = torch.randn(3, 64)
     expected = module(sample)
@@ -249,13 +257,10 @@ def test_masters_are_pinned_quantised_ones_through_their_inner_tensors(dtype: st
 def test_on_a_gpu_masters_are_pinned_and_blocks_compute_what_resident_ones_do(dtype: str) -> None:
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-    from onetrainer.model.quantised import quantise_linear
     from onetrainer.model_setup.offload import BlockOffloader
 
     torch.manual_seed(0)
-    blocks = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.SiLU()) for _ in range(3)]
-    if dtype != "fp32":
-        blocks = [torch.nn.Sequential(quantise_linear(b[0], dtype, torch.bfloat16), b[1]) for b in blocks]
+    blocks = _linear_blocks(3, dtype, bias=True)
     module = torch.nn.Sequential(*blocks).requires_grad_(False)
     sample = torch.randn(3, 64)
     expected = module.to("cuda")(sample.cuda())

@@ -44,6 +44,12 @@ def memory_presets() -> list[str]:
     return [name for name in preset_names() if memory_budget(name) is not None]
 
 
+def memory_presets_for(model_type: str) -> list[str]:
+    """The memory presets of one model type, the smallest budget first."""
+    names = [name for name in memory_presets() if load_preset(name)["model"]["type"] == model_type]
+    return sorted(names, key=lambda name: (memory_budget(name) or 0, name))
+
+
 def preset_path(name: str) -> Path:
     path = presets_dir() / f"{name}.yaml"
     if not path.is_file():
