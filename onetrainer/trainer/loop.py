@@ -282,7 +282,7 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
         raise (failure if failure is not None else _failed_elsewhere(failed.step)) from None
     except Exception:
         if world.failure_is_shared:
-            _emergency_backup(session, phase, step_start)
+            _emergency_backup(session, "update" if session.step.updated_in_backward else phase, step_start)
         raise
     return loss_value
 
@@ -465,12 +465,21 @@ def _emergency_backup(session: Session, phase: str, step_start: dict[str, Any]) 
     """After an unexpected error, back up the last complete step if the state is consistent.
 
     Before the optimizer step the weights still hold the previous step, and the RNG snapshot taken
-    when the step began makes the backup exact; during the update the state is half-changed, so no
-    backup is written and the last regular one stays the newest. Steps still on their way from the
+    when the step began makes the backup exact; during the update (or once a fused backward pass began
+    updating) the state is half-changed, so no backup is written, the last regular one stays the newest,
+    and a warning says so. Steps still on their way from the
     device are read first: if one of them diverged, no backup is written either. A failing
     emergency backup is reported, never raised: the error that caused it is the one the user must see.
     """
-    if phase == "update" or session.last_backup_step == session.run.counters.step:
+    if session.last_backup_step == session.run.counters.step:
+        return
+    if phase == "update":
+        newest = session.last_backup_path
+        message = (
+            f"no emergency backup: the error came while step {session.run.counters.step + 1} was updating the "
+            f"weights, which are half-changed; {f'the newest backup is {newest}' if newest else 'there is no backup'}"
+        )
+        session.progress({"event": "warning", "message": message})
         return
     try:
         _settle(session)

@@ -14,14 +14,14 @@ owns the parts of that sequence that memory or speed features change:
   (`register_post_accumulate_grad_hook`), and frees that gradient at once, so no full set of
   gradients is ever held. `measure` reports the norm summed up along the way; `apply` only moves the
   schedule. Its limits are checked in the config (`util.config.memory`): no gradient accumulation,
-  no clipping by the total norm, no fp16 loss scaling; and since the update cannot wait for the
-  finite check, each tensor is checked before its own update: the first non-finite gradient stops
-  every update after it, and the loop then stops the run as for any non-finite gradient (tensors
-  whose gradients came earlier were already updated; nothing is saved from them). Where the optimizer
-  takes torch's `found_inf` (fused AdamW and SGD on CUDA) that check stays on the device, as a flag
-  the first non-finite gradient sets, instead of a wait for the GPU once per tensor. It cannot run on
-  several ranks: their gradients are averaged once all of them are ready, after these hooks would
-  have updated the weights (`check_fused_backward` refuses it before anything loads).
+  no clipping by the total norm, no fp16 loss scaling. The update cannot wait for the finite check,
+  and no tensor's update waits for the host either (a read per tensor would stall the GPU's queue
+  once per tensor, thousands of times a step): a non-finite gradient reaches the weights, the pass's
+  norm is non-finite, and the loop stops the run as for any non-finite gradient. Nothing is saved from
+  such a step: no backup is written from a diverged step, and an error after the first update of a
+  pass writes no emergency backup (`updated_in_backward`), since the weights are then half-changed.
+  It cannot run on several ranks: their gradients are averaged once all of them are ready, after
+  these hooks would have updated the weights (`check_fused_backward` refuses it before anything loads).
 
 With several ranks the plain strategy averages the gradients over them once per optimizer step, at
 the start of `measure` (never on accumulation micro-steps), before unscaling: an fp16 overflow on any
@@ -64,6 +64,12 @@ class StepStrategy(Protocol):
         """Whether `apply` honours a device `skip` flag (else the loop reads the check before `apply`)."""
         ...
 
+    @property
+    def updated_in_backward(self) -> bool:
+        """Whether some weights already hold this step's update before `apply` (a fused backward pass that
+        began updating): an error from here on leaves the weights half-changed, so no emergency backup."""
+        ...
+
 
 def clip_gradients(parameters: Sequence[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
     """The total gradient norm of `parameters`, clipped to `max_norm` when it is set."""
@@ -104,6 +110,10 @@ class PlainStep:
     def skips_on_device(self) -> bool:
         return self.updater is None and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
+    @property
+    def updated_in_backward(self) -> bool:
+        return False
+
     def apply(self, skip: torch.Tensor | None = None) -> list[float]:
         if self.updater is not None:
             self.updater.update_all()
@@ -127,23 +137,13 @@ class FusedStep:
     trained: list[torch.nn.Parameter]
     updater: TensorUpdater
     _squares: torch.Tensor | None = field(default=None, init=False)
-    _stopped: bool = field(default=False, init=False)
-    _diverged: torch.Tensor | None = field(default=None, init=False)
-    """On the device: whether a non-finite gradient came yet this step (where `_on_device`)."""
-    _on_device: bool = field(default=False, init=False)
-    """The finite check stays on the device: the optimizer takes torch's `found_inf` and steps each tensor
-    itself (no stochastic rounding, no CPU masters), so no wait for the GPU once per tensor."""
+    _updated: bool = field(default=False, init=False)
     _one_at_a_time: threading.Lock = field(default_factory=threading.Lock, init=False)
     """The hooks of CPU-held weights (offloaded blocks' masters) run on the thread that called `backward`,
     those of GPU weights on autograd's CUDA thread: two updates could otherwise interleave in the one
     optimizer (`TensorUpdater` narrows its groups to one tensor per step)."""
 
     def __post_init__(self) -> None:
-        self._on_device = (
-            bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
-            and not self.updater.stochastic_rounding
-            and not self.updater.masters
-        )
         for param in self.trained:
             param.register_post_accumulate_grad_hook(self._ready)
 
@@ -152,8 +152,6 @@ class FusedStep:
             self._update(param)
 
     def _update(self, param: torch.nn.Parameter) -> None:
-        import torch
-
         grad = param.grad
         if grad is None:
             return
@@ -161,19 +159,7 @@ class FusedStep:
         if self._squares is not None:
             square = square.to(self._squares.device)
         self._squares = square if self._squares is None else self._squares + square
-        if self._on_device:
-            diverged = ~torch.isfinite(square)
-            self._diverged = diverged if self._diverged is None else self._diverged | diverged
-            self.optimizer.found_inf = self._diverged.to(torch.float32)  # type: ignore[attr-defined]
-            try:
-                self.updater.update(param)
-            finally:
-                del self.optimizer.found_inf  # type: ignore[attr-defined]
-            return
-        if self._stopped or not bool(torch.isfinite(square)):
-            self._stopped = True
-            param.grad = None
-            return
+        self._updated = True
         self.updater.update(param)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -190,10 +176,14 @@ class FusedStep:
     def skips_on_device(self) -> bool:
         return False
 
+    @property
+    def updated_in_backward(self) -> bool:
+        return self._updated
+
     def apply(self, skip: torch.Tensor | None = None) -> list[float]:
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
-        self._squares, self._stopped, self._diverged = None, False, None
+        self._squares, self._updated = None, False
         return learning_rates
 
 

@@ -251,6 +251,52 @@ def test_an_error_mid_run_writes_an_exact_emergency_backup(
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
+FUSED_BACKWARD = ["training.fused_backward=true", "training.max_grad_norm=null"]
+
+
+def test_a_fused_backward_pass_writes_no_backup_of_a_step_it_began_updating(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    """Its updates run inside the backward pass: a failure or a non-finite gradient after the first of them
+    leaves the weights half-changed, so only backups from before that step remain; a failure before the
+    backward pass still writes an exact emergency backup."""
+    diverged = tmp_path / "diverged"
+    config = toy_config(diverged, "saving.backup_every=2 steps", "saving.backup_keep_last=1", *FUSED_BACKWARD)
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, build=toy_build(bad_gradient_at_step=4))
+    assert "the gradients became non-finite at step 4" in error.value.message
+    backups = list_backups(diverged / "workspace" / "backups")
+    assert [path.name for path in backups] == ["step-00000002"]
+    assert _finite(read_backup(backups[0]).weights)
+
+    def fail_in_backward(event: str, step: int) -> None:
+        # The last layer's gradient comes first and is applied; the first layer's then fails.
+        if event == "predict" and step + 1 == 6:
+            build.last.setup.model[0].weight.register_hook(_raise_toy_failure)
+
+    halfway = tmp_path / "halfway"
+    build = toy_build(hook=fail_in_backward)
+    events: list[dict] = []
+    with pytest.raises(RuntimeError, match="toy failure in backward"):
+        train(toy_config(halfway, *FUSED_BACKWARD), build=build, progress=events.append)
+    assert not list_backups(halfway / "workspace" / "backups")
+    warnings = [event["message"] for event in events if event["event"] == "warning"]
+    assert any("no emergency backup" in message and "step 6" in message for message in warnings), warnings
+
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    train(toy_config(straight, *FUSED_BACKWARD), build=toy_build())
+    with pytest.raises(RuntimeError, match="toy failure"):
+        train(toy_config(crashed, *FUSED_BACKWARD), build=toy_build(fail_at_step=6))
+    assert [path.name for path in list_backups(crashed / "workspace" / "backups")] == ["step-00000005"]
+    train(toy_config(crashed, *FUSED_BACKWARD), build=toy_build(), resume="last")
+    expected, actual = _weights(straight), _weights(crashed)
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def _raise_toy_failure(gradient: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("toy failure in backward")
+
+
 def test_cadences_fire_at_the_right_steps(tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig) -> None:
     config = toy_config(
         tmp_path,
