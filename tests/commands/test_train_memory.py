@@ -150,18 +150,35 @@ def full_args(demo_args: Callable[..., list[str]]) -> Callable[..., list[str]]:
     return args
 
 
+LEVERS = {
+    "plain-step": [],
+    "fused-backward-cpu-states": [
+        "training.fused_backward=true",
+        "training.max_grad_norm=null",
+        "training.optimizer_offload=true",
+    ],
+}
+"""With the update after the backward pass, or inside it with the optimizer's states on CPU masters."""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("levers", list(LEVERS))
 def test_a_bf16_full_fine_tune_with_offloading_resumes_bit_exactly(
-    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], full_args: Callable[..., list[str]]
+    tmp_path: Path,
+    shapes_dataset_dir: Path,
+    cli: Callable[..., Any],
+    full_args: Callable[..., list[str]],
+    levers: str,
 ) -> None:
-    straight = cli(*full_args(tmp_path / "straight", shapes_dataset_dir, "training.max_steps=4"))
+    def full(root: Path, *overrides: str) -> list[str]:
+        return full_args(root, shapes_dataset_dir, *LEVERS[levers], *overrides)
+
+    straight = cli(*full(tmp_path / "straight", "training.max_steps=4"))
     assert straight.exit_code == 0, straight.output
     first = tmp_path / "resumed"
-    half = cli(*full_args(first, shapes_dataset_dir, "training.max_steps=2", "saving.backup_every=2 steps"))
+    half = cli(*full(first, "training.max_steps=2", "saving.backup_every=2 steps"))
     assert half.exit_code == 0, half.output
-    rest = cli(
-        *full_args(first, shapes_dataset_dir, "training.max_steps=4", "saving.overwrite=true"), "--resume", "last"
-    )
+    rest = cli(*full(first, "training.max_steps=4", "saving.overwrite=true"), "--resume", "last")
     assert rest.exit_code == 0, rest.output
     ours = load_file(first / "out" / "model.safetensors")
     reference = load_file(tmp_path / "straight" / "out" / "model.safetensors")
