@@ -186,8 +186,9 @@ class DiffusionSetup:
             draws = torch.rand(batch_size, generator=generator, device=generator.device)
             keep = draws >= rate
             for key in sources[name]:
-                tensor = dropped[key]
-                mask = keep.to(tensor.device).reshape(-1, *([1] * (tensor.ndim - 1)))
+                # to the draws' device (the step's), not the draws to a cached tensor's CPU: that copy would wait
+                tensor = dropped[key].to(keep.device, non_blocking=True)
+                mask = keep.reshape(-1, *([1] * (tensor.ndim - 1)))
                 dropped[key] = tensor * mask.to(tensor.dtype)
         return dropped
 

@@ -34,7 +34,8 @@ How it works, per offloaded block (a unit gradient checkpointing recomputes, `mo
   asks for it.
 - The side stream waits for the compute stream before each copy, so memory freed by a finished
   block is never overwritten while a kernel may still read it; the compute stream waits for a
-  copy's event before the block runs.
+  copy's event before the block runs. A block not copied ahead (the first steps, a stale copy) is
+  copied in line on the compute stream, also without waiting for the GPU.
 
 On the CPU (tests) the copies are clones on the same device: the mechanism runs unchanged, and the
 masters can be told from the copies by their storage.
@@ -250,7 +251,9 @@ class BlockOffloader:
 
         unit.copied_from = _versions(unit.entries)
         if self._stream is None or not ahead:
-            unit.copies = self._device_copies(unit, non_blocking=False)
+            # On the compute stream, ordered before the block's kernels: no wait for the GPU. A trained master
+            # is rewritten only after its gradient's copy to the CPU, which blocks until this stream is done.
+            unit.copies = self._device_copies(unit, non_blocking=True)
             return
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):

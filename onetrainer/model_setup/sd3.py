@@ -91,14 +91,19 @@ def assemble(
     `StableDiffusion3Pipeline.encode_prompt` joins them."""
     import torch
 
+    def moved(key: str) -> torch.Tensor:
+        # each (pinned, from the cache) tensor to the device before joining: a joined CPU tensor is not pinned
+        return conditioning[key].to(device, dtype, non_blocking=True)
+
     joint = int(model.denoiser.config.joint_attention_dim)
-    clip = torch.cat([conditioning[L_HIDDEN], conditioning[G_HIDDEN]], dim=-1).to(device, dtype)
+    clip = torch.cat([moved(L_HIDDEN), moved(G_HIDDEN)], dim=-1)
     clip = torch.nn.functional.pad(clip, (0, joint - clip.shape[-1]))
-    t5 = conditioning.get(T5_HIDDEN)
-    if t5 is None:
+    if T5_HIDDEN in conditioning:
+        t5 = moved(T5_HIDDEN)
+    else:
         t5 = torch.zeros(clip.shape[0], t5_max_length(model), joint, device=device, dtype=dtype)
-    prompt = torch.cat([clip, t5.to(device, dtype)], dim=-2)
-    pooled = torch.cat([conditioning[L_POOLED], conditioning[G_POOLED]], dim=-1).to(device, dtype)
+    prompt = torch.cat([clip, t5], dim=-2)
+    pooled = torch.cat([moved(L_POOLED), moved(G_POOLED)], dim=-1)
     return prompt, pooled
 
 

@@ -120,6 +120,16 @@ def rank_device(setting: str, local_rank: int, size: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _make_current(device: torch.device) -> None:
+    """Make a GPU the process's current one: torch's current stream, and streams, events and allocations made
+    without naming a device, follow it. With `training.device=cuda:1` they must be on that GPU, not cuda:0
+    (an event recorded on cuda:0's stream would not wait for cuda:1's copies)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
 _joined: list[World] = []
 """The world `join_world` set up in this process, for code that has no `World` at hand (`current_world`)."""
 
@@ -139,6 +149,7 @@ def join_world(setting: str) -> tuple[World, torch.device]:
         local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
         device = rank_device(setting, local_rank, size)
         if size == 1:
+            _make_current(device)
             return World(device=device), device
         if device.type == "cuda":
             import torch

@@ -3,10 +3,11 @@
 Two checks, each where it costs least:
 - every step, the loss and the gradient norm, before the optimizer step: one non-finite gradient
   turns every weight it touches into NaN (Adam divides by it), so the run stops with the previous
-  step's weights intact. The check is read on the host before the update, or made on the device,
-  which then skips the update, and read a step or more later (`readback`); `check_step` says what
-  stopped the run either way. fp16's gradient scaler is the exception: an overflow there is
-  routine, and the step is skipped without stopping.
+  step's weights intact (with a fused backward pass, which updates during the pass, with the
+  previous step's backups intact: `trainer.step`). The check is read on the host before the
+  update, or made on the device, which then skips the update, and read a step or more later
+  (`readback`); `check_step` says what stopped the run either way. fp16's gradient scaler is the
+  exception: an overflow there is routine, and the step is skipped without stopping.
 - the weights, before a backup or a save writes them: an update can still overflow.
 No non-finite backup is ever written, so the newest backup is always a good one and rolling deletion
 never removes the last good backup in favour of a bad one; the message names it.

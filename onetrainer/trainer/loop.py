@@ -5,7 +5,9 @@ Each optimizer step: batches -> predict -> loss -> backward (accumulated over
 step -> EMA -> metrics -> cadence checks (validation, previews, intermediate save, backup) -> stop
 request. The step makes no host sync where the device runs ahead (CUDA): the finite check is decided
 on the device, and the loss and metrics arrive `training.read_back_lag` steps later (`readback`);
-anything that writes or stops reads every pending step first.
+anything that writes or stops reads every pending step first. (Gradients of weights held in CPU
+memory, and a moving average kept there, are copied out when ready, and wait: `model_setup.offload`,
+`trainer.updates`, `trainer.ema`.)
 
 What makes a run resumable bit-exactly: the data plan is a pure function of (seed, epoch), every
 random stream is part of a backup, side work (previews, validation) runs with those streams

@@ -152,7 +152,7 @@ class StepResults:
             record.host = self._ring[step % len(self._ring)]
             record.host.copy_(values, non_blocking=True)
             record.event = torch.cuda.Event()
-            record.event.record()
+            record.event.record(torch.cuda.current_stream(self.device))
         return skip
 
     def _skip_flag(self, values: torch.Tensor) -> torch.Tensor:

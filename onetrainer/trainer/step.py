@@ -75,10 +75,30 @@ def clip_gradients(parameters: Sequence[torch.nn.Parameter], max_norm: float | N
     """The total gradient norm of `parameters`, clipped to `max_norm` when it is set."""
     import torch
 
+    total = total_norm([param.grad for param in parameters if param.grad is not None])
     if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    grads = [param.grad for param in parameters if param.grad is not None]
-    return torch.nn.utils.get_total_norm(grads)
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total
+
+
+def total_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all `grads`, on the accelerator where any of them is there.
+
+    torch's `get_total_norm` moves each tensor's norm to the first tensor's device: with gradients on two
+    devices (a full fine-tune's blocks held in CPU memory) that is a copy, and a wait for the GPU, per tensor.
+    Here each device's norm is taken where its gradients are, and one value per device is moved.
+    """
+    import torch
+
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for grad in grads:
+        by_device.setdefault(grad.device, []).append(grad)
+    norms = [torch.nn.utils.get_total_norm(group) for group in by_device.values()]
+    if len(norms) <= 1:
+        return norms[0] if norms else torch.zeros(())
+    norms.sort(key=lambda norm: norm.device.type == "cpu")
+    main = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([norm.to(main, non_blocking=True) for norm in norms]))
 
 
 @dataclass
@@ -136,7 +156,9 @@ class FusedStep:
     precision: MixedPrecision
     trained: list[torch.nn.Parameter]
     updater: TensorUpdater
-    _squares: torch.Tensor | None = field(default=None, init=False)
+    _squares: dict[torch.device, torch.Tensor] = field(default_factory=dict, init=False)
+    """The squared gradient norm so far, per device: summed where the gradients are (CPU-held masters' on the
+    CPU), so no gradient waits for a copy of its square to another device; `measure` adds them up once."""
     _updated: bool = field(default=False, init=False)
     _one_at_a_time: threading.Lock = field(default_factory=threading.Lock, init=False)
     """The hooks of CPU-held weights (offloaded blocks' masters) run on the thread that called `backward`,
@@ -156,9 +178,8 @@ class FusedStep:
         if grad is None:
             return
         square = grad.detach().float().pow(2).sum()
-        if self._squares is not None:
-            square = square.to(self._squares.device)
-        self._squares = square if self._squares is None else self._squares + square
+        so_far = self._squares.get(square.device)
+        self._squares[square.device] = square if so_far is None else so_far + square
         self._updated = True
         self.updater.update(param)
 
@@ -168,9 +189,11 @@ class FusedStep:
     def measure(self) -> torch.Tensor:
         import torch
 
-        if self._squares is None:
+        if not self._squares:
             return torch.zeros(())
-        return self._squares.sqrt()
+        squares = sorted(self._squares.values(), key=lambda square: square.device.type == "cpu")
+        main = squares[0].device
+        return torch.stack([square.to(main, non_blocking=True) for square in squares]).sum().sqrt()
 
     @property
     def skips_on_device(self) -> bool:
@@ -183,7 +206,7 @@ class FusedStep:
     def apply(self, skip: torch.Tensor | None = None) -> list[float]:
         learning_rates = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.scheduler.step()
-        self._squares, self._updated = None, False
+        self._squares, self._updated = {}, False
         return learning_rates
 
 

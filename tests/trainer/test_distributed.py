@@ -326,6 +326,23 @@ def test_one_process_joins_no_process_group(monkeypatch: pytest.MonkeyPatch) -> 
     leave_world(world)
 
 
+def test_one_process_on_a_named_gpu_makes_it_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams and events made without a device (the read-back's, the offload's) are on the current GPU."""
+    import torch
+
+    from onetrainer.trainer import device as device_module
+    from onetrainer.trainer.distributed import join_world, leave_world
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(device_module, "resolve_device", lambda setting: torch.device(setting))
+    made_current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    world, device = join_world("cuda:1")
+    assert device == torch.device("cuda", 1)
+    assert made_current == [torch.device("cuda", 1)]
+    leave_world(world)
+
+
 def test_rank_0_keeps_the_run_seed_and_the_other_ranks_get_their_own() -> None:
     from onetrainer.trainer.distributed import rank_seed
 

@@ -108,3 +108,99 @@ def test_a_step_reads_nothing_back_but_the_lagged_loss_and_gradient_norm(
     records = read_metrics(tmp_path / "workspace" / "metrics.jsonl")
     assert [record["step"] for record in records] == [1, 2, 3]
     assert all(record["flops_per_s"] is None or record["flops_per_s"] > 0 for record in records)
+
+
+ON_CUDA = {
+    "lora-caption-dropout": ["method=lora", "parts.text_encoder.dropout=0.5", "training.read_back_lag=1"],
+    "embedding": [*TRAINED["embedding"], "training.read_back_lag=1"],
+    "flux-lora-fp8": [*TRAINED["flux-lora"], "parts.transformer.weight_dtype=fp8", "training.read_back_lag=1"],
+    "sd3-lora": ["model.type=sd35-medium", "model.base=tiny:sd35-medium", "method=lora", "training.read_back_lag=1"],
+    "full-offloaded-fused": [
+        "method=full",
+        "parts.unet.weight_dtype=bf16",
+        "parts.unet.offload_blocks=0.5",
+        "training.stochastic_rounding=true",
+        "training.optimizer=adafactor",
+        "training.fused_backward=true",
+        "training.max_grad_norm=null",
+        "training.gradient_checkpointing=true",
+        "training.activation_offload=true",
+    ],
+}
+"""Paths that run only on a GPU: pinned batches and conditioning, the caption dropout's draws, an embedding's
+token ids, fp8 layers, SD 3's joined conditioning, offloaded blocks copied ahead on a side stream, activations
+kept in CPU memory, the fused backward pass's updates on autograd's CUDA thread."""
+
+ALLOWED_WAITS = {("offload.py", "backward")}
+"""A trained master in CPU memory takes its gradient when the copy has arrived (`model_setup.offload`)."""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(ON_CUDA))
+def test_on_cuda_a_step_waits_for_the_gpu_only_in_the_read_back(
+    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """torch's sync debug mode reports every operation that waits for the GPU, also those the CPU test cannot
+    see (a blocking copy to or from the device); each is placed by the innermost onetrainer frame calling it."""
+    import traceback
+    import warnings
+
+    package = Path(loop.__file__).parents[1]
+    waits: Counter[tuple[str, str, str]] = Counter()
+
+    def report(message: Any, category: Any, filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+        if "synchronizing" not in str(message):
+            return
+        frames = traceback.extract_stack()[:-1]
+        ours = [frame for frame in frames if Path(frame.filename).is_relative_to(package)]
+        where = (Path(ours[-1].filename).name, ours[-1].name) if ours else ("?", "?")
+        waits[(*where, f"{Path(frames[-1].filename).name}:{frames[-1].lineno}")] += 1
+
+    def unwatched(function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(mode)
+
+        return run
+
+    def watched(function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+
+        return run
+
+    monkeypatch.setattr(loop, "_steps", watched(loop._steps))
+    monkeypatch.setattr(readback.StepResults, "_read", unwatched(readback.StepResults._read))
+    monkeypatch.setattr(flops, "count_flops", unwatched(flops.count_flops))
+    config = load_config(
+        presets_dir() / "demo.yaml",
+        [
+            f"data.concepts.0.path={shapes_dataset_dir}",
+            f"workspace={tmp_path / 'workspace'}",
+            f"saving.output={tmp_path / 'out' / 'model.safetensors'}",
+            "training.device=cuda",
+            "training.precision=bf16",
+            "training.max_steps=3",
+            "sampling.before_training=false",
+            "sampling.every=never",
+            "logging.tensorboard=false",
+            *ON_CUDA[case],
+        ],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", report)
+        result = train(config, build=build_parts)
+    assert result.step == 3
+    unexpected = {key: count for key, count in waits.items() if key[:2] not in ALLOWED_WAITS}
+    assert unexpected == {}, "\n".join(
+        f"{count}x {ours}:{name} via {inner}" for (ours, name, inner), count in unexpected.items()
+    )

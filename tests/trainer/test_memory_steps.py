@@ -269,3 +269,53 @@ def test_a_restored_optimizer_keeps_the_fp32_state_of_bf16_weights() -> None:
     state = next(iter(restored.state.values()))
     assert state["exp_avg"].dtype == torch.float32
     assert torch.equal(state["exp_avg_sq"], saved["state"][0]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.01])
+def test_the_gradient_norm_and_clipping_equal_torchs(max_norm: float | None) -> None:
+    from onetrainer.trainer.step import clip_gradients
+
+    ours, reference = _model(), _model()
+    for model in (ours, reference):
+        inputs, targets = _batches(1)[0]
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+    norm = clip_gradients(list(ours.parameters()), max_norm)
+    if max_norm is None:
+        expected = torch.nn.utils.get_total_norm([param.grad for param in reference.parameters()])
+    else:
+        expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+    assert torch.equal(norm, expected)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), reference.parameters(), strict=True))
+
+
+@pytest.mark.gpu
+def test_gradients_on_the_gpu_and_in_cpu_memory_are_measured_without_waiting_for_the_gpu() -> None:
+    """A full fine-tune's offloaded blocks have their gradients on the CPU: one value per device moves, not one
+    per tensor, in the plain step's norm and in the fused backward pass's."""
+    from onetrainer.trainer.step import total_norm
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(64, 64, generator=generator) for _ in range(6)]
+    mixed = [grad.cuda() if index % 2 else grad for index, grad in enumerate(grads)]
+    expected = torch.nn.utils.get_total_norm(grads)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        norm = total_norm(mixed)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert norm.device.type == "cuda"
+    assert norm.cpu().item() == pytest.approx(expected.item(), rel=1e-5)
+
+    model = _model().cuda()
+    model[0].cpu()  # the first layer's gradients come last, in CPU memory
+    trained = list(model.parameters())
+    training = _training(fused_backward=True)
+    optimizer = build_optimizer([{"params": trained, "lr": 1e-2, "name": "model"}], training, CPU)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    strategy = build_step(training, optimizer, scheduler, MixedPrecision(Precision.FP32, CPU), trained)
+    inputs, targets = _batches(1)[0]
+    loss = torch.nn.functional.mse_loss(model[2](model[1](model[0](inputs).cuda())), targets.cuda())
+    strategy.backward(loss)
+    assert {square.device.type for square in strategy._squares.values()} == {"cpu", "cuda"}
+    assert strategy.measure().device.type == "cuda"

@@ -98,9 +98,8 @@ def _extended_lookup_class() -> type:
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
             if not self.entries:
                 return torch.nn.functional.embedding(input_ids, self.weight, self.padding_idx)
-            ids = torch.tensor(
-                [i for token_ids, _ in self.entries for i in token_ids], device=input_ids.device, dtype=input_ids.dtype
-            )
+            ids = torch.tensor([i for token_ids, _ in self.entries for i in token_ids], dtype=input_ids.dtype)
+            ids = ids.to(input_ids.device, non_blocking=True)  # staged at once, without waiting for the GPU
             vectors = torch.cat([param for _, param in self.entries]).to(self.weight)
             hits = input_ids.unsqueeze(-1) == ids
             found = hits.any(-1)

@@ -13,8 +13,8 @@ limits that follow from how they work:
 - A fused backward pass updates each tensor while the backward pass is still running, so nothing can
   look at all gradients first: not gradient accumulation (the gradients would have to be kept),
   not clipping by the total norm (unknown until the end), not fp16's loss scaling (which skips a
-  whole step on overflow). What it can do it does: the gradient norm is still measured, and a tensor
-  whose gradient is not finite is not updated (nor any after it), before the run stops.
+  whole step on overflow). What it can do it does: the gradient norm is still measured, and a
+  non-finite one stops the run after the pass; the weights it changed are never saved.
 - Fused backward, stochastic rounding and optimizer offloading step one tensor at a time, which is
   exact only for optimizers whose state and update are per tensor (`PER_TENSOR`).
 - Layer and activation offloading save memory only with gradient checkpointing: without it autograd
