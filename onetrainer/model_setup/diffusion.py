@@ -341,7 +341,7 @@ class DiffusionSetup:
             prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         target = noised.target
         prior = batch.get("is_prior") if self._prior_concepts else None
-        if prior is not None and bool(prior.any()):  # the loader's flags, on the host: no wait for the device
+        if prior is not None and _any_on_host(prior):
             target = self._prior_target(noised, conditioning, batch, prior.to(target.device, non_blocking=True))
         return {"prediction": prediction, "target": target, "weights": noised.weights}
 
@@ -408,3 +408,12 @@ class DiffusionSetup:
         self._training = False
         for _, module in self.model.modules():
             module.eval()
+
+
+def _any_on_host(flags: torch.Tensor) -> bool:
+    """Whether any of the loader's flags is set. They are in CPU memory, so reading them waits for no device;
+    read outside a fake-tensor pass (the trainer's FLOP count), whose fake result could not be read at all."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        return bool(flags.any())

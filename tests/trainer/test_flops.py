@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +24,14 @@ def _base() -> DiffusionModel:
     return load_model("tiny:sd15")
 
 
-def _setup(method: str, **training: object) -> DiffusionSetup:
+def _setup(method: str, data: dict[str, object] | None = None, **training: object) -> DiffusionSetup:
     config = TrainConfig.model_validate(
-        {"model": {"type": "sd15", "base": "tiny:sd15"}, "method": method, "training": {"device": "cpu", **training}}
+        {
+            "model": {"type": "sd15", "base": "tiny:sd15"},
+            "method": method,
+            "training": {"device": "cpu", **training},
+            **({"data": data} if data else {}),
+        }
     )
     setup = lookup(ModuleKind.SETUP, "sd15")(copy.deepcopy(_base()), config)
     setup.prepare("cpu", torch.float32)
@@ -70,6 +76,20 @@ def test_a_full_fine_tunes_count_matches_torchs_flop_counter_on_the_tiny_unet(ch
     if checkpointing:
         setup.model.unet.disable_gradient_checkpointing()  # the model's FLOPs: no recomputation
     assert ours == _reference(setup, batch) > 0
+
+
+def test_a_batch_with_prior_preservation_samples_counts_their_pass_without_the_lora(tmp_path: Path) -> None:
+    """The batch's prior flags are read on the host inside the fake-tensor pass; a fake result could not be."""
+    setup = _setup("lora", data={"concepts": [{"path": str(tmp_path), "type": "prior"}]})
+    generator = torch.Generator().manual_seed(1)
+    trained = [param for group in setup.parameter_groups() for param in group["params"]]
+
+    def count(flags: list[bool]) -> int:
+        batch = {**_batch(setup), "is_prior": torch.tensor(flags)}
+        return count_flops(lambda: step_pass(setup, generator, _no_autocast, trained)(batch))
+
+    without, with_prior = count([False, False]), count([True, False])
+    assert 0 < without < with_prior, "the target's pass without the LoRA counts"
 
 
 def test_the_count_touches_no_weights_gradients_or_random_streams() -> None:
