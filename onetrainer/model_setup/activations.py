@@ -19,7 +19,7 @@ What differs from a GPU run, and how it is modelled:
 - Autocast: the adapters keep their fp32 weights, matrix products and convolutions cast their inputs to
   the compute dtype, and normalisations and softmax to fp32, as CUDA's autocast does, so the copies
   autocast makes are counted.
-- Activation offloading (`torch.autograd.graph.save_on_cpu`): what is saved outside checkpointed blocks
+- Activation offloading (`offload.activations_in_cpu_memory`): what is saved outside checkpointed blocks
   is counted as CPU memory instead, and comes back (is allocated again) when the backward pass needs it.
 
 This was checked against real training steps of the tiny models on the CPU, whose tensors were counted
@@ -188,7 +188,7 @@ def _each_input(change: Callable[[Any], Any], args: Any, kwargs: dict[str, Any])
 
 @contextlib.contextmanager
 def _offload_to_cpu(measure: ActivationMeasure) -> Iterator[None]:
-    """`save_on_cpu` on meta tensors: a saved tensor's bytes count as CPU memory, and it is allocated again when
+    """Activation offloading on meta tensors: a saved tensor's bytes count as CPU memory, and it is allocated again when
     the backward pass unpacks it."""
     import torch
 

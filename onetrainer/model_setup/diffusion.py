@@ -25,6 +25,7 @@ from onetrainer.model_setup.compile import apply_speed_settings
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
+from onetrainer.model_setup.offload import activations_in_cpu_memory
 from onetrainer.model_setup.placement import Placement, apply_placement, apply_storage, placement_policy
 from onetrainer.model_setup.trainables import Trainables
 from onetrainer.util.config.data import ConceptType
@@ -371,7 +372,7 @@ class DiffusionSetup:
             stack.enter_context(offloader.forward_context())
         if self.config.training.activation_offload and torch.is_grad_enabled():
             pin = self.device is not None and self.device.type == "cuda"
-            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=pin))
+            stack.enter_context(activations_in_cpu_memory(pin))
         return stack
 
     def loss(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:

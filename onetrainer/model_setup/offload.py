@@ -310,3 +310,28 @@ def _pinned_tensor(tensor: torch.Tensor) -> torch.Tensor:
     if is_traceable_wrapper_subclass(tensor):
         return transform_subclass(tensor, lambda _, inner: _pinned_tensor(inner))
     return tensor if tensor.is_pinned() else tensor.pin_memory()
+
+
+def activations_in_cpu_memory(pin_memory: bool) -> Any:
+    """Saved tensors of the autograd graph kept in CPU memory until the backward pass needs them (activation
+    offloading), as `torch.autograd.graph.save_on_cpu` keeps them, but never waiting for the GPU.
+
+    torch's own copies a saved tensor into pinned memory with a blocking copy before torch 2.13: one wait per
+    saved tensor. Here both copies are queued on the current stream (autograd runs a backward operation on
+    its forward operation's stream), so the copy back in is ordered after the copy out, and the GPU memory
+    freed meanwhile is reused only by later work on that stream.
+    """
+    import torch
+
+    def pack(tensor: torch.Tensor) -> tuple[torch.device, torch.Tensor]:
+        if not pin_memory or tensor.is_sparse:
+            return tensor.device, tensor.cpu()
+        packed = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=True)
+        packed.copy_(tensor, non_blocking=True)
+        return tensor.device, packed
+
+    def unpack(packed: tuple[torch.device, torch.Tensor]) -> torch.Tensor:
+        device, tensor = packed
+        return tensor.to(device, non_blocking=pin_memory)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)

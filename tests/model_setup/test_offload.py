@@ -274,3 +274,30 @@ def test_on_a_gpu_masters_are_pinned_and_blocks_compute_what_resident_ones_do(dt
     for _ in range(3):  # the third pass copies every block ahead, on the side stream
         torch.testing.assert_close(module(sample.cuda()), expected)
     assert all(master.device.type == "cpu" for index in range(len(blocks)) for master in offloader.masters(index))
+
+
+@pytest.mark.parametrize("pin_memory", [False, True])
+def test_an_offloaded_activation_is_a_copy_in_cpu_memory_that_comes_back_equal(
+    pin_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onetrainer.model_setup.offload import activations_in_cpu_memory
+
+    pinned: list[bool] = []
+    if pin_memory and not torch.cuda.is_available():
+        real_empty = torch.empty  # pinning needs an accelerator: an ordinary allocation stands in
+
+        def empty(*args: Any, pin_memory: bool = False, **kwargs: Any) -> torch.Tensor:
+            pinned.append(pin_memory)
+            return real_empty(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "empty", empty)
+    hooks = activations_in_cpu_memory(pin_memory)
+    saved = torch.randn(4, 6, device="cuda" if torch.cuda.is_available() else "cpu").t()
+    device, packed = hooks.pack_hook(saved)
+    assert packed.device.type == "cpu"
+    if pin_memory or saved.is_cuda:  # (unpinned, a CPU tensor is already where it should be)
+        assert packed.untyped_storage().data_ptr() != saved.untyped_storage().data_ptr()
+    assert packed.is_pinned() if pin_memory and torch.cuda.is_available() else pinned == ([True] if pin_memory else [])
+    restored = hooks.unpack_hook((device, packed))
+    assert restored.device == saved.device
+    assert torch.equal(restored, saved)
