@@ -2,7 +2,10 @@
 
 The average covers exactly the parameters the optimizer trains (LoRA factors, embedding vectors or
 the whole denoiser), in the order of the optimizer's groups, so a backup can store it as a plain list
-of tensors. It may live on the CPU to save accelerator memory; it is then updated from a copy.
+of tensors. It lives beside the weights (a weight held in CPU memory, an offloaded block's, is averaged
+there), or in CPU memory to save accelerator memory: it is then updated from copies, taken without
+waiting for the GPU, into pinned memory, a chunk of `CHUNK_BYTES` at a time, with one wait per chunk
+instead of one per tensor.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+CHUNK_BYTES = 256 * 2**20
+"""Pinned memory that copies for an average in CPU memory take at a time (torch's host allocator keeps it)."""
 
 
 class ModelEma:
@@ -43,13 +49,31 @@ class ModelEma:
         if step % self.update_every != 0:
             return False
         with torch.no_grad():
-            current = [
-                param.detach().to(shadow.device, shadow.dtype)
-                for param, shadow in zip(self.parameters, self.shadow, strict=True)
-            ]
-            torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
+            for pairs in self._chunks():
+                shadows = [shadow for _, shadow in pairs]
+                current = [param.detach().to(shadow.device, shadow.dtype, non_blocking=True) for param, shadow in pairs]
+                for device in {param.device for param, shadow in pairs if param.is_cuda and not shadow.is_cuda}:
+                    torch.cuda.current_stream(device).synchronize()  # the copies to pinned memory have arrived
+                torch._foreach_lerp_(shadows, current, 1.0 - self.decay)
         self.updates += 1
         return True
+
+    def _chunks(self) -> Iterator[list[tuple[torch.nn.Parameter, torch.Tensor]]]:
+        """The (weight, shadow) pairs: one chunk where no copy leaves the GPU, else chunks of `CHUNK_BYTES`."""
+        pairs = list(zip(self.parameters, self.shadow, strict=True))
+        if not any(param.is_cuda and not shadow.is_cuda for param, shadow in pairs):
+            yield pairs
+            return
+        chunk: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        size = 0
+        for param, shadow in pairs:
+            if chunk and size + shadow.nbytes > CHUNK_BYTES:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((param, shadow))
+            size += shadow.nbytes
+        if chunk:
+            yield chunk
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

@@ -163,7 +163,7 @@ def start_session(
     scheduler = build_lr_scheduler(optimizer, training, total_steps)
     ema = None
     if training.ema.enabled:
-        ema_device = torch.device("cpu") if training.ema.device is EmaDevice.CPU else device
+        ema_device = torch.device("cpu") if training.ema.device is EmaDevice.CPU else None  # None: beside each weight
         ema = ModelEma(trained, decay=training.ema.decay, update_every=training.ema.update_every, device=ema_device)
     generator = torch.Generator(device=device)
     generator.manual_seed(rank_seed(training.seed, world.rank))

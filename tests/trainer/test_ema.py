@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from onetrainer.trainer.ema import ModelEma
@@ -52,3 +53,34 @@ def test_state_round_trip_is_exact() -> None:
     other.load_state_dict(ema.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(ema.shadow, other.shadow, strict=True))
     assert other.updates == 1
+
+
+def test_an_average_in_cpu_memory_of_many_tensors_is_updated_chunk_by_chunk_as_in_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Copies for an average in CPU memory are taken a chunk at a time (one wait for the GPU per chunk); the
+    chunks cover every tensor once, and the result is the same."""
+    from onetrainer.trainer import ema as ema_module
+
+    params = [torch.nn.Parameter(torch.full((256,), float(index))) for index in range(10)]  # 1 KiB each
+    reference = ModelEma(params, decay=0.5)
+    chunked = ModelEma(params, decay=0.5, device=torch.device("cpu"))
+    with torch.no_grad():
+        for param in params:
+            param.add_(1.0)
+    reference.update(1)  # all in one go, everything on the CPU
+    on_gpu = {id(param) for param in params}
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda tensor: id(tensor) in on_gpu))  # as if on a GPU
+    waits: list[object] = []
+
+    class Stream:
+        def synchronize(self) -> None:
+            waits.append(self)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(ema_module, "CHUNK_BYTES", 3 * 1024)
+    assert [len(chunk) for chunk in chunked._chunks()] == [3, 3, 3, 1]
+    chunked.update(1)
+    assert all(torch.equal(a, b) for a, b in zip(reference.shadow, chunked.shadow, strict=True))
+    assert torch.equal(chunked.shadow[4], torch.full((256,), 4.5))
+    assert len(waits) == 4, "one wait per chunk"

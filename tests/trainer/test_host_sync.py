@@ -112,6 +112,12 @@ def test_a_step_reads_nothing_back_but_the_lagged_loss_and_gradient_norm(
 
 ON_CUDA = {
     "lora-caption-dropout": ["method=lora", "parts.text_encoder.dropout=0.5", "training.read_back_lag=1"],
+    "lora-average-in-cpu-memory": [
+        "method=lora",
+        "training.ema.enabled=true",
+        "training.ema.device=cpu",
+        "training.read_back_lag=1",
+    ],
     "embedding": [*TRAINED["embedding"], "training.read_back_lag=1"],
     "flux-lora-fp8": [*TRAINED["flux-lora"], "parts.transformer.weight_dtype=fp8", "training.read_back_lag=1"],
     "sd3-lora": ["model.type=sd35-medium", "model.base=tiny:sd35-medium", "method=lora", "training.read_back_lag=1"],
@@ -128,11 +134,13 @@ ON_CUDA = {
     ],
 }
 """Paths that run only on a GPU: pinned batches and conditioning, the caption dropout's draws, an embedding's
-token ids, fp8 layers, SD 3's joined conditioning, offloaded blocks copied ahead on a side stream, activations
-kept in CPU memory, the fused backward pass's updates on autograd's CUDA thread."""
+token ids, a moving average in CPU memory, fp8 layers, SD 3's joined conditioning, offloaded blocks copied
+ahead on a side stream, activations kept in CPU memory, the fused backward pass's updates on autograd's CUDA
+thread."""
 
-ALLOWED_WAITS = {("offload.py", "backward")}
-"""A trained master in CPU memory takes its gradient when the copy has arrived (`model_setup.offload`)."""
+ALLOWED_WAITS = {("offload.py", "backward"), ("ema.py", "update")}
+"""A trained master in CPU memory takes its gradient when the copy has arrived (`model_setup.offload`); a moving
+average in CPU memory is updated when a chunk's copies have (`trainer.ema`)."""
 
 
 @pytest.mark.gpu

@@ -95,7 +95,9 @@ class EmaConfig(Section):
     decay: float = Field(0.999, gt=0, lt=1, description="Share of the old average kept at each update.")
     update_every: int = Field(1, ge=1, description="Update the average every N optimizer steps.")
     device: EmaDevice = Field(
-        EmaDevice.TRAIN, description="Where the average lives: train (fast) or cpu (saves GPU memory)."
+        EmaDevice.TRAIN,
+        description="Where the average lives: train (beside the weights, fast; CPU memory for offloaded blocks) or "
+        "cpu (saves GPU memory).",
     )
     for_samples: bool = Field(True, description="Draw preview samples with the averaged weights.")
     for_saves: bool = Field(True, description="Write the averaged weights to saved models.")
