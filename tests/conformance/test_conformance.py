@@ -279,7 +279,7 @@ def _loads_in_diffusers(run: Any, case: Any, path: Path, fmt: str, tiny_folder: 
         beyond = [part for part in case.trained_parts if part not in loadable]
         if beyond:
             pytest.skip(f"diffusers' {type(pipe).__name__} loads no LoRA for its {', '.join(beyond)}")
-        pipe.load_lora_weights(str(path))
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     else:
         if not hasattr(pipe, "load_textual_inversion"):
             pytest.skip(f"diffusers' {type(pipe).__name__} loads no textual-inversion embeddings")

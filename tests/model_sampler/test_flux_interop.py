@@ -130,7 +130,7 @@ def test_diffusers_loads_our_peft_lora_and_draws_our_image(
     (path,) = saver.save(model, tmp_path / "lora.safetensors", method=TrainingMethod.LORA, format="peft", dtype="fp32")
     assert {key.partition(".")[0] for key in load_file(path)} == {"transformer", "text_encoder"}
     pipe = _diffusers(folders["flux-dev"])
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     ours, theirs = _ours(model), _theirs(pipe, "flux-dev")
     assert not np.array_equal(ours, _ours(load_model(folders["flux-dev"]))), "the LoRA changes the image"
     assert np.abs(ours - theirs).max() <= 1

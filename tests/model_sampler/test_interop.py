@@ -62,7 +62,7 @@ def test_load_lora_weights_draws_what_our_sampler_draws(layout: str, tiny_sd15_d
 
     pipe = _pipeline(tiny_sd15_dir)
     base = _diffusers(pipe)
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     theirs = _diffusers(pipe)
     merged = load_model(tiny_sd15_dir)
     merge_lora(merged, read_lora_file(path, merged.spec))

@@ -136,7 +136,7 @@ def test_diffusers_loads_our_peft_lora_and_draws_our_image(
     assert {key.partition(".")[0] for key in keys} == set(parts)
     assert any(".attn2." in key for key in keys) == (kind == "sd35-medium")
     pipe = _diffusers(folders[kind])
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     ours, theirs = _ours(model), _theirs(pipe)
     assert not np.array_equal(ours, _ours(load_model(folders[kind]))), "the LoRA changes the image"
     assert np.abs(ours - theirs).max() <= 1

@@ -118,7 +118,7 @@ def test_diffusers_loads_our_lora_and_draws_our_image(
     assert loaded.tensors.keys() == tensors.keys(), "reads back without naming the model: the file records it"
     assert all(torch.equal(loaded.tensors[key], tensors[key]) for key in tensors)
     pipe = _diffusers(tiny_sdxl_dir)
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     ours, theirs = _ours(model), _theirs(pipe)
     assert not np.array_equal(ours, _ours(base())), "the LoRA changes the image"
     assert np.abs(ours - theirs).max() <= 1

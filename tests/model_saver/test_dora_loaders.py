@@ -185,7 +185,7 @@ def test_diffusers_drops_the_magnitudes_of_a_kohya_dora(
     model = lora_model("dora", fmt="kohya")
     path = _save(model, tmp_path / "dora.safetensors", "kohya")
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     assert not any("lora_magnitude_vector" in name for name, _ in pipe.unet.named_parameters())
     ours = prediction(model.unet, model.text_encoder, model.tokenizer)
     assert not torch.allclose(prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer), ours, atol=1e-3)

@@ -92,7 +92,7 @@ def test_diffusers_load_lora_weights_reproduces_our_model(
     path = _save(model, tmp_path / "lora.safetensors", fmt)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
     reference = prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer)
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     ours = prediction(model.unet, model.text_encoder, model.tokenizer)
     assert not torch.allclose(ours, reference, atol=1e-3)  # the adapter changes the output ...
     torch.testing.assert_close(prediction(pipe.unet, pipe.text_encoder, pipe.tokenizer), ours, rtol=0, atol=1e-6)
@@ -110,7 +110,8 @@ def test_diffusers_pipeline_draws_the_image_our_sampler_draws(
     model = lora_model("lora")
     ours = StableDiffusionSampler(model).sample("a photo of a cat", steps=4, cfg=5.0, seed=7, scheduler="ddim")[0]
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
-    pipe.load_lora_weights(str(_save(model, tmp_path / "lora.safetensors", "kohya")))
+    path = _save(model, tmp_path / "lora.safetensors", "kohya")
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     pipe.scheduler = build_scheduler("ddim", pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(
@@ -134,7 +135,7 @@ def test_diffusers_refuses_our_lycoris_files_as_the_readme_says(
     path = _save(lora_model(kind), tmp_path / f"{kind}.safetensors", "kohya")
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, feature_extractor=None)
     with pytest.raises(ValueError, match="have not been correctly renamed"):
-        pipe.load_lora_weights(str(path))
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     loads_in = readme_loads_in("LoHa, LoKr", "kohya")
     assert "load_lora_weights" not in loads_in
     assert "diffusers refuses them" in loads_in

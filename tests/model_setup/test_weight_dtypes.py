@@ -126,7 +126,7 @@ def test_a_lora_trained_on_quantised_weights_loads_on_the_unquantised_base(
     assert not [key for key in written if any(mark in key for mark in ("absmax", "quant", "qdata", "scale"))]
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, local_files_only=True, safety_checker=None)
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     ours = setup.lora.state_dicts(setup.model)
     for component in ("unet", "text_encoder"):
         module = getattr(pipe, component)

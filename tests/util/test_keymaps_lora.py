@@ -114,7 +114,7 @@ def adapted_sd15(adapted_cache: dict[str, Adapted]) -> Adapted:
 def _load_and_compare(family: str, path: Path, reference: tuple[torch.Tensor, torch.Tensor]) -> None:
     pipe = BUILDERS[family]()
     base = _outputs(pipe)
-    pipe.load_lora_weights(str(path))
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     for expected, before, actual in zip(reference, base, _outputs(pipe), strict=True):
         assert not torch.allclose(expected, before, atol=1e-3)  # the LoRA changes the output
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
