@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command on a CUDA machine with no network:
 #   benchmarks/gpu/run.sh OUT_DIR [--budget SECONDS] [--steps N] [--dry-run | --cpu-real-size]
-# or the test suite's `gpu`-marked tests (the CUDA-only paths), a minute or two:
+# or the test suite's `gpu`-marked tests (the CUDA-only paths), a few minutes:
 #   benchmarks/gpu/run.sh --tests [PYTEST ARGS]
 # Installs the wheels in .whl/ whose distribution this Python lacks (see benchmarks/README.md for
 # preparing them) into a scratch folder, then runs `python -m benchmarks.gpu` (or pytest) from the checkout.

@@ -55,7 +55,7 @@ def _clip(model: DiffusionModel, name: str, captions: list[str], skip: int) -> t
 
     encoder = model.components[name]
     ids = tokenize(model.tokenizer_for(name), captions, model.adapters.embeddings)
-    ids = ids.to(next(encoder.parameters()).device)
+    ids = ids.to(next(encoder.parameters()).device, non_blocking=True)
     if name == CLIP_L:
         outputs = encoder.text_model(ids, output_hidden_states=True)
         pooled = outputs.pooler_output
@@ -80,7 +80,7 @@ def encode_sd3(
         ids = model.tokenizer_for(T5)(
             expanded, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        outputs[T5_HIDDEN] = t5(ids.to(next(t5.parameters()).device), output_hidden_states=False)[0]
+        outputs[T5_HIDDEN] = t5(ids.to(next(t5.parameters()).device, non_blocking=True), output_hidden_states=False)[0]
     return outputs
 
 

@@ -126,7 +126,7 @@ def _make_current(device: torch.device) -> None:
     (an event recorded on cuda:0's stream would not wait for cuda:1's copies)."""
     import torch
 
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:  # plain "cuda" is the current one already
         torch.cuda.set_device(device)
 
 

@@ -87,7 +87,7 @@ def diverged(session: Session, what: str, *, before_step: int | None = None) -> 
             f"lower training.learning_rate and continue from that backup: `{command} training.learning_rate=...` "
             "(a resume may also change the schedule, warm-up, weight decay, clipping and precision)"
         ]
-    if training.max_grad_norm is None:
+    if training.max_grad_norm is None and not training.fused_backward:  # (which refuses clipping)
         hints.append("turn training.max_grad_norm on (e.g. 1.0)")
     half = [name for name, part in session.config.parts.items() if part.weight_dtype is WeightDtype.FP16]
     if half:
@@ -107,5 +107,6 @@ def check_step(session: Session, record: StepRecord) -> None:
     if not math.isfinite(loss):
         raise diverged(session, f"the loss became {loss} at step {step}, before its update", before_step=step)
     if not math.isfinite(record.grad_norm) and not session.run.precision.skips_overflow:
-        what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), before its update"
+        when = "during its update" if session.config.training.fused_backward else "before its update"
+        what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), {when}"
         raise diverged(session, what, before_step=step)

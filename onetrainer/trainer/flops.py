@@ -71,9 +71,19 @@ def device_peak(device: torch.device, precision: Precision) -> float | None:
     return peak_flops(torch.cuda.get_device_name(device), precision, tf32=tf32)
 
 
+WORK_FLAGS = ("is_prior",)
+"""Batch flags that change the work but not the shapes: a prior-preservation sample adds a pass without the
+LoRA. The loader's flags are in CPU memory, so reading them waits for no device."""
+
+
 def batch_shape(batch: dict[str, Any]) -> tuple[Any, ...]:
-    """What a step's FLOPs depend on: the shapes of the batch's tensors (bucket, batch size, token counts)."""
-    return tuple(sorted((key, tuple(value.shape)) for key, value in batch.items() if hasattr(value, "shape")))
+    """What a step's FLOPs depend on: the shapes of the batch's tensors (bucket, batch size, token counts), and
+    which `WORK_FLAGS` are set."""
+    shapes = tuple(sorted((key, tuple(value.shape)) for key, value in batch.items() if hasattr(value, "shape")))
+    flags = tuple(
+        (key, bool(batch[key].any())) for key in WORK_FLAGS if key in batch and batch[key].device.type == "cpu"
+    )
+    return shapes + flags
 
 
 @contextlib.contextmanager

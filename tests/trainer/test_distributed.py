@@ -341,6 +341,9 @@ def test_one_process_on_a_named_gpu_makes_it_the_current_one(monkeypatch: pytest
     assert device == torch.device("cuda", 1)
     assert made_current == [torch.device("cuda", 1)]
     leave_world(world)
+    world, device = join_world("cuda")  # `auto` on a GPU machine: no index, torch's current GPU
+    assert made_current == [torch.device("cuda", 1)], "set_device refuses a device without an index"
+    leave_world(world)
 
 
 def test_rank_0_keeps_the_run_seed_and_the_other_ranks_get_their_own() -> None:

@@ -92,6 +92,15 @@ def test_a_batch_with_prior_preservation_samples_counts_their_pass_without_the_l
     assert 0 < without < with_prior, "the target's pass without the LoRA counts"
 
 
+def test_batches_with_and_without_prior_samples_are_counted_apart() -> None:
+    from onetrainer.trainer.flops import batch_shape
+
+    def key(flags: list[bool]) -> tuple[object, ...]:
+        return batch_shape({"latents": torch.zeros(2, 4, 8, 8), "is_prior": torch.tensor(flags)})
+
+    assert key([False, False]) != key([True, False]) == key([False, True]) == key([True, True])
+
+
 def test_the_count_touches_no_weights_gradients_or_random_streams() -> None:
     setup = _setup("lora")
     batch = _batch(setup)

@@ -264,7 +264,9 @@ def test_a_fused_backward_pass_writes_no_backup_of_a_step_it_began_updating(
     config = toy_config(diverged, "saving.backup_every=2 steps", "saving.backup_keep_last=1", *FUSED_BACKWARD)
     with pytest.raises(TrainingDiverged) as error:
         train(config, build=toy_build(bad_gradient_at_step=4))
-    assert "the gradients became non-finite at step 4" in error.value.message
+    assert "the gradients became non-finite at step 4 (loss" in error.value.message
+    assert "during its update" in error.value.message
+    assert "max_grad_norm" not in error.value.hint, "the fused backward pass refuses clipping"
     backups = list_backups(diverged / "workspace" / "backups")
     assert [path.name for path in backups] == ["step-00000002"]
     assert _finite(read_backup(backups[0]).weights)
