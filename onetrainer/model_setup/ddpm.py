@@ -66,7 +66,10 @@ def sample_timesteps(
     if config.distribution is TimestepDistribution.SIGMOID:
         position = (torch.arange(count, device=device, dtype=torch.float64) + 0.5) / count
         weights = torch.sigmoid(config.steepness * (position - config.center))
-        return low + torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        # by the inverse of the cumulative weights: `multinomial` reads its input on the host for one sample
+        cumulative = torch.cumsum(weights, 0)
+        draws = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64) * cumulative[-1]
+        return low + torch.searchsorted(cumulative, draws, right=True).clamp_(max=count - 1)
     if config.distribution is TimestepDistribution.LOGIT_NORMAL:
         normal = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64)
         unit = torch.sigmoid(config.mean + config.std * normal)
