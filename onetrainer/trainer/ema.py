@@ -37,7 +37,6 @@ class ModelEma:
         self.parameters = parameters
         self.decay = decay
         self.update_every = update_every
-        self.device = device
         with torch.no_grad():
             self.shadow = [param.detach().to(device=device or param.device, copy=True) for param in parameters]
         self.updates = 0
@@ -52,7 +51,7 @@ class ModelEma:
             for pairs in self._chunks():
                 shadows = [shadow for _, shadow in pairs]
                 current = [param.detach().to(shadow.device, shadow.dtype, non_blocking=True) for param, shadow in pairs]
-                for device in {param.device for param, shadow in pairs if param.is_cuda and not shadow.is_cuda}:
+                for device in {param.device for param, shadow in pairs if _leaves_gpu(param, shadow)}:
                     torch.cuda.current_stream(device).synchronize()  # the copies to pinned memory have arrived
                 torch._foreach_lerp_(shadows, current, 1.0 - self.decay)
         self.updates += 1
@@ -61,7 +60,7 @@ class ModelEma:
     def _chunks(self) -> Iterator[list[tuple[torch.nn.Parameter, torch.Tensor]]]:
         """The (weight, shadow) pairs: one chunk where no copy leaves the GPU, else chunks of `CHUNK_BYTES`."""
         pairs = list(zip(self.parameters, self.shadow, strict=True))
-        if not any(param.is_cuda and not shadow.is_cuda for param, shadow in pairs):
+        if not any(_leaves_gpu(param, shadow) for param, shadow in pairs):
             yield pairs
             return
         chunk: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
@@ -106,3 +105,8 @@ class ModelEma:
             for own, saved in zip(self.shadow, shadow, strict=True):
                 own.copy_(saved)
         self.updates = int(state["updates"])
+
+
+def _leaves_gpu(param: torch.Tensor, shadow: torch.Tensor) -> bool:
+    """Whether a weight's average is in CPU memory while the weight is on the GPU: its copy is waited for."""
+    return param.is_cuda and not shadow.is_cuda

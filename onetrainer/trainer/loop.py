@@ -324,12 +324,17 @@ def _failed_elsewhere(step: int) -> RuntimeFailure:
 def _no_emergency_backup(session: Session, step: int) -> None:
     """A failure read back after later steps: those skipped their updates, but the schedule, the moving
     average and the random streams moved on, so no state of the run is exact enough to back up."""
-    newest = session.last_backup_path
     message = (
         f"no emergency backup: the failure in step {step} was read back after step {session.run.counters.step}, "
-        f"when the run had moved on; {f'the newest backup is {newest}' if newest else 'there is no backup'}"
+        f"when the run had moved on; {_newest_backup(session)}"
     )
     session.progress({"event": "warning", "message": message})
+
+
+def _newest_backup(session: Session) -> str:
+    """Where a run left without an emergency backup can continue from, in words."""
+    newest = session.last_backup_path
+    return f"the newest backup is {newest}" if newest else "there is no backup"
 
 
 def _settle(session: Session) -> None:
@@ -476,10 +481,9 @@ def _emergency_backup(session: Session, phase: str, step_start: dict[str, Any]) 
     if session.last_backup_step == session.run.counters.step:
         return
     if phase == "update":
-        newest = session.last_backup_path
         message = (
             f"no emergency backup: the error came while step {session.run.counters.step + 1} was updating the "
-            f"weights, which are half-changed; {f'the newest backup is {newest}' if newest else 'there is no backup'}"
+            f"weights, which are half-changed; {_newest_backup(session)}"
         )
         session.progress({"event": "warning", "message": message})
         return

@@ -96,9 +96,15 @@ def total_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     norms = [torch.nn.utils.get_total_norm(group) for group in by_device.values()]
     if len(norms) <= 1:
         return norms[0] if norms else torch.zeros(())
-    norms.sort(key=lambda norm: norm.device.type == "cpu")
-    main = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([norm.to(main, non_blocking=True) for norm in norms]))
+    return torch.linalg.vector_norm(_on_one_device(norms))
+
+
+def _on_one_device(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Scalars from several devices stacked on the accelerator where any of them is (a copy each, queued)."""
+    import torch
+
+    main = next((value.device for value in values if value.device.type != "cpu"), values[0].device)
+    return torch.stack([value.to(main, non_blocking=True) for value in values])
 
 
 @dataclass
@@ -191,9 +197,7 @@ class FusedStep:
 
         if not self._squares:
             return torch.zeros(())
-        squares = sorted(self._squares.values(), key=lambda square: square.device.type == "cpu")
-        main = squares[0].device
-        return torch.stack([square.to(main, non_blocking=True) for square in squares]).sum().sqrt()
+        return _on_one_device(list(self._squares.values())).sum().sqrt()
 
     @property
     def skips_on_device(self) -> bool:
