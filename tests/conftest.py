@@ -18,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from onetrainer.util.tiny.models import save_tiny_model
 from onetrainer.util.tiny.tokenizer import build_tiny_clip_tokenizer
 
 if TYPE_CHECKING:
+    import torch
     from transformers import CLIPTokenizer
 
     from onetrainer.model.diffusion import DiffusionModel
@@ -224,3 +226,34 @@ def with_random_lora() -> Callable[..., DiffusionModel]:
         return model
 
     return add
+
+
+@dataclass
+class PageLocks:
+    """What `util.pinned` registered with the CUDA driver (pretended on a CPU), and undid."""
+
+    registered: list[tuple[int, int]]
+    unregistered: list[int]
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor`'s data lies in a registered range."""
+        pointer = tensor.data_ptr()
+        return any(start <= pointer < start + length for start, length in self.registered)
+
+
+@pytest.fixture
+def page_locks(monkeypatch: pytest.MonkeyPatch) -> PageLocks:
+    """Page-locking without an accelerator: registrations are recorded, and `is_pinned` answers from them."""
+    import torch
+
+    from onetrainer.util import pinned
+
+    locks = PageLocks([], [])
+
+    def register(pointer: int, length: int) -> None:
+        locks.registered.append((pointer, length))
+
+    monkeypatch.setattr(pinned, "_register", register)
+    monkeypatch.setattr(pinned, "_unregister", locks.unregistered.append)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda tensor: locks.holds(tensor))
+    return locks

@@ -150,15 +150,19 @@ class BlockOffloader:
         self._onload = _onload_function()
         offloaded: set[int] = set()
         for index, (path, block) in enumerate(self.blocks):
-            entries = []
+            found = []
             for owner in block.modules():
                 for key, param in list(owner._parameters.items()):
                     if param is None or id(param) in offloaded or (param.requires_grad and not self.offload_trained):
                         continue
-                    master = _pinned(param) if pin else param
-                    owner._parameters[key] = master
-                    offloaded |= {id(param), id(master)}
-                    entries.append(_Entry(owner, key, master, param.requires_grad))
+                    found.append((owner, key, param))
+                    offloaded.add(id(param))
+            params = [param for _, _, param in found]
+            entries = []
+            for (owner, key, param), master in zip(found, _pinned(params) if pin else params, strict=True):
+                owner._parameters[key] = master
+                offloaded.add(id(master))
+                entries.append(_Entry(owner, key, master, param.requires_grad))
             unit = _Block(index, path, entries)
             self._units.append(unit)
             # The hooks swap tensors and move data: they run eagerly, outside a compiled block's graph.
@@ -285,31 +289,48 @@ def _copy(master: torch.Tensor, device: torch.device, *, non_blocking: bool) -> 
     return torch.nn.Parameter(copied, requires_grad=False)
 
 
-def _pinned(param: torch.nn.Parameter) -> torch.nn.Parameter:
-    """`param` with its data in pinned memory, so that its copies to the GPU overlap with compute.
+def _pinned(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """`params` with their data in pinned memory, one block's together (`util.pinned`), so that their copies
+    to the GPU overlap with compute.
 
     A plain weight is pinned in place (the optimizer may hold it). A quantised one held in a wrapper tensor
     subclass (torchao's fp8 and int8) is frozen, and is rebuilt around pinned copies of its inner tensors
     (its values and scales): a wrapper has no data of its own to pin.
     """
     import torch
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-    if param.device.type != "cpu":
-        return param
-    if is_traceable_wrapper_subclass(param):
-        return torch.nn.Parameter(_pinned_tensor(param.detach()), requires_grad=False)
-    if not param.is_pinned():
-        param.data = param.data.pin_memory()
-    return param
-
-
-def _pinned_tensor(tensor: torch.Tensor) -> torch.Tensor:
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass, transform_subclass
 
-    if is_traceable_wrapper_subclass(tensor):
-        return transform_subclass(tensor, lambda _, inner: _pinned_tensor(inner))
-    return tensor if tensor.is_pinned() else tensor.pin_memory()
+    from onetrainer.util.pinned import pinned_copies
+
+    bases = [param.detach() if is_traceable_wrapper_subclass(param) else param for param in params]
+    leaves = [leaf for base in bases for leaf in _leaves(base) if leaf.device.type == "cpu" and not leaf.is_pinned()]
+    copies = dict(zip(map(id, leaves), pinned_copies(leaves), strict=True))
+
+    def swapped(tensor: torch.Tensor) -> torch.Tensor:
+        if is_traceable_wrapper_subclass(tensor):
+            return transform_subclass(tensor, lambda _, inner: swapped(inner))
+        return copies.get(id(tensor), tensor)
+
+    pinned = []
+    for param, base in zip(params, bases, strict=True):
+        if not any(id(leaf) in copies for leaf in _leaves(base)):
+            pinned.append(param)
+        elif base is not param:
+            pinned.append(torch.nn.Parameter(swapped(base), requires_grad=False))
+        else:
+            param.data = copies[id(param)]
+            pinned.append(param)
+    return pinned
+
+
+def _leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding `tensor`'s data: itself, or a wrapper subclass's inner tensors."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [leaf for name in names for leaf in _leaves(getattr(tensor, name))]
 
 
 def activations_in_cpu_memory(pin_memory: bool) -> Any:

@@ -14,8 +14,8 @@ per tensor (`util.config.memory.PER_TENSOR`; the config refuses the others).
   it to the bf16 of the weights).
 - **Optimizer offload** (`offload_to_cpu`): the optimizer is built over CPU masters, one per trained
   tensor (pinned when training on a GPU; a tensor already in CPU memory, like a fully trained,
-  offloaded block's, is its own master). A step copies the gradient out, updates the master, and
-  copies the new value back.
+  offloaded block's, is its own master; the pinned ones share one buffer of their size, `util.pinned`).
+  A step copies the gradient out, updates the master, and copies the new value back.
 """
 
 from __future__ import annotations
@@ -36,20 +36,19 @@ def offload_to_cpu(
     """Parameter groups over CPU masters of the trained tensors, and the tensor -> master map."""
     import torch
 
-    masters: dict[torch.nn.Parameter, torch.nn.Parameter] = {}
-    offloaded = []
-    for group in groups:
-        params = []
-        for param in group["params"]:
-            if param.device.type == "cpu" and device.type != "cpu":
-                master = param
-            else:
-                data = param.detach().to("cpu", copy=True)
-                master = torch.nn.Parameter(data.pin_memory() if device.type == "cuda" else data)
-            masters[param] = master
-            params.append(master)
-        offloaded.append({**group, "params": params})
+    from onetrainer.util.pinned import pinned_copies
+
+    trained = [param for group in groups for param in group["params"]]
+    copied = [param for param in trained if param.device.type != "cpu" or device.type == "cpu"]
+    data = (pinned_copies if device.type == "cuda" else _cpu_copies)(copied)
+    masters = {param: param for param in trained}
+    masters.update((param, torch.nn.Parameter(copy)) for param, copy in zip(copied, data, strict=True))
+    offloaded = [{**group, "params": [masters[param] for param in group["params"]]} for group in groups]
     return offloaded, masters
+
+
+def _cpu_copies(tensors: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [tensor.detach().to("cpu", copy=True) for tensor in tensors]
 
 
 def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:

@@ -4,7 +4,7 @@ copies, and training gives what it gives without offloading (LoRA and full fine-
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -12,6 +12,9 @@ import torch
 from onetrainer.model_setup.diffusion import DiffusionSetup
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import families, get_family
+
+if TYPE_CHECKING:
+    from conftest import PageLocks
 
 TINY = sorted((spec.name, sorted(spec.tiny)[0]) for spec in families() if spec.tiny)
 
@@ -203,31 +206,17 @@ def _linear_blocks(count: int, dtype: str, *, bias: bool) -> list[torch.nn.Seque
     return [torch.nn.Sequential(linear(), torch.nn.SiLU()) for _ in range(count)]
 
 
-@pytest.fixture
-def pinned_pointers(monkeypatch: pytest.MonkeyPatch) -> set[int]:
-    """Pinning without an accelerator: `pin_memory` returns a copy whose data pointer it records."""
-    pointers: set[int] = set()
-
-    def pin(tensor: torch.Tensor) -> torch.Tensor:
-        copy = tensor.clone()
-        pointers.add(copy.data_ptr())
-        return copy
-
-    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
-    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda tensor: tensor.data_ptr() in pointers)
-    return pointers
-
-
 @pytest.mark.parametrize("dtype", ["fp32", "fp8", "int8"])
-def test_masters_are_pinned_quantised_ones_through_their_inner_tensors(dtype: str, pinned_pointers: set[int]) -> None:
+def test_masters_are_pinned_quantised_ones_through_their_inner_tensors(dtype: str, page_locks: PageLocks) -> None:
     """A pageable master would make every copy ahead a synchronous one. A quantised weight (a torchao tensor
-    subclass) has no data of its own: its values and scales are pinned, and it computes what it did."""
+    subclass) has no data of its own: its values and scales are pinned, and it computes what it did. Each
+    block's masters are page-locked together, in one buffer of their size (`util.pinned`)."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
     from onetrainer.model_setup.offload import BlockOffloader
 
     torch.manual_seed(0)
-    blocks = _linear_blocks(2, dtype, bias=False)
+    blocks = _linear_blocks(2, dtype, bias=True)
     module = torch.nn.Sequential(*blocks).requires_grad_(False)
     sample = torch.randn(3, 64)
     expected = module(sample)
@@ -235,20 +224,23 @@ def test_masters_are_pinned_quantised_ones_through_their_inner_tensors(dtype: st
 
     offloader = BlockOffloader(module, list(module.named_children()), torch.device("cpu"), pin_memory=True)
 
+    assert len(page_locks.registered) == len(blocks), "one registration per block"
+
     for index, block in enumerate(blocks):
-        (master,) = offloader.masters(index)
+        master, bias = offloader.masters(index)
+        assert page_locks.holds(bias)
         assert block[0].weight is master, "the module holds the pinned master"
         assert type(master) is type(before[index])
         assert isinstance(master, torch.nn.Parameter)
         assert not master.requires_grad
         if dtype == "fp32":
             assert master is before[index], "a plain weight is pinned in place (the optimizer may hold it)"
-            assert master.data_ptr() in pinned_pointers
+            assert page_locks.holds(master)
         else:
             assert is_traceable_wrapper_subclass(master)
             inner = master.__tensor_flatten__()[0]
             assert inner
-            assert all(getattr(master, name).data_ptr() in pinned_pointers for name in inner)
+            assert all(page_locks.holds(getattr(master, name)) for name in inner)
     assert torch.equal(module(sample), expected)
 
 

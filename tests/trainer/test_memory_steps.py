@@ -319,3 +319,19 @@ def test_gradients_on_the_gpu_and_in_cpu_memory_are_measured_without_waiting_for
     strategy.backward(loss)
     assert {square.device.type for square in strategy._squares.values()} == {"cpu", "cuda"}
     assert strategy.measure().device.type == "cuda"
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_optimizer_masters_share_one_page_locked_buffer() -> None:
+    """Pinned tensor by tensor they would take up to twice their size in RAM (`util.pinned`)."""
+    model = _model().cuda()
+    trained = list(model.parameters())
+    model[0].cpu()  # an offloaded block's weight is its own master
+    groups, masters = offload_to_cpu([{"params": trained, "lr": 1e-2}], torch.device("cuda"))
+
+    assert masters[trained[0]] is trained[0]
+    copied = [masters[param] for param in trained[2:]]
+    assert all(master.device.type == "cpu" and master.is_pinned() for master in copied)
+    assert len({master.untyped_storage().data_ptr() for master in copied}) == 1
+    assert all(torch.equal(masters[param].cuda(), param.detach()) for param in trained[2:])
+    assert all(held is masters[param] for held, param in zip(groups[0]["params"], trained, strict=True))

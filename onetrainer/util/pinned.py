@@ -1,0 +1,108 @@
+"""Page-locked CPU memory of the size asked for, for weights that live in CPU memory and are copied to the GPU.
+
+torch's pinned allocator rounds every allocation up to a power of two (unless `PYTORCH_CUDA_ALLOC_CONF`
+sets `pinned_max_round_threshold_mb`, torch 2.13 on), so pinning a model tensor by tensor can take up to
+twice its size in RAM: FLUX.1's 75 MiB projections take 128 MiB each. `pinned_copies` packs a group of
+tensors into one ordinary CPU buffer of their summed size (each aligned to `ALIGNMENT` bytes) and
+page-locks it with `cudaHostRegister`, as torch's distributed checkpoint stager does; the copies are
+views into it, pinned as far as torch can tell (`is_pinned`, copies without waiting). The buffer covers
+whole pages of its own, so two buffers never share a page the driver would refuse to register twice,
+and the registration is undone when the last view is gone.
+
+Where registering fails (a locked-memory limit, a runtime without it), the tensors are pinned one by one
+by torch instead, with a warning: correct, only larger.
+"""
+
+from __future__ import annotations
+
+import mmap
+import warnings
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+ALIGNMENT = 512
+"""Bytes each copy starts on a multiple of (what the CUDA allocator gives device tensors)."""
+
+_PAGE = mmap.PAGESIZE
+
+
+def pinned_copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Pinned CPU copies of `tensors` (any device, plain tensors), with their shapes, strides and values,
+    sharing one buffer that takes their summed size rounded up to `ALIGNMENT` each."""
+    import numpy as np
+    import torch
+
+    if not tensors:
+        return []
+    offsets, total = _layout(tensors)
+    length = -(-total // _PAGE) * _PAGE
+    memory = np.empty(length + _PAGE, dtype=np.uint8)
+    start = -memory.ctypes.data % _PAGE
+    buffer = torch.from_numpy(memory[start : start + length])
+    copies = []
+    for tensor, offset in zip(tensors, offsets, strict=True):
+        span = _span(tensor) * tensor.element_size()
+        view = buffer[offset : offset + span].view(tensor.dtype)
+        copy = view.as_strided(tensor.size(), tensor.stride())
+        copy.copy_(tensor.detach())
+        copies.append(copy)
+    error = _register(buffer.data_ptr(), length)
+    if error is not None:
+        warnings.warn(
+            f"page-locking {length / 2**20:.0f} MiB of CPU memory failed ({error}), so those weights are pinned "
+            "tensor by tensor, taking up to twice their size in RAM (a locked-memory limit, `ulimit -l`, can "
+            "cause this)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return [copy.pin_memory() for copy in copies]
+    _unregister_when_gone(memory, buffer.data_ptr())
+    return copies
+
+
+def _layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
+    """Each tensor's byte offset in the buffer, and the buffer's size."""
+    offsets = []
+    total = 0
+    for tensor in tensors:
+        offsets.append(total)
+        total += -(-_span(tensor) * tensor.element_size() // ALIGNMENT) * ALIGNMENT
+    return offsets, total
+
+
+def _span(tensor: torch.Tensor) -> int:
+    """Elements from a tensor's first to its last, as its strides lay them out (its numel when dense)."""
+    if tensor.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * stride for size, stride in zip(tensor.size(), tensor.stride(), strict=True))
+
+
+def _register(pointer: int, length: int) -> str | None:
+    """Page-lock `length` bytes at `pointer` for the CUDA driver; what went wrong, or None."""
+    import torch
+
+    try:
+        code = int(torch.cuda.cudart().cudaHostRegister(pointer, length, 0))
+    except (AssertionError, AttributeError, RuntimeError) as error:  # a CPU-only torch asserts
+        return str(error)
+    return f"cudaError {code}" if code else None
+
+
+def _unregister(pointer: int) -> None:
+    import torch
+
+    torch.cuda.cudart().cudaHostUnregister(pointer)
+
+
+def _unregister_when_gone(memory: np.ndarray, pointer: int) -> None:
+    """Undo the registration before `memory` is freed, that is once no tensor views it any more.
+
+    Not at exit: the process's memory goes with it, and the CUDA runtime may already be torn down.
+    """
+    finalizer = weakref.finalize(memory, _unregister, pointer)
+    finalizer.atexit = False
