@@ -1,9 +1,11 @@
 """The encoder interface each model family implements for the data loader (VAE, text encoders).
 
 The loader never imports a model: it calls `encode` on whatever the family passes in, batched per
-bucket, and caches the results under `identity()`. Both encoders are optional. Without an image
-encoder a batch carries `pixels`; without a text encoder (a text encoder being trained, or
-embeddings) it carries only `captions` and the family tokenizes itself.
+bucket, and caches the results under `identity()`. Both encoders are optional, and only fill the
+cache. Without an image encoder, or with `data.cache: false`, a batch carries `pixels`; without a text
+encoder (a text encoder being trained, or embeddings), or uncached, it carries only `captions`. The
+family then encodes them itself inside the training step, on the device (without the round trip
+through CPU memory that a cache entry takes, and without waiting for the device).
 
 Contract:
 

@@ -141,7 +141,6 @@ class DataLoader:
         self._epoch = 0
         self._position = 0
         self._resume: tuple[int, int] | None = None
-        self._loaded: set[str] = set()
         self._batch_builder: BatchBuilder | None = None
         self._live: tuple[tuple[int, int], Generator[tuple[int, int, dict[str, Any]], None, None]] | None = None
         self._rebuild()
@@ -264,26 +263,9 @@ class DataLoader:
                 self.pipeline,
                 store=self.store,
                 index=self._index,
-                text_identity=self.text_encoder.identity() if self.text_encoder is not None else None,
+                text_identity=self.text_encoder.identity() if self.text_encoder and self.pipeline.text_cached else None,
             )
         return self._batch_builder
-
-    def _encode_inline(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Without a cache, the encoders run here, in the training thread, once per batch."""
-        import torch
-
-        with torch.no_grad():
-            if self.image_encoder is not None and not self.pipeline.image_cached:
-                if "image" not in self._loaded:
-                    self.image_encoder.load()
-                    self._loaded.add("image")
-                batch.update(self.image_encoder.encode(batch.pop("pixels")))
-            if self.text_encoder is not None and not self.pipeline.text_cached:
-                if "text" not in self._loaded:
-                    self.text_encoder.load()
-                    self._loaded.add("text")
-                batch.update(self.text_encoder.encode(batch["captions"]))
-        return batch
 
     def _planned(self, epoch: int, start: int) -> Iterator[tuple[int, int, tuple[Draw, ...]]]:
         """This rank's shards from (epoch, start) on, running on into the following epochs."""
@@ -333,7 +315,7 @@ class DataLoader:
         for _, position, batch in stream:
             self._position = position + 1
             self._live = ((epoch, self._position) if self._position < steps else (epoch + 1, 0), stream)
-            yield self._encode_inline(batch)
+            yield batch
             if self._position == steps:
                 return
 
@@ -342,8 +324,7 @@ class DataLoader:
         fixed (variation 0) augmentation."""
         builder = self._builder()
         shards = [batch.draws for batch in self.plan.validation_batches(None if every_rank else self.rank)]
-        for batch in self.pool.map_ordered(lambda draws: self._pinned(builder.build(draws)), shards, self.depth):
-            yield self._encode_inline(batch)
+        yield from self.pool.map_ordered(lambda draws: self._pinned(builder.build(draws)), shards, self.depth)
 
     def _pinned(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch's tensors in page-locked memory (in the worker), if asked: the step then copies them to the
@@ -364,11 +345,6 @@ class DataLoader:
     def close(self) -> None:
         self._close_stream()
         self.pool.close()
-        if "image" in self._loaded and self.image_encoder is not None:
-            self.image_encoder.unload()
-        if "text" in self._loaded and self.text_encoder is not None:
-            self.text_encoder.unload()
-        self._loaded.clear()
 
     def __enter__(self) -> DataLoader:
         return self

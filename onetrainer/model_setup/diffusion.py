@@ -329,7 +329,7 @@ class DiffusionSetup:
         latents = batch.get("latents")
         if latents is None:
             vae.load()
-            latents = vae.encode_tensor(batch["pixels"])
+            latents = vae.encode_for_training(batch["pixels"])
         latents = latents.to(self.device, non_blocking=True)
         conditioner = self._require_conditioner()
         conditioning = {key: batch[key] for key in conditioner.output_keys if key in batch}

@@ -74,7 +74,10 @@ class VaeImageEncoder(_Placed):
     """Images in [-1, 1] to scaled latents: (mean of the posterior - shift) * scaling factor.
 
     The posterior mean, not a sample, so a cached latent is the same on every run. Latents that are not
-    finite are refused before anything caches or trains on them (`NonFiniteLatents`).
+    finite are refused before anything caches them (`NonFiniteLatents`). Inside a training step
+    (`encode_for_training`, `data.cache: false`) they are not read on the host, which would wait for the
+    GPU at every step: a non-finite latent makes that step's loss non-finite, which stops the run before
+    its update, with the fp16 hints of `trainer.divergence`.
     """
 
     module: AutoencoderKL
@@ -85,18 +88,27 @@ class VaeImageEncoder(_Placed):
         self.part = part
 
     def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 latents on the encoder's device, checked to be finite."""
+        import torch
+
+        scaled = self.encode_for_training(images)
+        bad = int((~torch.isfinite(scaled.flatten(1))).any(dim=1).sum())
+        if bad:
+            dtype = next(self.module.parameters()).dtype
+            raise non_finite_latents(bad, tuple(images.shape), dtype, self.part, self.module.config)
+        return scaled
+
+    def encode_for_training(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 latents on the encoder's device, unchecked: nothing here waits for the device."""
         import torch
 
         config = self.module.config
         parameter = next(self.module.parameters())
+        pixels = images.to(parameter.device, non_blocking=True).to(parameter.dtype)
         with torch.no_grad():
-            latents = self.module.encode(images.to(parameter.device, parameter.dtype)).latent_dist.mode()
+            latents = self.module.encode(pixels).latent_dist.mode()
         shift = getattr(config, "shift_factor", None) or 0.0
-        scaled = ((latents.float() - shift) * config.scaling_factor).float()
-        bad = int((~torch.isfinite(scaled.flatten(1))).any(dim=1).sum())
-        if bad:
-            raise non_finite_latents(bad, tuple(images.shape), parameter.dtype, self.part, config)
-        return scaled
+        return ((latents.float() - shift) * config.scaling_factor).float()
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"latents": self.encode_tensor(images).cpu()}

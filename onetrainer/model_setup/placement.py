@@ -161,7 +161,27 @@ def apply_placement(
 
 
 def place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> None:
-    """Move a component, skipping diffusers' `to()` override, which warns on every dtype argument."""
+    """Move a component, skipping diffusers' `to()` override, which warns on every dtype argument.
+
+    A component already there is left as it is: a step that encodes its own batch asks for its encoders
+    every time, and `Module.to` would reassign every weight even when none moves.
+    """
     import torch
 
-    torch.nn.Module.to(module, device=device, dtype=dtype)
+    if not _placed(module, torch.device(device), dtype):
+        torch.nn.Module.to(module, device=device, dtype=dtype)
+
+
+def _placed(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
+    """Whether every tensor of `module` is on `device` and, if floating point, of `dtype` (when given)."""
+    import itertools
+
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return all(
+        tensor.device == device
+        and (dtype is None or not (tensor.is_floating_point() or tensor.is_complex()) or tensor.dtype == dtype)
+        for tensor in itertools.chain(module.parameters(), module.buffers())
+    )

@@ -177,6 +177,28 @@ def test_cache_only_fills_the_cache_and_trains_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_an_uncached_run_encodes_inside_the_step_and_trains_as_a_cached_one(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    """With `data.cache: false` the step encodes the batch's pixels and captions on the device: the same
+    latents and conditioning as the cache holds, so the same losses and LoRA (within float rounding: the
+    cache encodes in batches of another size, and AdamW turns a rounding difference in a near-zero gradient
+    into up to a learning rate, 3e-3 here)."""
+    for name, settings in (("cached", []), ("uncached", ["data.cache=false"])):
+        result = cli(*demo_args(tmp_path / name, shapes_dataset_dir, "training.max_steps=3", *settings))
+        assert result.exit_code == 0, result.output
+    assert any((tmp_path / "cached" / "workspace").rglob("*.safetensors"))
+    assert not any((tmp_path / "uncached" / "workspace").rglob("*.safetensors")), "nothing was cached"
+    cached, uncached = (
+        read_metrics(tmp_path / name / "workspace" / "metrics.jsonl") for name in ("cached", "uncached")
+    )
+    assert [record["loss"] for record in uncached] == pytest.approx([record["loss"] for record in cached], rel=1e-4)
+    expected, actual = (load_file(tmp_path / name / "out" / "lora.safetensors") for name in ("cached", "uncached"))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-3, atol=1e-4)
+
+
 def test_captions_longer_than_the_text_encoder_reads_are_warned_about(
     tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
 ) -> None:

@@ -117,25 +117,38 @@ def test_identical_captions_share_one_text_entry(make_config, shapes_dataset_dir
     assert stats.texts_encoded == 12
 
 
-def test_cached_batches_equal_encoding_on_the_fly(make_config, image_dataset_dir: Path) -> None:
+def test_cached_batches_equal_encoding_the_uncached_batches(make_config, image_dataset_dir: Path) -> None:
+    """With `data.cache: false` the encoders are not run by the loader (the training step encodes on the
+    device): its batches carry pixels and captions, which encode to what the cache holds."""
     concepts = [{"path": image_dataset_dir, "image": {"flip": 0.5, "rotation": 5, "brightness": 0.2}}]
     options = {"training": {"batch_size": 1}}
+    image_encoder, text_encoder = TinyImageEncoder(), TinyTextEncoder()
     with build_data_loader(
-        make_config(concepts=concepts, **options), image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder()
+        make_config(concepts=concepts, **options), image_encoder=image_encoder, text_encoder=text_encoder
     ) as cached:
         cached.fill_cache()
         from_cache = list(cached.batches(0))
+    unused = TinyImageEncoder(), TinyTextEncoder()
     with build_data_loader(
         make_config(concepts=concepts, data={"cache": False}, **options),
-        image_encoder=TinyImageEncoder(),
-        text_encoder=TinyTextEncoder(),
-    ) as inline:
-        on_the_fly = list(inline.batches(0))
-    assert len(from_cache) == len(on_the_fly) == 8
-    for a, b in zip(from_cache, on_the_fly, strict=True):
+        image_encoder=unused[0],
+        text_encoder=unused[1],
+    ) as uncached:
+        uncached.fill_cache()
+        raw = list(uncached.batches(0))
+    assert unused[0].calls == unused[1].calls == 0, "the loader encoded nothing"
+    assert len(from_cache) == len(raw) == 8
+    image_encoder.load()
+    text_encoder.load()
+    for a, b in zip(from_cache, raw, strict=True):
+        assert "latents" not in b
+        assert "text_hidden" not in b
         assert a["sample_ids"] == b["sample_ids"]
         assert a["captions"] == b["captions"]
-        for key in ("latents", "text_hidden", "mask", "crop_top_left", "original_size"):
+        encoded = {**image_encoder.encode(b["pixels"]), **text_encoder.encode(b["captions"])}
+        for key in ("latents", "text_hidden"):
+            assert torch.allclose(a[key].float(), encoded[key].float(), atol=1e-6), key
+        for key in ("mask", "crop_top_left", "original_size"):
             assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
 
 
@@ -220,7 +233,7 @@ def test_active_mask_augmentation_gets_its_own_entries(make_config, image_copy: 
     assert stats.images_encoded == 8
 
 
-def test_cached_mask_augmentation_equals_the_inline_one(make_config, image_dataset_dir: Path) -> None:
+def test_cached_mask_augmentation_equals_the_uncached_one(make_config, image_dataset_dir: Path) -> None:
     image = {"mask_shrink": {"enabled": True}, "mask_rotate_crop": {"enabled": True}}
     options = {
         "concepts": [{"path": image_dataset_dir, "image": image}],
@@ -229,10 +242,12 @@ def test_cached_mask_augmentation_equals_the_inline_one(make_config, image_datas
     }
     with build_data_loader(make_config(**options), image_encoder=TinyImageEncoder()) as cached:
         from_cache = list(cached.batches(0))
-    with build_data_loader(make_config(**options, data={"cache": False}), image_encoder=TinyImageEncoder()) as inline:
-        on_the_fly = list(inline.batches(0))
-    assert len(from_cache) == len(on_the_fly) == 8
-    for a, b in zip(from_cache, on_the_fly, strict=True):
+    with build_data_loader(make_config(**options, data={"cache": False}), image_encoder=TinyImageEncoder()) as uncached:
+        raw = list(uncached.batches(0))
+    assert len(from_cache) == len(raw) == 8
+    encoder = TinyImageEncoder()
+    encoder.load()
+    for a, b in zip(from_cache, raw, strict=True):
         assert a["sample_ids"] == b["sample_ids"]
-        for key in ("latents", "mask"):
-            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+        assert torch.allclose(a["latents"], encoder.encode(b["pixels"])["latents"], atol=1e-6)
+        assert torch.allclose(a["mask"].float(), b["mask"].float(), atol=1e-6)

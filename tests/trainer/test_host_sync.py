@@ -77,9 +77,11 @@ TRAINED = {
     "embedding": ["method=embedding", "embedding.placeholder=<shape>", "embedding.init_text=shape"],
     "sdxl-lora": ["model.type=sdxl", "model.base=tiny:sdxl", "method=lora"],
     "flux-lora": ["model.type=flux-dev", "model.base=tiny:flux-dev", "method=lora"],
+    "lora-uncached": ["method=lora", "data.cache=false"],
 }
-"""What trains; with a trained text encoder or embedding the captions are encoded inside the step; FLUX.1
-is the flow-matching objective (resolution-shifted noise levels) and a transformer on packed latents."""
+"""What trains; with a trained text encoder or embedding the captions are encoded inside the step, and without
+the cache the images and captions are; FLUX.1 is the flow-matching objective (resolution-shifted noise levels)
+and a transformer on packed latents."""
 
 
 @pytest.mark.parametrize("trained", list(TRAINED))
@@ -112,6 +114,7 @@ def test_a_step_reads_nothing_back_but_the_lagged_loss_and_gradient_norm(
 
 ON_CUDA = {
     "lora-caption-dropout": ["method=lora", "parts.text_encoder.dropout=0.5", "training.read_back_lag=1"],
+    "lora-uncached": [*TRAINED["lora-uncached"], "training.read_back_lag=1"],
     "lora-average-in-cpu-memory": [
         "method=lora",
         "training.ema.enabled=true",
@@ -134,7 +137,8 @@ ON_CUDA = {
         "training.activation_offload=true",
     ],
 }
-"""Paths that run only on a GPU: pinned batches and conditioning, the caption dropout's draws, an embedding's
+"""Paths that run only on a GPU: pinned batches and conditioning, images and captions encoded in the step,
+the caption dropout's draws, an embedding's
 token ids, a moving average in CPU memory, fp8 layers, SD 3's joined conditioning, offloaded blocks copied
 ahead on a side stream, activations kept in CPU memory, the fused backward pass's updates on autograd's CUDA
 thread."""
