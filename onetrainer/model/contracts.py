@@ -50,8 +50,9 @@ LoaderFactory = Callable[[], ModelLoader]
 class Conditioner(Protocol):
     """Captions to the tensors a family's denoiser is conditioned on; also the data loader's text encoder.
 
-    The data loader caches what `encode` returns under `identity()`; the setup calls `encode_for_training`
-    when the text encoders (or embeddings) train, so gradients flow; both return the same keys.
+    The data loader caches what `encode` returns under `identity()`; an uncached step takes the same from
+    `encode_on_device`, without the copy to CPU memory; the setup calls `encode_for_training` when the text
+    encoders (or embeddings) train, so gradients flow. All three return the same keys.
     """
 
     output_keys: tuple[str, ...]
@@ -66,6 +67,8 @@ class Conditioner(Protocol):
     def unload(self) -> None: ...
 
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def encode_on_device(self, captions: list[str]) -> dict[str, torch.Tensor]: ...
 
     def encode_for_training(self, captions: list[str]) -> dict[str, torch.Tensor]: ...
 

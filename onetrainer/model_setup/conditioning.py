@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from onetrainer.model_setup.encoders import fingerprint
+from onetrainer.model_setup.encoders import fingerprint, frozen_encoding
 from onetrainer.model_setup.placement import place
 
 if TYPE_CHECKING:
@@ -81,12 +81,14 @@ class TextConditioner:
             torch.cuda.empty_cache()
 
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """For the cache: no gradients, float32 on the CPU."""
-        import torch
+        """For the cache: `encode_on_device`'s outputs in CPU memory."""
+        return {key: value.cpu() for key, value in self.encode_on_device(captions).items()}
 
-        with torch.no_grad():
+    def encode_on_device(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """What the cache holds, left on the device (for an uncached step): float32, from `frozen_encoding`."""
+        with frozen_encoding(self.device):
             outputs = self._encode(self.model, list(captions))
-        return {key: value.float().cpu() for key, value in outputs.items()}
+        return {key: value.float() for key, value in outputs.items()}
 
     def encode_for_training(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Inside a training step, where gradients reach trained text encoders and embeddings."""

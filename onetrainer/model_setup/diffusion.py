@@ -329,13 +329,15 @@ class DiffusionSetup:
         latents = batch.get("latents")
         if latents is None:
             vae.load()
-            latents = vae.encode_for_training(batch["pixels"])
+            latents = vae.encode_on_device(batch["pixels"])
         latents = latents.to(self.device, non_blocking=True)
         conditioner = self._require_conditioner()
         conditioning = {key: batch[key] for key in conditioner.output_keys if key in batch}
         if len(conditioning) != len(conditioner.output_keys):
             conditioner.load()
-            conditioning = conditioner.encode_for_training(list(batch["captions"]))
+            trained = self.text_encoder() is None  # (with gradients, under the step's autocast; else as cached)
+            encode = conditioner.encode_for_training if trained else conditioner.encode_on_device
+            conditioning = encode(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
         conditioning = self._drop_conditioning(conditioning, generator, int(latents.shape[0]))
         with self._memory_context():

@@ -9,8 +9,9 @@ component to the training device and back, so caching can free accelerator memor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_setup.placement import place
@@ -37,6 +38,16 @@ def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
             sample = part.detach().flatten()[::_SAMPLE_STRIDE].to("cpu", torch.float32)
             digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def frozen_encoding(device: torch.device) -> Iterator[None]:
+    """A frozen encoder's pass as the cache runs it: no gradients, and not under a training step's autocast,
+    which would run it in another dtype than its own (the SDXL VAE and T5 overflow in fp16)."""
+    import torch
+
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        yield
 
 
 class _Placed:
@@ -75,7 +86,7 @@ class VaeImageEncoder(_Placed):
 
     The posterior mean, not a sample, so a cached latent is the same on every run. Latents that are not
     finite are refused before anything caches them (`NonFiniteLatents`). Inside a training step
-    (`encode_for_training`, `data.cache: false`) they are not read on the host, which would wait for the
+    (`encode_on_device`, `data.cache: false`) they are not read on the host, which would wait for the
     GPU at every step: a non-finite latent makes that step's loss non-finite, which stops the run before
     its update, with the fp16 hints of `trainer.divergence`.
     """
@@ -91,21 +102,19 @@ class VaeImageEncoder(_Placed):
         """float32 latents on the encoder's device, checked to be finite."""
         import torch
 
-        scaled = self.encode_for_training(images)
+        scaled = self.encode_on_device(images)
         bad = int((~torch.isfinite(scaled.flatten(1))).any(dim=1).sum())
         if bad:
             dtype = next(self.module.parameters()).dtype
             raise non_finite_latents(bad, tuple(images.shape), dtype, self.part, self.module.config)
         return scaled
 
-    def encode_for_training(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_on_device(self, images: torch.Tensor) -> torch.Tensor:
         """float32 latents on the encoder's device, unchecked: nothing here waits for the device."""
-        import torch
-
         config = self.module.config
         parameter = next(self.module.parameters())
         pixels = images.to(parameter.device, non_blocking=True).to(parameter.dtype)
-        with torch.no_grad():
+        with frozen_encoding(parameter.device):
             latents = self.module.encode(pixels).latent_dist.mode()
         shift = getattr(config, "shift_factor", None) or 0.0
         return ((latents.float() - shift) * config.scaling_factor).float()
