@@ -19,15 +19,18 @@ The estimate adds up, each as a line of the report:
   backward pass simulated on the meta device (`activations`), with checkpointing, autocast and
   activation offloading as configured; the activations' gradients in flight and the copies that
   autocast and fp8/int8 layers make of their weights included.
+- **The optimizer step's temporaries**, where the step updates every tensor at once with torch's foreach
+  kernels (`_steps_all_at_once`): a copy the size of the trained tensors, counted where it exceeds the
+  activations' peak, which is freed by the time the optimizer steps.
 - **Runtime overhead**: the CUDA context, library workspaces and allocator slack, a typical
   `RUNTIME_OVERHEAD`.
 
 Not counted: the text encoders' activations while they train (77 tokens: small next to the
-denoiser's), previews (the sampler runs between steps, without gradients), the temporaries of a foreach
-(not fused) optimizer step. The gradients of a full fine-tune are added to the activations' peak, though
-they peak later in the step: the estimate is high there, and near on LoRA (tests/model_setup/test_estimate.py
-compares it with real steps of the tiny models). It is an estimate for choosing settings; the GPU benchmark
-(`benchmarks/gpu`) measures the real peaks of the shipped memory presets.
+denoiser's), previews (the sampler runs between steps, without gradients), the temporaries of a step
+one tensor at a time (one tensor's worth). The gradients of a full fine-tune are added to the activations'
+peak, though they peak later in the step: the estimate is high there, and near on LoRA
+(tests/model_setup/test_estimate.py compares it with real steps of the tiny models). It is an estimate for
+choosing settings; the GPU benchmark (`benchmarks/gpu`) measures the real peaks of the shipped memory presets.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_setup.placement import placement_policy
-from onetrainer.util.config.training import DistributedMode, Optimizer
+from onetrainer.util.config.training import DistributedMode, Optimizer, TrainingConfig
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.dtypes import BITS_PER_WEIGHT, ROW_SCALE_BYTES, torch_dtype
 from onetrainer.util.enums import PredictionType, TrainingMethod
@@ -157,11 +160,16 @@ def estimate_memory(config: TrainConfig, *, world_size: int = 1) -> MemoryEstima
             weights += in_flight
             label += ", two offloaded blocks in flight"
         estimate.gpu.append(MemoryLine("weights", label, weights))
-    _add_training_state(estimate, config, trained, offloaded)
+    temporaries = _add_training_state(estimate, config, trained, offloaded)
     if world_size > 1 and config.training.distributed is DistributedMode.FSDP and full:
         _shard_lines(estimate, model, full, policy, world_size)
+        temporaries //= world_size
     name = spec.denoiser.name
     _add_activations(estimate, config, setup, model, resolution, policy[name], trained, offloaded.get(name, set()))
+    activations = sum(line.bytes for line in estimate.gpu if line.kind == "activations")
+    if temporaries > activations:
+        what = "optimizer step's temporaries (foreach), beyond the activations freed by then"
+        estimate.gpu.append(MemoryLine("optimizer", what, temporaries - activations))
     estimate.gpu.append(MemoryLine("overhead", "CUDA context, workspaces, allocator slack (typical)", RUNTIME_OVERHEAD))
     return estimate
 
@@ -331,7 +339,9 @@ def _add_training_state(
     config: TrainConfig,
     trained: dict[int, tuple[Any, torch.dtype]],
     offloaded: dict[str, set[int]],
-) -> None:
+) -> int:
+    """Add the trained tensors, gradients and optimizer state; returns the bytes of the temporaries the
+    optimizer's step makes (`_steps_all_at_once`), which live after the activations are freed."""
     training = config.training
     on_cpu = set().union(*offloaded.values()) if offloaded else set()
     gpu = [entry for key, entry in trained.items() if key not in on_cpu]
@@ -355,10 +365,34 @@ def _add_training_state(
     label = f"optimizer state ({training.optimizer.value})"
     if training.optimizer_offload:
         estimate.cpu.append(MemoryLine("optimizer", label, states(gpu) + states(cpu)))
-        return
+        return 0
     estimate.gpu.append(MemoryLine("optimizer", label, states(gpu)))
     if cpu:
         estimate.cpu.append(MemoryLine("optimizer", f"{label} of offloaded blocks", states(cpu)))
+    return size(gpu) if _steps_all_at_once(training, mixed_devices=bool(cpu)) else 0
+
+
+def _steps_all_at_once(training: TrainingConfig, *, mixed_devices: bool) -> bool:
+    """Whether the optimizer's step on CUDA makes a temporary the size of all its trained tensors: torch's
+    foreach AdamW (the square root of its second moments) and SGD with momentum and weight decay or Nesterov
+    (the decayed gradients), and schedule-free AdamW (its foreach denominator). Not a fused kernel, nor a step
+    one tensor at a time (the fused backward pass, stochastic rounding, optimizer offloading, a loop over
+    tensors where some are in CPU memory or `foreach: false`), whose temporaries are one tensor's.
+    """
+    args = training.optimizer_args
+    if training.fused_backward or training.stochastic_rounding or args.get("foreach") is False or mixed_devices:
+        return False
+    if training.optimizer is Optimizer.SCHEDULE_FREE_ADAMW:
+        return True
+    if training.optimizer is Optimizer.ADAMW:
+        return args.get("fused") is False or args.get("foreach") is True
+    if training.optimizer is Optimizer.SGD:
+        value = args.get("momentum", training.momentum)
+        momentum = isinstance(value, (int, float)) and value > 0
+        decayed = training.weight_decay > 0 or bool(args.get("nesterov"))
+        fused = args.get("fused") is True or (not momentum and "fused" not in args and "foreach" not in args)
+        return not fused and decayed
+    return False
 
 
 def _add_activations(
