@@ -136,8 +136,18 @@ def build_parts(
         save_model=save_model,
         sampler=sampler,
         validation_batches=_validation(data, every_rank=every_rank) if _has_validation(config) else None,
-        close=data.close,
+        close=functools.partial(_close, data, setup),
     )
+
+
+def _close(data: DataLoader, setup: TrainingSetup) -> None:
+    """The loader's workers, then the frozen encoders: an uncached run's steps kept them on the device."""
+    try:
+        data.close()
+    finally:
+        for encoder in (setup.image_encoder(), setup.text_encoder()):
+            if encoder is not None:
+                encoder.unload()
 
 
 def _validation(data: DataLoader, *, every_rank: bool) -> Callable[[], Iterator[dict[str, Any]]]:

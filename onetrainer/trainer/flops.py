@@ -9,7 +9,9 @@ memory and no random draw, so the training streams and a resume's exactness are 
 count costs about a second of host time per shape. It is the model's count: gradient checkpointing
 is switched off for it (its recomputation is not useful work) and compiled blocks run eagerly.
 Backward counts what the step needs (input gradients through frozen layers, weight gradients of the
-trained ones), so a LoRA step counts about two forward passes and a full fine-tune about three.
+trained ones), so a LoRA step counts about two forward passes and a full fine-tune about three. Without the
+cache (`data.cache: false`) the step's VAE and text-encoder passes count too: work the GPU does in every
+step, which a cached run did once beforehand.
 
 MFU is achieved FLOP/s over the device's peak: the dense (not sparse) tensor-core figure of its spec
 sheet at the run's precision (TF32 for fp32 where torch allows it). A GPU missing from `PEAK_TFLOPS`,

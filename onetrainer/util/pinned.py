@@ -9,8 +9,12 @@ views into it, pinned as far as torch can tell (`is_pinned`, copies without wait
 whole pages of its own, so two buffers never share a page the driver would refuse to register twice,
 and the registration is undone when the last view is gone.
 
-Where registering fails (a locked-memory limit, a runtime without it), the tensors are pinned one by one
-by torch instead, with a warning: correct, only larger.
+Where registering fails (not enough free RAM, a limit on page-locked memory such as WSL's), the failure
+stays behind as the CUDA runtime's pending error, which the next kernel launch would report as its own
+(torch binds no `cudaGetLastError` to clear it). It is cleared in each copy of the runtime library the
+process has loaded, and the tensors are pinned one by one by torch instead, with a warning: correct, only
+larger. Where it cannot be cleared (no such library found), the run stops here with the reason, rather than
+later with a misleading one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from onetrainer.util.errors import RuntimeFailure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +47,8 @@ def pinned_copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return []
     offsets, total = _layout(tensors)
     length = -(-total // _PAGE) * _PAGE
+    if length == 0:  # only empty tensors: nothing to page-lock (and registering zero bytes is an error)
+        return [tensor.detach().to("cpu", copy=True) for tensor in tensors]
     memory = np.empty(length + _PAGE, dtype=np.uint8)
     start = -memory.ctypes.data % _PAGE
     buffer = torch.from_numpy(memory[start : start + length])
@@ -52,17 +60,23 @@ def pinned_copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         copy.copy_(tensor.detach())
         copies.append(copy)
     error = _register(buffer.data_ptr(), length)
-    if error is not None:
-        warnings.warn(
-            f"page-locking {length / 2**20:.0f} MiB of CPU memory failed ({error}), so those weights are pinned "
-            "tensor by tensor, taking up to twice their size in RAM (a locked-memory limit, `ulimit -l`, can "
-            "cause this)",
-            RuntimeWarning,
-            stacklevel=2,
+    if error is None:
+        _unregister_when_gone(memory, buffer.data_ptr())
+        return copies
+    failed = f"page-locking {length / 2**20:.0f} MiB of CPU memory failed ({error})"
+    if not _drain_pending_error():
+        raise RuntimeFailure(
+            f"{failed}, and the CUDA runtime's error could not be cleared",
+            hint="Free RAM, or keep fewer weights in CPU memory (parts.<name>.offload_blocks, "
+            "training.optimizer_offload).",
         )
-        return [copy.pin_memory() for copy in copies]
-    _unregister_when_gone(memory, buffer.data_ptr())
-    return copies
+    warnings.warn(
+        f"{failed}, so those weights are pinned tensor by tensor, taking up to twice their size in RAM",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    del copies, buffer, memory  # the pageable buffer goes before torch pins the tensors again
+    return [tensor.detach().to("cpu").pin_memory() for tensor in tensors]
 
 
 def _layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
@@ -93,10 +107,50 @@ def _register(pointer: int, length: int) -> str | None:
     return f"cudaError {code}" if code else None
 
 
+_RUNTIMES = {"libcudart": "cudaGetLastError", "libamdhip64": "hipGetLastError"}
+"""The runtime libraries torch may have loaded (a wheel's may carry a hash: `libcudart-1a2b3c4d.so.12`), and
+the function that returns and clears their pending error."""
+
+
+def _drain_pending_error() -> bool:
+    """Clear the pending runtime error in every runtime library loaded; whether one was found (Linux)."""
+    import ctypes
+    from pathlib import Path
+
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    drained = False
+    for path, function in runtime_libraries(maps):
+        try:
+            getattr(ctypes.CDLL(path), function)()
+        except (OSError, AttributeError):
+            continue
+        drained = True
+    return drained
+
+
+def runtime_libraries(maps: str) -> list[tuple[str, str]]:
+    """(path, error-clearing function) of each runtime library in `/proc/self/maps`' text, once each."""
+    found: dict[str, str] = {}
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6:
+            continue
+        path = fields[5].removesuffix(" (deleted)")
+        name = path.rsplit("/", 1)[-1]
+        for prefix, function in _RUNTIMES.items():
+            if name.startswith(prefix):
+                found.setdefault(path, function)
+    return list(found.items())
+
+
 def _unregister(pointer: int) -> None:
     import torch
 
-    torch.cuda.cudart().cudaHostUnregister(pointer)
+    if int(torch.cuda.cudart().cudaHostUnregister(pointer)):
+        _drain_pending_error()
 
 
 def _unregister_when_gone(memory: np.ndarray, pointer: int) -> None:

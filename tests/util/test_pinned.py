@@ -77,9 +77,9 @@ def test_the_registration_is_undone_when_the_last_copy_is_gone(page_locks: PageL
     assert page_locks.unregistered == [start]
 
 
-def test_where_registering_fails_each_tensor_is_pinned_by_torch_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def refused(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The driver refuses to register (cudaError 2, out of memory); torch's own pinning is recorded."""
     from onetrainer.util import pinned
 
     torch_pinned: list[torch.Tensor] = []
@@ -89,19 +89,67 @@ def test_where_registering_fails_each_tensor_is_pinned_by_torch_with_a_warning(
         torch_pinned.append(copy)
         return copy
 
-    monkeypatch.setattr(pinned, "_register", lambda pointer, length: "cudaError 712")
+    monkeypatch.setattr(pinned, "_register", lambda pointer, length: "cudaError 2")
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    return torch_pinned
+
+
+def test_where_registering_fails_the_error_is_cleared_and_torch_pins_each_tensor(
+    refused: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onetrainer.util import pinned
+
+    drained: list[bool] = []
+    monkeypatch.setattr(pinned, "_drain_pending_error", lambda: drained.append(True) or True)
     tensors = _tensors()
-    with pytest.warns(RuntimeWarning, match=r"cudaError 712.*tensor by tensor.*ulimit -l"):
+    with pytest.warns(RuntimeWarning, match=r"cudaError 2.*tensor by tensor"):
         copies = pinned_copies(tensors)
 
-    assert all(any(copy is other for other in torch_pinned) for copy in copies)
+    assert drained == [True], "the failure is not left for the next kernel launch to report"
+    assert all(any(copy is other for other in refused) for copy in copies)
     assert all(torch.equal(copy, tensor) for copy, tensor in zip(copies, tensors, strict=True))
+
+
+def test_where_the_error_cannot_be_cleared_the_run_stops_with_the_reason(
+    refused: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onetrainer.util import pinned
+    from onetrainer.util.errors import RuntimeFailure
+
+    monkeypatch.setattr(pinned, "_drain_pending_error", lambda: False)
+    with pytest.raises(RuntimeFailure, match=r"page-locking \d+ MiB of CPU memory failed \(cudaError 2\)") as caught:
+        pinned_copies(_tensors())
+    assert caught.value.exit_code == 1
+    assert "offload_blocks" in (caught.value.hint or "")
+    assert refused == [], "nothing pinned after a failure the next CUDA call would trip on"
+
+
+def test_the_runtime_libraries_are_found_in_the_memory_map_once_each() -> None:
+    from onetrainer.util.pinned import runtime_libraries
+
+    maps = "\n".join(
+        [
+            "7f00-7f10 r-xp 00000000 08:01 11 /usr/lib/libc.so.6",
+            "7f10-7f20 r--p 00000000 08:01 12 /site-packages/torch/lib/libcudart-d0da41ae.so.12",
+            "7f20-7f30 r-xp 00001000 08:01 12 /site-packages/torch/lib/libcudart-d0da41ae.so.12",
+            "7f30-7f40 r-xp 00000000 08:01 13 /site-packages/nvidia/cuda_runtime/lib/libcudart.so.12 (deleted)",
+            "7f40-7f50 r-xp 00000000 08:01 14 /opt/rocm/lib/libamdhip64.so.6",
+            "7f50-7f60 rw-p 00000000 00:00 0",
+            "7f60-7f70 r-xp 00000000 08:01 15 /opt/notlibcudart.so",
+        ]
+    )
+    assert runtime_libraries(maps) == [
+        ("/site-packages/torch/lib/libcudart-d0da41ae.so.12", "cudaGetLastError"),
+        ("/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12", "cudaGetLastError"),
+        ("/opt/rocm/lib/libamdhip64.so.6", "hipGetLastError"),
+    ]
 
 
 def test_nothing_to_pin_registers_nothing(page_locks: PageLocks) -> None:
     assert pinned_copies([]) == []
-    assert page_locks.registered == []
+    empty = pinned_copies([torch.empty(0, 3), torch.empty(0)])
+    assert [tuple(tensor.shape) for tensor in empty] == [(0, 3), (0,)]
+    assert page_locks.registered == [], "registering zero bytes is an error the next CUDA call would report"
 
 
 @pytest.mark.gpu
