@@ -156,7 +156,7 @@ class PipelineSampler:
             raise UserError("steps and count must be at least 1")
         model = self.model
         modes = {name: module.training for name, module in model.modules()}
-        devices = {name: next(module.parameters()).device for name, module in model.modules()}
+        devices = {name: single_device(module) for name, module in model.modules()}
         for _, module in model.modules():
             module.eval()
         done = 0
@@ -183,7 +183,9 @@ class PipelineSampler:
                 ]
         finally:
             for module_name, module in model.modules():
-                place(module, devices[module_name])
+                device = devices[module_name]
+                if device is not None:
+                    place(module, device)
                 module.train(modes[module_name])
         return images
 
@@ -213,3 +215,11 @@ class PipelineSampler:
         )
         latents = result.images if self.unpack is None else self.unpack(result.images, height, width)
         return self.decode(self.model, latents)
+
+
+def single_device(module: torch.nn.Module) -> torch.device | None:
+    """The one device all of `module`'s weights are on, to put it back there after sampling; None for one split
+    across devices, which sampling does not move: a denoiser with offloaded blocks (their hooks copy them in),
+    which moving whole would undo the offloading of (every CPU master to the GPU)."""
+    devices = {param.device for param in module.parameters()}
+    return devices.pop() if len(devices) == 1 else None

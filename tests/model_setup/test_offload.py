@@ -293,3 +293,42 @@ def test_an_offloaded_activation_is_a_copy_in_cpu_memory_that_comes_back_equal(
     restored = hooks.unpack_hook((device, packed))
     assert restored.device == saved.device
     assert torch.equal(restored, saved)
+
+
+def test_a_module_split_across_devices_has_no_single_device_to_be_put_back_on() -> None:
+    """After a preview the sampler puts each component back where it was, unless it is split across devices
+    (offloaded blocks): moving it whole would bring every CPU master to the GPU."""
+    from onetrainer.model_sampler.pipeline import single_device
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert single_device(module) == torch.device("cpu")
+    module[1].to("meta")
+    assert single_device(module) is None
+    assert single_device(module[1]) == torch.device("meta")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_preview_leaves_the_offloaded_blocks_in_cpu_memory(
+    tiny_base: Callable[[str], Any],
+) -> None:
+    import copy
+
+    from onetrainer.util.config.loader import validate
+    from onetrainer.util.registry import ModuleKind, lookup
+
+    settings = {
+        "model": {"type": "sd15", "base": "tiny:sd15"},
+        "method": "full",
+        "parts": {"unet": {"offload_blocks": 1.0}},
+        "training": {"gradient_checkpointing": True},
+    }
+    setup = lookup(ModuleKind.SETUP, "sd15")(copy.deepcopy(tiny_base("sd15")), validate(settings, check_paths=False))
+    setup.prepare(torch.device("cuda"), torch.float32)
+    offloader = setup.offloaders["unet"]
+    masters = [master for index in range(len(offloader.blocks)) for master in offloader.masters(index)]
+    assert masters
+    sampler = lookup(ModuleKind.SAMPLER, "sd15")(setup.model, layer_skip={})
+    (image,) = sampler.sample("a red circle", steps=2, width=64, height=64)
+    assert image.size == (64, 64)
+    assert all(master.device.type == "cpu" and master.is_pinned() for master in masters)
+    assert next(setup.model.denoiser.conv_in.parameters()).device.type == "cuda"
