@@ -36,6 +36,10 @@ ALIGNMENT = 512
 
 _PAGE = mmap.PAGESIZE
 
+_PORTABLE = 1
+"""`cudaHostRegisterPortable`: pinned for every CUDA context of the process, not only the current device's, as
+torch's checkpoint stager registers memory."""
+
 
 def pinned_copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Pinned CPU copies of `tensors` (any device, plain tensors), with their shapes, strides and values,
@@ -101,7 +105,7 @@ def _register(pointer: int, length: int) -> str | None:
     import torch
 
     try:
-        code = int(torch.cuda.cudart().cudaHostRegister(pointer, length, 0))
+        code = int(torch.cuda.cudart().cudaHostRegister(pointer, length, _PORTABLE))
     except (AssertionError, AttributeError, RuntimeError) as error:  # a CPU-only torch asserts
         return str(error)
     return f"cudaError {code}" if code else None
