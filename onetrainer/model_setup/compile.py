@@ -131,11 +131,10 @@ def eager() -> Iterator[None]:
         yield
 
 
-def apply_speed_settings(denoiser: Any, *, compile: bool, channels_last: bool) -> None:
-    """`training.channels_last`, then `training.compile`, on a prepared denoiser (adapters and checkpointing set)."""
+def use_channels_last(denoiser: Any) -> None:
+    """`training.channels_last`: a UNet's convolution weights channels-last. Before the placement: converting
+    replaces each weight's data, so done after it, it would replace offloaded blocks' pinned masters with
+    pageable copies."""
     import torch
 
-    if channels_last:
-        denoiser.to(memory_format=torch.channels_last)
-    if compile:
-        compile_repeated_blocks(denoiser)
+    denoiser.to(memory_format=torch.channels_last)

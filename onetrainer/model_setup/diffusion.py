@@ -21,7 +21,7 @@ from onetrainer.model.adapters.embedding import EmbeddingAdapter, add_embedding,
 from onetrainer.model.adapters.lora import LoraAdapter, LoraTargets, adapters_disabled, inject_lora, load_lora_state
 from onetrainer.model.adapters.lora_file import read_lora_file
 from onetrainer.model.quantised import quiet_adapters
-from onetrainer.model_setup.compile import apply_speed_settings
+from onetrainer.model_setup.compile import compile_repeated_blocks, use_channels_last
 from onetrainer.model_setup.encoders import VaeImageEncoder
 from onetrainer.model_setup.loss import diffusion_loss
 from onetrainer.model_setup.objective import Noised, TrainingObjective, build_objective
@@ -116,6 +116,8 @@ class DiffusionSetup:
                 # Frozen text encoders serve the cache (and previews): their conditioner moves them to the
                 # device for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB).
                 self.policy[name] = dataclasses.replace(self.policy[name], device=torch.device("cpu"))
+        if config.training.channels_last:
+            use_channels_last(model.denoiser)
         self.offloaders = apply_placement(
             model, self.policy, self.trainables.parameter_lists(), fully_trained=self._fully_trained()
         )
@@ -126,9 +128,8 @@ class DiffusionSetup:
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
         self._check_dropout(self._conditioner)
         self._checkpointing(config.training.gradient_checkpointing)
-        apply_speed_settings(
-            model.denoiser, compile=config.training.compile, channels_last=config.training.channels_last
-        )
+        if config.training.compile:  # on the prepared denoiser: adapters, placement and checkpointing set
+            compile_repeated_blocks(model.denoiser)
         model.adapters.lora = self.lora
         model.adapters.embeddings = list(self.embeddings)
 

@@ -332,3 +332,29 @@ def test_on_a_gpu_a_preview_leaves_the_offloaded_blocks_in_cpu_memory(
     assert image.size == (64, 64)
     assert all(master.device.type == "cpu" and master.is_pinned() for master in masters)
     assert next(setup.model.denoiser.conv_in.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_channels_last_weights_of_offloaded_blocks_are_their_pinned_masters(
+    method: str, make_setup: Callable[..., DiffusionSetup], page_locks: PageLocks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`training.channels_last` converts the weights before the placement pins them: converted after, each
+    convolution weight's pinned master would be replaced by a pageable copy."""
+    from onetrainer.model_setup import offload
+
+    offloader = offload.BlockOffloader
+    monkeypatch.setattr(
+        offload, "BlockOffloader", lambda *args, **kwargs: offloader(*args, **kwargs | {"pin_memory": True})
+    )
+    setup = make_setup(
+        "sd15", "sd15", method, parts={"unet": {"offload_blocks": 1.0}}, training={"channels_last": True}
+    )
+    masters = [
+        master
+        for index in range(len(setup.offloaders["unet"].blocks))
+        for master in setup.offloaders["unet"].masters(index)
+    ]
+    convolutions = [master for master in masters if master.dim() == 4]
+    assert convolutions
+    assert all(master.is_contiguous(memory_format=torch.channels_last) for master in convolutions)
+    assert all(page_locks.holds(master) for master in masters)
