@@ -16,9 +16,10 @@ which are decoded here in the VAE's own dtype, the way the pipelines decode them
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from onetrainer.model_sampler.schedulers import build_scheduler, check_scheduler
@@ -57,26 +58,61 @@ def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> Image.Image:
     """Latents -> image as diffusers' pipelines do it: unscale, decode, map [-1, 1] to 8 bits.
 
     A VAE stored in fp16 whose config says `force_upcast` (it overflows in fp16) decodes in fp32, as
-    the pipelines do.
+    the pipelines do. Where the GPU has too little memory left beside a training run (a 1024 px decode
+    takes gigabytes), the VAE decodes in CPU memory instead: slower, the same image.
     """
     import torch
     from PIL import Image
 
     vae = model.components[model.spec.vae.name]
     config = vae.config
-    stored = next(vae.parameters()).dtype
-    upcast = stored == torch.float16 and bool(getattr(config, "force_upcast", False))
     scaled = latents.float() / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    try:
+        image = _decode(vae, scaled)
+    except torch.cuda.OutOfMemoryError:
+        home = next(vae.parameters()).device
+        place(vae, "cpu")
+        torch.cuda.empty_cache()
+        try:
+            image = _decode(vae, scaled)
+        finally:
+            place(vae, home)
+    pixels = ((image[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    return Image.fromarray(pixels)
+
+
+def _decode(vae: Any, scaled: torch.Tensor) -> torch.Tensor:
+    """The VAE's decoding of `scaled` latents where the VAE is, in fp32 when an fp16 VAE asks for it."""
+    import torch
+
+    stored = next(vae.parameters()).dtype
+    upcast = stored == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
     if upcast:
         place(vae, next(vae.parameters()).device, torch.float32)
     try:
         parameter = next(vae.parameters())
-        image = vae.decode(scaled.to(parameter.device, parameter.dtype)).sample.float()
+        return vae.decode(scaled.to(parameter.device, parameter.dtype)).sample.float()
     finally:
         if upcast:
             place(vae, next(vae.parameters()).device, stored)
-    pixels = ((image[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    return Image.fromarray(pixels)
+
+
+@contextlib.contextmanager
+def moved_to(model: DiffusionModel, names: Sequence[str], device: torch.device) -> Iterator[None]:
+    """The components `names` on `device` for the block, then back where they were: a cached run keeps its frozen
+    text encoders and VAE in CPU memory, and a preview takes each to the GPU only while it runs (T5-XXL beside
+    a denoising FLUX.1 would not fit a 12 GB card). A component split across devices is left alone
+    (`single_device`)."""
+    homes = {name: single_device(model.components[name]) for name in names}
+    for name, home in homes.items():
+        if home is not None:
+            place(model.components[name], device)
+    try:
+        yield
+    finally:
+        for name, home in homes.items():
+            if home is not None:
+                place(model.components[name], home)
 
 
 class PipelineSampler:
@@ -156,7 +192,6 @@ class PipelineSampler:
             raise UserError("steps and count must be at least 1")
         model = self.model
         modes = {name: module.training for name, module in model.modules()}
-        devices = {name: single_device(module) for name, module in model.modules()}
         for _, module in model.modules():
             module.eval()
         done = 0
@@ -171,21 +206,18 @@ class PipelineSampler:
         try:
             pipe = self.pipeline(build_scheduler(name, model.noise_scheduler.config, objective))
             conditioner = self.hooks.conditioner(model, layer_skip=self.layer_skip, device=model.device)
-            conditioner.load()
-            with torch.no_grad():
+            with moved_to(model, model.text_encoder_names(), model.device), torch.no_grad():
                 embeds = self.prompt_embeds(model, conditioner, prompt, negative_prompt, cfg)
                 embeds = {
                     key: value.to(model.device, model.denoiser_dtype) if isinstance(value, torch.Tensor) else value
                     for key, value in embeds.items()
                 }
+            with torch.no_grad():
                 images = [
                     self._one(pipe, embeds, steps, cfg, seed + index, width, height, tick) for index in range(count)
                 ]
         finally:
             for module_name, module in model.modules():
-                device = devices[module_name]
-                if device is not None:
-                    place(module, device)
                 module.train(modes[module_name])
         return images
 
@@ -214,12 +246,13 @@ class PipelineSampler:
             callback_on_step_end=lambda pipe, step, timestep, kwargs: tick(),
         )
         latents = result.images if self.unpack is None else self.unpack(result.images, height, width)
-        return self.decode(self.model, latents)
+        with moved_to(self.model, [self.model.spec.vae.name], self.model.device):
+            return self.decode(self.model, latents)
 
 
 def single_device(module: torch.nn.Module) -> torch.device | None:
     """The one device all of `module`'s weights are on, to put it back there after sampling; None for one split
-    across devices, which sampling does not move: a denoiser with offloaded blocks (their hooks copy them in),
-    which moving whole would undo the offloading of (every CPU master to the GPU)."""
+    across devices, which sampling leaves alone: moving it whole would undo what split it (offloaded blocks,
+    whose hooks copy them in; every CPU master would go to the GPU)."""
     devices = {param.device for param in module.parameters()}
     return devices.pop() if len(devices) == 1 else None

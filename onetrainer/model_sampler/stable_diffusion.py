@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from onetrainer.model_sampler.pipeline import moved_to
 from onetrainer.model_sampler.schedulers import build_scheduler, check_scheduler
 from onetrainer.model_sampler.sizes import check_side
 from onetrainer.model_setup.stable_diffusion import TEXT_KEY, StableDiffusionHooks
@@ -92,9 +93,9 @@ class StableDiffusionSampler:
 
         model = self.model
         conditioner = StableDiffusionHooks().conditioner(model, layer_skip=self.layer_skip, device=model.device)
-        torch.nn.Module.to(model.text_encoder, device=model.device)
         texts = [negative_prompt, prompt] if cfg > 1 else [prompt]
-        hidden = torch.cat([conditioner.encode_for_training([text])[TEXT_KEY] for text in texts])
+        with moved_to(model, ["text_encoder"], model.device):
+            hidden = torch.cat([conditioner.encode_for_training([text])[TEXT_KEY] for text in texts])
         return hidden.to(model.denoiser_dtype)
 
     def _denoise(
@@ -136,9 +137,9 @@ class StableDiffusionSampler:
         from PIL import Image
 
         vae = self.model.vae
-        parameter = next(vae.parameters())
-        torch.nn.Module.to(vae, device=self.model.unet.device)
         scaled = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
-        image = vae.decode(scaled.to(parameter.device, parameter.dtype)).sample.float()
+        with moved_to(self.model, ["vae"], self.model.device):
+            parameter = next(vae.parameters())
+            image = vae.decode(scaled.to(parameter.device, parameter.dtype)).sample.float()
         pixels = ((image[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
