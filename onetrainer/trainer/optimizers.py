@@ -182,7 +182,29 @@ def build_optimizer(
         from onetrainer.trainer.updates import keep_state_dtypes
 
         keep_state_dtypes(optimizer)
+    if any(param.device.type == "cpu" for group in groups for param in group["params"]):
+        _count_updates_as_changes(optimizer)
     return optimizer
+
+
+def _count_updates_as_changes(optimizer: torch.optim.Optimizer) -> None:
+    """After each step, mark the stepped tensors changed for autograd (`increment_version`).
+
+    An offloaded block's copy taken ahead of its use is stale once the optimizer has updated the weights
+    in CPU memory it was copied from, which `model_setup.offload` tells by their version counters. Some
+    optimizers change a tensor without the counter seeing it: bitsandbytes' custom kernels, and Prodigy's
+    and CAME's updates of `param.data` (a tensor with a counter of its own). The step would then run on the
+    copy of the weights before the update. Only where some trained tensor is in CPU memory (the bump is a
+    host call per tensor; the parameter groups are narrowed to the one tensor a per-tensor update steps).
+    """
+    from torch.autograd.graph import increment_version
+
+    def changed(stepped: torch.optim.Optimizer, *_: Any) -> None:
+        for group in stepped.param_groups:
+            for param in group["params"]:
+                increment_version(param)
+
+    optimizer.register_step_post_hook(changed)
 
 
 def _choose_fused(

@@ -3,6 +3,7 @@ copies, and training gives what it gives without offloading (LoRA and full fine-
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -358,3 +359,42 @@ def test_channels_last_weights_of_offloaded_blocks_are_their_pinned_masters(
     assert convolutions
     assert all(master.is_contiguous(memory_format=torch.channels_last) for master in convolutions)
     assert all(page_locks.holds(master) for master in masters)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "prodigy", "came"])
+def test_a_copy_taken_ahead_is_stale_after_any_optimizer_updates_its_masters(optimizer: str) -> None:
+    """Prodigy and CAME update `param.data`, and bitsandbytes' 8-bit AdamW (CUDA only) updates through its own
+    kernels: neither moves the version counter the offloader tells a stale copy by, unless the optimizer built
+    for a run with weights in CPU memory marks its steps. Without that, from the third step the first block ran
+    on the copy taken before the update."""
+    from torch.utils.checkpoint import checkpoint
+
+    from onetrainer.model_setup.offload import BlockOffloader
+    from onetrainer.trainer.optimizers import build_optimizer
+    from onetrainer.util.config.training import TrainingConfig
+
+    def losses(offloaded: bool) -> list[float]:
+        torch.manual_seed(0)
+        blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh()) for _ in range(3)])
+        offloader = None
+        if offloaded:
+            offloader = BlockOffloader(blocks, list(blocks.named_children()), torch.device("cpu"), offload_trained=True)
+        training = TrainingConfig.model_validate({"optimizer": optimizer, "learning_rate": 1e-2})
+        groups = [{"params": list(blocks.parameters()), "lr": 1e-2, "name": "model"}]
+        built = build_optimizer(groups, training, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(1)
+        found = []
+        for _ in range(5):
+            inputs, targets = torch.randn(8, 16, generator=generator), torch.randn(8, 16, generator=generator)
+            with offloader.forward_context() if offloader is not None else contextlib.nullcontext():
+                hidden = inputs
+                for block in blocks:
+                    hidden = checkpoint(block, hidden, use_reentrant=False)
+                loss = torch.nn.functional.mse_loss(hidden, targets)
+            loss.backward()
+            built.step()
+            built.zero_grad(set_to_none=True)
+            found.append(loss.item())
+        return found
+
+    assert losses(offloaded=True) == losses(offloaded=False)
