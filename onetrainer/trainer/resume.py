@@ -72,8 +72,10 @@ RETUNABLE_KEYS: tuple[str, ...] = (
 )
 """Optimisation settings that may change on resume; the resumed run uses the new values (`*`: any part)."""
 
-_GROUP_SETTINGS = ("initial_lr", "weight_decay", "warmup_steps")
-"""Per-group optimizer values that come from the config (`warmup_steps`: schedule-free AdamW's)."""
+_GROUP_SETTINGS = ("initial_lr", "weight_decay", "warmup_steps", "fused", "foreach")
+"""Per-group optimizer values that come from the config (`warmup_steps`: schedule-free AdamW's). `fused` and
+`foreach` too: torch restores a backup's, but decided at construction whether the step takes the device's skip
+flag (`found_inf`), which only the fused kernel may be given."""
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -82,6 +82,31 @@ def test_reapplied_settings_replace_the_restored_ones_at_the_restored_position()
     assert group["lr"] == 0.5 * 0.5
 
 
+def test_a_resumed_optimizer_keeps_its_own_kernel_choice_and_takes_the_skip_flag() -> None:
+    """A backup of a run whose weights were partly in CPU memory holds `fused: None`; resumed where the fused
+    kernel is chosen, the step takes the device's skip flag (`found_inf`), which torch's other kernels refuse."""
+
+    def make(**kernel: bool) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        parameter = torch.nn.Parameter(torch.ones(2))
+        parameter.grad = torch.ones(2)
+        optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 0.1}], **kernel)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    old_optimizer, old_scheduler = make(foreach=False)
+    old_optimizer.step()
+    new_optimizer, new_scheduler = make(fused=True)
+    settings = optimizer_settings(new_optimizer)
+    new_optimizer.load_state_dict(old_optimizer.state_dict())
+    new_scheduler.load_state_dict(old_scheduler.state_dict())
+    reapply_settings(new_optimizer, new_scheduler, settings)
+    group = new_optimizer.param_groups[0]
+    assert (group["fused"], group["foreach"]) == (True, None)
+    new_optimizer.found_inf = torch.ones(())  # type: ignore[attr-defined]
+    before = [param.detach().clone() for param in group["params"]]
+    new_optimizer.step()
+    assert all(torch.equal(param, old) for param, old in zip(group["params"], before, strict=True)), "skipped"
+
+
 def test_added_and_removed_list_items_are_differences() -> None:
     problems = differing_keys({"data": {"concepts": [{"path": "a"}]}}, {"data": {"concepts": []}})
     assert [problem.path for problem in problems] == ["data.concepts", "data.concepts.0.path"]
