@@ -278,7 +278,7 @@ def broadcast_parameters(world: World, parameters: Sequence[torch.Tensor]) -> No
     with torch.no_grad():
         for parameter in parameters:
             if not _is_sharded(parameter):
-                dist.broadcast(parameter.data, src=0)
+                dist.broadcast(parameter.data, src=0, group=_group_for(world, parameter))
 
 
 def average_gradients(world: World, parameters: Sequence[torch.Tensor]) -> None:
@@ -305,13 +305,20 @@ def average_gradients(world: World, parameters: Sequence[torch.Tensor]) -> None:
     for group in grads.values():
         for bucket in _buckets(group):
             flat = torch.cat([grad.reshape(-1) for grad in bucket])
-            pending.append((dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True), flat, bucket))
+            work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True, group=_group_for(world, flat))
+            pending.append((work, flat, bucket))
     with torch.no_grad():
         for work, flat, bucket in pending:
             work.wait()
             flat.div_(world.size)
             for grad, values in zip(bucket, flat.split([grad.numel() for grad in bucket]), strict=True):
                 grad.copy_(values.view_as(grad))
+
+
+def _group_for(world: World, tensor: torch.Tensor) -> Any:
+    """The process group that carries `tensor`: NCCL (the default group on GPUs) takes CUDA tensors only, so
+    the weights and gradients of offloaded blocks in CPU memory travel through the host's gloo group."""
+    return world.host_group if tensor.device.type == "cpu" else None
 
 
 def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:

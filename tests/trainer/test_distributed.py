@@ -403,3 +403,37 @@ def test_messages_say_how_the_run_was_started(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert run_command("onetrainer train c.yaml") == expected
+
+
+def test_weights_and_gradients_in_cpu_memory_travel_through_the_host_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL, the default group between GPUs, takes CUDA tensors only: an offloaded block's CPU masters and their
+    gradients go through the gloo group the ranks already share for their agreements."""
+    import torch.distributed as dist
+
+    from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters
+
+    calls: list[tuple[str, str, Any]] = []
+
+    class Done:
+        def wait(self) -> None:
+            pass
+
+    def broadcast(tensor: torch.Tensor, src: int, group: Any = None) -> None:
+        calls.append(("broadcast", tensor.device.type, group))
+
+    def all_reduce(tensor: torch.Tensor, op: Any = None, async_op: bool = False, group: Any = None) -> Done:
+        calls.append(("all_reduce", tensor.device.type, group))
+        return Done()
+
+    monkeypatch.setattr(dist, "broadcast", broadcast)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    world = World(rank=0, size=2, host_group="gloo group")
+    masters = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    on_meta = torch.nn.Parameter(torch.ones(4, device="meta"))  # stands in for a weight on the GPU
+    broadcast_parameters(world, [*masters, on_meta])
+    assert calls == [("broadcast", "cpu", "gloo group")] * 2 + [("broadcast", "meta", None)]
+    calls.clear()
+    for param in masters:
+        param.grad = torch.ones_like(param)
+    average_gradients(world, masters)
+    assert calls == [("all_reduce", "cpu", "gloo group")]
