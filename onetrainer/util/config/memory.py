@@ -217,6 +217,17 @@ def _offload_problems(config: TrainConfig) -> list[ConfigProblem]:
                     has_value=True,
                 )
             )
+        fully_trained = config.method is TrainingMethod.FULL and part.train is not False
+        if part.offload_blocks and fully_trained and config.training.precision is Precision.FP16:
+            problems.append(
+                ConfigProblem(
+                    f"parts.{name}.offload_blocks",
+                    "a fully trained part's offloaded blocks take their gradients in CPU memory, where fp16's loss "
+                    "scaler would unscale them by a value still on its way from the GPU: use precision bf16 or fp32",
+                    part.offload_blocks,
+                    has_value=True,
+                )
+            )
         if not part.offload_blocks or checkpointing:
             continue
         if spec is not None and name in spec.component_names and spec.component(name).role is not Role.DENOISER:

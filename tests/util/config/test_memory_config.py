@@ -63,6 +63,18 @@ def test_offloading_needs_checkpointing_and_only_the_denoiser_offloads_blocks() 
     assert config.parts["unet"].offload_blocks == 3
 
 
+def test_fp16_loss_scaling_refuses_the_gradients_of_fully_trained_offloaded_blocks() -> None:
+    """torch's scaler copies its scale to a CPU gradient without waiting, and its CPU kernel may read it first."""
+    settings: dict[str, Any] = {
+        "parts": {"unet": {"offload_blocks": 2}},
+        "training": {"gradient_checkpointing": True, "precision": "fp16"},
+    }
+    assert "bf16 or fp32" in _problems(method="full", **settings)["parts.unet.offload_blocks"]
+    assert _valid(method="lora", **settings).training.precision.value == "fp16", "LoRA's gradients stay on the GPU"
+    frozen = {**settings, "parts": {"unet": {"offload_blocks": 2, "train": False}, "text_encoder": {"train": True}}}
+    assert _valid(method="full", **frozen).parts["unet"].offload_blocks == 2
+
+
 def test_cpu_held_optimizer_states_refuse_the_cuda_only_8bit_adamw() -> None:
     problems = _problems(training={"optimizer_offload": True, "optimizer": "adamw8bit"})
     assert "adamw8bit_ao" in problems["training.optimizer"]
