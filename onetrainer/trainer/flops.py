@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("V100", {"fp16": 125, "fp32": 15.7}),
     ("T4", {"fp16": 65, "fp32": 8.1}),
 )
-"""Dense peak TFLOP/s by a fragment of `torch.cuda.get_device_name()`, the more specific fragments first
+"""Dense peak TFLOP/s by a fragment of `torch.cuda.get_device_name()` (a whole word of it: an RTX A1000 is no A100,
+a T400 no T4), the more specific fragments first
 (spec sheets; fp16 and bf16 with fp32 accumulation, as torch computes; sparsity not counted)."""
 
 
@@ -57,7 +59,7 @@ def peak_flops(device_name: str, precision: Precision, *, tf32: bool) -> float |
     """The device's dense peak FLOP/s at `precision`, or None for a device missing from the table."""
     column = {Precision.BF16: "bf16", Precision.FP16: "fp16"}.get(precision, "tf32" if tf32 else "fp32")
     for fragment, peaks in PEAK_TFLOPS:
-        if fragment in device_name:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(fragment)}(?![A-Za-z0-9])", device_name):
             peak = peaks.get(column)
             return peak * 1e12 if peak is not None else None
     return None

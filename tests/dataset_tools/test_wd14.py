@@ -99,3 +99,25 @@ def test_unavailable_hub_tagger_is_a_user_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="is not on this machine"):
         open_tagger("SmilingWolf/wd-v1-4-vit-tagger-v2", device="cpu", thresholds=TaggerSettings())
+
+
+def test_a_named_gpu_is_the_one_onnxruntime_runs_on(tagger_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    asked: list[list[object]] = []
+    session = onnxruntime.InferenceSession
+
+    def record(path: str, providers: list[object]) -> object:
+        asked.append(providers)
+        return session(path, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(onnxruntime, "InferenceSession", record)
+    for device in ("cuda:1", "cuda"):
+        open_tagger(str(tagger_dir), device=device, thresholds=TaggerSettings())
+    assert asked == [
+        [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"],
+        [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"],
+    ]

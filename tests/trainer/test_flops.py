@@ -177,6 +177,9 @@ def test_a_model_that_cannot_be_counted_says_so_once_and_counts_nothing() -> Non
         ("NVIDIA L40S", Precision.BF16, False, 362),
         ("NVIDIA L4", Precision.BF16, False, 121),
         ("Tesla V100-SXM2-16GB", Precision.BF16, False, None),
+        ("Tesla T4", Precision.FP16, False, 65),
+        ("NVIDIA RTX A1000", Precision.BF16, False, None),
+        ("NVIDIA T400 4GB", Precision.FP16, False, None),
         ("Some Future GPU", Precision.BF16, False, None),
     ],
 )

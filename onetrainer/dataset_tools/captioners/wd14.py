@@ -88,9 +88,10 @@ def open_tagger(source: str, *, device: str, thresholds: TaggerSettings) -> Onnx
             hint="Install the caption extra: pip install 'onetrainer[caption]'.",
         ) from None
     model_file, tags_file = tagger_files(source)
-    providers = ["CPUExecutionProvider"]
+    providers: list[Any] = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+        index = int(device.partition(":")[2] or 0)  # the GPU `--device cuda:N` names, not always the first
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     try:
         session = onnxruntime.InferenceSession(str(model_file), providers=providers)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
