@@ -579,12 +579,15 @@ def test_an_sd35_config_picks_the_family_of_its_base_and_leaves_t5_out(tmp_path,
 def test_an_sdxl_fine_tune_with_the_fused_back_pass_and_stochastic_rounding(tmp_path, shapes_dataset_dir):
     result = invoke("import", sdxl_fused(tmp_path, shapes_dataset_dir))
     assert result.exit_code == 0, result.output
-    assert "Unsupported" not in result.stdout
+    unsupported = result.stdout.split("# Unsupported", 1)[1]
+    assert "unet.weight_dtype" in unsupported
+    assert "text_encoder_2.weight_dtype" in unsupported
+    assert "whole-model files" in unsupported
     config = yaml.safe_load(result.stdout)
     assert config["method"] == "full"
-    assert config["parts"]["unet"] == {"train": False, "weight_dtype": "fp8"}
+    assert config["parts"]["unet"] == {"train": False, "weight_dtype": "fp32"}, "a full fine-tune saves frozen parts"
     assert config["parts"]["text_encoder"] == {"train": True, "layer_skip": 0, "weight_dtype": "bf16"}
-    assert config["parts"]["text_encoder_2"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp8"}
+    assert config["parts"]["text_encoder_2"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp32"}
     training = config["training"]
     assert training["optimizer"] == "adafactor"
     assert (training["fused_backward"], training["stochastic_rounding"]) == (True, True)

@@ -83,6 +83,17 @@ def _dtype_problems(config: TrainConfig) -> list[ConfigProblem]:
                     has_value=True,
                 )
             )
+        elif is_quantised(dtype) and config.method is TrainingMethod.FULL:
+            problems.append(
+                ConfigProblem(
+                    key,
+                    f"a full fine-tune saves whole-model files, which would hold this frozen part's {dtype.value} "
+                    "weights instead of its own: keep it in fp32, bf16 or fp16 (a cached run keeps frozen text "
+                    "encoders in CPU memory anyway), or train a LoRA on the quantised model (method: lora)",
+                    dtype.value,
+                    has_value=True,
+                )
+            )
         elif dtype is WeightDtype.FP16 and name in trained:
             problems.append(
                 ConfigProblem(
@@ -195,6 +206,7 @@ def _step_problems(config: TrainConfig) -> list[ConfigProblem]:
 def _offload_problems(config: TrainConfig) -> list[ConfigProblem]:
     spec = find_family(config.model.type)
     problems: list[ConfigProblem] = []
+    trained = set(fully_trained(config))
     checkpointing = config.training.gradient_checkpointing
     if config.training.activation_offload and not checkpointing:
         problems.append(
@@ -217,8 +229,7 @@ def _offload_problems(config: TrainConfig) -> list[ConfigProblem]:
                     has_value=True,
                 )
             )
-        fully_trained = config.method is TrainingMethod.FULL and part.train is not False
-        if part.offload_blocks and fully_trained and config.training.precision is Precision.FP16:
+        if part.offload_blocks and name in trained and config.training.precision is Precision.FP16:
             problems.append(
                 ConfigProblem(
                     f"parts.{name}.offload_blocks",

@@ -75,6 +75,14 @@ def test_fp16_loss_scaling_refuses_the_gradients_of_fully_trained_offloaded_bloc
     assert _valid(method="full", **frozen).parts["unet"].offload_blocks == 2
 
 
+@pytest.mark.parametrize("dtype", ["fp8", "int8", "nf4"])
+def test_a_full_fine_tune_refuses_quantised_frozen_parts_its_saved_model_would_hold(dtype: str) -> None:
+    """The whole-model file would hold their quantised tensors (or fail to write them)."""
+    parts = {"text_encoder": {"weight_dtype": dtype}}
+    assert "whole-model files" in _problems(method="full", parts=parts)["parts.text_encoder.weight_dtype"]
+    assert _valid(method="lora", parts=parts).parts["text_encoder"].weight_dtype.value == dtype
+
+
 def test_cpu_held_optimizer_states_refuse_the_cuda_only_8bit_adamw() -> None:
     problems = _problems(training={"optimizer_offload": True, "optimizer": "adamw8bit"})
     assert "adamw8bit_ao" in problems["training.optimizer"]

@@ -73,6 +73,13 @@ def _weight_dtype(part: View, out: Target, component: Component, method: str, bl
         ours = result = "fp32"
     elif trains and method == "full":
         ours, result = _trained_dtype(part, ours, blocker)
+    elif method == "full" and ours in QUANTISED:
+        part.unsupported(
+            "weight_dtype",
+            f"a full fine-tune saves whole-model files, which would hold this frozen part's {ours} weights instead "
+            "of its own; fp32 here (bf16 takes half the memory)",
+        )
+        ours = result = "fp32"
     elif trains and method == "lora" and ours == "nf4" and out.get("lora.type") in ("loha", "lokr"):
         part.unsupported(
             "weight_dtype",
