@@ -15,6 +15,7 @@ The estimate adds up, each as a line of the report:
   moments and the 8-bit optimizers' small-tensor fallback by shape). Offloaded optimizer states and
   the blocks' masters are listed as CPU memory instead. A sharded run (`training.distributed: fsdp`,
   `--gpus N`) divides the fully trained parts' three by N and adds the two largest gathered blocks.
+- **The moving average** (`training.ema`): fp32, on the GPU beside the weights it averages or in CPU memory.
 - **Activations** at the run's largest resolution and its batch size: the peak of one forward and
   backward pass simulated on the meta device (`activations`), with checkpointing, autocast and
   activation offloading as configured; the activations' gradients in flight and the copies that
@@ -67,7 +68,7 @@ SMALL_TENSOR = 4096
 @dataclass(frozen=True)
 class MemoryLine:
     kind: str
-    """weights, trained, gradients, optimizer, activations or overhead."""
+    """weights, trained, gradients, optimizer, average, activations or overhead."""
     what: str
     bytes: int
 
@@ -161,6 +162,7 @@ def estimate_memory(config: TrainConfig, *, world_size: int = 1) -> MemoryEstima
             label += ", two offloaded blocks in flight"
         estimate.gpu.append(MemoryLine("weights", label, weights))
     temporaries = _add_training_state(estimate, config, trained, offloaded)
+    _add_average(estimate, config, trained, offloaded)
     if world_size > 1 and config.training.distributed is DistributedMode.FSDP and full:
         _shard_lines(estimate, model, full, policy, world_size)
         temporaries //= world_size
@@ -306,7 +308,7 @@ def _shard_lines(
 
     estimate.gpu = [
         MemoryLine(line.kind, f"{line.what}, 1/{world_size} per GPU (FSDP)", math.ceil(line.bytes / world_size))
-        if line.kind in ("trained", "gradients", "optimizer")
+        if line.kind in ("trained", "gradients", "optimizer", "average")
         else line
         for line in estimate.gpu
     ]
@@ -370,6 +372,28 @@ def _add_training_state(
     if cpu:
         estimate.cpu.append(MemoryLine("optimizer", f"{label} of offloaded blocks", states(cpu)))
     return size(gpu) if _steps_all_at_once(training, mixed_devices=bool(cpu)) else 0
+
+
+def _add_average(
+    estimate: MemoryEstimate,
+    config: TrainConfig,
+    trained: dict[int, tuple[Any, torch.dtype]],
+    offloaded: dict[str, set[int]],
+) -> None:
+    """The moving average (`training.ema`): an fp32 copy of each trained tensor (`trainer.ema.average_dtype`),
+    beside the weight (`device: train`, CPU memory for offloaded blocks) or all in CPU memory (`device: cpu`)."""
+    from onetrainer.util.config.training import EmaDevice
+
+    ema = config.training.ema
+    if not ema.enabled:
+        return
+    on_cpu = set().union(*offloaded.values()) if offloaded else set()
+    sizes = {key: param.numel() * 4 for key, (param, _) in trained.items()}
+    gpu = 0 if ema.device is EmaDevice.CPU else sum(size for key, size in sizes.items() if key not in on_cpu)
+    if gpu:
+        estimate.gpu.append(MemoryLine("average", "moving average of the trained weights (fp32)", gpu))
+    if sum(sizes.values()) - gpu:
+        estimate.cpu.append(MemoryLine("average", "moving average (fp32)", sum(sizes.values()) - gpu))
 
 
 def _steps_all_at_once(training: TrainingConfig, *, mixed_devices: bool) -> bool:

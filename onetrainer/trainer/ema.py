@@ -2,10 +2,10 @@
 
 The average covers exactly the parameters the optimizer trains (LoRA factors, embedding vectors or
 the whole denoiser), in the order of the optimizer's groups, so a backup can store it as a plain list
-of tensors. It lives beside the weights (a weight held in CPU memory, an offloaded block's, is averaged
-there), or in CPU memory to save accelerator memory: it is then updated from copies, taken without
-waiting for the GPU, into pinned memory, a chunk of `CHUNK_BYTES` at a time, with one wait per chunk
-instead of one per tensor.
+of tensors; it is kept in fp32 for weights in bf16 or fp16 (`average_dtype`). It lives beside the
+weights (a weight held in CPU memory, an offloaded block's, is averaged there), or in CPU memory to
+save accelerator memory: it is then updated from copies, taken without waiting for the GPU, into
+pinned memory, a chunk of `CHUNK_BYTES` at a time, with one wait per chunk instead of one per tensor.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ class ModelEma:
         self.decay = decay
         self.update_every = update_every
         with torch.no_grad():
-            self.shadow = [param.detach().to(device=device or param.device, copy=True) for param in parameters]
+            self.shadow = [
+                param.detach().to(device=device or param.device, dtype=average_dtype(param.dtype), copy=True)
+                for param in parameters
+            ]
         self.updates = 0
 
     def update(self, step: int) -> bool:
@@ -105,6 +108,14 @@ class ModelEma:
             for own, saved in zip(self.shadow, shadow, strict=True):
                 own.copy_(saved)
         self.updates = int(state["updates"])
+
+
+def average_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for bf16 and fp16 weights: at decay 0.999 each update moves the average by a thousandth of the step,
+    which a bf16 average (8 bits of mantissa) would round away; the weights get it rounded when it is applied."""
+    import torch
+
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def _leaves_gpu(param: torch.Tensor, shadow: torch.Tensor) -> bool:

@@ -55,6 +55,8 @@ def _config(family: str, setting: dict[str, Any], tiny: str | None = None, resol
     }
     if "quantised" in setting:
         settings["parts"] = {get_family(family).denoiser.name: {"weight_dtype": setting["quantised"]}}
+    if "parts" in setting:
+        settings["parts"] = setting["parts"]
     return validate(settings, check_paths=False)
 
 
@@ -166,6 +168,27 @@ def test_a_foreach_step_counts_its_temporaries_where_they_exceed_the_activations
 
     per_tensor = _config(family, {**setting, "training": {"gradient_checkpointing": True}}, resolution=64)
     assert not [line for line in estimate_memory(per_tensor).gpu if "temporaries" in line.what], "fused: none"
+
+
+def test_the_moving_average_counts_as_fp32_where_it_lives() -> None:
+    """An fp32 copy of every trained tensor (bf16 ones too): beside the weights, or in CPU memory."""
+
+    def lines(estimate: Any, kind: str) -> tuple[int, int]:
+        return tuple(sum(line.bytes for line in side if line.kind == kind) for side in (estimate.gpu, estimate.cpu))
+
+    full = {
+        "method": "full",
+        "model": {"dtype": "fp32"},
+        "parts": {"unet": {"weight_dtype": "bf16", "offload_blocks": 2}},
+        "training": {"gradient_checkpointing": True, "stochastic_rounding": True},
+    }
+    plain = estimate_memory(_config("sd15", full))
+    gpu_trained, cpu_trained = lines(plain, "trained")  # bf16: two bytes an element
+    assert lines(plain, "average") == (0, 0)
+    beside = _config("sd15", {**full, "training": {**full["training"], "ema": {"enabled": True}}})
+    assert lines(estimate_memory(beside), "average") == (2 * gpu_trained, 2 * cpu_trained)
+    in_cpu = _config("sd15", {**full, "training": {**full["training"], "ema": {"enabled": True, "device": "cpu"}}})
+    assert lines(estimate_memory(in_cpu), "average") == (0, 2 * (gpu_trained + cpu_trained))
 
 
 def test_the_counter_counts_storages_while_they_live() -> None:

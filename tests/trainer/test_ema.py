@@ -22,6 +22,26 @@ def test_update_moves_the_average_by_one_minus_decay() -> None:
     assert torch.equal(ema.shadow[1], torch.ones(2, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_average_of_half_precision_weights_is_kept_in_fp32_and_moves(dtype: torch.dtype) -> None:
+    """At decay 0.999 an update moves the average by a thousandth of the weight's step: below half a bf16 step
+    of the weight, so a bf16 average would never move (the `sdxl-full-12gb` preset's bf16 weights)."""
+    weight = torch.nn.Parameter(torch.ones(4, dtype=dtype))
+    ema = ModelEma([weight], decay=0.999)
+    with torch.no_grad():
+        weight.fill_(1.0078125)  # one bf16 step above 1
+    for step in range(1, 101):
+        ema.update(step)
+    (shadow,) = ema.shadow
+    assert shadow.dtype == torch.float32
+    expected = 1.0 + 0.0078125 * (1 - 0.999**100)
+    assert shadow.tolist() == pytest.approx([expected] * 4, rel=1e-6)
+    with ema.applied():
+        assert weight.dtype == dtype
+        assert torch.equal(weight.detach(), shadow.to(dtype))
+    assert torch.equal(weight.detach(), torch.full((4,), 1.0078125, dtype=dtype))
+
+
 def test_update_only_every_n_steps() -> None:
     params = _params()
     ema = ModelEma(params, decay=0.5, update_every=3)
