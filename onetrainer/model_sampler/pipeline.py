@@ -100,9 +100,9 @@ def _decode(vae: Any, scaled: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def moved_to(model: DiffusionModel, names: Sequence[str], device: torch.device) -> Iterator[None]:
     """The components `names` on `device` for the block, then back where they were: a cached run keeps its frozen
-    text encoders and VAE in CPU memory, and a preview takes each to the GPU only while it runs (T5-XXL beside
-    a denoising FLUX.1 would not fit a 12 GB card). A component split across devices is left alone
-    (`single_device`)."""
+    text encoders and VAE in CPU memory, and a preview takes each to the GPU only while it runs (a 9 GB text
+    encoder beside a denoising 12 B transformer would not fit a 12 GB card). A component split across devices
+    is left alone (`single_device`)."""
     homes = {name: single_device(model.components[name]) for name in names}
     for name, home in homes.items():
         if home is not None:

@@ -172,27 +172,22 @@ class DiffusionSetup:
                     hint="Leave dropout at 0 for this part, or drop whole captions (the concepts' caption dropout).",
                 )
 
-    def _drop_conditioning(
-        self, conditioning: dict[str, torch.Tensor], generator: torch.Generator, batch_size: int
-    ) -> dict[str, torch.Tensor]:
-        """Each sample loses each dropping encoder's conditioning (zeroed) with that encoder's chance, drawn
-        from the step's generator after the objective's draws, encoder by encoder in the family's order."""
+    def _conditioning_kept(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+        """Which samples keep each conditioning key (caption dropout): each sample loses each dropping encoder's
+        outputs with that encoder's chance, drawn from the step's generator after the objective's draws, encoder
+        by encoder in the family's order. Empty when nothing drops."""
         import torch
 
         rates = self._dropout()
         if not rates or not self._training:
-            return conditioning
+            return {}
         sources = self._require_conditioner().sources
-        dropped = dict(conditioning)
+        kept: dict[str, torch.Tensor] = {}
         for name, rate in rates.items():
-            draws = torch.rand(batch_size, generator=generator, device=generator.device)
-            keep = draws >= rate
+            keep = torch.rand(batch_size, generator=generator, device=generator.device) >= rate
             for key in sources[name]:
-                # to the draws' device (the step's), not the draws to a cached tensor's CPU: that copy would wait
-                tensor = dropped[key].to(keep.device, non_blocking=True)
-                mask = keep.reshape(-1, *([1] * (tensor.ndim - 1)))
-                dropped[key] = tensor * mask.to(tensor.dtype)
-        return dropped
+                kept[key] = keep & kept[key] if key in kept else keep
+        return kept
 
     def _fully_trained(self) -> list[str]:
         return self.trained_parts() if self.config.method is TrainingMethod.FULL else []
@@ -340,27 +335,35 @@ class DiffusionSetup:
             encode = conditioner.encode_for_training if trained else conditioner.encode_on_device
             conditioning = encode(list(batch["captions"]))
         noised: Noised = self._require_objective()(latents, generator, image_seq_len=self.image_seq_len(latents))
-        conditioning = self._drop_conditioning(conditioning, generator, int(latents.shape[0]))
+        kept = self._conditioning_kept(generator, int(latents.shape[0]))
+        conditioning = _dropped(conditioning, kept)
         with self._memory_context():
             prediction = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         target = noised.target
         prior = batch.get("is_prior") if self._prior_concepts else None
         if prior is not None and _any_on_host(prior):
-            target = self._prior_target(noised, conditioning, batch, prior.to(target.device, non_blocking=True))
+            target = self._prior_target(noised, conditioning, batch, prior.to(target.device, non_blocking=True), kept)
         return {"prediction": prediction, "target": target, "weights": noised.weights}
 
     def _prior_target(
-        self, noised: Noised, conditioning: dict[str, torch.Tensor], batch: Batch, prior: torch.Tensor
+        self,
+        noised: Noised,
+        conditioning: dict[str, torch.Tensor],
+        batch: Batch,
+        prior: torch.Tensor,
+        kept: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        """Prior-preservation samples learn what the model without its LoRA predicts for the same input
-        (their caption encoded without it too); the others keep the objective's target."""
+        """Prior-preservation samples learn what the model without its LoRA predicts for the same input (their
+        caption encoded without it too, and dropped where the trained pass's was); the others keep the
+        objective's target."""
         import torch
 
         if self.lora is None:
             raise UserError("prior-preservation concepts need a LoRA to preserve the model from (method: lora)")
         with torch.no_grad(), adapters_disabled(self.model, self.lora):
             if self.text_encoder() is None:
-                conditioning = self._require_conditioner().encode_for_training(list(batch["captions"]))
+                encoded = self._require_conditioner().encode_for_training(list(batch["captions"]))
+                conditioning = _dropped(encoded, kept)
             with self._memory_context():
                 base = self.hooks.denoise(self.model, noised.noisy, noised.timesteps, conditioning, batch)
         mask = prior.reshape(-1, *([1] * (noised.target.ndim - 1)))
@@ -421,3 +424,13 @@ def _any_on_host(flags: torch.Tensor) -> bool:
 
     with unset_fake_temporarily():
         return bool(flags.any())
+
+
+def _dropped(conditioning: dict[str, torch.Tensor], kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`conditioning` with the samples `kept` says lose a key zeroed there (moved to the masks' device, the
+    step's: moving the masks to a cached tensor's CPU instead would wait for the GPU)."""
+    dropped = dict(conditioning)
+    for key, keep in kept.items():
+        tensor = dropped[key].to(keep.device, non_blocking=True)
+        dropped[key] = tensor * keep.reshape(-1, *([1] * (tensor.ndim - 1))).to(tensor.dtype)
+    return dropped

@@ -43,7 +43,7 @@ def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
 @contextlib.contextmanager
 def frozen_encoding(device: torch.device) -> Iterator[None]:
     """A frozen encoder's pass as the cache runs it: no gradients, and not under a training step's autocast,
-    which would run it in another dtype than its own (the SDXL VAE and T5 overflow in fp16)."""
+    which would run it in another dtype than its own (some VAEs and text encoders overflow in fp16)."""
     import torch
 
     with torch.no_grad(), torch.autocast(device.type, enabled=False):

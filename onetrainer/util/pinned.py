@@ -2,7 +2,7 @@
 
 torch's pinned allocator rounds every allocation up to a power of two (unless `PYTORCH_CUDA_ALLOC_CONF`
 sets `pinned_max_round_threshold_mb`, torch 2.13 on), so pinning a model tensor by tensor can take up to
-twice its size in RAM: FLUX.1's 75 MiB projections take 128 MiB each. `pinned_copies` packs a group of
+twice its size in RAM: a 75 MiB projection takes 128 MiB. `pinned_copies` packs a group of
 tensors into one ordinary CPU buffer of their summed size (each aligned to `ALIGNMENT` bytes) and
 page-locks it with `cudaHostRegister`, as torch's distributed checkpoint stager does; the copies are
 views into it, pinned as far as torch can tell (`is_pinned`, copies without waiting). The buffer covers

@@ -271,3 +271,28 @@ def test_a_dora_backup_does_not_continue_on_the_other_axis() -> None:
     other = _setup(method="lora", lora={"rank": 2, "targets": "attn", "type": "dora"}, saving={"format": "peft"})
     with pytest.raises(UserError, match="do not match this run"):
         other.load_trainable_state_dict(state)
+
+
+def test_a_prior_samples_target_sees_the_conditioning_its_trained_pass_saw() -> None:
+    """With a LoRA on the text encoder its captions are encoded again for the target (without the LoRA); where
+    caption dropout zeroed the trained pass's conditioning, the target's is zeroed too, or the LoRA would learn
+    to draw the caption from empty conditioning, which classifier-free guidance relies on."""
+    prior = {"concepts": [{"path": "priors", "type": "prior"}]}
+    setup = _setup(
+        method="lora",
+        lora={"rank": 2},
+        data=prior,
+        parts={"text_encoder": {"train": True, "dropout": 1.0}},
+    )
+    setup.train()
+    seen: list[torch.Tensor] = []
+    denoise = setup.hooks.denoise
+
+    def spy(model: Any, noisy: Any, timesteps: Any, conditioning: dict[str, Any], batch: Any) -> Any:
+        seen.append(conditioning["text_hidden"].detach().clone())
+        return denoise(model, noisy, timesteps, conditioning, batch)
+
+    setup.hooks.denoise = spy  # type: ignore[method-assign]
+    setup.predict(_batch(is_prior=torch.tensor([True, True])), torch.Generator().manual_seed(0))
+    assert len(seen) == 2, "the trained pass, then the target's pass without the LoRA"
+    assert all(not conditioning.any() for conditioning in seen)
