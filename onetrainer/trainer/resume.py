@@ -127,10 +127,21 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
 
 
+def _dora_format_change(saved: dict[str, Any], current: dict[str, Any]) -> list[ConfigProblem]:
+    """A DoRA's magnitudes are trained along the axis its save format's loaders read them on
+    (`model.adapters.dora`), so for a DoRA `saving.format` decides what trains."""
+    dora = saved.get("method") == "lora" and (saved.get("lora") or {}).get("type") == "dora"
+    was, now = ((config.get("saving") or {}).get("format") for config in (saved, current))
+    if not dora or was == now:
+        return []
+    message = f"was {was!r} in the backup, now {now!r}: a DoRA's magnitudes are trained along the axis its format reads"
+    return [ConfigProblem("saving.format", message)]
+
+
 def check_resume_compatible(config: TrainConfig, backup_config_yaml: str, *, where: str) -> None:
     saved = _with_defaults(yaml.safe_load(backup_config_yaml) or {})
     current = config.model_dump(mode="json")
-    problems = differing_keys(saved, current)
+    problems = [*differing_keys(saved, current), *_dora_format_change(saved, current)]
     if not problems:
         return
     listing = "\n".join(f"  • {problem}" for problem in problems)

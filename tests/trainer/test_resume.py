@@ -45,6 +45,16 @@ def test_changes_to_what_is_trained_are_refused_with_every_key(tmp_path: Path) -
     assert error.value.where == "backups/step-00000010"
 
 
+def test_a_doras_save_format_decides_what_it_trains_so_it_may_not_change(tmp_path: Path) -> None:
+    """The magnitudes train along the axis the format's loaders read (peft: per output, kohya: per input)."""
+    saved = dump_config(_config(tmp_path, "lora.type=dora", "saving.format=kohya"))
+    with pytest.raises(UserError) as error:
+        check_resume_compatible(_config(tmp_path, "lora.type=dora", "saving.format=peft"), saved, where="backup")
+    assert "saving.format: was 'kohya' in the backup, now 'peft'" in error.value.message
+    lora = dump_config(_config(tmp_path, "saving.format=kohya"))
+    check_resume_compatible(_config(tmp_path, "saving.format=peft"), lora, where="backup")
+
+
 def test_optimisation_settings_may_change(tmp_path: Path) -> None:
     saved = dump_config(_config(tmp_path))
     retuned = _config(
