@@ -1,8 +1,11 @@
-"""What we already know about each file, remembered by (size, mtime) so later runs skip the work.
+"""What we already know about each file, remembered by its stat so later runs skip the work.
 
 Verifying that every image decodes and hashing its bytes (for content-keyed cache entries) cost one
-full read per file. A record is reused only while the file's size and modification time are
-unchanged; any change makes it stale and the work is redone for that file alone.
+full read per file. A record is reused only while the file's size, modification and change times and
+inode are unchanged; any change makes it stale and the work is redone for that file alone. The change
+time is what a copy that keeps modification times (`cp -p`, `rsync -t`, unpacking an archive) cannot
+restore: with size and modification time alone, an image replaced that way kept its old hash, and the
+cache served the old image's latents.
 """
 
 from __future__ import annotations
@@ -38,10 +41,16 @@ class FileMemo:
         """The file's record, reset to empty if the file changed since it was written."""
         stat = file.stat()
         key = str(file.resolve())
+        identity = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "ctime_ns": stat.st_ctime_ns,
+            "ino": stat.st_ino,
+        }
         with self._lock:
             current = self._records.get(key)
-            if current is None or current.get("size") != stat.st_size or current.get("mtime_ns") != stat.st_mtime_ns:
-                current = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            if current is None or any(current.get(name) != value for name, value in identity.items()):
+                current = identity
                 self._records[key] = current
                 self._dirty = True
             return current

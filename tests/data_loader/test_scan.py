@@ -199,3 +199,24 @@ def test_an_empty_concept_folder_is_named_in_a_warning(tmp_path: Path, image_dat
     _scan(DataConfig(concepts=[{"path": image_dataset_dir}, {"path": empty, "name": "dogs"}]), events=events)
     warned = [event.message for event in events if event.kind == "warning"]
     assert warned == [f"concept 'dogs' (data.concepts.1) holds no images: {empty}"]
+
+
+def test_a_file_replaced_with_its_old_size_and_mtime_is_hashed_again(tmp_path: Path) -> None:
+    """`cp -p`, `rsync -t` and unpacking an archive keep modification times: the change time tells the copy."""
+    import os
+    import time
+
+    from onetrainer.data_loader.memo import content_hash
+
+    image = tmp_path / "a.bmp"
+    image.write_bytes(b"red-" * 16)
+    memo = FileMemo(tmp_path / "memo.json")
+    before = content_hash(image, memo)
+    stat = image.stat()
+    time.sleep(0.01)
+    replacement = tmp_path / "b.bmp"
+    replacement.write_bytes(b"grn-" * 16)
+    os.replace(replacement, image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert content_hash(image, memo) != before
