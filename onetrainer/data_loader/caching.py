@@ -138,7 +138,10 @@ class CacheFiller:
             try:
                 results.append((draw, key, self.pipeline.image(draw, ("pixels", "mask"))))
             except UnreadableImage as exc:
-                results.append((draw, key, Skipped(exc.path, exc.reason)))
+                # the sample's path, not the mask's: the sample is what is dropped from the plan
+                image = self.plan.samples[draw.sample].path
+                reason = exc.reason if exc.path == image else f"{exc.reason} ({exc.path})"
+                results.append((draw, key, Skipped(image, reason)))
         return results
 
     def images(self, encoder: ImageEncoder, hashes: dict[str, str], stats: CacheStats) -> CacheIndex:

@@ -107,7 +107,9 @@ def _check_concept_file(scan: ConceptScan, problems: list[ConfigProblem]) -> Non
         problems.append(ConfigProblem(f"data.concepts.{scan.index}.caption.concept_file", "the file has no captions"))
 
 
-def _classify(scan: ConceptScan, path: Path, header: ImageHeader | Skipped, root: Path) -> None:
+def _classify(
+    scan: ConceptScan, path: Path, header: ImageHeader | Skipped, root: Path, memo: FileMemo, verify: bool
+) -> None:
     config = scan.config
     if isinstance(header, Skipped):
         scan.skipped.append(header)
@@ -132,6 +134,11 @@ def _classify(scan: ConceptScan, path: Path, header: ImageHeader | Skipped, root
     if header.frames > 1:
         scan.notes.append(f"animated ({header.frames} frames), first frame used: {path}")
     mask_path = mask_path_for(path)
+    if mask_path is not None and verify:
+        mask = _header(mask_path, memo, verify)
+        if isinstance(mask, Skipped):
+            scan.skipped.append(Skipped(path, f"its mask {mask_path.name} is {mask.reason}"))
+            return
     scan.masks_found += mask_path is not None
     sample_id = f"{scan.label}/{path.relative_to(root).as_posix()}"
     scan.samples.append(Sample(sample_id, scan.index, path, header.height, header.width, mask_path, caption_path))
@@ -170,7 +177,7 @@ def scan_concepts(
         headers = _headers([path for _, path in jobs], memo, data.verify_images, pool if workers > 0 else None)
         for done, ((scan, path), header) in enumerate(zip(jobs, headers, strict=True), 1):
             skipped_before = len(scan.skipped)
-            _classify(scan, path, header, scan.config.path)
+            _classify(scan, path, header, scan.config.path, memo, data.verify_images)
             for item in scan.skipped[skipped_before:]:
                 progress(LoaderEvent("warning", "scan", done, len(jobs), f"skipped {item.path}: {item.reason}"))
             progress(LoaderEvent("progress", "scan", done, len(jobs)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -251,3 +252,23 @@ def test_cached_mask_augmentation_equals_the_uncached_one(make_config, image_dat
         assert a["sample_ids"] == b["sample_ids"]
         assert torch.allclose(a["latents"], encoder.encode(b["pixels"])["latents"], atol=1e-6)
         assert torch.allclose(a["mask"].float(), b["mask"].float(), atol=1e-6)
+
+
+def test_a_corrupt_mask_found_while_caching_drops_its_image(
+    make_config, image_dataset_dir: Path, tmp_path: Path
+) -> None:
+    """Not verified up front, the mask fails to decode in the caching pass: its image is dropped (a warning names
+    the mask), and the batches hold the others, with every entry they need."""
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    mask = folder / "img-000-masklabel.png"
+    mask.write_bytes(mask.read_bytes()[:40])
+    config = make_config(concepts=[{"path": folder}], data={"verify_images": False}, training={"batch_size": 1})
+    events: list[Any] = []
+    with build_data_loader(
+        config, image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder(), progress=events.append
+    ) as loader:
+        loader.fill_cache()
+        samples = [sample_id for batch in loader.batches(0) for sample_id in batch["sample_ids"]]
+    assert len(samples) == 7
+    assert not any(sample.endswith("img-000.png") for sample in samples)
+    assert any("img-000-masklabel.png" in (event.message or "") for event in events if event.kind == "warning")

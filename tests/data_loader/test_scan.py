@@ -220,3 +220,16 @@ def test_a_file_replaced_with_its_old_size_and_mtime_is_hashed_again(tmp_path: P
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     assert content_hash(image, memo) != before
+
+
+def test_an_image_whose_mask_is_corrupt_is_skipped_naming_the_mask(image_dataset_dir: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    mask = folder / "img-000-masklabel.png"
+    mask.write_bytes(mask.read_bytes()[:40])
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder}]))
+    (skipped,) = scan.skipped
+    assert skipped.path == folder / "img-000.png"
+    assert "img-000-masklabel.png" in skipped.reason
+    assert len(scan.samples) == 7
+    (unverified,) = _scan(DataConfig(concepts=[{"path": folder}], verify_images=False))
+    assert len(unverified.samples) == 8, "unverified, the mask is found when the cache decodes it"
