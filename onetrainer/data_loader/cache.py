@@ -14,6 +14,12 @@ whatever else changed. Each entry is written atomically, so a killed caching pas
 complete entries and the next pass encodes only what is missing. The manifest remembers which
 source file each entry came from, so entries of removed or changed files can be pruned; nothing
 else is ever deleted unless `clear()` is asked for.
+
+Pruning never deletes an entry in use: neither one this run found or wrote (a moved dataset's entries
+still match; a caption shared by several images is recorded under one of them), nor one another live run
+on the same cache folder uses. Each run lists its entries in a lease (`leases/<pid>@<host>.json`) from the
+end of its caching pass until it closes; a lease of a process gone from this machine is removed, and one
+of another machine is honoured until it is `LEASE_DAYS` old.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from onetrainer.util.atomic import atomic_write_text, save_safetensors
+from onetrainer.util.atomic import atomic_write_text, process_tag, save_safetensors, tagged_process_gone
 from onetrainer.util.errors import RuntimeFailure
 
 if TYPE_CHECKING:
@@ -36,6 +42,8 @@ IMAGE_PIPELINE_VERSION = 1
 
 MANIFEST_VERSION = 1
 Kind = Literal["image", "text"]
+LEASE_DAYS = 30
+"""How long a lease of another machine's run is honoured (its process cannot be checked from here)."""
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -83,6 +91,8 @@ class CacheStore:
         self._lock = threading.Lock()
         self._manifest_path = root / "manifest.json"
         self._entries: dict[str, dict[str, str]] = {}
+        self._used: set[str] = set()
+        """Keys this run found or wrote: what its batches read."""
         self._dirty = False
         if self._manifest_path.is_file():
             try:
@@ -115,13 +125,17 @@ class CacheStore:
         save_safetensors(tensors, self.entry_path(kind, key), metadata={"source": str(source)})
         with self._lock:
             self._entries[key] = {"kind": kind, "source": str(source.resolve()), "content": content}
+            self._used.add(key)
             self._dirty = True
 
     def remember(self, kind: Kind, key: str, *, source: Path, content: str) -> None:
-        """Record an entry found on disk but missing from the manifest (a pass killed before saving it)."""
+        """Record an entry found on disk as this run's, from `source` (a pass killed before saving the manifest
+        left it out; a moved dataset recorded it under the old path)."""
+        record = {"kind": kind, "source": str(source.resolve()), "content": content}
         with self._lock:
-            if key not in self._entries:
-                self._entries[key] = {"kind": kind, "source": str(source.resolve()), "content": content}
+            self._used.add(key)
+            if self._entries.get(key) != record:
+                self._entries[key] = record
                 self._dirty = True
 
     @property
@@ -138,7 +152,10 @@ class CacheStore:
         removed = 0
         with self._lock:
             entries = list(self._entries.items())
+            protected = self._used | self._leased_by_others()
         for key, entry in entries:
+            if key in protected:
+                continue
             source = entry["source"]
             known = current.get(source)
             if known is not None:
@@ -152,6 +169,36 @@ class CacheStore:
                     self._dirty = True
                 removed += 1
         return removed
+
+    def publish_lease(self) -> None:
+        """List the entries this run uses where other runs' pruning sees them (see the module docstring)."""
+        with self._lock:
+            text = json.dumps(sorted(self._used))
+        atomic_write_text(self._lease_path(), text)
+
+    def release_lease(self) -> None:
+        self._lease_path().unlink(missing_ok=True)
+
+    def _lease_path(self) -> Path:
+        return self.root / "leases" / f"{process_tag()}.json"
+
+    def _leased_by_others(self) -> set[str]:
+        import time
+
+        keys: set[str] = set()
+        folder = self.root / "leases"
+        for lease in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if lease == self._lease_path():
+                continue
+            try:
+                expired = time.time() - lease.stat().st_mtime > LEASE_DAYS * 86400
+                if tagged_process_gone(lease.stem) or expired:
+                    lease.unlink(missing_ok=True)
+                    continue
+                keys.update(json.loads(lease.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                continue
+        return keys
 
     def save_manifest(self) -> None:
         with self._lock:

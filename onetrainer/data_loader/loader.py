@@ -239,6 +239,7 @@ class DataLoader:
         finally:
             self.store.save_manifest()
             self.memo.save()
+        self.store.publish_lease()
         self._index = index
         self._batch_builder = None
         if stats.failed:
@@ -345,6 +346,7 @@ class DataLoader:
     def close(self) -> None:
         self._close_stream()
         self.pool.close()
+        self.store.release_lease()
 
     def __enter__(self) -> DataLoader:
         return self

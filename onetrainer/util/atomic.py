@@ -184,6 +184,17 @@ def save_safetensors(
     write_safetensors_stream(path, state_dict_stream(tensors), metadata)
 
 
+def process_tag() -> str:
+    """`<pid>@<host>`: names this process in files other processes read (temporaries, cache leases)."""
+    return f"{os.getpid()}@{_HOST}"
+
+
+def tagged_process_gone(tag: str) -> bool:
+    """Whether the process a `process_tag` names has ended (only knowable on its own POSIX host)."""
+    pid, _, host = tag.partition("@")
+    return pid.isdigit() and _writer_gone(int(pid), host)
+
+
 def _writer_gone(pid: int, host: str) -> bool:
     """Whether the process that named a temporary has ended (only knowable on its own POSIX host)."""
     if host != _HOST or os.name != "posix":

@@ -272,3 +272,62 @@ def test_a_corrupt_mask_found_while_caching_drops_its_image(
     assert len(samples) == 7
     assert not any(sample.endswith("img-000.png") for sample in samples)
     assert any("img-000-masklabel.png" in (event.message or "") for event in events if event.kind == "warning")
+
+
+def test_a_caption_entry_shared_with_a_removed_image_stays_for_the_others(make_config, image_copy: Path) -> None:
+    """Identical captions share one entry, recorded under one of their images; removing that image leaves an
+    entry the others still read."""
+    for caption in image_copy.glob("*.txt"):
+        caption.write_text("the same caption")
+    config = make_config(concepts=[{"path": image_copy}], training={"batch_size": 1})
+    first, _, _ = _fill(config)
+    assert first.texts_encoded == 1
+    for name in ("img-000.png", "img-000.txt", "img-000-masklabel.png"):
+        (image_copy / name).unlink()
+    with build_data_loader(config, image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder()) as loader:
+        stats = loader.fill_cache()
+        batches = list(loader.batches(0))
+    assert (stats.texts_found, stats.texts_encoded, stats.pruned) == (7, 0, 1), "only the removed image's entry"
+    assert len(batches) == 7
+    assert all("text_hidden" in batch for batch in batches)
+
+
+def test_a_moved_dataset_keeps_its_entries(make_config, image_copy: Path, tmp_path: Path) -> None:
+    """Its entries still match (content, not paths, keys them), so pruning must not delete them as entries of
+    files that are gone."""
+    _fill(make_config(concepts=[{"path": image_copy}]))
+    moved = tmp_path / "moved" / image_copy.name
+    moved.parent.mkdir()
+    shutil.move(image_copy, moved)
+    config = make_config(concepts=[{"path": moved}], training={"batch_size": 1})
+    for _ in range(2):
+        with build_data_loader(config, image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder()) as loader:
+            stats = loader.fill_cache()
+            assert len(list(loader.batches(0))) == 8
+        assert (stats.images_found, stats.images_encoded, stats.pruned) == (8, 0, 0)
+
+
+def test_entries_another_live_run_uses_are_not_pruned(make_config, image_copy: Path) -> None:
+    """A run still training on an image's old content keeps its entry while its lease says so; once its
+    process is gone (here: a lease of a pid that no longer exists), the entry is pruned."""
+    import json
+
+    from onetrainer.util.atomic import process_tag
+
+    config = make_config(concepts=[{"path": image_copy}])
+    with build_data_loader(config, image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder()) as first:
+        first.fill_cache()
+        leases = first.store.root / "leases"
+        (lease,) = leases.glob("*.json")
+        used = json.loads(lease.read_text())
+        lease.rename(leases / "0@elsewhere.json")  # another machine's live run
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(image_copy / "img-000.png")
+        stats, _, _ = _fill(config)
+        assert stats.pruned == 0
+        assert all(first.store.has("image", key) or first.store.has("text", key) for key in used)
+    gone = f"{2**22 + 12345}@{process_tag().partition('@')[2]}"  # this machine, a pid above Linux's maximum
+    (leases / "0@elsewhere.json").rename(leases / f"{gone}.json")
+    stats, _, _ = _fill(config)
+    assert stats.pruned == 1
+    assert not (leases / f"{gone}.json").exists()
+    assert list(leases.glob("*.json")) == [], "each run's own lease goes when it closes"
