@@ -98,6 +98,13 @@ class VaeImageEncoder(_Placed):
         super().__init__(vae, device, dtype, "vae")
         self.part = part
 
+    def _extra_identity(self) -> str:
+        """The factors the latents are scaled and shifted by: the same weights under another config (a
+        `model.vae` override) encode to other latents."""
+        config = self.module.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return f":scale={float(config.scaling_factor)!r}:shift={float(shift)!r}"
+
     def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """float32 latents on the encoder's device, checked to be finite."""
         import torch

@@ -62,3 +62,14 @@ def test_the_caching_pass_stops_and_caches_nothing(shapes_dataset_dir: Path, tmp
     with build_data_loader(config, image_encoder=encoder, quantisation=64) as loader, pytest.raises(NonFiniteLatents):
         loader.fill_cache()
     assert not list((tmp_path / "workspace" / "cache").rglob("*.safetensors")), "no NaN entry was cached"
+
+
+def test_the_cache_identity_changes_with_the_latent_scaling_of_the_same_weights() -> None:
+    """SD's VAE scales latents by 0.18215, SDXL's by 0.13025: one set of weights under either config encodes to
+    other latents, so a shared cache must not take one's entries for the other's."""
+    vae = build_tiny_sdxl_pipeline().vae
+    identities = set()
+    for scaling, shift in ((0.18215, None), (0.13025, None), (0.13025, 0.0609)):
+        vae.register_to_config(scaling_factor=scaling, shift_factor=shift)
+        identities.add(VaeImageEncoder(vae, torch.device("cpu"), torch.float32).identity())
+    assert len(identities) == 3
