@@ -88,6 +88,9 @@ class _RepeatedBatch:
         for _ in range(start, self.count):
             yield dict(self.batch)
 
+    def fingerprint(self) -> str:
+        return f"repeated:{self.count}"
+
 
 @dataclass
 class _Ours:

@@ -332,6 +332,16 @@ class DataLoader:
         GPU with `non_blocking=True`, without waiting."""
         return pin_batch(batch) if self.pin_memory else batch
 
+    def fingerprint(self) -> str:
+        """The planned samples (ids, sizes, masks) and steps per epoch: what a resumed run's remaining batches
+        depend on besides the config (an image added or removed since a backup changes them)."""
+        import hashlib
+        import json
+
+        samples = [[item.id, item.height, item.width, item.mask_path is not None] for item in self.plan.samples]
+        text = json.dumps([samples, self.steps_per_epoch], separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
     def state_dict(self) -> dict[str, int]:
         """(epoch, batches of it handed out so far): where `batches` should continue after a resume."""
         return {"epoch": self._epoch, "position": self._position}

@@ -61,6 +61,10 @@ class LoopData(Protocol):
         """The batches of `epoch` this rank trains on, skipping the first `start`."""
         ...
 
+    def fingerprint(self) -> str:
+        """Names the data plan: the same fingerprint and seed give the same batches (backups record it)."""
+        ...
+
 
 @dataclass
 class TrainingParts:

@@ -135,6 +135,8 @@ class Session:
         state = (
             self.run.state_dict(step_snapshot, ranks_rng=ranks_rng, sharded=bool(self.sharded)) if ranks_rng else None
         )
+        if state is not None:
+            state["data"] = self.parts.data.fingerprint()
         path = self.workspace.backups / backup_name(step)
         with together(self.world, "writing a backup"):
             if self.sharded:

@@ -189,6 +189,12 @@ def start_session(
         run.load_state_dict(_restored_state(backup, parts, run), rank=world.rank)
         reapply_settings(run.optimizer, run.scheduler, settings)
         progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
+        if backup.state.get("data", parts.data.fingerprint()) != parts.data.fingerprint():
+            message = (
+                "the data changed since this backup (images added, removed or resized, or dropped as unreadable): "
+                "the run continues on the data as it is now, not with the batches it would have had"
+            )
+            progress({"event": "warning", "message": message})
     step = build_step(
         training,
         run.optimizer,

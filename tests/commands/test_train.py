@@ -560,3 +560,25 @@ def test_a_compiled_run_reports_its_compilation_backs_up_and_resumes(
     losses = [record["loss"] for record in read_metrics(split / "workspace" / "metrics.jsonl")]
     straight_losses = [record["loss"] for record in read_metrics(tmp_path / "straight" / "workspace" / "metrics.jsonl")]
     assert losses == straight_losses
+
+
+def test_a_resume_after_the_data_changed_says_so(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    """The remaining batches depend on the planned images: with one added, the run cannot continue as if never
+    stopped, and a warning says that it continues on the data as it is now."""
+    dataset = Path(shutil.copytree(shapes_dataset_dir, tmp_path / "data"))
+    first = cli(*demo_args(tmp_path, dataset, "training.max_steps=2", "saving.backup_every=2 steps"))
+    assert first.exit_code == 0, first.output
+
+    def resumed(max_steps: int) -> list[str]:
+        args = demo_args(tmp_path, dataset, f"training.max_steps={max_steps}", "--json", "saving.overwrite=true")
+        result = cli(*args, "--resume", "last")
+        assert result.exit_code == 0, result.output
+        return [event["message"] for event in _json_events(result.stdout) if event["event"] == "warning"]
+
+    assert not any("data changed" in message for message in resumed(3))
+    source = next(dataset.glob("*.png"))
+    shutil.copy(source, dataset / f"added{source.suffix}")
+    shutil.copy(source.with_suffix(".txt"), dataset / "added.txt")
+    assert any("data changed since this backup" in message for message in resumed(4))

@@ -115,6 +115,9 @@ class ToyData:
     def fill_cache(self) -> None:
         self.cache_filled = True
 
+    def fingerprint(self) -> str:
+        return f"toy:{self.seed}:{self.batches_per_epoch}:{self.batch_size}"
+
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         for index in range(start, self.batches_per_epoch):
             generator = torch.Generator().manual_seed(self.seed * 10_000 + epoch * 100 + index)
