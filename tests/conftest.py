@@ -257,3 +257,27 @@ def page_locks(monkeypatch: pytest.MonkeyPatch) -> PageLocks:
     monkeypatch.setattr(pinned, "_unregister", locks.unregistered.append)
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda tensor: locks.holds(tensor))
     return locks
+
+
+@pytest.fixture(scope="session")
+def lora_deltas() -> Callable[[dict[str, torch.Tensor], dict[str, float]], dict[str, torch.Tensor]]:
+    """`lora_deltas(tensors, alphas)`: each LoRA module's weight change, (alpha / rank) * up @ down (flattened),
+    and each DoRA magnitude as it is: what a file computes, whichever factor carries the scale."""
+    return _lora_deltas
+
+
+def _lora_deltas(tensors: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        module, param = split_peft_key(key)
+        modules.setdefault(module, {})[param] = tensor
+    deltas: dict[str, torch.Tensor] = {}
+    for module, params in modules.items():
+        down, up = params["lora_A.weight"].float(), params["lora_B.weight"].float()
+        scale = alphas.get(module, down.shape[0]) / down.shape[0]
+        deltas[module] = scale * up.flatten(1) @ down.flatten(1)
+        if "lora_magnitude_vector" in params:
+            deltas[f"{module}.magnitude"] = params["lora_magnitude_vector"]
+    return deltas

@@ -6,8 +6,11 @@ kohya-semantics alpha per module.
   LoHa / LoKr, `.dora_scale` for DoRA), module names as the family names them, what A1111/Forge and
   ComfyUI load.
 - `peft`: the diffusers layout (`unet.<module>.lora_A.weight`) that `load_lora_weights` reads, with
-  each component's LoraConfig in the `lora_adapter_metadata` header so alphas survive. diffusers has
-  no loader for kohya LoHa/LoKr, so those save only as kohya.
+  each component's LoraConfig in the `lora_adapter_metadata` header, each module's scale multiplied
+  into its up factor (`scale_in_up_factor`: ComfyUI and A1111 read no alpha from this layout). diffusers
+  has no loader for kohya LoHa/LoKr, so those save only as kohya.
+Alphas are written in fp32 whatever `saving.dtype` says: loaders scale by the value stored (bf16 keeps
+about three digits: an alpha of 0.3 would load as 0.30078).
 A DoRA is written only in the layout whose loaders compute the weights it was trained with
 (`model.adapters.dora`): magnitudes per input column as kohya, per output row as peft.
 Embeddings: `a1111` (one key per text encoder, as the family names them; trigger word = file name) or
@@ -81,12 +84,46 @@ def write_lora(
                 hint="Save it as kohya (the LyCORIS layout A1111/Forge and ComfyUI load).",
             )
         else:
+            tensors, alphas = scale_in_up_factor(tensors, alphas)
             header = {**metadata, **record, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
             out = to_diffusers_keys(tensors, [component.name for component in spec.text_encoders])
     except KeyMapError as error:
         raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None
-    write_safetensors_stream(output, state_dict_stream(out, dtype), header)
+    cast = {key: tensor if key.endswith(".alpha") else _cast(tensor, dtype) for key, tensor in out.items()}
+    write_safetensors_stream(output, state_dict_stream(cast), header)
     return output
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def scale_in_up_factor(
+    tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The LoRA with each module's scale (alpha / rank) multiplied into its up factor (`lora_B`), and alpha =
+    rank: the same weights, in the form every loader of the peft layout computes. diffusers reads alphas from
+    the header, but ComfyUI and A1111 read only `.alpha` tensors (which diffusers refuses in this layout) and
+    take a scale of 1 without them: a LoRA of alpha 8 and rank 4 loaded there at half its strength. A DoRA's
+    direction is the same with its scale in `lora_B`, so its magnitudes stay as they are."""
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    ranks = {
+        split_peft_key(key)[0]: int(tensor.shape[0])
+        for key, tensor in tensors.items()
+        if split_peft_key(key)[1] == "lora_A.weight"
+    }
+    scaled = dict(tensors)
+    baked = dict(alphas)
+    for key, tensor in tensors.items():
+        module, param = split_peft_key(key)
+        if param != "lora_B.weight" or module not in ranks:
+            continue
+        factor = float(alphas.get(module, ranks[module])) / ranks[module]
+        if factor != 1.0:
+            scaled[key] = tensor * factor
+        baked[module] = float(ranks[module])
+    return scaled, baked
 
 
 def _refuse_row_dora(tensors: Mapping[str, torch.Tensor]) -> None:

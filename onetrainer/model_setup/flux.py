@@ -210,8 +210,8 @@ def check_kohya_layout(model: DiffusionModel, config: TrainConfig) -> None:
             f"a {'LoKr' if kind == 'lokr' else 'DoRA'} on {clashing[0]} (and {len(clashing) - 1} more layers "
             "that BFL's files fuse) has no exact form in the kohya layout this run saves",
             where="saving.format",
-            hint="Save as peft (diffusers keys, which ComfyUI and diffusers load), use lora or loha, or leave the "
-            "attention projections out of the targets (lora.regex)."
+            hint="Save as peft (diffusers keys, which diffusers computes a DoRA from exactly; ComfyUI ignores its "
+            "magnitudes there), use lora or loha, or leave the attention projections out of the targets (lora.regex)."
             if kind == "dora"
             else "Use lora or loha (a LoKr saves in the kohya layout only), or leave the attention projections "
             "and the final modulation out of the targets (lora.regex).",

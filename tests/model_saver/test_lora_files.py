@@ -32,7 +32,7 @@ def _header(path: Path) -> tuple[list[str], dict[str, str]]:
     [("lora", "kohya"), ("lora", "peft"), ("dora", "kohya"), ("dora", "peft"), ("loha", "kohya"), ("lokr", "kohya")],
 )
 def test_round_trip_gives_identical_tensors_and_alphas(
-    lora_model: Callable, tmp_path: Path, kind: str, fmt: str
+    lora_model: Callable, lora_deltas: Callable, tmp_path: Path, kind: str, fmt: str
 ) -> None:
     model = lora_model(kind, fmt=fmt)
     tensors, alphas, saved_kind = lora_from_model(model)
@@ -40,8 +40,14 @@ def test_round_trip_gives_identical_tensors_and_alphas(
     loaded = read_lora_file(path, get_family("sd15"))
     assert saved_kind == loaded.kind == kind
     assert loaded.tensors.keys() == tensors.keys()
-    assert all(torch.equal(loaded.tensors[k], tensors[k]) for k in tensors)
-    assert loaded.alphas == pytest.approx(alphas)
+    if fmt == "kohya":
+        assert all(torch.equal(loaded.tensors[k], tensors[k]) for k in tensors)
+        assert loaded.alphas == pytest.approx(alphas)
+        return
+    # the peft layout carries each scale in the up factor (alpha = rank): the same weights
+    assert set(loaded.alphas.values()) == {4.0}
+    ours, theirs = lora_deltas(tensors, alphas), lora_deltas(loaded.tensors, loaded.alphas)
+    assert all(torch.allclose(theirs[module], delta, rtol=1e-6, atol=0) for module, delta in ours.items())
 
 
 def test_kohya_layout_and_metadata(lora_model: Callable, tmp_path: Path) -> None:
@@ -76,10 +82,13 @@ def test_loha_cannot_be_saved_for_diffusers(lora_model: Callable, tmp_path: Path
         _save(lora_model("loha"), tmp_path / "loha.safetensors", "peft")
 
 
-def test_output_dtype_applies_to_every_tensor(lora_model: Callable, tmp_path: Path) -> None:
+def test_output_dtype_applies_to_every_tensor_but_the_alphas(lora_model: Callable, tmp_path: Path) -> None:
+    """Loaders scale by the alpha stored: in bf16 an alpha of 0.3 would load as 0.30078."""
     path = _save(lora_model("lora"), tmp_path / "half.safetensors", "kohya", dtype="bf16")
     with safe_open(str(path), "pt") as handle:
-        assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
+        dtypes = {key: handle.get_tensor(key).dtype for key in handle.keys()}  # noqa: SIM118
+    assert {dtype for key, dtype in dtypes.items() if not key.endswith(".alpha")} == {torch.bfloat16}
+    assert {dtype for key, dtype in dtypes.items() if key.endswith(".alpha")} == {torch.float32}
 
 
 @pytest.mark.parametrize(("kind", "fmt"), [("lora", "kohya"), ("lora", "peft"), ("dora", "peft")])
@@ -139,3 +148,24 @@ def test_diffusers_refuses_our_lycoris_files_as_the_readme_says(
     loads_in = readme_loads_in("LoHa, LoKr", "kohya")
     assert "load_lora_weights" not in loads_in
     assert "diffusers refuses them" in loads_in
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_a_peft_file_computes_its_weights_without_reading_an_alpha(
+    lora_model: Callable, lora_deltas: Callable, tmp_path: Path, kind: str
+) -> None:
+    """ComfyUI and A1111 read no alpha from the peft layout (only `.alpha` tensors, which diffusers refuses in
+    it) and apply `lora_B @ lora_A` at scale 1: the file carries each scale in `lora_B`, so a LoRA of alpha 8,
+    rank 4 loads at its strength there, not at half of it."""
+    from safetensors.torch import load_file
+
+    from onetrainer.util.keymaps.lora_peft import from_diffusers_keys
+
+    model = lora_model(kind, fmt="peft")
+    tensors, alphas, _ = lora_from_model(model)
+    assert set(alphas.values()) == {8.0}
+    raw = from_diffusers_keys(load_file(_save(model, tmp_path / "lora.safetensors", "peft")))
+    assert not any(key.endswith(".alpha") for key in raw)
+    at_scale_one = lora_deltas(raw, {})
+    for module, delta in lora_deltas(tensors, alphas).items():
+        torch.testing.assert_close(at_scale_one[module], delta, rtol=1e-6, atol=0)

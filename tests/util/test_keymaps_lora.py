@@ -143,7 +143,9 @@ def test_kohya_peft_kohya_round_trip_is_exact(adapted: Adapted) -> None:
     assert peft_alphas == alphas
     again = peft_to_kohya(peft_sd, peft_alphas, _naming(family))
     assert again.keys() == kohya.keys()
-    assert all(torch.equal(again[k], kohya[k]) and again[k].dtype == torch.float16 for k in kohya)
+    assert all(torch.equal(again[k], kohya[k]) and again[k].dtype == torch.float16 for k in kohya if ".alpha" not in k)
+    alphas_again = {k: tensor for k, tensor in again.items() if k.endswith(".alpha")}
+    assert all(tensor.dtype == torch.float32 and tensor == kohya[k].float() for k, tensor in alphas_again.items())
 
 
 def test_alpha_is_a_scalar_and_a_missing_alpha_means_scale_one(adapted_sd15: Adapted) -> None:

@@ -115,8 +115,8 @@ def _kind(params: Mapping[str, torch.Tensor], module: str) -> str:
         what = "this adapter"
     raise KeyMapError(
         f"{module}: {what} on a layer that BFL's files fuse with others (q, k, v) has no exact BFL form",
-        hint="Save it as peft (diffusers keys, which ComfyUI also loads), or leave the fused attention layers out "
-        "of the targets (lora.regex).",
+        hint="Save it as peft (diffusers keys; ComfyUI loads a LoRA from them but ignores a DoRA's magnitudes), or "
+        "leave the fused attention layers out of the targets (lora.regex).",
     )
 
 

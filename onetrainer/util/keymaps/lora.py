@@ -125,7 +125,7 @@ def peft_to_kohya(
             if param == "lora_magnitude_vector":
                 tensor = _magnitude_to_kohya(tensor, params["lora_A.weight"])
             out[f"{name}.{PEFT_TO_KOHYA[param]}"] = tensor
-        out[f"{name}.alpha"] = torch.tensor(joined_alphas[module], dtype=next(iter(params.values())).dtype)
+        out[f"{name}.alpha"] = torch.tensor(joined_alphas[module], dtype=torch.float32)
     return out
 
 
