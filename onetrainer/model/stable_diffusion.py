@@ -235,7 +235,7 @@ SD2 = register_family(
             "STABLE_DIFFUSION_20_BASE",
         ),
         variants={
-            "epsilon": Variant(shipped_config="sd2-512"),
+            "epsilon": Variant(modelspec_architecture="stable-diffusion-v2-512", shipped_config="sd2-512"),
             "v_prediction": Variant(
                 modelspec_architecture="stable-diffusion-v2-768-v", default_resolution=768, shipped_config="sd2-768-v"
             ),

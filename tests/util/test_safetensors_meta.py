@@ -217,3 +217,20 @@ def test_broken_files_raise_a_header_error(tmp_path: Path, content: bytes) -> No
     path.write_bytes(content)
     with pytest.raises(HeaderError):
         read_safetensors_header(path)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "prediction"),
+    [
+        ("stable-diffusion-v2-512", "epsilon"),
+        ("stable-diffusion-v2-512/lora", "epsilon"),
+        ("stable-diffusion-v2-768-v", "v_prediction"),
+    ],
+)
+def test_an_sd2_architecture_names_its_prediction_type(architecture: str, prediction: str) -> None:
+    """Without `modelspec.prediction_type`, the architecture is what tells the 512 epsilon model from the 768 v one."""
+    from onetrainer.util.family import by_modelspec_architecture
+
+    found = by_modelspec_architecture(architecture)
+    assert found is not None
+    assert (found[0].name, found[1]) == ("sd2", prediction)
