@@ -293,3 +293,19 @@ def test_presets_pass_check_as_shipped(name: str, cli: Callable[..., Any]) -> No
     resolved = yaml.safe_load(result.output)
     assert (resolved["model"]["type"], resolved["data"]["resolution"]) == (name.rsplit("-", 1)[0], 1024)
     assert resolved["noise"]["shift"] == 3.0
+
+
+def test_a_folder_converts_to_a_checkpoint_with_t5s_embedding_under_both_names(
+    tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any]
+) -> None:
+    """transformers saves T5's tied embedding once (`shared`); diffusers' `from_single_file` needs
+    `encoder.embed_tokens` too, or leaves it empty."""
+    folder_t5 = load_file(tiny_sd35_large_dir / "text_encoder_3" / "model.safetensors")
+    assert "encoder.embed_tokens.weight" not in folder_t5
+    out = tmp_path / "model.safetensors"
+    result = cli("convert", tiny_sd35_large_dir, out)
+    assert result.exit_code == 0, result.output
+    written = load_file(out)
+    prefix = "text_encoders.t5xxl.transformer."
+    assert torch.equal(written[f"{prefix}encoder.embed_tokens.weight"], written[f"{prefix}shared.weight"])
+    assert torch.equal(written[f"{prefix}shared.weight"], folder_t5["shared.weight"])

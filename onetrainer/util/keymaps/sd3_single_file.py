@@ -155,7 +155,7 @@ class Sd3SingleFile:
             *vae_rows(_vae_layout(keys, diffusers=True)),
             *_text_rows(clip_text_model_is_wrapped(with_projection=True)),
         ]
-        return StreamConverter(KeyTable(rows))
+        return _TiedT5Writer(KeyTable(rows), alias=T5_TIED not in keys)
 
     def reader(self, keys: Iterable[str], *, text_encoder_layers: Mapping[str, int] | None = None) -> StreamConverter:
         """A converter from a checkpoint with these keys (the MMDiT under `model.diffusion_model.` or bare) to
@@ -172,6 +172,25 @@ class Sd3SingleFile:
 
     def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
         return {}
+
+
+T5_SHARED = "text_encoder_3.shared.weight"
+T5_TIED = "text_encoder_3.encoder.embed_tokens.weight"
+
+
+class _TiedT5Writer(StreamConverter):
+    """Writes T5's `shared` table under `encoder.embed_tokens` too where the stream lacks that name: a model's
+    state dict holds both, but a diffusers folder's file only `shared` (transformers saves a tied weight once),
+    and diffusers' `from_single_file` leaves `encoder.embed_tokens` empty without its own key."""
+
+    def __init__(self, table: KeyTable, *, alias: bool) -> None:
+        super().__init__(table)
+        self._alias = alias
+
+    def feed(self, key: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        yield from super().feed(key, tensor)
+        if self._alias and key == T5_SHARED:
+            yield T5_PREFIX + "encoder.embed_tokens.weight", tensor
 
 
 SD3_LAYOUT = Sd3SingleFile()
