@@ -2,7 +2,8 @@
 
 Accepted: a diffusers VAE folder (config.json + weights) or a pipeline folder with `vae/`, a hub id of
 either, or a single weights file in the diffusers or the original (LDM) key layout, with or without
-the `first_stage_model.` prefix. A single file takes its architecture from the base model's VAE.
+the `first_stage_model.` prefix. A single file takes its architecture from the base model's VAE, and
+every source its latent scaling and shift (`load_vae`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 
 
 def load_vae(source: str, base_config: dict[str, Any], dtype: torch.dtype) -> AutoencoderKL:
+    """The replacement VAE, with the base model's latent scaling and shift: they belong to the latents the
+    denoiser was trained on (A1111 and ComfyUI take them from the model, not the VAE), and a VAE folder's own
+    config often says SD 1.x's 0.18215 whatever the VAE (one converted without its config)."""
+    vae = _load_vae(source, base_config, dtype)
+    scaling = {key: base_config.get(key) for key in ("scaling_factor", "shift_factor") if key in base_config}
+    if any(getattr(vae.config, key, None) != value for key, value in scaling.items()):
+        vae.register_to_config(**scaling)
+    return vae
+
+
+def _load_vae(source: str, base_config: dict[str, Any], dtype: torch.dtype) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     kind = source_kind(source, where="model.vae")

@@ -84,6 +84,17 @@ def test_a_separate_vae_folder_replaces_the_base_vae(tiny_sdxl_dir: Path, tmp_pa
     assert not torch.equal(model.vae.encoder.conv_in.weight, load_model(tiny_sdxl_dir).vae.encoder.conv_in.weight)
 
 
+def test_a_separate_vae_takes_the_base_models_latent_scaling(tiny_sdxl_dir: Path, tmp_path: Path) -> None:
+    """A VAE folder converted without its config says SD 1.x's 0.18215; the denoiser's latents are SDXL's, and
+    a folder and a file of the same weights must not give other latents."""
+    other = build_tiny_sdxl_pipeline(seed=5).vae
+    other.register_to_config(scaling_factor=0.18215)
+    other.save_pretrained(tmp_path / "vae")
+    base = load_model(tiny_sdxl_dir).vae.config.scaling_factor
+    assert base != 0.18215
+    assert load_model(tiny_sdxl_dir, vae=str(tmp_path / "vae")).vae.config.scaling_factor == base
+
+
 def test_a_separate_vae_file_in_the_original_layout(tiny_sdxl_dir: Path, tmp_path: Path) -> None:
     """Like sdxl_vae.safetensors / the fp16-fix VAE as one file: LDM key names."""
     other = build_tiny_sdxl_pipeline(seed=5).vae
