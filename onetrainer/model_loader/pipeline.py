@@ -395,7 +395,13 @@ def assemble(
 
 def _place(module: Any, device: str, dtype: torch.dtype) -> Any:
     """Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one. A quantised component
-    keeps its compute dtype."""
+    keeps its compute dtype; T5 keeps its fp32 layers under fp16 (`placement.kept_in_fp32`)."""
+    import torch
+
+    from onetrainer.model_setup.placement import kept_in_fp32
+
     if module_storage(module) is None and module.dtype != dtype:
         module = module.to(dtype=dtype)
+    for layer in kept_in_fp32(module) if dtype == torch.float16 and module_storage(module) is None else []:
+        torch.nn.Module.to(layer, dtype=torch.float32)
     return module.to(device)

@@ -168,20 +168,38 @@ def place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtyp
     """
     import torch
 
-    if not _placed(module, torch.device(device), dtype):
+    kept = kept_in_fp32(module) if dtype == torch.float16 else []
+    if not _placed(module, torch.device(device), dtype, kept):
         torch.nn.Module.to(module, device=device, dtype=dtype)
+        for layer in kept:
+            torch.nn.Module.to(layer, dtype=torch.float32)
 
 
-def _placed(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
-    """Whether every tensor of `module` is on `device` and, if floating point, of `dtype` (when given)."""
+def kept_in_fp32(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers a transformers model keeps in fp32 when it runs in fp16 (`_keep_in_fp32_modules`: T5's `wo`,
+    whose activations overflow fp16), as its own `from_pretrained(torch_dtype=float16)` does."""
+    names = set(getattr(module, "_keep_in_fp32_modules", None) or ())
+    return [layer for path, layer in module.named_modules() if names & set(path.split("."))]
+
+
+def _placed(
+    module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None, kept: list[torch.nn.Module]
+) -> bool:
+    """Whether every tensor of `module` is on `device` and, if floating point, of `dtype` (when given; fp32 in
+    the `kept` layers)."""
     import itertools
 
     import torch
 
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return all(
-        tensor.device == device
-        and (dtype is None or not (tensor.is_floating_point() or tensor.is_complex()) or tensor.dtype == dtype)
-        for tensor in itertools.chain(module.parameters(), module.buffers())
-    )
+    in_fp32 = {id(tensor) for layer in kept for tensor in itertools.chain(layer.parameters(), layer.buffers())}
+
+    def placed(tensor: torch.Tensor) -> bool:
+        if tensor.device != device:
+            return False
+        if dtype is None or not (tensor.is_floating_point() or tensor.is_complex()):
+            return True
+        return tensor.dtype == (torch.float32 if id(tensor) in in_fp32 else dtype)
+
+    return all(placed(tensor) for tensor in itertools.chain(module.parameters(), module.buffers()))

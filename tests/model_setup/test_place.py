@@ -49,3 +49,21 @@ def test_a_component_with_any_tensor_elsewhere_is_moved(moves: list[torch.nn.Mod
     place(module, "cpu", torch.bfloat16)
     assert moves == [module, module]
     assert module[1].weight.dtype == torch.bfloat16
+
+
+def test_in_fp16_a_t5_keeps_its_fp32_layers_and_counts_as_placed(moves: list[torch.nn.Module]) -> None:
+    """transformers keeps T5's `wo` in fp32 under fp16 (its activations overflow fp16); casting the whole
+    component, as the placement does, would undo that."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    t5 = T5EncoderModel(config)
+    place(t5, "cpu", torch.float16)
+    kept = {name for name, param in t5.named_parameters() if param.dtype == torch.float32}
+    assert kept == {f"encoder.block.{n}.layer.1.DenseReluDense.wo.weight" for n in range(2)}
+    assert {param.dtype for name, param in t5.named_parameters() if name not in kept} == {torch.float16}
+    moved = list(moves)
+    place(t5, "cpu", torch.float16)
+    assert moves == moved, "in place the second time"
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(t5(ids).last_hidden_state).all()
