@@ -245,7 +245,8 @@ def write_sharded_backup(
             folder = broadcast_object(world, None)
             if folder is None:
                 raise RuntimeFailure(f"rank 0 could not create the backup folder {target}")
-        dcp.save(payload, checkpoint_id=Path(folder) / SHARDS_FOLDER)
+        with _checkpoint_errors("the sharded backup could not be written", Path(folder)):
+            dcp.save(payload, checkpoint_id=Path(folder) / SHARDS_FOLDER)
         if world.is_main and state is not None:
             write_backup_files(
                 Path(folder),
@@ -268,7 +269,9 @@ def load_sharded_backup(
 
     initialise_optimizer_state(optimizer)
     payload = sharded_payload(setup, optimizer, ema)
-    dcp.load(payload, checkpoint_id=path / SHARDS_FOLDER)
+    check_shard_metadata(path / SHARDS_FOLDER)
+    with _checkpoint_errors(f"the sharded backup {path} cannot be loaded", path):
+        dcp.load(payload, checkpoint_id=path / SHARDS_FOLDER, planner=_checked_planner())
     restored = dict(state)
     restored["optimizer"] = {
         "state": {int(index): values for index, values in payload["optimizer"].items()},
@@ -278,6 +281,89 @@ def load_sharded_backup(
         shadow = [payload["ema"][str(index)] for index in range(len(ema.shadow))]
         restored["ema"] = {"shadow": shadow, "updates": state["ema"]["updates"]}
     return restored
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(what: str, where: Path) -> Iterator[None]:
+    """torch's checkpoint failures as our errors: they derive from `BaseException` (past every `except
+    Exception`) and wrap each rank's error, ours included, in a traceback dump."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as error:
+        failures = [failure for failure, _ in error.failures.values()]
+        ours = next((failure for failure in failures if isinstance(failure, UserError)), None)
+        if ours is not None:
+            raise ours from None
+        reasons = "; ".join(sorted({f"{type(failure).__name__}: {failure}" for failure in failures}))
+        raise RuntimeFailure(f"{what}: {reasons}", where=str(where)) from None
+
+
+def check_shard_metadata(folder: Path) -> None:
+    """Refuse shards whose `.metadata` would build anything but checkpoint metadata.
+
+    `dcp.load` unpickles that file with no restriction, so a backup from elsewhere could run code on resume.
+    It is read here first by an unpickler that builds only torch's checkpoint metadata classes, dtypes, sizes,
+    layouts and paths; what passes builds the same harmless objects when torch reads it again.
+    """
+    import io
+    import pickle
+
+    metadata = folder / ".metadata"
+
+    class MetadataOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if _metadata_global(module, name):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of checkpoint metadata")
+
+    try:
+        MetadataOnly(io.BytesIO(metadata.read_bytes())).load()
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as error:
+        raise UserError(
+            f"the sharded backup's {metadata} cannot be read as checkpoint metadata ({error}), so it is not loaded",
+            where=str(folder.parent),
+            hint="Resume from another backup; a backup that did not come from this run may run code when loaded.",
+        ) from None
+
+
+def _metadata_global(module: str, name: str) -> bool:
+    import torch
+
+    if module == "torch.distributed.checkpoint.metadata":
+        return True
+    if module == "torch":
+        return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+    return (module, name) in {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("pathlib", "Path"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("collections", "OrderedDict"),
+    }
+
+
+def _checked_planner() -> Any:
+    """torch's load planner, but values stored as bytes (a non-tensor in the optimizer's state) must load with
+    `weights_only=True` before torch loads them with `weights_only=False`."""
+    import torch
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class CheckedPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            try:
+                torch.load(value, weights_only=True)
+            except Exception as error:  # noqa: BLE001 - any failure means the bytes are not plain values
+                raise UserError(
+                    f"a value in the sharded backup ({read_item.dest_index.fqn}) is not plain data ({error})",
+                    hint="Resume from another backup; a backup that did not come from this run may run code.",
+                ) from None
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return CheckedPlanner()
 
 
 @contextlib.contextmanager
