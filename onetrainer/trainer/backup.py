@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer import __version__
-from onetrainer.util.atomic import atomic_directory, atomic_file, atomic_write_text, save_safetensors
+from onetrainer.util.atomic import atomic_directory, atomic_path, atomic_write_text, save_safetensors
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -107,8 +107,10 @@ def write_backup_files(
     """Everything of a backup but its trained tensors, into the (temporary) backup folder; `meta.json` last."""
     import torch
 
-    with atomic_file(folder / STATE_FILE) as handle:
-        torch.save(state, handle)
+    with atomic_path(folder / STATE_FILE) as written:
+        # torch writes the file itself: written through a Python file object, a second Ctrl-C inside its zip
+        # writer's callback became a RuntimeError (exit 1, and an emergency backup the user did not want)
+        torch.save(state, str(written))
     atomic_write_text(folder / CONFIG_FILE, config_yaml)
     meta: dict[str, Any] = {"format": BACKUP_FORMAT, "step": step, "epoch": epoch, "onetrainer": __version__}
     if world_size > 1:

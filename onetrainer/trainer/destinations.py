@@ -49,12 +49,26 @@ def _check_creatable(folder: Path, key: str) -> None:
             where=key,
             hint=f"Choose another path for `{key}`, or move that file away.",
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise UserError(
             f"{existing} is not writable, so `{key}` cannot be written there: {folder}",
             where=key,
             hint=f"Choose a folder you can write to for `{key}`, or change the folder's permissions.",
         )
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder`, by creating one: `os.access` answers yes for root, and for
+    read-only mounts and ACLs it cannot see (a run trained to the end, then failed to write `/sys/...`)."""
+    import tempfile
+
+    try:
+        handle, name = tempfile.mkstemp(prefix=".onetrainer-write-check.", suffix=".tmp", dir=folder)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(name)
+    return True
 
 
 def _check_folder(path: Path, key: str) -> None:

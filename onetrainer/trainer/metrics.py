@@ -90,9 +90,17 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = line.encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            os.write(fd, line.encode("utf-8"))
+            start = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):  # a write may take part of the line (a full disk, a signal)
+                    written += os.write(fd, data[written:])
+            except BaseException:
+                os.ftruncate(fd, start)  # no half line to run into the next record
+                raise
         finally:
             os.close(fd)
 

@@ -99,10 +99,17 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: A
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
+        _remove_temporary(tmp)
         if isinstance(error, OSError):
             raise _naming_target(error, tmp, target) from error
         raise
+
+
+def _remove_temporary(tmp: Path) -> None:
+    """Remove a failed write's temporary; one that cannot be removed (its folder is a file) must not hide the
+    error that made the write fail, which names the target."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -124,10 +131,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(tmp, _CREATE_FLAGS, 0o666))
         yield tmp
+        written = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(written)
+        finally:
+            os.close(written)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
+        _remove_temporary(tmp)
         if isinstance(error, OSError):
             raise _naming_target(error, tmp, target) from error
         raise

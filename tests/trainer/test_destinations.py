@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,24 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left(
     train(toy_config(tmp_path), build=toy_build(), progress=events.append)
     assert _temporaries(tmp_path) == []
     assert any("removed 3 temporary file(s)" in event.get("message", "") for event in events)
+
+
+def test_a_folder_where_no_file_can_be_created_is_refused_though_access_says_yes(
+    tmp_path: Path, toy_config: ToyConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root, read-only mounts and ACLs fool `os.access`: a file is created to find out."""
+    import tempfile
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: Any, dir: Any = None, **kwargs: Any) -> tuple[int, str]:
+        if Path(dir) == read_only:
+            raise PermissionError(13, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(UserError, match="is not writable") as error:
+        train(toy_config(tmp_path, f"saving.output={read_only / 'out.safetensors'}"), build=_never_built)
+    assert error.value.where == "saving.output"

@@ -56,3 +56,34 @@ def test_metrics_log_appends_lines_and_truncates_after_a_step(tmp_path: Path) ->
     assert [record["step"] for record in read_metrics(log.path)] == [1, 2, 3]
     log.append({"step": 4, "loss": 0.0})
     assert read_metrics(log.path)[-1] == {"step": 4, "loss": 0.0}
+
+
+def test_a_line_written_in_parts_arrives_whole_and_a_failed_one_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`os.write` may take part of a line (a full disk, a signal); a half line would swallow the next record."""
+    import os
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"step": 1, "loss": 0.5})
+    real_write = os.write
+    calls: list[int] = []
+
+    def halves(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        return real_write(fd, data[: max(1, len(data) // 2)])
+
+    monkeypatch.setattr(os, "write", halves)
+    log.append({"step": 2, "loss": 0.25})
+    assert len(calls) > 1
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, data[:5])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        log.append({"step": 3, "loss": 0.125})
+    monkeypatch.setattr(os, "write", real_write)
+    log.append({"step": 4, "loss": 0.0625})
+    assert [record["step"] for record in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 4]

@@ -173,3 +173,12 @@ def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_pa
     assert [p.name for p in remove_stale_temps(tmp_path, recursive=True)] == [killed_file]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".notes.tmp", recent.name, "cache", "live.txt"])
     assert list(nested.iterdir()) == []
+
+
+def test_a_write_into_a_file_instead_of_a_folder_fails_naming_the_target(tmp_path):
+    """Removing the temporary fails the same way; that must not replace the error, nor name the temporary."""
+    (tmp_path / "existing.png").write_bytes(b"png")
+    target = tmp_path / "existing.png" / "x.json"
+    with pytest.raises(OSError, match=r"existing\.png") as caught:
+        atomic_write_text(target, "{}")
+    assert ".tmp" not in str(caught.value)
