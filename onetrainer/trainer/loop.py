@@ -51,7 +51,7 @@ from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
 from onetrainer.trainer.start import open_backup, start_session
 from onetrainer.trainer.state import step_rng_snapshot
-from onetrainer.trainer.workspace import Workspace
+from onetrainer.trainer.workspace import Workspace, workspace_lock
 from onetrainer.util.atomic import atomic_write_text
 from onetrainer.util.config.loader import dump_config
 from onetrainer.util.config.schema import TrainConfig
@@ -128,6 +128,8 @@ def _train(
         with contextlib.ExitStack() as cleanup:
             # 1. Plan the data, load the model and set it up for the method; fill the cache (rank 0 first).
             with removed_on_failure(workspace.root, cache_dir(config), enabled=rank == 0):
+                if rank == 0:
+                    cleanup.enter_context(workspace_lock(workspace.root))
                 parts = build(
                     config, device=device, workspace=workspace, rank=rank, world_size=world.size, progress=progress
                 )

@@ -7,15 +7,21 @@ records are not deleted either (they may be all that is left of that run): when 
 training, `archive_earlier_run` moves them, with that run's config, into `earlier-runs/<time>/`,
 where TensorBoard shows them as a separate run. Backups are different: they mean the earlier run can
 be continued, so a fresh run refuses them (see `start.open_backup`). The data cache is shared by
-design and stays.
+design and stays. Two runs at once in one workspace would interleave all of it: `workspace_lock`
+refuses the second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from onetrainer.util.atomic import process_tag, tagged_process_gone
+from onetrainer.util.errors import UserError
 
 RUN_RECORDS = ("metrics.jsonl", "tensorboard", "samples", "saves")
 """What a run records in its workspace, besides its config, backups and the shared cache."""
@@ -83,3 +89,41 @@ class Workspace:
         for path in records:
             os.replace(path, target / path.name)
         return target
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path) -> Iterator[None]:
+    """Hold the workspace for one run: a `.lock` file naming its process (`util.atomic.process_tag`).
+
+    A lock whose process is gone from this machine (a killed run) is taken over; one of a live process, or of
+    another machine's (which cannot be checked from here), refuses the run before anything loads.
+    """
+    path = root / ".lock"
+    root.mkdir(parents=True, exist_ok=True)
+    tag = process_tag()
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = path.read_text(encoding="utf-8").strip()
+            except OSError:
+                holder = ""
+            if holder and not tagged_process_gone(holder):
+                raise UserError(
+                    f"the workspace {root} is in use by another run (process {holder})",
+                    where="workspace",
+                    hint=f"Wait for that run to end, or give this one another workspace. If no run uses it (one "
+                    f"killed on another machine), delete {path}.",
+                ) from None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(tag)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text(encoding="utf-8").strip() == tag:
+                path.unlink()

@@ -153,3 +153,23 @@ def test_a_folder_where_no_file_can_be_created_is_refused_though_access_says_yes
     with pytest.raises(UserError, match="is not writable") as error:
         train(toy_config(tmp_path, f"saving.output={read_only / 'out.safetensors'}"), build=_never_built)
     assert error.value.where == "saving.output"
+
+
+def test_a_second_run_in_a_workspace_in_use_is_refused_and_a_dead_runs_lock_taken_over(
+    tmp_path: Path, toy_config: ToyConfig, toy_build: Callable[..., Callable[..., TrainingParts]]
+) -> None:
+    """Two runs at once would interleave their metrics, configs, TensorBoard logs and backups."""
+    from onetrainer.util.atomic import process_tag
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    lock = workspace / ".lock"
+    lock.write_text(f"1@{process_tag().partition('@')[2]}")  # pid 1 (init) is alive on this machine
+    with pytest.raises(UserError, match="in use by another run") as error:
+        train(toy_config(tmp_path), build=_never_built)
+    assert error.value.where == "workspace"
+    gone = f"{2**22 + 12345}@{process_tag().partition('@')[2]}"  # above Linux's largest pid
+    lock.write_text(gone)
+    result = train(toy_config(tmp_path, "training.max_steps=1"), build=toy_build())
+    assert result.step == 1
+    assert not lock.exists(), "released at the end of the run"
