@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,10 +12,14 @@ import typer
 from onetrainer.commands.options import DEFAULT_DEVICE, Device, DtypeHalfOnGpu, ModelType, keys_as_options
 from onetrainer.model_sampler.sizes import MAX_SIDE
 from onetrainer.util.devices import WeightsDtype
+from onetrainer.util.errors import UserError
 from onetrainer.util.family import Objective
 
 if TYPE_CHECKING:
     from onetrainer.util.config.model import ModelConfig
+
+MAX_SEED = 2**63 - 1
+"""The largest seed torch's generators take as a signed 64-bit number."""
 
 EXAMPLES = (
     ("one image from a model file", 'onetrainer sample model.safetensors -p "a red circle" -o red.png'),
@@ -127,6 +132,7 @@ def sample(
     from onetrainer.model_sampler.sizes import check_side
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import file_progress
+    from onetrainer.util.detect import EMBEDDING, LORA, check_adapter_file
     from onetrainer.util.devices import resolve_device, resolve_dtype
     from onetrainer.util.family import get_family
     from onetrainer.util.missing import missing_path
@@ -136,6 +142,8 @@ def sample(
 
     if scheduler is not None:
         check_scheduler(scheduler)
+    if not math.isfinite(cfg):
+        raise UserError(f"--cfg {cfg} is not a finite number", where="--cfg", hint="Use a scale such as 7.")
     loras = [_parse_lora(spec) for spec in lora or []]
     for path, _ in loras:
         if not path.is_file():
@@ -143,6 +151,8 @@ def sample(
     for path in embedding or []:
         if not path.is_file():
             raise missing_path(path, what="embedding file", where="--embedding")
+    if seed is not None and seed + count - 1 > MAX_SEED:
+        raise UserError(f"--seed {seed} is too large: the images' seeds go up to {MAX_SEED}", where="--seed")
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     seeds = [first_seed + index for index in range(count)]
     paths = output_paths(output, seeds, overwrite=overwrite)
@@ -153,6 +163,10 @@ def sample(
     apply_threads()
     with keys_as_options(MODEL_WHERE):
         family = source_model_type(model, model_type, needs=(ModuleKind.LOADER, ModuleKind.SAMPLER))
+        for path, _ in loras:
+            check_adapter_file(path, LORA, where="--lora")
+        for path in embedding or []:
+            check_adapter_file(path, EMBEDDING, where="--embedding")
         objective = get_family(family).objective
         scheduler = check_scheduler(scheduler or CLI_SCHEDULERS[objective], objective)
         for option, value in (("--width", width), ("--height", height)):
@@ -167,6 +181,13 @@ def sample(
         add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []
     )
+    for name in loaded.text_encoder_names():
+        layers = getattr(loaded.components[name].config, "num_hidden_layers", None)
+        if layers is not None and clip_skip > layers:
+            title = loaded.spec.component(name).title
+            raise UserError(
+                f"--clip-skip {clip_skip} skips more layers than the {title} has ({layers})", where="--clip-skip"
+            )
     layer_skip = dict.fromkeys(loaded.text_encoder_names(), clip_skip - 1)
     sampler = lookup(ModuleKind.SAMPLER, family)(loaded, layer_skip=layer_skip)
     stderr.print(f"seed {first_seed}")
@@ -203,18 +224,20 @@ def sample(
 
 def _parse_lora(spec: str) -> tuple[Path, float]:
     """`FILE` or `FILE:SCALE`; a colon followed by something that is not a number belongs to the path."""
-    from onetrainer.util.errors import UserError
 
     path, sep, scale = spec.rpartition(":")
     if sep and path:
         try:
-            return Path(path).expanduser(), float(scale)
+            strength = float(scale)
         except ValueError:
             if Path(spec).expanduser().exists():
                 return Path(spec).expanduser(), 1.0
             raise UserError(
                 f"--lora {spec!r}: the strength {scale!r} is not a number", where="--lora", hint="Write FILE:0.8."
             ) from None
+        if not math.isfinite(strength):
+            raise UserError(f"--lora {spec!r}: the strength is not finite", where="--lora", hint="Write FILE:0.8.")
+        return Path(path).expanduser(), strength
     return Path(spec).expanduser(), 1.0
 
 

@@ -49,7 +49,7 @@ from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.readback import RankFailed, StepRecord
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
-from onetrainer.trainer.start import open_backup, start_session
+from onetrainer.trainer.start import check_init_files, open_backup, start_session
 from onetrainer.trainer.state import step_rng_snapshot
 from onetrainer.trainer.workspace import Workspace, workspace_lock
 from onetrainer.util.atomic import atomic_write_text
@@ -115,6 +115,7 @@ def _train(
         progress = _ignore
     workspace = Workspace(config.workspace)
     check_destinations(config)
+    check_init_files(config)
     check_fused_backward(config.training, distributed=world.distributed)
     sharded = uses_sharding(config, world)
     backup = open_backup(config, workspace, resume, world)

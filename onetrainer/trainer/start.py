@@ -38,6 +38,7 @@ from onetrainer.trainer.updates import offload_to_cpu
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.training import EmaDevice
+from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -128,6 +129,22 @@ def run_length(batches_in_epoch: Callable[[int], int], config: TrainConfig) -> t
         steps += optimizer_steps(batches_in_epoch(epochs), accumulation)
         epochs += 1
     return training.max_steps, epochs
+
+
+def check_init_files(config: TrainConfig) -> None:
+    """The LoRA and embedding files a run starts from, read as far as their headers before the model loads:
+    an unreadable file, or a LoRA given as an embedding, must not cost a model load to find."""
+    from onetrainer.util.detect import EMBEDDING, LORA, check_adapter_file
+
+    if config.method is TrainingMethod.LORA and config.lora.init_from is not None:
+        check_adapter_file(config.lora.init_from, LORA, where="lora.init_from")
+    own = config.method is TrainingMethod.EMBEDDING
+    embeddings = [("embedding.init_from", config.embedding.init_from)] if own else []
+    additional = enumerate(config.embedding.additional)
+    embeddings += [(f"embedding.additional.{index}.init_from", extra.init_from) for index, extra in additional]
+    for key, path in embeddings:
+        if path is not None:
+            check_adapter_file(path, EMBEDDING, where=key)
 
 
 def start_session(

@@ -424,3 +424,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}", where=str(path)) from None
     return data if isinstance(data, dict) else None
+
+
+def check_adapter_file(path: str | os.PathLike[str], kind: str, *, where: str) -> None:
+    """Refuse, from its header alone and so before any weights load, a file given as a LoRA or an embedding
+    (`kind`) that is unreadable or another kind of file (whether it fits the model is told once it loads)."""
+    detection = detect_path(path)
+    named = {MODEL: "a model", LORA: "a LoRA", EMBEDDING: "an embedding"}
+    if detection.kind != kind:
+        raise UserError(
+            f"{path} is {named[detection.kind]} ({detection.reason}), not {named[kind]}",
+            where=where,
+            hint=f"Give {named[kind]} file for `{where}`.",
+        )

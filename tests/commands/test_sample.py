@@ -160,6 +160,13 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--device", "cuda:99"], "not available"),
         (["--device", "tpu"], "unknown device"),
         (["--width", "60"], "multiple of 8"),
+        (["--lora", "{xl-emb}"], "is an embedding"),
+        (["--embedding", "{sd2-lora}"], "is a LoRA"),
+        (["--lora", "{corrupt}"], "corrupt"),
+        (["--lora", "{xl-lora}:nan"], "strength is not finite"),
+        (["--cfg", "inf"], "--cfg inf is not a finite number"),
+        (["--seed", str(2**63)], "too large"),
+        (["--clip-skip", "12"], "--clip-skip 12 skips more layers than the CLIP ViT-L text encoder has"),
     ],
 )
 def test_bad_input_exits_2(args: list[str], expected: str, bad_files: dict[str, Path], tmp_path: Path) -> None:

@@ -173,3 +173,23 @@ def test_a_second_run_in_a_workspace_in_use_is_refused_and_a_dead_runs_lock_take
     result = train(toy_config(tmp_path, "training.max_steps=1"), build=toy_build())
     assert result.step == 1
     assert not lock.exists(), "released at the end of the run"
+
+
+def test_a_file_to_start_from_of_the_wrong_kind_is_refused_before_loading(
+    tmp_path: Path, toy_config: ToyConfig
+) -> None:
+    """An embedding given as `lora.init_from` (or an unreadable file) must not cost a model load to find."""
+    import torch
+
+    from onetrainer.util.atomic import save_safetensors
+
+    embedding = tmp_path / "shape.safetensors"
+    save_safetensors({"emb_params": torch.zeros(1, 768)}, embedding)
+    with pytest.raises(UserError, match="is an embedding") as error:
+        train(toy_config(tmp_path, "method=lora", f"lora.init_from={embedding}"), build=_never_built)
+    assert error.value.where == "lora.init_from"
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(UserError) as error:
+        train(toy_config(tmp_path, "method=lora", f"lora.init_from={corrupt}"), build=_never_built)
+    assert "corrupt" in error.value.message.lower() or "header" in error.value.message.lower()
