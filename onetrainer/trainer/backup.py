@@ -191,20 +191,30 @@ def read_backup(path: Path) -> Backup:
     meta = _read_meta(path)
     if meta is None:
         raise UserError(f"not a complete backup (no readable {META_FILE}): {path}")
+    from safetensors import SafetensorError
+
+    from onetrainer.util.detect import refused_pickle
+
     sharded = bool(meta.get("sharded", False))
+    damaged = "Resume from another backup (`--resume backups/step-NNNNNNNN`); this one is damaged."
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         weights = {} if sharded else load_file(path / WEIGHTS_FILE)
         config_yaml = (path / CONFIG_FILE).read_text(encoding="utf-8")
-    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        raise UserError(f"the backup cannot be read: {error}", where=str(path)) from None
+        step, epoch, world_size = int(meta["step"]), int(meta["epoch"]), int(meta.get("world_size", 1))
+    except pickle.UnpicklingError as error:
+        raise refused_pickle(path / STATE_FILE, error) from None
+    except (OSError, RuntimeError, SafetensorError, UnicodeDecodeError) as error:
+        raise UserError(f"the backup cannot be read: {error}", where=str(path), hint=damaged) from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"the backup's {META_FILE} is damaged ({error!r})", where=str(path), hint=damaged) from None
     return Backup(
         path=path,
-        step=int(meta["step"]),
-        epoch=int(meta["epoch"]),
+        step=step,
+        epoch=epoch,
         weights=weights,
         state=state,
         config_yaml=config_yaml,
-        world_size=int(meta.get("world_size", 1)),
+        world_size=world_size,
         sharded=sharded,
     )

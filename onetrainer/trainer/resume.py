@@ -139,7 +139,15 @@ def _dora_format_change(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 
 def check_resume_compatible(config: TrainConfig, backup_config_yaml: str, *, where: str) -> None:
-    saved = _with_defaults(yaml.safe_load(backup_config_yaml) or {})
+    try:
+        loaded = yaml.safe_load(backup_config_yaml) or {}
+    except yaml.YAMLError as error:
+        raise UserError(
+            f"the backup's config.yaml is damaged ({error})",
+            where=where,
+            hint="Resume from another backup (`--resume backups/step-NNNNNNNN`).",
+        ) from None
+    saved = _with_defaults(loaded if isinstance(loaded, dict) else {})
     current = config.model_dump(mode="json")
     problems = [*differing_keys(saved, current), *_dora_format_change(saved, current)]
     if not problems:

@@ -140,7 +140,7 @@ def load_pickle_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     try:
         data = _load_weights_only(path)
     except pickle.UnpicklingError as error:
-        raise _refused(path, error) from None
+        raise refused_pickle(path, error) from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise UserError(
             f"cannot read {path.name}: it is damaged or not a PyTorch checkpoint ({_first_sentence(error)})",
@@ -178,7 +178,7 @@ def _load_weights_only(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _refused(path: Path, error: pickle.UnpicklingError) -> UserError:
+def refused_pickle(path: Path, error: pickle.UnpicklingError) -> UserError:
     """Our explanation of a refused pickle, naming the Python object it holds when torch says which.
 
     torch's own message suggests loading again without `weights_only`, which runs the file's code:

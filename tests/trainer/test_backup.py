@@ -88,5 +88,33 @@ def test_find_backup_accepts_a_folder_or_a_workspace(tmp_path: Path) -> None:
 def test_a_backup_with_a_pickled_object_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, 3)
     torch.save({"evil": backup_module.Backup}, path / "state.pt")
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match="is refused") as error:
         read_backup(path)
+    assert "weights_only=False" not in error.value.message, "never advise running the file's code"
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("truncated-weights", "cannot be read"),
+        ("meta-without-step", "meta.json is damaged"),
+        ("meta-step-not-a-number", "meta.json is damaged"),
+    ],
+)
+def test_a_damaged_backup_is_a_clear_error(tmp_path: Path, damage: str, says: str) -> None:
+    import json
+
+    path = _write(tmp_path, 5)
+    if damage == "truncated-weights":
+        weights = path / "trainable.safetensors"
+        weights.write_bytes(weights.read_bytes()[:30])
+    else:
+        meta = json.loads((path / "meta.json").read_text())
+        if damage == "meta-without-step":
+            del meta["step"]
+        else:
+            meta["step"] = "three"
+        (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=says) as error:
+        read_backup(path)
+    assert "another backup" in (error.value.hint or "")
