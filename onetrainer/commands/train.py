@@ -100,7 +100,10 @@ def train(
     if check or dry_run:
         _print_warnings(resolved)
     if check:
-        typer.echo(dump_config(resolved), nl=False)
+        if json_lines:
+            typer.echo(json.dumps({"event": "config", "config": resolved.model_dump(mode="json")}))
+        else:
+            typer.echo(dump_config(resolved), nl=False)
         return
     if dry_run:
         _dry_run(resolved, json_lines=json_lines, world_size=gpus or 1)

@@ -252,3 +252,16 @@ def test_an_embedding_placeholder_put_in_by_a_prefix_passes_check(shapes_dataset
     result = check(*args)
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output)["data"]["concepts"][0]["caption"]["prefix"] == "<shape>, "
+
+
+def test_check_with_json_prints_one_json_object(monkeypatch):
+    """`--json` promises JSON on stdout, also for `--check`."""
+    import json
+
+    monkeypatch.chdir(presets_dir().parent)
+    result = check(presets_dir() / "sd15-lora.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.strip().splitlines()
+    event = json.loads(line)
+    assert event["event"] == "config"
+    assert event["config"]["model"]["type"] == "sd15"
