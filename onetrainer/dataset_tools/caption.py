@@ -49,6 +49,19 @@ def read_caption(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace").strip()
 
 
+def _kept_caption(path: Path) -> str:
+    """The caption a new one is added to, read strictly: one that is not UTF-8 text would come back with its
+    bytes replaced, so its image fails instead (reported by path) and the file stays as it is."""
+    from onetrainer.data_loader.files import UnreadableImage
+
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise UnreadableImage(path, "not UTF-8 text, so nothing was added to it") from None
+
+
 def merged_caption(existing: str, new: str, mode: CaptionMode) -> str:
     """The file's new content (without the trailing newline)."""
     if mode is CaptionMode.ADD and existing:
@@ -100,7 +113,8 @@ def caption_folder(request: CaptionRequest, on_progress: ProgressCallback = no_p
     def write(image_path: Path, _: Image.Image, text: str) -> Path:
         target = caption_path(image_path)
         new = f"{request.prefix}{text}{request.suffix}".strip()
-        atomic_write_text(target, merged_caption(read_caption(target), new, request.mode) + "\n")
+        existing = _kept_caption(target) if request.mode is CaptionMode.ADD else ""
+        atomic_write_text(target, merged_caption(existing, new, request.mode) + "\n")
         return target
 
     return run_batches(

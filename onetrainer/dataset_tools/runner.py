@@ -45,7 +45,8 @@ def run_batches(
     """Run `process` over `images` in batches and `write` each result; fills and returns `summary`.
 
     `write(image_path, image, result)` returns the path it wrote, or raises `UnreadableImage` when an
-    input it needs (an existing mask) cannot be read. `summary.seconds` covers this loop
+    input it needs (an existing mask) cannot be read; an `OSError` (its output cannot be written) fails
+    that image alone, reported by path like an unreadable one. `summary.seconds` covers this loop
     only (not model loading), so images/s measures the work itself.
     """
     if batch_size < 1:
@@ -71,6 +72,8 @@ def run_batches(
                     summary.written.append(write(path, image, result))
                 except UnreadableImage as error:
                     summary.failed.append((path, f"{error.path.name}: {error.reason}"))
+                except OSError as error:  # one unwritable output (a folder in its place, a full disk) ends only its own
+                    summary.failed.append((path, f"cannot write its output: {error.strerror or error}"))
         done += len(paths)
         on_progress(ToolProgress(done, total, paths[-1]))
     summary.seconds = time.perf_counter() - start

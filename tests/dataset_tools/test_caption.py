@@ -194,3 +194,21 @@ def test_only_models_that_return_the_prompt_have_it_cut(
 
     assert captioner.without_prompt("a photo of a cat") == expected
     assert captioner.without_prompt("a dog") == "a dog"
+
+
+def test_a_caption_that_cannot_be_written_fails_only_its_image(blip_dir: Path, folder: Path) -> None:
+    (folder / "img-000.txt").mkdir()  # a folder where the caption file goes
+    summary = caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, mode=CaptionMode.REPLACE))
+    assert [(path.name, "cannot write" in reason) for path, reason in summary.failed] == [("img-000.png", True)]
+    assert sorted(path.name for path in summary.written) == [f"img-{index:03d}.txt" for index in range(1, 5)]
+
+
+def test_a_caption_that_is_not_utf8_is_not_added_to(blip_dir: Path, folder: Path) -> None:
+    """Read with its bytes replaced, it would be rewritten without them."""
+    original = b"\xff\xfe\x00a caption in another encoding"
+    (folder / "img-001.txt").write_bytes(original)
+    summary = caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, mode=CaptionMode.ADD))
+    assert (folder / "img-001.txt").read_bytes() == original
+    ((failed, reason),) = summary.failed
+    assert failed.stem == "img-001"
+    assert "img-001.txt: not UTF-8" in reason
