@@ -121,7 +121,9 @@ def _too_large(path: Path, error: Exception) -> UnreadableImage:
     size = f"{int(found.group(1)):,} pixels" if found else str(error)
     limit = f"{Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "unset"
     return UnreadableImage(
-        path, f"too large: {size}, above data.max_image_pixels ({limit}); raise it if you trust this file"
+        path,
+        f"too large: {size}, above the limit of {limit} (a run config's data.max_image_pixels); raise it if you "
+        "trust this file",
     )
 
 

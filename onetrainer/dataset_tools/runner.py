@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from onetrainer.data_loader.files import limit_pixels
 from onetrainer.dataset_tools.files import UnreadableImage, find_images, load_rgb
 from onetrainer.dataset_tools.progress import ProgressCallback, ToolProgress, ToolSummary
+from onetrainer.util.config.data import PILLOW_PIXEL_LIMIT
 from onetrainer.util.errors import RuntimeFailure
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ def run_batches(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    limit_pixels(PILLOW_PIXEL_LIMIT)  # as training does: an image above it is skipped by path, with no raw warning
     start = time.perf_counter()
     done = 0
     total = len(images)

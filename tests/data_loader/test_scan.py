@@ -157,7 +157,8 @@ def test_a_decompression_bomb_is_skipped_with_its_size(tmp_path: Path, image_dat
     assert [sample.path.name for sample in scan.samples] == ["a.png"]
     ((path, reason),) = [(item.path, item.reason) for item in scan.skipped]
     assert path == folder / "giant.png"
-    assert reason.startswith("too large: 225,000,000 pixels, above data.max_image_pixels (178,956,970)")
+    assert reason.startswith("too large: 225,000,000 pixels, above the limit of 178,956,970")
+    assert "data.max_image_pixels" in reason
     assert any(event.kind == "warning" and "giant.png" in event.message for event in events)
 
 

@@ -57,6 +57,8 @@ class Imported:
             return "a sparse preset (no __version): OneTrainer's defaults fill the missing keys, unmigrated"
         if self.version < CURRENT_VERSION:
             return f"__version {self.version}, migrated to {CURRENT_VERSION}"
+        if self.version > CURRENT_VERSION:
+            return f"__version {self.version}, newer than this onetrainer knows: read as {CURRENT_VERSION}"
         return f"__version {self.version}"
 
 

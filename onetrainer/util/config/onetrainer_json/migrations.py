@@ -18,6 +18,7 @@ from typing import Any
 
 from onetrainer.util.config.onetrainer_json.defaults import migration_model_types, part_names
 from onetrainer.util.config.onetrainer_json.tables import CURRENT_VERSION
+from onetrainer.util.errors import UserError
 
 _PART_FIELDS = ("learning_rate", "weight_dtype", "model_name")
 _LEGACY_OPTIMIZER_PREFIX = "optimizer_"
@@ -42,7 +43,13 @@ def source_version(config: dict[str, Any]) -> int | None:
     version = config.get("__version")
     if version is None:
         return 0 if _has_legacy_keys(config) else None
-    return int(version)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise UserError(
+            f"__version {version!r} is not a OneTrainer config version (a whole number, {CURRENT_VERSION} now)",
+            where="__version",
+            hint="Export the config again from OneTrainer, or remove the key to read it as a sparse preset.",
+        )
+    return version
 
 
 def _v0_optimizer_object(config: dict[str, Any]) -> None:

@@ -148,3 +148,12 @@ def test_the_embeddings_list_becomes_the_embedding_and_additional_embeddings():
 def test_concept_repeats_and_validation_flag_migrate():
     assert migrate_concept({"repeats": 2.0, "validation_concept": True}) == {"balancing": 2.0, "type": "VALIDATION"}
     assert migrate_concept({"__version": 2, "balancing": 1.0}) == {"__version": 2, "balancing": 1.0}
+
+
+@pytest.mark.parametrize("version", ["abc", 3.5, True, -1])
+def test_a_version_that_is_no_whole_number_is_a_clear_error(version: object) -> None:
+    from onetrainer.util.errors import UserError
+
+    with pytest.raises(UserError, match="is not a OneTrainer config version") as error:
+        migrate({"__version": version})
+    assert error.value.where == "__version"
