@@ -146,9 +146,13 @@ def sample(
         raise UserError(f"--cfg {cfg} is not a finite number", where="--cfg", hint="Use a scale such as 7.")
     loras = [_parse_lora(spec) for spec in lora or []]
     for path, _ in loras:
+        if path.is_dir():
+            raise UserError(f"--lora {path} is a folder; give the LoRA file in it", where="--lora")
         if not path.is_file():
             raise missing_path(path, what="LoRA file", where="--lora")
     for path in embedding or []:
+        if path.is_dir():
+            raise UserError(f"--embedding {path} is a folder; give the embedding file in it", where="--embedding")
         if not path.is_file():
             raise missing_path(path, what="embedding file", where="--embedding")
     if seed is not None and seed + count - 1 > MAX_SEED:

@@ -144,11 +144,11 @@ def mask_folder(request: MaskRequest, on_progress: ProgressCallback = no_progres
 
     def write(image_path: Path, image: Image.Image, mask: np.ndarray) -> Path:
         target = mask_path(image_path)
-        if not mask.any():
-            summary.empty.append(target)
         shaped = smooth_mask(expand_mask(mask, request.expand), request.smooth)
         existing = read_mask(target, image.size) if request.mode is not MaskMode.REPLACE else None
         write_mask(target, combine_masks(existing, shaped, request.mode, request.alpha))
+        if not mask.any():  # (after the write: a mask that failed is reported as failed, not as empty)
+            summary.empty.append(target)
         return target
 
     return run_batches(

@@ -145,6 +145,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--scheduler", "eulr"], "unknown scheduler 'eulr'; did you mean 'euler'"),
         (["--scheduler", "heun"], "ddim, euler, euler-a, dpm++2m, dpm++2m-karras, unipc, ddpm"),
         (["--lora", "{tmp}/missing.safetensors"], "LoRA file not found"),
+        (["--lora", "{tmp}"], "is a folder; give the LoRA file in it"),
         (["--embedding", "{tmp}/missing.safetensors"], "embedding file not found"),
         (["--lora", "{xl-lora}:strong"], "strength 'strong' is not a number"),
         (["--lora", "{sd2-lora}"], "this LoRA is for SD 2.x (cross-attention width 1024), not for this SD 1.x model"),
