@@ -364,3 +364,18 @@ def test_onetrainers_t5_key_is_read_as_t5_and_ours_is_written(kind: str, encoder
     assert torch.equal(vectors[t5], file["t5"])
     assert "t5xxl" in embedding_to_a1111(vectors, spec)
     assert "t5" not in embedding_to_a1111(vectors, spec)
+
+
+def test_clip_ls_projection_is_read_as_the_identity_whatever_the_file_holds() -> None:
+    """SD 3 pools CLIP-L unprojected: diffusers' `from_single_file` and ComfyUI take an identity there, so a file
+    whose CLIP-L brought its own projection must not change the pooled conditioning."""
+    model = load_model("tiny:sd35-medium")
+    state = {f"{name}.{key}": t for name, module in model.modules() for key, t in module.state_dict().items()}
+    original = SD3_LAYOUT.writer(state).convert(state)
+    projection = "text_encoders.clip_l.transformer.text_projection.weight"
+    original[projection] = torch.randn_like(original[projection])
+    back = SD3_LAYOUT.reader(original).convert(original)
+    identity = back["text_encoder.text_projection.weight"]
+    assert torch.equal(identity, torch.eye(*identity.shape))
+    bigg = "text_encoder_2.text_projection.weight"
+    assert torch.equal(back[bigg], state[bigg]), "CLIP-G's projection is read as it is"

@@ -34,6 +34,9 @@ TRANSPOSE = "transpose"
 SWAP_HALVES = "swap-halves"
 """Target is the source with the two halves of dim 0 swapped (an adaptive norm's (scale, shift) written
 as (shift, scale)); its own inverse."""
+IDENTITY_ON_READ = "identity-on-read"
+"""Read as the identity matrix of the target's shape, whatever the file holds; written as it is (a
+projection its model never applies, which the other tools reading the file set to the identity too)."""
 
 
 class KeyMapError(UserError):
@@ -118,6 +121,10 @@ def _reshape(tensor: torch.Tensor, op: str, reverse: bool) -> torch.Tensor:
 
         first, second = tensor.chunk(2, dim=0)
         return torch.cat([second, first])
+    elif op == IDENTITY_ON_READ and reverse:
+        import torch
+
+        return torch.eye(*tensor.shape, dtype=tensor.dtype, device=tensor.device)
     return tensor
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
-from onetrainer.util.keymaps.engine import SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
+from onetrainer.util.keymaps.engine import IDENTITY_ON_READ, SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
 from onetrainer.util.keymaps.ldm_tables import VAE_PREFIX, SdLayout, vae_rows
 
 if TYPE_CHECKING:
@@ -124,9 +124,13 @@ def _count(keys: Iterable[str], pattern: str) -> int:
 
 
 def _text_rows(wrapped: bool) -> Iterator[Row]:
-    """The CLIP encoders in transformers' names (`text_model.` kept in the file) and T5 as it is."""
+    """The CLIP encoders in transformers' names (`text_model.` kept in the file) and T5 as it is. SD 3 reads
+    CLIP-L's pooled output unprojected: its projection is read as the identity, as diffusers'
+    `from_single_file` and ComfyUI take it, whatever the file holds (a CLIP-L taken from elsewhere)."""
     for component, prefix in TEXT_ENCODERS:
-        if not wrapped:
+        if component == "text_encoder":
+            yield Row(f"{component}.text_projection.weight", f"{prefix}text_projection.weight", IDENTITY_ON_READ)
+        elif not wrapped:
             yield Row(f"{component}.text_projection.", f"{prefix}text_projection.")
         yield Row(f"{component}.", prefix + ("" if wrapped else "text_model."))
     yield Row("text_encoder_3.", T5_PREFIX)
