@@ -328,21 +328,36 @@ def check_shard_metadata(folder: Path) -> None:
         ) from None
 
 
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "MetadataIndex",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"Path", "PosixPath", "WindowsPath"},
+    "pathlib._local": {"Path", "PosixPath", "WindowsPath"},  # where Python 3.13 pickles paths
+    "collections": {"OrderedDict"},
+}
+"""The exact classes and functions torch (2.6 to 2.13) pickles into a checkpoint's `.metadata`."""
+
+
 def _metadata_global(module: str, name: str) -> bool:
+    """Whether `module.name` may be built; exact names only (the unpickler also resolves dotted names inside
+    a module, `metadata.os.system` among them)."""
     import torch
 
-    if module == "torch.distributed.checkpoint.metadata":
-        return True
+    if "." in name:
+        return False
     if module == "torch":
         return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
-    return (module, name) in {
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-        ("torch.serialization", "_get_layout"),
-        ("pathlib", "Path"),
-        ("pathlib", "PosixPath"),
-        ("pathlib", "WindowsPath"),
-        ("collections", "OrderedDict"),
-    }
+    return name in _METADATA_GLOBALS.get(module, set())
 
 
 def _checked_planner() -> Any:

@@ -85,3 +85,27 @@ def test_checkpoint_failures_come_out_as_our_errors(tmp_path: Path) -> None:
         _checkpoint_errors("cannot load", tmp_path),
     ):
         raise CheckpointException("failed", {0: (OSError("disk full"), None), 1: (OSError("disk full"), None)})
+
+
+def test_a_dotted_name_inside_an_allowed_module_is_refused(tmp_path: Path) -> None:
+    """The unpickler resolves `os.system` inside the metadata module (which imports os): names are matched
+    exactly."""
+    import pickletools
+
+    folder = _shards(tmp_path / "shards")
+    marker = tmp_path / "ran"
+    module, name = b"torch.distributed.checkpoint.metadata", b"os.system"
+    command = f"touch {marker}".encode()
+    payload = (
+        b"\x80\x04"
+        + b"\x8c" + bytes([len(module)]) + module + b"\x94"
+        + b"\x8c" + bytes([len(name)]) + name + b"\x94"
+        + b"\x93\x94"
+        + b"\x8c" + bytes([len(command)]) + command + b"\x94"
+        + b"\x85\x94R\x94."
+    )  # fmt: skip
+    pickletools.dis(payload, out=io.StringIO())  # a well-formed pickle
+    (folder / ".metadata").write_bytes(payload)
+    with pytest.raises(UserError, match="cannot be read as checkpoint metadata"):
+        check_shard_metadata(folder)
+    assert not marker.exists()
