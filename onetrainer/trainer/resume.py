@@ -178,8 +178,17 @@ def reapply_settings(
     rate times this config's schedule factor there, computed as the scheduler itself computes it, so
     an unchanged config gets back exactly the learning rates the backup held.
     """
+    import torch
+
     for group, values in zip(optimizer.param_groups, settings, strict=True):
         group.update(values)
+        if group.get("fused") or group.get("capturable"):
+            # torch restored each step counter as the backup's kernel keeps it (a CPU tensor); the fused and
+            # capturable kernels want it beside the weights, in fp32
+            for param in group["params"]:
+                step = optimizer.state.get(param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    optimizer.state[param]["step"] = step.to(param.device, torch.float32)
     scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
         group["lr"] = base * factor(scheduler.last_epoch)

@@ -134,3 +134,26 @@ def test_a_backup_written_before_a_key_existed_continues_at_its_default(tmp_path
 
 def test_the_thread_count_may_change(tmp_path: Path) -> None:
     check_resume_compatible(_config(tmp_path, "training.threads=3"), dump_config(_config(tmp_path)), where="backup")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_resumed_fused_optimizer_steps_with_its_counters_beside_the_weights() -> None:
+    """torch restores an unfused backup's step counters in CPU memory; the fused CUDA kernel refuses them there."""
+
+    def make(**kernel: bool) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        parameter = torch.nn.Parameter(torch.ones(2, device="cuda"))
+        parameter.grad = torch.ones(2, device="cuda")
+        optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 0.1}], **kernel)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    old_optimizer, old_scheduler = make(foreach=False)
+    old_optimizer.step()
+    new_optimizer, new_scheduler = make(fused=True)
+    settings = optimizer_settings(new_optimizer)
+    new_optimizer.load_state_dict(old_optimizer.state_dict())
+    new_scheduler.load_state_dict(old_scheduler.state_dict())
+    reapply_settings(new_optimizer, new_scheduler, settings)
+    (param,) = new_optimizer.param_groups[0]["params"]
+    assert new_optimizer.state[param]["step"].device.type == "cuda"
+    new_optimizer.step()
+    assert torch.isfinite(param).all()
