@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from onetrainer.trainer.workspace import WorkspaceInUse
 from onetrainer.util.atomic import remove_stale_temps
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import UserError
@@ -137,8 +138,9 @@ def removed_on_failure(*folders: Path, enabled: bool = True) -> Iterator[None]:
     created = {root for root in map(_topmost_missing, folders) if root is not None}
     try:
         yield
-    except BaseException:
-        if enabled:
+    except BaseException as error:
+        # a run refused because another holds the workspace did not create it: that run did, just now
+        if enabled and not isinstance(error, WorkspaceInUse):
             for root in created:
                 shutil.rmtree(root, ignore_errors=True)
         raise

@@ -91,6 +91,19 @@ class Workspace:
         return target
 
 
+class WorkspaceInUse(UserError):
+    """Another run holds the workspace: nothing of it may be touched, not even a folder this run thought new."""
+
+
+def _held(holder: str, age: float, own: str) -> bool:
+    """Whether a lock naming `holder`, written `age` seconds ago, is live. An empty one is being written (by a
+    run between creating and filling it) for a few seconds at most; one naming this very process is a lock
+    of an earlier run that had the same pid (a container restarted)."""
+    if not holder:
+        return age < 10
+    return holder != own and not tagged_process_gone(holder)
+
+
 @contextlib.contextmanager
 def workspace_lock(root: Path) -> Iterator[None]:
     """Hold the workspace for one run: a `.lock` file naming its process (`util.atomic.process_tag`).
@@ -107,11 +120,12 @@ def workspace_lock(root: Path) -> Iterator[None]:
         except FileExistsError:
             try:
                 holder = path.read_text(encoding="utf-8").strip()
+                age = time.time() - path.stat().st_mtime
             except OSError:
-                holder = ""
-            if holder and not tagged_process_gone(holder):
-                raise UserError(
-                    f"the workspace {root} is in use by another run (process {holder})",
+                continue  # released meanwhile
+            if _held(holder, age, tag):
+                raise WorkspaceInUse(
+                    f"the workspace {root} is in use by another run (process {holder or 'starting'})",
                     where="workspace",
                     hint=f"Wait for that run to end, or give this one another workspace. If no run uses it (one "
                     f"killed on another machine), delete {path}.",

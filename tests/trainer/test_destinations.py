@@ -193,3 +193,34 @@ def test_a_file_to_start_from_of_the_wrong_kind_is_refused_before_loading(
     with pytest.raises(UserError) as error:
         train(toy_config(tmp_path, "method=lora", f"lora.init_from={corrupt}"), build=_never_built)
     assert "corrupt" in error.value.message.lower() or "header" in error.value.message.lower()
+
+
+def test_a_run_refused_by_the_lock_leaves_the_workspace_it_found_missing(
+    tmp_path: Path, toy_config: ToyConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs starting on a new workspace: the refused one must not delete what the other just created."""
+    from onetrainer.trainer import workspace as workspace_module
+
+    root = tmp_path / "workspace"
+    real_lock = workspace_module.workspace_lock
+
+    def taken_meanwhile(path: Path) -> Any:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "theirs.txt").write_text("the other run's file")
+        (path / ".lock").write_text("1@elsewhere")
+        return real_lock(path)
+
+    monkeypatch.setattr("onetrainer.trainer.loop.workspace_lock", taken_meanwhile)
+    with pytest.raises(UserError, match="in use by another run"):
+        train(toy_config(tmp_path), build=_never_built)
+    assert (root / "theirs.txt").is_file()
+    assert (root / ".lock").read_text() == "1@elsewhere"
+
+
+def test_a_lock_naming_this_very_process_or_being_written_is_judged_so() -> None:
+    from onetrainer.trainer.workspace import _held
+    from onetrainer.util.atomic import process_tag
+
+    assert not _held(process_tag(), 3600, process_tag()), "an earlier run that had this pid (a restarted container)"
+    assert _held("", 1, process_tag()), "being written by a run starting now"
+    assert not _held("", 60, process_tag()), "an empty lock left by a crash"
