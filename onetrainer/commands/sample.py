@@ -18,8 +18,8 @@ from onetrainer.util.family import Objective
 if TYPE_CHECKING:
     from onetrainer.util.config.model import ModelConfig
 
-MAX_SEED = 2**63 - 1
-"""The largest seed torch's generators take as a signed 64-bit number."""
+MAX_SEED = 2**64 - 1
+"""The largest seed torch's generators take (an unsigned 64-bit number)."""
 
 EXAMPLES = (
     ("one image from a model file", 'onetrainer sample model.safetensors -p "a red circle" -o red.png'),

@@ -198,16 +198,17 @@ def read_backup(path: Path) -> Backup:
     sharded = bool(meta.get("sharded", False))
     damaged = "Resume from another backup (`--resume backups/step-NNNNNNNN`); this one is damaged."
     try:
+        step, epoch, world_size = int(meta["step"]), int(meta["epoch"]), int(meta.get("world_size", 1))
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"the backup's {META_FILE} is damaged ({error!r})", where=str(path), hint=damaged) from None
+    try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         weights = {} if sharded else load_file(path / WEIGHTS_FILE)
         config_yaml = (path / CONFIG_FILE).read_text(encoding="utf-8")
-        step, epoch, world_size = int(meta["step"]), int(meta["epoch"]), int(meta.get("world_size", 1))
     except pickle.UnpicklingError as error:
         raise refused_pickle(path / STATE_FILE, error) from None
-    except (OSError, RuntimeError, SafetensorError, UnicodeDecodeError) as error:
+    except (OSError, RuntimeError, SafetensorError, UnicodeDecodeError, ValueError, TypeError) as error:
         raise UserError(f"the backup cannot be read: {error}", where=str(path), hint=damaged) from None
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"the backup's {META_FILE} is damaged ({error!r})", where=str(path), hint=damaged) from None
     return Backup(
         path=path,
         step=step,

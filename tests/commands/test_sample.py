@@ -166,7 +166,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--lora", "{corrupt}"], "corrupt"),
         (["--lora", "{xl-lora}:nan"], "strength is not finite"),
         (["--cfg", "inf"], "--cfg inf is not a finite number"),
-        (["--seed", str(2**63)], "too large"),
+        (["--seed", str(2**64)], "too large"),
         (["--clip-skip", "12"], "--clip-skip 12 skips more layers than the CLIP ViT-L text encoder has"),
     ],
 )
