@@ -92,13 +92,13 @@ def test_reapplied_settings_replace_the_restored_ones_at_the_restored_position()
     assert group["lr"] == 0.5 * 0.5
 
 
-def test_a_resumed_optimizer_keeps_its_own_kernel_choice_and_takes_the_skip_flag() -> None:
-    """A backup of a run whose weights were partly in CPU memory holds `fused: None`; resumed where the fused
-    kernel is chosen, the step takes the device's skip flag (`found_inf`), which torch's other kernels refuse."""
+def _resumed_onto_fused(device: str) -> torch.optim.Optimizer:
+    """An AdamW that stepped its weights on `device` with torch's unfused kernel, backed up after one step, and
+    resumed where the config chooses the fused kernel (this run's settings reapplied over the backup's)."""
 
     def make(**kernel: bool) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        parameter = torch.nn.Parameter(torch.ones(2))
-        parameter.grad = torch.ones(2)
+        parameter = torch.nn.Parameter(torch.ones(2, device=device))
+        parameter.grad = torch.ones(2, device=device)
         optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 0.1}], **kernel)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
@@ -109,6 +109,13 @@ def test_a_resumed_optimizer_keeps_its_own_kernel_choice_and_takes_the_skip_flag
     new_optimizer.load_state_dict(old_optimizer.state_dict())
     new_scheduler.load_state_dict(old_scheduler.state_dict())
     reapply_settings(new_optimizer, new_scheduler, settings)
+    return new_optimizer
+
+
+def test_a_resumed_optimizer_keeps_its_own_kernel_choice_and_takes_the_skip_flag() -> None:
+    """A backup of a run whose weights were partly in CPU memory holds `fused: None`; resumed where the fused
+    kernel is chosen, the step takes the device's skip flag (`found_inf`), which torch's other kernels refuse."""
+    new_optimizer = _resumed_onto_fused("cpu")
     group = new_optimizer.param_groups[0]
     assert (group["fused"], group["foreach"]) == (True, None)
     new_optimizer.found_inf = torch.ones(())  # type: ignore[attr-defined]
@@ -139,20 +146,7 @@ def test_the_thread_count_may_change(tmp_path: Path) -> None:
 @pytest.mark.gpu
 def test_on_a_gpu_a_resumed_fused_optimizer_steps_with_its_counters_beside_the_weights() -> None:
     """torch restores an unfused backup's step counters in CPU memory; the fused CUDA kernel refuses them there."""
-
-    def make(**kernel: bool) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        parameter = torch.nn.Parameter(torch.ones(2, device="cuda"))
-        parameter.grad = torch.ones(2, device="cuda")
-        optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 0.1}], **kernel)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-
-    old_optimizer, old_scheduler = make(foreach=False)
-    old_optimizer.step()
-    new_optimizer, new_scheduler = make(fused=True)
-    settings = optimizer_settings(new_optimizer)
-    new_optimizer.load_state_dict(old_optimizer.state_dict())
-    new_scheduler.load_state_dict(old_scheduler.state_dict())
-    reapply_settings(new_optimizer, new_scheduler, settings)
+    new_optimizer = _resumed_onto_fused("cuda")
     (param,) = new_optimizer.param_groups[0]["params"]
     assert new_optimizer.state[param]["step"].device.type == "cuda"
     new_optimizer.step()
