@@ -93,6 +93,7 @@ class CacheStore:
         self._entries: dict[str, dict[str, str]] = {}
         self._used: set[str] = set()
         """Keys this run found or wrote: what its batches read."""
+        self._leased = False
         self._dirty = False
         if self._manifest_path.is_file():
             try:
@@ -129,12 +130,14 @@ class CacheStore:
             self._dirty = True
 
     def remember(self, kind: Kind, key: str, *, source: Path, content: str) -> None:
-        """Record an entry found on disk as this run's, from `source` (a pass killed before saving the manifest
-        left it out; a moved dataset recorded it under the old path)."""
+        """Record an entry found on disk as this run's, from `source` where the manifest lacks it (a pass killed
+        before saving it) or names a file that is gone (a moved dataset); one shared by several images keeps
+        the one it names, so the manifest is not rewritten at every run."""
         record = {"kind": kind, "source": str(source.resolve()), "content": content}
         with self._lock:
             self._used.add(key)
-            if self._entries.get(key) != record:
+            known = self._entries.get(key)
+            if known is None or not Path(known["source"]).exists():
                 self._entries[key] = record
                 self._dirty = True
 
@@ -175,9 +178,12 @@ class CacheStore:
         with self._lock:
             text = json.dumps(sorted(self._used))
         atomic_write_text(self._lease_path(), text)
+        self._leased = True
 
     def release_lease(self) -> None:
-        self._lease_path().unlink(missing_ok=True)
+        if self._leased:
+            self._lease_path().unlink(missing_ok=True)
+            self._leased = False
 
     def _lease_path(self) -> Path:
         return self.root / "leases" / f"{process_tag()}.json"

@@ -239,7 +239,8 @@ class DataLoader:
         finally:
             self.store.save_manifest()
             self.memo.save()
-        self.store.publish_lease()
+        if self.rank == 0:  # the other ranks use the same entries, and write no files
+            self.store.publish_lease()
         self._index = index
         self._batch_builder = None
         if stats.failed:

@@ -104,6 +104,7 @@ def test_diffusers_loads_our_lora_and_draws_our_image(
     tmp_path: Path,
     fmt: str,
     with_random_lora: Callable[..., DiffusionModel],
+    lora_deltas: Callable,
 ) -> None:
     model = with_random_lora(base(), ("unet", "text_encoder", "text_encoder_2"))
     (path,) = _save(model, tmp_path / "lora.safetensors", TrainingMethod.LORA, fmt)
@@ -114,9 +115,10 @@ def test_diffusers_loads_our_lora_and_draws_our_image(
     else:
         assert {key.partition(".")[0] for key in keys} == {"unet", "text_encoder", "text_encoder_2"}
     assert _metadata(path)["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
-    loaded, (tensors, _, _) = read_lora_file(path, model.spec), lora_from_model(model)
+    loaded, (tensors, alphas, _) = read_lora_file(path, model.spec), lora_from_model(model)
     assert loaded.tensors.keys() == tensors.keys(), "reads back without naming the model: the file records it"
-    assert all(torch.equal(loaded.tensors[key], tensors[key]) for key in tensors)
+    ours, theirs_deltas = lora_deltas(tensors, alphas), lora_deltas(loaded.tensors, loaded.alphas)
+    assert all(torch.allclose(theirs_deltas[key], delta, rtol=1e-6, atol=0) for key, delta in ours.items())
     pipe = _diffusers(tiny_sdxl_dir)
     pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     ours, theirs = _ours(model), _theirs(pipe)
