@@ -89,13 +89,8 @@ def write_lora(
             out = to_diffusers_keys(tensors, [component.name for component in spec.text_encoders])
     except KeyMapError as error:
         raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None
-    cast = {key: tensor if key.endswith(".alpha") else _cast(tensor, dtype) for key, tensor in out.items()}
-    write_safetensors_stream(output, state_dict_stream(cast), header)
+    write_safetensors_stream(output, state_dict_stream(out, dtype, uncast=".alpha"), header)
     return output
-
-
-def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def scale_in_up_factor(

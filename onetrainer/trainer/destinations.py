@@ -23,6 +23,7 @@ from onetrainer.trainer.workspace import WorkspaceInUse
 from onetrainer.util.atomic import remove_stale_temps
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import UserError
+from onetrainer.util.writable import creation_error
 
 _OUTPUT_HINT = (
     "Set `saving.output` to a path that suits `saving.format`: a .safetensors file for a LoRA or an "
@@ -50,26 +51,12 @@ def _check_creatable(folder: Path, key: str) -> None:
             where=key,
             hint=f"Choose another path for `{key}`, or move that file away.",
         )
-    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
+    if not os.access(existing, os.W_OK | os.X_OK) or creation_error(existing) is not None:
         raise UserError(
             f"{existing} is not writable, so `{key}` cannot be written there: {folder}",
             where=key,
             hint=f"Choose a folder you can write to for `{key}`, or change the folder's permissions.",
         )
-
-
-def _can_create_in(folder: Path) -> bool:
-    """Whether a file can be created in `folder`, by creating one: `os.access` answers yes for root, and for
-    read-only mounts and ACLs it cannot see (a run trained to the end, then failed to write `/sys/...`)."""
-    import tempfile
-
-    try:
-        handle, name = tempfile.mkstemp(prefix=".onetrainer-write-check.", suffix=".tmp", dir=folder)
-    except OSError:
-        return False
-    os.close(handle)
-    os.unlink(name)
-    return True
 
 
 def _check_folder(path: Path, key: str) -> None:

@@ -89,14 +89,18 @@ def write_safetensors_stream(
     return len(plan)
 
 
-def state_dict_stream(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> TensorStream:
-    """A replayable stream over an in-memory state dict, cast to `dtype` tensor by tensor as it is written."""
+def state_dict_stream(
+    state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None, *, uncast: str | None = None
+) -> TensorStream:
+    """A replayable stream over an in-memory state dict, cast to `dtype` tensor by tensor as it is written;
+    keys ending in `uncast` keep their own dtype (a LoRA's alphas: loaders scale by the value stored)."""
 
     def stream(meta: bool) -> Iterator[tuple[str, torch.Tensor]]:
         for key, tensor in state_dict.items():
             if meta:
                 tensor = tensor.to("meta")
-            if dtype is not None and tensor.is_floating_point():
+            kept = uncast is not None and key.endswith(uncast)
+            if dtype is not None and tensor.is_floating_point() and not kept:
                 tensor = tensor.to(dtype)
             yield key, tensor
 

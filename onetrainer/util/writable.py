@@ -27,13 +27,22 @@ def check_writable(path: str | os.PathLike[str], *, where: str | None = None) ->
             where=where,
             hint="Choose an output path whose folders are folders.",
         )
-    try:
-        handle, name = tempfile.mkstemp(prefix=".onetrainer-write-check.", suffix=".tmp", dir=folder)
-    except OSError as error:
+    error = creation_error(folder)
+    if error is not None:
         raise UserError(
             f"cannot write into {folder}: {error.strerror or error}",
             where=where,
             hint="Choose a folder you can write to, or fix its permissions (or the disk's read-only state).",
-        ) from None
+        )
+
+
+def creation_error(folder: Path) -> OSError | None:
+    """Why no file can be created in `folder`, found by creating (and removing) one; None when one can.
+    `os.access` answers yes for root, and cannot see read-only mounts or ACLs."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".onetrainer-write-check.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        return error
     os.close(handle)
     os.unlink(name)
+    return None
