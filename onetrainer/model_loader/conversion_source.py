@@ -24,6 +24,7 @@ from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.pipeline import check_family, load_model
 from onetrainer.model_loader.single_file import (
     build_components,
+    single_file_format,
     single_file_state_dicts,
     stream_single_file,
     text_encoder_layers,
@@ -32,7 +33,7 @@ from onetrainer.model_loader.tokenizers import load_tokenizer
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL, Detection, detect_path, read_header
 from onetrainer.util.enums import PredictionType
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, family_title, find_family, get_family
+from onetrainer.util.family import FamilySpec, family_title, find_family, get_family, is_zero_terminal_snr
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +75,8 @@ class ConversionSource:
     architecture: Mapping[str, Mapping[str, Any]] | None = None
     """For a LoRA: the component configs of the model it is for (`--config`), where its kohya names depend
     on them (`LoraNaming.for_model`); None: the family's released architecture."""
+    zero_terminal_snr: bool = False
+    """For a model: its schedule is rescaled to zero terminal SNR (scheduler config, ComfyUI's marker)."""
 
     @property
     def known_spec(self) -> FamilySpec | None:
@@ -275,6 +278,8 @@ def _single_file(
     resolved: dict[str, Any] = {}
     supplied = {name for name in spec.component_names if companion is not None and name not in _held(weights, spec)}
 
+    schedule = single_file_format(spec).schedule(weights.keys())
+
     def architecture_layers() -> dict[str, int] | None:
         return resolved["layers"] if resolved else None
 
@@ -305,9 +310,8 @@ def _single_file(
                 tokenizers.update(
                     {c.tokenizer: theirs[c.tokenizer] for c in spec.text_encoders if c.name in supplied and c.tokenizer}
                 )
-            resolved["parts"] = PipelineParts(
-                architecture.configs, architecture.classes, tokenizers, architecture.settings
-            )
+            configs = {**architecture.configs, "scheduler": {**architecture.configs["scheduler"], **schedule}}
+            resolved["parts"] = PipelineParts(configs, architecture.classes, tokenizers, architecture.settings)
             resolved["layers"] = layers
         parts: PipelineParts = resolved["parts"]
         return parts
@@ -323,7 +327,15 @@ def _single_file(
             yield from companion.stream(meta, others)
 
     return ConversionSource(
-        MODEL, spec, spec.name, detection, detection.prediction_type, dict(weights.metadata), stream, parts
+        MODEL,
+        spec,
+        spec.name,
+        detection,
+        detection.prediction_type,
+        dict(weights.metadata),
+        stream,
+        parts,
+        zero_terminal_snr=is_zero_terminal_snr(schedule),
     )
 
 
@@ -364,7 +376,10 @@ def _folder(path: Path, detection: Detection, spec: FamilySpec) -> ConversionSou
                         yield f"{component}.{key}", weights.meta_tensor(key) if meta else weights.tensor(key)
 
     prediction = detection.prediction_type or configs["scheduler"].get("prediction_type")
-    return ConversionSource(MODEL, spec, spec.name, detection, prediction, {}, stream, parts)
+    zero_snr = is_zero_terminal_snr(configs["scheduler"])
+    return ConversionSource(
+        MODEL, spec, spec.name, detection, prediction, {}, stream, parts, zero_terminal_snr=zero_snr
+    )
 
 
 def _component_files(folder: Path, component: str) -> list[Path]:
@@ -395,4 +410,5 @@ def _in_memory(model: DiffusionModel, source: str) -> ConversionSource:
         {},
         model.weights_stream(),
         model.pipeline_parts,
+        zero_terminal_snr=is_zero_terminal_snr(model.noise_scheduler.config),
     )

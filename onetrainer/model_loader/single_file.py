@@ -79,6 +79,7 @@ def read_single_file(
         architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
         prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
         layers = text_encoder_layers(architecture, spec)
+        schedule = single_file_format(spec).schedule(weights.keys())
         quantised = tuple(name for name in wanted if name in quantise and held[name])
         streamed: dict[str, Any] = {}
         if quantised:
@@ -109,7 +110,7 @@ def read_single_file(
     return LoadedParts(
         components=components,
         tokenizers=tokenizers,
-        scheduler=architecture.configs["scheduler"],
+        scheduler={**architecture.configs["scheduler"], **schedule},
         prediction_type=prediction,
         pipeline_config=architecture.settings,
     )

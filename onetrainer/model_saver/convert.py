@@ -39,6 +39,7 @@ class Convertible(Protocol):
     embedding: dict[str, torch.Tensor]
     placeholder: str | None
     architecture: Mapping[str, Mapping[str, Any]] | None
+    zero_terminal_snr: bool
 
     @property
     def known_spec(self) -> FamilySpec | None:
@@ -125,6 +126,7 @@ def _write_model(
             spec=source.spec,
             prediction_type=source.prediction_type,
             metadata=metadata,
+            zero_terminal_snr=source.zero_terminal_snr,
             dtype=cast,
             progress=progress,
         )

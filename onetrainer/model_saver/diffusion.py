@@ -23,6 +23,7 @@ from onetrainer.util.config.output import SaveDtype, SaveFormat
 from onetrainer.util.detect import EMBEDDING, LORA
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import is_zero_terminal_snr
 
 if TYPE_CHECKING:
     import torch
@@ -148,6 +149,7 @@ class DiffusionSaver:
                 spec=model.spec,
                 prediction_type=model.prediction_type,
                 metadata=metadata,
+                zero_terminal_snr=is_zero_terminal_snr(model.noise_scheduler.config),
                 dtype=cast,
             )
         return write_diffusers_folder(

@@ -41,10 +41,11 @@ def write_single_file(
     spec: FamilySpec,
     prediction_type: str | None,
     metadata: Mapping[str, str],
+    zero_terminal_snr: bool = False,
     dtype: torch.dtype | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """The original layout A1111/Forge/ComfyUI load, with the family's markers (e.g. ComfyUI's `v_pred`)."""
+    """The original layout A1111/Forge/ComfyUI load, with the family's markers (ComfyUI's `v_pred`, `ztsnr`)."""
     if spec.single_file is None:
         raise UserError(
             f"{spec.title} models have no single-file layout in this version", hint="Save a diffusers folder."
@@ -58,7 +59,7 @@ def write_single_file(
         for key, tensor in stream(meta, components):
             yield from converter.feed(key, _cast(tensor, dtype))
         converter.finish()
-        for key, tensor in single_file.markers(prediction_type).items():
+        for key, tensor in single_file.markers(prediction_type, zero_terminal_snr=zero_terminal_snr).items():
             yield key, tensor.to("meta") if meta else tensor
 
     write_safetensors_stream(output, converted, metadata, _file_progress(progress, output.name))

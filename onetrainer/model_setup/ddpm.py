@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from onetrainer.model_setup.objective import Noised
 from onetrainer.util.config.loss import LossConfig, LossWeighting, NoiseConfig, TimestepConfig, TimestepDistribution
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import ZERO_TERMINAL_SNR_SCHEDULE
 
 if TYPE_CHECKING:
     import torch
@@ -205,4 +206,4 @@ def zero_terminal_snr_scheduler(scheduler: Any) -> Any:
     """
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return DDPMScheduler.from_config(scheduler.config, **ZERO_TERMINAL_SNR_SCHEDULE)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from onetrainer.util.errors import UserError
@@ -44,6 +45,17 @@ class Objective(str, Enum):
     """Discrete-time diffusion: the denoiser predicts epsilon, v or the sample at an integer timestep."""
     FLOW_MATCHING = "flow-matching"
     """Rectified flow: x_t = (1 - sigma) x0 + sigma noise; the denoiser predicts noise - x0."""
+
+
+ZERO_TERMINAL_SNR_SCHEDULE: Mapping[str, Any] = MappingProxyType(
+    {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+)
+"""diffusers' scheduler settings of a DDPM model trained to zero terminal SNR (its last timestep pure noise):
+a model loaded or saved with them samples and trains on the schedule it was made for."""
+
+
+def is_zero_terminal_snr(scheduler_config: Mapping[str, Any]) -> bool:
+    return bool(scheduler_config.get("rescale_betas_zero_snr"))
 
 
 @dataclass(frozen=True)
@@ -189,8 +201,13 @@ class SingleFileFormat(Protocol):
         """
         ...
 
-    def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
-        """Extra tensors a file of this prediction type carries."""
+    def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
+        """Extra tensors a file of this prediction type and schedule carries (ComfyUI reads them)."""
+        ...
+
+    def schedule(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Scheduler config entries a file with these keys states through its markers, besides its
+        prediction type (which detection reads)."""
         ...
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
 
@@ -183,7 +183,11 @@ class FluxSingleFile:
         ignore = Ignore(prefixes=COMFY_OTHER_PARTS if prefix else ())
         return StreamConverter(KeyTable(layout.rows(dst=prefix)), reverse=True, ignore=ignore)
 
-    def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
+    def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
+        return {}
+
+    def schedule(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Flow-matching files carry no schedule markers: their shift comes from the architecture."""
         return {}
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
 from onetrainer.util.keymaps.engine import IDENTITY_ON_READ, SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
@@ -174,7 +174,11 @@ class Sd3SingleFile:
         ]
         return StreamConverter(KeyTable(rows), reverse=True, ignore=READ_IGNORE)
 
-    def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
+    def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
+        return {}
+
+    def schedule(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Flow-matching files carry no schedule markers: their shift comes from the architecture."""
         return {}
 
 

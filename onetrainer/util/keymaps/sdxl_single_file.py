@@ -19,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
 from onetrainer.util.keymaps.engine import Ignore, KeyTable, StreamConverter
@@ -33,7 +33,7 @@ from onetrainer.util.keymaps.ldm_tables import (
     vae_rows,
 )
 from onetrainer.util.keymaps.stable_diffusion_single_file import READ_IGNORE as SD_READ_IGNORE
-from onetrainer.util.keymaps.stable_diffusion_single_file import V_PRED_MARKER
+from onetrainer.util.keymaps.stable_diffusion_single_file import comfy_markers, comfy_schedule
 
 if TYPE_CHECKING:
     import torch
@@ -126,11 +126,12 @@ class SdxlSingleFile:
         ignore = Ignore(READ_IGNORE.exact, READ_IGNORE.prefixes + tuple(extra), READ_IGNORE.suffixes)
         return StreamConverter(table, reverse=True, ignore=ignore)
 
-    def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
-        """ComfyUI's empty `v_pred` marker for v-prediction fine-tunes (as SD 2.x-768 files carry it)."""
-        import torch
+    def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
+        """ComfyUI's `v_pred` / `ztsnr` markers, as v-prediction fine-tunes (NoobAI-XL v-pred) carry them."""
+        return comfy_markers(prediction_type, zero_terminal_snr)
 
-        return {V_PRED_MARKER: torch.empty(0)} if prediction_type == "v_prediction" else {}
+    def schedule(self, keys: Iterable[str]) -> dict[str, Any]:
+        return comfy_schedule(keys)
 
 
 SDXL_LAYOUT = SdxlSingleFile()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from onetrainer.util.family import ZERO_TERMINAL_SNR_SCHEDULE
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
 from onetrainer.util.keymaps.engine import Ignore, KeyTable, Row, StreamConverter
 from onetrainer.util.keymaps.ldm_tables import (
@@ -36,6 +37,8 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 
 V_PRED_MARKER = "v_pred"
 """An empty tensor ComfyUI writes into (and reads from) v-prediction checkpoints."""
+ZTSNR_MARKER = "ztsnr"
+"""An empty tensor ComfyUI reads (beside `v_pred`) as "sample on a zero-terminal-SNR schedule"."""
 
 # Keys real checkpoints carry that no diffusers component holds: the DDPM schedule buffers, EMA
 # bookkeeping, ComfyUI's markers, CLIP's position ids (a non-persistent buffer in transformers).
@@ -44,7 +47,7 @@ READ_IGNORE = Ignore(
     exact=frozenset(
         {
             V_PRED_MARKER,
-            "ztsnr",
+            ZTSNR_MARKER,
             "betas",
             "alphas_cumprod",
             "alphas_cumprod_prev",
@@ -120,15 +123,30 @@ class StableDiffusionSingleFile:
         layers = (text_encoder_layers or {}).get("text_encoder")
         return StreamConverter(table, reverse=True, ignore=read_ignore(layout, layers))
 
-    def markers(self, prediction_type: str | None) -> dict[str, torch.Tensor]:
-        """Extra tensors a file of this prediction type carries: ComfyUI's empty `v_pred` marker."""
-        import torch
+    def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
+        return comfy_markers(prediction_type, zero_terminal_snr)
 
-        return {V_PRED_MARKER: torch.empty(0)} if prediction_type == "v_prediction" else {}
+    def schedule(self, keys: Iterable[str]) -> dict[str, Any]:
+        return comfy_schedule(keys)
 
 
 CLIP_LAYOUT = StableDiffusionSingleFile(openclip=False)
 OPENCLIP_LAYOUT = StableDiffusionSingleFile(openclip=True)
+
+
+def comfy_markers(prediction_type: str | None, zero_terminal_snr: bool) -> dict[str, torch.Tensor]:
+    """ComfyUI's empty markers: `v_pred` for v-prediction, `ztsnr` for a zero-terminal-SNR schedule."""
+    import torch
+
+    markers = {V_PRED_MARKER: torch.empty(0)} if prediction_type == "v_prediction" else {}
+    if zero_terminal_snr:
+        markers[ZTSNR_MARKER] = torch.empty(0)
+    return markers
+
+
+def comfy_schedule(keys: Iterable[str]) -> dict[str, Any]:
+    """The zero-terminal-SNR settings where ComfyUI's `ztsnr` marker says so (v-prediction anime fine-tunes)."""
+    return dict(ZERO_TERMINAL_SNR_SCHEDULE) if ZTSNR_MARKER in keys else {}
 
 
 def read_ignore(layout: SdLayout, text_encoder_layers: int | None = None) -> Ignore:
@@ -151,13 +169,15 @@ def diffusers_to_single_file(
     single_file: StableDiffusionSingleFile,
     *,
     prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Build the original single-file state dict from the three diffusers component state dicts.
 
     Tensors are not copied (views where a reshape is needed).
     """
     joined = _prefixed({"unet": unet_sd, "vae": vae_sd, "text_encoder": te_sd})
-    return {**single_file.writer(joined).convert(joined), **single_file.markers(prediction_type)}
+    markers = single_file.markers(prediction_type, zero_terminal_snr=zero_terminal_snr)
+    return {**single_file.writer(joined).convert(joined), **markers}
 
 
 def single_file_to_diffusers(
