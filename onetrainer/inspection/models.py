@@ -8,6 +8,7 @@ headers, so nothing is loaded.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +30,27 @@ def family_name(detection: Detection) -> str:
     return "unknown-family"
 
 
-def _prefixes(detection: Detection) -> tuple[tuple[str, str], ...]:
+def _grouping(detection: Detection, keys: list[str]) -> tuple[Callable[[str], str], list[str]]:
+    """Which component each key reads into (by the family's own single-file reader, so a ComfyUI checkpoint's
+    bundled parts count as theirs), and the order to show them in (the file layout's, then the family's);
+    "other" for a key no part holds."""
     spec = detection.spec
-    return spec.single_file.component_prefixes if spec is not None and spec.single_file is not None else ()
+    if spec is None or spec.single_file is None:
+        return lambda _: "other", []
+    table = spec.single_file.reader(keys).table
 
+    def component(key: str) -> str:
+        target = table.map_key(key, reverse=True)
+        return "other" if target is None else target.partition(".")[0]
 
-def _component_of(key: str, prefixes: tuple[tuple[str, str], ...]) -> str:
-    for prefix, component in prefixes:
-        if key.startswith(prefix):
-            return component
-    return "other"
+    return component, [name for _, name in spec.single_file.component_prefixes] + list(spec.component_names)
 
 
 def inspect_single_file(path: Path, index: TensorIndex, detection: Detection) -> Inspection:
-    prefixes = _prefixes(detection)
+    component_of, order = _grouping(detection, list(index.entries))
     groups: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
     for key, entry in index.entries.items():
-        groups.setdefault(_component_of(key, prefixes), {})[key] = entry
-    order = [component for _, component in prefixes]
+        groups.setdefault(component_of(key), {})[key] = entry
     components = {
         name: describe_group(groups[name])
         for name in sorted(groups, key=lambda name: (order.index(name) if name in order else len(order), name))

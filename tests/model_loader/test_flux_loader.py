@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from onetrainer.inspection.dispatch import inspect_path
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import detect_model_type, load_model
 from onetrainer.util.errors import UserError
@@ -64,17 +65,66 @@ def test_the_transformer_file_takes_the_rest_from_a_hub_id_without_its_transform
     assert len(model.tokenizer_2) == len(base.tokenizer_2)
 
 
-def test_comfyui_files_read_the_transformer_and_skip_the_rest(
+def _comfy_checkpoint(transformer_file: Path, base: DiffusionModel, parts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A ComfyUI checkpoint of `base` (as its CheckpointSave writes FLUX.1) holding the transformer and `parts`."""
+    from onetrainer.util.keymaps.engine import KeyTable, convert
+    from onetrainer.util.keymaps.ldm_tables import vae_layout, vae_rows
+
+    tensors = {f"model.diffusion_model.{key}": value for key, value in load_file(transformer_file).items()}
+    if "vae" in parts:
+        vae = {f"vae.{key}": tensor for key, tensor in base.vae.state_dict().items()}
+        tensors |= convert(KeyTable(vae_rows(vae_layout(vae, diffusers=True), dst="vae.")), vae)
+    if "text_encoder" in parts:
+        clip = "text_encoders.clip_l."
+        for key, tensor in base.text_encoder.state_dict().items():
+            tensors[f"{clip}transformer.text_model.{key.removeprefix('text_model.')}"] = tensor
+        width = base.text_encoder.config.hidden_size
+        tensors[f"{clip}transformer.text_projection.weight"] = torch.eye(width)  # ComfyUI's, never applied
+        tensors[f"{clip}logit_scale"] = torch.tensor(4.6052)
+    if "text_encoder_2" in parts:
+        for key, tensor in base.text_encoder_2.state_dict().items():
+            if key != "encoder.embed_tokens.weight":  # ComfyUI keeps the tied table once, as `shared`
+                tensors[f"text_encoders.t5xxl.transformer.{key}"] = tensor
+    return {key: tensor.contiguous() for key, tensor in tensors.items()}
+
+
+def test_a_comfyui_checkpoint_loads_its_own_text_encoders_and_vae(
     transformer_file: Path, tiny_flux_dev_dir: Path, tmp_path: Path
 ) -> None:
-    tensors = {f"model.diffusion_model.{key}": value for key, value in load_file(transformer_file).items()}
-    tensors["text_encoders.t5xxl.transformer.shared.weight"] = torch.zeros(2, 2)
+    """The file's parts are the ones loaded, not `model.config`'s: here they differ from the config's."""
+    base = load_model(tiny_flux_dev_dir, dtype="bf16")
+    with torch.no_grad():
+        for name in ("text_encoder", "text_encoder_2", "vae"):
+            for param in base.components[name].parameters():
+                param.add_(0.25)
     path = tmp_path / "flux1-dev-comfy.safetensors"
-    save_file(tensors, path)
+    save_file(_comfy_checkpoint(transformer_file, base, ("vae", "text_encoder", "text_encoder_2")), path)
+
     model: DiffusionModel = load_model(path, config=str(tiny_flux_dev_dir), dtype="bf16")
-    assert _same(
-        model.transformer, load_model(transformer_file, config=str(tiny_flux_dev_dir), dtype="bf16").transformer
-    )
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        assert _same(model.components[name], base.components[name]), name
+    shared = model.text_encoder_2.encoder.embed_tokens.weight
+    assert shared.data_ptr() == model.text_encoder_2.shared.weight.data_ptr()
+
+    components = inspect_path(path).details["components"]  # `inspect` counts each part as its own
+    assert list(components) == ["transformer", "text_encoder", "text_encoder_2", "vae", "other"]
+    assert components["other"]["tensors"] == 2  # CLIP-L's unused projection and logit scale
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        expected = sum(p.numel() for p in base.components[name].state_dict().values())
+        if name == "text_encoder_2":
+            expected -= base.text_encoder_2.shared.weight.numel()  # the tied table, held once
+        assert int(components[name]["parameters"]) == expected, name
+
+
+def test_a_comfyui_checkpoint_takes_only_the_parts_it_lacks_from_the_config(
+    transformer_file: Path, tiny_flux_dev_dir: Path, tmp_path: Path
+) -> None:
+    base = load_model(tiny_flux_dev_dir, dtype="bf16")
+    path = tmp_path / "flux1-dev-comfy-vae.safetensors"
+    save_file(_comfy_checkpoint(transformer_file, base, ("vae",)), path)
+    model: DiffusionModel = load_model(path, config=str(tiny_flux_dev_dir), dtype="bf16")
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        assert _same(model.components[name], base.components[name]), name
 
 
 def test_the_rest_must_come_from_the_same_model_type(transformer_file: Path, tiny_flux_schnell_dir: Path) -> None:

@@ -13,10 +13,14 @@ loads as a diffusion model and diffusers' `FluxTransformer2DModel.from_single_fi
 - `final_layer.linear` (`proj_out`) and `final_layer.adaLN_modulation.1` (`norm_out.linear`), whose
   output rows hold (shift, scale) where diffusers holds (scale, shift): the halves are swapped.
 
-On the diffusers side keys carry the component name (`transformer.`); the file has no prefix. Files
-saved by ComfyUI from a whole checkpoint put the transformer under `model.diffusion_model.`, which the
-reader accepts; their other parts (text encoders, VAE) are skipped, as the text encoders and the VAE
-come from `model.config` / `model.vae` (FLUX.1's single-file format is the transformer's alone).
+On the diffusers side keys carry the component name (`transformer.`); the file has no prefix, and the
+writer writes that file (FLUX.1's single-file format is the transformer's alone). ComfyUI's whole
+checkpoints (`flux1-dev-fp8.safetensors` and files saved by its CheckpointSave) put the transformer under
+`model.diffusion_model.`, the VAE under `vae.` in the LDM layout of BFL's `ae.safetensors`, CLIP-L under
+`text_encoders.clip_l.transformer.` and T5 under `text_encoders.t5xxl.transformer.` (both in transformers'
+names; CLIP-L with an identity projection FLUX.1 never applies, which is skipped). The reader takes every
+part such a file holds, so its own text encoders and VAE are the ones trained and saved; `model.config`
+supplies only the parts a file lacks.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
 from onetrainer.util.keymaps.engine import SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
+from onetrainer.util.keymaps.ldm_tables import clip_rows, vae_layout, vae_rows
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +44,16 @@ MLP_RATIO = 4
 """The single blocks' MLP is 4x the model width (fixed in FLUX.1 and in diffusers' single block)."""
 RELEASED_BLOCKS = (19, 38)
 """FLUX.1-dev and -schnell: 19 double-stream and 38 single-stream blocks."""
-COMFY_OTHER_PARTS = ("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+COMFY_VAE = "vae."
+COMFY_CLIP_L = "text_encoders.clip_l.transformer."
+COMFY_T5 = "text_encoders.t5xxl.transformer."
+COMFY_IGNORE = Ignore(
+    exact=frozenset({COMFY_CLIP_L + "text_projection.weight"}),
+    prefixes=("first_stage_model.", "cond_stage_model.", "conditioner."),
+    suffixes=(".logit_scale", "embeddings.position_ids"),
+)
+"""What a ComfyUI checkpoint holds that no FLUX.1 component does: CLIP-L's (identity) projection and logit
+scale, position ids, and parts of other models' layouts some merges leave behind."""
 
 EMBEDDERS = (
     ("time_text_embed.timestep_embedder.", "time_in."),
@@ -172,16 +187,24 @@ class FluxSingleFile:
         return StreamConverter(KeyTable(layout.rows()))
 
     def reader(self, keys: Iterable[str], *, text_encoder_layers: Mapping[str, int] | None = None) -> StreamConverter:
-        """A converter from a BFL file with these keys (bare or under `model.diffusion_model.`) to
-        `transformer.`-prefixed diffusers keys; other parts of a ComfyUI checkpoint are skipped."""
+        """A converter from a BFL file with these keys (bare), or a ComfyUI checkpoint (the transformer under
+        `model.diffusion_model.`, with the parts it holds of the VAE and text encoders), to
+        component-prefixed diffusers keys."""
         keys = list(keys)
         prefix = COMFY_PREFIX if any(key.startswith(COMFY_PREFIX) for key in keys) else ""
         escaped = re.escape(prefix)
         layout = FluxLayout.from_keys(
             keys, double=escaped + r"double_blocks\.(\d+)\.", single=escaped + r"single_blocks\.(\d+)\."
         )
-        ignore = Ignore(prefixes=COMFY_OTHER_PARTS if prefix else ())
-        return StreamConverter(KeyTable(layout.rows(dst=prefix)), reverse=True, ignore=ignore)
+        if not prefix:
+            return StreamConverter(KeyTable(layout.rows()), reverse=True)
+        rows = [
+            *layout.rows(dst=prefix),
+            *vae_rows(vae_layout(keys, prefix=COMFY_VAE), dst=COMFY_VAE),
+            *clip_rows(clip_text_model_is_wrapped(), dst=COMFY_CLIP_L + "text_model."),
+            Row("text_encoder_2.", COMFY_T5),
+        ]
+        return StreamConverter(KeyTable(rows), reverse=True, ignore=COMFY_IGNORE)
 
     def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
         return {}

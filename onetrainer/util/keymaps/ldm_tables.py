@@ -125,6 +125,18 @@ class SdLayout:
         )
 
 
+def vae_layout(keys: Iterable[str], *, prefix: str = VAE_PREFIX, diffusers: bool = False) -> SdLayout:
+    """The levels of a VAE alone (the UNet and text-encoder counts are 0), from its LDM keys under `prefix`
+    or, with `diffusers`, its `vae.`-prefixed diffusers keys."""
+    keys = list(keys)
+    if diffusers:
+        blocks, layers = r"vae\.encoder\.down_blocks\.(\d+)\.", r"vae\.encoder\.down_blocks\.0\.resnets\.(\d+)\."
+    else:
+        p = re.escape(prefix)
+        blocks, layers = p + r"encoder\.down\.(\d+)\.", p + r"encoder\.down\.0\.block\.(\d+)\."
+    return SdLayout(0, 0, frozenset(), _count(keys, blocks), _count(keys, layers), 0)
+
+
 def _indices(keys: Iterable[str], pattern: str) -> set[int]:
     regex = re.compile(pattern)
     return {int(m.group(1)) for key in keys if (m := regex.match(key))}

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
 from onetrainer.util.keymaps.engine import IDENTITY_ON_READ, SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
-from onetrainer.util.keymaps.ldm_tables import VAE_PREFIX, SdLayout, vae_rows
+from onetrainer.util.keymaps.ldm_tables import VAE_PREFIX, vae_layout, vae_rows
 
 if TYPE_CHECKING:
     import torch
@@ -136,16 +136,6 @@ def _text_rows(wrapped: bool) -> Iterator[Row]:
     yield Row("text_encoder_3.", T5_PREFIX)
 
 
-def _vae_layout(keys: list[str], *, diffusers: bool) -> SdLayout:
-    if diffusers:
-        blocks = _count(keys, r"vae\.encoder\.down_blocks\.(\d+)\.")
-        layers = _count(keys, r"vae\.encoder\.down_blocks\.0\.resnets\.(\d+)\.")
-    else:
-        blocks = _count(keys, re.escape(VAE_PREFIX) + r"encoder\.down\.(\d+)\.")
-        layers = _count(keys, re.escape(VAE_PREFIX) + r"encoder\.down\.0\.block\.(\d+)\.")
-    return SdLayout(0, 0, frozenset(), blocks, layers, 0)
-
-
 @dataclass(frozen=True)
 class Sd3SingleFile:
     """The SD 3 / 3.5 checkpoint layout, both ways (a `SingleFileFormat`)."""
@@ -156,7 +146,7 @@ class Sd3SingleFile:
         keys = list(diffusers_keys)
         rows = [
             *MmditLayout(_count(keys, r"transformer\.transformer_blocks\.(\d+)\.")).rows(),
-            *vae_rows(_vae_layout(keys, diffusers=True)),
+            *vae_rows(vae_layout(keys, diffusers=True)),
             *_text_rows(clip_text_model_is_wrapped(with_projection=True)),
         ]
         return _TiedT5Writer(KeyTable(rows), alias=T5_TIED not in keys)
@@ -169,7 +159,7 @@ class Sd3SingleFile:
         layout = MmditLayout(_count(keys, re.escape(prefix) + r"joint_blocks\.(\d+)\."))
         rows = [
             *layout.rows(dst=prefix),
-            *vae_rows(_vae_layout(keys, diffusers=False)),
+            *vae_rows(vae_layout(keys)),
             *_text_rows(clip_text_model_is_wrapped(with_projection=True)),
         ]
         return StreamConverter(KeyTable(rows), reverse=True, ignore=READ_IGNORE)
