@@ -77,11 +77,10 @@ def convert(
 
     from onetrainer.model_loader.conversion_source import open_conversion_source
     from onetrainer.model_loader.family import parse_model_type
-    from onetrainer.model_saver.convert import write_conversion
+    from onetrainer.model_saver.convert import lora_warnings, write_conversion
     from onetrainer.model_saver.formats import parse_format
     from onetrainer.ui.console import stderr, stdout
     from onetrainer.ui.file_progress import per_file_progress
-    from onetrainer.util.config.output import SaveFormat
     from onetrainer.util.registry import ModuleKind
     from onetrainer.util.threads import apply_threads
     from onetrainer.util.writable import check_writable
@@ -101,8 +100,6 @@ def convert(
         stderr.print(f"input: {source.detection.description}")
         with per_file_progress("tensors") as update:
             used, path = write_conversion(source, output, to=fmt, dtype=cast, overwrite=overwrite, progress=update)
-        if used is SaveFormat.PEFT:
-            adapted = {key.partition(".")[0] for key in source.lora_tensors}
-            for message in source.spec.peft_warnings(adapted, f"--to {used.value}"):
-                stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+        for message in lora_warnings(source, used):
+            stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
     stdout.print(f"wrote {path} ({used.value})")

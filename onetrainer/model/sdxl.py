@@ -11,12 +11,13 @@ the SGM modules; A1111 embeddings hold one tensor per encoder (`clip_l`, `clip_g
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from onetrainer.model.adapters.targets import UNET_PRESETS
 from onetrainer.model.blocks import UNET_BLOCKS
-from onetrainer.model.text_encoders import CLIP_G, CLIP_L
+from onetrainer.model.text_encoders import CLIP_G, CLIP_L, OPENCLIP_FUSED_ATTENTION
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -48,7 +49,7 @@ COMPONENTS = (
         blocks=UNET_BLOCKS,
     ),
     CLIP_L,
-    CLIP_G,
+    dataclasses.replace(CLIP_G, lora_all_or_none=OPENCLIP_FUSED_ATTENTION),  # A1111 runs bigG as OpenCLIP
     Component("vae", Role.VAE, "VAE"),
 )
 

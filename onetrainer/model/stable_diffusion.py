@@ -13,6 +13,7 @@ from typing import Any
 
 from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
 from onetrainer.model.blocks import UNET_BLOCKS
+from onetrainer.model.text_encoders import OPENCLIP_FUSED_ATTENTION
 from onetrainer.util.family import (
     Component,
     Evidence,
@@ -38,7 +39,7 @@ own modules, ComfyUI maps both namings, and diffusers' kohya loader reads them. 
 transformers CLIP paths with `text_model_` kept, for 2.x too (A1111 fuses q/k/v itself for OpenCLIP)."""
 
 
-def _components(text_encoder_title: str) -> tuple[Component, ...]:
+def _components(text_encoder_title: str, all_or_none: tuple[str, ...] = ()) -> tuple[Component, ...]:
     return (
         Component(
             "unet",
@@ -57,6 +58,7 @@ def _components(text_encoder_title: str) -> tuple[Component, ...]:
             kohya_prefix="lora_te_",
             embedding_key="emb_params",
             lora_presets=CLIP_PRESETS,
+            lora_all_or_none=all_or_none,
         ),
         Component("vae", Role.VAE, "VAE"),
     )
@@ -203,7 +205,7 @@ SD2 = register_family(
     FamilySpec(
         name="sd2",
         title="SD 2.x",
-        components=_components("OpenCLIP ViT-H text encoder"),
+        components=_components("OpenCLIP ViT-H text encoder", OPENCLIP_FUSED_ATTENTION),
         objective=Objective.DDPM,
         latent_channels=4,
         bucket_step=8,

@@ -105,6 +105,21 @@ def write_conversion(
     return fmt, output
 
 
+def lora_warnings(source: Convertible, used: SaveFormat) -> list[str]:
+    """What a written LoRA loses in other tools: a peft file, its parts they read only as kohya; a kohya file,
+    its partly adapted attention layers A1111 and Forge skip."""
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    if source.kind != LORA:
+        return []
+    setting = f"--to {used.value}"
+    if used is SaveFormat.PEFT:
+        return source.spec.peft_warnings({key.partition(".")[0] for key in source.lora_tensors}, setting)
+    if used is SaveFormat.KOHYA:
+        return source.spec.all_or_none_warnings({split_peft_key(key)[0] for key in source.lora_tensors}, setting)
+    return []
+
+
 def _write_model(
     source: Convertible,
     output: Path,

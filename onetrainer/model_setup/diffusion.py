@@ -234,6 +234,17 @@ class DiffusionSetup:
                 param.requires_grad_(True)
             self.trainables.add(name, named)
 
+    def interop_warnings(self) -> list[str]:
+        """What the LoRA being trained will lose in other tools, said before training starts."""
+        if self.lora is None or self._lora_format() != "kohya":
+            return []
+        from onetrainer.util.keymaps.lora import split_peft_key
+
+        layers = {
+            f"{name}.{split_peft_key(key)[0]}" for name, sd in self.lora.state_dicts(self.model).items() for key in sd
+        }
+        return self.spec.all_or_none_warnings(layers, "lora.regex")
+
     def _lora_format(self) -> str:
         """The layout the LoRA will be saved in (`auto`: the family's for the parts that train, as the saver
         decides it)."""

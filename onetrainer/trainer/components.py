@@ -108,6 +108,8 @@ def build_parts(
         data.use_encoders(setup.image_encoder(), setup.text_encoder())
         if rank == 0:
             warn_cut_captions(data, setup, progress)
+            for message in setup.interop_warnings():
+                progress({"event": "warning", "stage": "config", "message": f"warning: {message}"})
     except BaseException:
         data.close()
         raise

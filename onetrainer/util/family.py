@@ -95,6 +95,11 @@ class Component:
     trains such a component is saved as kohya under `saving.format: auto`, and an explicit peft is warned about
     (onetrainer reads both layouts, so it is not refused)."""
 
+    lora_all_or_none: tuple[str, ...] = ()
+    """Sibling layers (by their last path parts) A1111 and Forge adapt only all together: their OpenCLIP text
+    encoders run each attention as one fused layer, whose LoRA applies there only when q, k, v and out all
+    carry one; a kohya LoRA on some of them loads without error and changes nothing there."""
+
     unused_layers: Callable[[Any], Iterable[str]] | None = None
     """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
     computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
@@ -359,6 +364,30 @@ class FamilySpec:
             f"{setting}: the {component.title}'s LoRA is written under peft keys ({component.name}.*) that only "
             f"onetrainer reads; kohya is the layout in which it loads in {component.lora_kohya_only}"
             for component in self.kohya_only(trained)
+        ]
+
+    def all_or_none_warnings(self, modules: Iterable[str], setting: str) -> list[str]:
+        """What a kohya LoRA adapting `modules` (component-prefixed layer paths) loses in A1111/Forge: the
+        groups of a component's `lora_all_or_none` layers it adapts only in part, for `setting` (what chose
+        the layers); empty when every group is whole or untouched."""
+        wanted = {c.name: c.lora_all_or_none for c in self.components if c.lora_all_or_none}
+        groups: dict[tuple[str, str], set[str]] = {}
+        for path in modules:
+            name, _, rest = path.partition(".")
+            for suffix in wanted.get(name, ()):
+                if rest.endswith("." + suffix):
+                    groups.setdefault((name, rest[: -len(suffix) - 1]), set()).add(suffix)
+        partial: dict[str, list[str]] = {}
+        for (name, parent), found in groups.items():
+            if len(found) < len(wanted[name]):
+                adapted = ", ".join(suffix for suffix in wanted[name] if suffix in found)
+                partial.setdefault(name, []).append(f"{parent}: {adapted}")
+        return [
+            f"{setting}: {len(parents)} attention layers of the {self.component(name).title} adapt only some of "
+            f"{', '.join(wanted[name])} (e.g. {parents[0]}); A1111 and Forge apply such a layer's LoRA only when "
+            "all of them are adapted, so there it loads without error and changes nothing (ComfyUI and diffusers "
+            "apply it). Adapt all of them, as the attn presets do"
+            for name, parents in partial.items()
         ]
 
     @property
