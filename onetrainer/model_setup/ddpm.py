@@ -28,6 +28,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DISTRIBUTIONS = (TimestepDistribution.UNIFORM, TimestepDistribution.LOGIT_NORMAL, TimestepDistribution.SIGMOID)
 WEIGHTINGS = (LossWeighting.NONE, LossWeighting.MIN_SNR_GAMMA, LossWeighting.DEBIASED)
 SNR_FLOOR = 1e-3
+DEBIASED_SNR_CAP = 1000.0
 """SNR is clamped to at least this before weighting: a zero-terminal-SNR schedule reaches 0 at its last
 step, where 1/SNR is infinite. Ordinary schedules never go below about 0.005."""
 
@@ -133,7 +134,13 @@ def timestep_weights(snr: torch.Tensor, weighting: LossWeighting, gamma: float, 
             return capped / (snr + 1)
         return capped if prediction_type == "sample" else capped / snr
     if weighting is LossWeighting.DEBIASED:
-        return 1 / snr.sqrt()
+        # Yu et al.'s 1/sqrt(SNR) is an epsilon-loss weight; SNR is capped at 1000 and v-prediction weighs
+        # 1/sqrt(SNR + 1), as OneTrainer and sd-scripts do (1/sqrt(SNR) would grow without bound at the noisy
+        # end, where a v-loss is already large). A sample loss is an epsilon loss times SNR: sqrt(SNR).
+        snr = snr.clamp(max=DEBIASED_SNR_CAP)
+        if prediction_type == "v_prediction":
+            return 1 / (snr + 1).sqrt()
+        return snr.sqrt() if prediction_type == "sample" else 1 / snr.sqrt()
     raise UserError(
         f"loss.weighting {weighting.value!r} is not a weighting of this model's objective (DDPM)",
         hint=f"Use one of: {', '.join(w.value for w in WEIGHTINGS)}.",

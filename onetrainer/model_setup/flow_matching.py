@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+SIGMA_FLOOR = 1 / NUM_TRAIN_TIMESTEPS
+"""The least noise level sigma-sqrt weighs at (diffusers draws sigmas from a 1000-step grid)."""
 DISTRIBUTIONS = (
     TimestepDistribution.UNIFORM,
     TimestepDistribution.LOGIT_NORMAL,
@@ -57,11 +59,17 @@ class ResolutionShift:
     def from_scheduler_config(cls, config: dict[str, Any]) -> ResolutionShift:
         defaults = cls()
         return cls(
-            base_seq_len=int(config.get("base_image_seq_len") or defaults.base_seq_len),
-            max_seq_len=int(config.get("max_image_seq_len") or defaults.max_seq_len),
-            base_shift=float(config.get("base_shift") or defaults.base_shift),
-            max_shift=float(config.get("max_shift") or defaults.max_shift),
+            base_seq_len=int(_setting(config, "base_image_seq_len", defaults.base_seq_len)),
+            max_seq_len=int(_setting(config, "max_image_seq_len", defaults.max_seq_len)),
+            base_shift=float(_setting(config, "base_shift", defaults.base_shift)),
+            max_shift=float(_setting(config, "max_shift", defaults.max_shift)),
         )
+
+
+def _setting(config: dict[str, Any], key: str, default: float) -> float:
+    """A scheduler config's value, the default only where it is absent or null (a shift of 0 is a value)."""
+    value = config.get(key)
+    return default if value is None else float(value)
 
 
 def sample_density(config: TimestepConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +113,8 @@ def loss_weights(sigmas: torch.Tensor, weighting: LossWeighting) -> torch.Tensor
     import torch
 
     if weighting is LossWeighting.SIGMA_SQRT:
-        return (sigmas**-2.0).float()
+        # u is drawn from [0, 1), so sigma can be 0 exactly; the floor is the least sigma of a 1000-step schedule
+        return (sigmas.clamp(min=SIGMA_FLOOR) ** -2.0).float()
     if weighting is LossWeighting.COSMAP:
         return 2 / (math.pi * (1 - 2 * sigmas + 2 * sigmas**2))
     if weighting is LossWeighting.NONE:

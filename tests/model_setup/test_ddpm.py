@@ -179,6 +179,20 @@ def test_debiased_weight_is_inverse_sqrt_snr() -> None:
     assert torch.allclose(weights, 1 / snr_values.sqrt(), atol=1e-6)
 
 
+def test_debiased_weight_follows_the_prediction_type_and_caps_snr_at_1000() -> None:
+    """OneTrainer's (and sd-scripts') rule: v-prediction weighs 1/sqrt(SNR + 1), bounded by 1 at the noisy end
+    where 1/sqrt(SNR) would reach 31.6 on a zero-terminal-SNR schedule; a sample loss weighs sqrt(SNR)."""
+    snr_values = torch.tensor([0.0, 1.0, 100.0, 5000.0])
+    floored = snr_values.clamp(1e-3, 1000.0)
+    v = timestep_weights(snr_values, LossWeighting.DEBIASED, 5.0, "v_prediction")
+    assert torch.allclose(v, 1 / (floored + 1).sqrt(), atol=1e-6)
+    assert v.max().item() <= 1.0
+    sample = timestep_weights(snr_values, LossWeighting.DEBIASED, 5.0, "sample")
+    assert torch.allclose(sample, floored.sqrt(), atol=1e-5)
+    eps = timestep_weights(snr_values, LossWeighting.DEBIASED, 5.0, "epsilon")
+    assert eps[-1].item() == pytest.approx(1 / math.sqrt(1000.0))
+
+
 def test_zero_snr_is_floored_instead_of_dividing_by_zero() -> None:
     weights = timestep_weights(torch.tensor([0.0]), LossWeighting.DEBIASED, 5.0, "epsilon")
     assert weights.item() == pytest.approx(1 / math.sqrt(SNR_FLOOR))

@@ -88,6 +88,19 @@ def test_loss_weights_equal_diffusers(weighting: LossWeighting, scheme: str) -> 
     assert torch.allclose(loss_weights(sigmas, weighting), compute_loss_weighting_for_sd3(scheme, sigmas), atol=1e-6)
 
 
+def test_sigma_sqrt_is_finite_at_a_noise_level_of_zero() -> None:
+    """u = 0 is a possible draw (torch.rand is in [0, 1)); its weight is that of the least grid sigma."""
+    weights = loss_weights(torch.tensor([0.0, 1e-7, 0.5]), LossWeighting.SIGMA_SQRT)
+    assert torch.isfinite(weights).all()
+    assert weights.tolist() == pytest.approx([1e6, 1e6, 4.0])
+
+
+def test_a_zero_shift_in_the_scheduler_config_is_kept() -> None:
+    shift = ResolutionShift.from_scheduler_config({**FLUX_SCHEDULER, "base_shift": 0.0, "max_shift": 0.0})
+    assert (shift.base_shift, shift.max_shift, shift.mu(4096)) == (0.0, 0.0, 0.0)
+    assert ResolutionShift.from_scheduler_config({"base_shift": None}).base_shift == ResolutionShift().base_shift
+
+
 def test_ddpm_weightings_are_refused() -> None:
     with pytest.raises(UserError, match="min-snr-gamma"):
         loss_weights(torch.ones(2), LossWeighting.MIN_SNR_GAMMA)

@@ -108,7 +108,8 @@ class LossConfig(Section):
     huber_delta: float = Field(1.0, gt=0, description="huber: where the loss turns from quadratic to linear.")
     weighting: LossWeighting = Field(
         LossWeighting.NONE,
-        description="Per-timestep weight: none; DDPM models min-snr-gamma (Hang et al.) or debiased (1/sqrt(SNR)); "
+        description="Per-timestep weight: none; DDPM models min-snr-gamma (Hang et al.) or debiased (1/sqrt(SNR), "
+        "v-prediction 1/sqrt(SNR+1) as OneTrainer; SNR capped at 1000); "
         "flow-matching models sigma-sqrt or cosmap (SD 3 paper).",
     )
     gamma: float = Field(5.0, gt=0, description="min-snr-gamma: the SNR cap.")
