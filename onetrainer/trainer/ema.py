@@ -22,7 +22,12 @@ CHUNK_BYTES = 256 * 2**20
 
 
 class ModelEma:
-    """Shadow copies of `parameters`, pulled toward them by `1 - decay` every `update_every` steps."""
+    """Shadow copies of `parameters`, pulled toward them by `1 - decay` every `update_every` steps.
+
+    With `warmup`, the n-th update (from 0) keeps min(decay, (1 + n) / (10 + n)) of the old average, as
+    diffusers' EMAModel and OneTrainer do: at decay 0.999 the average would otherwise still hold a third of
+    the untrained weights after 1,000 updates, and a model saved from it would look barely trained.
+    """
 
     def __init__(
         self,
@@ -30,6 +35,7 @@ class ModelEma:
         *,
         decay: float,
         update_every: int = 1,
+        warmup: bool = True,
         device: torch.device | None = None,
     ) -> None:
         import torch
@@ -37,6 +43,7 @@ class ModelEma:
         self.parameters = parameters
         self.decay = decay
         self.update_every = update_every
+        self.warmup = warmup
         with torch.no_grad():
             self.shadow = [
                 param.detach().to(device=device or param.device, dtype=average_dtype(param.dtype), copy=True)
@@ -50,15 +57,20 @@ class ModelEma:
 
         if step % self.update_every != 0:
             return False
+        decay = self.current_decay()
         with torch.no_grad():
             for pairs in self._chunks():
                 shadows = [shadow for _, shadow in pairs]
                 current = [param.detach().to(shadow.device, shadow.dtype, non_blocking=True) for param, shadow in pairs]
                 for device in {param.device for param, shadow in pairs if _leaves_gpu(param, shadow)}:
                     torch.cuda.current_stream(device).synchronize()  # the copies to pinned memory have arrived
-                torch._foreach_lerp_(shadows, current, 1.0 - self.decay)
+                torch._foreach_lerp_(shadows, current, 1.0 - decay)
         self.updates += 1
         return True
+
+    def current_decay(self) -> float:
+        """The share of the old average the next update keeps."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
 
     def _chunks(self) -> Iterator[list[tuple[torch.nn.Parameter, torch.Tensor]]]:
         """The (weight, shadow) pairs: one chunk where no copy leaves the GPU, else chunks of `CHUNK_BYTES`."""

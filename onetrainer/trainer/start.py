@@ -181,7 +181,13 @@ def start_session(
     ema = None
     if training.ema.enabled:
         ema_device = torch.device("cpu") if training.ema.device is EmaDevice.CPU else None  # None: beside each weight
-        ema = ModelEma(trained, decay=training.ema.decay, update_every=training.ema.update_every, device=ema_device)
+        ema = ModelEma(
+            trained,
+            decay=training.ema.decay,
+            update_every=training.ema.update_every,
+            warmup=training.ema.warmup,
+            device=ema_device,
+        )
     generator = torch.Generator(device=device)
     generator.manual_seed(rank_seed(training.seed, world.rank))
     first_epoch_steps = optimizer_steps(parts.batches_in_epoch(0), training.gradient_accumulation_steps)

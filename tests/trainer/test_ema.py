@@ -14,7 +14,7 @@ def _params() -> list[torch.nn.Parameter]:
 
 def test_update_moves_the_average_by_one_minus_decay() -> None:
     params = _params()
-    ema = ModelEma(params, decay=0.9)
+    ema = ModelEma(params, decay=0.9, warmup=False)
     with torch.no_grad():
         params[0].fill_(1.0)
     assert ema.update(1)
@@ -27,7 +27,7 @@ def test_the_average_of_half_precision_weights_is_kept_in_fp32_and_moves(dtype: 
     """At decay 0.999 an update moves the average by a thousandth of the weight's step: below half a bf16 step
     of the weight, so a bf16 average would never move (the `sdxl-full-12gb` preset's bf16 weights)."""
     weight = torch.nn.Parameter(torch.ones(4, dtype=dtype))
-    ema = ModelEma([weight], decay=0.999)
+    ema = ModelEma([weight], decay=0.999, warmup=False)
     with torch.no_grad():
         weight.fill_(1.0078125)  # one bf16 step above 1
     for step in range(1, 101):
@@ -42,9 +42,31 @@ def test_the_average_of_half_precision_weights_is_kept_in_fp32_and_moves(dtype: 
     assert torch.equal(weight.detach(), torch.full((4,), 1.0078125, dtype=dtype))
 
 
+def test_warmup_keeps_little_of_the_start_then_reaches_the_decay() -> None:
+    """diffusers' EMAModel and OneTrainer: the n-th update keeps min(decay, (1 + n) / (10 + n))."""
+    params = _params()
+    ema = ModelEma(params, decay=0.999, update_every=2)
+    assert [ema.current_decay()] == [0.1]
+    with torch.no_grad():
+        params[0].fill_(1.0)
+    ema.update(2)
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 0.9))
+    assert ema.current_decay() == pytest.approx(2 / 11)
+    for step in range(4, 2002, 2):
+        ema.update(step)
+    assert ema.updates == 1000
+    assert ema.current_decay() == pytest.approx(1001 / 1010)
+    assert 0.99 < ema.shadow[0][0].item() <= 1.0  # without warm-up: 1 - 0.999**1000 = 0.63
+    restored = ModelEma(_params(), decay=0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.current_decay() == ema.current_decay()  # a resumed run continues the warm-up
+    ema.updates = 9000
+    assert ema.current_decay() == 0.999  # (1 + n) / (10 + n) passes the decay after 8,991 updates
+
+
 def test_update_only_every_n_steps() -> None:
     params = _params()
-    ema = ModelEma(params, decay=0.5, update_every=3)
+    ema = ModelEma(params, decay=0.5, update_every=3, warmup=False)
     with torch.no_grad():
         params[0].fill_(1.0)
     assert [ema.update(step) for step in range(1, 7)] == [False, False, True, False, False, True]
@@ -54,7 +76,7 @@ def test_update_only_every_n_steps() -> None:
 
 def test_applied_shows_the_average_then_restores_the_trained_weights() -> None:
     params = _params()
-    ema = ModelEma(params, decay=0.9, device=torch.device("cpu"))
+    ema = ModelEma(params, decay=0.9, warmup=False, device=torch.device("cpu"))
     with torch.no_grad():
         params[0].fill_(2.0)
     ema.update(1)
@@ -83,8 +105,8 @@ def test_an_average_in_cpu_memory_of_many_tensors_is_updated_chunk_by_chunk_as_i
     from onetrainer.trainer import ema as ema_module
 
     params = [torch.nn.Parameter(torch.full((256,), float(index))) for index in range(10)]  # 1 KiB each
-    reference = ModelEma(params, decay=0.5)
-    chunked = ModelEma(params, decay=0.5, device=torch.device("cpu"))
+    reference = ModelEma(params, decay=0.5, warmup=False)
+    chunked = ModelEma(params, decay=0.5, warmup=False, device=torch.device("cpu"))
     with torch.no_grad():
         for param in params:
             param.add_(1.0)

@@ -94,6 +94,11 @@ class EmaConfig(Section):
     enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
     decay: float = Field(0.999, gt=0, lt=1, description="Share of the old average kept at each update.")
     update_every: int = Field(1, ge=1, description="Update the average every N optimizer steps.")
+    warmup: bool = Field(
+        True,
+        description="Start with a short memory: the n-th update keeps min(decay, (1 + n) / (10 + n)) of the average, "
+        "as diffusers and OneTrainer do (false: decay from the first update, so early weights linger).",
+    )
     device: EmaDevice = Field(
         EmaDevice.TRAIN,
         description="Where the average lives: train (beside the weights, fast; CPU memory for offloaded blocks) or "

@@ -91,9 +91,10 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["ema_update_step_interval"] = ema["update_every"]
         ema.refuse("for_samples", "OneTrainer draws previews with the EMA weights (and the others)")
         ema.refuse("for_saves", "OneTrainer saves the EMA weights")
+        ema.refuse("warmup", "OneTrainer's moving average always warms up")
     else:
         ot["ema"] = "OFF"
-        for key in ("decay", "update_every", "device", "for_samples", "for_saves"):
+        for key in ("decay", "update_every", "warmup", "device", "for_samples", "for_saves"):
             ema.ignore(key, "ema is off")
 
 
