@@ -8,7 +8,7 @@ from onetrainer.model.adapters.targets import CLIP_PRESETS
 from onetrainer.util.family import Component, Role
 
 OPENCLIP_FUSED_ATTENTION = tuple(f"self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj", "out_proj"))
-"""The attention layers A1111 and Forge fuse into one MultiheadAttention in OpenCLIP text encoders
+"""The attention layers A1111 fuses into one MultiheadAttention in OpenCLIP text encoders
 (`Component.lora_all_or_none`)."""
 
 CLIP_L = Component(

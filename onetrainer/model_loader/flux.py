@@ -1,11 +1,13 @@
 """The FLUX.1 loader: the shared diffusers loader with the shared single-file reader.
 
 A diffusers folder or hub id (`black-forest-labs/FLUX.1-dev`) loads whole. BFL's single file holds the
-transformer alone (bare `double_blocks.*` keys, or under ComfyUI's `model.diffusion_model.`), read
-tensor by tensor through the BFL table in the family spec and cast as it is read (a bf16 load never
-holds an fp32 copy); the text encoders, their tokenizers, the VAE and the scheduler come from
-`model.config`, a diffusers folder or hub id of the same model type, of which only those parts are
-read. `model.vae` may replace the VAE (BFL's `ae.safetensors` included).
+transformer alone (bare `double_blocks.*` keys), read tensor by tensor through the BFL table in the
+family spec and cast as it is read (a bf16 load never holds an fp32 copy); the text encoders, their
+tokenizers, the VAE and the scheduler come from `model.config`, a diffusers folder or hub id of the same
+model type, of which only those parts are read. A ComfyUI checkpoint (the transformer under
+`model.diffusion_model.`) also holds some or all of the VAE and text encoders, which are read from it;
+`model.config` supplies the rest, and any part stored in ComfyUI's scaled fp8 format. `model.vae` may
+replace the VAE (BFL's `ae.safetensors` included).
 """
 
 from __future__ import annotations

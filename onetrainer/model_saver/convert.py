@@ -107,7 +107,7 @@ def write_conversion(
 
 def lora_warnings(source: Convertible, used: SaveFormat) -> list[str]:
     """What a written LoRA loses in other tools: a peft file, its parts they read only as kohya; a kohya file,
-    its partly adapted attention layers A1111 and Forge skip."""
+    its partly adapted attention layers A1111 skips."""
     from onetrainer.util.keymaps.lora import split_peft_key
 
     if source.kind != LORA:

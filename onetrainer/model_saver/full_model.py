@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.atomic import atomic_directory, atomic_write_text
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec
+from onetrainer.util.family import FamilySpec, is_zero_terminal_snr
 from onetrainer.util.safetensors_stream import write_safetensors_stream
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ Progress = Callable[[str, int, int], None]
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
+ZERO_SNR_SCHEDULER = "DDIMScheduler"
+"""The class a zero-terminal-SNR folder names where its own cannot rescale (SD 1.5's PNDM): diffusers would
+sample it on the ordinary schedule. DDIM with trailing timesteps is what the zero-terminal-SNR paper samples with."""
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -104,10 +107,22 @@ def write_diffusers_folder(
         scheduler = {k: v for k, v in parts.configs["scheduler"].items() if k != "_use_default_values"}
         if prediction_type is not None:
             scheduler["prediction_type"] = prediction_type
+        if is_zero_terminal_snr(scheduler) and not _takes(str(scheduler["_class_name"]), "rescale_betas_zero_snr"):
+            scheduler["_class_name"] = ZERO_SNR_SCHEDULER
         scheduler["_diffusers_version"] = diffusers.__version__
         _write_json(folder / SCHEDULER_FILE, scheduler)
         _write_json(folder / "model_index.json", _model_index(spec, parts, str(scheduler["_class_name"]), components))
     return output
+
+
+def _takes(class_name: str, setting: str) -> bool:
+    """Whether diffusers' scheduler `class_name` has `setting` (an unknown class is taken to have it)."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    return cls is None or setting in inspect.signature(cls.__init__).parameters
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path, vocab_size: int) -> None:

@@ -240,10 +240,12 @@ class DiffusionSetup:
             return []
         from onetrainer.util.keymaps.lora import split_peft_key
 
-        layers = {
-            f"{name}.{split_peft_key(key)[0]}" for name, sd in self.lora.state_dicts(self.model).items() for key in sd
-        }
-        return self.spec.all_or_none_warnings(layers, "lora.regex")
+        warnings: list[str] = []
+        for name, state in self.lora.state_dicts(self.model).items():
+            setting = f"parts.{name}.lora_regex" if self.config.parts[name].lora_regex else "lora.regex"
+            layers = {f"{name}.{split_peft_key(key)[0]}" for key in state}
+            warnings += self.spec.all_or_none_warnings(layers, setting)
+        return warnings
 
     def _lora_format(self) -> str:
         """The layout the LoRA will be saved in (`auto`: the family's for the parts that train, as the saver

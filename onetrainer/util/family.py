@@ -96,9 +96,10 @@ class Component:
     (onetrainer reads both layouts, so it is not refused)."""
 
     lora_all_or_none: tuple[str, ...] = ()
-    """Sibling layers (by their last path parts) A1111 and Forge adapt only all together: their OpenCLIP text
-    encoders run each attention as one fused layer, whose LoRA applies there only when q, k, v and out all
-    carry one; a kohya LoRA on some of them loads without error and changes nothing there."""
+    """Sibling layers (by their last path parts) A1111 adapts only all together: its OpenCLIP text encoders run
+    each attention as one fused layer, whose LoRA applies there only when q, k, v and out all carry one; a
+    kohya LoRA on some of them loads without error and changes nothing there (Forge, ComfyUI and diffusers
+    keep the layers apart and apply it)."""
 
     unused_layers: Callable[[Any], Iterable[str]] | None = None
     """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
@@ -367,7 +368,7 @@ class FamilySpec:
         ]
 
     def all_or_none_warnings(self, modules: Iterable[str], setting: str) -> list[str]:
-        """What a kohya LoRA adapting `modules` (component-prefixed layer paths) loses in A1111/Forge: the
+        """What a kohya LoRA adapting `modules` (component-prefixed layer paths) loses in A1111: the
         groups of a component's `lora_all_or_none` layers it adapts only in part, for `setting` (what chose
         the layers); empty when every group is whole or untouched."""
         wanted = {c.name: c.lora_all_or_none for c in self.components if c.lora_all_or_none}
@@ -384,8 +385,8 @@ class FamilySpec:
                 partial.setdefault(name, []).append(f"{parent}: {adapted}")
         return [
             f"{setting}: {len(parents)} attention layers of the {self.component(name).title} adapt only some of "
-            f"{', '.join(wanted[name])} (e.g. {parents[0]}); A1111 and Forge apply such a layer's LoRA only when "
-            "all of them are adapted, so there it loads without error and changes nothing (ComfyUI and diffusers "
+            f"{', '.join(wanted[name])} (e.g. {parents[0]}); A1111 applies such a layer's LoRA only when all of "
+            "them are adapted, so there it loads without error and changes nothing (Forge, ComfyUI and diffusers "
             "apply it). Adapt all of them, as the attn presets do"
             for name, parents in partial.items()
         ]

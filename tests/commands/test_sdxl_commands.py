@@ -150,16 +150,17 @@ def test_presets_pass_check_as_shipped(name: str, cli: Callable[..., Any]) -> No
 
 
 def test_a_lora_on_part_of_bigg_attention_is_warned_about_before_training(train_tiny_run: Callable[..., Any]) -> None:
-    """A1111/Forge would load the saved file and silently skip those layers (see `Component.lora_all_or_none`)."""
+    """A1111 would load the saved file and silently skip those layers (see `Component.lora_all_or_none`)."""
     import json
 
     parts = {"text_encoder_2": {"train": True, "lora_regex": r"self_attn\.(q_proj|v_proj)$"}}
     run = train_tiny_run("sdxl-qv", MODEL, "lora", "qv.safetensors", "--json", parts=parts)
     events = [json.loads(line) for line in run.result.stdout.splitlines() if line.startswith("{")]
-    said = [i for i, event in enumerate(events) if "lora.regex" in str(event.get("message"))]
+    said = [i for i, event in enumerate(events) if "lora_regex" in str(event.get("message"))]
     assert len(said) == 1
     warning = events[said[0]]
     assert warning["event"] == "warning"
-    assert "lora.regex: 2 attention layers of the OpenCLIP ViT-bigG text encoder adapt only some" in warning["message"]
+    bigg = "parts.text_encoder_2.lora_regex: 2 attention layers of the OpenCLIP ViT-bigG text encoder adapt only some"
+    assert bigg in warning["message"]
     assert said[0] < next(i for i, event in enumerate(events) if event["event"] == "step"), "said before training"
     assert any(key.startswith("lora_te2_") and "_q_proj." in key for key in load_file(run.saved))

@@ -116,6 +116,28 @@ def test_a_comfyui_checkpoint_loads_its_own_text_encoders_and_vae(
         assert int(components[name]["parameters"]) == expected, name
 
 
+def test_a_part_in_comfyuis_scaled_fp8_format_comes_from_the_config(
+    transformer_file: Path, tiny_flux_dev_dir: Path, tmp_path: Path
+) -> None:
+    """Its fp8 weights mean nothing without their per-layer scales, so it is read as if the file lacked it."""
+    base = load_model(tiny_flux_dev_dir, dtype="bf16")
+    changed = load_model(tiny_flux_dev_dir, dtype="bf16")
+    with torch.no_grad():
+        for name in ("text_encoder", "text_encoder_2"):
+            for param in changed.components[name].parameters():
+                param.add_(0.25)
+    tensors = _comfy_checkpoint(transformer_file, changed, ("vae", "text_encoder", "text_encoder_2"))
+    t5 = "text_encoders.t5xxl."
+    tensors[t5 + "scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    for key in [k for k in tensors if k.startswith(t5) and k.endswith("SelfAttention.q.weight")]:
+        tensors[key.removesuffix("weight") + "scale_weight"] = torch.tensor(0.5)
+    path = tmp_path / "flux1-dev-scaled-t5.safetensors"
+    save_file(tensors, path)
+    model: DiffusionModel = load_model(path, config=str(tiny_flux_dev_dir), dtype="bf16")
+    assert _same(model.text_encoder_2, base.text_encoder_2), "T5 from model.config"
+    assert _same(model.text_encoder, changed.text_encoder), "CLIP-L from the file"
+
+
 def test_a_comfyui_checkpoint_takes_only_the_parts_it_lacks_from_the_config(
     transformer_file: Path, tiny_flux_dev_dir: Path, tmp_path: Path
 ) -> None:

@@ -92,3 +92,22 @@ def test_convert_keeps_the_schedule_between_single_files_and_diffusers_folders(t
     result = runner.invoke(app, ["convert", str(unmarked), str(plain), "--to", "diffusers", "--config", "tiny:sdxl"])
     assert result.exit_code == 0, result.output
     assert not json.loads((plain / "scheduler" / "scheduler_config.json").read_text()).get("rescale_betas_zero_snr")
+
+
+@pytest.mark.parametrize("zero_snr", [True, False])
+def test_a_zero_snr_folder_names_a_scheduler_class_that_can_rescale(tmp_path: Path, zero_snr: bool) -> None:
+    """SD 1.5's released scheduler class is PNDM, which has no `rescale_betas_zero_snr`: diffusers would keep the
+    setting in the config and sample on the ordinary schedule."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    model = _zero_snr_model("tiny:sd15") if zero_snr else load_model("tiny:sd15")
+    model.scheduler_class = "PNDMScheduler"
+    folder = DiffusionSaver().save(model, tmp_path / "folder", method=TrainingMethod.FULL, dtype=None)[0]
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    expected = "DDIMScheduler" if zero_snr else "PNDMScheduler"
+    assert scheduler["_class_name"] == expected
+    assert json.loads((folder / "model_index.json").read_text())["scheduler"] == ["diffusers", expected]
+    if zero_snr:
+        pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+        assert isinstance(pipe.scheduler, DDIMScheduler)
+        assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6

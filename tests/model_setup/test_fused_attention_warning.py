@@ -1,5 +1,5 @@
 """A kohya LoRA adapting only some of an OpenCLIP attention's q, k, v and out layers is said to do nothing in
-A1111/Forge, which apply it to their fused MultiheadAttention only when all four carry one."""
+A1111, which applies it to its fused MultiheadAttention only when all four carry one."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def test_the_warning_names_the_encoder_and_counts_its_partial_layers() -> None:
 
 def test_training_sd2s_text_encoder_on_some_attention_layers_warns_before_training() -> None:
     (message,) = _setup("sd2", "text_encoder", QV_ONLY).interop_warnings()
+    assert message.startswith("parts.text_encoder.lora_regex: ")
     assert "OpenCLIP ViT-H text encoder adapt only some of self_attn.q_proj" in message
     assert _setup("sd2", "text_encoder", None).interop_warnings() == []  # the attn preset adapts all four
     assert _setup("sd2", "text_encoder", QV_ONLY, fmt="peft").interop_warnings() == []  # A1111 reads no peft
@@ -77,4 +78,4 @@ def test_convert_to_kohya_warns_for_a_partly_adapted_attention(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     said: Any = " ".join(result.output.split())
     assert "--to kohya: " in said
-    assert "A1111 and Forge apply such a layer's LoRA only when all of them are adapted" in said
+    assert "A1111 applies such a layer's LoRA only when all of them are adapted" in said

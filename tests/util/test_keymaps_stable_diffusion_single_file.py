@@ -109,6 +109,27 @@ def test_text_encoder_keys_with_or_without_text_model_give_one_file(
     assert te_back.keys() == wrapped.keys()
 
 
+def test_a_1x_file_without_the_text_model_wrapper_reads_the_same_weights(tiny_sd15_dir: Path, tmp_path: Path) -> None:
+    """Early 1.x checkpoints keep CLIP under `cond_stage_model.transformer.` directly (A1111 and ComfyUI read
+    them); the loader and `inspect` read them as the text encoder."""
+    from onetrainer.inspection.dispatch import inspect_path
+    from onetrainer.model_loader.pipeline import load_model
+
+    parts = _components(tiny_sd15_dir)
+    modern = diffusers_to_single_file(*parts, _layout("sd15"))
+    legacy = {
+        key.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): value
+        for key, value in modern.items()
+    }
+    assert not any(key.startswith("cond_stage_model.transformer.text_model.") for key in legacy)
+    _assert_equal(parts[2], single_file_to_diffusers(legacy, _layout("sd15"))[2])
+    path = tmp_path / "legacy.safetensors"
+    save_safetensors(legacy, path)
+    model = load_model(path, config=str(tiny_sd15_dir))
+    _assert_equal(parts[2], model.text_encoder.state_dict())
+    assert "other" not in inspect_path(path).details["components"]
+
+
 def test_streaming_read_from_a_file_matches_whole_dict(
     tiny: tuple[str, Path, tuple[State, State, State]], tmp_path: Path
 ) -> None:

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     import torch
 
 COMPONENTS = ("unet", "vae", "text_encoder")
+LEGACY_CLIP_PREFIX = "cond_stage_model.transformer."
+"""Where 1.x files saved with transformers before 4.x's `text_model` wrapper keep CLIP's modules
+(`embeddings.*`, `encoder.*`, `final_layer_norm.*`); A1111 and ComfyUI read them too."""
 
 V_PRED_MARKER = "v_pred"
 """An empty tensor ComfyUI writes into (and reads from) v-prediction checkpoints."""
@@ -84,18 +87,20 @@ class StableDiffusionSingleFile:
     openclip: bool
     component_prefixes: tuple[tuple[str, str], ...] = COMPONENT_PREFIXES
 
-    def _text_rows(self, layout: SdLayout, hf_text_model: bool) -> Iterator[Row]:
-        return openclip_rows(layout, hf_text_model) if self.openclip else clip_rows(hf_text_model)
+    def _text_rows(self, layout: SdLayout, hf_text_model: bool, clip_prefix: str) -> Iterator[Row]:
+        return openclip_rows(layout, hf_text_model) if self.openclip else clip_rows(hf_text_model, dst=clip_prefix)
 
-    def table(self, layout: SdLayout, *, hf_text_model: bool | None = None) -> KeyTable:
+    def table(self, layout: SdLayout, *, hf_text_model: bool | None = None, clip_prefix: str = CLIP_PREFIX) -> KeyTable:
         """The whole-pipeline table (diffusers side is `forward`).
 
         `hf_text_model` says whether diffusers text-encoder keys start with `text_model.`; None means
-        "as the installed transformers names them".
+        "as the installed transformers names them". `clip_prefix` is where a 1.x file keeps its CLIP text
+        model (`LEGACY_CLIP_PREFIX` in files saved before transformers wrapped it in `text_model`).
         """
         if hf_text_model is None:
             hf_text_model = clip_text_model_is_wrapped()
-        return KeyTable([*unet_rows(layout), *vae_rows(layout), *self._text_rows(layout, hf_text_model)])
+        text = self._text_rows(layout, hf_text_model, clip_prefix)
+        return KeyTable([*unet_rows(layout), *vae_rows(layout), *text])
 
     def writer(self, diffusers_keys: Iterable[str]) -> StreamConverter:
         """A converter for a model with these component-prefixed diffusers keys, fed one tensor at a time."""
@@ -119,7 +124,12 @@ class StableDiffusionSingleFile:
         """
         keys = list(keys)
         layout = SdLayout.from_single_file_keys(keys)
-        table = self.table(layout, hf_text_model=hf_text_model)
+        legacy = not any(key.startswith(CLIP_PREFIX) for key in keys) and any(
+            key.startswith(LEGACY_CLIP_PREFIX) for key in keys
+        )
+        table = self.table(
+            layout, hf_text_model=hf_text_model, clip_prefix=LEGACY_CLIP_PREFIX if legacy else CLIP_PREFIX
+        )
         layers = (text_encoder_layers or {}).get("text_encoder")
         return StreamConverter(table, reverse=True, ignore=read_ignore(layout, layers))
 
