@@ -2,7 +2,8 @@
 # The GPU benchmark as one command on a CUDA machine with no network:
 #   benchmarks/gpu/run.sh OUT_DIR [--budget SECONDS] [--steps N] [--dry-run | --cpu-real-size]
 # or the test suite's `gpu`-marked tests (the CUDA-only paths), a few minutes:
-#   benchmarks/gpu/run.sh --tests [PYTEST ARGS]
+#   benchmarks/gpu/run.sh --tests [PYTEST ARGS]     (e.g. --junitxml=$OUT/tests.xml)
+# A speed run and a memory run write the same report names: give each its own OUT_DIR.
 # Installs the wheels in .whl/ whose distribution this Python lacks (see benchmarks/README.md for
 # preparing them) into a scratch folder, then runs `python -m benchmarks.gpu` (or pytest) from the checkout.
 set -euo pipefail
@@ -20,6 +21,12 @@ if [ -d .whl ]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${missing[@]}"
     fi
     export PYTHONPATH="$PWD:$SITE${PYTHONPATH#"$PWD"}"  # the carried versions before any the image puts there
+fi
+lacking=$("$PYTHON" -c 'import importlib.util as u; print(*[m for m in ("diffusers", "pydantic", "peft", "typer") if u.find_spec(m) is None])')
+if [ -n "$lacking" ]; then
+    echo "error: this Python lacks $lacking and .whl/ holds no wheel of it;" \
+        "prepare .whl/ (benchmarks/gpu/prepare_wheels.sh) and carry it to this machine" >&2
+    exit 2
 fi
 
 if [ "${1:-}" = "--tests" ]; then

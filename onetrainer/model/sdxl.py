@@ -47,6 +47,7 @@ COMPONENTS = (
         kohya_prefix="lora_unet_",
         lora_presets=UNET_PRESETS,
         blocks=UNET_BLOCKS,
+        lora_kohya_only="ComfyUI",
     ),
     CLIP_L,
     dataclasses.replace(CLIP_G, lora_all_or_none=OPENCLIP_FUSED_ATTENTION),  # A1111 runs bigG as OpenCLIP

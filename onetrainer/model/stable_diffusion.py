@@ -49,6 +49,7 @@ def _components(text_encoder_title: str, all_or_none: tuple[str, ...] = ()) -> t
             kohya_prefix="lora_unet_",
             lora_presets=UNET_PRESETS,
             blocks=UNET_BLOCKS,
+            lora_kohya_only="ComfyUI",
         ),
         Component(
             "text_encoder",

@@ -28,7 +28,12 @@ from onetrainer.util.errors import UserError
 from onetrainer.util.keymaps.embeddings import embedding_to_a1111, embedding_to_diffusers
 from onetrainer.util.keymaps.engine import KeyMapError
 from onetrainer.util.keymaps.lora import architecture_record, peft_to_kohya
-from onetrainer.util.keymaps.lora_peft import diffusers_lora_metadata, peft_adapter_state, to_diffusers_keys
+from onetrainer.util.keymaps.lora_peft import (
+    diffusers_lora_metadata,
+    peft_adapter_state,
+    to_diffusers_keys,
+    with_clip_text_model,
+)
 from onetrainer.util.safetensors_stream import state_dict_stream, write_safetensors_stream
 
 if TYPE_CHECKING:
@@ -84,9 +89,12 @@ def write_lora(
                 hint="Save it as kohya (the LyCORIS layout A1111/Forge and ComfyUI load).",
             )
         else:
+            encoders = [component.name for component in spec.text_encoders]
             tensors, alphas = scale_in_up_factor(tensors, alphas)
+            # The header's LoraConfig names layers as the installed transformers does: peft matches them as
+            # path suffixes, which `text_model.`-prefixed keys of either transformers version end with.
             header = {**metadata, **record, "format": "pt", **diffusers_lora_metadata(tensors, alphas)}
-            out = to_diffusers_keys(tensors, [component.name for component in spec.text_encoders])
+            out = to_diffusers_keys(with_clip_text_model(tensors, encoders), encoders)
     except KeyMapError as error:
         raise UserError(f"cannot write this LoRA as {fmt.value}: {error.message}", hint=error.hint) from None
     write_safetensors_stream(output, state_dict_stream(out, dtype, uncast=".alpha"), header)

@@ -90,8 +90,9 @@ class Component:
     recomputes and layer offloading moves (`model.blocks`); empty: the entries of its top-level ModuleLists."""
 
     lora_kohya_only: str | None = None
-    """The tools that read this component's LoRA, which they read only in the kohya layout ("ComfyUI" for SD 3's
-    T5, whose peft keys neither diffusers' loader nor ComfyUI maps); None where peft keys load too. A LoRA that
+    """The tools that read this component's LoRA whole only in the kohya layout ("ComfyUI" for SD 3's T5, whose
+    peft keys neither diffusers' loader nor ComfyUI maps, and for a UNet, whose attention layers ComfyUI maps
+    from diffusers' old `processor.to_q` names only); None where peft keys load too. A LoRA that
     trains such a component is saved as kohya under `saving.format: auto`, and an explicit peft is warned about
     (onetrainer reads both layouts, so it is not refused)."""
 
@@ -362,8 +363,9 @@ class FamilySpec:
         """What a peft LoRA on the components `trained` loses elsewhere, for `setting` (the key or option and
         value that asked for peft: `saving.format: peft`); empty when every part loads."""
         return [
-            f"{setting}: the {component.title}'s LoRA is written under peft keys ({component.name}.*) that only "
-            f"onetrainer reads; kohya is the layout in which it loads in {component.lora_kohya_only}"
+            f"{setting}: the {component.title}'s LoRA is written under peft keys ({component.name}.*), of which "
+            f"{component.lora_kohya_only} loads only some or none; kohya is the layout in which it loads in "
+            f"{component.lora_kohya_only}"
             for component in self.kohya_only(trained)
         ]
 

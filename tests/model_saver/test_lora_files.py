@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from onetrainer.model.adapters.lora_file import read_lora_file
+from onetrainer.model.adapters.lora_file import matched_to, read_lora_file
 from onetrainer.model_saver.adapter_files import lora_from_model
 from onetrainer.model_saver.diffusion import DiffusionSaver
 from onetrainer.util.enums import TrainingMethod
@@ -39,14 +39,17 @@ def test_round_trip_gives_identical_tensors_and_alphas(
     path = _save(model, tmp_path / f"{kind}.safetensors", fmt)
     loaded = read_lora_file(path, get_family("sd15"))
     assert saved_kind == loaded.kind == kind
-    assert loaded.tensors.keys() == tensors.keys()
+    if fmt == "peft":  # CLIP layers under `text_model.` whatever transformers is installed (ComfyUI maps only those)
+        assert any(key.startswith("text_encoder.text_model.encoder.layers.") for key in loaded.tensors)
+    loaded_tensors, loaded_alphas = matched_to(model, loaded.tensors, loaded.alphas)
+    assert loaded_tensors.keys() == tensors.keys()
     if fmt == "kohya":
-        assert all(torch.equal(loaded.tensors[k], tensors[k]) for k in tensors)
-        assert loaded.alphas == pytest.approx(alphas)
+        assert all(torch.equal(loaded_tensors[k], tensors[k]) for k in tensors)
+        assert loaded_alphas == pytest.approx(alphas)
         return
     # the peft layout carries each scale in the up factor (alpha = rank): the same weights
-    assert set(loaded.alphas.values()) == {4.0}
-    ours, theirs = lora_deltas(tensors, alphas), lora_deltas(loaded.tensors, loaded.alphas)
+    assert set(loaded_alphas.values()) == {4.0}
+    ours, theirs = lora_deltas(tensors, alphas), lora_deltas(loaded_tensors, loaded_alphas)
     assert all(torch.allclose(theirs[module], delta, rtol=1e-6, atol=0) for module, delta in ours.items())
 
 
@@ -166,6 +169,57 @@ def test_a_peft_file_computes_its_weights_without_reading_an_alpha(
     assert set(alphas.values()) == {8.0}
     raw = from_diffusers_keys(load_file(_save(model, tmp_path / "lora.safetensors", "peft")))
     assert not any(key.endswith(".alpha") for key in raw)
+    raw, _ = matched_to(model, raw, {})
     at_scale_one = lora_deltas(raw, {})
     for module, delta in lora_deltas(tensors, alphas).items():
         torch.testing.assert_close(at_scale_one[module], delta, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"unet.use_rslora": True}, lambda path: 4.0 * 2.0),  # scale alpha / sqrt(rank): alpha 4, rank 4 -> 8 / 4
+        ({"unet.alpha_pattern": {"to_q": 16}}, lambda path: 16.0 if path.endswith(".to_q") else 4.0),
+        ({"unet.alpha_pattern": {r"attn1\.to_.*": 2}}, lambda path: 2.0 if ".attn1.to_" in path else 4.0),
+    ],
+)
+def test_a_diffusers_files_lora_config_sets_the_scale_as_peft_reads_it(
+    lora_model: Callable, tmp_path: Path, settings: dict, expected: Callable[[str], float]
+) -> None:
+    """peft matches `alpha_pattern` keys as regexes over a layer path's end, and rsLoRA scales by alpha /
+    sqrt(rank); a file from another trainer that uses either must load at the strength diffusers gives it."""
+    from safetensors.torch import load_file, save_file
+
+    from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY
+
+    path = _save(lora_model("lora", fmt="peft"), tmp_path / "ours.safetensors", "peft")
+    _, metadata = _header(path)
+    config = json.loads(metadata[DIFFUSERS_METADATA_KEY])
+    config.update({"unet.lora_alpha": 4, "unet.alpha_pattern": {}, **settings})
+    theirs = tmp_path / "theirs.safetensors"
+    save_file(load_file(path), theirs, {**metadata, DIFFUSERS_METADATA_KEY: json.dumps(config)})
+    alphas = read_lora_file(theirs, get_family("sd15")).alphas
+    unet = {module: alpha for module, alpha in alphas.items() if module.startswith("unet.")}
+    assert unet
+    assert all(alpha == pytest.approx(expected(module)) for module, alpha in unet.items()), unet
+
+
+def test_a_lycoris_loha_with_weight_decomposition_is_refused_by_name(lora_model: Callable, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from onetrainer.util.keymaps.lora import kohya_to_peft
+
+    tensors = load_file(_save(lora_model("loha"), tmp_path / "loha.safetensors", "kohya"))
+    name = next(key for key in tensors if key.endswith("attn1_to_q.hada_w1_a")).removesuffix(".hada_w1_a")
+    tensors[f"{name}.dora_scale"] = torch.ones(1, tensors[f"{name}.hada_w1_b"].shape[1])  # LyCORIS' dora_wd
+    with pytest.raises(UserError, match=r"weight decomposition \(DoRA\) on a LoHa or LoKr is not supported"):
+        kohya_to_peft(tensors, get_family("sd15").lora_naming)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
+def test_a_peft_unet_lora_is_said_to_lose_its_attention_in_comfyui(family: str) -> None:
+    """ComfyUI maps a UNet's q/k/v/out from diffusers' old `processor.to_q` names only (comfy/lora.py)."""
+    (warning,) = get_family(family).peft_warnings(["unet", "text_encoder"], "saving.format: peft")
+    assert warning.startswith("saving.format: peft: the UNet's LoRA is written under peft keys (unet.*)")
+    assert "kohya is the layout in which it loads in ComfyUI" in warning
+    assert get_family(family).auto_lora_format_for(["unet"]) == "kohya"

@@ -148,8 +148,10 @@ def load_lora_state(
     from peft import set_peft_model_state_dict
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from onetrainer.model.adapters.lora_file import matched_to
     from onetrainer.util.keymaps.lora import module_rank, split_peft_key
 
+    tensors, alphas = matched_to(model, tensors, alphas)
     expected = {
         f"{component}.{key}": tensor
         for component, sd in adapter.state_dicts(model).items()

@@ -9,6 +9,8 @@ it is refused with a message saying which architecture it is for, never half-app
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +112,47 @@ def _diffusers(
     alphas: dict[str, float] = {}
     for module, params in modules.items():
         component, _, path = module.partition(".")
-        pattern = packed.get(f"{component}.alpha_pattern", {})
-        alpha = pattern.get(path, packed.get(f"{component}.lora_alpha"))
-        alphas[module] = float(alpha) if alpha is not None else float(module_rank(params) or 1)
+        rank = module_rank(params)
+        alpha = _pattern_value(packed.get(f"{component}.alpha_pattern") or {}, path)
+        alpha = alpha if alpha is not None else packed.get(f"{component}.lora_alpha")
+        alpha = float(alpha) if alpha is not None else float(rank or 1)
+        if packed.get(f"{component}.use_rslora") and rank:
+            alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank); ours is alpha / rank
+        alphas[module] = alpha
     return dict(tensors), alphas
+
+
+def _pattern_value(patterns: Mapping[str, Any], path: str) -> Any:
+    """peft's rule for `alpha_pattern` / `rank_pattern`: the first key that matches the end of the layer path
+    (a whole name, or a regex over its last parts); None where none does."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return None
+
+
+def matched_to(
+    model: DiffusionModel, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """A LoRA's (tensors, alphas) with its layer paths as `model` names them. A CLIP text encoder's layers sit
+    under `text_model.` or not depending on the transformers version that saved the file (transformers >= 5.6
+    flattened CLIPTextModel), so a path the model lacks is tried with that level added or removed."""
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    names = {f"{name}.{path}" for name, root in model.components.items() for path, _ in root.named_modules()}
+
+    def aligned(module: str) -> str:
+        if module in names:
+            return module
+        component, _, path = module.partition(".")
+        other = path.removeprefix("text_model.") if path.startswith("text_model.") else f"text_model.{path}"
+        return f"{component}.{other}" if f"{component}.{other}" in names else module
+
+    def renamed(key: str) -> str:
+        module, param = split_peft_key(key)
+        return f"{aligned(module)}.{param}"
+
+    return {renamed(key): tensor for key, tensor in tensors.items()}, {aligned(m): a for m, a in alphas.items()}
 
 
 def check_lora_fits(model: DiffusionModel, lora: LoraFile) -> None:

@@ -13,10 +13,11 @@ DoRA weight.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from onetrainer.model.adapters.dora import INPUT, OUTPUT, dora_weight
-from onetrainer.model.adapters.lora_file import LoraFile, check_lora_fits
+from onetrainer.model.adapters.lora_file import LoraFile, check_lora_fits, matched_to
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def merge_lora(model: DiffusionModel, lora: LoraFile, strength: float = 1.0) -> 
 
     from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, split_peft_key
 
+    tensors, alphas = matched_to(model, lora.tensors, lora.alphas)
+    lora = dataclasses.replace(lora, tensors=tensors, alphas=alphas)
     check_lora_fits(model, lora)
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in lora.tensors.items():

@@ -151,6 +151,11 @@ def kohya_to_peft(
             if param == "alpha":
                 continue
             if param == "dora_scale":
+                if "lora_up.weight" not in params or "lora_down.weight" not in params:
+                    raise KeyMapError(
+                        f"{name}: weight decomposition (DoRA) on a LoHa or LoKr is not supported",
+                        hint="Use a DoRA (lora.type: dora) or a LoHa / LoKr without dora_wd.",
+                    )
                 neutral, tensor = _magnitude_to_peft(tensor, params["lora_up.weight"], params["lora_down.weight"], name)
                 out[f"{module}.{neutral}"] = tensor
                 continue

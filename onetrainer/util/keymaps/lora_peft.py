@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from onetrainer.util.keymaps.engine import KeyMapError
 from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, module_rank, split_peft_key
 
 if TYPE_CHECKING:
     import torch
+
+V = TypeVar("V")
 
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 """Safetensors metadata key where diffusers keeps each component's LoraConfig as JSON."""
@@ -113,6 +115,23 @@ def diffusers_lora_metadata(sd: Mapping[str, torch.Tensor], alphas: Mapping[str,
         for name, value in peft_lora_config_kwargs(sd, alphas, component).items()
     }
     return {DIFFUSERS_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+
+
+CLIP_FLAT_CHILDREN = ("encoder.layers.", "embeddings.", "final_layer_norm.")
+"""How a CLIP text model's layer paths start where transformers (>= 5.6) dropped its `text_model.` level; a T5
+encoder's never do (`encoder.block.`, `encoder.final_layer_norm.`)."""
+
+
+def with_clip_text_model(sd: Mapping[str, V], text_encoders: Collection[str]) -> dict[str, V]:
+    """The `text_encoders`' CLIP layers under `text_model.`, whatever the installed transformers calls them: the
+    only form ComfyUI maps (`text_encoder.text_model.encoder.layers.N`) and the one diffusers' other versions
+    and peers' files use (`lora_file.matched_to` reads either form back)."""
+    out: dict[str, V] = {}
+    for key, value in sd.items():
+        component, _, path = key.partition(".")
+        wrap = component in text_encoders and path.startswith(CLIP_FLAT_CHILDREN)
+        out[f"{component}.text_model.{path}" if wrap else key] = value
+    return out
 
 
 def to_diffusers_keys(sd: Mapping[str, torch.Tensor], text_encoders: Collection[str]) -> dict[str, torch.Tensor]:
