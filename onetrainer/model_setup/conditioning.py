@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from onetrainer.model_setup.encoders import fingerprint, frozen_encoding
+from onetrainer.model_setup.encoders import fingerprint, frozen_encoding, row_by_row_on_cpu
 from onetrainer.model_setup.placement import place
 
 if TYPE_CHECKING:
@@ -81,8 +81,13 @@ class TextConditioner:
             torch.cuda.empty_cache()
 
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """For the cache: `encode_on_device`'s outputs in CPU memory."""
-        return {key: value.cpu() for key, value in self.encode_on_device(captions).items()}
+        """For the cache: `encode_on_device`'s outputs in CPU memory (see `row_by_row_on_cpu`)."""
+        captions = list(captions)
+        return row_by_row_on_cpu(
+            self.device,
+            len(captions),
+            lambda rows: {key: value.cpu() for key, value in self.encode_on_device(captions[rows]).items()},
+        )
 
     def encode_on_device(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """What the cache holds, left on the device (for an uncached step): float32, from `frozen_encoding`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.model_setup.placement import place
@@ -38,6 +38,24 @@ def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
             sample = part.detach().flatten()[::_SAMPLE_STRIDE].to("cpu", torch.float32)
             digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def row_by_row_on_cpu(
+    device: torch.device, count: int, encode: Callable[[slice], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """`encode(rows)` of all `count` rows, one row per call on the CPU (batched elsewhere).
+
+    The CPU's kernels are not batch-invariant: an image encoded beside others differs from the same image
+    alone in the last bits. The cache is filled with what is missing, so which entries share a call would
+    depend on what an earlier (interrupted, or differently batched) fill left, and so would the weights of
+    a run with the same config and seed.
+    """
+    import torch
+
+    if device.type != "cpu" or count <= 1:
+        return encode(slice(None))
+    parts = [encode(slice(row, row + 1)) for row in range(count)]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
 @contextlib.contextmanager
@@ -127,7 +145,8 @@ class VaeImageEncoder(_Placed):
         return ((latents.float() - shift) * config.scaling_factor).float()
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"latents": self.encode_tensor(images).cpu()}
+        device = next(self.module.parameters()).device
+        return row_by_row_on_cpu(device, len(images), lambda rows: {"latents": self.encode_tensor(images[rows]).cpu()})
 
 
 class NonFiniteLatents(UserError):

@@ -35,7 +35,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.trainer.backup import list_backups, resume_command
+from onetrainer.trainer.backup import Backup, list_backups, resume_command
 from onetrainer.trainer.destinations import (
     cache_dir,
     check_destinations,
@@ -156,7 +156,7 @@ def _train(
             stop = cleanup.enter_context(StopSignals())
             cleanup.callback(session.tensorboard.close, raise_errors=False)
             if rank == 0:
-                _open_records(session, fresh=backup is None)
+                _open_records(session, resumed=backup)
             set_optimizer_mode(session.run.optimizer, train=True)
             parts.setup.train()
             if backup is None and config.sampling.before_training:
@@ -190,11 +190,18 @@ def _remove_stale_temporaries(config: TrainConfig, progress: ProgressCallback) -
         progress({"event": "status", "message": message})
 
 
-def _open_records(session: Session, *, fresh: bool) -> None:
-    """Where this run's records start: an earlier run's move aside (see `workspace`), the config is written."""
+def _open_records(session: Session, *, resumed: Backup | None) -> None:
+    """Where this run's records start: an earlier run's move aside (see `workspace`), the config is written.
+
+    A run resumed from a backup older than the workspace's newest leaves the steps after it: their backups
+    are moved aside too, or `--resume last` and pruning (which go by step) would take the abandoned ones
+    for this run's."""
     workspace = session.workspace
-    if fresh and (archive := workspace.archive_earlier_run()) is not None:
+    if resumed is None and (archive := workspace.archive_earlier_run()) is not None:
         message = f"an earlier run's logs and previews in this workspace were moved to {archive}"
+        session.progress({"event": "status", "message": message})
+    if resumed is not None and (archive := workspace.archive_backups_after(resumed.path)) is not None:
+        message = f"the backups after step {resumed.step}, which this run leaves, were moved to {archive}"
         session.progress({"event": "status", "message": message})
     atomic_write_text(workspace.config, session.config_yaml)
 

@@ -8,8 +8,9 @@ ignored.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -249,3 +250,31 @@ def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, train: bool) -> None
     method: Callable[[], None] | None = getattr(optimizer, "train" if train else "eval", None)
     if callable(method):
         method()
+
+
+@contextlib.contextmanager
+def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The weights a schedule-free optimizer evaluates with, shown for the block (previews, validation, saves).
+
+    Its `eval()` and `train()` each move the weights part of the way to its other sequence, and the round trip
+    is not exact in floating point: training would go on from slightly other weights after every preview, so
+    a run's result would depend on its preview and save cadence. The training weights are kept aside and put
+    back exactly. Other optimizers show their one sequence: nothing to do.
+    """
+    import torch
+
+    evaluate, train = getattr(optimizer, "eval", None), getattr(optimizer, "train", None)
+    if not callable(evaluate) or not callable(train):
+        yield
+        return
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    with torch.no_grad():
+        kept = [param.detach().clone() for param in params]
+    evaluate()
+    try:
+        yield
+    finally:
+        train()
+        with torch.no_grad():
+            for param, weights in zip(params, kept, strict=True):
+                param.copy_(weights)

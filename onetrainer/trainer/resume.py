@@ -6,9 +6,10 @@ method, adapter shape, optimizer or seed would either break the continuation or 
 Those are refused, listing every differing key.
 
 Two kinds of change are allowed:
-- `HARMLESS_KEYS`: what only affects when and where things are written (cadences, outputs, logs),
-  where and how fast the steps run (device, threads, compilation, memory layout, read-back lag),
-  and the run's length (epochs, max_steps), to extend a finished run;
+- `HARMLESS_KEYS`: what only affects when and where things are written (cadences, outputs, logs, the
+  cache), where and how fast the steps run (device, threads, compilation, memory layout, read-back lag),
+  how images are checked (a changed data plan is warned about by its fingerprint), and the run's length
+  (epochs, max_steps), to extend a finished run;
 - `RETUNABLE_KEYS`: how the run is optimised, not what it trains. After a divergence the way on is
   the last good backup with a lower learning rate. The optimizer and scheduler state restored from
   a backup carry the old values, so `reapply_settings` puts this config's back over them: the
@@ -46,7 +47,14 @@ HARMLESS_KEYS: tuple[str, ...] = (
     "training.read_back_lag",
     "training.ema.for_samples",
     "training.ema.for_saves",
+    "training.ema.device",
     "data.workers",
+    "data.cache_dir",
+    "data.clear_cache",
+    "data.encode_batch_size",
+    "data.verify_images",
+    "data.strict",
+    "data.max_image_pixels",
     "parts.*.offload_blocks",
     "training.activation_offload",
 )
@@ -65,6 +73,7 @@ RETUNABLE_KEYS: tuple[str, ...] = (
     "training.max_grad_norm",
     "training.precision",
     "parts.*.weight_dtype",
+    "model.dtype",
     "training.gradient_checkpointing",
     "training.fused_backward",
     "training.stochastic_rounding",

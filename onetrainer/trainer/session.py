@@ -30,7 +30,7 @@ from onetrainer.trainer.distributed import World, all_ranks, gather_objects, sum
 from onetrainer.trainer.divergence import all_finite, diverged
 from onetrainer.trainer.flops import StepFlops
 from onetrainer.trainer.metrics import MetricsLog, Throughput
-from onetrainer.trainer.optimizers import set_optimizer_mode
+from onetrainer.trainer.optimizers import evaluation_weights
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.previews import draw_previews
 from onetrainer.trainer.readback import StepRecord, StepResults
@@ -108,19 +108,18 @@ class Session:
         """
         setup = self.parts.setup
         ema = self.run.ema if use_ema else None
-        set_optimizer_mode(self.run.optimizer, train=False)
-        setup.eval()
-        try:
-            with preserved_rng(), eager(), ema.applied() if ema is not None else contextlib.nullcontext():
-                yield
-        finally:
-            if self.sharded:
-                from onetrainer.trainer.sharding import reshard
+        with evaluation_weights(self.run.optimizer):
+            setup.eval()
+            try:
+                with preserved_rng(), eager(), ema.applied() if ema is not None else contextlib.nullcontext():
+                    yield
+            finally:
+                if self.sharded:
+                    from onetrainer.trainer.sharding import reshard
 
-                reshard(self.sharded)
-            setup.train()
-            set_optimizer_mode(self.run.optimizer, train=True)
-            self.throughput.restart()
+                    reshard(self.sharded)
+                setup.train()
+        self.throughput.restart()
 
     def resume_command(self, backup: Path | None = None) -> str:
         """The command that continues this run from its newest backup, or from `backup`."""

@@ -212,6 +212,12 @@ def start_session(
         run.load_state_dict(_restored_state(backup, parts, run), rank=world.rank)
         reapply_settings(run.optimizer, run.scheduler, settings)
         progress({"event": "status", "message": f"resuming from {backup.path} (step {backup.step})"})
+        if run.noise_reseeded:
+            message = (
+                f"this backup was trained on another kind of device than {device.type}: the noise draws start anew "
+                "from the seed and step, so the run continues, but not as it would have on that device"
+            )
+            progress({"event": "warning", "message": message})
         if backup.state.get("data", parts.data.fingerprint()) != parts.data.fingerprint():
             message = (
                 "the data changed since this backup (images added, removed or resized, or dropped as unreadable): "

@@ -62,6 +62,10 @@ class RunState:
     ema: ModelEma | None
     smoothed_loss: SmoothedValue
     clocks: dict[str, CadenceClock]
+    noise_reseeded: bool = False
+    """Set by `load_state_dict` when the backup's noise stream came from another kind of device (a run moved
+    between CPU and GPU), whose generator state this device cannot take: the stream starts anew from the seed
+    and step, so the run goes on, no longer as it would have on the old device."""
 
     def state_dict(
         self,
@@ -107,4 +111,8 @@ class RunState:
                 self.clocks[name].load_state_dict(clock_state)
         rng = state["ranks_rng"][rank] if "ranks_rng" in state else state["rng"]
         restore_rng_state(rng["global"])
-        self.generator.set_state(rng["noise"])
+        if rng["noise"].numel() == self.generator.get_state().numel():
+            self.generator.set_state(rng["noise"])
+        else:  # saved by another kind of device, whose generator state has another form
+            self.generator.manual_seed(self.generator.initial_seed() + self.counters.step)
+            self.noise_reseeded = True

@@ -6,7 +6,8 @@ interleave with them: one metrics log with two step 1s, one TensorBoard run with
 records are not deleted either (they may be all that is left of that run): when the new run starts
 training, `archive_earlier_run` moves them, with that run's config, into `earlier-runs/<time>/`,
 where TensorBoard shows them as a separate run. Backups are different: they mean the earlier run can
-be continued, so a fresh run refuses them (see `start.open_backup`). The data cache is shared by
+be continued, so a fresh run refuses them (see `start.open_backup`); a run resumed from an older backup
+moves the ones after it aside (`archive_backups_after`), as the steps it leaves. The data cache is shared by
 design and stays. Two runs at once in one workspace would interleave all of it: `workspace_lock`
 refuses the second.
 """
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from onetrainer.trainer.backup import backup_step, list_backups
 from onetrainer.util.atomic import process_tag, tagged_process_gone
 from onetrainer.util.errors import UserError
 
@@ -80,14 +82,33 @@ class Workspace:
         if self.config.is_file():
             records.append(self.config)
         started = time.strftime("%Y%m%d-%H%M%S", time.localtime(min(path.stat().st_mtime for path in records)))
-        target = self.earlier_runs / started
+        target = self._new_earlier_run(started)
+        for path in records:
+            os.replace(path, target / path.name)
+        return target
+
+    def archive_backups_after(self, resumed: Path) -> Path | None:
+        """Move the backups of steps after `resumed` (one of this workspace's) into
+        `earlier-runs/<time>-after-step-N/backups/`; None if there are none (or `resumed` is elsewhere)."""
+        if resumed.parent.resolve() != self.backups.resolve():
+            return None
+        step = backup_step(resumed)
+        later = [path for path in list_backups(self.backups) if backup_step(path) > step]
+        if not later:
+            return None
+        target = self._new_earlier_run(f"{time.strftime('%Y%m%d-%H%M%S')}-after-step-{step}") / "backups"
+        target.mkdir()
+        for path in later:
+            os.replace(path, target / path.name)
+        return target.parent
+
+    def _new_earlier_run(self, name: str) -> Path:
+        target = self.earlier_runs / name
         suffix = 1
         while target.exists():
             suffix += 1
-            target = self.earlier_runs / f"{started}-{suffix}"
+            target = self.earlier_runs / f"{name}-{suffix}"
         target.mkdir(parents=True)
-        for path in records:
-            os.replace(path, target / path.name)
         return target
 
 

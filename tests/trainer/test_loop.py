@@ -530,3 +530,51 @@ def test_a_new_run_moves_an_earlier_runs_logs_aside(tmp_path: Path, toy_build: T
         assert [record["step"] for record in read_metrics(folder / "metrics.jsonl")] == list(range(1, 11))
         assert len(list((folder / "tensorboard").iterdir())) == 1
         assert (folder / "config.yaml").is_file()
+
+
+def test_resuming_an_older_backup_moves_the_later_ones_aside(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    """After `--resume step-2` the abandoned steps' backups must not be what `--resume last` or pruning take: the
+    resumed run's own backups are then the newest, so `last` continues it and not the branch it left."""
+    settings = ("saving.backup_every=2 steps", "saving.backup_keep_last=5")
+    root = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(toy_config(root, *settings), build=toy_build(), progress=_interrupt_at(5))
+    backups = root / "workspace" / "backups"
+    assert [path.name for path in list_backups(backups)] == ["step-00000002", "step-00000004", "step-00000005"]
+
+    events: list[dict] = []
+    with pytest.raises(Interrupted):
+        train(
+            toy_config(root, *settings, "training.learning_rate=0.003"),
+            build=toy_build(),
+            resume=backups / "step-00000002",
+            progress=_interrupt_at(3, events=events),
+        )
+    assert [path.name for path in list_backups(backups)] == ["step-00000002", "step-00000003"]
+    (branch,) = (root / "workspace" / "earlier-runs").iterdir()
+    assert branch.name.endswith("-after-step-2")
+    assert [path.name for path in list_backups(branch / "backups")] == ["step-00000004", "step-00000005"]
+    assert any("the backups after step 2" in str(event.get("message")) for event in events)
+    result = train(toy_config(root, *settings, "training.learning_rate=0.003"), build=toy_build(), resume="last")
+    assert result.step == 10
+
+
+def test_a_backup_from_another_kind_of_device_resumes_with_a_new_noise_stream(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    """A CUDA generator's state (16 bytes) cannot be set on a CPU generator (5,056), nor the other way round: a
+    run moved between CPU and GPU goes on, said to no longer follow the noise it would have drawn."""
+    root = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(toy_config(root), build=toy_build(), progress=_interrupt_at(3))
+    (backup,) = list_backups(root / "workspace" / "backups")
+    state = torch.load(backup / "state.pt", map_location="cpu", weights_only=True)
+    state["rng"]["noise"] = torch.zeros(16, dtype=torch.uint8)  # the form of a CUDA generator's state
+    torch.save(state, backup / "state.pt")
+    events: list[dict] = []
+    result = train(toy_config(root), build=toy_build(), resume="last", progress=events.append)
+    assert result.step == 10
+    warnings = [event["message"] for event in events if event["event"] == "warning"]
+    assert any("trained on another kind of device than cpu" in message for message in warnings)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from onetrainer.trainer.optimizers import INSTALL_HINT, build_optimizer, resolve_parameter_groups, set_optimizer_mode
+from onetrainer.trainer.optimizers import (
+    INSTALL_HINT,
+    build_optimizer,
+    evaluation_weights,
+    resolve_parameter_groups,
+    set_optimizer_mode,
+)
 from onetrainer.util.config.loader import load_config
 from onetrainer.util.config.training import Optimizer, TrainingConfig
 from onetrainer.util.errors import ConfigError, UserError
@@ -181,6 +187,35 @@ def test_schedule_free_takes_the_warmup_and_switches_modes() -> None:
     assert optimizer.param_groups[0]["train_mode"] is True
     set_optimizer_mode(optimizer, train=False)
     assert optimizer.param_groups[0]["train_mode"] is False
+
+
+def test_schedule_free_evaluation_weights_leave_the_training_weights_exactly_as_they_were() -> None:
+    """eval() then train() moves each weight there and back by lerps that do not cancel in floating point: after
+    a preview, training would go on from other weights (a run's result would depend on its preview cadence)."""
+    pytest.importorskip("schedulefree")
+    config = TrainingConfig(optimizer=Optimizer.SCHEDULE_FREE_ADAMW, learning_rate=1e-2)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 64)
+    groups = resolve_parameter_groups([{"params": list(layer.parameters()), "name": "unet"}], config)
+    optimizer = build_optimizer(groups, config, CPU)
+    set_optimizer_mode(optimizer, train=True)
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for _ in range(5):
+        loss = sum((param**2).sum() for param in params)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    before = [param.detach().clone() for param in params]
+    with evaluation_weights(optimizer):
+        assert optimizer.param_groups[0]["train_mode"] is False
+        assert not all(torch.equal(param, kept) for param, kept in zip(params, before, strict=True))
+    assert optimizer.param_groups[0]["train_mode"] is True
+    assert all(torch.equal(param, kept) for param, kept in zip(params, before, strict=True))
+    set_optimizer_mode(optimizer, train=False)
+    set_optimizer_mode(optimizer, train=True)
+    assert not all(torch.equal(param, kept) for param, kept in zip(params, before, strict=True)), (
+        "the plain round trip is inexact (what the context manager exists for)"
+    )
 
 
 def test_adafactor_uses_the_configured_learning_rate() -> None:

@@ -28,6 +28,12 @@ def test_harmless_changes_are_allowed(tmp_path: Path) -> None:
         "sampling.every=1 epoch",
         "training.epochs=50",
         "logging.tensorboard=false",
+        "training.ema.device=cpu",
+        "data.encode_batch_size=2",
+        "data.max_image_pixels=1000000",
+        "data.strict=true",
+        f"data.cache_dir={tmp_path / 'elsewhere'}",
+        "model.dtype=bf16",
     )
     check_resume_compatible(changed, saved, where="backup")
 
