@@ -356,7 +356,11 @@ class DiffusionSetup:
         prior = batch.get("is_prior") if self._prior_concepts else None
         if prior is not None and _any_on_host(prior):
             target = self._prior_target(noised, conditioning, batch, prior.to(target.device, non_blocking=True), kept)
-        return {"prediction": prediction, "target": target, "weights": noised.weights}
+        outputs = {"prediction": prediction, "target": target, "weights": noised.weights}
+        masked = self.config.loss.masked
+        if masked.enabled and masked.unmasked_probability > 0:
+            outputs["unmasked"] = _draw(generator, int(latents.shape[0]), masked.unmasked_probability)
+        return outputs
 
     def _prior_target(
         self,
@@ -402,6 +406,7 @@ class DiffusionSetup:
             self.config.loss,
             mask=batch.get("mask"),
             loss_weight=batch.get("loss_weight"),
+            unmasked=prediction.get("unmasked"),
         )
 
     def on_step(self, step: int, epoch: int) -> None:
@@ -428,6 +433,14 @@ class DiffusionSetup:
         self._training = False
         for _, module in self.model.modules():
             module.eval()
+
+
+def _draw(generator: torch.Generator, count: int, probability: float) -> torch.Tensor:
+    """bool [count] on the generator's device, each True with `probability`: from the step's noise stream, so a
+    resumed run draws what it would have."""
+    import torch
+
+    return torch.rand(count, device=generator.device, generator=generator) < probability
 
 
 def _any_on_host(flags: torch.Tensor) -> bool:

@@ -2,7 +2,8 @@
 
 Order of reduction, for prediction p and target y of shape [B, C, h, w]:
   l = loss_type(p - y)                                  element-wise
-  m = unmasked + (1 - unmasked) * mask                  mask downsampled to h x w (masked training only)
+  m = unmasked + (1 - unmasked) * mask                  mask downsampled to h x w (masked training only;
+                                                        1 for the samples drawn to train without their mask)
   per-sample L_b = mean(l * m)  (or mean(l * m) / mean(m) when normalising by the masked area)
   total = mean_b( L_b * objective_weight_b * loss_weight_b )
 Element losses: mse d^2, l1 |d|, huber 0.5 d^2 if |d| <= delta else delta (|d| - delta / 2),
@@ -53,10 +54,13 @@ def diffusion_loss(
     *,
     mask: torch.Tensor | None = None,
     loss_weight: torch.Tensor | None = None,
+    unmasked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar loss; `weights` are the objective's per-sample weights; `mask` is used only when masked
-    training is on and the batch carries one. Batch tensors reach the device without blocking the host (the
-    data loader pins them on CUDA)."""
+    training is on and the batch carries one, except for the samples `unmasked` (bool [B]) marks. Batch
+    tensors reach the device without blocking the host (the data loader pins them on CUDA)."""
+    import torch
+
     elements = elementwise_loss(prediction, target, config.type, config.huber_delta)
     dims = tuple(range(1, elements.ndim))
     if config.masked.enabled and mask is not None:
@@ -64,6 +68,9 @@ def diffusion_loss(
         weights_map = mask_weights(
             mask.to(elements.device, non_blocking=True), (height, width), config.masked.unmasked_weight
         )
+        if unmasked is not None:
+            whole = unmasked.to(elements.device).reshape(-1, *([1] * (weights_map.ndim - 1)))
+            weights_map = torch.where(whole, torch.ones_like(weights_map), weights_map)
         per_sample = (elements * weights_map).mean(dim=dims)
         if config.masked.normalize_area:
             per_sample = per_sample / weights_map.mean(dim=dims).clamp(min=1e-8)

@@ -296,3 +296,10 @@ def test_a_prior_samples_target_sees_the_conditioning_its_trained_pass_saw() -> 
     setup.predict(_batch(is_prior=torch.tensor([True, True])), torch.Generator().manual_seed(0))
     assert len(seen) == 2, "the trained pass, then the target's pass without the LoRA"
     assert all(not conditioning.any() for conditioning in seen)
+
+
+def test_the_step_marks_the_samples_it_trains_without_their_mask() -> None:
+    masked = {"masked": {"enabled": True, "unmasked_probability": 1.0}}
+    outputs = _setup(loss=masked).predict(_batch(), torch.Generator().manual_seed(0))
+    assert outputs["unmasked"].tolist() == [True, True]
+    assert "unmasked" not in _setup(loss={"masked": {"enabled": True}}).predict(_batch(), torch.Generator())

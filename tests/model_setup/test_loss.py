@@ -78,6 +78,28 @@ def test_masked_loss_with_and_without_area_normalisation() -> None:
     assert loss.item() == pytest.approx((1.0 + 4.0) / 2, abs=1e-6)
 
 
+def test_a_sample_drawn_unmasked_trains_on_the_whole_image() -> None:
+    """OneTrainer's `unmasked_probability`: the marked samples weigh every pixel 1, the others keep their mask."""
+    prediction, target = torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, :8, :8] = 1.0
+    config = LossConfig(masked={"enabled": True, "unmasked_weight": 0.2, "unmasked_probability": 0.5})
+    masked_mean = (1.0 + 3 * 0.2) / 4
+    loss = diffusion_loss(prediction, target, torch.ones(2), config, mask=mask, unmasked=torch.tensor([True, False]))
+    assert loss.item() == pytest.approx((1.0 + masked_mean) / 2, abs=1e-6)
+    neither = diffusion_loss(prediction, target, torch.ones(2), config, mask=mask, unmasked=torch.tensor([False] * 2))
+    assert neither.item() == pytest.approx(masked_mean, abs=1e-6)
+
+
+def test_unmasked_samples_are_drawn_from_the_steps_noise_stream_at_the_configured_rate() -> None:
+    from onetrainer.model_setup.diffusion import _draw
+
+    draws = _draw(torch.Generator().manual_seed(3), 20_000, 0.1)
+    assert draws.dtype == torch.bool
+    assert draws.float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert torch.equal(draws, _draw(torch.Generator().manual_seed(3), 20_000, 0.1))
+
+
 def test_mask_is_ignored_unless_masked_training_is_on() -> None:
     prediction, target = _pair()
     mask = torch.zeros(3, 1, 64, 64)

@@ -101,6 +101,13 @@ class MaskedLossConfig(Section):
     normalize_area: bool = Field(
         False, description="Divide by the weighted area, so small masks count as much as large ones."
     )
+    unmasked_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of samples trained without their mask (the whole image), drawn per sample and step; "
+        "OneTrainer's default is 0.1.",
+    )
 
 
 class LossConfig(Section):
