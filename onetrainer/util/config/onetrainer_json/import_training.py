@@ -25,6 +25,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
+    SCHEDULE_FREE_OPTIMIZERS,
     SCHEDULER_NAMES,
     SINGLE_EPS,
 )
@@ -82,9 +83,17 @@ def map_optimizer(config: View, optimizer: View, out: Target) -> None:
         optimizer.ignore(key, "picks an implementation; onetrainer chooses the kernels itself")
 
 
-def map_schedule(config: View, out: Target) -> None:
+def map_schedule(config: View, out: Target, optimizer: str) -> None:
+    """The learning-rate schedule, warm-up and length of the run, for the OneTrainer `optimizer` (its name)."""
     out.set("training.learning_rate", config["learning_rate"])
     scheduler = config["learning_rate_scheduler"]
+    if optimizer in SCHEDULE_FREE_OPTIMIZERS:
+        if scheduler != "CONSTANT":
+            config.note(
+                "learning_rate_scheduler",
+                f"OneTrainer runs the schedule-free {optimizer} optimizer with a CONSTANT schedule, as here",
+            )
+        scheduler = "CONSTANT"
     out.set("training.lr_scheduler", SCHEDULER_NAMES.get(scheduler, "constant"))
     if scheduler in SCHEDULER_NAMES:
         config.ignore("custom_learning_rate_scheduler", "learning_rate_scheduler is not CUSTOM")

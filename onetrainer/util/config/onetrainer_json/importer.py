@@ -78,8 +78,8 @@ def import_onetrainer(path: Path) -> Imported:
     concept_list = overlay_concepts([migrate_concept(item) for item in concepts], "concepts.", ledger) or []
     concept_items = concept_views(view, concept_list, "concepts.")
     out.set("data.concepts", map_concepts(concept_items, caption_dropout))
-    map_schedule(view, out)
     optimizer = resolve_optimizer(raw, ledger)
+    map_schedule(view, out, optimizer["optimizer"])
     map_optimizer(view, optimizer, out)
     map_precision(view, out)
     map_memory(view, optimizer, out, spec, method)

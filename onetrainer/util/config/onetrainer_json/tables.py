@@ -185,6 +185,8 @@ OPTIMIZER_NAMES = {
     "LION": "lion",
     "CAME": "came",
 }
+SCHEDULE_FREE_OPTIMIZERS = ("SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "PRODIGY_PLUS_SCHEDULE_FREE")
+"""OneTrainer's schedule-free optimizers: it replaces any learning-rate schedule of theirs by CONSTANT."""
 SCHEDULER_NAMES = {
     "CONSTANT": "constant",
     "LINEAR": "linear",

@@ -372,3 +372,12 @@ def test_a_onetrainer_config_is_told_from_a_run_config_by_its_keys(tmp_path):
         "ours.yaml": False,
         "broken.json": True,
     }
+
+
+def test_schedule_free_optimizers_run_with_a_constant_schedule(convert):
+    imported = convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}, learning_rate_scheduler="COSINE")
+    assert get(imported, "training.optimizer") == "schedulefree_adamw"
+    assert get(imported, "training.lr_scheduler") == "constant"
+    assert imported.unsupported == []
+    assert "CONSTANT schedule" in notes(imported)["learning_rate_scheduler"]
+    assert "learning_rate_scheduler" not in notes(convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}))
