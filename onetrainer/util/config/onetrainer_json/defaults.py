@@ -5,9 +5,10 @@ them): the top-level settings, one template for the 13 model-part objects plus w
 the embedding, concept, sample and optimizer objects, and each optimizer's built-in defaults.
 
 OneTrainer overlays a file on its defaults key by key: a missing key keeps the default, a number is
-coerced (`int("10")`, `float("inf")`), `optimizer_defaults` is replaced wholesale and lists of
-objects are rebuilt element by element from the item defaults. Unlike OneTrainer, which skips an
-unknown key or an unreadable value without a word, `overlay` reports each one.
+coerced (`int("10")`, `float("inf")`) and so is text (`"resolution": 1024` reads as "1024"),
+`optimizer_defaults` is replaced wholesale and lists of objects are rebuilt element by element from
+the item defaults. Unlike OneTrainer, which skips an unknown key or an unreadable value without a
+word, `overlay` reports each one.
 """
 
 from __future__ import annotations
@@ -105,10 +106,10 @@ def _coerce(value: Any, default: Any, kind: type | None, key: str) -> Any:
             raise ValueError("expected a number")
         return float(value)
     if target is str:
-        if not isinstance(value, str):
-            raise ValueError("expected text")
         members = ENUM_FIELDS.get(key)
-        if members is not None and value not in members:
+        if members is None:
+            return value if isinstance(value, str) else str(value)  # OneTrainer reads text fields with str()
+        if not isinstance(value, str) or value not in members:
             raise ValueError(f"not a value OneTrainer knows; valid: {', '.join(members)}")
         return value
     return copy.deepcopy(value)

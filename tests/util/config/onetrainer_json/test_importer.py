@@ -261,6 +261,8 @@ def test_embedding_training_and_additional_embeddings(convert):
 
 def test_resolutions(convert):
     assert get(convert(resolution="512,768"), "data.resolution") == [512, 768]
+    number = convert(resolution=1024)
+    assert (get(number, "data.resolution"), number.unsupported) == (1024, [])
     fixed = convert(resolution="768x512")
     assert get(fixed, "data.resolution") == 624
     assert "resolution" in unsupported(fixed)
