@@ -156,3 +156,12 @@ def test_sd3_without_t5_exports_its_text_encoder_left_out():
     assert findings == []
     assert config["model_type"] == "STABLE_DIFFUSION_35"
     assert config["text_encoder_3"]["include"] is False
+
+
+def test_an_infinite_growth_rate_is_written_as_onetrainer_writes_it():
+    import json
+
+    config, _ = export("training.optimizer=prodigy", "training.learning_rate=1.0")
+    assert config["optimizer"]["growth_rate"] == "inf"
+    assert config["optimizer_defaults"]["PRODIGY"]["growth_rate"] == "inf"
+    json.dumps(config, allow_nan=False)  # strict JSON: no Infinity anywhere
