@@ -89,7 +89,8 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["ema"] = reverse(EMA_DEVICES)[ema["device"]]
         ot["ema_decay"] = ema["decay"]
         ot["ema_update_step_interval"] = ema["update_every"]
-        ema.refuse("for_samples", "OneTrainer draws previews with the EMA weights (and the others)")
+        ot["non_ema_sampling"] = False  # previews with the EMA weights only, as ours
+        ema.refuse("for_samples", "OneTrainer draws previews with the EMA weights whenever EMA is on")
         ema.refuse("for_saves", "OneTrainer saves the EMA weights")
     else:
         ot["ema"] = "OFF"

@@ -104,8 +104,12 @@ def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool) -
     config.skip("sample_image_format")
     config.ignore("sample_video_format", "video models are not supported")
     config.ignore("sample_audio_format", "audio is not supported")
-    if ema:
-        config.refuse("non_ema_sampling", "previews are drawn with the EMA weights only (training.ema.for_samples)")
+    if ema and config["non_ema_sampling"]:
+        config.note(
+            "non_ema_sampling",
+            "OneTrainer draws each preview with the non-EMA weights too; here with the EMA weights only "
+            "(training.ema.for_samples), as OneTrainer does with non_ema_sampling false",
+        )
     else:
         config.skip("non_ema_sampling")
     prompts = [prompt for prompt in (_sample(sample) for sample in samples) if prompt is not None]

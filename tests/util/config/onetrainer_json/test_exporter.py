@@ -165,3 +165,9 @@ def test_an_infinite_growth_rate_is_written_as_onetrainer_writes_it():
     assert config["optimizer"]["growth_rate"] == "inf"
     assert config["optimizer_defaults"]["PRODIGY"]["growth_rate"] == "inf"
     json.dumps(config, allow_nan=False)  # strict JSON: no Infinity anywhere
+
+
+def test_ema_previews_export_without_onetrainers_extra_non_ema_ones():
+    config, findings = export("training.ema.enabled=true")
+    assert (config["ema"], config["non_ema_sampling"], findings) == ("GPU", False, [])
+    assert export()[0]["non_ema_sampling"] is True, "OneTrainer's default where EMA is off"

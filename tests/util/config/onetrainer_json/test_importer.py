@@ -383,3 +383,13 @@ def test_schedule_free_optimizers_run_with_a_constant_schedule(convert):
     assert imported.unsupported == []
     assert "CONSTANT schedule" in notes(imported)["learning_rate_scheduler"]
     assert "learning_rate_scheduler" not in notes(convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}))
+
+
+def test_ema_previews_are_those_of_non_ema_sampling_false(convert):
+    ema_only = convert(ema="CPU", non_ema_sampling=False)
+    assert get(ema_only, "training.ema.enabled") is True
+    assert ema_only.unsupported == []
+    assert "non_ema_sampling" not in notes(ema_only)
+    both = convert(ema="CPU")  # OneTrainer's default non_ema_sampling true: non-EMA previews as well
+    assert both.unsupported == []
+    assert "with the EMA weights only" in notes(both)["non_ema_sampling"]
