@@ -29,6 +29,8 @@ LOKR_KEYS = (
     "lokr_vec_trick",
 )
 OFT_KEYS = ("oft_block_size", "oft_block_share", "oft_scaled")
+INPUT_DROPOUT = ("lora", "dora")
+"""Our adapter types whose dropout (peft's `lora_dropout`) drops the adapted layer's input."""
 
 
 def map_lora(config: View, out: Target, spec: FamilySpec, method: str) -> None:
@@ -68,6 +70,12 @@ def map_lora(config: View, out: Target, spec: FamilySpec, method: str) -> None:
         config.ignore(key, "only used by OFT")
     out.set("lora.alpha", config["lora_alpha"])
     out.set("lora.dropout", config["dropout_probability"])
+    if kind in INPUT_DROPOUT and config["dropout_probability"]:
+        config.note(
+            "dropout_probability",
+            "OneTrainer drops LoRA activations at the rank (after lora_down); peft drops the layer's input "
+            "(before lora_A): the same rate, applied at another place",
+        )
     if config["lora_model_name"]:
         out.set("lora.init_from", config["lora_model_name"])
     _layer_filter(config, out, spec)

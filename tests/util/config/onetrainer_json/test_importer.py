@@ -393,3 +393,11 @@ def test_ema_previews_are_those_of_non_ema_sampling_false(convert):
     both = convert(ema="CPU")  # OneTrainer's default non_ema_sampling true: non-EMA previews as well
     assert both.unsupported == []
     assert "with the EMA weights only" in notes(both)["non_ema_sampling"]
+
+
+def test_lora_dropout_is_kept_with_a_note_on_where_it_applies(convert):
+    imported = convert(dropout_probability=0.1)
+    assert get(imported, "lora.dropout") == 0.1
+    assert imported.unsupported == []
+    assert "at the rank (after lora_down)" in notes(imported)["dropout_probability"]
+    assert "dropout_probability" not in notes(convert())
