@@ -306,7 +306,6 @@ TOP_LEVEL_REASONS: dict[str, str] = {
     "force_circular_padding": "circular (seamless) padding is not supported",
     "custom_conditioning_image": "inpainting conditioning images are not supported",
     "masked_prior_preservation_weight": "prior preservation outside the mask is not supported",
-    "unmasked_probability": "onetrainer always trains with the mask (no unmasked steps)",
     "generalized_offset_noise": "generalized offset noise is not supported",
     "learning_rate_scaler": "learning-rate scaling by batch size is not supported; scale training.learning_rate",
     "loss_scaler": "loss scaling by batch size is not supported",

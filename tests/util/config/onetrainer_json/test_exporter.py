@@ -171,3 +171,8 @@ def test_ema_previews_export_without_onetrainers_extra_non_ema_ones():
     config, findings = export("training.ema.enabled=true")
     assert (config["ema"], config["non_ema_sampling"], findings) == ("GPU", False, [])
     assert export()[0]["non_ema_sampling"] is True, "OneTrainer's default where EMA is off"
+
+
+def test_masked_training_exports_without_onetrainers_unmasked_samples():
+    config, findings = export("loss.masked.enabled=true")
+    assert (config["masked_training"], config["unmasked_probability"], findings) == (True, 0.0, [])

@@ -401,3 +401,13 @@ def test_lora_dropout_is_kept_with_a_note_on_where_it_applies(convert):
     assert imported.unsupported == []
     assert "at the rank (after lora_down)" in notes(imported)["dropout_probability"]
     assert "dropout_probability" not in notes(convert())
+
+
+def test_masked_training_reports_its_unmasked_share_even_at_the_default(convert):
+    masked = convert(masked_training=True)  # unmasked_probability 0.1: a tenth of the samples train unmasked
+    assert get(masked, "loss.masked.enabled") is True
+    assert "without their mask" in unsupported(masked)["unmasked_probability"]
+    assert convert(masked_training=True, unmasked_probability=0.0).unsupported == []
+    unmasked = convert(unmasked_probability=0.5)
+    assert unmasked.unsupported == []
+    assert notes(unmasked)["unmasked_probability"] == "masked_training is off"
