@@ -100,7 +100,11 @@ def import_onetrainer(path: Path) -> Imported:
 
 
 def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tuple[list[Any], str]:
-    """The inline list `key` if it is not null, else the list in the file `file_key` names."""
+    """The inline list `key` if it is not null, else the list in the file `file_key` names.
+
+    A missing file of concepts is unsupported (OneTrainer stops there: there is nothing to train); a
+    missing file of samples is a note (OneTrainer trains on without previews, as here).
+    """
     view.skip(key, file_key)
     inline = view.data.get(key)
     if inline is not None:
@@ -108,9 +112,11 @@ def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tupl
     name = view.data.get(file_key) or ""
     found = find_list_file(name, path.parent) if name else None
     if found is None:
-        view.ledger.note(
-            file_key, name, f"no such {what} beside the config or in the working folder, so there are no {key}"
-        )
+        why = f"no such {what} beside the config or in the working folder, so there are no {key}"
+        if key == "concepts":
+            view.ledger.refuse(file_key, name, why)
+        else:
+            view.ledger.note(file_key, name, why)
         return [], "none"
     return read_list(found, what), str(found)
 

@@ -411,3 +411,24 @@ def test_masked_training_reports_its_unmasked_share_even_at_the_default(convert)
     unmasked = convert(unmasked_probability=0.5)
     assert unmasked.unsupported == []
     assert notes(unmasked)["unmasked_probability"] == "masked_training is off"
+
+
+def test_a_windows_concept_file_name_is_found_beside_the_config(tmp_path, monkeypatch):
+    (tmp_path / "training_concepts").mkdir()
+    (tmp_path / "training_concepts" / "concepts.json").write_text(json.dumps([{"path": "images"}]), encoding="utf-8")
+    config = {**BASE, "concept_file_name": "training_concepts\\concepts.json", "samples": []}
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.chdir(tmp_path.parent)
+    imported = import_onetrainer(tmp_path / "config.json")
+    assert imported.concepts_from == str(tmp_path / "training_concepts" / "concepts.json")
+    assert [concept["path"] for concept in get(imported, "data.concepts")] == ["images"]
+    assert imported.unsupported == []
+
+
+def test_a_missing_concept_file_is_unsupported(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({**BASE, "concept_file_name": "nowhere.json"}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    imported = import_onetrainer(tmp_path / "config.json")
+    assert "no such concept file" in unsupported(imported)["concept_file_name"]
+    assert "concept_file_name" not in notes(imported)
+    assert "no such sample file" in notes(imported)["sample_definition_file_name"], "OneTrainer trains on without"
