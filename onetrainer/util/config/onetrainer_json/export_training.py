@@ -15,6 +15,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     LOSS_STRENGTHS,
     LOSS_WEIGHT_NAMES,
     NEAREST_OPTIMIZERS,
+    OPTIMIZER_ARG_DEFAULTS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
@@ -48,7 +49,7 @@ def export_optimizer(training: View, ot: dict[str, Any]) -> None:
         optimizer["momentum"] = training["momentum"]
     else:
         training.ignore("momentum", "only used by sgd")
-    args = dict(training["optimizer_args"])
+    args = {**OPTIMIZER_ARG_DEFAULTS[ours], **training["optimizer_args"]}  # ours where the config says nothing
     if ours in EPS_PAIR and isinstance(args.get("eps"), list) and len(args["eps"]) == 2:
         optimizer["eps"], optimizer["eps2"] = args.pop("eps")
     by_argument = reverse(OPTIMIZER_ARGS[ours])

@@ -13,7 +13,7 @@ from typing import Any
 
 from onetrainer.util.config.family import DISTRIBUTIONS, WEIGHTINGS
 from onetrainer.util.config.onetrainer_json.defaults import _coerce_object, optimizer_defaults
-from onetrainer.util.config.onetrainer_json.findings import Ledger, View
+from onetrainer.util.config.onetrainer_json.findings import Ledger, View, same
 from onetrainer.util.config.onetrainer_json.tables import (
     BETAS,
     DISTRIBUTION_NAMES,
@@ -22,6 +22,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     IMPLEMENTATION_FIELDS,
     LOSS_STRENGTHS,
     LOSS_WEIGHT_NAMES,
+    OPTIMIZER_ARG_DEFAULTS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
@@ -71,11 +72,14 @@ def map_optimizer(config: View, optimizer: View, out: Target) -> None:
     if ours == "sgd" and optimizer["momentum"] is not None:
         out.set("training.momentum", optimizer["momentum"])
     args: dict[str, Any] = {}
-    if ours in EPS_PAIR and not (optimizer.is_default("eps") and optimizer.is_default("eps2")):
-        args["eps"] = [optimizer["eps"], optimizer["eps2"]]
+    ours_by_default = OPTIMIZER_ARG_DEFAULTS[ours]
+    if ours in EPS_PAIR:
+        pair = [optimizer["eps"], optimizer["eps2"]]
+        if None not in pair and pair != ours_by_default["eps"]:
+            args["eps"] = pair
     for key, argument in OPTIMIZER_ARGS[ours].items():
         value = optimizer[key]
-        if value is not None and not optimizer.is_default(key) and value != float("inf"):
+        if value is not None and not same(value, ours_by_default[argument]):
             args[argument] = value
     if args:
         out.set("training.optimizer_args", args)

@@ -8,8 +8,9 @@ its own in its spec (`FamilySpec.onetrainer_model_types`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -287,6 +288,38 @@ OPTIMIZER_ARGS: dict[str, dict[str, str]] = {
     "came": {"clip_threshold": "clip_threshold"},
 }
 """OneTrainer optimizer fields -> keyword arguments of our optimizer class (`training.optimizer_args`)."""
+OPTIMIZER_ARG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adamw": {"amsgrad": False, "maximize": False},
+    "adamw8bit_ao": {"amsgrad": False},
+    "adamw8bit": {"amsgrad": False, "optim_bits": 32, "min_8bit_size": 4096, "is_paged": False},
+    "sgd": {"dampening": 0.0, "nesterov": False, "maximize": False},
+    "adafactor": {
+        "eps": [1e-30, 1e-3],
+        "clip_threshold": 1.0,
+        "decay_rate": -0.8,
+        "beta1": None,
+        "scale_parameter": False,
+        "relative_step": False,
+        "warmup_init": False,
+    },
+    "prodigy": {
+        "beta3": None,
+        "decouple": True,
+        "use_bias_correction": False,
+        "safeguard_warmup": False,
+        "d0": 1e-6,
+        "d_coef": 1.0,
+        "growth_rate": math.inf,
+        "slice_p": 1,
+    },
+    "schedulefree_adamw": {"r": 0.0, "weight_lr_power": 2.0},
+    "lion": {},
+    "came": {"eps": [1e-30, 1e-16], "clip_threshold": 1.0},
+}
+"""What our optimizer uses for each argument of `OPTIMIZER_ARGS` (and the epsilon pair) that the config leaves
+out: its library's default, or what our build always passes (Adafactor's relative_step false). They can differ
+from OneTrainer's (Prodigy's `slice_p`: OneTrainer 11, prodigyopt 1), so the importer sets each OneTrainer
+value that differs from ours, and the exporter writes ours for each argument the config leaves out."""
 BETAS = {"adamw": 2, "adamw8bit": 2, "adamw8bit_ao": 2, "prodigy": 2, "schedulefree_adamw": 2, "lion": 2, "came": 3}
 """How many of beta1, beta2, beta3 make our `training.betas`, per optimizer that takes them."""
 SINGLE_EPS = ("adamw", "adamw8bit", "adamw8bit_ao", "prodigy", "schedulefree_adamw")

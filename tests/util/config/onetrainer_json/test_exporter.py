@@ -176,3 +176,11 @@ def test_ema_previews_export_without_onetrainers_extra_non_ema_ones():
 def test_masked_training_exports_without_onetrainers_unmasked_samples():
     config, findings = export("loss.masked.enabled=true")
     assert (config["masked_training"], config["unmasked_probability"], findings) == (True, 0.0, [])
+
+
+def test_optimizer_arguments_the_config_leaves_out_are_exported_as_our_optimizer_uses_them():
+    prodigy = ("training.optimizer=prodigy", "training.learning_rate=1.0")
+    config, _ = export(*prodigy)
+    assert config["optimizer"]["slice_p"] == 1, "prodigyopt's default; OneTrainer's own would be 11"
+    set_here, _ = export(*prodigy, "training.optimizer_args.slice_p=11")
+    assert set_here["optimizer"]["slice_p"] == 11

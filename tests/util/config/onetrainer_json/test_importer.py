@@ -322,7 +322,7 @@ def test_optimizer_settings(convert):
     assert get(adafactor, "training.optimizer_args") == {"eps": [1e-30, 0.01], "relative_step": True}
     assert get(adafactor, "training.weight_decay") == 0.0
     prodigy = convert(optimizer={"optimizer": "PRODIGY", "d_coef": 0.5}, learning_rate=1.0)
-    assert get(prodigy, "training.optimizer_args") == {"d_coef": 0.5}
+    assert get(prodigy, "training.optimizer_args") == {"d_coef": 0.5, "slice_p": 11}, "prodigyopt's slice_p is 1"
     assert "optimizer.optimizer" in unsupported(convert(optimizer={"optimizer": "ADAMW_ADV"}))
     stray = convert(optimizer={"optimizer": "ADAMW", "d0": 0.1})
     assert unsupported(stray)["optimizer.d0"] == "not a setting of the adamw optimizer here"
