@@ -254,6 +254,7 @@ def _spec(
         config_defaults={"noise": {"timesteps": {"distribution": "logit-normal"}}},
         onetrainer_model_types=("STABLE_DIFFUSION_3",) if name == SD3_MEDIUM else ("STABLE_DIFFUSION_35",),
         onetrainer_options={f"{T5}.include": "t5"},
+        onetrainer_sample_defaults={"width": 1024, "height": 1024, "diffusion_steps": 28},
         leaves_out=_leaves_out,
     )
 

@@ -128,6 +128,7 @@ SDXL = register_family(
         modelspec_architecture="stable-diffusion-xl-v1-base",
         kohya_base_model_version="sdxl_base_v1-0",
         onetrainer_model_types=("STABLE_DIFFUSION_XL_10_BASE",),
+        onetrainer_sample_defaults={"width": 1024, "height": 1024, "cfg_scale": 7.5, "noise_scheduler": "EULER_A"},
         pipeline_classes=("StableDiffusionXLPipeline",),
         recognise=Recognisers(
             single_file=recognise_single_file,

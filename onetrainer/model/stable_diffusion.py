@@ -193,6 +193,7 @@ SD15 = register_family(
         shipped_config="sd15",
         tiny={"sd15": _tiny("sd15", "tiny random-weight SD 1.5")},
         onetrainer_model_types=("STABLE_DIFFUSION_15",),
+        onetrainer_sample_defaults={"cfg_scale": 7.5, "noise_scheduler": "EULER_A"},
         hub_ids=(
             "openai/clip-vit-large-patch14",
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -236,6 +237,7 @@ SD2 = register_family(
             "STABLE_DIFFUSION_20",
             "STABLE_DIFFUSION_20_BASE",
         ),
+        onetrainer_sample_defaults={"width": 768, "height": 768, "cfg_scale": 7.5},
         variants={
             "epsilon": Variant(modelspec_architecture="stable-diffusion-v2-512", shipped_config="sd2-512"),
             "v_prediction": Variant(

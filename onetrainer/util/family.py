@@ -295,6 +295,10 @@ class FamilySpec:
     onetrainer_options: Mapping[str, str] = field(default_factory=dict)
     """OneTrainer setting (a top-level key, or `<part>.<key>`) -> the `model.options` key it is, both ways:
     `{"transformer.guidance_scale": "guidance"}`."""
+    onetrainer_sample_defaults: Mapping[str, Any] = field(default_factory=dict)
+    """OneTrainer's sample settings for its model types of this family, over its generic ones (512 px, 30 steps,
+    guidance 7, DDIM): `{"width": 1024, "cfg_scale": 7.5, ...}`. They fill what a sample of a sample file leaves
+    out (OneTrainer reads an inline sample list over the generic ones)."""
     default_lora_format: str = "kohya"
     """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
     diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too). A LoRA

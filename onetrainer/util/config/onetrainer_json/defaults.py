@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ def concept_defaults() -> dict[str, Any]:
     return copy.deepcopy(_data()["concept"])
 
 
-def sample_defaults() -> dict[str, Any]:
-    return copy.deepcopy(_data()["sample"])
+def sample_defaults(model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A sample's defaults: OneTrainer's generic ones, under `model`'s (a family's `onetrainer_sample_defaults`)."""
+    return {**copy.deepcopy(_data()["sample"]), **(model or {})}
 
 
 def embedding_defaults() -> dict[str, Any]:
@@ -166,8 +168,8 @@ def overlay_concepts(raw: Any, prefix: str, ledger: Ledger) -> list[dict[str, An
     ]
 
 
-def overlay_samples(raw: Any, prefix: str, ledger: Ledger) -> list[dict[str, Any]] | None:
-    return _objects(raw, sample_defaults(), "sample", prefix, ledger)
+def overlay_samples(raw: Any, prefix: str, ledger: Ledger, defaults: dict[str, Any]) -> list[dict[str, Any]] | None:
+    return _objects(raw, defaults, "sample", prefix, ledger)
 
 
 NESTED = ("embedding", "quantization")

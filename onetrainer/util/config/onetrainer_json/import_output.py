@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from onetrainer.util.config.onetrainer_json.defaults import sample_defaults
 from onetrainer.util.config.onetrainer_json.findings import SILENT_KEYS, View
 from onetrainer.util.config.onetrainer_json.tables import (
     CADENCE_MINUTES,
@@ -116,8 +115,7 @@ def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool) -
     out.set("sampling.prompts", prompts)
 
 
-def sample_views(config: View, samples: list[dict[str, Any]], prefix: str) -> list[View]:
-    defaults = sample_defaults()
+def sample_views(config: View, samples: list[dict[str, Any]], prefix: str, defaults: dict[str, Any]) -> list[View]:
     return [View(item, defaults, config.ledger, f"{prefix}{index}.") for index, item in enumerate(samples)]
 
 

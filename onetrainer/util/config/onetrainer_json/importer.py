@@ -16,6 +16,7 @@ from onetrainer.util.config.onetrainer_json.defaults import (
     overlay,
     overlay_concepts,
     overlay_samples,
+    sample_defaults,
     train_defaults,
 )
 from onetrainer.util.config.onetrainer_json.files import find_list_file, read_config, read_list
@@ -87,7 +88,10 @@ def import_onetrainer(path: Path) -> Imported:
     map_noise(view, out, spec)
     map_loss(view, out, spec)
     samples, samples_from = _objects(view, path, "samples", "sample_definition_file_name", "sample file")
-    sample_items = sample_views(view, overlay_samples(samples, "samples.", ledger) or [], "samples.")
+    # OneTrainer fills a sample file's samples with its model type's defaults, an inline list's with its generic ones
+    sample_item_defaults = sample_defaults(None if samples_from == "inline" else spec.onetrainer_sample_defaults)
+    sample_list = overlay_samples(samples, "samples.", ledger, sample_item_defaults) or []
+    sample_items = sample_views(view, sample_list, "samples.", sample_item_defaults)
     map_sampling(view, out, sample_items, ema=ema)
     map_saving(view, out, method)
     map_logging(view, out)

@@ -432,3 +432,18 @@ def test_a_missing_concept_file_is_unsupported(tmp_path, monkeypatch):
     assert "no such concept file" in unsupported(imported)["concept_file_name"]
     assert "concept_file_name" not in notes(imported)
     assert "no such sample file" in notes(imported)["sample_definition_file_name"], "OneTrainer trains on without"
+
+
+def test_a_sample_files_samples_take_the_model_types_defaults_and_inline_ones_the_generic(tmp_path):
+    (tmp_path / "samples.json").write_text(json.dumps([{"prompt": "a red circle"}]), encoding="utf-8")
+    sdxl = {**BASE, "model_type": "STABLE_DIFFUSION_XL_10_BASE", "concepts": []}
+    (tmp_path / "config.json").write_text(
+        json.dumps({**sdxl, "sample_definition_file_name": "samples.json"}), encoding="utf-8"
+    )
+    (from_file,) = get(import_onetrainer(tmp_path / "config.json"), "sampling.prompts")
+    expected = {"width": 1024, "height": 1024, "steps": 30, "cfg": 7.5, "scheduler": "euler-a"}
+    assert {key: from_file[key] for key in expected} == expected, "OneTrainer's SDXL sample defaults"
+    (tmp_path / "config.json").write_text(json.dumps({**sdxl, "samples": [{"prompt": "x"}]}), encoding="utf-8")
+    (inline,) = get(import_onetrainer(tmp_path / "config.json"), "sampling.prompts")
+    generic = {"width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "ddim"}
+    assert {key: inline[key] for key in generic} == generic, "OneTrainer reads an inline list over its generic ones"

@@ -39,6 +39,13 @@ def test_every_enum_field_of_the_defaults_is_listed_with_its_default_among_its_m
             assert value in ENUM_FIELDS[key], key
 
 
+def test_each_familys_sample_defaults_are_onetrainer_sample_settings_with_readable_values():
+    for spec in families():
+        defaults = sample_defaults(spec.onetrainer_sample_defaults)
+        assert set(defaults) == set(sample_defaults()), spec.name
+        assert defaults["noise_scheduler"] in ENUM_FIELDS["noise_scheduler"], spec.name
+
+
 @pytest.mark.parametrize("ours", sorted(OPTIMIZER_ARGS))
 def test_every_mapped_optimizer_argument_is_one_our_optimizer_takes(ours):
     from onetrainer.trainer.optimizers import _optimizer_class
