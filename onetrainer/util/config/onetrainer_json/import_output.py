@@ -16,6 +16,8 @@ from onetrainer.util.config.onetrainer_json.tables import (
 from onetrainer.util.config.onetrainer_json.target import Target
 from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.types import Cadence, CadenceUnit
+from onetrainer.util.enums import PREVIEW_SCHEDULERS
+from onetrainer.util.family import Objective
 
 TENSORBOARD_SERVER = "onetrainer writes TensorBoard logs but starts no server; run `tensorboard --logdir` yourself"
 OVERWRITTEN = (
@@ -97,7 +99,7 @@ def map_logging(config: View, out: Target) -> None:
         config.ignore("validate_after_unit", "validation is off")
 
 
-def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool) -> None:
+def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool, objective: Objective) -> None:
     out.set("sampling.every", cadence(config, "sample_after"))
     out.set("sampling.to_tensorboard", config["samples_to_tensorboard"])
     config.skip("sample_image_format")
@@ -111,7 +113,7 @@ def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool) -
         )
     else:
         config.skip("non_ema_sampling")
-    prompts = [prompt for prompt in (_sample(sample) for sample in samples) if prompt is not None]
+    prompts = [prompt for prompt in (_sample(sample, objective) for sample in samples) if prompt is not None]
     out.set("sampling.prompts", prompts)
 
 
@@ -119,7 +121,7 @@ def sample_views(config: View, samples: list[dict[str, Any]], prefix: str, defau
     return [View(item, defaults, config.ledger, f"{prefix}{index}.") for index, item in enumerate(samples)]
 
 
-def _sample(sample: View) -> dict[str, Any] | None:
+def _sample(sample: View, objective: Objective) -> dict[str, Any] | None:
     if not sample["enabled"]:
         sample.note("enabled", "a disabled sample is left out")
         sample.skip(*(key for key in sample.defaults if key not in SILENT_KEYS))
@@ -133,10 +135,7 @@ def _sample(sample: View) -> dict[str, Any] | None:
     prompt["cfg"] = sample["cfg_scale"]
     prompt["width"] = _side(sample, "width")
     prompt["height"] = _side(sample, "height")
-    scheduler = sample["noise_scheduler"]
-    prompt["scheduler"] = SAMPLERS.get(scheduler, "ddim")
-    if scheduler not in SAMPLERS:
-        sample.unsupported("noise_scheduler", f"samplers: {', '.join(SAMPLERS)}; ddim here")
+    prompt["scheduler"] = _scheduler(sample, objective)
     sample.skip(*OVERWRITTEN)
     sample.refuse("text_encoder_1_sequence_length", "each text encoder uses its tokenizer's length")
     sample.refuse("text_encoder_2_sequence_length", "each text encoder uses its tokenizer's length")
@@ -148,6 +147,22 @@ def _sample(sample: View) -> dict[str, Any] | None:
     sample.ignore("frames", "video models are not supported")
     sample.ignore("length", "audio is not supported")
     return prompt
+
+
+def _scheduler(sample: View, objective: Objective) -> str:
+    """The preview sampler: OneTrainer's `noise_scheduler` for a DDPM model; for a flow-matching model, whose
+    previews OneTrainer always draws with the model's own flow-matching Euler sampler, ours (euler)."""
+    scheduler = sample["noise_scheduler"]
+    if objective is Objective.FLOW_MATCHING:
+        if scheduler != "EULER":
+            sample.ignore(
+                "noise_scheduler",
+                "OneTrainer draws the previews of flow-matching models with their own Euler sampler, as here",
+            )
+        return PREVIEW_SCHEDULERS[objective.value]
+    if scheduler not in SAMPLERS:
+        sample.unsupported("noise_scheduler", f"samplers: {', '.join(SAMPLERS)}; ddim here")
+    return SAMPLERS.get(scheduler, "ddim")
 
 
 def _side(sample: View, key: str) -> int:

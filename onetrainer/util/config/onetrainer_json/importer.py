@@ -92,7 +92,7 @@ def import_onetrainer(path: Path) -> Imported:
     sample_item_defaults = sample_defaults(None if samples_from == "inline" else spec.onetrainer_sample_defaults)
     sample_list = overlay_samples(samples, "samples.", ledger, sample_item_defaults) or []
     sample_items = sample_views(view, sample_list, "samples.", sample_item_defaults)
-    map_sampling(view, out, sample_items, ema=ema)
+    map_sampling(view, out, sample_items, ema=ema, objective=spec.objective)
     map_saving(view, out, method)
     map_logging(view, out)
     _switched_off(view)

@@ -447,3 +447,19 @@ def test_a_sample_files_samples_take_the_model_types_defaults_and_inline_ones_th
     (inline,) = get(import_onetrainer(tmp_path / "config.json"), "sampling.prompts")
     generic = {"width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "ddim"}
     assert {key: inline[key] for key in generic} == generic, "OneTrainer reads an inline list over its generic ones"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "base"), [("FLUX_DEV_1", "tiny:flux-dev"), ("STABLE_DIFFUSION_35", "tiny:sd35-medium")]
+)
+def test_flow_matching_previews_use_euler_whatever_noise_scheduler_says(convert, model_type, base):
+    from onetrainer.util.config.onetrainer_json.load import check_imported
+
+    euler = {"prompt": "b", "noise_scheduler": "EULER"}
+    samples = [{"prompt": "a"}, euler, {"prompt": "c", "noise_scheduler": "UNIPC"}]
+    imported = convert(model_type=model_type, base_model_name=base, samples=samples)
+    assert [prompt["scheduler"] for prompt in get(imported, "sampling.prompts")] == ["euler"] * 3
+    assert imported.unsupported == []
+    assert "own Euler sampler" in notes(imported)["samples.2.noise_scheduler"]
+    assert {"samples.0.noise_scheduler", "samples.1.noise_scheduler"}.isdisjoint(notes(imported))
+    check_imported(imported, check_paths=False)  # "ddim" would not be a sampler of flow matching
