@@ -8,6 +8,8 @@ from onetrainer.util.config.onetrainer_json.defaults import sample_defaults
 from onetrainer.util.config.onetrainer_json.findings import View
 from onetrainer.util.config.onetrainer_json.import_output import auto_format
 from onetrainer.util.config.onetrainer_json.tables import OUTPUT_FORMATS, PRECISIONS, SAMPLERS, reverse
+from onetrainer.util.enums import PREVIEW_SCHEDULERS
+from onetrainer.util.family import Objective
 
 UNITS = {"step": "STEP", "epoch": "EPOCH", "minute": "MINUTE"}
 
@@ -28,17 +30,17 @@ def interval(view: View, key: str) -> tuple[int, str]:
     return max(1, round(value)), unit
 
 
-def export_sampling(ours: View, ot: dict[str, Any], resolution: int | list[int]) -> None:
+def export_sampling(ours: View, ot: dict[str, Any], resolution: int | list[int], objective: Objective) -> None:
     sampling = ours.child("sampling")
     ot["sample_after"], ot["sample_after_unit"] = interval(sampling, "every")
     ot["samples_to_tensorboard"] = sampling["to_tensorboard"]
     ot["sample_image_format"] = "PNG"
     side = resolution[0] if isinstance(resolution, list) else resolution
-    ot["samples"] = [_sample(prompt, side) for prompt in sampling.items("prompts", {})]
+    ot["samples"] = [_sample(prompt, side, objective) for prompt in sampling.items("prompts", {})]
     sampling.refuse("before_training", "OneTrainer draws no previews before the first step")
 
 
-def _sample(prompt: View, side: int) -> dict[str, Any]:
+def _sample(prompt: View, side: int, objective: Objective) -> dict[str, Any]:
     sample = sample_defaults()
     sample["prompt"] = prompt["prompt"]
     sample["negative_prompt"] = prompt["negative_prompt"]
@@ -48,7 +50,9 @@ def _sample(prompt: View, side: int) -> dict[str, Any]:
     sample["width"] = prompt["width"] or side
     sample["height"] = prompt["height"] or side
     scheduler = prompt["scheduler"]
-    if scheduler in reverse(SAMPLERS):
+    if objective is Objective.FLOW_MATCHING and scheduler != PREVIEW_SCHEDULERS[objective.value]:
+        prompt.unsupported("scheduler", "OneTrainer draws the previews of flow-matching models with Euler only")
+    elif scheduler in reverse(SAMPLERS):
         sample["noise_scheduler"] = reverse(SAMPLERS)[scheduler]
     else:
         prompt.unsupported("scheduler", f"OneTrainer's samplers here: {', '.join(reverse(SAMPLERS))}")

@@ -78,7 +78,7 @@ def export_onetrainer(config: TrainConfig) -> tuple[dict[str, Any], list[Finding
     export_schedule(training, ot)
     export_noise(ours, ot, spec)
     export_loss(ours, ot)
-    export_sampling(ours, ot, config.data.resolution)
+    export_sampling(ours, ot, config.data.resolution, spec.objective)
     export_saving(ours, ot)
     export_logging(ours, ot)
     for item in ours.child("data").items("concepts", items["concepts"]):

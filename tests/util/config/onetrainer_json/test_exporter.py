@@ -184,3 +184,11 @@ def test_optimizer_arguments_the_config_leaves_out_are_exported_as_our_optimizer
     assert config["optimizer"]["slice_p"] == 1, "prodigyopt's default; OneTrainer's own would be 11"
     set_here, _ = export(*prodigy, "training.optimizer_args.slice_p=11")
     assert set_here["optimizer"]["slice_p"] == 11
+
+
+def test_a_flow_matching_preview_with_another_sampler_than_euler_is_listed():
+    flux = ("model.type=flux-dev", "model.base=tiny:flux-dev", "sampling.prompts.0.prompt=a red circle")
+    config, findings = export(*flux)
+    assert (config["samples"][0]["noise_scheduler"], findings) == ("EULER", [])
+    _, other = export(*flux, "sampling.prompts.0.scheduler=unipc")
+    assert lacking(other) == {"sampling.prompts.0.scheduler"}
