@@ -33,11 +33,14 @@ def interval(view: View, key: str) -> tuple[int, str]:
 def export_sampling(ours: View, ot: dict[str, Any], resolution: int | list[int], objective: Objective) -> None:
     sampling = ours.child("sampling")
     ot["sample_after"], ot["sample_after_unit"] = interval(sampling, "every")
+    if ot["sample_after_unit"] == "NEVER":
+        sampling.refuse("before_training", "OneTrainer draws previews before the first step only with sample_after")
+    elif not sampling["before_training"]:
+        ot["sample_skip_first"] = ot["sample_after"]  # else OneTrainer draws them at step 0 too
     ot["samples_to_tensorboard"] = sampling["to_tensorboard"]
     ot["sample_image_format"] = "PNG"
     side = resolution[0] if isinstance(resolution, list) else resolution
     ot["samples"] = [_sample(prompt, side, objective) for prompt in sampling.items("prompts", {})]
-    sampling.refuse("before_training", "OneTrainer draws no previews before the first step")
 
 
 def _sample(prompt: View, side: int, objective: Objective) -> dict[str, Any]:

@@ -101,6 +101,7 @@ def map_logging(config: View, out: Target) -> None:
 
 def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool, objective: Objective) -> None:
     out.set("sampling.every", cadence(config, "sample_after"))
+    out.set("sampling.before_training", _before_training(config, out.get("sampling.every")))
     out.set("sampling.to_tensorboard", config["samples_to_tensorboard"])
     config.skip("sample_image_format")
     config.ignore("sample_video_format", "video models are not supported")
@@ -115,6 +116,31 @@ def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool, o
         config.skip("non_ema_sampling")
     prompts = [prompt for prompt in (_sample(sample, objective) for sample in samples) if prompt is not None]
     out.set("sampling.prompts", prompts)
+
+
+def _before_training(config: View, every: str) -> bool:
+    """Whether previews come before the first step too: OneTrainer's repeating actions start at zero, unless
+    `sample_skip_first` holds them back. For steps or epochs, previews come only at multiples of the interval,
+    so skipping up to one interval leaves out just the first; for a clock, skipping one interval does."""
+    if every == "never":
+        config.ignore("sample_skip_first", "no previews are drawn")
+        return False
+    unit = config["sample_after_unit"]
+    if unit == "ALWAYS":
+        config.ignore("sample_skip_first", "sample_after_unit ALWAYS draws previews at every step, the first too")
+        return True
+    skip, interval = config["sample_skip_first"], config["sample_after"]
+    if skip <= 0:
+        return True
+    first_only = skip <= interval if unit in ("EPOCH", "STEP") else skip == interval
+    if first_only:
+        return False
+    config.unsupported(
+        "sample_skip_first",
+        "previews come every sampling.every from the start; only the first one, before training, can be left out "
+        "(sample_skip_first up to one sample_after); none before training here",
+    )
+    return False
 
 
 def sample_views(config: View, samples: list[dict[str, Any]], prefix: str, defaults: dict[str, Any]) -> list[View]:

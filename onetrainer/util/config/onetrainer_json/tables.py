@@ -349,7 +349,6 @@ TOP_LEVEL_REASONS: dict[str, str] = {
     "lora_weight_dtype": "LoRA weights train in fp32",
     "embedding_weight_dtype": "embeddings train in fp32",
     "preserve_embedding_norm": "embedding norms are not rescaled",
-    "sample_skip_first": "use sampling.every; previews cannot skip the first intervals",
     "save_skip_first": "intermediate saves cannot skip the first intervals",
     "save_filename_prefix": "intermediate saves are named by step",
     "frames": "video models are not supported",

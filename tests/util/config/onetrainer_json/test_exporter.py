@@ -192,3 +192,10 @@ def test_a_flow_matching_preview_with_another_sampler_than_euler_is_listed():
     assert (config["samples"][0]["noise_scheduler"], findings) == ("EULER", [])
     _, other = export(*flux, "sampling.prompts.0.scheduler=unipc")
     assert lacking(other) == {"sampling.prompts.0.scheduler"}
+
+
+def test_previews_before_training_are_onetrainers_and_without_them_it_skips_the_first_interval():
+    with_first, findings = export("sampling.every=250 steps", "sampling.before_training=true")
+    assert (with_first["sample_after"], with_first["sample_skip_first"], findings) == (250, 0, [])
+    without, findings = export("sampling.every=250 steps")
+    assert (without["sample_after"], without["sample_skip_first"], findings) == (250, 250, [])

@@ -463,3 +463,14 @@ def test_flow_matching_previews_use_euler_whatever_noise_scheduler_says(convert,
     assert "own Euler sampler" in notes(imported)["samples.2.noise_scheduler"]
     assert {"samples.0.noise_scheduler", "samples.1.noise_scheduler"}.isdisjoint(notes(imported))
     check_imported(imported, check_paths=False)  # "ddim" would not be a sampler of flow matching
+
+
+def test_previews_come_before_training_unless_the_first_interval_is_skipped(convert):
+    assert get(convert(), "sampling.before_training") is True, "OneTrainer samples at step 0 (10 minutes)"
+    every = {"sample_after": 100, "sample_after_unit": "STEP"}
+    assert get(convert(**every), "sampling.before_training") is True
+    skipped = convert(**every, sample_skip_first=100)
+    assert (get(skipped, "sampling.before_training"), skipped.unsupported) == (False, [])
+    assert get(convert(**every, sample_skip_first=1), "sampling.before_training") is False, "first at step 100 too"
+    assert "sample_skip_first" in unsupported(convert(**every, sample_skip_first=250))
+    assert get(convert(sample_after_unit="NEVER"), "sampling.before_training") is False
