@@ -75,7 +75,7 @@ def export_parts(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
             target["train"] = bool(part["train"])
         if part["learning_rate"] is not None:
             target["learning_rate"] = part["learning_rate"]
-        _stop_after(part, target)
+        _stop_after(part, target, ours.child("training")["gradient_accumulation_steps"])
         if component.role is Role.TEXT_ENCODER:
             key = next((k for k, name in LAYER_SKIP_KEYS.items() if name == component.name), None)
             if key is None:
@@ -86,14 +86,16 @@ def export_parts(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
             target["gradient_checkpointing"] = ours.child("training")["gradient_checkpointing"]
 
 
-def _stop_after(part: View, target: dict[str, Any]) -> None:
+def _stop_after(part: View, target: dict[str, Any], accumulation: int) -> None:
+    """The stop point; OneTrainer's steps are batches, `accumulation` of them to one of ours."""
     text = part["stop_after"]
     if text == "never":
         target["stop_training_after_unit"] = "NEVER"
         return
     count, unit = text.split()
-    target["stop_training_after"] = int(float(count))
-    target["stop_training_after_unit"] = "EPOCH" if unit.startswith(CadenceUnit.EPOCH.value) else "STEP"
+    epochs = unit.startswith(CadenceUnit.EPOCH.value)
+    target["stop_training_after"] = int(float(count)) * (1 if epochs else accumulation)
+    target["stop_training_after_unit"] = "EPOCH" if epochs else "STEP"
     if not float(count).is_integer():
         part.unsupported("stop_after", "OneTrainer stops after a whole number of steps or epochs")
 

@@ -14,14 +14,17 @@ from onetrainer.util.family import Objective
 UNITS = {"step": "STEP", "epoch": "EPOCH", "minute": "MINUTE"}
 
 
-def interval(view: View, key: str) -> tuple[int, str]:
-    """Our cadence text as OneTrainer's whole-number interval and unit."""
+def interval(view: View, key: str, accumulation: int = 1) -> tuple[int, str]:
+    """Our cadence text as OneTrainer's whole-number interval and unit: OneTrainer's steps are batches, of which
+    `accumulation` (the run's gradient accumulation) make one of ours."""
     text = view[key]
     if text == "never":
         return 0, "NEVER"
     count, unit = text.split()
     value = float(count)
     unit = UNITS[unit.rstrip("s")]
+    if unit == "STEP":
+        value *= accumulation
     if value.is_integer():
         return int(value), unit
     if unit == "MINUTE" and (value * 60).is_integer():
@@ -32,7 +35,8 @@ def interval(view: View, key: str) -> tuple[int, str]:
 
 def export_sampling(ours: View, ot: dict[str, Any], resolution: int | list[int], objective: Objective) -> None:
     sampling = ours.child("sampling")
-    ot["sample_after"], ot["sample_after_unit"] = interval(sampling, "every")
+    accumulation = ours.child("training")["gradient_accumulation_steps"]
+    ot["sample_after"], ot["sample_after_unit"] = interval(sampling, "every", accumulation)
     if ot["sample_after_unit"] == "NEVER":
         sampling.refuse("before_training", "OneTrainer draws previews before the first step only with sample_after")
     elif not sampling["before_training"]:
@@ -77,8 +81,9 @@ def export_saving(ours: View, ot: dict[str, Any]) -> None:
         saving.unsupported("format", f"OneTrainer's {method} formats here: {', '.join(formats)}")
     ot["output_dtype"] = reverse(PRECISIONS)[saving["dtype"]]
     ot["prevent_overwrites"] = not saving["overwrite"]
-    ot["save_every"], ot["save_every_unit"] = interval(saving, "every")
-    ot["backup_after"], ot["backup_after_unit"] = interval(saving, "backup_every")
+    accumulation = ours.child("training")["gradient_accumulation_steps"]
+    ot["save_every"], ot["save_every_unit"] = interval(saving, "every", accumulation)
+    ot["backup_after"], ot["backup_after_unit"] = interval(saving, "backup_every", accumulation)
     ot["rolling_backup"] = True
     ot["rolling_backup_count"] = saving["backup_keep_last"]
     ot["workspace_dir"] = ours["workspace"]
@@ -87,7 +92,7 @@ def export_saving(ours: View, ot: dict[str, Any]) -> None:
 def export_logging(ours: View, ot: dict[str, Any]) -> None:
     logging = ours.child("logging")
     logging.refuse("tensorboard", "OneTrainer always writes TensorBoard logs")
-    count, unit = interval(logging, "validate_every")
+    count, unit = interval(logging, "validate_every", ours.child("training")["gradient_accumulation_steps"])
     ot["validation"] = unit != "NEVER"
     if ot["validation"]:
         ot["validate_after"], ot["validate_after_unit"] = count, unit

@@ -71,7 +71,8 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["learning_rate_scheduler"] = reverse(SCHEDULER_NAMES)[scheduler]
     else:
         training.unsupported("lr_scheduler", f"OneTrainer's schedules here: {', '.join(reverse(SCHEDULER_NAMES))}")
-    ot["learning_rate_warmup_steps"] = float(training["warmup"])
+    warmup = float(training["warmup"])  # OneTrainer counts a warm-up in steps in batches
+    ot["learning_rate_warmup_steps"] = warmup * training["gradient_accumulation_steps"] if warmup >= 1 else warmup
     ot["learning_rate_cycles"] = float(training["lr_cycles"])
     ot["learning_rate_min_factor"] = training["lr_min_factor"]
     ot["epochs"] = training["epochs"]

@@ -122,6 +122,21 @@ def _prediction_type(config: View, out: Target) -> None:
         out.set("model.prediction_type", "epsilon")
 
 
+def batches_as_steps(view: View, key: str, batches: int, accumulation: int) -> int:
+    """OneTrainer's STEP unit counts batches (its step counter moves once per batch, also while gradients
+    accumulate); ours counts optimizer steps of `accumulation` batches each. A count that is no whole number of
+    steps is rounded (to one at least), with a note."""
+    accumulation = max(1, accumulation)
+    steps = max(1, round(batches / accumulation))
+    if batches % accumulation:
+        view.note(
+            key,
+            f"OneTrainer counts batches: {batches} batches, {accumulation} accumulated per optimizer step, are "
+            f"{batches / accumulation:g} steps; {steps} here",
+        )
+    return steps
+
+
 def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float:
     """Each part the family has: train, learning rate, stop point, layer skip; the rest refused.
 
@@ -141,7 +156,7 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
         elif left_out:
             _left_out_part(part, out, name)
         else:
-            _trainable_part(part, out, name, role, method)
+            _trainable_part(part, out, name, role, method, config["gradient_accumulation_steps"])
         _common_part(part, spec, name)
         if role is Role.TEXT_ENCODER and not left_out:
             dropouts[name] = part["dropout_probability"]
@@ -178,14 +193,14 @@ def _left_out_part(part: View, out: Target, name: str) -> None:
     part.skip("model_name", "train_embedding", "gradient_checkpointing")
 
 
-def _trainable_part(part: View, out: Target, name: str, role: Role, method: str) -> None:
+def _trainable_part(part: View, out: Target, name: str, role: Role, method: str, accumulation: int) -> None:
     if part["model_name"]:
         part.unsupported("model_name", "only the VAE can be loaded from elsewhere (model.vae)")
     if method == "embedding":
         part.skip("train", "stop_training_after", "stop_training_after_unit", "learning_rate")
     else:
         train = part["train"]
-        stop = stop_after(part, "stop_training_after")
+        stop = stop_after(part, "stop_training_after", accumulation)
         out.set(f"parts.{name}.train", bool(train) and stop != "0 steps")
         if train and stop not in ("never", "0 steps"):
             out.set(f"parts.{name}.stop_after", stop)
@@ -229,14 +244,19 @@ def map_options(config: View, out: Target, spec: FamilySpec) -> None:
         out.set(f"model.options.{option}", value)
 
 
-def stop_after(view: View, key: str) -> str:
-    """A OneTrainer stop point (N + unit) as our `stop_after` cadence; "0 steps" means "never trains"."""
+def stop_after(view: View, key: str, accumulation: int = 1) -> str:
+    """A OneTrainer stop point (N + unit) as our `stop_after` cadence; "0 steps" means "never trains".
+
+    `accumulation` is the run's gradient accumulation: OneTrainer's steps are batches (`batches_as_steps`).
+    """
     count = view[key]
     unit = view[f"{key}_unit"]
     if unit == "NEVER" or count is None:
         return "never"
     if unit == "ALWAYS" or count <= 0:
         return "0 steps"
+    if unit == "STEP":
+        count = batches_as_steps(view, key, count, accumulation)
     if unit in ("EPOCH", "STEP"):
         return str(Cadence(count, CadenceUnit(unit.lower())))
     view.unsupported(f"{key}_unit", "stop points count steps or epochs, so runs stay reproducible")

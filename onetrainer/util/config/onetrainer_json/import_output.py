@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from onetrainer.util.config.onetrainer_json.findings import SILENT_KEYS, View
+from onetrainer.util.config.onetrainer_json.import_model import batches_as_steps
 from onetrainer.util.config.onetrainer_json.tables import (
     CADENCE_MINUTES,
     CADENCE_UNITS,
@@ -31,8 +32,9 @@ OVERWRITTEN = (
 """Sample fields OneTrainer overwrites from the training config while training."""
 
 
-def cadence(view: View, key: str) -> str:
-    """A OneTrainer interval (`<key>` + `<key>_unit`) as our cadence text."""
+def cadence(view: View, key: str, accumulation: int = 1) -> str:
+    """A OneTrainer interval (`<key>` + `<key>_unit`) as our cadence text; OneTrainer's steps are batches, of
+    which `accumulation` (the run's gradient accumulation) make one of our steps."""
     count = view[key]
     unit = view[f"{key}_unit"]
     if unit == "NEVER":
@@ -42,6 +44,8 @@ def cadence(view: View, key: str) -> str:
     if unit in CADENCE_UNITS:
         if count <= 0:
             return "never" if unit != "MINUTE" else "1 step"
+        if unit == "STEP":
+            count = batches_as_steps(view, key, count, accumulation)
         return str(Cadence(count, CadenceUnit(CADENCE_UNITS[unit])))
     minutes = count * CADENCE_MINUTES[unit]
     return str(Cadence(round(minutes, 4), CadenceUnit.MINUTE)) if minutes > 0 else "1 step"
@@ -77,8 +81,9 @@ def map_saving(config: View, out: Target, method: str) -> None:
     if dtype not in PRECISIONS:
         config.unsupported("output_dtype", f"outputs are saved in {', '.join(PRECISIONS)}; FLOAT_16 here")
     out.set("saving.overwrite", not config["prevent_overwrites"])
-    out.set("saving.every", cadence(config, "save_every"))
-    out.set("saving.backup_every", cadence(config, "backup_after"))
+    accumulation = config["gradient_accumulation_steps"]
+    out.set("saving.every", cadence(config, "save_every", accumulation))
+    out.set("saving.backup_every", cadence(config, "backup_after", accumulation))
     out.set("saving.backup_keep_last", config["rolling_backup_count"])
     if not config["rolling_backup"] and out.get("saving.backup_every") != "never":
         config.note(
@@ -92,7 +97,7 @@ def map_logging(config: View, out: Target) -> None:
     for key in ("tensorboard", "tensorboard_expose", "tensorboard_always_on", "tensorboard_port"):
         config.ignore(key, TENSORBOARD_SERVER)
     if config["validation"]:
-        out.set("logging.validate_every", cadence(config, "validate_after"))
+        out.set("logging.validate_every", cadence(config, "validate_after", config["gradient_accumulation_steps"]))
     else:
         out.set("logging.validate_every", "never")
         config.ignore("validate_after", "validation is off")
@@ -100,7 +105,7 @@ def map_logging(config: View, out: Target) -> None:
 
 
 def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool, objective: Objective) -> None:
-    out.set("sampling.every", cadence(config, "sample_after"))
+    out.set("sampling.every", cadence(config, "sample_after", config["gradient_accumulation_steps"]))
     out.set("sampling.before_training", _before_training(config, out.get("sampling.every")))
     out.set("sampling.to_tensorboard", config["samples_to_tensorboard"])
     config.skip("sample_image_format")

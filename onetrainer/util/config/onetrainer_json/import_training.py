@@ -107,9 +107,12 @@ def map_schedule(config: View, out: Target, optimizer: str) -> None:
         config.refuse("custom_learning_rate_scheduler", "custom schedulers are not supported")
         config.refuse("scheduler_params", "custom schedulers are not supported")
     warmup = config["learning_rate_warmup_steps"]
+    accumulation = max(1, config["gradient_accumulation_steps"])
     if warmup == 1.0:
         config.unsupported("learning_rate_warmup_steps", "a warm-up over the whole run (1.0) is not supported; 0.999")
         warmup = 0.999
+    elif warmup > 1:
+        warmup = float(int(warmup / accumulation))  # steps are batches in OneTrainer, which divides them so
     out.set("training.warmup", warmup)
     cycles = config["learning_rate_cycles"]
     if scheduler == "COSINE_WITH_HARD_RESTARTS":

@@ -199,3 +199,22 @@ def test_previews_before_training_are_onetrainers_and_without_them_it_skips_the_
     assert (with_first["sample_after"], with_first["sample_skip_first"], findings) == (250, 0, [])
     without, findings = export("sampling.every=250 steps")
     assert (without["sample_after"], without["sample_skip_first"], findings) == (250, 250, [])
+
+
+def test_step_counts_are_exported_as_onetrainers_batches():
+    config, findings = export(
+        "training.gradient_accumulation_steps=4",
+        "saving.every=25 steps",
+        "sampling.every=2 steps",
+        "saving.backup_every=1 epoch",
+        "parts.text_encoder.train=true",
+        "parts.text_encoder.lora_targets=full",
+        "parts.text_encoder.stop_after=10 steps",
+        "training.warmup=50",
+    )
+    assert findings == []
+    assert (config["save_every"], config["save_every_unit"]) == (100, "STEP")
+    assert (config["sample_after"], config["sample_skip_first"]) == (8, 8)
+    assert (config["backup_after"], config["backup_after_unit"]) == (1, "EPOCH")
+    assert config["text_encoder"]["stop_training_after"] == 40
+    assert config["learning_rate_warmup_steps"] == 200.0

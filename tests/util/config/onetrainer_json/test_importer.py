@@ -474,3 +474,31 @@ def test_previews_come_before_training_unless_the_first_interval_is_skipped(conv
     assert get(convert(**every, sample_skip_first=1), "sampling.before_training") is False, "first at step 100 too"
     assert "sample_skip_first" in unsupported(convert(**every, sample_skip_first=250))
     assert get(convert(sample_after_unit="NEVER"), "sampling.before_training") is False
+
+
+def test_onetrainers_steps_are_batches_so_step_counts_are_divided_by_the_accumulation(convert):
+    imported = convert(
+        gradient_accumulation_steps=4,
+        save_every=100,
+        save_every_unit="STEP",
+        sample_after=10,
+        sample_after_unit="STEP",
+        backup_after=2,
+        backup_after_unit="STEP",
+        validation=True,
+        validate_after=8,
+        validate_after_unit="STEP",
+        text_encoder={"train": True, "stop_training_after": 40, "stop_training_after_unit": "STEP"},
+        unet={"stop_training_after": 3, "stop_training_after_unit": "EPOCH"},
+        learning_rate_warmup_steps=202,
+    )
+    assert get(imported, "saving.every") == "25 steps"
+    assert get(imported, "sampling.every") == "2 steps"
+    assert get(imported, "saving.backup_every") == "1 step"
+    assert get(imported, "logging.validate_every") == "2 steps"
+    assert get(imported, "parts.text_encoder.stop_after") == "10 steps"
+    assert get(imported, "parts.unet.stop_after") == "3 epochs", "epochs are the same in both"
+    assert get(imported, "training.warmup") == 50.0, "OneTrainer's own int(202 / 4)"
+    assert imported.unsupported == []
+    assert "10 batches, 4 accumulated per optimizer step, are 2.5 steps; 2 here" in notes(imported)["sample_after"]
+    assert {"save_every", "validate_after", "text_encoder.stop_training_after"}.isdisjoint(notes(imported))
