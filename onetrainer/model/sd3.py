@@ -256,6 +256,7 @@ def _spec(
         onetrainer_options={f"{T5}.include": "t5"},
         onetrainer_sample_defaults={"width": 1024, "height": 1024, "diffusion_steps": 28},
         leaves_out=_leaves_out,
+        text_conditioning_apart=True,
     )
 
 

@@ -138,10 +138,11 @@ def batches_as_steps(view: View, key: str, batches: int, accumulation: int) -> i
 
 
 def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float:
-    """Each part the family has: train, learning rate, stop point, layer skip; the rest refused.
+    """Each part the family has: train, learning rate, stop point, layer skip, dropout; the rest refused.
 
-    Returns the caption dropout: OneTrainer sets it per text encoder (`dropout_probability` of a text
-    encoder part), we per concept, so the text encoders must agree.
+    OneTrainer drops each text encoder's output on its own (`dropout_probability` of a text encoder part):
+    our `parts.<encoder>.dropout` where the family can drop one encoder's conditioning alone. Elsewhere it
+    becomes caption dropout, which is returned (for the concepts).
     """
     dropouts: dict[str, float] = {}
     for name in part_names():
@@ -165,15 +166,29 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
             out.set(f"parts.{name}.layer_skip", config[key])
         else:
             config.ignore(key, "the model has no such text encoder")
-    return _caption_dropout(config, dropouts)
+    if spec.drops_text_encoders_alone:
+        for name, value in dropouts.items():
+            if value:
+                out.set(f"parts.{name}.dropout", value)
+        return 0.0
+    return _caption_dropout(config, spec, dropouts)
 
 
-def _caption_dropout(config: View, dropouts: dict[str, float]) -> float:
+def _caption_dropout(config: View, spec: FamilySpec, dropouts: dict[str, float]) -> float:
+    """The text encoders' dropout as caption dropout (an empty caption, for every encoder at once): they must
+    agree."""
     values = sorted(set(dropouts.values()))
     if len(values) > 1:
         for name in dropouts:
             config.child(name).unsupported(
                 "dropout_probability", "caption dropout is one probability for all text encoders"
+            )
+    elif values and values[0]:
+        for name in dropouts:
+            config.child(name).note(
+                "dropout_probability",
+                f"OneTrainer zeroes each text encoder's output on its own; {spec.title} models drop one encoder's "
+                "conditioning only with the others', so captions are dropped (emptied) at this rate",
             )
     return values[0] if values else 0.0
 

@@ -218,3 +218,14 @@ def test_step_counts_are_exported_as_onetrainers_batches():
     assert (config["backup_after"], config["backup_after_unit"]) == (1, "EPOCH")
     assert config["text_encoder"]["stop_training_after"] == 40
     assert config["learning_rate_warmup_steps"] == 200.0
+
+
+def test_a_text_encoders_own_dropout_is_onetrainers_dropout_probability(tmp_path):
+    config, findings = export("parts.text_encoder.dropout=0.3")
+    assert (config["text_encoder"]["dropout_probability"], findings) == (0.3, [])
+    _, both = export(
+        "parts.text_encoder.dropout=0.3",
+        f"data.concepts.0.path={tmp_path}",
+        "data.concepts.0.caption.caption_dropout=0.1",
+    )
+    assert lacking(both) == {"data.concepts.0.caption.caption_dropout"}

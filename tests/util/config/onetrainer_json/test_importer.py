@@ -303,9 +303,34 @@ def test_tag_dropout_modes(convert, tmp_path):
     assert get(only, "data.concepts")[0]["caption"]["tag_dropout_only"] == ["a", "b"]
 
 
-def test_caption_dropout_of_the_text_encoder_goes_to_every_concept(convert, tmp_path):
-    imported = convert(text_encoder={"dropout_probability": 0.2}, concepts=[{"path": str(tmp_path)}] * 2)
-    assert [c["caption"]["caption_dropout"] for c in get(imported, "data.concepts")] == [0.2, 0.2]
+def test_a_text_encoders_dropout_is_its_own_where_the_family_drops_encoders_alone(convert, tmp_path):
+    concepts = [{"path": str(tmp_path)}] * 2
+    imported = convert(text_encoder={"dropout_probability": 0.2}, concepts=concepts)
+    assert get(imported, "parts.text_encoder.dropout") == 0.2, "OneTrainer zeroes the encoder's output, as ours"
+    assert [c["caption"]["caption_dropout"] for c in get(imported, "data.concepts")] == [0.0, 0.0]
+    sd3 = convert(
+        model_type="STABLE_DIFFUSION_35",
+        base_model_name="tiny:sd35-medium",
+        text_encoder_3={"dropout_probability": 0.4},
+    )
+    assert get(sd3, "parts.text_encoder_3.dropout") == 0.4
+    assert get(sd3, "parts.text_encoder.dropout") is None
+    assert (sd3.unsupported, "text_encoder_3.dropout_probability" in notes(sd3)) == ([], False)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "base"), [("STABLE_DIFFUSION_XL_10_BASE", "org/m"), ("FLUX_DEV_1", "tiny:flux-dev")]
+)
+def test_elsewhere_the_text_encoders_dropout_is_caption_dropout_with_a_note(convert, tmp_path, model_type, base):
+    both = {"dropout_probability": 0.2}
+    imported = convert(
+        model_type=model_type, base_model_name=base, text_encoder=both, text_encoder_2=both, concepts=[{"path": "x"}]
+    )
+    assert get(imported, "data.concepts")[0]["caption"]["caption_dropout"] == 0.2
+    assert get(imported, "parts.text_encoder.dropout") is None
+    assert "captions are dropped (emptied)" in notes(imported)["text_encoder.dropout_probability"]
+    one = convert(model_type=model_type, base_model_name=base, text_encoder=both)
+    assert "text_encoder.dropout_probability" in unsupported(one), "the encoders must agree"
 
 
 @pytest.mark.parametrize(
