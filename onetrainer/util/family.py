@@ -115,6 +115,18 @@ class Component:
 
 
 @dataclass(frozen=True)
+class OneTrainerLayerPreset:
+    """One of OneTrainer's named LoRA layer-filter presets (`layer_filter_preset`) for a family's model types."""
+
+    layer_filter: str
+    """What it stands for: OneTrainer's `layer_filter` text, comma-separated substrings of the paths of the
+    denoiser's linear and convolution layers to adapt (its UI writes it when the preset is chosen)."""
+    same_as: str | None = None
+    """Our LoRA target preset (`lora_targets`) that adapts the same layers of the denoiser (of those whose output
+    counts), where one does; a test checks it on the family's tiny model."""
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Why a file was recognised as a family; `family` None means "one of these, cannot tell which"."""
 
@@ -295,6 +307,10 @@ class FamilySpec:
     onetrainer_options: Mapping[str, str] = field(default_factory=dict)
     """OneTrainer setting (a top-level key, or `<part>.<key>`) -> the `model.options` key it is, both ways:
     `{"transformer.guidance_scale": "guidance"}`."""
+    onetrainer_layer_presets: Mapping[str, OneTrainerLayerPreset] = field(default_factory=dict)
+    """OneTrainer's layer-filter presets for its model types of this family, by name, besides `full` (every layer)
+    and `custom`: `onetrainer import` reads one whose `layer_filter` is empty as OneTrainer's UI fills it in, and
+    `onetrainer export` names the one that is the same as our preset."""
     onetrainer_sample_defaults: Mapping[str, Any] = field(default_factory=dict)
     """OneTrainer's sample settings for its model types of this family, over its generic ones (512 px, 30 steps,
     guidance 7, DDIM): `{"width": 1024, "cfg_scale": 7.5, ...}`. They fill what a sample of a sample file leaves

@@ -174,8 +174,6 @@ WEIGHT_DTYPES = {**PRECISIONS, "FLOAT_8": "fp8", "INT_8": "int8", "NFLOAT_4": "n
 WEIGHT_ONLY = {"FLOAT_W8A8": "fp8", "FLOAT_W8A8_COMPRESSED": "fp8", "INT_W8A8": "int8", "INT_W8A8_COMPRESSED": "int8"}
 """OneTrainer's W8A8 types quantise the activations too; the nearest of ours keeps only the weights in 8 bits."""
 PEFT_TYPES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
-LAYER_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
-"""OneTrainer's layer-filter preset names -> our LoRA target presets, which select the same layers."""
 OPTIMIZER_NAMES = {
     "ADAMW": "adamw",
     "ADAMW_8BIT": "adamw8bit",

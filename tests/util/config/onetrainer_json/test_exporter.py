@@ -229,3 +229,21 @@ def test_a_text_encoders_own_dropout_is_onetrainers_dropout_probability(tmp_path
         "data.concepts.0.caption.caption_dropout=0.1",
     )
     assert lacking(both) == {"data.concepts.0.caption.caption_dropout"}
+
+
+def test_the_layer_filter_holds_what_trains_which_onetrainers_training_reads_alone():
+    config, findings = export()
+    assert (config["layer_filter_preset"], config["layer_filter"], config["layer_filter_regex"]) == (
+        "attn-mlp",
+        "attentions",
+        False,
+    )
+    assert findings == []
+    full, findings = export("lora.targets=full")  # OneTrainer's full (an empty filter) adapts more layers
+    assert (full["layer_filter_preset"], full["layer_filter_regex"], findings) == ("custom", True, [])
+    assert full["layer_filter"].startswith("(?:(?<![^.])attn[12]")
+    flux = ("model.type=flux-dev", "model.base=tiny:flux-dev")
+    blocks, _ = export(*flux, "lora.targets=full")
+    assert (blocks["layer_filter_preset"], blocks["layer_filter"]) == ("blocks", "transformer_block")
+    attn_mlp, _ = export(*flux, "lora.targets=attn-mlp")  # OneTrainer's own attn-mlp adapts fewer layers
+    assert (attn_mlp["layer_filter_preset"], attn_mlp["layer_filter_regex"]) == ("custom", True)

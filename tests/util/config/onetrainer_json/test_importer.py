@@ -231,6 +231,7 @@ def test_a_custom_substring_filter_becomes_a_regex_on_the_denoiser_only(convert)
     regex = re.compile(get(imported, "parts.unet.lora_regex"))
     assert regex.search("down_blocks.1.attentions.0.proj_in")
     assert regex.search("mid_block.resnets.0.conv1")
+    assert not regex.search("mid_block.resnets.0.norm1"), "OneTrainer adapts linear and conv layers only"
     assert not regex.search("up_blocks.1.resnets.0.conv1")
     assert get(imported, "lora.targets") == "full"
     assert get(imported, "parts.text_encoder.lora_regex") is None
@@ -527,3 +528,19 @@ def test_onetrainers_steps_are_batches_so_step_counts_are_divided_by_the_accumul
     assert imported.unsupported == []
     assert "10 batches, 4 accumulated per optimizer step, are 2.5 steps; 2 here" in notes(imported)["sample_after"]
     assert {"save_every", "validate_after", "text_encoder.stop_training_after"}.isdisjoint(notes(imported))
+
+
+def test_the_layer_filter_is_what_trains_and_a_preset_fills_in_only_an_empty_one(convert):
+    edited = convert(layer_filter_preset="attn-mlp", layer_filter="attn")  # OneTrainer trains the filter's layers
+    assert get(edited, "parts.unet.lora_targets") == "attn"
+    preset_only = convert(layer_filter_preset="attn-mlp")  # like OneTrainer's SDXL preset: an empty filter
+    assert get(preset_only, "parts.unet.lora_targets") == "attn-mlp"
+    assert "its UI fills in the attn-mlp preset's 'attentions'" in notes(preset_only)["layer_filter"]
+    flux = {"model_type": "FLUX_DEV_1", "base_model_name": "tiny:flux-dev"}
+    blocks = convert(**flux, layer_filter_preset="blocks")
+    assert get(blocks, "parts.transformer") == {"train": True, "weight_dtype": "fp32"}, "our full: every block layer"
+    assert get(blocks, "lora.targets") == "full"
+    assert "layer_filter" in notes(blocks)
+    attn_mlp = convert(**flux, layer_filter_preset="attn-mlp")
+    assert re.compile(get(attn_mlp, "parts.transformer.lora_regex")).search("transformer_blocks.0.ff.net.2")
+    assert "layer_filter" not in notes(convert(layer_filter_preset="custom", layer_filter="attentions"))
