@@ -31,6 +31,7 @@ from onetrainer.util.family import (
     Evidence,
     FamilySpec,
     Objective,
+    OneTrainerLayerPreset,
     Recognisers,
     Role,
     Shapes,
@@ -64,6 +65,13 @@ TRANSFORMER_PRESETS: dict[str, tuple[str, ...]] = {
 """diffusers' FluxTransformer2DModel, block by block: attention projections of both streams; the
 feed-forward layers and the single blocks' MLP in / fused out projections; the adaptive-norm
 modulation layers (kohya's default set: every linear layer inside the blocks)."""
+ONETRAINER_PRESETS = {
+    "attn-mlp": OneTrainerLayerPreset("attn,ff.net,proj_mlp"),
+    "attn-only": OneTrainerLayerPreset("attn", same_as="attn"),
+    "blocks": OneTrainerLayerPreset("transformer_block", same_as="full"),
+}
+"""OneTrainer's layer-filter presets of FLUX.1. Its attn-mlp leaves out the text stream's feed-forward layers
+(`ff_context`) and the single blocks' fused out projections, which our attn-mlp adapts."""
 
 
 class FluxDevOptions(Section):
@@ -235,6 +243,8 @@ def _spec(name: str, modelspec: str, options: type[Section], hub_id: str) -> Fam
         options=options,
         onetrainer_model_types=("FLUX_DEV_1",),
         onetrainer_options=ONETRAINER_OPTIONS[name],
+        onetrainer_layer_presets=ONETRAINER_PRESETS,
+        onetrainer_sample_defaults={"width": 1024, "height": 1024, "cfg_scale": 3.5},
     )
 
 

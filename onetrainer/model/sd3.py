@@ -38,6 +38,7 @@ from onetrainer.util.family import (
     Evidence,
     FamilySpec,
     Objective,
+    OneTrainerLayerPreset,
     Recognisers,
     Role,
     Shapes,
@@ -64,6 +65,11 @@ TRANSFORMER_PRESETS: dict[str, tuple[str, ...]] = {
 }
 """diffusers' SD3Transformer2DModel, block by block: both streams' attention projections (and MMDiT-X's
 second image attention), their MLPs, their adaptive-norm modulations."""
+ONETRAINER_PRESETS = {
+    "attn-only": OneTrainerLayerPreset("attn", same_as="attn"),
+    "blocks": OneTrainerLayerPreset("transformer_block", same_as="full"),
+}
+"""OneTrainer's layer-filter presets of SD 3 and 3.5 (it has no attn-mlp for them)."""
 
 
 class Sd3Options(Section):
@@ -254,7 +260,10 @@ def _spec(
         config_defaults={"noise": {"timesteps": {"distribution": "logit-normal"}}},
         onetrainer_model_types=("STABLE_DIFFUSION_3",) if name == SD3_MEDIUM else ("STABLE_DIFFUSION_35",),
         onetrainer_options={f"{T5}.include": "t5"},
+        onetrainer_layer_presets=ONETRAINER_PRESETS,
+        onetrainer_sample_defaults={"width": 1024, "height": 1024, "diffusion_steps": 28},
         leaves_out=_leaves_out,
+        text_conditioning_apart=True,
     )
 
 

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from onetrainer.model.adapters.targets import UNET_PRESETS
+from onetrainer.model.adapters.targets import UNET_ONETRAINER_PRESETS, UNET_PRESETS
 from onetrainer.model.blocks import UNET_BLOCKS
 from onetrainer.model.text_encoders import CLIP_G, CLIP_L, OPENCLIP_FUSED_ATTENTION
 from onetrainer.util.family import (
@@ -129,6 +129,8 @@ SDXL = register_family(
         modelspec_architecture="stable-diffusion-xl-v1-base",
         kohya_base_model_version="sdxl_base_v1-0",
         onetrainer_model_types=("STABLE_DIFFUSION_XL_10_BASE",),
+        onetrainer_layer_presets=UNET_ONETRAINER_PRESETS,
+        onetrainer_sample_defaults={"width": 1024, "height": 1024, "cfg_scale": 7.5, "noise_scheduler": "EULER_A"},
         pipeline_classes=("StableDiffusionXLPipeline",),
         recognise=Recognisers(
             single_file=recognise_single_file,

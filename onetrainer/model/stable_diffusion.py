@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_PRESETS
+from onetrainer.model.adapters.targets import CLIP_PRESETS, UNET_ONETRAINER_PRESETS, UNET_PRESETS
 from onetrainer.model.blocks import UNET_BLOCKS
 from onetrainer.model.text_encoders import OPENCLIP_FUSED_ATTENTION
 from onetrainer.util.family import (
@@ -194,6 +194,8 @@ SD15 = register_family(
         shipped_config="sd15",
         tiny={"sd15": _tiny("sd15", "tiny random-weight SD 1.5")},
         onetrainer_model_types=("STABLE_DIFFUSION_15",),
+        onetrainer_layer_presets=UNET_ONETRAINER_PRESETS,
+        onetrainer_sample_defaults={"cfg_scale": 7.5, "noise_scheduler": "EULER_A"},
         hub_ids=(
             "openai/clip-vit-large-patch14",
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -237,6 +239,8 @@ SD2 = register_family(
             "STABLE_DIFFUSION_20",
             "STABLE_DIFFUSION_20_BASE",
         ),
+        onetrainer_layer_presets=UNET_ONETRAINER_PRESETS,
+        onetrainer_sample_defaults={"width": 768, "height": 768, "cfg_scale": 7.5},
         variants={
             "epsilon": Variant(modelspec_architecture="stable-diffusion-v2-512", shipped_config="sd2-512"),
             "v_prediction": Variant(

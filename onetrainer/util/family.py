@@ -117,6 +117,18 @@ class Component:
 
 
 @dataclass(frozen=True)
+class OneTrainerLayerPreset:
+    """One of OneTrainer's named LoRA layer-filter presets (`layer_filter_preset`) for a family's model types."""
+
+    layer_filter: str
+    """What it stands for: OneTrainer's `layer_filter` text, comma-separated substrings of the paths of the
+    denoiser's linear and convolution layers to adapt (its UI writes it when the preset is chosen)."""
+    same_as: str | None = None
+    """Our LoRA target preset (`lora_targets`) that adapts the same layers of the denoiser (of those whose output
+    counts), where one does; a test checks it on the family's tiny model."""
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Why a file was recognised as a family; `family` None means "one of these, cannot tell which"."""
 
@@ -297,6 +309,14 @@ class FamilySpec:
     onetrainer_options: Mapping[str, str] = field(default_factory=dict)
     """OneTrainer setting (a top-level key, or `<part>.<key>`) -> the `model.options` key it is, both ways:
     `{"transformer.guidance_scale": "guidance"}`."""
+    onetrainer_layer_presets: Mapping[str, OneTrainerLayerPreset] = field(default_factory=dict)
+    """OneTrainer's layer-filter presets for its model types of this family, by name, besides `full` (every layer)
+    and `custom`: `onetrainer import` reads one whose `layer_filter` is empty as OneTrainer's UI fills it in, and
+    `onetrainer export` names the one that is the same as our preset."""
+    onetrainer_sample_defaults: Mapping[str, Any] = field(default_factory=dict)
+    """OneTrainer's sample settings for its model types of this family, over its generic ones (512 px, 30 steps,
+    guidance 7, DDIM): `{"width": 1024, "cfg_scale": 7.5, ...}`. They fill what a sample of a sample file leaves
+    out (OneTrainer reads an inline sample list over the generic ones)."""
     default_lora_format: str = "kohya"
     """The layout a LoRA saved with `saving.format: auto` takes: kohya, or peft for a family whose kohya names
     diffusers cannot read (SD 3: diffusers' loader reads diffusers keys only, which ComfyUI maps too). A LoRA
@@ -305,6 +325,11 @@ class FamilySpec:
     """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
     logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
     the preset, the file and the overrides, which may still set anything the family takes."""
+    text_conditioning_apart: bool = False
+    """Each text encoder's conditioning reaches the denoiser apart from the others' (SD 3: CLIP-L's, bigG's and
+    T5's outputs stay separate tensors), so one encoder's can be dropped alone (`parts.<encoder>.dropout`). A
+    family with one text encoder always can (`drops_text_encoders_alone`); the setup's conditioner says the same
+    at run time (its `sources`), which a test keeps equal."""
     leaves_out: Callable[[Any], Mapping[str, str]] | None = None
     """The family's validated `model.options` -> each optional component they leave out, with the option that
     does (SD 3's `t5: false` leaves T5 out). A left-out component is read from no source, trains in no run
@@ -333,6 +358,11 @@ class FamilySpec:
         if self.leaves_out is None or self.options is None:
             return {}
         return self.leaves_out(self.options.model_validate(dict(options)))
+
+    @property
+    def drops_text_encoders_alone(self) -> bool:
+        """Whether `parts.<encoder>.dropout` can drop each text encoder's conditioning on its own."""
+        return len(self.text_encoders) == 1 or self.text_conditioning_apart
 
     @property
     def vae(self) -> Component:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from onetrainer.util.errors import UserError
+from onetrainer.util.family import OneTrainerLayerPreset
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +31,12 @@ UNET_PRESETS: dict[str, tuple[str, ...]] = {
     ),
 }
 """diffusers' UNet2DConditionModel: the kohya / LoCon layer sets."""
+UNET_ONETRAINER_PRESETS = {
+    "attn-mlp": OneTrainerLayerPreset("attentions", same_as="attn-mlp"),
+    "attn-only": OneTrainerLayerPreset("attn", same_as="attn"),
+}
+"""OneTrainer's layer-filter presets of its UNet model types (every layer of the transformer blocks, and their
+attention layers), which select the layers of ours."""
 
 CLIP_PRESETS: dict[str, tuple[str, ...]] = {
     "attn": (r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)$",),

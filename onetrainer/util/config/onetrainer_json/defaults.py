@@ -5,9 +5,10 @@ them): the top-level settings, one template for the 13 model-part objects plus w
 the embedding, concept, sample and optimizer objects, and each optimizer's built-in defaults.
 
 OneTrainer overlays a file on its defaults key by key: a missing key keeps the default, a number is
-coerced (`int("10")`, `float("inf")`), `optimizer_defaults` is replaced wholesale and lists of
-objects are rebuilt element by element from the item defaults. Unlike OneTrainer, which skips an
-unknown key or an unreadable value without a word, `overlay` reports each one.
+coerced (`int("10")`, `float("inf")`) and so is text (`"resolution": 1024` reads as "1024"),
+`optimizer_defaults` is replaced wholesale and lists of objects are rebuilt element by element from
+the item defaults. Unlike OneTrainer, which skips an unknown key or an unreadable value without a
+word, `overlay` reports each one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,9 @@ def concept_defaults() -> dict[str, Any]:
     return copy.deepcopy(_data()["concept"])
 
 
-def sample_defaults() -> dict[str, Any]:
-    return copy.deepcopy(_data()["sample"])
+def sample_defaults(model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A sample's defaults: OneTrainer's generic ones, under `model`'s (a family's `onetrainer_sample_defaults`)."""
+    return {**copy.deepcopy(_data()["sample"]), **(model or {})}
 
 
 def embedding_defaults() -> dict[str, Any]:
@@ -105,10 +108,10 @@ def _coerce(value: Any, default: Any, kind: type | None, key: str) -> Any:
             raise ValueError("expected a number")
         return float(value)
     if target is str:
-        if not isinstance(value, str):
-            raise ValueError("expected text")
         members = ENUM_FIELDS.get(key)
-        if members is not None and value not in members:
+        if members is None:
+            return value if isinstance(value, str) else str(value)  # OneTrainer reads text fields with str()
+        if not isinstance(value, str) or value not in members:
             raise ValueError(f"not a value OneTrainer knows; valid: {', '.join(members)}")
         return value
     return copy.deepcopy(value)
@@ -165,8 +168,8 @@ def overlay_concepts(raw: Any, prefix: str, ledger: Ledger) -> list[dict[str, An
     ]
 
 
-def overlay_samples(raw: Any, prefix: str, ledger: Ledger) -> list[dict[str, Any]] | None:
-    return _objects(raw, sample_defaults(), "sample", prefix, ledger)
+def overlay_samples(raw: Any, prefix: str, ledger: Ledger, defaults: dict[str, Any]) -> list[dict[str, Any]] | None:
+    return _objects(raw, defaults, "sample", prefix, ledger)
 
 
 NESTED = ("embedding", "quantization")

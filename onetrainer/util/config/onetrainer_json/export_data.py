@@ -26,25 +26,33 @@ def export_data(ours: View, ot: dict[str, Any], concept_defaults_ours: dict[str,
     ot["dataloader_threads"] = data["workers"]
     loss = ours.child("loss").child("masked")
     ot["masked_training"] = loss["enabled"]
+    if loss["enabled"]:
+        ot["unmasked_probability"] = 0.0  # every sample trains with its mask here; OneTrainer's default is 0.1
     ot["unmasked_weight"] = loss["unmasked_weight"]
     ot["normalize_masked_area_loss"] = loss["normalize_area"]
     concepts = [_concept(item) for item in data.items("concepts", concept_defaults_ours)]
     ot["concepts"] = concepts
-    _caption_dropout(data, ot, spec)
+    _text_encoder_dropout(ours.child("parts"), data, ot, spec)
 
 
-def _caption_dropout(data: View, ot: dict[str, Any], spec: FamilySpec) -> None:
-    """Our per-concept caption dropout is OneTrainer's per-text-encoder one: the concepts must agree."""
-    values = sorted({item["caption"].get("caption_dropout", 0.0) for item in data.data.get("concepts") or []})
+def _text_encoder_dropout(parts: View, data: View, ot: dict[str, Any], spec: FamilySpec) -> None:
+    """OneTrainer's dropout per text encoder: ours (`parts.<encoder>.dropout`), else the concepts' caption
+    dropout, which is one probability for all concepts there and cannot be added to an encoder's own."""
+    concepts = data.data.get("concepts") or []
+    values = sorted({item["caption"].get("caption_dropout", 0.0) for item in concepts})
+    own = {component.name: parts.child(component.name)["dropout"] for component in spec.text_encoders}
+    why = None
     if len(values) > 1:
-        for index in range(len(data.data["concepts"])):
+        why = "OneTrainer's caption dropout is one probability for all concepts"
+    elif values and values[0] and any(own.values()):
+        why = "OneTrainer has one dropout per text encoder, and parts.<encoder>.dropout is written there"
+    if why is not None:
+        for index, concept in enumerate(concepts):
             data.ledger.refuse(
-                f"data.concepts.{index}.caption.caption_dropout",
-                data.data["concepts"][index]["caption"]["caption_dropout"],
-                "OneTrainer's caption dropout is one probability for all concepts",
+                f"data.concepts.{index}.caption.caption_dropout", concept["caption"]["caption_dropout"], why
             )
-    for component in spec.text_encoders:
-        ot[component.name]["dropout_probability"] = values[0] if values else 0.0
+    for name, value in own.items():
+        ot[name]["dropout_probability"] = value or (values[0] if values else 0.0)
 
 
 def _concept(concept: View) -> dict[str, Any]:

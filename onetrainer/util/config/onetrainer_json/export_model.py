@@ -10,9 +10,9 @@ import uuid
 from typing import Any
 
 from onetrainer.util.config.onetrainer_json.findings import LACKING, View
-from onetrainer.util.config.onetrainer_json.import_adapters import filter_text
+from onetrainer.util.config.onetrainer_json.import_adapters import filter_text, preset_filter
 from onetrainer.util.config.onetrainer_json.import_model import LAYER_SKIP_KEYS
-from onetrainer.util.config.onetrainer_json.tables import LAYER_PRESETS, METHODS, PEFT_TYPES, WEIGHT_DTYPES, reverse
+from onetrainer.util.config.onetrainer_json.tables import METHODS, PEFT_TYPES, WEIGHT_DTYPES, reverse
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import FamilySpec, Role
@@ -75,7 +75,7 @@ def export_parts(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
             target["train"] = bool(part["train"])
         if part["learning_rate"] is not None:
             target["learning_rate"] = part["learning_rate"]
-        _stop_after(part, target)
+        _stop_after(part, target, ours.child("training")["gradient_accumulation_steps"])
         if component.role is Role.TEXT_ENCODER:
             key = next((k for k, name in LAYER_SKIP_KEYS.items() if name == component.name), None)
             if key is None:
@@ -86,14 +86,16 @@ def export_parts(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
             target["gradient_checkpointing"] = ours.child("training")["gradient_checkpointing"]
 
 
-def _stop_after(part: View, target: dict[str, Any]) -> None:
+def _stop_after(part: View, target: dict[str, Any], accumulation: int) -> None:
+    """The stop point; OneTrainer's steps are batches, `accumulation` of them to one of ours."""
     text = part["stop_after"]
     if text == "never":
         target["stop_training_after_unit"] = "NEVER"
         return
     count, unit = text.split()
-    target["stop_training_after"] = int(float(count))
-    target["stop_training_after_unit"] = "EPOCH" if unit.startswith(CadenceUnit.EPOCH.value) else "STEP"
+    epochs = unit.startswith(CadenceUnit.EPOCH.value)
+    target["stop_training_after"] = int(float(count)) * (1 if epochs else accumulation)
+    target["stop_training_after_unit"] = "EPOCH" if epochs else "STEP"
     if not float(count).is_integer():
         part.unsupported("stop_after", "OneTrainer stops after a whole number of steps or epochs")
 
@@ -123,7 +125,7 @@ def export_lora(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
             where, key = (part, "lora_regex") if own_regex else (lora, "regex")
             if "," in filter_text(own_regex or regex or ""):
                 where.unsupported(key, "OneTrainer splits its layer filter at commas")
-            _layer_filter(ot, own_preset or preset, own_regex or regex)
+            _layer_filter(ot, spec, own_preset or preset, own_regex or regex)
         elif part["train"] and ((own_regex or regex) is not None or (own_preset or preset) != "full"):
             if own_regex or own_preset:
                 part.unsupported("lora_regex" if own_regex else "lora_targets", TEXT_ENCODER_LORA)
@@ -131,15 +133,18 @@ def export_lora(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
                 lora.unsupported("regex" if regex else "targets", TEXT_ENCODER_LORA)
 
 
-def _layer_filter(ot: dict[str, Any], preset: str, regex: str | None) -> None:
-    if regex is not None:
-        ot["layer_filter_preset"] = "custom"
-        ot["layer_filter"] = filter_text(regex)
-        ot["layer_filter_regex"] = True
+def _layer_filter(ot: dict[str, Any], spec: FamilySpec, preset: str, regex: str | None) -> None:
+    """The denoiser's LoRA layers in `layer_filter`, the only setting OneTrainer's training reads (empty: every
+    layer): the patterns of its preset that adapts the same layers as ours, named; else ours, as a regex."""
+    named = next((name for name, p in spec.onetrainer_layer_presets.items() if p.same_as == preset), None)
+    if regex is None and named is not None:
+        ot["layer_filter_preset"] = named
+        ot["layer_filter"] = spec.onetrainer_layer_presets[named].layer_filter
+        ot["layer_filter_regex"] = False
         return
-    ot["layer_filter_preset"] = reverse(LAYER_PRESETS)[preset]
-    ot["layer_filter"] = ""
-    ot["layer_filter_regex"] = False
+    ot["layer_filter_preset"] = "custom"
+    ot["layer_filter"] = filter_text(regex) if regex is not None else preset_filter(spec, preset)
+    ot["layer_filter_regex"] = True
 
 
 def export_embeddings(ours: View, ot: dict[str, Any]) -> None:

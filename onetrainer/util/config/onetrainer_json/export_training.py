@@ -15,6 +15,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     LOSS_STRENGTHS,
     LOSS_WEIGHT_NAMES,
     NEAREST_OPTIMIZERS,
+    OPTIMIZER_ARG_DEFAULTS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
@@ -48,7 +49,7 @@ def export_optimizer(training: View, ot: dict[str, Any]) -> None:
         optimizer["momentum"] = training["momentum"]
     else:
         training.ignore("momentum", "only used by sgd")
-    args = dict(training["optimizer_args"])
+    args = {**OPTIMIZER_ARG_DEFAULTS[ours], **training["optimizer_args"]}  # ours where the config says nothing
     if ours in EPS_PAIR and isinstance(args.get("eps"), list) and len(args["eps"]) == 2:
         optimizer["eps"], optimizer["eps2"] = args.pop("eps")
     by_argument = reverse(OPTIMIZER_ARGS[ours])
@@ -70,7 +71,8 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["learning_rate_scheduler"] = reverse(SCHEDULER_NAMES)[scheduler]
     else:
         training.unsupported("lr_scheduler", f"OneTrainer's schedules here: {', '.join(reverse(SCHEDULER_NAMES))}")
-    ot["learning_rate_warmup_steps"] = float(training["warmup"])
+    warmup = float(training["warmup"])  # OneTrainer counts a warm-up in steps in batches
+    ot["learning_rate_warmup_steps"] = warmup * training["gradient_accumulation_steps"] if warmup >= 1 else warmup
     ot["learning_rate_cycles"] = float(training["lr_cycles"])
     ot["learning_rate_min_factor"] = training["lr_min_factor"]
     ot["epochs"] = training["epochs"]
@@ -89,7 +91,8 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["ema"] = reverse(EMA_DEVICES)[ema["device"]]
         ot["ema_decay"] = ema["decay"]
         ot["ema_update_step_interval"] = ema["update_every"]
-        ema.refuse("for_samples", "OneTrainer draws previews with the EMA weights (and the others)")
+        ot["non_ema_sampling"] = False  # previews with the EMA weights only, as ours
+        ema.refuse("for_samples", "OneTrainer draws previews with the EMA weights whenever EMA is on")
         ema.refuse("for_saves", "OneTrainer saves the EMA weights")
         ema.refuse("warmup", "OneTrainer's moving average always warms up")
     else:

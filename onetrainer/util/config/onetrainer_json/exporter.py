@@ -8,6 +8,7 @@ differs from our default.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.onetrainer_json.defaults import train_defaults
@@ -77,7 +78,7 @@ def export_onetrainer(config: TrainConfig) -> tuple[dict[str, Any], list[Finding
     export_schedule(training, ot)
     export_noise(ours, ot, spec)
     export_loss(ours, ot)
-    export_sampling(ours, ot, config.data.resolution)
+    export_sampling(ours, ot, config.data.resolution, spec.objective)
     export_saving(ours, ot)
     export_logging(ours, ot)
     for item in ours.child("data").items("concepts", items["concepts"]):
@@ -90,4 +91,16 @@ def export_onetrainer(config: TrainConfig) -> tuple[dict[str, Any], list[Finding
     ours.child("sampling").skip("prompts")
     ours.child("embedding").skip("additional")
     leftovers(ours, {}, {}, LACKING)
-    return ot, ledger.unsupported
+    return _infinities_as_text(ot), ledger.unsupported
+
+
+def _infinities_as_text(value: Any) -> Any:
+    """`value` with every infinite float written as OneTrainer writes it, "inf" or "-inf": JSON has no infinity
+    (Python would write `Infinity`, which strict readers refuse), and OneTrainer reads those strings back."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {key: _infinities_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_infinities_as_text(item) for item in value]
+    return value

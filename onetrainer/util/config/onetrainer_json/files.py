@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from onetrainer.util.config.onetrainer_json.target import SECTION_ORDER
@@ -54,11 +54,19 @@ def find_list_file(name: str, config_dir: Path) -> Path | None:
     """A concept or sample file named in a config: beside the config first, then from the working folder.
 
     OneTrainer resolves these names from its own folder (where it is started); a config exported to
-    another machine usually travels with its lists beside it.
+    another machine usually travels with its lists beside it. A relative name written on Windows
+    (`training_concepts\\concepts.json`) is one file name elsewhere, so it is tried again split at its
+    backslashes.
     """
-    path = Path(name).expanduser()
-    candidates = [path] if path.is_absolute() else [config_dir / path, Path.cwd() / path]
+    candidates = _candidates(Path(name).expanduser(), config_dir)
+    windows = PureWindowsPath(name)
+    if "\\" in name and not windows.anchor:
+        candidates += _candidates(Path(*windows.parts), config_dir)
     return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def _candidates(path: Path, config_dir: Path) -> list[Path]:
+    return [path] if path.is_absolute() else [config_dir / path, Path.cwd() / path]
 
 
 def is_onetrainer_config(path: Path) -> bool:

@@ -2,17 +2,20 @@
 
 OneTrainer's layer filter applies to the denoiser only; its text-encoder LoRA always covers every
 layer. So the filter becomes the denoiser's own `parts.<denoiser>.lora_targets` / `lora_regex`, and
-`lora.targets: full` covers the text encoders, as in OneTrainer.
+`lora.targets: full` covers the text encoders, as in OneTrainer. Its training reads only `layer_filter`
+(the UI writes a named preset's patterns there), so that is what is imported: as the preset of ours that
+adapts the same layers where one does, else as a regex.
 """
 
 from __future__ import annotations
 
 import re
 
+from onetrainer.util.config.adapters import LoraTargets
 from onetrainer.util.config.onetrainer_json.defaults import embedding_defaults
 from onetrainer.util.config.onetrainer_json.findings import SILENT_KEYS, View
 from onetrainer.util.config.onetrainer_json.import_model import stop_after
-from onetrainer.util.config.onetrainer_json.tables import LAYER_PRESETS, PEFT_TYPES
+from onetrainer.util.config.onetrainer_json.tables import PEFT_TYPES
 from onetrainer.util.config.onetrainer_json.target import Target
 from onetrainer.util.family import FamilySpec
 
@@ -29,6 +32,8 @@ LOKR_KEYS = (
     "lokr_vec_trick",
 )
 OFT_KEYS = ("oft_block_size", "oft_block_share", "oft_scaled")
+INPUT_DROPOUT = ("lora", "dora")
+"""Our adapter types whose dropout (peft's `lora_dropout`) drops the adapted layer's input."""
 
 
 def map_lora(config: View, out: Target, spec: FamilySpec, method: str) -> None:
@@ -68,6 +73,12 @@ def map_lora(config: View, out: Target, spec: FamilySpec, method: str) -> None:
         config.ignore(key, "only used by OFT")
     out.set("lora.alpha", config["lora_alpha"])
     out.set("lora.dropout", config["dropout_probability"])
+    if kind in INPUT_DROPOUT and config["dropout_probability"]:
+        config.note(
+            "dropout_probability",
+            "OneTrainer drops LoRA activations at the rank (after lora_down); peft drops the layer's input "
+            "(before lora_A): the same rate, applied at another place",
+        )
     if config["lora_model_name"]:
         out.set("lora.init_from", config["lora_model_name"])
     _layer_filter(config, out, spec)
@@ -84,23 +95,46 @@ def _full_fine_tune_filter(config: View) -> None:
 
 
 def _layer_filter(config: View, out: Target, spec: FamilySpec) -> None:
-    """The denoiser's LoRA layers: a named preset wins (as in OneTrainer's UI), else the filter text."""
+    """The denoiser's LoRA layers: OneTrainer's `layer_filter`, what it trains; where that is empty, the
+    named preset's, as OneTrainer's UI fills it in (its CLI would train every layer, so a note says so)."""
     preset = config["layer_filter_preset"]
-    filter_text = config["layer_filter"].strip()
+    text = config["layer_filter"].strip()
     regex_mode = config["layer_filter_regex"]
     out.set("lora.targets", "full")
+    if not text:
+        named = spec.onetrainer_layer_presets.get(preset)
+        if named is None:
+            if preset not in ("full", "custom"):
+                config.unsupported(
+                    "layer_filter_preset",
+                    f"not a OneTrainer preset of {spec.title} models, and layer_filter is empty: every layer trains",
+                )
+            return
+        config.note(
+            "layer_filter",
+            f"empty, which OneTrainer's training reads as every layer; its UI fills in the {preset} preset's "
+            f"{named.layer_filter!r}, which is used here",
+        )
+        text, regex_mode = named.layer_filter, False
     denoiser = f"parts.{spec.denoiser.name}"
-    if preset in LAYER_PRESETS and (preset != "full" or not filter_text):
-        if LAYER_PRESETS[preset] != "full":
-            out.set(f"{denoiser}.lora_targets", LAYER_PRESETS[preset])
-        return
-    if filter_text:
-        out.set(f"{denoiser}.lora_regex", filter_regex(filter_text, regex=regex_mode))
-        return
-    if preset not in ("full", "custom"):
-        config.unsupported("layer_filter_preset", "no such preset here, and layer_filter is empty; all layers train")
+    ours = _same_preset(spec, text, regex=regex_mode)
+    if ours is None:
+        out.set(f"{denoiser}.lora_regex", filter_regex(text, regex=regex_mode))
+    elif ours != LoraTargets.FULL.value:
+        out.set(f"{denoiser}.lora_targets", ours)
 
 
+def _same_preset(spec: FamilySpec, text: str, *, regex: bool) -> str | None:
+    """Our preset that adapts the layers OneTrainer's filter `text` does: that of a OneTrainer preset's own filter
+    (where it is the same as one of ours), or the one whose filter `export` writes (`preset_filter`)."""
+    normalised = ",".join(item.strip() for item in text.split(",") if item.strip())
+    if regex:
+        return next((t.value for t in LoraTargets if preset_filter(spec, t.value) == normalised), None)
+    return next((p.same_as for p in spec.onetrainer_layer_presets.values() if p.layer_filter == normalised), None)
+
+
+DOT = r"\."
+"""How a preset pattern of ours starts: with the dot before a module name."""
 ADAPTABLE_ONLY = r"^(?!(?:.*\.)?[^.]*(?:norm|embedding)[^.]*$).*?"
 """OneTrainer's filter chooses among linear and convolution layers; our regex among every layer with weights.
 So an imported filter starts with this: a path whose last name is a normalisation or embedding layer
@@ -114,6 +148,24 @@ def filter_regex(text: str, *, regex: bool) -> str:
         patterns = [re.escape(item) for item in patterns]
     body = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{pattern})" for pattern in patterns)
     return f"{ADAPTABLE_ONLY}(?:{body})"
+
+
+def preset_filter(spec: FamilySpec, preset: str) -> str:
+    """Our LoRA target preset of the denoiser as one regex for OneTrainer's `layer_filter` (regex mode).
+
+    The preset's patterns and those of the presets before it, joined into one regex: OneTrainer refuses an item
+    of its comma list that matches no layer, and a pattern may match only some models of a family. Ours are
+    searched in "." + module path, OneTrainer's in the bare path, so a leading `\\.` becomes "at the start
+    or after a dot".
+    """
+    order = [target.value for target in LoraTargets]
+    levels = order[: order.index(preset) + 1]
+    patterns = [pattern for level in levels for pattern in spec.denoiser.lora_presets.get(level, ())]
+    return "|".join(f"(?:{_in_bare_path(pattern)})" for pattern in patterns)
+
+
+def _in_bare_path(pattern: str) -> str:
+    return "(?<![^.])" + pattern.removeprefix(DOT) if pattern.startswith(DOT) else pattern
 
 
 def filter_text(regex: str) -> str:

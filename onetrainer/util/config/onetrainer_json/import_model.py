@@ -122,11 +122,27 @@ def _prediction_type(config: View, out: Target) -> None:
         out.set("model.prediction_type", "epsilon")
 
 
-def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float:
-    """Each part the family has: train, learning rate, stop point, layer skip; the rest refused.
+def batches_as_steps(view: View, key: str, batches: int, accumulation: int) -> int:
+    """OneTrainer's STEP unit counts batches (its step counter moves once per batch, also while gradients
+    accumulate); ours counts optimizer steps of `accumulation` batches each. A count that is no whole number of
+    steps is rounded (to one at least), with a note."""
+    accumulation = max(1, accumulation)
+    steps = max(1, round(batches / accumulation))
+    if batches % accumulation:
+        view.note(
+            key,
+            f"OneTrainer counts batches: {batches} batches, {accumulation} accumulated per optimizer step, are "
+            f"{batches / accumulation:g} steps; {steps} here",
+        )
+    return steps
 
-    Returns the caption dropout: OneTrainer sets it per text encoder (`dropout_probability` of a text
-    encoder part), we per concept, so the text encoders must agree.
+
+def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float:
+    """Each part the family has: train, learning rate, stop point, layer skip, dropout; the rest refused.
+
+    OneTrainer drops each text encoder's output on its own (`dropout_probability` of a text encoder part):
+    our `parts.<encoder>.dropout` where the family can drop one encoder's conditioning alone. Elsewhere it
+    becomes caption dropout, which is returned (for the concepts).
     """
     dropouts: dict[str, float] = {}
     for name in part_names():
@@ -141,7 +157,7 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
         elif left_out:
             _left_out_part(part, out, name)
         else:
-            _trainable_part(part, out, name, role, method)
+            _trainable_part(part, out, name, role, method, config["gradient_accumulation_steps"])
         _common_part(part, spec, name)
         if role is Role.TEXT_ENCODER and not left_out:
             dropouts[name] = part["dropout_probability"]
@@ -150,15 +166,29 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
             out.set(f"parts.{name}.layer_skip", config[key])
         else:
             config.ignore(key, "the model has no such text encoder")
-    return _caption_dropout(config, dropouts)
+    if spec.drops_text_encoders_alone:
+        for name, value in dropouts.items():
+            if value:
+                out.set(f"parts.{name}.dropout", value)
+        return 0.0
+    return _caption_dropout(config, spec, dropouts)
 
 
-def _caption_dropout(config: View, dropouts: dict[str, float]) -> float:
+def _caption_dropout(config: View, spec: FamilySpec, dropouts: dict[str, float]) -> float:
+    """The text encoders' dropout as caption dropout (an empty caption, for every encoder at once): they must
+    agree."""
     values = sorted(set(dropouts.values()))
     if len(values) > 1:
         for name in dropouts:
             config.child(name).unsupported(
                 "dropout_probability", "caption dropout is one probability for all text encoders"
+            )
+    elif values and values[0]:
+        for name in dropouts:
+            config.child(name).note(
+                "dropout_probability",
+                f"OneTrainer zeroes each text encoder's output on its own; {spec.title} models drop one encoder's "
+                "conditioning only with the others', so captions are dropped (emptied) at this rate",
             )
     return values[0] if values else 0.0
 
@@ -178,14 +208,14 @@ def _left_out_part(part: View, out: Target, name: str) -> None:
     part.skip("model_name", "train_embedding", "gradient_checkpointing")
 
 
-def _trainable_part(part: View, out: Target, name: str, role: Role, method: str) -> None:
+def _trainable_part(part: View, out: Target, name: str, role: Role, method: str, accumulation: int) -> None:
     if part["model_name"]:
         part.unsupported("model_name", "only the VAE can be loaded from elsewhere (model.vae)")
     if method == "embedding":
         part.skip("train", "stop_training_after", "stop_training_after_unit", "learning_rate")
     else:
         train = part["train"]
-        stop = stop_after(part, "stop_training_after")
+        stop = stop_after(part, "stop_training_after", accumulation)
         out.set(f"parts.{name}.train", bool(train) and stop != "0 steps")
         if train and stop not in ("never", "0 steps"):
             out.set(f"parts.{name}.stop_after", stop)
@@ -229,14 +259,19 @@ def map_options(config: View, out: Target, spec: FamilySpec) -> None:
         out.set(f"model.options.{option}", value)
 
 
-def stop_after(view: View, key: str) -> str:
-    """A OneTrainer stop point (N + unit) as our `stop_after` cadence; "0 steps" means "never trains"."""
+def stop_after(view: View, key: str, accumulation: int = 1) -> str:
+    """A OneTrainer stop point (N + unit) as our `stop_after` cadence; "0 steps" means "never trains".
+
+    `accumulation` is the run's gradient accumulation: OneTrainer's steps are batches (`batches_as_steps`).
+    """
     count = view[key]
     unit = view[f"{key}_unit"]
     if unit == "NEVER" or count is None:
         return "never"
     if unit == "ALWAYS" or count <= 0:
         return "0 steps"
+    if unit == "STEP":
+        count = batches_as_steps(view, key, count, accumulation)
     if unit in ("EPOCH", "STEP"):
         return str(Cadence(count, CadenceUnit(unit.lower())))
     view.unsupported(f"{key}_unit", "stop points count steps or epochs, so runs stay reproducible")

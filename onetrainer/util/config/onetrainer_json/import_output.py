@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from onetrainer.util.config.onetrainer_json.defaults import sample_defaults
 from onetrainer.util.config.onetrainer_json.findings import SILENT_KEYS, View
+from onetrainer.util.config.onetrainer_json.import_model import batches_as_steps
 from onetrainer.util.config.onetrainer_json.tables import (
     CADENCE_MINUTES,
     CADENCE_UNITS,
@@ -17,6 +17,8 @@ from onetrainer.util.config.onetrainer_json.tables import (
 from onetrainer.util.config.onetrainer_json.target import Target
 from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.types import Cadence, CadenceUnit
+from onetrainer.util.enums import PREVIEW_SCHEDULERS
+from onetrainer.util.family import Objective
 
 TENSORBOARD_SERVER = "onetrainer writes TensorBoard logs but starts no server; run `tensorboard --logdir` yourself"
 OVERWRITTEN = (
@@ -30,8 +32,9 @@ OVERWRITTEN = (
 """Sample fields OneTrainer overwrites from the training config while training."""
 
 
-def cadence(view: View, key: str) -> str:
-    """A OneTrainer interval (`<key>` + `<key>_unit`) as our cadence text."""
+def cadence(view: View, key: str, accumulation: int = 1) -> str:
+    """A OneTrainer interval (`<key>` + `<key>_unit`) as our cadence text; OneTrainer's steps are batches, of
+    which `accumulation` (the run's gradient accumulation) make one of our steps."""
     count = view[key]
     unit = view[f"{key}_unit"]
     if unit == "NEVER":
@@ -41,6 +44,8 @@ def cadence(view: View, key: str) -> str:
     if unit in CADENCE_UNITS:
         if count <= 0:
             return "never" if unit != "MINUTE" else "1 step"
+        if unit == "STEP":
+            count = batches_as_steps(view, key, count, accumulation)
         return str(Cadence(count, CadenceUnit(CADENCE_UNITS[unit])))
     minutes = count * CADENCE_MINUTES[unit]
     return str(Cadence(round(minutes, 4), CadenceUnit.MINUTE)) if minutes > 0 else "1 step"
@@ -76,8 +81,9 @@ def map_saving(config: View, out: Target, method: str) -> None:
     if dtype not in PRECISIONS:
         config.unsupported("output_dtype", f"outputs are saved in {', '.join(PRECISIONS)}; FLOAT_16 here")
     out.set("saving.overwrite", not config["prevent_overwrites"])
-    out.set("saving.every", cadence(config, "save_every"))
-    out.set("saving.backup_every", cadence(config, "backup_after"))
+    accumulation = config["gradient_accumulation_steps"]
+    out.set("saving.every", cadence(config, "save_every", accumulation))
+    out.set("saving.backup_every", cadence(config, "backup_after", accumulation))
     out.set("saving.backup_keep_last", config["rolling_backup_count"])
     if not config["rolling_backup"] and out.get("saving.backup_every") != "never":
         config.note(
@@ -91,33 +97,62 @@ def map_logging(config: View, out: Target) -> None:
     for key in ("tensorboard", "tensorboard_expose", "tensorboard_always_on", "tensorboard_port"):
         config.ignore(key, TENSORBOARD_SERVER)
     if config["validation"]:
-        out.set("logging.validate_every", cadence(config, "validate_after"))
+        out.set("logging.validate_every", cadence(config, "validate_after", config["gradient_accumulation_steps"]))
     else:
         out.set("logging.validate_every", "never")
         config.ignore("validate_after", "validation is off")
         config.ignore("validate_after_unit", "validation is off")
 
 
-def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool) -> None:
-    out.set("sampling.every", cadence(config, "sample_after"))
+def map_sampling(config: View, out: Target, samples: list[View], *, ema: bool, objective: Objective) -> None:
+    out.set("sampling.every", cadence(config, "sample_after", config["gradient_accumulation_steps"]))
+    out.set("sampling.before_training", _before_training(config, out.get("sampling.every")))
     out.set("sampling.to_tensorboard", config["samples_to_tensorboard"])
     config.skip("sample_image_format")
     config.ignore("sample_video_format", "video models are not supported")
     config.ignore("sample_audio_format", "audio is not supported")
-    if ema:
-        config.refuse("non_ema_sampling", "previews are drawn with the EMA weights only (training.ema.for_samples)")
+    if ema and config["non_ema_sampling"]:
+        config.note(
+            "non_ema_sampling",
+            "OneTrainer draws each preview with the non-EMA weights too; here with the EMA weights only "
+            "(training.ema.for_samples), as OneTrainer does with non_ema_sampling false",
+        )
     else:
         config.skip("non_ema_sampling")
-    prompts = [prompt for prompt in (_sample(sample) for sample in samples) if prompt is not None]
+    prompts = [prompt for prompt in (_sample(sample, objective) for sample in samples) if prompt is not None]
     out.set("sampling.prompts", prompts)
 
 
-def sample_views(config: View, samples: list[dict[str, Any]], prefix: str) -> list[View]:
-    defaults = sample_defaults()
+def _before_training(config: View, every: str) -> bool:
+    """Whether previews come before the first step too: OneTrainer's repeating actions start at zero, unless
+    `sample_skip_first` holds them back. For steps or epochs, previews come only at multiples of the interval,
+    so skipping up to one interval leaves out just the first; for a clock, skipping one interval does."""
+    if every == "never":
+        config.ignore("sample_skip_first", "no previews are drawn")
+        return False
+    unit = config["sample_after_unit"]
+    if unit == "ALWAYS":
+        config.ignore("sample_skip_first", "sample_after_unit ALWAYS draws previews at every step, the first too")
+        return True
+    skip, interval = config["sample_skip_first"], config["sample_after"]
+    if skip <= 0:
+        return True
+    first_only = skip <= interval if unit in ("EPOCH", "STEP") else skip == interval
+    if first_only:
+        return False
+    config.unsupported(
+        "sample_skip_first",
+        "previews come every sampling.every from the start; only the first one, before training, can be left out "
+        "(sample_skip_first up to one sample_after); none before training here",
+    )
+    return False
+
+
+def sample_views(config: View, samples: list[dict[str, Any]], prefix: str, defaults: dict[str, Any]) -> list[View]:
     return [View(item, defaults, config.ledger, f"{prefix}{index}.") for index, item in enumerate(samples)]
 
 
-def _sample(sample: View) -> dict[str, Any] | None:
+def _sample(sample: View, objective: Objective) -> dict[str, Any] | None:
     if not sample["enabled"]:
         sample.note("enabled", "a disabled sample is left out")
         sample.skip(*(key for key in sample.defaults if key not in SILENT_KEYS))
@@ -131,10 +166,7 @@ def _sample(sample: View) -> dict[str, Any] | None:
     prompt["cfg"] = sample["cfg_scale"]
     prompt["width"] = _side(sample, "width")
     prompt["height"] = _side(sample, "height")
-    scheduler = sample["noise_scheduler"]
-    prompt["scheduler"] = SAMPLERS.get(scheduler, "ddim")
-    if scheduler not in SAMPLERS:
-        sample.unsupported("noise_scheduler", f"samplers: {', '.join(SAMPLERS)}; ddim here")
+    prompt["scheduler"] = _scheduler(sample, objective)
     sample.skip(*OVERWRITTEN)
     sample.refuse("text_encoder_1_sequence_length", "each text encoder uses its tokenizer's length")
     sample.refuse("text_encoder_2_sequence_length", "each text encoder uses its tokenizer's length")
@@ -146,6 +178,22 @@ def _sample(sample: View) -> dict[str, Any] | None:
     sample.ignore("frames", "video models are not supported")
     sample.ignore("length", "audio is not supported")
     return prompt
+
+
+def _scheduler(sample: View, objective: Objective) -> str:
+    """The preview sampler: OneTrainer's `noise_scheduler` for a DDPM model; for a flow-matching model, whose
+    previews OneTrainer always draws with the model's own flow-matching Euler sampler, ours (euler)."""
+    scheduler = sample["noise_scheduler"]
+    if objective is Objective.FLOW_MATCHING:
+        if scheduler != "EULER":
+            sample.ignore(
+                "noise_scheduler",
+                "OneTrainer draws the previews of flow-matching models with their own Euler sampler, as here",
+            )
+        return PREVIEW_SCHEDULERS[objective.value]
+    if scheduler not in SAMPLERS:
+        sample.unsupported("noise_scheduler", f"samplers: {', '.join(SAMPLERS)}; ddim here")
+    return SAMPLERS.get(scheduler, "ddim")
 
 
 def _side(sample: View, key: str) -> int:

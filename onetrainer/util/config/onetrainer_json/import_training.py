@@ -13,7 +13,7 @@ from typing import Any
 
 from onetrainer.util.config.family import DISTRIBUTIONS, WEIGHTINGS
 from onetrainer.util.config.onetrainer_json.defaults import _coerce_object, optimizer_defaults
-from onetrainer.util.config.onetrainer_json.findings import Ledger, View
+from onetrainer.util.config.onetrainer_json.findings import Ledger, View, same
 from onetrainer.util.config.onetrainer_json.tables import (
     BETAS,
     DISTRIBUTION_NAMES,
@@ -22,9 +22,11 @@ from onetrainer.util.config.onetrainer_json.tables import (
     IMPLEMENTATION_FIELDS,
     LOSS_STRENGTHS,
     LOSS_WEIGHT_NAMES,
+    OPTIMIZER_ARG_DEFAULTS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
+    SCHEDULE_FREE_OPTIMIZERS,
     SCHEDULER_NAMES,
     SINGLE_EPS,
 )
@@ -70,11 +72,14 @@ def map_optimizer(config: View, optimizer: View, out: Target) -> None:
     if ours == "sgd" and optimizer["momentum"] is not None:
         out.set("training.momentum", optimizer["momentum"])
     args: dict[str, Any] = {}
-    if ours in EPS_PAIR and not (optimizer.is_default("eps") and optimizer.is_default("eps2")):
-        args["eps"] = [optimizer["eps"], optimizer["eps2"]]
+    ours_by_default = OPTIMIZER_ARG_DEFAULTS[ours]
+    if ours in EPS_PAIR:
+        pair = [optimizer["eps"], optimizer["eps2"]]
+        if None not in pair and pair != ours_by_default["eps"]:
+            args["eps"] = pair
     for key, argument in OPTIMIZER_ARGS[ours].items():
         value = optimizer[key]
-        if value is not None and not optimizer.is_default(key) and value != float("inf"):
+        if value is not None and not same(value, ours_by_default[argument]):
             args[argument] = value
     if args:
         out.set("training.optimizer_args", args)
@@ -82,9 +87,17 @@ def map_optimizer(config: View, optimizer: View, out: Target) -> None:
         optimizer.ignore(key, "picks an implementation; onetrainer chooses the kernels itself")
 
 
-def map_schedule(config: View, out: Target) -> None:
+def map_schedule(config: View, out: Target, optimizer: str) -> None:
+    """The learning-rate schedule, warm-up and length of the run, for the OneTrainer `optimizer` (its name)."""
     out.set("training.learning_rate", config["learning_rate"])
     scheduler = config["learning_rate_scheduler"]
+    if optimizer in SCHEDULE_FREE_OPTIMIZERS:
+        if scheduler != "CONSTANT":
+            config.note(
+                "learning_rate_scheduler",
+                f"OneTrainer runs the schedule-free {optimizer} optimizer with a CONSTANT schedule, as here",
+            )
+        scheduler = "CONSTANT"
     out.set("training.lr_scheduler", SCHEDULER_NAMES.get(scheduler, "constant"))
     if scheduler in SCHEDULER_NAMES:
         config.ignore("custom_learning_rate_scheduler", "learning_rate_scheduler is not CUSTOM")
@@ -94,9 +107,12 @@ def map_schedule(config: View, out: Target) -> None:
         config.refuse("custom_learning_rate_scheduler", "custom schedulers are not supported")
         config.refuse("scheduler_params", "custom schedulers are not supported")
     warmup = config["learning_rate_warmup_steps"]
+    accumulation = max(1, config["gradient_accumulation_steps"])
     if warmup == 1.0:
         config.unsupported("learning_rate_warmup_steps", "a warm-up over the whole run (1.0) is not supported; 0.999")
         warmup = 0.999
+    elif warmup > 1:
+        warmup = float(int(warmup / accumulation))  # steps are batches in OneTrainer, which divides them so
     out.set("training.warmup", warmup)
     cycles = config["learning_rate_cycles"]
     if scheduler == "COSINE_WITH_HARD_RESTARTS":

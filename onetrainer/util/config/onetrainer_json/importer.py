@@ -16,6 +16,7 @@ from onetrainer.util.config.onetrainer_json.defaults import (
     overlay,
     overlay_concepts,
     overlay_samples,
+    sample_defaults,
     train_defaults,
 )
 from onetrainer.util.config.onetrainer_json.files import find_list_file, read_config, read_list
@@ -78,8 +79,8 @@ def import_onetrainer(path: Path) -> Imported:
     concept_list = overlay_concepts([migrate_concept(item) for item in concepts], "concepts.", ledger) or []
     concept_items = concept_views(view, concept_list, "concepts.")
     out.set("data.concepts", map_concepts(concept_items, caption_dropout))
-    map_schedule(view, out)
     optimizer = resolve_optimizer(raw, ledger)
+    map_schedule(view, out, optimizer["optimizer"])
     map_optimizer(view, optimizer, out)
     map_precision(view, out)
     map_memory(view, optimizer, out, spec, method)
@@ -87,8 +88,11 @@ def import_onetrainer(path: Path) -> Imported:
     map_noise(view, out, spec)
     map_loss(view, out, spec)
     samples, samples_from = _objects(view, path, "samples", "sample_definition_file_name", "sample file")
-    sample_items = sample_views(view, overlay_samples(samples, "samples.", ledger) or [], "samples.")
-    map_sampling(view, out, sample_items, ema=ema)
+    # OneTrainer fills a sample file's samples with its model type's defaults, an inline list's with its generic ones
+    sample_item_defaults = sample_defaults(None if samples_from == "inline" else spec.onetrainer_sample_defaults)
+    sample_list = overlay_samples(samples, "samples.", ledger, sample_item_defaults) or []
+    sample_items = sample_views(view, sample_list, "samples.", sample_item_defaults)
+    map_sampling(view, out, sample_items, ema=ema, objective=spec.objective)
     map_saving(view, out, method)
     map_logging(view, out)
     _switched_off(view)
@@ -100,7 +104,11 @@ def import_onetrainer(path: Path) -> Imported:
 
 
 def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tuple[list[Any], str]:
-    """The inline list `key` if it is not null, else the list in the file `file_key` names."""
+    """The inline list `key` if it is not null, else the list in the file `file_key` names.
+
+    A missing file of concepts is unsupported (OneTrainer stops there: there is nothing to train); a
+    missing file of samples is a note (OneTrainer trains on without previews, as here).
+    """
     view.skip(key, file_key)
     inline = view.data.get(key)
     if inline is not None:
@@ -108,9 +116,11 @@ def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tupl
     name = view.data.get(file_key) or ""
     found = find_list_file(name, path.parent) if name else None
     if found is None:
-        view.ledger.note(
-            file_key, name, f"no such {what} beside the config or in the working folder, so there are no {key}"
-        )
+        why = f"no such {what} beside the config or in the working folder, so there are no {key}"
+        if key == "concepts":
+            view.ledger.refuse(file_key, name, why)
+        else:
+            view.ledger.note(file_key, name, why)
         return [], "none"
     return read_list(found, what), str(found)
 

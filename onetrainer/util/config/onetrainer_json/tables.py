@@ -8,8 +8,9 @@ its own in its spec (`FamilySpec.onetrainer_model_types`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -173,8 +174,6 @@ WEIGHT_DTYPES = {**PRECISIONS, "FLOAT_8": "fp8", "INT_8": "int8", "NFLOAT_4": "n
 WEIGHT_ONLY = {"FLOAT_W8A8": "fp8", "FLOAT_W8A8_COMPRESSED": "fp8", "INT_W8A8": "int8", "INT_W8A8_COMPRESSED": "int8"}
 """OneTrainer's W8A8 types quantise the activations too; the nearest of ours keeps only the weights in 8 bits."""
 PEFT_TYPES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
-LAYER_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
-"""OneTrainer's layer-filter preset names -> our LoRA target presets, which select the same layers."""
 OPTIMIZER_NAMES = {
     "ADAMW": "adamw",
     "ADAMW_8BIT": "adamw8bit",
@@ -185,6 +184,8 @@ OPTIMIZER_NAMES = {
     "LION": "lion",
     "CAME": "came",
 }
+SCHEDULE_FREE_OPTIMIZERS = ("SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "PRODIGY_PLUS_SCHEDULE_FREE")
+"""OneTrainer's schedule-free optimizers: it replaces any learning-rate schedule of theirs by CONSTANT."""
 SCHEDULER_NAMES = {
     "CONSTANT": "constant",
     "LINEAR": "linear",
@@ -285,6 +286,38 @@ OPTIMIZER_ARGS: dict[str, dict[str, str]] = {
     "came": {"clip_threshold": "clip_threshold"},
 }
 """OneTrainer optimizer fields -> keyword arguments of our optimizer class (`training.optimizer_args`)."""
+OPTIMIZER_ARG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adamw": {"amsgrad": False, "maximize": False},
+    "adamw8bit_ao": {"amsgrad": False},
+    "adamw8bit": {"amsgrad": False, "optim_bits": 32, "min_8bit_size": 4096, "is_paged": False},
+    "sgd": {"dampening": 0.0, "nesterov": False, "maximize": False},
+    "adafactor": {
+        "eps": [1e-30, 1e-3],
+        "clip_threshold": 1.0,
+        "decay_rate": -0.8,
+        "beta1": None,
+        "scale_parameter": False,
+        "relative_step": False,
+        "warmup_init": False,
+    },
+    "prodigy": {
+        "beta3": None,
+        "decouple": True,
+        "use_bias_correction": False,
+        "safeguard_warmup": False,
+        "d0": 1e-6,
+        "d_coef": 1.0,
+        "growth_rate": math.inf,
+        "slice_p": 1,
+    },
+    "schedulefree_adamw": {"r": 0.0, "weight_lr_power": 2.0},
+    "lion": {},
+    "came": {"eps": [1e-30, 1e-16], "clip_threshold": 1.0},
+}
+"""What our optimizer uses for each argument of `OPTIMIZER_ARGS` (and the epsilon pair) that the config leaves
+out: its library's default, or what our build always passes (Adafactor's relative_step false). They can differ
+from OneTrainer's (Prodigy's `slice_p`: OneTrainer 11, prodigyopt 1), so the importer sets each OneTrainer
+value that differs from ours, and the exporter writes ours for each argument the config leaves out."""
 BETAS = {"adamw": 2, "adamw8bit": 2, "adamw8bit_ao": 2, "prodigy": 2, "schedulefree_adamw": 2, "lion": 2, "came": 3}
 """How many of beta1, beta2, beta3 make our `training.betas`, per optimizer that takes them."""
 SINGLE_EPS = ("adamw", "adamw8bit", "adamw8bit_ao", "prodigy", "schedulefree_adamw")
@@ -304,7 +337,6 @@ TOP_LEVEL_REASONS: dict[str, str] = {
     "force_circular_padding": "circular (seamless) padding is not supported",
     "custom_conditioning_image": "inpainting conditioning images are not supported",
     "masked_prior_preservation_weight": "prior preservation outside the mask is not supported",
-    "unmasked_probability": "onetrainer always trains with the mask (no unmasked steps)",
     "generalized_offset_noise": "generalized offset noise is not supported",
     "learning_rate_scaler": "learning-rate scaling by batch size is not supported; scale training.learning_rate",
     "loss_scaler": "loss scaling by batch size is not supported",
@@ -315,7 +347,6 @@ TOP_LEVEL_REASONS: dict[str, str] = {
     "lora_weight_dtype": "LoRA weights train in fp32",
     "embedding_weight_dtype": "embeddings train in fp32",
     "preserve_embedding_norm": "embedding norms are not rescaled",
-    "sample_skip_first": "use sampling.every; previews cannot skip the first intervals",
     "save_skip_first": "intermediate saves cannot skip the first intervals",
     "save_filename_prefix": "intermediate saves are named by step",
     "frames": "video models are not supported",

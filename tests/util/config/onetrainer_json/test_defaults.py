@@ -62,3 +62,11 @@ def test_a_preset_that_sets_only_the_optimizer_name_gets_its_settings_from_optim
     )
     assert optimizer["fused_back_pass"] is True
     assert optimizer_defaults("ADAFACTOR")["stochastic_rounding"] is True
+
+
+def test_a_number_in_a_text_field_is_read_as_text_as_onetrainer_does():
+    ledger = Ledger()
+    config = overlay({"resolution": 1024, "frames": 25, "unet": {"model_name": 7}, "ema": 1}, ledger)
+    assert (config["resolution"], config["frames"], config["unet"]["model_name"]) == ("1024", "25", "7")
+    assert [item.key for item in ledger.unsupported] == ["ema"], "an enum field still takes its member names only"
+    assert config["ema"] == "OFF"

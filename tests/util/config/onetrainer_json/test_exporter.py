@@ -156,3 +156,94 @@ def test_sd3_without_t5_exports_its_text_encoder_left_out():
     assert findings == []
     assert config["model_type"] == "STABLE_DIFFUSION_35"
     assert config["text_encoder_3"]["include"] is False
+
+
+def test_an_infinite_growth_rate_is_written_as_onetrainer_writes_it():
+    import json
+
+    config, _ = export("training.optimizer=prodigy", "training.learning_rate=1.0")
+    assert config["optimizer"]["growth_rate"] == "inf"
+    assert config["optimizer_defaults"]["PRODIGY"]["growth_rate"] == "inf"
+    json.dumps(config, allow_nan=False)  # strict JSON: no Infinity anywhere
+
+
+def test_ema_previews_export_without_onetrainers_extra_non_ema_ones():
+    config, findings = export("training.ema.enabled=true")
+    assert (config["ema"], config["non_ema_sampling"], findings) == ("GPU", False, [])
+    assert export()[0]["non_ema_sampling"] is True, "OneTrainer's default where EMA is off"
+
+
+def test_masked_training_exports_without_onetrainers_unmasked_samples():
+    config, findings = export("loss.masked.enabled=true")
+    assert (config["masked_training"], config["unmasked_probability"], findings) == (True, 0.0, [])
+
+
+def test_optimizer_arguments_the_config_leaves_out_are_exported_as_our_optimizer_uses_them():
+    prodigy = ("training.optimizer=prodigy", "training.learning_rate=1.0")
+    config, _ = export(*prodigy)
+    assert config["optimizer"]["slice_p"] == 1, "prodigyopt's default; OneTrainer's own would be 11"
+    set_here, _ = export(*prodigy, "training.optimizer_args.slice_p=11")
+    assert set_here["optimizer"]["slice_p"] == 11
+
+
+def test_a_flow_matching_preview_with_another_sampler_than_euler_is_listed():
+    flux = ("model.type=flux-dev", "model.base=tiny:flux-dev", "sampling.prompts.0.prompt=a red circle")
+    config, findings = export(*flux)
+    assert (config["samples"][0]["noise_scheduler"], findings) == ("EULER", [])
+    _, other = export(*flux, "sampling.prompts.0.scheduler=unipc")
+    assert lacking(other) == {"sampling.prompts.0.scheduler"}
+
+
+def test_previews_before_training_are_onetrainers_and_without_them_it_skips_the_first_interval():
+    with_first, findings = export("sampling.every=250 steps", "sampling.before_training=true")
+    assert (with_first["sample_after"], with_first["sample_skip_first"], findings) == (250, 0, [])
+    without, findings = export("sampling.every=250 steps")
+    assert (without["sample_after"], without["sample_skip_first"], findings) == (250, 250, [])
+
+
+def test_step_counts_are_exported_as_onetrainers_batches():
+    config, findings = export(
+        "training.gradient_accumulation_steps=4",
+        "saving.every=25 steps",
+        "sampling.every=2 steps",
+        "saving.backup_every=1 epoch",
+        "parts.text_encoder.train=true",
+        "parts.text_encoder.lora_targets=full",
+        "parts.text_encoder.stop_after=10 steps",
+        "training.warmup=50",
+    )
+    assert findings == []
+    assert (config["save_every"], config["save_every_unit"]) == (100, "STEP")
+    assert (config["sample_after"], config["sample_skip_first"]) == (8, 8)
+    assert (config["backup_after"], config["backup_after_unit"]) == (1, "EPOCH")
+    assert config["text_encoder"]["stop_training_after"] == 40
+    assert config["learning_rate_warmup_steps"] == 200.0
+
+
+def test_a_text_encoders_own_dropout_is_onetrainers_dropout_probability(tmp_path):
+    config, findings = export("parts.text_encoder.dropout=0.3")
+    assert (config["text_encoder"]["dropout_probability"], findings) == (0.3, [])
+    _, both = export(
+        "parts.text_encoder.dropout=0.3",
+        f"data.concepts.0.path={tmp_path}",
+        "data.concepts.0.caption.caption_dropout=0.1",
+    )
+    assert lacking(both) == {"data.concepts.0.caption.caption_dropout"}
+
+
+def test_the_layer_filter_holds_what_trains_which_onetrainers_training_reads_alone():
+    config, findings = export()
+    assert (config["layer_filter_preset"], config["layer_filter"], config["layer_filter_regex"]) == (
+        "attn-mlp",
+        "attentions",
+        False,
+    )
+    assert findings == []
+    full, findings = export("lora.targets=full")  # OneTrainer's full (an empty filter) adapts more layers
+    assert (full["layer_filter_preset"], full["layer_filter_regex"], findings) == ("custom", True, [])
+    assert full["layer_filter"].startswith("(?:(?<![^.])attn[12]")
+    flux = ("model.type=flux-dev", "model.base=tiny:flux-dev")
+    blocks, _ = export(*flux, "lora.targets=full")
+    assert (blocks["layer_filter_preset"], blocks["layer_filter"]) == ("blocks", "transformer_block")
+    attn_mlp, _ = export(*flux, "lora.targets=attn-mlp")  # OneTrainer's own attn-mlp adapts fewer layers
+    assert (attn_mlp["layer_filter_preset"], attn_mlp["layer_filter_regex"]) == ("custom", True)

@@ -231,6 +231,7 @@ def test_a_custom_substring_filter_becomes_a_regex_on_the_denoiser_only(convert)
     regex = re.compile(get(imported, "parts.unet.lora_regex"))
     assert regex.search("down_blocks.1.attentions.0.proj_in")
     assert regex.search("mid_block.resnets.0.conv1")
+    assert not regex.search("mid_block.resnets.0.norm1"), "OneTrainer adapts linear and conv layers only"
     assert not regex.search("up_blocks.1.resnets.0.conv1")
     assert get(imported, "lora.targets") == "full"
     assert get(imported, "parts.text_encoder.lora_regex") is None
@@ -261,6 +262,8 @@ def test_embedding_training_and_additional_embeddings(convert):
 
 def test_resolutions(convert):
     assert get(convert(resolution="512,768"), "data.resolution") == [512, 768]
+    number = convert(resolution=1024)
+    assert (get(number, "data.resolution"), number.unsupported) == (1024, [])
     fixed = convert(resolution="768x512")
     assert get(fixed, "data.resolution") == 624
     assert "resolution" in unsupported(fixed)
@@ -301,9 +304,34 @@ def test_tag_dropout_modes(convert, tmp_path):
     assert get(only, "data.concepts")[0]["caption"]["tag_dropout_only"] == ["a", "b"]
 
 
-def test_caption_dropout_of_the_text_encoder_goes_to_every_concept(convert, tmp_path):
-    imported = convert(text_encoder={"dropout_probability": 0.2}, concepts=[{"path": str(tmp_path)}] * 2)
-    assert [c["caption"]["caption_dropout"] for c in get(imported, "data.concepts")] == [0.2, 0.2]
+def test_a_text_encoders_dropout_is_its_own_where_the_family_drops_encoders_alone(convert, tmp_path):
+    concepts = [{"path": str(tmp_path)}] * 2
+    imported = convert(text_encoder={"dropout_probability": 0.2}, concepts=concepts)
+    assert get(imported, "parts.text_encoder.dropout") == 0.2, "OneTrainer zeroes the encoder's output, as ours"
+    assert [c["caption"]["caption_dropout"] for c in get(imported, "data.concepts")] == [0.0, 0.0]
+    sd3 = convert(
+        model_type="STABLE_DIFFUSION_35",
+        base_model_name="tiny:sd35-medium",
+        text_encoder_3={"dropout_probability": 0.4},
+    )
+    assert get(sd3, "parts.text_encoder_3.dropout") == 0.4
+    assert get(sd3, "parts.text_encoder.dropout") is None
+    assert (sd3.unsupported, "text_encoder_3.dropout_probability" in notes(sd3)) == ([], False)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "base"), [("STABLE_DIFFUSION_XL_10_BASE", "org/m"), ("FLUX_DEV_1", "tiny:flux-dev")]
+)
+def test_elsewhere_the_text_encoders_dropout_is_caption_dropout_with_a_note(convert, tmp_path, model_type, base):
+    both = {"dropout_probability": 0.2}
+    imported = convert(
+        model_type=model_type, base_model_name=base, text_encoder=both, text_encoder_2=both, concepts=[{"path": "x"}]
+    )
+    assert get(imported, "data.concepts")[0]["caption"]["caption_dropout"] == 0.2
+    assert get(imported, "parts.text_encoder.dropout") is None
+    assert "captions are dropped (emptied)" in notes(imported)["text_encoder.dropout_probability"]
+    one = convert(model_type=model_type, base_model_name=base, text_encoder=both)
+    assert "text_encoder.dropout_probability" in unsupported(one), "the encoders must agree"
 
 
 @pytest.mark.parametrize(
@@ -320,7 +348,7 @@ def test_optimizer_settings(convert):
     assert get(adafactor, "training.optimizer_args") == {"eps": [1e-30, 0.01], "relative_step": True}
     assert get(adafactor, "training.weight_decay") == 0.0
     prodigy = convert(optimizer={"optimizer": "PRODIGY", "d_coef": 0.5}, learning_rate=1.0)
-    assert get(prodigy, "training.optimizer_args") == {"d_coef": 0.5}
+    assert get(prodigy, "training.optimizer_args") == {"d_coef": 0.5, "slice_p": 11}, "prodigyopt's slice_p is 1"
     assert "optimizer.optimizer" in unsupported(convert(optimizer={"optimizer": "ADAMW_ADV"}))
     stray = convert(optimizer={"optimizer": "ADAMW", "d0": 0.1})
     assert unsupported(stray)["optimizer.d0"] == "not a setting of the adamw optimizer here"
@@ -372,3 +400,147 @@ def test_a_onetrainer_config_is_told_from_a_run_config_by_its_keys(tmp_path):
         "ours.yaml": False,
         "broken.json": True,
     }
+
+
+def test_schedule_free_optimizers_run_with_a_constant_schedule(convert):
+    imported = convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}, learning_rate_scheduler="COSINE")
+    assert get(imported, "training.optimizer") == "schedulefree_adamw"
+    assert get(imported, "training.lr_scheduler") == "constant"
+    assert imported.unsupported == []
+    assert "CONSTANT schedule" in notes(imported)["learning_rate_scheduler"]
+    assert "learning_rate_scheduler" not in notes(convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}))
+
+
+def test_ema_previews_are_those_of_non_ema_sampling_false(convert):
+    ema_only = convert(ema="CPU", non_ema_sampling=False)
+    assert get(ema_only, "training.ema.enabled") is True
+    assert ema_only.unsupported == []
+    assert "non_ema_sampling" not in notes(ema_only)
+    both = convert(ema="CPU")  # OneTrainer's default non_ema_sampling true: non-EMA previews as well
+    assert both.unsupported == []
+    assert "with the EMA weights only" in notes(both)["non_ema_sampling"]
+
+
+def test_lora_dropout_is_kept_with_a_note_on_where_it_applies(convert):
+    imported = convert(dropout_probability=0.1)
+    assert get(imported, "lora.dropout") == 0.1
+    assert imported.unsupported == []
+    assert "at the rank (after lora_down)" in notes(imported)["dropout_probability"]
+    assert "dropout_probability" not in notes(convert())
+
+
+def test_masked_training_reports_its_unmasked_share_even_at_the_default(convert):
+    masked = convert(masked_training=True)  # unmasked_probability 0.1: a tenth of the samples train unmasked
+    assert get(masked, "loss.masked.enabled") is True
+    assert "without their mask" in unsupported(masked)["unmasked_probability"]
+    assert convert(masked_training=True, unmasked_probability=0.0).unsupported == []
+    unmasked = convert(unmasked_probability=0.5)
+    assert unmasked.unsupported == []
+    assert notes(unmasked)["unmasked_probability"] == "masked_training is off"
+
+
+def test_a_windows_concept_file_name_is_found_beside_the_config(tmp_path, monkeypatch):
+    (tmp_path / "training_concepts").mkdir()
+    (tmp_path / "training_concepts" / "concepts.json").write_text(json.dumps([{"path": "images"}]), encoding="utf-8")
+    config = {**BASE, "concept_file_name": "training_concepts\\concepts.json", "samples": []}
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.chdir(tmp_path.parent)
+    imported = import_onetrainer(tmp_path / "config.json")
+    assert imported.concepts_from == str(tmp_path / "training_concepts" / "concepts.json")
+    assert [concept["path"] for concept in get(imported, "data.concepts")] == ["images"]
+    assert imported.unsupported == []
+
+
+def test_a_missing_concept_file_is_unsupported(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({**BASE, "concept_file_name": "nowhere.json"}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    imported = import_onetrainer(tmp_path / "config.json")
+    assert "no such concept file" in unsupported(imported)["concept_file_name"]
+    assert "concept_file_name" not in notes(imported)
+    assert "no such sample file" in notes(imported)["sample_definition_file_name"], "OneTrainer trains on without"
+
+
+def test_a_sample_files_samples_take_the_model_types_defaults_and_inline_ones_the_generic(tmp_path):
+    (tmp_path / "samples.json").write_text(json.dumps([{"prompt": "a red circle"}]), encoding="utf-8")
+    sdxl = {**BASE, "model_type": "STABLE_DIFFUSION_XL_10_BASE", "concepts": []}
+    (tmp_path / "config.json").write_text(
+        json.dumps({**sdxl, "sample_definition_file_name": "samples.json"}), encoding="utf-8"
+    )
+    (from_file,) = get(import_onetrainer(tmp_path / "config.json"), "sampling.prompts")
+    expected = {"width": 1024, "height": 1024, "steps": 30, "cfg": 7.5, "scheduler": "euler-a"}
+    assert {key: from_file[key] for key in expected} == expected, "OneTrainer's SDXL sample defaults"
+    (tmp_path / "config.json").write_text(json.dumps({**sdxl, "samples": [{"prompt": "x"}]}), encoding="utf-8")
+    (inline,) = get(import_onetrainer(tmp_path / "config.json"), "sampling.prompts")
+    generic = {"width": 512, "height": 512, "steps": 30, "cfg": 7.0, "scheduler": "ddim"}
+    assert {key: inline[key] for key in generic} == generic, "OneTrainer reads an inline list over its generic ones"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "base"), [("FLUX_DEV_1", "tiny:flux-dev"), ("STABLE_DIFFUSION_35", "tiny:sd35-medium")]
+)
+def test_flow_matching_previews_use_euler_whatever_noise_scheduler_says(convert, model_type, base):
+    from onetrainer.util.config.onetrainer_json.load import check_imported
+
+    euler = {"prompt": "b", "noise_scheduler": "EULER"}
+    samples = [{"prompt": "a"}, euler, {"prompt": "c", "noise_scheduler": "UNIPC"}]
+    imported = convert(model_type=model_type, base_model_name=base, samples=samples)
+    assert [prompt["scheduler"] for prompt in get(imported, "sampling.prompts")] == ["euler"] * 3
+    assert imported.unsupported == []
+    assert "own Euler sampler" in notes(imported)["samples.2.noise_scheduler"]
+    assert {"samples.0.noise_scheduler", "samples.1.noise_scheduler"}.isdisjoint(notes(imported))
+    check_imported(imported, check_paths=False)  # "ddim" would not be a sampler of flow matching
+
+
+def test_previews_come_before_training_unless_the_first_interval_is_skipped(convert):
+    assert get(convert(), "sampling.before_training") is True, "OneTrainer samples at step 0 (10 minutes)"
+    every = {"sample_after": 100, "sample_after_unit": "STEP"}
+    assert get(convert(**every), "sampling.before_training") is True
+    skipped = convert(**every, sample_skip_first=100)
+    assert (get(skipped, "sampling.before_training"), skipped.unsupported) == (False, [])
+    assert get(convert(**every, sample_skip_first=1), "sampling.before_training") is False, "first at step 100 too"
+    assert "sample_skip_first" in unsupported(convert(**every, sample_skip_first=250))
+    assert get(convert(sample_after_unit="NEVER"), "sampling.before_training") is False
+
+
+def test_onetrainers_steps_are_batches_so_step_counts_are_divided_by_the_accumulation(convert):
+    imported = convert(
+        gradient_accumulation_steps=4,
+        save_every=100,
+        save_every_unit="STEP",
+        sample_after=10,
+        sample_after_unit="STEP",
+        backup_after=2,
+        backup_after_unit="STEP",
+        validation=True,
+        validate_after=8,
+        validate_after_unit="STEP",
+        text_encoder={"train": True, "stop_training_after": 40, "stop_training_after_unit": "STEP"},
+        unet={"stop_training_after": 3, "stop_training_after_unit": "EPOCH"},
+        learning_rate_warmup_steps=202,
+    )
+    assert get(imported, "saving.every") == "25 steps"
+    assert get(imported, "sampling.every") == "2 steps"
+    assert get(imported, "saving.backup_every") == "1 step"
+    assert get(imported, "logging.validate_every") == "2 steps"
+    assert get(imported, "parts.text_encoder.stop_after") == "10 steps"
+    assert get(imported, "parts.unet.stop_after") == "3 epochs", "epochs are the same in both"
+    assert get(imported, "training.warmup") == 50.0, "OneTrainer's own int(202 / 4)"
+    assert imported.unsupported == []
+    assert "10 batches, 4 accumulated per optimizer step, are 2.5 steps; 2 here" in notes(imported)["sample_after"]
+    assert {"save_every", "validate_after", "text_encoder.stop_training_after"}.isdisjoint(notes(imported))
+
+
+def test_the_layer_filter_is_what_trains_and_a_preset_fills_in_only_an_empty_one(convert):
+    edited = convert(layer_filter_preset="attn-mlp", layer_filter="attn")  # OneTrainer trains the filter's layers
+    assert get(edited, "parts.unet.lora_targets") == "attn"
+    preset_only = convert(layer_filter_preset="attn-mlp")  # like OneTrainer's SDXL preset: an empty filter
+    assert get(preset_only, "parts.unet.lora_targets") == "attn-mlp"
+    assert "its UI fills in the attn-mlp preset's 'attentions'" in notes(preset_only)["layer_filter"]
+    flux = {"model_type": "FLUX_DEV_1", "base_model_name": "tiny:flux-dev"}
+    blocks = convert(**flux, layer_filter_preset="blocks")
+    assert get(blocks, "parts.transformer") == {"train": True, "weight_dtype": "fp32"}, "our full: every block layer"
+    assert get(blocks, "lora.targets") == "full"
+    assert "layer_filter" in notes(blocks)
+    attn_mlp = convert(**flux, layer_filter_preset="attn-mlp")
+    assert re.compile(get(attn_mlp, "parts.transformer.lora_regex")).search("transformer_blocks.0.ff.net.2")
+    assert "layer_filter" not in notes(convert(layer_filter_preset="custom", layer_filter="attentions"))

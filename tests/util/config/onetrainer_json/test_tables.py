@@ -7,7 +7,9 @@ import pytest
 from onetrainer.util.config.onetrainer_json.defaults import concept_defaults, sample_defaults, train_defaults
 from onetrainer.util.config.onetrainer_json.tables import (
     ENUM_FIELDS,
+    EPS_PAIR,
     NEAREST_OPTIMIZERS,
+    OPTIMIZER_ARG_DEFAULTS,
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     OUTPUT_FORMATS,
@@ -37,6 +39,13 @@ def test_every_enum_field_of_the_defaults_is_listed_with_its_default_among_its_m
             assert value in ENUM_FIELDS[key], key
 
 
+def test_each_familys_sample_defaults_are_onetrainer_sample_settings_with_readable_values():
+    for spec in families():
+        defaults = sample_defaults(spec.onetrainer_sample_defaults)
+        assert set(defaults) == set(sample_defaults()), spec.name
+        assert defaults["noise_scheduler"] in ENUM_FIELDS["noise_scheduler"], spec.name
+
+
 @pytest.mark.parametrize("ours", sorted(OPTIMIZER_ARGS))
 def test_every_mapped_optimizer_argument_is_one_our_optimizer_takes(ours):
     from onetrainer.trainer.optimizers import _optimizer_class
@@ -48,6 +57,26 @@ def test_every_mapped_optimizer_argument_is_one_our_optimizer_takes(ours):
         pytest.importorskip("torchao")
     accepted = inspect.signature(_optimizer_class(Optimizer(ours)).__init__).parameters
     assert set(OPTIMIZER_ARGS[ours].values()) <= set(accepted)
+
+
+@pytest.mark.parametrize("ours", sorted(OPTIMIZER_ARGS))
+def test_the_argument_defaults_are_what_our_optimizer_uses(ours):
+    """Where the config leaves an argument out, our optimizer takes its library's default, unless our build
+    always passes one (`_keyword_arguments`: Adafactor's relative_step false)."""
+    from onetrainer.trainer.optimizers import _keyword_arguments, _optimizer_class
+    from onetrainer.util.config.training import TrainingConfig
+
+    if ours == "adamw8bit":
+        pytest.importorskip("bitsandbytes")
+    if ours == "adamw8bit_ao":
+        pytest.importorskip("torchao")
+    signature = inspect.signature(_optimizer_class(Optimizer(ours)).__init__).parameters
+    built = _keyword_arguments(TrainingConfig(optimizer=ours), warmup_steps=0)
+    arguments = [*OPTIMIZER_ARGS[ours].values(), *(["eps"] if ours in EPS_PAIR else [])]
+    assert sorted(OPTIMIZER_ARG_DEFAULTS[ours]) == sorted(arguments)
+    for argument in arguments:
+        used = built.get(argument, signature[argument].default)
+        assert OPTIMIZER_ARG_DEFAULTS[ours][argument] == (list(used) if isinstance(used, tuple) else used), argument
 
 
 def test_each_of_our_output_formats_exports_to_one_onetrainer_format_that_imports_back():
