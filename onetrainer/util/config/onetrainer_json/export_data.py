@@ -27,7 +27,9 @@ def export_data(ours: View, ot: dict[str, Any], concept_defaults_ours: dict[str,
     loss = ours.child("loss").child("masked")
     ot["masked_training"] = loss["enabled"]
     if loss["enabled"]:
-        ot["unmasked_probability"] = 0.0  # every sample trains with its mask here; OneTrainer's default is 0.1
+        ot["unmasked_probability"] = loss["unmasked_probability"]
+    else:
+        loss.ignore("unmasked_probability", "masked training is off")
     ot["unmasked_weight"] = loss["unmasked_weight"]
     ot["normalize_masked_area_loss"] = loss["normalize_area"]
     concepts = [_concept(item) for item in data.items("concepts", concept_defaults_ours)]

@@ -45,13 +45,10 @@ def map_data(config: View, out: Target) -> None:
     out.set("data.clear_cache", config["clear_cache_before_training"])
     out.set("data.workers", config["dataloader_threads"])
     out.set("loss.masked.enabled", config["masked_training"])
-    if not config["masked_training"]:
+    if config["masked_training"]:
+        out.set("loss.masked.unmasked_probability", config["unmasked_probability"])
+    else:
         config.ignore("unmasked_probability", "masked_training is off")
-    elif config["unmasked_probability"] > 0:  # OneTrainer's default 0.1 too: it still changes what trains
-        config.unsupported(
-            "unmasked_probability",
-            "OneTrainer trains this share of the samples without their mask; onetrainer applies every mask",
-        )
     out.set("loss.masked.unmasked_weight", config["unmasked_weight"])
     out.set("loss.masked.normalize_area", config["normalize_masked_area_loss"])
 

@@ -106,8 +106,9 @@ def import_onetrainer(path: Path) -> Imported:
 def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tuple[list[Any], str]:
     """The inline list `key` if it is not null, else the list in the file `file_key` names.
 
-    A missing file of concepts is unsupported (OneTrainer stops there: there is nothing to train); a
-    missing file of samples is a note (OneTrainer trains on without previews, as here).
+    A missing file is a note: OneTrainer's presets name a concept file that is not there, and the concepts
+    come with `data.concepts.0.path=...` on the command line (without any, the config names what to set);
+    a missing file of samples means no previews, in OneTrainer as here.
     """
     view.skip(key, file_key)
     inline = view.data.get(key)
@@ -118,9 +119,8 @@ def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tupl
     if found is None:
         why = f"no such {what} beside the config or in the working folder, so there are no {key}"
         if key == "concepts":
-            view.ledger.refuse(file_key, name, why)
-        else:
-            view.ledger.note(file_key, name, why)
+            why += " (give them with data.concepts.0.path=...)"
+        view.ledger.note(file_key, name, why)
         return [], "none"
     return read_list(found, what), str(found)
 

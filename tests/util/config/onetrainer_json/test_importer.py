@@ -429,11 +429,12 @@ def test_lora_dropout_is_kept_with_a_note_on_where_it_applies(convert):
     assert "dropout_probability" not in notes(convert())
 
 
-def test_masked_training_reports_its_unmasked_share_even_at_the_default(convert):
+def test_masked_training_carries_its_unmasked_share_even_at_the_default(convert):
     masked = convert(masked_training=True)  # unmasked_probability 0.1: a tenth of the samples train unmasked
     assert get(masked, "loss.masked.enabled") is True
-    assert "without their mask" in unsupported(masked)["unmasked_probability"]
-    assert convert(masked_training=True, unmasked_probability=0.0).unsupported == []
+    assert get(masked, "loss.masked.unmasked_probability") == 0.1
+    assert masked.unsupported == []
+    assert get(convert(masked_training=True, unmasked_probability=0.0), "loss.masked.unmasked_probability") == 0.0
     unmasked = convert(unmasked_probability=0.5)
     assert unmasked.unsupported == []
     assert notes(unmasked)["unmasked_probability"] == "masked_training is off"
@@ -451,12 +452,13 @@ def test_a_windows_concept_file_name_is_found_beside_the_config(tmp_path, monkey
     assert imported.unsupported == []
 
 
-def test_a_missing_concept_file_is_unsupported(tmp_path, monkeypatch):
+def test_a_missing_concept_file_is_a_note_that_says_how_to_give_the_concepts(tmp_path, monkeypatch):
+    """OneTrainer's own presets name `training_concepts/concepts.json`, which a user's folder rarely holds."""
     (tmp_path / "config.json").write_text(json.dumps({**BASE, "concept_file_name": "nowhere.json"}), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     imported = import_onetrainer(tmp_path / "config.json")
-    assert "no such concept file" in unsupported(imported)["concept_file_name"]
-    assert "concept_file_name" not in notes(imported)
+    assert "data.concepts.0.path=" in notes(imported)["concept_file_name"]
+    assert "concept_file_name" not in unsupported(imported)
     assert "no such sample file" in notes(imported)["sample_definition_file_name"], "OneTrainer trains on without"
 
 
