@@ -72,7 +72,12 @@ class FluxConditioner(TextConditioner):
             return encode_flux(model, captions, max_length)
 
         super().__init__(
-            model, device, encode, output_keys=(TEXT_KEY, POOLED_KEY), settings=f"clip-pooled,t5-{max_length}"
+            model,
+            device,
+            encode,
+            output_keys=(TEXT_KEY, POOLED_KEY),
+            settings=f"clip-pooled,t5-{max_length}",
+            sources={CLIP: (POOLED_KEY,), T5: (TEXT_KEY,)},
         )
 
     def caption_token_counts(self, captions: list[str]) -> tuple[list[int], int]:

@@ -24,9 +24,10 @@ CHUNK_BYTES = 256 * 2**20
 class ModelEma:
     """Shadow copies of `parameters`, pulled toward them by `1 - decay` every `update_every` steps.
 
-    With `warmup`, the n-th update (from 0) keeps min(decay, (1 + n) / (10 + n)) of the old average, as
-    diffusers' EMAModel and OneTrainer do: at decay 0.999 the average would otherwise still hold a third of
-    the untrained weights after 1,000 updates, and a model saved from it would look barely trained.
+    With `warmup`, the update after optimizer step s (from 1) keeps min(decay, s / (9 + s)) of the old average,
+    as OneTrainer (by optimizer step, whatever `update_every`) and diffusers' EMAModel (which updates every
+    step) do: at decay 0.999 the average would otherwise still hold a third of the untrained weights after
+    1,000 updates, and a model saved from it would look barely trained.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class ModelEma:
 
         if step % self.update_every != 0:
             return False
-        decay = self.current_decay()
+        decay = self.decay_at(step)
         with torch.no_grad():
             for pairs in self._chunks():
                 shadows = [shadow for _, shadow in pairs]
@@ -68,9 +69,9 @@ class ModelEma:
         self.updates += 1
         return True
 
-    def current_decay(self) -> float:
-        """The share of the old average the next update keeps."""
-        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+    def decay_at(self, step: int) -> float:
+        """The share of the old average an update after optimizer step `step` (from 1) keeps."""
+        return min(self.decay, step / (9 + step)) if self.warmup else self.decay
 
     def _chunks(self) -> Iterator[list[tuple[torch.nn.Parameter, torch.Tensor]]]:
         """The (weight, shadow) pairs: one chunk where no copy leaves the GPU, else chunks of `CHUNK_BYTES`."""

@@ -127,13 +127,45 @@ def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[Confi
     return problems
 
 
+BEFORE_THE_KEY: dict[str, tuple[str, Any]] = {"training.ema.warmup": ("training.ema.enabled", False)}
+"""Keys whose default is not what a backup written before the key existed trained with: key -> (the key that
+makes it matter, the value such a backup trained with). An EMA backup from before the warm-up existed
+averaged without one: continuing it with the warm-up would change its decay mid-run, so a resuming config
+must say `training.ema.warmup: false` (a difference listed like any other)."""
+
+
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """The backup's config with keys added since it was written at their defaults (which is what it
-    trained with), so a newer version can continue an older backup; as written if it no longer validates."""
+    trained with, except `BEFORE_THE_KEY`), so a newer version can continue an older backup; as written if it
+    no longer validates."""
     try:
-        return TrainConfig.model_validate(saved, context={CHECK_PATHS: False}).model_dump(mode="json")
+        filled = TrainConfig.model_validate(saved, context={CHECK_PATHS: False}).model_dump(mode="json")
     except (ValidationError, ConfigError):
         return saved
+    for key, (condition, value) in BEFORE_THE_KEY.items():
+        if _lookup(saved, key) is _ABSENT and _lookup(filled, condition) is True:
+            _assign(filled, key, value)
+    return filled
+
+
+_ABSENT = object()
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _assign(config: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = value
 
 
 def _dora_format_change(saved: dict[str, Any], current: dict[str, Any]) -> list[ConfigProblem]:

@@ -88,12 +88,11 @@ class Workspace:
         return target
 
     def archive_backups_after(self, resumed: Path) -> Path | None:
-        """Move the backups of steps after `resumed` (one of this workspace's) into
-        `earlier-runs/<time>-after-step-N/backups/`; None if there are none (or `resumed` is elsewhere)."""
-        if resumed.parent.resolve() != self.backups.resolve():
-            return None
+        """Move this workspace's backups of steps after `resumed` (and, when `resumed` lies elsewhere, of its
+        step) into `earlier-runs/<time>-after-step-N/backups/`; None if there are none."""
         step = backup_step(resumed)
-        later = [path for path in list_backups(self.backups) if backup_step(path) > step]
+        own = resumed.parent.resolve() == self.backups.resolve()
+        later = [path for path in list_backups(self.backups) if backup_step(path) > step - (0 if own else 1)]
         if not later:
             return None
         target = self._new_earlier_run(f"{time.strftime('%Y%m%d-%H%M%S')}-after-step-{step}") / "backups"

@@ -578,3 +578,22 @@ def test_a_backup_from_another_kind_of_device_resumes_with_a_new_noise_stream(
     assert result.step == 10
     warnings = [event["message"] for event in events if event["event"] == "warning"]
     assert any("trained on another kind of device than cpu" in message for message in warnings)
+
+
+def test_resuming_a_backup_from_elsewhere_moves_this_workspaces_later_ones_aside(
+    tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    """Going back to an archived branch (`earlier-runs/.../backups/step-N`) leaves the steps at and after N."""
+    settings = ("saving.backup_every=2 steps", "saving.backup_keep_last=5")
+    root = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(toy_config(root, *settings), build=toy_build(), progress=_interrupt_at(4))
+    backups = root / "workspace" / "backups"
+    elsewhere = tmp_path / "kept" / "step-00000002"
+    elsewhere.parent.mkdir()
+    (backups / "step-00000002").rename(elsewhere)
+    with pytest.raises(Interrupted):
+        train(toy_config(root, *settings), build=toy_build(), resume=elsewhere, progress=_interrupt_at(3))
+    assert [path.name for path in list_backups(backups)] == ["step-00000003"]
+    (branch,) = (root / "workspace" / "earlier-runs").iterdir()
+    assert [path.name for path in list_backups(branch / "backups")] == ["step-00000004"]

@@ -157,3 +157,19 @@ def test_on_a_gpu_a_resumed_fused_optimizer_steps_with_its_counters_beside_the_w
     assert new_optimizer.state[param]["step"].device.type == "cuda"
     new_optimizer.step()
     assert torch.isfinite(param).all()
+
+
+def test_an_ema_backup_from_before_the_warm_up_continues_only_without_it(tmp_path: Path) -> None:
+    """Such a backup averaged without a warm-up: the resumed run must not start one mid-run without a word."""
+    import yaml
+
+    older = yaml.safe_load(dump_config(_config(tmp_path, "training.ema.enabled=true")))
+    del older["training"]["ema"]["warmup"]
+    with pytest.raises(UserError, match=r"training\.ema\.warmup"):
+        check_resume_compatible(_config(tmp_path, "training.ema.enabled=true"), yaml.safe_dump(older), where="b")
+    check_resume_compatible(
+        _config(tmp_path, "training.ema.enabled=true", "training.ema.warmup=false"), yaml.safe_dump(older), where="b"
+    )
+    without_ema = yaml.safe_load(dump_config(_config(tmp_path)))
+    del without_ema["training"]["ema"]["warmup"]
+    check_resume_compatible(_config(tmp_path), yaml.safe_dump(without_ema), where="b")  # the key does not matter

@@ -96,7 +96,8 @@ class EmaConfig(Section):
     update_every: int = Field(1, ge=1, description="Update the average every N optimizer steps.")
     warmup: bool = Field(
         True,
-        description="Start with a short memory: the n-th update keeps min(decay, (1 + n) / (10 + n)) of the average, "
+        description="Start with a short memory: the update after optimizer step s keeps min(decay, s / (9 + s)) of "
+        "the average, "
         "as diffusers and OneTrainer do (false: decay from the first update, so early weights linger).",
     )
     device: EmaDevice = Field(

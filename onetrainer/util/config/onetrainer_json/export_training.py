@@ -19,6 +19,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     OPTIMIZER_ARGS,
     OPTIMIZER_NAMES,
     PRECISIONS,
+    SCHEDULE_FREE_OPTIMIZERS,
     SCHEDULER_NAMES,
     SINGLE_EPS,
     reverse,
@@ -64,6 +65,10 @@ def export_optimizer(training: View, ot: dict[str, Any]) -> None:
     ot["optimizer_defaults"] = {name: dict(optimizer)}
 
 
+SCHEDULE_FREE = {OPTIMIZER_NAMES[name] for name in SCHEDULE_FREE_OPTIMIZERS if name in OPTIMIZER_NAMES}
+"""Our names of the optimizers OneTrainer gives its warm-up unscaled (they take it in their own steps)."""
+
+
 def export_schedule(training: View, ot: dict[str, Any]) -> None:
     ot["learning_rate"] = training["learning_rate"]
     scheduler = training["lr_scheduler"]
@@ -71,8 +76,12 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["learning_rate_scheduler"] = reverse(SCHEDULER_NAMES)[scheduler]
     else:
         training.unsupported("lr_scheduler", f"OneTrainer's schedules here: {', '.join(reverse(SCHEDULER_NAMES))}")
-    warmup = float(training["warmup"])  # OneTrainer counts a warm-up in steps in batches
-    ot["learning_rate_warmup_steps"] = warmup * training["gradient_accumulation_steps"] if warmup >= 1 else warmup
+    warmup = float(training["warmup"])  # OneTrainer counts a warm-up in batches (a schedule-free one in steps)
+    batches = 1 if training["optimizer"] in SCHEDULE_FREE else training["gradient_accumulation_steps"]
+    if warmup == 1:
+        training.unsupported("warmup", "OneTrainer reads a warm-up of 1 as the whole run; 2 steps there")
+        warmup = 2.0
+    ot["learning_rate_warmup_steps"] = warmup * batches if warmup > 1 else warmup
     ot["learning_rate_cycles"] = float(training["lr_cycles"])
     ot["learning_rate_min_factor"] = training["lr_min_factor"]
     ot["epochs"] = training["epochs"]

@@ -111,8 +111,9 @@ def map_schedule(config: View, out: Target, optimizer: str) -> None:
     if warmup == 1.0:
         config.unsupported("learning_rate_warmup_steps", "a warm-up over the whole run (1.0) is not supported; 0.999")
         warmup = 0.999
-    elif warmup > 1:
+    elif warmup > 1 and optimizer not in SCHEDULE_FREE_OPTIMIZERS:
         warmup = float(int(warmup / accumulation))  # steps are batches in OneTrainer, which divides them so
+    # (a schedule-free optimizer takes OneTrainer's warm-up as it is, in its own optimizer steps)
     out.set("training.warmup", warmup)
     cycles = config["learning_rate_cycles"]
     if scheduler == "COSINE_WITH_HARD_RESTARTS":

@@ -220,6 +220,17 @@ def test_step_counts_are_exported_as_onetrainers_batches():
     assert config["learning_rate_warmup_steps"] == 200.0
 
 
+def test_a_schedule_free_warm_up_is_not_counted_in_batches_and_one_step_is_not_the_whole_run():
+    """OneTrainer passes a schedule-free optimizer its warm-up as it is, and reads a warm-up of 1 as a fraction."""
+    config, findings = export(
+        "training.gradient_accumulation_steps=4", "training.optimizer=schedulefree_adamw", "training.warmup=50"
+    )
+    assert (config["learning_rate_warmup_steps"], findings) == (50.0, [])
+    config, findings = export("training.warmup=1")
+    assert config["learning_rate_warmup_steps"] == 2.0
+    assert lacking(findings) == {"training.warmup"}
+
+
 def test_a_text_encoders_own_dropout_is_onetrainers_dropout_probability(tmp_path):
     config, findings = export("parts.text_encoder.dropout=0.3")
     assert (config["text_encoder"]["dropout_probability"], findings) == (0.3, [])

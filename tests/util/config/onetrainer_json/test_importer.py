@@ -317,11 +317,14 @@ def test_a_text_encoders_dropout_is_its_own_where_the_family_drops_encoders_alon
     assert get(sd3, "parts.text_encoder_3.dropout") == 0.4
     assert get(sd3, "parts.text_encoder.dropout") is None
     assert (sd3.unsupported, "text_encoder_3.dropout_probability" in notes(sd3)) == ([], False)
+    flux = convert(
+        model_type="FLUX_DEV_1", base_model_name="tiny:flux-dev", text_encoder_2={"dropout_probability": 0.1}
+    )
+    assert get(flux, "parts.text_encoder_2.dropout") == 0.1, "FLUX.1's T5 sequence drops apart from CLIP's pooled"
+    assert flux.unsupported == []
 
 
-@pytest.mark.parametrize(
-    ("model_type", "base"), [("STABLE_DIFFUSION_XL_10_BASE", "org/m"), ("FLUX_DEV_1", "tiny:flux-dev")]
-)
+@pytest.mark.parametrize(("model_type", "base"), [("STABLE_DIFFUSION_XL_10_BASE", "org/m")])
 def test_elsewhere_the_text_encoders_dropout_is_caption_dropout_with_a_note(convert, tmp_path, model_type, base):
     both = {"dropout_probability": 0.2}
     imported = convert(
@@ -530,6 +533,14 @@ def test_onetrainers_steps_are_batches_so_step_counts_are_divided_by_the_accumul
     assert imported.unsupported == []
     assert "10 batches, 4 accumulated per optimizer step, are 2.5 steps; 2 here" in notes(imported)["sample_after"]
     assert {"save_every", "validate_after", "text_encoder.stop_training_after"}.isdisjoint(notes(imported))
+
+
+def test_a_schedule_free_optimizers_warm_up_is_taken_as_it_is(convert):
+    """OneTrainer hands it to the optimizer unscaled (its own steps), not to the batch-counting scheduler."""
+    imported = convert(
+        optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}, gradient_accumulation_steps=4, learning_rate_warmup_steps=100
+    )
+    assert get(imported, "training.warmup") == 100.0
 
 
 def test_the_layer_filter_is_what_trains_and_a_preset_fills_in_only_an_empty_one(convert):
