@@ -81,18 +81,19 @@ class TextConditioner:
             torch.cuda.empty_cache()
 
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """For the cache: `encode_on_device`'s outputs in CPU memory (see `row_by_row_on_cpu`)."""
-        captions = list(captions)
-        return row_by_row_on_cpu(
-            self.device,
-            len(captions),
-            lambda rows: {key: value.cpu() for key, value in self.encode_on_device(captions[rows]).items()},
-        )
+        """For the cache: `encode_on_device`'s outputs in CPU memory."""
+        return {key: value.cpu() for key, value in self.encode_on_device(captions).items()}
 
     def encode_on_device(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """What the cache holds, left on the device (for an uncached step): float32, from `frozen_encoding`."""
-        with frozen_encoding(self.device):
-            outputs = self._encode(self.model, list(captions))
+        """What the cache holds, left on the device (for an uncached step): float32, from `frozen_encoding`;
+        row by row on the CPU (`row_by_row_on_cpu`)."""
+        captions = list(captions)
+
+        def encode(rows: slice) -> dict[str, torch.Tensor]:
+            with frozen_encoding(self.device):
+                return self._encode(self.model, captions[rows])
+
+        outputs = row_by_row_on_cpu(self.device, len(captions), encode)
         return {key: value.float() for key, value in outputs.items()}
 
     def encode_for_training(self, captions: list[str]) -> dict[str, torch.Tensor]:

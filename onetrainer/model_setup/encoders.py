@@ -135,18 +135,22 @@ class VaeImageEncoder(_Placed):
         return scaled
 
     def encode_on_device(self, images: torch.Tensor) -> torch.Tensor:
-        """float32 latents on the encoder's device, unchecked: nothing here waits for the device."""
+        """float32 latents on the encoder's device, unchecked: nothing here waits for the device. Row by row on
+        the CPU (`row_by_row_on_cpu`), so an uncached batch encodes as the cache does."""
         config = self.module.config
         parameter = next(self.module.parameters())
         pixels = images.to(parameter.device, non_blocking=True).to(parameter.dtype)
-        with frozen_encoding(parameter.device):
-            latents = self.module.encode(pixels).latent_dist.mode()
+
+        def encode(rows: slice) -> dict[str, torch.Tensor]:
+            with frozen_encoding(parameter.device):
+                return {"latents": self.module.encode(pixels[rows]).latent_dist.mode()}
+
+        latents = row_by_row_on_cpu(parameter.device, len(pixels), encode)["latents"]
         shift = getattr(config, "shift_factor", None) or 0.0
         return ((latents.float() - shift) * config.scaling_factor).float()
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        device = next(self.module.parameters()).device
-        return row_by_row_on_cpu(device, len(images), lambda rows: {"latents": self.encode_tensor(images[rows]).cpu()})
+        return {"latents": self.encode_tensor(images).cpu()}
 
 
 class NonFiniteLatents(UserError):

@@ -69,10 +69,20 @@ def test_conditioning_is_what_the_pipeline_encodes(kind: str, t5: bool) -> None:
     model = _model(kind, t5=t5)
     ours = Sd3Hooks().conditioner(model, layer_skip={}, device=CPU).encode(CAPTIONS)
     assert (T5_HIDDEN in ours) == t5
-    with torch.no_grad():
-        prompt, _, pooled, _ = _pipeline(kind, t5=t5).encode_prompt(
-            CAPTIONS, CAPTIONS, CAPTIONS, device="cpu", do_classifier_free_guidance=False, max_sequence_length=256
-        )
+    pipe = _pipeline(kind, t5=t5)
+    with torch.no_grad():  # caption by caption, as the CPU encodes for the cache (`row_by_row_on_cpu`)
+        encoded = [
+            pipe.encode_prompt(
+                [caption],
+                [caption],
+                [caption],
+                device="cpu",
+                do_classifier_free_guidance=False,
+                max_sequence_length=256,
+            )
+            for caption in CAPTIONS
+        ]
+    prompt, pooled = torch.cat([row[0] for row in encoded]), torch.cat([row[2] for row in encoded])
     joined, joined_pooled = assemble(model, ours, CPU, torch.float32)
     assert joined.shape == (2, 77 + 256, 96)
     assert torch.equal(joined, prompt)

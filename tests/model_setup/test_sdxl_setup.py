@@ -46,9 +46,11 @@ def test_conditioning_is_what_the_sdxl_pipeline_computes(clip_skip: int | None) 
     pipe = build_tiny_sdxl_pipeline()
     skip = clip_skip or 0
     ours = _encode(_model(), CAPTIONS, text_encoder=skip, text_encoder_2=skip)
-    prompt, _, pooled, _ = pipe.encode_prompt(
-        CAPTIONS, device="cpu", do_classifier_free_guidance=False, clip_skip=clip_skip
-    )
+    encoded = [  # caption by caption, as the CPU encodes for the cache (`row_by_row_on_cpu`)
+        pipe.encode_prompt([caption], device="cpu", do_classifier_free_guidance=False, clip_skip=clip_skip)
+        for caption in CAPTIONS
+    ]
+    prompt, pooled = torch.cat([row[0] for row in encoded]), torch.cat([row[2] for row in encoded])
     assert ours[TEXT_KEY].shape == (2, 77, 32 + 64), "CLIP-L's width first, then bigG's"
     assert torch.equal(ours[TEXT_KEY], prompt)
     assert torch.equal(ours[POOLED_KEY], pooled)
