@@ -275,16 +275,18 @@ def test_modelspec_architectures(kind: str, adapter: str | None, expected: str) 
 
 
 def test_auto_saves_a_lora_that_trains_t5_as_kohya_and_nothing_else_changes() -> None:
-    """ComfyUI reads SD 3's and FLUX.1's T5 LoRAs only as `lora_te3_` and diffusers not at all: of every family's
-    parts only those are read as kohya alone, and only SD 3's (whose default is peft) turns `saving.format: auto`
-    to kohya, only while it trains."""
+    """ComfyUI reads SD 3's and FLUX.1's T5 LoRAs only as `lora_te3_` and diffusers not at all, and a UNet's
+    attention only from kohya names: of every family's parts only those are read whole as kohya alone, and only
+    SD 3's T5 (a family whose default is peft) turns `saving.format: auto` to kohya, only while it trains."""
     from onetrainer.util.family import families
 
     t5 = {**dict.fromkeys(KINDS, "text_encoder_3"), "flux-dev": "text_encoder_2", "flux-schnell": "text_encoder_2"}
+    unets = dict.fromkeys(("sd15", "sd2", "sdxl"), "unet")
     for spec in families():
         trainable = [c.name for c in spec.components if c.trainable]
         kohya_only = [c.name for c in spec.kohya_only(trainable)]
-        assert kohya_only == ([t5[spec.name]] if spec.name in t5 else []), spec.name
+        expected = t5.get(spec.name) or unets.get(spec.name)
+        assert kohya_only == ([expected] if expected else []), spec.name
         assert spec.auto_lora_format_for([n for n in trainable if n not in kohya_only]) == spec.auto_lora_format
     for kind in KINDS:
         spec = get_family(kind)
