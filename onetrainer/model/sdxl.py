@@ -83,9 +83,17 @@ SGM_UNET_NAMES = (
 )
 
 
-NOT_SDXL = ("lora_te3_", "text_encoder_3.", "lora_transformer_", "transformer.")
+NOT_SDXL = (
+    "lora_te3_",
+    "text_encoder_3.",
+    "lora_transformer_",
+    "transformer.",
+    "lora_unet_double_blocks_",
+    "lora_unet_single_blocks_",
+)
 """A third text encoder or a transformer denoiser: a family with more encoders than SDXL's two (SD 3, FLUX.1's
-CLIP and T5 under te1 / te3), whose LoRAs share SDXL's encoder prefixes and `transformer_blocks` names."""
+CLIP and T5 under te1 / te3, or te1 / te2 in OneTrainer's names), whose LoRAs share SDXL's encoder prefixes
+and `transformer_blocks` names."""
 
 
 def recognise_lora(shapes: Shapes) -> Evidence | None:

@@ -152,6 +152,53 @@ def test_our_kohya_lora_reads_back_exactly(
     assert loaded.alphas == alphas
 
 
+def test_a_onetrainer_flux_lora_reads_as_the_layers_it_names(
+    folders: dict[str, Path],
+    tmp_path: Path,
+    with_random_lora: Callable[..., DiffusionModel],
+    lora_deltas: Callable[..., dict[str, torch.Tensor]],
+) -> None:
+    """OneTrainer names FLUX.1 layers by diffusers' paths (`lora_transformer_transformer_blocks_0_attn_to_q`, T5
+    under `lora_te2_`), as ComfyUI maps them: read into the same layers, with their alphas."""
+    from safetensors.torch import save_file
+
+    from onetrainer.model.adapters.lora_file import matched_to
+    from onetrainer.model.adapters.lora_merge import merge_lora
+    from onetrainer.util.keymaps.lora import split_peft_key
+
+    model = with_random_lora(load_model(folders["flux-dev"]), ("transformer", "text_encoder", "text_encoder_2"))
+    tensors, alphas, _ = lora_from_model(model)
+    prefixes = {
+        "transformer": "lora_transformer_",
+        "text_encoder": "lora_te1_text_model_",
+        "text_encoder_2": "lora_te2_",
+    }
+    names = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+    onetrainer: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        module, param = split_peft_key(key)
+        component, _, path = module.partition(".")
+        name = prefixes[component] + path.removeprefix("text_model.").replace(".", "_")
+        onetrainer[f"{name}.{names[param]}"] = tensor.contiguous()
+        onetrainer[f"{name}.alpha"] = torch.tensor(alphas[module])
+    assert any(key.startswith("lora_transformer_single_transformer_blocks_0_proj_mlp.") for key in onetrainer)
+    path = tmp_path / "onetrainer-flux.safetensors"
+    save_file(onetrainer, path)
+
+    loaded = read_lora_file(path, model.spec)
+    read, read_alphas = matched_to(model, loaded.tensors, loaded.alphas)
+    assert read.keys() == tensors.keys()
+    assert all(torch.equal(read[key], tensors[key]) for key in tensors)
+    assert read_alphas == pytest.approx(alphas)
+    base, merged = load_model(folders["flux-dev"]), load_model(folders["flux-dev"])
+    assert merge_lora(merged, loaded) == len(lora_deltas(tensors, alphas))  # `sample --lora` applies every layer
+    for module, delta in lora_deltas(tensors, alphas).items():
+        component, _, path = module.partition(".")
+        before = base.components[component].get_submodule(path).weight
+        after = merged.components[component].get_submodule(path).weight
+        torch.testing.assert_close(after - before, delta.reshape(before.shape), rtol=1e-5, atol=1e-6)
+
+
 def test_diffusers_converts_our_kohya_lora_to_the_same_weights_at_the_released_width(tmp_path: Path) -> None:
     """What `FluxPipeline.load_lora_weights` makes of our kohya file of a released-size model: the same
     weight update of every layer (diffusers bakes alpha / rank into the factors)."""

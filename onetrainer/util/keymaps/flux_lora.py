@@ -67,6 +67,22 @@ BFL_COMPOUND_NAMES = frozenset(
 )  # fmt: skip
 """Identifiers with "_" in BFL's transformer."""
 PREFIXES = (("lora_unet_", TRANSFORMER), ("lora_te1_", "text_encoder"), ("lora_te3_", "text_encoder_2"))
+DIFFUSERS_PREFIXES = (
+    ("lora_transformer_", TRANSFORMER),
+    ("lora_te1_", "text_encoder"),
+    ("lora_te2_", "text_encoder_2"),
+)
+"""OneTrainer's FLUX.1 names (read, which ComfyUI maps too): diffusers' transformer paths with "_" under
+`lora_transformer_`, CLIP-L under `lora_te1_`, T5 under `lora_te2_`."""
+DIFFUSERS_COMPOUND_NAMES = frozenset(
+    {
+        "transformer_blocks", "single_transformer_blocks", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+        "norm1_context", "ff_context", "norm_q", "norm_k", "norm_added_q", "norm_added_k", "proj_mlp",
+        "context_embedder", "x_embedder", "time_text_embed", "timestep_embedder", "guidance_embedder",
+        "text_embedder", "norm_out",
+    }
+)  # fmt: skip
+"""Identifiers with "_" in diffusers' FluxTransformer2DModel (beyond the UNet / CLIP ones)."""
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight")
 LOHA_PARAMS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 ROW_MAGNITUDE = "lora_magnitude_vector"
@@ -140,6 +156,14 @@ class FluxKohyaNaming:
             text_encoders=("text_encoder",),
         )
     )
+    diffusers_named: DottedKohyaNaming = field(
+        default_factory=lambda: DottedKohyaNaming.of(
+            DIFFUSERS_PREFIXES,
+            UNET_CLIP_COMPOUND_NAMES | DIFFUSERS_COMPOUND_NAMES | T5_COMPOUND_NAMES,
+            text_encoders=("text_encoder",),
+        )
+    )
+    """Reads OneTrainer's names (`DIFFUSERS_PREFIXES`); `split` passes the diffusers layers they name through."""
 
     @cached_property
     def _renamed(self) -> dict[str, str]:
@@ -161,14 +185,15 @@ class FluxKohyaNaming:
         transformer = configs.get(TRANSFORMER)
         if transformer is None:
             return self
-        return FluxKohyaNaming(layout_of_config(transformer), self.implementation, self.dotted)
+        return FluxKohyaNaming(layout_of_config(transformer), self.implementation, self.dotted, self.diffusers_named)
 
     def to_kohya(self, module: str) -> str:
         """A joined module (`transformer.<BFL path>`, `text_encoder.<path>`) -> its kohya name."""
         return self.dotted.to_kohya(module)
 
     def from_kohya(self, name: str, *, hf_text_model: bool | None = None) -> str:
-        return self.dotted.from_kohya(name, hf_text_model=hf_text_model)
+        naming = self.diffusers_named if name.startswith(("lora_transformer_", "lora_te2_")) else self.dotted
+        return naming.from_kohya(name, hf_text_model=hf_text_model)
 
     # ---------------------------------------------------------------------------------------- join
     def join(
@@ -260,6 +285,9 @@ class FluxKohyaNaming:
                 for part, (part_params, alpha) in self._split(layer, params, alphas[module]).items():
                     name = f"{TRANSFORMER}.{part}"
                     out[name], out_alphas[name] = part_params, alpha
+                continue
+            if layer is not None or path in self._renamed:  # a diffusers layer already (OneTrainer's names)
+                out[module], out_alphas[module] = params, alphas[module]
                 continue
             target = reverse.get(path)
             if target is None:
