@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
+from onetrainer.util.config.onetrainer_json.import_adapters import EVERY_LAYER, filter_regex
 
 runner = CliRunner()
 FAST = ("data.resolution=64", "training.max_steps=2", "sampling.every=never", "data.workers=0")
@@ -576,7 +577,13 @@ def test_an_sd35_config_picks_the_family_of_its_base_and_leaves_t5_out(tmp_path,
     assert "Unsupported" not in result.stdout
     config = yaml.safe_load(result.stdout)
     assert config["model"] == {"type": "sd35-medium", "base": "tiny:sd35-medium", "options": {"t5": False}}
-    assert config["parts"]["transformer"] == {"train": True, "weight_dtype": "fp8", "offload_blocks": 0.25}
+    every_layer = filter_regex(EVERY_LAYER, regex=True)  # an empty layer_filter: OneTrainer adapts every layer
+    assert config["parts"]["transformer"] == {
+        "train": True,
+        "weight_dtype": "fp8",
+        "offload_blocks": 0.25,
+        "lora_regex": every_layer,
+    }
     assert config["parts"]["text_encoder_3"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp32"}
     assert config["parts"]["text_encoder"]["weight_dtype"] == "bf16"
     assert config["noise"]["shift"] == 3.0

@@ -101,6 +101,7 @@ def _layer_filter(config: View, out: Target, spec: FamilySpec) -> None:
     text = config["layer_filter"].strip()
     regex_mode = config["layer_filter_regex"]
     out.set("lora.targets", "full")
+    denoiser = f"parts.{spec.denoiser.name}"
     if not text:
         named = spec.onetrainer_layer_presets.get(preset)
         if named is None:
@@ -109,6 +110,9 @@ def _layer_filter(config: View, out: Target, spec: FamilySpec) -> None:
                     "layer_filter_preset",
                     f"not a OneTrainer preset of {spec.title} models, and layer_filter is empty: every layer trains",
                 )
+            # Every linear and convolution layer, as OneTrainer trains them (our `full` preset leaves out
+            # a few, such as conv_in / conv_out and the embedders).
+            out.set(f"{denoiser}.lora_regex", filter_regex(EVERY_LAYER, regex=True))
             return
         config.note(
             "layer_filter",
@@ -116,7 +120,6 @@ def _layer_filter(config: View, out: Target, spec: FamilySpec) -> None:
             f"{named.layer_filter!r}, which is used here",
         )
         text, regex_mode = named.layer_filter, False
-    denoiser = f"parts.{spec.denoiser.name}"
     ours = _same_preset(spec, text, regex=regex_mode)
     if ours is None:
         out.set(f"{denoiser}.lora_regex", filter_regex(text, regex=regex_mode))
@@ -133,6 +136,8 @@ def _same_preset(spec: FamilySpec, text: str, *, regex: bool) -> str | None:
     return next((p.same_as for p in spec.onetrainer_layer_presets.values() if p.layer_filter == normalised), None)
 
 
+EVERY_LAYER = ".*"
+"""The filter (in regex mode) of an empty `layer_filter`: OneTrainer then adapts every layer it can."""
 DOT = r"\."
 """How a preset pattern of ours starts: with the dot before a module name."""
 ADAPTABLE_ONLY = r"^(?!(?:.*\.)?[^.]*(?:norm|embedding)[^.]*$).*?"

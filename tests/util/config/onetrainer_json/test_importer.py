@@ -557,3 +557,17 @@ def test_the_layer_filter_is_what_trains_and_a_preset_fills_in_only_an_empty_one
     attn_mlp = convert(**flux, layer_filter_preset="attn-mlp")
     assert re.compile(get(attn_mlp, "parts.transformer.lora_regex")).search("transformer_blocks.0.ff.net.2")
     assert "layer_filter" not in notes(convert(layer_filter_preset="custom", layer_filter="attentions"))
+
+
+def test_an_empty_filter_with_the_full_preset_adapts_every_layer_onetrainer_does(convert):
+    """OneTrainer's `full` adapts every linear and convolution layer, conv_in and the time embedding too, which
+    our `full` preset leaves out; norms it cannot adapt."""
+    import re as regex
+
+    imported = convert(layer_filter_preset="full", layer_filter="")
+    chosen = regex.compile(get(imported, "parts.unet.lora_regex"))
+    for path in ("conv_in", "time_embedding.linear_1", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"):
+        assert chosen.search(path), path
+    for path in ("down_blocks.0.resnets.0.norm1", "conv_norm_out", "mid_block.attentions.0.norm"):
+        assert not chosen.search(path), path
+    assert imported.unsupported == []
