@@ -169,19 +169,25 @@ LORA_MARKERS = (
     "lora_transformer_single_transformer_blocks_",
     "transformer.transformer_blocks.",
     "transformer.single_transformer_blocks.",
+    "lora_te2_encoder_block_",
 )
-"""Block names, not bare prefixes: `lora_transformer_` is kohya's prefix of any diffusers transformer."""
-GUIDANCE_MARKERS = ("lora_unet_guidance_in_", "transformer.time_text_embed.guidance_embedder.")
+"""Block names, not bare prefixes: `lora_transformer_` is kohya's prefix of any diffusers transformer. T5 under
+`lora_te2_` is OneTrainer's name of FLUX.1's second encoder (SD 3's second is CLIP-G, SDXL's `text_model_`)."""
+GUIDANCE_MARKERS = (
+    "lora_unet_guidance_in_",
+    "transformer.time_text_embed.guidance_embedder.",
+    "lora_transformer_time_text_embed_guidance_embedder_",
+)
 
 
 def recognise_lora(shapes: Shapes) -> Evidence | None:
     """BFL module names (kohya / sd-scripts), or diffusers' Flux transformer blocks (kohya-style or as paths);
     dev and schnell share them, unless the guidance embedder is adapted (dev only)."""
     keys = list(shapes)
-    if not any(key.startswith(LORA_MARKERS) for key in keys):
-        return None
     if any(key.startswith(GUIDANCE_MARKERS) for key in keys):
         return Evidence(DEV, "FLUX.1 LoRA adapting the guidance embedder")
+    if not any(key.startswith(LORA_MARKERS) for key in keys):
+        return None
     return Evidence(None, "FLUX.1 LoRA (dev and schnell share its layout)", candidates=CANDIDATES)
 
 

@@ -90,10 +90,11 @@ NOT_SDXL = (
     "transformer.",
     "lora_unet_double_blocks_",
     "lora_unet_single_blocks_",
+    "lora_te2_encoder_block_",
 )
 """A third text encoder or a transformer denoiser: a family with more encoders than SDXL's two (SD 3, FLUX.1's
-CLIP and T5 under te1 / te3, or te1 / te2 in OneTrainer's names), whose LoRAs share SDXL's encoder prefixes
-and `transformer_blocks` names."""
+CLIP and T5 under te1 / te3, or te1 / te2 in OneTrainer's names: T5's `encoder_block_`, where SDXL's second
+encoder is `text_model_`), whose LoRAs share SDXL's encoder prefixes and `transformer_blocks` names."""
 
 
 def recognise_lora(shapes: Shapes) -> Evidence | None:

@@ -163,6 +163,18 @@ def test_a_flux_lora_under_either_kohya_prefix_is_flux(module: str) -> None:
     assert not detected.could_be("sd15")
 
 
+def test_onetrainers_flux_names_are_flux_even_without_transformer_blocks() -> None:
+    """OneTrainer names FLUX.1's T5 `lora_te2_` (SDXL's second encoder is `lora_te2_text_model_`), and its
+    guidance embedder under diffusers' path (dev only)."""
+    encoders = {
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768),
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight": (4, 4096),
+    }
+    assert detect_weights(encoders, {}).candidates == ("flux-dev", "flux-schnell")
+    guidance = {"lora_transformer_time_text_embed_guidance_embedder_linear_1.lora_down.weight": (4, 256)}
+    assert detect_weights(guidance, {}).family == "flux-dev"
+
+
 TRANSFORMER_LORA = {"transformer.zeta_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}
 """A diffusers LoRA of a made-up transformer that no real family's recogniser claims."""
 
