@@ -142,22 +142,11 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         filled = TrainConfig.model_validate(saved, context={CHECK_PATHS: False}).model_dump(mode="json")
     except (ValidationError, ConfigError):
         return saved
+    written, now = _flatten(saved), _flatten(filled)
     for key, (condition, value) in BEFORE_THE_KEY.items():
-        if _lookup(saved, key) is _ABSENT and _lookup(filled, condition) is True:
+        if key not in written and now.get(condition) is True:
             _assign(filled, key, value)
     return filled
-
-
-_ABSENT = object()
-
-
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
 
 
 def _assign(config: dict[str, Any], dotted: str, value: Any) -> None:

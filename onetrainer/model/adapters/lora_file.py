@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +94,8 @@ def _diffusers(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """diffusers files keep alpha in a JSON LoraConfig per component; without one, alpha = rank."""
+    from peft.utils.other import get_pattern_key
+
     from onetrainer.util.keymaps.lora import module_rank, split_peft_key
     from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY, from_diffusers_keys
 
@@ -113,22 +114,15 @@ def _diffusers(
     for module, params in modules.items():
         component, _, path = module.partition(".")
         rank = module_rank(params)
-        alpha = _pattern_value(packed.get(f"{component}.alpha_pattern") or {}, path)
+        patterns = packed.get(f"{component}.alpha_pattern") or {}
+        # peft's own rule: a key matches the end of the layer path (a whole name, or a regex over its last parts)
+        alpha = patterns.get(get_pattern_key(list(patterns), path))
         alpha = alpha if alpha is not None else packed.get(f"{component}.lora_alpha")
         alpha = float(alpha) if alpha is not None else float(rank or 1)
         if packed.get(f"{component}.use_rslora") and rank:
             alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank); ours is alpha / rank
         alphas[module] = alpha
     return dict(tensors), alphas
-
-
-def _pattern_value(patterns: Mapping[str, Any], path: str) -> Any:
-    """peft's rule for `alpha_pattern` / `rank_pattern`: the first key that matches the end of the layer path
-    (a whole name, or a regex over its last parts); None where none does."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return None
 
 
 def matched_to(
