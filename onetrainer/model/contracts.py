@@ -9,6 +9,7 @@ the family's `FamilyHooks`, and the shared loader, saver and sampler pieces do t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
 Batch = dict[str, Any]
 Progress = Callable[[int, int], None]
 """progress(done_steps, total_steps) over all images of one `sample` call."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one text encoder alone computes of a conditioning tensor: the key, and the channels (the last
+    dimension, `[start, stop)`) it fills, or the whole tensor."""
+
+    key: str
+    channels: tuple[int, int] | None = None
+
+
+Sources = Mapping[str, tuple["str | Share", ...]]
+"""Text encoder -> its shares of a conditioner's output, as a family states them; a plain key is the whole tensor."""
 
 
 class ModelLoader(Protocol):
@@ -56,9 +70,9 @@ class Conditioner(Protocol):
     """
 
     output_keys: tuple[str, ...]
-    sources: Mapping[str, tuple[str, ...]]
-    """Text encoder -> the output keys computed from it alone (all zeros when its conditioning is dropped); an
-    encoder whose output shares a key with another's is absent."""
+    sources: Mapping[str, tuple[Share, ...]]
+    """Text encoder -> what of the output it alone computes (zeroed where its conditioning is dropped), for
+    every text encoder."""
 
     def identity(self) -> str: ...
 

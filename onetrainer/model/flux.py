@@ -251,7 +251,6 @@ def _spec(name: str, modelspec: str, options: type[Section], hub_id: str) -> Fam
         onetrainer_options=ONETRAINER_OPTIONS[name],
         onetrainer_layer_presets=ONETRAINER_PRESETS,
         onetrainer_sample_defaults={"width": 1024, "height": 1024, "cfg_scale": 3.5},
-        text_conditioning_apart=True,  # CLIP-L gives the pooled vector, T5 the sequence: each drops alone
     )
 
 

@@ -263,7 +263,6 @@ def _spec(
         onetrainer_layer_presets=ONETRAINER_PRESETS,
         onetrainer_sample_defaults={"width": 1024, "height": 1024, "diffusion_steps": 28},
         leaves_out=_leaves_out,
-        text_conditioning_apart=True,
     )
 
 

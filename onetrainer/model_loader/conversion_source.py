@@ -335,8 +335,17 @@ def _single_file(
         dict(weights.metadata),
         stream,
         parts,
-        zero_terminal_snr=is_zero_terminal_snr(schedule),
+        zero_terminal_snr=_zero_terminal_snr(config, spec, detection.prediction_type, schedule),
     )
+
+
+def _zero_terminal_snr(config: str | None, spec: FamilySpec, prediction: str | None, schedule: dict[str, Any]) -> bool:
+    """Whether a single file's model is on the zero-terminal-SNR schedule: its own marker, else the scheduler of
+    the architecture `--config` names (read from its configs alone, so that a single file converted to another
+    single file keeps the schedule the user named)."""
+    if config is None or schedule:
+        return is_zero_terminal_snr(schedule)
+    return is_zero_terminal_snr(resolve_architecture(config, spec, prediction).configs["scheduler"])
 
 
 def _held(weights: WeightsFile, spec: FamilySpec) -> set[str]:

@@ -5,8 +5,9 @@ outputs, T5 states, ...); `TextConditioner` does the rest the same way for all: 
 encoders to the device for a caching pass and back, names everything that changes its output in
 `identity()` (weights, dtypes, settings, tokenizer sizes, fixed embeddings) so a cache entry is never
 reused for another model or setting, encodes without gradients for the cache and with them when the
-text encoders or embeddings train. It also says which output keys each text encoder computes alone
-(`sources`), so the setup can drop one encoder's conditioning by zeroing them.
+text encoders or embeddings train. It also says what of the output each text encoder computes alone
+(`sources`: whole keys, or channels of a key where encoders' states are joined along the width, as SDXL's), so
+the setup can drop one encoder's conditioning by zeroing it, as OneTrainer does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from onetrainer.model.contracts import Share, Sources
 from onetrainer.model_setup.encoders import fingerprint, frozen_encoding, row_by_row_on_cpu
 from onetrainer.model_setup.placement import place
 
@@ -36,7 +38,7 @@ class TextConditioner:
         output_keys: tuple[str, ...],
         settings: str = "",
         token_limit_encoder: str | None = None,
-        sources: Mapping[str, tuple[str, ...]] | None = None,
+        sources: Sources | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -44,9 +46,14 @@ class TextConditioner:
         self.output_keys = output_keys
         self.settings = settings
         self.encoders = model.text_encoder_names()
-        if sources is None:
-            sources = {self.encoders[0]: output_keys} if len(self.encoders) == 1 else {}
-        self.sources: Mapping[str, tuple[str, ...]] = dict(sources)
+        if sources is None and len(self.encoders) == 1:
+            sources = {self.encoders[0]: output_keys}
+        if sources is None or set(sources) != set(self.encoders):
+            raise ValueError(f"the conditioner must say what each of {self.encoders} computes alone")
+        self.sources: Mapping[str, tuple[Share, ...]] = {
+            name: tuple(share if isinstance(share, Share) else Share(share) for share in shares)
+            for name, shares in sources.items()
+        }
         self.token_limit_encoder = token_limit_encoder or self.encoders[0]
         self._weights: str | None = None
 

@@ -38,7 +38,7 @@ from onetrainer.util.family import FamilySpec, Objective, Role
 if TYPE_CHECKING:
     import torch
 
-    from onetrainer.model.contracts import Batch, Conditioner, FamilyHooks
+    from onetrainer.model.contracts import Batch, Conditioner, FamilyHooks, Share
     from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.model_setup.offload import BlockOffloader
     from onetrainer.util.config.schema import TrainConfig
@@ -126,7 +126,6 @@ class DiffusionSetup:
             model.components[vae], self.device, self.policy[vae].storage_dtype, part=vae
         )
         self._conditioner = self.hooks.conditioner(model, layer_skip=self._layer_skip(), device=self.device)
-        self._check_dropout(self._conditioner)
         self._checkpointing(config.training.gradient_checkpointing)
         if config.training.compile:  # on the prepared denoiser: adapters, placement and checkpointing set
             compile_repeated_blocks(model.denoiser)
@@ -162,31 +161,21 @@ class DiffusionSetup:
         rates = {name: self.config.parts[name].dropout for name in self.model.text_encoder_names()}
         return {name: rate for name, rate in rates.items() if rate > 0}
 
-    def _check_dropout(self, conditioner: Conditioner) -> None:
-        for name in self._dropout():
-            if name not in conditioner.sources:
-                raise UserError(
-                    f"{self.spec.title} models condition on their {self.spec.component(name).title} mixed with "
-                    "another encoder's output, so its conditioning cannot be dropped alone",
-                    where=f"parts.{name}.dropout",
-                    hint="Leave dropout at 0 for this part, or drop whole captions (the concepts' caption dropout).",
-                )
-
-    def _conditioning_kept(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
-        """Which samples keep each conditioning key (caption dropout): each sample loses each dropping encoder's
-        outputs with that encoder's chance, drawn from the step's generator after the objective's draws, encoder
-        by encoder in the family's order. Empty when nothing drops."""
+    def _conditioning_kept(self, generator: torch.Generator, batch_size: int) -> dict[Share, torch.Tensor]:
+        """Which samples keep each encoder's share of the conditioning (OneTrainer's text-encoder dropout): each
+        sample loses each dropping encoder's shares with that encoder's chance, drawn from the step's generator
+        after the objective's draws, encoder by encoder in the family's order. Empty when nothing drops."""
         import torch
 
         rates = self._dropout()
         if not rates or not self._training:
             return {}
         sources = self._require_conditioner().sources
-        kept: dict[str, torch.Tensor] = {}
+        kept: dict[Share, torch.Tensor] = {}
         for name, rate in rates.items():
             keep = torch.rand(batch_size, generator=generator, device=generator.device) >= rate
-            for key in sources[name]:
-                kept[key] = keep & kept[key] if key in kept else keep
+            for share in sources[name]:
+                kept[share] = keep & kept[share] if share in kept else keep
         return kept
 
     def _fully_trained(self) -> list[str]:
@@ -368,7 +357,7 @@ class DiffusionSetup:
         conditioning: dict[str, torch.Tensor],
         batch: Batch,
         prior: torch.Tensor,
-        kept: dict[str, torch.Tensor],
+        kept: dict[Share, torch.Tensor],
     ) -> torch.Tensor:
         """Prior-preservation samples learn what the model without its LoRA predicts for the same input (their
         caption encoded without it too, and dropped where the trained pass's was); the others keep the
@@ -452,11 +441,19 @@ def _any_on_host(flags: torch.Tensor) -> bool:
         return bool(flags.any())
 
 
-def _dropped(conditioning: dict[str, torch.Tensor], kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`conditioning` with the samples `kept` says lose a key zeroed there (moved to the masks' device, the
+def _dropped(conditioning: dict[str, torch.Tensor], kept: dict[Share, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`conditioning` with each share zeroed in the samples `kept` says lose it (moved to the masks' device, the
     step's: moving the masks to a cached tensor's CPU instead would wait for the GPU)."""
+    import torch
+
     dropped = dict(conditioning)
-    for key, keep in kept.items():
-        tensor = dropped[key].to(keep.device, non_blocking=True)
-        dropped[key] = tensor * keep.reshape(-1, *([1] * (tensor.ndim - 1))).to(tensor.dtype)
+    for share, keep in kept.items():
+        tensor = dropped[share.key].to(keep.device, non_blocking=True)
+        scale = keep.to(tensor.dtype).reshape(-1, *([1] * (tensor.ndim - 1)))
+        if share.channels is not None:
+            start, stop = share.channels
+            channels = torch.zeros(tensor.shape[-1], dtype=torch.bool, device=keep.device)
+            channels[start:stop] = True
+            scale = torch.where(channels, scale, torch.ones((), dtype=tensor.dtype, device=keep.device))
+        dropped[share.key] = tensor * scale
     return dropped

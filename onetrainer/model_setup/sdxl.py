@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from onetrainer.model.contracts import Share
 from onetrainer.model_setup.conditioning import TextConditioner
 from onetrainer.model_setup.diffusion import DiffusionSetup
 from onetrainer.util.registry import ModuleKind, register
@@ -60,6 +61,16 @@ def time_ids(batch: Batch) -> torch.Tensor:
     return torch.cat([batch[key] for key in MICRO_CONDITIONING], dim=1)
 
 
+def sources(model: DiffusionModel) -> dict[str, tuple[str | Share, ...]]:
+    """Each encoder's channels of the joined hidden states (CLIP-L's first), and bigG's pooled output: what
+    OneTrainer zeroes to drop one encoder's conditioning."""
+    first, second = (int(model.components[name].config.hidden_size) for name in ENCODERS)
+    return {
+        ENCODERS[0]: (Share(TEXT_KEY, (0, first)),),
+        ENCODERS[1]: (Share(TEXT_KEY, (first, first + second)), POOLED_KEY),
+    }
+
+
 class SdxlHooks:
     def conditioner(
         self, model: DiffusionModel, *, layer_skip: Mapping[str, int], device: torch.device
@@ -70,7 +81,9 @@ class SdxlHooks:
             return encode_sdxl(model, captions, skips)
 
         settings = "penultimate-skip" + ",".join(str(skips[name]) for name in ENCODERS)
-        return TextConditioner(model, device, encode, output_keys=(TEXT_KEY, POOLED_KEY), settings=settings)
+        return TextConditioner(
+            model, device, encode, output_keys=(TEXT_KEY, POOLED_KEY), settings=settings, sources=sources(model)
+        )
 
     def denoise(
         self,

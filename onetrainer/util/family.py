@@ -325,11 +325,6 @@ class FamilySpec:
     """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
     logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
     the preset, the file and the overrides, which may still set anything the family takes."""
-    text_conditioning_apart: bool = False
-    """Each text encoder's conditioning reaches the denoiser apart from the others' (SD 3: CLIP-L's, bigG's and
-    T5's outputs stay separate tensors), so one encoder's can be dropped alone (`parts.<encoder>.dropout`). A
-    family with one text encoder always can (`drops_text_encoders_alone`); the setup's conditioner says the same
-    at run time (its `sources`), which a test keeps equal."""
     leaves_out: Callable[[Any], Mapping[str, str]] | None = None
     """The family's validated `model.options` -> each optional component they leave out, with the option that
     does (SD 3's `t5: false` leaves T5 out). A left-out component is read from no source, trains in no run
@@ -358,11 +353,6 @@ class FamilySpec:
         if self.leaves_out is None or self.options is None:
             return {}
         return self.leaves_out(self.options.model_validate(dict(options)))
-
-    @property
-    def drops_text_encoders_alone(self) -> bool:
-        """Whether `parts.<encoder>.dropout` can drop each text encoder's conditioning on its own."""
-        return len(self.text_encoders) == 1 or self.text_conditioning_apart
 
     @property
     def vae(self) -> Component:

@@ -93,6 +93,13 @@ def test_convert_keeps_the_schedule_between_single_files_and_diffusers_folders(t
     assert result.exit_code == 0, result.output
     assert not json.loads((plain / "scheduler" / "scheduler_config.json").read_text()).get("rescale_betas_zero_snr")
 
+    named = tmp_path / "named.safetensors"  # the schedule of the architecture `--config` names, single file to single
+    assert runner.invoke(app, ["convert", str(unmarked), str(named), "--config", str(folder)]).exit_code == 0
+    assert {"v_pred", "ztsnr"} <= _keys(named)
+    ordinary = tmp_path / "ordinary.safetensors"
+    assert runner.invoke(app, ["convert", str(unmarked), str(ordinary), "--config", "tiny:sdxl"]).exit_code == 0
+    assert "ztsnr" not in _keys(ordinary)
+
 
 @pytest.mark.parametrize("zero_snr", [True, False])
 def test_a_zero_snr_folder_names_a_scheduler_class_that_can_rescale(tmp_path: Path, zero_snr: bool) -> None:

@@ -147,3 +147,33 @@ def test_a_force_upcast_vae_is_not_stored_in_fp16_unless_asked() -> None:
         setup.prepare("cpu", torch.float16)
         assert model.vae.dtype == expected
         assert model.unet.dtype == torch.float16
+
+
+@pytest.mark.parametrize(
+    ("encoder", "zeroed", "pooled_zeroed"),
+    [("text_encoder", slice(0, 32), False), ("text_encoder_2", slice(32, 96), True)],
+)
+def test_one_encoders_dropout_zeroes_its_channels(encoder: str, zeroed: slice, pooled_zeroed: bool) -> None:
+    """OneTrainer drops one SDXL encoder by zeroing its output before the two are joined: CLIP-L's 768 channels,
+    or bigG's 1280 and its pooled vector; the other encoder's conditioning is untouched."""
+    setup = _setup(method="lora", lora={"rank": 2}, parts={encoder: {"dropout": 1.0}})
+    seen: dict[str, torch.Tensor] = {}
+    denoise = setup.hooks.denoise
+
+    def record(model: Any, noisy: Any, timesteps: Any, conditioning: Any, batch: Any) -> torch.Tensor:
+        seen.update(conditioning)
+        return denoise(model, noisy, timesteps, conditioning, batch)
+
+    setup.hooks.denoise = record  # type: ignore[method-assign]
+    setup.train()
+    encoded = _encode(setup.model, CAPTIONS)
+    sizes = {key: torch.tensor([[8, 8]] * 2) for key in ("original_size", "target_size")}
+    batch = {**encoded, "latents": torch.randn(2, 4, 8, 8), "crop_top_left": torch.zeros(2, 2), **sizes}
+    setup.predict(batch, torch.Generator().manual_seed(0))
+    kept = torch.ones(96, dtype=torch.bool)
+    kept[zeroed] = False
+    assert seen[TEXT_KEY][..., ~kept].abs().sum() == 0
+    assert torch.equal(seen[TEXT_KEY][..., kept], encoded[TEXT_KEY][..., kept])
+    assert bool(seen[POOLED_KEY].abs().sum() == 0) is pooled_zeroed
+    if not pooled_zeroed:
+        assert torch.equal(seen[POOLED_KEY], encoded[POOLED_KEY])

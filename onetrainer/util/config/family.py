@@ -197,16 +197,6 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
         for key in sorted(_used_keys(part) - allowed):
             what = _ROLE_KEYS.get(key, "parts that can train (not the VAE) take")
             problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} this key"))
-        if role is Role.TEXT_ENCODER and part.dropout > 0 and not spec.drops_text_encoders_alone:
-            problems.append(
-                ConfigProblem(
-                    f"parts.{name}.dropout",
-                    f"{spec.title} models condition on their text encoders' outputs mixed together, so one "
-                    "encoder's cannot be dropped alone; drop whole captions instead (the concepts' caption_dropout)",
-                    part.dropout,
-                    has_value=True,
-                )
-            )
         if config.method is TrainingMethod.EMBEDDING and part.train:
             problems.append(
                 ConfigProblem(

@@ -53,8 +53,8 @@ def map_data(config: View, out: Target) -> None:
     out.set("loss.masked.normalize_area", config["normalize_masked_area_loss"])
 
 
-def map_concepts(concepts: list[View], caption_dropout: float) -> list[dict[str, Any]]:
-    return [_concept(concept, caption_dropout) for concept in concepts]
+def map_concepts(concepts: list[View]) -> list[dict[str, Any]]:
+    return [_concept(concept) for concept in concepts]
 
 
 def concept_views(config: View, concepts: list[dict[str, Any]], prefix: str) -> list[View]:
@@ -62,7 +62,7 @@ def concept_views(config: View, concepts: list[dict[str, Any]], prefix: str) -> 
     return [View(item, defaults, config.ledger, f"{prefix}{index}.") for index, item in enumerate(concepts)]
 
 
-def _concept(concept: View, caption_dropout: float) -> dict[str, Any]:
+def _concept(concept: View) -> dict[str, Any]:
     mapped: dict[str, Any] = {"path": concept["path"]}
     if concept["name"]:
         mapped["name"] = concept["name"]
@@ -82,7 +82,7 @@ def _concept(concept: View, caption_dropout: float) -> dict[str, Any]:
         mapped["resolution"] = parse_resolution(image, "resolution_override")
     else:
         image.ignore("resolution_override", "enable_resolution_override is off")
-    mapped["caption"] = _caption(concept.child("text"), caption_dropout)
+    mapped["caption"] = _caption(concept.child("text"))
     mapped["image"] = _image(image)
     concept.skip("concept_stats")
     return mapped
@@ -123,7 +123,7 @@ def _bounded(view: View, key: str, largest: float) -> float:
     return value
 
 
-def _caption(text: View, caption_dropout: float) -> dict[str, Any]:
+def _caption(text: View) -> dict[str, Any]:
     source = text["prompt_source"]
     mapped: dict[str, Any] = {"source": CAPTION_SOURCES.get(source, "sidecar")}
     if source not in CAPTION_SOURCES:
@@ -136,7 +136,6 @@ def _caption(text: View, caption_dropout: float) -> dict[str, Any]:
     mapped["keep_tags"] = text["keep_tags_count"]
     mapped["shuffle_tags"] = text["enable_tag_shuffling"]
     mapped.update(_tag_dropout(text))
-    mapped["caption_dropout"] = caption_dropout
     mapped["random_capitalization"] = _capitalisation(text)
     return mapped
 

@@ -137,14 +137,12 @@ def batches_as_steps(view: View, key: str, batches: int, accumulation: int) -> i
     return steps
 
 
-def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float:
+def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> None:
     """Each part the family has: train, learning rate, stop point, layer skip, dropout; the rest refused.
 
-    OneTrainer drops each text encoder's output on its own (`dropout_probability` of a text encoder part):
-    our `parts.<encoder>.dropout` where the family can drop one encoder's conditioning alone. Elsewhere it
-    becomes caption dropout, which is returned (for the concepts).
+    OneTrainer zeroes each text encoder's output on its own (`dropout_probability` of a text encoder part), as
+    our `parts.<encoder>.dropout` does.
     """
-    dropouts: dict[str, float] = {}
     for name in part_names():
         if name not in spec.component_names:
             config.skip(name)
@@ -159,38 +157,13 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> float
         else:
             _trainable_part(part, out, name, role, method, config["gradient_accumulation_steps"])
         _common_part(part, spec, name)
-        if role is Role.TEXT_ENCODER and not left_out:
-            dropouts[name] = part["dropout_probability"]
+        if role is Role.TEXT_ENCODER and not left_out and part["dropout_probability"]:
+            out.set(f"parts.{name}.dropout", part["dropout_probability"])
     for key, name in LAYER_SKIP_KEYS.items():
         if name in spec.component_names and spec.component(name).role is Role.TEXT_ENCODER:
             out.set(f"parts.{name}.layer_skip", config[key])
         else:
             config.ignore(key, "the model has no such text encoder")
-    if spec.drops_text_encoders_alone:
-        for name, value in dropouts.items():
-            if value:
-                out.set(f"parts.{name}.dropout", value)
-        return 0.0
-    return _caption_dropout(config, spec, dropouts)
-
-
-def _caption_dropout(config: View, spec: FamilySpec, dropouts: dict[str, float]) -> float:
-    """The text encoders' dropout as caption dropout (an empty caption, for every encoder at once): they must
-    agree."""
-    values = sorted(set(dropouts.values()))
-    if len(values) > 1:
-        for name in dropouts:
-            config.child(name).unsupported(
-                "dropout_probability", "caption dropout is one probability for all text encoders"
-            )
-    elif values and values[0]:
-        for name in dropouts:
-            config.child(name).note(
-                "dropout_probability",
-                f"OneTrainer zeroes each text encoder's output on its own; {spec.title} models drop one encoder's "
-                "conditioning only with the others', so captions are dropped (emptied) at this rate",
-            )
-    return values[0] if values else 0.0
 
 
 def _vae_part(part: View, out: Target) -> None:

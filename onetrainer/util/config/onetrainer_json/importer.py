@@ -70,7 +70,7 @@ def import_onetrainer(path: Path) -> Imported:
     view = View(overlay(raw, ledger), train_defaults(), ledger)
     out = Target()
     spec, method = map_model(view, out)
-    caption_dropout = map_parts(view, out, spec, method)
+    map_parts(view, out, spec, method)
     map_options(view, out, spec)
     map_lora(view, out, spec, method)
     map_embeddings(view, out, method)
@@ -78,7 +78,7 @@ def import_onetrainer(path: Path) -> Imported:
     concepts, concepts_from = _objects(view, path, "concepts", "concept_file_name", "concept file")
     concept_list = overlay_concepts([migrate_concept(item) for item in concepts], "concepts.", ledger) or []
     concept_items = concept_views(view, concept_list, "concepts.")
-    out.set("data.concepts", map_concepts(concept_items, caption_dropout))
+    out.set("data.concepts", map_concepts(concept_items))
     optimizer = resolve_optimizer(raw, ledger)
     map_schedule(view, out, optimizer["optimizer"])
     map_optimizer(view, optimizer, out)
