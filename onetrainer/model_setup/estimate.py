@@ -27,7 +27,9 @@ The estimate adds up, each as a line of the report:
   `RUNTIME_OVERHEAD`.
 
 Not counted: the text encoders' activations while they train (77 tokens: small next to the
-denoiser's), previews (the sampler runs between steps, without gradients), the temporaries of a step
+denoiser's), previews (the sampler runs between steps, without gradients; a schedule-free optimizer's
+training weights, kept aside on the device meanwhile, take the place of the gradients, freed by then: it
+cannot run with the fused backward pass, which holds none), the temporaries of a step
 one tensor at a time (one tensor's worth). The gradients of a full fine-tune are added to the activations'
 peak, though they peak later in the step: the estimate is high there, and near on LoRA
 (tests/model_setup/test_estimate.py compares it with real steps of the tiny models). It is an estimate for
