@@ -105,3 +105,22 @@ def adamw_losses(latent_batch: Callable[[FamilySpec], dict[str, Any]]) -> Callab
         return losses
 
     return run
+
+
+@pytest.fixture(scope="session")
+def denoised_conditioning() -> Callable[[DiffusionSetup], dict[str, torch.Tensor]]:
+    """`denoised_conditioning(setup)`: a dict that fills, at each of the setup's denoiser calls, with the
+    conditioning the denoiser was given (after dropout)."""
+
+    def record(setup: DiffusionSetup) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        denoise = setup.hooks.denoise
+
+        def recorded(model: Any, noisy: Any, timesteps: Any, conditioning: Any, batch: Any) -> torch.Tensor:
+            seen.update(conditioning)
+            return denoise(model, noisy, timesteps, conditioning, batch)
+
+        setup.hooks.denoise = recorded  # type: ignore[method-assign]
+        return seen
+
+    return record

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,18 +169,13 @@ def test_t5_cannot_train_on_a_model_whose_source_holds_none() -> None:
     assert error.value.where == "parts.text_encoder_3.train"
 
 
-def test_dropout_zeroes_each_encoders_conditioning_on_its_own() -> None:
+def test_dropout_zeroes_each_encoders_conditioning_on_its_own(
+    denoised_conditioning: Callable[..., dict[str, torch.Tensor]],
+) -> None:
     """As the SD 3 paper trains: each encoder's conditioning is dropped independently (here T5 always, CLIP-L
     never), by zeroing that encoder's tensors before they are joined."""
     setup = _setup(method="lora", lora={"rank": 2}, parts={"text_encoder_3": {"dropout": 1.0}})
-    seen: dict[str, torch.Tensor] = {}
-    denoise = setup.hooks.denoise
-
-    def record(model: Any, noisy: Any, timesteps: Any, conditioning: Any, batch: Any) -> torch.Tensor:
-        seen.update(conditioning)
-        return denoise(model, noisy, timesteps, conditioning, batch)
-
-    setup.hooks.denoise = record  # type: ignore[method-assign]
+    seen = denoised_conditioning(setup)
     setup.train()
     batch = {"latents": _noisy(2), "captions": CAPTIONS}
     setup.predict(batch, torch.Generator().manual_seed(0))

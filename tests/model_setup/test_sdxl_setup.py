@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -153,18 +154,13 @@ def test_a_force_upcast_vae_is_not_stored_in_fp16_unless_asked() -> None:
     ("encoder", "zeroed", "pooled_zeroed"),
     [("text_encoder", slice(0, 32), False), ("text_encoder_2", slice(32, 96), True)],
 )
-def test_one_encoders_dropout_zeroes_its_channels(encoder: str, zeroed: slice, pooled_zeroed: bool) -> None:
+def test_one_encoders_dropout_zeroes_its_channels(
+    encoder: str, zeroed: slice, pooled_zeroed: bool, denoised_conditioning: Callable[..., dict[str, torch.Tensor]]
+) -> None:
     """OneTrainer drops one SDXL encoder by zeroing its output before the two are joined: CLIP-L's 768 channels,
     or bigG's 1280 and its pooled vector; the other encoder's conditioning is untouched."""
     setup = _setup(method="lora", lora={"rank": 2}, parts={encoder: {"dropout": 1.0}})
-    seen: dict[str, torch.Tensor] = {}
-    denoise = setup.hooks.denoise
-
-    def record(model: Any, noisy: Any, timesteps: Any, conditioning: Any, batch: Any) -> torch.Tensor:
-        seen.update(conditioning)
-        return denoise(model, noisy, timesteps, conditioning, batch)
-
-    setup.hooks.denoise = record  # type: ignore[method-assign]
+    seen = denoised_conditioning(setup)
     setup.train()
     encoded = _encode(setup.model, CAPTIONS)
     sizes = {key: torch.tensor([[8, 8]] * 2) for key in ("original_size", "target_size")}
