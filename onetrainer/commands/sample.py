@@ -99,7 +99,7 @@ def sample(
             min=1,
             max=12,
             help="Text-encoder layer, as A1111 counts: 1 = the model's own layer, 2 = one earlier "
-            "(every text encoder).",
+            "(every text encoder read at a hidden layer: not T5, nor FLUX.1's CLIP-L).",
         ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
@@ -127,6 +127,7 @@ def sample(
     """
     from onetrainer.model.adapters import add_embedding, merge_lora, read_embedding_file, read_lora_file
     from onetrainer.model_loader.family import size_step, source_model_type
+    from onetrainer.model_sampler.clip_skip import clip_skip_layers
     from onetrainer.model_sampler.png import GenerationInfo, output_paths, save_png
     from onetrainer.model_sampler.schedulers import check_scheduler
     from onetrainer.model_sampler.sizes import check_side
@@ -185,14 +186,7 @@ def sample(
         add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []
     )
-    for name in loaded.text_encoder_names():
-        layers = getattr(loaded.components[name].config, "num_hidden_layers", None)
-        if layers is not None and clip_skip > layers:
-            title = loaded.spec.component(name).title
-            raise UserError(
-                f"--clip-skip {clip_skip} skips more layers than the {title} has ({layers})", where="--clip-skip"
-            )
-    layer_skip = dict.fromkeys(loaded.text_encoder_names(), clip_skip - 1)
+    layer_skip = clip_skip_layers(loaded, clip_skip)
     sampler = lookup(ModuleKind.SAMPLER, family)(loaded, layer_skip=layer_skip)
     stderr.print(f"seed {first_seed}")
     with file_progress("sampling", unit="steps") as update:

@@ -183,6 +183,16 @@ class DataPlan:
                 return False
         return True
 
+    def largest_side(self) -> int:
+        """The longest side of any bucket a sample (validation ones too) can be drawn in, at any of its
+        concept's resolutions; 0 without samples."""
+        sides = [0]
+        for record in self.samples:
+            for target in targets_of(self.concepts[record.concept], self.resolution):
+                buckets = bucket_set(target, self.quantisation, self.bucketing)
+                sides.append(max(nearest_bucket(record.height, record.width, buckets)))
+        return max(sides)
+
     def bucket_counts(self, epoch: int = 0) -> Counter[Bucket]:
         return Counter(draw.bucket for draw in self.epoch_draws(epoch))
 

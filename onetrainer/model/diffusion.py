@@ -118,6 +118,14 @@ class DiffusionModel:
         return self.components[self.spec.denoiser.name]
 
     @property
+    def largest_side(self) -> int | None:
+        """The largest image side in pixels the denoiser takes, where its positional embedding is a fixed table
+        (SD 3's MMDiT: `pos_embed_max_size` patches a side, 3,072 px for the released models); None where any
+        size works."""
+        patches = self.denoiser.config.get("pos_embed_max_size")
+        return None if patches is None else int(patches) * self.spec.size_step
+
+    @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 

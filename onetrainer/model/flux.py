@@ -18,6 +18,7 @@ the same BFL module names (`lora_unet_double_blocks_0_img_attn_qkv`); A1111-styl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,7 +117,7 @@ COMPONENTS = (
         lora_presets=TRANSFORMER_PRESETS,
         blocks=TRANSFORMER_BLOCKS,
     ),
-    CLIP_L,
+    dataclasses.replace(CLIP_L, takes_layer_skip=False),  # (its pooled output only)
     Component(
         "text_encoder_2",
         Role.TEXT_ENCODER,
@@ -127,6 +128,7 @@ COMPONENTS = (
         embedding_aliases=T5_EMBEDDING_KEYS[1:],
         lora_presets=T5_PRESETS,
         lora_kohya_only="ComfyUI",
+        takes_layer_skip=False,
     ),
     Component("vae", Role.VAE, "VAE"),
 )

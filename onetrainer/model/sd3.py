@@ -133,6 +133,7 @@ COMPONENTS = (
         optional=True,
         lora_presets=T5_PRESETS,
         lora_kohya_only="ComfyUI",
+        takes_layer_skip=False,
     ),
     Component("vae", Role.VAE, "VAE"),
 )

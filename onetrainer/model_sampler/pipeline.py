@@ -186,8 +186,9 @@ class PipelineSampler:
         objective = self.model.spec.objective
         name = check_scheduler(scheduler or self.default_scheduler, objective)
         step = self.model.spec.size_step
-        width = check_side("width", width or self.default_size(), step)
-        height = check_side("height", height or self.default_size(), step)
+        limit = self.model.largest_side
+        width = check_side("width", width or self.default_size(), step, model_limit=limit)
+        height = check_side("height", height or self.default_size(), step, model_limit=limit)
         if steps < 1 or count < 1:
             raise UserError("steps and count must be at least 1")
         model = self.model

@@ -13,8 +13,15 @@ MAX_SIDE = 4096
 grow past what any machine here has, and these models draw repeated, broken compositions anyway."""
 
 
-def check_side(label: str, value: int, step: int, *, where: str | None = None) -> int:
-    """`value` if it is a drawable side for a model whose sizes are multiples of `step`; else a user error."""
+def check_side(label: str, value: int, step: int, *, where: str | None = None, model_limit: int | None = None) -> int:
+    """`value` if it is a drawable side for a model whose sizes are multiples of `step` (and at most
+    `model_limit`, the model's `largest_side`); else a user error."""
+    if model_limit is not None and value > model_limit:
+        raise UserError(
+            f"{label} {value} is larger than the {model_limit} px this model's positional embedding covers",
+            where=where,
+            hint=f"Draw at most {model_limit} px per side with this model.",
+        )
     if value > MAX_SIDE:
         raise UserError(
             f"{label} {value} is larger than the {MAX_SIDE} px this tool draws",

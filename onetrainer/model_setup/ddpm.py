@@ -151,7 +151,12 @@ class DdpmObjective:
     """Turns clean latents into a DDPM training example and weighs it, per the `noise` and `loss` sections."""
 
     def __init__(
-        self, noise: NoiseConfig, loss: LossConfig, alphas_cumprod: torch.Tensor, prediction_type: str
+        self,
+        noise: NoiseConfig,
+        loss: LossConfig,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: str,
+        device: torch.device | None = None,
     ) -> None:
         import torch
 
@@ -165,12 +170,18 @@ class DdpmObjective:
         self.prediction_type = prediction_type
         self.alphas_cumprod = schedule.to(torch.float32)
         self._on_device: dict[torch.device, torch.Tensor] = {}
+        if device is not None:
+            self.schedule_on(device)
 
     def schedule_on(self, device: torch.device) -> torch.Tensor:
-        """`alphas_cumprod` on `device`, copied once: a copy per step would make the host wait for the device."""
-        if device not in self._on_device:
-            self._on_device[device] = self.alphas_cumprod.to(device)
-        return self._on_device[device]
+        """`alphas_cumprod` on `device`, copied once, when the objective is built for the training device: a
+        copy from pageable memory makes the host wait for the device, so none may happen inside a step. Kept
+        under the device asked for and the copy's own (`cuda` is `cuda:0` once on it)."""
+        cached = self._on_device.get(device)
+        if cached is None:
+            cached = self.alphas_cumprod.to(device)
+            self._on_device[device] = self._on_device[cached.device] = cached
+        return cached
 
     @property
     def num_timesteps(self) -> int:

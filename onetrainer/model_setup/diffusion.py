@@ -91,8 +91,10 @@ class DiffusionSetup:
             from onetrainer.model_setup.ddpm import zero_terminal_snr_scheduler
 
             model.noise_scheduler = zero_terminal_snr_scheduler(model.noise_scheduler)
-        self.objective = build_objective(self.spec.objective, config, model.noise_scheduler, model.prediction_type)
         self.device = torch.device(device)
+        self.objective = build_objective(
+            self.spec.objective, config, model.noise_scheduler, model.prediction_type, self.device
+        )
         self.policy = placement_policy(model, config, self.device, dtype, full_parts=self._fully_trained())
         apply_storage(model, self.policy)
 
@@ -112,9 +114,11 @@ class DiffusionSetup:
             )
 
         for name in model.text_encoder_names():
-            if not self._backpropagates(name):
+            if config.data.cache and not self._backpropagates(name):
                 # Frozen text encoders serve the cache (and previews): their conditioner moves them to the
                 # device for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB).
+                # Uncached, they run in every step: they stay on the device, where the first step would
+                # otherwise wait for their copy.
                 self.policy[name] = dataclasses.replace(self.policy[name], device=torch.device("cpu"))
         if config.training.channels_last:
             use_channels_last(model.denoiser)

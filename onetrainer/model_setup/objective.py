@@ -41,13 +41,18 @@ class TrainingObjective(Protocol):
 
 
 def build_objective(
-    objective: Objective, config: TrainConfig, scheduler: Any, prediction_type: str | None
+    objective: Objective,
+    config: TrainConfig,
+    scheduler: Any,
+    prediction_type: str | None,
+    device: torch.device | None = None,
 ) -> TrainingObjective:
-    """The objective of a family, set up from the run config and the model's own noise schedule."""
+    """The objective of a family, set up from the run config and the model's own noise schedule, with what it
+    keeps on the training `device` put there now."""
     if objective is Objective.FLOW_MATCHING:
         from onetrainer.model_setup.flow_matching import FlowMatchingObjective
 
         return FlowMatchingObjective(config.noise, config.loss, dict(scheduler.config))
     from onetrainer.model_setup.ddpm import DdpmObjective
 
-    return DdpmObjective(config.noise, config.loss, scheduler.alphas_cumprod, prediction_type or "epsilon")
+    return DdpmObjective(config.noise, config.loss, scheduler.alphas_cumprod, prediction_type or "epsilon", device)

@@ -20,6 +20,7 @@ from onetrainer.trainer.precision import torch_dtype
 from onetrainer.trainer.session import ProgressCallback
 from onetrainer.trainer.workspace import Workspace
 from onetrainer.util.config.schema import TrainConfig
+from onetrainer.util.errors import UserError
 from onetrainer.util.family import get_family
 from onetrainer.util.registry import ModuleKind, lookup
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from onetrainer.data_loader.loader import DataLoader
     from onetrainer.model.contracts import ModelLoader, SamplerFactory, Saver, SetupFactory, TrainingSetup
+    from onetrainer.model.diffusion import DiffusionModel
 
 
 def loader_events(progress: ProgressCallback) -> Any:
@@ -71,6 +73,20 @@ def warn_cut_captions(data: DataLoader, setup: TrainingSetup, progress: Progress
     progress({"event": "warning", "stage": "captions", "message": message})
 
 
+def check_largest_side(model: DiffusionModel, side: int) -> None:
+    """A denoiser with a fixed positional table (SD 3) cannot take a bucket larger than it covers: refused
+    before the cache fills, not at that bucket's first step."""
+    limit = model.largest_side
+    if limit is not None and side > limit:
+        raise UserError(
+            f"the data's buckets reach {side} px a side, more than the {limit} px this model's positional "
+            "embedding covers",
+            where="data.resolution",
+            hint="Lower data.resolution (with bucketing, a 1:4 bucket's long side is about twice it) or set "
+            "data.bucketing: false.",
+        )
+
+
 def build_parts(
     config: TrainConfig,
     *,
@@ -103,6 +119,7 @@ def build_parts(
         loader: ModelLoader = lookup(ModuleKind.LOADER, model_type)()
         model = loader.load(config.model, device="cpu", quantise=quantised_parts(config, quantise_on=str(device)))
         make_setup: SetupFactory = lookup(ModuleKind.SETUP, model_type)
+        check_largest_side(model, data.plan.largest_side())
         setup = make_setup(model, config)
         setup.prepare(device, torch_dtype(config.model.dtype))
         data.use_encoders(setup.image_encoder(), setup.text_encoder())

@@ -78,6 +78,9 @@ class Component:
     never written."""
     optional: bool = False
     """The pipeline runs without it (SD 3's T5)."""
+    takes_layer_skip: bool = True
+    """Text encoders: the conditioning reads one of its hidden layers, which `layer_skip` (A1111's clip skip)
+    moves back; False where the model reads only its last layer or its pooled output (T5, FLUX.1's CLIP-L)."""
     pad_token: str | None = None
     """Text encoders trained with another pad token than their tokenizer's end-of-text (OpenCLIP's "!"): a
     tokenizer found outside the model's own tokenizer folder is given it, since padding positions are

@@ -298,3 +298,30 @@ def test_a_model_type_without_a_sampler_is_refused_with_those_that_have_one(
     assert "sdxl" not in usable
     assert {"sd15", "sd2"} <= set(usable)
     assert f"This command supports: {', '.join(usable)}." in said(result)
+
+
+def test_clip_skip_applies_to_the_encoders_read_at_a_hidden_layer(tmp_path: Path) -> None:
+    """SD 3's CLIP encoders take it and T5 keeps its last layer (as diffusers' `clip_skip`); FLUX.1 reads no
+    hidden layer, which `--clip-skip` is told."""
+    from onetrainer.model_loader.pipeline import load_model
+    from onetrainer.model_sampler.clip_skip import clip_skip_layers
+
+    sd3 = load_model("tiny:sd35-medium")
+    assert clip_skip_layers(sd3, 2) == {"text_encoder": 1, "text_encoder_2": 1}
+    assert clip_skip_layers(sd3, 1) == {"text_encoder": 0, "text_encoder_2": 0}
+    size = ("--width", "32", "--height", "32")
+    result = sample("tiny:sd35-medium", "-p", "x", "--steps", "2", *size, "-o", tmp_path / "sd3", "--clip-skip", "2")
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "sd3").glob("*.png"))
+    flux = sample("tiny:flux-dev", "-p", "x", "--steps", "2", "-o", tmp_path / "flux", "--clip-skip", "2")
+    assert flux.exit_code == 2, flux.output
+    assert "clip skip does not apply" in said(flux)
+    assert "--clip-skip" in said(flux)
+
+
+def test_a_side_beyond_the_positional_embedding_is_refused_by_name(tmp_path: Path) -> None:
+    """SD 3's MMDiT has a fixed positional table (`pos_embed_max_size` patches a side: 3,072 px for the released
+    models, 256 px for the tiny one); a larger side is a user error, not diffusers' ValueError."""
+    result = sample("tiny:sd35-medium", "-p", "x", "--steps", "1", "--width", "272", "-o", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "width 272 is larger than the 256 px this model's positional embedding covers" in said(result)

@@ -309,3 +309,27 @@ def test_a_folder_converts_to_a_checkpoint_with_t5s_embedding_under_both_names(
     prefix = "text_encoders.t5xxl.transformer."
     assert torch.equal(written[f"{prefix}encoder.embed_tokens.weight"], written[f"{prefix}shared.weight"])
     assert torch.equal(written[f"{prefix}shared.weight"], folder_t5["shared.weight"])
+
+
+def test_buckets_beyond_the_positional_embedding_are_refused_before_the_cache_fills(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any]
+) -> None:
+    """The tiny MMDiT covers 256 px a side (the released ones 3,072): at resolution 240 a square image fits,
+    but a 1:2 image's bucket has a 336 px side. Refused by name before anything is encoded."""
+    square_root, wide_root = tmp_path / "square", tmp_path / "wide"
+    square_root.mkdir()
+    wide_root.mkdir()
+    config = write_run_config(square_root, shapes_dataset_dir, _model("sd35-medium"), "lora", "lora.safetensors")
+    square = cli("train", config, "data.resolution=240", "data.bucketing=false", "--cache-only")
+    assert square.exit_code == 0, square.output
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (200, 100), "red").save(images / "a.png")
+    (images / "a.txt").write_text("a red rectangle")
+    config = write_run_config(wide_root, images, _model("sd35-medium"), "lora", "lora.safetensors")
+    result = cli("train", config, "data.resolution=240", "--cache-only")
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "the data's buckets reach 336 px a side, more than the 256 px this model's positional embedding" in said
+    assert "data.resolution" in said
+    assert not list(wide_root.rglob("*.safetensors")), "nothing was encoded"

@@ -186,7 +186,8 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
                 )
             )
             continue
-        role = spec.component(name).role
+        component = spec.component(name)
+        role = component.role
         allowed = set(PartConfig.model_fields) - set(TEXT_ENCODER_KEYS) - set(DENOISER_KEYS)
         if role is Role.TEXT_ENCODER:
             allowed |= set(TEXT_ENCODER_KEYS)
@@ -197,6 +198,16 @@ def _part_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]
         for key in sorted(_used_keys(part) - allowed):
             what = _ROLE_KEYS.get(key, "parts that can train (not the VAE) take")
             problems.append(ConfigProblem(f"parts.{name}.{key}", f"only {what} this key"))
+        if role is Role.TEXT_ENCODER and part.layer_skip and not component.takes_layer_skip:
+            problems.append(
+                ConfigProblem(
+                    f"parts.{name}.layer_skip",
+                    f"{spec.title} models read only the {component.title}'s last layer or pooled output, so no "
+                    "layer can be skipped: leave it at 0",
+                    part.layer_skip,
+                    has_value=True,
+                )
+            )
         if config.method is TrainingMethod.EMBEDDING and part.train:
             problems.append(
                 ConfigProblem(

@@ -236,3 +236,22 @@ def test_part_and_embedding_learning_rates_become_the_optimizer_groups() -> None
 def test_each_text_encoders_dropout_is_taken(family: str, encoder: str) -> None:
     config = TrainConfig(model={"type": family, "base": f"tiny:{family}"}, parts={encoder: {"dropout": 0.2}})
     assert config.parts[encoder].dropout == 0.2
+
+
+@pytest.mark.parametrize(
+    ("family", "encoder", "title"),
+    [
+        ("sd35-large", "text_encoder_3", "T5-XXL"),
+        ("flux-dev", "text_encoder", "CLIP ViT-L"),
+        ("flux-dev", "text_encoder_2", "T5-XXL"),
+    ],
+)
+def test_layer_skip_is_refused_before_loading_where_the_model_reads_no_hidden_layer(
+    family: str, encoder: str, title: str
+) -> None:
+    problems = _problems(model={"type": family, "base": f"tiny:{family}"}, parts={encoder: {"layer_skip": 1}})
+    assert f"read only the {title}" in problems[f"parts.{encoder}.layer_skip"]
+    taken = TrainConfig(
+        model={"type": "sd35-large", "base": "tiny:sd35-large"}, parts={"text_encoder": {"layer_skip": 1}}
+    )
+    assert taken.parts["text_encoder"].layer_skip == 1
