@@ -99,7 +99,15 @@ def convert(
     ):
         stderr.print(f"input: {source.detection.description}")
         with per_file_progress("tensors") as update:
-            used, path = write_conversion(source, output, to=fmt, dtype=cast, overwrite=overwrite, progress=update)
+            used, path = write_conversion(
+                source,
+                output,
+                to=fmt,
+                dtype=cast,
+                overwrite=overwrite,
+                progress=update,
+                reads=[input, *([config] if config else [])],
+            )
         for message in lora_warnings(source, used):
             stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
     stdout.print(f"wrote {path} ({used.value})")

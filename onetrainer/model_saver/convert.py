@@ -7,7 +7,7 @@ tensor from input to output, so a checkpoint is never held twice in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,15 +55,18 @@ def write_conversion(
     dtype: SaveDtype | str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    reads: Sequence[str | Path] = (),
 ) -> tuple[SaveFormat, Path]:
     """Check the request, then write; returns the format used and the output path.
 
     `dtype=None` keeps each tensor's dtype. The input's own header metadata is carried over, with our
-    ModelSpec / `ss_*` keys written over it.
+    ModelSpec / `ss_*` keys written over it. `reads` are the local paths the conversion reads (input,
+    `--config`): the output may not replace them.
     """
     output = Path(output).expanduser()
     fmt = resolve_format(to, source.kind, output)
-    check_output(output, fmt, source.kind, overwrite=overwrite)
+    keep = {f"{path}, which it converts from": Path(path) for path in reads if Path(path).expanduser().exists()}
+    check_output(output, fmt, source.kind, overwrite=overwrite, keep=keep)
     cast = save_dtype(dtype)
     inherited = {k: v for k, v in source.metadata.items() if k != DIFFUSERS_METADATA_KEY}
     with write_errors(output):

@@ -9,7 +9,7 @@ loaded or written.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,19 +88,36 @@ def is_folder_format(fmt: SaveFormat, kind: str) -> bool:
     return kind == MODEL and fmt is SaveFormat.DIFFUSERS
 
 
-def check_output(output: Path, fmt: SaveFormat, kind: str, *, overwrite: bool) -> None:
-    """Refuse an existing output (unless `overwrite`) and a path that does not suit the format."""
+WEIGHT_FILE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".onnx"})
+"""Endings of weight files other tools write: a folder output with one is a file name mistaken, not a folder."""
+
+
+def check_output(
+    output: Path, fmt: SaveFormat, kind: str, *, overwrite: bool, keep: Mapping[str, Path] | None = None
+) -> None:
+    """Refuse an existing output (unless `overwrite`), a path that does not suit the format, and a replacement
+    that would lose files: a folder that is not a diffusers model, or one of `keep` (what each path is, named
+    with it -> the path: the input of a conversion, a run's base model, data and workspace) at or inside the
+    output."""
     folder = is_folder_format(fmt, kind)
     if folder and output.suffix.lower() == ".safetensors":
         raise UserError(
             f"a diffusers model is a folder, but the output {output.name} looks like a file",
             hint="Name a folder, or use --to single-file for one .safetensors file.",
         )
+    if folder and output.suffix.lower() in WEIGHT_FILE_SUFFIXES:
+        raise UserError(
+            f"a full model is written as a diffusers folder or one .safetensors file, not as {output.suffix} "
+            f"({output.name} would be a folder)",
+            hint=f"Use e.g. {output.with_suffix('.safetensors').name} for one file, or a name without an ending for "
+            "a folder.",
+        )
     if not folder and output.suffix.lower() != ".safetensors":
         raise UserError(
             f"{fmt.value} output is a .safetensors file; {output.name} does not end in .safetensors",
             hint=f"Use e.g. {output.with_suffix('.safetensors').name}.",
         )
+    _check_keeps(output, keep or {})
     if output.exists():
         if not overwrite:
             raise UserError(f"the output already exists: {output}", hint="Choose another path, or pass --overwrite.")
@@ -109,6 +126,20 @@ def check_output(output: Path, fmt: SaveFormat, kind: str, *, overwrite: bool) -
                 f"the output {output} exists as a {'folder' if output.is_dir() else 'file'}; refusing to replace it "
                 f"with a {'folder' if folder else 'file'}",
             )
+        if folder and any(output.iterdir()) and not (output / "model_index.json").is_file():
+            raise UserError(
+                f"the output {output} is a folder that is not a diffusers model (it has no model_index.json); "
+                "replacing it would delete what it holds",
+                hint="Choose a new folder, or an existing diffusers model folder to replace.",
+            )
+
+
+def _check_keeps(output: Path, keep: Mapping[str, Path]) -> None:
+    target = output.expanduser().resolve()
+    for what, path in keep.items():
+        kept = path.expanduser().resolve()
+        if kept == target or target in kept.parents:
+            raise UserError(f"the output {output} would replace {what}", hint="Write the output somewhere else.")
 
 
 @contextlib.contextmanager

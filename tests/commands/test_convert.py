@@ -125,6 +125,26 @@ def test_existing_output_needs_overwrite(sd15_file: Path, tmp_path: Path) -> Non
     assert convert(sd15_file, output, "--overwrite").exit_code == 0
 
 
+def test_overwrite_never_replaces_the_input_or_a_folder_of_other_files(sd15_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    inside = folder / "model.safetensors"
+    inside.write_bytes(sd15_file.read_bytes())
+    (folder / "notes.txt").write_text("mine")
+    result = convert(inside, folder, "--to", "diffusers", "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "which it converts from" in said(result)
+    result = convert(sd15_file, folder, "--to", "diffusers", "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "not a diffusers model" in said(result)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert inside.read_bytes() == sd15_file.read_bytes()
+    result = convert(sd15_file, tmp_path / "model.ckpt")
+    assert result.exit_code == 2, result.output
+    assert "not as .ckpt" in said(result)
+    assert not (tmp_path / "model.ckpt").exists()
+
+
 @pytest.mark.parametrize(
     ("to", "message"), [("diffusers", "use --to peft"), ("single-file", "not a full model"), ("a1111", "not a format")]
 )

@@ -69,3 +69,37 @@ def test_output_checks(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(UserError, match="refusing to replace it"):
         check_output(folder, SaveFormat.SINGLE_FILE, MODEL, overwrite=True)
+
+
+def test_a_folder_output_replaces_only_a_diffusers_model_or_an_empty_folder(tmp_path: Path) -> None:
+    """Replacing a folder deletes what it holds: only a diffusers model (or nothing) may be replaced."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a diffusers model") as error:
+        check_output(notes, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
+    assert "model_index.json" in error.value.message
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_output(empty, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
+    with pytest.raises(UserError, match=r"not as \.ckpt"):
+        check_output(tmp_path / "model.ckpt", SaveFormat.DIFFUSERS, MODEL, overwrite=False)
+
+
+def test_an_output_at_or_around_what_is_kept_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    inside = model / "unet" / "weights.safetensors"
+    with pytest.raises(UserError, match="would replace the input"):
+        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, keep={"the input": inside})
+    with pytest.raises(UserError, match="would replace the input"):
+        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, keep={"the input": model})
+    single = tmp_path / "base.safetensors"
+    with pytest.raises(UserError, match="would replace the base"):
+        check_output(single, SaveFormat.SINGLE_FILE, MODEL, overwrite=True, keep={"the base": single})
+    check_output(tmp_path / "other.safetensors", SaveFormat.SINGLE_FILE, MODEL, overwrite=True, keep={"x": single})

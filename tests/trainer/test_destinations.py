@@ -59,6 +59,38 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(
     assert "saving.format" in error.value.hint
 
 
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("data", "would replace the images of data.concepts.0"),
+        ("workspace", "would replace the workspace"),
+        ("base", "would replace the model model.base names"),
+        ("notes", "not a diffusers model"),
+    ],
+)
+def test_a_full_model_output_that_would_delete_files_is_refused_before_loading(
+    tmp_path: Path, toy_config: ToyConfig, output: str, says: str
+) -> None:
+    """A full fine-tune saved as a folder replaces the folder at every save: never the data, the workspace, the
+    base model or a folder of other files."""
+    for name in ("data", "workspace", "base", "notes"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text("mine")
+    (tmp_path / "base" / "model_index.json").write_text("{}")
+    config = toy_config(
+        tmp_path,
+        "method=full",
+        f"model.base={tmp_path / 'base'}",
+        f"data.concepts.0.path={tmp_path / 'data'}",
+        f"saving.output={tmp_path / output}",
+    )
+    with pytest.raises(UserError) as error:
+        train(config, build=_never_built)
+    assert error.value.where == "saving.output"
+    assert says in error.value.message
+    assert all((tmp_path / name / "keep.txt").read_text() == "mine" for name in ("data", "workspace", "base", "notes"))
+
+
 @pytest.mark.parametrize("key", ["workspace", "saving.output", "data.cache_dir"])
 def test_an_unwritable_folder_is_refused_before_loading(
     tmp_path: Path, toy_config: ToyConfig, monkeypatch: pytest.MonkeyPatch, key: str
