@@ -193,19 +193,22 @@ class CacheFiller:
 
         identity = encoder.identity()
         missing: dict[str, tuple[str, Draw]] = {}
+        empty: set[str] = set()
         for draw in text_slots(self.plan):
             sample = self.plan.samples[draw.sample]
             if skip(sample.id):
                 continue
-            caption = self.pipeline.caption(draw)
-            key = text_key(encoder=identity, caption=caption)
-            if key in missing:
-                continue
-            if self.store.has("text", key):
-                self.store.remember("text", key, source=sample.path, content="")
-                stats.texts_found += 1
-            else:
-                missing[key] = (caption, draw)
+            for caption in self.pipeline.cached_captions(draw):
+                key = text_key(encoder=identity, caption=caption)
+                if key in missing or key in empty:
+                    continue
+                if not caption:
+                    empty.add(key)  # (the empty caption many images share: counted once)
+                if self.store.has("text", key):
+                    self.store.remember("text", key, source=sample.path, content="")
+                    stats.texts_found += 1
+                else:
+                    missing[key] = (caption, draw)
         if not missing:
             return
         chunks = _chunks(list(missing.items()), self.batch)

@@ -91,6 +91,24 @@ def _warn_unused_mask_augmentation(scans: list[ConceptScan], progress: ProgressC
             progress(LoaderEvent("warning", "config", message=message))
 
 
+TEXT_AUGMENTATIONS = ("shuffle_tags", "tag_dropout", "random_capitalization")
+"""The `caption.*` settings that draw something per caption variant."""
+
+
+def _warn_fixed_text_augmentation(scans: list[ConceptScan], progress: ProgressCallback) -> None:
+    """With the text cache, a caption's augmentations are drawn once per cached variant (`text_variations`),
+    as in OneTrainer; kohya refuses them there. Said, so a user who expects a new draw every epoch knows."""
+    for scan in scans:
+        caption = scan.config.caption
+        names = [f"caption.{name}" for name in TEXT_AUGMENTATIONS if getattr(caption, name)]
+        if scan.config.enabled and names and scan.config.text_variations == 1:
+            message = (
+                f"concept '{scan.label}': with cached text encoder outputs, {' and '.join(names)} are drawn once "
+                "per image and kept for every epoch; raise text_variations to cache more variants (used in turn)"
+            )
+            progress(LoaderEvent("warning", "config", message=message))
+
+
 def _workers(config: TrainConfig, workers: int | None) -> int:
     return config.data.workers if workers is None else workers
 
@@ -168,6 +186,8 @@ class DataLoader:
         self.text_encoder = text_encoder
         self._index = None
         self._rebuild()
+        if self.pipeline.text_cached:
+            _warn_fixed_text_augmentation(self.scans, self.progress)
 
     def captions(self) -> dict[str, Path]:
         """Each distinct caption the text encoder will see (as cached: one per text variation), with
@@ -175,7 +195,8 @@ class DataLoader:
         """
         found: dict[str, Path] = {}
         for draw in text_slots(self.plan):
-            found.setdefault(self.pipeline.caption(draw), self.plan.samples[draw.sample].path)
+            for caption in self.pipeline.cached_captions(draw):
+                found.setdefault(caption, self.plan.samples[draw.sample].path)
         return found
 
     def describe(self) -> str:

@@ -68,16 +68,11 @@ def _shuffle_tags(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
     return {"caption.shuffled": joiner.join(tags[:keep_count] + tail)}
 
 
-def _caption_dropout(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
-    dropped = view.rng().random() < float(view.setting("caption.caption_dropout"))
-    return {"caption.kept": "" if dropped else values["caption.shuffled"]}
-
-
 _STYLES = (str.lower, str.upper, str.title, lambda text: text[:1].upper() + text[1:].lower())
 
 
 def _capitalize(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
-    caption = values["caption.kept"]
+    caption = values["caption.shuffled"]
     rng = view.rng()
     if rng.random() < float(view.setting("caption.random_capitalization")):
         caption = rng.choice(_STYLES)(caption)
@@ -115,8 +110,5 @@ def text_nodes() -> list[Node]:
             _shuffle_tags,
             (*tag_settings, "caption.shuffle_tags"),
         ),
-        Node(
-            "caption_dropout", ("caption.shuffled",), ("caption.kept",), _caption_dropout, ("caption.caption_dropout",)
-        ),
-        Node("capitalize", ("caption.kept",), ("caption",), _capitalize, ("caption.random_capitalization",)),
+        Node("capitalize", ("caption.shuffled",), ("caption",), _capitalize, ("caption.random_capitalization",)),
     ]

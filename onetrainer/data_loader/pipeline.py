@@ -4,7 +4,8 @@ Two graphs: the image graph (decode, crop, augment) keyed by the image variation
 (caption source and augmentation) keyed by the text variation. Which variation a use gets depends on
 caching: a cached part has `image_variations` / `text_variations` fixed variants, used in turn across
 passes (slot = pass % variations); an uncached part is augmented afresh for every pass and every
-padding copy, so repeats of an image in one epoch always differ.
+padding copy, so repeats of an image in one epoch always differ. Caption dropout is the exception: it is
+drawn for every use either way (the cache holds the empty caption's encoding beside the others).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from onetrainer.data_loader.graph import Graph, Node, SampleContext
 from onetrainer.data_loader.nodes_image import IMAGE_SOURCES, image_nodes
 from onetrainer.data_loader.nodes_text import TEXT_SOURCES, text_nodes
 from onetrainer.data_loader.plan import DataPlan, Draw
-from onetrainer.util.config.data import ConceptConfig
+from onetrainer.data_loader.rng import keyed_random
+from onetrainer.util.config.data import ConceptConfig, ConceptType
 
 GEOMETRY_OUTPUTS = ("original_size", "crop_top_left")
 """The size conditioning of a sample's use, known from header sizes alone: the source size, and the crop
@@ -121,6 +123,32 @@ class SamplePipeline:
         return dict(result)
 
     def caption(self, draw: Draw) -> str:
+        """The caption of this use: its text variation's, or empty where caption dropout drops it."""
+        return "" if self.drops_caption(draw) else self._variation_caption(draw)
+
+    def cached_captions(self, draw: Draw) -> list[str]:
+        """The captions a text cache needs for this draw's variation: its caption, and the empty one where
+        the concept drops captions."""
+        caption = self._variation_caption(draw)
+        return [caption, ""] if self._dropout_rate(draw) and caption else [caption]
+
+    def drops_caption(self, draw: Draw) -> bool:
+        """Caption dropout, drawn afresh for every use of a sample (pass and padding copy), cached or not: drawn
+        with the cached variation instead, it would leave the same images uncaptioned in every epoch."""
+        rate = self._dropout_rate(draw)
+        if not rate:
+            return False
+        sample = self.plan.samples[draw.sample]
+        concept = self.plan.concepts[sample.concept]
+        use = (self.plan.seed, concept.seed, "caption_dropout", draw.pass_index, draw.copy, sample.id)
+        return keyed_random(*use).random() < rate
+
+    def _dropout_rate(self, draw: Draw) -> float:
+        """The concept's caption dropout; none for validation samples, whose loss compares runs."""
+        concept = self.plan.concepts[self.plan.samples[draw.sample].concept]
+        return 0.0 if concept.type is ConceptType.VALIDATION else float(concept.caption.caption_dropout)
+
+    def _variation_caption(self, draw: Draw) -> str:
         key = ("caption", draw.sample, *self.text_variation(draw))
         caption = self._memo.get(key) if self.text_cached else None
         if caption is None:

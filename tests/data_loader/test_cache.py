@@ -331,3 +331,52 @@ def test_entries_another_live_run_uses_are_not_pruned(make_config, image_copy: P
     assert stats.pruned == 1
     assert not (leases / f"{gone}.json").exists()
     assert list(leases.glob("*.json")) == [], "each run's own lease goes when it closes"
+
+
+def test_caption_dropout_is_drawn_for_every_use_with_the_text_cache(make_config, image_copy: Path) -> None:
+    """Drawn with the cached text variation, caption dropout would leave the same images uncaptioned in every
+    epoch (and the others never): it is drawn per use, and the cache holds the empty caption once."""
+    config = make_config(concepts=[{"path": image_copy, "caption": {"caption_dropout": 0.5}}])
+    stats, _, _ = _fill(config)
+    assert stats.texts_encoded == 8 + 1, "each image's caption, and the empty one"
+    with build_data_loader(config, image_encoder=TinyImageEncoder(), text_encoder=TinyTextEncoder()) as loader:
+        loader.fill_cache()
+        epochs = [
+            {
+                sid: caption
+                for batch in loader.batches(epoch)
+                for sid, caption in zip(batch["sample_ids"], batch["captions"], strict=True)
+            }
+            for epoch in range(8)
+        ]
+    dropped = {sid: [epoch[sid] == "" for epoch in epochs] for sid in epochs[0]}
+    assert 0.3 < sum(map(sum, dropped.values())) / (8 * len(dropped)) < 0.7
+    varying = sum(0 < sum(uses) < 8 for uses in dropped.values())
+    assert varying >= len(dropped) - 1, "an image is dropped in some epochs, not in all or none"
+    again, _, _ = _fill(config)
+    assert again.texts_encoded == 0
+
+
+def test_validation_samples_keep_their_captions(make_config, image_copy: Path) -> None:
+    concept = {"path": image_copy, "type": "validation", "caption": {"caption_dropout": 1.0}}
+    train = {"path": image_copy, "caption": {"caption_dropout": 1.0}}
+    with build_data_loader(make_config(concepts=[train, concept])) as loader:
+        assert all(caption for batch in loader.validation_batches() for caption in batch["captions"])
+        assert not any(caption for batch in loader.batches(0) for caption in batch["captions"])
+
+
+def test_caption_augmentation_fixed_by_the_text_cache_is_warned_about(make_config, image_copy: Path) -> None:
+    events: list[Any] = []
+    shuffled = {"path": image_copy, "caption": {"shuffle_tags": True}}
+    with build_data_loader(make_config(concepts=[shuffled]), progress=events.append) as loader:
+        loader.use_encoders(TinyImageEncoder(), TinyTextEncoder())
+        cached = [e.message for e in events if e.kind == "warning"]
+        loader.use_encoders(TinyImageEncoder(), None)  # (a trained text encoder: no text cache, no warning)
+    assert [e.message for e in events if e.kind == "warning"] == cached
+    assert len(cached) == 1
+    assert "caption.shuffle_tags are drawn once per image" in cached[0]
+    varied = {**shuffled, "text_variations": 4}
+    events.clear()
+    with build_data_loader(make_config(concepts=[varied]), progress=events.append) as loader:
+        loader.use_encoders(TinyImageEncoder(), TinyTextEncoder())
+    assert not [e for e in events if e.kind == "warning"]

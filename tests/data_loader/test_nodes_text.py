@@ -78,12 +78,6 @@ def test_tag_dropout_probability_is_partial(tmp_path: Path) -> None:
     assert 2 < sum(counts) / len(counts) < 5
 
 
-def test_caption_dropout(tmp_path: Path) -> None:
-    assert _caption(tmp_path, caption_dropout=1.0) == ""
-    dropped = sum(_caption(tmp_path, variation=v, caption_dropout=0.3) == "" for v in range(100))
-    assert 15 <= dropped <= 45
-
-
 def test_capitalisation_styles(tmp_path: Path) -> None:
     styles = {_caption(tmp_path, "a Big cat", variation=v, random_capitalization=1.0) for v in range(40)}
     assert styles == {"a big cat", "A BIG CAT", "A Big Cat", "A big cat"}
