@@ -1,12 +1,13 @@
 """Training backups (`backups/step-NNNNNNNN/`) and whole run workspaces.
 
 A backup is described from its `meta.json`, its `config.yaml` and its weights file's header; the
-optimizer state (`state.pt`) is a pickle and is only sized, never opened.
+optimizer state (`state.pt`) is a pickle and is only sized, never opened. A backup whose `meta.json` is
+damaged is named as damaged, with why, never left out: a workspace that seems to hold none invites a new
+run into it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,27 @@ import yaml
 from onetrainer.inspection.metadata import config_summary
 from onetrainer.inspection.result import Inspection, human_bytes, human_count
 from onetrainer.inspection.tensors import describe_group, read_index
-from onetrainer.trainer.backup import BACKUP_FORMAT, CONFIG_FILE, META_FILE, STATE_FILE, WEIGHTS_FILE, list_backups
+from onetrainer.trainer.backup import (
+    BACKUP_FORMAT,
+    CONFIG_FILE,
+    META_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    damaged_backup,
+    damaged_backups,
+    list_backups,
+    looks_like_backup,
+    read_meta,
+)
 
 
 def backup_meta(path: Path) -> dict[str, Any] | None:
-    """The backup's meta.json when `path` is a complete backup of the format we write, else None."""
-    try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("format") == BACKUP_FORMAT else None
+    """The backup's meta.json when `path` is a complete backup of the format we write, else None; a user error
+    naming the damage when `path` has a `meta.json` that is unusable."""
+    meta, problem = read_meta(path)
+    if meta is None and (path / META_FILE).exists() and looks_like_backup(path):
+        raise damaged_backup(path, str(problem))
+    return meta
 
 
 def is_workspace(path: Path) -> bool:
@@ -76,15 +88,19 @@ def inspect_workspace(path: Path) -> Inspection:
     for backup in list_backups(path / "backups"):
         meta = backup_meta(backup) or {}
         backups.append({"name": backup.name, "step": meta.get("step"), "epoch": meta.get("epoch")})
+    damaged = [{"name": backup.name, "problem": why} for backup, why in damaged_backups(path / "backups")]
     saves = path / "saves"
     details: dict[str, Any] = {
         "settings": config_summary(config),
         "backups": backups,
+        "damaged_backups": damaged,
         "saves": sorted(child.name for child in saves.iterdir()) if saves.is_dir() else [],
         "config": config,
     }
-    latest = f", latest backup at step {backups[-1]['step']}" if backups else ", no backups"
-    summary = f"training workspace{latest}"
+    latest = f", latest backup at step {backups[-1]['step']}" if backups else ""
+    latest = latest or (", no complete backup" if damaged else ", no backups")
+    broken = f", {len(damaged)} damaged backup{'s' if len(damaged) != 1 else ''}" if damaged else ""
+    summary = f"training workspace{latest}{broken}"
     kind = "workspace"
     return Inspection(
         kind, f"onetrainer-{kind}", _model_type(config), path, summary, details, json_only=frozenset({"config"})

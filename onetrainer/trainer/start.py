@@ -17,7 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.trainer.backup import Backup, backup_world_size, find_backup, list_backups, read_backup
+from onetrainer.trainer.backup import (
+    Backup,
+    backup_world_size,
+    damaged_backups,
+    find_backup,
+    list_backups,
+    read_backup,
+)
 from onetrainer.trainer.cadence import CadenceClock
 from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters, rank_seed
 from onetrainer.trainer.divergence import all_finite, check_step
@@ -73,6 +80,15 @@ def open_backup(
         raise UserError(
             f"the workspace already holds the backups of a run: {workspace.backups}",
             hint="Continue it with `--resume last`, or give this run its own `workspace=...` folder.",
+        )
+    damaged = damaged_backups(workspace.backups)
+    if damaged:
+        path, problem = damaged[-1]
+        raise UserError(
+            f"the workspace already holds the backups of a run, damaged ones: {path.name} cannot be resumed "
+            f"({problem})",
+            where=str(workspace.backups),
+            hint="Give this run its own `workspace=...` folder, or move the damaged backups out of the way.",
         )
     if config.saving.output.exists() and not config.saving.overwrite:
         raise UserError(

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from onetrainer.trainer.backup import backup_step, list_backups
+from onetrainer.trainer.backup import backup_step, damaged_backups, list_backups
 from onetrainer.util.atomic import process_tag, tagged_process_gone
 from onetrainer.util.errors import UserError
 
@@ -89,10 +89,12 @@ class Workspace:
 
     def archive_backups_after(self, resumed: Path) -> Path | None:
         """Move this workspace's backups of steps after `resumed` (and, when `resumed` lies elsewhere, of its
-        step) into `earlier-runs/<time>-after-step-N/backups/`; None if there are none."""
+        step) into `earlier-runs/<time>-after-step-N/backups/`; None if there are none. Damaged ones go too:
+        left, the newest of them would stop this run's `--resume last`."""
         step = backup_step(resumed)
         own = resumed.parent.resolve() == self.backups.resolve()
-        later = [path for path in list_backups(self.backups) if backup_step(path) > step - (0 if own else 1)]
+        every = [*list_backups(self.backups), *(path for path, _ in damaged_backups(self.backups))]
+        later = [path for path in every if backup_step(path) > step - (0 if own else 1)]
         if not later:
             return None
         target = self._new_earlier_run(f"{time.strftime('%Y%m%d-%H%M%S')}-after-step-{step}") / "backups"

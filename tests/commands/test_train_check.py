@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -109,6 +110,23 @@ def test_a_model_type_without_a_training_setup_exits_2(tmp_path, mode, untrainab
     assert "Unbuilt models cannot be trained in this version (it has no loader, setup, sampler, saver for them)" in said
     assert f"model types that train: {', '.join(supporting(TRAINS))}" in said
     assert "unbuilt" not in supporting(TRAINS)
+
+
+@pytest.mark.parametrize("mode", ["--check", "--dry-run"])
+def test_a_lora_given_as_the_base_model_exits_2_before_the_data_scan(tmp_path, mode):
+    """Told from the file's header, before the memory estimate a dry run would make from the shipped config."""
+    from safetensors.numpy import save_file
+
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((2, 2), "f4")}, str(lora))
+    args = ["train", presets_dir() / "sd15-lora.yaml", f"model.base={lora}", f"data.concepts.0.path={tmp_path}", mode]
+    result = runner.invoke(app, list(map(str, args)), terminal_width=200)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "model.base = '" in said
+    assert "this is a LoRA, not a base model" in said
+    assert "Traceback" not in said
+    assert "memory" not in said
 
 
 def test_a_preset_without_a_dataset_says_what_to_set_at_dry_run(tmp_path):

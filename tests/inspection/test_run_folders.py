@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from onetrainer.inspection.dispatch import inspect_path
 from onetrainer.trainer.backup import write_backup
+from onetrainer.util.errors import UserError
 
 CONFIG_YAML = "model:\n  type: sd15\n  base: tiny:sd15\nmethod: lora\nlora:\n  rank: 8\n"
 
@@ -52,3 +54,23 @@ def test_workspace_lists_its_backups(tmp_path: Path) -> None:
         {"name": "step-00000020", "step": 20, "epoch": 2},
     ]
     assert "latest backup at step 20" in result.summary
+
+
+def test_workspace_lists_a_damaged_backup_as_damaged(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(CONFIG_YAML)
+    (_backup(tmp_path, 10) / "meta.json").write_text("{bad")
+
+    result = inspect_path(tmp_path)
+
+    assert result.details["backups"] == []
+    [damaged] = result.details["damaged_backups"]
+    assert damaged["name"] == "step-00000010"
+    assert damaged["problem"].startswith("meta.json is damaged: it is not valid JSON")
+    assert result.summary == "training workspace, no complete backup, 1 damaged backup"
+
+
+def test_a_damaged_backup_folder_is_named_damaged(tmp_path: Path) -> None:
+    backup = _backup(tmp_path, 10)
+    (backup / "meta.json").write_text("[]")
+    with pytest.raises(UserError, match=r"meta\.json is damaged: it holds a JSON list, not an object"):
+        inspect_path(backup)

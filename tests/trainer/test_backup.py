@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from onetrainer.trainer import backup as backup_module
-from onetrainer.trainer.backup import find_backup, list_backups, prune_backups, read_backup, write_backup
+from onetrainer.trainer.backup import (
+    damaged_backups,
+    find_backup,
+    list_backups,
+    prune_backups,
+    read_backup,
+    write_backup,
+)
 from onetrainer.util.errors import UserError
 from onetrainer.util.seeding import capture_rng_state
 
@@ -118,3 +125,65 @@ def test_a_damaged_backup_is_a_clear_error(tmp_path: Path, damage: str, says: st
     with pytest.raises(UserError, match=says) as error:
         read_backup(path)
     assert "another backup" in (error.value.hint or "")
+
+
+def _damage_meta(path: Path) -> Path:
+    (path / "meta.json").write_text("{bad")
+    return path
+
+
+def test_resume_last_with_only_damaged_backups_says_they_are_damaged(tmp_path: Path) -> None:
+    damaged = _damage_meta(_write(tmp_path, 4))
+    with pytest.raises(UserError, match="every backup there is damaged") as error:
+        find_backup(tmp_path, "last")
+    assert "step-00000004, cannot be resumed: meta.json is damaged: it is not valid JSON" in error.value.message
+    assert error.value.where == str(damaged / "meta.json")
+    assert damaged_backups(tmp_path) == [(damaged, error.value.message.partition("cannot be resumed: ")[2])]
+
+
+def test_a_damaged_backup_named_by_path_is_refused_as_damaged(tmp_path: Path) -> None:
+    damaged = _damage_meta(_write(tmp_path, 4))
+    with pytest.raises(UserError, match=r"meta\.json is damaged") as error:
+        find_backup(tmp_path, damaged)
+    assert "not a backup folder" not in error.value.message
+
+
+def test_resume_last_refuses_a_damaged_newest_backup_naming_the_complete_one(tmp_path: Path) -> None:
+    """Resuming the older one silently would drop the steps the damaged one held."""
+    earlier = _write(tmp_path, 4)
+    _damage_meta(_write(tmp_path, 8))
+    with pytest.raises(UserError, match="newest backup step-00000008 cannot be resumed") as error:
+        find_backup(tmp_path, "last")
+    assert f"--resume {earlier}" in (error.value.hint or "")
+
+
+def test_a_state_file_that_is_no_torch_archive_is_damaged_not_unsafe(tmp_path: Path) -> None:
+    path = _write(tmp_path, 3)
+    (path / "state.pt").write_text("garbage\n")
+    with pytest.raises(UserError, match=r"state\.pt is damaged: it is not a PyTorch archive") as error:
+        read_backup(path)
+    assert error.value.where == str(path / "state.pt")
+    assert "Python objects" not in error.value.message
+    assert ".safetensors" not in (error.value.hint or "")
+
+
+def test_a_new_run_is_refused_in_a_workspace_holding_only_damaged_backups(tmp_path: Path) -> None:
+    from onetrainer.trainer.start import open_backup
+    from onetrainer.trainer.workspace import Workspace
+    from onetrainer.util.config.schema import TrainConfig
+
+    _damage_meta(_write(tmp_path / "backups", 4))
+    config = TrainConfig(model={"type": "sd15", "base": "org/model"}, saving={"output": str(tmp_path / "out")})
+    with pytest.raises(UserError, match="already holds the backups of a run, damaged ones: step-00000004"):
+        open_backup(config, Workspace(tmp_path), None)
+
+
+def test_resuming_before_a_damaged_backup_moves_it_aside_with_the_later_steps(tmp_path: Path) -> None:
+    """Left in place, the damaged backup would stop the resumed run's own `--resume last`."""
+    from onetrainer.trainer.workspace import Workspace
+
+    workspace = Workspace(tmp_path)
+    earlier = _write(workspace.backups, 4)
+    _damage_meta(_write(workspace.backups, 8))
+    assert workspace.archive_backups_after(earlier) is not None
+    assert find_backup(workspace.backups, "last") == earlier

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.training import Precision
-from onetrainer.util.config.types import ModelSource
+from onetrainer.util.config.types import BaseSource, ModelSource, VaeSource
 from onetrainer.util.enums import PredictionType
 
 
@@ -24,11 +24,11 @@ class ModelConfig(Section):
         description="Model family: a registered model type (an unknown one is refused with the list of them); "
         "default: the family registered as the default.",
     )
-    base: ModelSource | None = Field(
+    base: BaseSource | None = Field(
         None,
         description="Base model: a diffusers folder, a .safetensors/.ckpt file, a hub id (org/name) or tiny:<family>.",
     )
-    vae: ModelSource | None = Field(
+    vae: VaeSource | None = Field(
         None, description="Replace the base model's VAE: a diffusers folder, a .safetensors file or a hub id."
     )
     tokenizer: ModelSource | None = Field(

@@ -82,6 +82,37 @@ def _model_source(value: object, info: ValidationInfo) -> str:
 ModelSource = Annotated[str, BeforeValidator(_model_source)]
 
 
+def _checks_headers(info: ValidationInfo) -> bool:
+    """Whether to read what a model source is: only when a config is loaded, whose context says so; a loader
+    that builds a `ModelConfig` itself detects its source while loading and raises its own errors."""
+    return bool((info.context or {}).get(CHECK_PATHS, False))
+
+
+def _base_source(value: object, info: ValidationInfo) -> str:
+    text = _model_source(value, info)
+    if _checks_headers(info):
+        from onetrainer.util.config.sources import check_base_source
+
+        check_base_source(text)
+    return text
+
+
+def _vae_source(value: object, info: ValidationInfo) -> str:
+    text = _model_source(value, info)
+    if _checks_headers(info):
+        from onetrainer.util.config.sources import check_vae_source
+
+        check_vae_source(text)
+    return text
+
+
+BaseSource = Annotated[str, BeforeValidator(_base_source)]
+"""A `ModelSource` that must be a base model: a LoRA, an empty folder or a damaged file is refused from its header."""
+
+VaeSource = Annotated[str, BeforeValidator(_vae_source)]
+"""A `ModelSource` that must be a VAE: a tiny model, a folder without a VAE config or a damaged file is refused."""
+
+
 class CadenceUnit(str, Enum):
     STEP = "step"
     EPOCH = "epoch"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +132,40 @@ def _coerce_object(raw: dict[str, Any], defaults: dict[str, Any], group: str, pr
     return result
 
 
-def _objects(raw: Any, item_defaults: dict[str, Any], group: str, prefix: str, ledger: Ledger) -> list | None:
+def given_object(value: Any, key: str, ledger: Ledger) -> dict[str, Any]:
+    """`value` when it is an object; else `{}` (OneTrainer's defaults), refused unless it is null or absent, as
+    OneTrainer could not read it."""
+    if isinstance(value, dict):
+        return value
+    if value is not None:
+        ledger.refuse(key, value, "expected an object, which OneTrainer could not read either; defaults used")
+    return {}
+
+
+ItemReader = Callable[[dict[str, Any], str], dict[str, Any]]
+"""`read(item, prefix)`: one object of a list over its defaults, its findings under `prefix`."""
+
+
+def _objects(raw: Any, read: ItemReader, prefix: str, ledger: Ledger, what: str) -> list[dict[str, Any] | None] | None:
+    """The list `raw`, each object `read`. What OneTrainer could not read is refused, never replaced: a value that
+    is no list, and an item that is no object (None in its place, so that later items keep their index)."""
     if raw is None:
         return None
     if not isinstance(raw, list):
-        ledger.refuse(prefix.rstrip("."), raw, "expected a list of objects")
+        ledger.refuse(prefix.rstrip("."), raw, f"expected a list of {what}, which OneTrainer could not read either")
         return None
-    return [
-        _coerce_object(item if isinstance(item, dict) else {}, item_defaults, group, f"{prefix}{index}.", ledger)
-        for index, item in enumerate(raw)
-    ]
+    items: list[dict[str, Any] | None] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, dict):
+            items.append(read(item, f"{prefix}{index}."))
+        else:
+            ledger.refuse(f"{prefix}{index}", item, f"expected an object in the list of {what}; it is left out")
+            items.append(None)
+    return items
+
+
+def _fields(defaults: dict[str, Any], group: str, ledger: Ledger) -> ItemReader:
+    return lambda item, prefix: _coerce_object(item, defaults, group, prefix, ledger)
 
 
 def overlay_concept(raw: dict[str, Any], prefix: str, ledger: Ledger) -> dict[str, Any]:
@@ -150,26 +174,20 @@ def overlay_concept(raw: dict[str, Any], prefix: str, ledger: Ledger) -> dict[st
         {k: v for k, v in raw.items() if k not in ("image", "text")}, defaults, "concept", prefix, ledger
     )
     for key in ("image", "text"):
-        nested = raw.get(key)
-        concept[key] = _coerce_object(
-            nested if isinstance(nested, dict) else {}, defaults[key], key, f"{prefix}{key}.", ledger
-        )
+        nested = given_object(raw.get(key), f"{prefix}{key}", ledger)
+        concept[key] = _coerce_object(nested, defaults[key], key, f"{prefix}{key}.", ledger)
     return concept
 
 
-def overlay_concepts(raw: Any, prefix: str, ledger: Ledger) -> list[dict[str, Any]] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        ledger.refuse(prefix.rstrip("."), raw, "expected a list of concepts")
-        return None
-    return [
-        overlay_concept(item if isinstance(item, dict) else {}, f"{prefix}{i}.", ledger) for i, item in enumerate(raw)
-    ]
+def overlay_concepts(raw: Any, prefix: str, ledger: Ledger) -> list[dict[str, Any] | None] | None:
+    """The concepts of list `raw` over OneTrainer's concept defaults (see `_objects`)."""
+    return _objects(raw, lambda item, at: overlay_concept(item, at, ledger), prefix, ledger, "concepts")
 
 
-def overlay_samples(raw: Any, prefix: str, ledger: Ledger, defaults: dict[str, Any]) -> list[dict[str, Any]] | None:
-    return _objects(raw, defaults, "sample", prefix, ledger)
+def overlay_samples(
+    raw: Any, prefix: str, ledger: Ledger, defaults: dict[str, Any]
+) -> list[dict[str, Any] | None] | None:
+    return _objects(raw, _fields(defaults, "sample", ledger), prefix, ledger, "samples")
 
 
 NESTED = ("embedding", "quantization")
@@ -191,15 +209,18 @@ def overlay(raw: dict[str, Any], ledger: Ledger) -> dict[str, Any]:
     flat = {key: value for key, value in raw.items() if key not in objects}
     config = {**defaults, **_coerce_object(flat, scalars, "top", "", ledger)}
     for name in (*part_names(), *NESTED):
-        value = raw.get(name)
+        value = given_object(raw.get(name), name, ledger)
         group = name if name in NESTED else "part"
-        config[name] = _coerce_object(
-            value if isinstance(value, dict) else {}, defaults[name], group, f"{name}.", ledger
-        )
-    cloud = raw.get("cloud")
-    config["cloud"] = {**defaults["cloud"], **cloud} if isinstance(cloud, dict) else defaults["cloud"]
+        config[name] = _coerce_object(value, defaults[name], group, f"{name}.", ledger)
+    config["cloud"] = {**defaults["cloud"], **given_object(raw.get("cloud"), "cloud", ledger)}
     config["additional_embeddings"] = (
-        _objects(raw.get("additional_embeddings"), embedding_defaults(), "embedding", "additional_embeddings.", ledger)
+        _objects(
+            raw.get("additional_embeddings"),
+            _fields(embedding_defaults(), "embedding", ledger),
+            "additional_embeddings.",
+            ledger,
+            "embeddings",
+        )
         or []
     )
     config["concepts"] = raw.get("concepts")

@@ -51,7 +51,8 @@ def read_list(path: Path, what: str) -> list[Any]:
 
 
 def find_list_file(name: str, config_dir: Path) -> Path | None:
-    """A concept or sample file named in a config: beside the config first, then from the working folder.
+    """A concept or sample file named in a config: beside the config first, then from the working folder; a
+    folder of that name where there is no such file, for the caller to refuse (None: neither is there).
 
     OneTrainer resolves these names from its own folder (where it is started); a config exported to
     another machine usually travels with its lists beside it. A relative name written on Windows
@@ -62,7 +63,9 @@ def find_list_file(name: str, config_dir: Path) -> Path | None:
     windows = PureWindowsPath(name)
     if "\\" in name and not windows.anchor:
         candidates += _candidates(Path(*windows.parts), config_dir)
-    return next((candidate for candidate in candidates if candidate.is_file()), None)
+    return next((candidate for candidate in candidates if candidate.is_file()), None) or next(
+        (candidate for candidate in candidates if candidate.is_dir()), None
+    )
 
 
 def _candidates(path: Path, config_dir: Path) -> list[Path]:

@@ -87,9 +87,11 @@ class View:
         )
 
     def items(self, key: str, defaults: Mapping[str, Any]) -> Iterator[View]:
-        """The objects of list `key`, each with the same `defaults` (their own keys are recorded as read)."""
+        """The objects of list `key`, each with the same `defaults` (their own keys are recorded as read); an item
+        that is no object is left out (the overlay has refused it)."""
         for index, item in enumerate(self.data.get(key) or []):
-            yield View(item if isinstance(item, Mapping) else {}, defaults, self.ledger, f"{self.prefix}{key}.{index}.")
+            if isinstance(item, Mapping):
+                yield View(item, defaults, self.ledger, f"{self.prefix}{key}.{index}.")
 
     def refuse(self, key: str, why: str) -> Any:
         """Read `key`; a value other than OneTrainer's default is unsupported, for `why`."""

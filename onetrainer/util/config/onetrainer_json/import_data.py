@@ -57,9 +57,14 @@ def map_concepts(concepts: list[View]) -> list[dict[str, Any]]:
     return [_concept(concept) for concept in concepts]
 
 
-def concept_views(config: View, concepts: list[dict[str, Any]], prefix: str) -> list[View]:
+def concept_views(config: View, concepts: list[dict[str, Any] | None], prefix: str) -> list[View]:
+    """A view of each concept, under its index in the file; an entry the overlay refused (None) is left out."""
     defaults = concept_defaults()
-    return [View(item, defaults, config.ledger, f"{prefix}{index}.") for index, item in enumerate(concepts)]
+    return [
+        View(item, defaults, config.ledger, f"{prefix}{index}.")
+        for index, item in enumerate(concepts)
+        if item is not None
+    ]
 
 
 def _concept(concept: View) -> dict[str, Any]:

@@ -148,8 +148,15 @@ def _before_training(config: View, every: str) -> bool:
     return False
 
 
-def sample_views(config: View, samples: list[dict[str, Any]], prefix: str, defaults: dict[str, Any]) -> list[View]:
-    return [View(item, defaults, config.ledger, f"{prefix}{index}.") for index, item in enumerate(samples)]
+def sample_views(
+    config: View, samples: list[dict[str, Any] | None], prefix: str, defaults: dict[str, Any]
+) -> list[View]:
+    """A view of each sample, under its index in the file; an entry the overlay refused (None) is left out."""
+    return [
+        View(item, defaults, config.ledger, f"{prefix}{index}.")
+        for index, item in enumerate(samples)
+        if item is not None
+    ]
 
 
 def _sample(sample: View, objective: Objective) -> dict[str, Any] | None:

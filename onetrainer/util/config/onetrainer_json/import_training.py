@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from onetrainer.util.config.family import DISTRIBUTIONS, WEIGHTINGS
-from onetrainer.util.config.onetrainer_json.defaults import _coerce_object, optimizer_defaults
+from onetrainer.util.config.onetrainer_json.defaults import _coerce_object, given_object, optimizer_defaults
 from onetrainer.util.config.onetrainer_json.findings import Ledger, View, same
 from onetrainer.util.config.onetrainer_json.tables import (
     BETAS,
@@ -39,10 +39,11 @@ DEVICES = {"cuda": "auto"}
 
 def resolve_optimizer(raw: dict[str, Any], ledger: Ledger) -> View:
     """The optimizer object as the run would use it, over the chosen optimizer's built-in defaults."""
-    given = _object(raw.get("optimizer"))
+    given = given_object(raw.get("optimizer"), "optimizer", ledger)
     name = given.get("optimizer") or "ADAMW"
-    defaults = optimizer_defaults(name if isinstance(name, str) else "ADAMW")
-    remembered = _object(_object(raw.get("optimizer_defaults")).get(name))
+    known = name if isinstance(name, str) else "ADAMW"  # any other name is refused as `optimizer.optimizer`
+    defaults = optimizer_defaults(known)
+    remembered = _object(given_object(raw.get("optimizer_defaults"), "optimizer_defaults", ledger).get(known))
     chosen = {key: value for key, value in remembered.items() if value is not None}
     chosen.update({key: value for key, value in given.items() if value is not None})
     values = _coerce_object(chosen, defaults, "optimizer", "optimizer.", ledger)

@@ -67,6 +67,13 @@ def import_onetrainer(path: Path) -> Imported:
     """Read and convert the OneTrainer config at `path`; raises `UserError` for a model we cannot train."""
     raw, version = migrate(read_config(path))
     ledger = Ledger()
+    if version is not None and version > CURRENT_VERSION:
+        ledger.note(
+            "__version",
+            version,
+            f"newer than the versions this onetrainer knows (up to {CURRENT_VERSION}): read as {CURRENT_VERSION}, "
+            "so a setting added or changed since then may be misread or reported as unknown",
+        )
     view = View(overlay(raw, ledger), train_defaults(), ledger)
     out = Target()
     spec, method = map_model(view, out)
@@ -76,7 +83,9 @@ def import_onetrainer(path: Path) -> Imported:
     map_embeddings(view, out, method)
     map_data(view, out)
     concepts, concepts_from = _objects(view, path, "concepts", "concept_file_name", "concept file")
-    concept_list = overlay_concepts([migrate_concept(item) for item in concepts], "concepts.", ledger) or []
+    if isinstance(concepts, list):
+        concepts = [migrate_concept(item) for item in concepts]
+    concept_list = overlay_concepts(concepts, "concepts.", ledger) or []
     concept_items = concept_views(view, concept_list, "concepts.")
     out.set("data.concepts", map_concepts(concept_items))
     optimizer = resolve_optimizer(raw, ledger)
@@ -103,19 +112,27 @@ def import_onetrainer(path: Path) -> Imported:
     return Imported(out.ordered(), path, version, concepts_from, samples_from, ledger.unsupported, ledger.notes)
 
 
-def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tuple[list[Any], str]:
-    """The inline list `key` if it is not null, else the list in the file `file_key` names.
+def _objects(view: View, path: Path, key: str, file_key: str, what: str) -> tuple[Any, str]:
+    """The inline value of `key` if it is not null (a list, or what the overlay refuses), else the list in the file
+    `file_key` names.
 
     A missing file is a note: OneTrainer's presets name a concept file that is not there, and the concepts
     come with `data.concepts.0.path=...` on the command line (without any, the config names what to set);
-    a missing file of samples means no previews, in OneTrainer as here.
+    a missing file of samples means no previews, in OneTrainer as here. A folder named instead of a file is
+    refused: it is the user's mistake, not a preset's.
     """
     view.skip(key, file_key)
     inline = view.data.get(key)
     if inline is not None:
-        return (inline if isinstance(inline, list) else []), "inline"
+        return inline, "inline"
     name = view.data.get(file_key) or ""
     found = find_list_file(name, path.parent) if name else None
+    if found is not None and found.is_dir():
+        why = f"a folder, not a {what} (a JSON list of {key}, as OneTrainer writes it)"
+        if key == "concepts":
+            why += f"; to train on its images, give it as data.concepts.0.path={found}"
+        view.ledger.refuse(file_key, name, why)
+        return [], "none"
     if found is None:
         why = f"no such {what} beside the config or in the working folder, so there are no {key}"
         if key == "concepts":
