@@ -31,12 +31,29 @@ _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 class UnreadableImage(Exception):
-    """An image that cannot be used; `reason` says why in words fit for a report."""
+    """An image that cannot be used; `reason` says why in words fit for a report.
+
+    As such it is a fact about the file's bytes, so the scan may remember it until the file changes;
+    the subclasses below are the reasons that depend on something else and must not be remembered so.
+    """
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class ImageTooLarge(UnreadableImage):
+    """Above the pixel limit in force (`limit`): raising the limit makes the same file usable."""
+
+    def __init__(self, path: Path, reason: str, limit: int | None) -> None:
+        super().__init__(path, reason)
+        self.limit = limit
+
+
+class ImageReadFailed(UnreadableImage):
+    """The operating system failed to read the file (permissions, a network share, an I/O error):
+    nothing says the bytes are bad, so the next attempt may succeed."""
 
 
 @dataclass(frozen=True)
@@ -114,17 +131,40 @@ def limit_pixels(limit: int | None) -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def _too_large(path: Path, error: Exception) -> UnreadableImage:
+def pixel_limit() -> int | None:
+    """The limit in force (set by `limit_pixels`), which decides what is too large."""
     from PIL import Image
 
-    found = re.search(r"\((\d+) pixels\)", str(error))
-    size = f"{int(found.group(1)):,} pixels" if found else str(error)
-    limit = f"{Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "unset"
-    return UnreadableImage(
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, size: str) -> ImageTooLarge:
+    limit = pixel_limit()
+    shown = f"{limit:,}" if limit else "unset"
+    return ImageTooLarge(
         path,
-        f"too large: {size}, above the limit of {limit} (a run config's data.max_image_pixels); raise it if you "
+        f"too large: {size}, above the limit of {shown} (a run config's data.max_image_pixels); raise it if you "
         "trust this file",
+        limit,
     )
+
+
+def _bomb(path: Path, error: Exception) -> ImageTooLarge:
+    """Pillow's refusal, reworded with the pixel count its message gives."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return _too_large(path, f"{int(found.group(1)):,} pixels" if found else str(error))
+
+
+def check_pixel_limit(path: Path, header: ImageHeader) -> None:
+    """Raise `ImageTooLarge` for a size above the limit in force, as opening the file would.
+
+    A header remembered from a run with a higher (or no) limit skips the open that refuses it, so
+    the check is repeated on the remembered size; Pillow refuses above the limit (see `limit_pixels`).
+    """
+    limit = pixel_limit()
+    pixels = header.height * header.width
+    if limit and pixels > limit:
+        raise _too_large(path, f"{pixels:,} pixels")
 
 
 def _open(path: Path) -> Image.Image:
@@ -138,9 +178,9 @@ def _open(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image format Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _too_large(path, exc) from None
+        raise _bomb(path, exc) from None
     except OSError as exc:
-        raise UnreadableImage(path, f"unreadable: {exc}") from None
+        raise ImageReadFailed(path, f"unreadable: {exc}") from None
 
 
 def read_header(path: Path) -> ImageHeader:
@@ -172,8 +212,18 @@ def verify_image(path: Path) -> None:
                 image.load()
     except UnreadableImage:
         raise
+    except OSError as exc:
+        raise _read_error(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "unusable file"
         raise UnreadableImage(path, f"truncated or corrupt: {exc}") from None
+
+
+def _read_error(path: Path, error: OSError) -> UnreadableImage:
+    """A failed read (the system's, with an error number) apart from Pillow's own errors about the data
+    (a truncated file, a decoder error), which carry none."""
+    if error.errno is not None:
+        return ImageReadFailed(path, f"unreadable: {error}")
+    return UnreadableImage(path, f"truncated or corrupt: {error}")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
