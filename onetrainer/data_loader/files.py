@@ -8,6 +8,7 @@ that cannot be read raises `UnreadableImage` with a reason a person can act on.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ SIDECAR_MARKERS = (MASK_MARKER, "-condlabel")
 
 _NOT_IMAGES = frozenset({".bufr", ".grib", ".h5", ".hdf", ".eps", ".ps", ".mpeg", ".mpg", ".wmf", ".emf"})
 """Extensions Pillow registers but cannot decode without external plugins or programs."""
+
+_COLOUR_KEYED_MODES = frozenset({"1", "L", "RGB", "I", "I;16", "I;16B", "I;16L"})
+"""Modes whose PNG transparency is one colour (`tRNS`); palette images are converted by Pillow itself."""
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -240,12 +244,34 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
+def _colour_key_alpha(image: Image.Image) -> Image.Image | None:
+    """The alpha of a colour-keyed image (a PNG `tRNS` on a greyscale or RGB image), else None.
+
+    Such a file has no alpha channel: one value (`info["transparency"]`) means transparent. Ignored,
+    the keyed colour was trained on instead of `image.alpha_background`, and no mask came of it. It is
+    read before 16-bit values are scaled to 8 bits, where the key would no longer match.
+    """
+    import numpy as np
+    from PIL import Image
+
+    key = image.info.get("transparency")
+    if image.mode not in _COLOUR_KEYED_MODES or not isinstance(key, int | tuple):
+        return None
+    values = np.asarray(image.convert("L") if image.mode == "1" else image)
+    keyed = np.all(values == np.asarray(key), axis=-1) if values.ndim == 3 else values == key
+    return Image.fromarray(np.where(keyed, 0, 255).astype(np.uint8), mode="L")
+
+
 def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, Image.Image | None]:
     """Plain 8-bit RGB plus the alpha channel (None when fully opaque), flattened onto `background`."""
     from PIL import Image
 
+    keyed_alpha = _colour_key_alpha(image)
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8bit(image)
+    if keyed_alpha is not None:
+        image = image.convert("RGB")
+        image.putalpha(keyed_alpha)
     if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "LA", "La", "RGBa"):
         image = image.convert("RGBA")
     if image.mode != "RGBA":
@@ -296,11 +322,28 @@ def decode_mask(path: Path, size: tuple[int, int]) -> Image.Image:
     return grey
 
 
+_BOM_ENCODINGS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+)
+"""Byte-order marks and the codec that reads past them; UTF-32 LE first, as its mark begins with UTF-16 LE's.
+Windows Notepad's "Unicode" is UTF-16 LE with a mark, and read as UTF-8 it became NUL-riddled noise."""
+
+
+def _text_encoding(raw: bytes) -> str:
+    """The encoding a byte-order mark announces; UTF-8 without one (what every captioning tool writes)."""
+    return next((encoding for bom, encoding in _BOM_ENCODINGS if raw.startswith(bom)), "utf-8")
+
+
 def read_text_lines(path: Path) -> tuple[list[str], bool]:
-    """Non-empty stripped lines, and whether invalid UTF-8 had to be replaced to read them."""
+    """Non-empty stripped lines, and whether invalid bytes had to be replaced to read them."""
     raw = path.read_bytes()
+    encoding = _text_encoding(raw)
     try:
-        text, replaced = raw.decode("utf-8-sig"), False
+        text, replaced = raw.decode(encoding), False
     except UnicodeDecodeError:
-        text, replaced = raw.decode("utf-8", errors="replace"), True
+        text, replaced = raw.decode(encoding, errors="replace"), True
     return [line.strip() for line in text.splitlines() if line.strip()], replaced
