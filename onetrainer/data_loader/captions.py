@@ -13,7 +13,7 @@ from pathlib import Path
 from onetrainer.data_loader.files import read_text_lines
 from onetrainer.util.config.data import CaptionConfig, CaptionSource, MissingCaption
 
-SOURCE_SETTINGS = ("source", "if_missing", "concept_file", "text", "prefix")
+SOURCE_SETTINGS = ("source", "if_missing", "concept_file", "text", "prefix", "tag_delimiter")
 """The `caption.*` settings that decide an image's caption lines."""
 
 
@@ -24,6 +24,7 @@ class CaptionSourceSettings:
     concept_file: Path | None
     text: str
     prefix: str
+    tag_delimiter: str
 
     @classmethod
     def of(cls, caption: CaptionConfig) -> CaptionSourceSettings:
@@ -50,4 +51,19 @@ def caption_lines(settings: CaptionSourceSettings, image_path: Path, caption_pat
             lines = [image_path.stem] if settings.if_missing is MissingCaption.FILENAME else [""]
     if not settings.prefix:
         return lines
-    return [f"{settings.prefix}{line}".strip() for line in lines]
+    return [_prefixed(settings, line) for line in lines]
+
+
+def _prefixed(settings: CaptionSourceSettings, line: str) -> str:
+    """`prefix` before the line; before an empty line, without the delimiter it ends with.
+
+    A prefix is typed to go before tags ("a photo of <sks>, "): alone, its trailing delimiter was
+    trained on as a dangling comma, so it is dropped (with the whitespace around it).
+    """
+    if line.strip():
+        return f"{settings.prefix}{line}".strip()
+    prefix = settings.prefix.strip()
+    delimiter = settings.tag_delimiter.strip()
+    if delimiter and prefix.endswith(delimiter):
+        prefix = prefix[: -len(delimiter)].rstrip()
+    return prefix

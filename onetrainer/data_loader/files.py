@@ -8,6 +8,7 @@ that cannot be read raises `UnreadableImage` with a reason a person can act on.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass
@@ -26,17 +27,37 @@ SIDECAR_MARKERS = (MASK_MARKER, "-condlabel")
 _NOT_IMAGES = frozenset({".bufr", ".grib", ".h5", ".hdf", ".eps", ".ps", ".mpeg", ".mpg", ".wmf", ".emf"})
 """Extensions Pillow registers but cannot decode without external plugins or programs."""
 
+_COLOUR_KEYED_MODES = frozenset({"1", "L", "RGB", "I", "I;16", "I;16B", "I;16L"})
+"""Modes whose PNG transparency is one colour (`tRNS`); palette images are converted by Pillow itself."""
+
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 class UnreadableImage(Exception):
-    """An image that cannot be used; `reason` says why in words fit for a report."""
+    """An image that cannot be used; `reason` says why in words fit for a report.
+
+    As such it is a fact about the file's bytes, so the scan may remember it until the file changes;
+    the subclasses below are the reasons that depend on something else and must not be remembered so.
+    """
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class ImageTooLarge(UnreadableImage):
+    """Above the pixel limit in force (`limit`): raising the limit makes the same file usable."""
+
+    def __init__(self, path: Path, reason: str, limit: int | None) -> None:
+        super().__init__(path, reason)
+        self.limit = limit
+
+
+class ImageReadFailed(UnreadableImage):
+    """The operating system failed to read the file (permissions, a network share, an I/O error):
+    nothing says the bytes are bad, so the next attempt may succeed."""
 
 
 @dataclass(frozen=True)
@@ -114,17 +135,40 @@ def limit_pixels(limit: int | None) -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def _too_large(path: Path, error: Exception) -> UnreadableImage:
+def pixel_limit() -> int | None:
+    """The limit in force (set by `limit_pixels`), which decides what is too large."""
     from PIL import Image
 
-    found = re.search(r"\((\d+) pixels\)", str(error))
-    size = f"{int(found.group(1)):,} pixels" if found else str(error)
-    limit = f"{Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "unset"
-    return UnreadableImage(
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, size: str) -> ImageTooLarge:
+    limit = pixel_limit()
+    shown = f"{limit:,}" if limit else "unset"
+    return ImageTooLarge(
         path,
-        f"too large: {size}, above the limit of {limit} (a run config's data.max_image_pixels); raise it if you "
+        f"too large: {size}, above the limit of {shown} (a run config's data.max_image_pixels); raise it if you "
         "trust this file",
+        limit,
     )
+
+
+def _bomb(path: Path, error: Exception) -> ImageTooLarge:
+    """Pillow's refusal, reworded with the pixel count its message gives."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return _too_large(path, f"{int(found.group(1)):,} pixels" if found else str(error))
+
+
+def check_pixel_limit(path: Path, header: ImageHeader) -> None:
+    """Raise `ImageTooLarge` for a size above the limit in force, as opening the file would.
+
+    A header remembered from a run with a higher (or no) limit skips the open that refuses it, so
+    the check is repeated on the remembered size; Pillow refuses above the limit (see `limit_pixels`).
+    """
+    limit = pixel_limit()
+    pixels = header.height * header.width
+    if limit and pixels > limit:
+        raise _too_large(path, f"{pixels:,} pixels")
 
 
 def _open(path: Path) -> Image.Image:
@@ -138,9 +182,9 @@ def _open(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image format Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _too_large(path, exc) from None
+        raise _bomb(path, exc) from None
     except OSError as exc:
-        raise UnreadableImage(path, f"unreadable: {exc}") from None
+        raise ImageReadFailed(path, f"unreadable: {exc}") from None
 
 
 def read_header(path: Path) -> ImageHeader:
@@ -172,8 +216,18 @@ def verify_image(path: Path) -> None:
                 image.load()
     except UnreadableImage:
         raise
+    except OSError as exc:
+        raise _read_error(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "unusable file"
         raise UnreadableImage(path, f"truncated or corrupt: {exc}") from None
+
+
+def _read_error(path: Path, error: OSError) -> UnreadableImage:
+    """A failed read (the system's, with an error number) apart from Pillow's own errors about the data
+    (a truncated file, a decoder error), which carry none."""
+    if error.errno is not None:
+        return ImageReadFailed(path, f"unreadable: {error}")
+    return UnreadableImage(path, f"truncated or corrupt: {error}")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -190,12 +244,34 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
+def _colour_key_alpha(image: Image.Image) -> Image.Image | None:
+    """The alpha of a colour-keyed image (a PNG `tRNS` on a greyscale or RGB image), else None.
+
+    Such a file has no alpha channel: one value (`info["transparency"]`) means transparent. Ignored,
+    the keyed colour was trained on instead of `image.alpha_background`, and no mask came of it. It is
+    read before 16-bit values are scaled to 8 bits, where the key would no longer match.
+    """
+    import numpy as np
+    from PIL import Image
+
+    key = image.info.get("transparency")
+    if image.mode not in _COLOUR_KEYED_MODES or not isinstance(key, int | tuple):
+        return None
+    values = np.asarray(image.convert("L") if image.mode == "1" else image)
+    keyed = np.all(values == np.asarray(key), axis=-1) if values.ndim == 3 else values == key
+    return Image.fromarray(np.where(keyed, 0, 255).astype(np.uint8), mode="L")
+
+
 def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, Image.Image | None]:
     """Plain 8-bit RGB plus the alpha channel (None when fully opaque), flattened onto `background`."""
     from PIL import Image
 
+    keyed_alpha = _colour_key_alpha(image)
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8bit(image)
+    if keyed_alpha is not None:
+        image = image.convert("RGB")
+        image.putalpha(keyed_alpha)
     if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "LA", "La", "RGBa"):
         image = image.convert("RGBA")
     if image.mode != "RGBA":
@@ -246,11 +322,28 @@ def decode_mask(path: Path, size: tuple[int, int]) -> Image.Image:
     return grey
 
 
+_BOM_ENCODINGS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+)
+"""Byte-order marks and the codec that reads past them; UTF-32 LE first, as its mark begins with UTF-16 LE's.
+Windows Notepad's "Unicode" is UTF-16 LE with a mark, and read as UTF-8 it became NUL-riddled noise."""
+
+
+def _text_encoding(raw: bytes) -> str:
+    """The encoding a byte-order mark announces; UTF-8 without one (what every captioning tool writes)."""
+    return next((encoding for bom, encoding in _BOM_ENCODINGS if raw.startswith(bom)), "utf-8")
+
+
 def read_text_lines(path: Path) -> tuple[list[str], bool]:
-    """Non-empty stripped lines, and whether invalid UTF-8 had to be replaced to read them."""
+    """Non-empty stripped lines, and whether invalid bytes had to be replaced to read them."""
     raw = path.read_bytes()
+    encoding = _text_encoding(raw)
     try:
-        text, replaced = raw.decode("utf-8-sig"), False
+        text, replaced = raw.decode(encoding), False
     except UnicodeDecodeError:
-        text, replaced = raw.decode("utf-8", errors="replace"), True
+        text, replaced = raw.decode(encoding, errors="replace"), True
     return [line.strip() for line in text.splitlines() if line.strip()], replaced

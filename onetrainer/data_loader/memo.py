@@ -61,6 +61,14 @@ class FileMemo:
             record.update(values)
             self._dirty = True
 
+    def forget(self, file: Path, *names: str) -> None:
+        """Drop what no longer holds (a value found under other settings), keeping the rest of the record."""
+        record = self.record(file)
+        with self._lock:
+            for name in names:
+                if record.pop(name, None) is not None:
+                    self._dirty = True
+
     def save(self) -> None:
         if self.path is None or self.readonly:
             return

@@ -8,6 +8,7 @@ switched on, a caption passes through untouched, whitespace and all.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from onetrainer.data_loader.captions import SOURCE_SETTINGS, CaptionSourceSettings, caption_lines
@@ -27,9 +28,22 @@ def _choose(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _split(view: NodeView, caption: str) -> tuple[list[str], str]:
+    """The caption's tags, and the separator to join them again with: the one the caption uses.
+
+    Tags are stripped, so the spaces around the delimiter must come back from the caption itself: with
+    the default delimiter "," a caption written "a, b" stays "a, b", one written "a,b" stays "a,b", and
+    "red | blue" with the delimiter "|" stays " | " apart (a space added after a bare delimiter turned
+    "red|blue" into "blue| red").
+    """
     delimiter = view.setting("caption.tag_delimiter")
-    joiner = f"{delimiter.strip()} " if delimiter.strip() else delimiter
-    return [tag.strip() for tag in caption.split(delimiter) if tag.strip()], joiner
+    return [tag.strip() for tag in caption.split(delimiter) if tag.strip()], _separator(caption, delimiter)
+
+
+def _separator(caption: str, delimiter: str) -> str:
+    """The delimiter with the whitespace around it most often in the caption (the first on a tie); the
+    delimiter as given when the caption has none."""
+    found = re.findall(rf"\s*{re.escape(delimiter)}\s*", caption)
+    return max(found, key=found.count) if found else delimiter
 
 
 def _matches(tag: str, patterns: list[str], regex: bool) -> bool:
@@ -70,13 +84,33 @@ def _shuffle_tags(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
 
 _STYLES = (str.lower, str.upper, str.title, lambda text: text[:1].upper() + text[1:].lower())
 
+_PLACEHOLDER = re.compile(r"<[^<>]+>")
+"""An embedding placeholder as captions write them (`<sks>`; the default is `<embedding>`)."""
+
 
 def _capitalize(view: NodeView, values: dict[str, Any]) -> dict[str, Any]:
     caption = values["caption.shuffled"]
     rng = view.rng()
     if rng.random() < float(view.setting("caption.random_capitalization")):
-        caption = rng.choice(_STYLES)(caption)
+        caption = _restyle(caption, rng.choice(_STYLES))
     return {"caption": caption}
+
+
+def _restyle(caption: str, style: Callable[[str], str]) -> str:
+    """`style` applied around every `<...>` span, which is kept as written.
+
+    Embedding placeholders are matched case-sensitively, so `<SKS>` or `<Sks>` trained the plain tokens
+    instead of the embedding. The text graph sees concept settings only, not the run's embeddings, so it
+    protects every `<...>` span, the form placeholders are written in; a placeholder without angle brackets
+    is capitalised like any word. Each span becomes one uncased character while the style applies, so the
+    text around it is styled as it was with the span in place (a span still ends a word for `title`).
+    """
+    spans = _PLACEHOLDER.findall(caption)
+    if not spans:
+        return style(caption)
+    stand_in = next(chr(code) for code in range(0xE000, 0xF900) if chr(code) not in caption)
+    styled = style(_PLACEHOLDER.sub(stand_in, caption)).split(stand_in)
+    return styled[0] + "".join(span + rest for span, rest in zip(spans, styled[1:], strict=True))
 
 
 def text_nodes() -> list[Node]:

@@ -12,16 +12,21 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onetrainer.data_loader.events import LoaderEvent, ProgressCallback, ignore_events
 from onetrainer.data_loader.files import (
     ImageHeader,
+    ImageReadFailed,
+    ImageTooLarge,
     UnreadableImage,
     caption_path_for,
     check_link,
+    check_pixel_limit,
     limit_pixels,
     list_images,
     mask_path_for,
+    pixel_limit,
     read_header,
     read_text_lines,
     verify_image,
@@ -72,7 +77,16 @@ def concept_labels(concepts: list[ConceptConfig]) -> list[str]:
     return labels
 
 
+SKIP_KEY = "skip"
+"""A file's memo entry for why it cannot train: {"reason": ..., "pixel_limit": ...} (see `_remember_skip`)."""
+
+LEGACY_KEYS = ("error",)
+"""What older versions remembered a skip under, a too-large or failed read included, for good: such a file
+is read again once and remembered anew."""
+
+
 def _header(path: Path, memo: FileMemo, verify: bool) -> ImageHeader | Skipped:
+    """The file's header, or why it cannot train; the memo answers where what it knows still holds."""
     try:
         check_link(path)
         record = memo.record(path)
@@ -80,20 +94,54 @@ def _header(path: Path, memo: FileMemo, verify: bool) -> ImageHeader | Skipped:
         return Skipped(path, exc.reason)
     except OSError as exc:
         return Skipped(path, f"unreadable: {exc}")
-    if record.get("error"):
-        return Skipped(path, str(record["error"]))
+    known = _known_skip(record)
+    if known is not None:
+        return Skipped(path, known)
     try:
-        if "header" not in record:
-            header = read_header(path)
-            memo.update(path, header=[header.height, header.width, header.frames])
-        if verify and not record.get("verified"):
-            verify_image(path)
-            memo.update(path, verified=True)
+        header = _checked_header(path, record, memo, verify)
     except UnreadableImage as exc:
-        memo.update(path, error=exc.reason)
+        _remember_skip(memo, path, exc)
         return Skipped(path, exc.reason)
+    stale = [name for name in (SKIP_KEY, *LEGACY_KEYS) if name in record]
+    if stale:
+        memo.forget(path, *stale)
+    return header
+
+
+def _checked_header(path: Path, record: dict[str, Any], memo: FileMemo, verify: bool) -> ImageHeader:
+    """The header (read once), held against the pixel limit in force (a remembered size skips the open
+    that refuses it), and the file decoded once when `verify` asks."""
+    if "header" not in record:
+        header = read_header(path)
+        memo.update(path, header=[header.height, header.width, header.frames])
     height, width, frames = memo.record(path)["header"]
-    return ImageHeader(height=height, width=width, frames=frames)
+    header = ImageHeader(height=height, width=width, frames=frames)
+    check_pixel_limit(path, header)
+    if verify and not record.get("verified"):
+        verify_image(path)
+        memo.update(path, verified=True)
+    return header
+
+
+def _known_skip(record: dict[str, Any]) -> str | None:
+    """The remembered reason a file cannot train, if it still holds under the settings in force."""
+    skip = record.get(SKIP_KEY)
+    if not isinstance(skip, dict):
+        return None
+    if "pixel_limit" in skip and skip["pixel_limit"] != pixel_limit():
+        return None
+    return str(skip["reason"])
+
+
+def _remember_skip(memo: FileMemo, path: Path, exc: UnreadableImage) -> None:
+    """Remember what holds while the file is unchanged: a failed read may pass next time, so it is not
+    remembered, and "too large" holds only under the pixel limit it was found with, so that is kept."""
+    if isinstance(exc, ImageReadFailed):
+        return
+    skip: dict[str, Any] = {"reason": exc.reason}
+    if isinstance(exc, ImageTooLarge):
+        skip["pixel_limit"] = exc.limit
+    memo.update(path, **{SKIP_KEY: skip})
 
 
 def _check_concept_file(scan: ConceptScan, problems: list[ConfigProblem]) -> None:

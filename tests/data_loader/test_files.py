@@ -116,3 +116,49 @@ def test_caption_with_bad_bytes_is_read_with_replacement(tmp_path: Path) -> None
     lines, replaced = read_text_lines(path)
     assert replaced
     assert lines == ["a cat\ufffd\ufffd here", "second line"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_caption_with_a_byte_order_mark_is_decoded_by_it(tmp_path: Path, encoding: str) -> None:
+    """Windows Notepad's "Unicode" is UTF-16 LE with a mark; `utf-16-le`/`-be` write none, so it is added."""
+    path = tmp_path / "c.txt"
+    text = "a cat, sitting\r\nzweite Zeile: Größe\r\n"
+    raw = text.encode(encoding)
+    if encoding in ("utf-16-le", "utf-16-be"):
+        raw = "\ufeff".encode(encoding) + raw
+    path.write_bytes(raw)
+    assert read_text_lines(path) == (["a cat, sitting", "zweite Zeile: Größe"], False)
+
+
+def test_utf16_caption_with_a_lone_surrogate_is_read_with_replacement(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_bytes("a cat".encode("utf-16") + b"\x00\xd8" + " here".encode("utf-16-le"))
+    assert read_text_lines(path) == (["a cat\ufffd here"], True)
+
+
+def _colour_keyed(path: Path, mode: str, fill: object, key: object, opaque: object) -> Path:
+    """A PNG whose top-left quarter is `opaque` and the rest `fill`, the colour `key` transparent (tRNS)."""
+    image = Image.new(mode, (8, 8), fill)  # type: ignore[arg-type]
+    image.paste(opaque, (0, 0, 4, 4))  # type: ignore[arg-type]
+    image.save(path, transparency=key)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "fill", "key", "opaque", "opaque_rgb"),
+    [
+        ("RGB", (255, 0, 0), (255, 0, 0), (0, 255, 0), (0, 255, 0)),
+        ("L", 0, 0, 200, (200, 200, 200)),
+        ("I;16", 300, 300, 65535, (255, 255, 255)),
+        ("1", 1, 1, 0, (0, 0, 0)),
+    ],
+)
+def test_colour_key_transparency_is_flattened_and_kept_as_alpha(
+    tmp_path: Path, mode: str, fill: object, key: object, opaque: object, opaque_rgb: tuple[int, int, int]
+) -> None:
+    path = _colour_keyed(tmp_path / "keyed.png", mode, fill, key, opaque)
+    image, alpha = decode_image(path, (10, 20, 30))
+    assert alpha is not None
+    assert np.asarray(alpha).tolist() == [[255] * 4 + [0] * 4] * 4 + [[0] * 8] * 4
+    assert tuple(np.asarray(image)[7, 7]) == (10, 20, 30)
+    assert tuple(np.asarray(image)[0, 0]) == opaque_rgb

@@ -94,10 +94,77 @@ def test_prefix_goes_before_every_line_of_every_source(tmp_path: Path) -> None:
     lines = {_caption(tmp_path, "one\ntwo\n", variation=v, prefix="<sks> ") for v in range(20)}
     assert lines == {"<sks> one", "<sks> two"}
     assert _caption(tmp_path, source="filename", prefix="<sks> ") == "<sks> my_dog"
-    assert _caption(tmp_path, None, prefix="a photo of <sks>, ") == "a photo of <sks>,"
+    assert _caption(tmp_path, None, prefix="a photo of <sks>, ") == "a photo of <sks>"
 
 
 def test_prefix_tags_can_be_kept_in_front_of_shuffled_ones(tmp_path: Path) -> None:
     for variation in range(10):
         caption = _caption(tmp_path, variation=variation, prefix="<sks>, ", shuffle_tags=True, keep_tags=1)
         assert caption.startswith("<sks>, ")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "delimiter", "expected"),
+    [("a photo of <sks>, ", ",", "a photo of <sks>"), ("<sks> | ", " | ", "<sks>"), ("<sks> ", ",", "<sks>")],
+)
+def test_a_prefix_alone_leaves_no_dangling_delimiter(
+    tmp_path: Path, prefix: str, delimiter: str, expected: str
+) -> None:
+    """An image without a caption trains on the prefix alone, which should not end in a delimiter."""
+    settings = {"prefix": prefix, "tag_delimiter": delimiter}
+    assert _caption(tmp_path, None, **settings) == expected
+    assert _caption(tmp_path, "  \n", **settings) == expected
+    assert _caption(tmp_path, "dog", **settings) == f"{prefix}dog"
+
+
+@pytest.mark.parametrize(
+    ("caption", "delimiter", "separator"),
+    [
+        ("red, blue, green", ",", ", "),
+        ("red,blue,green", ",", ","),
+        ("red|blue|green", "|", "|"),
+        ("red | blue | green", "|", " | "),
+        ("red | blue | green", " | ", " | "),
+        ("red;  blue;  green", ";", ";  "),
+        ("red blue green", " ", " "),
+    ],
+)
+def test_shuffled_tags_are_joined_as_the_caption_separates_them(
+    tmp_path: Path, caption: str, delimiter: str, separator: str
+) -> None:
+    """The tags are re-joined with the delimiter and the spacing the caption uses (OneTrainer joins with the
+    delimiter as given), never with a space added after a bare delimiter."""
+    from itertools import permutations
+
+    results = {_caption(tmp_path, caption, tag_delimiter=delimiter, shuffle_tags=True, variation=v) for v in range(12)}
+    assert len(results) > 2
+    assert results <= {separator.join(order) for order in permutations(["red", "blue", "green"])}
+
+
+def test_tag_dropout_keeps_the_caption_separator(tmp_path: Path) -> None:
+    result = _caption(
+        tmp_path, "sks|red|blue", tag_delimiter="|", tag_dropout=1.0, keep_tags=1, tag_dropout_keep=["blue"]
+    )
+    assert result == "sks|blue"
+
+
+def test_a_mixed_caption_is_joined_with_its_most_common_separator(tmp_path: Path) -> None:
+    result = _caption(tmp_path, "a, b,c, d", shuffle_tags=True, variation=3)
+    assert sorted(result.split(", ")) == ["a", "b", "c", "d"]
+
+
+def test_capitalisation_keeps_placeholders_as_written(tmp_path: Path) -> None:
+    """Placeholders are matched case-sensitively when captions are tokenised: `<SKS>` would not be `<sks>`."""
+    caption = "a <sks> dog beside <Other-Token>, red"
+    styles = {_caption(tmp_path, caption, variation=v, random_capitalization=1.0) for v in range(40)}
+    assert styles == {
+        "a <sks> dog beside <Other-Token>, red",
+        "A <sks> DOG BESIDE <Other-Token>, RED",
+        "A <sks> Dog Beside <Other-Token>, Red",
+        "A <sks> dog beside <Other-Token>, red",
+    }
+    assert {_caption(tmp_path, "<sks>dog", variation=v, random_capitalization=1.0) for v in range(40)} == {
+        "<sks>dog",
+        "<sks>DOG",
+        "<sks>Dog",
+    }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -234,3 +236,107 @@ def test_an_image_whose_mask_is_corrupt_is_skipped_naming_the_mask(image_dataset
     assert len(scan.samples) == 7
     (unverified,) = _scan(DataConfig(concepts=[{"path": folder}], verify_images=False))
     assert len(unverified.samples) == 8, "unverified, the mask is found when the cache decodes it"
+
+
+def _names(scan) -> list[str]:
+    return sorted(sample.path.name for sample in scan.samples)
+
+
+def _raising(error: Exception) -> Callable[..., NoReturn]:
+    """A stand-in for a call that fails with `error`, as a failing disk would make it."""
+
+    def fail(*args: object, **kwargs: object) -> NoReturn:
+        raise error
+
+    return fail
+
+
+def _scan_saved(data: DataConfig, memo_path: Path):
+    """A scan as a run does it: the memo read from and written back to `memo_path`."""
+    memo = FileMemo(memo_path)
+    (scan,) = _scan(data, memo)
+    memo.save()
+    return scan
+
+
+@pytest.mark.usefixtures("pillow_limit")
+def test_too_large_is_remembered_only_under_the_limit_it_was_found_with(
+    tmp_path: Path, image_dataset_dir: Path
+) -> None:
+    """The skip message says to raise data.max_image_pixels: doing so must bring the file back at once, and
+    lowering the limit again must skip it although its size is remembered."""
+    folder = _with_giant(tmp_path / "images", image_dataset_dir, 15000, 15000)
+    memo_path = tmp_path / "files.json"
+    default = DataConfig(concepts=[{"path": folder}])
+    raised = DataConfig(concepts=[{"path": folder}], max_image_pixels=None)
+    assert _names(_scan_saved(default, memo_path)) == ["a.png"]
+    assert _names(_scan_saved(default, memo_path)) == ["a.png"]
+    assert _names(_scan_saved(raised, memo_path)) == ["a.png", "giant.png"]
+    lowered = _scan_saved(default, memo_path)
+    assert _names(lowered) == ["a.png"]
+    assert [item.reason[:40] for item in lowered.skipped] == ["too large: 225,000,000 pixels, above the"]
+
+
+def test_a_failed_read_is_tried_again_on_the_next_scan(
+    tmp_path: Path, image_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    memo_path = tmp_path / "files.json"
+    data = DataConfig(concepts=[{"path": folder}])
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "open", _raising(OSError(5, "Input/output error")))
+        failed = _scan_saved(data, memo_path)
+    assert [item.reason for item in failed.skipped] == ["unreadable: [Errno 5] Input/output error"]
+    assert _names(_scan_saved(data, memo_path)) == ["a.png"]
+
+
+def test_a_skip_remembered_by_an_older_version_is_checked_again(tmp_path: Path, image_dataset_dir: Path) -> None:
+    """Older memos kept every skip for good, too large and failed reads included."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    memo_path = tmp_path / "files.json"
+    memo = FileMemo(memo_path)
+    memo.update(folder / "a.png", error="unreadable: [Errno 5] Input/output error")
+    memo.save()
+    assert _names(_scan_saved(DataConfig(concepts=[{"path": folder}]), memo_path)) == ["a.png"]
+    assert "error" not in FileMemo(memo_path).record(folder / "a.png")
+
+
+def test_a_corrupt_file_stays_remembered(
+    tmp_path: Path, image_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the bytes decide (here a cut-off file) is still remembered: unchanged, it is not read again."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    (folder / "b.png").write_bytes((folder / "a.png").read_bytes()[:60])
+    memo_path = tmp_path / "files.json"
+    data = DataConfig(concepts=[{"path": folder}])
+    first = _scan_saved(data, memo_path)
+    import onetrainer.data_loader.scan as scan_module
+
+    monkeypatch.setattr(scan_module, "read_header", lambda path: pytest.fail(f"{path} read again"))
+    again = _scan_saved(data, memo_path)
+    assert _names(again) == ["a.png"]
+    assert again.skipped == first.skipped
+
+
+def test_a_read_failing_while_verifying_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error number means the system failed to read (an I/O error); Pillow's complaints about data carry none."""
+    from PIL import Image, PngImagePlugin
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(folder / "a.png")
+    memo_path = tmp_path / "files.json"
+    data = DataConfig(concepts=[{"path": folder}])
+    with monkeypatch.context() as patch:
+        patch.setattr(PngImagePlugin.PngImageFile, "verify", _raising(OSError(5, "I/O error")))
+        failed = _scan_saved(data, memo_path)
+    assert [item.reason for item in failed.skipped] == ["unreadable: [Errno 5] I/O error"]
+    assert _names(_scan_saved(data, memo_path)) == ["a.png"]
