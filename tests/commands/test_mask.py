@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
-from onetrainer.dataset_tools.tiny import save_tiny_clipseg
+from onetrainer.dataset_tools.tiny import save_tiny_blip, save_tiny_clipseg
 from onetrainer.util.tiny.dataset import make_image_dataset
 
 runner = CliRunner()
@@ -74,6 +74,21 @@ def test_clipseg_mask_recursive(tmp_path: Path) -> None:
         "img-000-masklabel.png",
         "img-001-masklabel.png",
     ]
+
+
+def test_a_model_that_is_not_clipseg_is_refused_by_name(tmp_path: Path) -> None:
+    """A BLIP folder ended in transformers' "You set `ignore_mismatched_sizes` to `False`" (exit 1)."""
+    model = save_tiny_blip(tmp_path / "blip")
+    folder = _two_colours(tmp_path / "images")
+
+    result = runner.invoke(app, ["mask", str(folder), "-m", str(model), "-p", "a cat"])
+
+    text = "".join(result.output.replace("│", " ").split())  # the panel folds the long path anywhere
+    assert result.exit_code == 2, result.output
+    assert f"{model}isnotaCLIPSegmodel" in text
+    assert "where:--model" in text
+    assert "itisablipmodel" in text
+    assert not (folder / "a-masklabel.png").exists()
 
 
 @pytest.mark.parametrize(
