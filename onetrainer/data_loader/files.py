@@ -114,17 +114,29 @@ def limit_pixels(limit: int | None) -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def _too_large(path: Path, error: Exception) -> UnreadableImage:
+class ImageTooLarge(UnreadableImage):
+    """An image above the pixel limit (`limit_pixels`), a possible decompression bomb. Its `reason` names the
+    run config's setting that raises the limit; `reason_with` words it for a caller that has none."""
+
+    def __init__(self, path: Path, size: str, limit: str) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            path, self.reason_with("(a run config's data.max_image_pixels); raise it if you trust this file")
+        )
+
+    def reason_with(self, remedy: str) -> str:
+        """The reason, with `remedy` (where the limit comes from, what to do) after the numbers."""
+        return f"too large: {self.size}, above the limit of {self.limit} {remedy}"
+
+
+def _too_large(path: Path, error: Exception) -> ImageTooLarge:
     from PIL import Image
 
     found = re.search(r"\((\d+) pixels\)", str(error))
     size = f"{int(found.group(1)):,} pixels" if found else str(error)
     limit = f"{Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "unset"
-    return UnreadableImage(
-        path,
-        f"too large: {size}, above the limit of {limit} (a run config's data.max_image_pixels); raise it if you "
-        "trust this file",
-    )
+    return ImageTooLarge(path, size, limit)
 
 
 def _open(path: Path) -> Image.Image:

@@ -121,3 +121,27 @@ def test_optimizer_args_of_an_optimizer_not_installed_are_left_to_the_trainer(ru
     assert config.training.optimizer_args == {"whatever": 1}
     found = problems(run, "training.optimizer=adamw", "training.optimizer_args={whatever: 1}")
     assert list(found) == ["training.optimizer_args.whatever"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value", "message"),
+    [
+        ("data.resolution=64,abc", "data.resolution", "'64,abc'", "expected a whole number or a list of whole numbers"),
+        (
+            "data.resolution=[64, x]",
+            "data.resolution",
+            "[64, 'x']",
+            "expected a whole number or a list of whole numbers",
+        ),
+        ("data.concepts.0.resolution=x", "data.concepts.0.resolution", "'x'", "expected a whole number or a list of"),
+        ("parts.unet.offload_blocks=x", "parts.unet.offload_blocks", "'x'", "expected a number"),
+        ("training.optimizer_args={d_coef: {a: 1}}", "training.optimizer_args.d_coef", "{'a': 1}", "expected true or"),
+    ],
+)
+def test_a_value_of_none_of_a_unions_types_is_one_problem_at_its_key(run, tmp_path, override, key, value, message):
+    """pydantic reports each member type at a path of its own (`data.resolution.int`, `data.resolution.list[int]`),
+    which no config has."""
+    with pytest.raises(ConfigError) as info:
+        load_config(run, [f"data.concepts.0.path={tmp_path}", override])
+    (problem,) = info.value.problems
+    assert str(problem).startswith(f"{key} = {value}: {message}")
