@@ -136,7 +136,7 @@ def _quiet_libraries() -> None:
     and bitsandbytes whenever they are installed, so those libraries' import-time notes would start
     every run of a `[quant]` install, quantised or not; their errors still show.
     """
-    from onetrainer.model.quantised import NOISY_LOGGERS
+    from onetrainer.util.quiet import NOISY_LOGGERS
 
     for name, value in _LIBRARY_QUIET.items():
         os.environ.setdefault(name, value)

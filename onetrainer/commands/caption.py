@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from onetrainer.commands.options import DEFAULT_DEVICE, BatchSize, Device, DtypeHalfOnGpu, Recursive
+from onetrainer.commands.options import DEFAULT_DEVICE, BatchSize, Device, DtypeHalfOnGpu, Recursive, number_option
 from onetrainer.dataset_tools.modes import CaptionMode
 from onetrainer.util.devices import WeightsDtype
 
@@ -55,10 +55,10 @@ def caption(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest caption, in tokens.")] = 75,
     general_threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Tagger: lowest score of a general tag.")
+        float, number_option("--general-threshold", min=0.0, max=1.0, help="Tagger: lowest score of a general tag.")
     ] = 0.35,
     character_threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Tagger: lowest score of a character tag.")
+        float, number_option("--character-threshold", min=0.0, max=1.0, help="Tagger: lowest score of a character tag.")
     ] = 0.85,
     exclude: Annotated[
         list[str] | None,

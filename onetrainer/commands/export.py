@@ -36,10 +36,10 @@ def export(
     from onetrainer.util.config.loader import load_config
     from onetrainer.util.config.onetrainer_json.exporter import export_onetrainer
     from onetrainer.util.config.onetrainer_json.load import finding_lines
-    from onetrainer.util.errors import UserError
+    from onetrainer.util.writable import check_output_file
 
-    if output is not None and output.exists() and not overwrite:
-        raise UserError(f"the output exists: {output}", where="--output", hint="Pass --overwrite to replace it.")
+    if output is not None:
+        check_output_file(output, overwrite=overwrite, where="--output")
     resolved = load_config(config, overrides or [], check_paths=False)
     exported, lacking = export_onetrainer(resolved)
     if lacking:

@@ -34,10 +34,10 @@ def import_config(
     from onetrainer.util.atomic import atomic_write_text
     from onetrainer.util.config.onetrainer_json.importer import import_onetrainer
     from onetrainer.util.config.onetrainer_json.load import check_imported, finding_lines, render_yaml
-    from onetrainer.util.errors import UserError
+    from onetrainer.util.writable import check_output_file
 
-    if output is not None and output.exists() and not overwrite:
-        raise UserError(f"the output exists: {output}", where="--output", hint="Pass --overwrite to replace it.")
+    if output is not None:
+        check_output_file(output, overwrite=overwrite, where="--output")
     imported = import_onetrainer(config)
     check_imported(imported, check_paths=False)
     text = render_yaml(imported)

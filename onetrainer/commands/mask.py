@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from onetrainer.commands.options import DEFAULT_DEVICE, BatchSize, Device, DtypeHalfOnGpu, Recursive
+from onetrainer.commands.options import DEFAULT_DEVICE, BatchSize, Device, DtypeHalfOnGpu, Recursive, number_option
 from onetrainer.dataset_tools.modes import MaskMode
 from onetrainer.util.devices import WeightsDtype
 
@@ -42,7 +42,12 @@ def mask(
     ] = "clipseg",
     threshold: Annotated[
         float | None,
-        typer.Option(min=0.0, max=1.0, help="clipseg: lowest probability (0.3); color: largest colour distance (0.2)."),
+        number_option(
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="clipseg: lowest probability (0.3); color: largest colour distance (0.2).",
+        ),
     ] = None,
     smooth: Annotated[int, typer.Option(min=0, help="Blur the mask edge by this radius in pixels.")] = 5,
     expand: Annotated[int, typer.Option(min=0, help="Grow the mask by this many pixels.")] = 10,
@@ -50,7 +55,9 @@ def mask(
         MaskMode,
         typer.Option(help="replace, fill (only images without a mask), add, subtract or blend with the old mask."),
     ] = MaskMode.FILL,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the new mask in add/subtract/blend.")] = 1.0,
+    alpha: Annotated[
+        float, number_option("--alpha", min=0.0, max=1.0, help="Weight of the new mask in add/subtract/blend.")
+    ] = 1.0,
     recursive: Recursive = False,
     batch_size: BatchSize = 4,
     device: Device = DEFAULT_DEVICE,

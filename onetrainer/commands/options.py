@@ -5,7 +5,8 @@ documented the same way everywhere.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated
 
 import typer
@@ -52,3 +53,39 @@ def keys_as_options(names: Mapping[str, str]) -> Iterator[None]:
         if error.where is not None and error.where in names:
             error.where = names[error.where]
         raise
+
+
+def number_option(
+    *names: str,
+    min: float | None = None,
+    max: float | None = None,
+    help: str,
+) -> typer.models.OptionInfo:
+    """A float option with a range, whose `nan` is refused as not a number.
+
+    typer checks `min`/`max` itself, and nan fails every comparison, so `--cfg nan` was refused as "should be
+    greater than or equal to 0", which names the wrong thing. A parser takes the place of typer's check, so
+    the range is checked there; `min`/`max` are still declared for the help line (`[x>=0.0]`).
+    """
+    return typer.Option(*names, min=min, max=max, metavar="NUMBER", parser=_number_parser(min, max), help=help)
+
+
+def _number_parser(minimum: float | None, maximum: float | None) -> Callable[[object], float | None]:
+    def parse(text: object) -> float | None:
+        if text is None or isinstance(text, float):  # a default, not typed by the user
+            return text
+        try:
+            value = float(str(text))
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        if math.isnan(value):
+            raise typer.BadParameter(f"{text} is not a number")
+        if math.isinf(value):
+            raise typer.BadParameter(f"{text} is not a finite number")
+        if minimum is not None and value < minimum:
+            raise typer.BadParameter(f"{text} is below {minimum:g}, the smallest allowed")
+        if maximum is not None and value > maximum:
+            raise typer.BadParameter(f"{text} is above {maximum:g}, the largest allowed")
+        return value
+
+    return parse

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from onetrainer.commands.options import DEFAULT_DEVICE, Device, DtypeHalfOnGpu, ModelType, keys_as_options
+from onetrainer.commands.options import (
+    DEFAULT_DEVICE,
+    Device,
+    DtypeHalfOnGpu,
+    ModelType,
+    keys_as_options,
+    number_option,
+)
 from onetrainer.model_sampler.sizes import MAX_SIDE
 from onetrainer.util.devices import WeightsDtype
 from onetrainer.util.errors import UserError
@@ -64,7 +71,7 @@ def sample(
         ),
     ] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps.")] = 20,
-    cfg: Annotated[float, typer.Option("--cfg", min=0.0, help="Classifier-free guidance scale.")] = 7.0,
+    cfg: Annotated[float, number_option("--cfg", min=0.0, help="Classifier-free guidance scale.")] = 7.0,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Noise seed (default: random, printed).")] = None,
     width: Annotated[
         int | None,
@@ -143,8 +150,6 @@ def sample(
 
     if scheduler is not None:
         check_scheduler(scheduler)
-    if not math.isfinite(cfg):
-        raise UserError(f"--cfg {cfg} is not a finite number", where="--cfg", hint="Use a scale such as 7.")
     loras = [_parse_lora(spec) for spec in lora or []]
     for path, _ in loras:
         if path.is_dir():
@@ -284,5 +289,7 @@ def _model_config(
             {"type": family, "base": source, "dtype": weights, "config": architecture, "options": options}
         )
     except ValidationError as error:
-        message = error.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UserError(f"invalid model: {message}", where="model.base") from None
+        first = error.errors()[0]
+        key = f"model.{first['loc'][0]}" if first["loc"] else "model.base"
+        what = "model" if key == "model.base" else MODEL_WHERE.get(key, key)
+        raise UserError(f"invalid {what}: {first['msg'].removeprefix('Value error, ')}", where=key) from None

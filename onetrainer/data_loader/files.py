@@ -48,11 +48,21 @@ class UnreadableImage(Exception):
 
 
 class ImageTooLarge(UnreadableImage):
-    """Above the pixel limit in force (`limit`): raising the limit makes the same file usable."""
+    """Above the pixel limit in force (`limit`, a possible decompression bomb): raising the limit makes the same
+    file usable. Its `reason` names the run config's setting that raises the limit; `reason_with` words it for
+    a caller that has none."""
 
-    def __init__(self, path: Path, reason: str, limit: int | None) -> None:
-        super().__init__(path, reason)
+    def __init__(self, path: Path, size: str, limit: int | None) -> None:
+        self.size = size
         self.limit = limit
+        super().__init__(
+            path, self.reason_with("(a run config's data.max_image_pixels); raise it if you trust this file")
+        )
+
+    def reason_with(self, remedy: str) -> str:
+        """The reason, with `remedy` (where the limit comes from, what to do) after the numbers."""
+        shown = f"{self.limit:,}" if self.limit else "unset"
+        return f"too large: {self.size}, above the limit of {shown} {remedy}"
 
 
 class ImageReadFailed(UnreadableImage):
@@ -143,14 +153,7 @@ def pixel_limit() -> int | None:
 
 
 def _too_large(path: Path, size: str) -> ImageTooLarge:
-    limit = pixel_limit()
-    shown = f"{limit:,}" if limit else "unset"
-    return ImageTooLarge(
-        path,
-        f"too large: {size}, above the limit of {shown} (a run config's data.max_image_pixels); raise it if you "
-        "trust this file",
-        limit,
-    )
+    return ImageTooLarge(path, size, pixel_limit())
 
 
 def _bomb(path: Path, error: Exception) -> ImageTooLarge:

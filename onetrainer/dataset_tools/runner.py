@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from onetrainer.data_loader.files import limit_pixels
+from onetrainer.data_loader.files import ImageTooLarge, limit_pixels
 from onetrainer.dataset_tools.files import UnreadableImage, find_images, load_rgb
 from onetrainer.dataset_tools.progress import ProgressCallback, ToolProgress, ToolSummary
 from onetrainer.util.config.data import PILLOW_PIXEL_LIMIT
@@ -65,7 +65,7 @@ def run_batches(
             try:
                 decoded.append((path, load_rgb(path)))
             except UnreadableImage as error:
-                summary.failed.append((path, error.reason))
+                summary.failed.append((path, _reason(error)))
         if decoded:
             results = process([image for _, image in decoded])
             if len(results) != len(decoded):
@@ -74,10 +74,21 @@ def run_batches(
                 try:
                     summary.written.append(write(path, image, result))
                 except UnreadableImage as error:
-                    summary.failed.append((path, f"{error.path.name}: {error.reason}"))
+                    summary.failed.append((path, f"{error.path.name}: {_reason(error)}"))
                 except OSError as error:  # one unwritable output (a folder in its place, a full disk) ends only its own
                     summary.failed.append((path, f"cannot write its output: {error.strerror or error}"))
         done += len(paths)
         on_progress(ToolProgress(done, total, paths[-1]))
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+TOO_LARGE_REMEDY = (
+    "(Pillow's guard against decompression bombs, fixed for caption and mask); downscale the image to use it"
+)
+"""Where the tools' pixel limit comes from: unlike a run config, they have no setting that raises it."""
+
+
+def _reason(error: UnreadableImage) -> str:
+    """Why an image was skipped, in the tools' words (training's names a run config's setting)."""
+    return error.reason_with(TOO_LARGE_REMEDY) if isinstance(error, ImageTooLarge) else error.reason

@@ -26,7 +26,6 @@ library is a user error naming the extra.
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.dtypes import QUANTISED
 from onetrainer.util.errors import UserError
+from onetrainer.util.quiet import quiet_import
 
 if TYPE_CHECKING:
     import torch
@@ -44,9 +44,6 @@ LIBRARY = {"fp8": "torchao", "int8": "torchao", "nf4": "bitsandbytes"}
 NF4_BLOCK = 64
 FOUR_BIT_FLAG = "is_loaded_in_4bit"
 """The attribute peft reads on a model to wrap its bitsandbytes 4-bit layers in its 4-bit LoRA layers."""
-NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
-"""Loggers that, when the libraries are imported, report optional native kernels they could not load
-(and torch's deprecation notes on torchao's types): not errors for weight-only storage."""
 
 
 @dataclass(frozen=True)
@@ -57,20 +54,6 @@ class QuantisedStorage:
     format: str
     compute_dtype: torch.dtype
     quantise_on: str = "cpu"
-
-
-@contextlib.contextmanager
-def quiet_import() -> Iterator[None]:
-    """Silence the libraries' import-time notes about optional kernels (not errors for weight-only storage)."""
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def require_library(storage: str, where: str = "parts") -> Any:

@@ -2,8 +2,9 @@
 
 Optimizers that live in optional packages are imported only when chosen, and a missing package is a
 user error that names the install command. Extra keyword arguments (`training.optimizer_args`) are
-checked against the optimizer's signature, so a misspelled knob fails up front instead of being
-ignored.
+checked against the optimizer's signature by the config check (`util.config.optimizer_args`), so a
+misspelled knob fails before anything loads instead of being ignored; here once more, for a config
+made in code.
 """
 
 from __future__ import annotations
@@ -11,36 +12,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from onetrainer.util.config.optimizer_args import OPTIMIZER_CLASSES, argument_problems, import_optimizer_class
 from onetrainer.util.config.training import Optimizer, TrainingConfig
 from onetrainer.util.errors import UserError
-from onetrainer.util.suggest import did_you_mean
 
 if TYPE_CHECKING:
     import torch
-
-INSTALL_HINT = 'Install the optional optimizers with `pip install "onetrainer[optim]"`.'
-QUANT_HINT = 'Install the quantisation libraries with `pip install "onetrainer[quant]"`.'
-
-
-@dataclass(frozen=True)
-class _OptionalClass:
-    module: str
-    attribute: str
-    package: str
-    hint: str = INSTALL_HINT
-
-
-_OPTIONAL: dict[Optimizer, _OptionalClass] = {
-    Optimizer.ADAMW_8BIT: _OptionalClass("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
-    Optimizer.ADAMW_8BIT_AO: _OptionalClass("torchao.optim", "AdamW8bit", "torchao", QUANT_HINT),
-    Optimizer.PRODIGY: _OptionalClass("prodigyopt", "Prodigy", "prodigyopt"),
-    Optimizer.SCHEDULE_FREE_ADAMW: _OptionalClass("schedulefree", "AdamWScheduleFree", "schedulefree"),
-    Optimizer.LION: _OptionalClass("lion_pytorch", "Lion", "lion-pytorch"),
-    Optimizer.CAME: _OptionalClass("came_pytorch", "CAME", "came-pytorch"),
-}
 
 _BETAS_LENGTH = {Optimizer.CAME: 3}
 
@@ -50,36 +29,19 @@ parameter group and dtype instead of several per tensor, and the `found_inf` ski
 on the device (`trainer.readback`). Elsewhere torch's default applies (`foreach` on other accelerators)."""
 
 
-def _import_optional(optimizer: Optimizer) -> type:
-    import importlib
-
-    spec = _OPTIONAL[optimizer]
-    from onetrainer.model.quantised import quiet_import
-
+def _optimizer_class(optimizer: Optimizer) -> type:
+    """The class `optimizer` names; a user error naming the install command when its package is missing."""
     try:
-        with quiet_import():
-            module = importlib.import_module(spec.module)
+        return import_optimizer_class(optimizer)
     except ImportError:
+        spec = OPTIMIZER_CLASSES[optimizer]
+        if spec.package is None:
+            raise
         raise UserError(
             f"the {optimizer.value} optimizer needs the `{spec.package}` package, which is not installed",
             where="training.optimizer",
             hint=spec.hint,
         ) from None
-    return getattr(module, spec.attribute)
-
-
-def _optimizer_class(optimizer: Optimizer) -> type:
-    import torch
-
-    if optimizer is Optimizer.ADAMW:
-        return torch.optim.AdamW
-    if optimizer is Optimizer.SGD:
-        return torch.optim.SGD
-    if optimizer is Optimizer.ADAFACTOR:
-        from transformers.optimization import Adafactor
-
-        return Adafactor
-    return _import_optional(optimizer)
 
 
 def resolve_parameter_groups(groups: list[dict[str, Any]], config: TrainingConfig) -> list[dict[str, Any]]:
@@ -133,23 +95,16 @@ def _keyword_arguments(config: TrainingConfig, warmup_steps: int) -> dict[str, A
     return kwargs
 
 
-def _accepted_names(cls: type) -> list[str]:
-    parameters = inspect.signature(cls).parameters
-    return [name for name in parameters if name not in ("self", "params")]
-
-
 def _check_arguments(cls: type, config: TrainingConfig, kwargs: dict[str, Any]) -> None:
-    accepted = _accepted_names(cls)
+    """Refuse a setting the optimizer lacks. The config check refuses `optimizer_args` the same way before
+    anything loads; this holds for a `TrainingConfig` made in code, which no config check has read."""
+    accepted = inspect.signature(cls).parameters
     for name in list(kwargs):
         if name not in accepted and name in ("weight_decay", "eps", "momentum"):
             raise UserError(f"the {config.optimizer.value} optimizer has no `{name}` setting", where=f"training.{name}")
-    for name in config.optimizer_args:
-        if name not in accepted:
-            raise UserError(
-                f"the {config.optimizer.value} optimizer has no argument `{name}`",
-                where=f"training.optimizer_args.{name}",
-                hint=f"{did_you_mean(name, accepted)}Its arguments are: {', '.join(accepted)}.",
-            )
+    problems = argument_problems(config.optimizer, cls, config.optimizer_args)
+    if problems:
+        raise UserError(f"{problems[0].message} (given: {problems[0].value!r})", where=problems[0].path)
 
 
 def build_optimizer(

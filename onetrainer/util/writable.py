@@ -36,6 +36,19 @@ def check_writable(path: str | os.PathLike[str], *, where: str | None = None) ->
         )
 
 
+def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, where: str | None = None) -> None:
+    """Raise a `UserError` now if the one file a command writes cannot go to `path`: a folder stands there
+    (even `--overwrite` must not replace a folder with a file), the file exists and `overwrite` is off, or
+    no file can be created there (`check_writable`). Asked before the work, so a mistyped `-o` loses nothing."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        hint = "Name a file, such as one inside that folder."
+        raise UserError(f"the output is a folder, not a file: {target}", where=where, hint=hint)
+    if target.exists() and not overwrite:
+        raise UserError(f"the output exists: {target}", where=where, hint="Pass --overwrite to replace it.")
+    check_writable(target, where=where)
+
+
 def creation_error(folder: Path) -> OSError | None:
     """Why no file can be created in `folder`, found by creating (and removing) one; None when one can.
     `os.access` answers yes for root, and cannot see read-only mounts or ACLs."""

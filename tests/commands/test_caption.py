@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
 from onetrainer.dataset_tools.tiny import save_tiny_blip
-from onetrainer.util.tiny.dataset import UNREADABLE_ODD_FILES, make_image_dataset
+from onetrainer.util.tiny.dataset import UNREADABLE_ODD_FILES, make_image_dataset, write_png_claiming_size
 
 runner = CliRunner()
 
@@ -164,3 +164,19 @@ def test_a_bad_device_is_refused_before_the_folder_is_read(tmp_path: Path) -> No
 
     assert result.exit_code == 2
     assert "unknown device 'tpu'" in result.output
+
+
+def test_a_giant_image_is_skipped_saying_what_the_limit_is(blip_dir: Path, tmp_path: Path) -> None:
+    """The reason told the user to raise a run config's data.max_image_pixels, which caption has not."""
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "small.png")
+    write_png_claiming_size(tmp_path / "giant.png", 15000, 15000)
+
+    result = runner.invoke(
+        app, ["caption", str(tmp_path), "--model", str(blip_dir), "--max-new-tokens", "4"], terminal_width=200
+    )
+
+    said = " ".join(result.stdout.split())
+    assert result.exit_code == 0, result.output
+    assert "giant.png: too large: 225,000,000 pixels, above the limit of 178,956,970 (Pillow's guard" in said
+    assert "downscale the image" in said
+    assert "max_image_pixels" not in said

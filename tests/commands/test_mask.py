@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from onetrainer.commands.app import app
-from onetrainer.dataset_tools.tiny import save_tiny_clipseg
-from onetrainer.util.tiny.dataset import make_image_dataset
+from onetrainer.dataset_tools.tiny import save_tiny_blip, save_tiny_clipseg
+from onetrainer.util.tiny.dataset import make_image_dataset, write_png_claiming_size
 
 runner = CliRunner()
 
@@ -76,12 +76,29 @@ def test_clipseg_mask_recursive(tmp_path: Path) -> None:
     ]
 
 
+def test_a_model_that_is_not_clipseg_is_refused_by_name(tmp_path: Path) -> None:
+    """A BLIP folder ended in transformers' "You set `ignore_mismatched_sizes` to `False`" (exit 1)."""
+    model = save_tiny_blip(tmp_path / "blip")
+    folder = _two_colours(tmp_path / "images")
+
+    result = runner.invoke(app, ["mask", str(folder), "-m", str(model), "-p", "a cat"])
+
+    text = "".join(result.output.replace("│", " ").split())  # the panel folds the long path anywhere
+    assert result.exit_code == 2, result.output
+    assert f"{model}isnotaCLIPSegmodel" in text
+    assert "where:--model" in text
+    assert "itisablipmodel" in text
+    assert not (folder / "a-masklabel.png").exists()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["mask", "{folder}"], "--prompt"),
         (["mask", "{folder}", "-p", "x", "--model", "color"], "not a colour"),
         (["mask", "{folder}", "-p", "red", "--model", "color", "--alpha", "2"], "alpha"),
+        (["mask", "{folder}", "-p", "red", "--model", "color", "--alpha", "nan"], "'--alpha': nan is not a number"),
+        (["mask", "{folder}", "-p", "red", "--model", "color", "--threshold", "nan"], "nan is not a number"),
         (["mask", "{folder}", "-p", "red", "--mode", "xor"], "xor"),
         (["mask", "{missing}", "-p", "red"], "folder not found"),
     ],
@@ -150,3 +167,16 @@ def test_masks_where_nothing_matched_are_counted_and_named(tmp_path: Path) -> No
     assert "2 of 2 masks are empty" in warning
     assert "a-masklabel.png, b-masklabel.png" in warning
     assert "raise --threshold" in warning
+
+
+def test_a_giant_image_is_skipped_saying_what_the_limit_is(tmp_path: Path) -> None:
+    """The reason told the user to raise a run config's data.max_image_pixels, which mask has not."""
+    folder = _two_colours(tmp_path / "images")
+    write_png_claiming_size(folder / "giant.png", 15000, 15000)
+
+    result = runner.invoke(app, ["mask", str(folder), "--model", "color", "-p", "red"], terminal_width=200)
+
+    said = " ".join(result.stdout.split())
+    assert result.exit_code == 0, result.output
+    assert "giant.png: too large: 225,000,000 pixels, above the limit of 178,956,970 (Pillow's guard" in said
+    assert "max_image_pixels" not in said

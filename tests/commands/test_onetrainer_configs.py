@@ -688,6 +688,39 @@ def test_import_writes_the_file_and_refuses_to_overwrite_it(tmp_path, shapes_dat
     assert invoke("export", target, "-o", target).exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["import", "export"])
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("{folder}", "the output is a folder, not a file: {folder}"),
+        ("{file}/run.yaml", "cannot write {file}/run.yaml: {file} is a file, not a folder"),
+        pytest.param(
+            "/sys/run.yaml",
+            "cannot write into /sys",
+            marks=pytest.mark.skipif(not Path("/sys").is_dir(), reason="no read-only /sys here"),
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_converting(
+    tmp_path, shapes_dataset_dir, command, output, message
+):
+    """These ended in a traceback's PermissionError, IsADirectoryError or FileExistsError (exit 1), even with
+    --overwrite, after the conversion."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.png").write_text("x")
+    places = {"folder": tmp_path / "folder", "file": tmp_path / "file.png"}
+    source = sparse_preset(tmp_path, shapes_dataset_dir)
+    if command == "export":
+        source = tmp_path / "run.yaml"
+        assert invoke("import", sparse_preset(tmp_path, shapes_dataset_dir), "-o", source).exit_code == 0
+    result = invoke(command, source, "-o", output.format(**places), "--overwrite")
+    assert result.exit_code == 2, result.output
+    text = "".join(result.output.replace("│", " ").split())  # Rich folds long paths anywhere
+    assert "".join(message.format(**places).split()) in text
+    assert "where:--output" in text
+    assert "Traceback" not in result.output
+
+
 def test_a_model_type_without_a_family_here_is_not_supported_in_this_version(tmp_path):
     path = write(tmp_path / "zeta.json", {"__version": 11, "model_type": "ZETA_IMAGE_1", "training_method": "LORA"})
     for command in ("import", "train"):

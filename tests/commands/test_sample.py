@@ -165,7 +165,10 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["--embedding", "{sd2-lora}"], "is a LoRA"),
         (["--lora", "{corrupt}"], "corrupt"),
         (["--lora", "{xl-lora}:nan"], "strength is not finite"),
-        (["--cfg", "inf"], "--cfg inf is not a finite number"),
+        (["--cfg", "inf"], "Invalid value for '--cfg': inf is not a finite number"),
+        (["--cfg", "nan"], "Invalid value for '--cfg': nan is not a number"),  # was "greater than or equal to 0"
+        (["--cfg", "-1"], "Invalid value for '--cfg': -1 is below 0, the smallest allowed"),
+        (["--config", "{tmp}/no-such-config"], "no such file or folder, and not a hub id of the form org/name"),
         (["--seed", str(2**64)], "too large"),
         (["--clip-skip", "12"], "--clip-skip 12 skips more layers than the CLIP ViT-L text encoder has"),
     ],
@@ -176,6 +179,8 @@ def test_bad_input_exits_2(args: list[str], expected: str, bad_files: dict[str, 
     result = sample("tiny:sd15", "-p", "x", *FAST, "-o", tmp_path, *filled)
     assert result.exit_code == 2, result.output
     assert expected in said(result)
+    if filled[0] == "--config":
+        assert "where: --config" in said(result), "it said: the MODEL argument"
 
 
 @pytest.mark.parametrize(

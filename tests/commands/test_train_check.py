@@ -43,6 +43,12 @@ def test_preset_file_with_concept_override_prints_resolved_config(tmp_path):
         ("", ["foo"], "KEY=VALUE"),
         ("", ["training.nope=1"], "unknown key"),
         ("", ["data.concepts.9.path=/tmp"], "out of range"),
+        ("", ["training.optimizer_args={foo: 1}"], "training.optimizer_args.foo = 1: the adamw optimizer has no such"),
+        (
+            "",
+            ["training.optimizer_args={eps: abc}"],
+            "training.optimizer_args.eps = 'abc': the adamw optimizer takes a",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, content, overrides, expected):

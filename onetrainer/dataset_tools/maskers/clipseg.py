@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.dataset_tools.sources import load_from_hub_or_path
+from onetrainer.dataset_tools.sources import MODEL_OPTION, load_from_hub_or_path
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class ClipSegMasker:
     ) -> ClipSegMasker:
         from transformers import AutoProcessor, CLIPSegForImageSegmentation
 
+        load_from_hub_or_path(lambda path: _check_clipseg(path, source), source, what="CLIPSeg model")
         processor = load_from_hub_or_path(AutoProcessor.from_pretrained, source, what="CLIPSeg model")
         model = load_from_hub_or_path(
             lambda path: CLIPSegForImageSegmentation.from_pretrained(path, dtype=dtype), source, what="CLIPSeg model"
@@ -65,3 +66,25 @@ class ClipSegMasker:
 
         resized = functional.interpolate(probability, size=(image.height, image.width), mode="bilinear")
         return (resized[0, 0] >= self.threshold).float().cpu().numpy()
+
+
+def _check_clipseg(path: str, source: str) -> None:
+    """Refuse a model that is not CLIPSeg by its config, before its weights load: transformers would load
+    another kind's weights into CLIPSeg's layers and fail on the first mismatched shape, with a message that
+    names neither the model nor the problem (a BLIP), or fail on its processor (a tagger)."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except ValueError as error:  # a config.json transformers cannot read as any model type
+        raise _not_clipseg(source, f"transformers says: {str(error).splitlines()[0]}") from None
+    if model_type != "clipseg":
+        raise _not_clipseg(source, f"Its config says it is a {model_type} model.")
+
+
+def _not_clipseg(source: str, reason: str) -> UserError:
+    return UserError(
+        f"{source} is not a CLIPSeg model",
+        where=MODEL_OPTION,
+        hint=f"{reason} Pass a CLIPSeg folder or hub id (such as CIDAS/clipseg-rd64-refined), or --model color.",
+    )

@@ -2,12 +2,14 @@
 
 A field validator sees one section; these need two, such as a preview prompt's size, which falls back
 to the training resolution when it is not set, or the registry, such as whether the model type can
-train in this version at all.
+train in this version at all, or an optimizer's class, whose signature says which `optimizer_args` it
+takes.
 """
 
 from __future__ import annotations
 
 from onetrainer.util.config.memory import memory_problems
+from onetrainer.util.config.optimizer_args import optimizer_arg_problems
 from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import ConfigProblem
@@ -25,6 +27,7 @@ def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
         *_preview_size_problems(config),
         *_prior_problems(config),
         *memory_problems(config),
+        *optimizer_arg_problems(config.training),
     ]
 
 

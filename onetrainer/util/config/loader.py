@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
+import types
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,25 +93,84 @@ def resolve_raw(
     return data, problems
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The schema class that owns the key at `loc`, to suggest its real field names."""
-    annotation: Any = TrainConfig
+def _annotations_along(loc: tuple[Any, ...]) -> list[Any]:
+    """The schema's annotation (unwrapped) at each prefix of `loc`, from TrainConfig at `()`; shorter than
+    `loc` + 1 where the path leaves the schema (a union's member name, a plain value's sub-key)."""
+    annotation: Any = _unwrap(TrainConfig)
+    found = [annotation]
     for part in loc:
-        annotation = _unwrap(annotation)
         if _is_model(annotation):
             field = annotation.model_fields.get(str(part))
             if field is None:
-                return None
+                break
             annotation = field.annotation
-        elif isinstance(part, int):
-            args = getattr(annotation, "__args__", ())
-            annotation = args[0] if args else None
-        elif getattr(annotation, "__origin__", None) is dict:
-            annotation = annotation.__args__[1]
+        elif isinstance(part, int) and typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
         else:
-            return None
-    annotation = _unwrap(annotation)
+            break
+        annotation = _unwrap(annotation)
+        found.append(annotation)
+    return found
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema class that owns the key at `loc`, to suggest its real field names."""
+    along = _annotations_along(loc)
+    annotation = along[-1] if len(along) == len(loc) + 1 else None
     return annotation if _is_model(annotation) else None
+
+
+def _union_depth(loc: tuple[Any, ...]) -> int | None:
+    """How many parts of `loc` lead to a union of types, when pydantic's next part names one of its members
+    (`data.resolution.int`, `data.resolution.list[int]`): a name no config has."""
+    along = _annotations_along(loc)
+    for depth, annotation in enumerate(along[: len(loc)]):
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            return depth
+    return None
+
+
+_MEMBERS = {
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "str": "text",
+    "list[int]": "a list of whole numbers",
+    "list[float]": "a list of numbers",
+}
+"""What a union member pydantic names in a path asks for, in words."""
+
+
+def _union_problem(prefix: tuple[Any, ...], errors: list[ErrorDetails]) -> ConfigProblem:
+    """One problem at `prefix` for the errors of all a union's members: each member failed, so the value is
+    none of them, and pydantic's member names are no keys."""
+    members = [error for error in errors if tuple(error.get("loc", ()))[: len(prefix)] == prefix]
+    tags = list(dict.fromkeys(str(error["loc"][len(prefix)]) for error in members))
+    if "float" in tags and "int" in tags:  # a whole number is a number
+        tags.remove("int")
+    words = [_MEMBERS.get(tag, tag) for tag in tags]
+    wanted = " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
+    whole = next((error for error in members if len(error["loc"]) == len(prefix) + 1), members[0])
+    return ConfigProblem(
+        ".".join(str(part) for part in prefix), f"expected {wanted}", whole.get("input"), has_value=True
+    )
+
+
+def _problems_from_pydantic(errors: list[ErrorDetails]) -> list[ConfigProblem]:
+    """Each error as a problem at its key path; the errors of one union's members as one problem."""
+    problems = []
+    unions: set[tuple[Any, ...]] = set()
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        depth = _union_depth(loc)
+        if depth is None:
+            problems.append(_problem_from_pydantic(error))
+        elif loc[:depth] not in unions:
+            unions.add(loc[:depth])
+            problems.append(_union_problem(loc[:depth], errors))
+    return problems
 
 
 def _problem_from_pydantic(error: ErrorDetails) -> ConfigProblem:
@@ -151,7 +212,7 @@ def validate(
     try:
         config = TrainConfig.model_validate(data, context={CHECK_PATHS: check_paths})
     except ValidationError as exc:
-        problems.extend(_problem_from_pydantic(error) for error in exc.errors())
+        problems.extend(_problems_from_pydantic(exc.errors()))
     except ConfigError as exc:  # the family's checks, which run once every field is valid
         problems.extend(exc.problems)
     if config is not None:
@@ -208,7 +269,8 @@ def _where(file: str | None, overrides: list[str] | tuple[str, ...], problems: l
     def covers(key: str, path: str) -> bool:
         return path == key or path.startswith(f"{key}.") or key.startswith(f"{path}.")
 
-    keys = {text.partition("=")[0].strip(): text for text in overrides}
+    # the last override of a key is the one that counts; one without a key (`=5`) is its problem's path
+    keys = {text.partition("=")[0].strip() or text: text for text in overrides}
     blamed = [text for key, text in keys.items() if any(covers(key, problem.path) for problem in problems)]
     in_file = any(not any(covers(key, problem.path) for key in keys) for problem in problems)
     parts = ([file] if file and in_file else []) + [f"command line: {text}" for text in blamed]

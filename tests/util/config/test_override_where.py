@@ -21,7 +21,7 @@ def config_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "override",
-    ["training.learning_rate=abc", "output.output=x.safetensors", "training.lerning_rate=1e-4", "training..x=1"],
+    ["training.learning_rate=abc", "output.output=x.safetensors", "training.lerning_rate=1e-4", "training..x=1", "=5"],
 )
 def test_a_bad_override_is_located_on_the_command_line(config_file: Path, override: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -1,5 +1,7 @@
 """Values the schema refuses up front, with their key paths: what used to fail late or not at all."""
 
+import sys
+
 import pytest
 
 from onetrainer.util.config.loader import load_config
@@ -82,3 +84,64 @@ def test_thread_setting_accepts_auto_or_a_count(run, value, expected):
 @pytest.mark.parametrize("value", [0, -1, "many", "true", 1.5])
 def test_thread_setting_refuses_anything_else(run, value):
     assert "auto or a whole number" in problems(run, f"training.threads={value}")["training.threads"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        (
+            "{amsgrd: true}",
+            "amsgrd",
+            "the adamw optimizer has no such argument; did you mean 'amsgrad'? its arguments: lr,",
+        ),
+        ("{eps: abc}", "eps", "the adamw optimizer takes a number here (its default: 1e-08)"),
+        ("{amsgrad: 1}", "amsgrad", "the adamw optimizer takes true or false here (its default: false)"),
+        ("{betas: [0.9]}", "betas", "the adamw optimizer takes a list of 2 numbers here (its default: [0.9, 0.999])"),
+        ("{fused: 'yes'}", "fused", "the adamw optimizer takes true, false or null here (its default: null)"),
+    ],
+)
+def test_optimizer_args_are_checked_against_the_optimizers_signature(run, override, key, message):
+    """These passed `--check` and failed only once the model had loaded and the cache had filled."""
+    found = problems(run, f"training.optimizer_args={override}")
+    assert list(found) == [f"training.optimizer_args.{key}"]
+    assert found[f"training.optimizer_args.{key}"].startswith(message)
+
+
+def test_optimizer_args_of_the_right_kinds_pass(run):
+    args = "{fused: null, foreach: false, betas: [0.9, 0.99], eps: 1, weight_decay: 0, amsgrad: true}"
+    assert load_config(run, [f"training.optimizer_args={args}"]).training.optimizer_args["eps"] == 1
+    sgd = load_config(run, ["training.optimizer=sgd", "training.optimizer_args={nesterov: true, dampening: 0.1}"])
+    assert sgd.training.optimizer_args == {"nesterov": True, "dampening": 0.1}
+
+
+def test_optimizer_args_of_an_optimizer_not_installed_are_left_to_the_trainer(run, monkeypatch):
+    """The names cannot be read without the package; the trainer names the install command instead."""
+    monkeypatch.setitem(sys.modules, "lion_pytorch", None)
+    config = load_config(run, ["training.optimizer=lion", "training.optimizer_args={whatever: 1}"])
+    assert config.training.optimizer_args == {"whatever": 1}
+    found = problems(run, "training.optimizer=adamw", "training.optimizer_args={whatever: 1}")
+    assert list(found) == ["training.optimizer_args.whatever"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value", "message"),
+    [
+        ("data.resolution=64,abc", "data.resolution", "'64,abc'", "expected a whole number or a list of whole numbers"),
+        (
+            "data.resolution=[64, x]",
+            "data.resolution",
+            "[64, 'x']",
+            "expected a whole number or a list of whole numbers",
+        ),
+        ("data.concepts.0.resolution=x", "data.concepts.0.resolution", "'x'", "expected a whole number or a list of"),
+        ("parts.unet.offload_blocks=x", "parts.unet.offload_blocks", "'x'", "expected a number"),
+        ("training.optimizer_args={d_coef: {a: 1}}", "training.optimizer_args.d_coef", "{'a': 1}", "expected true or"),
+    ],
+)
+def test_a_value_of_none_of_a_unions_types_is_one_problem_at_its_key(run, tmp_path, override, key, value, message):
+    """pydantic reports each member type at a path of its own (`data.resolution.int`, `data.resolution.list[int]`),
+    which no config has."""
+    with pytest.raises(ConfigError) as info:
+        load_config(run, [f"data.concepts.0.path={tmp_path}", override])
+    (problem,) = info.value.problems
+    assert str(problem).startswith(f"{key} = {value}: {message}")
