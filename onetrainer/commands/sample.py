@@ -75,11 +75,17 @@ def sample(
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Noise seed (default: random, printed).")] = None,
     width: Annotated[
         int | None,
-        typer.Option("--width", help=f"Width in pixels: a multiple of 8, at most {MAX_SIDE} (default: the model's)."),
+        typer.Option(
+            "--width",
+            help=f"Width in pixels: a multiple of 8 (FLUX.1, SD 3.x: 16), at most {MAX_SIDE} (default: the model's).",
+        ),
     ] = None,
     height: Annotated[
         int | None,
-        typer.Option("--height", help=f"Height in pixels: a multiple of 8, at most {MAX_SIDE} (default: the model's)."),
+        typer.Option(
+            "--height",
+            help=f"Height in pixels: a multiple of 8 (FLUX.1, SD 3.x: 16), at most {MAX_SIDE} (default: the model's).",
+        ),
     ] = None,
     scheduler: Annotated[
         str | None,

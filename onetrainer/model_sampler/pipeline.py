@@ -145,7 +145,10 @@ class PipelineSampler:
         self.unpack = unpack
 
     def default_size(self) -> int:
-        return self.model.spec.resolution_for(self.model.prediction_type)
+        """The family's training size, within what the denoiser's positional embedding reaches."""
+        size = self.model.spec.resolution_for(self.model.prediction_type)
+        limit = self.model.largest_side
+        return size if limit is None else min(size, limit)
 
     def pipeline(self, scheduler: Any) -> Any:
         """The family's pipeline class around the model's denoiser and VAE, with `scheduler`.

@@ -330,3 +330,14 @@ def test_a_side_beyond_the_positional_embedding_is_refused_by_name(tmp_path: Pat
     result = sample("tiny:sd35-medium", "-p", "x", "--steps", "1", "--width", "272", "-o", tmp_path)
     assert result.exit_code == 2, result.output
     assert "width 272 is larger than the 256 px this model's positional embedding covers" in said(result)
+
+
+def test_the_default_size_stays_within_the_positional_embedding(tmp_path: Path) -> None:
+    """The tiny MMDiT reaches 256 px, less than SD 3's 1,024 px default: the default takes the smaller."""
+    result = sample("tiny:sd35-medium", "-p", "x", "--steps", "1", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    (image,) = tmp_path.glob("*.png")
+    with Image.open(image) as png:
+        assert png.size == (256, 256)

@@ -13,8 +13,9 @@ from onetrainer.util.enums import SAMPLING_SCHEDULERS
 from onetrainer.util.suggest import did_you_mean
 
 SIZE_STEP = 8
-"""Preview sides must be multiples of the VAE's downscale factor: 8 in every supported family, and
-the sampler refuses any other size, so the schema refuses it first, with the key path."""
+"""Preview sides must be multiples of the VAE's downscale factor, 8 in every supported family, and the
+sampler refuses any other size, so the schema refuses it first, with the key path; a family whose
+denoiser patches the latents needs more (FLUX.1 and SD 3.x: 16), which the cross-section check asks."""
 
 
 class SamplePrompt(Section):
@@ -71,7 +72,8 @@ class SavingConfig(Section):
     output: OutputPath = Field(Path("output/model.safetensors"), description="Where the final model is written.")
     format: SaveFormat = Field(
         SaveFormat.AUTO,
-        description="Output format; auto = kohya for LoRA, a1111 for embeddings, by file suffix for full models.",
+        description="Output format; auto = the family's LoRA layout (kohya; SD 3.x: peft, kohya when T5 trains), a1111 "
+        "for embeddings, by file suffix for full models.",
     )
     dtype: SaveDtype = Field(SaveDtype.FP16, description="Data type of the saved weights.")
     overwrite: bool = Field(False, description="Replace an existing output; otherwise a run refuses to start.")
