@@ -65,8 +65,8 @@ def write_conversion(
     """
     output = Path(output).expanduser()
     fmt = resolve_format(to, source.kind, output)
-    keep = {f"{path}, which it converts from": Path(path) for path in reads if Path(path).expanduser().exists()}
-    check_output(output, fmt, source.kind, overwrite=overwrite, keep=keep)
+    read = {f"{path}, which it converts from": Path(path) for path in reads if Path(path).expanduser().exists()}
+    check_output(output, fmt, source.kind, overwrite=overwrite, read=read)
     cast = save_dtype(dtype)
     inherited = {k: v for k, v in source.metadata.items() if k != DIFFUSERS_METADATA_KEY}
     with write_errors(output):

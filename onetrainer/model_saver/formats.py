@@ -93,12 +93,20 @@ WEIGHT_FILE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf
 
 
 def check_output(
-    output: Path, fmt: SaveFormat, kind: str, *, overwrite: bool, keep: Mapping[str, Path] | None = None
+    output: Path,
+    fmt: SaveFormat,
+    kind: str,
+    *,
+    overwrite: bool,
+    keep: Mapping[str, Path] | None = None,
+    read: Mapping[str, Path] | None = None,
 ) -> None:
     """Refuse an existing output (unless `overwrite`), a path that does not suit the format, and a replacement
-    that would lose files: a folder that is not a diffusers model, or one of `keep` (what each path is, named
-    with it -> the path: the input of a conversion, a run's base model, data and workspace) at or inside the
-    output."""
+    that would lose files: a folder holding more than a diffusers model, one of `keep` (what each path is,
+    named with it -> the path: a run's data, workspace and cache) at or inside the output, or one of `read`
+    (the models it reads: a conversion's input, a run's base model) inside the output folder. The output may
+    be a model it reads: saving over it (continuing a fine-tune, converting in place) is asked for by name,
+    and the write is atomic."""
     folder = is_folder_format(fmt, kind)
     if folder and output.suffix.lower() == ".safetensors":
         raise UserError(
@@ -117,7 +125,7 @@ def check_output(
             f"{fmt.value} output is a .safetensors file; {output.name} does not end in .safetensors",
             hint=f"Use e.g. {output.with_suffix('.safetensors').name}.",
         )
-    _check_keeps(output, keep or {})
+    _check_keeps(output, keep or {}, read or {})
     if output.exists():
         if not overwrite:
             raise UserError(f"the output already exists: {output}", hint="Choose another path, or pass --overwrite.")
@@ -126,19 +134,34 @@ def check_output(
                 f"the output {output} exists as a {'folder' if output.is_dir() else 'file'}; refusing to replace it "
                 f"with a {'folder' if folder else 'file'}",
             )
-        if folder and any(output.iterdir()) and not (output / "model_index.json").is_file():
+        foreign = _foreign_entries(output) if folder else []
+        if foreign:
             raise UserError(
-                f"the output {output} is a folder that is not a diffusers model (it has no model_index.json); "
-                "replacing it would delete what it holds",
-                hint="Choose a new folder, or an existing diffusers model folder to replace.",
+                f"the output {output} holds what a diffusers model does not ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); replacing the folder would delete it",
+                hint="Choose a new folder, or a diffusers model folder (one this tool wrote) to replace.",
             )
 
 
-def _check_keeps(output: Path, keep: Mapping[str, Path]) -> None:
+def _foreign_entries(folder: Path) -> list[str]:
+    """What in an existing output folder a saved diffusers model does not hold: anything but `model_index.json`
+    and the parts it lists (a clone's `.git`, notes, images: all would go with the folder)."""
+    import json
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = None
+    parts = {name for name, value in index.items() if isinstance(value, list)} if isinstance(index, dict) else set()
+    own = {"model_index.json", *parts} if index is not None else set()
+    return sorted(entry.name for entry in folder.iterdir() if entry.name not in own)
+
+
+def _check_keeps(output: Path, keep: Mapping[str, Path], read: Mapping[str, Path]) -> None:
     target = output.expanduser().resolve()
-    for what, path in keep.items():
+    for what, path in {**keep, **read}.items():
         kept = path.expanduser().resolve()
-        if kept == target or target in kept.parents:
+        if target in kept.parents or (kept == target and what in keep):
             raise UserError(f"the output {output} would replace {what}", hint="Write the output somewhere else.")
 
 

@@ -79,24 +79,32 @@ def _check_output(config: TrainConfig) -> None:
     except UserError as error:
         raise UserError(error.message, where="saving.format", hint=error.hint) from None
     try:
-        check_output(output, fmt, kind, overwrite=True, keep=_read_by_the_run(config))
+        check_output(output, fmt, kind, overwrite=True, keep=_kept_by_the_run(config), read=_read_by_the_run(config))
     except UserError as error:
         raise UserError(error.message, where="saving.output", hint=_OUTPUT_HINT) from None
     _check_creatable(output.parent, "saving.output")
 
 
-def _read_by_the_run(config: TrainConfig) -> dict[str, Path]:
-    """What the run reads or keeps, named for the error when the output would replace it (the output is saved
-    over whatever is there: a run re-saves it at every cadence)."""
+def _kept_by_the_run(config: TrainConfig) -> dict[str, Path]:
+    """What the run keeps, named for the error when the output would replace it (the output is saved over
+    whatever is there: a run re-saves it at every cadence)."""
     keep = {f"the workspace {config.workspace}": config.workspace}
     if config.data.cache_dir is not None:
         keep[f"the cache {config.data.cache_dir}"] = config.data.cache_dir
     for index, concept in enumerate(config.data.concepts):
         keep[f"the images of data.concepts.{index} ({concept.path})"] = concept.path
-    for key, value in (("model.base", config.model.base), ("model.vae", config.model.vae)):
-        if value is not None and Path(value).expanduser().exists():
-            keep[f"the model {key} names ({value})"] = Path(value)
     return keep
+
+
+def _read_by_the_run(config: TrainConfig) -> dict[str, Path]:
+    """The local models the run reads, which the output may replace (continuing a fine-tune in place) but not
+    hold."""
+    values = (("model.base", config.model.base), ("model.vae", config.model.vae))
+    return {
+        f"the model {key} names ({value})": Path(value)
+        for key, value in values
+        if value is not None and Path(value).expanduser().exists()
+    }
 
 
 def check_destinations(config: TrainConfig, *, output: bool = True) -> None:

@@ -72,17 +72,20 @@ def test_output_checks(tmp_path: Path) -> None:
 
 
 def test_a_folder_output_replaces_only_a_diffusers_model_or_an_empty_folder(tmp_path: Path) -> None:
-    """Replacing a folder deletes what it holds: only a diffusers model (or nothing) may be replaced."""
+    """Replacing a folder deletes what it holds: only a diffusers model and nothing else (or nothing) may go."""
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="not a diffusers model") as error:
+    with pytest.raises(UserError, match=r"holds what a diffusers model does not \(keep.txt\)"):
         check_output(notes, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
-    assert "model_index.json" in error.value.message
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "model_index.json").write_text("{}")
+    (model / "unet").mkdir(parents=True)
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "U"]}')
     check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
+    (model / ".git").mkdir()
+    (model / "README.md").write_text("a clone")
+    with pytest.raises(UserError, match=r"\(\.git, README\.md\)"):
+        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     check_output(empty, SaveFormat.DIFFUSERS, MODEL, overwrite=True)
@@ -91,15 +94,16 @@ def test_a_folder_output_replaces_only_a_diffusers_model_or_an_empty_folder(tmp_
 
 
 def test_an_output_at_or_around_what_is_kept_is_refused(tmp_path: Path) -> None:
+    """What is kept (data, workspace) may be neither the output nor inside it; a model that is read may be the
+    output (saved over by name, atomically), not inside it."""
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "model_index.json").write_text("{}")
+    (model / "unet").mkdir(parents=True)
+    (model / "model_index.json").write_text('{"unet": ["diffusers", "U"]}')
     inside = model / "unet" / "weights.safetensors"
     with pytest.raises(UserError, match="would replace the input"):
-        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, keep={"the input": inside})
-    with pytest.raises(UserError, match="would replace the input"):
-        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, keep={"the input": model})
+        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, read={"the input": inside})
+    check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, read={"the input": model})
+    with pytest.raises(UserError, match="would replace the workspace"):
+        check_output(model, SaveFormat.DIFFUSERS, MODEL, overwrite=True, keep={"the workspace": model})
     single = tmp_path / "base.safetensors"
-    with pytest.raises(UserError, match="would replace the base"):
-        check_output(single, SaveFormat.SINGLE_FILE, MODEL, overwrite=True, keep={"the base": single})
-    check_output(tmp_path / "other.safetensors", SaveFormat.SINGLE_FILE, MODEL, overwrite=True, keep={"x": single})
+    check_output(single, SaveFormat.SINGLE_FILE, MODEL, overwrite=True, read={"the base": single})

@@ -64,15 +64,15 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(
     [
         ("data", "would replace the images of data.concepts.0"),
         ("workspace", "would replace the workspace"),
-        ("base", "would replace the model model.base names"),
-        ("notes", "not a diffusers model"),
+        ("base", "holds what a diffusers model does not (keep.txt)"),
+        ("notes", "holds what a diffusers model does not (keep.txt)"),
     ],
 )
 def test_a_full_model_output_that_would_delete_files_is_refused_before_loading(
     tmp_path: Path, toy_config: ToyConfig, output: str, says: str
 ) -> None:
-    """A full fine-tune saved as a folder replaces the folder at every save: never the data, the workspace, the
-    base model or a folder of other files."""
+    """A full fine-tune saved as a folder replaces the folder at every save: never the data, the workspace, or a
+    folder with other files, the base model's folder included."""
     for name in ("data", "workspace", "base", "notes"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "keep.txt").write_text("mine")
