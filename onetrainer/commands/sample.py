@@ -77,14 +77,16 @@ def sample(
         int | None,
         typer.Option(
             "--width",
-            help=f"Width in pixels: a multiple of 8 (FLUX.1, SD 3.x: 16), at most {MAX_SIDE} (default: the model's).",
+            help=f"Width in pixels: a multiple of the model's step (8; 16 for patched transformers), "
+            f"at most {MAX_SIDE} (default: the model's).",
         ),
     ] = None,
     height: Annotated[
         int | None,
         typer.Option(
             "--height",
-            help=f"Height in pixels: a multiple of 8 (FLUX.1, SD 3.x: 16), at most {MAX_SIDE} (default: the model's).",
+            help=f"Height in pixels: a multiple of the model's step (8; 16 for patched transformers), "
+            f"at most {MAX_SIDE} (default: the model's).",
         ),
     ] = None,
     scheduler: Annotated[
@@ -112,7 +114,7 @@ def sample(
             min=1,
             max=12,
             help="Text-encoder layer, as A1111 counts: 1 = the model's own layer, 2 = one earlier "
-            "(every text encoder read at a hidden layer: not T5, nor FLUX.1's CLIP-L).",
+            "(every text encoder read at a hidden layer; one read at its last layer or pooled output keeps it).",
         ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,

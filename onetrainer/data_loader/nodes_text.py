@@ -8,6 +8,7 @@ switched on, a caption passes through untouched, whitespace and all.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +43,8 @@ def _split(view: NodeView, caption: str) -> tuple[list[str], str]:
 def _separator(caption: str, delimiter: str) -> str:
     """The delimiter with the whitespace around it most often in the caption (the first on a tie); the
     delimiter as given when the caption has none."""
-    found = re.findall(rf"\s*{re.escape(delimiter)}\s*", caption)
-    return max(found, key=found.count) if found else delimiter
+    found = Counter(re.findall(rf"\s*{re.escape(delimiter)}\s*", caption))
+    return found.most_common(1)[0][0] if found else delimiter
 
 
 def _matches(tag: str, patterns: list[str], regex: bool) -> bool:

@@ -15,10 +15,9 @@ from typing import Any
 from onetrainer.inspection.metadata import group_metadata
 from onetrainer.inspection.result import Inspection, human_count
 from onetrainer.inspection.tensors import TensorIndex, describe_group, read_index
+from onetrainer.util.config.types import WEIGHT_SUFFIXES
 from onetrainer.util.detect import PICKLE, Detection
 from onetrainer.util.family import family_title
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 
 def family_name(detection: Detection) -> str:

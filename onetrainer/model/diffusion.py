@@ -119,11 +119,9 @@ class DiffusionModel:
 
     @property
     def largest_side(self) -> int | None:
-        """The largest image side in pixels the denoiser takes, where its positional embedding is a fixed table
-        (SD 3's MMDiT: `pos_embed_max_size` patches a side, 3,072 px for the released models); None where any
-        size works."""
-        patches = self.denoiser.config.get("pos_embed_max_size")
-        return None if patches is None else int(patches) * self.spec.size_step
+        """The largest image side in pixels the denoiser takes (`FamilySpec.largest_side`); None: any."""
+        reach = self.spec.largest_side
+        return None if reach is None else reach(self.denoiser.config)
 
     @property
     def device(self) -> torch.device:

@@ -264,7 +264,14 @@ def _spec(
         onetrainer_layer_presets=ONETRAINER_PRESETS,
         onetrainer_sample_defaults={"width": 1024, "height": 1024, "diffusion_steps": 28},
         leaves_out=_leaves_out,
+        largest_side=_positional_reach,
     )
+
+
+def _positional_reach(config: Mapping[str, Any]) -> int:
+    """The MMDiT's positional embedding is a table of `pos_embed_max_size` patches a side (192 in the released
+    models: 3,072 px); diffusers refuses a larger image."""
+    return int(config["pos_embed_max_size"]) * 8 * 2  # (pixels a latent holds, latents a patch holds)
 
 
 SD35_LARGE = register_family(

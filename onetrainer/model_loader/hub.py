@@ -9,11 +9,10 @@ in the local cache while offline. Errors name where the source was given as the 
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from onetrainer.util.config.types import TINY_PREFIX
+from onetrainer.util.config.types import TINY_PREFIX, is_hub_id
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import tiny_names
 from onetrainer.util.missing import hub_offline, missing_path, model_unavailable
@@ -21,8 +20,6 @@ from onetrainer.util.missing import hub_offline, missing_path, model_unavailable
 __all__ = ["HUB", "LOCAL", "TINY", "hub_errors", "hub_offline", "source_kind"]
 
 TINY, LOCAL, HUB = "tiny", "local", "hub"
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def source_kind(source: str, *, where: str | None = None) -> str:
@@ -38,8 +35,7 @@ def source_kind(source: str, *, where: str | None = None) -> str:
         return TINY
     if Path(source).expanduser().exists():
         return LOCAL
-    looks_local = source.startswith(("/", "./", "../", "~")) or source.lower().endswith(WEIGHT_SUFFIXES)
-    if _HUB_ID.match(source) and not looks_local:
+    if is_hub_id(source):
         return HUB
     raise missing_path(source, what="file or folder", where=where, also="A hub id looks like org/name.")
 

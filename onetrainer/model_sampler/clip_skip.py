@@ -1,8 +1,8 @@
 """`sample --clip-skip`: A1111's clip skip as each text encoder's `layer_skip`.
 
 A1111 counts the layer read from the end (1 = the model's own), for every text encoder at once; the
-encoders a model reads only at their last layer or pooled output (T5, FLUX.1's CLIP-L) keep it, as
-diffusers' SD 3 pipeline applies `clip_skip` to its CLIP encoders only.
+encoders a model reads only at their last layer or pooled output (T5, a CLIP read for its pooled
+vector) keep it, as diffusers' pipelines apply `clip_skip` to the CLIP encoders read at a hidden layer.
 """
 
 from __future__ import annotations

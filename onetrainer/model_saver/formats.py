@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.util.config.output import SaveDtype, SaveFormat
+from onetrainer.util.config.types import WEIGHT_SUFFIXES
 from onetrainer.util.detect import EMBEDDING, LORA, MODEL
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import RuntimeFailure, UserError
@@ -88,7 +89,7 @@ def is_folder_format(fmt: SaveFormat, kind: str) -> bool:
     return kind == MODEL and fmt is SaveFormat.DIFFUSERS
 
 
-WEIGHT_FILE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".onnx"})
+OTHER_WEIGHT_FILES = frozenset({*WEIGHT_SUFFIXES, ".sft", ".gguf", ".onnx"}) - {".safetensors"}
 """Endings of weight files other tools write: a folder output with one is a file name mistaken, not a folder."""
 
 
@@ -113,7 +114,7 @@ def check_output(
             f"a diffusers model is a folder, but the output {output.name} looks like a file",
             hint="Name a folder, or use --to single-file for one .safetensors file.",
         )
-    if folder and output.suffix.lower() in WEIGHT_FILE_SUFFIXES:
+    if folder and output.suffix.lower() in OTHER_WEIGHT_FILES:
         raise UserError(
             f"a full model is written as a diffusers folder or one .safetensors file, not as {output.suffix} "
             f"({output.name} would be a folder)",

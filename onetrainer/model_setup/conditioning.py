@@ -6,7 +6,7 @@ encoders to the device for a caching pass and back, names everything that change
 `identity()` (weights, dtypes, settings, tokenizer sizes, fixed embeddings) so a cache entry is never
 reused for another model or setting, encodes without gradients for the cache and with them when the
 text encoders or embeddings train. It also says what of the output each text encoder computes alone
-(`sources`: whole keys, or channels of a key where encoders' states are joined along the width, as SDXL's), so
+(`sources`: whole keys, or channels of a key where encoders' states are joined along the width), so
 the setup can drop one encoder's conditioning by zeroing it, as OneTrainer does.
 """
 

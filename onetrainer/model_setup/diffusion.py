@@ -113,12 +113,13 @@ class DiffusionSetup:
                 hint="Set parts.<name>.train to true for a part of this model, or use method: embedding.",
             )
 
-        for name in model.text_encoder_names():
-            if config.data.cache and not self._backpropagates(name):
-                # Frozen text encoders serve the cache (and previews): their conditioner moves them to the
-                # device for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB).
-                # Uncached, they run in every step: they stay on the device, where the first step would
-                # otherwise wait for their copy.
+        encoders = model.text_encoder_names()
+        if config.data.cache and not any(self._backpropagates(name) for name in encoders):
+            # Frozen text encoders serve the cache (and previews): their conditioner moves them to the device
+            # for a caching pass and back, so a warm cache never holds them there (T5-XXL: 9.5 GB). Uncached
+            # (no cache, or one of them or an embedding on one trains), they all run in every step: they stay
+            # on the device, where the first step would otherwise wait for their copy.
+            for name in encoders:
                 self.policy[name] = dataclasses.replace(self.policy[name], device=torch.device("cpu"))
         if config.training.channels_last:
             use_channels_last(model.denoiser)

@@ -50,7 +50,7 @@ from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.dtypes import BITS_PER_WEIGHT, ROW_SCALE_BYTES, torch_dtype
 from onetrainer.util.enums import PredictionType, TrainingMethod
 from onetrainer.util.errors import UserError
-from onetrainer.util.family import FamilySpec, Role, get_family
+from onetrainer.util.family import FamilySpec, get_family
 
 if TYPE_CHECKING:
     import torch
@@ -242,17 +242,17 @@ def _trained(
 
 
 def _resident(config: TrainConfig, spec: FamilySpec, setup: Any) -> set[str]:
-    """Components on the GPU during the steps: the denoiser, and encoders that train or are not cached."""
+    """Components on the GPU during the steps: the denoiser; the text encoders, all of them, when the text is
+    not cached (no cache, or one of them or an embedding on one trains); the VAE without the cache."""
     trains = set(setup.trained_parts())
     embedding = config.method is TrainingMethod.EMBEDDING or any(e.train for e in config.embedding.additional)
+    encoders = spec.text_encoders
+    text_trains = any(c.name in trains or (embedding and c.embedding_key) for c in encoders)
     resident = {spec.denoiser.name}
-    for component in spec.components:
-        if component.role is Role.TEXT_ENCODER and (
-            component.name in trains or not config.data.cache or (embedding and component.embedding_key)
-        ):
-            resident.add(component.name)
-        if component.role is Role.VAE and not config.data.cache:
-            resident.add(component.name)
+    if not config.data.cache or text_trains:
+        resident.update(component.name for component in encoders)
+    if not config.data.cache:
+        resident.add(spec.vae.name)
     return resident
 
 

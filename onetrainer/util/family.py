@@ -80,7 +80,7 @@ class Component:
     """The pipeline runs without it (SD 3's T5)."""
     takes_layer_skip: bool = True
     """Text encoders: the conditioning reads one of its hidden layers, which `layer_skip` (A1111's clip skip)
-    moves back; False where the model reads only its last layer or its pooled output (T5, FLUX.1's CLIP-L)."""
+    moves back; False where the model reads only its last layer or its pooled output (T5, a pooled-only CLIP)."""
     pad_token: str | None = None
     """Text encoders trained with another pad token than their tokenizer's end-of-text (OpenCLIP's "!"): a
     tokenizer found outside the model's own tokenizer folder is given it, since padding positions are
@@ -328,6 +328,9 @@ class FamilySpec:
     """The family's own defaults for shared run-config keys, nested as in the YAML (SD 3 trains with
     logit-normal timesteps: `{"noise": {"timesteps": {"distribution": "logit-normal"}}}`); they sit under
     the preset, the file and the overrides, which may still set anything the family takes."""
+    largest_side: Callable[[Mapping[str, Any]], int] | None = None
+    """The denoiser's config -> the largest image side in pixels it takes, for a denoiser whose positional
+    embedding is a fixed table (SD 3's MMDiT); None where any size works."""
     leaves_out: Callable[[Any], Mapping[str, str]] | None = None
     """The family's validated `model.options` -> each optional component they leave out, with the option that
     does (SD 3's `t5: false` leaves T5 out). A left-out component is read from no source, trains in no run

@@ -245,3 +245,17 @@ def test_a_fully_trained_offloaded_block_casts_its_weights_at_each_use() -> None
         return sum(line.bytes for line in estimate_memory(config).gpu if line.kind == "activations")
 
     assert activations(1.0) < 0.8 * activations(0.0)
+
+
+def test_frozen_text_encoders_count_on_the_gpu_while_the_text_is_not_cached() -> None:
+    """Training one SDXL encoder leaves the text uncached: the frozen one runs in every step, on the GPU."""
+
+    def on_gpu(estimate: Any) -> set[str]:
+        return {line.what.split(" ")[0] for line in estimate.gpu if line.kind == "weights"}
+
+    plain = estimate_memory(_config("sdxl", {"method": "lora"}))
+    assert on_gpu(plain) == {"unet"}
+    assert "text_encoder_2: fills the cache, then waits in CPU memory" in plain.notes
+    one = estimate_memory(_config("sdxl", {"method": "lora", "parts": {"text_encoder": {"train": True}}}))
+    assert on_gpu(one) == {"unet", "text_encoder", "text_encoder_2"}
+    assert not any("text_encoder" in note for note in one.notes)

@@ -65,15 +65,16 @@ def import_optimizer_class(optimizer: Optimizer) -> type:
 
 def optimizer_arg_problems(config: TrainingConfig) -> list[ConfigProblem]:
     """Every `training.optimizer_args` entry the chosen optimizer would refuse; empty when there is none,
-    when none is set (nothing is imported then), or when its optional package is not installed."""
+    when none is set (nothing is imported then), or when its optional package is not installed or fails to
+    import."""
     if not config.optimizer_args:
         return []
     try:
         cls = import_optimizer_class(config.optimizer)
-    except ImportError:
+    except Exception:  # (an optional package missing, or broken: bitsandbytes without its CUDA libraries)
         if OPTIMIZER_CLASSES[config.optimizer].package is None:
             raise
-        return []
+        return []  # (the trainer refuses it when it builds the optimizer, naming the install)
     return argument_problems(config.optimizer, cls, config.optimizer_args)
 
 

@@ -15,7 +15,7 @@ from onetrainer.util.suggest import did_you_mean
 SIZE_STEP = 8
 """Preview sides must be multiples of the VAE's downscale factor, 8 in every supported family, and the
 sampler refuses any other size, so the schema refuses it first, with the key path; a family whose
-denoiser patches the latents needs more (FLUX.1 and SD 3.x: 16), which the cross-section check asks."""
+denoiser patches the latents needs more (16 for 2x2 patches), which the cross-section check asks."""
 
 
 class SamplePrompt(Section):

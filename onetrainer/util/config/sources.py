@@ -8,11 +8,14 @@ here), and so is a pickle (telling a pickled model from a pickled LoRA means unp
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onetrainer.util.config.types import TINY_PREFIX
 from onetrainer.util.errors import UserError
+from onetrainer.util.keymaps.ldm_tables import VAE_PREFIX
 
 if TYPE_CHECKING:
     from onetrainer.util.detect import Detection
@@ -21,8 +24,6 @@ BASE_EXPECTED = (
     "expected a base model: a diffusers model folder, a .safetensors/.ckpt model file, a hub id or tiny:<name>"
 )
 VAE_EXPECTED = "expected a VAE: a diffusers VAE (or pipeline) folder, a .safetensors/.ckpt VAE file or a hub id"
-VAE_PREFIX = "first_stage_model."
-"""Where an original single file keeps its VAE; a VAE file may keep the prefix."""
 
 
 def check_base_source(text: str) -> None:
@@ -68,31 +69,34 @@ def _check_tiny_name(text: str) -> None:
         raise ValueError(f"unknown tiny model; tiny models: {', '.join(TINY_PREFIX + n for n in tiny_names())}")
 
 
+@contextlib.contextmanager
+def _refused(expected: str) -> Iterator[None]:
+    """A reader's `UserError` as the validation error reported at the key, with what the key expects."""
+    try:
+        yield
+    except UserError as error:
+        raise ValueError(f"{error.message}; {expected}") from None
+
+
 def _is_pickle(path: Path, expected: str) -> bool:
     """Whether the file is a PyTorch checkpoint; a file that is neither that nor safetensors is refused."""
     from onetrainer.util.detect import PICKLE, sniff_container
 
     if path.is_dir():
         return False
-    try:
+    with _refused(expected):
         return sniff_container(path) == PICKLE
-    except UserError as error:
-        raise ValueError(f"{error.message}; {expected}") from None
 
 
 def _detect(path: Path, expected: str) -> Detection:
     from onetrainer.util.detect import detect_path
 
-    try:
+    with _refused(expected):
         return detect_path(path)
-    except UserError as error:
-        raise ValueError(f"{error.message}; {expected}") from None
 
 
 def _header_keys(path: Path, expected: str) -> list[str]:
     from onetrainer.util.safetensors_meta import read_safetensors_header
 
-    try:
+    with _refused(expected):
         return list(read_safetensors_header(path)[1])
-    except UserError as error:
-        raise ValueError(f"{error.message}; {expected}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from enum import Enum
 from typing import Annotated
 
@@ -50,8 +51,26 @@ class EmaDevice(str, Enum):
     CPU = "cpu"
 
 
+_INTEGER = re.compile(r"[-+]?\d+")
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _as_number(item: object) -> object:
+    """A number written as text read as the number: YAML 1.1 (PyYAML) reads `1e-6`, without a dot, as a
+    string, which would reach the optimizer as one."""
+    if isinstance(item, str):
+        text = item.strip()
+        if _INTEGER.fullmatch(text):
+            return int(text)
+        if _DECIMAL.fullmatch(text):
+            return float(text)
+    return item
+
+
 def _finite_argument(value: object) -> object:
-    """Reject nan/inf before the union tries each member type (which would report five errors)."""
+    """Numbers written as text read as numbers; nan/inf rejected before the union tries each member type
+    (which would report five errors)."""
+    value = [_as_number(item) for item in value] if isinstance(value, list) else _as_number(value)
     values = value if isinstance(value, list) else [value]
     if any(isinstance(item, float) and not math.isfinite(item) for item in values):
         raise ValueError("must be a finite number, not nan or infinity")

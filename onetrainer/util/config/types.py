@@ -55,7 +55,15 @@ TINY_PREFIX = "tiny:"
 """`tiny:<name>` names a built-in tiny random-weight model of a family (`FamilySpec.tiny`): for the demo and tests."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+"""Endings of the weight files a model source may be."""
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether a source that is no existing path can be a hub id: `org/name`, not shaped like a file path (a
+    weights ending, or starting with `/`, `./`, `../`, `~`), which must exist instead."""
+    looks_local = text.startswith(("/", "./", "../", "~")) or text.lower().endswith(WEIGHT_SUFFIXES)
+    return bool(_HUB_ID.match(text)) and not looks_local
 
 
 def _model_source(value: object, info: ValidationInfo) -> str:
@@ -73,8 +81,7 @@ def _model_source(value: object, info: ValidationInfo) -> str:
     path = Path(text).expanduser()
     if path.exists() or not _checks_paths(info):
         return str(path) if text.startswith("~") else text
-    looks_local = text.startswith(("/", "./", "../", "~")) or text.lower().endswith(_WEIGHT_SUFFIXES)
-    if looks_local or not _HUB_ID.match(text):
+    if not is_hub_id(text):
         raise ValueError(f"no such file or folder, and not a hub id of the form org/name: {text}")
     return text
 

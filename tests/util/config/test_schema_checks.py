@@ -145,3 +145,19 @@ def test_a_value_of_none_of_a_unions_types_is_one_problem_at_its_key(run, tmp_pa
         load_config(run, [f"data.concepts.0.path={tmp_path}", override])
     (problem,) = info.value.problems
     assert str(problem).startswith(f"{key} = {value}: {message}")
+
+
+def test_optimizer_numbers_yaml_reads_as_text_are_numbers() -> None:
+    """PyYAML reads `1e-6` (no dot) as a string; the optimizer gets the number, an int stays an int."""
+    from onetrainer.util.config.loader import load_config
+
+    overrides = [
+        "model.base=org/m",
+        "training.optimizer=sgd",
+        "training.optimizer_args={dampening: 1e-6, momentum: '0'}",
+    ]
+    config = load_config(None, overrides)
+    assert config.training.optimizer_args == {"dampening": 1e-6, "momentum": 0}
+    assert isinstance(config.training.optimizer_args["momentum"], int)
+    adamw = load_config(None, ["model.base=org/m", "training.optimizer_args={betas: [0.9, 1e-2]}"])
+    assert adamw.training.optimizer_args == {"betas": [0.9, 0.01]}

@@ -160,10 +160,13 @@ def map_parts(config: View, out: Target, spec: FamilySpec, method: str) -> None:
         if role is Role.TEXT_ENCODER and not left_out and part["dropout_probability"]:
             out.set(f"parts.{name}.dropout", part["dropout_probability"])
     for key, name in LAYER_SKIP_KEYS.items():
-        if name in spec.component_names and spec.component(name).role is Role.TEXT_ENCODER:
-            out.set(f"parts.{name}.layer_skip", config[key])
-        else:
+        if name not in spec.component_names or spec.component(name).role is not Role.TEXT_ENCODER:
             config.ignore(key, "the model has no such text encoder")
+        elif spec.component(name).takes_layer_skip:
+            out.set(f"parts.{name}.layer_skip", config[key])
+        elif config[key]:
+            title = spec.component(name).title
+            config.unsupported(key, f"{spec.title} models read only the {title}'s last layer or pooled output")
 
 
 def _vae_part(part: View, out: Target) -> None:

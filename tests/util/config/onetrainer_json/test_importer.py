@@ -567,3 +567,11 @@ def test_an_empty_filter_with_the_full_preset_adapts_every_layer_onetrainer_does
     for path in ("down_blocks.0.resnets.0.norm1", "conv_norm_out", "mid_block.attentions.0.norm"):
         assert not chosen.search(path), path
     assert imported.unsupported == []
+
+
+def test_layer_skip_on_an_encoder_read_at_no_hidden_layer_is_unsupported(convert):
+    flux = convert(model_type="FLUX_DEV_1", base_model_name="tiny:flux-dev", text_encoder_2_layer_skip=1)
+    assert "text_encoder_2_layer_skip" in unsupported(flux)
+    assert get(flux, "parts.text_encoder_2.layer_skip") is None
+    plain = convert(model_type="FLUX_DEV_1", base_model_name="tiny:flux-dev")
+    assert "text_encoder_2_layer_skip" not in unsupported(plain)
