@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from onetrainer.util.config.base import Section
 from onetrainer.util.config.training import Precision
-from onetrainer.util.config.types import BaseSource, ModelSource, VaeSource
+from onetrainer.util.config.types import TINY_PREFIX, WEIGHT_SUFFIXES, BaseSource, ModelSource, VaeSource
 from onetrainer.util.enums import PredictionType
 
 
@@ -48,3 +49,22 @@ class ModelConfig(Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the model family (see its documentation); most have none."
     )
+
+    @field_validator("tokenizer", "config")
+    @classmethod
+    def _for_a_single_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """They describe a single-file base, the only one without its own architecture and tokenizers; with
+        another base they would be ignored without a word."""
+        base = info.data.get("base")
+        if value is None or base is None or _single_file(str(base)):
+            return value
+        what = "a built-in tiny model" if str(base).startswith(TINY_PREFIX) else "a diffusers folder or hub id"
+        raise ValueError(f"describes a single-file base; model.base {base} is {what}, which brings its own")
+
+
+def _single_file(base: str) -> bool:
+    """Whether `base` names a weights file (one that does not exist yet, in a config read without its paths)."""
+    if base.startswith(TINY_PREFIX):
+        return False
+    path = Path(base).expanduser()
+    return path.is_file() or (not path.exists() and base.lower().endswith(WEIGHT_SUFFIXES))

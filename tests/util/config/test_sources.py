@@ -88,3 +88,21 @@ def test_a_model_config_built_in_code_reads_no_header(tmp_path: Path) -> None:
     """Loaders build a `ModelConfig` of the source they were given and detect it themselves, with their own errors."""
     lora = _weights(tmp_path / "lora.safetensors", LORA_KEY)
     assert TrainConfig(model={"type": "sd15", "base": str(lora)}).model.base == str(lora)
+
+
+@pytest.mark.parametrize("key", ["config", "tokenizer"])
+def test_architecture_and_tokenizer_describe_only_a_single_file_base(tmp_path: Path, key: str) -> None:
+    """With any other base they were ignored without a word."""
+    from onetrainer.util.config.loader import validate
+
+    with pytest.raises(ConfigError) as error:
+        validate({"model": {"base": "tiny:sd15", key: "org/arch"}}, check_paths=False)
+    (problem,) = error.value.problems
+    assert problem.path == f"model.{key}"
+    assert "describes a single-file base; model.base tiny:sd15 is a built-in tiny model" in problem.message
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a diffusers folder or hub id"):
+        validate({"model": {"base": str(folder), key: "org/arch"}}, check_paths=False)
+    single = validate({"model": {"base": str(tmp_path / "model.safetensors"), key: "org/arch"}}, check_paths=False)
+    assert getattr(single.model, key) == "org/arch"
