@@ -24,13 +24,12 @@ import pickle
 import re
 import shlex
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onetrainer import __version__
-from onetrainer.util.atomic import atomic_directory, atomic_path, atomic_write_text, save_safetensors
+from onetrainer.util.atomic import atomic_directory, atomic_path, atomic_write_text, save_safetensors, temp_sibling
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -188,8 +187,7 @@ def prune_backups(directory: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` backups, and leftovers of interrupted writes."""
     removed = []
     for path in list_backups(directory)[:-keep_last] if keep_last > 0 else []:
-        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=directory))
-        aside.rmdir()
+        aside = temp_sibling(path, ".old")  # (a name the next run's sweep of stale temporaries knows)
         path.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
         removed.append(path)

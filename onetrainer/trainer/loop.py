@@ -51,7 +51,7 @@ from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
 from onetrainer.trainer.start import check_init_files, open_backup, start_session
 from onetrainer.trainer.state import step_rng_snapshot
-from onetrainer.trainer.workspace import Workspace, workspace_lock
+from onetrainer.trainer.workspace import Workspace, check_workspace_free, workspace_lock
 from onetrainer.util.atomic import atomic_write_text
 from onetrainer.util.config.loader import dump_config
 from onetrainer.util.config.schema import TrainConfig
@@ -118,6 +118,8 @@ def _train(
     check_init_files(config)
     check_fused_backward(config.training, distributed=world.distributed)
     sharded = uses_sharding(config, world)
+    if rank == 0:
+        check_workspace_free(workspace.root)
     backup = open_backup(config, workspace, resume, world)
     if rank == 0:
         _remove_stale_temporaries(config, progress)

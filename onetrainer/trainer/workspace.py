@@ -26,6 +26,8 @@ from onetrainer.util.atomic import process_tag, tagged_process_gone
 from onetrainer.util.errors import UserError
 
 RUN_RECORDS = ("metrics.jsonl", "tensorboard", "samples", "saves")
+LOCK_FILE = ".lock"
+"""Names the process of the run that holds the workspace (`workspace_lock`)."""
 """What a run records in its workspace, besides its config, backups and the shared cache."""
 
 
@@ -126,6 +128,28 @@ def _held(holder: str, age: float, own: str) -> bool:
     return holder != own and not tagged_process_gone(holder)
 
 
+def check_workspace_free(root: Path) -> None:
+    """Refuse a workspace another live run holds, before anything else is said of it (its backups, which
+    belong to that run, would send the user to `--resume` it)."""
+    path = root / LOCK_FILE
+    try:
+        holder = path.read_text(encoding="utf-8").strip()
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return
+    if _held(holder, age, process_tag()):
+        raise _in_use(root, holder)
+
+
+def _in_use(root: Path, holder: str) -> WorkspaceInUse:
+    return WorkspaceInUse(
+        f"the workspace {root} is in use by another run (process {holder or 'starting'})",
+        where="workspace",
+        hint=f"Wait for that run to end, or give this one another workspace. If no run uses it (one killed on "
+        f"another machine), delete {root / LOCK_FILE}.",
+    )
+
+
 @contextlib.contextmanager
 def workspace_lock(root: Path) -> Iterator[None]:
     """Hold the workspace for one run: a `.lock` file naming its process (`util.atomic.process_tag`).
@@ -133,7 +157,7 @@ def workspace_lock(root: Path) -> Iterator[None]:
     A lock whose process is gone from this machine (a killed run) is taken over; one of a live process, or of
     another machine's (which cannot be checked from here), refuses the run before anything loads.
     """
-    path = root / ".lock"
+    path = root / LOCK_FILE
     root.mkdir(parents=True, exist_ok=True)
     tag = process_tag()
     while True:
@@ -146,12 +170,7 @@ def workspace_lock(root: Path) -> Iterator[None]:
             except OSError:
                 continue  # released meanwhile
             if _held(holder, age, tag):
-                raise WorkspaceInUse(
-                    f"the workspace {root} is in use by another run (process {holder or 'starting'})",
-                    where="workspace",
-                    hint=f"Wait for that run to end, or give this one another workspace. If no run uses it (one "
-                    f"killed on another machine), delete {path}.",
-                ) from None
+                raise _in_use(root, holder) from None
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

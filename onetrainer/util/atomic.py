@@ -40,7 +40,7 @@ STALE_AFTER_S = 24 * 3600
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
-def _temp_sibling(target: Path, suffix: str) -> Path:
+def temp_sibling(target: Path, suffix: str) -> Path:
     """A fresh temporary name beside `target`, tagged with this process (see the module docstring)."""
     return target.parent / f".{target.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}{suffix}"
 
@@ -88,7 +88,7 @@ def _naming_target(error: OSError, tmp: Path, target: Path) -> OSError:
 def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of `path` for writing; it replaces `path` only if the block succeeds."""
     target = Path(path)
-    tmp = _temp_sibling(target, ".tmp")
+    tmp = temp_sibling(target, ".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, _CREATE_FLAGS, 0o666)
@@ -126,7 +126,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path for libraries that insist on writing to a path themselves."""
     target = Path(path)
-    tmp = _temp_sibling(target, ".tmp")
+    tmp = temp_sibling(target, ".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(tmp, _CREATE_FLAGS, 0o666))
@@ -156,14 +156,14 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(target)
-    tmp = _temp_sibling(target, ".tmp")
+    tmp = temp_sibling(target, ".tmp")
     old: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(tmp, 0o777)
         yield tmp
         if target.exists():
-            old = _temp_sibling(target, ".old")
+            old = temp_sibling(target, ".old")
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)

@@ -187,3 +187,19 @@ def test_resuming_before_a_damaged_backup_moves_it_aside_with_the_later_steps(tm
     _damage_meta(_write(workspace.backups, 8))
     assert workspace.archive_backups_after(earlier) is not None
     assert find_backup(workspace.backups, "last") == earlier
+
+
+def test_a_backup_being_pruned_is_set_aside_under_a_name_the_stale_sweep_knows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C while an old backup is deleted leaves it half deleted: the next run's sweep of stale
+    temporaries (`remove_stale_temps`) must recognise it as one of ours."""
+    from onetrainer.util.atomic import _TEMP_NAME
+
+    for step in (1, 2):
+        _write(tmp_path, step)
+    aside: list[Path] = []
+    monkeypatch.setattr(backup_module.shutil, "rmtree", lambda path, **_: aside.append(Path(path)))
+    prune_backups(tmp_path, keep_last=1)
+    assert aside[0].name.startswith(".step-00000001.")
+    assert _TEMP_NAME.match(aside[0].name), aside[0].name

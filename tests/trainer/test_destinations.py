@@ -207,6 +207,19 @@ def test_a_second_run_in_a_workspace_in_use_is_refused_and_a_dead_runs_lock_take
     assert not lock.exists(), "released at the end of the run"
 
 
+def test_a_workspace_in_use_is_said_so_before_its_backups_are_judged(tmp_path: Path, toy_config: ToyConfig) -> None:
+    """The live run's backups would send this one to `--resume` that run."""
+    from onetrainer.util.atomic import process_tag
+
+    backups = tmp_path / "workspace" / "backups" / "step-00000003"
+    backups.mkdir(parents=True)
+    (backups / "meta.json").write_text('{"format": 1, "step": 3, "epoch": 0}')
+    (tmp_path / "workspace" / ".lock").write_text(f"1@{process_tag().partition('@')[2]}")
+    with pytest.raises(UserError, match="in use by another run") as error:
+        train(toy_config(tmp_path), build=_never_built)
+    assert error.value.where == "workspace"
+
+
 def test_a_file_to_start_from_of_the_wrong_kind_is_refused_before_loading(
     tmp_path: Path, toy_config: ToyConfig
 ) -> None:
