@@ -560,8 +560,8 @@ def test_a_flux_lora_with_nf4_and_offloading_imports_the_settings_it_can_honour(
     assert layers.search("single_transformer_blocks.0.proj_mlp")
     assert not layers.search("transformer_blocks.0.ff_context.net.0.proj")
     assert not layers.search("single_transformer_blocks.0.proj_out")
-    assert config["parts"]["text_encoder"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp8"}
-    assert config["parts"]["text_encoder_2"] == {"train": False, "layer_skip": 0, "weight_dtype": "int8"}
+    assert config["parts"]["text_encoder"] == {"train": False, "weight_dtype": "fp8"}, "(FLUX.1 reads no hidden layer)"
+    assert config["parts"]["text_encoder_2"] == {"train": False, "weight_dtype": "int8"}
     training = config["training"]
     assert (training["gradient_checkpointing"], training["activation_offload"]) == (True, True)
     assert (training["compile"], training["precision"]) == (True, "bf16")
@@ -584,7 +584,7 @@ def test_an_sd35_config_picks_the_family_of_its_base_and_leaves_t5_out(tmp_path,
         "offload_blocks": 0.25,
         "lora_regex": every_layer,
     }
-    assert config["parts"]["text_encoder_3"] == {"train": False, "layer_skip": 0, "weight_dtype": "fp32"}
+    assert config["parts"]["text_encoder_3"] == {"train": False, "weight_dtype": "fp32"}, "(T5: no layer skip)"
     assert config["parts"]["text_encoder"]["weight_dtype"] == "bf16"
     assert config["noise"]["shift"] == 3.0
 

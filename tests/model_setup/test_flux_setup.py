@@ -219,7 +219,7 @@ def test_transformer_presets_adapt_attention_then_mlp_then_modulation(preset: st
 
 def test_frozen_text_encoders_wait_on_the_cpu_for_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """T5-XXL is 9.5 GB: frozen, it goes to the device only for a caching pass (or a preview), and back;
-    trained, it stays there."""
+    when an encoder trains, the text is not cached and both encoders run in every step: they stay there."""
     import onetrainer.model_setup.diffusion as diffusion
 
     class Placed(Exception):
@@ -245,7 +245,7 @@ def test_frozen_text_encoders_wait_on_the_cpu_for_the_cache(monkeypatch: pytest.
     }  # fmt: skip
     assert frozen["text_encoder_2"][1] == torch.bfloat16
     trained = placements(parts={"text_encoder_2": {"train": True}})
-    assert (trained["text_encoder"][0], trained["text_encoder_2"][0]) == ("cpu", "meta")
+    assert (trained["text_encoder"][0], trained["text_encoder_2"][0]) == ("meta", "meta"), "uncached: both run"
 
 
 @pytest.mark.parametrize(
