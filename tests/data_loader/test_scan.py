@@ -183,9 +183,7 @@ def test_an_image_below_the_limit_opens_without_a_raw_warning(tmp_path: Path, im
 
 
 def test_a_broken_link_is_reported_as_skipped(tmp_path: Path, image_dataset_dir: Path) -> None:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    folder = _one_image(tmp_path, image_dataset_dir)
     (folder / "b.png").symlink_to(tmp_path / "moved-away.png")
     for recursive in (False, True):
         (scan,) = _scan(DataConfig(concepts=[{"path": folder, "include_subdirectories": recursive}]))
@@ -238,6 +236,14 @@ def test_an_image_whose_mask_is_corrupt_is_skipped_naming_the_mask(image_dataset
     assert len(unverified.samples) == 8, "unverified, the mask is found when the cache decodes it"
 
 
+def _one_image(tmp_path: Path, image_dataset_dir: Path) -> Path:
+    """A folder `images` holding one good image, `a.png`."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    return folder
+
+
 def _names(scan) -> list[str]:
     return sorted(sample.path.name for sample in scan.samples)
 
@@ -282,9 +288,7 @@ def test_a_failed_read_is_tried_again_on_the_next_scan(
 ) -> None:
     from PIL import Image
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    folder = _one_image(tmp_path, image_dataset_dir)
     memo_path = tmp_path / "files.json"
     data = DataConfig(concepts=[{"path": folder}])
     with monkeypatch.context() as patch:
@@ -296,9 +300,7 @@ def test_a_failed_read_is_tried_again_on_the_next_scan(
 
 def test_a_skip_remembered_by_an_older_version_is_checked_again(tmp_path: Path, image_dataset_dir: Path) -> None:
     """Older memos kept every skip for good, too large and failed reads included."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    folder = _one_image(tmp_path, image_dataset_dir)
     memo_path = tmp_path / "files.json"
     memo = FileMemo(memo_path)
     memo.update(folder / "a.png", error="unreadable: [Errno 5] Input/output error")
@@ -311,9 +313,7 @@ def test_a_corrupt_file_stays_remembered(
     tmp_path: Path, image_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the bytes decide (here a cut-off file) is still remembered: unchanged, it is not read again."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    shutil.copy(image_dataset_dir / "img-000.png", folder / "a.png")
+    folder = _one_image(tmp_path, image_dataset_dir)
     (folder / "b.png").write_bytes((folder / "a.png").read_bytes()[:60])
     memo_path = tmp_path / "files.json"
     data = DataConfig(concepts=[{"path": folder}])
