@@ -128,17 +128,20 @@ def _held(holder: str, age: float, own: str) -> bool:
     return holder != own and not tagged_process_gone(holder)
 
 
+def _read_lock(path: Path) -> tuple[str, float] | None:
+    """The lock's holder and age in seconds; None when there is no lock (or it went while being read)."""
+    try:
+        return path.read_text(encoding="utf-8").strip(), time.time() - path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def check_workspace_free(root: Path) -> None:
     """Refuse a workspace another live run holds, before anything else is said of it (its backups, which
     belong to that run, would send the user to `--resume` it)."""
-    path = root / LOCK_FILE
-    try:
-        holder = path.read_text(encoding="utf-8").strip()
-        age = time.time() - path.stat().st_mtime
-    except OSError:
-        return
-    if _held(holder, age, process_tag()):
-        raise _in_use(root, holder)
+    lock = _read_lock(root / LOCK_FILE)
+    if lock is not None and _held(*lock, process_tag()):
+        raise _in_use(root, lock[0])
 
 
 def _in_use(root: Path, holder: str) -> WorkspaceInUse:
@@ -164,13 +167,11 @@ def workspace_lock(root: Path) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
-            try:
-                holder = path.read_text(encoding="utf-8").strip()
-                age = time.time() - path.stat().st_mtime
-            except OSError:
+            lock = _read_lock(path)
+            if lock is None:
                 continue  # released meanwhile
-            if _held(holder, age, tag):
-                raise _in_use(root, holder) from None
+            if _held(*lock, tag):
+                raise _in_use(root, lock[0]) from None
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
