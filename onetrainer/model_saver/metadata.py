@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CONFIG_KEY = "onetrainer_config"
 VERSION_KEY = "onetrainer_version"
 NETWORK_MODULES = {"lora": "networks.lora", "dora": "lycoris.kohya", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
+_NOT_INHERITED = frozenset({"format", "sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256"})
 NETWORK_ARGS = {"dora": {"algo": "lora", "dora_wd": "True"}, "loha": {"algo": "loha"}, "lokr": {"algo": "lokr"}}
 
 
@@ -45,9 +46,11 @@ def build_metadata(
     A DoRA's `dora_axis` ("input" or "output", see `model.adapters.dora`) is written as LyCORIS's
     `wd_on_out` network argument.
 
-    `inherited` (a converted file's own header) is kept, and our keys are written over it.
+    `inherited` (a converted file's own header) is kept, and our keys are written over it. Its hashes of the
+    file's bytes are not: A1111 trusts `sshs_model_hash` over hashing the file, and a converted file sharing
+    its source's hash is looked up as the source (infotext, Civitai).
     """
-    metadata = {k: v for k, v in (inherited or {}).items() if k != "format"}
+    metadata = {k: v for k, v in (inherited or {}).items() if k not in _NOT_INHERITED}
     resolution = _largest_resolution(config)
     known = spec is not None and (prediction_type is not None or spec.objective is not Objective.DDPM)
     if spec is not None and known:

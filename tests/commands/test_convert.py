@@ -104,6 +104,26 @@ def test_lora_kohya_to_peft_and_back(kohya_lora: Path, tmp_path: Path, lora_delt
     assert all(torch.allclose(again[module], delta, rtol=1e-6, atol=0) for module, delta in ours.items())
 
 
+def test_a_converted_file_keeps_its_sources_header_but_not_its_hashes(kohya_lora: Path, tmp_path: Path) -> None:
+    """A1111 trusts `sshs_model_hash` over hashing the file: a copy sharing it is looked up as its source."""
+    tensors = _tensors(kohya_lora)
+    with safe_open(str(kohya_lora), "pt") as handle:
+        header = dict(handle.metadata())
+    hashes = {
+        "sshs_model_hash": "deadbeef" * 8,
+        "sshs_legacy_hash": "12345678",
+        "modelspec.hash_sha256": "0x" + "ab" * 32,
+    }
+    source = tmp_path / "hashed.safetensors"
+    save_file(tensors, source, metadata={**header, **hashes, "ss_training_comment": "kept"})
+    output = tmp_path / "fp16.safetensors"
+    assert convert(source, output, "--dtype", "fp16").exit_code == 0
+    with safe_open(str(output), "pt") as handle:
+        written = handle.metadata()
+    assert written["ss_training_comment"] == "kept"
+    assert not hashes.keys() & written.keys()
+
+
 def test_embedding_a1111_to_diffusers_uses_the_file_name_as_token(tmp_path: Path) -> None:
     a1111 = tmp_path / "my-cat.safetensors"
     vectors = torch.randn(2, 32)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, cast
 
-from onetrainer.util.config.output import SaveFormat
+from onetrainer.util.config.output import SaveFormat, dora_on_output
 from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ DORA_AXES = (INPUT, OUTPUT)
 
 def dora_axis(fmt: SaveFormat | str) -> str:
     """The axis a DoRA must be trained on for the loaders of `fmt` to compute it exactly (module docstring)."""
-    return OUTPUT if SaveFormat(getattr(fmt, "value", fmt)) is SaveFormat.PEFT else INPUT
+    return OUTPUT if dora_on_output(fmt) else INPUT
 
 
 def column_norm(weight: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,12 @@ class SaveFormat(str, Enum):
     A1111 = "a1111"
 
 
+def dora_on_output(fmt: SaveFormat | str) -> bool:
+    """Whether a DoRA saved as `fmt` learns its magnitudes per output row (peft's layout) rather than per
+    input column (the kohya layout the UIs compute); see `model.adapters.dora`."""
+    return SaveFormat(getattr(fmt, "value", fmt)) is SaveFormat.PEFT
+
+
 class SaveDtype(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"

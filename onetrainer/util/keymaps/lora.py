@@ -105,8 +105,8 @@ def peft_to_kohya(
 
     `alphas` maps `component.module` to alpha (kohya semantics, see the module docstring); one number
     applies to every module, and None (or a missing module) writes alpha = rank, i.e. scale 1.
-    Alphas are stored in the dtype of the module's weights, as sd-scripts does. Modules the family's
-    original model fuses are merged first (`LoraNaming.join`).
+    Alphas are stored in fp32 whatever the weights' dtype: an fp16 or bf16 alpha would round the scale.
+    Modules the family's original model fuses are merged first (`LoraNaming.join`).
     """
     import torch
 

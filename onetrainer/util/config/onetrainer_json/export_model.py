@@ -9,10 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from onetrainer.util.config.onetrainer_json.export_output import saved_format
 from onetrainer.util.config.onetrainer_json.findings import LACKING, View
 from onetrainer.util.config.onetrainer_json.import_adapters import filter_text, preset_filter
 from onetrainer.util.config.onetrainer_json.import_model import LAYER_SKIP_KEYS
 from onetrainer.util.config.onetrainer_json.tables import METHODS, PEFT_TYPES, WEIGHT_DTYPES, reverse
+from onetrainer.util.config.output import dora_on_output
 from onetrainer.util.config.types import CadenceUnit
 from onetrainer.util.errors import UserError
 from onetrainer.util.family import FamilySpec, Role
@@ -107,6 +109,8 @@ def export_lora(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     kind = lora["type"]
     ot["peft_type"] = reverse(PEFT_TYPES).get(kind, "LORA")
     ot["lora_decompose"] = kind == "dora"
+    if kind == "dora":
+        ot["lora_decompose_output_axis"] = dora_on_output(saved_format(ours))
     ot["lora_rank"] = lora["rank"]
     if kind == "lokr":
         ot["lokr_dim"] = lora["rank"]

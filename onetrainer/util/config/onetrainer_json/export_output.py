@@ -66,14 +66,18 @@ def _sample(prompt: View, side: int, objective: Objective) -> dict[str, Any]:
     return sample
 
 
+def saved_format(ours: View) -> str:
+    """The format the run saves in, `auto` resolved."""
+    saving = ours.child("saving")
+    fmt = saving["format"]
+    return auto_format(ours["method"], saving["output"]) if fmt == "auto" else fmt
+
+
 def export_saving(ours: View, ot: dict[str, Any]) -> None:
     saving = ours.child("saving")
     method = ours["method"]
-    output = saving["output"]
-    ot["output_model_destination"] = output
-    fmt = saving["format"]
-    if fmt == "auto":
-        fmt = auto_format(method, output)
+    ot["output_model_destination"] = saving["output"]
+    fmt = saved_format(ours)
     formats = reverse(OUTPUT_FORMATS[method])
     if fmt in formats:
         ot["output_model_format"] = formats[fmt]

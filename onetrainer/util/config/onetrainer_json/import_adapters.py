@@ -15,8 +15,9 @@ from onetrainer.util.config.adapters import LoraTargets
 from onetrainer.util.config.onetrainer_json.defaults import embedding_defaults
 from onetrainer.util.config.onetrainer_json.findings import SILENT_KEYS, View
 from onetrainer.util.config.onetrainer_json.import_model import stop_after
-from onetrainer.util.config.onetrainer_json.tables import PEFT_TYPES
+from onetrainer.util.config.onetrainer_json.tables import OUTPUT_FORMATS, PEFT_TYPES
 from onetrainer.util.config.onetrainer_json.target import Target
+from onetrainer.util.config.output import dora_on_output
 from onetrainer.util.family import FamilySpec
 
 LORA_ONLY = ("peft_type", "lora_rank", "lora_alpha", "dropout_probability", "lora_decompose", "lora_model_name")
@@ -54,7 +55,7 @@ def map_lora(config: View, out: Target, spec: FamilySpec, method: str) -> None:
     if kind == "lora" and decompose:
         kind = "dora"
         config.refuse("lora_decompose_norm_epsilon", "DoRA's norm has no epsilon switch")
-        config.refuse("lora_decompose_output_axis", "DoRA magnitudes follow the output format (kohya: per input)")
+        _check_dora_axis(config)
     else:
         config.refuse("lora_decompose", "DoRA is a LoRA option")
         config.ignore("lora_decompose_norm_epsilon", "only used by DoRA")
@@ -233,3 +234,12 @@ def _embedding(item: View) -> dict[str, object]:
         item.refuse("train", "method embedding trains its embedding")
     item.skip("uuid")
     return mapped
+
+
+def _check_dora_axis(config: View) -> None:
+    """OneTrainer lets the user pick DoRA's axis; ours follows the output format, whose loaders compute only that
+    axis exactly. A choice that matches the format imports as is."""
+    fmt = OUTPUT_FORMATS["lora"].get(config["output_model_format"], "kohya")
+    if bool(config["lora_decompose_output_axis"]) != dora_on_output(fmt):
+        axis = "output row" if dora_on_output(fmt) else "input column"
+        config.unsupported("lora_decompose_output_axis", f"DoRA's axis follows the output format ({fmt}: per {axis})")

@@ -102,6 +102,13 @@ def test_compilation_maps_both_ways_and_the_other_speed_settings_are_only_notes(
     assert imported.data["training"]["compile"] is True
 
 
+@pytest.mark.parametrize(("fmt", "output_axis"), [("kohya", False), ("peft", True), ("auto", False)])
+def test_dora_exports_the_axis_its_output_format_trains(fmt, output_axis):
+    config, findings = export("lora.type=dora", f"saving.format={fmt}")
+    assert findings == []
+    assert (config["lora_decompose"], config["lora_decompose_output_axis"]) == (True, output_axis)
+
+
 def test_memory_settings_export_to_the_parts_and_optimizer_flags():
     config, findings = export(
         "parts.unet.weight_dtype=fp8",

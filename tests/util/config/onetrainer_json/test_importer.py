@@ -221,6 +221,23 @@ def test_adapter_types(convert, peft, settings, kind, rank):
     assert imported.unsupported == []
 
 
+@pytest.mark.parametrize(
+    ("output_format", "output_axis", "refused"),
+    [
+        ("KOHYA_LORA", False, False),
+        ("KOHYA_LORA", True, True),
+        ("DIFFUSERS_LORA", True, False),
+        ("DIFFUSERS_LORA", False, True),
+    ],
+)
+def test_dora_axis_imports_when_the_output_format_trains_it(convert, output_format, output_axis, refused):
+    imported = convert(
+        peft_type="LORA", lora_decompose=True, lora_decompose_output_axis=output_axis, output_model_format=output_format
+    )
+    assert get(imported, "lora.type") == "dora"
+    assert ("lora_decompose_output_axis" in unsupported(imported)) is refused
+
+
 def test_oft_is_refused_and_its_settings_noted_only_when_unused(convert):
     assert "peft_type" in unsupported(convert(peft_type="OFT_2"))
     assert "oft_block_size" in notes(convert(oft_block_size=8))
