@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from onetrainer.util.dtypes import QUANTISED
+from onetrainer.util.dtypes import QUANTISED, layer_dtype
 from onetrainer.util.errors import UserError
 from onetrainer.util.quiet import quiet_import
 
@@ -186,8 +186,9 @@ def quantise_module(
 ) -> int:
     """Quantise every plain linear layer of a component in place, one at a time; returns how many.
 
-    Its other floating-point weights and buffers take `compute_dtype`. Quantised layers already there
-    are left as they are, so calling it on a component the loader quantised changes nothing.
+    Its other floating-point weights and buffers take `compute_dtype`, but for the layers the model keeps in
+    fp32 under fp16 (`util.dtypes.layer_dtype`), which compute in fp32 whatever their storage. Quantised layers
+    already there are left as they are, so calling it on a component the loader quantised changes nothing.
     """
     import torch
 
@@ -196,19 +197,21 @@ def quantise_module(
         parent_name, _, child_name = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         layer = getattr(parent, child_name)
-        quantised = quantise_linear(layer, storage, compute_dtype, quantise_on=quantise_on)
+        compute = layer_dtype(module, name, compute_dtype)
+        quantised = quantise_linear(layer, storage, compute, quantise_on=quantise_on)
         if quantised is not layer:
             setattr(parent, child_name, quantised)
         count += 1
-    for child in module.modules():
+    for path, child in module.named_modules():
+        dtype = layer_dtype(module, path, compute_dtype)
         for param in child._parameters.values():
             if param is None or type(param) is not torch.nn.Parameter or not param.is_floating_point():
                 continue  # quantised weights keep their storage
-            if param.dtype != compute_dtype:
-                param.data = param.data.to(compute_dtype)
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
         for key, buffer in list(child._buffers.items()):
-            if buffer is not None and buffer.is_floating_point() and buffer.dtype != compute_dtype:
-                child._buffers[key] = buffer.to(compute_dtype)
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                child._buffers[key] = buffer.to(dtype)
     mark_quantised(module, storage)
     return count
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.model.quantised import QuantisedStorage, mark_quantised, quantise_linear
 from onetrainer.model_loader.checkpoint import read_header, read_tensor
+from onetrainer.util.dtypes import layer_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -161,14 +162,15 @@ def _put(
 ) -> None:
     import torch
 
+    compute = layer_dtype(root, path, storage.compute_dtype)
     if tensor.is_floating_point():
-        tensor = tensor.to(storage.compute_dtype)
+        tensor = tensor.to(compute)
     if name in owner._buffers:
         owner._buffers[name] = tensor
         return
     owner._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
     if type(owner) is torch.nn.Linear and name == "weight":
-        quantised = quantise_linear(owner, storage.format, storage.compute_dtype, quantise_on=storage.quantise_on)
+        quantised = quantise_linear(owner, storage.format, compute, quantise_on=storage.quantise_on)
         if quantised is not owner:
             parent_path, _, child = path.rpartition(".")
             setattr(root.get_submodule(parent_path) if parent_path else root, child, quantised)

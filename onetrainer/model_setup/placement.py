@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from onetrainer.model.quantised import QuantisedStorage, quantise_module
-from onetrainer.util.dtypes import is_quantised, torch_dtype
+from onetrainer.util.dtypes import is_quantised, layer_dtype, torch_dtype
 from onetrainer.util.family import Role
 
 if TYPE_CHECKING:
@@ -178,8 +178,11 @@ def place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtyp
 def kept_in_fp32(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The layers a transformers model keeps in fp32 when it runs in fp16 (`_keep_in_fp32_modules`: T5's `wo`,
     whose activations overflow fp16), as its own `from_pretrained(torch_dtype=float16)` does."""
-    names = set(getattr(module, "_keep_in_fp32_modules", None) or ())
-    return [layer for path, layer in module.named_modules() if names & set(path.split("."))]
+    import torch
+
+    return [
+        layer for path, layer in module.named_modules() if layer_dtype(module, path, torch.float16) != torch.float16
+    ]
 
 
 def _placed(

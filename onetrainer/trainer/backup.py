@@ -272,6 +272,7 @@ def read_backup(path: Path) -> Backup:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from onetrainer.trainer.optimizers import optimizer_state_classes
     from onetrainer.util.detect import refused_pickle
 
     meta, problem = read_meta(path)
@@ -282,7 +283,8 @@ def read_backup(path: Path) -> Backup:
         raise damaged_backup(path, problem, file=STATE_FILE)
     sharded = bool(meta.get("sharded", False))
     try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(optimizer_state_classes()):
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         weights = {} if sharded else load_file(path / WEIGHTS_FILE)
         config_yaml = (path / CONFIG_FILE).read_text(encoding="utf-8")
     except pickle.UnpicklingError as error:

@@ -15,18 +15,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.optimizer_args import OPTIMIZER_CLASSES, argument_problems, import_optimizer_class
-from onetrainer.util.config.training import Optimizer, TrainingConfig
+from onetrainer.util.config.training import FUSED_ON_CUDA, Optimizer, TrainingConfig
 from onetrainer.util.errors import UserError
+from onetrainer.util.quiet import quiet_import
 
 if TYPE_CHECKING:
     import torch
 
 _BETAS_LENGTH = {Optimizer.CAME: 3}
-
-FUSED_ON_CUDA = (Optimizer.ADAMW, Optimizer.SGD)
-"""torch optimizers built with `fused=True` on CUDA (unless `optimizer_args` says otherwise): one kernel per
-parameter group and dtype instead of several per tensor, and the `found_inf` skip that lets the NaN guard decide
-on the device (`trainer.readback`). Elsewhere torch's default applies (`foreach` on other accelerators)."""
 
 
 def _optimizer_class(optimizer: Optimizer) -> type:
@@ -233,3 +229,19 @@ def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         with torch.no_grad():
             for param, weights in zip(params, kept, strict=True):
                 param.copy_(weights)
+
+
+def optimizer_state_classes() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
+    """The tensor subclasses an optimizer of ours keeps its states in (torchao's 8-bit AdamW: `OptimState8bit`).
+
+    A backup's `state.pt` is read with `weights_only=True`, which rebuilds plain tensors only; these installed
+    classes are allowed besides (their code is the package's, not the file's). torchao is imported only when
+    installed, so that a backup of any other run reads without it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        return []
+    with quiet_import():
+        from torchao.optim.subclass_8bit import OptimState8bit
+    return [OptimState8bit]

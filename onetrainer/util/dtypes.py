@@ -13,7 +13,7 @@ quantised weight costs on average, scales included, for the memory estimate.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.errors import UserError
 
@@ -67,3 +67,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     """torch.bfloat16 -> "bf16"; dtypes without a short name keep torch's name."""
     text = str(dtype).removeprefix("torch.")
     return next((name for name, torch_name in TORCH_NAMES.items() if torch_name == text), text)
+
+
+def layer_dtype(root: Any, path: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the layer at `path` of `root` computes in when `root` runs in `dtype`: fp32 for the layers a
+    transformers model keeps in fp32 under fp16 (`_keep_in_fp32_modules`: T5's `wo`, whose activations
+    overflow fp16), as its own `from_pretrained(torch_dtype=float16)` does, quantised or not; else `dtype`."""
+    import torch
+
+    names = set(getattr(root, "_keep_in_fp32_modules", None) or ())
+    return torch.float32 if dtype == torch.float16 and names & set(path.split(".")) else dtype

@@ -157,8 +157,14 @@ LEVERS = {
         "training.max_grad_norm=null",
         "training.optimizer_offload=true",
     ],
+    "fused-backward-8-bit-states": [
+        "training.fused_backward=true",
+        "training.max_grad_norm=null",
+        "training.optimizer=adamw8bit_ao",
+    ],
 }
-"""With the update after the backward pass, or inside it with the optimizer's states on CPU masters."""
+"""With the update after the backward pass, or inside it with the optimizer's states on CPU masters or in
+torchao's 8-bit tensors (as `sd15-full-8gb`), which the backup's `weights_only` read must rebuild."""
 
 
 @pytest.mark.slow

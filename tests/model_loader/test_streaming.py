@@ -54,6 +54,35 @@ def test_streaming_equals_quantising_after_loading(
             assert torch.equal(value, theirs[key]), key
 
 
+def _computes_in(layer: torch.nn.Module) -> torch.dtype:
+    return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+
+
+@pytest.mark.parametrize("storage", ["int8", "nf4"])
+def test_under_fp16_t5s_fp32_layers_compute_in_fp32_quantised_too(
+    storage: str, tiny_flux_dev_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T5's `wo` overflows fp16 (transformers keeps it fp32 then): read streamed or quantised after loading,
+    it computes in fp32 and the rest of T5 in fp16."""
+    reference = load_model(tiny_flux_dev_dir)
+    t5 = reference.components["text_encoder_2"]
+    quantise_module(t5, storage, torch.float16)
+    monkeypatch.setattr(type(t5), "from_pretrained", lambda *a, **k: pytest.fail("loaded whole"), raising=False)
+    streamed = lookup(ModuleKind.LOADER, "flux-dev")().load(
+        ModelConfig(type="flux-dev", base=str(tiny_flux_dev_dir)),
+        quantise={"text_encoder_2": QuantisedStorage(storage, torch.float16)},
+    )
+    for module in (t5, streamed.components["text_encoder_2"]):
+        linears = {name: layer for name, layer in module.named_modules() if hasattr(layer, "weight") and name}
+        kept = {name for name in linears if name.endswith(".wo")}
+        assert kept
+        assert {name for name, layer in linears.items() if _computes_in(layer) == torch.float32} == kept
+        with torch.no_grad():
+            hidden = module(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state
+        assert hidden.dtype == torch.float16
+        assert torch.isfinite(hidden).all()
+
+
 @pytest.mark.parametrize(
     ("family", "storage"), [("sd15", "nf4"), ("sdxl", "fp8"), ("flux-dev", "nf4"), ("sd35-medium", "int8")]
 )

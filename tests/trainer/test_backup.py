@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,30 @@ def test_round_trip_is_exact_and_loads_with_weights_only(tmp_path: Path) -> None
     assert restored.state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
     assert torch.equal(restored.state["rng"]["torch"], capture_rng_state()["torch"])
     assert restored.config_yaml == "step: 12\n"
+
+
+def test_torchaos_8_bit_optimizer_states_read_back_in_a_new_process(tmp_path: Path) -> None:
+    """The states are torchao tensor subclasses, which `weights_only` rebuilds only once allowed; a resume is a
+    new process that has not imported torchao yet (in this one, building the optimizer allowed them)."""
+    pytest.importorskip("torchao")
+    from torchao.optim import AdamW8bit
+
+    weight = torch.nn.Parameter(torch.randn(64, 256))
+    optimizer = AdamW8bit([weight])
+    weight.grad = torch.randn_like(weight)
+    optimizer.step()
+    state = {"optimizer": optimizer.state_dict(), "rng": capture_rng_state(), "loop": {"step": 1}}
+    path = write_backup(tmp_path, step=1, epoch=0, weights={}, state=state, config_yaml="step: 1\n")
+    read = (
+        "import sys; from pathlib import Path; from onetrainer.trainer.backup import read_backup; "
+        "state = read_backup(Path(sys.argv[1])).state['optimizer']['state'][0]; "
+        "print(type(state['exp_avg']).__name__, float(state['exp_avg'].dequantize().abs().sum()))"
+    )
+    result = subprocess.run([sys.executable, "-c", read, str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, total = result.stdout.split()
+    assert name == "OptimState8bit"
+    assert float(total) == float(optimizer.state[weight]["exp_avg"].dequantize().abs().sum())
 
 
 def test_rolling_backups_keep_the_newest_k(tmp_path: Path) -> None:

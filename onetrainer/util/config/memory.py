@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from onetrainer.util.config.parts import WeightDtype
 from onetrainer.util.config.schema import TrainConfig
-from onetrainer.util.config.training import Optimizer, Precision
+from onetrainer.util.config.training import FUSED_ON_CUDA, Optimizer, Precision
 from onetrainer.util.dtypes import is_quantised
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import ConfigProblem
 from onetrainer.util.family import Role, find_family
 
+PER_TENSOR_LEVERS = ("fused_backward", "stochastic_rounding", "optimizer_offload")
+"""The `training` switches that update one tensor at a time (`trainer.step`'s per-tensor updater)."""
 PER_TENSOR = (Optimizer.ADAMW, Optimizer.ADAMW_8BIT, Optimizer.ADAMW_8BIT_AO, Optimizer.ADAFACTOR, Optimizer.SGD)
 """Optimizers whose state and update are per tensor, so stepping one tensor at a time is exact."""
 
@@ -139,16 +141,29 @@ def _dtype_problems(config: TrainConfig) -> list[ConfigProblem]:
     return problems
 
 
+def _lag_problems(config: TrainConfig) -> list[ConfigProblem]:
+    """A read-back lag needs an update that skips a diverged step on the device (`trainer.readback`): torch's
+    fused kernels of `FUSED_ON_CUDA`, which updates tensor by tensor never build. Said here, before loading,
+    rather than once the step is built."""
+    training = config.training
+    if training.read_back_lag == "auto" or int(training.read_back_lag) == 0:
+        return []
+    levers = [key for key in PER_TENSOR_LEVERS if getattr(training, key)]
+    if levers:
+        why = f"training.{levers[0]} updates tensor by tensor, which cannot skip a diverged step on the device"
+    elif training.optimizer not in FUSED_ON_CUDA:
+        why = f"the {training.optimizer.value} optimizer cannot skip a diverged step on the device"
+    else:
+        return []
+    return [ConfigProblem("training.read_back_lag", f"{why}: use auto or 0", training.read_back_lag, has_value=True)]
+
+
 def _step_problems(config: TrainConfig) -> list[ConfigProblem]:
     training = config.training
     problems: list[ConfigProblem] = []
     per_tensor = ", ".join(optimizer.value for optimizer in PER_TENSOR)
-    for key, enabled in (
-        ("fused_backward", training.fused_backward),
-        ("stochastic_rounding", training.stochastic_rounding),
-        ("optimizer_offload", training.optimizer_offload),
-    ):
-        if not enabled:
+    for key in PER_TENSOR_LEVERS:
+        if not getattr(training, key):
             continue
         if training.optimizer not in PER_TENSOR:
             problems.append(
@@ -169,6 +184,7 @@ def _step_problems(config: TrainConfig) -> list[ConfigProblem]:
                     has_value=True,
                 )
             )
+    problems.extend(_lag_problems(config))
     if training.optimizer_offload and training.optimizer is Optimizer.ADAMW_8BIT:
         problems.append(
             ConfigProblem(

@@ -24,6 +24,12 @@ class Optimizer(str, Enum):
     CAME = "came"
 
 
+FUSED_ON_CUDA = (Optimizer.ADAMW, Optimizer.SGD)
+"""torch optimizers built with `fused=True` on CUDA (unless `optimizer_args` says otherwise): one kernel per
+parameter group and dtype instead of several per tensor, and the `found_inf` skip that lets the NaN guard decide
+on the device (`trainer.readback`). Elsewhere torch's default applies (`foreach` on other accelerators)."""
+
+
 class LrScheduler(str, Enum):
     CONSTANT = "constant"
     LINEAR = "linear"

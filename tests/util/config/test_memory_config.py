@@ -87,3 +87,18 @@ def test_cpu_held_optimizer_states_refuse_the_cuda_only_8bit_adamw() -> None:
     problems = _problems(training={"optimizer_offload": True, "optimizer": "adamw8bit"})
     assert "adamw8bit_ao" in problems["training.optimizer"]
     assert _valid(training={"optimizer_offload": True, "optimizer": "adamw8bit_ao"}).training.optimizer_offload
+
+
+def test_a_read_back_lag_is_refused_before_loading_where_no_step_can_skip_on_the_device() -> None:
+    """Said with the config, not once the model has loaded and the cache filled (`trainer.readback`)."""
+    for lever in ("fused_backward", "stochastic_rounding", "optimizer_offload"):
+        settings = {"read_back_lag": 1, lever: True, "max_grad_norm": None}
+        assert f"training.{lever} updates tensor by tensor" in _problems(training=settings)["training.read_back_lag"]
+    assert (
+        "adafactor optimizer"
+        in _problems(training={"read_back_lag": 2, "optimizer": "adafactor"})["training.read_back_lag"]
+    )
+    for optimizer in ("adamw", "sgd"):
+        assert _valid(training={"read_back_lag": 1, "optimizer": optimizer}).training.read_back_lag == 1
+    assert _valid(training={"read_back_lag": "auto", "fused_backward": True, "max_grad_norm": None})
+    assert _valid(training={"read_back_lag": 0, "optimizer": "adafactor"})
