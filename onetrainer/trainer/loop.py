@@ -197,13 +197,15 @@ def _open_records(session: Session, *, resumed: Backup | None) -> None:
 
     A run resumed from a backup older than the workspace's newest leaves the steps after it: their backups
     are moved aside too, or `--resume last` and pruning (which go by step) would take the abandoned ones
-    for this run's."""
+    for this run's, and so are their saves and previews, which would pass for this run's."""
     workspace = session.workspace
     if resumed is None and (archive := workspace.archive_earlier_run()) is not None:
         message = f"an earlier run's logs and previews in this workspace were moved to {archive}"
         session.progress({"event": "status", "message": message})
-    if resumed is not None and (archive := workspace.archive_backups_after(resumed.path)) is not None:
-        message = f"the backups after step {resumed.step}, which this run leaves, were moved to {archive}"
+    if resumed is not None and (archive := workspace.archive_steps_after(resumed.path)) is not None:
+        message = (
+            f"the backups, saves and previews after step {resumed.step}, which this run leaves, were moved to {archive}"
+        )
         session.progress({"event": "status", "message": message})
     atomic_write_text(workspace.config, session.config_yaml)
 

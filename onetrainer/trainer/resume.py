@@ -49,6 +49,7 @@ HARMLESS_KEYS: tuple[str, ...] = (
     "training.ema.for_saves",
     "training.ema.device",
     "data.workers",
+    "data.prefetch",
     "data.cache_dir",
     "data.clear_cache",
     "data.encode_batch_size",
@@ -59,6 +60,9 @@ HARMLESS_KEYS: tuple[str, ...] = (
     "training.activation_offload",
 )
 """Dotted keys (and everything below them) that may differ between a backup and the resuming config."""
+
+LAST_BITS_KEYS = ("training.compile", "training.channels_last")
+"""Harmless keys that still change the last bits of the results (other kernels): said when they change."""
 
 RETUNABLE_KEYS: tuple[str, ...] = (
     "training.learning_rate",
@@ -166,6 +170,33 @@ def _dora_format_change(saved: dict[str, Any], current: dict[str, Any]) -> list[
         return []
     message = f"was {was!r} in the backup, now {now!r}: a DoRA's magnitudes are trained along the axis its format reads"
     return [ConfigProblem("saving.format", message)]
+
+
+def compute_record(device: torch.device) -> dict[str, Any]:
+    """What decides the last bits of a step besides the config, for the backup: on the CPU, the thread count
+    (`training.threads: auto` depends on the machine's cores and on `data.workers`)."""
+    import torch
+
+    return {"threads": torch.get_num_threads()} if device.type == "cpu" else {}
+
+
+def last_bits_changes(
+    config: TrainConfig, backup_config_yaml: str, record: dict[str, Any], device: torch.device
+) -> str:
+    """The allowed changes since the backup that make the resumed run compute other last bits than the run never
+    stopped would have ("" when none): it continues, but not bit-exactly."""
+    saved = _flatten(_with_defaults(yaml.safe_load(backup_config_yaml) or {}))
+    current = _flatten(config.model_dump(mode="json"))
+    changed = [key for key in LAST_BITS_KEYS if saved.get(key) != current.get(key)]
+    changes = [f"{key} was {saved.get(key)!r}, now {current.get(key)!r}" for key in changed]
+    threads = compute_record(device).get("threads")
+    if record.get("threads") not in (None, threads):
+        changes.append(f"the run used {record['threads']} CPU threads, now {threads} (training.threads)")
+    if not changes:
+        return ""
+    return (
+        f"{'; '.join(changes)}: the run continues, but its results differ in the last bits from the run never stopped"
+    )
 
 
 def check_resume_compatible(config: TrainConfig, backup_config_yaml: str, *, where: str) -> None:

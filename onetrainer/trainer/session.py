@@ -34,6 +34,7 @@ from onetrainer.trainer.optimizers import evaluation_weights
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.previews import draw_previews
 from onetrainer.trainer.readback import StepRecord, StepResults
+from onetrainer.trainer.resume import compute_record
 from onetrainer.trainer.state import RunState, capture_rng
 from onetrainer.trainer.step import StepStrategy
 from onetrainer.trainer.tensorboard import TensorBoardLog
@@ -136,6 +137,7 @@ class Session:
         )
         if state is not None:
             state["data"] = self.parts.data.fingerprint()
+            state["compute"] = compute_record(self.device)
         path = self.workspace.backups / backup_name(step)
         with together(self.world, "writing a backup"):
             if self.sharded:

@@ -35,7 +35,12 @@ from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_gro
 from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.precision import MixedPrecision
 from onetrainer.trainer.readback import StepResults, resolve_lag
-from onetrainer.trainer.resume import check_resume_compatible, optimizer_settings, reapply_settings
+from onetrainer.trainer.resume import (
+    check_resume_compatible,
+    last_bits_changes,
+    optimizer_settings,
+    reapply_settings,
+)
 from onetrainer.trainer.schedulers import build_lr_scheduler, resolve_warmup_steps
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.state import Counters, RunState
@@ -126,6 +131,23 @@ def check_world_size(path: Path, size: int) -> None:
 def optimizer_steps(batches: int, accumulation: int) -> int:
     """A last, shorter accumulation group still makes a step: no batch of an epoch is dropped."""
     return math.ceil(batches / accumulation)
+
+
+def _continue_on_changed_data(counters: Counters, batches_in_epoch: Callable[[int], int]) -> str:
+    """Continue a resumed run on data that changed since its backup; says how. An epoch now shorter than the
+    batches it had trained is over: the next one starts."""
+    message = (
+        "the data changed since this backup (images added, removed or resized, or dropped as unreadable): "
+        "the run continues on the data as it is now, not with the batches it would have had"
+    )
+    length = batches_in_epoch(counters.epoch)
+    if counters.position > length:
+        message += (
+            f"; epoch {counters.epoch + 1} now has {length} batches, fewer than the {counters.position} it had "
+            "trained on, so the next epoch starts"
+        )
+        counters.position = length
+    return message
 
 
 def run_length(batches_in_epoch: Callable[[int], int], config: TrainConfig) -> tuple[int, int]:
@@ -235,11 +257,10 @@ def start_session(
             )
             progress({"event": "warning", "message": message})
         if backup.state.get("data", parts.data.fingerprint()) != parts.data.fingerprint():
-            message = (
-                "the data changed since this backup (images added, removed or resized, or dropped as unreadable): "
-                "the run continues on the data as it is now, not with the batches it would have had"
-            )
-            progress({"event": "warning", "message": message})
+            progress({"event": "warning", "message": _continue_on_changed_data(run.counters, parts.batches_in_epoch)})
+        changed = last_bits_changes(config, backup.config_yaml, backup.state.get("compute", {}), device)
+        if changed:
+            progress({"event": "warning", "message": changed})
     step = build_step(
         training,
         run.optimizer,

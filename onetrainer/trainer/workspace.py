@@ -7,7 +7,8 @@ records are not deleted either (they may be all that is left of that run): when 
 training, `archive_earlier_run` moves them, with that run's config, into `earlier-runs/<time>/`,
 where TensorBoard shows them as a separate run. Backups are different: they mean the earlier run can
 be continued, so a fresh run refuses them (see `start.open_backup`); a run resumed from an older backup
-moves the ones after it aside (`archive_backups_after`), as the steps it leaves. The data cache is shared by
+moves the ones after it aside with those steps' saves and previews (`archive_steps_after`), as the steps it
+leaves. The data cache is shared by
 design and stays. Two runs at once in one workspace would interleave all of it: `workspace_lock`
 refuses the second.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,21 +91,29 @@ class Workspace:
             os.replace(path, target / path.name)
         return target
 
-    def archive_backups_after(self, resumed: Path) -> Path | None:
-        """Move this workspace's backups of steps after `resumed` (and, when `resumed` lies elsewhere, of its
-        step) into `earlier-runs/<time>-after-step-N/backups/`; None if there are none. Damaged ones go too:
-        left, the newest of them would stop this run's `--resume last`."""
+    def archive_steps_after(self, resumed: Path) -> Path | None:
+        """Move what this workspace holds of the steps after `resumed` (and, when `resumed` lies elsewhere, of
+        its step) into `earlier-runs/<time>-after-step-N/`: backups, intermediate saves and previews, which
+        would otherwise lie beside the resumed run's own as if it had made them (the way on after a divergence
+        is an earlier backup with other settings). None if there are none. Damaged backups go too: left, the
+        newest of them would stop this run's `--resume last`."""
         step = backup_step(resumed)
-        own = resumed.parent.resolve() == self.backups.resolve()
+        first = step + 1 if resumed.parent.resolve() == self.backups.resolve() else step
         every = [*list_backups(self.backups), *(path for path, _ in damaged_backups(self.backups))]
-        later = [path for path in every if backup_step(path) > step - (0 if own else 1)]
-        if not later:
+        later = {
+            self.backups.name: [path for path in every if backup_step(path) >= first],
+            self.saves.name: _named_from_step(self.saves, first),
+            self.samples.name: _named_from_step(self.samples, first),
+        }
+        if not any(later.values()):
             return None
-        target = self._new_earlier_run(f"{time.strftime('%Y%m%d-%H%M%S')}-after-step-{step}") / "backups"
-        target.mkdir()
-        for path in later:
-            os.replace(path, target / path.name)
-        return target.parent
+        target = self._new_earlier_run(f"{time.strftime('%Y%m%d-%H%M%S')}-after-step-{step}")
+        for folder, paths in later.items():
+            if paths:
+                (target / folder).mkdir()
+            for path in paths:
+                os.replace(path, target / folder / path.name)
+        return target
 
     def _new_earlier_run(self, name: str) -> Path:
         target = self.earlier_runs / name
@@ -113,6 +123,21 @@ class Workspace:
             target = self.earlier_runs / f"{name}-{suffix}"
         target.mkdir(parents=True)
         return target
+
+
+_STEP_PREFIX = re.compile(r"step-(\d{8})")
+"""How intermediate saves (`step-00000012.safetensors`) and previews (`step-00000012-0.png`) begin."""
+
+
+def _named_from_step(folder: Path, first: int) -> list[Path]:
+    """The entries of `folder` named for step `first` or a later one."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if (match := _STEP_PREFIX.match(path.name)) is not None and int(match.group(1)) >= first
+    )
 
 
 class WorkspaceInUse(UserError):

@@ -586,3 +586,22 @@ def test_a_resume_after_the_data_changed_says_so(
     shutil.copy(source, dataset / f"added{source.suffix}")
     shutil.copy(source.with_suffix(".txt"), dataset / "added.txt")
     assert any("data changed since this backup" in message for message in resumed(4))
+
+
+def test_a_resume_on_fewer_images_than_the_epoch_had_trained_on_starts_the_next_epoch(
+    tmp_path: Path, shapes_dataset_dir: Path, cli: Callable[..., Any], demo_args: Callable[..., list[str]]
+) -> None:
+    """Backed up after 3 of 4 batches of 4 images; with 8 images left an epoch has 2 batches: the run goes on."""
+    dataset = Path(shutil.copytree(shapes_dataset_dir, tmp_path / "data"))
+    first = cli(*demo_args(tmp_path, dataset, "training.max_steps=3", "saving.backup_every=3 steps"))
+    assert first.exit_code == 0, first.output
+    for image in sorted(dataset.glob("*.png"))[:8]:
+        image.unlink()
+        image.with_suffix(".txt").unlink()
+    args = demo_args(tmp_path, dataset, "training.max_steps=5", "--json", "saving.overwrite=true")
+    result = cli(*args, "--resume", "last")
+    assert result.exit_code == 0, result.output
+    warnings = [event["message"] for event in _json_events(result.stdout) if event["event"] == "warning"]
+    assert any("epoch 1 now has 2 batches, fewer than the 3" in message for message in warnings)
+    records = read_metrics(tmp_path / "workspace" / "metrics.jsonl")
+    assert [(record["step"], record["epoch"]) for record in records][-2:] == [(4, 1), (5, 1)]

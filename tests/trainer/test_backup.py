@@ -211,7 +211,7 @@ def test_resuming_before_a_damaged_backup_moves_it_aside_with_the_later_steps(tm
     workspace = Workspace(tmp_path)
     earlier = _write(workspace.backups, 4)
     _damage_meta(_write(workspace.backups, 8))
-    assert workspace.archive_backups_after(earlier) is not None
+    assert workspace.archive_steps_after(earlier) is not None
     assert find_backup(workspace.backups, "last") == earlier
 
 

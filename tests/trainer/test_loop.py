@@ -536,8 +536,9 @@ def test_resuming_an_older_backup_moves_the_later_ones_aside(
     tmp_path: Path, toy_build: ToyBuild, toy_config: ToyConfig
 ) -> None:
     """After `--resume step-2` the abandoned steps' backups must not be what `--resume last` or pruning take: the
-    resumed run's own backups are then the newest, so `last` continues it and not the branch it left."""
-    settings = ("saving.backup_every=2 steps", "saving.backup_keep_last=5")
+    resumed run's own backups are then the newest, so `last` continues it and not the branch it left. Their
+    intermediate saves go with them: they are not this run's."""
+    settings = ("saving.backup_every=2 steps", "saving.backup_keep_last=5", "saving.every=2 steps")
     root = tmp_path / "run"
     with pytest.raises(Interrupted):
         train(toy_config(root, *settings), build=toy_build(), progress=_interrupt_at(5))
@@ -556,7 +557,9 @@ def test_resuming_an_older_backup_moves_the_later_ones_aside(
     (branch,) = (root / "workspace" / "earlier-runs").iterdir()
     assert branch.name.endswith("-after-step-2")
     assert [path.name for path in list_backups(branch / "backups")] == ["step-00000004", "step-00000005"]
-    assert any("the backups after step 2" in str(event.get("message")) for event in events)
+    assert [path.stem for path in (branch / "saves").iterdir()] == ["step-00000004"]
+    assert [path.stem for path in (root / "workspace" / "saves").iterdir()] == ["step-00000002"]
+    assert any("the backups, saves and previews after step 2" in str(event.get("message")) for event in events)
     result = train(toy_config(root, *settings, "training.learning_rate=0.003"), build=toy_build(), resume="last")
     assert result.step == 10
 

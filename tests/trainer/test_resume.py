@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from onetrainer.trainer.resume import check_resume_compatible, differing_keys, optimizer_settings, reapply_settings
+from onetrainer.trainer.resume import (
+    check_resume_compatible,
+    differing_keys,
+    last_bits_changes,
+    optimizer_settings,
+    reapply_settings,
+)
 from onetrainer.util.config.loader import dump_config, load_config
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.errors import UserError
@@ -32,6 +38,7 @@ def test_harmless_changes_are_allowed(tmp_path: Path) -> None:
         "data.encode_batch_size=2",
         "data.max_image_pixels=1000000",
         "data.strict=true",
+        "data.prefetch=2",
         f"data.cache_dir={tmp_path / 'elsewhere'}",
         "model.dtype=bf16",
     )
@@ -147,6 +154,20 @@ def test_a_backup_written_before_a_key_existed_continues_at_its_default(tmp_path
 
 def test_the_thread_count_may_change(tmp_path: Path) -> None:
     check_resume_compatible(_config(tmp_path, "training.threads=3"), dump_config(_config(tmp_path)), where="backup")
+
+
+def test_changes_that_alter_the_last_bits_are_said_and_others_are_not(tmp_path: Path) -> None:
+    saved = dump_config(_config(tmp_path))
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    same = last_bits_changes(_config(tmp_path, "sampling.every=1 epoch"), saved, {"threads": threads}, cpu)
+    assert same == ""
+    kernels = last_bits_changes(_config(tmp_path, "training.channels_last=true"), saved, {"threads": threads}, cpu)
+    assert "training.channels_last was False, now True" in kernels
+    assert "differ in the last bits" in kernels
+    other = last_bits_changes(_config(tmp_path), saved, {"threads": threads + 1}, cpu)
+    assert f"used {threads + 1} CPU threads, now {threads}" in other
+    assert last_bits_changes(_config(tmp_path), saved, {}, cpu) == "", "a backup from before the record says nothing"
 
 
 @pytest.mark.gpu
