@@ -147,6 +147,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
     from onetrainer.trainer.sharding import local_tensors
     from onetrainer.util.config.loader import load_config
     from onetrainer.util.errors import Interrupted
+    from onetrainer.util.threads import apply_threads
 
     report = Path(spec["report"])
     audit = WriteAudit(spec.get("watch", []))
@@ -155,6 +156,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
     records = []
     for index, item in enumerate(spec["runs"]):
         config = load_config(Path(item["config"]), item.get("overrides", []))
+        apply_threads(config.training.threads, workers=config.data.workers)  # as `onetrainer train` does
         record: dict[str, Any] = {}
         audit.writes = []
         try:
