@@ -251,6 +251,7 @@ def _spec(name: str, modelspec: str, options: type[Section], hub_id: str) -> Fam
         options=options,
         onetrainer_model_types=("FLUX_DEV_1",),
         onetrainer_options=ONETRAINER_OPTIONS[name],
+        onetrainer_bucket_step=64,
         onetrainer_layer_presets=ONETRAINER_PRESETS,
         onetrainer_sample_defaults={"width": 1024, "height": 1024, "cfg_scale": 3.5},
     )

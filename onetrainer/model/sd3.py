@@ -261,6 +261,8 @@ def _spec(
         config_defaults={"noise": {"timesteps": {"distribution": "logit-normal"}}},
         onetrainer_model_types=("STABLE_DIFFUSION_3",) if name == SD3_MEDIUM else ("STABLE_DIFFUSION_35",),
         onetrainer_options={f"{T5}.include": "t5"},
+        onetrainer_fixed_options={"t5_max_length": 77},  # its data loader tokenizes T5 to CLIP's length
+        onetrainer_bucket_step=64,
         onetrainer_layer_presets=ONETRAINER_PRESETS,
         onetrainer_sample_defaults={"width": 1024, "height": 1024, "diffusion_steps": 28},
         leaves_out=_leaves_out,

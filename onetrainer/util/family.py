@@ -316,6 +316,12 @@ class FamilySpec:
     """OneTrainer's layer-filter presets for its model types of this family, by name, besides `full` (every layer)
     and `custom`: `onetrainer import` reads one whose `layer_filter` is empty as OneTrainer's UI fills it in, and
     `onetrainer export` names the one that is the same as our preset."""
+    onetrainer_fixed_options: Mapping[str, Any] = field(default_factory=dict)
+    """`model.options` OneTrainer holds fixed, with no setting of its own: `onetrainer import` sets them, and
+    `onetrainer export` lists another value as lacking (`{"t5_max_length": 77}`)."""
+    onetrainer_bucket_step: int | None = None
+    """The pixel step of OneTrainer's aspect buckets for this family where it differs from `bucket_step`: the
+    importer notes that images are cropped a little differently."""
     onetrainer_sample_defaults: Mapping[str, Any] = field(default_factory=dict)
     """OneTrainer's sample settings for its model types of this family, over its generic ones (512 px, 30 steps,
     guidance 7, DDIM): `{"width": 1024, "cfg_scale": 7.5, ...}`. They fill what a sample of a sample file leaves

@@ -38,23 +38,18 @@ def export_data(ours: View, ot: dict[str, Any], concept_defaults_ours: dict[str,
 
 
 def _text_encoder_dropout(parts: View, data: View, ot: dict[str, Any], spec: FamilySpec) -> None:
-    """OneTrainer's dropout per text encoder: ours (`parts.<encoder>.dropout`), else the concepts' caption
-    dropout, which is one probability for all concepts there and cannot be added to an encoder's own."""
-    concepts = data.data.get("concepts") or []
-    values = sorted({item["caption"].get("caption_dropout", 0.0) for item in concepts})
-    own = {component.name: parts.child(component.name)["dropout"] for component in spec.text_encoders}
-    why = None
-    if len(values) > 1:
-        why = "OneTrainer's caption dropout is one probability for all concepts"
-    elif values and values[0] and any(own.values()):
-        why = "OneTrainer has one dropout per text encoder, and parts.<encoder>.dropout is written there"
-    if why is not None:
-        for index, concept in enumerate(concepts):
+    """OneTrainer's dropout per text encoder zeroes that encoder's output, each in its own draw: ours is
+    `parts.<encoder>.dropout`. Our caption dropout (the empty caption, encoded) has no counterpart there."""
+    for index, concept in enumerate(data.data.get("concepts") or []):
+        if concept["caption"].get("caption_dropout"):
             data.ledger.refuse(
-                f"data.concepts.{index}.caption.caption_dropout", concept["caption"]["caption_dropout"], why
+                f"data.concepts.{index}.caption.caption_dropout",
+                concept["caption"]["caption_dropout"],
+                "OneTrainer has no caption dropout: it zeroes each text encoder's output in its own draw "
+                "(ours: parts.<encoder>.dropout)",
             )
-    for name, value in own.items():
-        ot[name]["dropout_probability"] = value or (values[0] if values else 0.0)
+    for component in spec.text_encoders:
+        ot[component.name]["dropout_probability"] = parts.child(component.name)["dropout"] or 0.0
 
 
 def _concept(concept: View) -> dict[str, Any]:
@@ -95,10 +90,10 @@ def _image(image: View, target: dict[str, Any]) -> None:
     if image["rotation"]:
         target["enable_random_rotate"] = True
         target["random_rotate_max_angle"] = image["rotation"]
-    for name in COLOURS:
+    for name, (_, per_strength) in COLOURS.items():
         if image[name]:
             target[f"enable_random_{name}"] = True
-            target[f"random_{name}_max_strength"] = image[name]
+            target[f"random_{name}_max_strength"] = image[name] / per_strength
     target["enable_random_circular_mask_shrink"] = image.child("mask_shrink")["enabled"]
     target["enable_random_mask_rotate_crop"] = image.child("mask_rotate_crop")["enabled"]
 
@@ -125,7 +120,7 @@ def _caption(caption: View, target: dict[str, Any]) -> None:
         caption.unsupported("tag_dropout_only", "OneTrainer takes either a keep-list or a drop-list")
     if keep or only:
         target["tag_dropout_special_tags_mode"] = "WHITELIST" if keep else "BLACKLIST"
-        target["tag_dropout_special_tags"] = ", ".join(keep or only)
+        target["tag_dropout_special_tags"] = caption["tag_delimiter"].join(keep or only)
     caption.skip("caption_dropout")
     capitalisation = caption["random_capitalization"]
     if capitalisation:

@@ -52,12 +52,15 @@ def export_options(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
         return
     defaults = spec.options.model_validate({}).model_dump(mode="json")
     by_option = {option: key for key, option in spec.onetrainer_options.items()}
+    fixed = spec.onetrainer_fixed_options
     for option, value in {**defaults, **options}.items():
         key = by_option.get(option)
         if key is not None:
             part, _, setting = key.rpartition(".")
             (ot[part] if part else ot)[setting] = value
-        elif value != defaults.get(option):
+        elif option in fixed and value != fixed[option]:
+            ours.ledger.refuse(f"model.options.{option}", value, f"OneTrainer always uses {fixed[option]}")
+        elif option not in fixed and value != defaults.get(option):
             ours.ledger.refuse(f"model.options.{option}", value, LACKING)
 
 

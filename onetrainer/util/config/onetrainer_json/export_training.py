@@ -6,7 +6,7 @@ from typing import Any
 
 from onetrainer.util.config.onetrainer_json.defaults import optimizer_defaults
 from onetrainer.util.config.onetrainer_json.findings import View
-from onetrainer.util.config.onetrainer_json.import_training import DEVICES
+from onetrainer.util.config.onetrainer_json.import_training import DEVICES, PERTURBATION
 from onetrainer.util.config.onetrainer_json.tables import (
     BETAS,
     DISTRIBUTION_NAMES,
@@ -113,7 +113,7 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
 def export_noise(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     noise = ours.child("noise")
     ot["offset_noise_weight"] = noise["offset"]
-    ot["perturbation_noise_weight"] = noise["input_perturbation"]
+    noise.refuse("input_perturbation", PERTURBATION)
     noise.skip("zero_terminal_snr")
     timesteps = noise.child("timesteps")
     ot["min_noising_strength"] = timesteps["min_strength"]
@@ -134,10 +134,24 @@ def export_noise(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     for key in ("mean", "std", "steepness", "center", "mode_scale"):
         timesteps.ignore(key, f"not used by the {distribution} distribution")
     if spec.objective is Objective.FLOW_MATCHING:
-        if noise["shift"] is not None:
-            ot["timestep_shift"] = noise["shift"]
-        if noise["dynamic_shift"] is not None:
-            ot["dynamic_timestep_shifting"] = noise["dynamic_shift"]
+        scheduler = _shipped_scheduler(spec)
+        shift, dynamic = noise["shift"], noise["dynamic_shift"]
+        ot["timestep_shift"] = shift if shift is not None else float(scheduler.get("shift", 1.0))
+        own = bool(scheduler.get("use_dynamic_shifting", False))
+        ot["dynamic_timestep_shifting"] = dynamic if dynamic is not None else own
+
+
+def _shipped_scheduler(spec: FamilySpec) -> dict[str, Any]:
+    """The family's scheduler config as released, whose shift `noise.shift: null` trains with (OneTrainer's
+    default would be no shift at all)."""
+    import json
+
+    from onetrainer.model.configs import config_dir
+
+    name = spec.shipped_config_for(None)
+    if name is None:
+        return {}
+    return json.loads((config_dir(name) / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
 
 
 def export_loss(ours: View, ot: dict[str, Any]) -> None:

@@ -10,10 +10,13 @@ from onetrainer.util.config.onetrainer_json.defaults import concept_defaults
 from onetrainer.util.config.onetrainer_json.findings import View
 from onetrainer.util.config.onetrainer_json.tables import CAPTION_SOURCES, CONCEPT_TYPES
 from onetrainer.util.config.onetrainer_json.target import Target
+from onetrainer.util.family import FamilySpec
 
 FALLBACK_RESOLUTION = 512
 """OneTrainer's default resolution, used when its value cannot be read."""
-COLOURS = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5}
+COLOURS = {"brightness": (1.0, 1.0), "contrast": (1.0, 1.0), "saturation": (1.0, 1.0), "hue": (1.0, 0.5)}
+"""OneTrainer's colour jitters: (its largest strength, our strength per unit of its). Its hue strength s shifts
+by up to s/2 turns either way (mgds' `RandomHue` draws from ±s/2), ours by up to `hue` turns."""
 """OneTrainer's colour jitters -> the largest value our `image.<name>` takes."""
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -37,9 +40,16 @@ def parse_resolution(view: View, key: str) -> int | list[int] | None:
     return values[0] if len(values) == 1 else values
 
 
-def map_data(config: View, out: Target) -> None:
+def map_data(config: View, out: Target, spec: FamilySpec) -> None:
     out.set("data.resolution", parse_resolution(config, "resolution") or FALLBACK_RESOLUTION)
     out.set("data.bucketing", config["aspect_ratio_bucketing"])
+    theirs = spec.onetrainer_bucket_step
+    if config["aspect_ratio_bucketing"] and theirs not in (None, spec.bucket_step):
+        config.note(
+            "aspect_ratio_bucketing",
+            f"OneTrainer sizes {spec.title} buckets in steps of {theirs} px, ours in {spec.bucket_step} px: images "
+            "whose sides fall between are cropped by a few pixels less",
+        )
     out.set("data.cache", config["latent_caching"])
     out.set("data.cache_dir", config["cache_dir"])
     out.set("data.clear_cache", config["clear_cache_before_training"])
@@ -107,10 +117,10 @@ def _image(image: View) -> dict[str, Any]:
         image.skip("random_rotate_max_angle")
     else:
         image.ignore("random_rotate_max_angle", "enable_random_rotate is off")
-    for name, largest in COLOURS.items():
+    for name, (largest, per_strength) in COLOURS.items():
         image.refuse(f"enable_fixed_{name}", f"{name} changes are random, up to the strength")
         if image[f"enable_random_{name}"]:
-            mapped[name] = _bounded(image, f"random_{name}_max_strength", largest)
+            mapped[name] = _bounded(image, f"random_{name}_max_strength", largest) * per_strength
         elif image[f"enable_fixed_{name}"]:
             image.skip(f"random_{name}_max_strength")
         else:
@@ -164,7 +174,7 @@ def _tag_dropout(text: View) -> dict[str, Any]:
     if tags_text.lower().endswith((".txt", ".csv")):
         text.unsupported("tag_dropout_special_tags", "list the tags in the config instead of a file")
         return mapped
-    tags = [tag.strip() for tag in tags_text.split(",") if tag.strip()]
+    tags = [tag.strip() for tag in tags_text.split(text["tag_delimiter"] or ",") if tag.strip()]
     if mode == "BLACKLIST":
         mapped["tag_dropout_only"] = tags
     elif mode == "WHITELIST":

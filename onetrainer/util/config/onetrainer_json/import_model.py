@@ -220,6 +220,8 @@ def map_options(config: View, out: Target, spec: FamilySpec) -> None:
 
     if spec.options is None:
         return
+    for option, value in spec.onetrainer_fixed_options.items():
+        out.set(f"model.options.{option}", value)
     defaults = spec.options.model_validate({}).model_dump()
     for key, option in spec.onetrainer_options.items():
         part, _, setting = key.rpartition(".")

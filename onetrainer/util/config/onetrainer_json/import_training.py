@@ -173,9 +173,15 @@ def map_ema(config: View, out: Target) -> bool:
     return True
 
 
+PERTURBATION = (
+    "OneTrainer's perturbation enlarges the noise of both the input and the target; ours "
+    "(noise.input_perturbation) perturbs the input only"
+)
+
+
 def map_noise(config: View, out: Target, spec: FamilySpec) -> None:
     out.set("noise.offset", config["offset_noise_weight"])
-    out.set("noise.input_perturbation", config["perturbation_noise_weight"])
+    config.refuse("perturbation_noise_weight", PERTURBATION)
     out.set("noise.timesteps.min_strength", config["min_noising_strength"])
     out.set("noise.timesteps.max_strength", config["max_noising_strength"])
     distribution = config["timestep_distribution"]

@@ -81,7 +81,7 @@ def import_onetrainer(path: Path) -> Imported:
     map_options(view, out, spec)
     map_lora(view, out, spec, method)
     map_embeddings(view, out, method)
-    map_data(view, out)
+    map_data(view, out, spec)
     concepts, concepts_from = _objects(view, path, "concepts", "concept_file_name", "concept file")
     if isinstance(concepts, list):
         concepts = [migrate_concept(item) for item in concepts]

@@ -66,13 +66,23 @@ def test_cadences_become_whole_intervals(cadence, expected):
     assert (config["sample_after"], config["sample_after_unit"]) == expected
 
 
-def test_concepts_that_disagree_on_caption_dropout_are_listed(tmp_path):
-    _, findings = export(
+def test_input_perturbation_and_hue_export_as_onetrainer_computes_them(tmp_path):
+    config, findings = export(
+        "noise.input_perturbation=0.1", f"data.concepts.0.path={tmp_path}", "data.concepts.0.image.hue=0.25"
+    )
+    assert lacking(findings) == {"noise.input_perturbation"}, "OneTrainer's perturbs the target too"
+    image = config["concepts"][0]["image"]
+    assert (image["enable_random_hue"], image["random_hue_max_strength"]) == (True, 0.5), "its strength s is ±s/2"
+
+
+def test_caption_dropout_is_listed_as_onetrainer_drops_each_encoders_output_instead(tmp_path):
+    config, findings = export(
         f"data.concepts.0.path={tmp_path}",
         "data.concepts.0.caption.caption_dropout=0.1",
         f"data.concepts.1.path={tmp_path}",
     )
-    assert lacking(findings) == {"data.concepts.0.caption.caption_dropout", "data.concepts.1.caption.caption_dropout"}
+    assert lacking(findings) == {"data.concepts.0.caption.caption_dropout"}
+    assert config["text_encoder"]["dropout_probability"] == 0.0
 
 
 def test_an_exported_preset_of_ours_imports_back_to_the_same_settings(tmp_path):
@@ -159,10 +169,24 @@ def test_flux_offloading_and_options_export_and_a_block_count_is_listed():
 
 
 def test_sd3_without_t5_exports_its_text_encoder_left_out():
-    config, findings = export("model.type=sd35-medium", "model.base=tiny:sd35-medium", "model.options.t5=false")
+    sd35 = ("model.type=sd35-medium", "model.base=tiny:sd35-medium", "model.options.t5_max_length=77")
+    config, findings = export(*sd35, "model.options.t5=false")
     assert findings == []
     assert config["model_type"] == "STABLE_DIFFUSION_35"
     assert config["text_encoder_3"]["include"] is False
+    _, longer = export(*sd35[:2])
+    assert lacking(longer) == {"model.options.t5_max_length"}, "OneTrainer tokenizes T5 to 77 tokens"
+
+
+@pytest.mark.parametrize(("family", "shift", "dynamic"), [("sd35-medium", 3.0, False), ("flux-dev", 3.0, True)])
+def test_a_flow_models_own_timestep_shift_is_exported(family, shift, dynamic):
+    """`noise.shift: null` trains with the model's scheduler's shift; OneTrainer's default would be none."""
+    config, _ = export(f"model.type={family}", f"model.base=tiny:{family}")
+    assert (config["timestep_shift"], config["dynamic_timestep_shifting"]) == (shift, dynamic)
+    config, _ = export(
+        f"model.type={family}", f"model.base=tiny:{family}", "noise.shift=1.5", "noise.dynamic_shift=false"
+    )
+    assert (config["timestep_shift"], config["dynamic_timestep_shifting"]) == (1.5, False)
 
 
 def test_an_infinite_growth_rate_is_written_as_onetrainer_writes_it():

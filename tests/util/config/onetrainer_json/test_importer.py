@@ -199,7 +199,10 @@ def test_flux_and_sd35_model_types_and_their_options(convert):
     medium = convert(model_type="STABLE_DIFFUSION_35", base_model_name="stabilityai/stable-diffusion-3.5-medium")
     assert get(medium, "model.type") == "sd35-medium"
     without_t5 = convert(model_type="STABLE_DIFFUSION_3", base_model_name="x", text_encoder_3={"include": False})
-    assert (get(without_t5, "model.type"), get(without_t5, "model.options")) == ("sd3-medium", {"t5": False})
+    assert (get(without_t5, "model.type"), get(without_t5, "model.options")) == (
+        "sd3-medium",
+        {"t5": False, "t5_max_length": 77},
+    ), "OneTrainer tokenizes SD 3's T5 to CLIP's 77 tokens"
     assert get(without_t5, "parts.text_encoder_3.train") is False, "a part left out trains in no way"
     assert without_t5.unsupported == []
     assert "text_encoder_2.include" in unsupported(
@@ -319,6 +322,29 @@ def test_tag_dropout_modes(convert, tmp_path):
     )
     assert only.unsupported == []
     assert get(only, "data.concepts")[0]["caption"]["tag_dropout_only"] == ["a", "b"]
+    semicolons = convert(
+        concepts=[
+            concept(
+                tag_dropout_mode="RANDOM",
+                tag_delimiter=";",
+                tag_dropout_special_tags_mode="WHITELIST",
+                tag_dropout_special_tags="a;b c",
+            )
+        ]
+    )
+    assert get(semicolons, "data.concepts")[0]["caption"]["tag_dropout_keep"] == ["a", "b c"]
+
+
+def test_hue_perturbation_and_buckets_as_onetrainer_computes_them(convert, tmp_path):
+    """Its hue strength s shifts by up to s/2 turns; its perturbation enlarges the target's noise too; it sizes
+    FLUX.1's aspect buckets in 64 px steps."""
+    image = {"enable_random_hue": True, "random_hue_max_strength": 1.0}
+    imported = convert(concepts=[{"path": str(tmp_path), "image": image}], perturbation_noise_weight=0.1)
+    assert get(imported, "data.concepts")[0]["image"]["hue"] == 0.5
+    assert "perturbs the input only" in unsupported(imported)["perturbation_noise_weight"]
+    flux = convert(model_type="FLUX_DEV_1", base_model_name="tiny:flux-dev")
+    assert "steps of 64 px, ours in 16 px" in notes(flux)["aspect_ratio_bucketing"]
+    assert "aspect_ratio_bucketing" not in notes(convert())
 
 
 def test_a_text_encoders_dropout_is_its_own(convert, tmp_path):
