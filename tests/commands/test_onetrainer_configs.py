@@ -576,7 +576,8 @@ def test_an_sd35_config_picks_the_family_of_its_base_and_leaves_t5_out(tmp_path,
     assert result.exit_code == 0, result.output
     assert "Unsupported" not in result.stdout
     config = yaml.safe_load(result.stdout)
-    assert config["model"] == {"type": "sd35-medium", "base": "tiny:sd35-medium", "options": {"t5": False}}
+    options = {"t5": False, "t5_max_length": 77}  # OneTrainer reads T5 to CLIP's 77 tokens
+    assert config["model"] == {"type": "sd35-medium", "base": "tiny:sd35-medium", "options": options}
     every_layer = filter_regex(EVERY_LAYER, regex=True)  # an empty layer_filter: OneTrainer adapts every layer
     assert config["parts"]["transformer"] == {
         "train": True,
