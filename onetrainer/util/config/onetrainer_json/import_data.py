@@ -60,6 +60,11 @@ def map_data(config: View, out: Target, spec: FamilySpec) -> None:
     else:
         config.ignore("unmasked_probability", "masked_training is off")
     out.set("loss.masked.unmasked_weight", config["unmasked_weight"])
+    if config["masked_training"] and config["unmasked_weight"]:
+        config.note(
+            "unmasked_weight",
+            "a mask's soft edges weigh w + (1 - w) * mask here, max(mask, w) in OneTrainer (the same for a 0/1 mask)",
+        )
     out.set("loss.masked.normalize_area", config["normalize_masked_area_loss"])
 
 

@@ -345,6 +345,9 @@ def test_hue_perturbation_and_buckets_as_onetrainer_computes_them(convert, tmp_p
     flux = convert(model_type="FLUX_DEV_1", base_model_name="tiny:flux-dev")
     assert "steps of 64 px, ours in 16 px" in notes(flux)["aspect_ratio_bucketing"]
     assert "aspect_ratio_bucketing" not in notes(convert())
+    masked = convert(masked_training=True, unmasked_weight=0.1)
+    assert "max(mask, w) in OneTrainer" in notes(masked)["unmasked_weight"]
+    assert "unmasked_weight" not in notes(convert(masked_training=True, unmasked_weight=0.0))
 
 
 def test_a_text_encoders_dropout_is_its_own(convert, tmp_path):
