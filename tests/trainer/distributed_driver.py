@@ -9,8 +9,9 @@ pass; `stop_*` send rank R a SIGTERM there, a stop request), trained one after t
 `trainer.loop.train` and the real `build_parts`. Each rank writes `report/rank-R.json`: per run, the
 final step (or, for a run stopped by a signal, the message it stopped with), its caching statistics, a
 fingerprint of the noise generator it was given, and every file it opened for writing (or renamed,
-created, removed) under the watched folders, caught by an audit hook; and `report/run-I-rank-R.safetensors`,
-its trained tensors.
+created, removed) under the watched folders, caught by an audit hook; `report/run-I-rank-R.safetensors`,
+its trained tensors; and `report/run-I-rank-R-initial.safetensors`, its trained tensors as built (rank 0's
+are the run's initial values, which the others receive from it).
 
 `keyed_noise` replaces the noise of every sample by noise keyed by (sample id, step), and runs the
 model one sample at a time: a batch then trains the same whichever rank holds which of its samples,
@@ -114,11 +115,27 @@ def _instrument(
     setup.predict = instrumented_predict
 
 
-def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | None, stop_at_step: int | None) -> Any:
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, path)
+
+
+def _build(
+    record: dict[str, Any],
+    *,
+    initial: Path,
+    keyed_noise: bool,
+    fail_at_step: int | None,
+    stop_at_step: int | None,
+) -> Any:
     from onetrainer.trainer.components import build_parts
+    from onetrainer.trainer.sharding import local_tensors
 
     def build(config: Any, **kwargs: Any) -> Any:
         parts = build_parts(config, **kwargs)
+        weights = parts.setup.trainable_state_dict()
+        _save_tensors(dict(zip(weights, local_tensors(weights.values()), strict=True)), initial)
         fill_cache = parts.data.fill_cache
 
         def recorded_fill() -> Any:
@@ -141,8 +158,6 @@ def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | Non
 
 def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
     """Train every run of `spec` in this process; returns (and writes) this rank's report."""
-    from safetensors.torch import save_file
-
     from onetrainer.trainer.loop import train
     from onetrainer.trainer.sharding import local_tensors
     from onetrainer.util.config.loader import load_config
@@ -164,6 +179,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
                 config,
                 build=_build(
                     record,
+                    initial=report / f"run-{index}-rank-{rank}-initial.safetensors",
                     keyed_noise=item.get("keyed_noise", False),
                     fail_at_step=item.get("fail_at_step") if rank == item.get("fail_on_rank") else None,
                     stop_at_step=item.get("stop_at_step") if rank == item.get("stop_on_rank") else None,
@@ -178,10 +194,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
         weights = setup.trainable_state_dict()
         tensors = dict(zip(weights, local_tensors(weights.values()), strict=True))
         audit.active = False
-        save_file(
-            {key: value.detach().cpu().contiguous() for key, value in tensors.items()},
-            report / f"run-{index}-rank-{rank}.safetensors",
-        )
+        _save_tensors(tensors, report / f"run-{index}-rank-{rank}.safetensors")
         audit.active = True
         if result is not None:
             record.update(step=result.step, output=str(result.output) if result.output else None)
