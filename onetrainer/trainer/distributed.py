@@ -258,6 +258,16 @@ def gather_objects(world: World, value: Any) -> list[Any] | None:
     return gathered
 
 
+def differing(world: World, value: Any) -> list[Any] | None:
+    """Every rank's `value`, by rank, when they are not all equal; None when they are (or in one process).
+
+    The same answer on every rank, so that all of them refuse together (small, picklable values only).
+    """
+    gathered = gather_objects(world, value)
+    verdict = gathered if gathered is not None and any(item != gathered[0] for item in gathered) else None
+    return broadcast_object(world, verdict)
+
+
 def _is_sharded(tensor: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 

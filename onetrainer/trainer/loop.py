@@ -50,7 +50,7 @@ from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.readback import RankFailed, StepRecord
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
-from onetrainer.trainer.start import check_init_files, open_backup, start_session
+from onetrainer.trainer.start import check_init_files, check_same_plan, open_backup, start_session
 from onetrainer.trainer.state import step_rng_snapshot
 from onetrainer.trainer.workspace import Workspace, check_workspace_free, workspace_lock
 from onetrainer.util.atomic import atomic_write_text
@@ -142,6 +142,7 @@ def _train(
             progress({"event": "status", "message": "preparing the data"})
             with leaders_first(world, "filling the data cache"):
                 parts.data.fill_cache()
+            check_same_plan(world, parts)
 
             # 2. Optimizer, schedule, precision, EMA, noise and cadences; restore the backup.
             session = start_session(

@@ -4,8 +4,10 @@
 
 SPEC is a JSON object: `report` (a folder), `watch` (folders whose writes are recorded) and `runs`, each
 `{"config": PATH, "overrides": [...], "resume": null | "last", "keyed_noise": false, "fail_on_rank": R,
-"fail_at_step": S, "stop_on_rank": R, "stop_at_step": S}` (`fail_*` make rank R fail in step S's forward
-pass; `stop_*` send rank R a SIGTERM there, a stop request), trained one after the other with
+"fail_at_step": S, "stop_on_rank": R, "stop_at_step": S, "grow_data": false}` (`fail_*` make rank R fail in
+step S's forward pass; `stop_*` send rank R a SIGTERM there, a stop request; `grow_data` makes rank 0 copy
+its first concept's first image and caption under a new name once it has scanned the folder, before the
+other ranks scan it: a folder still being synced), trained one after the other with
 `trainer.loop.train` and the real `build_parts`. Each rank writes `report/rank-R.json`: per run, the
 final step (or, for a run stopped by a signal, the message it stopped with), its caching statistics, a
 fingerprint of the noise generator it was given, and every file it opened for writing (or renamed,
@@ -121,6 +123,22 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, path)
 
 
+def _grown_after_scan(build_data_loader: Any) -> Any:
+    """`build_data_loader` that, on rank 0, adds an image to the first concept's folder once it has scanned it."""
+    import shutil
+
+    def build(config: Any, **kwargs: Any) -> Any:
+        loader = build_data_loader(config, **kwargs)
+        if kwargs.get("rank") == 0:
+            folder = Path(config.data.concepts[0].path)
+            image = sorted(folder.glob("*.png"))[0]
+            shutil.copy(image, folder / "zz-added.png")
+            shutil.copy(image.with_suffix(".txt"), folder / "zz-added.txt")
+        return loader
+
+    return build
+
+
 def _build(
     record: dict[str, Any],
     *,
@@ -128,12 +146,20 @@ def _build(
     keyed_noise: bool,
     fail_at_step: int | None,
     stop_at_step: int | None,
+    grow_data: bool,
 ) -> Any:
+    import onetrainer.data_loader
     from onetrainer.trainer.components import build_parts
     from onetrainer.trainer.sharding import local_tensors
 
     def build(config: Any, **kwargs: Any) -> Any:
-        parts = build_parts(config, **kwargs)
+        scan = onetrainer.data_loader.build_data_loader
+        if grow_data:
+            onetrainer.data_loader.build_data_loader = _grown_after_scan(scan)
+        try:
+            parts = build_parts(config, **kwargs)
+        finally:
+            onetrainer.data_loader.build_data_loader = scan
         weights = parts.setup.trainable_state_dict()
         _save_tensors(dict(zip(weights, local_tensors(weights.values()), strict=True)), initial)
         fill_cache = parts.data.fill_cache
@@ -183,6 +209,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
                     keyed_noise=item.get("keyed_noise", False),
                     fail_at_step=item.get("fail_at_step") if rank == item.get("fail_on_rank") else None,
                     stop_at_step=item.get("stop_at_step") if rank == item.get("stop_on_rank") else None,
+                    grow_data=item.get("grow_data", False),
                 ),
                 resume=item.get("resume"),
                 command="onetrainer train CONFIG",

@@ -220,6 +220,22 @@ def test_a_failure_on_one_rank_stops_both_with_an_emergency_backup(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+def test_ranks_that_planned_different_data_refuse_to_train(tmp_path: Path) -> None:
+    """An image appears in the folder after rank 0 scanned it and before rank 1 did: the plans differ, which
+    would put the ranks' collective calls out of step; both refuse, saying so, before the first step."""
+    from onetrainer.util.tiny.dataset import make_shapes_dataset
+
+    dataset = make_shapes_dataset(tmp_path / "data")
+    overrides = _overrides(tmp_path, dataset, "training.max_steps=6")
+    done = _torchrun_process(tmp_path, [{"config": str(DEMO), "overrides": overrides, "grow_data": True}])
+    assert done.returncode != 0
+    said = " ".join(done.stderr.split())
+    assert said.count("UserError: the training processes planned different data") == 2, done.stderr[-4000:]
+    assert "rank 0: 4 batches per epoch" in said
+    assert "rank 1: 5 batches per epoch" in said
+    assert not (tmp_path / "workspace" / "metrics.jsonl").exists()
+
+
 READ_TWO_STEPS_LATE = ("training.read_back_lag=2", "training.optimizer_args={fused: true}")
 """The loss, stop requests and failures read two steps after their step, the update skipped on the device
 (`trainer.readback`): what every rank decides must still agree, at the same step."""
