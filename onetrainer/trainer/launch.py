@@ -10,7 +10,8 @@ launcher and torchrun only; torchrun sends it on to every rank once, and each ra
 current step with a backup (see `trainer.signals`). torchrun is started in its own session too, and
 the launcher forwards what it receives, so a signal sent to the launcher alone (a job scheduler's
 SIGTERM) stops the run the same way. torchrun gives the ranks `SHUTDOWN_TIMEOUT_S` to write their
-backup before it kills them.
+backup before it kills them, where it has that option (`shutdown_timeout_option`); older versions wait
+their fixed 30 s.
 """
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def shutdown_timeout_option() -> list[str]:
+    """torchrun's `--shutdown-timeout`, where this torch's torchrun has it (recent versions only; the project
+    allows older ones, whose torchrun would refuse the unknown option and start nothing).
+
+    Asked of torchrun's own parser, the one public way: an option it knows comes back parsed, one it does
+    not among the leftovers.
+    """
+    from torch.distributed.run import get_args_parser
+
+    option = f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}"
+    parsed, _ = get_args_parser().parse_known_args([option, "onetrainer"])
+    return [option] if getattr(parsed, "shutdown_timeout", None) is not None else []
+
+
 def torchrun_arguments(count: int, train_arguments: Sequence[str], *, port: int) -> list[str]:
     """torchrun's command line for `count` ranks on this machine running `onetrainer train ARGUMENTS`."""
     return [
@@ -47,7 +62,7 @@ def torchrun_arguments(count: int, train_arguments: Sequence[str], *, port: int)
         "--nnodes=1",
         "--master-addr=127.0.0.1",
         f"--master-port={port}",
-        f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
+        *shutdown_timeout_option(),
         "-m",
         "onetrainer",
         "train",
