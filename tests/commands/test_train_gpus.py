@@ -161,6 +161,7 @@ def test_sigint_to_the_launcher_leaves_one_backup_and_resume_continues(
     assert (tmp_path / "out" / "lora.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_an_image_one_rank_cannot_decode_stops_both_with_a_backup(tmp_path: Path) -> None:
     """With the cache off, the rank that draws a truncated image fails while fetching its batch; the step's
     read-back tells the other rank, both write the backup of the last good step and exit as one process does."""
@@ -179,3 +180,19 @@ def test_an_image_one_rank_cannot_decode_stops_both_with_a_backup(tmp_path: Path
     assert "another rank failed in step 3" in said
     backups = list_backups(tmp_path / "two" / "workspace" / "backups")
     assert [path.name for path in backups] == ["step-00000002"]
+
+
+@pytest.mark.slow
+def test_a_sighup_to_the_launcher_stops_the_run_with_a_backup(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    """The SSH session that started the run dropped: the ranks stop after a step with a backup, as for
+    SIGTERM, instead of training on without the launcher."""
+    process = _launch(_args(tmp_path, shapes_dataset_dir, "training.max_steps=200"))  # ends if not stopped
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("{") and json.loads(line).get("step") == 2:
+            process.send_signal(signal.SIGHUP)
+            break
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "stopped by SIGTERM" in _said(stderr)
+    assert len(list_backups(tmp_path / "workspace" / "backups")) == 1
