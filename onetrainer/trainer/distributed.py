@@ -258,6 +258,16 @@ def gather_objects(world: World, value: Any) -> list[Any] | None:
     return gathered
 
 
+def differing(world: World, value: Any) -> list[Any] | None:
+    """Every rank's `value`, by rank, when they are not all equal; None when they are (or in one process).
+
+    The same answer on every rank, so that all of them refuse together (small, picklable values only).
+    """
+    gathered = gather_objects(world, value)
+    verdict = gathered if gathered is not None and any(item != gathered[0] for item in gathered) else None
+    return broadcast_object(world, verdict)
+
+
 def _is_sharded(tensor: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
@@ -285,18 +295,23 @@ def average_gradients(world: World, parameters: Sequence[torch.Tensor]) -> None:
     """Make the gradient of each trained tensor the mean over ranks: DDP's all-reduce, once per step.
 
     Gradients are flattened into buckets of about `BUCKET_BYTES` per device and dtype, all-reduced
-    asynchronously (the next bucket is packed while one travels) and copied back. A trained tensor that
-    got no gradient on this rank counts as zeros, so every rank sends the same layout. Sharded tensors
-    (FSDP) are skipped: FSDP reduces their gradients itself, during backward.
+    asynchronously (the next bucket is packed while one travels) and copied back. Sharded tensors (FSDP)
+    are skipped: FSDP reduces their gradients itself, during backward.
+
+    A trained tensor that got no gradient on any rank (a layer past the text encoder's `layer_skip`) keeps
+    none, as in a single process, where the optimizer then leaves it alone: a zero gradient would let
+    AdamW decay it and give it state. One that got a gradient on some ranks only counts as zeros on the
+    others, so that every rank sends the same layout (`_graded_anywhere`).
     """
     if not world.distributed:
         return
     import torch
     import torch.distributed as dist
 
+    averaged = [parameter for parameter in parameters if parameter.requires_grad and not _is_sharded(parameter)]
     grads: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for parameter in parameters:
-        if not parameter.requires_grad or _is_sharded(parameter):
+    for parameter, graded in zip(averaged, _graded_anywhere(world, averaged), strict=True):
+        if not graded:
             continue
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
@@ -313,6 +328,21 @@ def average_gradients(world: World, parameters: Sequence[torch.Tensor]) -> None:
             flat.div_(world.size)
             for grad, values in zip(bucket, flat.split([grad.numel() for grad in bucket]), strict=True):
                 grad.copy_(values.view_as(grad))
+
+
+def _graded_anywhere(world: World, parameters: Sequence[torch.Tensor]) -> list[bool]:
+    """For each of `parameters`, whether it has a gradient on any rank; the same answer on every rank.
+
+    Whether a tensor has a gradient is known on the host, so the mask travels as a host tensor through
+    the agreement group: one small collective per step that never waits for the device (a mask summed
+    on the device would have to be read back, a host sync in every step).
+    """
+    import torch
+    import torch.distributed as dist
+
+    mask = torch.tensor([parameter.grad is not None for parameter in parameters], dtype=torch.uint8)
+    dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=world.host_group)
+    return [bool(flag) for flag in mask.tolist()]
 
 
 def _group_for(world: World, tensor: torch.Tensor) -> Any:

@@ -20,16 +20,17 @@ and says how to write the output from it; any interrupt names the newest backup.
 Under torchrun every rank runs this same loop (see `distributed`): rank 0 fills the cache while the
 others wait, each rank trains on its slice of every global batch, and the step's read-back also
 averages the loss over the ranks and tells every rank whether any of them was asked to stop or failed
-in its forward or backward pass, summed on the device with the step's values, so that however late
-they are read, all ranks stop after the same step, back up together, and none waits forever for the
-others. A rank whose pass failed trains no further until then; the others skip their updates from
-that step on (`readback`).
+in its step (fetching its batches, `on_step`, forward or backward), summed on the device with the
+step's values, so that however late they are read, all ranks stop after the same step, back up
+together, and none waits forever for the others. A rank whose step failed trains no further until
+then; the others skip their updates from that step on (`readback`). Rank 0's writes between steps
+(metrics, backups, previews, the output) tell the others whether they failed (`distributed.together`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -49,7 +50,7 @@ from onetrainer.trainer.parts import TrainingParts
 from onetrainer.trainer.readback import RankFailed, StepRecord
 from onetrainer.trainer.session import ProgressCallback, Session
 from onetrainer.trainer.signals import StopSignals
-from onetrainer.trainer.start import check_init_files, open_backup, start_session
+from onetrainer.trainer.start import check_init_files, check_same_plan, open_backup, start_session
 from onetrainer.trainer.state import step_rng_snapshot
 from onetrainer.trainer.workspace import Workspace, check_workspace_free, workspace_lock
 from onetrainer.util.atomic import atomic_write_text
@@ -141,6 +142,7 @@ def _train(
             progress({"event": "status", "message": "preparing the data"})
             with leaders_first(world, "filling the data cache"):
                 parts.data.fill_cache()
+            check_same_plan(world, parts)
 
             # 2. Optimizer, schedule, precision, EMA, noise and cadences; restore the backup.
             session = start_session(
@@ -228,20 +230,22 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
         while counters.step < session.total_steps:
             batches_in_epoch = session.parts.batches_in_epoch(counters.epoch)
             data = session.parts.data.batches(counters.epoch, start=counters.position)
-            for chunk in _chunks(data, accumulation):
+            while counters.position < batches_in_epoch:
+                size = min(accumulation, batches_in_epoch - counters.position)
                 phase, step_start = "forward", step_rng_snapshot(run.generator)
-                setup.on_step(counters.step, counters.epoch)
 
-                # Forward and backward over the accumulated batches (a rank that fails here tells the others
-                # in the read-back, when their gradients do not depend on it: not while sharded; until they
-                # read it, it trains no more).
+                # Fetch the accumulated batches (decoded here when the cache is off), forward and backward
+                # (a rank that fails in any of it tells the others in the read-back, when their gradients do
+                # not depend on it: not while sharded; until they read it, it fetches and trains no more, but
+                # steps along with them, which the plan's count of batches allows).
                 loss_sum = torch.zeros((), device=session.device)
                 if failure is None:
                     try:
-                        for batch in chunk:
+                        setup.on_step(counters.step, counters.epoch)
+                        for batch in islice(data, size):
                             with run.precision.autocast():
                                 prediction = setup.predict(batch, run.generator)
-                                loss = setup.loss(prediction, batch) / len(chunk)
+                                loss = setup.loss(prediction, batch) / size
                             session.step.backward(loss)
                             loss_sum += loss.detach().float()
                             session.flops.add(batch)
@@ -267,7 +271,7 @@ def _steps(session: Session, stop: StopSignals) -> float | None:
                 # Step the optimizer and the schedule, fold the weights into the average.
                 learning_rates = session.step.apply(skip)
                 counters.step += 1
-                counters.position += len(chunk)
+                counters.position += size
                 results.finish(counters.epoch, learning_rates, session.flops.take())
                 epoch_ended = counters.epoch if counters.position >= batches_in_epoch else None
                 if run.ema is not None:
@@ -513,9 +517,3 @@ def _emergency_backup(session: Session, phase: str, step_start: dict[str, Any]) 
         return
     if path is not None:
         session.progress({"event": "status", "message": f"emergency backup written: {path}"})
-
-
-def _chunks(batches: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(batches)
-    while chunk := list(islice(iterator, size)):
-        yield chunk

@@ -245,15 +245,20 @@ class Session:
             return None
         loss = summed / batches_measured
         step = self.run.counters.step
-        if self.is_main:
-            self.tensorboard.scalars(step, {"loss/validation": loss})
+        with together(self.world, "logging the validation loss"):
+            if self.is_main:
+                self.tensorboard.scalars(step, {"loss/validation": loss})
         self.progress(
             {"event": "validation", "step": step, "loss": loss, "message": f"validation loss {loss:.5f} at {step}"}
         )
         return loss
 
     def log_step(self, record: StepRecord) -> None:
-        """Record a finished step, read back from the device (`readback`): its loss, learning rates, speed."""
+        """Record a finished step, read back from the device (`readback`): its loss, learning rates, speed.
+
+        Rank 0's writes (metrics, TensorBoard) tell the others whether they failed: one small agreement on
+        the host per step, so that a full disk stops every rank at this step with a backup, not rank 0 alone.
+        """
         run = self.run
         step, loss = record.step, record.loss
         smoothed = run.smoothed_loss.update(loss)
@@ -278,11 +283,12 @@ class Session:
         }
         if self.config.training.compile and self.compile_seconds is None:
             self._report_compilation(record)
-        if self.is_main:
-            self.metrics.append(record_fields)
-            scalars = {"loss/train": loss, "loss/smoothed": smoothed}
-            scalars.update({f"lr/{name}": rate for name, rate in learning_rates.items()})
-            self.tensorboard.scalars(step, scalars)
+        with together(self.world, "logging a step"):
+            if self.is_main:
+                self.metrics.append(record_fields)
+                scalars = {"loss/train": loss, "loss/smoothed": smoothed}
+                scalars.update({f"lr/{name}": rate for name, rate in learning_rates.items()})
+                self.tensorboard.scalars(step, scalars)
         remaining = self.total_steps - step
         eta = remaining / steps_per_s if steps_per_s > 0 else math.nan
         self.progress(

@@ -26,7 +26,7 @@ from onetrainer.trainer.backup import (
     read_backup,
 )
 from onetrainer.trainer.cadence import CadenceClock
-from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters, rank_seed
+from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters, differing, rank_seed
 from onetrainer.trainer.divergence import all_finite, check_step
 from onetrainer.trainer.ema import ModelEma
 from onetrainer.trainer.flops import StepFlops, count_flops, device_peak, step_pass
@@ -55,6 +55,29 @@ from onetrainer.util.errors import UserError
 
 if TYPE_CHECKING:
     import torch
+
+
+def check_same_plan(world: World, parts: TrainingParts) -> None:
+    """Refuse to train when the ranks planned different data.
+
+    Every rank scans the data folders itself (rank 0 first); if a folder changes in between (still being
+    copied or synced), the ranks would train different numbers of steps per epoch and their collective
+    calls would go out of step: a gloo error, or with NCCL a hang. The plans' fingerprints name the
+    samples and the batches per epoch (`LoopData.fingerprint`).
+    """
+    plans = differing(world, (parts.data.fingerprint(), parts.batches_in_epoch(0)))
+    if plans is None:
+        return
+    found = ", ".join(
+        f"rank {rank}: {batches} batches per epoch (plan {fingerprint})"
+        for rank, (fingerprint, batches) in enumerate(plans)
+    )
+    raise UserError(
+        f"the training processes planned different data ({found})",
+        where="data.concepts",
+        hint="The data changed while the processes started (a folder still being copied or synced?); "
+        "run again once it is complete.",
+    )
 
 
 def open_backup(

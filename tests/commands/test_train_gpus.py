@@ -159,3 +159,40 @@ def test_sigint_to_the_launcher_leaves_one_backup_and_resume_continues(
     steps = [record["step"] for record in read_metrics(tmp_path / "workspace" / "metrics.jsonl")]
     assert steps == list(range(1, stopped + 3))
     assert (tmp_path / "out" / "lora.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_an_image_one_rank_cannot_decode_stops_both_with_a_backup(tmp_path: Path) -> None:
+    """With the cache off, the rank that draws a truncated image fails while fetching its batch; the step's
+    read-back tells the other rank, both write the backup of the last good step and exit as one process does."""
+    from onetrainer.util.tiny.dataset import make_shapes_dataset
+
+    dataset = make_shapes_dataset(tmp_path / "data")
+    broken = dataset / "shape-000.png"  # rank 1 draws it in step 3
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    uncached = ("training.max_steps=8", "data.cache=false", "data.verify_images=false")
+    single = _invoke([*_args(tmp_path / "one", dataset, *uncached), "training.batch_size=4"])
+    process = _launch(_args(tmp_path / "two", dataset, *uncached))
+    _, stderr = process.communicate(timeout=300)
+    said = _said(stderr)
+    assert process.returncode == single.exit_code == 1, stderr[-3000:]
+    assert f"cannotdecode{broken}" in "".join(said.split()), "the image named (its long path wraps in the panel)"
+    assert "another rank failed in step 3" in said
+    backups = list_backups(tmp_path / "two" / "workspace" / "backups")
+    assert [path.name for path in backups] == ["step-00000002"]
+
+
+@pytest.mark.slow
+def test_a_sighup_to_the_launcher_stops_the_run_with_a_backup(tmp_path: Path, shapes_dataset_dir: Path) -> None:
+    """The SSH session that started the run dropped: the ranks stop after a step with a backup, as for
+    SIGTERM, instead of training on without the launcher."""
+    process = _launch(_args(tmp_path, shapes_dataset_dir, "training.max_steps=200"))  # ends if not stopped
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("{") and json.loads(line).get("step") == 2:
+            process.send_signal(signal.SIGHUP)
+            break
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "stopped by SIGTERM" in _said(stderr)
+    assert len(list_backups(tmp_path / "workspace" / "backups")) == 1

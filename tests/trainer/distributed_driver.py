@@ -4,13 +4,16 @@
 
 SPEC is a JSON object: `report` (a folder), `watch` (folders whose writes are recorded) and `runs`, each
 `{"config": PATH, "overrides": [...], "resume": null | "last", "keyed_noise": false, "fail_on_rank": R,
-"fail_at_step": S, "stop_on_rank": R, "stop_at_step": S}` (`fail_*` make rank R fail in step S's forward
-pass; `stop_*` send rank R a SIGTERM there, a stop request), trained one after the other with
+"fail_at_step": S, "stop_on_rank": R, "stop_at_step": S, "grow_data": false}` (`fail_*` make rank R fail in
+step S's forward pass; `stop_*` send rank R a SIGTERM there, a stop request; `grow_data` makes rank 0 copy
+its first concept's first image and caption under a new name once it has scanned the folder, before the
+other ranks scan it: a folder still being synced), trained one after the other with
 `trainer.loop.train` and the real `build_parts`. Each rank writes `report/rank-R.json`: per run, the
 final step (or, for a run stopped by a signal, the message it stopped with), its caching statistics, a
 fingerprint of the noise generator it was given, and every file it opened for writing (or renamed,
-created, removed) under the watched folders, caught by an audit hook; and `report/run-I-rank-R.safetensors`,
-its trained tensors.
+created, removed) under the watched folders, caught by an audit hook; `report/run-I-rank-R.safetensors`,
+its trained tensors; and `report/run-I-rank-R-initial.safetensors`, its trained tensors as built (rank 0's
+are the run's initial values, which the others receive from it).
 
 `keyed_noise` replaces the noise of every sample by noise keyed by (sample id, step), and runs the
 model one sample at a time: a batch then trains the same whichever rank holds which of its samples,
@@ -114,11 +117,51 @@ def _instrument(
     setup.predict = instrumented_predict
 
 
-def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | None, stop_at_step: int | None) -> Any:
-    from onetrainer.trainer.components import build_parts
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, path)
+
+
+def _grown_after_scan(build_data_loader: Any) -> Any:
+    """`build_data_loader` that, on rank 0, adds an image to the first concept's folder once it has scanned it."""
+    import shutil
 
     def build(config: Any, **kwargs: Any) -> Any:
-        parts = build_parts(config, **kwargs)
+        loader = build_data_loader(config, **kwargs)
+        if kwargs.get("rank") == 0:
+            folder = Path(config.data.concepts[0].path)
+            image = sorted(folder.glob("*.png"))[0]
+            shutil.copy(image, folder / "zz-added.png")
+            shutil.copy(image.with_suffix(".txt"), folder / "zz-added.txt")
+        return loader
+
+    return build
+
+
+def _build(
+    record: dict[str, Any],
+    *,
+    initial: Path,
+    keyed_noise: bool,
+    fail_at_step: int | None,
+    stop_at_step: int | None,
+    grow_data: bool,
+) -> Any:
+    import onetrainer.data_loader
+    from onetrainer.trainer.components import build_parts
+    from onetrainer.trainer.sharding import local_tensors
+
+    def build(config: Any, **kwargs: Any) -> Any:
+        scan = onetrainer.data_loader.build_data_loader
+        if grow_data:
+            onetrainer.data_loader.build_data_loader = _grown_after_scan(scan)
+        try:
+            parts = build_parts(config, **kwargs)
+        finally:
+            onetrainer.data_loader.build_data_loader = scan
+        weights = parts.setup.trainable_state_dict()
+        _save_tensors(dict(zip(weights, local_tensors(weights.values()), strict=True)), initial)
         fill_cache = parts.data.fill_cache
 
         def recorded_fill() -> Any:
@@ -141,8 +184,6 @@ def _build(record: dict[str, Any], *, keyed_noise: bool, fail_at_step: int | Non
 
 def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
     """Train every run of `spec` in this process; returns (and writes) this rank's report."""
-    from safetensors.torch import save_file
-
     from onetrainer.trainer.loop import train
     from onetrainer.trainer.sharding import local_tensors
     from onetrainer.util.config.loader import load_config
@@ -164,9 +205,11 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
                 config,
                 build=_build(
                     record,
+                    initial=report / f"run-{index}-rank-{rank}-initial.safetensors",
                     keyed_noise=item.get("keyed_noise", False),
                     fail_at_step=item.get("fail_at_step") if rank == item.get("fail_on_rank") else None,
                     stop_at_step=item.get("stop_at_step") if rank == item.get("stop_on_rank") else None,
+                    grow_data=item.get("grow_data", False),
                 ),
                 resume=item.get("resume"),
                 command="onetrainer train CONFIG",
@@ -178,10 +221,7 @@ def run(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
         weights = setup.trainable_state_dict()
         tensors = dict(zip(weights, local_tensors(weights.values()), strict=True))
         audit.active = False
-        save_file(
-            {key: value.detach().cpu().contiguous() for key, value in tensors.items()},
-            report / f"run-{index}-rank-{rank}.safetensors",
-        )
+        _save_tensors(tensors, report / f"run-{index}-rank-{rank}.safetensors")
         audit.active = True
         if result is not None:
             record.update(step=result.step, output=str(result.output) if result.output else None)

@@ -88,20 +88,34 @@ def _trained(tmp: Path, run: int, rank: int) -> dict[str, torch.Tensor]:
     return load_file(tmp / "report" / f"run-{run}-rank-{rank}.safetensors")
 
 
+UNUSED_LAYER = (
+    "parts.text_encoder.train=true",
+    "parts.text_encoder.layer_skip=1",
+    "training.weight_decay=0.5",
+    "training.max_steps=3",
+)
+"""The text encoder's LoRA trained with weight decay, its last layer skipped: that layer gets no gradient."""
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory, shapes_dataset_dir: Path) -> tuple[Path, list[list[dict]]]:
-    """Two ranks, batch 2 each, train a LoRA for 4 steps: cache, a backup and previews every 2 steps."""
+    """Two ranks, batch 2 each, train a LoRA for 4 steps: cache, a backup and previews every 2 steps (run 0);
+    then 3 steps of `UNUSED_LAYER` (run 1)."""
     root = tmp_path_factory.mktemp("ddp-run")
     overrides = _overrides(
         root, shapes_dataset_dir, "training.max_steps=4", "saving.backup_every=2 steps", "sampling.every=2 steps"
     )
-    runs = [{"config": str(DEMO), "overrides": overrides, "keyed_noise": True}]
+    unused = _overrides(root / "unused-layer", shapes_dataset_dir, *UNUSED_LAYER)
+    runs = [
+        {"config": str(DEMO), "overrides": overrides, "keyed_noise": True},
+        {"config": str(DEMO), "overrides": unused, "keyed_noise": True},
+    ]
     return root, _torchrun(root, runs, watch=[root / "workspace", root / "out"])
 
 
 def test_two_ranks_end_with_identical_parameters(ddp_run: tuple[Path, list[list[dict]]]) -> None:
     root, reports = ddp_run
-    assert [report[0]["step"] for report in reports] == [4, 4]
+    assert [[record["step"] for record in report] for report in reports] == [[4, 3], [4, 3]]
     first, second = _trained(root, 0, 0), _trained(root, 0, 1)
     assert first
     assert first.keys() == second.keys()
@@ -157,6 +171,30 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(
     assert logged == pytest.approx(single, rel=1e-5)
 
 
+def test_a_tensor_no_rank_trains_stays_untouched_as_in_one_process(
+    ddp_run: tuple[Path, list[list[dict]]], tmp_path: Path, shapes_dataset_dir: Path
+) -> None:
+    """The LoRA of a text-encoder layer past `layer_skip` gets no gradient on any rank: it keeps none after
+    the average, so weight decay leaves it exactly as initialised, as in one process with batch 2b (a zero
+    gradient would let AdamW decay it); the rest trains the same."""
+    root, _ = ddp_run
+    (tmp_path / "report").mkdir()
+    overrides = _overrides(tmp_path, shapes_dataset_dir, *UNUSED_LAYER, "training.batch_size=4")
+    runs = [{"config": str(DEMO), "overrides": overrides, "keyed_noise": True}]
+    _driver().run({"report": str(tmp_path / "report"), "runs": runs})
+    initial = load_file(root / "report" / "run-1-rank-0-initial.safetensors")
+    two, one = _trained(root, 1, 0), _trained(tmp_path, 0, 0)
+    last = max(int(key.split("layers.")[1].split(".")[0]) for key in one if key.startswith("text_encoder."))
+    unused = [key for key in one if key.startswith(f"text_encoder.encoder.layers.{last}.")]
+    assert unused
+    for key in unused:
+        assert torch.equal(two[key], initial[key]), key
+        assert torch.equal(one[key], initial[key]), key
+    assert not all(torch.equal(one[key], initial[key]) for key in one)
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+
+
 def test_a_backup_of_two_ranks_refuses_one_process_with_the_reason(ddp_run: tuple[Path, list[list[dict]]]) -> None:
     root, _ = ddp_run
     workspace = root / "workspace"
@@ -180,6 +218,22 @@ def test_a_failure_on_one_rank_stops_both_with_an_emergency_backup(tmp_path: Pat
     assert "another rank failed in step 3" in done.stderr
     assert [path.name for path in list_backups(tmp_path / "workspace" / "backups")] == ["step-00000002"]
     assert not (tmp_path / "out").exists()
+
+
+def test_ranks_that_planned_different_data_refuse_to_train(tmp_path: Path) -> None:
+    """An image appears in the folder after rank 0 scanned it and before rank 1 did: the plans differ, which
+    would put the ranks' collective calls out of step; both refuse, saying so, before the first step."""
+    from onetrainer.util.tiny.dataset import make_shapes_dataset
+
+    dataset = make_shapes_dataset(tmp_path / "data")
+    overrides = _overrides(tmp_path, dataset, "training.max_steps=6")
+    done = _torchrun_process(tmp_path, [{"config": str(DEMO), "overrides": overrides, "grow_data": True}])
+    assert done.returncode != 0
+    said = " ".join(done.stderr.split())
+    assert said.count("UserError: the training processes planned different data") == 2, done.stderr[-4000:]
+    assert "rank 0: 4 batches per epoch" in said
+    assert "rank 1: 5 batches per epoch" in said
+    assert not (tmp_path / "workspace" / "metrics.jsonl").exists()
 
 
 READ_TWO_STEPS_LATE = ("training.read_back_lag=2", "training.optimizer_args={fused: true}")
@@ -436,4 +490,4 @@ def test_weights_and_gradients_in_cpu_memory_travel_through_the_host_group(monke
     for param in masters:
         param.grad = torch.ones_like(param)
     average_gradients(world, masters)
-    assert calls == [("all_reduce", "cpu", "gloo group")]
+    assert calls == [("all_reduce", "cpu", "gloo group")] * 2, "which tensors have a gradient, then the bucket"
