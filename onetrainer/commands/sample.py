@@ -196,10 +196,10 @@ def sample(
             _model_config(model, family, weights, config, _parse_options(family_options or [])), device=torch_device
         )
     for path, scale in loras:
-        lora = read_lora_file(path, loaded.spec, configs=loaded.component_configs(), sampling=True)
-        for message in lora.warnings:
+        lora_file = read_lora_file(path, loaded.spec, configs=loaded.component_configs(), sampling=True)
+        for message in lora_file.warnings:
             stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
-        merge_lora(loaded, lora, scale)
+        merge_lora(loaded, lora_file, scale)
     loaded.adapters.embeddings.extend(
         add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []

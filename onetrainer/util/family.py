@@ -540,7 +540,7 @@ def modelspec_candidates(architecture: str) -> tuple[str, ...]:
 
 def kohya_base_model_candidates(version: str) -> tuple[FamilySpec, ...]:
     """The families an `ss_base_model_version` value names: sd-scripts writes one value for models of one
-    architecture (FLUX.1 dev and schnell are both `flux1`), so it may name several."""
+    architecture (a distilled model and its base), so it may name several."""
     return tuple(spec for spec in families() if version == spec.kohya_base_model_version)
 
 

@@ -164,3 +164,103 @@ def test_diffusers_files_with_alpha_keys(tmp_path: Path, kind: str, paths: list[
     tensors, expected = _lora(_base(kind), paths, str, down="lora_A.weight", up="lora_B.weight", alpha="alpha")
     save_safetensors(tensors, tmp_path / "lora.safetensors")
     _assert_applies(kind, tmp_path / "lora.safetensors", expected)
+
+
+SDXL_DIFFUSERS = [
+    "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+    "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+    "unet.up_blocks.0.resnets.1.conv1",
+    "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj",
+]
+
+
+def _kohya_of_diffusers(path: str) -> str:
+    """diffusers' `convert_state_dict_to_kohya`: `lora_unet_` / `lora_te1_` / `lora_te2_` + the diffusers path."""
+    component, _, rest = path.partition(".")
+    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
+    if component != "unet" and not rest.startswith("text_model."):
+        rest = "text_model." + rest  # kohya names keep it whatever transformers does
+    return prefix + rest.replace(".", "_")
+
+
+def _existing(model: DiffusionModel, paths: list[str]) -> list[str]:
+    """The paths as this transformers names CLIP's layers (`text_model.` or not)."""
+    names = {f"{c}.{n}" for c, root in model.components.items() for n, _ in root.named_modules()}
+    return [path if path in names else path.replace("text_model.", "") for path in paths]
+
+
+def test_sdxl_kohya_files_with_diffusers_unet_names(tmp_path: Path) -> None:
+    """diffusers' `convert_state_dict_to_kohya` (its SDXL scripts' `--output_kohya_format`) keeps diffusers paths."""
+    model = _base("sdxl")
+    paths = _existing(model, SDXL_DIFFUSERS)
+    tensors, expected = _lora(
+        model,
+        paths,
+        _kohya_of_diffusers,
+        down="lora_down.weight",
+        up="lora_up.weight",
+        alpha="alpha",
+    )
+    save_safetensors(tensors, tmp_path / "xl.safetensors")
+    _assert_applies("sdxl", tmp_path / "xl.safetensors", expected)
+
+
+SD15_TE1 = [
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+]
+
+
+def test_sd15_kohya_files_with_the_text_encoder_as_te1(tmp_path: Path) -> None:
+    """diffusers' kohya converter names SD 1.x's one text encoder `lora_te1_`: not evidence of SDXL."""
+    model = _base("sd15")
+    paths = _existing(model, SD15_TE1)
+    tensors, expected = _lora(
+        model,
+        paths,
+        _kohya_of_diffusers,
+        down="lora_down.weight",
+        up="lora_up.weight",
+        alpha="alpha",
+    )
+    save_safetensors(tensors, tmp_path / "sd15.safetensors")
+    _assert_applies("sd15", tmp_path / "sd15.safetensors", expected)
+    released = {  # the released widths: SD 1.x's cross-attention and CLIP-L are 768 wide
+        f"{_kohya_of_diffusers(SD15_TE1[0])}.lora_down.weight": torch.zeros(4, 768),
+        f"{_kohya_of_diffusers(SD15_TE1[1])}.lora_down.weight": torch.zeros(4, 768),
+    }
+    save_safetensors(released, tmp_path / "released.safetensors")
+    assert detect_path(tmp_path / "released.safetensors").family == "sd15"
+    xl = {f"{_kohya_of_diffusers(SD15_TE1[0])}.lora_down.weight": torch.zeros(4, 2048)}
+    save_safetensors(xl, tmp_path / "xl.safetensors")
+    assert detect_path(tmp_path / "xl.safetensors").family == "sdxl"
+
+
+LYCORIS_FLUX = [
+    "transformer.transformer_blocks.0.attn.to_q",
+    "transformer.single_transformer_blocks.0.proj_mlp",
+    "transformer.norm_out.linear",
+]
+
+
+def test_simpletuner_lycoris_lokr_files(tmp_path: Path) -> None:
+    """SimpleTuner: `lycoris_` + the transformer's diffusers path, a LoKr with `.alpha` (w1 full, w2 = a @ b)."""
+    model = _base("flux-dev")
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for i, path in enumerate(LYCORIS_FLUX):
+        weight = _module(model, path).weight
+        name = "lycoris_" + path.partition(".")[2].replace(".", "_")
+        w1 = _random(2, 2, seed=3 * i)
+        a, b = _random(weight.shape[0] // 2, 4, seed=3 * i + 1), _random(4, weight.shape[1] // 2, seed=3 * i + 2)
+        tensors |= {
+            f"{name}.lokr_w1": w1,
+            f"{name}.lokr_w2_a": a,
+            f"{name}.lokr_w2_b": b,
+            f"{name}.alpha": torch.tensor(2.0),
+        }
+        expected[f"{path}.weight"] = torch.kron(w1, a @ b) * 2.0 / 4
+    save_safetensors(tensors, tmp_path / "lycoris.safetensors")
+    assert detect_path(tmp_path / "lycoris.safetensors").could_be("flux-dev")
+    assert not detect_path(tmp_path / "lycoris.safetensors").could_be("sd15")
+    _assert_applies("flux-dev", tmp_path / "lycoris.safetensors", expected)

@@ -113,8 +113,9 @@ def _family_warnings(
 
 
 def _same_architecture(detection: Detection, spec: FamilySpec, tensors: Mapping[str, torch.Tensor]) -> bool:
-    """Whether the header names only families sd-scripts gives `spec`'s base-model version (one architecture:
-    FLUX.1 dev and schnell) and the keys alone allow `spec` (a LoRA of a layer only the other has does not)."""
+    """Whether the header names only families sd-scripts gives `spec`'s base-model version (one architecture,
+    such as a distilled model and its base) and the keys alone allow `spec` (a LoRA of a layer only the other
+    has does not)."""
     from onetrainer.util.detect import detect_weights
     from onetrainer.util.family import get_family
 

@@ -196,8 +196,9 @@ def architecture_record(naming: LoraNaming, configs: Mapping[str, Mapping[str, A
 
 
 LORA_FORMATS = ("kohya", "lycoris-loha", "lycoris-lokr", "diffusers", "peft", "comfy")
-KOHYA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_")
-"""How kohya / LyCORIS module names start, whatever the family (`lora_te1_`, `lora_te2_`, ... included)."""
+KOHYA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_", "lycoris_")
+"""How kohya / LyCORIS module names start, whatever the family (`lora_te1_`, `lora_te2_`, ... included);
+`lycoris_` is LyCORIS' own wrapper prefix, over the denoiser's diffusers paths in SimpleTuner's files."""
 
 
 def _component_names() -> set[str]:
