@@ -264,3 +264,49 @@ def test_simpletuner_lycoris_lokr_files(tmp_path: Path) -> None:
     assert detect_path(tmp_path / "lycoris.safetensors").could_be("flux-dev")
     assert not detect_path(tmp_path / "lycoris.safetensors").could_be("sd15")
     _assert_applies("flux-dev", tmp_path / "lycoris.safetensors", expected)
+
+
+OLD_DIFFUSERS = [
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0",
+    "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+    "text_encoder.text_model.encoder.layers.0.self_attn.out_proj",
+]
+
+
+def _processor_name(path: str) -> str:
+    """diffusers' attention processors: `attn1.processor.to_q_lora`, the text encoder's `self_attn.to_q_lora`."""
+    if ".attn1." in path:
+        head, _, layer = path.rpartition(".")
+        head = head.removesuffix(".to_out")
+        layer = "to_out" if layer == "0" else layer
+        return f"{head}.processor.{layer}_lora"
+    head, _, layer = path.rpartition(".")
+    return f"{head}.to_{layer.removesuffix('_proj')}_lora"
+
+
+@pytest.mark.parametrize(
+    ("name", "down", "up"),
+    [
+        (_processor_name, "down.weight", "up.weight"),
+        (str, "lora.down.weight", "lora.up.weight"),
+        (str, "lora_linear_layer.down.weight", "lora_linear_layer.up.weight"),
+    ],
+    ids=["attention-processor", "lora-compatible-linear", "lora-linear-layer"],
+)
+def test_old_diffusers_names(tmp_path: Path, name: Keys, down: str, up: str) -> None:
+    """Files from diffusers before peft, which its `load_lora_weights` still converts: alpha = rank (scale 1)."""
+    model = _base("sd15")
+    paths = _existing(model, OLD_DIFFUSERS)
+    tensors, expected = _lora(
+        model,
+        paths,
+        lambda p: name(
+            p if not p.startswith("text_encoder.encoder") else p.replace("text_encoder.", "text_encoder.text_model.")
+        ),
+        down=down,
+        up=up,
+        alpha=None,
+    )
+    save_safetensors(tensors, tmp_path / "old.safetensors")
+    _assert_applies("sd15", tmp_path / "old.safetensors", expected)

@@ -134,12 +134,7 @@ def _diffusers(
     from onetrainer.util.keymaps.lora import module_rank, split_peft_key
     from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY, from_diffusers_keys
 
-    tensors = from_diffusers_keys(tensors)
-    if any(".lora.down." in key or ".lora.up." in key for key in tensors):
-        raise UserError(
-            "this LoRA uses diffusers' old attention-processor layout (`.lora.down`), which is not supported",
-            hint="Convert it with a current diffusers (load_lora_weights, then save_lora_weights).",
-        )
+    tensors = from_diffusers_keys(_current_names(tensors))
     packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
     stated = _alpha_keys(tensors)
     modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -164,6 +159,28 @@ def _diffusers(
             alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank); ours is alpha / rank
         alphas[module] = alpha
     return {key: tensor for key, tensor in tensors.items() if key.removesuffix(".alpha") not in stated}, alphas
+
+
+OLD_DIFFUSERS_NAMES = (
+    *((f".processor.to_{p}_lora.", f".to_{p}.lora.") for p in "qkv"),
+    (".processor.to_out_lora.", ".to_out.0.lora."),
+    *((f".self_attn.to_{p}_lora.", f".self_attn.{p}_proj.lora.") for p in "qkv"),
+    (".self_attn.to_out_lora.", ".self_attn.out_proj.lora."),
+    (".lora_linear_layer.", ".lora."),
+    (".lora.down.weight", ".lora_A.weight"),
+    (".lora.up.weight", ".lora_B.weight"),
+)
+"""diffusers' names before peft (attention processors' `to_q_lora`, `LoRACompatibleLinear`'s `.lora`, the text
+encoder's `lora_linear_layer`) -> today's, in order, as its `load_lora_weights` still converts them."""
+
+
+def _current_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def renamed(key: str) -> str:
+        for old, new in OLD_DIFFUSERS_NAMES:
+            key = key.replace(old, new)
+        return key
+
+    return {renamed(key): tensor for key, tensor in tensors.items()}
 
 
 def _alpha_keys(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:

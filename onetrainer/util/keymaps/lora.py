@@ -214,7 +214,7 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
     - kohya: `lora_unet_*` / `lora_te*_` names with `.lora_down/.lora_up` (LoCon and DoRA included);
       the same names with `.hada_*` or `.lokr_*` tensors are LyCORIS LoHa / LoKr.
     - diffusers: module paths prefixed with a component name (`unet.`, `text_encoder.`, ...) with `lora_A/B`
-      (or the older `.lora.down.weight` attention-processor names).
+      (or the older `.lora.down.weight`, `.processor.to_q_lora.down.weight`, `.lora_linear_layer.` names).
     - comfy: `diffusion_model.` prefixed native paths (ComfyUI's DiT style).
     - peft: bare module paths (`get_peft_model_state_dict` of one model) with `lora_A/B`.
     """
@@ -234,6 +234,9 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
         ".lora_up.",
         ".lora.down.",
         ".lora.up.",
+        "_lora.down.",
+        "_lora.up.",
+        ".lora_linear_layer.",
         ".hada_",
         ".lokr_",
     )
