@@ -140,6 +140,8 @@ def sample(
 
     Every option is checked before the model loads: sizes, files, the output folder, device and dtype.
     """
+    from rich.markup import escape
+
     from onetrainer.model.adapters import add_embedding, merge_lora, read_embedding_file, read_lora_file
     from onetrainer.model_loader.family import size_step, source_model_type
     from onetrainer.model_sampler.clip_skip import clip_skip_layers
@@ -194,7 +196,10 @@ def sample(
             _model_config(model, family, weights, config, _parse_options(family_options or [])), device=torch_device
         )
     for path, scale in loras:
-        merge_lora(loaded, read_lora_file(path, loaded.spec, configs=loaded.component_configs()), scale)
+        lora_file = read_lora_file(path, loaded.spec, configs=loaded.component_configs(), sampling=True)
+        for message in lora_file.warnings:
+            stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+        merge_lora(loaded, lora_file, scale)
     loaded.adapters.embeddings.extend(
         add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
         for path in embedding or []

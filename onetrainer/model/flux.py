@@ -172,13 +172,17 @@ LORA_MARKERS = (
     "transformer.transformer_blocks.",
     "transformer.single_transformer_blocks.",
     "lora_te2_encoder_block_",
+    "lycoris_transformer_blocks_",
+    "lycoris_single_transformer_blocks_",
 )
-"""Block names, not bare prefixes: `lora_transformer_` is kohya's prefix of any diffusers transformer. T5 under
-`lora_te2_` is OneTrainer's name of FLUX.1's second encoder (SD 3's second is CLIP-G, SDXL's `text_model_`)."""
+"""Block names, not bare prefixes: `lora_transformer_` is kohya's prefix of any diffusers transformer (`lycoris_`
+SimpleTuner's). T5 under `lora_te2_` is OneTrainer's name of FLUX.1's second encoder (SD 3's second is CLIP-G,
+SDXL's `text_model_`)."""
 GUIDANCE_MARKERS = (
     "lora_unet_guidance_in_",
     "transformer.time_text_embed.guidance_embedder.",
     "lora_transformer_time_text_embed_guidance_embedder_",
+    "lycoris_time_text_embed_guidance_embedder_",
 )
 
 

@@ -163,8 +163,14 @@ def recognise_configs(configs: Mapping[str, Mapping[str, Any]]) -> Evidence | No
     return Evidence(SD3_MEDIUM, "transformer without qk_norm")
 
 
-MMDIT_BLOCKS = ("lora_transformer_transformer_blocks_", "transformer.transformer_blocks.", "lora_unet_joint_blocks_")
-"""An MMDiT's blocks in our kohya names, diffusers' paths, or sd-scripts' original names."""
+MMDIT_BLOCKS = (
+    "lora_transformer_transformer_blocks_",
+    "transformer.transformer_blocks.",
+    "lora_unet_joint_blocks_",
+    "lycoris_transformer_blocks_",
+)
+"""An MMDiT's blocks in our kohya names, diffusers' paths, sd-scripts' original names or SimpleTuner's LyCORIS
+names."""
 FLUX_ONLY = ("single_transformer_blocks", "single_blocks", "guidance")
 """What only FLUX.1's transformer (which shares the joint-block names) has."""
 FLUX_WIDTH = 3072

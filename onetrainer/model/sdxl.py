@@ -37,6 +37,8 @@ REFINER_TEXT = "conditioner.embedders.0.model."
 """The refiner's only text encoder (OpenCLIP bigG, first embedder): a different model, not supported yet."""
 REFINER_ADM_WIDTH = 2560
 """The refiner's size-conditioning input (5 numbers x 256 + 1280), where the base takes 2816."""
+CONTEXT_WIDTH = 2048
+"""The released UNet's cross-attention width (CLIP-L and bigG hidden states joined)."""
 
 COMPONENTS = (
     Component(
@@ -98,18 +100,28 @@ encoder is `text_model_`), whose LoRAs share SDXL's encoder prefixes and `transf
 
 
 def recognise_lora(shapes: Shapes) -> Evidence | None:
-    """Two text encoders (`lora_te1_` / `lora_te2_` / `text_encoder_2.`), or UNet modules under SGM names, or
-    UNet attention deeper than one transformer block; never with a third encoder or a transformer."""
+    """A second text encoder (`lora_te2_` / `text_encoder_2.`), or UNet modules under SGM names, or UNet
+    attention deeper than one transformer block, or SDXL's cross-attention width; never with a third encoder or
+    a transformer. `lora_te1_` alone says nothing: diffusers' kohya converter names SD 1.x's encoder so too."""
     keys = list(shapes)
     if any(key.startswith(NOT_SDXL) for key in keys):
         return None
-    if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys):
+    if any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in keys):
         return Evidence("sdxl", "LoRA for two text encoders")
     if any(key.startswith(SGM_UNET_NAMES) for key in keys):
         return Evidence("sdxl", "UNet modules under the original SGM names")
-    if any(".transformer_blocks.1." in key for key in keys):
+    if any(".transformer_blocks.1." in key or "_transformer_blocks_1_" in key for key in keys):
         return Evidence("sdxl", "attention blocks deeper than one transformer block")
+    if any(
+        ("attn2_to_k" in key or "attn2.to_k" in key) and _is_down(key) and shape[1:2] == (CONTEXT_WIDTH,)
+        for key, shape in shapes.items()
+    ):
+        return Evidence("sdxl", f"cross-attention width {CONTEXT_WIDTH}")
     return None
+
+
+def _is_down(key: str) -> bool:
+    return key.endswith((".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".hada_w2_b"))
 
 
 def recognise_embedding(shapes: Shapes) -> Evidence | None:

@@ -31,12 +31,16 @@ from onetrainer.util.keymaps.stable_diffusion_single_file import CLIP_LAYOUT, OP
 
 METHODS = frozenset({"lora", "full", "embedding"})
 LORA_NAMING = DottedKohyaNaming.of(
-    (("lora_unet_", "unet"), ("lora_te_", "text_encoder")), UNET_CLIP_COMPOUND_NAMES, text_encoders=("text_encoder",)
+    (("lora_unet_", "unet"), ("lora_te_", "text_encoder"), ("lora_te1_", "text_encoder"), ("lycoris_", "unet")),
+    UNET_CLIP_COMPOUND_NAMES,
+    text_encoders=("text_encoder",),
 )
 """sd-scripts trains 1.x/2.x LoRAs on a UNet with diffusers module names (only its later UNets use the
 original names), so nearly every 1.x/2.x LoRA in the wild uses them: A1111/Forge convert them to their
 own modules, ComfyUI maps both namings, and diffusers' kohya loader reads them. The text encoder uses
-transformers CLIP paths with `text_model_` kept, for 2.x too (A1111 fuses q/k/v itself for OpenCLIP)."""
+transformers CLIP paths with `text_model_` kept, for 2.x too (A1111 fuses q/k/v itself for OpenCLIP).
+Read only: the text encoder under `lora_te1_` (diffusers' `convert_state_dict_to_kohya` writes it so, and
+ComfyUI maps it) and SimpleTuner's LyCORIS UNet under `lycoris_`."""
 
 
 def _components(text_encoder_title: str, all_or_none: tuple[str, ...] = ()) -> tuple[Component, ...]:
@@ -118,18 +122,20 @@ def _is_down(key: str) -> bool:
 
 
 def recognise_lora(shapes: Shapes) -> Evidence | None:
-    """A LoRA over diffusers module names with one text encoder (`lora_te_` / `text_encoder.`)."""
+    """A LoRA over diffusers module names with one text encoder (`lora_te_`, or `lora_te1_` as diffusers'
+    kohya converter writes it, or `text_encoder.`)."""
     keys = list(shapes)
     own = (
         "lora_unet_down_blocks_",
         "lora_unet_up_blocks_",
         "lora_unet_mid_block_",
         "lora_te_",
+        "lora_te1_",
         "unet.",
         "text_encoder.",
     )
     if not any(key.startswith(own) for key in keys) or any(
-        key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys
+        key.startswith(("lora_te2_", "text_encoder_2.")) for key in keys
     ):
         return None
     if any(".transformer_blocks.1." in key or "_transformer_blocks_1_" in key for key in keys):

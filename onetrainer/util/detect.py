@@ -30,12 +30,12 @@ from onetrainer.util.family import (
     Evidence,
     FamilySpec,
     Objective,
-    by_kohya_base_model_version,
     by_modelspec_architecture,
     by_pipeline_class,
     families,
     family_title,
     find_family,
+    kohya_base_model_candidates,
     modelspec_candidates,
     recognise,
 )
@@ -309,15 +309,24 @@ def family_from_metadata(metadata: Mapping[str, str]) -> Said:
     if named is not None:
         family, prediction = named[0].name, named[1]
     version = metadata.get("ss_base_model_version", "")
-    spec = by_kohya_base_model_version(version.removesuffix("_v")) if version else None
-    if spec is not None:
-        family = family or spec.name
-        if prediction is None and spec.objective is Objective.DDPM:  # sd-scripts appends "_v" for v-parameterization
-            prediction = "v_prediction" if version.endswith("_v") else "epsilon"
+    versioned = kohya_base_model_candidates(version.removesuffix("_v")) if version else ()
+    if len(versioned) == 1:
+        family = family or versioned[0].name
+    if prediction is None and versioned and all(spec.objective is Objective.DDPM for spec in versioned):
+        prediction = "v_prediction" if version.endswith("_v") else "epsilon"  # sd-scripts appends "_v" for v
     spec_prediction = metadata.get("modelspec.prediction_type")
     if spec_prediction in ("v", "v_prediction", "epsilon"):
         prediction = "epsilon" if spec_prediction == "epsilon" else "v_prediction"
-    return Said(family, prediction, () if family is not None else modelspec_candidates(architecture))
+    if family is not None:
+        return Said(family, prediction)
+    return Said(None, prediction, _shared(modelspec_candidates(architecture), tuple(s.name for s in versioned)))
+
+
+def _shared(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    """The families both metadata values allow, where both name some; else those the one that does names."""
+    if first and second:
+        return tuple(name for name in first if name in second) or first
+    return first or second
 
 
 def _embedding_keys() -> frozenset[str]:

@@ -538,11 +538,10 @@ def modelspec_candidates(architecture: str) -> tuple[str, ...]:
     return tuple(spec.name for spec in families() if base in spec.modelspec_aliases)
 
 
-def by_kohya_base_model_version(version: str) -> FamilySpec | None:
-    for spec in families():
-        if version == spec.kohya_base_model_version:
-            return spec
-    return None
+def kohya_base_model_candidates(version: str) -> tuple[FamilySpec, ...]:
+    """The families an `ss_base_model_version` value names: sd-scripts writes one value for models of one
+    architecture (a distilled model and its base), so it may name several."""
+    return tuple(spec for spec in families() if version == spec.kohya_base_model_version)
 
 
 def by_pipeline_class(class_name: str) -> list[FamilySpec]:

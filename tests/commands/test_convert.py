@@ -200,7 +200,7 @@ def test_missing_corrupt_and_unsafe_inputs_exit_2(tmp_path: Path) -> None:
 
 def test_lora_for_another_architecture_says_which(tmp_path: Path, kohya_lora: Path) -> None:
     sdxl = tmp_path / "xl.safetensors"
-    save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768)}, str(sdxl))
+    save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 1280)}, str(sdxl))
     result = convert(sdxl, tmp_path / "o.safetensors", "--to", "peft", "--model-type", "sd15")
     assert result.exit_code == 2
     assert "is a LoRA for SDXL (LoRA for two text encoders), not for SD 1.x" in said(result)

@@ -114,7 +114,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with open(root / "unsafe.ckpt", "wb") as handle:
         pickle.dump({"state_dict": _Evil()}, handle)
     save_safetensors(
-        {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 768)},
+        {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 1280)},
         root / "xl-lora.safetensors",
     )
     save_safetensors({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, root / "xl-emb.safetensors")

@@ -229,7 +229,7 @@ def test_lora_for_another_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"for SD 2\.x"):
         read_lora_file(path, SD15)
     save_safetensors(
-        {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 768)},
+        {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 1280)},
         tmp_path / "xl.safetensors",
     )
     with pytest.raises(UserError, match=r"for SDXL \(LoRA for two text encoders\), not for this SD 1\.x model"):

@@ -144,7 +144,6 @@ def test_a_v_prediction_marker_is_read() -> None:
 @pytest.mark.parametrize(
     "key",
     [
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
         "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
         "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
         "lora_unet_output_blocks_2_2_conv.lora_down.weight",

@@ -98,7 +98,7 @@ def test_embeddings_by_layout_and_width(shapes: dict, layout: str, family: str |
             "sd2",
             "lora",
         ),
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "kohya", "sdxl", "lora"),
+        ({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}, "kohya", "sdxl", "lora"),
         ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)}, "kohya", "sdxl", "lora"),
         # LoRAs of a made-up transformer, under either kohya prefix: no family has these modules.
         ({"lora_transformer_zeta_blocks_0_attn_qkv.lora_down.weight": (4, 3072)}, "kohya", None, "lora"),
@@ -134,7 +134,7 @@ def test_a_made_up_transformers_lora_is_nobodys(prefix: str) -> None:
 @pytest.mark.parametrize(
     ("shapes", "reason"),
     [
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, "LoRA for two text encoders"),
+        ({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}, "LoRA for two text encoders"),
         (
             {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)},
             "UNet modules under the original SGM names",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.detect import Detection
     from onetrainer.util.family import FamilySpec
 
 
@@ -33,6 +34,8 @@ class LoraFile:
     alphas: dict[str, float]
     architecture: Mapping[str, Mapping[str, Any]] | None = None
     """The component configs its kohya names were read for (given, or recorded in the file), if any."""
+    warnings: list[str] = field(default_factory=list)
+    """What the user should know about how it was read (a file marked for a sibling model, for sampling)."""
 
     @property
     def components(self) -> set[str]:
@@ -49,13 +52,19 @@ class LoraFile:
 
 
 def read_lora_file(
-    path: str | Path, spec: FamilySpec, *, configs: Mapping[str, Mapping[str, Any]] | None = None
+    path: str | Path,
+    spec: FamilySpec,
+    *,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+    sampling: bool = False,
 ) -> LoraFile:
     """Read a kohya / LyCORIS, diffusers or bare peft LoRA for a model of the family `spec`.
 
     `configs` are the component configs of the model it is for (kohya names may depend on its block
     counts, see `LoraNaming.for_model`); None takes those the file records, else the family's released
-    architecture.
+    architecture. `sampling` reads a file whose header names a family of this one's architecture (see
+    `_same_architecture`) with a warning, as ComfyUI applies it; training from it is refused, since
+    what it was trained on differs.
     """
     from onetrainer.util.detect import LORA, detect_path
     from onetrainer.util.keymaps.engine import KeyMapError
@@ -65,13 +74,8 @@ def read_lora_file(
     detection = detect_path(file)
     if detection.kind != LORA:
         raise UserError(f"{file.name} is not a LoRA: it is a {detection.description}", where=str(file))
-    if not detection.could_be(spec.name):
-        raise UserError(
-            f"this LoRA is for {detection.family_titles} ({detection.reason}), not for this {spec.title} model",
-            where=str(file),
-            hint="Use it with a model of the architecture it was trained on.",
-        )
     tensors, metadata = read_tensor_file(file)
+    warnings = _family_warnings(file, detection, spec, tensors, sampling=sampling)
     architecture = dict(configs) if configs is not None else recorded_architecture(metadata)
     layout = detect_lora_format(tensors)
     try:
@@ -87,7 +91,38 @@ def read_lora_file(
             raise UserError(f"LoRA layout {layout!r} is not supported for {spec.title}", where=str(file))
     except KeyMapError as error:
         raise UserError(f"cannot read this LoRA: {error.message}", where=str(file), hint=error.hint) from None
-    return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas, architecture=architecture)
+    return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas, architecture=architecture, warnings=warnings)
+
+
+def _family_warnings(
+    file: Path, detection: Detection, spec: FamilySpec, tensors: Mapping[str, torch.Tensor], *, sampling: bool
+) -> list[str]:
+    """Refuse a file for another family; for sampling, warn of one marked for a family of the same architecture."""
+    if detection.could_be(spec.name):
+        return []
+    if sampling and _same_architecture(detection, spec, tensors):
+        return [
+            f"this LoRA is marked for {detection.family_titles} ({detection.reason}); this {spec.title} model has "
+            "its architecture, so it is applied as ComfyUI applies it, with what it learned on the other model"
+        ]
+    raise UserError(
+        f"this LoRA is for {detection.family_titles} ({detection.reason}), not for this {spec.title} model",
+        where=str(file),
+        hint="Use it with a model of the architecture it was trained on.",
+    )
+
+
+def _same_architecture(detection: Detection, spec: FamilySpec, tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the header names only families sd-scripts gives `spec`'s base-model version (one architecture,
+    such as a distilled model and its base) and the keys alone allow `spec` (a LoRA of a layer only the other
+    has does not)."""
+    from onetrainer.util.detect import detect_weights
+    from onetrainer.util.family import get_family
+
+    named = (detection.family,) if detection.family is not None else detection.candidates
+    if not named or any(get_family(name).kohya_base_model_version != spec.kohya_base_model_version for name in named):
+        return False
+    return detect_weights({key: tuple(tensor.shape) for key, tensor in tensors.items()}, {}).could_be(spec.name)
 
 
 def _diffusers(
@@ -99,19 +134,20 @@ def _diffusers(
     from onetrainer.util.keymaps.lora import module_rank, split_peft_key
     from onetrainer.util.keymaps.lora_peft import DIFFUSERS_METADATA_KEY, from_diffusers_keys
 
-    tensors = from_diffusers_keys(tensors)
-    if any(".lora.down." in key or ".lora.up." in key for key in tensors):
-        raise UserError(
-            "this LoRA uses diffusers' old attention-processor layout (`.lora.down`), which is not supported",
-            hint="Convert it with a current diffusers (load_lora_weights, then save_lora_weights).",
-        )
+    tensors = from_diffusers_keys(_current_names(tensors))
     packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
+    stated = _alpha_keys(tensors)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
+        if key.removesuffix(".alpha") in stated:
+            continue
         module, param = split_peft_key(key)
         modules.setdefault(module, {})[param] = tensor
     alphas: dict[str, float] = {}
     for module, params in modules.items():
+        if module in stated:
+            alphas[module] = stated[module]
+            continue
         component, _, path = module.partition(".")
         rank = module_rank(params)
         patterns = packed.get(f"{component}.alpha_pattern") or {}
@@ -122,7 +158,43 @@ def _diffusers(
         if packed.get(f"{component}.use_rslora") and rank:
             alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank); ours is alpha / rank
         alphas[module] = alpha
-    return dict(tensors), alphas
+    return {key: tensor for key, tensor in tensors.items() if key.removesuffix(".alpha") not in stated}, alphas
+
+
+OLD_DIFFUSERS_NAMES = (
+    *((f".processor.to_{p}_lora.", f".to_{p}.lora.") for p in "qkv"),
+    (".processor.to_out_lora.", ".to_out.0.lora."),
+    *((f".self_attn.to_{p}_lora.", f".self_attn.{p}_proj.lora.") for p in "qkv"),
+    (".self_attn.to_out_lora.", ".self_attn.out_proj.lora."),
+    (".lora_linear_layer.", ".lora."),
+    (".lora.down.weight", ".lora_A.weight"),
+    (".lora.up.weight", ".lora_B.weight"),
+)
+"""diffusers' names before peft (attention processors' `to_q_lora`, `LoRACompatibleLinear`'s `.lora`, the text
+encoder's `lora_linear_layer`) -> today's, in order, as its `load_lora_weights` still converts them."""
+
+
+def _current_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def renamed(key: str) -> str:
+        for old, new in OLD_DIFFUSERS_NAMES:
+            key = key.replace(old, new)
+        return key
+
+    return {renamed(key): tensor for key, tensor in tensors.items()}
+
+
+def _alpha_keys(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Modules with a kohya-style `<module>.alpha` beside their factors (TheLastBen's and other trainers' diffusers
+    files): diffusers moves them into its network alphas and ComfyUI reads them, so they win over the header."""
+    from onetrainer.util.keymaps.lora import PEFT_TO_KOHYA
+
+    params = sorted(PEFT_TO_KOHYA, key=len, reverse=True)
+    modules = {key[: -len(p) - 1] for key in tensors for p in params if key.endswith("." + p)}
+    return {
+        key.removesuffix(".alpha"): float(tensor.item())
+        for key, tensor in tensors.items()
+        if key.endswith(".alpha") and key.removesuffix(".alpha") in modules and tensor.numel() == 1
+    }
 
 
 def matched_to(

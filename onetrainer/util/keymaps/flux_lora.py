@@ -71,9 +71,11 @@ DIFFUSERS_PREFIXES = (
     ("lora_transformer_", TRANSFORMER),
     ("lora_te1_", "text_encoder"),
     ("lora_te2_", "text_encoder_2"),
+    ("lycoris_", TRANSFORMER),
 )
 """OneTrainer's FLUX.1 names (read, which ComfyUI maps too): diffusers' transformer paths with "_" under
-`lora_transformer_`, CLIP-L under `lora_te1_`, T5 under `lora_te2_`."""
+`lora_transformer_`, CLIP-L under `lora_te1_`, T5 under `lora_te2_`; SimpleTuner's LyCORIS files name the
+transformer's diffusers paths under `lycoris_`."""
 DIFFUSERS_COMPOUND_NAMES = frozenset(
     {
         "transformer_blocks", "single_transformer_blocks", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -192,7 +194,8 @@ class FluxKohyaNaming:
         return self.dotted.to_kohya(module)
 
     def from_kohya(self, name: str, *, hf_text_model: bool | None = None) -> str:
-        naming = self.diffusers_named if name.startswith(("lora_transformer_", "lora_te2_")) else self.dotted
+        diffusers_named = ("lora_transformer_", "lora_te2_", "lycoris_")
+        naming = self.diffusers_named if name.startswith(diffusers_named) else self.dotted
         return naming.from_kohya(name, hf_text_model=hf_text_model)
 
     # ---------------------------------------------------------------------------------------- join

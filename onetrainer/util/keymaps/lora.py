@@ -196,8 +196,9 @@ def architecture_record(naming: LoraNaming, configs: Mapping[str, Mapping[str, A
 
 
 LORA_FORMATS = ("kohya", "lycoris-loha", "lycoris-lokr", "diffusers", "peft", "comfy")
-KOHYA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_")
-"""How kohya / LyCORIS module names start, whatever the family (`lora_te1_`, `lora_te2_`, ... included)."""
+KOHYA_PREFIXES = ("lora_unet_", "lora_te", "lora_transformer_", "lycoris_")
+"""How kohya / LyCORIS module names start, whatever the family (`lora_te1_`, `lora_te2_`, ... included);
+`lycoris_` is LyCORIS' own wrapper prefix, over the denoiser's diffusers paths in SimpleTuner's files."""
 
 
 def _component_names() -> set[str]:
@@ -213,7 +214,7 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
     - kohya: `lora_unet_*` / `lora_te*_` names with `.lora_down/.lora_up` (LoCon and DoRA included);
       the same names with `.hada_*` or `.lokr_*` tensors are LyCORIS LoHa / LoKr.
     - diffusers: module paths prefixed with a component name (`unet.`, `text_encoder.`, ...) with `lora_A/B`
-      (or the older `.lora.down.weight` attention-processor names).
+      (or the older `.lora.down.weight`, `.processor.to_q_lora.down.weight`, `.lora_linear_layer.` names).
     - comfy: `diffusion_model.` prefixed native paths (ComfyUI's DiT style).
     - peft: bare module paths (`get_peft_model_state_dict` of one model) with `lora_A/B`.
     """
@@ -233,6 +234,9 @@ def detect_lora_format(keys: Iterable[str]) -> str | None:
         ".lora_up.",
         ".lora.down.",
         ".lora.up.",
+        "_lora.down.",
+        "_lora.up.",
+        ".lora_linear_layer.",
         ".hada_",
         ".lokr_",
     )

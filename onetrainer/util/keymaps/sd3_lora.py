@@ -43,7 +43,9 @@ PREFIXES = (
     ("lora_te1_", "text_encoder"),
     ("lora_te2_", "text_encoder_2"),
     ("lora_te3_", "text_encoder_3"),
+    ("lycoris_", "transformer"),
 )
+"""Read only: `lycoris_` names the transformer's diffusers paths in SimpleTuner's LyCORIS files."""
 CLIP_ENCODERS = ("text_encoder", "text_encoder_2")
 
 LORA_NAMING = DottedKohyaNaming.of(

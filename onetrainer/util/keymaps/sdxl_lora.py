@@ -5,7 +5,10 @@ sd-scripts trains SDXL on its own copy of Stability's UNet, so an SDXL LoRA name
 `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`, `lora_unet_input_blocks_1_0_in_layers_2`,
 `lora_unet_output_blocks_2_2_conv`, `lora_unet_middle_block_1_proj_in`, `lora_unet_label_emb_0_0`.
 That is what A1111/Forge match against their own modules and what ComfyUI maps to its (SGM) state
-dict. The text encoders keep transformers' CLIP paths: `lora_te1_text_model_encoder_layers_0_mlp_fc1`
+dict. Files written by diffusers' `convert_state_dict_to_kohya` name the UNet by its diffusers paths under
+the same prefix (`lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q`), and SimpleTuner's
+LyCORIS files under `lycoris_`; the two name sets share no module, so those are read too (never written).
+The text encoders keep transformers' CLIP paths: `lora_te1_text_model_encoder_layers_0_mlp_fc1`
 (CLIP ViT-L), `lora_te2_...` (OpenCLIP bigG).
 
 diffusers module paths and SGM module paths are paired by the same `ldm_tables.unet_rows` that convert
@@ -37,7 +40,12 @@ SGM_COMPOUND_NAMES = frozenset(
 )  # fmt: skip
 """Identifiers with "_" in the SGM UNet (besides the transformer names it shares with diffusers)."""
 
-PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"))
+PREFIXES = (
+    ("lora_unet_", "unet"),
+    ("lora_te1_", "text_encoder"),
+    ("lora_te2_", "text_encoder_2"),
+    ("lycoris_", "unet"),
+)
 
 
 def unet_layout(config: Mapping[str, Any]) -> SdLayout:
@@ -109,9 +117,11 @@ class SgmKohyaNaming:
         if component != "unet":
             return module
         diffusers = self._table.map_key(path + ".", reverse=True)
-        if diffusers is None:
-            raise KeyMapError(f"{name}: {path} is not a module of this SDXL UNet")
-        return f"unet.{diffusers.removesuffix('.')}"
+        if diffusers is not None:
+            return f"unet.{diffusers.removesuffix('.')}"
+        if self._table.map_key(path + ".") is not None:
+            return module  # a diffusers path already (diffusers' `convert_state_dict_to_kohya`, SimpleTuner)
+        raise KeyMapError(f"{name}: {path} is not a module of this SDXL UNet")
 
 
 LORA_NAMING = SgmKohyaNaming()
