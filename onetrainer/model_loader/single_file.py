@@ -64,6 +64,7 @@ def read_single_file(
     quantise = quantise or {}
     with WeightsFile(path, mapped=not quantise) as weights:
         held = single_file_state_dicts(weights, spec, text_encoder_layers=None, components=wanted, meta=True)
+        check_text_to_image(held[spec.denoiser.name], spec, path.name)
         absent = [spec.component(name) for name in wanted if not held[name]]
         required = [c for c in absent if not c.optional]
         missing = absent if config is not None else required
@@ -114,6 +115,23 @@ def read_single_file(
         prediction_type=prediction,
         pipeline_config=architecture.settings,
     )
+
+
+def check_text_to_image(denoiser: Mapping[str, torch.Tensor], spec: FamilySpec, what: str) -> None:
+    """Refuse a denoiser that takes more input channels than the family's latents have (an inpainting or
+    instruct-pix2pix model): it would load, fill the cache and only fail at the first training step."""
+    layer = spec.denoiser.input_layer
+    weight = None if layer is None else denoiser.get(layer)
+    if weight is None:
+        return
+    taken = spec.input_channels(tuple(weight.shape))
+    if taken != spec.latent_channels:
+        raise UserError(
+            f"{what} is an inpainting or instruct-pix2pix model: its {spec.denoiser.title} takes {taken} input "
+            f"channels; onetrainer trains text-to-image models with {spec.latent_channels}",
+            where="model.base",
+            hint=f"Pass the text-to-image {spec.title} model it was made from.",
+        )
 
 
 def text_encoder_layers(architecture: Architecture, spec: FamilySpec) -> dict[str, int]:

@@ -127,6 +127,26 @@ def test_a_partial_sdxl_checkpoint_is_recognised_and_refused_as_incomplete(tmp_p
         load_model(path)
 
 
+@pytest.mark.parametrize(("channels", "what"), [(9, "inpainting"), (8, "instruct-pix2pix")])
+def test_a_unet_taking_more_than_the_latents_is_refused_before_anything_is_read(
+    sd15_single_file: Path, tmp_path: Path, channels: int, what: str
+) -> None:
+    """An inpainting (9 channels) or instruct-pix2pix (8) UNet would load and only fail at the first step."""
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    with WeightsFile(sd15_single_file) as weights:
+        tensors = {k: weights.tensor(k) for k in weights}
+    tensors[conv_in] = torch.zeros(tensors[conv_in].shape[0], channels, 3, 3)
+    path = tmp_path / f"{what}.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(
+        UserError,
+        match=rf"is an inpainting or instruct-pix2pix model: its UNet takes {channels} input "
+        "channels; onetrainer trains text-to-image models with 4",
+    ) as info:
+        load_model(path, config="tiny:sd15")
+    assert info.value.where == "model.base"
+
+
 def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "unet-and-te.safetensors"
     with WeightsFile(sd15_single_file) as weights:
