@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,9 @@ from onetrainer.util.family import FamilySpec, Role, SingleFileFormat
 
 if TYPE_CHECKING:
     import torch
+
+EMA_PREFIX = "model_ema."
+"""Where CompVis-style trainers keep the EMA copy of the denoiser, beside it, under names no reader maps."""
 
 
 def read_single_file(
@@ -64,6 +67,7 @@ def read_single_file(
     quantise = quantise or {}
     with WeightsFile(path, mapped=not quantise) as weights:
         held = single_file_state_dicts(weights, spec, text_encoder_layers=None, components=wanted, meta=True)
+        check_denoiser_held({name for name in wanted if held[name]}, spec, weights.keys(), path.name)
         check_text_to_image(held[spec.denoiser.name], spec, path.name)
         absent = [spec.component(name) for name in wanted if not held[name]]
         required = [c for c in absent if not c.optional]
@@ -114,6 +118,27 @@ def read_single_file(
         scheduler={**architecture.configs["scheduler"], **schedule},
         prediction_type=prediction,
         pipeline_config=architecture.settings,
+    )
+
+
+def check_denoiser_held(held: Collection[str], spec: FamilySpec, keys: Iterable[str], what: str) -> None:
+    """Refuse a file without denoiser weights (the components `held` lack it): the denoiser is the model a file
+    is, so it never comes from `model.config`, which would silently stand in for it (a file whose UNet is kept
+    only as its EMA copy loaded the config model's UNet)."""
+    if spec.denoiser.name in held:
+        return
+    title = spec.denoiser.title
+    if any(key.startswith(EMA_PREFIX) for key in keys):
+        raise UserError(
+            f"{what} holds its {title} only as an EMA copy ({EMA_PREFIX}*), which onetrainer does not read",
+            where="model.base",
+            hint=f"Save it with the EMA weights as its {title} (a pruning tool's 'EMA only' choice) and pass that.",
+        )
+    raise UserError(
+        f"{what} has no {title} weights",
+        where="model.base",
+        hint=f"Pass a file that holds the {title}: model.config / --config supplies only the text encoders, "
+        "tokenizers and VAE a file lacks.",
     )
 
 

@@ -147,6 +147,36 @@ def test_a_unet_taking_more_than_the_latents_is_refused_before_anything_is_read(
     assert info.value.where == "model.base"
 
 
+def _without_unet(single_file: Path, path: Path, *, ema: bool) -> Path:
+    """The file with its UNet removed, or (`ema`) kept only as CompVis' EMA copy (`model_ema.*`, dots dropped)."""
+    with WeightsFile(single_file) as weights:
+        tensors = {k: weights.tensor(k) for k in weights if not k.startswith("model.diffusion_model.")}
+        if ema:
+            for key in weights:
+                if key.startswith("model.diffusion_model."):
+                    tensors["model_ema." + key.removeprefix("model.").replace(".", "")] = weights.tensor(key) + 1
+            tensors["model_ema.decay"] = torch.tensor(0.9999)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_a_unet_held_only_as_an_ema_copy_is_refused_not_taken_from_the_config(
+    sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
+) -> None:
+    """`model.config` supplies missing text encoders or a VAE, never the UNet the file is for."""
+    path = _without_unet(sd15_single_file, tmp_path / "ema-only.safetensors", ema=True)
+    with pytest.raises(UserError, match=r"holds its UNet only as an EMA copy \(model_ema\.\*\)") as info:
+        load_model(path, config=tiny_sd15_dir)
+    assert info.value.where == "model.base"
+
+
+def test_a_file_without_its_unet_is_refused_even_with_a_config(sd15_single_file: Path, tmp_path: Path) -> None:
+    path = _without_unet(sd15_single_file, tmp_path / "no-unet.safetensors", ema=False)
+    with pytest.raises(UserError, match="has no UNet weights") as info:
+        load_model(path, config="tiny:sd15")
+    assert "supplies only the text encoders, tokenizers and VAE" in (info.value.hint or "")
+
+
 def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "unet-and-te.safetensors"
     with WeightsFile(sd15_single_file) as weights:
