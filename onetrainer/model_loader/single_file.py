@@ -53,17 +53,21 @@ def read_single_file(
     dtype: torch.dtype,
     leave_out: frozenset[str] = frozenset(),
     quantise: Mapping[str, QuantisedStorage] | None = None,
+    vae: str | Path | None = None,
 ) -> LoadedParts:
     """The `SingleFileReader` of every family with a `single_file` layout and a shipped architecture.
 
     Components in `leave_out` (optional ones the model config goes without) are not read. An optional
     component the file lacks comes from `model.config` when that names a model holding it. Components
-    in `quantise` that the file holds are quantised while they are read.
+    in `quantise` that the file holds are quantised while they are read. A `vae` (`model.vae`) takes the
+    place of the file's VAE, which is then not read, so a checkpoint pruned of its VAE is complete with it.
     """
     # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
     prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
     prediction = prediction or detection.prediction_type
     wanted = tuple(name for name in spec.component_names if name not in leave_out)
+    if vae is not None:
+        wanted = tuple(name for name in wanted if name != spec.vae.name)
     quantise = quantise or {}
     with WeightsFile(path, mapped=not quantise) as weights:
         held = single_file_state_dicts(weights, spec, text_encoder_layers=None, components=wanted, meta=True)
@@ -78,8 +82,8 @@ def read_single_file(
                 f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
                 where=str(path),
                 hint=f"Pass a full {spec.title} checkpoint, or name a diffusers folder or hub id that holds the "
-                "missing parts as model.config / --config."
-                + (" A missing VAE can come from model.vae / --vae." if component.role is Role.VAE else ""),
+                "missing parts as model.config (--config for sample and convert)."
+                + (" A VAE alone can come from model.vae in a run config." if component.role is Role.VAE else ""),
             )
         architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
         prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
@@ -112,6 +116,10 @@ def read_single_file(
     if rest is not None:
         components.update(rest.components)
         tokenizers.update(rest.tokenizers)
+    if vae is not None:
+        from onetrainer.model_loader.vae import load_vae
+
+        components[spec.vae.name] = load_vae(str(vae), dict(architecture.configs[spec.vae.name]), dtype)
     return LoadedParts(
         components=components,
         tokenizers=tokenizers,

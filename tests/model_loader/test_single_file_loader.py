@@ -183,8 +183,27 @@ def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) 
         save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
     with pytest.raises(UserError, match="has no VAE weights") as info:
         load_model(path)
-    assert "--vae" in (info.value.hint or "")
-    assert "model.config" in (info.value.hint or "")
+    assert "--vae" not in (info.value.hint or ""), "no command has a --vae option"
+    assert "model.vae" in (info.value.hint or "")
+    assert "model.config (--config for sample and convert)" in (info.value.hint or "")
+
+
+def test_a_checkpoint_pruned_of_its_vae_is_complete_with_model_vae(
+    sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
+) -> None:
+    """`model.vae` supplies the VAE itself: nothing is asked of `model.config` (here an architecture alone)."""
+    path = tmp_path / "no-vae.safetensors"
+    with WeightsFile(sd15_single_file) as weights:
+        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    architecture = tmp_path / "architecture"
+    for part in ("unet", "vae", "text_encoder", "scheduler"):
+        (architecture / part).mkdir(parents=True)
+        for file in (tiny_sd15_dir / part).glob("*.json"):
+            (architecture / part / file.name).write_text(file.read_text())
+    loaded = load_model(
+        path, config=architecture, tokenizer=tiny_sd15_dir / "tokenizer", vae=str(tiny_sd15_dir / "vae")
+    )
+    assert _same_weights(loaded.vae, load_model(tiny_sd15_dir).vae)
 
 
 def test_a_part_the_checkpoint_lacks_comes_from_the_config_model(
