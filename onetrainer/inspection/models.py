@@ -45,6 +45,30 @@ def _grouping(detection: Detection, keys: list[str]) -> tuple[Callable[[str], st
     return component, [name for _, name in spec.single_file.component_prefixes] + list(spec.component_names)
 
 
+def _input_channels(detection: Detection, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The latent channels the file's denoiser takes (more than the family's latents: an inpainting model), read
+    from the weight the family's reader maps to the denoiser's input layer; None where no family says which."""
+    spec = detection.spec
+    layer = None if spec is None else spec.denoiser.input_layer
+    if spec is None or spec.single_file is None or layer is None:
+        return None
+    table = spec.single_file.reader(list(shapes)).table
+    target = f"{spec.denoiser.name}.{layer}"
+    shape = next((shape for key, shape in shapes.items() if table.map_key(key, reverse=True) == target), None)
+    return None if shape is None else spec.input_channels(shape)
+
+
+def _not_text_to_image(detection: Detection, channels: int | None) -> str:
+    """A note for the summary of a denoiser that takes more than the family's latents (which `train` refuses)."""
+    spec = detection.spec
+    if spec is None or channels is None or channels == spec.latent_channels:
+        return ""
+    return (
+        f"; an inpainting or instruct-pix2pix model: its {spec.denoiser.title} takes {channels} input channels, "
+        f"onetrainer trains text-to-image models with {spec.latent_channels}"
+    )
+
+
 def inspect_single_file(path: Path, index: TensorIndex, detection: Detection) -> Inspection:
     component_of, order = _grouping(detection, list(index.entries))
     groups: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
@@ -57,18 +81,20 @@ def inspect_single_file(path: Path, index: TensorIndex, detection: Detection) ->
     shapes = index.shapes
     context = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
     conv_in = next((s for k, s in shapes.items() if k.endswith("input_blocks.0.0.weight") and len(s) == 4), None)
+    channels = _input_channels(detection, shapes)
     total = sum(int(component["parameters"]) for component in components.values())
     fmt = "ckpt" if index.container == PICKLE else "single-file"
     details: dict[str, Any] = {
         "detected_by": detection.reason,
         "prediction_type": detection.prediction_type,
-        "in_channels": conv_in[1] if conv_in is not None else None,
+        "in_channels": channels if channels is not None else conv_in[1] if conv_in is not None else None,
         "context_dim": context,
         "parameters": total,
         "components": components,
         "metadata": group_metadata(index.metadata),
     }
     summary = f"{family_name(detection)} model, {fmt}, {human_count(total)} parameters"
+    summary += _not_text_to_image(detection, channels)
     return Inspection("model", fmt, detection.family, path, summary, details)
 
 

@@ -116,6 +116,7 @@ COMPONENTS = (
         kohya_prefix="lora_unet_",
         lora_presets=TRANSFORMER_PRESETS,
         blocks=TRANSFORMER_BLOCKS,
+        input_layer="x_embedder.weight",
     ),
     dataclasses.replace(CLIP_L, takes_layer_skip=False),  # (its pooled output only)
     Component(

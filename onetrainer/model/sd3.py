@@ -119,6 +119,7 @@ COMPONENTS = (
         kohya_prefix="lora_transformer_",
         lora_presets=TRANSFORMER_PRESETS,
         unused_layers=unused_transformer_layers,
+        input_layer="pos_embed.proj.weight",
     ),
     CLIP_L,
     CLIP_G,

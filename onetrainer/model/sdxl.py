@@ -50,6 +50,7 @@ COMPONENTS = (
         lora_presets=UNET_PRESETS,
         blocks=UNET_BLOCKS,
         lora_kohya_only="ComfyUI",
+        input_layer="conv_in.weight",
     ),
     CLIP_L,
     dataclasses.replace(CLIP_G, lora_all_or_none=OPENCLIP_FUSED_ATTENTION),  # A1111 runs bigG as OpenCLIP

@@ -54,6 +54,7 @@ def _components(text_encoder_title: str, all_or_none: tuple[str, ...] = ()) -> t
             lora_presets=UNET_PRESETS,
             blocks=UNET_BLOCKS,
             lora_kohya_only="ComfyUI",
+            input_layer="conv_in.weight",
         ),
         Component(
             "text_encoder",

@@ -24,6 +24,7 @@ from onetrainer.model_loader.hub import HUB, TINY, hub_errors, source_kind
 from onetrainer.model_loader.pipeline import check_family, load_model
 from onetrainer.model_loader.single_file import (
     build_components,
+    check_denoiser_held,
     single_file_format,
     single_file_state_dicts,
     stream_single_file,
@@ -223,8 +224,10 @@ def _header_metadata(path: Path) -> dict[str, str]:
 
 
 def _lacking(weights: WeightsFile, spec: FamilySpec) -> tuple[str, ...]:
-    """The family's required components a single file holds no weights of (a transformer published alone)."""
+    """The family's required components a single file holds no weights of (a transformer published alone); one
+    without its denoiser is refused."""
     held = _held(weights, spec)
+    check_denoiser_held(held, spec, weights.keys(), weights.path.name)
     return tuple(c.name for c in spec.components if c.name not in held and not c.optional)
 
 

@@ -54,7 +54,8 @@ class LoadedParts:
 
 
 SingleFileReader = Callable[..., LoadedParts]
-"""`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype, leave_out, quantise) -> LoadedParts`."""
+"""`read(path, detection, spec, *, prediction_type, config, tokenizer, dtype, leave_out, quantise, vae) -> LoadedParts`;
+`vae` (`model.vae`) stands in for the file's VAE, which is then not read (nor required)."""
 
 
 class DiffusersLoader:
@@ -91,6 +92,7 @@ class DiffusersLoader:
         kind = source_kind(source, where="model.base")
         left_out = frozenset(spec.left_out(model_config.options))
         kept = tuple(name for name in spec.component_names if name not in left_out)
+        vae_source = None if model_config.vae is None else str(model_config.vae)
         if kind == TINY:
             parts = _left_out(_from_tiny(source, spec), spec, left_out)
         elif kind == HUB:
@@ -115,12 +117,14 @@ class DiffusersLoader:
                     dtype=dtype,
                     leave_out=left_out,
                     quantise=quantise,
+                    vae=vae_source,
                 )
-        if model_config.vae is not None:
+                vae_source = None  # the reader loaded it in place of the file's
+        if vae_source is not None:
             from onetrainer.model_loader.vae import load_vae
 
             vae = spec.vae.name
-            parts.components[vae] = load_vae(str(model_config.vae), dict(parts.components[vae].config), dtype)
+            parts.components[vae] = load_vae(vae_source, dict(parts.components[vae].config), dtype)
         for name, storage in quantise.items():
             module = parts.components.get(name)
             if module is not None and module_storage(module) is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,9 @@ from onetrainer.util.family import FamilySpec, Role, SingleFileFormat
 if TYPE_CHECKING:
     import torch
 
+EMA_PREFIX = "model_ema."
+"""Where CompVis-style trainers keep the EMA copy of the denoiser, beside it, under names no reader maps."""
+
 
 def read_single_file(
     path: Path,
@@ -50,20 +53,26 @@ def read_single_file(
     dtype: torch.dtype,
     leave_out: frozenset[str] = frozenset(),
     quantise: Mapping[str, QuantisedStorage] | None = None,
+    vae: str | Path | None = None,
 ) -> LoadedParts:
     """The `SingleFileReader` of every family with a `single_file` layout and a shipped architecture.
 
     Components in `leave_out` (optional ones the model config goes without) are not read. An optional
     component the file lacks comes from `model.config` when that names a model holding it. Components
-    in `quantise` that the file holds are quantised while they are read.
+    in `quantise` that the file holds are quantised while they are read. A `vae` (`model.vae`) takes the
+    place of the file's VAE, which is then not read, so a checkpoint pruned of its VAE is complete with it.
     """
     # Precedence: the caller, the file's own metadata, an explicit architecture's scheduler, the family.
     prediction = None if prediction_type is PredictionType.AUTO else prediction_type.value
     prediction = prediction or detection.prediction_type
     wanted = tuple(name for name in spec.component_names if name not in leave_out)
+    if vae is not None:
+        wanted = tuple(name for name in wanted if name != spec.vae.name)
     quantise = quantise or {}
     with WeightsFile(path, mapped=not quantise) as weights:
         held = single_file_state_dicts(weights, spec, text_encoder_layers=None, components=wanted, meta=True)
+        check_denoiser_held({name for name in wanted if held[name]}, spec, weights.keys(), path.name)
+        check_text_to_image(held[spec.denoiser.name], spec, path.name)
         absent = [spec.component(name) for name in wanted if not held[name]]
         required = [c for c in absent if not c.optional]
         missing = absent if config is not None else required
@@ -73,8 +82,8 @@ def read_single_file(
                 f"{path.name} has no {component.title} weights; it is not a complete checkpoint",
                 where=str(path),
                 hint=f"Pass a full {spec.title} checkpoint, or name a diffusers folder or hub id that holds the "
-                "missing parts as model.config / --config."
-                + (" A missing VAE can come from model.vae / --vae." if component.role is Role.VAE else ""),
+                "missing parts as model.config (--config for sample and convert)."
+                + (" A VAE alone can come from model.vae in a run config." if component.role is Role.VAE else ""),
             )
         architecture = resolve_architecture(None if config is None else str(config), spec, prediction)
         prediction = prediction or architecture.configs["scheduler"].get("prediction_type", "epsilon")
@@ -107,6 +116,10 @@ def read_single_file(
     if rest is not None:
         components.update(rest.components)
         tokenizers.update(rest.tokenizers)
+    if vae is not None:
+        from onetrainer.model_loader.vae import load_vae
+
+        components[spec.vae.name] = load_vae(str(vae), dict(architecture.configs[spec.vae.name]), dtype)
     return LoadedParts(
         components=components,
         tokenizers=tokenizers,
@@ -114,6 +127,44 @@ def read_single_file(
         prediction_type=prediction,
         pipeline_config=architecture.settings,
     )
+
+
+def check_denoiser_held(held: Collection[str], spec: FamilySpec, keys: Iterable[str], what: str) -> None:
+    """Refuse a file without denoiser weights (the components `held` lack it): the denoiser is the model a file
+    is, so it never comes from `model.config`, which would silently stand in for it (a file whose UNet is kept
+    only as its EMA copy loaded the config model's UNet)."""
+    if spec.denoiser.name in held:
+        return
+    title = spec.denoiser.title
+    if any(key.startswith(EMA_PREFIX) for key in keys):
+        raise UserError(
+            f"{what} holds its {title} only as an EMA copy ({EMA_PREFIX}*), which onetrainer does not read",
+            where="model.base",
+            hint=f"Save it with the EMA weights as its {title} (a pruning tool's 'EMA only' choice) and pass that.",
+        )
+    raise UserError(
+        f"{what} has no {title} weights",
+        where="model.base",
+        hint=f"Pass a file that holds the {title}: model.config / --config supplies only the text encoders, "
+        "tokenizers and VAE a file lacks.",
+    )
+
+
+def check_text_to_image(denoiser: Mapping[str, torch.Tensor], spec: FamilySpec, what: str) -> None:
+    """Refuse a denoiser that takes more input channels than the family's latents have (an inpainting or
+    instruct-pix2pix model): it would load, fill the cache and only fail at the first training step."""
+    layer = spec.denoiser.input_layer
+    weight = None if layer is None else denoiser.get(layer)
+    if weight is None:
+        return
+    taken = spec.input_channels(tuple(weight.shape))
+    if taken != spec.latent_channels:
+        raise UserError(
+            f"{what} is an inpainting or instruct-pix2pix model: its {spec.denoiser.title} takes {taken} input "
+            f"channels; onetrainer trains text-to-image models with {spec.latent_channels}",
+            where="model.base",
+            hint=f"Pass the text-to-image {spec.title} model it was made from.",
+        )
 
 
 def text_encoder_layers(architecture: Architecture, spec: FamilySpec) -> dict[str, int]:

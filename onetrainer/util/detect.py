@@ -272,10 +272,14 @@ class Said(NamedTuple):
 
 
 def _detection(kind: str, layout: str, evidence: Evidence | None, said: Said, adapter: str | None = None) -> Detection:
-    """Metadata wins over key evidence; key evidence fills in what metadata does not say, and picks among the
-    candidates metadata names (two families' embeddings may share their keys and widths)."""
+    """Metadata wins over key evidence, except where a model's keys name another family of its group; key
+    evidence fills in what metadata does not say, and picks among the candidates metadata names (two families'
+    embeddings may share their keys and widths)."""
     keyed = evidence.prediction_type if evidence is not None else None
     prediction = said.prediction or keyed
+    if said.family is not None and kind == MODEL and evidence is not None and _keys_decide(said.family, evidence):
+        reason = f"{evidence.reason}, not the header metadata's {family_title(said.family)}"
+        return Detection(kind, layout, evidence.family, reason, prediction, adapter)
     if said.family is not None:
         return Detection(kind, layout, said.family, "header metadata", prediction, adapter)
     if said.candidates:
@@ -285,6 +289,19 @@ def _detection(kind: str, layout: str, evidence: Evidence | None, said: Said, ad
     return Detection(
         kind, layout, evidence.family, evidence.reason, prediction, adapter, candidates=evidence.candidates
     )
+
+
+def _keys_decide(said: str, evidence: Evidence) -> bool:
+    """Whether a model file's keys overrule the family its metadata names: they name one other family that reads
+    the same single-file layout (sizes or variants of one model), which tools writing one architecture value for
+    them all mislabel (ComfyUI's CheckpointSave writes one value for every size of a model; sd-scripts one for a
+    distilled sibling), while the keys tell them apart by structure."""
+    if evidence.family is None or evidence.family == said:
+        return False
+    named, keyed = find_family(said), find_family(evidence.family)
+    if named is None or keyed is None or named.single_file is None:
+        return False
+    return named.single_file is keyed.single_file
 
 
 def _among(

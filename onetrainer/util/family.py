@@ -105,6 +105,11 @@ class Component:
     kohya LoRA on some of them loads without error and changes nothing there (Forge, ComfyUI and diffusers
     keep the layers apart and apply it)."""
 
+    input_layer: str | None = None
+    """Denoisers: the weight that takes the noised latents (`conv_in.weight`); a linear one takes them packed in
+    patches of `FamilySpec.patch_size`² latent pixels. Its width tells a text-to-image denoiser from one that takes
+    images besides (an inpainting or instruct-pix2pix model), which this trainer cannot feed."""
+
     unused_layers: Callable[[Any], Iterable[str]] | None = None
     """Given the component's module: the paths of layers whose output the model discards (SD 3's last block
     computes a text-stream query it never reads). Their gradients are always zero, so nothing trains there:
@@ -369,6 +374,11 @@ class FamilySpec:
     @property
     def vae(self) -> Component:
         return self.by_role(Role.VAE)[0]
+
+    def input_channels(self, shape: tuple[int, ...]) -> int:
+        """The latent channels a denoiser takes whose `input_layer` weight has this shape (a convolution's input
+        width; a linear layer's, over the latent pixels of a patch)."""
+        return shape[1] if len(shape) == 4 else shape[1] // self.patch_size**2
 
     @property
     def size_step(self) -> int:

@@ -123,3 +123,17 @@ def test_uncached_hub_config_offline_is_explained() -> None:
     with pytest.raises(UserError, match="not in the Hugging Face cache") as caught:
         resolve_architecture("onetrainer-test/no-such-model", SD15, None)
     assert caught.value.where == "model.config"
+
+
+@pytest.mark.parametrize("spec", families(), ids=lambda spec: spec.name)
+def test_the_released_denoiser_takes_the_familys_latents_through_its_input_layer(spec) -> None:
+    """What tells a text-to-image file from an inpainting one: a patchifying linear layer (FLUX.1's 64 inputs)
+    takes as many latent channels as a convolution (SD 3's 16, a UNet's 4)."""
+    from onetrainer.model_loader.single_file import build_module, empty_weights
+
+    architecture = resolve_architecture(None, spec, None)
+    with empty_weights():
+        denoiser = build_module(*architecture.classes[spec.denoiser.name], architecture.configs[spec.denoiser.name])
+    layer = spec.denoiser.input_layer
+    assert layer is not None
+    assert spec.input_channels(tuple(denoiser.state_dict()[layer].shape)) == spec.latent_channels

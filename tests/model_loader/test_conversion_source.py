@@ -8,6 +8,7 @@ import pytest
 
 from onetrainer.model_loader.checkpoint import WeightsFile
 from onetrainer.model_loader.conversion_source import open_conversion_source
+from onetrainer.util.errors import UserError
 
 
 def test_single_file_stream_reads_tensors_lazily(sd15_single_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +31,24 @@ def test_single_file_stream_reads_tensors_lazily(sd15_single_file: Path, monkeyp
         rest = sum(1 for _ in stream)
     assert rest > 50
     assert len(reads) == len(set(reads)), "every source tensor is read exactly once"
+
+
+def test_a_file_whose_unet_is_only_an_ema_copy_is_not_converted_with_the_configs_unet(
+    sd15_single_file: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "ema-only.safetensors"
+    with WeightsFile(sd15_single_file) as weights:
+        tensors = {k: weights.tensor(k) for k in weights if not k.startswith("model.diffusion_model.")}
+        tensors |= {
+            "model_ema." + k.removeprefix("model.").replace(".", ""): weights.tensor(k)
+            for k in weights
+            if k.startswith("model.diffusion_model.")
+        }
+    save_file(tensors, str(path))
+    with (
+        pytest.raises(UserError, match="holds its UNet only as an EMA copy"),
+        open_conversion_source(path, config="tiny:sd15"),
+    ):
+        pass

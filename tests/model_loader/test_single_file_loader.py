@@ -127,14 +127,83 @@ def test_a_partial_sdxl_checkpoint_is_recognised_and_refused_as_incomplete(tmp_p
         load_model(path)
 
 
+@pytest.mark.parametrize(("channels", "what"), [(9, "inpainting"), (8, "instruct-pix2pix")])
+def test_a_unet_taking_more_than_the_latents_is_refused_before_anything_is_read(
+    sd15_single_file: Path, tmp_path: Path, channels: int, what: str
+) -> None:
+    """An inpainting (9 channels) or instruct-pix2pix (8) UNet would load and only fail at the first step."""
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    with WeightsFile(sd15_single_file) as weights:
+        tensors = {k: weights.tensor(k) for k in weights}
+    tensors[conv_in] = torch.zeros(tensors[conv_in].shape[0], channels, 3, 3)
+    path = tmp_path / f"{what}.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(
+        UserError,
+        match=rf"is an inpainting or instruct-pix2pix model: its UNet takes {channels} input "
+        "channels; onetrainer trains text-to-image models with 4",
+    ) as info:
+        load_model(path, config="tiny:sd15")
+    assert info.value.where == "model.base"
+
+
+def _without_unet(single_file: Path, path: Path, *, ema: bool) -> Path:
+    """The file with its UNet removed, or (`ema`) kept only as CompVis' EMA copy (`model_ema.*`, dots dropped)."""
+    with WeightsFile(single_file) as weights:
+        tensors = {k: weights.tensor(k) for k in weights if not k.startswith("model.diffusion_model.")}
+        if ema:
+            for key in weights:
+                if key.startswith("model.diffusion_model."):
+                    tensors["model_ema." + key.removeprefix("model.").replace(".", "")] = weights.tensor(key) + 1
+            tensors["model_ema.decay"] = torch.tensor(0.9999)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_a_unet_held_only_as_an_ema_copy_is_refused_not_taken_from_the_config(
+    sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
+) -> None:
+    """`model.config` supplies missing text encoders or a VAE, never the UNet the file is for."""
+    path = _without_unet(sd15_single_file, tmp_path / "ema-only.safetensors", ema=True)
+    with pytest.raises(UserError, match=r"holds its UNet only as an EMA copy \(model_ema\.\*\)") as info:
+        load_model(path, config=tiny_sd15_dir)
+    assert info.value.where == "model.base"
+
+
+def test_a_file_without_its_unet_is_refused_even_with_a_config(sd15_single_file: Path, tmp_path: Path) -> None:
+    path = _without_unet(sd15_single_file, tmp_path / "no-unet.safetensors", ema=False)
+    with pytest.raises(UserError, match="has no UNet weights") as info:
+        load_model(path, config="tiny:sd15")
+    assert "supplies only the text encoders, tokenizers and VAE" in (info.value.hint or "")
+
+
 def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "unet-and-te.safetensors"
     with WeightsFile(sd15_single_file) as weights:
         save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
     with pytest.raises(UserError, match="has no VAE weights") as info:
         load_model(path)
-    assert "--vae" in (info.value.hint or "")
-    assert "model.config" in (info.value.hint or "")
+    assert "--vae" not in (info.value.hint or ""), "no command has a --vae option"
+    assert "model.vae" in (info.value.hint or "")
+    assert "model.config (--config for sample and convert)" in (info.value.hint or "")
+
+
+def test_a_checkpoint_pruned_of_its_vae_is_complete_with_model_vae(
+    sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
+) -> None:
+    """`model.vae` supplies the VAE itself: nothing is asked of `model.config` (here an architecture alone)."""
+    path = tmp_path / "no-vae.safetensors"
+    with WeightsFile(sd15_single_file) as weights:
+        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    architecture = tmp_path / "architecture"
+    for part in ("unet", "vae", "text_encoder", "scheduler"):
+        (architecture / part).mkdir(parents=True)
+        for file in (tiny_sd15_dir / part).glob("*.json"):
+            (architecture / part / file.name).write_text(file.read_text())
+    loaded = load_model(
+        path, config=architecture, tokenizer=tiny_sd15_dir / "tokenizer", vae=str(tiny_sd15_dir / "vae")
+    )
+    assert _same_weights(loaded.vae, load_model(tiny_sd15_dir).vae)
 
 
 def test_a_part_the_checkpoint_lacks_comes_from_the_config_model(

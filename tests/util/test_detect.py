@@ -298,3 +298,50 @@ def test_truncated_pickle_is_a_user_error_with_a_hint(tmp_path: Path) -> None:
         detect_path(path)
     assert "again" in (info.value.hint or "")
     assert "This is an internal" not in info.value.message
+
+
+def _checkpoint(tiny: str, path: Path, metadata: dict[str, str]) -> Path:
+    """The tiny model's original single file as our saver writes it, with the header metadata another tool wrote."""
+    from safetensors.torch import load_file
+
+    from onetrainer.model_loader.pipeline import load_model
+    from onetrainer.util.enums import TrainingMethod
+    from onetrainer.util.registry import ModuleKind, lookup
+
+    model = load_model(tiny)
+    saver = lookup(ModuleKind.SAVER, model.spec.name)()
+    saved = saver.save(model, path.with_suffix(".ours.safetensors"), method=TrainingMethod.FULL, dtype="fp32")[0]
+    save_file(load_file(saved), str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tiny", "architecture", "family"),
+    [
+        ("tiny:sd35-large", "stable-diffusion-v3-medium", "sd35-large"),  # ComfyUI's CheckpointSave, any SD 3.x
+        ("tiny:sd35-medium", "stable-diffusion-v3-medium", "sd35-medium"),
+        ("tiny:flux-schnell", "flux-1-dev", "flux-schnell"),  # sd-scripts, a schnell fine-tune (no guidance_in)
+    ],
+)
+def test_a_models_keys_overrule_metadata_naming_a_sibling_that_reads_the_same_layout(
+    tmp_path: Path, tiny: str, architecture: str, family: str
+) -> None:
+    path = _checkpoint(tiny, tmp_path / "model.safetensors", {"modelspec.architecture": architecture})
+    detection = detect_path(path)
+    assert detection.family == family
+    assert "not the header metadata's" in detection.reason
+
+
+def test_an_explicit_model_type_the_keys_confirm_loads_despite_the_metadata(tmp_path: Path) -> None:
+    from onetrainer.model_loader.pipeline import load_model
+
+    path = _checkpoint(
+        "tiny:sd35-large", tmp_path / "comfy.safetensors", {"modelspec.architecture": "stable-diffusion-v3-medium"}
+    )
+    assert load_model(path, model_type="sd35-large", config="tiny:sd35-large").model_type == "sd35-large"
+
+
+def test_metadata_still_names_a_family_of_another_layout_over_the_keys(tmp_path: Path) -> None:
+    """Keys overrule only within a group: a file whose metadata names another model is that model's."""
+    path = _checkpoint("tiny:sd35-large", tmp_path / "model.safetensors", {"modelspec.architecture": "flux-1-dev"})
+    assert (detect_path(path).family, detect_path(path).reason) == ("flux-dev", "header metadata")

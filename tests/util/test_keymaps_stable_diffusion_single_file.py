@@ -338,3 +338,4 @@ def test_inpainting_unet_reports_nine_input_channels(
     save_safetensors(sd, tmp_path / "inpainting.safetensors")
     result = inspect_path(tmp_path / "inpainting.safetensors")
     assert (result.model_type, result.details["in_channels"]) == (family, 9)
+    assert "an inpainting or instruct-pix2pix model: its UNet takes 9 input channels" in result.summary

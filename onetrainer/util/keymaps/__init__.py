@@ -6,6 +6,7 @@
 - `lora` / `lora_peft`: PEFT and diffusers LoRA files <-> kohya / LyCORIS parameters, alpha semantics,
   format detection; `kohya_names`: kohya module names over diffusers paths.
 - `embeddings`: A1111 <-> diffusers textual-inversion layouts.
+- `comfy`: ComfyUI's scaled fp8 parts, which single-file readers skip.
 
 Importing this package loads no torch: the tables are plain data, heavy imports live in functions.
 """

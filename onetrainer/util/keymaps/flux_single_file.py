@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
+from onetrainer.util.keymaps.comfy import skipping_scaled
 from onetrainer.util.keymaps.engine import SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
 from onetrainer.util.keymaps.ldm_tables import clip_rows, vae_layout, vae_rows
 
@@ -55,8 +56,7 @@ COMFY_IGNORE = Ignore(
 """What a ComfyUI checkpoint holds that no FLUX.1 component does: CLIP-L's (identity) projection and logit
 scale, position ids, and parts of other models' layouts some merges leave behind."""
 COMFY_PARTS = ("text_encoders.clip_l.", "text_encoders.t5xxl.", COMFY_VAE)
-SCALED_MARKERS = ("scaled_fp8", ".scale_weight", ".scale_input", ".weight_scale", ".comfy_quant")
-"""Keys of ComfyUI's scaled fp8 and mixed-precision formats: each weight needs its own scale applied."""
+"""The parts of a ComfyUI checkpoint it may store in a scaled format (`comfy.scaled_parts`)."""
 
 EMBEDDERS = (
     ("time_text_embed.timestep_embedder.", "time_in."),
@@ -207,9 +207,7 @@ class FluxSingleFile:
             *clip_rows(clip_text_model_is_wrapped(), dst=COMFY_CLIP_L + "text_model."),
             Row("text_encoder_2.", COMFY_T5),
         ]
-        scaled = scaled_parts(keys)
-        ignore = Ignore(COMFY_IGNORE.exact, COMFY_IGNORE.prefixes + scaled, COMFY_IGNORE.suffixes)
-        return StreamConverter(KeyTable(rows), reverse=True, ignore=ignore)
+        return StreamConverter(KeyTable(rows), reverse=True, ignore=skipping_scaled(COMFY_IGNORE, keys, COMFY_PARTS))
 
     def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
         return {}
@@ -220,13 +218,3 @@ class FluxSingleFile:
 
 
 FLUX_LAYOUT = FluxSingleFile()
-
-
-def scaled_parts(keys: Iterable[str]) -> tuple[str, ...]:
-    """The parts of a ComfyUI checkpoint stored in its scaled fp8 (or mixed-precision) format, which are not
-    read: their weights are meaningless without their scales, so they come from `model.config` instead,
-    as parts the file lacks do."""
-    keys = list(keys)
-    return tuple(
-        part for part in COMFY_PARTS if any(key.startswith(part) and key.endswith(SCALED_MARKERS) for key in keys)
-    )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
+from onetrainer.util.keymaps.comfy import skipping_scaled
 from onetrainer.util.keymaps.engine import IDENTITY_ON_READ, SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
 from onetrainer.util.keymaps.ldm_tables import VAE_PREFIX, vae_layout, vae_rows
 
@@ -88,6 +89,9 @@ SWAPPED = ("norm_out.linear", "final_layer.adaLN_modulation.1")
 """The final modulation, whose rows are (scale, shift) in diffusers and (shift, scale) in the file."""
 READ_IGNORE = Ignore(suffixes=(".logit_scale", "embeddings.position_ids"))
 """What ComfyUI's files carry that no diffusers component holds: CLIP's logit scales and position ids."""
+SCALABLE_PARTS = tuple(prefix for prefix, component in COMPONENT_PREFIXES if component != "transformer")
+"""The parts ComfyUI may store in its scaled fp8 format (its `t5xxl_fp8_e4m3fn_scaled` T5): not read, so they come
+from `model.config` as parts a file lacks do (`comfy.scaled_parts`)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class Sd3SingleFile:
             *vae_rows(vae_layout(keys)),
             *_text_rows(clip_text_model_is_wrapped(with_projection=True)),
         ]
-        return StreamConverter(KeyTable(rows), reverse=True, ignore=READ_IGNORE)
+        return StreamConverter(KeyTable(rows), reverse=True, ignore=skipping_scaled(READ_IGNORE, keys, SCALABLE_PARTS))
 
     def markers(self, prediction_type: str | None, *, zero_terminal_snr: bool = False) -> dict[str, torch.Tensor]:
         return {}
