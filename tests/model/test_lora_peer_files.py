@@ -310,3 +310,63 @@ def test_old_diffusers_names(tmp_path: Path, name: Keys, down: str, up: str) -> 
     )
     save_safetensors(tensors, tmp_path / "old.safetensors")
     _assert_applies("sd15", tmp_path / "old.safetensors", expected)
+
+
+ORIGINAL_SD3 = {
+    "joint_blocks.0.x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "joint_blocks.0.context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "joint_blocks.0.x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "joint_blocks.0.x_block.mlp.fc1": ("ff.net.0.proj",),
+    "joint_blocks.0.context_block.mlp.fc2": ("ff_context.net.2",),
+    "joint_blocks.0.x_block.adaLN_modulation.1": ("norm1.linear",),
+    "joint_blocks.0.context_block.adaLN_modulation.1": ("norm1_context.linear",),
+    "joint_blocks.1.x_block.attn.proj": ("attn.to_out.0",),
+    "joint_blocks.1.context_block.adaLN_modulation.1": ("norm1_context.linear",),
+    "final_layer.adaLN_modulation.1": ("norm_out.linear",),
+    "final_layer.linear": ("proj_out",),
+    "x_embedder.proj": ("pos_embed.proj",),
+    "t_embedder.mlp.0": ("time_text_embed.timestep_embedder.linear_1",),
+    "context_embedder": ("context_embedder",),
+}
+"""Stability's MMDiT module -> the diffusers layers it is (joined along the rows), as ComfyUI's
+`mmdit_to_diffusers` maps them; block 1 is the tiny model's last, whose text stream only modulates."""
+SWAPPED_SD3 = ("final_layer.adaLN_modulation.1", "joint_blocks.1.context_block.adaLN_modulation.1")
+"""(shift, scale) in the original layout, (scale, shift) in diffusers: ComfyUI swaps the halves."""
+
+
+def _diffusers_sd3(original: str, part: str) -> str:
+    block = original.split(".")[1] if original.startswith("joint_blocks.") else None
+    return f"transformer.transformer_blocks.{block}.{part}" if block is not None else f"transformer.{part}"
+
+
+def _sd_scripts_sd3(model: DiffusionModel) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """sd-scripts' SD 3 LoRA: `lora_unet_` + the original path, one LoRA (rank 4, alpha 2) per original layer;
+    each diffusers part gets its rows of up @ down * alpha / rank, halves swapped where the layouts differ."""
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for i, (original, parts) in enumerate(ORIGINAL_SD3.items()):
+        weights = [_module(model, _diffusers_sd3(original, part)).weight for part in parts]
+        shape = (sum(w.shape[0] for w in weights), *weights[0].shape[1:])
+        down = _random(4, *shape[1:], seed=2 * i)
+        up = _random(shape[0], 4, *[1] * (len(shape) - 2), seed=2 * i + 1)
+        name = "lora_unet_" + original.replace(".", "_")
+        tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(shape) * 2.0 / 4
+        if original in SWAPPED_SD3:
+            delta = torch.cat(delta.chunk(2)[::-1])
+        for part, rows in zip(parts, delta.split([w.shape[0] for w in weights]), strict=True):
+            expected[f"{_diffusers_sd3(original, part)}.weight"] = rows
+    return tensors, expected
+
+
+def test_sd_scripts_sd3_files_with_the_original_mmdit_names(tmp_path: Path) -> None:
+    """sd-scripts names SD 3's MMDiT as Stability does: fused q/k/v split into rows, swapped halves swapped back."""
+    model = _base("sd35-medium")
+    tensors, expected = _sd_scripts_sd3(model)
+    save_safetensors(tensors, tmp_path / "sd3.safetensors")
+    assert detect_path(tmp_path / "sd3.safetensors").could_be("sd35-medium")
+    _assert_applies("sd35-medium", tmp_path / "sd3.safetensors", expected)
+    alone = read_lora_file(tmp_path / "sd3.safetensors", model.spec)  # no model: the last block found by shape
+    given = read_lora_file(tmp_path / "sd3.safetensors", model.spec, configs=model.component_configs())
+    assert sorted(alone.tensors) == sorted(given.tensors)
+    assert all(torch.equal(alone.tensors[key], given.tensors[key]) for key in given.tensors)
