@@ -20,7 +20,8 @@ converter and diffusers' kohya loader apply):
   LoHa merges the same way per Hadamard factor: `hada_w*_a` block-diagonal, `hada_w*_b` stacked.
   All adapted parts must share rank and alpha; a LoKr (a Kronecker product has no such block form)
   or a DoRA (its weight norm would span the fused rows, not each part's) on a fused layer has no
-  exact BFL form and is refused, as is a LoKr on the swapped final modulation layer below.
+  exact BFL form and is refused, as is a LoKr on the swapped final modulation layer below. Reading one (sd-scripts
+  with LyCORIS writes them) for sampling takes it whole instead (`whole_fused`), merged into the joined weights.
 - **Split** (reading): a fused LoRA of rank R and alpha a' over n parts. If R = n*r and up is block
   diagonal (part i's rows are zero outside columns i*r..(i+1)*r), part i gets down rows i*r..(i+1)*r,
   its up block and alpha a'/n (exactly what the merge started from); a part whose down block is all
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from onetrainer.util.keymaps.engine import KeyMapError
 from onetrainer.util.keymaps.flux_single_file import IMPLEMENTATION, RELEASED, SWAPPED, FluxLayout, layout_of_config
 from onetrainer.util.keymaps.fused_lora import (
+    FusedAdapter,
     FusedLayer,
     adapter_kind,
     adapter_rank,
@@ -51,6 +53,7 @@ from onetrainer.util.keymaps.fused_lora import (
     group_modules,
     split_fused,
     swap_rows,
+    take_whole,
 )
 from onetrainer.util.keymaps.kohya_names import T5_COMPOUND_NAMES, UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
 
@@ -222,6 +225,14 @@ class FluxKohyaNaming:
         return merged, alpha * n
 
     # --------------------------------------------------------------------------------------- split
+    def whole_fused(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+        """For sampling: a LoKr or DoRA on a fused layer, or a LoKr on the swapped final modulation (sd-scripts
+        with LyCORIS writes them), taken out whole for `lora_merge` to apply to the joined weights."""
+        swapped = {bfl: diffusers for diffusers, bfl in SWAPPED}
+        return take_whole(tensors, alphas, TRANSFORMER, self._fused, swapped)
+
     def split(
         self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -9,7 +9,9 @@ part its own adapter:
 - one trained on the fused layer itself gives each part the whole down matrix, its own row slice of up,
   the same rank and alpha: the same scale, the same weights.
 A LoKr (a Kronecker product has no such row split) or a DoRA (its weight norm spans the fused rows) has no
-per-part factors; it is refused here (the families' namings say what to do instead).
+per-part factors; it is refused here. Only for sampling, which merges deltas into the weights, is it read
+whole (`take_whole`): ComfyUI applies it to the fused weight, and so does `lora_merge`, to the parts' weights
+joined (`FusedAdapter`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,26 @@ class FusedLayer:
     """The original module path."""
     ratios: tuple[int, ...] | None = None
     """The parts' row counts in proportion (None: equal)."""
+
+
+@dataclass(frozen=True)
+class FusedAdapter:
+    """An adapter on an original layer that is several diffusers layers, with no per-part factors (a LoKr, a
+    DoRA; a LoKr on a layer whose halves swap): its delta is built on the parts' weights joined along the rows."""
+
+    parts: tuple[str, ...]
+    """The component-prefixed diffusers modules, in row order."""
+    ratios: tuple[int, ...] | None
+    """The parts' row counts in proportion (None: equal)."""
+    params: dict[str, torch.Tensor]
+    """Its tensors in neutral names (`lokr_w1`, `lora_A.weight` with `lora_magnitude_vector`, ...)."""
+    alpha: float
+    swapped: bool = False
+    """Whether the original layer holds the joined rows with their halves swapped."""
+
+    @property
+    def module(self) -> str:
+        return " + ".join(self.parts)
 
 
 def group_modules(tensors: Mapping[str, torch.Tensor]) -> Modules:
@@ -92,6 +114,37 @@ def adapter_kind(params: Mapping[str, torch.Tensor], module: str) -> str:
         hint="Save it as peft (diffusers keys; ComfyUI loads a LoRA from them but ignores a DoRA's magnitudes), or "
         "leave the fused attention layers out of the targets (lora.regex).",
     )
+
+
+def splits_by_rows(params: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a fused layer's adapter has per-part factors (a LoRA or LoHa without magnitudes)."""
+    return set(params) in (set(LORA_PARAMS), set(LOHA_PARAMS))
+
+
+def take_whole(
+    tensors: Mapping[str, torch.Tensor],
+    alphas: Mapping[str, float],
+    component: str,
+    fused: Mapping[str, FusedLayer],
+    swapped: Mapping[str, str],
+) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+    """For sampling: the adapters of `component`'s fused layers (`fused`: original path -> layer) that have no
+    per-part factors, and its LoKr adapters on layers whose halves swap (`swapped`: original path -> diffusers
+    path), taken out whole; the rest of the neutral-form (tensors, alphas) as it was."""
+    rest: Modules = {}
+    rest_alphas: dict[str, float] = {}
+    whole: list[FusedAdapter] = []
+    for module, params in group_modules(tensors).items():
+        prefix, _, path = module.partition(".")
+        layer = fused.get(path) if prefix == component else None
+        if layer is not None and layer.target == path and not splits_by_rows(params):
+            parts = tuple(f"{component}.{part}" for part in layer.parts)
+            whole.append(FusedAdapter(parts, layer.ratios, params, alphas[module]))
+        elif prefix == component and path in swapped and any(param.startswith("lokr_") for param in params):
+            whole.append(FusedAdapter((f"{component}.{swapped[path]}",), None, params, alphas[module], swapped=True))
+        else:
+            rest[module], rest_alphas[module] = params, alphas[module]
+    return flatten_modules(rest), rest_alphas, whole
 
 
 def adapter_rank(params: Mapping[str, torch.Tensor]) -> int:

@@ -41,7 +41,15 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import SWAP_HALVES, KeyMapError
-from onetrainer.util.keymaps.fused_lora import FusedLayer, flatten_modules, group_modules, split_fused, swap_rows
+from onetrainer.util.keymaps.fused_lora import (
+    FusedAdapter,
+    FusedLayer,
+    flatten_modules,
+    group_modules,
+    split_fused,
+    swap_rows,
+    take_whole,
+)
 from onetrainer.util.keymaps.kohya_names import T5_COMPOUND_NAMES, UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
 from onetrainer.util.keymaps.sd3_single_file import MmditLayout
 
@@ -191,13 +199,24 @@ class Sd3KohyaNaming:
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         return self.dotted.join(tensors, alphas)
 
+    def _layout(self, modules: Modules) -> OriginalLayout:
+        return original_layout(self.blocks if self.blocks is not None else _blocks_of(modules))
+
+    def whole_fused(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+        """For sampling: a LoKr or DoRA on a fused `qkv`, or a LoKr on a swapped modulation, taken out whole."""
+        layout = self._layout(group_modules(tensors))
+        swapped = {path: layout.renamed[path] for path in layout.swapped}
+        return take_whole(tensors, alphas, TRANSFORMER, layout.fused, swapped)
+
     def split(
         self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Original paths -> diffusers layers (fused ones split, swapped ones' rows swapped); diffusers paths
         pass through."""
         modules = group_modules(tensors)
-        layout = original_layout(self.blocks if self.blocks is not None else _blocks_of(modules))
+        layout = self._layout(modules)
         out: Modules = {}
         out_alphas: dict[str, float] = {}
         for module, params in modules.items():
