@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from onetrainer.util.config.base import Section
     from onetrainer.util.keymaps.engine import StreamConverter
+    from onetrainer.util.keymaps.fused_lora import FusedAdapter
 
 Shapes = Mapping[str, tuple[int, ...]]
 """A weights file's header: key -> shape."""
@@ -205,6 +206,14 @@ class LoraNaming(Protocol):
         self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The inverse of `join`, for adapters named by `from_kohya`."""
+        ...
+
+    def whole_fused(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+        """For sampling, before `split`: the adapters on fused original layers that `split` cannot give per-part
+        factors (a LoKr, a DoRA) taken out whole, to be merged into the parts' weights joined; namings
+        without fused layers take out nothing."""
         ...
 
 

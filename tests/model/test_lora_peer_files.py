@@ -310,3 +310,182 @@ def test_old_diffusers_names(tmp_path: Path, name: Keys, down: str, up: str) -> 
     )
     save_safetensors(tensors, tmp_path / "old.safetensors")
     _assert_applies("sd15", tmp_path / "old.safetensors", expected)
+
+
+ORIGINAL_SD3 = {
+    "joint_blocks.0.x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "joint_blocks.0.context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "joint_blocks.0.x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "joint_blocks.0.x_block.mlp.fc1": ("ff.net.0.proj",),
+    "joint_blocks.0.context_block.mlp.fc2": ("ff_context.net.2",),
+    "joint_blocks.0.x_block.adaLN_modulation.1": ("norm1.linear",),
+    "joint_blocks.0.context_block.adaLN_modulation.1": ("norm1_context.linear",),
+    "joint_blocks.1.x_block.attn.proj": ("attn.to_out.0",),
+    "joint_blocks.1.context_block.adaLN_modulation.1": ("norm1_context.linear",),
+    "final_layer.adaLN_modulation.1": ("norm_out.linear",),
+    "final_layer.linear": ("proj_out",),
+    "x_embedder.proj": ("pos_embed.proj",),
+    "t_embedder.mlp.0": ("time_text_embed.timestep_embedder.linear_1",),
+    "context_embedder": ("context_embedder",),
+}
+"""Stability's MMDiT module -> the diffusers layers it is (joined along the rows), as ComfyUI's
+`mmdit_to_diffusers` maps them; block 1 is the tiny model's last, whose text stream only modulates."""
+SWAPPED_SD3 = ("final_layer.adaLN_modulation.1", "joint_blocks.1.context_block.adaLN_modulation.1")
+"""(shift, scale) in the original layout, (scale, shift) in diffusers: ComfyUI swaps the halves."""
+
+
+def _diffusers_sd3(original: str, part: str) -> str:
+    block = original.split(".")[1] if original.startswith("joint_blocks.") else None
+    return f"transformer.transformer_blocks.{block}.{part}" if block is not None else f"transformer.{part}"
+
+
+def _sd_scripts_sd3(model: DiffusionModel) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """sd-scripts' SD 3 LoRA: `lora_unet_` + the original path, one LoRA (rank 4, alpha 2) per original layer;
+    each diffusers part gets its rows of up @ down * alpha / rank, halves swapped where the layouts differ."""
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for i, (original, parts) in enumerate(ORIGINAL_SD3.items()):
+        weights = [_module(model, _diffusers_sd3(original, part)).weight for part in parts]
+        shape = (sum(w.shape[0] for w in weights), *weights[0].shape[1:])
+        down = _random(4, *shape[1:], seed=2 * i)
+        up = _random(shape[0], 4, *[1] * (len(shape) - 2), seed=2 * i + 1)
+        name = "lora_unet_" + original.replace(".", "_")
+        tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(shape) * 2.0 / 4
+        if original in SWAPPED_SD3:
+            delta = torch.cat(delta.chunk(2)[::-1])
+        for part, rows in zip(parts, delta.split([w.shape[0] for w in weights]), strict=True):
+            expected[f"{_diffusers_sd3(original, part)}.weight"] = rows
+    return tensors, expected
+
+
+def test_sd_scripts_sd3_files_with_the_original_mmdit_names(tmp_path: Path) -> None:
+    """sd-scripts names SD 3's MMDiT as Stability does: fused q/k/v split into rows, swapped halves swapped back."""
+    model = _base("sd35-medium")
+    tensors, expected = _sd_scripts_sd3(model)
+    save_safetensors(tensors, tmp_path / "sd3.safetensors")
+    assert detect_path(tmp_path / "sd3.safetensors").could_be("sd35-medium")
+    _assert_applies("sd35-medium", tmp_path / "sd3.safetensors", expected)
+    alone = read_lora_file(tmp_path / "sd3.safetensors", model.spec)  # no model: the last block found by shape
+    given = read_lora_file(tmp_path / "sd3.safetensors", model.spec, configs=model.component_configs())
+    assert sorted(alone.tensors) == sorted(given.tensors)
+    assert all(torch.equal(alone.tensors[key], given.tensors[key]) for key in given.tensors)
+
+
+FUSED_FLUX = {
+    "double_blocks.0.img_attn.qkv": ("transformer_blocks.0.attn.to_q", "attn.to_k", "attn.to_v"),
+    "double_blocks.1.txt_attn.qkv": ("transformer_blocks.1.attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "single_blocks.1.linear1": ("single_transformer_blocks.1.attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "final_layer.adaLN_modulation.1": ("norm_out.linear",),
+}
+"""BFL's fused layers (and the final modulation, whose halves BFL swaps) -> their diffusers parts in row order;
+a part after the first names its path after the first one's block."""
+
+
+def _flux_parts(original: str) -> list[str]:
+    first, *rest = FUSED_FLUX[original]
+    block = first.rpartition(".attn.")[0] if rest else ""
+    return [f"transformer.{first}", *(f"transformer.{block}.{part}" for part in rest)]
+
+
+def _joined(model: DiffusionModel, original: str) -> torch.Tensor:
+    """The BFL layer's weight: its parts' weights joined along the rows, halves swapped for the final layer."""
+    joined = torch.cat([_module(model, part).weight.detach().float() for part in _flux_parts(original)])
+    return torch.cat(joined.chunk(2)[::-1]) if original.startswith("final_layer.") else joined
+
+
+def _expected_rows(model: DiffusionModel, original: str, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each diffusers part's rows of a BFL layer's delta (halves swapped back for the final layer)."""
+    if original.startswith("final_layer."):
+        delta = torch.cat(delta.chunk(2)[::-1])
+    parts = _flux_parts(original)
+    sizes = [_module(model, part).weight.shape[0] for part in parts]
+    return {f"{part}.weight": rows for part, rows in zip(parts, delta.split(sizes), strict=True)}
+
+
+def test_sd_scripts_flux_lokr_on_fused_layers_applies_for_sampling(tmp_path: Path) -> None:
+    """sd-scripts with LyCORIS: a LoKr on BFL's fused layers, kron(w1, w2_a @ w2_b) * alpha / rank over the whole
+    layer as ComfyUI applies it, each diffusers part its rows; training from it or converting it stays refused."""
+    model = _base("flux-dev")
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for i, original in enumerate(FUSED_FLUX):
+        rows, columns = _joined(model, original).shape
+        name = "lora_unet_" + original.replace(".", "_")
+        w1, a, b = (
+            _random(2, 2, seed=3 * i),
+            _random(rows // 2, 4, seed=3 * i + 1),
+            _random(4, columns // 2, seed=3 * i + 2),
+        )
+        tensors |= {
+            f"{name}.lokr_w1": w1,
+            f"{name}.lokr_w2_a": a,
+            f"{name}.lokr_w2_b": b,
+            f"{name}.alpha": torch.tensor(2.0),
+        }
+        expected |= _expected_rows(model, original, torch.kron(w1, a @ b) * 2.0 / 4)
+    save_safetensors(tensors, tmp_path / "lokr.safetensors")
+    _assert_applies("flux-dev", tmp_path / "lokr.safetensors", expected, sampling=True)
+    with pytest.raises(UserError, match="a LoKr"):
+        read_lora_file(tmp_path / "lokr.safetensors", model.spec, configs=model.component_configs())
+
+
+@pytest.mark.parametrize("axis", ["output", "input"])
+def test_sd_scripts_flux_dora_on_fused_layers_applies_for_sampling(tmp_path: Path, axis: str) -> None:
+    """A DoRA on a fused layer normalises the whole joined weight W + dW per row or column (`dora_scale`'s shape
+    says which), as ComfyUI's `weight_decompose` does, before each part takes its rows."""
+    model = _base("flux-dev")
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for i, original in enumerate(list(FUSED_FLUX)[:3]):
+        weight = _joined(model, original)
+        name = "lora_unet_" + original.replace(".", "_")
+        down, up = _random(4, weight.shape[1], seed=3 * i), _random(weight.shape[0], 4, seed=3 * i + 1)
+        combined = weight + up @ down * 2.0 / 4
+        dim = 1 if axis == "output" else 0
+        magnitude = combined.norm(dim=dim, keepdim=True) * (
+            1 + _random(*combined.norm(dim=dim, keepdim=True).shape, seed=3 * i + 2)
+        )
+        tensors |= {
+            f"{name}.lora_down.weight": down,
+            f"{name}.lora_up.weight": up,
+            f"{name}.dora_scale": magnitude,
+            f"{name}.alpha": torch.tensor(2.0),
+        }
+        expected |= _expected_rows(
+            model, original, combined * magnitude / combined.norm(dim=dim, keepdim=True) - weight
+        )
+    save_safetensors(tensors, tmp_path / "dora.safetensors")
+    _assert_applies("flux-dev", tmp_path / "dora.safetensors", expected, sampling=True)
+    with pytest.raises(UserError, match="a DoRA"):
+        read_lora_file(tmp_path / "dora.safetensors", model.spec, configs=model.component_configs())
+
+
+def test_sd_scripts_sd3_lokr_on_the_fused_qkv_applies_for_sampling(tmp_path: Path) -> None:
+    """The same rule for SD 3's original names: a LoKr over `x_block.attn.qkv` and the swapped final modulation."""
+    model = _base("sd35-medium")
+    tensors: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for i, original in enumerate(("joint_blocks.0.x_block.attn.qkv", "final_layer.adaLN_modulation.1")):
+        parts = [_diffusers_sd3(original, part) for part in ORIGINAL_SD3[original]]
+        weights = [_module(model, part).weight for part in parts]
+        rows, columns = sum(w.shape[0] for w in weights), weights[0].shape[1]
+        name = "lora_unet_" + original.replace(".", "_")
+        w1, a, b = (
+            _random(2, 2, seed=3 * i),
+            _random(rows // 2, 4, seed=3 * i + 1),
+            _random(4, columns // 2, seed=3 * i + 2),
+        )
+        tensors |= {
+            f"{name}.lokr_w1": w1,
+            f"{name}.lokr_w2_a": a,
+            f"{name}.lokr_w2_b": b,
+            f"{name}.alpha": torch.tensor(2.0),
+        }
+        delta = torch.kron(w1, a @ b) * 2.0 / 4
+        delta = torch.cat(delta.chunk(2)[::-1]) if original in SWAPPED_SD3 else delta
+        expected |= {f"{p}.weight": d for p, d in zip(parts, delta.split([w.shape[0] for w in weights]), strict=True)}
+    save_safetensors(tensors, tmp_path / "lokr.safetensors")
+    _assert_applies("sd35-medium", tmp_path / "lokr.safetensors", expected, sampling=True)
+    with pytest.raises(UserError, match="a LoKr"):
+        read_lora_file(tmp_path / "lokr.safetensors", model.spec, configs=model.component_configs())

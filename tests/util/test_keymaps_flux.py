@@ -198,7 +198,9 @@ def test_a_lora_trained_on_the_fused_layer_splits_into_parts_with_its_weights() 
 )
 def test_adapters_without_an_exact_fused_form_are_refused(kind: str, params: dict[str, tuple[int, ...]]) -> None:
     modules = {f"{DOUBLE}to_{p}": {name: torch.ones(shape) for name, shape in params.items()} for p in "qkv"}
-    with pytest.raises(KeyMapError, match=f"a {'LoKr' if kind == 'lokr' else 'DoRA'} on a layer that BFL"):
+    with pytest.raises(
+        KeyMapError, match=f"a {'LoKr' if kind == 'lokr' else 'DoRA'} on a layer that the original checkpoint fuses"
+    ):
         peft_to_kohya(_peft(modules), dict.fromkeys(modules, 1.0), TINY)
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.detect import Detection
     from onetrainer.util.family import FamilySpec
+    from onetrainer.util.keymaps.fused_lora import FusedAdapter
 
 
 @dataclass
@@ -36,6 +37,9 @@ class LoraFile:
     """The component configs its kohya names were read for (given, or recorded in the file), if any."""
     warnings: list[str] = field(default_factory=list)
     """What the user should know about how it was read (a file marked for a sibling model, for sampling)."""
+    fused: list[FusedAdapter] = field(default_factory=list)
+    """For sampling only: adapters on original fused layers without per-part factors (`LoraNaming.whole_fused`),
+    merged into their parts' weights joined."""
 
     @property
     def components(self) -> set[str]:
@@ -68,7 +72,7 @@ def read_lora_file(
     """
     from onetrainer.util.detect import LORA, detect_path
     from onetrainer.util.keymaps.engine import KeyMapError
-    from onetrainer.util.keymaps.lora import detect_lora_format, kohya_to_peft, recorded_architecture
+    from onetrainer.util.keymaps.lora import detect_lora_format, kohya_renamed, recorded_architecture
 
     file = Path(path).expanduser()
     detection = detect_path(file)
@@ -78,10 +82,14 @@ def read_lora_file(
     warnings = _family_warnings(file, detection, spec, tensors, sampling=sampling)
     architecture = dict(configs) if configs is not None else recorded_architecture(metadata)
     layout = detect_lora_format(tensors)
+    fused: list[FusedAdapter] = []
     try:
         if layout in ("kohya", "lycoris-loha", "lycoris-lokr") and spec.lora_naming is not None:
             naming = spec.lora_naming if architecture is None else spec.lora_naming.for_model(architecture)
-            peft, alphas = kohya_to_peft(tensors, naming)
+            renamed, alphas = kohya_renamed(tensors, naming)
+            if sampling:  # merging applies a fused layer's delta whole; training and converting need its parts'
+                renamed, alphas, fused = naming.whole_fused(renamed, alphas)
+            peft, alphas = naming.split(renamed, alphas)
         elif layout == "diffusers":
             peft, alphas = _diffusers(tensors, metadata)
         elif layout == "peft":
@@ -91,7 +99,15 @@ def read_lora_file(
             raise UserError(f"LoRA layout {layout!r} is not supported for {spec.title}", where=str(file))
     except KeyMapError as error:
         raise UserError(f"cannot read this LoRA: {error.message}", where=str(file), hint=error.hint) from None
-    return LoraFile(path=file, format=layout, tensors=peft, alphas=alphas, architecture=architecture, warnings=warnings)
+    return LoraFile(
+        path=file,
+        format=layout,
+        tensors=peft,
+        alphas=alphas,
+        architecture=architecture,
+        warnings=warnings,
+        fused=fused,
+    )
 
 
 def _family_warnings(

@@ -8,7 +8,9 @@ Deltas follow the kohya / LyCORIS conventions that A1111 and ComfyUI apply:
 LoRA `up @ down`, LoHa `(w1a @ w1b) * (w2a @ w2b)`, LoKr `kron(w1, w2)`, each times alpha / rank
 (LoKr of two full factors unscaled), and DoRA re-normalised to its magnitudes, per output row or per
 input column as the file says (`dora`), with the strength interpolating between the original and the
-DoRA weight.
+DoRA weight. An adapter on a layer the original checkpoint fuses from several of ours, with no per-part
+factors (`LoraFile.fused`: a LoKr or DoRA on a fused `qkv`), is applied as ComfyUI applies it: to the parts'
+weights joined along the rows (a DoRA normalising the joined weight), each part then taking its rows back.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.keymaps.fused_lora import FusedAdapter
 
 
 def module_delta(params: dict[str, torch.Tensor], shape: torch.Size, alpha: float | None) -> torch.Tensor:
@@ -58,7 +61,7 @@ def merge_lora(model: DiffusionModel, lora: LoraFile, strength: float = 1.0) -> 
     """Add `strength` times the file's deltas to the model's weights in place; returns the layer count."""
     import torch
 
-    from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE, split_peft_key
+    from onetrainer.util.keymaps.lora import split_peft_key
 
     tensors, alphas = matched_to(model, lora.tensors, lora.alphas)
     lora = dataclasses.replace(lora, tensors=tensors, alphas=alphas)
@@ -70,16 +73,51 @@ def merge_lora(model: DiffusionModel, lora: LoraFile, strength: float = 1.0) -> 
     with torch.no_grad():
         for module, params in grouped.items():
             component, _, path = module.partition(".")
-            layer = model.components[component].get_submodule(path)
-            weight = layer.weight
-            original = weight.float()
-            row, column = params.pop("lora_magnitude_vector", None), params.pop(INPUT_MAGNITUDE, None)
-            delta = module_delta(params, weight.shape, lora.alphas.get(module)).to(original.device)
-            magnitude, axis = (row, OUTPUT) if row is not None else (column, INPUT)
-            if magnitude is None:
-                merged = original + strength * delta
-            else:
-                dora = dora_weight(original, delta, magnitude.to(original.device), axis)
-                merged = original + strength * (dora - original)
-            weight.copy_(merged.to(weight.dtype))
-    return len(grouped)
+            weight = model.components[component].get_submodule(path).weight
+            weight.copy_(_merged(weight.float(), params, lora.alphas.get(module), strength).to(weight.dtype))
+        for adapter in lora.fused:
+            _merge_fused(model, adapter, strength)
+    return len(grouped) + len(lora.fused)
+
+
+def _merged(
+    original: torch.Tensor, params: dict[str, torch.Tensor], alpha: float | None, strength: float
+) -> torch.Tensor:
+    """The float32 weight `original` becomes with one layer's adapter merged at `strength`."""
+    from onetrainer.util.keymaps.lora import INPUT_MAGNITUDE
+
+    params = dict(params)
+    row, column = params.pop("lora_magnitude_vector", None), params.pop(INPUT_MAGNITUDE, None)
+    delta = module_delta(params, original.shape, alpha).to(original.device)
+    magnitude, axis = (row, OUTPUT) if row is not None else (column, INPUT)
+    if magnitude is None:
+        return original + strength * delta
+    dora = dora_weight(original, delta, magnitude.to(original.device), axis)
+    return original + strength * (dora - original)
+
+
+def _merge_fused(model: DiffusionModel, adapter: FusedAdapter, strength: float) -> None:
+    """Merge a fused layer's adapter into its parts' weights joined along the rows, in the original layer's row
+    order (halves swapped where it swaps them), then give each part its rows back."""
+    import torch
+
+    from onetrainer.util.keymaps.fused_lora import swap_halves
+
+    weights = [_weight(model, part) for part in adapter.parts]
+    joined = torch.cat([weight.float() for weight in weights])
+    order = swap_halves if adapter.swapped else (lambda tensor: tensor)
+    merged = order(_merged(order(joined), adapter.params, adapter.alpha, strength))
+    for weight, rows in zip(weights, merged.split([weight.shape[0] for weight in weights]), strict=True):
+        weight.copy_(rows.to(weight.dtype))
+
+
+def _weight(model: DiffusionModel, module: str) -> torch.Tensor:
+    import torch
+
+    component, _, path = module.partition(".")
+    try:
+        weight = model.components[component].get_submodule(path).weight
+    except (KeyError, AttributeError):
+        raise UserError(f"this LoRA adapts {module}, which this {model.spec.title} model does not have") from None
+    assert isinstance(weight, torch.Tensor)
+    return weight

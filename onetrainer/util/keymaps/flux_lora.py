@@ -20,7 +20,8 @@ converter and diffusers' kohya loader apply):
   LoHa merges the same way per Hadamard factor: `hada_w*_a` block-diagonal, `hada_w*_b` stacked.
   All adapted parts must share rank and alpha; a LoKr (a Kronecker product has no such block form)
   or a DoRA (its weight norm would span the fused rows, not each part's) on a fused layer has no
-  exact BFL form and is refused, as is a LoKr on the swapped final modulation layer below.
+  exact BFL form and is refused, as is a LoKr on the swapped final modulation layer below. Reading one (sd-scripts
+  with LyCORIS writes them) for sampling takes it whole instead (`whole_fused`), merged into the joined weights.
 - **Split** (reading): a fused LoRA of rank R and alpha a' over n parts. If R = n*r and up is block
   diagonal (part i's rows are zero outside columns i*r..(i+1)*r), part i gets down rows i*r..(i+1)*r,
   its up block and alpha a'/n (exactly what the merge started from); a part whose down block is all
@@ -42,13 +43,17 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.keymaps.engine import KeyMapError
-from onetrainer.util.keymaps.flux_single_file import (
-    IMPLEMENTATION,
-    RELEASED,
-    SWAPPED,
-    FluxLayout,
+from onetrainer.util.keymaps.flux_single_file import IMPLEMENTATION, RELEASED, SWAPPED, FluxLayout, layout_of_config
+from onetrainer.util.keymaps.fused_lora import (
+    FusedAdapter,
     FusedLayer,
-    layout_of_config,
+    adapter_kind,
+    adapter_rank,
+    flatten_modules,
+    group_modules,
+    split_fused,
+    swap_rows,
+    take_whole,
 )
 from onetrainer.util.keymaps.kohya_names import T5_COMPOUND_NAMES, UNET_CLIP_COMPOUND_NAMES, DottedKohyaNaming
 
@@ -85,57 +90,6 @@ DIFFUSERS_COMPOUND_NAMES = frozenset(
     }
 )  # fmt: skip
 """Identifiers with "_" in diffusers' FluxTransformer2DModel (beyond the UNet / CLIP ones)."""
-LORA_PARAMS = ("lora_A.weight", "lora_B.weight")
-LOHA_PARAMS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
-ROW_MAGNITUDE = "lora_magnitude_vector"
-COLUMN_MAGNITUDE = "lora_magnitude_vector.input_magnitude"
-
-
-def _group(tensors: Mapping[str, torch.Tensor]) -> Modules:
-    from onetrainer.util.keymaps.lora import split_peft_key
-
-    modules: Modules = {}
-    for key, tensor in tensors.items():
-        module, param = split_peft_key(key)
-        modules.setdefault(module, {})[param] = tensor
-    return modules
-
-
-def _flatten(modules: Modules) -> dict[str, torch.Tensor]:
-    return {f"{module}.{param}": tensor for module, params in modules.items() for param, tensor in params.items()}
-
-
-def _swap(tensor: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    first, second = tensor.chunk(2, dim=0)
-    return torch.cat([second, first])
-
-
-def _swap_rows(params: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:
-    """The adapter of a layer whose output rows swap halves (its own inverse)."""
-    if any(param.startswith("lokr_") for param in params):
-        raise KeyMapError(f"{module}: a LoKr cannot swap the halves of its output rows", hint="Save it as peft.")
-    row_factors = {"lora_B.weight", "hada_w1_a", "hada_w2_a", ROW_MAGNITUDE}
-    return {param: _swap(tensor) if param in row_factors else tensor for param, tensor in params.items()}
-
-
-def _kind(params: Mapping[str, torch.Tensor], module: str) -> str:
-    if all(param in params for param in LORA_PARAMS) and len(params) == 2:
-        return "lora"
-    if all(param in params for param in LOHA_PARAMS) and len(params) == 4:
-        return "loha"
-    if any(param.startswith("lokr_") for param in params):
-        what = "a LoKr"
-    elif any("magnitude" in param for param in params):
-        what = "a DoRA"
-    else:
-        what = "this adapter"
-    raise KeyMapError(
-        f"{module}: {what} on a layer that BFL's files fuse with others (q, k, v) has no exact BFL form",
-        hint="Save it as peft (diffusers keys; ComfyUI loads a LoRA from them but ignores a DoRA's magnitudes), or "
-        "leave the fused attention layers out of the targets (lora.regex).",
-    )
 
 
 def _block_diagonal(blocks: list[torch.Tensor]) -> torch.Tensor:
@@ -206,7 +160,7 @@ class FluxKohyaNaming:
         out: Modules = {}
         out_alphas: dict[str, float] = {}
         fused: dict[str, dict[int, tuple[dict[str, torch.Tensor], float]]] = {}
-        for module, params in _group(tensors).items():
+        for module, params in group_modules(tensors).items():
             component, _, path = module.partition(".")
             if component != TRANSFORMER:
                 out[module], out_alphas[module] = params, alphas[module]
@@ -220,20 +174,20 @@ class FluxKohyaNaming:
                 raise KeyMapError(f"{module}: no module of BFL's FLUX.1 transformer corresponds to it")
             swapped = path in dict(SWAPPED)
             joined = f"{TRANSFORMER}.{target}"
-            out[joined] = _swap_rows(params, module) if swapped else params
+            out[joined] = swap_rows(params, module) if swapped else params
             out_alphas[joined] = alphas[module]
         for target, parts in fused.items():
             name = f"{TRANSFORMER}.{target}"
             out[name], out_alphas[name] = self._merge(self._fused[target], parts)
-        return _flatten(out), out_alphas
+        return flatten_modules(out), out_alphas
 
     def _merge(
         self, layer: FusedLayer, parts: dict[int, tuple[dict[str, torch.Tensor], float]]
     ) -> tuple[dict[str, torch.Tensor], float]:
         import torch
 
-        kinds = {_kind(params, f"{TRANSFORMER}.{layer.parts[i]}") for i, (params, _) in parts.items()}
-        ranks = {_rank(params) for params, _ in parts.values()}
+        kinds = {adapter_kind(params, f"{TRANSFORMER}.{layer.parts[i]}") for i, (params, _) in parts.items()}
+        ranks = {adapter_rank(params) for params, _ in parts.values()}
         scales = {alpha for _, alpha in parts.values()}
         if len(kinds) != 1 or len(ranks) != 1 or len(scales) != 1:
             raise KeyMapError(
@@ -271,6 +225,14 @@ class FluxKohyaNaming:
         return merged, alpha * n
 
     # --------------------------------------------------------------------------------------- split
+    def whole_fused(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+        """For sampling: a LoKr or DoRA on a fused layer, or a LoKr on the swapped final modulation (sd-scripts
+        with LyCORIS writes them), taken out whole for `lora_merge` to apply to the joined weights."""
+        swapped = {bfl: diffusers for diffusers, bfl in SWAPPED}
+        return take_whole(tensors, alphas, TRANSFORMER, self._fused, swapped)
+
     def split(
         self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -278,14 +240,14 @@ class FluxKohyaNaming:
         reverse = {bfl: diffusers for diffusers, bfl in self._renamed.items()}
         out: Modules = {}
         out_alphas: dict[str, float] = {}
-        for module, params in _group(tensors).items():
+        for module, params in group_modules(tensors).items():
             component, _, path = module.partition(".")
             if component != TRANSFORMER:
                 out[module], out_alphas[module] = params, alphas[module]
                 continue
             layer = self._fused.get(path)
             if layer is not None and layer.target == path:
-                for part, (part_params, alpha) in self._split(layer, params, alphas[module]).items():
+                for part, (part_params, alpha) in split_fused(layer, params, alphas[module], module).items():
                     name = f"{TRANSFORMER}.{part}"
                     out[name], out_alphas[name] = part_params, alpha
                 continue
@@ -296,61 +258,9 @@ class FluxKohyaNaming:
             if target is None:
                 raise KeyMapError(f"{module}: not a module of this FLUX.1 transformer")
             name = f"{TRANSFORMER}.{target}"
-            out[name] = _swap_rows(params, module) if target in dict(SWAPPED) else params
+            out[name] = swap_rows(params, module) if target in dict(SWAPPED) else params
             out_alphas[name] = alphas[module]
-        return _flatten(out), out_alphas
-
-    def _split(
-        self, layer: FusedLayer, params: dict[str, torch.Tensor], alpha: float
-    ) -> dict[str, tuple[dict[str, torch.Tensor], float]]:
-        kind = _kind(params, f"{TRANSFORMER}.{layer.target}")
-        n = len(layer.parts)
-        ratios = layer.ratios or (1,) * n
-        up_names, down_names = (
-            (("lora_B.weight",), ("lora_A.weight",))
-            if kind == "lora"
-            else (
-                ("hada_w1_a", "hada_w2_a"),
-                ("hada_w1_b", "hada_w2_b"),
-            )
-        )
-        rows = int(params[up_names[0]].shape[0])
-        if rows % sum(ratios):
-            raise KeyMapError(f"{TRANSFORMER}.{layer.target}: {rows} output rows do not split {ratios}")
-        unit = rows // sum(ratios)
-        bounds = [sum(ratios[:i]) * unit for i in range(n + 1)]
-        rank = int(params[down_names[0]].shape[0])
-        block = rank // n
-        sparse = rank % n == 0 and all(
-            _zero_outside(params[up][bounds[i] : bounds[i + 1]], i * block, (i + 1) * block)
-            for up in up_names
-            for i in range(n)
-        )
-        split: dict[str, tuple[dict[str, torch.Tensor], float]] = {}
-        for i, part in enumerate(layer.parts):
-            rows_i = slice(bounds[i], bounds[i + 1])
-            if sparse:
-                cols = slice(i * block, (i + 1) * block)
-                downs = {down: params[down][cols] for down in down_names}
-                if all(not bool(tensor.any()) for tensor in downs.values()):
-                    continue
-                ups = {up: params[up][rows_i, cols] for up in up_names}
-                split[part] = ({**downs, **ups}, alpha / n)
-            else:
-                downs = {down: params[down].clone() for down in down_names}
-                ups = {up: params[up][rows_i] for up in up_names}
-                split[part] = ({**downs, **ups}, alpha)
-        return {part: ({k: v.contiguous() for k, v in p.items()}, a) for part, (p, a) in split.items()}
-
-
-def _zero_outside(up: torch.Tensor, start: int, stop: int) -> bool:
-    return not bool(up[:, :start].any()) and not bool(up[:, stop:].any())
-
-
-def _rank(params: Mapping[str, torch.Tensor]) -> int:
-    down = params.get("lora_A.weight", params.get("hada_w1_b"))
-    assert down is not None
-    return int(down.shape[0])
+        return flatten_modules(out), out_alphas
 
 
 LORA_NAMING = FluxKohyaNaming()

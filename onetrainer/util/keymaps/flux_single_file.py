@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from onetrainer.util.keymaps.clip import clip_text_model_is_wrapped
 from onetrainer.util.keymaps.comfy import skipping_scaled
 from onetrainer.util.keymaps.engine import SWAP_HALVES, Ignore, KeyTable, Row, StreamConverter
+from onetrainer.util.keymaps.fused_lora import FusedLayer
 from onetrainer.util.keymaps.ldm_tables import clip_rows, vae_layout, vae_rows
 
 if TYPE_CHECKING:
@@ -93,18 +94,6 @@ SINGLE_RATIOS = (1, 1, 1, MLP_RATIO)
 SWAPPED = (("norm_out.linear", "final_layer.adaLN_modulation.1"),)
 """Layers whose output rows are (scale, shift) in diffusers and (shift, scale) in the BFL file."""
 PLAIN = (("context_embedder.", "txt_in."), ("x_embedder.", "img_in."), ("proj_out.", "final_layer.linear."))
-
-
-@dataclass(frozen=True)
-class FusedLayer:
-    """One BFL layer made of several diffusers layers joined along the output rows."""
-
-    parts: tuple[str, ...]
-    """The diffusers module paths, in row order."""
-    target: str
-    """The BFL module path."""
-    ratios: tuple[int, ...] | None = None
-    """The parts' row counts in proportion (None: equal)."""
 
 
 @dataclass(frozen=True)

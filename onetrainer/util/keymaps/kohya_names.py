@@ -18,6 +18,8 @@ from onetrainer.util.keymaps.engine import KeyMapError
 if TYPE_CHECKING:
     import torch
 
+    from onetrainer.util.keymaps.fused_lora import FusedAdapter
+
 CLIP_TEXT_MODEL_CHILDREN = ("encoder.", "embeddings.", "final_layer_norm.")
 
 UNET_CLIP_COMPOUND_NAMES = frozenset(
@@ -71,6 +73,12 @@ class DottedKohyaNaming:
         self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         return dict(tensors), dict(alphas)
+
+    def whole_fused(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+        """No fused layers: nothing is taken out."""
+        return dict(tensors), dict(alphas), []
 
     def to_kohya(self, module: str) -> str:
         """`unet.down_blocks.0.resnets.0.conv1` -> `lora_unet_down_blocks_0_resnets_0_conv1`."""

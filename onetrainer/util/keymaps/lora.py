@@ -136,6 +136,14 @@ def kohya_to_peft(
 
     A module without `.alpha` gets alpha = rank (scale 1), as kohya loaders treat it.
     """
+    return naming.split(*kohya_renamed(sd, naming))
+
+
+def kohya_renamed(
+    sd: Mapping[str, torch.Tensor], naming: LoraNaming
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """`kohya_to_peft` before `LoraNaming.split`: neutral parameter names on the modules `from_kohya` names
+    (original fused layers still whole)."""
 
     def split(key: str) -> tuple[str, str]:
         name, _, param = key.partition(".")
@@ -162,7 +170,7 @@ def kohya_to_peft(
             out[f"{module}.{KOHYA_TO_PEFT[param]}"] = tensor
         rank = module_rank(params)
         alphas[module] = float(params["alpha"].item()) if "alpha" in params else float(rank or 1)
-    return naming.split(out, alphas)
+    return out, alphas
 
 
 ARCHITECTURE_KEY = "onetrainer_architecture"

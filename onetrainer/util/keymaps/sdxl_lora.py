@@ -32,6 +32,8 @@ from onetrainer.util.safetensors_meta import IMPL_STABILITY_AI
 if TYPE_CHECKING:
     import torch
 
+    from onetrainer.util.keymaps.fused_lora import FusedAdapter
+
 SGM_COMPOUND_NAMES = frozenset(
     {
         "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers", "emb_layers",
@@ -101,6 +103,11 @@ class SgmKohyaNaming:
         self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         return dict(tensors), dict(alphas)
+
+    def whole_fused(
+        self, tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[FusedAdapter]]:
+        return self.dotted.whole_fused(tensors, alphas)
 
     def to_kohya(self, module: str) -> str:
         component, _, path = module.partition(".")
