@@ -43,7 +43,15 @@ from onetrainer.trainer.destinations import (
     remove_stale_temporaries,
     removed_on_failure,
 )
-from onetrainer.trainer.distributed import any_rank, describe, join_world, leaders_first, leave_world, rank_seed
+from onetrainer.trainer.distributed import (
+    any_rank,
+    describe,
+    join_world,
+    leaders_first,
+    leave_world,
+    rank_seed,
+    together,
+)
 from onetrainer.trainer.divergence import TrainingDiverged
 from onetrainer.trainer.optimizers import set_optimizer_mode
 from onetrainer.trainer.parts import TrainingParts
@@ -159,8 +167,9 @@ def _train(
             )
             stop = cleanup.enter_context(StopSignals())
             cleanup.callback(session.tensorboard.close, raise_errors=False)
-            if rank == 0:
-                _open_records(session, resumed=backup)
+            with together(world, "opening the run's records"):
+                if rank == 0:
+                    _open_records(session, resumed=backup)
             set_optimizer_mode(session.run.optimizer, train=True)
             parts.setup.train()
             if backup is None and config.sampling.before_training:

@@ -242,6 +242,9 @@ def optimizer_state_classes() -> list[Callable[..., Any] | tuple[Callable[..., A
 
     if importlib.util.find_spec("torchao") is None:
         return []
-    with quiet_import():
-        from torchao.optim.subclass_8bit import OptimState8bit
+    try:
+        with quiet_import():
+            from torchao.optim.subclass_8bit import OptimState8bit
+    except Exception:  # noqa: BLE001 - a torchao that cannot load (another torch) must not stop other backups
+        return []
     return [OptimState8bit]

@@ -166,8 +166,8 @@ def _continue_on_changed_data(counters: Counters, batches_in_epoch: Callable[[in
     length = batches_in_epoch(counters.epoch)
     if counters.position > length:
         message += (
-            f"; epoch {counters.epoch + 1} now has {length} batches, fewer than the {counters.position} it had "
-            "trained on, so the next epoch starts"
+            f"; the epoch in progress now has {length} batches, fewer than the {counters.position} it had trained "
+            "on, so the next epoch starts"
         )
         counters.position = length
     return message

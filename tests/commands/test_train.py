@@ -602,6 +602,6 @@ def test_a_resume_on_fewer_images_than_the_epoch_had_trained_on_starts_the_next_
     result = cli(*args, "--resume", "last")
     assert result.exit_code == 0, result.output
     warnings = [event["message"] for event in _json_events(result.stdout) if event["event"] == "warning"]
-    assert any("epoch 1 now has 2 batches, fewer than the 3" in message for message in warnings)
+    assert any("the epoch in progress now has 2 batches, fewer than the 3" in message for message in warnings)
     records = read_metrics(tmp_path / "workspace" / "metrics.jsonl")
     assert [(record["step"], record["epoch"]) for record in records][-2:] == [(4, 1), (5, 1)]

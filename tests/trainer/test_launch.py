@@ -17,16 +17,26 @@ from onetrainer.trainer import launch
 from onetrainer.trainer.launch import SHUTDOWN_TIMEOUT_S, torchrun_arguments
 
 
-def _torchrun_parser_without_shutdown_timeout() -> argparse.ArgumentParser:
-    """torchrun's parser as older torch versions have it, as far as the launcher's question goes."""
+def _torchrun_parser(*, shutdown_timeout: bool) -> argparse.ArgumentParser:
+    """torchrun's parser as far as the launcher's question goes: recent versions know `--shutdown-timeout`,
+    older ones (which the project allows) do not."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--nproc-per-node")
+    if shutdown_timeout:
+        parser.add_argument("--shutdown-timeout", type=int)
     parser.add_argument("training_script")
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER)
     return parser
 
 
-def test_torchrun_gets_the_shutdown_timeout_where_it_knows_the_option() -> None:
+def _torchrun_parser_without_shutdown_timeout() -> argparse.ArgumentParser:
+    return _torchrun_parser(shutdown_timeout=False)
+
+
+def test_torchrun_gets_the_shutdown_timeout_where_it_knows_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.run
+
+    monkeypatch.setattr(torch.distributed.run, "get_args_parser", lambda: _torchrun_parser(shutdown_timeout=True))
     arguments = torchrun_arguments(2, ["run.yaml"], port=29500)
     assert f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}" in arguments
     assert arguments[-4:] == ["-m", "onetrainer", "train", "run.yaml"]

@@ -113,7 +113,7 @@ def export_lora(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     ot["peft_type"] = reverse(PEFT_TYPES).get(kind, "LORA")
     ot["lora_decompose"] = kind == "dora"
     if kind == "dora":
-        ot["lora_decompose_output_axis"] = dora_on_output(saved_format(ours))
+        ot["lora_decompose_output_axis"] = dora_on_output(saved_format(ours, spec))
     ot["lora_rank"] = lora["rank"]
     if kind == "lokr":
         ot["lokr_dim"] = lora["rank"]

@@ -9,7 +9,7 @@ from onetrainer.util.config.onetrainer_json.findings import View
 from onetrainer.util.config.onetrainer_json.import_output import auto_format
 from onetrainer.util.config.onetrainer_json.tables import OUTPUT_FORMATS, PRECISIONS, SAMPLERS, reverse
 from onetrainer.util.enums import PREVIEW_SCHEDULERS
-from onetrainer.util.family import Objective
+from onetrainer.util.family import FamilySpec, Objective
 
 UNITS = {"step": "STEP", "epoch": "EPOCH", "minute": "MINUTE"}
 
@@ -66,18 +66,24 @@ def _sample(prompt: View, side: int, objective: Objective) -> dict[str, Any]:
     return sample
 
 
-def saved_format(ours: View) -> str:
-    """The format the run saves in, `auto` resolved."""
+def saved_format(ours: View, spec: FamilySpec) -> str:
+    """The format the run saves in, `auto` resolved as the saver resolves it (a LoRA: the family's layout for
+    the parts that train, which decides a DoRA's axis)."""
     saving = ours.child("saving")
     fmt = saving["format"]
-    return auto_format(ours["method"], saving["output"]) if fmt == "auto" else fmt
+    if fmt != "auto":
+        return str(fmt)
+    if ours["method"] == "lora":
+        parts = ours.data.get("parts") or {}
+        return spec.auto_lora_format_for(name for name, part in parts.items() if part.get("train"))
+    return auto_format(ours["method"], saving["output"])
 
 
-def export_saving(ours: View, ot: dict[str, Any]) -> None:
+def export_saving(ours: View, ot: dict[str, Any], spec: FamilySpec) -> None:
     saving = ours.child("saving")
     method = ours["method"]
     ot["output_model_destination"] = saving["output"]
-    fmt = saved_format(ours)
+    fmt = saved_format(ours, spec)
     formats = reverse(OUTPUT_FORMATS[method])
     if fmt in formats:
         ot["output_model_format"] = formats[fmt]

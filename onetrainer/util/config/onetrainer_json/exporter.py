@@ -79,7 +79,7 @@ def export_onetrainer(config: TrainConfig) -> tuple[dict[str, Any], list[Finding
     export_noise(ours, ot, spec)
     export_loss(ours, ot)
     export_sampling(ours, ot, config.data.resolution, spec.objective)
-    export_saving(ours, ot)
+    export_saving(ours, ot, spec)
     export_logging(ours, ot)
     for item in ours.child("data").items("concepts", items["concepts"]):
         leftovers(item, {}, {}, LACKING)

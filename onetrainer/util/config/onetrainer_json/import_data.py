@@ -17,7 +17,6 @@ FALLBACK_RESOLUTION = 512
 COLOURS = {"brightness": (1.0, 1.0), "contrast": (1.0, 1.0), "saturation": (1.0, 1.0), "hue": (1.0, 0.5)}
 """OneTrainer's colour jitters: (its largest strength, our strength per unit of its). Its hue strength s shifts
 by up to s/2 turns either way (mgds' `RandomHue` draws from ±s/2), ours by up to `hue` turns."""
-"""OneTrainer's colour jitters -> the largest value our `image.<name>` takes."""
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 

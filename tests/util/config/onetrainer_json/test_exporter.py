@@ -112,9 +112,14 @@ def test_compilation_maps_both_ways_and_the_other_speed_settings_are_only_notes(
     assert imported.data["training"]["compile"] is True
 
 
-@pytest.mark.parametrize(("fmt", "output_axis"), [("kohya", False), ("peft", True), ("auto", False)])
-def test_dora_exports_the_axis_its_output_format_trains(fmt, output_axis):
-    config, findings = export("lora.type=dora", f"saving.format={fmt}")
+@pytest.mark.parametrize(
+    ("family", "fmt", "output_axis"),
+    [("sd15", "kohya", False), ("sd15", "peft", True), ("sd15", "auto", False), ("sd35-medium", "auto", True)],
+)
+def test_dora_exports_the_axis_its_output_format_trains(family, fmt, output_axis):
+    """`auto` is the family's LoRA layout (SD 3.x: peft, which trains a DoRA per output row)."""
+    model = (f"model.type={family}", f"model.base=tiny:{family}", "model.options.t5_max_length=77")
+    config, findings = export(*(model if family != "sd15" else ()), "lora.type=dora", f"saving.format={fmt}")
     assert findings == []
     assert (config["lora_decompose"], config["lora_decompose_output_axis"]) == (True, output_axis)
 
