@@ -67,6 +67,13 @@ def _lora(
     return tensors, expected
 
 
+def _kohya_lora(
+    model: DiffusionModel, paths: list[str], name: Keys
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """`_lora` in kohya's tensor names (`lora_down`, `lora_up`, `alpha`)."""
+    return _lora(model, paths, name, down="lora_down.weight", up="lora_up.weight", alpha="alpha")
+
+
 def _applied(kind: str, path: Path, **read: object) -> dict[str, torch.Tensor]:
     """The weight deltas merging the file at strength 1 makes in a fresh copy of the tiny model."""
     model = copy.deepcopy(_base(kind))
@@ -100,27 +107,13 @@ def test_a_flux_lora_marked_by_sd_scripts_or_for_dev_applies_to_schnell(
 ) -> None:
     """sd-scripts marks every FLUX.1 LoRA `flux1` (older ones dev); dev and schnell share every layer a LoRA
     of the blocks adapts, so sampling applies it (with a warning where the file names dev)."""
-    tensors, expected = _lora(
-        _base("flux-schnell"),
-        [FLUX_PROJ],
-        FLUX_BFL.__getitem__,
-        down="lora_down.weight",
-        up="lora_up.weight",
-        alpha="alpha",
-    )
+    tensors, expected = _kohya_lora(_base("flux-schnell"), [FLUX_PROJ], FLUX_BFL.__getitem__)
     save_safetensors(tensors, tmp_path / "flux.safetensors", metadata=metadata)
     _assert_applies("flux-schnell", tmp_path / "flux.safetensors", expected, sampling=True)
 
 
 def test_a_dev_marked_flux_lora_warns_on_schnell_and_is_refused_for_training(tmp_path: Path) -> None:
-    tensors, _ = _lora(
-        _base("flux-schnell"),
-        [FLUX_PROJ],
-        FLUX_BFL.__getitem__,
-        down="lora_down.weight",
-        up="lora_up.weight",
-        alpha="alpha",
-    )
+    tensors, _ = _kohya_lora(_base("flux-schnell"), [FLUX_PROJ], FLUX_BFL.__getitem__)
     path = tmp_path / "dev.safetensors"
     save_safetensors(tensors, path, metadata={"modelspec.architecture": "flux-1-dev/lora"})
     schnell = _base("flux-schnell").spec
@@ -133,14 +126,7 @@ def test_a_dev_marked_flux_lora_warns_on_schnell_and_is_refused_for_training(tmp
 
 
 def test_sd_scripts_flux_version_names_both_flux_models(tmp_path: Path) -> None:
-    tensors, _ = _lora(
-        _base("flux-dev"),
-        [FLUX_PROJ],
-        FLUX_BFL.__getitem__,
-        down="lora_down.weight",
-        up="lora_up.weight",
-        alpha="alpha",
-    )
+    tensors, _ = _kohya_lora(_base("flux-dev"), [FLUX_PROJ], FLUX_BFL.__getitem__)
     save_safetensors(tensors, tmp_path / "flux.safetensors", metadata={"ss_base_model_version": "flux1"})
     detection = detect_path(tmp_path / "flux.safetensors")
     assert detection.family is None
@@ -193,14 +179,7 @@ def test_sdxl_kohya_files_with_diffusers_unet_names(tmp_path: Path) -> None:
     """diffusers' `convert_state_dict_to_kohya` (its SDXL scripts' `--output_kohya_format`) keeps diffusers paths."""
     model = _base("sdxl")
     paths = _existing(model, SDXL_DIFFUSERS)
-    tensors, expected = _lora(
-        model,
-        paths,
-        _kohya_of_diffusers,
-        down="lora_down.weight",
-        up="lora_up.weight",
-        alpha="alpha",
-    )
+    tensors, expected = _kohya_lora(model, paths, _kohya_of_diffusers)
     save_safetensors(tensors, tmp_path / "xl.safetensors")
     _assert_applies("sdxl", tmp_path / "xl.safetensors", expected)
 
@@ -215,14 +194,7 @@ def test_sd15_kohya_files_with_the_text_encoder_as_te1(tmp_path: Path) -> None:
     """diffusers' kohya converter names SD 1.x's one text encoder `lora_te1_`: not evidence of SDXL."""
     model = _base("sd15")
     paths = _existing(model, SD15_TE1)
-    tensors, expected = _lora(
-        model,
-        paths,
-        _kohya_of_diffusers,
-        down="lora_down.weight",
-        up="lora_up.weight",
-        alpha="alpha",
-    )
+    tensors, expected = _kohya_lora(model, paths, _kohya_of_diffusers)
     save_safetensors(tensors, tmp_path / "sd15.safetensors")
     _assert_applies("sd15", tmp_path / "sd15.safetensors", expected)
     released = {  # the released widths: SD 1.x's cross-attention and CLIP-L are 768 wide

@@ -177,10 +177,15 @@ def test_a_file_without_its_unet_is_refused_even_with_a_config(sd15_single_file:
     assert "supplies only the text encoders, tokenizers and VAE" in (info.value.hint or "")
 
 
-def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
-    path = tmp_path / "unet-and-te.safetensors"
-    with WeightsFile(sd15_single_file) as weights:
+def _without_vae(source: Path, path: Path) -> Path:
+    """`source` without its VAE (`first_stage_model.*`), as pruned checkpoints come, saved to `path`."""
+    with WeightsFile(source) as weights:
         save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    return path
+
+
+def test_checkpoint_without_vae_says_so(sd15_single_file: Path, tmp_path: Path) -> None:
+    path = _without_vae(sd15_single_file, tmp_path / "unet-and-te.safetensors")
     with pytest.raises(UserError, match="has no VAE weights") as info:
         load_model(path)
     assert "--vae" not in (info.value.hint or ""), "no command has a --vae option"
@@ -192,9 +197,7 @@ def test_a_checkpoint_pruned_of_its_vae_is_complete_with_model_vae(
     sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
 ) -> None:
     """`model.vae` supplies the VAE itself: nothing is asked of `model.config` (here an architecture alone)."""
-    path = tmp_path / "no-vae.safetensors"
-    with WeightsFile(sd15_single_file) as weights:
-        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    path = _without_vae(sd15_single_file, tmp_path / "no-vae.safetensors")
     architecture = tmp_path / "architecture"
     for part in ("unet", "vae", "text_encoder", "scheduler"):
         (architecture / part).mkdir(parents=True)
@@ -210,9 +213,7 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_config_model(
     sd15_single_file: Path, tmp_path: Path, tiny_sd15_dir: Path
 ) -> None:
     """A UNet and text encoder saved without their VAE load with the VAE of the model `config` names."""
-    path = tmp_path / "unet-and-te.safetensors"
-    with WeightsFile(sd15_single_file) as weights:
-        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    path = _without_vae(sd15_single_file, tmp_path / "unet-and-te.safetensors")
     loaded = load_model(path, config=str(tiny_sd15_dir))
     reference = load_model(tiny_sd15_dir)
     for name in ("vae", "unet"):
@@ -223,9 +224,7 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_config_model(
 def test_a_config_model_of_another_family_cannot_supply_the_missing_parts(
     sd15_single_file: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "unet-and-te.safetensors"
-    with WeightsFile(sd15_single_file) as weights:
-        save_file({k: weights.tensor(k) for k in weights if not k.startswith("first_stage_model.")}, str(path))
+    path = _without_vae(sd15_single_file, tmp_path / "unet-and-te.safetensors")
     with pytest.raises(UserError, match=r"model\.config names a SD 2\.x model") as info:
         load_model(path, model_type="sd15", config="tiny:sd2")
     assert info.value.where == "model.config"

@@ -60,7 +60,7 @@ from onetrainer.util.keymaps.kohya_names import T5_COMPOUND_NAMES, UNET_CLIP_COM
 if TYPE_CHECKING:
     import torch
 
-    Modules = dict[str, dict[str, torch.Tensor]]
+    from onetrainer.util.keymaps.fused_lora import Modules
 
 TRANSFORMER = "transformer"
 BFL_COMPOUND_NAMES = frozenset(
