@@ -15,7 +15,8 @@ start) have passed; the rest are listed as skipped.
 `--only memory` the presets alone (one H200 lease measures about one of the two).
 
 `--dry-run` runs each distinct setting, and each memory preset, once on the CPU, with the tiny kit's
-denoisers at 64 px and one step each (compiled cases with the `aot_eager` backend): it proves the script
+denoisers at 64 px and one step each (compiled cases with the `eager` backend: Dynamo's capture of the blocks,
+eager kernels): it proves the script
 works, and measures nothing worth keeping. `--cpu-real-size` does the same with the real-size UNets,
 uncompiled: where no GPU is lent, it proves the real architectures run through both sides (minutes and
 about 16 GiB of memory; SDXL's full fine-tune, whose AdamW states alone need about 40 GiB, FLUX.1-dev and
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = _on_cpu(CASES, compiled=args.dry_run)
         if args.dry_run:
             torch.set_num_threads(1)  # two threads on a busy two-core machine spin and run ten times slower
-            steps_module.COMPILE_BACKEND = "aot_eager"  # inductor's C++ build takes minutes per block on a CPU
+            steps_module.COMPILE_BACKEND = "eager"  # inductor's C++ build takes minutes per block on a CPU
             families = {name: architectures.tiny(name) for name in FAMILIES}
         else:
             families = {name: architectures.real(name) for name in FAMILIES}
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [case for case in cases if case.family in args.family]
     if args.only:
         cases = [case for case in cases if (case.preset is not None) == (args.only == "memory")]
+    gc.collect()
+    gc.freeze()  # the libraries and the kit live to the end: each side's release then walks only its own objects
     budget = args.budget if args.budget is not None else (DEFAULT_BUDGET_S if device == "cuda" else math.inf)
     results: list[dict[str, Any]] = []
     estimates = start_estimates(case.preset for case in cases if case.preset is not None)

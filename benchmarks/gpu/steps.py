@@ -91,7 +91,7 @@ class Side:
 
 
 COMPILE_BACKEND = "inductor"
-"""torch.compile's backend for compiled cases; `--dry-run` swaps in `aot_eager` (same tracing, eager kernels)."""
+"""torch.compile's backend for compiled cases; `--dry-run` swaps in `eager` (Dynamo's capture, eager kernels)."""
 
 
 def make_batch(family: Family, case: Case, device: Any, seed: int = 0) -> dict[str, Any]:

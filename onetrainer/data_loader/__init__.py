@@ -24,7 +24,7 @@ API for the trainer and commands:
 * `DataLoader.batches(epoch, start=None)`: this rank's batches; `start` defaults to 0, or to the
   position from `load_state_dict`. `state_dict()` / `load_state_dict()` hold {"epoch", "position"}.
 * `DataLoader.validation_batches(every_rank=False)`: each validation-concept sample once (not in
-  training batches), this rank's share (all of them with `every_rank`).
+  training batches), this rank's share (all of them with `every_rank`), as (batch number, batch).
 * `DataLoader.report` / `dataset_report(config, *, quantisation=8, world_size=1, cache_dir=None)
   -> DatasetReport` (writes nothing): `to_dict()`, `to_text()`, rich-renderable,
   `require_trainable()` raises the exit-2 `UserError` listing why nothing would train.

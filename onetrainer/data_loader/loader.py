@@ -342,12 +342,14 @@ class DataLoader:
             if self._position == steps:
                 return
 
-    def validation_batches(self, every_rank: bool = False) -> Iterator[dict[str, Any]]:
+    def validation_batches(self, every_rank: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """Every validation-concept sample once, this rank's share (all of them with `every_rank`), with
-        fixed (variation 0) augmentation."""
+        fixed (variation 0) augmentation; each batch with its number among all the validation batches."""
         builder = self._builder()
-        shards = [batch.draws for batch in self.plan.validation_batches(None if every_rank else self.rank)]
-        yield from self.pool.map_ordered(lambda draws: self._pinned(builder.build(draws)), shards, self.depth)
+        numbered = self.plan.validation_batches(None if every_rank else self.rank)
+        shards = [batch.draws for _, batch in numbered]
+        built = self.pool.map_ordered(lambda draws: self._pinned(builder.build(draws)), shards, self.depth)
+        yield from zip((number for number, _ in numbered), built, strict=True)
 
     def _pinned(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch's tensors in page-locked memory (in the worker), if asked: the step then copies them to the

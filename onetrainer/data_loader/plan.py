@@ -213,9 +213,10 @@ class DataPlan:
     def shard(self, batch: PlannedBatch, rank: int) -> tuple[Draw, ...]:
         return batch.draws[rank * self.batch_size : (rank + 1) * self.batch_size]
 
-    def validation_batches(self, rank: int | None = 0) -> list[PlannedBatch]:
-        """Each validation sample once, slot 0, grouped by bucket; batches dealt round-robin to ranks
-        (all of them with `rank=None`)."""
+    def validation_batches(self, rank: int | None = 0) -> list[tuple[int, PlannedBatch]]:
+        """Each validation sample once, slot 0, grouped by bucket; batches numbered, and dealt round-robin to
+        ranks (all of them with `rank=None`). The number seeds the batch's noise (`trainer.validation`), so
+        the loss does not depend on how many ranks share the batches."""
         by_bucket: dict[Bucket, list[Draw]] = defaultdict(list)
         for sample in self._validation:
             by_bucket[self.bucket_of(sample, 0)].append(Draw(sample, 0, 0, self.bucket_of(sample, 0)))
@@ -224,4 +225,5 @@ class DataPlan:
             for bucket, draws in sorted(by_bucket.items())
             for start in range(0, len(draws), self.batch_size)
         ]
-        return batches if rank is None else batches[rank :: self.world_size]
+        numbered = list(enumerate(batches))
+        return numbered if rank is None else numbered[rank :: self.world_size]

@@ -169,7 +169,7 @@ def _close(data: DataLoader, setup: TrainingSetup) -> None:
                 encoder.unload()
 
 
-def _validation(data: DataLoader, *, every_rank: bool) -> Callable[[], Iterator[dict[str, Any]]]:
+def _validation(data: DataLoader, *, every_rank: bool) -> Callable[[], Iterator[tuple[int, dict[str, Any]]]]:
     """The validation batches: each rank's share, or all of them on every rank of a sharded model (its
     forward passes need every rank, so all must run as many)."""
     return functools.partial(data.validation_batches, every_rank=every_rank)

@@ -14,8 +14,8 @@ cache (`data.cache: false`) the step's VAE and text-encoder passes count too: wo
 step, which a cached run did once beforehand.
 
 MFU is achieved FLOP/s over the device's peak: the dense (not sparse) tensor-core figure of its spec
-sheet at the run's precision (TF32 for fp32 where torch allows it). A GPU missing from `PEAK_TFLOPS`,
-or a CPU, reports FLOP/s without MFU.
+sheet at the run's precision (TF32 for fp32 where torch allows it). A GPU missing from `PEAK_TFLOPS`
+reports FLOP/s without MFU. A run on the CPU counts nothing (`counted_on`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.training import Precision
@@ -73,6 +73,13 @@ def device_peak(device: torch.device, precision: Precision) -> float | None:
         return None
     tf32 = torch.get_float32_matmul_precision() != "highest"
     return peak_flops(torch.cuda.get_device_name(device), precision, tf32=tf32)
+
+
+def counted_on(device: torch.device) -> bool:
+    """Whether a run on `device` counts its FLOPs: an accelerator's do. A CPU has no peak to measure the FLOP/s
+    against, and on a small model (a demo, a test) the count's second of host time per batch shape outweighs
+    the steps themselves."""
+    return device.type != "cpu"
 
 
 WORK_FLAGS = ("is_prior",)
@@ -217,10 +224,15 @@ class StepFlops:
     _failed: bool = False
 
     @classmethod
+    def off(cls) -> StepFlops:
+        """Counts nothing, and says nothing (steps report no FLOPs)."""
+        return cls(count=lambda batch: 0, peak=None, _step=None, _failed=True)
+
+    @classmethod
     def unavailable(cls, reason: str, *, warn: Callable[[str], None]) -> StepFlops:
         """Counts nothing, having said why once (`reason`: why this model's FLOPs cannot be counted)."""
         warn(f"warning: {reason}, so no FLOP/s or MFU is shown")
-        return cls(count=lambda batch: 0, peak=None, warn=warn, _step=None, _failed=True)
+        return replace(cls.off(), warn=warn)
 
     def add(self, batch: dict[str, Any]) -> None:
         """Count one micro-batch of the current step (a known shape costs a dictionary lookup)."""

@@ -77,7 +77,8 @@ class TrainingParts:
     """Write the trained result to a path in the configured format; returns what was written."""
     sampler: Sampler | None = None
     """Draws the previews."""
-    validation_batches: Callable[[], Iterable[Batch]] | None = None
-    """The validation concepts' batches, or None when the run has none."""
+    validation_batches: Callable[[], Iterable[tuple[int, Batch]]] | None = None
+    """The validation concepts' batches, each with its number among all ranks' (it seeds the batch's noise),
+    or None when the run has none."""
     close: Callable[[], None] | None = None
     """Release workers and encoders at the end of the run, however it ends."""

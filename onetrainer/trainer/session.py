@@ -232,7 +232,7 @@ class Session:
         return self.workspace.saves / name
 
     def validate(self) -> float | None:
-        """The mean validation loss over every rank's share of the validation batches."""
+        """The mean validation loss over the samples of every rank's share of the validation batches."""
         batches = self.parts.validation_batches
         if batches is None:
             return None
@@ -240,10 +240,10 @@ class Session:
             total, count = validation_sums(
                 self.parts.setup, batches(), self.run.precision, seed=self.config.training.seed, device=self.device
             )
-        summed, batches_measured = sum_over_ranks(self.world, total, count)
-        if batches_measured == 0:
+        summed, samples_measured = sum_over_ranks(self.world, total, count)
+        if samples_measured == 0:
             return None
-        loss = summed / batches_measured
+        loss = summed / samples_measured
         step = self.run.counters.step
         with together(self.world, "logging the validation loss"):
             if self.is_main:

@@ -29,7 +29,7 @@ from onetrainer.trainer.cadence import CadenceClock
 from onetrainer.trainer.distributed import World, average_gradients, broadcast_parameters, differing, rank_seed
 from onetrainer.trainer.divergence import all_finite, check_step
 from onetrainer.trainer.ema import ModelEma
-from onetrainer.trainer.flops import StepFlops, count_flops, device_peak, step_pass
+from onetrainer.trainer.flops import StepFlops, count_flops, counted_on, device_peak, step_pass
 from onetrainer.trainer.metrics import MetricsLog, SmoothedValue
 from onetrainer.trainer.optimizers import build_optimizer, resolve_parameter_groups
 from onetrainer.trainer.parts import TrainingParts
@@ -365,7 +365,7 @@ def _step_flops(
     *,
     sharded: bool,
 ) -> StepFlops:
-    """Counts each batch shape's FLOPs once, with the model's checkpointing off (see `flops`).
+    """Counts each batch shape's FLOPs once, with the model's checkpointing off (see `flops`); on an accelerator.
 
     Each rank counts its own micro-batches on its own (unwrapped) modules: data parallel training wraps
     nothing, and the count makes no collective call. A sharded model is not counted: its forward pass
@@ -376,6 +376,8 @@ def _step_flops(
     def warn(message: str) -> None:
         progress({"event": "warning", "message": message})
 
+    if not counted_on(device):
+        return StepFlops.off()
     if sharded:
         return StepFlops.unavailable("a model sharded over the ranks (FSDP) has no FLOP count", warn=warn)
     model = parts.model

@@ -361,7 +361,7 @@ def test_validation_samples_keep_their_captions(make_config, image_copy: Path) -
     concept = {"path": image_copy, "type": "validation", "caption": {"caption_dropout": 1.0}}
     train = {"path": image_copy, "caption": {"caption_dropout": 1.0}}
     with build_data_loader(make_config(concepts=[train, concept])) as loader:
-        assert all(caption for batch in loader.validation_batches() for caption in batch["captions"])
+        assert all(caption for _, batch in loader.validation_batches() for caption in batch["captions"])
         assert not any(caption for batch in loader.batches(0) for caption in batch["captions"])
 
 

@@ -127,8 +127,8 @@ def test_validation_concepts_come_only_from_their_own_iterator(make_config, imag
     concepts = [{"path": image_dataset_dir}, {"path": shapes_dataset_dir, "type": "validation", "name": "val"}]
     with build_data_loader(make_config(concepts=concepts)) as loader:
         trained = {sample for batch in loader.batches(0) for sample in batch["sample_ids"]}
-        validated = [sample for batch in loader.validation_batches() for sample in batch["sample_ids"]]
-        again = [sample for batch in loader.validation_batches() for sample in batch["sample_ids"]]
+        validated = [sample for _, batch in loader.validation_batches() for sample in batch["sample_ids"]]
+        again = [sample for _, batch in loader.validation_batches() for sample in batch["sample_ids"]]
     assert not any(sample.startswith("val/") for sample in trained)
     assert sorted(validated) == sorted(f"val/shape-{i:03d}.png" for i in range(16))
     assert validated == again

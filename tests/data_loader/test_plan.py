@@ -108,7 +108,7 @@ def test_ranks_get_disjoint_slices_of_the_same_bucket(tmp_path) -> None:
 def test_validation_concepts_are_kept_out_of_training(tmp_path) -> None:
     plan = _plan(tmp_path, [{}, {"type": "validation"}], [6, 5])
     trained = {plan.samples[d.sample].concept for b in plan.epoch(0) for d in b.draws}
-    validated = [plan.samples[d.sample].concept for b in plan.validation_batches() for d in b.draws]
+    validated = [plan.samples[d.sample].concept for _, b in plan.validation_batches() for d in b.draws]
     assert trained == {0}
     assert validated == [1] * 5
 
@@ -117,6 +117,7 @@ def test_validation_batches_are_dealt_to_ranks_or_all_given_to_each(tmp_path) ->
     plan = _plan(tmp_path, [{}, {"type": "validation"}], [6, 5], world_size=2, batch_size=2)
     every = plan.validation_batches(None)
     assert len(every) >= 2
+    assert [number for number, _ in every] == list(range(len(every)))
     assert [plan.validation_batches(rank) for rank in (0, 1)] == [every[0::2], every[1::2]]
 
 

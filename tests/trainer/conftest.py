@@ -174,7 +174,7 @@ def make_toy_build(
             batches_in_epoch=lambda epoch: data.batches_per_epoch,
             save_model=save_model,
             sampler=ToySampler(setup),
-            validation_batches=(lambda: ToyData(config.training.seed + 1, batches=2).batches(0))
+            validation_batches=(lambda: enumerate(ToyData(config.training.seed + 1, batches=2).batches(0)))
             if validation
             else None,
         )

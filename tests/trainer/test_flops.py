@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from onetrainer.model.diffusion import DiffusionModel
 from onetrainer.model_loader.pipeline import load_model
 from onetrainer.model_setup.diffusion import DiffusionSetup
-from onetrainer.trainer.flops import StepFlops, count_flops, peak_flops, step_pass
+from onetrainer.trainer.flops import StepFlops, count_flops, counted_on, peak_flops, step_pass
 from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.training import Precision
 from onetrainer.util.registry import ModuleKind, lookup
@@ -241,3 +241,40 @@ def test_nf4_layers_count_as_the_dense_layers_they_replace() -> None:
         == step(dense)
         == 2 * 15 * (64 * 128 + 128 * 96 + 96 * 64) + 2 * 15 * (128 * 96 + 96 * 64) + 2 * 15 * 64 * 128
     )
+
+
+def test_a_run_on_the_cpu_counts_no_flops_and_shows_none(
+    tmp_path: Path, shapes_dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onetrainer.trainer import start
+    from onetrainer.trainer.components import build_parts
+    from onetrainer.trainer.loop import train
+    from onetrainer.trainer.metrics import read_metrics
+    from onetrainer.util.config.loader import load_config
+    from onetrainer.util.config.presets import presets_dir
+
+    assert counted_on(torch.device("cuda"))
+    assert counted_on(torch.device("meta"))
+    assert not counted_on(torch.device("cpu"))
+
+    def fail(*args: object, **kwargs: object) -> int:
+        raise AssertionError("a CPU run counted FLOPs")
+
+    monkeypatch.setattr(start, "count_flops", fail)
+    events: list[dict[str, object]] = []
+    config = load_config(
+        presets_dir() / "demo.yaml",
+        [
+            f"data.concepts.0.path={shapes_dataset_dir}",
+            f"workspace={tmp_path / 'workspace'}",
+            f"saving.output={tmp_path / 'model.safetensors'}",
+            "training.max_steps=2",
+            "sampling.before_training=false",
+            "sampling.every=never",
+            "logging.tensorboard=false",
+        ],
+    )
+    assert train(config, build=build_parts, progress=events.append).step == 2
+    records = read_metrics(tmp_path / "workspace" / "metrics.jsonl")
+    assert [(record["flops_per_s"], record["mfu"]) for record in records] == [(None, None), (None, None)]
+    assert not any("FLOP" in str(event.get("message", "")) for event in events)  # and no warning about it
