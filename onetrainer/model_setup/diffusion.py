@@ -89,6 +89,11 @@ class DiffusionSetup:
             module.requires_grad_(False)
         if self.spec.objective is Objective.DDPM and config.noise.zero_terminal_snr:
             from onetrainer.model_setup.ddpm import zero_terminal_snr_scheduler
+            from onetrainer.util.config.family import zero_terminal_snr_problems
+            from onetrainer.util.errors import ConfigError
+
+            if problems := zero_terminal_snr_problems(model.prediction_type):  # `auto` read from the model
+                raise ConfigError(problems, hint=f"{config.model.base} predicts epsilon.")
 
             model.noise_scheduler = zero_terminal_snr_scheduler(model.noise_scheduler)
         self.device = torch.device(device)

@@ -18,7 +18,7 @@ from onetrainer.model_setup.diffusion import DiffusionSetup
 from onetrainer.model_setup.stable_diffusion import StableDiffusionHooks
 from onetrainer.util.config.loader import validate
 from onetrainer.util.enums import TrainingMethod
-from onetrainer.util.errors import UserError
+from onetrainer.util.errors import ConfigError, UserError
 from onetrainer.util.family import tiny_model
 from onetrainer.util.registry import ModuleKind, lookup
 
@@ -230,6 +230,14 @@ def test_zero_terminal_snr_rescales_the_model_schedule() -> None:
     assert setup.model.noise_scheduler.config.rescale_betas_zero_snr
     assert setup.objective is not None
     assert setup.objective.alphas_cumprod[-1].item() == 0.0
+
+
+def test_zero_terminal_snr_on_a_model_that_predicts_epsilon_is_refused() -> None:
+    """`auto` resolves to the model's epsilon: the pure-noise last timestep would have the input as its target."""
+    with pytest.raises(ConfigError, match="trains with v_prediction") as info:
+        _setup("sd15", method="lora", lora={"rank": 2, "targets": "attn"}, noise={"zero_terminal_snr": True})
+    assert [problem.path for problem in info.value.problems] == ["model.prediction_type"]
+    assert info.value.exit_code == 2  # a v-prediction model takes it: see the test above
 
 
 def test_gradient_checkpointing_is_enabled_on_request() -> None:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from onetrainer.model_setup.flow_matching import (
     FlowMatchingObjective,
@@ -15,7 +16,7 @@ from onetrainer.model_setup.flow_matching import (
     sample_density,
     shift_sigmas,
 )
-from onetrainer.util.config.loss import LossConfig, LossWeighting, NoiseConfig, TimestepConfig
+from onetrainer.util.config.loss import MODE_SCALE_MAX, LossConfig, LossWeighting, NoiseConfig, TimestepConfig
 from onetrainer.util.errors import UserError
 
 FLUX_SCHEDULER = {
@@ -168,3 +169,17 @@ def test_draw_order_is_noise_offset_level_perturbation() -> None:
     assert torch.allclose(noised.noisy, (1 - s) * latents + s * perturbed, atol=1e-6)
     assert torch.allclose(noised.target, noise - latents, atol=1e-6)
     assert torch.allclose(noised.weights, 2 / (math.pi * (1 - 2 * sigma + 2 * sigma**2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [-1.5, 1.8, 8.0])
+def test_a_mode_scale_outside_the_papers_range_is_refused(scale: float) -> None:
+    """Beyond 2/(pi-2) the density is not monotone, and at 8 a third of the shifted noise levels fall outside [0, 1]."""
+    with pytest.raises(ValidationError, match="mode_scale"):
+        TimestepConfig(distribution="mode", mode_scale=scale)
+
+
+def test_the_largest_mode_scale_draws_noise_levels_inside_zero_and_one() -> None:
+    config = TimestepConfig(distribution="mode", mode_scale=MODE_SCALE_MAX)
+    draws = sample_density(config, 100_000, torch.Generator().manual_seed(0))
+    assert pytest.approx(1.7519, abs=1e-4) == MODE_SCALE_MAX
+    assert 0 <= draws.min().item() <= draws.max().item() <= 1

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from onetrainer.util.config.loss import LossWeighting, TimestepDistribution
 from onetrainer.util.config.parts import DENOISER_KEYS, TEXT_ENCODER_KEYS, TRAINABLE_KEYS, PartConfig
-from onetrainer.util.enums import PREVIEW_SCHEDULERS, SCHEDULERS_BY_OBJECTIVE, TrainingMethod
+from onetrainer.util.enums import PREVIEW_SCHEDULERS, SCHEDULERS_BY_OBJECTIVE, PredictionType, TrainingMethod
 from onetrainer.util.errors import ConfigProblem
 from onetrainer.util.family import FamilySpec, Objective, Role, default_family, family_names, find_family
 from onetrainer.util.suggest import did_you_mean
@@ -250,6 +250,8 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
                         key, f"{spec.title} models train with {name}; this key is for {OBJECTIVE_NAMES[other]}"
                     )
                 )
+    if objective is Objective.DDPM and config.noise.zero_terminal_snr:
+        problems.extend(zero_terminal_snr_problems(config.model.prediction_type.value))
     distribution = config.noise.timesteps.distribution
     if distribution not in DISTRIBUTIONS[objective]:
         valid = ", ".join(d.value for d in DISTRIBUTIONS[objective])
@@ -281,6 +283,24 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
             )
         )
     return problems
+
+
+def zero_terminal_snr_problems(prediction_type: str) -> list[ConfigProblem]:
+    """Zero-terminal SNR makes the last timestep pure noise: there the noise (epsilon) target is the input
+    itself and says nothing of the image, so it trains with v-prediction (as the paper and OneTrainer do).
+    `prediction_type` is the config's, or the model's own once `auto` is resolved at load."""
+    if prediction_type != PredictionType.EPSILON.value:
+        return []
+    return [
+        ConfigProblem(
+            "model.prediction_type",
+            "zero-terminal SNR (noise.zero_terminal_snr: true) trains with v_prediction: at its last, pure-noise "
+            "timestep an epsilon target is the input itself; set model.prediction_type: v_prediction (or sample), "
+            "or turn zero_terminal_snr off",
+            prediction_type,
+            has_value=True,
+        )
+    ]
 
 
 def _option_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigProblem]:

@@ -7,11 +7,15 @@ prediction is compared with the target and how each sample counts. The model's p
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from pydantic import Field, model_validator
 
 from onetrainer.util.config.base import Section
+
+MODE_SCALE_MAX = 2 / (math.pi - 2)
+"""Beyond it the mode density is no longer monotone, and further out it draws noise levels outside [0, 1]."""
 
 
 class TimestepDistribution(str, Enum):
@@ -39,7 +43,13 @@ class TimestepConfig(Section):
     steepness: float = Field(
         10.0, description="sigmoid: slope of the weight curve; positive favours noisier, negative cleaner."
     )
-    mode_scale: float = Field(1.29, description="mode (flow matching): how strongly the mode is favoured.")
+    mode_scale: float = Field(
+        1.29,
+        ge=-1,
+        le=MODE_SCALE_MAX,
+        description="mode (flow matching): how strongly the mode is favoured; -1 to 2/(pi-2) (about 1.75), where "
+        "the density stays monotone and inside the noise levels (SD 3's paper).",
+    )
     min_strength: float = Field(0.0, ge=0, lt=1, description="Lowest noise level trained, as a fraction of all.")
     max_strength: float = Field(1.0, gt=0, le=1, description="Highest noise level trained, as a fraction of all.")
 

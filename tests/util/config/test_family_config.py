@@ -174,6 +174,19 @@ def test_the_rules_follow_any_registered_spec(fake_family: FamilySpec) -> None:
     assert "Test DiT models train with flow matching" in problems["noise.zero_terminal_snr"]
 
 
+@pytest.mark.parametrize(("prediction", "refused"), [("epsilon", True), ("v_prediction", False), ("auto", False)])
+def test_zero_terminal_snr_with_epsilon_prediction_is_refused_before_loading(prediction: str, refused: bool) -> None:
+    """`auto` is judged once the model says what it predicts (`model_setup`)."""
+    model = {"type": "sd15", "base": "org/model", "prediction_type": prediction}
+    if not refused:
+        assert TrainConfig(model=model, noise={"zero_terminal_snr": True}).noise.zero_terminal_snr
+        return
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(model=model, noise={"zero_terminal_snr": True})
+    assert [(problem.path, problem.value) for problem in info.value.problems] == [("model.prediction_type", "epsilon")]
+    assert "set model.prediction_type: v_prediction" in info.value.problems[0].message
+
+
 # ------------------------------------------------------------------ what the settings change in training
 
 
