@@ -285,7 +285,7 @@ def _objective_problems(config: TrainConfig, spec: FamilySpec) -> list[ConfigPro
     return problems
 
 
-def zero_terminal_snr_problems(prediction_type: str) -> list[ConfigProblem]:
+def zero_terminal_snr_problems(prediction_type: str | None) -> list[ConfigProblem]:
     """Zero-terminal SNR makes the last timestep pure noise: there the noise (epsilon) target is the input
     itself and says nothing of the image, so it trains with v-prediction (as the paper and OneTrainer do).
     `prediction_type` is the config's, or the model's own once `auto` is resolved at load."""
