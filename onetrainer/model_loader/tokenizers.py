@@ -2,7 +2,8 @@
 
 transformers 5 returns a 2-token tokenizer without any error when a hub tokenizer is not cached and
 the hub is offline, so every candidate is checked against the text encoder it will feed: a tokenizer
-fits when it has exactly one token per row of the encoder's embedding table. A fixed minimum size would
+fits when it has one token per row of the encoder's embedding table, the table's padding aside (T5-XXL's
+32,128 rows hold 32,100 tokens: tables are padded to a multiple of 128; see `TABLE_PADDING`). A fixed minimum size would
 refuse valid small vocabularies and say nothing about a tokenizer that belongs to another encoder.
 
 A single file holds no tokenizer: it comes from an explicit path or hub id, else from the architecture
@@ -31,10 +32,16 @@ if TYPE_CHECKING:
     from onetrainer.util.family import FamilySpec
 
 
+TABLE_PADDING = 128
+"""Rows an embedding table may have past its tokenizer's last token: tables are padded to a multiple of up to
+128 rows for faster kernels (T5's), never by more, and never by more than 1 % of a real vocabulary (so the
+2-token tokenizer of an offline miss never fits a small table)."""
+
+
 def tokenizer_mismatch(tokenizer: CLIPTokenizer, vocab_size: int) -> str | None:
     """Why `tokenizer` cannot feed a text encoder with `vocab_size` embedding rows, or None if it can."""
     count = len(tokenizer)
-    if count < vocab_size:
+    if vocab_size - count > min(TABLE_PADDING - 1, vocab_size // 100):
         return f"has {count:,} tokens but the text encoder has {vocab_size:,}: it came back empty or incomplete"
     if count > vocab_size:
         return f"has {count:,} tokens, more than the text encoder's {vocab_size:,}: it belongs to another model"

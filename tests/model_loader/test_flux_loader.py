@@ -168,3 +168,44 @@ def test_bfls_vae_file_replaces_the_vae(tiny_flux_dev_dir: Path, tmp_path: Path)
     model = load_model(tiny_flux_dev_dir, vae=str(tmp_path / "ae.safetensors"))
     assert _same(model.vae, base.vae)
     assert (model.vae.config.shift_factor, model.vae.config.scaling_factor) == (0.1159, 0.3611)
+
+
+def _padded_t5_folder(tiny_flux_dev_dir: Path, folder: Path, rows: int) -> Path:
+    """The tiny model with `rows` more T5 table rows than tokens, as the released T5-XXL has (32,128 for 32,100)."""
+    model = load_model(tiny_flux_dev_dir)
+    model.text_encoder_2.resize_token_embeddings(len(model.tokenizer_2) + rows, mean_resizing=False)
+    lookup(ModuleKind.SAVER, "flux-dev")().save(model, folder, method="full", dtype=None)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("tokens", "rows", "fits"),
+    [
+        (32_100, 32_128, True),  # the released T5-XXL
+        (49_408, 49_408, True),  # CLIP
+        (32_000, 32_128, False),  # 128 rows short: not padding
+        (2, 100, False),  # transformers' empty tokenizer of an offline miss, on a small table
+        (99, 100, True),
+        (32_129, 32_128, False),
+    ],
+)
+def test_a_tokenizer_fits_a_table_padded_past_its_last_token(tokens: int, rows: int, fits: bool) -> None:
+    from onetrainer.model_loader.tokenizers import tokenizer_mismatch
+
+    class Sized:
+        def __len__(self) -> int:
+            return tokens
+
+    assert (tokenizer_mismatch(Sized(), rows) is None) == fits  # type: ignore[arg-type]
+
+
+def test_a_t5_table_padded_past_its_tokenizer_loads(
+    tiny_flux_dev_dir: Path, transformer_file: Path, tmp_path: Path
+) -> None:
+    """As the released T5-XXL's (in proportion to the tiny vocabulary: one row of 122)."""
+    padded = _padded_t5_folder(tiny_flux_dev_dir, tmp_path / "padded", 1)
+    for model in (load_model(padded), load_model(transformer_file, config=str(padded))):
+        table = model.text_encoder_2.get_input_embeddings().weight.shape[0]
+        assert table == len(model.tokenizer_2) + 1
+    with pytest.raises(UserError, match="came back empty or incomplete"):  # more than padding: another tokenizer
+        load_model(_padded_t5_folder(tiny_flux_dev_dir, tmp_path / "far", 28))
