@@ -7,7 +7,9 @@ Two checks, each where it costs least:
   previous step's backups intact: `trainer.step`). The check is read on the host before the
   update, or made on the device, which then skips the update, and read a step or more later
   (`readback`); `check_step` says what stopped the run either way. fp16's gradient scaler is the
-  exception: an overflow there is routine, and the step is skipped without stopping.
+  exception: an overflow there is routine, and the step is skipped without stopping, unless it goes on
+  for `SKIPPED_STEPS_LIMIT` steps in a row (gradients that no scale makes finite would otherwise skip
+  every step to the end of the run, training nothing).
 - the weights, before a backup or a save writes them: an update can still overflow.
 No non-finite backup is ever written, so the newest backup is always a good one and rolling deletion
 never removes the last good backup in favour of a bad one; the message names it.
@@ -30,6 +32,11 @@ if TYPE_CHECKING:
 
     from onetrainer.trainer.readback import StepRecord
     from onetrainer.trainer.session import Session
+
+
+SKIPPED_STEPS_LIMIT = 50
+"""fp16 steps skipped in a row for non-finite gradients before the run stops: the scaler halves its scale at
+each, and 50 halvings take its start (2^16) below 2^-34, where no scale is left to find."""
 
 
 class TrainingDiverged(RuntimeFailure):
@@ -106,6 +113,14 @@ def check_step(session: Session, record: StepRecord) -> None:
     step, loss = record.step, record.loss
     if not math.isfinite(loss):
         raise diverged(session, f"the loss became {loss} at step {step}, before its update", before_step=step)
+    skipped = not math.isfinite(record.grad_norm) and session.run.precision.skips_overflow
+    session.skipped_in_a_row = session.skipped_in_a_row + 1 if skipped else 0
+    if session.skipped_in_a_row >= SKIPPED_STEPS_LIMIT:
+        what = (
+            f"the gradients were non-finite at {SKIPPED_STEPS_LIMIT} steps in a row up to step {step} (loss "
+            f"{loss:.4g}): fp16's gradient scaler skipped each update, so nothing trained"
+        )
+        raise diverged(session, what, before_step=step - SKIPPED_STEPS_LIMIT + 1)
     if not math.isfinite(record.grad_norm) and not session.run.precision.skips_overflow:
         when = "during its update" if session.config.training.fused_backward else "before its update"
         what = f"the gradients became non-finite at step {step} (loss {loss:.4g}), {when}"

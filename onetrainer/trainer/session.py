@@ -80,6 +80,8 @@ class Session:
     last_backup_path: Path | None = None
     """The newest backup of this run: restored from, or written (always with finite weights)."""
     last_preview_step: int | None = None
+    skipped_in_a_row: int = 0
+    """fp16 steps skipped in a row for non-finite gradients (`divergence.check_step`)."""
     sharded: list[Any] = field(default_factory=list)
     """The components sharded across the ranks (FSDP); empty when every rank holds the trained weights."""
 

@@ -46,6 +46,7 @@ class ToySetup:
         *,
         nan_at_step: int | None = None,
         bad_gradient_at_step: int | None = None,
+        bad_gradients_from_step: int | None = None,
         fail_at_step: int | None = None,
         hook: Hook | None = None,
     ) -> None:
@@ -53,6 +54,7 @@ class ToySetup:
         self.config = config
         self.nan_at_step = nan_at_step
         self.bad_gradient_at_step = bad_gradient_at_step
+        self.bad_gradients_from_step = bad_gradients_from_step
         self.fail_at_step = fail_at_step
         self.hook = hook
         self.step = 0
@@ -86,7 +88,8 @@ class ToySetup:
         loss = torch.nn.functional.mse_loss(prediction["prediction"].float(), prediction["target"])
         if self.nan_at_step is not None and self.step + 1 >= self.nan_at_step:
             return loss * float("nan")
-        if self.bad_gradient_at_step is not None and self.step + 1 == self.bad_gradient_at_step:
+        from_step = self.bad_gradients_from_step
+        if self.step + 1 == self.bad_gradient_at_step or (from_step is not None and self.step + 1 >= from_step):
             return _InfiniteGradient.apply(loss)
         return loss
 
@@ -141,6 +144,7 @@ def make_toy_build(
     *,
     nan_at_step: int | None = None,
     bad_gradient_at_step: int | None = None,
+    bad_gradients_from_step: int | None = None,
     fail_at_step: int | None = None,
     save_error: Exception | None = None,
     batches: int = 5,
@@ -156,6 +160,7 @@ def make_toy_build(
             config,
             nan_at_step=nan_at_step,
             bad_gradient_at_step=bad_gradient_at_step,
+            bad_gradients_from_step=bad_gradients_from_step,
             fail_at_step=fail_at_step,
             hook=hook,
         )

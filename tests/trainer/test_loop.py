@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from onetrainer.trainer.backup import list_backups, read_backup
+from onetrainer.trainer.divergence import SKIPPED_STEPS_LIMIT
 from onetrainer.trainer.loop import TrainingDiverged, train
 from onetrainer.trainer.metrics import read_metrics
 from onetrainer.trainer.parts import TrainingParts
@@ -146,6 +148,21 @@ def test_fp16_nan_hints_at_precision(
         train(toy_config(tmp_path, "training.precision=fp16", *READ_BACK[read_back]), build=toy_build(nan_at_step=1))
     assert "bf16" in error.value.hint
     assert "no backup was written, so there is none to continue from" in error.value.message
+
+
+@pytest.mark.parametrize("read_back", list(READ_BACK))
+def test_fp16_skips_overflowed_steps_but_stops_when_no_step_can_train(
+    tmp_path: Path, read_back: str, toy_build: ToyBuild, toy_config: ToyConfig
+) -> None:
+    """The scaler skips a step with non-finite gradients; gradients that stay non-finite would skip every step."""
+    fp16 = ("training.precision=fp16", "training.epochs=30", "training.max_steps=100", *READ_BACK[read_back])
+    assert train(toy_config(tmp_path / "once", *fp16), build=toy_build(bad_gradient_at_step=3)).step == 100
+    with pytest.raises(TrainingDiverged, match=f"non-finite at {SKIPPED_STEPS_LIMIT} steps in a row") as error:
+        train(toy_config(tmp_path / "always", *fp16), build=toy_build(bad_gradients_from_step=5))
+    records = read_metrics(tmp_path / "always" / "workspace" / "metrics.jsonl")
+    first = next(record["step"] for record in records if not math.isfinite(record["grad_norm"]))
+    assert all(math.isfinite(record["grad_norm"]) for record in records if record["step"] < first)
+    assert f"up to step {first + SKIPPED_STEPS_LIMIT - 1} " in error.value.message
 
 
 def _finite(tensors: dict[str, torch.Tensor]) -> bool:
