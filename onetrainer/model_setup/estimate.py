@@ -413,8 +413,7 @@ def _steps_all_at_once(training: TrainingConfig, *, mixed_devices: bool) -> bool
     if training.optimizer is Optimizer.ADAMW:
         return args.get("fused") is False or args.get("foreach") is True
     if training.optimizer is Optimizer.SGD:
-        value = args.get("momentum", training.momentum)
-        momentum = isinstance(value, (int, float)) and value > 0
+        momentum = training.momentum > 0
         decayed = training.weight_decay > 0 or bool(args.get("nesterov"))
         fused = args.get("fused") is True or (not momentum and "fused" not in args and "foreach" not in args)
         return not fused and decayed

@@ -32,6 +32,7 @@ from onetrainer.trainer.backup import SHARDS_FOLDER, backup_name, write_backup_f
 from onetrainer.trainer.distributed import World, all_reduce_sum, broadcast_object
 from onetrainer.util.atomic import atomic_directory
 from onetrainer.util.config.memory import fully_trained as fully_trained_parts
+from onetrainer.util.config.optimizer_args import SHARDABLE
 from onetrainer.util.config.training import DistributedMode, EmaDevice, Precision
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import RuntimeFailure, UserError
@@ -68,6 +69,12 @@ def uses_sharding(config: TrainConfig, world: World) -> bool:
             "a sharded run keeps each rank's share of the moving average beside its shard of the weights",
             where="training.ema.device",
             hint="Set training.ema.device=train with training.distributed=fsdp.",
+        )
+    if training.optimizer not in SHARDABLE:
+        raise UserError(
+            f"the {training.optimizer.value} optimizer cannot step the sharded weights (it fails at the first step)",
+            where="training.optimizer",
+            hint=f"Use one of {', '.join(optimizer.value for optimizer in SHARDABLE)} with training.distributed=fsdp.",
         )
     _refuse_memory_levers(config)
     return True

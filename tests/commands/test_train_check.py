@@ -46,8 +46,13 @@ def test_preset_file_with_concept_override_prints_resolved_config(tmp_path):
         ("", ["training.optimizer_args={foo: 1}"], "training.optimizer_args.foo = 1: the adamw optimizer has no such"),
         (
             "",
-            ["training.optimizer_args={eps: abc}"],
-            "training.optimizer_args.eps = 'abc': the adamw optimizer takes a",
+            ["training.optimizer_args={amsgrad: abc}"],
+            "training.optimizer_args.amsgrad = 'abc': the adamw optimizer takes true",
+        ),
+        (
+            "",
+            ["training.optimizer=prodigy", "training.optimizer_args={lr: 1.0}"],
+            "training.optimizer_args.lr = 1.0: the prodigy optimizer takes this from",
         ),
     ],
 )

@@ -70,6 +70,8 @@ def test_gpus_without_cuda_exits_2_and_suggests_cpu_processes(tmp_path: Path, sh
             "stochastic rounding updates each bf16 weight through an fp32 copy",
         ),
         ([*FSDP, "training.optimizer_offload=true"], "optimizer_offload keeps CPU copies of the trained tensors"),
+        ([*FSDP, "training.optimizer=adafactor"], "the adafactor optimizer cannot step the sharded weights"),
+        ([*FSDP, "training.optimizer=came"], "Use one of adamw, sgd, prodigy, schedulefree_adamw, lion with"),
         (
             [*FSDP, "training.gradient_checkpointing=true", "parts.unet.offload_blocks=2"],
             "layer offloading moves the blocks of the unet, which FSDP shards",

@@ -95,7 +95,6 @@ def test_fused_kernels_are_not_used_where_a_skipped_step_would_corrupt_them() ->
 
     assert fused(TrainingConfig(optimizer=Optimizer.SGD))
     assert not fused(TrainingConfig(optimizer=Optimizer.SGD, momentum=0.9))
-    assert not fused(TrainingConfig(optimizer=Optimizer.SGD, optimizer_args={"momentum": 0.9}))
     asked = {"fused": True}
     with pytest.raises(UserError, match="uninitialised momentum") as error:
         fused(TrainingConfig(optimizer=Optimizer.SGD, momentum=0.9, optimizer_args=asked))
@@ -146,6 +145,14 @@ def test_misspelled_optimizer_argument_is_refused_with_a_suggestion() -> None:
         build_optimizer(groups, config, CPU)
     assert error.value.where == "training.optimizer_args.amsgrd"
     assert "did you mean 'amsgrad'?" in error.value.message
+
+
+def test_an_optimizer_argument_a_training_key_sets_is_refused_in_a_config_made_in_code() -> None:
+    """A group's `lr` wins over the constructor's, so this one never took effect (the config check refuses it too)."""
+    config = TrainingConfig(optimizer=Optimizer.PRODIGY, learning_rate=1e-4, optimizer_args={"lr": 1.0})
+    with pytest.raises(UserError, match=r"set training\.learning_rate instead") as error:
+        build_optimizer(resolve_parameter_groups(_groups(), config), config, CPU)
+    assert error.value.where == "training.optimizer_args.lr"
 
 
 def test_optimizer_args_reach_the_optimizer() -> None:

@@ -3,12 +3,13 @@
 A field validator sees one section; these need two, such as a preview prompt's size, which falls back
 to the training resolution when it is not set, or the registry, such as whether the model type can
 train in this version at all, or an optimizer's class, whose signature says which `optimizer_args` it
-takes.
+takes, or whether it takes a learning rate per part.
 """
 
 from __future__ import annotations
 
 from onetrainer.util.config.memory import memory_problems
+from onetrainer.util.config.optimization import optimization_problems
 from onetrainer.util.config.optimizer_args import optimizer_arg_problems
 from onetrainer.util.config.output import SIZE_STEP
 from onetrainer.util.config.schema import TrainConfig
@@ -27,6 +28,7 @@ def cross_section_problems(config: TrainConfig) -> list[ConfigProblem]:
         *_preview_size_problems(config),
         *_prior_problems(config),
         *memory_problems(config),
+        *optimization_problems(config),
         *optimizer_arg_problems(config.training),
     ]
 

@@ -1,4 +1,5 @@
-"""`training.optimizer_args` checked against the chosen optimizer's constructor, with the rest of the config.
+"""The optimizers' registry (where each class lives, what each can do), and `training.optimizer_args` checked
+against the chosen optimizer's constructor, with the rest of the config.
 
 The arguments go to the optimizer class as keywords, so the class's own signature says which names it
 takes, and its defaults say what kind of value each wants: a number where the default is a number,
@@ -6,7 +7,8 @@ true or false where it is a bool, a list of as many numbers as a tuple default h
 it needs the class, so it is imported here, but only when `optimizer_args` is set; an optimizer whose
 optional package is not installed is not checked (the trainer refuses it, naming the install command).
 A misspelt knob or a word where a number belongs is then refused by `--check` and before any weights
-load, not after the cache has filled.
+load, not after the cache has filled. So is an argument that a `training` key sets (`lr`, `betas`, ...), and
+a switch with which the optimizer would compute a learning rate of its own.
 """
 
 from __future__ import annotations
@@ -49,6 +51,32 @@ OPTIMIZER_CLASSES: dict[Optimizer, OptimizerClass] = {
     Optimizer.CAME: OptimizerClass("came_pytorch", "CAME", "came-pytorch"),
 }
 
+SHARDABLE = (Optimizer.ADAMW, Optimizer.SGD, Optimizer.PRODIGY, Optimizer.SCHEDULE_FREE_ADAMW, Optimizer.LION)
+"""Optimizers that step FSDP's sharded weights (`DTensor`s) as they step whole ones, checked on two ranks
+(tests/trainer/test_sharded_optimizers.py). Adafactor and CAME mix plain tensors into their update and fail at
+the first step ("aten.add_.Tensor got mixed torch.Tensor and DTensor"). bitsandbytes' 8-bit AdamW needs CUDA;
+torchao's steps shards alike, but a sharded backup of its 8-bit states is untested."""
+ONE_LEARNING_RATE = (Optimizer.PRODIGY,)
+"""Optimizers that adapt one step size for all parameter groups and so take one learning rate: prodigyopt
+stops at the first step when groups differ ("only supported for values of 0", and our rates are above 0)."""
+FIRST_CLASS_ARGUMENTS = {
+    "lr": "training.learning_rate",
+    "weight_decay": "training.weight_decay",
+    "betas": "training.betas",
+    "eps": "training.eps",
+    "momentum": "training.momentum",
+    "warmup_steps": "training.warmup",
+}
+"""Constructor arguments a `training` key sets (`trainer.optimizers`), by that key. Given in `optimizer_args`
+as well, one of the two was silently lost: `lr` never took effect (every parameter group carries its own
+rate), the others overrode their key."""
+PAIRED_EPSILON = (Optimizer.ADAFACTOR, Optimizer.CAME)
+"""Optimizers whose `eps` is a pair of numbers, which `training.eps` (one number) does not set:
+`optimizer_args.eps` does."""
+OWN_LEARNING_RATE: dict[Optimizer, tuple[str, ...]] = {Optimizer.ADAFACTOR: ("relative_step", "warmup_init")}
+"""Switches that make an optimizer compute its own learning rate: transformers' Adafactor refuses one given
+beside it, and every parameter group carries one (`training.learning_rate`), so the run could not start."""
+
 _NOT_ARGUMENTS = ("self", "params")
 """Constructor parameters that are not settings: the parameters to optimize come from the model setup."""
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -90,9 +118,14 @@ def argument_problems(optimizer: Optimizer, cls: type, args: Mapping[str, object
             if not takes_any:
                 problems.append(_unknown(optimizer, name, value, list(parameters)))
             continue
+        if name in FIRST_CLASS_ARGUMENTS and not (name == "eps" and optimizer in PAIRED_EPSILON):
+            problems.append(_first_class(optimizer, name, value))
+            continue
         wanted = _wanted_kind(parameter)
         if wanted is not None and not wanted.accepts(value):
             problems.append(_wrong_kind(optimizer, parameter, value, wanted))
+        elif value is True and name in OWN_LEARNING_RATE.get(optimizer, ()):
+            problems.append(_own_learning_rate(optimizer, name))
     return problems
 
 
@@ -101,6 +134,22 @@ def _unknown(optimizer: Optimizer, name: str, value: object, names: list[str]) -
     return ConfigProblem(
         f"training.optimizer_args.{name}", f"{message}its arguments: {', '.join(names)}", value, has_value=True
     )
+
+
+def _first_class(optimizer: Optimizer, name: str, value: object) -> ConfigProblem:
+    key = FIRST_CLASS_ARGUMENTS[name]
+    where = " (per part: parts.<name>.learning_rate)" if name == "lr" else ""
+    message = f"the {optimizer.value} optimizer takes this from {key}, not from here: set {key} instead{where}"
+    return ConfigProblem(f"training.optimizer_args.{name}", message, value, has_value=True)
+
+
+def _own_learning_rate(optimizer: Optimizer, name: str) -> ConfigProblem:
+    message = (
+        f"makes the {optimizer.value} optimizer compute its own learning rate, which it refuses beside the one "
+        "every parameter group carries (training.learning_rate): set it to false, and the rate with "
+        "training.learning_rate, lr_scheduler and warmup"
+    )
+    return ConfigProblem(f"training.optimizer_args.{name}", message, True, has_value=True)
 
 
 def _wrong_kind(optimizer: Optimizer, parameter: inspect.Parameter, value: object, wanted: _Kind) -> ConfigProblem:

@@ -94,24 +94,64 @@ def test_thread_setting_refuses_anything_else(run, value):
             "amsgrd",
             "the adamw optimizer has no such argument; did you mean 'amsgrad'? its arguments: lr,",
         ),
-        ("{eps: abc}", "eps", "the adamw optimizer takes a number here (its default: 1e-08)"),
+        ("{d_coef: abc}", "d_coef", "the prodigy optimizer takes a number here (its default: 1.0)"),
         ("{amsgrad: 1}", "amsgrad", "the adamw optimizer takes true or false here (its default: false)"),
-        ("{betas: [0.9]}", "betas", "the adamw optimizer takes a list of 2 numbers here (its default: [0.9, 0.999])"),
+        (
+            "{eps: [1e-30]}",
+            "eps",
+            "the adafactor optimizer takes a list of 2 numbers here (its default: [1e-30, 0.001])",
+        ),
         ("{fused: 'yes'}", "fused", "the adamw optimizer takes true, false or null here (its default: null)"),
     ],
 )
 def test_optimizer_args_are_checked_against_the_optimizers_signature(run, override, key, message):
     """These passed `--check` and failed only once the model had loaded and the cache had filled."""
-    found = problems(run, f"training.optimizer_args={override}")
+    optimizer = message.split()[1]
+    found = problems(run, f"training.optimizer={optimizer}", f"training.optimizer_args={override}")
     assert list(found) == [f"training.optimizer_args.{key}"]
     assert found[f"training.optimizer_args.{key}"].startswith(message)
 
 
 def test_optimizer_args_of_the_right_kinds_pass(run):
-    args = "{fused: null, foreach: false, betas: [0.9, 0.99], eps: 1, weight_decay: 0, amsgrad: true}"
-    assert load_config(run, [f"training.optimizer_args={args}"]).training.optimizer_args["eps"] == 1
+    args = "{fused: null, foreach: false, amsgrad: true, maximize: false}"
+    assert load_config(run, [f"training.optimizer_args={args}"]).training.optimizer_args["amsgrad"] is True
     sgd = load_config(run, ["training.optimizer=sgd", "training.optimizer_args={nesterov: true, dampening: 0.1}"])
     assert sgd.training.optimizer_args == {"nesterov": True, "dampening": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "key", "value", "instead"),
+    [
+        ("prodigy", "lr", 1.0, "training.learning_rate"),
+        ("adamw", "lr", 0.01, "training.learning_rate"),
+        ("adamw", "weight_decay", 0.5, "training.weight_decay"),
+        ("adamw", "betas", [0.8, 0.9], "training.betas"),
+        ("adamw", "eps", 1e-6, "training.eps"),
+        ("sgd", "momentum", 0.9, "training.momentum"),
+        ("schedulefree_adamw", "warmup_steps", 7, "training.warmup"),
+    ],
+)
+def test_optimizer_args_that_a_training_key_sets_are_refused_naming_the_key(run, optimizer, key, value, instead):
+    """`lr` here was ignored (every parameter group carries its own rate); the others silently overrode their key."""
+    found = problems(run, f"training.optimizer={optimizer}", f"training.optimizer_args={{{key}: {value}}}")
+    assert list(found) == [f"training.optimizer_args.{key}"]
+    assert f"takes this from {instead}, not from here: set {instead} instead" in found[f"training.optimizer_args.{key}"]
+
+
+def test_the_epsilon_pair_of_adafactor_and_came_is_an_optimizer_argument(run):
+    """`training.eps` is one number, which these two do not take."""
+    config = load_config(run, ["training.optimizer=adafactor", "training.optimizer_args={eps: [1e-30, 0.01]}"])
+    assert config.training.optimizer_args == {"eps": [1e-30, 0.01]}
+
+
+@pytest.mark.parametrize("key", ["relative_step", "warmup_init"])
+def test_adafactor_computing_its_own_learning_rate_is_refused(run, key):
+    """transformers' Adafactor refuses the learning rate every parameter group carries beside it: no run could start."""
+    found = problems(run, "training.optimizer=adafactor", f"training.optimizer_args={{{key}: true}}")
+    assert list(found) == [f"training.optimizer_args.{key}"]
+    assert "compute its own learning rate" in found[f"training.optimizer_args.{key}"]
+    args = f"{{{key}: false, scale_parameter: true}}"
+    assert load_config(run, ["training.optimizer=adafactor", f"training.optimizer_args={args}"]).training.optimizer_args
 
 
 def test_optimizer_args_of_an_optimizer_not_installed_are_left_to_the_trainer(run, monkeypatch):
@@ -153,11 +193,11 @@ def test_optimizer_numbers_yaml_reads_as_text_are_numbers() -> None:
 
     overrides = [
         "model.base=org/m",
-        "training.optimizer=sgd",
-        "training.optimizer_args={dampening: 1e-6, momentum: '0'}",
+        "training.optimizer=prodigy",
+        "training.optimizer_args={d0: 1e-6, slice_p: '11'}",
     ]
     config = load_config(None, overrides)
-    assert config.training.optimizer_args == {"dampening": 1e-6, "momentum": 0}
-    assert isinstance(config.training.optimizer_args["momentum"], int)
-    adamw = load_config(None, ["model.base=org/m", "training.optimizer_args={betas: [0.9, 1e-2]}"])
-    assert adamw.training.optimizer_args == {"betas": [0.9, 0.01]}
+    assert config.training.optimizer_args == {"d0": 1e-6, "slice_p": 11}
+    assert isinstance(config.training.optimizer_args["slice_p"], int)
+    adafactor = ["model.base=org/m", "training.optimizer=adafactor", "training.optimizer_args={eps: [1e-30, 1e-2]}"]
+    assert load_config(None, adafactor).training.optimizer_args == {"eps": [1e-30, 0.01]}

@@ -69,6 +69,25 @@ SCHEDULE_FREE = {OPTIMIZER_NAMES[name] for name in SCHEDULE_FREE_OPTIMIZERS if n
 """Our names of the optimizers OneTrainer gives its warm-up unscaled (they take it in their own steps)."""
 
 
+def _warmup(training: View) -> float:
+    """OneTrainer counts a warm-up in batches, and reads 1 or less as a share of the run; except for a
+    schedule-free optimizer, which it hands the value unchanged, as a count of that optimizer's steps (ours
+    too), so that a share of the run has no equivalent there."""
+    warmup = float(training["warmup"])
+    if training["optimizer"] in SCHEDULE_FREE:
+        if 0 < warmup < 1:
+            training.unsupported(
+                "warmup",
+                "OneTrainer gives a schedule-free optimizer its warm-up in steps, where a fraction does not "
+                "warm up; give training.warmup in steps",
+            )
+        return warmup
+    if warmup == 1:
+        training.unsupported("warmup", "OneTrainer reads a warm-up of 1 as the whole run; 2 steps there")
+        warmup = 2.0
+    return warmup * training["gradient_accumulation_steps"] if warmup > 1 else warmup
+
+
 def export_schedule(training: View, ot: dict[str, Any]) -> None:
     ot["learning_rate"] = training["learning_rate"]
     scheduler = training["lr_scheduler"]
@@ -76,12 +95,7 @@ def export_schedule(training: View, ot: dict[str, Any]) -> None:
         ot["learning_rate_scheduler"] = reverse(SCHEDULER_NAMES)[scheduler]
     else:
         training.unsupported("lr_scheduler", f"OneTrainer's schedules here: {', '.join(reverse(SCHEDULER_NAMES))}")
-    warmup = float(training["warmup"])  # OneTrainer counts a warm-up in batches (a schedule-free one in steps)
-    batches = 1 if training["optimizer"] in SCHEDULE_FREE else training["gradient_accumulation_steps"]
-    if warmup == 1:
-        training.unsupported("warmup", "OneTrainer reads a warm-up of 1 as the whole run; 2 steps there")
-        warmup = 2.0
-    ot["learning_rate_warmup_steps"] = warmup * batches if warmup > 1 else warmup
+    ot["learning_rate_warmup_steps"] = _warmup(training)
     ot["learning_rate_cycles"] = float(training["lr_cycles"])
     ot["learning_rate_min_factor"] = training["lr_min_factor"]
     ot["epochs"] = training["epochs"]

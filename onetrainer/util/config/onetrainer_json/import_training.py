@@ -29,6 +29,7 @@ from onetrainer.util.config.onetrainer_json.tables import (
     SCHEDULE_FREE_OPTIMIZERS,
     SCHEDULER_NAMES,
     SINGLE_EPS,
+    UNSUPPORTED_OPTIMIZER_FIELDS,
 )
 from onetrainer.util.config.onetrainer_json.target import Target
 from onetrainer.util.family import FamilySpec, Objective
@@ -82,6 +83,8 @@ def map_optimizer(config: View, optimizer: View, out: Target) -> None:
         value = optimizer[key]
         if value is not None and not same(value, ours_by_default[argument]):
             args[argument] = value
+    for key, why in UNSUPPORTED_OPTIMIZER_FIELDS.get(ours, {}).items():
+        optimizer.refuse(key, why)
     if args:
         out.set("training.optimizer_args", args)
     for key in IMPLEMENTATION_FIELDS:
@@ -109,12 +112,13 @@ def map_schedule(config: View, out: Target, optimizer: str) -> None:
         config.refuse("scheduler_params", "custom schedulers are not supported")
     warmup = config["learning_rate_warmup_steps"]
     accumulation = max(1, config["gradient_accumulation_steps"])
-    if warmup == 1.0:
+    if optimizer in SCHEDULE_FREE_OPTIMIZERS:
+        _schedule_free_warmup(config, optimizer)
+    elif warmup == 1.0:
         config.unsupported("learning_rate_warmup_steps", "a warm-up over the whole run (1.0) is not supported; 0.999")
         warmup = 0.999
-    elif warmup > 1 and optimizer not in SCHEDULE_FREE_OPTIMIZERS:
+    elif warmup > 1:
         warmup = float(int(warmup / accumulation))  # steps are batches in OneTrainer, which divides them so
-    # (a schedule-free optimizer takes OneTrainer's warm-up as it is, in its own optimizer steps)
     out.set("training.warmup", warmup)
     cycles = config["learning_rate_cycles"]
     if scheduler == "COSINE_WITH_HARD_RESTARTS":
@@ -125,11 +129,29 @@ def map_schedule(config: View, out: Target, optimizer: str) -> None:
             )
     else:
         config.ignore("learning_rate_cycles", "only used by cosine with restarts")
-    out.set("training.lr_min_factor", config["learning_rate_min_factor"])
+    if SCHEDULER_NAMES.get(scheduler, "constant") == "constant":
+        config.ignore("learning_rate_min_factor", "the constant schedule does not decay")
+    else:
+        out.set("training.lr_min_factor", config["learning_rate_min_factor"])
     out.set("training.epochs", config["epochs"])
     out.set("training.batch_size", config["batch_size"])
     out.set("training.gradient_accumulation_steps", config["gradient_accumulation_steps"])
     out.set("training.max_grad_norm", config["clip_grad_norm"] or None)
+
+
+def _schedule_free_warmup(config: View, optimizer: str) -> None:
+    """OneTrainer hands its warm-up to a schedule-free optimizer unchanged, as that optimizer's count of steps,
+    where we count optimizer steps too: a count imports as it is (1.0 too: one step, no warm-up, in both).
+    A fraction it takes as a fraction of one step, so it does not warm up (the first step at more than the
+    learning rate); we keep our meaning, a share of the run, and say so."""
+    warmup = config["learning_rate_warmup_steps"]
+    if 0 < warmup < 1:
+        config.note(
+            "learning_rate_warmup_steps",
+            f"OneTrainer hands {warmup:g} to the schedule-free {optimizer} optimizer as a number of steps, so it does "
+            f"not warm up (its first step is at {1 / warmup:g} times the learning rate); imported as a warm-up over "
+            f"{warmup:g} of the run (training.warmup: {warmup:g})",
+        )
 
 
 def map_precision(config: View, out: Target) -> None:

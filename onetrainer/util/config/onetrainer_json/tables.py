@@ -268,8 +268,6 @@ OPTIMIZER_ARGS: dict[str, dict[str, str]] = {
         "decay_rate": "decay_rate",
         "beta1": "beta1",
         "scale_parameter": "scale_parameter",
-        "relative_step": "relative_step",
-        "warmup_init": "warmup_init",
     },
     "prodigy": {
         "beta3": "beta3",
@@ -297,8 +295,6 @@ OPTIMIZER_ARG_DEFAULTS: dict[str, dict[str, Any]] = {
         "decay_rate": -0.8,
         "beta1": None,
         "scale_parameter": False,
-        "relative_step": False,
-        "warmup_init": False,
     },
     "prodigy": {
         "beta3": None,
@@ -315,9 +311,17 @@ OPTIMIZER_ARG_DEFAULTS: dict[str, dict[str, Any]] = {
     "came": {"eps": [1e-30, 1e-16], "clip_threshold": 1.0},
 }
 """What our optimizer uses for each argument of `OPTIMIZER_ARGS` (and the epsilon pair) that the config leaves
-out: its library's default, or what our build always passes (Adafactor's relative_step false). They can differ
+out: its library's default, or what our build always passes (Adafactor's scale_parameter false). They can differ
 from OneTrainer's (Prodigy's `slice_p`: OneTrainer 11, prodigyopt 1), so the importer sets each OneTrainer
 value that differs from ours, and the exporter writes ours for each argument the config leaves out."""
+OWN_LEARNING_RATE_REASON = (
+    "Adafactor's own learning rate is not supported: onetrainer always sets training.learning_rate, which "
+    "Adafactor refuses beside it (the run could not start)"
+)
+UNSUPPORTED_OPTIMIZER_FIELDS: dict[str, dict[str, str]] = {
+    "adafactor": {"relative_step": OWN_LEARNING_RATE_REASON, "warmup_init": OWN_LEARNING_RATE_REASON},
+}
+"""OneTrainer optimizer fields we cannot honour away from their default (false), per our optimizer, with why."""
 BETAS = {"adamw": 2, "adamw8bit": 2, "adamw8bit_ao": 2, "prodigy": 2, "schedulefree_adamw": 2, "lion": 2, "came": 3}
 """How many of beta1, beta2, beta3 make our `training.betas`, per optimizer that takes them."""
 SINGLE_EPS = ("adamw", "adamw8bit", "adamw8bit_ao", "prodigy", "schedulefree_adamw")

@@ -267,6 +267,16 @@ def test_a_schedule_free_warm_up_is_not_counted_in_batches_and_one_step_is_not_t
     assert lacking(findings) == {"training.warmup"}
 
 
+def test_a_schedule_free_warm_up_of_one_step_exports_as_it_is_and_a_fraction_is_listed():
+    """OneTrainer's schedule-free optimizer takes 1 as one step, as ours, and 0.1 as 0.1 of a step (no warm-up)."""
+    schedule_free = "training.optimizer=schedulefree_adamw"
+    config, findings = export(schedule_free, "training.warmup=1")
+    assert (config["learning_rate_warmup_steps"], findings) == (1.0, [])
+    config, findings = export(schedule_free, "training.warmup=0.1")
+    assert config["learning_rate_warmup_steps"] == 0.1
+    assert lacking(findings) == {"training.warmup"}
+
+
 def test_a_text_encoders_own_dropout_is_onetrainers_dropout_probability(tmp_path):
     config, findings = export("parts.text_encoder.dropout=0.3")
     assert (config["text_encoder"]["dropout_probability"], findings) == (0.3, [])

@@ -388,15 +388,23 @@ def test_cadences(convert, count, unit, expected):
 
 
 def test_optimizer_settings(convert):
-    adafactor = convert(optimizer={"optimizer": "ADAFACTOR", "eps2": 0.01, "relative_step": True})
+    adafactor = convert(optimizer={"optimizer": "ADAFACTOR", "eps2": 0.01, "scale_parameter": True})
     assert get(adafactor, "training.optimizer") == "adafactor"
-    assert get(adafactor, "training.optimizer_args") == {"eps": [1e-30, 0.01], "relative_step": True}
+    assert get(adafactor, "training.optimizer_args") == {"eps": [1e-30, 0.01], "scale_parameter": True}
     assert get(adafactor, "training.weight_decay") == 0.0
     prodigy = convert(optimizer={"optimizer": "PRODIGY", "d_coef": 0.5}, learning_rate=1.0)
     assert get(prodigy, "training.optimizer_args") == {"d_coef": 0.5, "slice_p": 11}, "prodigyopt's slice_p is 1"
     assert "optimizer.optimizer" in unsupported(convert(optimizer={"optimizer": "ADAMW_ADV"}))
     stray = convert(optimizer={"optimizer": "ADAMW", "d0": 0.1})
     assert unsupported(stray)["optimizer.d0"] == "not a setting of the adamw optimizer here"
+
+
+@pytest.mark.parametrize("key", ["relative_step", "warmup_init"])
+def test_adafactors_own_learning_rate_is_unsupported(convert, key):
+    """Adafactor refuses the learning rate our trainer always gives it beside these: the run could not start."""
+    imported = convert(optimizer={"optimizer": "ADAFACTOR", key: True}, learning_rate_scheduler="ADAFACTOR")
+    assert "Adafactor refuses beside it" in unsupported(imported)[f"optimizer.{key}"]
+    assert get(imported, "training.optimizer_args") is None
 
 
 def test_loss_mixes_and_weightings(convert):
@@ -454,6 +462,16 @@ def test_schedule_free_optimizers_run_with_a_constant_schedule(convert):
     assert imported.unsupported == []
     assert "CONSTANT schedule" in notes(imported)["learning_rate_scheduler"]
     assert "learning_rate_scheduler" not in notes(convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}))
+
+
+def test_a_min_factor_only_a_decaying_schedule_reads_is_imported_only_with_one(convert):
+    """Our check refuses `lr_min_factor` beside the constant schedule, which ignores it, as OneTrainer's does."""
+    constant = convert(learning_rate_min_factor=0.1)
+    assert (get(constant, "training.lr_min_factor"), constant.unsupported) == (None, [])
+    assert "does not decay" in notes(constant)["learning_rate_min_factor"]
+    cosine = convert(learning_rate_scheduler="COSINE", learning_rate_min_factor=0.1)
+    assert get(cosine, "training.lr_min_factor") == 0.1
+    assert "learning_rate_min_factor" not in notes(cosine)
 
 
 def test_ema_previews_are_those_of_non_ema_sampling_false(convert):
@@ -583,6 +601,18 @@ def test_a_schedule_free_optimizers_warm_up_is_taken_as_it_is(convert):
         optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}, gradient_accumulation_steps=4, learning_rate_warmup_steps=100
     )
     assert get(imported, "training.warmup") == 100.0
+    one = convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}, learning_rate_warmup_steps=1.0)
+    assert (get(one, "training.warmup"), one.unsupported) == (1.0, []), "one step in both"
+    assert "learning_rate_warmup_steps" not in notes(one)
+
+
+def test_a_schedule_free_warm_up_fraction_keeps_our_meaning_with_a_note(convert):
+    """OneTrainer hands 0.1 to the optimizer as 0.1 of a step: no warm-up, its first step at 10 times the rate."""
+    imported = convert(optimizer={"optimizer": "SCHEDULE_FREE_ADAMW"}, learning_rate_warmup_steps=0.1)
+    assert (get(imported, "training.warmup"), imported.unsupported) == (0.1, [])
+    note = notes(imported)["learning_rate_warmup_steps"]
+    assert "so it does not warm up (its first step is at 10 times the learning rate)" in note
+    assert "imported as a warm-up over 0.1 of the run" in note
 
 
 def test_the_layer_filter_is_what_trains_and_a_preset_fills_in_only_an_empty_one(convert):
