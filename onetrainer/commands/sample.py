@@ -23,6 +23,8 @@ from onetrainer.util.errors import UserError
 from onetrainer.util.family import Objective
 
 if TYPE_CHECKING:
+    from onetrainer.model.adapters.embedding import EmbeddingAdapter
+    from onetrainer.model.diffusion import DiffusionModel
     from onetrainer.util.config.model import ModelConfig
 
 MAX_SEED = 2**64 - 1
@@ -142,7 +144,7 @@ def sample(
     """
     from rich.markup import escape
 
-    from onetrainer.model.adapters import add_embedding, merge_lora, read_embedding_file, read_lora_file
+    from onetrainer.model.adapters import merge_lora, read_lora_file
     from onetrainer.model_loader.family import size_step, source_model_type
     from onetrainer.model_sampler.clip_skip import clip_skip_layers
     from onetrainer.model_sampler.png import GenerationInfo, output_paths, save_png
@@ -200,10 +202,7 @@ def sample(
         for message in lora_file.warnings:
             stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
         merge_lora(loaded, lora_file, scale)
-    loaded.adapters.embeddings.extend(
-        add_embedding(loaded, path.stem, vectors=read_embedding_file(path, loaded.spec), trainable=False)
-        for path in embedding or []
-    )
+    loaded.adapters.embeddings.extend(_embedding_file(loaded, path) for path in embedding or [])
     layer_skip = clip_skip_layers(loaded, clip_skip)
     sampler = lookup(ModuleKind.SAMPLER, family)(loaded, layer_skip=layer_skip)
     stderr.print(f"seed {first_seed}")
@@ -255,6 +254,26 @@ def _parse_lora(spec: str) -> tuple[Path, float]:
             raise UserError(f"--lora {spec!r}: the strength is not finite", where="--lora", hint="Write FILE:0.8.")
         return Path(path).expanduser(), strength
     return Path(spec).expanduser(), 1.0
+
+
+def _embedding_file(model: DiffusionModel, path: Path) -> EmbeddingAdapter:
+    """The embedding in `path`, under its file's name as A1111 names it.
+
+    The name becomes new tokens, so one the tokenizers already know (`cat`) is refused: the embedding would
+    replace that vocabulary entry, inside other words too. (A1111 looks for the name's ordinary word tokens in
+    the prompt instead, which new tokens cannot imitate.) The refusal says how to rename the file.
+    """
+    from onetrainer.model.adapters import add_embedding, read_embedding_file
+
+    return add_embedding(
+        model,
+        path.stem,
+        vectors=read_embedding_file(path, model.spec),
+        trainable=False,
+        where=f"--embedding {path}",
+        name_hint=f"An embedding file's name is its trigger word: rename the file to a word the vocabulary "
+        f"lacks (e.g. {path.stem}-embedding{path.suffix}) and write that word in the prompt.",
+    )
 
 
 def _parse_options(pairs: list[str]) -> dict[str, object]:

@@ -129,6 +129,15 @@ def caption_path_for(image: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def sidecar_sharers(images: list[Path]) -> list[list[Path]]:
+    """Groups of two or more images named alike but for the extension (`cat.png`, `cat.jpg`): they share one
+    caption file (`cat.txt`) and one mask (`cat-masklabel.png`), which cannot say which image it describes."""
+    groups: dict[Path, list[Path]] = {}
+    for image in images:
+        groups.setdefault(image.with_suffix(""), []).append(image)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def limit_pixels(limit: int | None) -> None:
     """Refuse images above `limit` pixels (None: no limit) as possible decompression bombs.
 

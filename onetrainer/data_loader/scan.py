@@ -16,6 +16,7 @@ from typing import Any
 
 from onetrainer.data_loader.events import LoaderEvent, ProgressCallback, ignore_events
 from onetrainer.data_loader.files import (
+    MASK_SUFFIX,
     ImageHeader,
     ImageReadFailed,
     ImageTooLarge,
@@ -29,6 +30,7 @@ from onetrainer.data_loader.files import (
     pixel_limit,
     read_header,
     read_text_lines,
+    sidecar_sharers,
     verify_image,
 )
 from onetrainer.data_loader.memo import FileMemo
@@ -218,6 +220,10 @@ def scan_concepts(
         if not images:
             message = f"concept '{scan.label}' (data.concepts.{scan.index}) holds no images: {scan.config.path}"
             progress(LoaderEvent("warning", "scan", message=message))
+        for group in sidecar_sharers(images):
+            message = _sharing_note(group)
+            scan.notes.append(message)
+            progress(LoaderEvent("warning", "scan", message=message))
     if problems:
         raise ConfigError(problems, hint="Each concept path must be an existing folder of images.")
 
@@ -230,6 +236,14 @@ def scan_concepts(
                 progress(LoaderEvent("warning", "scan", done, len(jobs), f"skipped {item.path}: {item.reason}"))
             progress(LoaderEvent("progress", "scan", done, len(jobs)))
     return scans
+
+
+def _sharing_note(group: list[Path]) -> str:
+    stem = group[0].with_suffix("")
+    return (
+        f"{', '.join(str(path) for path in group)} share one caption file and one mask ({stem.name}.txt, "
+        f"{stem.name}{MASK_SUFFIX}), which each of them trains with: rename all but one"
+    )
 
 
 def _headers(

@@ -104,7 +104,10 @@ def caption_folder(request: CaptionRequest, on_progress: ProgressCallback = no_p
     _validate(request)
     device = resolve_device(request.device)
     todo, summary = select_images(
-        request.directory, recursive=request.recursive, wanted=lambda image: needs_caption(image, request.mode)
+        request.directory,
+        recursive=request.recursive,
+        wanted=lambda image: needs_caption(image, request.mode),
+        sidecar=caption_path,
     )
     if not todo:
         return summary

@@ -137,6 +137,7 @@ def mask_folder(request: MaskRequest, on_progress: ProgressCallback = no_progres
         request.directory,
         recursive=request.recursive,
         wanted=lambda image: request.mode is not MaskMode.FILL or not mask_path(image).is_file(),
+        sidecar=mask_path,
     )
     if not todo:
         return summary

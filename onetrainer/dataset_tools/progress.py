@@ -36,15 +36,18 @@ class ToolSummary:
     kept: list[Path] = field(default_factory=list)
     """Images whose existing sidecar the mode kept (fill)."""
     failed: list[tuple[Path, str]] = field(default_factory=list)
-    """Images that could not be read, with the reason."""
+    """Images that could not be handled (unreadable, their output unwritable, or sharing it with another image),
+    with the reason."""
     empty: list[Path] = field(default_factory=list)
     """Sidecars written with nothing in them: masks where the model found nothing to mask."""
+    processed: int = 0
+    """Images the run went through (written or failed in it), which the speed counts: not those skipped
+    before it started."""
     seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
-        handled = len(self.written) + len(self.failed)
-        return handled / self.seconds if self.seconds > 0 else 0.0
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     def count_rows(self, *, written: str, kept: str, empty: str = "empty") -> list[tuple[str, str]]:
         """(label, value) rows for a summary table; `written`/`kept`/`empty` name what this tool does."""
@@ -52,11 +55,11 @@ class ToolSummary:
             ("images found", str(self.found)),
             (written, str(len(self.written))),
             (kept, str(len(self.kept))),
-            ("unreadable, skipped", str(len(self.failed))),
+            ("skipped", str(len(self.failed))),
         ]
         if self.empty:
             rows.append((empty, str(len(self.empty))))
-        if self.written or self.failed:
+        if self.processed:
             rows.append(("speed", f"{self.images_per_second:.2f} images/s ({self.seconds:.1f} s)"))
         return rows
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from onetrainer.data_loader.files import ImageTooLarge, limit_pixels
+from onetrainer.data_loader.files import ImageTooLarge, limit_pixels, sidecar_sharers
 from onetrainer.dataset_tools.files import UnreadableImage, find_images, load_rgb
 from onetrainer.dataset_tools.progress import ProgressCallback, ToolProgress, ToolSummary
 from onetrainer.util.config.data import PILLOW_PIXEL_LIMIT
@@ -25,14 +25,29 @@ R = TypeVar("R")
 
 
 def select_images(
-    directory: Path, *, recursive: bool, wanted: Callable[[Path], bool]
+    directory: Path, *, recursive: bool, wanted: Callable[[Path], bool], sidecar: Callable[[Path], Path]
 ) -> tuple[list[Path], ToolSummary]:
-    """(the images under `directory` that `wanted` selects, a summary counting them all and the rest as kept)."""
+    """(the images under `directory` that `wanted` selects, a summary counting them all and the rest as kept).
+
+    Images that would write one `sidecar` file (`cat.png` and `cat.jpg` both `cat.txt`) are skipped, each
+    reported by path: one would overwrite the other's file (or, adding, merge both into it), and training
+    would read that file for both images.
+    """
     images = find_images(directory, recursive=recursive)
-    todo = [image for image in images if wanted(image)]
+    clashes = {image: group for group in sidecar_sharers(images) for image in group}
+    todo = [image for image in images if image not in clashes and wanted(image)]
     selected = set(todo)
-    summary = ToolSummary(found=len(images), kept=[image for image in images if image not in selected])
+    summary = ToolSummary(
+        found=len(images),
+        kept=[image for image in images if image not in selected and image not in clashes],
+        failed=[(image, _clash(image, group, sidecar(image))) for image, group in clashes.items()],
+    )
     return todo, summary
+
+
+def _clash(image: Path, group: list[Path], target: Path) -> str:
+    others = ", ".join(other.name for other in group if other != image)
+    return f"{others} would write the same {target.name}, so none of them is handled: rename all but one"
 
 
 def run_batches(
@@ -79,7 +94,7 @@ def run_batches(
                     summary.failed.append((path, f"cannot write its output: {error.strerror or error}"))
         done += len(paths)
         on_progress(ToolProgress(done, total, paths[-1]))
-    summary.seconds = time.perf_counter() - start
+    summary.processed, summary.seconds = done, time.perf_counter() - start
     return summary
 
 

@@ -37,6 +37,10 @@ class PipelineParts:
     """Component -> (library, class name)."""
     tokenizers: dict[str, Any]
     pipeline_config: dict[str, Any]
+    embedding_tokens: dict[str, frozenset[int]] = field(default_factory=dict)
+    """Tokenizer -> the ids of the tokens the model's embeddings added to it. A saved folder leaves them out:
+    the vectors are saved as their own files, not as table rows, so in the folder those ids would name rows
+    that never trained (or none at all), and the embedding could not be added to it again."""
 
 
 @dataclass
@@ -192,4 +196,20 @@ class DiffusionModel:
         classes = {
             name: (type(module).__module__.split(".")[0], type(module).__name__) for name, module in self.modules()
         }
-        return PipelineParts(self.component_configs(), classes, dict(self.tokenizers), dict(self.pipeline_config))
+        return PipelineParts(
+            self.component_configs(),
+            classes,
+            dict(self.tokenizers),
+            dict(self.pipeline_config),
+            self._embedding_tokens(),
+        )
+
+    def _embedding_tokens(self) -> dict[str, frozenset[int]]:
+        """Tokenizer -> the ids of the tokens the model's embeddings added to it."""
+        tokenizers = {c.name: c.tokenizer for c in self.spec.text_encoders if c.tokenizer is not None}
+        added: dict[str, frozenset[int]] = {}
+        for embedding in self.adapters.embeddings:
+            for encoder, ids in embedding.token_ids.items():
+                tokenizer = tokenizers[encoder]
+                added[tokenizer] = added.get(tokenizer, frozenset()) | frozenset(ids)
+        return added

@@ -102,8 +102,12 @@ def write_diffusers_folder(
                 _component_config(library, class_name, parts.configs[component.name], diffusers.__version__),
             )
             if component.tokenizer is not None:
-                vocab_size = int(parts.configs[component.name]["vocab_size"])
-                _save_tokenizer(parts.tokenizers[component.tokenizer], folder / component.tokenizer, vocab_size)
+                _save_tokenizer(
+                    parts.tokenizers[component.tokenizer],
+                    folder / component.tokenizer,
+                    int(parts.configs[component.name]["vocab_size"]),
+                    parts.embedding_tokens.get(component.tokenizer, frozenset()),
+                )
         scheduler = {k: v for k, v in parts.configs["scheduler"].items() if k != "_use_default_values"}
         if prediction_type is not None:
             scheduler["prediction_type"] = prediction_type
@@ -125,23 +129,29 @@ def _takes(class_name: str, setting: str) -> bool:
     return cls is None or setting in inspect.signature(cls.__init__).parameters
 
 
-def _save_tokenizer(tokenizer: Any, folder: Path, vocab_size: int) -> None:
-    """Save the tokenizer without tokens past the text encoder's table (trained embeddings' placeholders).
+def _save_tokenizer(tokenizer: Any, folder: Path, vocab_size: int, embedding_tokens: frozenset[int]) -> None:
+    """Save the tokenizer without the embeddings' tokens, nor any other token past the text encoder's table.
 
-    Embedding vectors are saved as their own files, not as table rows, so their tokens would point past
-    the end of the saved text encoder's table; the folder must stay usable on its own.
+    Embedding vectors are saved as their own files, not as table rows: in the folder their tokens would
+    name rows that never trained (T5-XXL's table has 28 spare rows past its tokenizer, where the first
+    added tokens land) or point past the end of the table, and adding the embedding to the saved model
+    again would find its placeholder taken. The folder must stay usable on its own.
     """
+
+    def kept(token_id: int) -> bool:
+        return token_id < vocab_size and token_id not in embedding_tokens
+
     tokenizer.save_pretrained(folder)
     path = folder / "tokenizer.json"
     data = json.loads(path.read_text(encoding="utf-8"))
-    kept = [token for token in data.get("added_tokens", []) if token["id"] < vocab_size]
-    if len(kept) != len(data.get("added_tokens", [])):
-        atomic_write_text(path, json.dumps({**data, "added_tokens": kept}, ensure_ascii=False))
+    added = [token for token in data.get("added_tokens", []) if kept(token["id"])]
+    if len(added) != len(data.get("added_tokens", [])):
+        atomic_write_text(path, json.dumps({**data, "added_tokens": added}, ensure_ascii=False))
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     decoder = config.get("added_tokens_decoder")
     if decoder:
-        config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if int(k) < vocab_size}
+        config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if kept(int(k))}
         atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False))
 
 

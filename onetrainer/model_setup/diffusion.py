@@ -28,6 +28,7 @@ from onetrainer.model_setup.objective import Noised, TrainingObjective, build_ob
 from onetrainer.model_setup.offload import activations_in_cpu_memory
 from onetrainer.model_setup.placement import Placement, apply_placement, apply_storage, placement_policy
 from onetrainer.model_setup.trainables import Trainables
+from onetrainer.util.config.adapters import AdditionalEmbeddingConfig, EmbeddingConfig
 from onetrainer.util.config.data import ConceptType
 from onetrainer.util.config.output import SaveFormat
 from onetrainer.util.config.types import CadenceUnit
@@ -254,14 +255,20 @@ class DiffusionSetup:
 
     def _add_embeddings(self) -> None:
         embedding = self.config.embedding
-        specs: list[tuple[str, int, str, Any, bool]] = []
+        specs: list[tuple[str, EmbeddingConfig | AdditionalEmbeddingConfig, bool]] = []
         if self.config.method is TrainingMethod.EMBEDDING:
-            specs.append((embedding.placeholder, embedding.vectors, embedding.init_text, embedding.init_from, True))
-        specs += [(e.placeholder, e.vectors, e.init_text, e.init_from, e.train) for e in embedding.additional]
-        for placeholder, count, init_text, init_from, trainable in specs:
-            vectors = read_embedding_file(init_from, self.spec) if init_from is not None else None
+            specs.append(("embedding", embedding, True))
+        specs += [(f"embedding.additional.{index}", e, e.train) for index, e in enumerate(embedding.additional)]
+        for key, settings, trainable in specs:
+            vectors = read_embedding_file(settings.init_from, self.spec) if settings.init_from is not None else None
             added = add_embedding(
-                self.model, placeholder, count=count, init_text=init_text, vectors=vectors, trainable=trainable
+                self.model,
+                settings.placeholder,
+                count=settings.vectors,
+                init_text=settings.init_text,
+                vectors=vectors,
+                trainable=trainable,
+                where=f"{key}.placeholder",
             )
             self.embeddings.append(added)
             if trainable:

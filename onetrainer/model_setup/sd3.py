@@ -69,14 +69,15 @@ def encode_sd3(
     model: DiffusionModel, captions: list[str], skips: Mapping[str, int], max_length: int
 ) -> dict[str, torch.Tensor]:
     """Captions -> each encoder's tensors (`SOURCES`); no T5 key when the model has no T5."""
-    from onetrainer.model.adapters.embedding import expand_placeholders
+    from onetrainer.model.adapters.embedding import expand_placeholders, on_encoder
 
     l_hidden, l_pooled = _clip(model, CLIP_L, captions, int(skips.get(CLIP_L, 0)))
     g_hidden, g_pooled = _clip(model, CLIP_G, captions, int(skips.get(CLIP_G, 0)))
     outputs = {L_HIDDEN: l_hidden, L_POOLED: l_pooled, G_HIDDEN: g_hidden, G_POOLED: g_pooled}
     t5 = model.components.get(T5)
     if t5 is not None:
-        expanded = [expand_placeholders(caption, model.adapters.embeddings) for caption in captions]
+        embeddings = on_encoder(model.adapters.embeddings, T5)
+        expanded = [expand_placeholders(caption, embeddings) for caption in captions]
         ids = model.tokenizer_for(T5)(
             expanded, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         ).input_ids
@@ -129,10 +130,11 @@ class Sd3Conditioner(TextConditioner):
         (75 of 77) without it."""
         if T5 not in self.model.components:
             return super().caption_token_counts(captions)
-        from onetrainer.model.adapters.embedding import expand_placeholders
+        from onetrainer.model.adapters.embedding import expand_placeholders, on_encoder
 
         tokenizer = self.model.tokenizer_for(T5)
-        expanded = [expand_placeholders(text, self.model.adapters.embeddings) for text in captions]
+        embeddings = on_encoder(self.model.adapters.embeddings, T5)
+        expanded = [expand_placeholders(text, embeddings) for text in captions]
         ids = (
             tokenizer(expanded, add_special_tokens=False, truncation=False, verbose=False).input_ids if expanded else []
         )

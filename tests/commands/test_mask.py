@@ -180,3 +180,21 @@ def test_a_giant_image_is_skipped_saying_what_the_limit_is(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "giant.png: too large: 225,000,000 pixels, above the limit of 178,956,970 (Pillow's guard" in said
     assert "max_image_pixels" not in said
+
+
+def test_images_sharing_a_name_are_skipped_and_counted_as_such(tmp_path: Path) -> None:
+    """`red.png` and `red.jpg` would both write `red-masklabel.png`: the second overwrote the first while the
+    summary counted two masks written."""
+    folder = _two_colours(tmp_path / "images")
+    Image.new("RGB", (6, 6), (255, 0, 0)).save(folder / "red.png")
+    Image.new("RGB", (6, 6), (255, 0, 0)).save(folder / "red.jpg")
+
+    result = runner.invoke(app, ["mask", str(folder), "--model", "color", "-p", "red"], terminal_width=200)
+
+    said = " ".join(result.stdout.split())
+    assert result.exit_code == 0, result.output
+    assert re.search(r"masks written\s+1\b", result.stdout)
+    assert re.search(r"skipped\s+2\b", result.stdout)
+    assert "red.jpg: red.png would write the same red-masklabel.png, so none of them is handled" in said
+    assert "red.png: red.jpg would write the same red-masklabel.png" in said
+    assert not (folder / "red-masklabel.png").exists()

@@ -91,6 +91,18 @@ def test_lora_with_strength_and_embedding_are_applied_and_recorded(lora_file: Pa
     assert difference.mean() > 1
 
 
+def test_an_embedding_named_after_a_vocabulary_token_is_refused_with_how_to_rename_it(tmp_path: Path) -> None:
+    """`cat` is a token of the vocabulary: as a new token it would replace it, inside "catalog" too."""
+    embedding = tmp_path / "cat.safetensors"
+    save_safetensors({"emb_params": torch.zeros(1, 32)}, embedding)
+    result = sample("tiny:sd15", "-p", "a cat", *FAST, "-o", tmp_path / "cat.png", "--embedding", embedding)
+    assert result.exit_code == 2, result.output
+    assert "the placeholder 'cat' is already in the vocabulary" in said(result)
+    assert "rename the file" in said(result)
+    assert "cat-embedding.safetensors" in said(result)
+    assert not (tmp_path / "cat.png").exists()
+
+
 def test_output_file_is_not_overwritten_without_the_flag(tmp_path: Path) -> None:
     target = tmp_path / "a.png"
     target.write_bytes(b"keep")

@@ -188,12 +188,14 @@ def test_sample_with_the_trained_lora(
         assert "Sampler: Euler" in image.text["parameters"], "flow-matching Euler by default"
 
 
-def test_sample_without_t5_with_the_trained_embedding(
-    embedding: Path, tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any]
+@pytest.mark.parametrize("t5", ["false", "true"])
+def test_sample_with_the_embedding_trained_without_t5(
+    embedding: Path, tiny_sd35_large_dir: Path, tmp_path: Path, cli: Callable[..., Any], t5: str
 ) -> None:
+    """Its file holds clip_l + clip_g; with T5 loaded, T5 reads the trigger word as text (as ComfyUI does)."""
     output = tmp_path / "image.png"
     result = cli(
-        "sample", tiny_sd35_large_dir, "-p", "a shape circle", "--embedding", embedding, "--option", "t5=false",
+        "sample", tiny_sd35_large_dir, "-p", "a shape circle", "--embedding", embedding, "--option", f"t5={t5}",
         "--steps", 2, "--width", 32, "--height", 32, "-o", output,
     )  # fmt: skip
     assert result.exit_code == 0, result.output

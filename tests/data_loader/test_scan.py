@@ -202,6 +202,21 @@ def test_an_empty_concept_folder_is_named_in_a_warning(tmp_path: Path, image_dat
     assert warned == [f"concept 'dogs' (data.concepts.1) holds no images: {empty}"]
 
 
+def test_images_sharing_a_caption_file_are_named_in_a_warning(tmp_path: Path, image_dataset_dir: Path) -> None:
+    """`img-000.png` and `img-000.jpg` both train with `img-000.txt` and its mask: they are used, and named."""
+    folder = Path(shutil.copytree(image_dataset_dir, tmp_path / "images"))
+    shutil.copy(folder / "img-001.jpg", folder / "img-000.jpg")
+    events: list[LoaderEvent] = []
+    (scan,) = _scan(DataConfig(concepts=[{"path": folder}]), events=events)
+    message = (
+        f"{folder / 'img-000.jpg'}, {folder / 'img-000.png'} share one caption file and one mask (img-000.txt, "
+        "img-000-masklabel.png), which each of them trains with: rename all but one"
+    )
+    assert [event.message for event in events if event.kind == "warning"] == [message]
+    assert scan.notes == [message]
+    assert len(scan.samples) == scan.found
+
+
 def test_a_file_replaced_with_its_old_size_and_mtime_is_hashed_again(tmp_path: Path) -> None:
     """`cp -p`, `rsync -t` and unpacking an archive keep modification times: the change time tells the copy."""
     import os

@@ -213,3 +213,17 @@ def test_a_caption_that_is_not_utf8_is_not_added_to(blip_dir: Path, folder: Path
     ((failed, reason),) = summary.failed
     assert failed.stem == "img-001"
     assert "img-001.txt: not UTF-8" in reason
+
+
+def test_images_sharing_a_caption_file_are_skipped_not_merged(blip_dir: Path, folder: Path) -> None:
+    """`img-000.jpg` beside `img-000.png`: adding to `img-000.txt` merged both images' captions into it."""
+    shutil.copy(folder / "img-001.jpg", folder / "img-000.jpg")
+    (folder / "img-000.txt").write_text("my own caption\n")
+
+    summary = caption_folder(CaptionRequest(folder, model=str(blip_dir), max_new_tokens=8, mode=CaptionMode.ADD))
+
+    assert sorted(path.name for path, _ in summary.failed) == ["img-000.jpg", "img-000.png"]
+    assert all("would write the same img-000.txt" in reason for _, reason in summary.failed)
+    assert (folder / "img-000.txt").read_text() == "my own caption\n"
+    assert sorted(path.name for path in summary.written) == [f"img-{index:03d}.txt" for index in range(1, 5)]
+    assert summary.processed == 4

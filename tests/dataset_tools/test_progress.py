@@ -13,6 +13,7 @@ def test_summary_rows_count_and_give_images_per_second() -> None:
         written=[Path("a.txt"), Path("b.txt"), Path("c.txt")],
         kept=[Path("d.txt")],
         failed=[(Path("e.png"), "truncated")],
+        processed=4,
         seconds=2.0,
     )
     assert summary.images_per_second == 2.0
@@ -20,7 +21,7 @@ def test_summary_rows_count_and_give_images_per_second() -> None:
         ("images found", "5"),
         ("captions written", "3"),
         ("captions kept", "1"),
-        ("unreadable, skipped", "1"),
+        ("skipped", "1"),
         ("speed", "2.00 images/s (2.0 s)"),
     ]
 
@@ -32,5 +33,5 @@ def test_a_run_that_handled_nothing_has_no_speed_line() -> None:
         "images found",
         "w",
         "k",
-        "unreadable, skipped",
+        "skipped",
     ]

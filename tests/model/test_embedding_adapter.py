@@ -34,12 +34,14 @@ def test_placeholder_gets_one_token_per_vector(model: DiffusionModel) -> None:
     assert ids[4:7] == embedding.token_ids["text_encoder"]  # bos, a, photo, of, then the three vectors (case kept)
 
 
-def test_vectors_start_from_the_init_text_repeated(model: DiffusionModel) -> None:
+def test_vectors_start_from_the_init_text_stretched_as_a1111_does(model: DiffusionModel) -> None:
     table = model.text_encoder.get_input_embeddings().weight
-    ids = [*model.tokenizer("red", add_special_tokens=False).input_ids, model.tokenizer.eos_token_id]
-    embedding = add_embedding(model, "<x>", count=2 * len(ids) + 1, init_text="red<|endoftext|>")
-    rows = [ids[index % len(ids)] for index in range(2 * len(ids) + 1)]
-    assert torch.equal(embedding.vectors()["text_encoder"], table[rows].detach())
+    red, end = model.tokenizer("red", add_special_tokens=False).input_ids[0], model.tokenizer.eos_token_id
+    stretched = add_embedding(model, "<x>", count=5, init_text="red<|endoftext|>")
+    assert torch.equal(stretched.vectors()["text_encoder"], table[[red, red, red, end, end]].detach())
+    a, _, of, _ = model.tokenizer("a photo of red", add_special_tokens=False).input_ids
+    thinned = add_embedding(model, "<y>", count=2, init_text="a photo of red")
+    assert torch.equal(thinned.vectors()["text_encoder"], table[[a, of]].detach())
 
 
 def test_lookup_uses_vectors_for_new_tokens_and_the_table_for_the_rest(model: DiffusionModel) -> None:
@@ -89,6 +91,25 @@ def test_duplicate_placeholder_and_wrong_width_are_refused(model: DiffusionModel
         add_embedding(model, "<w>", vectors={"text_encoder_2": torch.zeros(2, 32)})
     with pytest.raises(UserError, match="no tokens"):
         add_embedding(model, "<z>", init_text="")
+
+
+@pytest.mark.parametrize("placeholder", ["cat", "<|endoftext|>"])
+def test_a_placeholder_already_in_the_vocabulary_is_refused(model: DiffusionModel, placeholder: str) -> None:
+    """It would take the vocabulary entry's id: `cat` is a BPE piece, so the embedding would fire inside
+    "catalog" too. The refusal changes no tokenizer."""
+    assert placeholder in model.tokenizer.get_vocab()
+    before = len(model.tokenizer)
+    with pytest.raises(UserError, match="already in the vocabulary of the text_encoder tokenizer") as caught:
+        add_embedding(model, placeholder, vectors={"text_encoder": torch.zeros(1, 32)}, where="embedding.placeholder")
+    assert caught.value.where == "embedding.placeholder"
+    assert "angle brackets" in str(caught.value.hint)
+    assert len(model.tokenizer) == before
+
+
+def test_a_placeholder_whose_extra_token_is_in_the_vocabulary_is_refused(model: DiffusionModel) -> None:
+    model.tokenizer.add_special_tokens({"additional_special_tokens": ["<x>_1"]})
+    with pytest.raises(UserError, match=r"\(as its token '<x>_1'\)"):
+        add_embedding(model, "<x>", count=2)
 
 
 def test_reads_a1111_diffusers_and_legacy_pickle_files(tmp_path: Path) -> None:

@@ -85,3 +85,24 @@ def test_full_save_keeps_embeddings_out_of_the_pipeline(tiny_sd15_dir: Path, tmp
     reloaded = load_model(written[0])
     assert len(reloaded.tokenizer) == reloaded.text_encoder.get_input_embeddings().num_embeddings == 1514
     assert _equal(read_embedding_file(written[1], SD15), embedding.vectors())
+
+
+def test_full_save_drops_the_placeholders_inside_a_larger_table(tmp_path: Path) -> None:
+    """T5-XXL's table has spare rows past its tokenizer, where the first added tokens land: the id rule alone
+    kept them, mapping the placeholder to an untrained row of the saved model."""
+    from transformers import AutoTokenizer
+
+    from onetrainer.model.diffusion import DiffusionModel
+    from onetrainer.util.tiny.models import build_tiny_flux_pipeline
+
+    pipe = build_tiny_flux_pipeline(0)
+    pipe.text_encoder_2.resize_token_embeddings(len(pipe.tokenizer_2) + 28, mean_resizing=False)
+    model = DiffusionModel.from_pipeline(pipe, get_family("flux-dev"), source="tiny")
+    embedding = add_embedding(model, "<p>", count=2, init_text="a")
+    model.adapters.embeddings = [embedding]
+    assert embedding.token_ids["text_encoder_2"][-1] < pipe.text_encoder_2.config.vocab_size
+    (folder, _) = DiffusionSaver().save(model, tmp_path / "pipeline", method=TrainingMethod.FULL, dtype=None)
+    for name in ("tokenizer", "tokenizer_2"):
+        saved = AutoTokenizer.from_pretrained(folder / name)
+        assert not set(embedding.tokens) & set(saved.get_vocab()), name
+        assert len(saved) == len(model.tokenizers[name]) - 2

@@ -146,6 +146,19 @@ def test_additional_embeddings_beside_lora() -> None:
     assert [e.placeholder for e in setup.model.adapters.embeddings] == ["<x>", "<fixed>"]
 
 
+@pytest.mark.parametrize(
+    ("embedding", "where"),
+    [
+        ({"placeholder": "cat"}, "embedding.placeholder"),
+        ({"additional": [{"placeholder": "<x>"}, {"placeholder": "photo"}]}, "embedding.additional.1.placeholder"),
+    ],
+)
+def test_a_placeholder_in_the_vocabulary_is_refused_by_its_key(embedding: dict[str, Any], where: str) -> None:
+    with pytest.raises(UserError, match="already in the vocabulary") as caught:
+        _setup(method="embedding", embedding=embedding)
+    assert caught.value.where == where
+
+
 def test_epsilon_target_is_the_drawn_noise() -> None:
     setup = _setup(method="lora", lora={"rank": 2, "targets": "attn"})
     out = setup.predict(_batch(), torch.Generator().manual_seed(4))

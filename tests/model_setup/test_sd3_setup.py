@@ -195,6 +195,22 @@ def test_an_embedding_conditions_all_three_encoders_and_trains_on_each() -> None
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in embedding.parameters.values())
 
 
+def test_an_embedding_without_t5_vectors_reaches_t5_as_plain_text() -> None:
+    """A file trained with `t5: false` holds clip_l + clip_g; on a model with T5 the placeholder is text there,
+    written as the caption has it (not expanded to its n tokens), as ComfyUI's T5 reads it."""
+    model, plain = _model(), _model()
+    vectors = {"text_encoder": torch.randn(2, 32), "text_encoder_2": torch.randn(2, 48)}
+    model.adapters.embeddings.append(add_embedding(model, "<shape>", vectors=vectors, trainable=False))
+    assert set(model.adapters.embeddings[0].token_ids) == {"text_encoder", "text_encoder_2"}
+    assert "<shape>" not in model.tokenizer_3.get_vocab()
+    conditioner = Sd3Hooks().conditioner(model, layer_skip={}, device=CPU)
+    outputs = conditioner.encode(["a <shape> on a square"])
+    expected = Sd3Hooks().conditioner(plain, layer_skip={}, device=CPU).encode(["a <shape> on a square"])
+    assert torch.equal(outputs[T5_HIDDEN], expected[T5_HIDDEN])
+    assert not torch.equal(outputs[L_HIDDEN], expected[L_HIDDEN])
+    assert conditioner.caption_token_counts(["<shape>"])[0] == [len(plain.tokenizer_3("<shape>").input_ids) - 1]
+
+
 @pytest.mark.parametrize(("preset", "count"), [("attn", 8 + 6), ("attn-mlp", 12 + 8), ("full", 14 + 10)])
 def test_transformer_presets_adapt_attention_then_mlp_then_modulation(preset: str, count: int) -> None:
     """Per block: both streams' q, k, v, out (8), their MLPs (4), their modulations (2). The last block's text

@@ -70,6 +70,12 @@ def expand_placeholders(text: str, embeddings: list[EmbeddingAdapter]) -> str:
     return re.sub(pattern, lambda match: expansions[match.group(0)], text)
 
 
+def on_encoder(embeddings: list[EmbeddingAdapter], encoder: str) -> list[EmbeddingAdapter]:
+    """The embeddings with tokens on `encoder`. One without (its file left out an encoder the family can go
+    without) reaches that encoder as the placeholder's plain text, unexpanded, as ComfyUI writes it there."""
+    return [embedding for embedding in embeddings if encoder in embedding.token_ids]
+
+
 def _extended_lookup_class() -> type:
     import torch
 
@@ -125,13 +131,46 @@ def embedding_encoders(model: DiffusionModel) -> list[str]:
 
 
 def _init_vectors(text_encoder: PreTrainedModel, tokenizer: Any, init_text: str, count: int) -> torch.Tensor:
-    """The init text's token vectors, repeated or cut to `count` (A1111's rule)."""
+    """The init text's token vectors stretched (or thinned) over `count`: vector i takes token
+    i * tokens // count, as A1111's `create_embedding` does, so a file started from the same text there starts
+    from the same vectors here."""
     ids = tokenizer(init_text, add_special_tokens=False).input_ids
     if not ids:
         raise UserError(f"the init text {init_text!r} has no tokens", hint="Use a word, e.g. init_text: person.")
     table = text_encoder.get_input_embeddings().weight
-    rows = [ids[index % len(ids)] for index in range(count)]
+    rows = [ids[index * len(ids) // count] for index in range(count)]
     return table[rows].detach().float().clone()
+
+
+NAME_HINT = "Pick a placeholder the vocabulary lacks, e.g. one in angle brackets such as <my-cat>."
+
+
+def _check_placeholder(
+    model: DiffusionModel, placeholder: str, tokens: list[str], encoders: list[str], *, where: str | None, hint: str
+) -> None:
+    """Refuse `placeholder` where a tokenizer already knows one of its `tokens`.
+
+    A token already in the vocabulary keeps its id when added, so the embedding would replace that vocabulary
+    entry wherever the tokenizer produces it: a BPE piece such as `cat` inside "catalog" too. diffusers
+    refuses such a token as well. Every tokenizer is checked before any changes, so a refusal leaves the
+    model as it was.
+    """
+    for encoder in encoders:
+        tokenizer = model.tokenizer_for(encoder)
+        known = [token for token in tokens if token in tokenizer.get_vocab()]
+        if not known:
+            continue
+        if known[0] in tokenizer.get_added_vocab() and known[0] not in tokenizer.all_special_tokens:
+            raise UserError(
+                f"the tokenizer already has a token {known[0]!r}: two embeddings share a placeholder", where=where
+            )
+        token = "" if known[0] == placeholder else f" (as its token {known[0]!r})"
+        raise UserError(
+            f"the placeholder {placeholder!r} is already in the vocabulary of the {encoder} tokenizer{token}: "
+            "its embedding would replace that token wherever the tokenizer writes it, inside other words too",
+            where=where,
+            hint=hint,
+        )
 
 
 def add_embedding(
@@ -142,11 +181,16 @@ def add_embedding(
     init_text: str = "*",
     vectors: Mapping[str, torch.Tensor] | None = None,
     trainable: bool = True,
+    where: str | None = None,
+    name_hint: str = NAME_HINT,
 ) -> EmbeddingAdapter:
     """Give `placeholder` its tokens and vectors on every embedding-capable text encoder.
 
     The vectors come from `vectors` (text encoder -> [n, width], e.g. read from a file), else from the
-    token vectors of `init_text`; they are kept in float32.
+    token vectors of `init_text`; they are kept in float32. A file may leave out an encoder the family can go
+    without (SD 3's T5, in a file trained without it): that encoder then reads the placeholder as plain text,
+    as it did in training and as ComfyUI reads it. A refused placeholder's error names `where` (the setting it
+    came from) and hints `name_hint`.
     """
     import torch
     from tokenizers import AddedToken
@@ -156,15 +200,14 @@ def add_embedding(
         raise UserError(f"{model.spec.title} models have no text encoder that takes embeddings")
     if vectors is not None:
         _check_vectors(model, placeholder, encoders, vectors)
+        encoders = [encoder for encoder in encoders if encoder in vectors]
         count = int(next(iter(vectors.values())).shape[0])
     tokens = token_names(placeholder, count)
+    _check_placeholder(model, placeholder, tokens, encoders, where=where, hint=name_hint)
     token_ids: dict[str, list[int]] = {}
     parameters: dict[str, torch.nn.Parameter] = {}
     for encoder in encoders:
         tokenizer, text_encoder = model.tokenizer_for(encoder), model.components[encoder]
-        taken = [token for token in tokens if token in tokenizer.get_added_vocab()]
-        if taken:
-            raise UserError(f"the tokenizer already has a token {taken[0]!r}: two embeddings share a placeholder")
         if vectors is not None:
             initial = vectors[encoder].detach().float().clone()
         else:
@@ -182,13 +225,14 @@ def _check_vectors(
     model: DiffusionModel, placeholder: str, encoders: list[str], vectors: Mapping[str, torch.Tensor]
 ) -> None:
     counts = {int(tensor.shape[0]) for tensor in vectors.values()}
-    missing = [encoder for encoder in encoders if encoder not in vectors]
+    needed = [encoder for encoder in encoders if not model.spec.component(encoder).optional]
+    missing = [encoder for encoder in needed if encoder not in vectors]
     if missing or len(counts) != 1:
         raise UserError(
             f"the embedding for {placeholder!r} has vectors for {', '.join(sorted(vectors))} but this "
-            f"{model.spec.title} model needs the same number of vectors for each of {', '.join(encoders)}",
+            f"{model.spec.title} model needs the same number of vectors for each of {', '.join(needed)}",
         )
-    for encoder in encoders:
+    for encoder in (encoder for encoder in encoders if encoder in vectors):
         width = model.components[encoder].get_input_embeddings().weight.shape[1]
         tensor = vectors[encoder]
         if tensor.ndim != 2 or tensor.shape[1] != width:
