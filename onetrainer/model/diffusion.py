@@ -72,6 +72,23 @@ class DiffusionModel:
     """The family's `model.options` this model was loaded with (validated by `spec.options`), for the family's
     hooks and sampler (a text encoder's token limit, a guidance input); empty means the family's defaults."""
 
+    def __post_init__(self) -> None:
+        self._pool_at_the_end_token()
+
+    def _pool_at_the_end_token(self) -> None:
+        """Released CLIP configs carry an old `eos_token_id` of 2, with which transformers pools at the largest
+        token id: a trained embedding's placeholder (ids past the vocabulary) rather than the end token, so
+        pooled vectors would change wherever a caption names one. Each text model takes its tokenizer's end
+        token instead, as sd-scripts and ComfyUI pool; its config, and so every saved file, stays as released.
+        """
+        for component in self.spec.text_encoders:
+            module = self.components.get(component.name)
+            text_model = getattr(module, "text_model", module)  # a model with a projection wraps its text model
+            tokenizer = self.tokenizers.get(component.tokenizer) if component.tokenizer else None
+            end = getattr(tokenizer, "eos_token_id", None)
+            if hasattr(text_model, "eos_token_id") and end is not None:
+                text_model.eos_token_id = end
+
     @classmethod
     def from_pipeline(
         cls, pipe: Any, spec: FamilySpec, *, source: str, prediction_type: str | None = None, **replace: Any

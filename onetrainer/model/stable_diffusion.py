@@ -43,7 +43,9 @@ Read only: the text encoder under `lora_te1_` (diffusers' `convert_state_dict_to
 ComfyUI maps it) and SimpleTuner's LyCORIS UNet under `lycoris_`."""
 
 
-def _components(text_encoder_title: str, all_or_none: tuple[str, ...] = ()) -> tuple[Component, ...]:
+def _components(
+    text_encoder_title: str, all_or_none: tuple[str, ...] = (), pad_token: str | None = None
+) -> tuple[Component, ...]:
     return (
         Component(
             "unet",
@@ -65,6 +67,7 @@ def _components(text_encoder_title: str, all_or_none: tuple[str, ...] = ()) -> t
             embedding_key="emb_params",
             lora_presets=CLIP_PRESETS,
             lora_all_or_none=all_or_none,
+            pad_token=pad_token,
         ),
         Component("vae", Role.VAE, "VAE"),
     )
@@ -215,7 +218,8 @@ SD2 = register_family(
     FamilySpec(
         name="sd2",
         title="SD 2.x",
-        components=_components("OpenCLIP ViT-H text encoder", OPENCLIP_FUSED_ATTENTION),
+        # OpenCLIP ViT-H was trained padding with "!" (id 0), as the released 2.x tokenizers pad
+        components=_components("OpenCLIP ViT-H text encoder", OPENCLIP_FUSED_ATTENTION, pad_token="!"),
         objective=Objective.DDPM,
         latent_channels=4,
         bucket_step=8,

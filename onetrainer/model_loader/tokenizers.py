@@ -9,8 +9,9 @@ refuse valid small vocabularies and say nothing about a tokenizer that belongs t
 A single file holds no tokenizer: it comes from an explicit path or hub id, else from the architecture
 source if it has one, else from the family's known hub repos in the local Hugging Face cache, else
 (online) from the hub, in that order; the first that fits wins. Each text encoder's tokenizer is looked
-for in its own subfolder (`tokenizer`, `tokenizer_2`); one found anywhere else (a repo's root, another
-encoder's folder) is given the pad token the encoder was trained with (`Component.pad_token`). Each is
+for in its own subfolder (`tokenizer`, `tokenizer_2`), else at a repo's root; wherever it is found, it pads
+with the token the encoder was trained with (`Component.pad_token`: OpenCLIP's "!"), as A1111 and ComfyUI
+pad whatever the tokenizer files say, since padding positions are part of the conditioning. Each is
 read with the tokenizer class the architecture's `model_index.json` names for it (a T5 encoder's is not
 CLIP's), CLIP's where it names none.
 """
@@ -58,8 +59,8 @@ def load_tokenizer(
     folder = spec.component(encoder).tokenizer or "tokenizer"
     cls = _tokenizer_class(architecture, folder)
     if explicit is not None:
-        found, subfolder = _explicit_tokenizer(explicit, vocab_size, folder, cls)
-        return found if subfolder == folder else _with_pad(found, pad_token)
+        found, _ = _explicit_tokenizer(explicit, vocab_size, folder, cls)
+        return _with_pad(found, pad_token)
     if architecture.tiny:
         return _tiny_tokenizer(cls)
     tried: list[str] = []
@@ -72,7 +73,7 @@ def load_tokenizer(
         for location, subfolder in candidates:
             tokenizer = _try_tokenizer(location, subfolder, vocab_size, cls, local_only=local_only)
             if tokenizer is not None:
-                return tokenizer if subfolder == folder else _with_pad(tokenizer, pad_token)
+                return _with_pad(tokenizer, pad_token)
             tried.append(_describe(location, subfolder) + (" (cache)" if local_only else " (hub)"))
     raise UserError(
         f"no tokenizer is reachable that fits this single-file model's text encoder ({vocab_size:,} tokens)",

@@ -138,3 +138,25 @@ def test_an_embedding_of_another_family_is_refused(tmp_path: Path) -> None:
     save_safetensors({"clip_l": torch.zeros(1, 768), "zeta_te": torch.zeros(1, 4096)}, tmp_path / "zeta.safetensors")
     with pytest.raises(UserError, match="not a model, LoRA or embedding this tool knows"):
         read_embedding_file(tmp_path / "zeta.safetensors", get_family("sd15"))
+
+
+@pytest.mark.parametrize(("kind", "encoder"), [("sdxl", "text_encoder_2"), ("flux-dev", "text_encoder")])
+def test_pooled_vectors_are_read_at_the_end_token_not_at_a_placeholder(kind: str, encoder: str) -> None:
+    """The released CLIP configs' `eos_token_id` is 2 (so are the tiny ones'): transformers would pool at the
+    largest id, which a placeholder's is."""
+    from onetrainer.model.clip_text import clip_outputs
+
+    base = load_model(f"tiny:{kind}")
+    text_encoder, tokenizer = base.components[encoder], base.tokenizer_for(encoder)
+    assert text_encoder.config.eos_token_id == 2
+    embedding = add_embedding(base, "<shape>", count=2, init_text="circle")
+    base.adapters.embeddings.append(embedding)
+    ids = tokenize(tokenizer, ["a <shape> on a square"], [embedding])
+    end = int((ids[0] == tokenizer.eos_token_id).nonzero()[0])
+    assert int(ids[0].argmax()) != end  # a placeholder's id is the largest
+    with torch.no_grad():
+        hidden, pooled = clip_outputs(text_encoder, ids)
+        at_end = hidden[0, end]
+        projection = getattr(text_encoder, "text_projection", None)
+        expected = projection(at_end) if projection is not None else at_end
+    torch.testing.assert_close(pooled[0], expected)

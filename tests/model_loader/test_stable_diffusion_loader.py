@@ -177,3 +177,14 @@ def test_loaded_models_use_sdpa_attention(base: str) -> None:
     assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
     assert {type(p).__name__ for p in model.vae.attn_processors.values()} == {"AttnProcessor2_0"}
     assert model.text_encoder.config._attn_implementation == "sdpa"
+
+
+def test_an_sd2_tokenizer_from_elsewhere_pads_with_openclips_pad_token(
+    sd2_single_file: Path, tiny_sd2_dir: Path, tiny_sd15_dir: Path
+) -> None:
+    """OpenCLIP ViT-H was trained padding with "!": a CLIP-L tokenizer (padding with its end token) given for it
+    pads with "!" too, as A1111 and ComfyUI pad SD 2.x."""
+    assert load_model(tiny_sd15_dir).tokenizer.pad_token == "<|endoftext|>"
+    model = load_model(sd2_single_file, config=str(tiny_sd2_dir), tokenizer=str(tiny_sd15_dir))
+    assert model.tokenizer.pad_token == "!"
+    assert load_model(tiny_sd2_dir).tokenizer.pad_token == "!"

@@ -151,6 +151,11 @@ def test_diffusers_loads_our_embedding_into_both_encoders(
     prompt = "a <shape> on a blue square"
     ours = _ours(model, prompt)
     assert not np.array_equal(ours, _ours(base(), prompt)), "the embedding changes the image"
+    # With the released configs' end-token id (2), transformers pools bigG at the largest token id: the
+    # placeholder's in diffusers. A1111, ComfyUI, sd-scripts and we pool at the end token (README).
+    assert np.abs(ours - _theirs(pipe, prompt)).max() > 1
+    for text_encoder, tokenizer in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)):
+        getattr(text_encoder, "text_model", text_encoder).eos_token_id = tokenizer.eos_token_id
     assert np.abs(ours - _theirs(pipe, prompt)).max() <= 1
 
 

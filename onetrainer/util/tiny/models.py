@@ -61,7 +61,7 @@ def text_config(
         num_hidden_layers=2,
         max_position_embeddings=tokenizer.model_max_length,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=2,  # the released configs' old value (see `DiffusionModel._pool_at_the_end_token`)
         pad_token_id=tokenizer.pad_token_id,
         hidden_act=hidden_act,
     )
@@ -124,11 +124,15 @@ def _ddpm(prediction_type: str) -> Any:
     )
 
 
-def _sd_pipeline(seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, prediction_type: str) -> Any:
+def _sd_pipeline(
+    seed: int, *, unet_kwargs: dict[str, Any], hidden_act: str, prediction_type: str, pad_token: str | None = None
+) -> Any:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     tokenizer = build_tiny_clip_tokenizer()
+    if pad_token is not None:
+        tokenizer.pad_token = pad_token
     config = text_config(tokenizer, hidden_size=32, hidden_act=hidden_act)
     pipe = StableDiffusionPipeline(
         vae=tiny_vae(seed, scaling_factor=0.18215),
@@ -174,6 +178,7 @@ def build_tiny_sd2_pipeline(seed: int = 0, v_prediction: bool = True) -> StableD
         },
         hidden_act="gelu",
         prediction_type="v_prediction" if v_prediction else "epsilon",
+        pad_token="!",  # as the released 2.x tokenizers: OpenCLIP ViT-H was trained padding with "!"
     )
 
 
