@@ -86,7 +86,7 @@ class DiffusionModel:
             text_model = getattr(module, "text_model", module)  # a model with a projection wraps its text model
             tokenizer = self.tokenizers.get(component.tokenizer) if component.tokenizer else None
             end = getattr(tokenizer, "eos_token_id", None)
-            if hasattr(text_model, "eos_token_id") and end is not None:
+            if text_model is not None and hasattr(text_model, "eos_token_id") and end is not None:
                 text_model.eos_token_id = end
 
     @classmethod
