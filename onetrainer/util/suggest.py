@@ -1,4 +1,4 @@
-"""'Did you mean ...?' for misspelled names: keys, presets, formats, schedulers."""
+"""'Did you mean ...?' for misspelled names: keys, presets, formats, schedulers; and choices said in words."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ def did_you_mean(name: str, options: Iterable[str], *, prefix: str = "") -> str:
     """A ready-to-append phrase, empty when nothing is close."""
     match = closest(name, options)
     return f"did you mean '{prefix}{match}'? " if match else ""
+
+
+def either(words: list[str]) -> str:
+    """`a`, `a or b`, `a, b or c`: the valid choices, as a message says them."""
+    return " or ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else words[0]

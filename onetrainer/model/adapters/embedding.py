@@ -157,7 +157,8 @@ def _check_placeholder(
     """
     for encoder in encoders:
         tokenizer = model.tokenizer_for(encoder)
-        known = [token for token in tokens if token in tokenizer.get_vocab()]
+        vocabulary = tokenizer.get_vocab()  # a new dictionary on every call
+        known = [token for token in tokens if token in vocabulary]
         if not known:
             continue
         if known[0] in tokenizer.get_added_vocab() and known[0] not in tokenizer.all_special_tokens:

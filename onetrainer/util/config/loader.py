@@ -23,7 +23,7 @@ from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.types import CHECK_PATHS
 from onetrainer.util.config.yaml_text import parse_yaml_mapping
 from onetrainer.util.errors import ConfigError, ConfigProblem, UserError
-from onetrainer.util.suggest import did_you_mean
+from onetrainer.util.suggest import did_you_mean, either
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -151,7 +151,7 @@ def _union_problem(prefix: tuple[Any, ...], errors: list[ErrorDetails]) -> Confi
     if "float" in tags and "int" in tags:  # a whole number is a number
         tags.remove("int")
     words = [_MEMBERS.get(tag, tag) for tag in tags]
-    wanted = " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
+    wanted = either(words)
     whole = next((error for error in members if len(error["loc"]) == len(prefix) + 1), members[0])
     return ConfigProblem(
         ".".join(str(part) for part in prefix), f"expected {wanted}", whole.get("input"), has_value=True

@@ -16,6 +16,7 @@ from onetrainer.util.config.schema import TrainConfig
 from onetrainer.util.config.training import LrScheduler, Optimizer, TrainingConfig
 from onetrainer.util.enums import TrainingMethod
 from onetrainer.util.errors import ConfigProblem
+from onetrainer.util.suggest import either
 
 DECAYING = (LrScheduler.LINEAR, LrScheduler.COSINE, LrScheduler.COSINE_WITH_RESTARTS, LrScheduler.POLYNOMIAL)
 SCHEDULE_KEYS: dict[str, tuple[LrScheduler, ...]] = {
@@ -77,6 +78,4 @@ def _default(key: str) -> object:
 
 
 def _names(members: tuple[Optimizer, ...] | tuple[LrScheduler, ...]) -> str:
-    """`a`, `a or b`, `a, b or c`."""
-    names = [member.value for member in members]
-    return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+    return either([member.value for member in members])
